@@ -1,0 +1,62 @@
+# podcap developer entry points. `make demo` and `make test` work on a fresh Debian/Ubuntu machine as root.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := python3-venv libpcap0.8 tcpdump tshark netsniff-ng iproute2 iputils-ping procps \
+	containerd runc containernetworking-plugins busybox-static iptables gcc libc6-dev
+
+.PHONY: demo test deps venv dev lint typecheck proto proto-check unit integration bench bench-smoke clean
+
+demo: venv
+	$(VENV)/bin/podcap demo
+
+test: venv proto-check lint typecheck
+	$(PY) -m pytest tests
+
+# System packages (idempotent; skipped when everything is present).
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+# The virtualenv with podcap installed (editable, link-tree mode so mypy sees the podcap.* namespace) + dev tools.
+venv: deps $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=strict
+	touch $@
+
+# Re-link after adding or removing modules (the strict editable install links files, not directories).
+dev:
+	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=strict --no-deps
+
+proto:
+	proto/generate.sh $(PY)
+
+# Fails when the committed generated code differs from what the .proto files generate.
+proto-check:
+	proto/generate.sh $(PY) >/dev/null
+	git diff --exit-code --stat -- proto/ || { echo "generated code is stale: run 'make proto' and commit"; exit 1; }
+	test -z "$$(git status --porcelain --untracked-files=all -- proto/)" || { git status --short -- proto/; echo "untracked generated files: run 'make proto' and commit"; exit 1; }
+
+lint:
+	$(VENV)/bin/ruff check agent collector proto tests
+
+typecheck: dev
+	$(VENV)/bin/mypy -p podcap
+
+unit: venv
+	$(PY) -m pytest tests/unit
+
+bench: venv
+	$(PY) -m tests.bench.run
+
+bench-smoke: venv
+	$(PY) -m tests.bench.run --smoke
+
+clean:
+	rm -rf build $(VENV) .mypy_cache .pytest_cache

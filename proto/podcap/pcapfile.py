@@ -1,0 +1,159 @@
+"""The classic PCAP file format, as carried in chunks and stored on disk.
+
+Agents send *bare records* (16-byte record header + captured bytes), exactly what libpcap's ``pcap_dump`` writes
+after the file header; the 24-byte file header is rebuilt from a ``PcapFormat`` wherever a file starts. Files are
+little-endian (the byte order every podcap agent writes on x86-64 and arm64). Microsecond and nanosecond
+timestamps are both supported (magic ``0xa1b2c3d4`` / ``0xa1b23c4d``).
+
+``scan_records`` is the one place that walks record boundaries: the collector uses it to validate a chunk before
+any byte reaches disk and to cut a chunk exactly at a packet or byte limit.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+MAGIC_USEC = 0xA1B2C3D4
+MAGIC_NSEC = 0xA1B23C4D
+FILE_HEADER_LEN = 24
+RECORD_HEADER_LEN = 16
+MAX_SNAPLEN = 262144
+
+LINKTYPE_ETHERNET = 1
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_LINUX_SLL2 = 276
+
+_FILE_HEADER = struct.Struct("<IHHiIII")
+_RECORD_HEADER = struct.Struct("<IIII")
+
+
+class PcapFormatError(ValueError):
+    """Bytes that are not well-formed PCAP (bad magic, a record longer than the snaplen, a truncated record)."""
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    linktype: int
+    snaplen: int
+    nanosecond: bool
+
+    def header(self) -> bytes:
+        """The 24-byte file header for this format (version 2.4, little-endian)."""
+        magic = MAGIC_NSEC if self.nanosecond else MAGIC_USEC
+        return _FILE_HEADER.pack(magic, 2, 4, 0, 0, self.snaplen, self.linktype)
+
+    @property
+    def ts_scale(self) -> int:
+        """Nanoseconds per unit of the record's sub-second timestamp field."""
+        return 1 if self.nanosecond else 1000
+
+
+def parse_file_header(data: bytes) -> FileFormat:
+    if len(data) < FILE_HEADER_LEN:
+        raise PcapFormatError(f"pcap file header is {FILE_HEADER_LEN} bytes, got {len(data)}")
+    magic, major, minor, _zone, _sigfigs, snaplen, linktype = _FILE_HEADER.unpack_from(data, 0)
+    if magic not in (MAGIC_USEC, MAGIC_NSEC):
+        raise PcapFormatError(f"not a little-endian pcap file (magic 0x{magic:08x})")
+    if (major, minor) != (2, 4):
+        raise PcapFormatError(f"unsupported pcap version {major}.{minor}")
+    return FileFormat(linktype=linktype & 0x0FFFFFFF, snaplen=snaplen, nanosecond=magic == MAGIC_NSEC)
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What ``scan_records`` found: ``packets`` whole records in ``data[:length]``."""
+
+    packets: int
+    length: int
+    last_ts_ns: int
+
+
+def scan_records(
+    data: bytes | memoryview,
+    fmt: FileFormat,
+    *,
+    max_packets: int | None = None,
+    max_bytes: int | None = None,
+) -> ScanResult:
+    """Walk the records in ``data`` and check their framing.
+
+    Stops before the record that would exceed ``max_packets`` records or ``max_bytes`` bytes; otherwise every
+    byte of ``data`` must belong to a whole record whose caplen is at most the snaplen and at most its wire
+    length. Raises PcapFormatError on any violation, naming the offset.
+    """
+    unpack = _RECORD_HEADER.unpack_from
+    end = len(data)
+    snaplen = fmt.snaplen
+    packet_cap = end if max_packets is None else max_packets
+    byte_cap = end if max_bytes is None else min(end, max_bytes)
+    off = 0
+    n = 0
+    sec = frac = 0
+    while off < end and n < packet_cap:
+        if off + RECORD_HEADER_LEN > end:
+            raise PcapFormatError(f"truncated record header at offset {off}")
+        sec, frac, incl, orig = unpack(data, off)
+        nxt = off + RECORD_HEADER_LEN + incl
+        if incl > snaplen or incl > orig:
+            raise PcapFormatError(f"record at offset {off}: caplen {incl} exceeds snaplen {snaplen} or length {orig}")
+        if nxt > end:
+            raise PcapFormatError(f"truncated record at offset {off}: needs {nxt - off} bytes, {end - off} left")
+        if nxt > byte_cap:
+            break
+        off = nxt
+        n += 1
+    last = sec * 1_000_000_000 + frac * fmt.ts_scale if n else 0
+    return ScanResult(packets=n, length=off, last_ts_ns=last)
+
+
+def first_timestamp_ns(data: bytes | memoryview, fmt: FileFormat) -> int:
+    """Timestamp of the first record in ``data`` (which must start at a record boundary)."""
+    if len(data) < RECORD_HEADER_LEN:
+        raise PcapFormatError("no record")
+    sec, frac, _incl, _orig = _RECORD_HEADER.unpack_from(data, 0)
+    return int(sec * 1_000_000_000 + frac * fmt.ts_scale)
+
+
+@dataclass(frozen=True)
+class Record:
+    ts_ns: int
+    caplen: int
+    wirelen: int
+    data: bytes
+
+
+def iter_records(data: bytes, fmt: FileFormat) -> Iterator[Record]:
+    """Yield every record of a run of bare records (used by tests and tools, not on the hot path)."""
+    off = 0
+    while off < len(data):
+        if off + RECORD_HEADER_LEN > len(data):
+            raise PcapFormatError(f"truncated record header at offset {off}")
+        sec, frac, incl, orig = _RECORD_HEADER.unpack_from(data, off)
+        body = data[off + RECORD_HEADER_LEN : off + RECORD_HEADER_LEN + incl]
+        if len(body) != incl:
+            raise PcapFormatError(f"truncated record at offset {off}")
+        yield Record(sec * 1_000_000_000 + frac * fmt.ts_scale, incl, orig, body)
+        off += RECORD_HEADER_LEN + incl
+
+
+def read_file(path: str) -> tuple[FileFormat, list[Record]]:
+    """Read a whole pcap file: its format and its records."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    fmt = parse_file_header(blob)
+    return fmt, list(iter_records(blob[FILE_HEADER_LEN:], fmt))
+
+
+def valid_prefix_length(data: bytes, fmt: FileFormat) -> int:
+    """Length of the longest prefix of ``data`` made of whole, well-formed records (crash recovery)."""
+    unpack = _RECORD_HEADER.unpack_from
+    off = 0
+    end = len(data)
+    while off + RECORD_HEADER_LEN <= end:
+        _sec, _frac, incl, orig = unpack(data, off)
+        if incl > fmt.snaplen or incl > orig or off + RECORD_HEADER_LEN + incl > end:
+            break
+        off += RECORD_HEADER_LEN + incl
+    return off
