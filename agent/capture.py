@@ -1,0 +1,393 @@
+"""Capture streams: one libpcap handle per (capture, pod), all driven by one poll thread.
+
+Why this shape (DESIGN.md): libpcap's C ``pcap_dump`` writes every packet into a memory stream during
+``pcap_dispatch`` (no Python per packet); one thread polling every handle's fd carried 100 pods × 10k packets with
+no drops at ~6% CPU, so there is one poll loop, not a thread per pod. Opening a handle is slow (~24 ms, the kernel
+allocates the ring) and may need to enter a pod's network namespace, so opens run on a small thread pool and the
+opened handle is handed to the loop.
+
+A stream's bytes are cut into chunks of whole records when they reach ``chunk_bytes`` or have waited
+``flush_interval`` seconds; each chunk goes to the ``StreamSink`` (the collector session). If the sink refuses a
+chunk (its bounded buffer is full) the chunk's packets are counted as agent drops — never blocking the capture.
+Lifecycle events (STARTED, periodic counters, DONE/FAILED) go to the sink in order with the chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from podcap.agent import netns
+from podcap.agent.libpcap import Handle, HandleOptions, KernelCounters, PcapError
+from podcap.agent.pods import PodInfo, PodNetwork
+from podcap.names import CaptureId, PodUid
+from podcap.pcapfile import MAX_SNAPLEN, FileFormat, first_timestamp_ns
+from podcap.v1 import common_pb2, ingest_pb2
+
+log = logging.getLogger(__name__)
+
+MIN_RING = 256 << 10
+MAX_AUTO_RING = 8 << 20
+
+
+class StreamSink(Protocol):
+    """Where streams deliver. ``chunk`` returns False when the chunk could not be queued (counted as dropped)."""
+
+    def chunk(self, chunk: ingest_pb2.PcapChunk) -> bool: ...
+
+    def event(self, event: ingest_pb2.PodCaptureEvent) -> None: ...
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    chunk_bytes: int = 1 << 20
+    flush_interval: float = 0.2
+    stats_interval: float = 2.0
+    open_workers: int = 8
+    # Total kernel ring memory the agent aims for when a capture leaves the buffer size to it.
+    ring_budget_bytes: int = 128 << 20
+
+
+@dataclass
+class _Stream:
+    key: tuple[CaptureId, PodUid]
+    stream_id: str
+    pod: PodInfo
+    handle: Handle
+    interface: str
+    remaining: int  # packets still allowed; -1 = unlimited
+    seq: int = 0
+    pending_packets: int = 0
+    pending_since: float = 0.0
+    agent_dropped: int = 0
+    kernel: KernelCounters = field(default_factory=lambda: KernelCounters(0, 0, 0))
+    raw_kernel: tuple[int, int, int] = (0, 0, 0)
+    next_stats: float = 0.0
+    fmt: FileFormat = FileFormat(1, MAX_SNAPLEN, True)
+
+
+def auto_ring_bytes(budget: int, pods: int) -> int:
+    """Ring size per pod when the capture leaves it to the agent: the budget shared by the pods, clamped."""
+    share = budget // max(1, pods)
+    size = max(MIN_RING, min(MAX_AUTO_RING, share))
+    return size & ~0xFFFF or MIN_RING
+
+
+def _wrap_add(total: int, last_raw: int, raw: int) -> int:
+    """libpcap's counters are 32-bit and wrap on long captures: accumulate the difference modulo 2**32."""
+    return total + ((raw - last_raw) & 0xFFFFFFFF)
+
+
+class CaptureEngine:
+    """Owns every capture stream on the node."""
+
+    def __init__(self, sink: StreamSink, *, instance_id: str, settings: EngineSettings | None = None) -> None:
+        self._sink = sink
+        self._instance = instance_id
+        self._cfg = settings or EngineSettings()
+        self._lock = threading.Lock()
+        self._streams: dict[tuple[CaptureId, PodUid], _Stream] = {}
+        self._by_fd: dict[int, _Stream] = {}
+        self._opening: set[tuple[CaptureId, PodUid]] = set()
+        self._cancelled_opens: set[tuple[CaptureId, PodUid]] = set()
+        self._commands: list[Callable[[], None]] = []
+        self._counter = 0
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._poll = select.poll()
+        self._poll.register(self._wake_r, select.POLLIN)
+        self._pool = ThreadPoolExecutor(max_workers=self._cfg.open_workers, thread_name_prefix="pcap-open")
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="capture-loop", daemon=True)
+        self._thread.start()
+
+    # ---- public API (any thread) ----
+
+    def active(self) -> list[tuple[CaptureId, PodUid]]:
+        with self._lock:
+            return list(self._streams) + list(self._opening)
+
+    def start(
+        self,
+        capture_id: CaptureId,
+        pod: PodInfo,
+        network: PodNetwork,
+        settings: common_pb2.CaptureSettings,
+        *,
+        pods_on_node: int = 1,
+    ) -> None:
+        """Open a handle for the pod in the background; STARTED or FAILED is reported to the sink. Idempotent."""
+        key = (capture_id, pod.uid)
+        with self._lock:
+            if key in self._streams or key in self._opening:
+                return
+            self._opening.add(key)
+            self._cancelled_opens.discard(key)
+            self._counter += 1
+            stream_id = f"{self._instance}-{self._counter}"
+        self._pool.submit(self._open, key, stream_id, pod, network, settings, pods_on_node)
+
+    def stop(self, capture_id: CaptureId, pod_uid: PodUid | None, reason: str) -> None:
+        """Stop one pod's stream (or all of a capture): flush, report final counters, close."""
+
+        def run() -> None:
+            for key, stream in list(self._streams.items()):
+                if key[0] == capture_id and (pod_uid is None or key[1] == pod_uid):
+                    self._finish(stream, common_pb2.POD_CAPTURE_STATE_DONE, reason)
+
+        with self._lock:
+            for key in list(self._opening):
+                if key[0] == capture_id and (pod_uid is None or key[1] == pod_uid):
+                    self._cancelled_opens.add(key)
+        self._submit(run)
+
+    def stop_all(self, reason: str) -> None:
+        def run() -> None:
+            for stream in list(self._streams.values()):
+                self._finish(stream, common_pb2.POD_CAPTURE_STATE_DONE, reason)
+
+        with self._lock:
+            self._cancelled_opens.update(self._opening)
+        self._submit(run)
+
+    def close(self, reason: str = "agent shutting down") -> None:
+        """Stop every stream (flushing them) and end the loop thread."""
+        self.stop_all(reason)
+        self._pool.shutdown(wait=True)
+        self.stop_all(reason)  # streams whose open finished while we waited
+        done = threading.Event()
+        self._submit(done.set)
+        done.wait(timeout=10)
+        self._running = False
+        self._wake()
+        self._thread.join(timeout=10)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    # ---- opening (pool threads) ----
+
+    def _open(
+        self,
+        key: tuple[CaptureId, PodUid],
+        stream_id: str,
+        pod: PodInfo,
+        network: PodNetwork,
+        settings: common_pb2.CaptureSettings,
+        pods_on_node: int,
+    ) -> None:
+        capture_id, uid = key
+        ring = settings.buffer_bytes or auto_ring_bytes(self._cfg.ring_budget_bytes, pods_on_node)
+        snaplen = settings.snaplen or MAX_SNAPLEN
+        where = settings.interface or common_pb2.CAPTURE_INTERFACE_HOST_VETH
+        try:
+            if pod.host_network:
+                raise PcapError("pod uses the node's network (hostNetwork): it has no traffic of its own to capture")
+            if where == common_pb2.CAPTURE_INTERFACE_HOST_VETH and network.host_veth:
+                opts = HandleOptions(device=network.host_veth, snaplen=snaplen, buffer_bytes=ring,
+                                     filter=settings.filter)
+                handle = Handle(opts)
+                interface = network.host_veth
+            else:
+                # No host veth (or asked for): open inside the pod's namespace. The handle keeps capturing there
+                # after this thread returns to the agent's namespace.
+                device = "any" if where == common_pb2.CAPTURE_INTERFACE_POD_ALL else "eth0"
+                opts = HandleOptions(device=device, snaplen=snaplen, buffer_bytes=ring, filter=settings.filter)
+                with netns.entered(network.netns_path):
+                    handle = Handle(opts)
+                interface = f"{device} in {network.netns_path}"
+        except (PcapError, OSError) as e:
+            with self._lock:
+                self._opening.discard(key)
+            log.warning("capture %s: cannot capture pod %s/%s: %s", capture_id, pod.namespace, pod.name, e)
+            self._sink.event(
+                ingest_pb2.PodCaptureEvent(
+                    capture_id=capture_id, pod_uid=uid, stream_id=stream_id,
+                    state=common_pb2.POD_CAPTURE_STATE_FAILED, message=str(e),
+                )
+            )
+            return
+        assert handle.dump is not None
+        stream = _Stream(
+            key=key, stream_id=stream_id, pod=pod, handle=handle, interface=interface,
+            remaining=settings.max_packets or -1,
+            fmt=FileFormat(handle.linktype, handle.snaplen, handle.nanosecond),
+        )
+
+        def register() -> None:
+            with self._lock:
+                self._opening.discard(key)
+                cancelled = key in self._cancelled_opens
+                self._cancelled_opens.discard(key)
+                if not cancelled:
+                    self._streams[key] = stream
+            if cancelled:
+                handle.close()
+                return
+            self._by_fd[handle.fd] = stream
+            self._poll.register(handle.fd, select.POLLIN)
+            stream.next_stats = time.monotonic() + self._cfg.stats_interval
+            self._sink.event(
+                ingest_pb2.PodCaptureEvent(
+                    capture_id=capture_id, pod_uid=uid, stream_id=stream_id,
+                    state=common_pb2.POD_CAPTURE_STATE_CAPTURING, interface=interface,
+                    format=common_pb2.PcapFormat(
+                        linktype=stream.fmt.linktype, snaplen=stream.fmt.snaplen, nanosecond=stream.fmt.nanosecond
+                    ),
+                )
+            )
+            log.info("capture %s: capturing %s/%s on %s", capture_id, pod.namespace, pod.name, interface)
+
+        self._submit(register)
+
+    # ---- the loop thread ----
+
+    def _submit(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            self._commands.append(fn)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def _loop(self) -> None:
+        timeout_ms = max(10, int(self._cfg.flush_interval * 500))
+        while self._running:
+            try:
+                ready = self._poll.poll(timeout_ms)
+            except InterruptedError:
+                continue
+            for fd, events in ready:
+                if fd == self._wake_r:
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    continue
+                stream = self._by_fd.get(fd)
+                if stream is not None:
+                    self._drain(stream, events)
+            with self._lock:
+                commands, self._commands = self._commands, []
+            for fn in commands:
+                try:
+                    fn()
+                except Exception:  # a command must never kill the loop
+                    log.exception("capture loop command failed")
+            self._housekeeping(time.monotonic())
+
+    def _drain(self, stream: _Stream, events: int) -> None:
+        handle = stream.handle
+        dump = handle.dump
+        if dump is None:
+            return
+        try:
+            for _ in range(64):  # bounded, so one busy pod cannot starve the others
+                want = -1 if stream.remaining < 0 else min(stream.remaining, 1 << 30)
+                n = handle.dispatch(want)
+                if n <= 0:
+                    break
+                if stream.pending_packets == 0:
+                    stream.pending_since = time.monotonic()
+                stream.pending_packets += n
+                if stream.remaining > 0:
+                    stream.remaining -= n
+                if stream.remaining == 0:
+                    self._finish(stream, common_pb2.POD_CAPTURE_STATE_DONE,
+                                 "max-packets reached")
+                    return
+                if dump.pending() >= self._cfg.chunk_bytes:
+                    self._cut(stream)
+        except PcapError as e:
+            # The interface went away (pod deleted, sandbox torn down) or the handle broke: end the stream.
+            self._finish(stream, common_pb2.POD_CAPTURE_STATE_DONE,
+                         f"interface {stream.interface} is gone ({e})")
+            return
+        if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL) and stream.pending_packets == 0:
+            self._finish(stream, common_pb2.POD_CAPTURE_STATE_DONE,
+                         f"interface {stream.interface} is gone")
+
+    def _cut(self, stream: _Stream) -> None:
+        dump = stream.handle.dump
+        if dump is None or stream.pending_packets == 0:
+            return
+        data = dump.take()
+        packets = stream.pending_packets
+        stream.pending_packets = 0
+        if not data:
+            return
+        stream.seq += 1
+        chunk = ingest_pb2.PcapChunk(
+            capture_id=stream.key[0], pod_uid=stream.key[1], stream_id=stream.stream_id, seq=stream.seq,
+            records=data, packets=packets, first_ts_ns=first_timestamp_ns(data, stream.fmt),
+            last_ts_ns=time.time_ns(),
+        )
+        if not self._sink.chunk(chunk):
+            stream.agent_dropped += packets
+
+    def _read_kernel(self, stream: _Stream) -> None:
+        raw = stream.handle.stats()
+        last = stream.raw_kernel
+        stream.kernel = KernelCounters(
+            _wrap_add(stream.kernel.received, last[0], raw.received),
+            _wrap_add(stream.kernel.dropped, last[1], raw.dropped),
+            _wrap_add(stream.kernel.if_dropped, last[2], raw.if_dropped),
+        )
+        stream.raw_kernel = (raw.received, raw.dropped, raw.if_dropped)
+
+    def _event(self, stream: _Stream, state: int, message: str = "") -> ingest_pb2.PodCaptureEvent:
+        return ingest_pb2.PodCaptureEvent(
+            capture_id=stream.key[0], pod_uid=stream.key[1], stream_id=stream.stream_id, state=state,
+            interface=stream.interface, message=message, last_seq=stream.seq,
+            agent_dropped_packets=stream.agent_dropped,
+            kernel=common_pb2.KernelStats(
+                received=stream.kernel.received, dropped=stream.kernel.dropped, if_dropped=stream.kernel.if_dropped
+            ),
+        )
+
+    def _housekeeping(self, now: float) -> None:
+        for stream in list(self._streams.values()):
+            if stream.pending_packets and now - stream.pending_since >= self._cfg.flush_interval:
+                self._cut(stream)
+            if now >= stream.next_stats:
+                stream.next_stats = now + self._cfg.stats_interval
+                self._read_kernel(stream)
+                self._sink.event(self._event(stream, common_pb2.POD_CAPTURE_STATE_CAPTURING))
+
+    def _finish(self, stream: _Stream, state: int, reason: str) -> None:
+        """Graceful end of a stream: drain what the ring holds, flush the last chunk, send final stats, close."""
+        if self._streams.get(stream.key) is not stream:
+            return
+        handle = stream.handle
+        try:
+            while stream.remaining != 0:
+                want = -1 if stream.remaining < 0 else stream.remaining
+                n = handle.dispatch(want)
+                if n <= 0:
+                    break
+                stream.pending_packets += n
+                if stream.remaining > 0:
+                    stream.remaining -= n
+        except PcapError:
+            pass
+        self._cut(stream)
+        self._read_kernel(stream)
+        with self._lock:
+            del self._streams[stream.key]
+        self._by_fd.pop(handle.fd, None)
+        try:
+            self._poll.unregister(handle.fd)
+        except KeyError:
+            pass
+        handle.close()
+        self._sink.event(self._event(stream, state, reason))
+        log.info("capture %s: pod %s/%s ended: %s", stream.key[0], stream.pod.namespace, stream.pod.name, reason)

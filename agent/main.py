@@ -1,0 +1,86 @@
+"""``podcap-agent``: command line and process lifecycle of the node agent (SIGTERM/SIGINT = graceful stop)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+from podcap.agent.capture import EngineSettings
+from podcap.agent.pods import NetnsPodSource, PodSource
+from podcap.agent.session import AgentConfig, AgentSession
+from podcap.names import InvalidNameError, NodeName, check_node_name
+
+log = logging.getLogger("podcap.agent")
+
+
+def make_source(kind: str, node: NodeName, args: argparse.Namespace) -> PodSource:
+    if kind == "netns":
+        return NetnsPodSource(node, args.netns_dir)
+    if kind == "cri":
+        from podcap.agent.cri_source import CriPodSource
+
+        return CriPodSource(node, endpoint=args.cri_endpoint, proc_root=args.proc_root)
+    if kind == "proc":
+        from podcap.agent.proc_source import ProcPodSource
+
+        return ProcPodSource(node, proc_root=args.proc_root)
+    raise SystemExit(f"podcap-agent: unknown pod source {kind!r} (choose netns, cri or proc)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="podcap-agent", description="podcap node agent: captures pods on this node.")
+    p.add_argument("--collector", default=os.environ.get("PODCAP_COLLECTOR", "127.0.0.1:7420"),
+                   help="collector address HOST:PORT (default $PODCAP_COLLECTOR or 127.0.0.1:7420)")
+    p.add_argument("--node", default=os.environ.get("NODE_NAME", ""),
+                   help="this node's name (default $NODE_NAME, set from spec.nodeName by the downward API)")
+    p.add_argument("--pod-source", default="cri", choices=["cri", "proc", "netns"],
+                   help="where pods come from: the container runtime (cri), /proc/*/cgroup (proc) or named "
+                   "network namespaces <namespace>.<pod> (netns)")
+    p.add_argument("--netns-dir", default="/run/netns", help="directory of named network namespaces (netns)")
+    p.add_argument("--cri-endpoint", default="", help="CRI socket, e.g. unix:///run/containerd/containerd.sock "
+                   "(default: auto-detect)")
+    p.add_argument("--proc-root", default="/proc", help="the host's /proc as seen by the agent (e.g. /host/proc)")
+    p.add_argument("--ring-budget", type=int, default=128 << 20,
+                   help="kernel ring memory in bytes shared by a capture's pods when it sets no buffer size")
+    p.add_argument("--upload-buffer", type=int, default=64 << 20,
+                   help="bytes of captured data held for upload before new chunks are dropped (and counted)")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.node:
+        sys.exit("podcap-agent: --node is required (or set NODE_NAME)")
+    try:
+        node = check_node_name(args.node)
+    except InvalidNameError as e:
+        sys.exit(f"podcap-agent: {e}")
+    source = make_source(args.pod_source, node, args)
+    cfg = AgentConfig(
+        collector=args.collector, node=node, upload_buffer_bytes=args.upload_buffer,
+        engine=EngineSettings(ring_budget_bytes=args.ring_budget),
+    )
+    agent = AgentSession(cfg, source)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            log.info("signal %d: stopping", signum)
+            threading.Thread(target=agent.shutdown, name="shutdown").start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("podcap-agent on node %s, pod source %s, collector %s", node, source.name, args.collector)
+    agent.run()
+
+
+if __name__ == "__main__":
+    main()

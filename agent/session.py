@@ -1,0 +1,271 @@
+"""The agent's session with the collector: register, inventory, heartbeats, commands down, chunks up.
+
+The agent always dials (privileged pods listen on nothing). One ``Ingest.Attach`` stream carries everything; it is
+re-established with exponential backoff when it breaks. Between the capture loop and gRPC sits ``Outbound``, a
+queue bounded in bytes: the capture loop never blocks on the network — when the collector is slow or away, chunks
+that do not fit are refused and counted as agent drops (reported in each pod's events). gRPC's request iterator
+pulls from the queue, so HTTP/2 flow control paces the upload.
+
+While disconnected the agent stops its streams (their final counters are kept for the next session); on
+registration the collector re-sends the captures it still wants, and each pod is re-attached as a new stream.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from podcap import __version__
+from podcap.agent.capture import CaptureEngine, EngineSettings
+from podcap.agent.pods import PodInfo, PodNotFoundError, PodSource, PodSourceError
+from podcap.names import CaptureId, InvalidNameError, NodeName, PodUid, check_capture_id, check_pod_uid
+from podcap.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_CLOSE = object()
+
+
+class Outbound:
+    """Messages waiting to go up, bounded in chunk bytes. Events are never refused (they are tiny and carry the
+    counters that make drops visible)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._bytes = 0
+        self._items: collections.deque[object] = collections.deque()
+        self._cond = threading.Condition()
+
+    def put_chunk(self, chunk: ingest_pb2.PcapChunk) -> bool:
+        size = len(chunk.records)
+        with self._cond:
+            if self._bytes + size > self._max:
+                return False
+            self._bytes += size
+            self._items.append(ingest_pb2.AgentMessage(chunk=chunk))
+            self._cond.notify()
+        return True
+
+    def put(self, msg: ingest_pb2.AgentMessage) -> None:
+        with self._cond:
+            self._items.append(msg)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._items.append(_CLOSE)
+            self._cond.notify_all()
+
+    def clear(self) -> list[ingest_pb2.AgentMessage]:
+        with self._cond:
+            items = [m for m in self._items if isinstance(m, ingest_pb2.AgentMessage)]
+            self._items.clear()
+            self._bytes = 0
+            return items
+
+    def iterate(self, first: ingest_pb2.AgentMessage) -> Iterator[ingest_pb2.AgentMessage]:
+        yield first
+        while True:
+            with self._cond:
+                while not self._items:
+                    self._cond.wait()
+                item = self._items.popleft()
+                if item is _CLOSE:
+                    return
+                assert isinstance(item, ingest_pb2.AgentMessage)
+                if item.WhichOneof("kind") == "chunk":
+                    self._bytes -= len(item.chunk.records)
+            yield item
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    collector: str
+    node: NodeName
+    heartbeat_interval: float = 5.0
+    inventory_interval: float = 1.0
+    upload_buffer_bytes: int = 64 << 20
+    reconnect_min: float = 0.5
+    reconnect_max: float = 10.0
+    engine: EngineSettings = EngineSettings()
+
+
+class _Sink:
+    """StreamSink for the capture engine: everything goes into the outbound queue."""
+
+    def __init__(self, out: Outbound) -> None:
+        self.out = out
+
+    def chunk(self, chunk: ingest_pb2.PcapChunk) -> bool:
+        return self.out.put_chunk(chunk)
+
+    def event(self, event: ingest_pb2.PodCaptureEvent) -> None:
+        self.out.put(ingest_pb2.AgentMessage(pod_event=event))
+
+
+class AgentSession:
+    """Runs the agent until ``shutdown()``: keeps a session with the collector and executes its commands."""
+
+    def __init__(self, config: AgentConfig, source: PodSource) -> None:
+        self.cfg = config
+        self.source = source
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.out = Outbound(config.upload_buffer_bytes)
+        self.engine = CaptureEngine(_Sink(self.out), instance_id=self.instance_id, settings=config.engine)
+        self._stop = threading.Event()
+        self._pods: dict[PodUid, PodInfo] = {}
+        self._call: grpc.Future | None = None
+        self._lock = threading.Lock()
+
+    # ---- lifecycle ----
+
+    def run(self) -> None:
+        backoff = self.cfg.reconnect_min
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self._session()
+            except grpc.RpcError as e:
+                code = e.code() if isinstance(e, grpc.Call) else None
+                if code == grpc.StatusCode.ALREADY_EXISTS:
+                    log.error("collector refused this agent: %s", e.details() if isinstance(e, grpc.Call) else e)
+                elif not self._stop.is_set():
+                    log.warning("collector session ended: %s", code.name if code else e)
+            if self._stop.is_set():
+                break
+            # Nothing to upload to: stop streams so nothing runs unobserved; the collector restarts them.
+            self.engine.stop_all("collector session lost")
+            if time.monotonic() - started > 30:
+                backoff = self.cfg.reconnect_min
+            self._stop.wait(backoff)
+            backoff = min(self.cfg.reconnect_max, backoff * 2)
+
+    def shutdown(self) -> None:
+        """Graceful stop: final chunks and counters of every stream are flushed up before the session closes."""
+        self._stop.set()
+        self.engine.close()
+        self.out.close()
+        deadline = time.monotonic() + 10
+        with self._lock:
+            call = self._call
+        while call is not None and time.monotonic() < deadline and not call.done():
+            time.sleep(0.05)
+        if call is not None:
+            call.cancel()
+
+    # ---- one session ----
+
+    def _inventory(self) -> list[PodInfo]:
+        try:
+            pods = self.source.list_pods()
+        except PodSourceError as e:
+            log.warning("pod inventory failed: %s", e)
+            return list(self._pods.values())
+        with self._lock:
+            self._pods = {p.uid: p for p in pods}
+        return pods
+
+    def _session(self) -> None:
+        pods = self._inventory()
+        register = ingest_pb2.AgentMessage(
+            register=ingest_pb2.Register(
+                node=self.cfg.node, version=__version__, instance_id=self.instance_id,
+                pods=[p.to_proto() for p in pods], pod_source=self.source.name,
+            )
+        )
+        # Left-over messages of the previous session refer to streams the collector will restart; keep events.
+        for msg in self.out.clear():
+            if msg.WhichOneof("kind") == "pod_event":
+                self.out.put(msg)
+        channel = grpc.insecure_channel(
+            self.cfg.collector,
+            options=[("grpc.max_send_message_length", 8 << 20), ("grpc.keepalive_time_ms", 20000)],
+        )
+        try:
+            stub = ingest_pb2_grpc.IngestStub(channel)
+            responses = stub.Attach(self.out.iterate(register))
+            with self._lock:
+                self._call = responses
+            side = threading.Thread(target=self._side_loop, args=(responses,), daemon=True, name="agent-side")
+            side.start()
+            for msg in responses:
+                self._handle(msg)
+        finally:
+            with self._lock:
+                self._call = None
+            self.out.close()
+            channel.close()
+            # A fresh queue iterator per session: drop the close marker of this one.
+            self.out.clear()
+
+    def _side_loop(self, call: grpc.Future) -> None:
+        """Heartbeats and inventory changes while the session lasts."""
+        last_heartbeat = 0.0
+        last_pods = {p.uid: p for p in self._pods.values()}
+        while not self._stop.is_set() and not call.done():
+            now = time.monotonic()
+            if now - last_heartbeat >= self.cfg.heartbeat_interval:
+                last_heartbeat = now
+                self.out.put(ingest_pb2.AgentMessage(heartbeat=ingest_pb2.Heartbeat(sent_unix_ns=time.time_ns())))
+            pods = {p.uid: p for p in self._inventory()}
+            if pods != last_pods:
+                last_pods = pods
+                self.out.put(
+                    ingest_pb2.AgentMessage(inventory=ingest_pb2.Inventory(pods=[p.to_proto() for p in pods.values()]))
+                )
+            self._stop.wait(self.cfg.inventory_interval)
+
+    def _handle(self, msg: ingest_pb2.CollectorMessage) -> None:
+        kind = msg.WhichOneof("kind")
+        if kind == "registered":
+            log.info("registered with collector %s as node %s (session %s)",
+                     self.cfg.collector, self.cfg.node, msg.registered.session_id)
+        elif kind == "start":
+            self._start(msg.start)
+        elif kind == "stop":
+            try:
+                cid = check_capture_id(msg.stop.capture_id)
+                uid = check_pod_uid(msg.stop.pod_uid) if msg.stop.pod_uid else None
+            except InvalidNameError as e:
+                log.warning("ignoring malformed stop command: %s", e)
+                return
+            self.engine.stop(cid, uid, "stopped by collector")
+        elif kind == "ack":
+            pass  # chunks are not spooled yet: nothing to release
+
+    def _start(self, cmd: ingest_pb2.StartPodCapture) -> None:
+        def fail(message: str) -> None:
+            self.out.put(ingest_pb2.AgentMessage(pod_event=ingest_pb2.PodCaptureEvent(
+                capture_id=cmd.capture_id, pod_uid=cmd.pod.uid, state=common_pb2.POD_CAPTURE_STATE_FAILED,
+                message=message)))
+
+        try:
+            cid: CaptureId = check_capture_id(cmd.capture_id)
+            uid = check_pod_uid(cmd.pod.uid)
+        except InvalidNameError as e:
+            log.warning("ignoring malformed start command: %s", e)
+            return
+        with self._lock:
+            pod = self._pods.get(uid)
+        if pod is None:
+            pods = {p.uid: p for p in self._inventory()}
+            pod = pods.get(uid)
+        if pod is None:
+            fail(f"pod {cmd.pod.namespace}/{cmd.pod.name} (uid {uid}) is not on node {self.cfg.node}")
+            return
+        try:
+            network = self.source.locate(uid)
+        except PodNotFoundError as e:
+            fail(str(e))
+            return
+        except PodSourceError as e:
+            fail(f"cannot locate pod {pod.namespace}/{pod.name}: {e}")
+            return
+        self.engine.start(cid, pod, network, cmd.settings, pods_on_node=cmd.pods_on_node or 1)

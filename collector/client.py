@@ -1,0 +1,83 @@
+"""The CLI's connection to the collector: one place that turns gRPC failures into messages a user can act on."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import grpc
+
+from podcap.v1 import control_pb2, control_pb2_grpc
+
+DEFAULT_COLLECTOR = "127.0.0.1:7420"
+
+
+class CollectorError(RuntimeError):
+    """A request to the collector failed; ``str()`` is a one-line message for the user."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def default_address() -> str:
+    return os.environ.get("PODCAP_COLLECTOR") or DEFAULT_COLLECTOR
+
+
+def _translate(e: grpc.RpcError, address: str) -> CollectorError:
+    code = e.code() if isinstance(e, grpc.Call) else None
+    details = e.details() if isinstance(e, grpc.Call) else str(e)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return CollectorError(f"cannot reach the collector at {address} ({details}); is podcap-collector running? "
+                              "Set --collector or PODCAP_COLLECTOR.", code)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return CollectorError(f"the collector at {address} did not answer in time", code)
+    return CollectorError(details or (code.name if code else "request failed"), code)
+
+
+class CollectorClient:
+    def __init__(self, address: str | None = None, *, timeout: float = 30.0) -> None:
+        self.address = address or default_address()
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(self.address, options=[("grpc.max_receive_message_length", 8 << 20)])
+        self._stub = control_pb2_grpc.ControlStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> CollectorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self, req: control_pb2.StartCaptureRequest) -> control_pb2.CaptureStatus:
+        try:
+            return self._stub.StartCapture(req, timeout=self.timeout).capture
+        except grpc.RpcError as e:
+            raise _translate(e, self.address) from e
+
+    def stop(self, capture_id: str) -> control_pb2.CaptureStatus:
+        try:
+            return self._stub.StopCapture(control_pb2.StopCaptureRequest(capture_id=capture_id),
+                                          timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _translate(e, self.address) from e
+
+    def get(self, capture_id: str) -> control_pb2.CaptureStatus:
+        try:
+            return self._stub.GetCapture(control_pb2.GetCaptureRequest(capture_id=capture_id), timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _translate(e, self.address) from e
+
+    def list(self) -> list[control_pb2.CaptureStatus]:
+        try:
+            return list(self._stub.ListCaptures(control_pb2.ListCapturesRequest(), timeout=self.timeout).captures)
+        except grpc.RpcError as e:
+            raise _translate(e, self.address) from e
+
+    def download(self, capture_id: str, pods: list[str] | None = None) -> Iterator[control_pb2.DownloadChunk]:
+        try:
+            yield from self._stub.Download(control_pb2.DownloadRequest(capture_id=capture_id, pods=pods or []))
+        except grpc.RpcError as e:
+            raise _translate(e, self.address) from e

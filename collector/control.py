@@ -1,0 +1,96 @@
+"""``podcap.v1.Control``: the collector's API for the CLI.
+
+Translates the capture manager's exceptions into gRPC status codes with one-line messages a user can act on, and
+streams stored packets back as one pcap file per pod (segments joined: the first file header, then every
+segment's records).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import grpc
+
+from podcap.collector.captures import CaptureManager, CaptureNotFoundError, NoAgentError
+from podcap.collector.targets import NoMatchError
+from podcap.pcapfile import FILE_HEADER_LEN
+from podcap.v1 import control_pb2, control_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_BLOCK = 1 << 20
+
+
+def _abort_for(context: grpc.ServicerContext, e: Exception) -> None:
+    if isinstance(e, (NoMatchError, CaptureNotFoundError)):
+        context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+    if isinstance(e, NoAgentError):
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+    if isinstance(e, ValueError):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+    raise e
+
+
+class ControlServicer(control_pb2_grpc.ControlServicer):
+    def __init__(self, captures: CaptureManager) -> None:
+        self.captures = captures
+
+    def StartCapture(  # noqa: N802
+        self, request: control_pb2.StartCaptureRequest, context: grpc.ServicerContext
+    ) -> control_pb2.StartCaptureResponse:
+        try:
+            cap = self.captures.start(request)
+        except (ValueError, LookupError, NoAgentError) as e:
+            log.info("start refused: %s", e)
+            _abort_for(context, e)
+            raise
+        return control_pb2.StartCaptureResponse(capture=cap.status())
+
+    def StopCapture(  # noqa: N802
+        self, request: control_pb2.StopCaptureRequest, context: grpc.ServicerContext
+    ) -> control_pb2.CaptureStatus:
+        try:
+            cap = self.captures.stop(request.capture_id)
+        except CaptureNotFoundError as e:
+            _abort_for(context, e)
+            raise
+        return cap.status()
+
+    def ListCaptures(  # noqa: N802
+        self, request: control_pb2.ListCapturesRequest, context: grpc.ServicerContext
+    ) -> control_pb2.ListCapturesResponse:
+        return control_pb2.ListCapturesResponse(captures=[c.status() for c in self.captures.list()])
+
+    def GetCapture(  # noqa: N802
+        self, request: control_pb2.GetCaptureRequest, context: grpc.ServicerContext
+    ) -> control_pb2.CaptureStatus:
+        try:
+            return self.captures.get(request.capture_id).status()
+        except CaptureNotFoundError as e:
+            _abort_for(context, e)
+            raise
+
+    def Download(  # noqa: N802
+        self, request: control_pb2.DownloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[control_pb2.DownloadChunk]:
+        try:
+            cap = self.captures.get(request.capture_id)
+        except CaptureNotFoundError as e:
+            _abort_for(context, e)
+            raise
+        for ps, fmt, segments in self.captures.pod_files(cap, list(request.pods)):
+            size = FILE_HEADER_LEN + sum(n - FILE_HEADER_LEN for _, n in segments)
+            yield control_pb2.DownloadChunk(file=control_pb2.FileStart(
+                pod=ps.pod.to_proto(), path=f"{ps.pod.namespace}/{ps.pod.name}.pcap", size=size))
+            yield control_pb2.DownloadChunk(data=fmt.header())
+            for path, length in segments:
+                with open(path, "rb") as f:
+                    f.seek(FILE_HEADER_LEN)
+                    left = length - FILE_HEADER_LEN
+                    while left > 0:
+                        block = f.read(min(DOWNLOAD_BLOCK, left))
+                        if not block:
+                            break
+                        left -= len(block)
+                        yield control_pb2.DownloadChunk(data=block)

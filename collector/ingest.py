@@ -1,0 +1,108 @@
+"""``podcap.v1.Ingest``: the collector's end of every agent session.
+
+The first message must be ``register``. Then one reader thread consumes the agent's messages (chunks are stored
+and acknowledged in order; events and inventories go to the capture manager and registry) while the response
+generator drains the connection's outbound queue (commands and acks). A malformed message from an agent is
+logged and answered in-band where possible; it never touches stored data. Normal ends (the agent closing,
+cancellation, collector shutdown) are not errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+
+from podcap.collector.agents import HEARTBEAT_INTERVAL_S, AgentConflictError, AgentConnection, AgentRegistry
+from podcap.collector.captures import CaptureManager, ChunkRejectedError
+from podcap.collector.targets import PodRef
+from podcap.names import InvalidNameError, check_namespace, check_node_name, check_pod_name, check_pod_uid
+from podcap.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+def _valid_pods(node: str, pods: list[common_pb2.Pod]) -> list[PodRef]:
+    """Inventory entries with valid names on the agent's own node; others are dropped with a log line."""
+    out = []
+    for p in pods:
+        try:
+            check_namespace(p.namespace)
+            check_pod_name(p.name)
+            check_pod_uid(p.uid)
+        except InvalidNameError as e:
+            log.warning("agent %s: inventory entry ignored: %s", node, e)
+            continue
+        ref = PodRef.from_proto(p)
+        if ref.node != node:
+            ref = PodRef(ref.namespace, ref.name, ref.uid, check_node_name(node), ref.labels, ref.ip,
+                         ref.host_network)
+        out.append(ref)
+    return out
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServicer):
+    def __init__(self, registry: AgentRegistry, captures: CaptureManager) -> None:
+        self.registry = registry
+        self.captures = captures
+
+    def Attach(  # noqa: N802 (gRPC method name)
+        self, request_iterator: Iterator[ingest_pb2.AgentMessage], context: grpc.ServicerContext
+    ) -> Iterator[ingest_pb2.CollectorMessage]:
+        try:
+            first = next(request_iterator)
+        except (StopIteration, grpc.RpcError):
+            return
+        if first.WhichOneof("kind") != "register":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a session must be `register`")
+        reg = first.register
+        try:
+            node = check_node_name(reg.node)
+        except InvalidNameError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        conn = AgentConnection(node=node, instance_id=reg.instance_id[:64], version=reg.version[:64],
+                               pod_source=reg.pod_source[:32], pods=_valid_pods(node, list(reg.pods)))
+        conn.send(ingest_pb2.CollectorMessage(registered=ingest_pb2.Registered(
+            session_id=conn.session_id, heartbeat_interval_ms=int(HEARTBEAT_INTERVAL_S * 1000))))
+        try:
+            self.registry.register(conn)
+        except AgentConflictError as e:
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
+        context.add_callback(conn.close)
+        reader = threading.Thread(target=self._read, args=(conn, request_iterator), daemon=True,
+                                  name=f"ingest-{node}")
+        reader.start()
+        try:
+            yield from conn.outgoing()
+        finally:
+            conn.close()
+            reader.join(timeout=5)
+            self.registry.unregister(conn)
+
+    def _read(self, conn: AgentConnection, requests: Iterator[ingest_pb2.AgentMessage]) -> None:
+        try:
+            for msg in requests:
+                conn.last_seen = time.monotonic()
+                kind = msg.WhichOneof("kind")
+                if kind == "chunk":
+                    try:
+                        conn.send(ingest_pb2.CollectorMessage(ack=self.captures.on_chunk(conn, msg.chunk)))
+                    except ChunkRejectedError as e:
+                        log.warning("agent %s: chunk rejected: %s", conn.node, e)
+                elif kind == "pod_event":
+                    self.captures.on_pod_event(conn, msg.pod_event)
+                elif kind == "inventory":
+                    self.registry.update_inventory(conn, _valid_pods(conn.node, list(msg.inventory.pods)))
+                elif kind == "heartbeat":
+                    pass
+                else:
+                    log.warning("agent %s: unexpected message %r ignored", conn.node, kind)
+        except grpc.RpcError:
+            pass  # the stream ended (agent gone, cancelled, shutdown): handled by the caller
+        except Exception:
+            log.exception("agent %s: session reader failed", conn.node)
+        finally:
+            conn.close()

@@ -1,0 +1,114 @@
+"""What a capture covers: validating a ``Target`` and resolving it to pods.
+
+Resolution runs against a pod inventory — the union of what the agents report (no Kubernetes needed) or, with an
+API server, what it lists. Errors name what exists, so the user's next command is obvious: an unknown namespace
+lists the namespaces, unknown pods list the pods of that namespace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from podcap.labels import Selector, SelectorError, parse_selector
+from podcap.names import InvalidNameError, NodeName, PodUid, check_namespace, check_pod_name
+from podcap.v1 import common_pb2, control_pb2
+
+MAX_POD_NAMES = 1000
+
+
+class TargetError(ValueError):
+    """The target is malformed (bad name, bad selector)."""
+
+
+class NoMatchError(LookupError):
+    """The target is well-formed but names pods or namespaces that do not exist."""
+
+
+@dataclass(frozen=True)
+class PodRef:
+    namespace: str
+    name: str
+    uid: PodUid
+    node: NodeName
+    labels: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+    ip: str = field(default="", compare=False)
+    host_network: bool = field(default=False, compare=False)
+
+    @property
+    def display(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def to_proto(self) -> common_pb2.Pod:
+        return common_pb2.Pod(namespace=self.namespace, name=self.name, uid=self.uid, node=self.node,
+                              labels=dict(self.labels), ip=self.ip, host_network=self.host_network)
+
+    @staticmethod
+    def from_proto(p: common_pb2.Pod) -> PodRef:
+        return PodRef(p.namespace, p.name, PodUid(p.uid), NodeName(p.node), dict(p.labels), p.ip, p.host_network)
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A validated target."""
+
+    namespace: str | None  # None = all namespaces
+    selector: Selector
+    pod_names: tuple[str, ...]
+
+    @property
+    def dynamic(self) -> bool:
+        """Pods that appear later and match are attached while the capture runs (not for explicit pod lists)."""
+        return not self.pod_names
+
+    def matches(self, pod: PodRef) -> bool:
+        if self.namespace is not None and pod.namespace != self.namespace:
+            return False
+        if self.pod_names and pod.name not in self.pod_names:
+            return False
+        return self.selector.matches(pod.labels)
+
+
+def parse_target(t: control_pb2.Target) -> TargetSpec:
+    try:
+        namespace = None if t.all_namespaces else check_namespace(t.namespace or "default")
+        if len(t.pod_names) > MAX_POD_NAMES:
+            raise TargetError(f"at most {MAX_POD_NAMES} pod names per capture")
+        names = tuple(dict.fromkeys(check_pod_name(n) for n in t.pod_names))
+        selector = parse_selector(t.selector)
+    except (InvalidNameError, SelectorError) as e:
+        raise TargetError(str(e)) from e
+    if names and namespace is None:
+        raise TargetError("pod names need a namespace (-n NAMESPACE), not --all-namespaces")
+    return TargetSpec(namespace, selector, names)
+
+
+def _preview(items: Iterable[str], limit: int = 20) -> str:
+    items = sorted(items)
+    if not items:
+        return "none"
+    more = f", … ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def resolve(spec: TargetSpec, pods: Iterable[PodRef]) -> list[PodRef]:
+    """The pods the target covers now. Raises NoMatchError with what exists when nothing (or a named pod) is
+    missing."""
+    pods = list(pods)
+    namespaces = {p.namespace for p in pods}
+    if spec.namespace is not None and spec.namespace not in namespaces:
+        raise NoMatchError(f"namespace {spec.namespace!r} has no pods on any connected node; "
+                           f"namespaces with pods: {_preview(namespaces)}")
+    in_ns = [p for p in pods if spec.namespace is None or p.namespace == spec.namespace]
+    if spec.pod_names:
+        present = {p.name for p in in_ns}
+        missing = [n for n in spec.pod_names if n not in present]
+        if missing:
+            raise NoMatchError(f"no pod {_preview(missing)} in namespace {spec.namespace!r}; "
+                               f"pods there: {_preview(present)}")
+    matched = sorted((p for p in in_ns if spec.matches(p)), key=lambda p: (p.namespace, p.name, p.uid))
+    if not matched:
+        where = f"namespace {spec.namespace!r}" if spec.namespace is not None else "any namespace"
+        raise NoMatchError(f"no pods in {where} match selector {str(spec.selector)!r}; "
+                           f"pods there: {_preview(p.name for p in in_ns)}")
+    return matched

@@ -1,0 +1,51 @@
+# syntax=docker/dockerfile:1
+#
+# The podcap collector image. Build from the repository root (the build context must hold pyproject.toml):
+#   docker build -f deploy/images/collector.Dockerfile -t podcap-collector:0.1.0 .
+#   podman build -f deploy/images/collector.Dockerfile -t podcap-collector:0.1.0 .
+#   buildah bud -f deploy/images/collector.Dockerfile -t podcap-collector:0.1.0 .
+#
+# Stage 1 builds wheels for podcap and all its dependencies and installs them into a virtualenv; stage 2 copies only
+# that virtualenv onto a clean slim image, so no compiler, headers or build tree reach the runtime image.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# A compiler and libpcap headers, for any dependency that has no wheel for the build platform (pcapy-ng, grpcio on
+# less common architectures). They stay in this stage.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential libpcap-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+# Only what the distribution is built from (the repository root also holds .venv, tests, build trees...).
+# README.md is left out on purpose: it only feeds the wheel's long description, and setuptools builds without it.
+COPY pyproject.toml ./
+COPY proto/ proto/
+COPY agent/ agent/
+COPY collector/ collector/
+RUN pip wheel --wheel-dir /wheels . \
+ && python -m venv /opt/podcap \
+ && /opt/podcap/bin/pip install --no-index --find-links /wheels podcap \
+ && /opt/podcap/bin/podcap-collector --help > /dev/null
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="podcap-collector" \
+      org.opencontainers.image.description="podcap collector: receives per-pod pcap chunks from agents, stores them, serves the podcap CLI" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# libpcap from Debian (1.10.x): the capture fast path calls it through ctypes (pcap_dispatch + pcap_dump).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libpcap0.8 \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=builder /opt/podcap /opt/podcap
+ENV PATH=/opt/podcap/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# The data directory, owned by the runtime user; in Kubernetes a PersistentVolumeClaim is mounted over it.
+RUN install -d -o 65532 -g 65532 -m 0750 /var/lib/podcap
+# Non-root (the "nonroot" uid/gid of distroless images). Pod Security "restricted" is enforced in its namespace.
+USER 65532:65532
+ENTRYPOINT ["podcap-collector"]
+CMD ["--listen=0.0.0.0:7420", "--data-dir=/var/lib/podcap"]
