@@ -344,7 +344,9 @@ class CaptureEngine:
         )
         stream.raw_kernel = (raw.received, raw.dropped, raw.if_dropped)
 
-    def _event(self, stream: _Stream, state: int, message: str = "") -> ingest_pb2.PodCaptureEvent:
+    def _event(
+        self, stream: _Stream, state: common_pb2.PodCaptureState.ValueType, message: str = ""
+    ) -> ingest_pb2.PodCaptureEvent:
         return ingest_pb2.PodCaptureEvent(
             capture_id=stream.key[0], pod_uid=stream.key[1], stream_id=stream.stream_id, state=state,
             interface=stream.interface, message=message, last_seq=stream.seq,
@@ -363,7 +365,7 @@ class CaptureEngine:
                 self._read_kernel(stream)
                 self._sink.event(self._event(stream, common_pb2.POD_CAPTURE_STATE_CAPTURING))
 
-    def _finish(self, stream: _Stream, state: int, reason: str) -> None:
+    def _finish(self, stream: _Stream, state: common_pb2.PodCaptureState.ValueType, reason: str) -> None:
         """Graceful end of a stream: drain what the ring holds, flush the last chunk, send final stats, close."""
         if self._streams.get(stream.key) is not stream:
             return

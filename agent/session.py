@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
-
 from podcap import __version__
 from podcap.agent.capture import CaptureEngine, EngineSettings
 from podcap.agent.pods import PodInfo, PodNotFoundError, PodSource, PodSourceError
@@ -121,7 +120,7 @@ class AgentSession:
         self.engine = CaptureEngine(_Sink(self.out), instance_id=self.instance_id, settings=config.engine)
         self._stop = threading.Event()
         self._pods: dict[PodUid, PodInfo] = {}
-        self._call: grpc.Future | None = None
+        self._call: grpc.Future[ingest_pb2.CollectorMessage] | None = None
         self._lock = threading.Lock()
 
     # ---- lifecycle ----
@@ -192,11 +191,11 @@ class AgentSession:
             stub = ingest_pb2_grpc.IngestStub(channel)
             responses = stub.Attach(self.out.iterate(register))
             with self._lock:
-                self._call = responses
+                self._call = responses  # type: ignore[assignment]  # the call is both iterator and future
             side = threading.Thread(target=self._side_loop, args=(responses,), daemon=True, name="agent-side")
             side.start()
-            for msg in responses:
-                self._handle(msg)
+            for reply in responses:
+                self._handle(reply)
         finally:
             with self._lock:
                 self._call = None
@@ -205,7 +204,7 @@ class AgentSession:
             # A fresh queue iterator per session: drop the close marker of this one.
             self.out.clear()
 
-    def _side_loop(self, call: grpc.Future) -> None:
+    def _side_loop(self, call: grpc.Future[ingest_pb2.CollectorMessage]) -> None:
         """Heartbeats and inventory changes while the session lasts."""
         last_heartbeat = 0.0
         last_pods = {p.uid: p for p in self._pods.values()}

@@ -54,7 +54,7 @@ class ChunkRejectedError(ValueError):
 @dataclass
 class PodState:
     pod: PodRef
-    state: int = common_pb2.POD_CAPTURE_STATE_PENDING
+    state: common_pb2.PodCaptureState.ValueType = common_pb2.POD_CAPTURE_STATE_PENDING
     packets: int = 0
     bytes: int = 0
     kernel: tuple[int, int, int] = (0, 0, 0)
@@ -87,7 +87,7 @@ class Capture:
     request: control_pb2.StartCaptureRequest
     target: TargetSpec
     created_ns: int
-    state: int = control_pb2.CAPTURE_STATE_RUNNING
+    state: control_pb2.CaptureState.ValueType = control_pb2.CAPTURE_STATE_RUNNING
     ended_ns: int = 0
     end_reason: str = ""
     pods: dict[PodUid, PodState] = field(default_factory=dict)
@@ -157,7 +157,8 @@ class CaptureManager(AgentListener):
             except ValueError:
                 log.error("stored capture %s has an invalid target; skipped", row.id)
                 continue
-            cap = Capture(CaptureId(row.id), row.request, spec, row.created_ns, row.state, row.ended_ns,
+            cap = Capture(CaptureId(row.id), row.request, spec, row.created_ns,
+                          control_pb2.CaptureState.ValueType(row.state), row.ended_ns,
                           row.end_reason)
             for pr in self.store.pods(row.id):
                 st = pr.status
@@ -251,7 +252,7 @@ class CaptureManager(AgentListener):
             raise CaptureNotFoundError(f"no capture {capture_id!r} (see `podcap list`)")
         return cap
 
-    def list(self) -> list[Capture]:
+    def all(self) -> list[Capture]:
         with self._lock:
             return sorted(self._captures.values(), key=lambda c: c.created_ns, reverse=True)
 
@@ -319,7 +320,7 @@ class CaptureManager(AgentListener):
     # ---- agent events ----
 
     def agent_registered(self, conn: AgentConnection) -> None:
-        for cap in self.list():
+        for cap in self.all():
             if cap.state != control_pb2.CAPTURE_STATE_RUNNING:
                 continue
             with cap.lock:
@@ -328,7 +329,7 @@ class CaptureManager(AgentListener):
         self.agent_inventory(conn)
 
     def agent_gone(self, conn: AgentConnection) -> None:
-        for cap in self.list():
+        for cap in self.all():
             with cap.lock:
                 if cap.state not in (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING):
                     continue
@@ -346,7 +347,7 @@ class CaptureManager(AgentListener):
 
     def agent_inventory(self, conn: AgentConnection) -> None:
         """Attach pods that appeared on the node and match a running dynamic capture."""
-        for cap in self.list():
+        for cap in self.all():
             if cap.state != control_pb2.CAPTURE_STATE_RUNNING or not cap.target.dynamic:
                 continue
             new: list[PodState] = []
@@ -489,7 +490,9 @@ class CaptureManager(AgentListener):
 
     # ---- reading ----
 
-    def pod_files(self, cap: Capture, selectors: list[str]) -> Iterator[tuple[PodState, FileFormat, list[tuple[str, int]]]]:
+    def pod_files(
+        self, cap: Capture, selectors: list[str]
+    ) -> Iterator[tuple[PodState, FileFormat, list[tuple[str, int]]]]:
         """Each selected pod with its stream format and its segments as (path, bytes to read)."""
         with cap.lock:
             pods = list(cap.pods.values())
@@ -516,14 +519,14 @@ class CaptureManager(AgentListener):
         last_flush = 0.0
         while not self._closing.wait(0.2):
             now_ns = time.time_ns()
-            for cap in self.list():
+            for cap in self.all():
                 if cap.state == control_pb2.CAPTURE_STATE_RUNNING and cap.deadline_ns and now_ns >= cap.deadline_ns:
                     self._begin_stop(cap, "duration reached")
                 elif cap.state == control_pb2.CAPTURE_STATE_STOPPING and time.monotonic() >= cap.stop_deadline:
                     self._maybe_finish(cap, force=True)
             if time.monotonic() - last_flush >= 1.0:
                 last_flush = time.monotonic()
-                for cap in self.list():
+                for cap in self.all():
                     try:
                         self._flush(cap)
                     except Exception:
@@ -533,7 +536,7 @@ class CaptureManager(AgentListener):
         """Persist everything; running captures stay RUNNING in the database and resume at the next start."""
         self._closing.set()
         self._ticker.join(timeout=5)
-        for cap in self.list():
+        for cap in self.all():
             with cap.lock:
                 for ps in cap.pods.values():
                     if ps.writer is not None:

@@ -6,7 +6,6 @@ import os
 from collections.abc import Iterator
 
 import grpc
-
 from podcap.v1 import control_pb2, control_pb2_grpc
 
 DEFAULT_COLLECTOR = "127.0.0.1:7420"
@@ -70,7 +69,7 @@ class CollectorClient:
         except grpc.RpcError as e:
             raise _translate(e, self.address) from e
 
-    def list(self) -> list[control_pb2.CaptureStatus]:
+    def list_captures(self) -> list[control_pb2.CaptureStatus]:
         try:
             return list(self._stub.ListCaptures(control_pb2.ListCapturesRequest(), timeout=self.timeout).captures)
         except grpc.RpcError as e:

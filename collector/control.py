@@ -11,7 +11,6 @@ import logging
 from collections.abc import Iterator
 
 import grpc
-
 from podcap.collector.captures import CaptureManager, CaptureNotFoundError, NoAgentError
 from podcap.collector.targets import NoMatchError
 from podcap.pcapfile import FILE_HEADER_LEN
@@ -60,7 +59,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     def ListCaptures(  # noqa: N802
         self, request: control_pb2.ListCapturesRequest, context: grpc.ServicerContext
     ) -> control_pb2.ListCapturesResponse:
-        return control_pb2.ListCapturesResponse(captures=[c.status() for c in self.captures.list()])
+        return control_pb2.ListCapturesResponse(captures=[c.status() for c in self.captures.all()])
 
     def GetCapture(  # noqa: N802
         self, request: control_pb2.GetCaptureRequest, context: grpc.ServicerContext

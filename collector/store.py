@@ -87,7 +87,9 @@ class CaptureStore:
                 (state, ended_ns, end_reason, capture_id),
             )
 
-    def save_pods(self, capture_id: str, pods: list[tuple[control_pb2.PodStatus, common_pb2.PcapFormat | None]]) -> None:
+    def save_pods(
+        self, capture_id: str, pods: list[tuple[control_pb2.PodStatus, common_pb2.PcapFormat | None]]
+    ) -> None:
         """Insert or update the rows of these pods in one transaction."""
         rows = [
             (

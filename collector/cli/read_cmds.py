@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import click
-
 from podcap.collector.cli.render import capture_table, dump_json, list_table, print_table, to_dict
 from podcap.collector.cli.units import human_bytes
 from podcap.collector.client import CollectorClient, CollectorError
@@ -32,7 +31,7 @@ def status(obj: dict[str, str], capture_id: str, output: str) -> None:
 def list_captures(obj: dict[str, str], output: str) -> None:
     """Every capture the collector knows, newest first."""
     with CollectorClient(obj["collector"]) as client:
-        captures = client.list()
+        captures = client.list_captures()
     if output == "json":
         click.echo(dump_json([to_dict(c) for c in captures]))
     else:

@@ -7,18 +7,17 @@ import time
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
+from podcap.collector.cli.units import human_bytes, human_duration
+from podcap.v1 import common_pb2, control_pb2
 from rich.console import Console
 from rich.table import Table
 
-from podcap.collector.cli.units import human_bytes, human_duration
-from podcap.v1 import common_pb2, control_pb2
 
-
-def capture_state(state: int) -> str:
+def capture_state(state: control_pb2.CaptureState.ValueType) -> str:
     return control_pb2.CaptureState.Name(state).removeprefix("CAPTURE_STATE_").lower()
 
 
-def pod_state(state: int) -> str:
+def pod_state(state: common_pb2.PodCaptureState.ValueType) -> str:
     return common_pb2.PodCaptureState.Name(state).removeprefix("POD_CAPTURE_STATE_").lower().replace("_", "-")
 
 

@@ -95,7 +95,9 @@ class DemoNode:
 
     def spawn(self, pod: DemoPod, argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
         """Start a process inside the pod's network namespace; it is killed by ``destroy``."""
-        proc = subprocess.Popen(["ip", "netns", "exec", pod.netns, *argv], start_new_session=True, **kw)  # type: ignore[call-overload]
+        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+            ["ip", "netns", "exec", pod.netns, *argv], start_new_session=True, **kw
+        )
         self.processes.append(proc)
         return proc
 

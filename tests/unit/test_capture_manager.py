@@ -1,0 +1,184 @@
+"""The collector's chunk path without sockets: validation, de-duplication, exact limits, stop and restart."""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+
+import pytest
+
+from podcap.collector.agents import AgentConnection, AgentRegistry
+from podcap.collector.captures import CaptureManager, ChunkRejectedError
+from podcap.collector.storage.local import list_segments
+from podcap.collector.store import CaptureStore
+from podcap.collector.targets import NoMatchError, PodRef
+from podcap.names import NodeName, PodUid
+from podcap.pcapfile import read_file
+from podcap.v1 import common_pb2, control_pb2, ingest_pb2
+
+NODE = NodeName("node-a")
+PODS = [PodRef("shop", f"web-{i}", PodUid(f"uid-{i}"), NODE, {"app": "web"}) for i in range(2)]
+
+
+def records(start: int, n: int, size: int = 60) -> bytes:
+    return b"".join(struct.pack("<IIII", 10, i, size, size) + i.to_bytes(4, "big") * (size // 4)
+                    for i in range(start, start + n))
+
+
+@pytest.fixture
+def env(tmp_path: str) -> Iterator[tuple[CaptureManager, AgentConnection, str]]:
+    registry = AgentRegistry()
+    conn = AgentConnection(node=NODE, instance_id="inst", version="t", pod_source="netns", pods=list(PODS))
+    registry.register(conn)
+    store = CaptureStore(os.path.join(tmp_path, "db"))
+    mgr = CaptureManager(str(tmp_path), registry, store)
+    yield mgr, conn, str(tmp_path)
+    mgr.close()
+    store.close()
+
+
+def sent(conn: AgentConnection) -> list[ingest_pb2.CollectorMessage]:
+    out = []
+    while conn._items:
+        item = conn._items.popleft()
+        if item is not None:
+            out.append(item)
+    return out
+
+
+def start(mgr: CaptureManager, conn: AgentConnection, **limits: int) -> str:
+    cap = mgr.start(control_pb2.StartCaptureRequest(
+        target=control_pb2.Target(namespace="shop", selector="app=web"), limits=control_pb2.Limits(**limits)))
+    starts = [m.start for m in sent(conn) if m.WhichOneof("kind") == "start"]
+    assert sorted(s.pod.name for s in starts) == ["web-0", "web-1"]
+    assert all(s.pods_on_node == 2 for s in starts)
+    for p in PODS:
+        mgr.on_pod_event(conn, ingest_pb2.PodCaptureEvent(
+            capture_id=cap.id, pod_uid=p.uid, stream_id=f"s-{p.uid}", state=common_pb2.POD_CAPTURE_STATE_CAPTURING,
+            format=common_pb2.PcapFormat(linktype=1, snaplen=262144, nanosecond=True), interface="veth-x"))
+    return cap.id
+
+
+def chunk(cid: str, uid: str, seq: int, data: bytes, n: int) -> ingest_pb2.PcapChunk:
+    return ingest_pb2.PcapChunk(capture_id=cid, pod_uid=uid, stream_id=f"s-{uid}", seq=seq, records=data, packets=n)
+
+
+def stored(data_dir: str, cid: str, pod: str) -> list[int]:
+    out = []
+    for seg in list_segments(os.path.join(data_dir, "captures", cid, "shop", pod)):
+        out += [int.from_bytes(r.data[:4], "big") for r in read_file(seg)[1]]
+    return out
+
+
+def test_chunks_stored_once_in_order(env: tuple[CaptureManager, AgentConnection, str]) -> None:
+    mgr, conn, data = env
+    cid = start(mgr, conn)
+    assert mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 5), 5)).seq == 1
+    assert mgr.on_chunk(conn, chunk(cid, "uid-0", 2, records(5, 5), 5)).seq == 2
+    assert mgr.on_chunk(conn, chunk(cid, "uid-0", 2, records(5, 5), 5)).seq == 2  # duplicate: acked, not stored
+    with pytest.raises(ChunkRejectedError):
+        mgr.on_chunk(conn, chunk(cid, "uid-0", 4, records(10, 5), 5))  # gap
+    assert stored(data, cid, "web-0") == list(range(10))
+    assert mgr.get(cid).status().pods[0].packets == 10
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        records(0, 3)[:-1],  # truncated
+        records(0, 3) + b"\x00" * 5,  # trailing garbage
+    ],
+)
+def test_malformed_chunk_rejected_without_touching_storage(env: tuple[CaptureManager, AgentConnection, str],
+                                                           bad: bytes) -> None:
+    mgr, conn, data = env
+    cid = start(mgr, conn)
+    mgr.on_chunk(conn, chunk(cid, "uid-1", 1, records(0, 2), 2))
+    with pytest.raises(ChunkRejectedError):
+        mgr.on_chunk(conn, chunk(cid, "uid-1", 2, bad, 3))
+    assert stored(data, cid, "web-1") == [0, 1]
+
+
+def test_chunk_from_another_node_or_capture_rejected(env: tuple[CaptureManager, AgentConnection, str]) -> None:
+    mgr, conn, _ = env
+    cid = start(mgr, conn)
+    other = AgentConnection(node=NodeName("node-b"), instance_id="x", version="t", pod_source="netns", pods=[])
+    with pytest.raises(ChunkRejectedError):
+        mgr.on_chunk(other, chunk(cid, "uid-0", 1, records(0, 1), 1))
+    with pytest.raises(ChunkRejectedError):
+        mgr.on_chunk(conn, chunk("nosuchcapture", "uid-0", 1, records(0, 1), 1))
+    with pytest.raises(ChunkRejectedError):
+        mgr.on_chunk(conn, ingest_pb2.PcapChunk(capture_id=cid, pod_uid="uid-0", stream_id="old", seq=1,
+                                                records=records(0, 1), packets=1))
+
+
+def test_max_packets_is_exact_across_pods(env: tuple[CaptureManager, AgentConnection, str]) -> None:
+    mgr, conn, data = env
+    cid = start(mgr, conn, max_packets=7)
+    mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 4), 4))
+    mgr.on_chunk(conn, chunk(cid, "uid-1", 1, records(100, 4), 4))
+    mgr.on_chunk(conn, chunk(cid, "uid-0", 2, records(4, 4), 4))
+    assert stored(data, cid, "web-0") + stored(data, cid, "web-1") == [0, 1, 2, 3, 100, 101, 102]
+    cap = mgr.get(cid)
+    cap.ended.wait(0.5)
+    assert cap.status().packets == 7
+    assert any(m.WhichOneof("kind") == "stop" for m in sent(conn))
+
+
+@pytest.mark.parametrize("max_bytes", [24 + 76 * 3, 24 + 76 * 3 + 75, 2 * 24 + 76 * 5])
+def test_max_bytes_never_exceeded(env: tuple[CaptureManager, AgentConnection, str], max_bytes: int) -> None:
+    mgr, conn, data = env
+    cid = start(mgr, conn, max_bytes=max_bytes)
+    for seq in range(1, 4):
+        mgr.on_chunk(conn, chunk(cid, "uid-0", seq, records(seq * 10, 2), 2))
+        mgr.on_chunk(conn, chunk(cid, "uid-1", seq, records(seq * 10, 2), 2))
+    total = sum(os.path.getsize(s) for p in ("web-0", "web-1")
+                for s in list_segments(os.path.join(data, "captures", cid, "shop", p)))
+    assert total <= max_bytes
+    assert total + 24 + 76 > max_bytes  # used up to the last whole record (another pod needs a header too)
+    assert mgr.get(cid).status().bytes == total
+
+
+def test_unknown_pod_names_the_pods_that_exist(env: tuple[CaptureManager, AgentConnection, str]) -> None:
+    mgr, _, _ = env
+    with pytest.raises(NoMatchError, match="web-0, web-1"):
+        mgr.start(control_pb2.StartCaptureRequest(target=control_pb2.Target(namespace="shop", pod_names=["nope"])))
+    with pytest.raises(NoMatchError, match="shop"):
+        mgr.start(control_pb2.StartCaptureRequest(target=control_pb2.Target(namespace="other")))
+    assert mgr.all() == []
+
+
+def test_bad_filter_starts_nothing(env: tuple[CaptureManager, AgentConnection, str]) -> None:
+    mgr, conn, _ = env
+    with pytest.raises(ValueError, match="filter"):
+        mgr.start(control_pb2.StartCaptureRequest(target=control_pb2.Target(namespace="shop"),
+                                                  settings=common_pb2.CaptureSettings(filter="tcp port eighty")))
+    assert mgr.all() == [] and sent(conn) == []
+
+
+def test_stop_waits_for_final_reports_and_persists(env: tuple[CaptureManager, AgentConnection, str]) -> None:
+    mgr, conn, data = env
+    cid = start(mgr, conn)
+    mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 3), 3))
+    import threading
+
+    def agent_reports() -> None:
+        for p in PODS:
+            mgr.on_pod_event(conn, ingest_pb2.PodCaptureEvent(
+                capture_id=cid, pod_uid=p.uid, stream_id=f"s-{p.uid}", state=common_pb2.POD_CAPTURE_STATE_DONE,
+                kernel=common_pb2.KernelStats(received=3, dropped=1), message="stopped by collector"))
+
+    threading.Timer(0.2, agent_reports).start()
+    cap = mgr.stop(cid, wait=5)
+    st = cap.status()
+    assert st.state == control_pb2.CAPTURE_STATE_DONE and st.end_reason == "stopped by user"
+    assert [p.kernel.dropped for p in st.pods] == [1, 1]
+    # A new manager on the same data dir sees the same capture.
+    mgr.close()
+    again = CaptureManager(data, AgentRegistry(), mgr.store)
+    try:
+        st2 = again.get(cid).status()
+        assert st2.state == control_pb2.CAPTURE_STATE_DONE and st2.packets == 3
+    finally:
+        again.close()
