@@ -7,8 +7,8 @@ cgroup v1 and v2 lines, and is pure so it is unit-tested with a table.
 
 A pod's processes share one network namespace; the sandbox ("pause") process is the oldest of them, so the pod is
 represented by its oldest process in a network namespace other than the agent's own (the agent runs with
-hostNetwork; a pod process in that namespace means a hostNetwork pod: then its oldest process, and no veth). The namespace is opened as
-``<proc_root>/<pid>/ns/net`` and the host veth read over netlink.
+hostNetwork; a pod process in that namespace means a hostNetwork pod: then its oldest process, and no veth). The
+namespace is opened as ``<proc_root>/<pid>/ns/net`` and the host veth read over netlink.
 
 What this source cannot know: pod names, namespaces and labels live only in the Kubernetes API and the runtime.
 So ``locate(uid)`` is the meaningful operation (the collector resolves names to uids through the API), and
@@ -33,7 +33,9 @@ PROC_NAMESPACE: Final = "podcap-proc"
 # pods (a hash of the manifest).
 _CGROUPFS = re.compile(r"(?:^|/)kubepods(?:/[a-z]+)?/pod([0-9a-fA-F][0-9a-fA-F-]*)(?:/|$)")
 # systemd: "...kubepods-besteffort-pod<uid with '_' for '-'>.slice"; kind/k3s nest it as "kubelet-kubepods-...".
-_SYSTEMD = re.compile(r"(?:^|[/-])kubepods(?:-[a-z]+)?-pod([0-9a-fA-F][0-9a-fA-F_]*)\.slice(?:/|$)")
+# The slice name may be followed by "/" (systemd driver: ".../cri-containerd-<id>.scope") or by ":" (containerd's
+# "slice:prefix:id" cgroupsPath taken literally by a cgroupfs runc).
+_SYSTEMD = re.compile(r"(?:^|[/-])kubepods(?:-[a-z]+)?-pod([0-9a-fA-F][0-9a-fA-F_]*)\.slice(?:[/:]|$)")
 
 
 def pod_uid_from_cgroup(text: str) -> PodUid | None:

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from podcap.agent import cri
 from podcap.agent.cri_source import CriPodSource
 from podcap.agent.pods import PodNotFoundError, PodSourceError
 from podcap.agent.proc_source import PROC_NAMESPACE, ProcPodSource
 from podcap.names import NodeName, PodUid
+
 from tests.node.harness import ContainerSpec, Pod, TestNode
 
 pytest_plugins = ["tests.node.fixtures"]
@@ -94,9 +94,7 @@ def test_locate_gives_sandbox_netns_and_host_veth(node: TestNode, source: CriPod
 
 @pytest.mark.root
 @pytest.mark.containerd
-def test_multi_container_pod_shares_the_located_netns(
-    node: TestNode, source: CriPodSource, pods: list[Pod]
-) -> None:
+def test_multi_container_pod_shares_the_located_netns(node: TestNode, source: CriPodSource, pods: list[Pod]) -> None:
     """All containers of a pod are in the netns locate() returns."""
     pod = node.run_pod("multi-0", containers=[ContainerSpec("a"), ContainerSpec("b"), ContainerSpec("c")])
     pods.append(pod)
@@ -123,12 +121,14 @@ def test_non_root_container(node: TestNode, source: CriPodSource, pods: list[Pod
 @pytest.mark.root
 @pytest.mark.containerd
 @pytest.mark.parametrize("cgroup_driver", ["cgroupfs", "systemd"])
-def test_proc_fallback_matches_cri(
-    node: TestNode, source: CriPodSource, pods: list[Pod], cgroup_driver: str
-) -> None:
+def test_proc_fallback_matches_cri(node: TestNode, source: CriPodSource, pods: list[Pod], cgroup_driver: str) -> None:
     """ProcPodSource finds the same netns and veth as the CRI path, from either cgroup naming."""
-    pod = node.run_pod(f"proc-{cgroup_driver}", containers=[ContainerSpec("a"), ContainerSpec("b")],
-                       qos="burstable", cgroup_driver=cgroup_driver)
+    pod = node.run_pod(
+        f"proc-{cgroup_driver}",
+        containers=[ContainerSpec("a"), ContainerSpec("b")],
+        qos="burstable",
+        cgroup_driver=cgroup_driver,
+    )
     pods.append(pod)
     via_cri = source.locate(PodUid(pod.uid))
     proc = ProcPodSource(NODE)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from podcap.agent import cri
+from podcap.agent.pods import PodSourceError
 
 from tests.node import images
 
@@ -263,7 +264,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             try:
                 client.version()
                 break
-            except cri.PodSourceError:
+            except PodSourceError:
                 if time.monotonic() > deadline:
                     client.close()
                     raise RuntimeError(f"containerd did not serve CRI within 30s:\n{self.log_tail()}") from None
@@ -300,7 +301,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         uid = uid or str(uuid.uuid4())
         client = self._cri()
         if cgroup_driver == "systemd":
-            # The kubelet's systemd naming, created by runc's cgroupfs manager as plain directories.
+            # The kubelet's systemd naming. For a parent ending in ".slice" containerd emits the systemd
+            # "slice:cri-containerd:<id>" cgroupsPath, which runc's cgroupfs manager (no systemd here) creates
+            # literally: "/kubepods-<qos>-pod<uid_>.slice:cri-containerd:<id>". The pod-slice name is what the
+            # /proc source parses; runc removes that leaf with the container.
             under = uid.replace("-", "_")
             qos_part = "" if qos == "guaranteed" else f"-{qos}"
             parent = "/kubepods.slice" + (f"/kubepods{qos_part}.slice" if qos_part else "")
@@ -313,7 +317,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         ns_opts = {"network": "NODE" if host_network else "POD", "pid": "CONTAINER", "ipc": "POD"}
         config: dict[str, Any] = {
             "metadata": {"name": name, "namespace": namespace, "uid": uid, "attempt": attempt},
-            "hostname": name,
+            "hostname": "" if host_network else name,  # the kubelet leaves it empty for hostNetwork
             "log_directory": logdir,
             "dns_config": {"servers": ["127.0.0.1"]},
             "labels": {
@@ -349,7 +353,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 security["run_as_user"] = {"value": spec.run_as_user}
                 security["run_as_group"] = {"value": spec.run_as_user}
             ctr_config = {
-                "metadata": {"name": spec.name, "attempt": 0},
+                "metadata": {"name": spec.name, "attempt": attempt},
                 "image": {"image": BUSYBOX_IMAGE},
                 "command": list(spec.command),
                 "log_path": f"{spec.name}/0.log",

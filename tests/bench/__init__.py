@@ -1,0 +1,1 @@
+"""Capture benchmark (issue 3): ``python -m tests.bench.run [--smoke]`` as root."""

@@ -1,0 +1,615 @@
+"""podcap capture benchmark (issue 3). Run as root from the repository root:
+
+    python -m tests.bench.run            # full run (a few minutes), thresholds reported
+    python -m tests.bench.run --smoke    # ~2 s per phase, 10 pods, no thresholds (CI)
+
+It builds its own pods (named network namespaces ``/run/netns/pcb-<tag>.<pod>`` with a veth each, the host side
+named ``pcb<tag>h<i>``), runs the real ``podcap-collector`` and ``podcap-agent`` console scripts as separate
+processes, generates traffic only between the pods' ``eth0`` and their host veths (trafgen / ``lightgen.py``,
+bounded in time), measures the capturers' CPU from /proc (psutil) and removes everything it created — also on
+failure, SIGTERM or Ctrl+C.
+
+Phases
+  p1/p2  one pod, 128-byte UDP at the max rate trafgen reaches with tcpdump attached (calibrated first, then a
+         fixed packet count per run so every run offers the same traffic). Runs alternate on the same host veth:
+         ``tcpdump -w FILE``, podcap, tcpdump, podcap, ... Generator pinned to CPU 0, capturer (tcpdump / agent)
+         to CPU 1; the collector is pinned to CPU 0 (it never shares the capturer's CPU). Packets are counted by
+         parsing the stored pcap files.
+  p3     N pods (200; 10 with --smoke) on one agent, 100 pps per pod: start latency, RSS, CPU%, drops.
+
+The last stdout line is one JSON object with the figures (keys in ``KEYS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import psutil
+
+from podcap.collector.client import CollectorClient, CollectorError
+from podcap.pcapfile import FILE_HEADER_LEN, parse_file_header, scan_records
+from podcap.v1 import common_pb2, control_pb2
+
+KEYS = (
+    "p1_cpu_ratio", "p1_drop_fraction", "p2_cpu_ratio", "p2_stored_fraction",
+    "p3_pods", "p3_rss_mib", "p3_start_s", "p3_idle_cpu_pct", "p3_drop_fraction",
+)
+TARGETS = {  # key: (comparison, bound)
+    "p1_cpu_ratio": ("<=", 1.1), "p1_drop_fraction": ("==", 0.0), "p2_cpu_ratio": ("<=", 2.0),
+    "p2_stored_fraction": ("==", 1.0), "p3_rss_mib": ("<=", 200.0), "p3_start_s": ("<=", 3.0),
+    "p3_idle_cpu_pct": ("<=", 3.0), "p3_drop_fraction": ("==", 0.0),
+}
+GEN_CPU, CAP_CPU = "0", "1"
+HERE = os.path.dirname(os.path.abspath(__file__))
+TRAFGEN_CONF = """/* 128-byte UDP 10.99.0.1:4000 -> 10.99.0.2:9; the destination MAC is nobody's, so the host veth
+   discards every frame right after the packet taps (capture still sees all of them). */
+{
+  eth(da=02:99:00:00:00:02, type=0x0800),
+  ipv4(saddr=10.99.0.1, daddr=10.99.0.2, ttl=64),
+  udp(sp=4000, dp=9),
+  fill(0x41, 86)
+}
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def _run(argv: list[str], *, check: bool = True, inp: str | None = None) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(argv, capture_output=True, text=True, input=inp)
+    if check and r.returncode != 0:
+        raise BenchError(f"{' '.join(argv[:6])}...: {r.stderr.strip()}")
+    return r
+
+
+def console_script(name: str) -> str:
+    cand = os.path.join(os.path.dirname(sys.executable), name)
+    if os.access(cand, os.X_OK):
+        return cand
+    found = shutil.which(name)
+    if not found:
+        raise BenchError(f"{name} not found next to {sys.executable} or on PATH (run `make dev`)")
+    return found
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return float(t.user + t.system)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Everything the benchmark creates is registered here and removed by cleanup() (idempotent, best effort).
+
+
+@dataclass
+class Pod:
+    namespace: str
+    name: str
+    host_veth: str
+
+    @property
+    def netns(self) -> str:
+        return f"{self.namespace}.{self.name}"
+
+    @property
+    def netns_path(self) -> str:
+        return f"/run/netns/{self.netns}"
+
+
+@dataclass
+class Lab:
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    pods: list[Pod] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[IO[bytes]] = field(default_factory=list)
+    workdir: str = ""
+
+    def __post_init__(self) -> None:
+        self.workdir = tempfile.mkdtemp(prefix=f"pcb-{self.tag}-")
+
+    # -- network --
+
+    def add_pods(self, namespace: str, names: list[str], first_index: int = 0) -> list[Pod]:
+        """Create pods in one `ip -batch` (namespace, veth with the pod side named eth0 inside it, host side up),
+        then bring each pod's eth0 up."""
+        new = [Pod(namespace, n, f"pcb{self.tag}h{first_index + i}") for i, n in enumerate(names)]
+        lines = []
+        for p in new:
+            lines += [f"netns add {p.netns}", f"link add {p.host_veth} type veth peer name eth0 netns {p.netns}",
+                      f"link set {p.host_veth} up"]
+        self.pods.extend(new)  # registered first: cleanup removes whatever part was created
+        _run(["ip", "-batch", "-"], inp="\n".join(lines) + "\n")
+        for p in new:
+            _run(["ip", "-n", p.netns, "link", "set", "eth0", "up"])
+            _run(["ip", "netns", "exec", p.netns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"], check=False)
+        return new
+
+    def remove_pods(self, pods: list[Pod]) -> None:
+        if not pods:
+            return
+        lines = [f"netns del {p.netns}" for p in pods]
+        subprocess.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", capture_output=True,
+                       text=True)
+        for p in pods:  # normally gone with their namespace
+            if os.path.exists(f"/sys/class/net/{p.host_veth}"):
+                subprocess.run(["ip", "link", "del", p.host_veth], capture_output=True)
+            if os.path.exists(p.netns_path):
+                subprocess.run(["ip", "netns", "del", p.netns], capture_output=True)
+        gone = {id(p) for p in pods}
+        self.pods = [p for p in self.pods if id(p) not in gone]
+
+    # -- processes --
+
+    def spawn(self, name: str, argv: list[str], cpu: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+        path = os.path.join(self.workdir, f"{name}.log")
+        f = open(path, "ab")  # noqa: SIM115 (closed in cleanup)
+        self.logs.append(f)
+        full = (["taskset", "-c", cpu] if cpu is not None else []) + argv
+        proc = subprocess.Popen(full, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc, path
+
+    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if proc.poll() is None:
+            try:
+                os.kill(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._killpg(proc)
+        self._killpg(proc)  # helpers it may have left behind in its session
+        return proc.returncode if proc.returncode is not None else -9
+
+    @staticmethod
+    def _killpg(proc: subprocess.Popen[bytes]) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def cleanup(self, keep_workdir: bool = False) -> dict[str, Any]:
+        for proc in reversed(self.procs):
+            self.stop(proc, timeout=10)
+        self.procs.clear()
+        for f in self.logs:
+            f.close()
+        self.logs.clear()
+        self.remove_pods(list(self.pods))
+        if not keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return self.leftovers()
+
+    def leftovers(self) -> dict[str, Any]:
+        netns = [n for n in _run(["ip", "netns", "list"], check=False).stdout.split() if n.startswith("pcb-")
+                 and self.tag in n]
+        links = [n for n in os.listdir("/sys/class/net") if n.startswith(f"pcb{self.tag}")]
+        return {"netns": netns, "links": links}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measurement helpers
+
+
+def rx_packets(dev: str) -> int:
+    with open(f"/sys/class/net/{dev}/statistics/rx_packets") as f:
+        return int(f.read())
+
+
+def count_pcap_packets(path: str) -> int:
+    """Packets in a pcap file, found by walking (and validating) every record."""
+    size = os.path.getsize(path)
+    if size < FILE_HEADER_LEN:
+        raise BenchError(f"{path}: {size} bytes, no pcap file header")
+    with open(path, "rb") as f:
+        fmt = parse_file_header(f.read(FILE_HEADER_LEN))
+        if size == FILE_HEADER_LEN:
+            return 0
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            view = memoryview(m)
+            try:
+                res = scan_records(view[FILE_HEADER_LEN:], fmt)
+                n = res.packets
+                if res.length != size - FILE_HEADER_LEN:
+                    raise BenchError(f"{path}: {size - FILE_HEADER_LEN - res.length} trailing bytes")
+            finally:
+                view.release()
+    return n
+
+
+def wait_for_log(path: str, pattern: str, proc: subprocess.Popen[bytes], timeout: float) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    rx = re.compile(pattern)
+    while time.monotonic() < deadline:
+        with open(path, errors="replace") as f:
+            m = rx.search(f.read())
+        if m:
+            return m
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    with open(path, errors="replace") as f:
+        tail = f.read()[-2000:]
+    raise BenchError(f"{os.path.basename(path)}: no {pattern!r} within {timeout}s (exit {proc.poll()}):\n{tail}")
+
+
+class Podcap:
+    """A collector and an agent (separate processes, the real console scripts) for one phase."""
+
+    def __init__(self, lab: Lab, node: str, *, collector_cpu: str, agent_cpu: str, ring_budget: int | None) -> None:
+        self.lab = lab
+        self.node = node
+        self.data_dir = os.path.join(lab.workdir, f"data-{node}")
+        self.collector, clog = lab.spawn(f"collector-{node}", [
+            console_script("podcap-collector"), "--listen", "127.0.0.1:0", "--data-dir", self.data_dir],
+            cpu=collector_cpu)
+        port = int(wait_for_log(clog, r"\(port (\d+)\)", self.collector, 20).group(1))
+        self.address = f"127.0.0.1:{port}"
+        argv = [console_script("podcap-agent"), "--collector", self.address, "--node", node,
+                "--pod-source", "netns"]
+        if ring_budget:
+            argv += ["--ring-budget", str(ring_budget)]
+        self.agent, self.agent_log = lab.spawn(f"agent-{node}", argv, cpu=agent_cpu)
+        wait_for_log(self.agent_log, r"registered with collector", self.agent, 20)
+        self.client = CollectorClient(self.address, timeout=60)
+        self.p_agent = psutil.Process(self.agent.pid)
+        self.p_collector = psutil.Process(self.collector.pid)
+
+    def start(self, namespace: str, pods: list[str] | None = None, timeout: float = 30) -> str:
+        req = control_pb2.StartCaptureRequest(target=control_pb2.Target(namespace=namespace, pod_names=pods or []))
+        deadline = time.monotonic() + timeout
+        while True:  # the agent's inventory may not have reached the collector yet
+            try:
+                return str(self.client.start(req).id)
+            except CollectorError as e:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"cannot start capture: {e}") from e
+                time.sleep(0.2)
+
+    def wait_capturing(self, capture_id: str, n: int, timeout: float) -> float:
+        """Poll until ``n`` pods are capturing; returns monotonic time when seen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.client.get(capture_id)
+            states = [p.state for p in st.pods]
+            cap = sum(1 for s in states if s == common_pb2.POD_CAPTURE_STATE_CAPTURING)
+            if cap >= n:
+                return time.monotonic()
+            failed = [p for p in st.pods if p.state == common_pb2.POD_CAPTURE_STATE_FAILED]
+            if failed:
+                raise BenchError(f"pod {failed[0].pod.name} failed: {failed[0].message}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"only {cap}/{n} pods capturing after {timeout}s")
+            time.sleep(0.02)
+
+    def stop_capture(self, capture_id: str) -> control_pb2.CaptureStatus:
+        self.client.stop(capture_id)
+        deadline = time.monotonic() + 20
+        st = self.client.get(capture_id)
+        while st.state not in (control_pb2.CAPTURE_STATE_DONE, control_pb2.CAPTURE_STATE_FAILED):
+            if time.monotonic() > deadline:
+                raise BenchError(f"capture {capture_id} did not end: state {st.state}")
+            time.sleep(0.1)
+            st = self.client.get(capture_id)
+        return st
+
+    def stored_packets(self, st: control_pb2.CaptureStatus, delete: bool = True) -> int:
+        total = 0
+        for p in st.pods:
+            d = os.path.join(self.data_dir, p.path)
+            if not p.path or not os.path.isdir(d):
+                continue
+            for name in sorted(os.listdir(d)):
+                if name.endswith(".pcap"):
+                    fp = os.path.join(d, name)
+                    total += count_pcap_packets(fp)
+                    if delete:
+                        os.unlink(fp)
+        return total
+
+    def close(self) -> None:
+        self.client.close()
+        self.lab.stop(self.agent)
+        self.lab.stop(self.collector)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# p1 / p2
+
+
+def trafgen(lab: Lab, pod: Pod, conf: str, *, seconds: float, count: int = 0) -> tuple[float, int]:
+    """Blast from the pod's eth0 (pinned to GEN_CPU), bounded by ``seconds`` (and ``count`` packets if set).
+    Returns (wall seconds, packets trafgen reports)."""
+    argv = ["ip", "netns", "exec", pod.netns, "timeout", "-s", "INT", str(int(seconds + 0.999)), "taskset", "-c",
+            GEN_CPU, "trafgen", "-o", "eth0", "-c", conf, "-P", "1", "--no-sock-mem", "--notouch-irq", "-q"]
+    if count:
+        argv += ["-n", str(count)]
+    proc, path = lab.spawn(f"trafgen-{secrets.token_hex(2)}", argv)
+    t0 = time.monotonic()
+    try:
+        proc.wait(timeout=seconds + 30)
+    finally:
+        lab.stop(proc, signal.SIGINT)
+        lab.procs.remove(proc)
+    wall = time.monotonic() - t0
+    with open(path, errors="replace") as f:
+        m = re.search(r"(\d+) packets outgoing", f.read())
+    return wall, int(m.group(1)) if m else 0
+
+
+def run_tcpdump(lab: Lab, pod: Pod, conf: str, seconds: float, count: int) -> dict[str, Any]:
+    out = os.path.join(lab.workdir, "tcpdump.pcap")
+    proc, path = lab.spawn("tcpdump", ["tcpdump", "-i", pod.host_veth, "-p", "-n", "-w", out], cpu=CAP_CPU)
+    try:
+        wait_for_log(path, r"listening on", proc, 15)
+        time.sleep(0.5)
+        pp = psutil.Process(proc.pid)
+        rx0, c0 = rx_packets(pod.host_veth), cpu_seconds(pp)
+        wall, sent = trafgen(lab, pod, conf, seconds=seconds, count=count)
+        time.sleep(1.0)  # let it drain its ring
+        c1, rx1 = cpu_seconds(pp), rx_packets(pod.host_veth)
+    finally:
+        lab.stop(proc, signal.SIGINT)
+        lab.procs.remove(proc)
+    with open(path, errors="replace") as f:
+        txt = f.read()
+
+    def grab(what: str) -> int:
+        m = re.search(r"(\d+) packets? " + what, txt)
+        return int(m.group(1)) if m else -1
+
+    res = {"who": "tcpdump", "offered": rx1 - rx0, "sent": sent, "gen_wall": round(wall, 2),
+           "cpu_s": c1 - c0, "received": grab("received by filter"), "dropped": grab("dropped by kernel"),
+           "stored": count_pcap_packets(out)}
+    os.unlink(out)
+    return res
+
+
+def run_podcap(pc: Podcap, pod: Pod, conf: str, seconds: float, count: int) -> dict[str, Any]:
+    cid = pc.start(pod.namespace, [pod.name])
+    pc.wait_capturing(cid, 1, 20)
+    time.sleep(0.5)
+    rx0, a0, k0 = rx_packets(pod.host_veth), cpu_seconds(pc.p_agent), cpu_seconds(pc.p_collector)
+    wall, sent = trafgen(pc.lab, pod, conf, seconds=seconds, count=count)
+    time.sleep(1.0)  # same drain allowance as tcpdump
+    st = pc.stop_capture(cid)  # returns once the final chunks are stored
+    a1, k1, rx1 = cpu_seconds(pc.p_agent), cpu_seconds(pc.p_collector), rx_packets(pod.host_veth)
+    ps = st.pods[0]
+    return {"who": "podcap", "offered": rx1 - rx0, "sent": sent, "gen_wall": round(wall, 2),
+            "cpu_s": a1 - a0, "collector_cpu_s": k1 - k0, "received": ps.kernel.received,
+            "dropped": ps.kernel.dropped, "agent_dropped": ps.agent_dropped_packets, "status_packets": ps.packets,
+            "stored": pc.stored_packets(st)}
+
+
+def phase_p1p2(lab: Lab, seconds: float, rounds: int, ring_budget: int | None) -> tuple[dict[str, Any], list[Any]]:
+    conf = os.path.join(lab.workdir, "pkt128.trafgen")
+    with open(conf, "w") as f:
+        f.write(TRAFGEN_CONF)
+    namespace = f"pcb-{lab.tag}"
+    (pod,) = lab.add_pods(namespace, ["load"])
+    pc = Podcap(lab, f"pcb-{lab.tag}-a", collector_cpu=GEN_CPU, agent_cpu=CAP_CPU, ring_budget=ring_budget)
+    try:
+        # Calibrate: the max rate trafgen reaches with a capture (tcpdump) attached; then every run offers
+        # exactly that many packets (count-bounded and time-bounded).
+        cal = run_tcpdump(lab, pod, conf, seconds, 0)
+        rate = cal["offered"] / max(cal["gen_wall"], 0.1)
+        count = max(1000, int(rate * seconds))
+        log(f"calibration: {cal['offered']} packets in {cal['gen_wall']} s = {rate:,.0f} pps; "
+            f"each run offers {count:,} packets")
+        runs: list[dict[str, Any]] = []
+        bound = seconds * 3  # time bound of a count-bounded run (it normally ends after ~seconds)
+        for r in range(rounds):
+            for res in (run_tcpdump(lab, pod, conf, bound, count), run_podcap(pc, pod, conf, bound, count)):
+                res["round"] = r + 1
+                runs.append(res)
+                log(json.dumps(res))
+    finally:
+        pc.close()
+    td = [x for x in runs if x["who"] == "tcpdump"]
+    ag = [x for x in runs if x["who"] == "podcap"]
+    td_cpu = sum(x["cpu_s"] for x in td)
+    ag_cpu = sum(x["cpu_s"] for x in ag)
+    co_cpu = sum(x["collector_cpu_s"] for x in ag)
+    offered = sum(x["offered"] for x in ag)
+    received = sum(x["received"] for x in ag)
+    out = {
+        "p1_cpu_ratio": ag_cpu / td_cpu if td_cpu else float("inf"),
+        "p1_drop_fraction": sum(x["dropped"] for x in ag) / offered if offered else 1.0,
+        "p2_cpu_ratio": (ag_cpu + co_cpu) / td_cpu if td_cpu else float("inf"),
+        "p2_stored_fraction": sum(x["stored"] for x in ag) / received if received else 0.0,
+        "p1_offered_pps": rate,
+    }
+    return out, runs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# p3
+
+
+def phase_p3(lab: Lab, n_pods: int, pps: float, seconds: float, ring_budget: int | None) -> tuple[dict[str, Any],
+                                                                                                   dict[str, Any]]:
+    namespace = f"pcb-{lab.tag}-m"
+    t = time.monotonic()
+    pods = lab.add_pods(namespace, [f"p{i}" for i in range(n_pods)], first_index=100)
+    log(f"p3: {n_pods} pods created in {time.monotonic() - t:.1f} s")
+    pc = Podcap(lab, f"pcb-{lab.tag}-b", collector_cpu=GEN_CPU, agent_cpu=CAP_CPU, ring_budget=ring_budget)
+    try:
+        time.sleep(1.0)
+        rss_before = pc.p_agent.memory_info().rss
+        t0 = time.monotonic()
+        cid = pc.start(namespace)
+        t1 = pc.wait_capturing(cid, n_pods, 60)
+        start_s = t1 - t0
+        log(f"p3: {n_pods} pods capturing {start_s:.2f} s after the start request")
+        time.sleep(1.0)
+        rx0 = {p.host_veth: rx_packets(p.host_veth) for p in pods}
+        gen, gpath = lab.spawn("lightgen", ["taskset", "-c", GEN_CPU, sys.executable, os.path.join(HERE, "lightgen.py"),
+                                            "--pps", str(pps), "--duration", str(seconds),
+                                            *[p.netns_path for p in pods]])
+        wait_for_log(gpath, "READY", gen, 30)
+        a0, w0 = cpu_seconds(pc.p_agent), time.monotonic()
+        rss_max = pc.p_agent.memory_info().rss
+        while gen.poll() is None and time.monotonic() - w0 < seconds + 30:
+            rss_max = max(rss_max, pc.p_agent.memory_info().rss)
+            time.sleep(0.25)
+        a1, w1 = cpu_seconds(pc.p_agent), time.monotonic()
+        lab.stop(gen)
+        lab.procs.remove(gen)
+        with open(gpath) as f:
+            m = re.search(r"SENT (\d+)", f.read())
+        sent = int(m.group(1)) if m else -1
+        time.sleep(1.0)
+        st = pc.stop_capture(cid)
+        offered = sum(rx_packets(p.host_veth) - rx0[p.host_veth] for p in pods)
+        dropped = sum(p.kernel.dropped for p in st.pods)
+        received = sum(p.kernel.received for p in st.pods)
+        stored = pc.stored_packets(st)
+    finally:
+        pc.close()
+    lab.remove_pods(pods)
+    out = {
+        "p3_pods": n_pods, "p3_rss_mib": rss_max / (1 << 20), "p3_start_s": start_s,
+        "p3_idle_cpu_pct": 100.0 * (a1 - a0) / (w1 - w0), "p3_drop_fraction": dropped / offered if offered else 1.0,
+    }
+    detail = {"sent": sent, "offered": offered, "received": received, "dropped": dropped, "stored": stored,
+              "rss_before_start_mib": round(rss_before / (1 << 20), 1), "cpu_window_s": round(w1 - w0, 2),
+              "pps_per_pod": pps}
+    return out, detail
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def check_environment() -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("tests.bench.run: needs root (network namespaces, veths, packet capture)")
+    missing = [t for t in ("ip", "taskset", "tcpdump", "trafgen", "timeout") if not shutil.which(t)]
+    if missing:
+        raise SystemExit(f"tests.bench.run: missing {', '.join(missing)} (apt-get install tcpdump netsniff-ng "
+                         "iproute2 util-linux)")
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("tests.bench.run: needs 2 CPUs (generator and capturer are pinned apart)")
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def verdict(key: str, v: Any) -> str:
+    if key not in TARGETS or not isinstance(v, (int, float)):
+        return ""
+    op, bound = TARGETS[key]
+    ok = v <= bound if op == "<=" else abs(v - bound) < 1e-12
+    return f"{op} {bound:g}  {'ok' if ok else 'MISS'}"
+
+
+def print_table(result: dict[str, Any], runs: list[dict[str, Any]], p3: dict[str, Any], smoke: bool) -> None:
+    if runs:
+        print("p1/p2 runs (same host veth, same offered packets, alternating):")
+        hdr = f"{'#':>2} {'capturer':8} {'offered':>10} {'gen s':>6} {'pps':>9} {'cpu s':>6} {'coll s':>6} " \
+              f"{'recv':>10} {'drop':>7} {'stored':>10}"
+        print(hdr)
+        for r in runs:
+            print(f"{r['round']:>2} {r['who']:8} {r['offered']:>10,} {r['gen_wall']:>6} "
+                  f"{r['offered'] / max(r['gen_wall'], 0.01):>9,.0f} {r['cpu_s']:>6.2f} "
+                  f"{r.get('collector_cpu_s', 0):>6.2f} {r['received']:>10,} {r['dropped']:>7,} {r['stored']:>10,}")
+    if p3:
+        print("p3 detail: " + ", ".join(f"{k}={v}" for k, v in p3.items()))
+    print(f"summary{' (smoke: no thresholds)' if smoke else ''}:")
+    for k in KEYS:
+        print(f"  {k:20} {fmt(result.get(k)):>10}  {'' if smoke else verdict(k, result.get(k))}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="~2 s per phase, 10 pods, no thresholds")
+    ap.add_argument("--seconds", type=float, help="traffic seconds per p1/p2 run (default 10; smoke 2)")
+    ap.add_argument("--rounds", type=int, help="tcpdump/podcap alternations (default 2; smoke 1)")
+    ap.add_argument("--pods", type=int, help="pods in p3 (default 200; smoke 10)")
+    ap.add_argument("--pps", type=float, default=100.0, help="p3 packets per second per pod")
+    ap.add_argument("--p3-seconds", type=float, help="p3 traffic seconds (default 10; smoke 2)")
+    ap.add_argument("--ring-budget", type=int, help="passed to podcap-agent --ring-budget")
+    ap.add_argument("--only", choices=["p1", "p3"], help="run one phase only")
+    ap.add_argument("--keep-workdir", action="store_true", help="keep logs (path printed) after the run")
+    a = ap.parse_args(argv)
+    check_environment()
+    seconds = a.seconds or (2.0 if a.smoke else 10.0)
+    rounds = a.rounds or (1 if a.smoke else 2)
+    n_pods = a.pods or (10 if a.smoke else 200)
+    p3_seconds = a.p3_seconds or (2.0 if a.smoke else 10.0)
+
+    lab = Lab()
+    log(f"tag {lab.tag}, workdir {lab.workdir}")
+    result: dict[str, Any] = dict.fromkeys(KEYS)
+    runs: list[dict[str, Any]] = []
+    p3: dict[str, Any] = {}
+    rc = 0
+    try:
+        with sigterm_as_interrupt():
+            if a.only in (None, "p1"):
+                out, runs = phase_p1p2(lab, seconds, rounds, a.ring_budget)
+                result.update(out)
+            if a.only in (None, "p3"):
+                out, p3 = phase_p3(lab, n_pods, a.pps, p3_seconds, a.ring_budget)
+                result.update(out)
+    except (Exception, KeyboardInterrupt) as e:
+        log(f"FAILED: {type(e).__name__}: {e}")
+        result["error"] = f"{type(e).__name__}: {e}"
+        rc = 130 if isinstance(e, KeyboardInterrupt) else 1
+    finally:
+        with sigterm_as_interrupt():
+            left = lab.cleanup(keep_workdir=a.keep_workdir or rc != 0)
+        if left["netns"] or left["links"]:
+            log(f"cleanup left {left}")
+            rc = rc or 1
+        if a.keep_workdir or rc:
+            log(f"logs kept in {lab.workdir}")
+    print_table(result, runs, p3, a.smoke)
+    result["smoke"] = a.smoke
+    print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items()}), flush=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""`podcap demo` runs end to end and removes everything it created."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from podcap.pcapfile import read_file
+from tests.conftest import tool
+
+pytestmark = pytest.mark.root
+
+
+def _links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+def _netns() -> set[str]:
+    return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+
+
+def test_demo_writes_per_pod_files_and_cleans_up(tmp_path: str) -> None:
+    links_before = _links()
+    out = os.path.join(tmp_path, "out")
+    r = subprocess.run([tool("podcap"), "demo", "--pods", "4", "--seconds", "3", "--out", out],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    files = [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs]
+    assert len(files) == 4
+    for path in files:
+        _, recs = read_file(path)
+        assert recs, f"{path} holds no packets"
+        assert os.path.basename(path)[:-5] in r.stdout
+    # Only what this demo made (other tests may run alongside): its namespace and bridge are named in its log.
+    m = re.search(r"bridge (pcbr[0-9a-f]+), \d+ pods in namespace (demo-[0-9a-f]+)", r.stderr)
+    assert m, r.stderr
+    bridge, namespace = m.groups()
+    assert not [n for n in _netns() if n.startswith(namespace + ".")]
+    assert bridge not in _links()
+    assert not [n for n in _links() - links_before if n.startswith("pc" + bridge[4:])]

@@ -1,0 +1,221 @@
+"""End to end as a user runs it: podcap-collector and podcap-agent processes over gRPC on loopback, pods made of
+real network namespaces and veths, the podcap CLI. Packets are checked by parsing the downloaded pcap files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from podcap.collector.demo.node import DemoNode
+from podcap.pcapfile import LINKTYPE_ETHERNET, read_file
+from tests.conftest import Proc, podcap, start_proc, tool
+
+pytestmark = pytest.mark.root
+
+SENDER = os.path.join(os.path.dirname(__file__), "udp_send.py")
+PORT = 9999
+
+
+@pytest.fixture
+def node() -> Iterator[DemoNode]:
+    n = DemoNode()
+    n.create(["sender", "rx-0", "rx-1", "rx-2"])
+    try:
+        yield n
+    finally:
+        n.destroy()
+
+
+@pytest.fixture
+def agent(collector: tuple[str, str, Proc], node: DemoNode, tmp_path: str) -> Iterator[Proc]:
+    address = collector[0]
+    p = start_proc([tool("podcap-agent"), "--collector", address, "--node", "node-" + node.tag,
+                    "--pod-source", "netns"], os.path.join(tmp_path, "agent.log"))
+    deadline = time.monotonic() + 15
+    while True:  # wait until the collector knows the node's pods
+        r = podcap(address, "start", "-n", node.namespace, "--duration", "1", "--max-packets", "1", check=False)
+        if r.returncode == 0:
+            podcap(address, "stop", r.stdout.strip().splitlines()[-1])
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError("agent never registered its pods:\n" + p.log())
+        time.sleep(0.2)
+    try:
+        yield p
+    finally:
+        assert p.stop() == 0, "agent did not stop cleanly on SIGTERM:\n" + p.log()
+
+
+def warm_up(node: DemoNode) -> None:
+    """Resolve ARP before counting packets (the kernel queues only a few datagrams per unresolved neighbour)."""
+    sender = node.pod("sender")
+    for rx in node.pods[1:]:
+        node.exec(sender, ["ping", "-c", "1", "-W", "2", rx.ip])
+
+
+def capture_id(r: subprocess.CompletedProcess[str]) -> str:
+    return r.stdout.strip().splitlines()[-1]
+
+
+def wait_state(address: str, cid: str, states: set[str], timeout: float = 20) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = json.loads(podcap(address, "status", cid, "-o", "json").stdout)
+        if st["state"] in states or time.monotonic() > deadline:
+            return st
+        time.sleep(0.2)
+
+
+def wait_capturing(address: str, cid: str, n: int) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        st = json.loads(podcap(address, "status", cid, "-o", "json").stdout)
+        if sum(p["state"] == "capturing" for p in st["pods"]) == n:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"pods not capturing: {st}")
+
+
+def udp_payloads(path: str) -> list[tuple[int, int, int, bytes, bytes]]:
+    """(dst index, seq, wire length, src ip, dst ip) of every PODCAPSEQ datagram in a pcap file."""
+    fmt, recs = read_file(path)
+    assert fmt.linktype == LINKTYPE_ETHERNET
+    out = []
+    for r in recs:
+        assert r.caplen == len(r.data) <= r.wirelen
+        frame = r.data
+        if frame[12:14] != b"\x08\x00" or frame[23] != 17:
+            continue
+        ihl = (frame[14] & 0x0F) * 4
+        udp = 14 + ihl
+        body = frame[udp + 8:]
+        if not body.startswith(b"PODCAPSEQ"):
+            continue
+        out.append((int.from_bytes(body[9:13], "big"), int.from_bytes(body[13:17], "big"), r.wirelen,
+                    frame[26:30], frame[30:34]))
+    return out
+
+
+def test_sequence_numbered_udp_into_several_pods_stored_exactly_once(
+    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str
+) -> None:
+    address = collector[0]
+    warm_up(node)
+    count = 3000
+    r = podcap(address, "start", "-n", node.namespace, "rx-0", "rx-1", "rx-2", "--filter", f"udp port {PORT}")
+    cid = capture_id(r)
+    wait_capturing(address, cid, 3)
+    sender = node.pod("sender")
+    receivers = node.pods[1:]
+    done = node.exec(sender, [sys.executable, SENDER, str(PORT), str(count), *[p.ip for p in receivers]])
+    assert done.returncode == 0, done.stderr
+    time.sleep(0.5)
+    st = json.loads(podcap(address, "stop", cid, "-o", "json").stdout)
+    assert st["state"] == "done"
+    out = os.path.join(tmp_path, "out")
+    podcap(address, "get", cid, "-o", out)
+    for d, rx in enumerate(receivers):
+        got = udp_payloads(os.path.join(out, node.namespace, rx.name + ".pcap"))
+        assert [g[1] for g in got] == list(range(count)), f"{rx.name}: missing, duplicated or reordered packets"
+        assert {g[0] for g in got} == {d}, "packets of another pod in this pod's file"
+        for _, seq, wirelen, src, dst in got:
+            assert wirelen == 14 + 20 + 8 + 17 + seq % 200
+            assert src == bytes(map(int, sender.ip.split(".")))
+            assert dst == bytes(map(int, rx.ip.split(".")))
+        pod_status = next(p for p in st["pods"] if p["pod"]["name"] == rx.name)
+        assert int(pod_status["packets"]) == count
+        assert int(pod_status["kernel"]["dropped"]) == 0
+    assert not os.path.exists(os.path.join(out, node.namespace, "sender.pcap"))
+
+
+def test_max_packets_and_snaplen(collector: tuple[str, str, Proc], node: DemoNode, agent: Proc,
+                                 tmp_path: str) -> None:
+    address = collector[0]
+    warm_up(node)
+    r = podcap(address, "start", "-n", node.namespace, "rx-0", "rx-1", "--filter", f"udp port {PORT}",
+               "--max-packets", "1234", "--snaplen", "50")
+    cid = capture_id(r)
+    wait_capturing(address, cid, 2)
+    rx = node.pods[1:3]
+    node.exec(node.pod("sender"), [sys.executable, SENDER, str(PORT), "1000", *[p.ip for p in rx]])
+    st = wait_state(address, cid, {"done"})
+    assert st["state"] == "done" and st["end_reason"] == "max-packets reached", st
+    out = os.path.join(tmp_path, "out")
+    podcap(address, "get", cid, "-o", out)
+    total = 0
+    for p in rx:
+        fmt, recs = read_file(os.path.join(out, node.namespace, p.name + ".pcap"))
+        assert fmt.snaplen == 50
+        assert all(r.caplen == 50 < r.wirelen for r in recs)
+        total += len(recs)
+    assert total == 1234
+
+
+def test_max_bytes_never_exceeded(collector: tuple[str, str, Proc], node: DemoNode, agent: Proc,
+                                  tmp_path: str) -> None:
+    address = collector[0]
+    warm_up(node)
+    limit = 50_000
+    cid = capture_id(podcap(address, "start", "-n", node.namespace, "rx-0", "rx-1", "--max-bytes", str(limit)))
+    wait_capturing(address, cid, 2)
+    node.exec(node.pod("sender"), [sys.executable, SENDER, str(PORT), "1000", *[p.ip for p in node.pods[1:3]]])
+    st = wait_state(address, cid, {"done"})
+    assert st["end_reason"] == "max-bytes reached", st
+    data_dir = collector[1]
+    on_disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(data_dir, "captures", cid))
+                  for f in fs)
+    assert limit - 300 < on_disk <= limit
+    assert int(st["bytes"]) == on_disk
+
+
+def test_bad_input_is_one_line_nonzero_and_starts_nothing(collector: tuple[str, str, Proc], node: DemoNode,
+                                                          agent: Proc) -> None:
+    address = collector[0]
+    before = json.loads(podcap(address, "list", "-o", "json").stdout)
+    cases = [
+        (["-n", node.namespace, "--filter", "tcp port eighty"], "invalid filter"),
+        (["-n", node.namespace, "no-such-pod"], "rx-0"),
+        (["-n", "no-such-namespace"], node.namespace),
+        (["-n", "../etc"], "invalid namespace"),
+        (["-n", node.namespace, "Bad_Name"], "invalid pod name"),
+        (["-n", node.namespace, "-l", "app in (x"], "selector"),
+    ]
+    for args, needle in cases:
+        r = podcap(address, "start", *args, check=False)
+        assert r.returncode != 0, args
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (args, r.stderr)
+    after = json.loads(podcap(address, "list", "-o", "json").stdout)
+    assert len(after) == len(before)
+
+
+def test_unreachable_collector_is_a_clear_error() -> None:
+    r = podcap("127.0.0.1:1", "list", check=False, timeout=60)
+    assert r.returncode == 1 and "cannot reach the collector" in r.stderr
+
+
+def test_pod_inside_netns_capture_and_duration(collector: tuple[str, str, Proc], node: DemoNode, agent: Proc,
+                                               tmp_path: str) -> None:
+    """--interface eth0 opens the handle inside the pod's namespace; --duration ends the capture by itself."""
+    address = collector[0]
+    warm_up(node)
+    cid = capture_id(podcap(address, "start", "-n", node.namespace, "rx-2", "--interface", "eth0",
+                            "--filter", f"udp port {PORT}", "--duration", "3"))
+    wait_capturing(address, cid, 1)
+    node.exec(node.pod("sender"), [sys.executable, SENDER, str(PORT), "200", node.pod("rx-2").ip])
+    st = wait_state(address, cid, {"done"}, timeout=20)
+    assert st["end_reason"] == "duration reached"
+    assert "eth0 in" in st["pods"][0]["interface"]
+    out = os.path.join(tmp_path, "out")
+    podcap(address, "get", cid, "-o", out)
+    assert [g[1] for g in udp_payloads(os.path.join(out, node.namespace, "rx-2.pcap"))] == list(range(200))
+
+
+def test_collector_sigterm_is_clean(collector: tuple[str, str, Proc]) -> None:
+    assert collector[2].stop() == 0

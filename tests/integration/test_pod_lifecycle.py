@@ -1,0 +1,52 @@
+"""Pods that appear during a selector capture are attached; a deleted pod's stream ends cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import pytest
+
+from podcap.collector.demo.node import DemoNode
+from tests.conftest import Proc, podcap
+from tests.integration.test_end_to_end import PORT, SENDER, agent, capture_id, node, udp_payloads  # noqa: F401
+
+pytestmark = pytest.mark.root
+
+
+def _status(address: str, cid: str) -> dict[str, object]:
+    return json.loads(podcap(address, "status", cid, "-o", "json").stdout)
+
+
+def test_new_pod_attached_and_deleted_pod_ends(collector: tuple[str, str, Proc], node: DemoNode,  # noqa: F811
+                                               agent: Proc, tmp_path: str) -> None:  # noqa: F811
+    address = collector[0]
+    cid = capture_id(podcap(address, "start", "-n", node.namespace, "--filter", f"udp port {PORT}"))
+    late = node.add_pod("late-0")
+    deadline = time.monotonic() + 5
+    while True:
+        pods = {p["pod"]["name"]: p["state"] for p in _status(address, cid)["pods"]}  # type: ignore[index]
+        if pods.get("late-0") == "capturing":
+            break
+        assert time.monotonic() < deadline, f"new pod not attached within 5 s: {pods}"
+        time.sleep(0.1)
+    sender = node.pod("sender")
+    node.exec(sender, ["ping", "-c", "1", "-W", "2", late.ip])
+    node.exec(sender, [sys.executable, SENDER, str(PORT), "100", late.ip])
+    time.sleep(0.5)
+    gone = node.pod("rx-0")
+    node.remove_pod(gone)
+    deadline = time.monotonic() + 5
+    while True:
+        pods = {p["pod"]["name"]: p for p in _status(address, cid)["pods"]}  # type: ignore[index]
+        if pods["rx-0"]["state"] == "done":
+            break
+        assert time.monotonic() < deadline, f"deleted pod's stream did not end: {pods['rx-0']}"
+        time.sleep(0.1)
+    assert "gone" in pods["rx-0"]["message"]
+    podcap(address, "stop", cid)
+    out = os.path.join(tmp_path, "out")
+    podcap(address, "get", cid, "-o", out)
+    assert [g[1] for g in udp_payloads(os.path.join(out, node.namespace, "late-0.pcap"))] == list(range(100))
