@@ -24,7 +24,8 @@ def make_source(kind: str, node: NodeName, args: argparse.Namespace) -> PodSourc
     if kind == "cri":
         from podcap.agent.cri_source import CriPodSource
 
-        return CriPodSource(node, endpoint=args.cri_endpoint, proc_root=args.proc_root)
+        return CriPodSource(node, endpoint=args.cri_endpoint or None, proc_root=args.proc_root,
+                            host_root=args.host_root)
     if kind == "proc":
         from podcap.agent.proc_source import ProcPodSource
 
@@ -45,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cri-endpoint", default="", help="CRI socket, e.g. unix:///run/containerd/containerd.sock "
                    "(default: auto-detect)")
     p.add_argument("--proc-root", default="/proc", help="the host's /proc as seen by the agent (e.g. /host/proc)")
+    p.add_argument("--host-root", default="", help="where the host's filesystem is mounted in the agent "
+                   "(e.g. /host), to reach netns paths the runtime reports")
     p.add_argument("--ring-budget", type=int, default=128 << 20,
                    help="kernel ring memory in bytes shared by a capture's pods when it sets no buffer size")
     p.add_argument("--upload-buffer", type=int, default=64 << 20,

@@ -5,6 +5,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 py=${1:-"$here/../.venv/bin/python"}
+case $py in /*) ;; */*) py="$PWD/$py" ;; esac
 plugin_dir=$(dirname "$py")
 cd "$here"
 rm -f podcap/v1/*_pb2.py podcap/v1/*_pb2.pyi podcap/v1/*_pb2_grpc.py podcap/v1/*_pb2_grpc.pyi

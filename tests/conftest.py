@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import pytest
 
+pytest_plugins = ["tests.node.fixtures"]
+
 VENV_BIN = os.path.dirname(sys.executable)
 IS_ROOT = os.geteuid() == 0
 
@@ -23,7 +25,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason="needs root: creates network namespaces, veths and opens packet sockets "
                                    "(CI runs as root)")
     for item in items:
-        if "root" in item.keywords or "containerd" in item.keywords:
+        if "root" in item.keywords:
             item.add_marker(skip)
 
 

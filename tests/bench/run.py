@@ -123,6 +123,7 @@ class Lab:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[IO[bytes]] = field(default_factory=list)
     workdir: str = ""
+    _n: int = 0
 
     def __post_init__(self) -> None:
         self.workdir = tempfile.mkdtemp(prefix=f"pcb-{self.tag}-")
@@ -161,7 +162,8 @@ class Lab:
     # -- processes --
 
     def spawn(self, name: str, argv: list[str], cpu: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
-        path = os.path.join(self.workdir, f"{name}.log")
+        self._n += 1
+        path = os.path.join(self.workdir, f"{self._n:03d}-{name}.log")
         f = open(path, "ab")  # noqa: SIM115 (closed in cleanup)
         self.logs.append(f)
         full = (["taskset", "-c", cpu] if cpu is not None else []) + argv
@@ -350,7 +352,7 @@ def trafgen(lab: Lab, pod: Pod, conf: str, *, seconds: float, count: int = 0) ->
             GEN_CPU, "trafgen", "-o", "eth0", "-c", conf, "-P", "1", "--no-sock-mem", "--notouch-irq", "-q"]
     if count:
         argv += ["-n", str(count)]
-    proc, path = lab.spawn(f"trafgen-{secrets.token_hex(2)}", argv)
+    proc, path = lab.spawn("trafgen", argv)
     t0 = time.monotonic()
     try:
         proc.wait(timeout=seconds + 30)
