@@ -9,7 +9,9 @@ opened handle is handed to the loop.
 A stream's bytes are cut into chunks of whole records when they reach ``chunk_bytes`` or have waited
 ``flush_interval`` seconds; each chunk goes to the ``StreamSink`` (the collector session). If the sink refuses a
 chunk (its bounded buffer is full) the chunk's packets are counted as agent drops — never blocking the capture.
-Lifecycle events (STARTED, periodic counters, DONE/FAILED) go to the sink in order with the chunks.
+Lifecycle events (STARTED, periodic counters, DONE/FAILED) go to the sink in order with the chunks. A stream whose
+interface disappears (pod deleted, or its sandbox restarted with a new network namespace) ends with a PENDING
+event: the session decides whether the pod comes back (re-attach) or is gone (DONE).
 """
 
 from __future__ import annotations
@@ -309,12 +311,12 @@ class CaptureEngine:
                     self._cut(stream)
         except PcapError as e:
             # The interface went away (pod deleted, sandbox torn down) or the handle broke: end the stream.
-            self._finish(stream, common_pb2.POD_CAPTURE_STATE_DONE,
-                         f"interface {stream.interface} is gone ({e})")
+            self._finish(stream, common_pb2.POD_CAPTURE_STATE_PENDING,
+                         f"interface {stream.interface} is gone ({e}); waiting for the pod's sandbox")
             return
         if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL) and stream.pending_packets == 0:
-            self._finish(stream, common_pb2.POD_CAPTURE_STATE_DONE,
-                         f"interface {stream.interface} is gone")
+            self._finish(stream, common_pb2.POD_CAPTURE_STATE_PENDING,
+                         f"interface {stream.interface} is gone; waiting for the pod's sandbox")
 
     def _cut(self, stream: _Stream) -> None:
         dump = stream.handle.dump
@@ -383,13 +385,14 @@ class CaptureEngine:
             pass
         self._cut(stream)
         self._read_kernel(stream)
-        with self._lock:
-            del self._streams[stream.key]
         self._by_fd.pop(handle.fd, None)
         try:
             self._poll.unregister(handle.fd)
         except KeyError:
             pass
         handle.close()
+        # Report before the stream leaves the table, so nobody sees it inactive before its final event is queued.
         self._sink.event(self._event(stream, state, reason))
+        with self._lock:
+            del self._streams[stream.key]
         log.info("capture %s: pod %s/%s ended: %s", stream.key[0], stream.pod.namespace, stream.pod.name, reason)

@@ -28,6 +28,7 @@ from typing import Any, Final, Self
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
+
 from podcap.agent.pods import PodNotFoundError, PodSourceError
 
 PACKAGE: Final = "runtime.v1"

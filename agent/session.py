@@ -14,22 +14,26 @@ from __future__ import annotations
 
 import collections
 import logging
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
+
 from podcap import __version__
 from podcap.agent.capture import CaptureEngine, EngineSettings
-from podcap.agent.pods import PodInfo, PodNotFoundError, PodSource, PodSourceError
+from podcap.agent.pods import PodInfo, PodNetwork, PodNotFoundError, PodSource, PodSourceError
 from podcap.names import CaptureId, InvalidNameError, NodeName, PodUid, check_capture_id, check_pod_uid
 from podcap.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 _CLOSE = object()
+# How long a wanted pod must be missing from the node's inventory before its capture is reported DONE.
+POD_GONE_AFTER_S = 5.0
 
 
 class Outbound:
@@ -96,16 +100,42 @@ class AgentConfig:
     engine: EngineSettings = EngineSettings()
 
 
-class _Sink:
-    """StreamSink for the capture engine: everything goes into the outbound queue."""
+@dataclass
+class _Desired:
+    """A (capture, pod) the collector asked for and has not stopped: re-attached when the pod's sandbox returns."""
 
-    def __init__(self, out: Outbound) -> None:
+    settings: common_pb2.CaptureSettings
+    pods_on_node: int
+    fingerprint: tuple[str, str, int]
+    # Monotonic time since which the pod is missing from the inventory (0 = present).
+    missing_since: float = 0.0
+
+
+def _fingerprint(network: PodNetwork) -> tuple[str, str, int]:
+    """What identifies one incarnation of a pod's network: the sandbox key, plus the host veth and its ifindex —
+    namespace inodes can be reused when a namespace is recreated, interface indexes are not reused soon."""
+    index = 0
+    if network.host_veth:
+        try:
+            index = socket.if_nametoindex(network.host_veth)
+        except OSError:
+            index = -1
+    return (network.sandbox_key, network.host_veth or "", index)
+
+
+class _Sink:
+    """StreamSink for the capture engine: everything goes into the outbound queue; terminal events end the wish."""
+
+    def __init__(self, out: Outbound, ended: Callable[[CaptureId, PodUid], None]) -> None:
         self.out = out
+        self.ended = ended
 
     def chunk(self, chunk: ingest_pb2.PcapChunk) -> bool:
         return self.out.put_chunk(chunk)
 
     def event(self, event: ingest_pb2.PodCaptureEvent) -> None:
+        if event.state in (common_pb2.POD_CAPTURE_STATE_DONE, common_pb2.POD_CAPTURE_STATE_FAILED):
+            self.ended(CaptureId(event.capture_id), PodUid(event.pod_uid))
         self.out.put(ingest_pb2.AgentMessage(pod_event=event))
 
 
@@ -117,7 +147,9 @@ class AgentSession:
         self.source = source
         self.instance_id = uuid.uuid4().hex[:12]
         self.out = Outbound(config.upload_buffer_bytes)
-        self.engine = CaptureEngine(_Sink(self.out), instance_id=self.instance_id, settings=config.engine)
+        self._desired: dict[tuple[CaptureId, PodUid], _Desired] = {}
+        self.engine = CaptureEngine(_Sink(self.out, self._ended), instance_id=self.instance_id,
+                                    settings=config.engine)
         self._stop = threading.Event()
         self._pods: dict[PodUid, PodInfo] = {}
         self._call: grpc.Future[ingest_pb2.CollectorMessage] | None = None
@@ -140,6 +172,8 @@ class AgentSession:
             if self._stop.is_set():
                 break
             # Nothing to upload to: stop streams so nothing runs unobserved; the collector restarts them.
+            with self._lock:
+                self._desired.clear()
             self.engine.stop_all("collector session lost")
             if time.monotonic() - started > 30:
                 backoff = self.cfg.reconnect_min
@@ -219,7 +253,47 @@ class AgentSession:
                 self.out.put(
                     ingest_pb2.AgentMessage(inventory=ingest_pb2.Inventory(pods=[p.to_proto() for p in pods.values()]))
                 )
+            try:
+                self._reconcile(pods)
+            except Exception:  # keep heartbeats and inventory going whatever happens here
+                log.exception("re-attaching pods failed")
             self._stop.wait(self.cfg.inventory_interval)
+
+    def _ended(self, capture_id: CaptureId, uid: PodUid) -> None:
+        with self._lock:
+            self._desired.pop((capture_id, uid), None)
+
+    def _reconcile(self, pods: dict[PodUid, PodInfo]) -> None:
+        """Re-attach wanted pods whose stream ended because their sandbox went away and came back (new sandbox
+        key); report DONE for wanted pods that left the node."""
+        active = set(self.engine.active())
+        with self._lock:
+            waiting = [(k, d) for k, d in self._desired.items() if k not in active]
+        for (cid, uid), want in waiting:
+            pod = pods.get(uid)
+            if pod is None and not want.missing_since:
+                want.missing_since = time.monotonic()
+            if pod is not None:
+                want.missing_since = 0.0
+            if pod is None:
+                # A restarting sandbox leaves the inventory briefly; only a lasting absence means deleted.
+                if time.monotonic() - want.missing_since < POD_GONE_AFTER_S:
+                    continue
+                self._ended(cid, uid)
+                self.out.put(ingest_pb2.AgentMessage(pod_event=ingest_pb2.PodCaptureEvent(
+                    capture_id=cid, pod_uid=uid, state=common_pb2.POD_CAPTURE_STATE_DONE,
+                    message="pod deleted from the node")))
+            else:
+                try:
+                    network = self.source.locate(uid)
+                except PodSourceError:
+                    continue  # not ready yet: next tick
+                fingerprint = _fingerprint(network)
+                if fingerprint == want.fingerprint or fingerprint[2] < 0:
+                    continue  # the same (broken) incarnation, or its veth is not up yet
+                want.fingerprint = fingerprint
+                log.info("capture %s: re-attaching %s/%s (new sandbox)", cid, pod.namespace, pod.name)
+                self.engine.start(cid, pod, network, want.settings, pods_on_node=want.pods_on_node)
 
     def _handle(self, msg: ingest_pb2.CollectorMessage) -> None:
         kind = msg.WhichOneof("kind")
@@ -235,6 +309,9 @@ class AgentSession:
             except InvalidNameError as e:
                 log.warning("ignoring malformed stop command: %s", e)
                 return
+            with self._lock:
+                for key in [k for k in self._desired if k[0] == cid and (uid is None or k[1] == uid)]:
+                    del self._desired[key]
             self.engine.stop(cid, uid, "stopped by collector")
         elif kind == "ack":
             pass  # chunks are not spooled yet: nothing to release
@@ -267,4 +344,6 @@ class AgentSession:
         except PodSourceError as e:
             fail(f"cannot locate pod {pod.namespace}/{pod.name}: {e}")
             return
+        with self._lock:
+            self._desired[(cid, uid)] = _Desired(cmd.settings, cmd.pods_on_node or 1, _fingerprint(network))
         self.engine.start(cid, pod, network, cmd.settings, pods_on_node=cmd.pods_on_node or 1)

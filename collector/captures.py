@@ -70,6 +70,9 @@ class PodState:
     writer: PodWriter | None = None
     segments: int = 0
     rel_path: str = ""
+    reattachments: int = 0
+    # When the pod's last stream broke (wall clock, ns); 0 while a stream runs.
+    gap_since_ns: int = 0
 
     def status(self) -> control_pb2.PodStatus:
         k = tuple(a + b for a, b in zip(self.kernel_base, self.kernel, strict=True))
@@ -77,7 +80,7 @@ class PodState:
             pod=self.pod.to_proto(), state=self.state, packets=self.packets, bytes=self.bytes,
             kernel=common_pb2.KernelStats(received=k[0], dropped=k[1], if_dropped=k[2]),
             agent_dropped_packets=self.agent_dropped_base + self.agent_dropped, interface=self.interface,
-            message=self.message, segments=self.segments, path=self.rel_path,
+            message=self.message, segments=self.segments, path=self.rel_path, reattachments=self.reattachments,
         )
 
 
@@ -389,17 +392,35 @@ class CaptureManager(AgentListener):
                 if not ev.HasField("format") or ps.state in TERMINAL:
                     return  # a periodic update of a retired stream, or a stream for a pod that already ended
                 # A new stream (first attach, or re-attach after an agent or sandbox restart).
+                had_stream = ps.fmt is not None
                 self._retire_stream(ps)
                 ps.stream_id = ev.stream_id
                 ps.fmt = ev.format
                 ps.interface = ev.interface
                 ps.state = common_pb2.POD_CAPTURE_STATE_CAPTURING
                 ps.message = ""
+                if had_stream:
+                    ps.reattachments += 1
+                    gap = (time.time_ns() - ps.gap_since_ns) / 1e9 if ps.gap_since_ns else 0.0
+                    ps.message = (f"re-attached at {time.strftime('%H:%M:%S')}; no capture for {gap:.1f} s before"
+                                  if gap else f"re-attached at {time.strftime('%H:%M:%S')}")
+                    log.info("capture %s: pod %s re-attached (%s)", cap.id, ps.pod.display, ps.message)
+                ps.gap_since_ns = 0
             elif ev.stream_id and ev.stream_id != ps.stream_id:
                 return  # late news from a retired stream
             if ev.HasField("kernel"):
                 ps.kernel = (ev.kernel.received, ev.kernel.dropped, ev.kernel.if_dropped)
             ps.agent_dropped = ev.agent_dropped_packets
+            if (ev.state == common_pb2.POD_CAPTURE_STATE_PENDING and ev.stream_id and ev.stream_id == ps.stream_id
+                    and ps.state not in TERMINAL):
+                # The stream broke (the pod's interface vanished); the agent re-attaches or reports the pod gone.
+                ps.state = common_pb2.POD_CAPTURE_STATE_PENDING
+                ps.message = ev.message
+                ps.gap_since_ns = time.time_ns()
+                if ps.writer is not None:
+                    ps.writer.close()
+                    ps.writer = None
+                self._retire_stream(ps)
             if ev.state in TERMINAL:
                 ps.state = ev.state
                 ps.message = ev.message

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 
 import grpc
+
 from podcap.v1 import control_pb2, control_pb2_grpc
 
 DEFAULT_COLLECTOR = "127.0.0.1:7420"

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator
 
 import grpc
+
 from podcap.collector.captures import CaptureManager, CaptureNotFoundError, NoAgentError
 from podcap.collector.targets import NoMatchError
 from podcap.pcapfile import FILE_HEADER_LEN

@@ -7,6 +7,7 @@ libpcap's own message instead of failing on every node.
 from __future__ import annotations
 
 import pcapy
+
 from podcap.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, MAX_SNAPLEN
 from podcap.v1 import common_pb2
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 import grpc
+
 from podcap.collector.agents import HEARTBEAT_INTERVAL_S, AgentConflictError, AgentConnection, AgentRegistry
 from podcap.collector.captures import CaptureManager, ChunkRejectedError
 from podcap.collector.targets import PodRef

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 import grpc
+
 from podcap.collector.agents import AgentRegistry
 from podcap.collector.captures import CaptureManager
 from podcap.collector.control import ControlServicer

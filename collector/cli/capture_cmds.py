@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 
 import click
+from rich.console import Console
+from rich.live import Live
+
 from podcap.collector.cli.render import capture_table, dump_json, to_dict
 from podcap.collector.cli.units import parse_duration, parse_size
 from podcap.collector.client import CollectorClient
 from podcap.v1 import common_pb2, control_pb2
-from rich.console import Console
-from rich.live import Live
 
 _INTERFACES = {
     "veth": common_pb2.CAPTURE_INTERFACE_HOST_VETH,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 
 import click
-from podcap.collector.cli.units import human_bytes
 from rich.console import Console
 from rich.table import Table
+
+from podcap.collector.cli.units import human_bytes
 
 
 @click.command()

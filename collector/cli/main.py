@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
+
 from podcap import __version__
 from podcap.collector.cli import capture_cmds, demo_cmd, read_cmds
 from podcap.collector.client import CollectorError, default_address

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import click
+
 from podcap.collector.cli.render import capture_table, dump_json, list_table, print_table, to_dict
 from podcap.collector.cli.units import human_bytes
 from podcap.collector.client import CollectorClient, CollectorError

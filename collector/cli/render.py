@@ -7,10 +7,11 @@ import time
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
-from podcap.collector.cli.units import human_bytes, human_duration
-from podcap.v1 import common_pb2, control_pb2
 from rich.console import Console
 from rich.table import Table
+
+from podcap.collector.cli.units import human_bytes, human_duration
+from podcap.v1 import common_pb2, control_pb2
 
 
 def capture_state(state: control_pb2.CaptureState.ValueType) -> str:

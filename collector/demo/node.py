@@ -54,20 +54,22 @@ class DemoNode:
     def __post_init__(self) -> None:
         self.tag = secrets.token_hex(3)
         self.bridge = f"pcbr{self.tag}"
+        self._created = 0
 
     def create(self, names: list[str]) -> DemoNode:
         try:
             _ip("link", "add", self.bridge, "type", "bridge")
             _ip("link", "set", self.bridge, "up")
-            for i, name in enumerate(names):
-                self.add_pod(name, index=i)
+            for name in names:
+                self.add_pod(name)
         except BaseException:
             self.destroy()
             raise
         return self
 
-    def add_pod(self, name: str, *, index: int | None = None) -> DemoPod:
-        i = len(self.pods) if index is None else index
+    def add_pod(self, name: str) -> DemoPod:
+        i = self._created
+        self._created += 1
         pod = DemoPod(self.namespace, name, f"10.213.{self.subnet_octet}.{10 + i}", f"pc{self.tag}h{i}")
         pod_side = f"pc{self.tag}p{i}"
         _ip("netns", "add", pod.netns)

@@ -67,6 +67,9 @@ TRAFGEN_CONF = """/* 128-byte UDP 10.99.0.1:4000 -> 10.99.0.2:9; the destination
 """
 
 
+PROFILE: dict[str, str] = {"py_spy": "", "dir": ""}
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -283,6 +286,25 @@ class Podcap:
         self.p_agent = psutil.Process(self.agent.pid)
         self.p_collector = psutil.Process(self.collector.pid)
 
+    def profile_start(self) -> list[subprocess.Popen[bytes]]:
+        """With --py-spy: sample agent and collector (py-spy record, raw collapsed stacks) while traffic runs.
+        The figures of a profiled run are perturbed; use it to find where the time goes, not to measure."""
+        if not PROFILE["py_spy"]:
+            return []
+        procs = []
+        for who, p in (("agent", self.agent), ("collector", self.collector)):
+            out = os.path.join(PROFILE["dir"], f"{who}-{secrets.token_hex(2)}.txt")
+            proc, _ = self.lab.spawn(f"py-spy-{who}", [PROFILE["py_spy"], "record", "-p", str(p.pid), "-r", "200",
+                                                       "-f", "raw", "-o", out, "--nonblocking", "--threads"])
+            procs.append(proc)
+        time.sleep(1.0)
+        return procs
+
+    def profile_stop(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        for proc in procs:
+            self.lab.stop(proc, signal.SIGINT, timeout=30)
+            self.lab.procs.remove(proc)
+
     def start(self, namespace: str, pods: list[str] | None = None, timeout: float = 30) -> str:
         req = control_pb2.StartCaptureRequest(target=control_pb2.Target(namespace=namespace, pod_names=pods or []))
         deadline = time.monotonic() + timeout
@@ -397,8 +419,10 @@ def run_podcap(pc: Podcap, pod: Pod, conf: str, seconds: float, count: int) -> d
     cid = pc.start(pod.namespace, [pod.name])
     pc.wait_capturing(cid, 1, 20)
     time.sleep(0.5)
+    profilers = pc.profile_start()
     rx0, a0, k0 = rx_packets(pod.host_veth), cpu_seconds(pc.p_agent), cpu_seconds(pc.p_collector)
     wall, sent = trafgen(pc.lab, pod, conf, seconds=seconds, count=count)
+    pc.profile_stop(profilers)
     time.sleep(1.0)  # same drain allowance as tcpdump
     st = pc.stop_capture(cid)  # returns once the final chunks are stored
     a1, k1, rx1 = cpu_seconds(pc.p_agent), cpu_seconds(pc.p_collector), rx_packets(pod.host_veth)
@@ -475,12 +499,14 @@ def phase_p3(lab: Lab, n_pods: int, pps: float, seconds: float, ring_budget: int
                                             "--pps", str(pps), "--duration", str(seconds),
                                             *[p.netns_path for p in pods]])
         wait_for_log(gpath, "READY", gen, 30)
+        profilers = pc.profile_start()
         a0, w0 = cpu_seconds(pc.p_agent), time.monotonic()
         rss_max = pc.p_agent.memory_info().rss
         while gen.poll() is None and time.monotonic() - w0 < seconds + 30:
             rss_max = max(rss_max, pc.p_agent.memory_info().rss)
             time.sleep(0.25)
         a1, w1 = cpu_seconds(pc.p_agent), time.monotonic()
+        pc.profile_stop(profilers)
         lab.stop(gen)
         lab.procs.remove(gen)
         with open(gpath) as f:
@@ -573,9 +599,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--p3-seconds", type=float, help="p3 traffic seconds (default 10; smoke 2)")
     ap.add_argument("--ring-budget", type=int, help="passed to podcap-agent --ring-budget")
     ap.add_argument("--only", choices=["p1", "p3"], help="run one phase only")
+    ap.add_argument("--py-spy", metavar="PATH", help="profile agent and collector with this py-spy binary during "
+                    "the p1/p2 podcap runs and during p3 traffic (perturbs the figures)")
+    ap.add_argument("--profile-dir", default="/tmp", help="where --py-spy writes collapsed stacks")
     ap.add_argument("--keep-workdir", action="store_true", help="keep logs (path printed) after the run")
     a = ap.parse_args(argv)
     check_environment()
+    PROFILE.update(py_spy=a.py_spy or "", dir=a.profile_dir)
     seconds = a.seconds or (2.0 if a.smoke else 10.0)
     rounds = a.rounds or (1 if a.smoke else 2)
     n_pods = a.pods or (10 if a.smoke else 200)

@@ -37,7 +37,9 @@ def test_bench_smoke() -> None:
     proc = subprocess.run([sys.executable, "-m", "tests.bench.run", "--smoke"], cwd=ROOT, capture_output=True,
                           text=True, timeout=220)
     lines = proc.stdout.strip().splitlines()
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    )
     assert lines, f"no output; stderr:\n{proc.stderr[-3000:]}"
     result = json.loads(lines[-1])
     for key in KEYS:

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from podcap.agent import cri
 from podcap.agent.cri_source import CriPodSource
 from podcap.agent.pods import PodNotFoundError, PodSourceError
 from podcap.agent.proc_source import PROC_NAMESPACE, ProcPodSource
 from podcap.names import NodeName, PodUid
-
 from tests.node.harness import ContainerSpec, Pod, TestNode
 
 pytest_plugins = ["tests.node.fixtures"]

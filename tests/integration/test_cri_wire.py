@@ -15,6 +15,7 @@ import zlib
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
+
 from podcap.agent import cri
 
 pytestmark = pytest.mark.containerd

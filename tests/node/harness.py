@@ -34,7 +34,6 @@ from typing import Any
 
 from podcap.agent import cri
 from podcap.agent.pods import PodSourceError
-
 from tests.node import images
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -280,6 +280,7 @@ class PodStatus(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     SEGMENTS_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
+    REATTACHMENTS_FIELD_NUMBER: _builtins.int
     state: _common_pb2.PodCaptureState.ValueType
     packets: _builtins.int
     """Packets and bytes stored for this pod (bytes: every pcap file of the pod, headers included)."""
@@ -294,6 +295,10 @@ class PodStatus(_message.Message):
     """Number of pcap segments stored for the pod."""
     path: _builtins.str
     """Path of the pod's directory relative to the collector's data dir."""
+    reattachments: _builtins.int
+    """Times the pod was re-attached after its stream broke (sandbox restart, agent restart). Each one is a gap in
+    the capture; `message` describes the last one.
+    """
     @_builtins.property
     def pod(self) -> _common_pb2.Pod: ...
     @_builtins.property
@@ -311,10 +316,11 @@ class PodStatus(_message.Message):
         message: _builtins.str = ...,
         segments: _builtins.int = ...,
         path: _builtins.str = ...,
+        reattachments: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["kernel", b"kernel", "pod", b"pod"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_dropped_packets", b"agent_dropped_packets", "bytes", b"bytes", "interface", b"interface", "kernel", b"kernel", "message", b"message", "packets", b"packets", "path", b"path", "pod", b"pod", "segments", b"segments", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_dropped_packets", b"agent_dropped_packets", "bytes", b"bytes", "interface", b"interface", "kernel", b"kernel", "message", b"message", "packets", b"packets", "path", b"path", "pod", b"pod", "reattachments", b"reattachments", "segments", b"segments", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
