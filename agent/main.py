@@ -51,7 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ring-budget", type=int, default=128 << 20,
                    help="kernel ring memory in bytes shared by a capture's pods when it sets no buffer size")
     p.add_argument("--upload-buffer", type=int, default=64 << 20,
-                   help="bytes of captured data held for upload before new chunks are dropped (and counted)")
+                   help="bytes of unacknowledged captured data held in memory (then --spool-dir)")
+    p.add_argument("--spool-dir", default="",
+                   help="directory for unacknowledged chunks once --upload-buffer is full (default: memory only)")
+    p.add_argument("--spool-bytes", type=int, default=1 << 30,
+                   help="cap on --spool-dir; beyond it new chunks are dropped and counted (default 1 GiB)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -68,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     source = make_source(args.pod_source, node, args)
     cfg = AgentConfig(
         collector=args.collector, node=node, upload_buffer_bytes=args.upload_buffer,
+        spool_dir=args.spool_dir or None, spool_disk_bytes=args.spool_bytes,
         engine=EngineSettings(ring_budget_bytes=args.ring_budget),
     )
     agent = AgentSession(cfg, source)

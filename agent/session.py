@@ -1,24 +1,25 @@
 """The agent's session with the collector: register, inventory, heartbeats, commands down, chunks up.
 
 The agent always dials (privileged pods listen on nothing). One ``Ingest.Attach`` stream carries everything; it is
-re-established with exponential backoff when it breaks. Between the capture loop and gRPC sits ``Outbound``, a
-queue bounded in bytes: the capture loop never blocks on the network — when the collector is slow or away, chunks
-that do not fit are refused and counted as agent drops (reported in each pod's events). gRPC's request iterator
-pulls from the queue, so HTTP/2 flow control paces the upload.
+re-established with exponential backoff when it breaks. Between the capture loop and gRPC sits the ``UploadLog``
+(``podcap.agent.spool``): the capture loop never blocks on the network; chunks stay there until the collector
+acknowledges them as durable, and are re-sent after a reconnect. gRPC's request iterator pulls from the log, so
+HTTP/2 flow control paces the upload (a collector that stops reading — e.g. its disk is full — makes the agent
+spool, then drop new chunks and count them).
 
-While disconnected the agent stops its streams (their final counters are kept for the next session); on
-registration the collector re-sends the captures it still wants, and each pod is re-attached as a new stream.
+Streams keep running while the collector is away. On registration the collector re-sends the captures it still
+wants (starts for running streams are no-ops) and the agent re-sends each stream's STARTED event and its
+unacknowledged chunks, so a collector restart or a network blip costs nothing.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -26,66 +27,14 @@ import grpc
 from podcap import __version__
 from podcap.agent.capture import CaptureEngine, EngineSettings
 from podcap.agent.pods import PodInfo, PodNetwork, PodNotFoundError, PodSource, PodSourceError
+from podcap.agent.spool import UploadLog
 from podcap.names import CaptureId, InvalidNameError, NodeName, PodUid, check_capture_id, check_pod_uid
 from podcap.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-_CLOSE = object()
 # How long a wanted pod must be missing from the node's inventory before its capture is reported DONE.
 POD_GONE_AFTER_S = 5.0
-
-
-class Outbound:
-    """Messages waiting to go up, bounded in chunk bytes. Events are never refused (they are tiny and carry the
-    counters that make drops visible)."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self._max = max_bytes
-        self._bytes = 0
-        self._items: collections.deque[object] = collections.deque()
-        self._cond = threading.Condition()
-
-    def put_chunk(self, chunk: ingest_pb2.PcapChunk) -> bool:
-        size = len(chunk.records)
-        with self._cond:
-            if self._bytes + size > self._max:
-                return False
-            self._bytes += size
-            self._items.append(ingest_pb2.AgentMessage(chunk=chunk))
-            self._cond.notify()
-        return True
-
-    def put(self, msg: ingest_pb2.AgentMessage) -> None:
-        with self._cond:
-            self._items.append(msg)
-            self._cond.notify()
-
-    def close(self) -> None:
-        with self._cond:
-            self._items.append(_CLOSE)
-            self._cond.notify_all()
-
-    def clear(self) -> list[ingest_pb2.AgentMessage]:
-        with self._cond:
-            items = [m for m in self._items if isinstance(m, ingest_pb2.AgentMessage)]
-            self._items.clear()
-            self._bytes = 0
-            return items
-
-    def iterate(self, first: ingest_pb2.AgentMessage) -> Iterator[ingest_pb2.AgentMessage]:
-        yield first
-        while True:
-            with self._cond:
-                while not self._items:
-                    self._cond.wait()
-                item = self._items.popleft()
-                if item is _CLOSE:
-                    return
-                assert isinstance(item, ingest_pb2.AgentMessage)
-                if item.WhichOneof("kind") == "chunk":
-                    self._bytes -= len(item.chunk.records)
-            yield item
 
 
 @dataclass(frozen=True)
@@ -95,6 +44,8 @@ class AgentConfig:
     heartbeat_interval: float = 5.0
     inventory_interval: float = 1.0
     upload_buffer_bytes: int = 64 << 20
+    spool_dir: str | None = None
+    spool_disk_bytes: int = 1 << 30
     reconnect_min: float = 0.5
     reconnect_max: float = 10.0
     engine: EngineSettings = EngineSettings()
@@ -126,7 +77,7 @@ def _fingerprint(network: PodNetwork) -> tuple[str, str, int]:
 class _Sink:
     """StreamSink for the capture engine: everything goes into the outbound queue; terminal events end the wish."""
 
-    def __init__(self, out: Outbound, ended: Callable[[CaptureId, PodUid], None]) -> None:
+    def __init__(self, out: UploadLog, ended: Callable[[CaptureId, PodUid], None]) -> None:
         self.out = out
         self.ended = ended
 
@@ -146,7 +97,8 @@ class AgentSession:
         self.cfg = config
         self.source = source
         self.instance_id = uuid.uuid4().hex[:12]
-        self.out = Outbound(config.upload_buffer_bytes)
+        self.out = UploadLog(memory_bytes=config.upload_buffer_bytes, disk_bytes=config.spool_disk_bytes,
+                             spool_dir=config.spool_dir)
         self._desired: dict[tuple[CaptureId, PodUid], _Desired] = {}
         self.engine = CaptureEngine(_Sink(self.out, self._ended), instance_id=self.instance_id,
                                     settings=config.engine)
@@ -171,10 +123,7 @@ class AgentSession:
                     log.warning("collector session ended: %s", code.name if code else e)
             if self._stop.is_set():
                 break
-            # Nothing to upload to: stop streams so nothing runs unobserved; the collector restarts them.
-            with self._lock:
-                self._desired.clear()
-            self.engine.stop_all("collector session lost")
+            # Streams keep capturing into the spool; the next session re-sends what is unacknowledged.
             if time.monotonic() - started > 30:
                 backoff = self.cfg.reconnect_min
             self._stop.wait(backoff)
@@ -184,14 +133,19 @@ class AgentSession:
         """Graceful stop: final chunks and counters of every stream are flushed up before the session closes."""
         self._stop.set()
         self.engine.close()
-        self.out.close()
-        deadline = time.monotonic() + 10
+        # Give the collector a moment to acknowledge the last chunks, then end the session.
+        if not self.out.wait_drained(10):
+            count, size = self.out.pending()
+            log.warning("shutting down with %d unacknowledged chunks (%d bytes) not stored", count, size)
+        self.out.close_after_queued()
+        deadline = time.monotonic() + 5
         with self._lock:
             call = self._call
         while call is not None and time.monotonic() < deadline and not call.done():
             time.sleep(0.05)
         if call is not None:
             call.cancel()
+        self.out.end_session()
 
     # ---- one session ----
 
@@ -213,10 +167,7 @@ class AgentSession:
                 pods=[p.to_proto() for p in pods], pod_source=self.source.name,
             )
         )
-        # Left-over messages of the previous session refer to streams the collector will restart; keep events.
-        for msg in self.out.clear():
-            if msg.WhichOneof("kind") == "pod_event":
-                self.out.put(msg)
+        self.out.new_session()
         channel = grpc.insecure_channel(
             self.cfg.collector,
             options=[("grpc.max_send_message_length", 8 << 20), ("grpc.keepalive_time_ms", 20000)],
@@ -233,10 +184,8 @@ class AgentSession:
         finally:
             with self._lock:
                 self._call = None
-            self.out.close()
+            self.out.end_session()
             channel.close()
-            # A fresh queue iterator per session: drop the close marker of this one.
-            self.out.clear()
 
     def _side_loop(self, call: grpc.Future[ingest_pb2.CollectorMessage]) -> None:
         """Heartbeats and inventory changes while the session lasts."""
@@ -314,7 +263,7 @@ class AgentSession:
                     del self._desired[key]
             self.engine.stop(cid, uid, "stopped by collector")
         elif kind == "ack":
-            pass  # chunks are not spooled yet: nothing to release
+            self.out.ack(msg.ack)
 
     def _start(self, cmd: ingest_pb2.StartPodCapture) -> None:
         def fail(message: str) -> None:

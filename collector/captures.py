@@ -1,14 +1,20 @@
 """Capture lifecycle and per-pod state: the collector's core.
 
 ``CaptureManager`` turns a validated start request into per-pod start commands for the agents, stores every chunk
-the agents send (validated, de-duplicated by (stream, seq), cut exactly at the capture's packet and byte limits),
-tracks per-pod state and counters, ends captures (stop, duration, limits, every pod gone) and persists what
-``podcap status`` shows. Agents coming and going are handled here too: a re-registered agent gets the captures
-that still want its pods, and a pod whose node lost its agent shows that in its state.
+the agents send (validated, de-duplicated by (stream, seq), cut exactly at the capture's packet, byte and time
+limits), tracks per-pod state and counters, ends captures (stop, duration, limits, every pod gone) and persists
+what ``podcap status`` shows.
 
-Concurrency: one lock per capture guards its pods, writers and counters, so chunk writes for different captures
-run in parallel; the manager lock only guards the capture table. A ticker thread enforces deadlines and flushes
-counters to SQLite about once a second.
+Delivery is acknowledged and durable: a chunk is written to its segment at once, but acknowledged only by the
+committer thread, which (every ~50 ms) syncs the written segments, records each pod's last stored chunk and segment
+sizes in SQLite in one transaction, and then sends the acknowledgements. After a crash the database never claims
+more than the disk holds; ``_load`` cuts each segment back to what was recorded, and the agents re-send everything
+unacknowledged. A full disk pauses ingestion: the chunk is retried until space returns, which stops reading that
+agent's stream, so HTTP/2 flow control pushes back and the agent spools. Retention deletes a pod's oldest segments
+once it holds more than ``keep_bytes``/``keep_seconds`` (or the capture more than ``keep_total_bytes``).
+
+Concurrency: one lock per capture guards its pods, writers and counters; the manager lock guards only the capture
+table. Agent events arrive on each agent's reader thread, user requests on gRPC worker threads.
 """
 
 from __future__ import annotations
@@ -18,25 +24,32 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import replace
+from typing import BinaryIO
 
 from podcap.collector.agents import AgentConnection, AgentListener, AgentRegistry
-from podcap.collector.filters import check_filter
-from podcap.collector.storage.local import PodWriter, StorageError, list_segments, pod_dir
+from podcap.collector.model import ACTIVE, TERMINAL, Capture, PodState, validate_request
+from podcap.collector.storage.local import (
+    PodWriter,
+    SegmentInfo,
+    StorageError,
+    pod_dir,
+    recover_segment,
+    remove_stray_files,
+    segment_path,
+)
 from podcap.collector.store import CaptureRow, CaptureStore
-from podcap.collector.targets import PodRef, TargetSpec, parse_target, resolve
+from podcap.collector.targets import PodRef, parse_target, resolve
 from podcap.names import CaptureId, NodeName, PodUid, new_capture_id
-from podcap.pcapfile import FILE_HEADER_LEN, MAX_SNAPLEN, FileFormat, PcapFormatError, scan_records
+from podcap.pcapfile import MAX_SNAPLEN, FileFormat, PcapFormatError, scan_records
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)
 
-MAX_DURATION_S = 30 * 24 * 3600
-DEFAULT_SEGMENT_BYTES = 64 << 20
-MIN_SEGMENT_BYTES = 64 << 10
 STOP_GRACE_S = 10.0
-TERMINAL = (common_pb2.POD_CAPTURE_STATE_DONE, common_pb2.POD_CAPTURE_STATE_FAILED)
-ACTIVE = (common_pb2.POD_CAPTURE_STATE_PENDING, common_pb2.POD_CAPTURE_STATE_CAPTURING)
+COMMIT_INTERVAL_S = 0.05
+STORAGE_RETRY_S = 1.0
+GAPS_FILE = "gaps.tsv"
 
 
 class CaptureNotFoundError(LookupError):
@@ -48,94 +61,11 @@ class NoAgentError(RuntimeError):
 
 
 class ChunkRejectedError(ValueError):
-    """An agent sent a chunk that cannot be stored (malformed, unknown stream, out of order)."""
+    """An agent sent a chunk that can never be stored (malformed, unknown stream, out of order)."""
 
 
-@dataclass
-class PodState:
-    pod: PodRef
-    state: common_pb2.PodCaptureState.ValueType = common_pb2.POD_CAPTURE_STATE_PENDING
-    packets: int = 0
-    bytes: int = 0
-    kernel: tuple[int, int, int] = (0, 0, 0)
-    # Kernel counters of streams that ended (a pod re-attached after a restart starts a new stream at zero).
-    kernel_base: tuple[int, int, int] = (0, 0, 0)
-    agent_dropped: int = 0
-    agent_dropped_base: int = 0
-    interface: str = ""
-    message: str = ""
-    stream_id: str = ""
-    last_seq: int = 0
-    fmt: common_pb2.PcapFormat | None = None
-    writer: PodWriter | None = None
-    segments: int = 0
-    rel_path: str = ""
-    reattachments: int = 0
-    # When the pod's last stream broke (wall clock, ns); 0 while a stream runs.
-    gap_since_ns: int = 0
-
-    def status(self) -> control_pb2.PodStatus:
-        k = tuple(a + b for a, b in zip(self.kernel_base, self.kernel, strict=True))
-        return control_pb2.PodStatus(
-            pod=self.pod.to_proto(), state=self.state, packets=self.packets, bytes=self.bytes,
-            kernel=common_pb2.KernelStats(received=k[0], dropped=k[1], if_dropped=k[2]),
-            agent_dropped_packets=self.agent_dropped_base + self.agent_dropped, interface=self.interface,
-            message=self.message, segments=self.segments, path=self.rel_path, reattachments=self.reattachments,
-        )
-
-
-@dataclass
-class Capture:
-    id: CaptureId
-    request: control_pb2.StartCaptureRequest
-    target: TargetSpec
-    created_ns: int
-    state: control_pb2.CaptureState.ValueType = control_pb2.CAPTURE_STATE_RUNNING
-    ended_ns: int = 0
-    end_reason: str = ""
-    pods: dict[PodUid, PodState] = field(default_factory=dict)
-    packets: int = 0
-    bytes: int = 0
-    lock: threading.RLock = field(default_factory=threading.RLock)
-    ended: threading.Event = field(default_factory=threading.Event)
-    stop_deadline: float = 0.0
-    dirty: bool = True
-    # Set (under the lock) by the chunk that reached a packet or byte limit: nothing after it is stored.
-    limit_reached: str = ""
-
-    @property
-    def deadline_ns(self) -> int:
-        d = self.request.limits.duration_seconds
-        return self.created_ns + d * 1_000_000_000 if d else 0
-
-    def status(self) -> control_pb2.CaptureStatus:
-        with self.lock:
-            return control_pb2.CaptureStatus(
-                id=self.id, state=self.state, target=self.request.target, settings=self.request.settings,
-                limits=self.request.limits, rotation=self.request.rotation, note=self.request.note,
-                created_unix_ns=self.created_ns, ended_unix_ns=self.ended_ns, end_reason=self.end_reason,
-                pods=[p.status() for p in self.pods.values()], packets=self.packets, bytes=self.bytes,
-            )
-
-
-def validate_request(req: control_pb2.StartCaptureRequest) -> TargetSpec:
-    """Check everything about a start request that does not depend on the cluster; raise ValueError subclasses."""
-    spec = parse_target(req.target)
-    s = req.settings
-    if s.snaplen > MAX_SNAPLEN:
-        raise ValueError(f"snaplen {s.snaplen} is above the maximum {MAX_SNAPLEN}")
-    if s.buffer_bytes and not (64 << 10) <= s.buffer_bytes <= (1 << 30):
-        raise ValueError("buffer size must be between 64 KiB and 1 GiB")
-    check_filter(s.filter, interface=s.interface, snaplen=s.snaplen)
-    if req.limits.duration_seconds > MAX_DURATION_S:
-        raise ValueError(f"duration above {MAX_DURATION_S // 86400} days")
-    if req.limits.max_bytes and req.limits.max_bytes < FILE_HEADER_LEN + 16:
-        raise ValueError("max-bytes must leave room for a pcap header and one packet (at least 40 bytes)")
-    if req.rotation.segment_bytes and req.rotation.segment_bytes < MIN_SEGMENT_BYTES:
-        raise ValueError(f"segment size below {MIN_SEGMENT_BYTES} bytes")
-    if len(req.note.encode()) > 1024:
-        raise ValueError("note longer than 1024 bytes")
-    return spec
+def _fmt(pf: common_pb2.PcapFormat) -> FileFormat:
+    return FileFormat(pf.linktype, pf.snaplen, pf.nanosecond)
 
 
 class CaptureManager(AgentListener):
@@ -146,12 +76,16 @@ class CaptureManager(AgentListener):
         self._lock = threading.Lock()
         self._captures: dict[CaptureId, Capture] = {}
         self._closing = threading.Event()
+        self._commit_now = threading.Event()
+        self.paused = ""
         registry.subscribe(self)
         self._load()
         self._ticker = threading.Thread(target=self._tick_loop, name="capture-ticker", daemon=True)
+        self._committer = threading.Thread(target=self._commit_loop, name="committer", daemon=True)
         self._ticker.start()
+        self._committer.start()
 
-    # ---- persistence ----
+    # ---- startup: load and recover ----
 
     def _load(self) -> None:
         for row in self.store.captures():
@@ -161,43 +95,58 @@ class CaptureManager(AgentListener):
                 log.error("stored capture %s has an invalid target; skipped", row.id)
                 continue
             cap = Capture(CaptureId(row.id), row.request, spec, row.created_ns,
-                          control_pb2.CaptureState.ValueType(row.state), row.ended_ns,
-                          row.end_reason)
+                          control_pb2.CaptureState.ValueType(row.state), row.ended_ns, row.end_reason)
             for pr in self.store.pods(row.id):
                 st = pr.status
                 ps = PodState(
-                    PodRef.from_proto(st.pod), st.state, st.packets, st.bytes,
-                    kernel_base=(st.kernel.received, st.kernel.dropped, st.kernel.if_dropped),
+                    PodRef.from_proto(st.pod), os.path.join("captures", row.id, st.pod.namespace, st.pod.name),
+                    state=st.state, kernel_base=(st.kernel.received, st.kernel.dropped, st.kernel.if_dropped),
                     agent_dropped_base=st.agent_dropped_packets, interface=st.interface, message=st.message,
-                    fmt=pr.format, segments=st.segments,
-                    rel_path=os.path.join("captures", row.id, st.pod.namespace, st.pod.name),
+                    stream_id=pr.stream_id, last_seq=pr.last_seq, committed_seq=pr.last_seq, fmt=pr.format,
+                    packets_total=pr.packets_total, bytes_total=pr.bytes_total,
+                    retired_packets=st.retired_packets, retired_bytes=st.retired_bytes,
+                    reattachments=st.reattachments, dirty=False,
                 )
-                if cap.state in (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING) and (
-                    ps.state in ACTIVE or ps.state == common_pb2.POD_CAPTURE_STATE_NO_AGENT
-                ):
-                    ps.state = common_pb2.POD_CAPTURE_STATE_NO_AGENT
-                    ps.message = "waiting for the node's agent after a collector restart"
+                directory = pod_dir(self.data_dir, cap.id, ps.pod.namespace, ps.pod.name)
+                ps.segments = [SegmentInfo(s.index, segment_path(directory, s.index), s.bytes, s.packets,
+                                           s.first_ts_ns, s.last_ts_ns) for s in pr.segments]
+                ps.next_segment = max((s.index for s in ps.segments), default=0) + 1
+                if cap.live:
+                    self._recover_pod(cap, ps, directory)
                 cap.pods[ps.pod.uid] = ps
-                cap.packets += ps.packets
-                cap.bytes += ps.bytes
-            if cap.state in (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING):
-                cap.ended.clear()
-                log.info("resuming capture %s after restart", cap.id)
+                cap.packets_total += ps.packets_total
+                cap.bytes_total += ps.bytes_total
+            if cap.live:
+                log.info("resuming capture %s after a restart", cap.id)
                 if cap.state == control_pb2.CAPTURE_STATE_STOPPING:
-                    cap.stop_deadline = time.monotonic()
+                    cap.stop_deadline = time.monotonic() + STOP_GRACE_S
             else:
                 cap.ended.set()
             self._captures[cap.id] = cap
 
-    def _flush(self, cap: Capture) -> None:
-        with cap.lock:
-            if not cap.dirty:
-                return
-            rows = [(p.status(), p.fmt) for p in cap.pods.values()]
-            cap.dirty = False
-            state, ended, reason = cap.state, cap.ended_ns, cap.end_reason
-        self.store.save_pods(cap.id, rows)
-        self.store.update_capture(cap.id, state=state, ended_ns=ended, end_reason=reason)
+    def _recover_pod(self, cap: Capture, ps: PodState, directory: str) -> None:
+        """Make the pod's files match what was acknowledged: drop unknown segments, cut the last one back."""
+        for path in remove_stray_files(directory, {s.index for s in ps.segments}):
+            log.warning("capture %s: removed %s (written after the last commit; the agent re-sends it)",
+                        cap.id, path)
+        if ps.segments and ps.fmt is not None:
+            last = ps.segments[-1]
+            try:
+                size = recover_segment(last.path, last.bytes, _fmt(ps.fmt))
+            except FileNotFoundError:
+                log.error("capture %s: segment %s is missing", cap.id, last.path)
+                ps.segments.pop()
+            else:
+                if size != last.bytes:
+                    log.warning("capture %s: %s holds %d of %d recorded bytes after the crash", cap.id, last.path,
+                                size, last.bytes)
+                    ps.bytes_total -= last.bytes - size
+                    last.bytes = size
+                    ps.dirty = True
+        if ps.state in ACTIVE or ps.state == common_pb2.POD_CAPTURE_STATE_NO_AGENT:
+            ps.state = common_pb2.POD_CAPTURE_STATE_NO_AGENT
+            ps.message = "waiting for the node's agent after a collector restart"
+            ps.gap_since_ns = time.time_ns()
 
     # ---- the control API ----
 
@@ -215,7 +164,7 @@ class CaptureManager(AgentListener):
         for pod in pods:
             cap.pods[pod.uid] = self._new_pod_state(cap, pod)
         self.store.add_capture(CaptureRow(cap.id, req, cap.state, cap.created_ns, 0, ""))
-        self._flush(cap)
+        self._commit(cap)
         with self._lock:
             self._captures[cap.id] = cap
         log.info("capture %s started: %d pods, filter %r", cap.id, len(pods), req.settings.filter)
@@ -223,7 +172,7 @@ class CaptureManager(AgentListener):
         return cap
 
     def _new_pod_state(self, cap: Capture, pod: PodRef) -> PodState:
-        return PodState(pod, rel_path=os.path.join("captures", cap.id, pod.namespace, pod.name))
+        return PodState(pod, os.path.join("captures", cap.id, pod.namespace, pod.name))
 
     def _dispatch_starts(self, cap: Capture, pods: list[PodState]) -> None:
         by_node: dict[NodeName, list[PodState]] = {}
@@ -231,18 +180,18 @@ class CaptureManager(AgentListener):
             by_node.setdefault(ps.pod.node, []).append(ps)
         for node, node_pods in by_node.items():
             conn = self.registry.get(node)
-            if conn is None:
-                with cap.lock:
-                    for ps in node_pods:
+            with cap.lock:
+                for ps in node_pods:
+                    if conn is None:
                         ps.state = common_pb2.POD_CAPTURE_STATE_NO_AGENT
                         ps.message = f"node {node} has no connected agent"
-                    cap.dirty = True
+                    else:
+                        ps.state = common_pb2.POD_CAPTURE_STATE_PENDING
+                    ps.dirty = True
+                cap.dirty = True
+            if conn is None:
                 continue
             for ps in node_pods:
-                with cap.lock:
-                    ps.state = common_pb2.POD_CAPTURE_STATE_PENDING
-                    ps.stream_id = ""
-                    cap.dirty = True
                 conn.send(ingest_pb2.CollectorMessage(start=ingest_pb2.StartPodCapture(
                     capture_id=cap.id, pod=ps.pod.to_proto(), settings=cap.request.settings,
                     pods_on_node=len(node_pods),
@@ -258,6 +207,9 @@ class CaptureManager(AgentListener):
     def all(self) -> list[Capture]:
         with self._lock:
             return sorted(self._captures.values(), key=lambda c: c.created_ns, reverse=True)
+
+    def status(self, cap: Capture) -> control_pb2.CaptureStatus:
+        return cap.status(self.paused)
 
     def stop(self, capture_id: str, reason: str = "stopped by user", *, wait: float = STOP_GRACE_S) -> Capture:
         cap = self.get(capture_id)
@@ -278,7 +230,7 @@ class CaptureManager(AgentListener):
                 if ps.state in ACTIVE:
                     nodes.add(ps.pod.node)
                 elif ps.state == common_pb2.POD_CAPTURE_STATE_NO_AGENT:
-                    ps.state = common_pb2.POD_CAPTURE_STATE_DONE
+                    nodes.add(ps.pod.node)  # its agent may return within the grace and deliver what it holds
         log.info("capture %s stopping: %s", cap.id, reason)
         for node in nodes:
             conn = self.registry.get(node)
@@ -289,7 +241,7 @@ class CaptureManager(AgentListener):
     def _maybe_finish(self, cap: Capture, *, force: bool = False) -> None:
         """End the capture once every pod is terminal (or the stop grace expired)."""
         with cap.lock:
-            if cap.state not in (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING):
+            if not cap.live:
                 return
             pods = list(cap.pods.values())
             all_terminal = bool(pods) and all(p.state in TERMINAL for p in pods)
@@ -304,10 +256,10 @@ class CaptureManager(AgentListener):
                     ps.state = common_pb2.POD_CAPTURE_STATE_DONE
                     ps.message = ps.message or "no final report from the agent before the stop grace expired"
                 if ps.writer is not None:
-                    ps.writer.close()
-                    ps.writer = None
+                    self._close_writer(ps)
+                ps.dirty = True
             failed = [p for p in pods if p.state == common_pb2.POD_CAPTURE_STATE_FAILED]
-            if pods and len(failed) == len(pods) and cap.packets == 0:
+            if pods and len(failed) == len(pods) and cap.packets_total == 0:
                 cap.state = control_pb2.CAPTURE_STATE_FAILED
                 cap.end_reason = "every pod failed: " + "; ".join(
                     sorted({f"{p.pod.display}: {p.message}" for p in failed})
@@ -316,37 +268,40 @@ class CaptureManager(AgentListener):
                 cap.state = control_pb2.CAPTURE_STATE_DONE
             cap.ended_ns = time.time_ns()
             cap.dirty = True
-        self._flush(cap)
+        self._commit(cap)
         cap.ended.set()
-        log.info("capture %s ended (%s): %d packets, %d bytes", cap.id, cap.end_reason, cap.packets, cap.bytes)
+        log.info("capture %s ended (%s): %d packets, %d bytes", cap.id, cap.end_reason, cap.packets_total,
+                 cap.bytes_total)
 
-    # ---- agent events ----
+    # ---- agents coming and going ----
 
     def agent_registered(self, conn: AgentConnection) -> None:
         for cap in self.all():
-            if cap.state != control_pb2.CAPTURE_STATE_RUNNING:
+            if not cap.live:
                 continue
             with cap.lock:
                 want = [ps for ps in cap.pods.values() if ps.pod.node == conn.node and ps.state not in TERMINAL]
-            self._dispatch_starts(cap, want)
+            if cap.state == control_pb2.CAPTURE_STATE_RUNNING:
+                self._dispatch_starts(cap, want)
+            elif want:
+                conn.send(ingest_pb2.CollectorMessage(stop=ingest_pb2.StopPodCapture(capture_id=cap.id)))
         self.agent_inventory(conn)
 
     def agent_gone(self, conn: AgentConnection) -> None:
         for cap in self.all():
             with cap.lock:
-                if cap.state not in (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING):
+                if not cap.live:
                     continue
                 for ps in cap.pods.values():
+                    if ps.ack_conn is conn:
+                        ps.ack_conn = None
                     if ps.pod.node == conn.node and ps.state in ACTIVE:
-                        if cap.state == control_pb2.CAPTURE_STATE_STOPPING:
-                            ps.state = common_pb2.POD_CAPTURE_STATE_DONE
-                            ps.message = "agent disconnected while stopping"
-                        else:
-                            ps.state = common_pb2.POD_CAPTURE_STATE_NO_AGENT
-                            ps.message = f"agent of node {conn.node} disconnected; waiting for it to return"
-                        self._retire_stream(ps)
+                        # Keep the stream: a reconnecting agent continues it from its spool.
+                        ps.state = common_pb2.POD_CAPTURE_STATE_NO_AGENT
+                        ps.message = f"agent of node {conn.node} disconnected; waiting for it to return"
+                        ps.gap_since_ns = ps.gap_since_ns or time.time_ns()
+                        ps.dirty = True
                         cap.dirty = True
-            self._maybe_finish(cap)
 
     def agent_inventory(self, conn: AgentConnection) -> None:
         """Attach pods that appeared on the node and match a running dynamic capture."""
@@ -364,22 +319,14 @@ class CaptureManager(AgentListener):
             if new:
                 self._dispatch_starts(cap, new)
 
-    def _retire_stream(self, ps: PodState) -> None:
-        """Fold a finished stream's counters into the pod's base so a re-attached stream starts at zero."""
-        ps.kernel_base = tuple(a + b for a, b in zip(ps.kernel_base, ps.kernel, strict=True))  # type: ignore[assignment]
-        ps.kernel = (0, 0, 0)
-        ps.agent_dropped_base += ps.agent_dropped
-        ps.agent_dropped = 0
-        ps.stream_id = ""
-        ps.last_seq = 0
+    # ---- agent events ----
 
     def on_pod_event(self, conn: AgentConnection, ev: ingest_pb2.PodCaptureEvent) -> None:
         cap = self._captures.get(CaptureId(ev.capture_id))
         if cap is None:
             log.warning("agent %s: event for unknown capture %r ignored", conn.node, ev.capture_id)
             return
-        finished = cap.state not in (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING)
-        if finished and ev.state == common_pb2.POD_CAPTURE_STATE_CAPTURING:
+        if not cap.live and ev.state == common_pb2.POD_CAPTURE_STATE_CAPTURING:
             # A stream of a capture that is over (e.g. a start that crossed a stop on the wire): end it.
             conn.send(ingest_pb2.CollectorMessage(stop=ingest_pb2.StopPodCapture(capture_id=cap.id,
                                                                                  pod_uid=ev.pod_uid)))
@@ -388,55 +335,92 @@ class CaptureManager(AgentListener):
             if ps is None or ps.pod.node != conn.node:
                 log.warning("agent %s: event for a pod it does not own (%r) ignored", conn.node, ev.pod_uid)
                 return
-            if ev.state == common_pb2.POD_CAPTURE_STATE_CAPTURING and ev.stream_id != ps.stream_id:
-                if not ev.HasField("format") or ps.state in TERMINAL:
-                    return  # a periodic update of a retired stream, or a stream for a pod that already ended
-                # A new stream (first attach, or re-attach after an agent or sandbox restart).
-                had_stream = ps.fmt is not None
-                self._retire_stream(ps)
-                ps.stream_id = ev.stream_id
-                ps.fmt = ev.format
-                ps.interface = ev.interface
-                ps.state = common_pb2.POD_CAPTURE_STATE_CAPTURING
-                ps.message = ""
-                if had_stream:
-                    ps.reattachments += 1
-                    gap = (time.time_ns() - ps.gap_since_ns) / 1e9 if ps.gap_since_ns else 0.0
-                    ps.message = (f"re-attached at {time.strftime('%H:%M:%S')}; no capture for {gap:.1f} s before"
-                                  if gap else f"re-attached at {time.strftime('%H:%M:%S')}")
-                    log.info("capture %s: pod %s re-attached (%s)", cap.id, ps.pod.display, ps.message)
-                ps.gap_since_ns = 0
+            if ev.state == common_pb2.POD_CAPTURE_STATE_CAPTURING and ev.HasField("format"):
+                if ps.state in TERMINAL:
+                    return  # a stream for a pod that already ended
+                if ev.stream_id != ps.stream_id:
+                    self._new_stream(cap, ps, ev)
+                elif ps.state != common_pb2.POD_CAPTURE_STATE_CAPTURING:
+                    # The same stream, continued after a reconnect or a collector restart: nothing was lost.
+                    ps.state = common_pb2.POD_CAPTURE_STATE_CAPTURING
+                    ps.message = ""
+                    ps.gap_since_ns = 0
             elif ev.stream_id and ev.stream_id != ps.stream_id:
                 return  # late news from a retired stream
             if ev.HasField("kernel"):
                 ps.kernel = (ev.kernel.received, ev.kernel.dropped, ev.kernel.if_dropped)
+            if ev.agent_dropped_packets > ps.agent_dropped:
+                self._record_gap(cap, ps, ev.agent_dropped_packets - ps.agent_dropped)
             ps.agent_dropped = ev.agent_dropped_packets
-            if (ev.state == common_pb2.POD_CAPTURE_STATE_PENDING and ev.stream_id and ev.stream_id == ps.stream_id
-                    and ps.state not in TERMINAL):
+            if (ev.state == common_pb2.POD_CAPTURE_STATE_PENDING and ev.stream_id
+                    and ev.stream_id == ps.stream_id and ps.state not in TERMINAL):
                 # The stream broke (the pod's interface vanished); the agent re-attaches or reports the pod gone.
                 ps.state = common_pb2.POD_CAPTURE_STATE_PENDING
                 ps.message = ev.message
                 ps.gap_since_ns = time.time_ns()
-                if ps.writer is not None:
-                    ps.writer.close()
-                    ps.writer = None
-                self._retire_stream(ps)
             if ev.state in TERMINAL:
                 ps.state = ev.state
                 ps.message = ev.message
                 if ps.writer is not None:
-                    ps.writer.close()
-                    ps.writer = None
+                    self._close_writer(ps)
                 if ev.state == common_pb2.POD_CAPTURE_STATE_FAILED:
                     log.warning("capture %s: pod %s failed: %s", cap.id, ps.pod.display, ev.message)
+            ps.dirty = True
             cap.dirty = True
         if ev.state in TERMINAL:
             self._maybe_finish(cap)
 
+    def _record_gap(self, cap: Capture, ps: PodState, packets: int) -> None:
+        """Note in the pod's directory that packets were lost before storage (``gaps.tsv``: when, how many, why),
+        so the stored capture itself says where it has holes."""
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\t{packets}\tagent upload buffer full\n"
+        log.warning("capture %s: pod %s lost %d packets on its node (agent buffer full)", cap.id, ps.pod.display,
+                    packets)
+        try:
+            directory = pod_dir(self.data_dir, cap.id, ps.pod.namespace, ps.pod.name)
+            os.makedirs(directory, mode=0o750, exist_ok=True)
+            with open(os.path.join(directory, GAPS_FILE), "a") as f:
+                f.write(line)
+        except OSError as e:
+            log.error("cannot record the gap: %s", e)
+
+    def _new_stream(self, cap: Capture, ps: PodState, ev: ingest_pb2.PodCaptureEvent) -> None:
+        had_stream = ps.fmt is not None
+        ps.retire_stream()
+        if ps.writer is not None and ps.fmt != ev.format:
+            self._close_writer(ps)
+        ps.stream_id = ev.stream_id
+        ps.fmt = ev.format
+        ps.interface = ev.interface
+        ps.state = common_pb2.POD_CAPTURE_STATE_CAPTURING
+        ps.message = ""
+        if had_stream:
+            ps.reattachments += 1
+            now = time.strftime("%H:%M:%S")
+            gap = (time.time_ns() - ps.gap_since_ns) / 1e9 if ps.gap_since_ns else 0.0
+            ps.message = f"re-attached at {now}; no capture for {gap:.1f} s before" if gap else f"re-attached at {now}"
+            log.info("capture %s: pod %s %s", cap.id, ps.pod.display, ps.message)
+        ps.gap_since_ns = 0
+
     # ---- chunks ----
 
-    def on_chunk(self, conn: AgentConnection, chunk: ingest_pb2.PcapChunk) -> ingest_pb2.ChunkAck:
-        """Store a chunk (or recognise a duplicate) and return the acknowledgement. Raises ChunkRejectedError."""
+    def on_chunk(self, conn: AgentConnection, chunk: ingest_pb2.PcapChunk) -> ingest_pb2.ChunkAck | None:
+        """Store a chunk. Returns an acknowledgement to send now (a duplicate of something committed) or None (the
+        committer acknowledges it once durable). Raises ChunkRejectedError; blocks while storage is failing."""
+        while True:
+            try:
+                return self._store_chunk(conn, chunk)
+            except StorageError as e:
+                self._pause(f"{'data dir full' if e.disk_full else 'storage failing'}: {e}")
+                if self._closing.wait(STORAGE_RETRY_S):
+                    raise ChunkRejectedError("collector shutting down") from e
+
+    def _pause(self, reason: str) -> None:
+        if self.paused != reason:
+            log.error("storing paused: %s (agents keep their data until it resumes)", reason)
+        self.paused = reason
+
+    def _store_chunk(self, conn: AgentConnection, chunk: ingest_pb2.PcapChunk) -> ingest_pb2.ChunkAck | None:
         cap = self._captures.get(CaptureId(chunk.capture_id))
         if cap is None:
             raise ChunkRejectedError(f"chunk for unknown capture {chunk.capture_id!r}")
@@ -449,95 +433,202 @@ class CaptureManager(AgentListener):
             if chunk.stream_id != ps.stream_id or ps.fmt is None:
                 raise ChunkRejectedError(f"chunk of stream {chunk.stream_id!r}, which is not the current stream of "
                                          f"pod {ps.pod.display} in capture {cap.id}")
-            ack = ingest_pb2.ChunkAck(capture_id=cap.id, pod_uid=ps.pod.uid, stream_id=ps.stream_id,
-                                      seq=ps.last_seq)
+            ack = ingest_pb2.ChunkAck(capture_id=cap.id, pod_uid=ps.pod.uid, stream_id=ps.stream_id, seq=chunk.seq)
+            if chunk.seq <= ps.committed_seq:
+                ack.seq = ps.committed_seq
+                return ack  # a re-sent duplicate of something already durable
             if chunk.seq <= ps.last_seq:
-                return ack  # duplicate of something already stored
+                ps.ack_conn = conn  # written, not yet committed: acknowledged with the next commit
+                return None
             if chunk.seq != ps.last_seq + 1:
                 raise ChunkRejectedError(f"chunk {chunk.seq} of {ps.pod.display} arrived after {ps.last_seq}")
-            ps.last_seq = chunk.seq
-            ack.seq = chunk.seq
-            if cap.state != control_pb2.CAPTURE_STATE_RUNNING and cap.state != control_pb2.CAPTURE_STATE_STOPPING:
-                return ack
-            if cap.limit_reached:
-                return ack  # the limit is reached: nothing more is kept
-            fmt = FileFormat(ps.fmt.linktype, ps.fmt.snaplen, ps.fmt.nanosecond)
+            if not cap.live or cap.limit_reached:
+                self._accept(ps, conn, chunk.seq)
+                return None  # the capture is over or at its limit: acknowledged, nothing more is kept
+            fmt = _fmt(ps.fmt)
             limits = cap.request.limits
             data: bytes | memoryview = chunk.records
-            max_packets = limits.max_packets - cap.packets if limits.max_packets else None
+            max_packets = limits.max_packets - cap.packets_total if limits.max_packets else None
             writer = self._writer(cap, ps, fmt)
             now = time.time()
             max_bytes = None
             if limits.max_bytes:
-                max_bytes = limits.max_bytes - cap.bytes - writer.header_cost(len(data), now)
+                max_bytes = limits.max_bytes - cap.bytes_total - writer.header_cost(len(data), now)
+            until = cap.deadline_ns or None
             try:
-                scan = scan_records(data, fmt, max_packets=max_packets, max_bytes=max_bytes)
+                scan = scan_records(data, fmt, max_packets=max_packets, max_bytes=max_bytes, until_ns=until)
             except PcapFormatError as e:
                 raise ChunkRejectedError(f"malformed chunk {chunk.seq} of {ps.pod.display}: {e}") from e
             if scan.length < len(data):
-                limit_hit = ("max-packets reached" if max_packets is not None and scan.packets >= max_packets
-                             else "max-bytes reached")
+                limit_hit = _cut_reason(data, scan.length, fmt, scan.packets, max_packets, until)
                 data = memoryview(data)[: scan.length]
             elif chunk.packets and scan.packets != chunk.packets:
                 raise ChunkRejectedError(f"chunk {chunk.seq} of {ps.pod.display} says {chunk.packets} packets, "
                                          f"holds {scan.packets}")
             if scan.packets:
-                try:
-                    added = writer.append(data, now)
-                except StorageError as e:
-                    ps.last_seq = chunk.seq - 1
-                    raise ChunkRejectedError(f"storage failed: {e}") from e
-                ps.packets += scan.packets
-                ps.bytes += added
-                cap.packets += scan.packets
-                cap.bytes += added
-                ps.segments = writer.segments
-                cap.dirty = True
-            if limit_hit:
+                first = int.from_bytes(bytes(data[0:4]), "little") * 1_000_000_000 + \
+                    int.from_bytes(bytes(data[4:8]), "little") * fmt.ts_scale
+                added, started = writer.append(data, packets=scan.packets, first_ts_ns=first,
+                                               last_ts_ns=scan.last_ts_ns, now=now)
+                if started is not None:
+                    ps.segments.append(started)
+                    ps.next_segment = started.index + 1
+                ps.packets_total += scan.packets
+                ps.bytes_total += added
+                cap.packets_total += scan.packets
+                cap.bytes_total += added
+                if started is not None:
+                    self._apply_retention(cap)
+            self._accept(ps, conn, chunk.seq)
+            if self.paused:
+                log.info("storing resumed")
+                self.paused = ""
+            if limit_hit and limit_hit != "duration reached":
                 cap.limit_reached = limit_hit
-        if limit_hit:
+        if limit_hit and limit_hit != "duration reached":
             threading.Thread(target=self._begin_stop, args=(cap, limit_hit), daemon=True).start()
-        return ack
+        return None
+
+    def _accept(self, ps: PodState, conn: AgentConnection, seq: int) -> None:
+        ps.last_seq = seq
+        ps.ack_conn = conn
+        ps.dirty = True
+        self._commit_now.set()
 
     def _writer(self, cap: Capture, ps: PodState, fmt: FileFormat) -> PodWriter:
         if ps.writer is None or ps.writer.fmt != fmt:
             if ps.writer is not None:
-                ps.writer.close()
+                self._close_writer(ps)
             directory = pod_dir(self.data_dir, cap.id, ps.pod.namespace, ps.pod.name)
-            rot = cap.request.rotation
-            ps.writer = PodWriter(directory, fmt, segment_bytes=rot.segment_bytes or DEFAULT_SEGMENT_BYTES,
-                                  segment_seconds=rot.segment_seconds)
+            ps.writer = PodWriter(directory, fmt, segment_bytes=cap.segment_bytes(),
+                                  segment_seconds=cap.segment_seconds(), next_index=ps.next_segment)
         return ps.writer
+
+    def _close_writer(self, ps: PodState) -> None:
+        if ps.writer is not None:
+            try:
+                ps.writer.close()
+            except OSError as e:
+                log.error("closing %s: %s", ps.rel_path, e)
+            ps.writer = None
+
+    # ---- retention ----
+
+    def _apply_retention(self, cap: Capture, now_ns: int | None = None) -> None:
+        """Delete the oldest closed segments beyond the capture's retention targets (caller holds the lock)."""
+        r = cap.request.retention
+        if not (r.keep_bytes or r.keep_seconds or r.keep_total_bytes):
+            return
+        now_ns = now_ns or time.time_ns()
+        for ps in cap.pods.values():
+            while len(ps.segments) > 1 or (ps.segments and ps.writer is None):
+                oldest = ps.segments[0]
+                too_big = r.keep_bytes and ps.stored_bytes > r.keep_bytes
+                too_old = r.keep_seconds and oldest.last_ts_ns < now_ns - r.keep_seconds * 1_000_000_000
+                if not (too_big or too_old):
+                    break
+                self._retire_segment(cap, ps)
+        if r.keep_total_bytes:
+            while True:
+                total = sum(p.stored_bytes for p in cap.pods.values())
+                closed = [(p.segments[0].first_ts_ns, p.segments[0].index, p) for p in cap.pods.values()
+                          if len(p.segments) > 1 or (p.segments and p.writer is None)]
+                if total <= r.keep_total_bytes or not closed:
+                    break
+                self._retire_segment(cap, min(closed, key=lambda t: (t[0], t[1]))[2])
+
+    def _retire_segment(self, cap: Capture, ps: PodState) -> None:
+        seg = ps.segments.pop(0)
+        try:
+            os.unlink(seg.path)
+        except FileNotFoundError:
+            pass
+        ps.retired_bytes += seg.bytes
+        ps.retired_packets += seg.packets
+        ps.dirty = True
+
+    # ---- durability: the committer ----
+
+    def _commit(self, cap: Capture) -> None:
+        """Sync written segments, persist dirty pods and the capture state in one transaction, then send the
+        acknowledgements the commit made true."""
+        with cap.lock:
+            dirty = [ps for ps in cap.pods.values() if ps.dirty]
+            if not cap.dirty and not dirty:
+                return
+            rows = {}
+            committed: list[tuple[PodState, str, int, AgentConnection | None]] = []
+            for ps in dirty:
+                if ps.writer is not None:
+                    ps.writer.sync()
+                row = ps.to_row()
+                if ps.last_seq > ps.committed_seq:
+                    row = replace(row, last_seq=ps.last_seq)  # synced above: this commit acknowledges it
+                    committed.append((ps, ps.stream_id, ps.last_seq, ps.ack_conn))
+                rows[str(ps.pod.uid)] = row
+                ps.dirty = False
+            state, ended, reason = cap.state, cap.ended_ns, cap.end_reason
+            cap.dirty = False
+        try:
+            self.store.commit(cap.id, state=state, ended_ns=ended, end_reason=reason, pods=rows)
+        except BaseException:
+            with cap.lock:
+                for ps in dirty:
+                    ps.dirty = True
+                cap.dirty = True
+            raise
+        with cap.lock:
+            for ps, stream, seq, _conn in committed:
+                if ps.stream_id == stream:
+                    ps.committed_seq = max(ps.committed_seq, seq)
+        for ps, stream, seq, conn in committed:
+            if conn is not None:
+                conn.send(ingest_pb2.CollectorMessage(ack=ingest_pb2.ChunkAck(
+                    capture_id=cap.id, pod_uid=ps.pod.uid, stream_id=stream, seq=seq)))
+
+    def _commit_loop(self) -> None:
+        while not self._closing.is_set():
+            self._commit_now.wait(1.0)
+            if self._closing.wait(COMMIT_INTERVAL_S):
+                break
+            self._commit_now.clear()
+            for cap in self.all():
+                try:
+                    self._commit(cap)
+                except StorageError as e:
+                    self._pause(f"cannot sync: {e}")
+                except Exception:
+                    log.exception("committing capture %s failed", cap.id)
 
     # ---- reading ----
 
     def pod_files(
         self, cap: Capture, selectors: list[str]
-    ) -> Iterator[tuple[PodState, FileFormat, list[tuple[str, int]]]]:
-        """Each selected pod with its stream format and its segments as (path, bytes to read)."""
+    ) -> Iterator[tuple[PodState, FileFormat, list[tuple[BinaryIO, int]]]]:
+        """Each selected pod with its stream format and its segments as (open file, bytes to read). Files are
+        opened under the capture lock, so retention deleting a segment meanwhile cannot break the reader."""
         with cap.lock:
             pods = list(cap.pods.values())
         for ps in pods:
             if selectors and ps.pod.uid not in selectors and ps.pod.display not in selectors and \
                     ps.pod.name not in selectors:
                 continue
+            files: list[tuple[BinaryIO, int]] = []
             with cap.lock:
-                directory = pod_dir(self.data_dir, cap.id, ps.pod.namespace, ps.pod.name)
-                segs = []
-                for path in list_segments(directory):
-                    if ps.writer is not None and ps.writer.current is not None and ps.writer.current.path == path:
-                        segs.append((path, ps.writer.current.size))
-                    else:
-                        segs.append((path, os.path.getsize(path)))
+                for seg in ps.segments:
+                    try:
+                        files.append((open(seg.path, "rb"), seg.bytes))  # noqa: SIM115 (closed by the reader)
+                    except FileNotFoundError:
+                        continue
                 pf = ps.fmt
             snaplen = cap.request.settings.snaplen or MAX_SNAPLEN
-            fmt = FileFormat(pf.linktype, pf.snaplen, pf.nanosecond) if pf is not None else FileFormat(1, snaplen, True)
-            yield ps, fmt, segs
+            fmt = _fmt(pf) if pf is not None else FileFormat(1, snaplen, True)
+            yield ps, fmt, files
 
     # ---- background ----
 
     def _tick_loop(self) -> None:
-        last_flush = 0.0
+        last_retention = 0.0
         while not self._closing.wait(0.2):
             now_ns = time.time_ns()
             for cap in self.all():
@@ -545,23 +636,40 @@ class CaptureManager(AgentListener):
                     self._begin_stop(cap, "duration reached")
                 elif cap.state == control_pb2.CAPTURE_STATE_STOPPING and time.monotonic() >= cap.stop_deadline:
                     self._maybe_finish(cap, force=True)
-            if time.monotonic() - last_flush >= 1.0:
-                last_flush = time.monotonic()
+            if time.monotonic() - last_retention >= 1.0:
+                last_retention = time.monotonic()
                 for cap in self.all():
-                    try:
-                        self._flush(cap)
-                    except Exception:
-                        log.exception("flushing capture %s failed", cap.id)
+                    if cap.live and cap.request.retention.keep_seconds:
+                        with cap.lock:
+                            self._apply_retention(cap, now_ns)
 
     def close(self) -> None:
         """Persist everything; running captures stay RUNNING in the database and resume at the next start."""
         self._closing.set()
+        self._commit_now.set()
         self._ticker.join(timeout=5)
+        self._committer.join(timeout=5)
         for cap in self.all():
             with cap.lock:
                 for ps in cap.pods.values():
                     if ps.writer is not None:
-                        ps.writer.close()
-                        ps.writer = None
-                cap.dirty = True
-            self._flush(cap)
+                        self._close_writer(ps)
+                        ps.dirty = True
+            try:
+                self._commit(cap)
+            except Exception:
+                log.exception("final commit of capture %s failed", cap.id)
+
+
+
+def _cut_reason(data: bytes | memoryview, cut: int, fmt: FileFormat, packets: int, max_packets: int | None,
+                until: int | None) -> str:
+    """Which limit stopped ``scan_records`` before the record at ``cut``."""
+    if max_packets is not None and packets >= max_packets:
+        return "max-packets reached"
+    if until is not None:
+        sec = int.from_bytes(bytes(data[cut:cut + 4]), "little")
+        frac = int.from_bytes(bytes(data[cut + 4:cut + 8]), "little")
+        if sec * 1_000_000_000 + frac * fmt.ts_scale > until:
+            return "duration reached"
+    return "max-bytes reached"

@@ -45,7 +45,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             log.info("start refused: %s", e)
             _abort_for(context, e)
             raise
-        return control_pb2.StartCaptureResponse(capture=cap.status())
+        return control_pb2.StartCaptureResponse(capture=self.captures.status(cap))
 
     def StopCapture(  # noqa: N802
         self, request: control_pb2.StopCaptureRequest, context: grpc.ServicerContext
@@ -55,18 +55,18 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         except CaptureNotFoundError as e:
             _abort_for(context, e)
             raise
-        return cap.status()
+        return self.captures.status(cap)
 
     def ListCaptures(  # noqa: N802
         self, request: control_pb2.ListCapturesRequest, context: grpc.ServicerContext
     ) -> control_pb2.ListCapturesResponse:
-        return control_pb2.ListCapturesResponse(captures=[c.status() for c in self.captures.all()])
+        return control_pb2.ListCapturesResponse(captures=[self.captures.status(c) for c in self.captures.all()])
 
     def GetCapture(  # noqa: N802
         self, request: control_pb2.GetCaptureRequest, context: grpc.ServicerContext
     ) -> control_pb2.CaptureStatus:
         try:
-            return self.captures.get(request.capture_id).status()
+            return self.captures.status(self.captures.get(request.capture_id))
         except CaptureNotFoundError as e:
             _abort_for(context, e)
             raise
@@ -80,17 +80,21 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             _abort_for(context, e)
             raise
         for ps, fmt, segments in self.captures.pod_files(cap, list(request.pods)):
-            size = FILE_HEADER_LEN + sum(n - FILE_HEADER_LEN for _, n in segments)
-            yield control_pb2.DownloadChunk(file=control_pb2.FileStart(
-                pod=ps.pod.to_proto(), path=f"{ps.pod.namespace}/{ps.pod.name}.pcap", size=size))
-            yield control_pb2.DownloadChunk(data=fmt.header())
-            for path, length in segments:
-                with open(path, "rb") as f:
+            try:
+                size = FILE_HEADER_LEN + sum(n - FILE_HEADER_LEN for _, n in segments)
+                yield control_pb2.DownloadChunk(file=control_pb2.FileStart(
+                    pod=ps.pod.to_proto(), path=f"{ps.pod.namespace}/{ps.pod.name}.pcap", size=size))
+                yield control_pb2.DownloadChunk(data=fmt.header())
+                for f, length in segments:
                     f.seek(FILE_HEADER_LEN)
                     left = length - FILE_HEADER_LEN
                     while left > 0:
                         block = f.read(min(DOWNLOAD_BLOCK, left))
                         if not block:
-                            break
+                            context.abort(grpc.StatusCode.DATA_LOSS, f"segment of {ps.pod.display} is shorter "
+                                          "than recorded")
                         left -= len(block)
                         yield control_pb2.DownloadChunk(data=block)
+            finally:
+                for f, _ in segments:
+                    f.close()

@@ -88,10 +88,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                 conn.last_seen = time.monotonic()
                 kind = msg.WhichOneof("kind")
                 if kind == "chunk":
+                    c = msg.chunk
                     try:
-                        conn.send(ingest_pb2.CollectorMessage(ack=self.captures.on_chunk(conn, msg.chunk)))
+                        ack = self.captures.on_chunk(conn, c)
                     except ChunkRejectedError as e:
                         log.warning("agent %s: chunk rejected: %s", conn.node, e)
+                        ack = ingest_pb2.ChunkAck(capture_id=c.capture_id[:64], pod_uid=c.pod_uid[:64],
+                                                  stream_id=c.stream_id[:64], seq=c.seq, rejected=True,
+                                                  reason=str(e)[:500])
+                    if ack is not None:
+                        conn.send(ingest_pb2.CollectorMessage(ack=ack))
                 elif kind == "pod_event":
                     self.captures.on_pod_event(conn, msg.pod_event)
                 elif kind == "inventory":

@@ -1,16 +1,18 @@
 """Capture metadata in SQLite next to the pcap files (``<data>/podcap.db``).
 
-Holds what must outlive the collector process: each capture's request, state, times and end reason, and per-pod
-state and counters. The pcap segments themselves are the source of truth for packets; counters here are what
-``podcap status`` shows. Writes are small and rare (state changes, plus counters flushed about once a second by
-the capture manager), so one connection behind a lock is enough. WAL mode keeps readers off writers' backs.
+Holds what must outlive the collector process: each capture's request, state, times and end reason; per pod its
+state, counters, current stream and the last acknowledged chunk; and the segment index (file, bytes, packets,
+first/last timestamp) that says exactly which bytes of which file were acknowledged. The capture manager writes a
+capture's rows in one transaction *after* syncing the pcap files and *before* sending acknowledgements, so after a
+crash the database never claims more than the disk holds, and the disk's surplus (never acknowledged, so the
+agents still hold it) is cut back on startup. WAL mode with ``synchronous=FULL`` makes each commit durable.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from podcap.v1 import common_pb2, control_pb2
 
@@ -26,19 +28,23 @@ CREATE TABLE IF NOT EXISTS captures (
 CREATE TABLE IF NOT EXISTS pods (
     capture_id TEXT NOT NULL REFERENCES captures(id),
     uid TEXT NOT NULL,
-    pod BLOB NOT NULL,
-    state INTEGER NOT NULL,
-    packets INTEGER NOT NULL DEFAULT 0,
-    bytes INTEGER NOT NULL DEFAULT 0,
-    segments INTEGER NOT NULL DEFAULT 0,
-    kernel_received INTEGER NOT NULL DEFAULT 0,
-    kernel_dropped INTEGER NOT NULL DEFAULT 0,
-    kernel_if_dropped INTEGER NOT NULL DEFAULT 0,
-    agent_dropped INTEGER NOT NULL DEFAULT 0,
-    interface TEXT NOT NULL DEFAULT '',
-    message TEXT NOT NULL DEFAULT '',
+    status BLOB NOT NULL,
     format BLOB,
+    stream_id TEXT NOT NULL DEFAULT '',
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    packets_total INTEGER NOT NULL DEFAULT 0,
+    bytes_total INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (capture_id, uid)
+);
+CREATE TABLE IF NOT EXISTS segments (
+    capture_id TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    packets INTEGER NOT NULL,
+    first_ts_ns INTEGER NOT NULL,
+    last_ts_ns INTEGER NOT NULL,
+    PRIMARY KEY (capture_id, uid, idx)
 );
 """
 
@@ -54,10 +60,26 @@ class CaptureRow:
 
 
 @dataclass(frozen=True)
+class SegmentRow:
+    index: int
+    bytes: int
+    packets: int
+    first_ts_ns: int
+    last_ts_ns: int
+
+
+@dataclass(frozen=True)
 class PodRow:
-    capture_id: str
+    """Everything persisted about one pod of a capture."""
+
     status: control_pb2.PodStatus
     format: common_pb2.PcapFormat | None
+    stream_id: str
+    last_seq: int
+    # Cumulative packets/bytes ever stored (retention deletes do not lower them): limits count these.
+    packets_total: int
+    bytes_total: int
+    segments: list[SegmentRow] = field(default_factory=list)
 
 
 class CaptureStore:
@@ -66,7 +88,7 @@ class CaptureStore:
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -80,39 +102,32 @@ class CaptureStore:
                 (row.id, row.request.SerializeToString(), row.state, row.created_ns, row.ended_ns, row.end_reason),
             )
 
-    def update_capture(self, capture_id: str, *, state: int, ended_ns: int, end_reason: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE captures SET state=?, ended_ns=?, end_reason=? WHERE id=?",
-                (state, ended_ns, end_reason, capture_id),
-            )
-
-    def save_pods(
-        self, capture_id: str, pods: list[tuple[control_pb2.PodStatus, common_pb2.PcapFormat | None]]
-    ) -> None:
-        """Insert or update the rows of these pods in one transaction."""
-        rows = [
-            (
-                capture_id, st.pod.uid, st.pod.SerializeToString(), st.state, st.packets, st.bytes, st.segments,
-                st.kernel.received, st.kernel.dropped, st.kernel.if_dropped, st.agent_dropped_packets,
-                st.interface, st.message, fmt.SerializeToString() if fmt is not None else None,
-            )
-            for st, fmt in pods
-        ]
+    def commit(self, capture_id: str, *, state: int, ended_ns: int, end_reason: str,
+               pods: dict[str, PodRow]) -> None:
+        """Write the capture's state and these pods' rows (segment index included) in one durable transaction."""
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                self._db.executemany(
-                    "INSERT INTO pods (capture_id, uid, pod, state, packets, bytes, segments, kernel_received,"
-                    " kernel_dropped, kernel_if_dropped, agent_dropped, interface, message, format)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                    " ON CONFLICT (capture_id, uid) DO UPDATE SET pod=excluded.pod, state=excluded.state,"
-                    " packets=excluded.packets, bytes=excluded.bytes, segments=excluded.segments,"
-                    " kernel_received=excluded.kernel_received, kernel_dropped=excluded.kernel_dropped,"
-                    " kernel_if_dropped=excluded.kernel_if_dropped, agent_dropped=excluded.agent_dropped,"
-                    " interface=excluded.interface, message=excluded.message, format=excluded.format",
-                    rows,
-                )
+                self._db.execute("UPDATE captures SET state=?, ended_ns=?, end_reason=? WHERE id=?",
+                                 (state, ended_ns, end_reason, capture_id))
+                for uid, row in pods.items():
+                    self._db.execute(
+                        "INSERT INTO pods (capture_id, uid, status, format, stream_id, last_seq, packets_total,"
+                        " bytes_total) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (capture_id, uid) DO UPDATE SET"
+                        " status=excluded.status, format=excluded.format, stream_id=excluded.stream_id,"
+                        " last_seq=excluded.last_seq, packets_total=excluded.packets_total,"
+                        " bytes_total=excluded.bytes_total",
+                        (capture_id, uid, row.status.SerializeToString(),
+                         row.format.SerializeToString() if row.format is not None else None,
+                         row.stream_id, row.last_seq, row.packets_total, row.bytes_total),
+                    )
+                    self._db.execute("DELETE FROM segments WHERE capture_id=? AND uid=?", (capture_id, uid))
+                    self._db.executemany(
+                        "INSERT INTO segments (capture_id, uid, idx, bytes, packets, first_ts_ns, last_ts_ns)"
+                        " VALUES (?,?,?,?,?,?,?)",
+                        [(capture_id, uid, s.index, s.bytes, s.packets, s.first_ts_ns, s.last_ts_ns)
+                         for s in row.segments],
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -133,21 +148,23 @@ class CaptureStore:
     def pods(self, capture_id: str) -> list[PodRow]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT pod, state, packets, bytes, segments, kernel_received, kernel_dropped, kernel_if_dropped,"
-                " agent_dropped, interface, message, format FROM pods WHERE capture_id=? ORDER BY rowid",
-                (capture_id,),
+                "SELECT uid, status, format, stream_id, last_seq, packets_total, bytes_total FROM pods"
+                " WHERE capture_id=? ORDER BY rowid", (capture_id,),
             ).fetchall()
+            segs = self._db.execute(
+                "SELECT uid, idx, bytes, packets, first_ts_ns, last_ts_ns FROM segments WHERE capture_id=?"
+                " ORDER BY uid, idx", (capture_id,),
+            ).fetchall()
+        by_uid: dict[str, list[SegmentRow]] = {}
+        for uid, idx, nbytes, packets, first, last in segs:
+            by_uid.setdefault(uid, []).append(SegmentRow(idx, nbytes, packets, first, last))
         out = []
-        for pod, state, packets, nbytes, segs, k_recv, k_drop, k_ifdrop, a_drop, iface, msg, fmt in rows:
-            st = control_pb2.PodStatus(
-                state=state, packets=packets, bytes=nbytes, segments=segs, agent_dropped_packets=a_drop,
-                interface=iface, message=msg,
-                kernel=common_pb2.KernelStats(received=k_recv, dropped=k_drop, if_dropped=k_ifdrop),
-            )
-            st.pod.ParseFromString(pod)
+        for uid, status, fmt, stream_id, last_seq, packets_total, bytes_total in rows:
+            st = control_pb2.PodStatus()
+            st.ParseFromString(status)
             pf = None
             if fmt is not None:
                 pf = common_pb2.PcapFormat()
                 pf.ParseFromString(fmt)
-            out.append(PodRow(capture_id, st, pf))
+            out.append(PodRow(st, pf, stream_id, last_seq, packets_total, bytes_total, by_uid.get(uid, [])))
         return out

@@ -1,19 +1,22 @@
 """Per-pod pcap segments on the local disk: ``<data>/captures/<capture>/<namespace>/<pod>/NNNNNN.pcap``.
 
 Invariants: a segment appears under its final name only once its file header is written (created as a temp file
-and renamed), and afterwards only whole records are appended (one ``write`` per chunk), so every segment is a
-valid pcap file at all times. A new segment starts when the current one would exceed ``segment_bytes`` or is
-older than ``segment_seconds`` — always at a chunk boundary. Paths are built only from validated names
-(``podcap.names``) and checked to stay inside the data dir.
+and renamed), and afterwards only whole records are appended (one ``write`` per chunk; a failed write is cut back
+off), so every segment is a valid pcap file at all times. A new segment starts when the current one would exceed
+``segment_bytes`` or is older than ``segment_seconds`` — always at a chunk boundary. ``sync`` makes what was
+appended durable; the capture manager records the synced size in SQLite before acknowledging, and on startup
+``recover_segment`` cuts each file back to what was recorded (and to whole records). Paths are built only from
+validated names (``podcap.names``) and checked to stay inside the data dir.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from dataclasses import dataclass
 
-from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, parse_file_header
+from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, parse_file_header, valid_prefix_length
 
 SEGMENT_SUFFIX = ".pcap"
 
@@ -21,12 +24,22 @@ SEGMENT_SUFFIX = ".pcap"
 class StorageError(OSError):
     """Writing to the data dir failed (disk full, permissions); the message names the file."""
 
+    @property
+    def disk_full(self) -> bool:
+        return self.errno in (errno.ENOSPC, errno.EDQUOT)
+
 
 @dataclass
-class Segment:
+class SegmentInfo:
+    """One segment file and what it holds. ``bytes`` includes the file header."""
+
+    index: int
     path: str
-    size: int
-    opened_at: float
+    bytes: int = FILE_HEADER_LEN
+    packets: int = 0
+    first_ts_ns: int = 0
+    last_ts_ns: int = 0
+    opened_at: float = 0.0
 
 
 def pod_dir(data_dir: str, capture_id: str, namespace: str, pod: str) -> str:
@@ -34,8 +47,12 @@ def pod_dir(data_dir: str, capture_id: str, namespace: str, pod: str) -> str:
     base = os.path.realpath(os.path.join(data_dir, "captures"))
     path = os.path.realpath(os.path.join(base, capture_id, namespace, pod))
     if os.path.commonpath([base, path]) != base or path == base:
-        raise StorageError(f"refusing path outside the data dir: {path}")
+        raise StorageError(errno.EINVAL, f"refusing path outside the data dir: {path}")
     return path
+
+
+def segment_path(directory: str, index: int) -> str:
+    return os.path.join(directory, f"{index:06d}{SEGMENT_SUFFIX}")
 
 
 def list_segments(directory: str) -> list[str]:
@@ -47,19 +64,51 @@ def list_segments(directory: str) -> list[str]:
     return [os.path.join(directory, n) for n in sorted(names) if n.endswith(SEGMENT_SUFFIX) and n[:-5].isdigit()]
 
 
+def segment_index(path: str) -> int:
+    return int(os.path.basename(path)[: -len(SEGMENT_SUFFIX)])
+
+
+def recover_segment(path: str, recorded_bytes: int, fmt: FileFormat) -> int:
+    """Cut a segment back to ``recorded_bytes`` (what was acknowledged) and to whole records; return its size.
+
+    Anything past the recorded size was never acknowledged, so the agent still holds it and sends it again."""
+    with open(path, "r+b") as f:
+        data = f.read()
+        keep = min(len(data), max(FILE_HEADER_LEN, recorded_bytes))
+        keep = FILE_HEADER_LEN + valid_prefix_length(data[FILE_HEADER_LEN:keep], fmt)
+        if keep != len(data):
+            f.truncate(keep)
+            os.fsync(f.fileno())
+    return keep
+
+
+def remove_stray_files(directory: str, keep: set[int]) -> list[str]:
+    """Delete segments (and temp files) of a pod directory that the database does not know."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for n in names:
+        path = os.path.join(directory, n)
+        if n.endswith(".tmp") or (n.endswith(SEGMENT_SUFFIX) and n[:-5].isdigit() and int(n[:-5]) not in keep):
+            os.unlink(path)
+            removed.append(path)
+    return removed
+
+
 class PodWriter:
     """Appends chunks of records to one pod's current segment, rotating as configured."""
 
-    def __init__(self, directory: str, fmt: FileFormat, *, segment_bytes: int, segment_seconds: int) -> None:
+    def __init__(self, directory: str, fmt: FileFormat, *, segment_bytes: int, segment_seconds: int,
+                 next_index: int) -> None:
         self.directory = directory
         self.fmt = fmt
         self.segment_bytes = segment_bytes
         self.segment_seconds = segment_seconds
         self._fd: int | None = None
-        self.current: Segment | None = None
-        existing = list_segments(directory)
-        self._next_index = int(os.path.basename(existing[-1])[:-5]) + 1 if existing else 1
-        self.segments = len(existing)
+        self.current: SegmentInfo | None = None
+        self.next_index = next_index
 
     def header_cost(self, chunk_len: int, now: float) -> int:
         """Bytes a new file header would add if ``chunk_len`` bytes were appended now."""
@@ -69,17 +118,18 @@ class PodWriter:
         seg = self.current
         if seg is None:
             return True
-        if seg.size > FILE_HEADER_LEN and seg.size + chunk_len > self.segment_bytes:
+        if seg.bytes > FILE_HEADER_LEN and seg.bytes + chunk_len > self.segment_bytes:
             return True
         return bool(self.segment_seconds) and now - seg.opened_at >= self.segment_seconds
 
-    def _open_segment(self, now: float) -> None:
+    def _open_segment(self, now: float) -> SegmentInfo:
         self.close()
-        os.makedirs(self.directory, mode=0o750, exist_ok=True)
-        path = os.path.join(self.directory, f"{self._next_index:06d}{SEGMENT_SUFFIX}")
+        path = segment_path(self.directory, self.next_index)
         tmp = path + ".tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+            os.makedirs(self.directory, mode=0o750, exist_ok=True)
+            # O_APPEND: after a failed write is cut back off, the next write lands at the new end (no hole).
+            fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
             try:
                 os.write(fd, self.fmt.header())
                 os.rename(tmp, path)
@@ -87,20 +137,28 @@ class PodWriter:
                 os.close(fd)
                 raise
         except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
             raise StorageError(e.errno, f"cannot create segment {path}: {e.strerror}") from e
         self._fd = fd
-        self._next_index += 1
-        self.segments += 1
-        self.current = Segment(path, FILE_HEADER_LEN, now)
+        self.current = SegmentInfo(self.next_index, path, FILE_HEADER_LEN, opened_at=now)
+        self.next_index += 1
+        return self.current
 
-    def append(self, records: bytes | memoryview, now: float | None = None) -> int:
-        """Append whole records; return the bytes added to disk (records plus any new file header)."""
+    def append(self, records: bytes | memoryview, *, packets: int, first_ts_ns: int, last_ts_ns: int,
+               now: float | None = None) -> tuple[int, SegmentInfo | None]:
+        """Append whole records; return (bytes added to disk incl. any new header, the new segment if one
+        was started)."""
         now = time.time() if now is None else now
         added = 0
+        started = None
         if self._needs_new_segment(len(records), now):
-            self._open_segment(now)
+            started = self._open_segment(now)
             added += FILE_HEADER_LEN
         assert self._fd is not None and self.current is not None
+        seg = self.current
         try:
             written = os.write(self._fd, records)
             while written < len(records):
@@ -108,17 +166,32 @@ class PodWriter:
         except OSError as e:
             # Keep the file valid: cut off whatever part of this chunk reached the disk.
             try:
-                os.ftruncate(self._fd, self.current.size)
+                os.ftruncate(self._fd, seg.bytes)
             except OSError:
                 pass
-            raise StorageError(e.errno, f"cannot write {self.current.path}: {e.strerror}") from e
-        self.current.size += len(records)
-        return added + len(records)
+            raise StorageError(e.errno, f"cannot write {seg.path}: {e.strerror}") from e
+        seg.bytes += len(records)
+        seg.packets += packets
+        if not seg.first_ts_ns:
+            seg.first_ts_ns = first_ts_ns
+        seg.last_ts_ns = max(seg.last_ts_ns, last_ts_ns)
+        return added + len(records), started
+
+    def sync(self) -> None:
+        if self._fd is not None:
+            try:
+                os.fdatasync(self._fd)
+            except OSError as e:
+                path = self.current.path if self.current else self.directory
+                raise StorageError(e.errno, f"cannot sync {path}: {e.strerror}") from e
 
     def close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            try:
+                os.fdatasync(self._fd)
+            finally:
+                os.close(self._fd)
+                self._fd = None
         self.current = None
 
 

@@ -76,10 +76,12 @@ def scan_records(
     *,
     max_packets: int | None = None,
     max_bytes: int | None = None,
+    until_ns: int | None = None,
 ) -> ScanResult:
     """Walk the records in ``data`` and check their framing.
 
-    Stops before the record that would exceed ``max_packets`` records or ``max_bytes`` bytes; otherwise every
+    Stops before the record that would exceed ``max_packets`` records or ``max_bytes`` bytes, or whose timestamp
+    is after ``until_ns``; otherwise every
     byte of ``data`` must belong to a whole record whose caplen is at most the snaplen and at most its wire
     length. Raises PcapFormatError on any violation, naming the offset.
     """
@@ -88,9 +90,10 @@ def scan_records(
     snaplen = fmt.snaplen
     packet_cap = end if max_packets is None else max_packets
     byte_cap = end if max_bytes is None else min(end, max_bytes)
+    scale = fmt.ts_scale
     off = 0
+    last_off = 0
     n = 0
-    sec = frac = 0
     while off < end and n < packet_cap:
         if off + RECORD_HEADER_LEN > end:
             raise PcapFormatError(f"truncated record header at offset {off}")
@@ -102,9 +105,15 @@ def scan_records(
             raise PcapFormatError(f"truncated record at offset {off}: needs {nxt - off} bytes, {end - off} left")
         if nxt > byte_cap:
             break
+        if until_ns is not None and sec * 1_000_000_000 + frac * scale > until_ns:
+            break
+        last_off = off
         off = nxt
         n += 1
-    last = sec * 1_000_000_000 + frac * fmt.ts_scale if n else 0
+    last = 0
+    if n:
+        sec, frac, _incl, _orig = unpack(data, last_off)
+        last = sec * 1_000_000_000 + frac * scale
     return ScanResult(packets=n, length=off, last_ts_ns=last)
 
 

@@ -1,4 +1,5 @@
-"""The collector's chunk path without sockets: validation, de-duplication, exact limits, stop and restart."""
+"""The collector's chunk path without sockets: validation, de-duplication, durable acknowledgements, exact limits,
+retention, stop, and recovery after a crash."""
 
 from __future__ import annotations
 
@@ -60,6 +61,16 @@ def start(mgr: CaptureManager, conn: AgentConnection, **limits: int) -> str:
     return cap.id
 
 
+def acked(mgr: CaptureManager, conn: AgentConnection, cid: str) -> dict[str, int]:
+    """Force a commit and return the highest acknowledged seq per pod uid."""
+    mgr._commit(mgr.get(cid))
+    out: dict[str, int] = {}
+    for m in sent(conn):
+        if m.WhichOneof("kind") == "ack" and not m.ack.rejected:
+            out[m.ack.pod_uid] = max(out.get(m.ack.pod_uid, 0), m.ack.seq)
+    return out
+
+
 def chunk(cid: str, uid: str, seq: int, data: bytes, n: int) -> ingest_pb2.PcapChunk:
     return ingest_pb2.PcapChunk(capture_id=cid, pod_uid=uid, stream_id=f"s-{uid}", seq=seq, records=data, packets=n)
 
@@ -74,9 +85,12 @@ def stored(data_dir: str, cid: str, pod: str) -> list[int]:
 def test_chunks_stored_once_in_order(env: tuple[CaptureManager, AgentConnection, str]) -> None:
     mgr, conn, data = env
     cid = start(mgr, conn)
-    assert mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 5), 5)).seq == 1
-    assert mgr.on_chunk(conn, chunk(cid, "uid-0", 2, records(5, 5), 5)).seq == 2
-    assert mgr.on_chunk(conn, chunk(cid, "uid-0", 2, records(5, 5), 5)).seq == 2  # duplicate: acked, not stored
+    assert mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 5), 5)) is None  # acknowledged once durable
+    assert mgr.on_chunk(conn, chunk(cid, "uid-0", 2, records(5, 5), 5)) is None
+    assert mgr.on_chunk(conn, chunk(cid, "uid-0", 2, records(5, 5), 5)) is None  # duplicate, not yet durable
+    assert acked(mgr, conn, cid) == {"uid-0": 2}
+    dup = mgr.on_chunk(conn, chunk(cid, "uid-0", 2, records(5, 5), 5))  # duplicate of something durable
+    assert dup is not None and dup.seq == 2
     with pytest.raises(ChunkRejectedError):
         mgr.on_chunk(conn, chunk(cid, "uid-0", 4, records(10, 5), 5))  # gap
     assert stored(data, cid, "web-0") == list(range(10))
@@ -182,3 +196,69 @@ def test_stop_waits_for_final_reports_and_persists(env: tuple[CaptureManager, Ag
         assert st2.state == control_pb2.CAPTURE_STATE_DONE and st2.packets == 3
     finally:
         again.close()
+
+
+def test_crash_recovery_cuts_unacknowledged_bytes_and_accepts_the_resend(
+        env: tuple[CaptureManager, AgentConnection, str]) -> None:
+    mgr, conn, data = env
+    cid = start(mgr, conn)
+    mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 4), 4))
+    assert acked(mgr, conn, cid) == {"uid-0": 1}
+    mgr.on_chunk(conn, chunk(cid, "uid-0", 2, records(4, 4), 4))  # written, never committed
+    seg = list_segments(os.path.join(data, "captures", cid, "shop", "web-0"))[0]
+    with open(seg, "ab") as f:
+        f.write(records(8, 1)[:30])  # and a torn record, as a crash mid-write leaves it
+    # "SIGKILL": a new manager on the same data dir, without closing the old one.
+    registry = AgentRegistry()
+    again = CaptureManager(data, registry, mgr.store)
+    try:
+        assert stored(data, cid, "web-0") == [0, 1, 2, 3]
+        assert again.get(cid).status().pods[0].state == common_pb2.POD_CAPTURE_STATE_NO_AGENT
+        conn2 = AgentConnection(node=NODE, instance_id="inst2", version="t", pod_source="netns", pods=list(PODS))
+        registry.register(conn2)  # the agent reconnects: the capture is sent to it again
+        assert again.get(cid).status().pods[0].state == common_pb2.POD_CAPTURE_STATE_PENDING
+        assert [m.start.capture_id for m in sent(conn2) if m.WhichOneof("kind") == "start"] == [cid, cid]
+        # The agent re-sends its STARTED event (same stream) and everything unacknowledged.
+        again.on_pod_event(conn2, ingest_pb2.PodCaptureEvent(
+            capture_id=cid, pod_uid="uid-0", stream_id="s-uid-0", state=common_pb2.POD_CAPTURE_STATE_CAPTURING,
+            format=common_pb2.PcapFormat(linktype=1, snaplen=262144, nanosecond=True)))
+        dup = again.on_chunk(conn2, chunk(cid, "uid-0", 1, records(0, 4), 4))
+        assert dup is not None and dup.seq == 1
+        again.on_chunk(conn2, chunk(cid, "uid-0", 2, records(4, 4), 4))
+        again.on_chunk(conn2, chunk(cid, "uid-0", 3, records(8, 4), 4))
+        assert acked(again, conn2, cid)["uid-0"] == 3
+        assert sum((stored(data, cid, "web-0") for _ in [0]), []) == list(range(12))
+        assert again.get(cid).status().pods[0].reattachments == 0
+    finally:
+        again.close()
+
+
+def test_retention_keeps_each_pod_under_its_byte_cap(tmp_path: str) -> None:
+    registry = AgentRegistry()
+    conn = AgentConnection(node=NODE, instance_id="inst", version="t", pod_source="netns", pods=list(PODS))
+    registry.register(conn)
+    store = CaptureStore(os.path.join(tmp_path, "db"))
+    mgr = CaptureManager(str(tmp_path), registry, store)
+    try:
+        keep = 4 * 64 * 1024
+        cap = mgr.start(control_pb2.StartCaptureRequest(
+            target=control_pb2.Target(namespace="shop", pod_names=["web-0"]),
+            retention=control_pb2.Retention(keep_bytes=keep)))
+        mgr.on_pod_event(conn, ingest_pb2.PodCaptureEvent(
+            capture_id=cap.id, pod_uid="uid-0", stream_id="s-uid-0", state=common_pb2.POD_CAPTURE_STATE_CAPTURING,
+            format=common_pb2.PcapFormat(linktype=1, snaplen=262144, nanosecond=True)))
+        n = 0
+        for seq in range(1, 201):  # 200 chunks of 100 records x 76 bytes = ~1.5 MB through a 256 KiB window
+            mgr.on_chunk(conn, chunk(cap.id, "uid-0", seq, records(n, 100), 100))
+            n += 100
+            on_disk = sum(os.path.getsize(s) for s in list_segments(os.path.join(str(tmp_path), "captures",
+                                                                                cap.id, "shop", "web-0")))
+            assert on_disk <= keep + 64 * 1024  # the open segment may exceed the target by at most one segment
+        kept = stored(str(tmp_path), cap.id, "web-0")
+        assert kept == list(range(n - len(kept), n))  # the newest packets, contiguous
+        st = mgr.status(cap).pods[0]
+        assert st.packets == len(kept) and st.retired_packets == n - len(kept)
+        assert st.bytes + st.retired_bytes == mgr.get(cap.id).bytes_total
+    finally:
+        mgr.close()
+        store.close()

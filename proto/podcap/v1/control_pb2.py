@@ -25,43 +25,45 @@ _sym_db = _symbol_database.Default()
 from podcap.v1 import common_pb2 as podcap_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17podcap/v1/control.proto\x12\tpodcap.v1\x1a\x16podcap/v1/common.proto\"X\n\x06Target\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x16\n\x0e\x61ll_namespaces\x18\x02 \x01(\x08\x12\x10\n\x08selector\x18\x03 \x01(\t\x12\x11\n\tpod_names\x18\x04 \x03(\t\"J\n\x06Limits\x12\x18\n\x10\x64uration_seconds\x18\x01 \x01(\r\x12\x11\n\tmax_bytes\x18\x02 \x01(\x04\x12\x13\n\x0bmax_packets\x18\x03 \x01(\x04\":\n\x08Rotation\x12\x15\n\rsegment_bytes\x18\x01 \x01(\x04\x12\x17\n\x0fsegment_seconds\x18\x02 \x01(\r\"\xbe\x01\n\x13StartCaptureRequest\x12!\n\x06target\x18\x01 \x01(\x0b\x32\x11.podcap.v1.Target\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.podcap.v1.CaptureSettings\x12!\n\x06limits\x18\x03 \x01(\x0b\x32\x11.podcap.v1.Limits\x12%\n\x08rotation\x18\x04 \x01(\x0b\x32\x13.podcap.v1.Rotation\x12\x0c\n\x04note\x18\x05 \x01(\t\"A\n\x14StartCaptureResponse\x12)\n\x07\x63\x61pture\x18\x01 \x01(\x0b\x32\x18.podcap.v1.CaptureStatus\"(\n\x12StopCaptureRequest\x12\x12\n\ncapture_id\x18\x01 \x01(\t\"\x15\n\x13ListCapturesRequest\"B\n\x14ListCapturesResponse\x12*\n\x08\x63\x61ptures\x18\x01 \x03(\x0b\x32\x18.podcap.v1.CaptureStatus\"\'\n\x11GetCaptureRequest\x12\x12\n\ncapture_id\x18\x01 \x01(\t\"\x95\x02\n\tPodStatus\x12\x1b\n\x03pod\x18\x01 \x01(\x0b\x32\x0e.podcap.v1.Pod\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.podcap.v1.PodCaptureState\x12\x0f\n\x07packets\x18\x03 \x01(\x04\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\x12&\n\x06kernel\x18\x05 \x01(\x0b\x32\x16.podcap.v1.KernelStats\x12\x1d\n\x15\x61gent_dropped_packets\x18\x06 \x01(\x04\x12\x11\n\tinterface\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x10\n\x08segments\x18\t \x01(\r\x12\x0c\n\x04path\x18\n \x01(\t\x12\x15\n\rreattachments\x18\x0b \x01(\r\"\xf4\x02\n\rCaptureStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.podcap.v1.CaptureState\x12!\n\x06target\x18\x03 \x01(\x0b\x32\x11.podcap.v1.Target\x12,\n\x08settings\x18\x04 \x01(\x0b\x32\x1a.podcap.v1.CaptureSettings\x12!\n\x06limits\x18\x05 \x01(\x0b\x32\x11.podcap.v1.Limits\x12%\n\x08rotation\x18\x06 \x01(\x0b\x32\x13.podcap.v1.Rotation\x12\x0c\n\x04note\x18\x07 \x01(\t\x12\x17\n\x0f\x63reated_unix_ns\x18\x08 \x01(\x03\x12\x15\n\rended_unix_ns\x18\t \x01(\x03\x12\x12\n\nend_reason\x18\n \x01(\t\x12\"\n\x04pods\x18\x0b \x03(\x0b\x32\x14.podcap.v1.PodStatus\x12\x0f\n\x07packets\x18\x0c \x01(\x04\x12\r\n\x05\x62ytes\x18\r \x01(\x04\"3\n\x0f\x44ownloadRequest\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0c\n\x04pods\x18\x02 \x03(\t\"M\n\rDownloadChunk\x12$\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x14.podcap.v1.FileStartH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"D\n\tFileStart\x12\x1b\n\x03pod\x18\x01 \x01(\x0b\x32\x0e.podcap.v1.Pod\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04*\x96\x01\n\x0c\x43\x61ptureState\x12\x1d\n\x19\x43\x41PTURE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41PTURE_STATE_RUNNING\x10\x01\x12\x1a\n\x16\x43\x41PTURE_STATE_STOPPING\x10\x02\x12\x16\n\x12\x43\x41PTURE_STATE_DONE\x10\x03\x12\x18\n\x14\x43\x41PTURE_STATE_FAILED\x10\x04\x32\xfd\x02\n\x07\x43ontrol\x12O\n\x0cStartCapture\x12\x1e.podcap.v1.StartCaptureRequest\x1a\x1f.podcap.v1.StartCaptureResponse\x12\x46\n\x0bStopCapture\x12\x1d.podcap.v1.StopCaptureRequest\x1a\x18.podcap.v1.CaptureStatus\x12O\n\x0cListCaptures\x12\x1e.podcap.v1.ListCapturesRequest\x1a\x1f.podcap.v1.ListCapturesResponse\x12\x44\n\nGetCapture\x12\x1c.podcap.v1.GetCaptureRequest\x1a\x18.podcap.v1.CaptureStatus\x12\x42\n\x08\x44ownload\x12\x1a.podcap.v1.DownloadRequest\x1a\x18.podcap.v1.DownloadChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17podcap/v1/control.proto\x12\tpodcap.v1\x1a\x16podcap/v1/common.proto\"X\n\x06Target\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x16\n\x0e\x61ll_namespaces\x18\x02 \x01(\x08\x12\x10\n\x08selector\x18\x03 \x01(\t\x12\x11\n\tpod_names\x18\x04 \x03(\t\"J\n\x06Limits\x12\x18\n\x10\x64uration_seconds\x18\x01 \x01(\r\x12\x11\n\tmax_bytes\x18\x02 \x01(\x04\x12\x13\n\x0bmax_packets\x18\x03 \x01(\x04\":\n\x08Rotation\x12\x15\n\rsegment_bytes\x18\x01 \x01(\x04\x12\x17\n\x0fsegment_seconds\x18\x02 \x01(\r\"O\n\tRetention\x12\x12\n\nkeep_bytes\x18\x01 \x01(\x04\x12\x14\n\x0ckeep_seconds\x18\x02 \x01(\r\x12\x18\n\x10keep_total_bytes\x18\x03 \x01(\x04\"\xe7\x01\n\x13StartCaptureRequest\x12!\n\x06target\x18\x01 \x01(\x0b\x32\x11.podcap.v1.Target\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.podcap.v1.CaptureSettings\x12!\n\x06limits\x18\x03 \x01(\x0b\x32\x11.podcap.v1.Limits\x12%\n\x08rotation\x18\x04 \x01(\x0b\x32\x13.podcap.v1.Rotation\x12\'\n\tretention\x18\x06 \x01(\x0b\x32\x14.podcap.v1.Retention\x12\x0c\n\x04note\x18\x05 \x01(\t\"A\n\x14StartCaptureResponse\x12)\n\x07\x63\x61pture\x18\x01 \x01(\x0b\x32\x18.podcap.v1.CaptureStatus\"(\n\x12StopCaptureRequest\x12\x12\n\ncapture_id\x18\x01 \x01(\t\"\x15\n\x13ListCapturesRequest\"B\n\x14ListCapturesResponse\x12*\n\x08\x63\x61ptures\x18\x01 \x03(\x0b\x32\x18.podcap.v1.CaptureStatus\"\'\n\x11GetCaptureRequest\x12\x12\n\ncapture_id\x18\x01 \x01(\t\"\xc5\x02\n\tPodStatus\x12\x1b\n\x03pod\x18\x01 \x01(\x0b\x32\x0e.podcap.v1.Pod\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.podcap.v1.PodCaptureState\x12\x0f\n\x07packets\x18\x03 \x01(\x04\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\x12&\n\x06kernel\x18\x05 \x01(\x0b\x32\x16.podcap.v1.KernelStats\x12\x1d\n\x15\x61gent_dropped_packets\x18\x06 \x01(\x04\x12\x11\n\tinterface\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x10\n\x08segments\x18\t \x01(\r\x12\x0c\n\x04path\x18\n \x01(\t\x12\x15\n\rreattachments\x18\x0b \x01(\r\x12\x15\n\rretired_bytes\x18\x0c \x01(\x04\x12\x17\n\x0fretired_packets\x18\r \x01(\x04\"\xad\x03\n\rCaptureStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.podcap.v1.CaptureState\x12!\n\x06target\x18\x03 \x01(\x0b\x32\x11.podcap.v1.Target\x12,\n\x08settings\x18\x04 \x01(\x0b\x32\x1a.podcap.v1.CaptureSettings\x12!\n\x06limits\x18\x05 \x01(\x0b\x32\x11.podcap.v1.Limits\x12%\n\x08rotation\x18\x06 \x01(\x0b\x32\x13.podcap.v1.Rotation\x12\x0c\n\x04note\x18\x07 \x01(\t\x12\x17\n\x0f\x63reated_unix_ns\x18\x08 \x01(\x03\x12\x15\n\rended_unix_ns\x18\t \x01(\x03\x12\x12\n\nend_reason\x18\n \x01(\t\x12\"\n\x04pods\x18\x0b \x03(\x0b\x32\x14.podcap.v1.PodStatus\x12\x0f\n\x07packets\x18\x0c \x01(\x04\x12\r\n\x05\x62ytes\x18\r \x01(\x04\x12\'\n\tretention\x18\x0e \x01(\x0b\x32\x14.podcap.v1.Retention\x12\x0e\n\x06paused\x18\x0f \x01(\t\"3\n\x0f\x44ownloadRequest\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0c\n\x04pods\x18\x02 \x03(\t\"M\n\rDownloadChunk\x12$\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x14.podcap.v1.FileStartH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"D\n\tFileStart\x12\x1b\n\x03pod\x18\x01 \x01(\x0b\x32\x0e.podcap.v1.Pod\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04*\x96\x01\n\x0c\x43\x61ptureState\x12\x1d\n\x19\x43\x41PTURE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41PTURE_STATE_RUNNING\x10\x01\x12\x1a\n\x16\x43\x41PTURE_STATE_STOPPING\x10\x02\x12\x16\n\x12\x43\x41PTURE_STATE_DONE\x10\x03\x12\x18\n\x14\x43\x41PTURE_STATE_FAILED\x10\x04\x32\xfd\x02\n\x07\x43ontrol\x12O\n\x0cStartCapture\x12\x1e.podcap.v1.StartCaptureRequest\x1a\x1f.podcap.v1.StartCaptureResponse\x12\x46\n\x0bStopCapture\x12\x1d.podcap.v1.StopCaptureRequest\x1a\x18.podcap.v1.CaptureStatus\x12O\n\x0cListCaptures\x12\x1e.podcap.v1.ListCapturesRequest\x1a\x1f.podcap.v1.ListCapturesResponse\x12\x44\n\nGetCapture\x12\x1c.podcap.v1.GetCaptureRequest\x1a\x18.podcap.v1.CaptureStatus\x12\x42\n\x08\x44ownload\x12\x1a.podcap.v1.DownloadRequest\x1a\x18.podcap.v1.DownloadChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'podcap.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CAPTURESTATE']._serialized_start=1580
-  _globals['_CAPTURESTATE']._serialized_end=1730
+  _globals['_CAPTURESTATE']._serialized_start=1807
+  _globals['_CAPTURESTATE']._serialized_end=1957
   _globals['_TARGET']._serialized_start=62
   _globals['_TARGET']._serialized_end=150
   _globals['_LIMITS']._serialized_start=152
   _globals['_LIMITS']._serialized_end=226
   _globals['_ROTATION']._serialized_start=228
   _globals['_ROTATION']._serialized_end=286
-  _globals['_STARTCAPTUREREQUEST']._serialized_start=289
-  _globals['_STARTCAPTUREREQUEST']._serialized_end=479
-  _globals['_STARTCAPTURERESPONSE']._serialized_start=481
-  _globals['_STARTCAPTURERESPONSE']._serialized_end=546
-  _globals['_STOPCAPTUREREQUEST']._serialized_start=548
-  _globals['_STOPCAPTUREREQUEST']._serialized_end=588
-  _globals['_LISTCAPTURESREQUEST']._serialized_start=590
-  _globals['_LISTCAPTURESREQUEST']._serialized_end=611
-  _globals['_LISTCAPTURESRESPONSE']._serialized_start=613
-  _globals['_LISTCAPTURESRESPONSE']._serialized_end=679
-  _globals['_GETCAPTUREREQUEST']._serialized_start=681
-  _globals['_GETCAPTUREREQUEST']._serialized_end=720
-  _globals['_PODSTATUS']._serialized_start=723
-  _globals['_PODSTATUS']._serialized_end=1000
-  _globals['_CAPTURESTATUS']._serialized_start=1003
-  _globals['_CAPTURESTATUS']._serialized_end=1375
-  _globals['_DOWNLOADREQUEST']._serialized_start=1377
-  _globals['_DOWNLOADREQUEST']._serialized_end=1428
-  _globals['_DOWNLOADCHUNK']._serialized_start=1430
-  _globals['_DOWNLOADCHUNK']._serialized_end=1507
-  _globals['_FILESTART']._serialized_start=1509
-  _globals['_FILESTART']._serialized_end=1577
-  _globals['_CONTROL']._serialized_start=1733
-  _globals['_CONTROL']._serialized_end=2114
+  _globals['_RETENTION']._serialized_start=288
+  _globals['_RETENTION']._serialized_end=367
+  _globals['_STARTCAPTUREREQUEST']._serialized_start=370
+  _globals['_STARTCAPTUREREQUEST']._serialized_end=601
+  _globals['_STARTCAPTURERESPONSE']._serialized_start=603
+  _globals['_STARTCAPTURERESPONSE']._serialized_end=668
+  _globals['_STOPCAPTUREREQUEST']._serialized_start=670
+  _globals['_STOPCAPTUREREQUEST']._serialized_end=710
+  _globals['_LISTCAPTURESREQUEST']._serialized_start=712
+  _globals['_LISTCAPTURESREQUEST']._serialized_end=733
+  _globals['_LISTCAPTURESRESPONSE']._serialized_start=735
+  _globals['_LISTCAPTURESRESPONSE']._serialized_end=801
+  _globals['_GETCAPTUREREQUEST']._serialized_start=803
+  _globals['_GETCAPTUREREQUEST']._serialized_end=842
+  _globals['_PODSTATUS']._serialized_start=845
+  _globals['_PODSTATUS']._serialized_end=1170
+  _globals['_CAPTURESTATUS']._serialized_start=1173
+  _globals['_CAPTURESTATUS']._serialized_end=1602
+  _globals['_DOWNLOADREQUEST']._serialized_start=1604
+  _globals['_DOWNLOADREQUEST']._serialized_end=1655
+  _globals['_DOWNLOADCHUNK']._serialized_start=1657
+  _globals['_DOWNLOADCHUNK']._serialized_end=1734
+  _globals['_FILESTART']._serialized_start=1736
+  _globals['_FILESTART']._serialized_end=1804
+  _globals['_CONTROL']._serialized_start=1960
+  _globals['_CONTROL']._serialized_end=2341
 # @@protoc_insertion_point(module_scope)

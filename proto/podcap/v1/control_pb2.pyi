@@ -136,6 +136,39 @@ class Rotation(_message.Message):
 Global___Rotation: _TypeAlias = Rotation  # noqa: Y015
 
 @_typing.final
+class Retention(_message.Message):
+    """How much of a long capture is kept: old segments are deleted, oldest first, so a capture can run indefinitely
+    as a flight recorder. 0 = keep everything. Segments are made small enough (at most a quarter of keep_bytes,
+    a sixth of keep_seconds) that the kept amount stays close to the target.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEEP_BYTES_FIELD_NUMBER: _builtins.int
+    KEEP_SECONDS_FIELD_NUMBER: _builtins.int
+    KEEP_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    keep_bytes: _builtins.int
+    """Keep at most this many bytes per pod."""
+    keep_seconds: _builtins.int
+    """Keep per pod only segments that end less than this many seconds ago."""
+    keep_total_bytes: _builtins.int
+    """Keep at most this many bytes for the whole capture (all pods); the oldest segment of any pod goes first."""
+    def __init__(
+        self,
+        *,
+        keep_bytes: _builtins.int = ...,
+        keep_seconds: _builtins.int = ...,
+        keep_total_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_bytes", b"keep_bytes", "keep_seconds", b"keep_seconds", "keep_total_bytes", b"keep_total_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Retention: _TypeAlias = Retention  # noqa: Y015
+
+@_typing.final
 class StartCaptureRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -143,6 +176,7 @@ class StartCaptureRequest(_message.Message):
     SETTINGS_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     ROTATION_FIELD_NUMBER: _builtins.int
+    RETENTION_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
     note: _builtins.str
     """Free text recorded with the capture (why it was taken). At most 1024 bytes."""
@@ -154,6 +188,8 @@ class StartCaptureRequest(_message.Message):
     def limits(self) -> Global___Limits: ...
     @_builtins.property
     def rotation(self) -> Global___Rotation: ...
+    @_builtins.property
+    def retention(self) -> Global___Retention: ...
     def __init__(
         self,
         *,
@@ -161,11 +197,12 @@ class StartCaptureRequest(_message.Message):
         settings: _common_pb2.CaptureSettings | None = ...,
         limits: Global___Limits | None = ...,
         rotation: Global___Rotation | None = ...,
+        retention: Global___Retention | None = ...,
         note: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "rotation", b"rotation", "settings", b"settings", "target", b"target"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "retention", b"retention", "rotation", b"rotation", "settings", b"settings", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "note", b"note", "rotation", b"rotation", "settings", b"settings", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "note", b"note", "retention", b"retention", "rotation", b"rotation", "settings", b"settings", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -281,6 +318,8 @@ class PodStatus(_message.Message):
     SEGMENTS_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
     REATTACHMENTS_FIELD_NUMBER: _builtins.int
+    RETIRED_BYTES_FIELD_NUMBER: _builtins.int
+    RETIRED_PACKETS_FIELD_NUMBER: _builtins.int
     state: _common_pb2.PodCaptureState.ValueType
     packets: _builtins.int
     """Packets and bytes stored for this pod (bytes: every pcap file of the pod, headers included)."""
@@ -299,6 +338,9 @@ class PodStatus(_message.Message):
     """Times the pod was re-attached after its stream broke (sandbox restart, agent restart). Each one is a gap in
     the capture; `message` describes the last one.
     """
+    retired_bytes: _builtins.int
+    """Bytes and packets deleted by retention (not counted in `bytes`/`packets`, which are what is stored now)."""
+    retired_packets: _builtins.int
     @_builtins.property
     def pod(self) -> _common_pb2.Pod: ...
     @_builtins.property
@@ -317,10 +359,12 @@ class PodStatus(_message.Message):
         segments: _builtins.int = ...,
         path: _builtins.str = ...,
         reattachments: _builtins.int = ...,
+        retired_bytes: _builtins.int = ...,
+        retired_packets: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["kernel", b"kernel", "pod", b"pod"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_dropped_packets", b"agent_dropped_packets", "bytes", b"bytes", "interface", b"interface", "kernel", b"kernel", "message", b"message", "packets", b"packets", "path", b"path", "pod", b"pod", "reattachments", b"reattachments", "segments", b"segments", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_dropped_packets", b"agent_dropped_packets", "bytes", b"bytes", "interface", b"interface", "kernel", b"kernel", "message", b"message", "packets", b"packets", "path", b"path", "pod", b"pod", "reattachments", b"reattachments", "retired_bytes", b"retired_bytes", "retired_packets", b"retired_packets", "segments", b"segments", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -343,6 +387,8 @@ class CaptureStatus(_message.Message):
     PODS_FIELD_NUMBER: _builtins.int
     PACKETS_FIELD_NUMBER: _builtins.int
     BYTES_FIELD_NUMBER: _builtins.int
+    RETENTION_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Collector-assigned id: 12 characters of [a-z0-9]."""
     state: Global___CaptureState.ValueType
@@ -355,6 +401,8 @@ class CaptureStatus(_message.Message):
     packets: _builtins.int
     """Totals over pods."""
     bytes: _builtins.int
+    paused: _builtins.str
+    """Non-empty while storing is paused (e.g. "data dir full"): agents hold their data until it resumes."""
     @_builtins.property
     def target(self) -> Global___Target: ...
     @_builtins.property
@@ -365,6 +413,8 @@ class CaptureStatus(_message.Message):
     def rotation(self) -> Global___Rotation: ...
     @_builtins.property
     def pods(self) -> _containers.RepeatedCompositeFieldContainer[Global___PodStatus]: ...
+    @_builtins.property
+    def retention(self) -> Global___Retention: ...
     def __init__(
         self,
         *,
@@ -381,10 +431,12 @@ class CaptureStatus(_message.Message):
         pods: _abc.Iterable[Global___PodStatus] | None = ...,
         packets: _builtins.int = ...,
         bytes: _builtins.int = ...,
+        retention: Global___Retention | None = ...,
+        paused: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "rotation", b"rotation", "settings", b"settings", "target", b"target"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "retention", b"retention", "rotation", b"rotation", "settings", b"settings", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "created_unix_ns", b"created_unix_ns", "end_reason", b"end_reason", "ended_unix_ns", b"ended_unix_ns", "id", b"id", "limits", b"limits", "note", b"note", "packets", b"packets", "pods", b"pods", "rotation", b"rotation", "settings", b"settings", "state", b"state", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "created_unix_ns", b"created_unix_ns", "end_reason", b"end_reason", "ended_unix_ns", b"ended_unix_ns", "id", b"id", "limits", b"limits", "note", b"note", "packets", b"packets", "paused", b"paused", "pods", b"pods", "retention", b"retention", "rotation", b"rotation", "settings", b"settings", "state", b"state", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

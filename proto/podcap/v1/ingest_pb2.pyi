@@ -319,11 +319,21 @@ class ChunkAck(_message.Message):
     POD_UID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     STREAM_ID_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     capture_id: _builtins.str
     pod_uid: _builtins.str
     seq: _builtins.int
-    """Every chunk of `stream_id` with a sequence number up to and including this one is stored."""
+    """Every chunk of `stream_id` with a sequence number up to and including this one is durably stored (or, with
+    `rejected`, this one chunk will never be stored).
+    """
     stream_id: _builtins.str
+    rejected: _builtins.bool
+    """The chunk at `seq` was refused (malformed, unknown stream or capture); the agent drops it and counts its
+    packets as agent drops. Earlier chunks are not acknowledged by a rejection.
+    """
+    reason: _builtins.str
+    """Why it was refused, for the agent's log."""
     def __init__(
         self,
         *,
@@ -331,10 +341,12 @@ class ChunkAck(_message.Message):
         pod_uid: _builtins.str = ...,
         seq: _builtins.int = ...,
         stream_id: _builtins.str = ...,
+        rejected: _builtins.bool = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_id", b"capture_id", "pod_uid", b"pod_uid", "seq", b"seq", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_id", b"capture_id", "pod_uid", b"pod_uid", "reason", b"reason", "rejected", b"rejected", "seq", b"seq", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

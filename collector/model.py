@@ -1,0 +1,177 @@
+"""The collector's in-memory model of captures and their pods, and validation of start requests.
+
+``Capture`` and ``PodState`` hold what ``podcap status`` shows and what storage needs: per pod the current stream
+(id, last stored chunk, last acknowledged chunk), its segments, cumulative and retired counters, and the kernel and
+agent drop counters of every stream it had (a re-attached pod starts a new stream at zero; earlier streams are
+folded into ``*_base``). ``to_row`` is the persisted form (``podcap.collector.store``).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from podcap.collector.agents import AgentConnection
+from podcap.collector.filters import check_filter
+from podcap.collector.storage.local import PodWriter, SegmentInfo
+from podcap.collector.store import PodRow, SegmentRow
+from podcap.collector.targets import PodRef, TargetSpec, parse_target
+from podcap.names import CaptureId, PodUid
+from podcap.pcapfile import FILE_HEADER_LEN, MAX_SNAPLEN
+from podcap.v1 import common_pb2, control_pb2
+
+MAX_DURATION_S = 30 * 24 * 3600
+DEFAULT_SEGMENT_BYTES = 64 << 20
+MIN_SEGMENT_BYTES = 64 << 10
+TERMINAL = (common_pb2.POD_CAPTURE_STATE_DONE, common_pb2.POD_CAPTURE_STATE_FAILED)
+ACTIVE = (common_pb2.POD_CAPTURE_STATE_PENDING, common_pb2.POD_CAPTURE_STATE_CAPTURING)
+LIVE = (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING)
+
+
+@dataclass
+class PodState:
+    pod: PodRef
+    rel_path: str
+    state: common_pb2.PodCaptureState.ValueType = common_pb2.POD_CAPTURE_STATE_PENDING
+    kernel: tuple[int, int, int] = (0, 0, 0)
+    kernel_base: tuple[int, int, int] = (0, 0, 0)
+    agent_dropped: int = 0
+    agent_dropped_base: int = 0
+    interface: str = ""
+    message: str = ""
+    stream_id: str = ""
+    last_seq: int = 0  # last chunk of the stream stored (written)
+    committed_seq: int = 0  # last chunk of the stream durably recorded (acknowledged)
+    fmt: common_pb2.PcapFormat | None = None
+    writer: PodWriter | None = None
+    segments: list[SegmentInfo] = field(default_factory=list)
+    next_segment: int = 1
+    packets_total: int = 0
+    bytes_total: int = 0
+    retired_packets: int = 0
+    retired_bytes: int = 0
+    reattachments: int = 0
+    gap_since_ns: int = 0
+    # Changed since the last commit; and the connection owed an acknowledgement once it is committed.
+    dirty: bool = True
+    ack_conn: AgentConnection | None = None
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.bytes_total - self.retired_bytes
+
+    def retire_stream(self) -> None:
+        """Fold a finished stream's counters into the base, so a new stream's counters start at zero."""
+        self.kernel_base = (self.kernel_base[0] + self.kernel[0], self.kernel_base[1] + self.kernel[1],
+                            self.kernel_base[2] + self.kernel[2])
+        self.kernel = (0, 0, 0)
+        self.agent_dropped_base += self.agent_dropped
+        self.agent_dropped = 0
+        self.stream_id = ""
+        self.last_seq = self.committed_seq = 0
+        self.ack_conn = None
+
+    def status(self) -> control_pb2.PodStatus:
+        k = self.kernel_base
+        return control_pb2.PodStatus(
+            pod=self.pod.to_proto(), state=self.state, packets=self.packets_total - self.retired_packets,
+            bytes=self.stored_bytes,
+            kernel=common_pb2.KernelStats(received=k[0] + self.kernel[0], dropped=k[1] + self.kernel[1],
+                                          if_dropped=k[2] + self.kernel[2]),
+            agent_dropped_packets=self.agent_dropped_base + self.agent_dropped, interface=self.interface,
+            message=self.message, segments=len(self.segments), path=self.rel_path,
+            reattachments=self.reattachments, retired_bytes=self.retired_bytes,
+            retired_packets=self.retired_packets,
+        )
+
+    def to_row(self) -> PodRow:
+        return PodRow(
+            status=self.status(), format=self.fmt, stream_id=self.stream_id, last_seq=self.committed_seq,
+            packets_total=self.packets_total, bytes_total=self.bytes_total,
+            segments=[SegmentRow(s.index, s.bytes, s.packets, s.first_ts_ns, s.last_ts_ns) for s in self.segments],
+        )
+
+
+@dataclass
+class Capture:
+    id: CaptureId
+    request: control_pb2.StartCaptureRequest
+    target: TargetSpec
+    created_ns: int
+    state: control_pb2.CaptureState.ValueType = control_pb2.CAPTURE_STATE_RUNNING
+    ended_ns: int = 0
+    end_reason: str = ""
+    pods: dict[PodUid, PodState] = field(default_factory=dict)
+    # Cumulative packets/bytes stored (what --max-packets/--max-bytes count; retention does not lower them).
+    packets_total: int = 0
+    bytes_total: int = 0
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    ended: threading.Event = field(default_factory=threading.Event)
+    stop_deadline: float = 0.0
+    dirty: bool = True
+    # Set (under the lock) by the chunk that reached a packet or byte limit: nothing after it is stored.
+    limit_reached: str = ""
+
+    @property
+    def deadline_ns(self) -> int:
+        d = self.request.limits.duration_seconds
+        return self.created_ns + d * 1_000_000_000 if d else 0
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE
+
+    def segment_bytes(self) -> int:
+        """Rotation size: as configured, but small enough that retention can keep close to its targets."""
+        size = self.request.rotation.segment_bytes or DEFAULT_SEGMENT_BYTES
+        r = self.request.retention
+        if r.keep_bytes:
+            size = min(size, r.keep_bytes // 4)
+        if r.keep_total_bytes:
+            size = min(size, r.keep_total_bytes // (4 * max(1, len(self.pods))))
+        return max(MIN_SEGMENT_BYTES, size)
+
+    def segment_seconds(self) -> int:
+        seconds = self.request.rotation.segment_seconds
+        keep = self.request.retention.keep_seconds
+        if keep:
+            seconds = min(seconds or keep, max(1, keep // 6))
+        return seconds
+
+    def status(self, paused: str = "") -> control_pb2.CaptureStatus:
+        with self.lock:
+            pods = [p.status() for p in self.pods.values()]
+            return control_pb2.CaptureStatus(
+                id=self.id, state=self.state, target=self.request.target, settings=self.request.settings,
+                limits=self.request.limits, rotation=self.request.rotation, retention=self.request.retention,
+                note=self.request.note, created_unix_ns=self.created_ns, ended_unix_ns=self.ended_ns,
+                end_reason=self.end_reason, pods=pods, packets=sum(p.packets for p in pods),
+                bytes=sum(p.bytes for p in pods), paused=paused if self.live else "",
+            )
+
+
+def validate_request(req: control_pb2.StartCaptureRequest) -> TargetSpec:
+    """Check everything about a start request that does not depend on the cluster; raise ValueError subclasses."""
+    spec = parse_target(req.target)
+    s = req.settings
+    if s.snaplen > MAX_SNAPLEN:
+        raise ValueError(f"snaplen {s.snaplen} is above the maximum {MAX_SNAPLEN}")
+    if s.buffer_bytes and not (64 << 10) <= s.buffer_bytes <= (1 << 30):
+        raise ValueError("buffer size must be between 64 KiB and 1 GiB")
+    check_filter(s.filter, interface=s.interface, snaplen=s.snaplen)
+    if req.limits.duration_seconds > MAX_DURATION_S:
+        raise ValueError(f"duration above {MAX_DURATION_S // 86400} days")
+    if req.limits.max_bytes and req.limits.max_bytes < FILE_HEADER_LEN + 16:
+        raise ValueError("max-bytes must leave room for a pcap header and one packet (at least 40 bytes)")
+    if req.rotation.segment_bytes and req.rotation.segment_bytes < MIN_SEGMENT_BYTES:
+        raise ValueError(f"segment size below {MIN_SEGMENT_BYTES} bytes")
+    r = req.retention
+    if r.keep_bytes and r.keep_bytes < 4 * MIN_SEGMENT_BYTES:
+        raise ValueError(f"keep-bytes below {4 * MIN_SEGMENT_BYTES} bytes (four of the smallest segments)")
+    if r.keep_total_bytes and r.keep_total_bytes < 4 * MIN_SEGMENT_BYTES:
+        raise ValueError(f"keep-total-bytes below {4 * MIN_SEGMENT_BYTES} bytes")
+    if r.keep_seconds and r.keep_seconds < 6:
+        raise ValueError("keep-duration below 6 seconds")
+    if len(req.note.encode()) > 1024:
+        raise ValueError("note longer than 1024 bytes")
+    return spec

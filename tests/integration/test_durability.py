@@ -1,0 +1,224 @@
+"""Nothing captured is lost or duplicated when the collector is SIGKILLed, restarted, or its disk fills up, and an
+agent restart shows up as a gap. Real processes, real signals; packets checked by parsing the stored files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from podcap.collector.demo.node import DemoNode
+from podcap.pcapfile import read_file
+from tests.conftest import Proc, free_port, podcap, start_proc, tool
+from tests.integration.test_end_to_end import PORT, capture_id, udp_payloads, warm_up
+
+pytestmark = pytest.mark.root
+
+PACED = os.path.join(os.path.dirname(__file__), "udp_send_paced.py")
+
+
+class Cluster:
+    """A collector (restartable on the same port and data dir) and one agent, over a DemoNode."""
+
+    def __init__(self, tmp: str, node: DemoNode, data_dir: str | None = None) -> None:
+        self.tmp = tmp
+        self.node = node
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.data = data_dir or os.path.join(tmp, "data")
+        self.collector: Proc | None = None
+        self.agent: Proc | None = None
+        self.runs = 0
+
+    def start_collector(self) -> None:
+        self.runs += 1
+        self.collector = start_proc([tool("podcap-collector"), "--listen", self.address, "--data-dir", self.data],
+                                    os.path.join(self.tmp, f"collector-{self.runs}.log"))
+        deadline = time.monotonic() + 15
+        while podcap(self.address, "list", check=False, timeout=30).returncode != 0:
+            assert time.monotonic() < deadline, self.collector.log()
+            time.sleep(0.1)
+
+    def start_agent(self, *extra: str) -> None:
+        self.runs += 1
+        self.agent = start_proc([tool("podcap-agent"), "--collector", self.address, "--node", "node-" + self.node.tag,
+                                 "--pod-source", "netns", *extra], os.path.join(self.tmp, f"agent-{self.runs}.log"))
+
+    def wait_pods(self) -> None:
+        deadline = time.monotonic() + 15
+        while True:
+            r = podcap(self.address, "start", "-n", self.node.namespace, "--max-packets", "1", "--duration", "1",
+                       check=False)
+            if r.returncode == 0:
+                podcap(self.address, "stop", capture_id(r))
+                return
+            assert time.monotonic() < deadline, r.stderr
+            time.sleep(0.2)
+
+    def status(self, cid: str) -> dict[str, object]:
+        return json.loads(podcap(self.address, "status", cid, "-o", "json").stdout)
+
+    def wait(self, cid: str, ok: object, timeout: float = 20) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status(cid)
+            if ok(st):  # type: ignore[operator]
+                return st
+            assert time.monotonic() < deadline, st
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        for p in (self.agent, self.collector):
+            if p is not None:
+                p.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: str) -> Iterator[Cluster]:
+    node = DemoNode()
+    node.create(["sender", "rx-0", "rx-1", "rx-2"])
+    c = Cluster(str(tmp_path), node)
+    try:
+        yield c
+    finally:
+        c.close()
+        node.destroy()
+
+
+def all_capturing(n: int) -> object:
+    return lambda st: sum(p["state"] == "capturing" for p in st["pods"]) == n
+
+
+def send(c: Cluster, count: int, seconds: float, pods: list[str]) -> subprocess.Popen[bytes]:
+    ips = [c.node.pod(p).ip for p in pods]
+    return c.node.spawn(c.node.pod("sender"), [sys.executable, PACED, str(PORT), str(count), str(seconds), *ips],
+                        cwd=os.path.dirname(PACED))
+
+
+def check_exactly_once(c: Cluster, cid: str, pods: list[str], count: int) -> None:
+    out = os.path.join(c.tmp, "out-" + cid)
+    podcap(c.address, "get", cid, "-o", out)
+    for d, name in enumerate(pods):
+        got = udp_payloads(os.path.join(out, c.node.namespace, name + ".pcap"))
+        seqs = [g[1] for g in got]
+        assert sorted(seqs) == list(range(count)), (
+            f"{name}: {len(seqs)} packets, {len(set(seqs))} distinct, missing "
+            f"{sorted(set(range(count)) - set(seqs))[:10]}, duplicated {len(seqs) - len(set(seqs))}")
+        assert seqs == list(range(count)), f"{name}: out of order"
+        assert {g[0] for g in got} == {d}
+
+
+def test_collector_sigkill_mid_capture_loses_and_duplicates_nothing(cluster: Cluster) -> None:
+    c = cluster
+    c.start_collector()
+    c.start_agent()
+    c.wait_pods()
+    warm_up(c.node)
+    pods = ["rx-0", "rx-1", "rx-2"]
+    cid = capture_id(podcap(c.address, "start", "-n", c.node.namespace, *pods, "--filter", f"udp port {PORT}"))
+    c.wait(cid, all_capturing(3))
+    count = 3000
+    sender = send(c, count, 4.0, pods)
+    time.sleep(1.5)
+    assert c.collector is not None
+    c.collector.stop(signal.SIGKILL)
+    time.sleep(1.0)
+    c.start_collector()  # same port, same data dir
+    assert sender.wait(timeout=30) == 0
+    c.wait(cid, all_capturing(3))
+    time.sleep(1.0)
+    st = json.loads(podcap(c.address, "stop", cid, "-o", "json").stdout)
+    assert st["state"] == "done"
+    check_exactly_once(c, cid, pods, count)
+    for p in st["pods"]:
+        assert int(p["agent_dropped_packets"]) == 0 and int(p["kernel"]["dropped"]) == 0
+
+
+def test_collector_restart_spool_drains(cluster: Cluster) -> None:
+    """The agent's connection is cut (graceful collector restart on the same port) while it keeps capturing."""
+    c = cluster
+    c.start_collector()
+    c.start_agent()
+    c.wait_pods()
+    warm_up(c.node)
+    cid = capture_id(podcap(c.address, "start", "-n", c.node.namespace, "rx-0", "--filter", f"udp port {PORT}"))
+    c.wait(cid, all_capturing(1))
+    sender = send(c, 2000, 3.0, ["rx-0"])
+    time.sleep(0.8)
+    assert c.collector is not None
+    c.collector.stop(signal.SIGTERM)
+    time.sleep(1.5)  # the agent spools meanwhile
+    c.start_collector()
+    assert sender.wait(timeout=30) == 0
+    c.wait(cid, all_capturing(1))
+    time.sleep(1.0)
+    podcap(c.address, "stop", cid)
+    check_exactly_once(c, cid, ["rx-0"], 2000)
+
+
+def test_agent_restart_resumes_and_reports_the_gap(cluster: Cluster) -> None:
+    c = cluster
+    c.start_collector()
+    c.start_agent()
+    c.wait_pods()
+    cid = capture_id(podcap(c.address, "start", "-n", c.node.namespace, "rx-0", "rx-1"))
+    c.wait(cid, all_capturing(2))
+    assert c.agent is not None
+    c.agent.stop(signal.SIGKILL)
+    c.wait(cid, lambda st: all(p["state"] == "no-agent" for p in st["pods"]), timeout=10)
+    t0 = time.monotonic()
+    c.start_agent()
+    st = c.wait(cid, lambda st: all(p["state"] == "capturing" and p.get("reattachments") == 1 for p in st["pods"]),
+                timeout=10)
+    assert time.monotonic() - t0 < 5, "capture did not resume within 5 s of the agent's return"
+    for p in st["pods"]:
+        assert "no capture for" in p["message"], p
+
+
+@pytest.fixture
+def small_disk(tmp_path: str) -> Iterator[str]:
+    mnt = os.path.join(tmp_path, "tmpfs")
+    os.makedirs(mnt)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", mnt], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", mnt], check=False)
+
+
+def test_full_disk_pauses_and_resumes_without_corrupt_files(tmp_path: str, small_disk: str) -> None:
+    node = DemoNode()
+    node.create(["sender", "rx-0"])
+    c = Cluster(str(tmp_path), node, data_dir=os.path.join(small_disk, "data"))
+    try:
+        c.start_collector()
+        c.start_agent()
+        c.wait_pods()
+        warm_up(node)
+        filler = os.path.join(small_disk, "filler")
+        with open(filler, "wb") as f:  # leave well under a megabyte free
+            f.write(b"\0" * (2 << 20) + b"\0" * (512 << 10))
+        cid = capture_id(podcap(c.address, "start", "-n", node.namespace, "rx-0", "--filter", f"udp port {PORT}",
+                                "--snaplen", "1500"))
+        c.wait(cid, all_capturing(1))
+        count = 6000  # ~1.1 MB stored: more than fits
+        sender = send(c, count, 3.0, ["rx-0"])
+        st = c.wait(cid, lambda st: bool(st.get("paused")), timeout=20)
+        assert "full" in str(st["paused"])
+        assert sender.wait(timeout=30) == 0
+        os.unlink(filler)  # space returns
+        c.wait(cid, lambda st: not st.get("paused") and int(st["packets"]) >= count, timeout=30)
+        podcap(c.address, "stop", cid)
+        for d, _, files in os.walk(os.path.join(c.data, "captures", cid)):
+            for f in files:
+                read_file(os.path.join(d, f))  # every segment parses to the last byte
+        check_exactly_once(c, cid, ["rx-0"], count)
+    finally:
+        c.close()
+        node.destroy()

@@ -1,0 +1,88 @@
+"""The agent's upload log: chunks kept until acknowledged, re-sent after a reconnect behind their stream's STARTED
+event, spilled to disk past the memory budget, and the newest refused (and counted by the caller) past the cap."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from podcap.agent.spool import UploadLog
+from podcap.v1 import common_pb2, ingest_pb2
+
+
+def started(stream: str) -> ingest_pb2.AgentMessage:
+    return ingest_pb2.AgentMessage(pod_event=ingest_pb2.PodCaptureEvent(
+        capture_id="c", pod_uid="u", stream_id=stream, state=common_pb2.POD_CAPTURE_STATE_CAPTURING,
+        format=common_pb2.PcapFormat(linktype=1, snaplen=100, nanosecond=True)))
+
+
+def chunk(stream: str, seq: int, size: int = 100) -> ingest_pb2.PcapChunk:
+    return ingest_pb2.PcapChunk(capture_id="c", pod_uid="u", stream_id=stream, seq=seq, records=b"x" * size,
+                                packets=1)
+
+
+def drain(log: UploadLog) -> list[str]:
+    """Everything the current session would send (stops when the queue is empty)."""
+    out: list[str] = []
+    it = log.iterate(ingest_pb2.AgentMessage(heartbeat=ingest_pb2.Heartbeat()))
+    next(it)
+    timer = threading.Timer(0.2, log.end_session)
+    timer.start()
+    for m in it:
+        kind = m.WhichOneof("kind")
+        out.append(f"chunk:{m.chunk.seq}" if kind == "chunk" else f"{kind}:{m.pod_event.state}")
+    timer.cancel()
+    return out
+
+
+def ack(log: UploadLog, stream: str, seq: int, rejected: bool = False) -> None:
+    log.ack(ingest_pb2.ChunkAck(capture_id="c", pod_uid="u", stream_id=stream, seq=seq, rejected=rejected))
+
+
+def test_unacknowledged_chunks_are_resent_after_their_started_event() -> None:
+    log = UploadLog(memory_bytes=1 << 20)
+    log.new_session()
+    log.put(started("s1"))
+    for seq in (1, 2, 3):
+        assert log.put_chunk(chunk("s1", seq))
+    assert drain(log) == ["pod_event:2", "chunk:1", "chunk:2", "chunk:3"]
+    ack(log, "s1", 2)
+    log.new_session()  # reconnect
+    assert drain(log) == ["pod_event:2", "chunk:3"]
+    ack(log, "s1", 3)
+    assert log.pending() == (0, 0)
+
+
+def test_rejected_chunk_is_dropped_and_counted() -> None:
+    log = UploadLog(memory_bytes=1 << 20)
+    log.put_chunk(chunk("s1", 1))
+    ack(log, "s1", 1, rejected=True)
+    assert log.pending() == (0, 0) and log.rejected_packets == 1
+
+
+def test_spills_to_disk_then_refuses_the_newest(tmp_path: str) -> None:
+    spool = os.path.join(tmp_path, "spool")
+    log = UploadLog(memory_bytes=250, disk_bytes=250, spool_dir=spool)
+    accepted = [log.put_chunk(chunk("s1", seq)) for seq in range(1, 7)]
+    assert accepted == [True, True, True, True, False, False]  # 2 in memory, 2 on disk, then full
+    assert len(os.listdir(spool)) == 2
+    log.new_session()
+    assert drain(log) == ["chunk:1", "chunk:2", "chunk:3", "chunk:4"]  # read back from disk in order
+    ack(log, "s1", 4)
+    assert os.listdir(spool) == [] and log.pending() == (0, 0)
+    assert log.put_chunk(chunk("s1", 7))  # room again
+
+
+def test_finished_stream_forgets_its_start_once_acknowledged() -> None:
+    log = UploadLog(memory_bytes=1 << 20)
+    log.put(started("s1"))
+    log.put_chunk(chunk("s1", 1))
+    log.put(ingest_pb2.AgentMessage(pod_event=ingest_pb2.PodCaptureEvent(
+        stream_id="s1", state=common_pb2.POD_CAPTURE_STATE_DONE)))
+    log.new_session()
+    assert drain(log) == ["pod_event:2", "chunk:1", "pod_event:3"]
+    log.new_session()  # reconnect before the ack: the stream's start and its chunk again
+    assert drain(log) == ["pod_event:2", "chunk:1"]
+    ack(log, "s1", 1)
+    log.new_session()
+    assert drain(log) == []  # done and acknowledged: nothing of the stream is kept
