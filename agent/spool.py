@@ -156,8 +156,14 @@ class UploadLog:
             self._cond.notify_all()
 
     def iterate(self, first: ingest_pb2.AgentMessage) -> Iterator[ingest_pb2.AgentMessage]:
+        """The messages of the session that starts now. The session is fixed here, not at the first ``next()``:
+        gRPC may start consuming after the call already failed, and a stale iterator must not eat the next
+        session's messages."""
         with self._cond:
             epoch = self._epoch
+        return self._messages(first, epoch)
+
+    def _messages(self, first: ingest_pb2.AgentMessage, epoch: int) -> Iterator[ingest_pb2.AgentMessage]:
         yield first
         while True:
             with self._cond:

@@ -222,3 +222,31 @@ def test_full_disk_pauses_and_resumes_without_corrupt_files(tmp_path: str, small
     finally:
         c.close()
         node.destroy()
+
+
+def test_duration_that_ends_while_the_collector_is_down_closes_correctly(cluster: Cluster) -> None:
+    c = cluster
+    c.start_collector()
+    c.start_agent()
+    c.wait_pods()
+    warm_up(c.node)
+    cid = capture_id(podcap(c.address, "start", "-n", c.node.namespace, "rx-0", "--filter", f"udp port {PORT}",
+                            "--duration", "3"))
+    created = int(c.status(cid)["created_unix_ns"])  # type: ignore[call-overload]
+    c.wait(cid, all_capturing(1))
+    sender = send(c, 2500, 5.0, ["rx-0"])
+    time.sleep(1.0)
+    assert c.collector is not None
+    c.collector.stop(signal.SIGKILL)
+    assert sender.wait(timeout=30) == 0  # the deadline passes while the collector is down
+    c.start_collector()
+    st = c.wait(cid, lambda st: st["state"] == "done", timeout=30)
+    assert st["end_reason"] == "duration reached"
+    out = os.path.join(c.tmp, "out")
+    podcap(c.address, "get", cid, "-o", out)
+    _, recs = read_file(os.path.join(out, c.node.namespace, "rx-0.pcap"))
+    got = udp_payloads(os.path.join(out, c.node.namespace, "rx-0.pcap"))
+    seqs = [g[1] for g in got]
+    assert seqs == list(range(len(seqs))), "packets from before the crash and from the outage are all there"
+    assert 1000 < len(seqs) < 2500  # ~3 s of the 5 s of traffic
+    assert max(r.ts_ns for r in recs) <= created + 3_000_000_000  # nothing after the deadline is kept
