@@ -37,22 +37,33 @@ log = logging.getLogger(__name__)
 
 MIN_RING = 256 << 10
 MAX_AUTO_RING = 8 << 20
+RING_BLOCK = 256 << 10  # libpcap 1.10's TPACKET_V3 block size (= its maximum snaplen); rings are whole blocks
 
 
 class StreamSink(Protocol):
     """Where streams deliver. ``chunk`` returns False when the chunk could not be queued (counted as dropped)."""
 
-    def chunk(self, chunk: ingest_pb2.PcapChunk) -> bool: ...
+    def chunk(self, msg: ingest_pb2.AgentMessage, size: int) -> bool:
+        """Queue a chunk message carrying ``size`` record bytes (passed in: reading ``msg.chunk.records`` back
+        would copy the payload)."""
+        ...
 
     def event(self, event: ingest_pb2.PodCaptureEvent) -> None: ...
 
 
 @dataclass(frozen=True)
 class EngineSettings:
-    chunk_bytes: int = 1 << 20
-    flush_interval: float = 0.2
-    stats_interval: float = 2.0
+    # Cut a chunk at this size (fewer, larger messages: less per-message cost on both ends) ...
+    chunk_bytes: int = 4 << 20
+    # ... or when its first packet has waited this long (the latency of a live view of a quiet pod).
+    flush_interval: float = 1.0
+    stats_interval: float = 5.0
     open_workers: int = 8
+    # While no ring fills fast, the loop wakes at most once per this period, so that one wakeup serves many
+    # handles (200 quiet pods would otherwise wake it thousands of times a second). A drain that moved at least
+    # ``busy_bytes`` means a ring is filling fast: then the loop does not nap.
+    min_loop_period: float = 0.05
+    busy_bytes: int = 64 << 10
     # Total kernel ring memory the agent aims for when a capture leaves the buffer size to it.
     ring_budget_bytes: int = 128 << 20
 
@@ -73,13 +84,16 @@ class _Stream:
     raw_kernel: tuple[int, int, int] = (0, 0, 0)
     next_stats: float = 0.0
     fmt: FileFormat = FileFormat(1, MAX_SNAPLEN, True)
+    # Running average of record size (header included), to ask libpcap for about a chunk's worth per call.
+    avg_record: int = 256
 
 
 def auto_ring_bytes(budget: int, pods: int) -> int:
     """Ring size per pod when the capture leaves it to the agent: the budget shared by the pods, clamped."""
     share = budget // max(1, pods)
     size = max(MIN_RING, min(MAX_AUTO_RING, share))
-    return size & ~0xFFFF or MIN_RING
+    # libpcap rounds a ring *up* to whole blocks: round down here so that the pods together stay within budget.
+    return max(MIN_RING, size - size % RING_BLOCK)
 
 
 def _wrap_add(total: int, last_raw: int, raw: int) -> int:
@@ -102,8 +116,9 @@ class CaptureEngine:
         self._commands: list[Callable[[], None]] = []
         self._counter = 0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._poll = select.poll()
-        self._poll.register(self._wake_r, select.POLLIN)
+        # epoll: a wakeup costs O(ready fds), not O(all handles) as poll() does.
+        self._poll = select.epoll()
+        self._poll.register(self._wake_r, select.EPOLLIN)
         self._pool = ThreadPoolExecutor(max_workers=self._cfg.open_workers, thread_name_prefix="pcap-open")
         self._running = True
         self._thread = threading.Thread(target=self._loop, name="capture-loop", daemon=True)
@@ -232,7 +247,7 @@ class CaptureEngine:
                 handle.close()
                 return
             self._by_fd[handle.fd] = stream
-            self._poll.register(handle.fd, select.POLLIN)
+            self._poll.register(handle.fd, select.EPOLLIN)
             stream.next_stats = time.monotonic() + self._cfg.stats_interval
             self._sink.event(
                 ingest_pb2.PodCaptureEvent(
@@ -261,12 +276,15 @@ class CaptureEngine:
             pass
 
     def _loop(self) -> None:
-        timeout_ms = max(10, int(self._cfg.flush_interval * 500))
+        timeout = max(0.01, self._cfg.flush_interval / 2)
+        period = self._cfg.min_loop_period
         while self._running:
+            started = time.monotonic()
             try:
-                ready = self._poll.poll(timeout_ms)
+                ready = self._poll.poll(timeout)
             except InterruptedError:
                 continue
+            busy = False
             for fd, events in ready:
                 if fd == self._wake_r:
                     try:
@@ -277,7 +295,7 @@ class CaptureEngine:
                     continue
                 stream = self._by_fd.get(fd)
                 if stream is not None:
-                    self._drain(stream, events)
+                    busy = self._drain(stream, events) or busy
             with self._lock:
                 commands, self._commands = self._commands, []
             for fn in commands:
@@ -285,16 +303,26 @@ class CaptureEngine:
                     fn()
                 except Exception:  # a command must never kill the loop
                     log.exception("capture loop command failed")
-            self._housekeeping(time.monotonic())
+            now = time.monotonic()
+            self._housekeeping(now)
+            if ready and not busy and period > 0 and self._running:
+                rest = started + period - now
+                if rest > 0:
+                    time.sleep(rest)
 
-    def _drain(self, stream: _Stream, events: int) -> None:
+    def _drain(self, stream: _Stream, events: int) -> bool:
+        """Move what the ring holds into the stream; True when the ring is filling fast (no nap)."""
         handle = stream.handle
         dump = handle.dump
         if dump is None:
-            return
+            return False
+        before = dump.pending()
+        moved = 0
         try:
             for _ in range(64):  # bounded, so one busy pod cannot starve the others
-                want = -1 if stream.remaining < 0 else min(stream.remaining, 1 << 30)
+                # At most about a chunk's worth per call (a full ring can hold far more than a message may).
+                room = max(1, (self._cfg.chunk_bytes - dump.pending()) // stream.avg_record)
+                want = room if stream.remaining < 0 else min(stream.remaining, room)
                 n = handle.dispatch(want)
                 if n <= 0:
                     break
@@ -306,17 +334,23 @@ class CaptureEngine:
                 if stream.remaining == 0:
                     self._finish(stream, common_pb2.POD_CAPTURE_STATE_DONE,
                                  "max-packets reached")
-                    return
-                if dump.pending() >= self._cfg.chunk_bytes:
+                    return False
+                pending = dump.pending()
+                moved += pending - before
+                stream.avg_record = max(32, (stream.avg_record * 7 + (pending - before) // n) // 8)
+                before = pending
+                if pending >= self._cfg.chunk_bytes:
                     self._cut(stream)
+                    before = 0
         except PcapError as e:
             # The interface went away (pod deleted, sandbox torn down) or the handle broke: end the stream.
             self._finish(stream, common_pb2.POD_CAPTURE_STATE_PENDING,
                          f"interface {stream.interface} is gone ({e}); waiting for the pod's sandbox")
-            return
-        if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL) and stream.pending_packets == 0:
+            return False
+        if events & (select.EPOLLERR | select.EPOLLHUP) and stream.pending_packets == 0:
             self._finish(stream, common_pb2.POD_CAPTURE_STATE_PENDING,
                          f"interface {stream.interface} is gone; waiting for the pod's sandbox")
+        return moved >= self._cfg.busy_bytes
 
     def _cut(self, stream: _Stream) -> None:
         dump = stream.handle.dump
@@ -328,12 +362,13 @@ class CaptureEngine:
         if not data:
             return
         stream.seq += 1
-        chunk = ingest_pb2.PcapChunk(
+        # Built in place: AgentMessage(chunk=PcapChunk(...)) would copy the payload once more.
+        msg = ingest_pb2.AgentMessage(chunk=dict(  # type: ignore[arg-type]  # protobuf accepts a dict here
             capture_id=stream.key[0], pod_uid=stream.key[1], stream_id=stream.stream_id, seq=stream.seq,
             records=data, packets=packets, first_ts_ns=first_timestamp_ns(data, stream.fmt),
             last_ts_ns=time.time_ns(),
-        )
-        if not self._sink.chunk(chunk):
+        ))
+        if not self._sink.chunk(msg, len(data)):
             stream.agent_dropped += packets
 
     def _read_kernel(self, stream: _Stream) -> None:

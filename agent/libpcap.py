@@ -115,7 +115,9 @@ class HandleOptions:
     snaplen: int = 262144
     buffer_bytes: int = 2 << 20
     filter: str = ""
-    timeout_ms: int = 100
+    # TPACKET_V3 block timeout: a partly filled block is handed over after this long. Long, because the loop
+    # flushes chunks on its own clock and a short timeout only adds wakeups.
+    timeout_ms: int = 1000
     promisc: bool = False
 
 

@@ -81,8 +81,8 @@ class _Sink:
         self.out = out
         self.ended = ended
 
-    def chunk(self, chunk: ingest_pb2.PcapChunk) -> bool:
-        return self.out.put_chunk(chunk)
+    def chunk(self, msg: ingest_pb2.AgentMessage, size: int) -> bool:
+        return self.out.put_chunk(msg, size)
 
     def event(self, event: ingest_pb2.PodCaptureEvent) -> None:
         if event.state in (common_pb2.POD_CAPTURE_STATE_DONE, common_pb2.POD_CAPTURE_STATE_FAILED):
@@ -170,7 +170,7 @@ class AgentSession:
         self.out.new_session()
         channel = grpc.insecure_channel(
             self.cfg.collector,
-            options=[("grpc.max_send_message_length", 8 << 20), ("grpc.keepalive_time_ms", 20000)],
+            options=[("grpc.max_send_message_length", 16 << 20), ("grpc.keepalive_time_ms", 20000)],
         )
         try:
             stub = ingest_pb2_grpc.IngestStub(channel)

@@ -34,7 +34,7 @@ class _Spooled:
     seq: int
     size: int
     packets: int
-    chunk: ingest_pb2.PcapChunk | None
+    msg: ingest_pb2.AgentMessage | None
     path: str | None = None
 
 
@@ -60,10 +60,11 @@ class UploadLog:
 
     # ---- producers (capture loop, session) ----
 
-    def put_chunk(self, chunk: ingest_pb2.PcapChunk) -> bool:
-        size = len(chunk.records)
+    def put_chunk(self, msg: ingest_pb2.AgentMessage, size: int) -> bool:
+        """Keep a chunk message (``size`` record bytes) until acknowledged; False when there is no room."""
+        chunk = msg.chunk
         with self._cond:
-            item = _Spooled(chunk.stream_id, chunk.seq, size, chunk.packets, chunk)
+            item = _Spooled(chunk.stream_id, chunk.seq, size, chunk.packets, msg)
             if self._mem + size > self.memory_bytes:
                 if self._disk + size > self.disk_bytes or self.spool_dir is None:
                     return False
@@ -74,7 +75,7 @@ class UploadLog:
                 except OSError as e:
                     log.warning("spool write failed (%s): chunk dropped", e)
                     return False
-                item.chunk = None
+                item.msg = None
                 item.path = path
                 self._disk += size
             else:
@@ -121,7 +122,7 @@ class UploadLog:
                 pass
         else:
             self._mem -= item.size
-        item.chunk = None
+        item.msg = None
         item.path = None
 
     def _forget_if_done(self, stream_id: str) -> None:
@@ -186,8 +187,8 @@ class UploadLog:
             yield msg
 
     def _load(self, item: _Spooled) -> ingest_pb2.AgentMessage | None:
-        if item.chunk is not None:
-            return ingest_pb2.AgentMessage(chunk=item.chunk)
+        if item.msg is not None:
+            return item.msg
         if item.path is None:
             return None
         chunk = ingest_pb2.PcapChunk()

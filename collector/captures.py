@@ -468,11 +468,16 @@ class CaptureManager(AgentListener):
             if scan.packets:
                 first = int.from_bytes(bytes(data[0:4]), "little") * 1_000_000_000 + \
                     int.from_bytes(bytes(data[4:8]), "little") * fmt.ts_scale
-                added, started = writer.append(data, packets=scan.packets, first_ts_ns=first,
-                                               last_ts_ns=scan.last_ts_ns, now=now)
-                if started is not None:
-                    ps.segments.append(started)
-                    ps.next_segment = started.index + 1
+                try:
+                    added, started = writer.append(data, packets=scan.packets, first_ts_ns=first,
+                                                   last_ts_ns=scan.last_ts_ns, now=now)
+                finally:
+                    # A segment opened by a write that then failed (disk full) is still the pod's segment.
+                    seg = writer.current
+                    if seg is not None and (not ps.segments or ps.segments[-1] is not seg):
+                        ps.segments.append(seg)
+                        ps.next_segment = seg.index + 1
+                        ps.dirty = True
                 ps.packets_total += scan.packets
                 ps.bytes_total += added
                 cap.packets_total += scan.packets

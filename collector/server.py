@@ -28,7 +28,7 @@ from podcap.v1 import control_pb2_grpc, ingest_pb2_grpc
 
 log = logging.getLogger("podcap.collector")
 
-MAX_MESSAGE_BYTES = 8 << 20
+MAX_MESSAGE_BYTES = 16 << 20  # chunks are cut near 4 MiB; one dispatch may add a little more
 
 
 @dataclass

@@ -85,6 +85,8 @@ def scan_records(
     byte of ``data`` must belong to a whole record whose caplen is at most the snaplen and at most its wire
     length. Raises PcapFormatError on any violation, naming the offset.
     """
+    if max_packets is None and max_bytes is None and until_ns is None:
+        return _scan_all(data, fmt)
     unpack = _RECORD_HEADER.unpack_from
     end = len(data)
     snaplen = fmt.snaplen
@@ -115,6 +117,35 @@ def scan_records(
         sec, frac, _incl, _orig = unpack(data, last_off)
         last = sec * 1_000_000_000 + frac * scale
     return ScanResult(packets=n, length=off, last_ts_ns=last)
+
+
+_LENGTHS = struct.Struct("<8xII")
+
+
+def _scan_all(data: bytes | memoryview, fmt: FileFormat) -> ScanResult:
+    """``scan_records`` without limits: the collector's per-chunk check, kept as lean as Python allows."""
+    unpack = _LENGTHS.unpack_from
+    end = len(data)
+    snaplen = fmt.snaplen
+    off = last = n = 0
+    try:
+        while off < end:
+            incl, orig = unpack(data, off)
+            if incl > snaplen or incl > orig:
+                raise PcapFormatError(f"record at offset {off}: caplen {incl} exceeds snaplen {snaplen} or length "
+                                      f"{orig}")
+            last = off
+            off += 16 + incl
+            n += 1
+    except struct.error:
+        raise PcapFormatError(f"truncated record header at offset {off}") from None
+    if off > end:
+        raise PcapFormatError(f"truncated record at offset {last}: needs {off - last} bytes, {end - last} left")
+    ts = 0
+    if n:
+        sec, frac = struct.unpack_from("<II", data, last)
+        ts = sec * 1_000_000_000 + frac * fmt.ts_scale
+    return ScanResult(packets=n, length=off, last_ts_ns=ts)
 
 
 def first_timestamp_ns(data: bytes | memoryview, fmt: FileFormat) -> int:

@@ -67,7 +67,7 @@ TRAFGEN_CONF = """/* 128-byte UDP 10.99.0.1:4000 -> 10.99.0.2:9; the destination
 """
 
 
-PROFILE: dict[str, str] = {"py_spy": "", "dir": ""}
+PROFILE: dict[str, str] = {"py_spy": "", "dir": "", "args": ""}
 
 
 def log(msg: str) -> None:
@@ -76,6 +76,16 @@ def log(msg: str) -> None:
 
 class BenchError(RuntimeError):
     pass
+
+
+_INTERRUPTED: list[int] = []
+
+
+def checkpoint() -> None:
+    """Re-raise a Ctrl+C / SIGTERM that a library swallowed (a gRPC call interrupted by SIGINT ends as a
+    cancelled RPC, not as KeyboardInterrupt)."""
+    if _INTERRUPTED:
+        raise KeyboardInterrupt(f"signal {_INTERRUPTED[0]}")
 
 
 def _run(argv: list[str], *, check: bool = True, inp: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -139,13 +149,22 @@ class Lab:
         new = [Pod(namespace, n, f"pcb{self.tag}h{first_index + i}") for i, n in enumerate(names)]
         lines = []
         for p in new:
-            lines += [f"netns add {p.netns}", f"link add {p.host_veth} type veth peer name eth0 netns {p.netns}",
-                      f"link set {p.host_veth} up"]
+            lines += [f"netns add {p.netns}", f"link add {p.host_veth} type veth peer name eth0 netns {p.netns}"]
         self.pods.extend(new)  # registered first: cleanup removes whatever part was created
         _run(["ip", "-batch", "-"], inp="\n".join(lines) + "\n")
+        for p in new:  # no IPv6 on our host veths either (no RS/MLD frames in the captures)
+            try:
+                with open(f"/proc/sys/net/ipv6/conf/{p.host_veth}/disable_ipv6", "w") as f:
+                    f.write("1")
+            except OSError:
+                pass
+        _run(["ip", "-batch", "-"], inp="".join(f"link set {p.host_veth} up\n" for p in new))
         for p in new:
+            # No IPv6 in the pods (before the link comes up): no router solicitations or MLD reports, so the only
+            # frames on a veth are the ones the benchmark generates.
+            _run(["ip", "netns", "exec", p.netns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                  "net.ipv6.conf.default.disable_ipv6=1"], check=False)
             _run(["ip", "-n", p.netns, "link", "set", "eth0", "up"])
-            _run(["ip", "netns", "exec", p.netns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"], check=False)
         return new
 
     def remove_pods(self, pods: list[Pod]) -> None:
@@ -295,7 +314,8 @@ class Podcap:
         for who, p in (("agent", self.agent), ("collector", self.collector)):
             out = os.path.join(PROFILE["dir"], f"{who}-{secrets.token_hex(2)}.txt")
             proc, _ = self.lab.spawn(f"py-spy-{who}", [PROFILE["py_spy"], "record", "-p", str(p.pid), "-r", "200",
-                                                       "-f", "raw", "-o", out, "--nonblocking", "--threads"])
+                                                       "-f", "raw", "-o", out, "--threads",
+                                                       *PROFILE["args"].split()])
             procs.append(proc)
         time.sleep(1.0)
         return procs
@@ -309,9 +329,11 @@ class Podcap:
         req = control_pb2.StartCaptureRequest(target=control_pb2.Target(namespace=namespace, pod_names=pods or []))
         deadline = time.monotonic() + timeout
         while True:  # the agent's inventory may not have reached the collector yet
+            checkpoint()
             try:
                 return str(self.client.start(req).id)
             except CollectorError as e:
+                checkpoint()
                 if time.monotonic() > deadline:
                     raise BenchError(f"cannot start capture: {e}") from e
                 time.sleep(0.2)
@@ -320,6 +342,7 @@ class Podcap:
         """Poll until ``n`` pods are capturing; returns monotonic time when seen."""
         deadline = time.monotonic() + timeout
         while True:
+            checkpoint()
             st = self.client.get(capture_id)
             states = [p.state for p in st.pods]
             cap = sum(1 for s in states if s == common_pb2.POD_CAPTURE_STATE_CAPTURING)
@@ -337,6 +360,7 @@ class Podcap:
         deadline = time.monotonic() + 20
         st = self.client.get(capture_id)
         while st.state not in (control_pb2.CAPTURE_STATE_DONE, control_pb2.CAPTURE_STATE_FAILED):
+            checkpoint()
             if time.monotonic() > deadline:
                 raise BenchError(f"capture {capture_id} did not end: state {st.state}")
             time.sleep(0.1)
@@ -382,6 +406,7 @@ def trafgen(lab: Lab, pod: Pod, conf: str, *, seconds: float, count: int = 0) ->
         lab.stop(proc, signal.SIGINT)
         lab.procs.remove(proc)
     wall = time.monotonic() - t0
+    checkpoint()
     with open(path, errors="replace") as f:
         m = re.search(r"(\d+) packets outgoing", f.read())
     return wall, int(m.group(1)) if m else 0
@@ -452,6 +477,7 @@ def phase_p1p2(lab: Lab, seconds: float, rounds: int, ring_budget: int | None) -
         bound = seconds * 3  # time bound of a count-bounded run (it normally ends after ~seconds)
         for r in range(rounds):
             for res in (run_tcpdump(lab, pod, conf, bound, count), run_podcap(pc, pod, conf, bound, count)):
+                checkpoint()
                 res["round"] = r + 1
                 runs.append(res)
                 log(json.dumps(res))
@@ -493,7 +519,12 @@ def phase_p3(lab: Lab, n_pods: int, pps: float, seconds: float, ring_budget: int
         t1 = pc.wait_capturing(cid, n_pods, 60)
         start_s = t1 - t0
         log(f"p3: {n_pods} pods capturing {start_s:.2f} s after the start request")
-        time.sleep(1.0)
+        time.sleep(2.5)  # > the agent's stats interval: the counters below are fresh
+
+        def kernel_drops() -> int:
+            return sum(p.kernel.dropped for p in pc.client.get(cid).pods)
+
+        drops_before_traffic = kernel_drops()
         rx0 = {p.host_veth: rx_packets(p.host_veth) for p in pods}
         gen, gpath = lab.spawn("lightgen", ["taskset", "-c", GEN_CPU, sys.executable, os.path.join(HERE, "lightgen.py"),
                                             "--pps", str(pps), "--duration", str(seconds),
@@ -504,6 +535,7 @@ def phase_p3(lab: Lab, n_pods: int, pps: float, seconds: float, ring_budget: int
         rss_max = pc.p_agent.memory_info().rss
         while gen.poll() is None and time.monotonic() - w0 < seconds + 30:
             rss_max = max(rss_max, pc.p_agent.memory_info().rss)
+            checkpoint()
             time.sleep(0.25)
         a1, w1 = cpu_seconds(pc.p_agent), time.monotonic()
         pc.profile_stop(profilers)
@@ -512,12 +544,14 @@ def phase_p3(lab: Lab, n_pods: int, pps: float, seconds: float, ring_budget: int
         with open(gpath) as f:
             m = re.search(r"SENT (\d+)", f.read())
         sent = int(m.group(1)) if m else -1
-        time.sleep(1.0)
+        time.sleep(2.5)
+        drops_after_traffic = kernel_drops()
         st = pc.stop_capture(cid)
         offered = sum(rx_packets(p.host_veth) - rx0[p.host_veth] for p in pods)
         dropped = sum(p.kernel.dropped for p in st.pods)
         received = sum(p.kernel.received for p in st.pods)
         stored = pc.stored_packets(st)
+        dropping = {p.pod.name: (p.kernel.dropped, p.kernel.received) for p in st.pods if p.kernel.dropped}
     finally:
         pc.close()
     lab.remove_pods(pods)
@@ -527,7 +561,8 @@ def phase_p3(lab: Lab, n_pods: int, pps: float, seconds: float, ring_budget: int
     }
     detail = {"sent": sent, "offered": offered, "received": received, "dropped": dropped, "stored": stored,
               "rss_before_start_mib": round(rss_before / (1 << 20), 1), "cpu_window_s": round(w1 - w0, 2),
-              "pps_per_pod": pps}
+              "pps_per_pod": pps, "pods_with_drops": dropping, "drops_before_traffic": drops_before_traffic,
+              "drops_after_traffic_before_stop": drops_after_traffic}
     return out, detail
 
 
@@ -547,14 +582,18 @@ def check_environment() -> None:
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt and are remembered (see ``checkpoint``)."""
+
     def handler(signum: int, _frame: object) -> None:
+        _INTERRUPTED.append(signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
-    old = signal.signal(signal.SIGTERM, handler)
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def fmt(v: Any) -> str:
@@ -602,17 +641,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--py-spy", metavar="PATH", help="profile agent and collector with this py-spy binary during "
                     "the p1/p2 podcap runs and during p3 traffic (perturbs the figures)")
     ap.add_argument("--profile-dir", default="/tmp", help="where --py-spy writes collapsed stacks")
+    ap.add_argument("--py-spy-args", default="--nonblocking", help="extra py-spy record arguments (e.g. --native)")
     ap.add_argument("--keep-workdir", action="store_true", help="keep logs (path printed) after the run")
     a = ap.parse_args(argv)
     check_environment()
-    PROFILE.update(py_spy=a.py_spy or "", dir=a.profile_dir)
+    PROFILE.update(py_spy=a.py_spy or "", dir=a.profile_dir, args=a.py_spy_args)
     seconds = a.seconds or (2.0 if a.smoke else 10.0)
     rounds = a.rounds or (1 if a.smoke else 2)
     n_pods = a.pods or (10 if a.smoke else 200)
     p3_seconds = a.p3_seconds or (2.0 if a.smoke else 10.0)
 
     lab = Lab()
-    log(f"tag {lab.tag}, workdir {lab.workdir}")
+    load0 = os.getloadavg()[0]
+    log(f"tag {lab.tag}, workdir {lab.workdir}, load average {load0:.2f}")
+    if load0 > 1.0 and not a.smoke:
+        log("WARNING: the machine is busy (1-min load average > 1): CPU figures will be noisy")
     result: dict[str, Any] = dict.fromkeys(KEYS)
     runs: list[dict[str, Any]] = []
     p3: dict[str, Any] = {}
@@ -630,8 +673,13 @@ def main(argv: list[str] | None = None) -> int:
         result["error"] = f"{type(e).__name__}: {e}"
         rc = 130 if isinstance(e, KeyboardInterrupt) else 1
     finally:
-        with sigterm_as_interrupt():
+        # A second Ctrl+C must not cut the cleanup short.
+        old_handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
             left = lab.cleanup(keep_workdir=a.keep_workdir or rc != 0)
+        finally:
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
         if left["netns"] or left["links"]:
             log(f"cleanup left {left}")
             rc = rc or 1
@@ -639,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"logs kept in {lab.workdir}")
     print_table(result, runs, p3, a.smoke)
     result["smoke"] = a.smoke
+    result["loadavg_start"], result["loadavg_end"] = round(load0, 2), round(os.getloadavg()[0], 2)
     print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items()}), flush=True)
     return rc
 

@@ -279,7 +279,8 @@ class PcapChunk(_message.Message):
     """Position of this chunk in the (capture, pod) stream, starting at 1 and increasing by one per chunk."""
     records: _builtins.bytes
     """Whole pcap records (16-byte record header + caplen bytes each) in the format announced by the STARTED
-    event; never a file header, never a partial record. At most 4 MiB.
+    event; never a file header, never a partial record. Agents cut chunks near 4 MiB; the collector accepts
+    messages up to 16 MiB.
     """
     packets: _builtins.int
     """Number of records in `records`."""
