@@ -28,6 +28,7 @@ from dataclasses import replace
 from typing import BinaryIO
 
 from podcap.collector.agents import AgentConnection, AgentListener, AgentRegistry
+from podcap.collector.follow import Subscription
 from podcap.collector.model import ACTIVE, TERMINAL, Capture, PodState, validate_request
 from podcap.collector.storage.local import (
     PodWriter,
@@ -270,6 +271,10 @@ class CaptureManager(AgentListener):
             cap.dirty = True
         self._commit(cap)
         cap.ended.set()
+        with cap.lock:
+            followers, cap.followers = cap.followers, []
+        for sub in followers:
+            sub.end(self.status(cap))
         log.info("capture %s ended (%s): %d packets, %d bytes", cap.id, cap.end_reason, cap.packets_total,
                  cap.bytes_total)
 
@@ -478,6 +483,11 @@ class CaptureManager(AgentListener):
                         ps.segments.append(seg)
                         ps.next_segment = seg.index + 1
                         ps.dirty = True
+                if cap.followers:
+                    pod_pb, block = ps.pod.to_proto(), bytes(data)
+                    for sub in cap.followers:
+                        if sub.wants(pod_pb):
+                            sub.offer(pod_pb, ps.fmt, block, scan.packets)
                 ps.packets_total += scan.packets
                 ps.bytes_total += added
                 cap.packets_total += scan.packets
@@ -607,11 +617,35 @@ class CaptureManager(AgentListener):
 
     # ---- reading ----
 
+    def follow(self, capture_id: str, selectors: list[str]) -> Subscription:
+        """A live view of the capture's packets from now on (ended at once if the capture is over)."""
+        cap = self.get(capture_id)
+        sub = Subscription(cap.id, selectors)
+        with cap.lock:
+            if cap.live:
+                # Pods already streaming are announced now, so the reader's output starts with a valid header.
+                for ps in cap.pods.values():
+                    pod = ps.pod.to_proto()
+                    if ps.fmt is not None and sub.wants(pod):
+                        sub.announce(pod, ps.fmt)
+                cap.followers.append(sub)
+                return sub
+        sub.end(self.status(cap))
+        return sub
+
+    def unfollow(self, capture_id: str, sub: Subscription) -> None:
+        cap = self.get(capture_id)
+        with cap.lock:
+            if sub in cap.followers:
+                cap.followers.remove(sub)
+        sub.end(None)
+
     def pod_files(
-        self, cap: Capture, selectors: list[str]
+        self, cap: Capture, selectors: list[str], *, since_ns: int = 0, until_ns: int = 0
     ) -> Iterator[tuple[PodState, FileFormat, list[tuple[BinaryIO, int]]]]:
-        """Each selected pod with its stream format and its segments as (open file, bytes to read). Files are
-        opened under the capture lock, so retention deleting a segment meanwhile cannot break the reader."""
+        """Each selected pod with its stream format and its segments as (open file, bytes to read); with a time
+        window only the segments whose time range overlaps it. Files are opened under the capture lock, so
+        retention deleting a segment meanwhile cannot break the reader."""
         with cap.lock:
             pods = list(cap.pods.values())
         for ps in pods:
@@ -621,6 +655,10 @@ class CaptureManager(AgentListener):
             files: list[tuple[BinaryIO, int]] = []
             with cap.lock:
                 for seg in ps.segments:
+                    if since_ns and seg.last_ts_ns and seg.last_ts_ns < since_ns:
+                        continue
+                    if until_ns and seg.first_ts_ns and seg.first_ts_ns > until_ns:
+                        continue
                     try:
                         files.append((open(seg.path, "rb"), seg.bytes))  # noqa: SIM115 (closed by the reader)
                     except FileNotFoundError:

@@ -76,8 +76,20 @@ class CollectorClient:
         except grpc.RpcError as e:
             raise _translate(e, self.address) from e
 
-    def download(self, capture_id: str, pods: list[str] | None = None) -> Iterator[control_pb2.DownloadChunk]:
+    def download(self, capture_id: str, pods: list[str] | None = None, *, since_ns: int = 0, until_ns: int = 0,
+                 bpf: str = "") -> Iterator[control_pb2.DownloadChunk]:
+        req = control_pb2.DownloadRequest(capture_id=capture_id, pods=pods or [], since_unix_ns=since_ns,
+                                          until_unix_ns=until_ns, filter=bpf)
         try:
-            yield from self._stub.Download(control_pb2.DownloadRequest(capture_id=capture_id, pods=pods or []))
+            yield from self._stub.Download(req)
         except grpc.RpcError as e:
+            raise _translate(e, self.address) from e
+
+    def follow(self, capture_id: str, pods: list[str] | None = None) -> Iterator[control_pb2.FollowMessage]:
+        """Live packets of a capture until it ends; a cancelled stream (Ctrl+C) ends quietly."""
+        try:
+            yield from self._stub.Follow(control_pb2.FollowRequest(capture_id=capture_id, pods=pods or []))
+        except grpc.RpcError as e:
+            if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.CANCELLED:
+                return
             raise _translate(e, self.address) from e

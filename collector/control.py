@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import grpc
 
 from podcap.collector.captures import CaptureManager, CaptureNotFoundError, NoAgentError
+from podcap.collector.storage.window import WindowFilterError, compile_filter, select_records
 from podcap.collector.targets import NoMatchError
 from podcap.pcapfile import FILE_HEADER_LEN
 from podcap.v1 import control_pb2, control_pb2_grpc
@@ -79,7 +80,24 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         except CaptureNotFoundError as e:
             _abort_for(context, e)
             raise
-        for ps, fmt, segments in self.captures.pod_files(cap, list(request.pods)):
+        windowed = bool(request.since_unix_ns or request.until_unix_ns or request.filter)
+        if request.since_unix_ns and request.until_unix_ns and request.since_unix_ns > request.until_unix_ns:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "--since is after --until")
+        for ps, fmt, segments in self.captures.pod_files(cap, list(request.pods), since_ns=request.since_unix_ns,
+                                                         until_ns=request.until_unix_ns):
+            if windowed:
+                try:
+                    bpf = compile_filter(request.filter, fmt)
+                    selected = select_records(segments, fmt, since_ns=request.since_unix_ns,
+                                              until_ns=request.until_unix_ns, bpf=bpf)
+                except WindowFilterError as e:
+                    for f, _ in segments:
+                        f.close()
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+                for f, _ in segments:
+                    f.close()
+                selected.seek(0, 2)
+                segments = [(selected, selected.tell())]
             try:
                 size = FILE_HEADER_LEN + sum(n - FILE_HEADER_LEN for _, n in segments)
                 yield control_pb2.DownloadChunk(file=control_pb2.FileStart(
@@ -98,3 +116,14 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             finally:
                 for f, _ in segments:
                     f.close()
+
+    def Follow(  # noqa: N802
+        self, request: control_pb2.FollowRequest, context: grpc.ServicerContext
+    ) -> Iterator[control_pb2.FollowMessage]:
+        try:
+            sub = self.captures.follow(request.capture_id, list(request.pods))
+        except CaptureNotFoundError as e:
+            _abort_for(context, e)
+            raise
+        context.add_callback(lambda: self.captures.unfollow(request.capture_id, sub))
+        yield from sub.messages()

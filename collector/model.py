@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from podcap.collector.agents import AgentConnection
 from podcap.collector.filters import check_filter
+from podcap.collector.follow import Subscription
 from podcap.collector.storage.local import PodWriter, SegmentInfo
 from podcap.collector.store import PodRow, SegmentRow
 from podcap.collector.targets import PodRef, TargetSpec, parse_target
@@ -111,6 +112,7 @@ class Capture:
     dirty: bool = True
     # Set (under the lock) by the chunk that reached a packet or byte limit: nothing after it is stored.
     limit_reached: str = ""
+    followers: list[Subscription] = field(default_factory=list)
 
     @property
     def deadline_ns(self) -> int:

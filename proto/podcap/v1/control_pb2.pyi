@@ -47,6 +47,143 @@ CAPTURE_STATE_FAILED: CaptureState.ValueType  # 4
 Global___CaptureState: _TypeAlias = CaptureState  # noqa: Y015
 
 @_typing.final
+class FollowRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAPTURE_ID_FIELD_NUMBER: _builtins.int
+    PODS_FIELD_NUMBER: _builtins.int
+    capture_id: _builtins.str
+    @_builtins.property
+    def pods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Restrict to these pods ("namespace/name", name or uid); empty = every pod, including pods attached later."""
+
+    def __init__(
+        self,
+        *,
+        capture_id: _builtins.str = ...,
+        pods: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_id", b"capture_id", "pods", b"pods"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowRequest: _TypeAlias = FollowRequest  # noqa: Y015
+
+@_typing.final
+class FollowMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POD_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    GAP_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pod(self) -> Global___FollowPod:
+        """A pod joins the stream (sent before its first records)."""
+
+    @_builtins.property
+    def records(self) -> Global___FollowRecords: ...
+    @_builtins.property
+    def gap(self) -> Global___FollowGap: ...
+    @_builtins.property
+    def ended(self) -> Global___CaptureStatus:
+        """The capture ended; the stream ends after this."""
+
+    def __init__(
+        self,
+        *,
+        pod: Global___FollowPod | None = ...,
+        records: Global___FollowRecords | None = ...,
+        gap: Global___FollowGap | None = ...,
+        ended: Global___CaptureStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ended", b"ended", "gap", b"gap", "kind", b"kind", "pod", b"pod", "records", b"records"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended", b"ended", "gap", b"gap", "kind", b"kind", "pod", b"pod", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["pod", "records", "gap", "ended"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___FollowMessage: _TypeAlias = FollowMessage  # noqa: Y015
+
+@_typing.final
+class FollowPod(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    POD_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Small number naming the pod in this stream (its interface index in a pcapng view), from 0."""
+    @_builtins.property
+    def pod(self) -> _common_pb2.Pod: ...
+    @_builtins.property
+    def format(self) -> _common_pb2.PcapFormat: ...
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        pod: _common_pb2.Pod | None = ...,
+        format: _common_pb2.PcapFormat | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "pod", b"pod"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "index", b"index", "pod", b"pod"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowPod: _TypeAlias = FollowPod  # noqa: Y015
+
+@_typing.final
+class FollowRecords(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    records: _builtins.bytes
+    """Whole pcap records in the pod's format."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        records: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowRecords: _TypeAlias = FollowRecords  # noqa: Y015
+
+@_typing.final
+class FollowGap(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    PACKETS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    packets: _builtins.int
+    """Packets this reader missed because it did not keep up (they are stored all the same)."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        packets: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "packets", b"packets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowGap: _TypeAlias = FollowGap  # noqa: Y015
+
+@_typing.final
 class Target(_message.Message):
     """Which pods a capture covers. Pods matching `namespace` AND `selector` AND (if given) one of `pod_names`."""
 
@@ -448,7 +585,17 @@ class DownloadRequest(_message.Message):
 
     CAPTURE_ID_FIELD_NUMBER: _builtins.int
     PODS_FIELD_NUMBER: _builtins.int
+    SINCE_UNIX_NS_FIELD_NUMBER: _builtins.int
+    UNTIL_UNIX_NS_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     capture_id: _builtins.str
+    since_unix_ns: _builtins.int
+    """Only packets with since <= timestamp <= until (nanoseconds since the Unix epoch; 0 = unbounded). Only the
+    segments whose time range overlaps the window are read.
+    """
+    until_unix_ns: _builtins.int
+    filter: _builtins.str
+    """Only packets matching this BPF filter (tcpdump syntax), applied to the stored packets."""
     @_builtins.property
     def pods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Restrict to these pods ("namespace/name" or uid); empty = every pod."""
@@ -458,10 +605,13 @@ class DownloadRequest(_message.Message):
         *,
         capture_id: _builtins.str = ...,
         pods: _abc.Iterable[_builtins.str] | None = ...,
+        since_unix_ns: _builtins.int = ...,
+        until_unix_ns: _builtins.int = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_id", b"capture_id", "pods", b"pods"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_id", b"capture_id", "filter", b"filter", "pods", b"pods", "since_unix_ns", b"since_unix_ns", "until_unix_ns", b"until_unix_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -59,6 +59,11 @@ class ControlStub:
                 request_serializer=podcap_dot_v1_dot_control__pb2.DownloadRequest.SerializeToString,
                 response_deserializer=podcap_dot_v1_dot_control__pb2.DownloadChunk.FromString,
                 _registered_method=True)
+        self.Follow = channel.unary_stream(
+                '/podcap.v1.Control/Follow',
+                request_serializer=podcap_dot_v1_dot_control__pb2.FollowRequest.SerializeToString,
+                response_deserializer=podcap_dot_v1_dot_control__pb2.FollowMessage.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -97,6 +102,14 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Follow(self, request, context):
+        """Streams packets as they are stored, until the capture ends or the client goes away. A slow reader never slows
+        the capture: what does not fit its buffer is dropped and reported as a FollowGap.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +137,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Download,
                     request_deserializer=podcap_dot_v1_dot_control__pb2.DownloadRequest.FromString,
                     response_serializer=podcap_dot_v1_dot_control__pb2.DownloadChunk.SerializeToString,
+            ),
+            'Follow': grpc.unary_stream_rpc_method_handler(
+                    servicer.Follow,
+                    request_deserializer=podcap_dot_v1_dot_control__pb2.FollowRequest.FromString,
+                    response_serializer=podcap_dot_v1_dot_control__pb2.FollowMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +279,33 @@ class Control:
             '/podcap.v1.Control/Download',
             podcap_dot_v1_dot_control__pb2.DownloadRequest.SerializeToString,
             podcap_dot_v1_dot_control__pb2.DownloadChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Follow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/podcap.v1.Control/Follow',
+            podcap_dot_v1_dot_control__pb2.FollowRequest.SerializeToString,
+            podcap_dot_v1_dot_control__pb2.FollowMessage.FromString,
             options,
             channel_credentials,
             insecure,

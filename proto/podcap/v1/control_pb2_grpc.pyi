@@ -42,6 +42,10 @@ class ControlStub:
     GetCapture: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetCaptureRequest, _control_pb2.CaptureStatus]
     Download: _grpc.UnaryStreamMultiCallable[_control_pb2.DownloadRequest, _control_pb2.DownloadChunk]
     """Streams the stored packets of a capture: one pcap file per pod, each announced by a FileStart."""
+    Follow: _grpc.UnaryStreamMultiCallable[_control_pb2.FollowRequest, _control_pb2.FollowMessage]
+    """Streams packets as they are stored, until the capture ends or the client goes away. A slow reader never slows
+    the capture: what does not fit its buffer is dropped and reported as a FollowGap.
+    """
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -54,6 +58,10 @@ class ControlAsyncStub(ControlStub):
     GetCapture: _aio.UnaryUnaryMultiCallable[_control_pb2.GetCaptureRequest, _control_pb2.CaptureStatus]  # type: ignore[assignment]
     Download: _aio.UnaryStreamMultiCallable[_control_pb2.DownloadRequest, _control_pb2.DownloadChunk]  # type: ignore[assignment]
     """Streams the stored packets of a capture: one pcap file per pod, each announced by a FileStart."""
+    Follow: _aio.UnaryStreamMultiCallable[_control_pb2.FollowRequest, _control_pb2.FollowMessage]  # type: ignore[assignment]
+    """Streams packets as they are stored, until the capture ends or the client goes away. A slow reader never slows
+    the capture: what does not fit its buffer is dropped and reported as a FollowGap.
+    """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -93,5 +101,15 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_control_pb2.DownloadChunk], _abc.AsyncIterator[_control_pb2.DownloadChunk]]:
         """Streams the stored packets of a capture: one pcap file per pod, each announced by a FileStart."""
+
+    @_abc_1.abstractmethod
+    def Follow(
+        self,
+        request: _control_pb2.FollowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.FollowMessage], _abc.AsyncIterator[_control_pb2.FollowMessage]]:
+        """Streams packets as they are stored, until the capture ends or the client goes away. A slow reader never slows
+        the capture: what does not fit its buffer is dropped and reported as a FollowGap.
+        """
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

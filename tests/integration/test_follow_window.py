@@ -1,0 +1,96 @@
+"""Live follow while storing, and time-window/filter retrieval, against real processes and netns pods."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from podcap.collector.client import CollectorClient
+from podcap.collector.demo.node import DemoNode
+from podcap.pcapfile import FILE_HEADER_LEN, iter_records, parse_file_header
+from tests.conftest import Proc, podcap, tool
+from tests.integration.test_end_to_end import (  # noqa: F401 (fixtures)
+    PORT,
+    SENDER,
+    agent,
+    capture_id,
+    node,
+    udp_payloads,
+    wait_capturing,
+    warm_up,
+)
+
+pytestmark = pytest.mark.root
+
+
+def _seqs_in(blob: bytes) -> list[int]:
+    fmt = parse_file_header(blob)
+    out = []
+    for r in iter_records(blob[FILE_HEADER_LEN:], fmt):
+        body = r.data[42:]
+        if body.startswith(b"PODCAPSEQ"):
+            out.append(int.from_bytes(body[13:17], "big"))
+    return out
+
+
+def test_follow_streams_a_valid_pcap_while_the_capture_is_stored(
+    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str  # noqa: F811
+) -> None:
+    address = collector[0]
+    warm_up(node)
+    cid = capture_id(podcap(address, "start", "-n", node.namespace, "rx-0", "--filter", f"udp port {PORT}"))
+    wait_capturing(address, cid, 1)
+    live = os.path.join(tmp_path, "live.pcap")
+    with open(live, "wb") as out:
+        follower = subprocess.Popen([tool("podcap"), "--collector", address, "follow", cid], stdout=out,
+                                    stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while os.path.getsize(live) < FILE_HEADER_LEN:  # the stream starts with its header at once
+            assert time.monotonic() < deadline and follower.poll() is None, "no pcap header from podcap follow"
+            time.sleep(0.05)
+        node.exec(node.pod("sender"), [sys.executable, SENDER, str(PORT), "500", node.pod("rx-0").ip])
+        time.sleep(1.5)  # a chunk is cut at the latest after the flush interval
+        with open(live, "rb") as f:
+            assert _seqs_in(f.read()) == list(range(500)), "the live stream parses while the capture runs"
+        podcap(address, "stop", cid)
+        assert follower.wait(timeout=20) == 0, follower.stderr.read() if follower.stderr else ""
+    out_dir = os.path.join(tmp_path, "out")
+    podcap(address, "get", cid, "-o", out_dir)
+    assert [g[1] for g in udp_payloads(os.path.join(out_dir, node.namespace, "rx-0.pcap"))] == list(range(500))
+    # tshark reads the followed stream without complaint
+    r = subprocess.run(["tshark", "-r", live, "-c", "5"], capture_output=True, text=True)
+    complaints = [line for line in r.stderr.splitlines() if "Running as user" not in line and line.strip()]
+    assert r.returncode == 0 and not complaints, r.stderr
+
+
+def test_time_window_and_filter_return_exactly_the_matching_packets(
+    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str  # noqa: F811
+) -> None:
+    address = collector[0]
+    warm_up(node)
+    cid = capture_id(podcap(address, "start", "-n", node.namespace, "rx-1", "--segment-time", "1"))
+    wait_capturing(address, cid, 1)
+    rx = node.pod("rx-1")
+    for _ in range(3):  # three bursts one second apart: several segments
+        node.exec(node.pod("sender"), [sys.executable, SENDER, str(PORT), "200", rx.ip])
+        node.exec(node.pod("sender"), ["ping", "-c", "2", "-i", "0.2", rx.ip])
+        time.sleep(1.2)
+    podcap(address, "stop", cid)
+    with CollectorClient(address) as client:
+        def fetch(**kw: object) -> bytes:
+            return b"".join(m.data for m in client.download(cid, ["rx-1"], **kw)  # type: ignore[arg-type]
+                            if m.WhichOneof("kind") == "data")
+
+        full = fetch()
+        fmt = parse_file_header(full)
+        recs = list(iter_records(full[FILE_HEADER_LEN:], fmt))
+        assert len(recs) > 600
+        since, until = recs[len(recs) // 4].ts_ns, recs[3 * len(recs) // 4].ts_ns
+        window = list(iter_records(fetch(since_ns=since, until_ns=until)[FILE_HEADER_LEN:], fmt))
+        assert window == [r for r in recs if since <= r.ts_ns <= until]
+        icmp = list(iter_records(fetch(bpf="icmp")[FILE_HEADER_LEN:], fmt))
+        assert icmp and icmp == [r for r in recs if r.data[12:14] == b"\x08\x00" and r.data[23] == 1]
