@@ -14,6 +14,7 @@ from podcap.agent.capture import EngineSettings
 from podcap.agent.pods import NetnsPodSource, PodSource
 from podcap.agent.session import AgentConfig, AgentSession
 from podcap.names import InvalidNameError, NodeName, check_node_name
+from podcap.tls import TlsFiles
 
 log = logging.getLogger("podcap.agent")
 
@@ -56,6 +57,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="directory for unacknowledged chunks once --upload-buffer is full (default: memory only)")
     p.add_argument("--spool-bytes", type=int, default=1 << 30,
                    help="cap on --spool-dir; beyond it new chunks are dropped and counted (default 1 GiB)")
+    p.add_argument("--tls-ca", default=os.environ.get("PODCAP_TLS_CA", ""),
+                   help="CA of the collector's certificate (PEM)")
+    p.add_argument("--tls-cert", default=os.environ.get("PODCAP_TLS_CERT", ""),
+                   help="this agent's client certificate (PEM, CN podcap-agent)")
+    p.add_argument("--tls-key", default=os.environ.get("PODCAP_TLS_KEY", ""), help="its private key (PEM)")
+    p.add_argument("--insecure", action="store_true",
+                   help="talk to the collector in plaintext (local testing only; logs a warning)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -69,10 +77,20 @@ def main(argv: list[str] | None = None) -> None:
         node = check_node_name(args.node)
     except InvalidNameError as e:
         sys.exit(f"podcap-agent: {e}")
+    tls = None
+    if args.tls_ca or args.tls_cert or args.tls_key:
+        if not (args.tls_ca and args.tls_cert and args.tls_key):
+            sys.exit("podcap-agent: mutual TLS needs all of --tls-ca, --tls-cert and --tls-key")
+        tls = TlsFiles(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    elif not args.insecure:
+        sys.exit("podcap-agent: no TLS configured: pass --tls-ca/--tls-cert/--tls-key, or --insecure")
+    else:
+        log.warning("--insecure: plaintext connection to the collector; captured packets cross the network "
+                    "unencrypted")
     source = make_source(args.pod_source, node, args)
     cfg = AgentConfig(
         collector=args.collector, node=node, upload_buffer_bytes=args.upload_buffer,
-        spool_dir=args.spool_dir or None, spool_disk_bytes=args.spool_bytes,
+        spool_dir=args.spool_dir or None, spool_disk_bytes=args.spool_bytes, tls=tls,
         engine=EngineSettings(ring_budget_bytes=args.ring_budget),
     )
     agent = AgentSession(cfg, source)

@@ -29,6 +29,7 @@ from podcap.agent.capture import CaptureEngine, EngineSettings
 from podcap.agent.pods import PodInfo, PodNetwork, PodNotFoundError, PodSource, PodSourceError
 from podcap.agent.spool import UploadLog
 from podcap.names import CaptureId, InvalidNameError, NodeName, PodUid, check_capture_id, check_pod_uid
+from podcap.tls import TlsFiles, open_channel
 from podcap.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ class AgentConfig:
     upload_buffer_bytes: int = 64 << 20
     spool_dir: str | None = None
     spool_disk_bytes: int = 1 << 30
+    # Client certificate for the collector (mutual TLS); None = plaintext (only with --insecure).
+    tls: TlsFiles | None = None
     reconnect_min: float = 0.5
     reconnect_max: float = 10.0
     engine: EngineSettings = EngineSettings()
@@ -168,10 +171,8 @@ class AgentSession:
             )
         )
         self.out.new_session()
-        channel = grpc.insecure_channel(
-            self.cfg.collector,
-            options=[("grpc.max_send_message_length", 16 << 20), ("grpc.keepalive_time_ms", 20000)],
-        )
+        channel = open_channel(self.cfg.collector, self.cfg.tls,
+                               options=[("grpc.max_send_message_length", 16 << 20), ("grpc.keepalive_time_ms", 20000)])
         try:
             stub = ingest_pb2_grpc.IngestStub(channel)
             responses = stub.Attach(self.out.iterate(register))

@@ -25,9 +25,17 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import lru_cache
 from typing import BinaryIO
 
 from podcap.collector.agents import AgentConnection, AgentListener, AgentRegistry
+from podcap.collector.cluster import (
+    ClusterInventory,
+    ClusterListener,
+    FieldSelector,
+    parse_field_selector,
+    pod_fields,
+)
 from podcap.collector.follow import Subscription
 from podcap.collector.model import ACTIVE, TERMINAL, Capture, PodState, validate_request
 from podcap.collector.storage.local import (
@@ -40,7 +48,7 @@ from podcap.collector.storage.local import (
     segment_path,
 )
 from podcap.collector.store import CaptureRow, CaptureStore
-from podcap.collector.targets import PodRef, parse_target, resolve
+from podcap.collector.targets import NoMatchError, PodRef, parse_target, resolve
 from podcap.names import CaptureId, NodeName, PodUid, new_capture_id
 from podcap.pcapfile import MAX_SNAPLEN, FileFormat, PcapFormatError, scan_records
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
@@ -69,8 +77,15 @@ def _fmt(pf: common_pb2.PcapFormat) -> FileFormat:
     return FileFormat(pf.linktype, pf.snaplen, pf.nanosecond)
 
 
-class CaptureManager(AgentListener):
-    def __init__(self, data_dir: str, registry: AgentRegistry, store: CaptureStore) -> None:
+@lru_cache(maxsize=256)
+def field_selector(text: str) -> FieldSelector:
+    """A target's parsed --field-selector (cached: dynamic attachment checks it for every pod event)."""
+    return parse_field_selector(text)
+
+
+class CaptureManager(AgentListener, ClusterListener):
+    def __init__(self, data_dir: str, registry: AgentRegistry, store: CaptureStore, *,
+                 cluster: ClusterInventory | None = None) -> None:
         self.data_dir = data_dir
         self.registry = registry
         self.store = store
@@ -79,7 +94,11 @@ class CaptureManager(AgentListener):
         self._closing = threading.Event()
         self._commit_now = threading.Event()
         self.paused = ""
+        # With an API server, pods come from its watched cache; without one, from the agents' inventories.
+        self.cluster = cluster
         registry.subscribe(self)
+        if cluster is not None:
+            cluster.subscribe(self)
         self._load()
         self._ticker = threading.Thread(target=self._tick_loop, name="capture-ticker", daemon=True)
         self._committer = threading.Thread(target=self._commit_loop, name="committer", daemon=True)
@@ -100,7 +119,8 @@ class CaptureManager(AgentListener):
             for pr in self.store.pods(row.id):
                 st = pr.status
                 ps = PodState(
-                    PodRef.from_proto(st.pod), os.path.join("captures", row.id, st.pod.namespace, st.pod.name),
+                    PodRef.from_proto(st.pod),
+                    st.path or os.path.join("captures", row.id, st.pod.namespace, st.pod.name),
                     state=st.state, kernel_base=(st.kernel.received, st.kernel.dropped, st.kernel.if_dropped),
                     agent_dropped_base=st.agent_dropped_packets, interface=st.interface, message=st.message,
                     stream_id=pr.stream_id, last_seq=pr.last_seq, committed_seq=pr.last_seq, fmt=pr.format,
@@ -108,7 +128,7 @@ class CaptureManager(AgentListener):
                     retired_packets=st.retired_packets, retired_bytes=st.retired_bytes,
                     reattachments=st.reattachments, dirty=False,
                 )
-                directory = pod_dir(self.data_dir, cap.id, ps.pod.namespace, ps.pod.name)
+                directory = pod_dir(self.data_dir, cap.id, ps.pod.namespace, ps.dir_name)
                 ps.segments = [SegmentInfo(s.index, segment_path(directory, s.index), s.bytes, s.packets,
                                            s.first_ts_ns, s.last_ts_ns) for s in pr.segments]
                 ps.next_segment = max((s.index for s in ps.segments), default=0) + 1
@@ -154,7 +174,13 @@ class CaptureManager(AgentListener):
     def start(self, req: control_pb2.StartCaptureRequest) -> Capture:
         """Validate, resolve, persist and dispatch a capture. Raises ValueError/LookupError/NoAgentError."""
         spec = validate_request(req)
-        pods = resolve(spec, self.registry.pods())
+        fields = field_selector(req.target.field_selector)
+        try:
+            pods = resolve(spec, self._candidates(fields))
+        except NoMatchError as e:
+            if fields:
+                raise NoMatchError(f"{e} (with field selector {str(fields)!r})") from e
+            raise
         for pod in pods:
             if pod.host_network:
                 raise ValueError(f"pod {pod.display} uses hostNetwork: it shares the node's network and has no "
@@ -172,8 +198,26 @@ class CaptureManager(AgentListener):
         self._dispatch_starts(cap, list(cap.pods.values()))
         return cap
 
+    def _candidates(self, fields: FieldSelector) -> list[PodRef]:
+        """The pods a new capture can cover now: with an API server, every Running pod in its watched cache (on
+        nodes with or without an agent); without one, the agents' inventories."""
+        if self.cluster is not None:
+            self.cluster.require_synced()
+            return self.cluster.select(fields, running_only=True)
+        return [p for p in self.registry.pods() if fields.matches(pod_fields(p))]
+
+    def _fields_match(self, cap: Capture, pod: PodRef) -> bool:
+        fields = field_selector(cap.request.target.field_selector)
+        if not fields:
+            return True
+        return fields.matches(self.cluster.fields(pod) if self.cluster is not None else pod_fields(pod))
+
     def _new_pod_state(self, cap: Capture, pod: PodRef) -> PodState:
-        return PodState(pod, os.path.join("captures", cap.id, pod.namespace, pod.name))
+        # A pod re-created under the same name (a StatefulSet pod, say) is another pod: its own directory.
+        name = pod.name
+        if any(p.pod.namespace == pod.namespace and p.pod.name == pod.name for p in cap.pods.values()):
+            name = f"{pod.name}.{pod.uid[:8].lower()}"
+        return PodState(pod, os.path.join("captures", cap.id, pod.namespace, name))
 
     def _dispatch_starts(self, cap: Capture, pods: list[PodState]) -> None:
         by_node: dict[NodeName, list[PodState]] = {}
@@ -310,13 +354,31 @@ class CaptureManager(AgentListener):
 
     def agent_inventory(self, conn: AgentConnection) -> None:
         """Attach pods that appeared on the node and match a running dynamic capture."""
+        self._attach_new(conn.pods)
+
+    # ---- cluster events (with an API server) ----
+
+    def pod_added(self, pod: PodRef) -> None:
+        """A pod appeared in the API; attached once Running (its sandbox exists, its agent can find it)."""
+        if self.cluster is not None and self.cluster.running(pod):
+            self._attach_new([pod])
+
+    def pod_changed(self, pod: PodRef) -> None:
+        """A pod became Running or changed labels: it may match a dynamic capture now."""
+        self.pod_added(pod)
+
+    def pod_deleted(self, pod: PodRef) -> None:
+        """Nothing to do: the pod's agent reports its stream ending when the sandbox goes."""
+
+    def _attach_new(self, pods: list[PodRef]) -> None:
         for cap in self.all():
             if cap.state != control_pb2.CAPTURE_STATE_RUNNING or not cap.target.dynamic:
                 continue
             new: list[PodState] = []
             with cap.lock:
-                for pod in conn.pods:
-                    if pod.uid not in cap.pods and cap.target.matches(pod) and not pod.host_network:
+                for pod in pods:
+                    if (pod.uid not in cap.pods and cap.target.matches(pod) and not pod.host_network
+                            and self._fields_match(cap, pod)):
                         ps = self._new_pod_state(cap, pod)
                         cap.pods[pod.uid] = ps
                         new.append(ps)
@@ -382,7 +444,7 @@ class CaptureManager(AgentListener):
         log.warning("capture %s: pod %s lost %d packets on its node (agent buffer full)", cap.id, ps.pod.display,
                     packets)
         try:
-            directory = pod_dir(self.data_dir, cap.id, ps.pod.namespace, ps.pod.name)
+            directory = pod_dir(self.data_dir, cap.id, ps.pod.namespace, ps.dir_name)
             os.makedirs(directory, mode=0o750, exist_ok=True)
             with open(os.path.join(directory, GAPS_FILE), "a") as f:
                 f.write(line)
@@ -514,7 +576,7 @@ class CaptureManager(AgentListener):
         if ps.writer is None or ps.writer.fmt != fmt:
             if ps.writer is not None:
                 self._close_writer(ps)
-            directory = pod_dir(self.data_dir, cap.id, ps.pod.namespace, ps.pod.name)
+            directory = pod_dir(self.data_dir, cap.id, ps.pod.namespace, ps.dir_name)
             ps.writer = PodWriter(directory, fmt, segment_bytes=cap.segment_bytes(),
                                   segment_seconds=cap.segment_seconds(), next_index=ps.next_segment)
         return ps.writer

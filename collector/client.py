@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 
+from podcap.tls import TlsFiles, open_channel
 from podcap.v1 import control_pb2, control_pb2_grpc
 
 DEFAULT_COLLECTOR = "127.0.0.1:7420"
@@ -24,22 +26,56 @@ def default_address() -> str:
     return os.environ.get("PODCAP_COLLECTOR") or DEFAULT_COLLECTOR
 
 
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc,type-arg]
+    """Adds ``authorization: Bearer <token>`` to every call."""
+
+    def __init__(self, token: str) -> None:
+        self._md = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        md = list(details.metadata or []) + [self._md]
+        return details._replace(metadata=md)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+
 def _translate(e: grpc.RpcError, address: str) -> CollectorError:
     code = e.code() if isinstance(e, grpc.Call) else None
     details = e.details() if isinstance(e, grpc.Call) else str(e)
     if code == grpc.StatusCode.UNAVAILABLE:
         return CollectorError(f"cannot reach the collector at {address} ({details}); is podcap-collector running? "
                               "Set --collector or PODCAP_COLLECTOR.", code)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return CollectorError(f"not authenticated: {details}", code)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return CollectorError(f"permission denied: {details}", code)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return CollectorError(f"the collector at {address} did not answer in time", code)
     return CollectorError(details or (code.name if code else "request failed"), code)
 
 
+def default_tls() -> TlsFiles | None:
+    """TLS settings from the environment (PODCAP_TLS_CA; PODCAP_INSECURE=1 for plaintext)."""
+    ca = os.environ.get("PODCAP_TLS_CA", "")
+    return TlsFiles(ca=ca) if ca else None
+
+
 class CollectorClient:
-    def __init__(self, address: str | None = None, *, timeout: float = 30.0) -> None:
+    def __init__(self, address: str | None = None, *, timeout: float = 30.0, tls: TlsFiles | None = None,
+                 token: str | None = None, server_name: str = "") -> None:
         self.address = address or default_address()
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(self.address, options=[("grpc.max_receive_message_length", 8 << 20)])
+        self._channel = open_channel(self.address, tls if tls is not None else default_tls(),
+                                     options=[("grpc.max_receive_message_length", 16 << 20)],
+                                     server_name=server_name)
+        if token is None:
+            token = os.environ.get("PODCAP_TOKEN") or None
+        if token:
+            self._channel = grpc.intercept_channel(self._channel, _BearerToken(token))
         self._stub = control_pb2_grpc.ControlStub(self._channel)
 
     def close(self) -> None:
@@ -67,6 +103,13 @@ class CollectorClient:
     def get(self, capture_id: str) -> control_pb2.CaptureStatus:
         try:
             return self._stub.GetCapture(control_pb2.GetCaptureRequest(capture_id=capture_id), timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _translate(e, self.address) from e
+
+    def audit(self, *, limit: int = 100, capture_id: str = "") -> list[control_pb2.AuditRecord]:
+        try:
+            return list(self._stub.ListAudit(control_pb2.ListAuditRequest(limit=limit, capture_id=capture_id),
+                                             timeout=self.timeout).records)
         except grpc.RpcError as e:
             raise _translate(e, self.address) from e
 

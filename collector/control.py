@@ -1,18 +1,24 @@
 """``podcap.v1.Control``: the collector's API for the CLI.
 
-Translates the capture manager's exceptions into gRPC status codes with one-line messages a user can act on, and
-streams stored packets back as one pcap file per pod (segments joined: the first file header, then every
-segment's records).
+Every call is authenticated (bearer token in the ``authorization`` metadata) and authorized per namespace by the
+``Authorizer`` (``podcap.collector.auth``), and recorded in the audit trail — allowed, denied or failed. The
+capture manager's exceptions become gRPC status codes with one-line messages a user can act on. Downloads stream
+one pcap file per pod (segments joined: the first file header, then every segment's records), optionally only a
+time window and the packets matching a BPF filter.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 
 import grpc
 
+from podcap.collector.auth import AuthError, Authorizer, DeniedError, Principal
 from podcap.collector.captures import CaptureManager, CaptureNotFoundError, NoAgentError
+from podcap.collector.kube import KubeError
+from podcap.collector.model import Capture
 from podcap.collector.storage.window import WindowFilterError, compile_filter, select_records
 from podcap.collector.targets import NoMatchError
 from podcap.pcapfile import FILE_HEADER_LEN
@@ -21,6 +27,7 @@ from podcap.v1 import control_pb2, control_pb2_grpc
 log = logging.getLogger(__name__)
 
 DOWNLOAD_BLOCK = 1 << 20
+MAX_AUDIT = 10000
 
 
 def _abort_for(context: grpc.ServicerContext, e: Exception) -> None:
@@ -28,59 +35,149 @@ def _abort_for(context: grpc.ServicerContext, e: Exception) -> None:
         context.abort(grpc.StatusCode.NOT_FOUND, str(e))
     if isinstance(e, NoAgentError):
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+    if isinstance(e, KubeError):  # the collector cannot list pods (API server down, RBAC): retry after the fix
+        context.abort(grpc.StatusCode.UNAVAILABLE, f"Kubernetes API: {e}")
     if isinstance(e, ValueError):
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
     raise e
 
 
+def target_text(t: control_pb2.Target) -> str:
+    parts = ["all namespaces" if t.all_namespaces else f"ns={t.namespace or 'default'}"]
+    if t.selector:
+        parts.append(f"selector={t.selector}")
+    if t.field_selector:
+        parts.append(f"fields={t.field_selector}")
+    if t.pod_names:
+        parts.append("pods=" + ",".join(t.pod_names))
+    return " ".join(parts)[:2000]
+
+
+def target_namespaces(t: control_pb2.Target) -> list[str | None]:
+    """Where permissions are checked for a target: its namespace, or cluster-wide for --all-namespaces."""
+    return [None] if t.all_namespaces else [t.namespace or "default"]
+
+
 class ControlServicer(control_pb2_grpc.ControlServicer):
-    def __init__(self, captures: CaptureManager) -> None:
+    def __init__(self, captures: CaptureManager, authorizer: Authorizer) -> None:
         self.captures = captures
+        self.auth = authorizer
+
+    # ---- authentication, authorization, audit ----
+
+    def _audit(self, who: str, action: str, *, capture: Capture | None = None, target: control_pb2.Target | None = None,
+               bpf: str = "", result: str, detail: str = "", capture_id: str = "") -> None:
+        t = target if target is not None else (capture.request.target if capture is not None else None)
+        rec = control_pb2.AuditRecord(
+            unix_ns=time.time_ns(), user=who, action=action, capture_id=capture.id if capture else capture_id,
+            target=target_text(t) if t is not None else "", filter=bpf or (capture.request.settings.filter
+                                                                          if capture else ""),
+            result=result, detail=detail[:2000])
+        log.info("audit: %s %s %s %s %s", who, action, rec.capture_id or "-", result, detail[:200])
+        try:
+            self.captures.store.add_audit(rec)
+        except Exception:
+            log.exception("cannot write the audit record")
+
+    def _principal(self, context: grpc.ServicerContext, action: str) -> Principal:
+        token = None
+        for key, value in context.invocation_metadata():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                token = value[7:]
+        try:
+            return self.auth.authenticate(token)
+        except AuthError as e:
+            self._audit("unauthenticated", action, result="denied", detail=str(e))
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
+            raise
+
+    def _authorize(self, context: grpc.ServicerContext, who: Principal, action: str, verb: str,
+                   namespaces: list[str | None], *, capture: Capture | None = None,
+                   target: control_pb2.Target | None = None) -> None:
+        for ns in namespaces:
+            try:
+                self.auth.check(who, verb, ns)
+            except DeniedError as e:
+                self._audit(who.user, action, capture=capture, target=target, result="denied", detail=str(e))
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, str(e))
+
+    def _capture_for(self, context: grpc.ServicerContext, who: Principal, action: str, capture_id: str,
+                     verb: str) -> Capture:
+        try:
+            cap = self.captures.get(capture_id)
+        except CaptureNotFoundError as e:
+            self._audit(who.user, action, capture_id=capture_id[:64], result="failed", detail=str(e))
+            _abort_for(context, e)
+            raise
+        self._authorize(context, who, action, verb, target_namespaces(cap.request.target), capture=cap)
+        return cap
+
+    # ---- calls ----
 
     def StartCapture(  # noqa: N802
         self, request: control_pb2.StartCaptureRequest, context: grpc.ServicerContext
     ) -> control_pb2.StartCaptureResponse:
+        who = self._principal(context, "start")
+        self._authorize(context, who, "start", "create", target_namespaces(request.target), target=request.target)
         try:
             cap = self.captures.start(request)
-        except (ValueError, LookupError, NoAgentError) as e:
+        except (ValueError, LookupError, NoAgentError, KubeError) as e:
             log.info("start refused: %s", e)
+            self._audit(who.user, "start", target=request.target, bpf=request.settings.filter, result="failed",
+                        detail=str(e))
             _abort_for(context, e)
             raise
+        self._audit(who.user, "start", capture=cap, result="allowed", detail=f"{len(cap.pods)} pods")
         return control_pb2.StartCaptureResponse(capture=self.captures.status(cap))
 
     def StopCapture(  # noqa: N802
         self, request: control_pb2.StopCaptureRequest, context: grpc.ServicerContext
     ) -> control_pb2.CaptureStatus:
-        try:
-            cap = self.captures.stop(request.capture_id)
-        except CaptureNotFoundError as e:
-            _abort_for(context, e)
-            raise
-        return self.captures.status(cap)
+        who = self._principal(context, "stop")
+        cap = self._capture_for(context, who, "stop", request.capture_id, "delete")
+        self._audit(who.user, "stop", capture=cap, result="allowed")
+        return self.captures.status(self.captures.stop(cap.id))
 
     def ListCaptures(  # noqa: N802
         self, request: control_pb2.ListCapturesRequest, context: grpc.ServicerContext
     ) -> control_pb2.ListCapturesResponse:
-        return control_pb2.ListCapturesResponse(captures=[self.captures.status(c) for c in self.captures.all()])
+        who = self._principal(context, "list")
+        visible = []
+        for cap in self.captures.all():
+            try:
+                for ns in target_namespaces(cap.request.target):
+                    self.auth.check(who, "get", ns)
+            except DeniedError:
+                continue
+            visible.append(self.captures.status(cap))
+        return control_pb2.ListCapturesResponse(captures=visible)
 
     def GetCapture(  # noqa: N802
         self, request: control_pb2.GetCaptureRequest, context: grpc.ServicerContext
     ) -> control_pb2.CaptureStatus:
-        try:
-            return self.captures.status(self.captures.get(request.capture_id))
-        except CaptureNotFoundError as e:
-            _abort_for(context, e)
-            raise
+        who = self._principal(context, "status")
+        return self.captures.status(self._capture_for(context, who, "status", request.capture_id, "get"))
+
+    def ListAudit(  # noqa: N802
+        self, request: control_pb2.ListAuditRequest, context: grpc.ServicerContext
+    ) -> control_pb2.ListAuditResponse:
+        who = self._principal(context, "audit")
+        self._authorize(context, who, "audit", "list", [None])
+        limit = min(request.limit or 1000, MAX_AUDIT)
+        return control_pb2.ListAuditResponse(records=self.captures.store.audit(limit=limit,
+                                                                               capture_id=request.capture_id))
 
     def Download(  # noqa: N802
         self, request: control_pb2.DownloadRequest, context: grpc.ServicerContext
     ) -> Iterator[control_pb2.DownloadChunk]:
-        try:
-            cap = self.captures.get(request.capture_id)
-        except CaptureNotFoundError as e:
-            _abort_for(context, e)
-            raise
-        windowed = bool(request.since_unix_ns or request.until_unix_ns or request.filter)
+        who = self._principal(context, "download")
+        cap = self._capture_for(context, who, "download", request.capture_id, "get")
+        window = ""
+        if request.since_unix_ns or request.until_unix_ns or request.filter:
+            window = f"window {request.since_unix_ns}..{request.until_unix_ns} filter {request.filter!r}"
+        self._audit(who.user, "download", capture=cap, result="allowed",
+                    detail=" ".join(filter(None, [",".join(request.pods), window])))
+        windowed = bool(window)
         if request.since_unix_ns and request.until_unix_ns and request.since_unix_ns > request.until_unix_ns:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "--since is after --until")
         for ps, fmt, segments in self.captures.pod_files(cap, list(request.pods), since_ns=request.since_unix_ns,
@@ -91,11 +188,11 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                     selected = select_records(segments, fmt, since_ns=request.since_unix_ns,
                                               until_ns=request.until_unix_ns, bpf=bpf)
                 except WindowFilterError as e:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+                    raise
+                finally:
                     for f, _ in segments:
                         f.close()
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-                for f, _ in segments:
-                    f.close()
                 selected.seek(0, 2)
                 segments = [(selected, selected.tell())]
             try:
@@ -120,10 +217,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     def Follow(  # noqa: N802
         self, request: control_pb2.FollowRequest, context: grpc.ServicerContext
     ) -> Iterator[control_pb2.FollowMessage]:
-        try:
-            sub = self.captures.follow(request.capture_id, list(request.pods))
-        except CaptureNotFoundError as e:
-            _abort_for(context, e)
-            raise
-        context.add_callback(lambda: self.captures.unfollow(request.capture_id, sub))
+        who = self._principal(context, "follow")
+        cap = self._capture_for(context, who, "follow", request.capture_id, "get")
+        self._audit(who.user, "follow", capture=cap, result="allowed", detail=",".join(request.pods))
+        sub = self.captures.follow(cap.id, list(request.pods))
+        context.add_callback(lambda: self.captures.unfollow(cap.id, sub))
         yield from sub.messages()

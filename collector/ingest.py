@@ -20,6 +20,7 @@ from podcap.collector.agents import HEARTBEAT_INTERVAL_S, AgentConflictError, Ag
 from podcap.collector.captures import CaptureManager, ChunkRejectedError
 from podcap.collector.targets import PodRef
 from podcap.names import InvalidNameError, check_namespace, check_node_name, check_pod_name, check_pod_uid
+from podcap.tls import AGENT_IDENTITY, peer_identity
 from podcap.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,19 @@ def _valid_pods(node: str, pods: list[common_pb2.Pod]) -> list[PodRef]:
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServicer):
-    def __init__(self, registry: AgentRegistry, captures: CaptureManager) -> None:
+    def __init__(self, registry: AgentRegistry, captures: CaptureManager, *, require_agent_cert: bool) -> None:
         self.registry = registry
         self.captures = captures
+        self.require_agent_cert = require_agent_cert
 
     def Attach(  # noqa: N802 (gRPC method name)
         self, request_iterator: Iterator[ingest_pb2.AgentMessage], context: grpc.ServicerContext
     ) -> Iterator[ingest_pb2.CollectorMessage]:
+        if self.require_agent_cert and peer_identity(context) != AGENT_IDENTITY:
+            log.warning("refused an agent session from %s: no valid agent certificate", context.peer())
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          f"agents must present a client certificate for {AGENT_IDENTITY!r} signed by the "
+                          "collector's CA (--tls-cert/--tls-key on the agent)")
         try:
             first = next(request_iterator)
         except (StopIteration, grpc.RpcError):

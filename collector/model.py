@@ -8,6 +8,7 @@ folded into ``*_base``). ``to_row`` is the persisted form (``podcap.collector.st
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -56,6 +57,11 @@ class PodState:
     # Changed since the last commit; and the connection owed an acknowledgement once it is committed.
     dirty: bool = True
     ack_conn: AgentConnection | None = None
+
+    @property
+    def dir_name(self) -> str:
+        """The pod's directory under its namespace (its name; name.uid-prefix for a re-created pod)."""
+        return os.path.basename(self.rel_path)
 
     @property
     def stored_bytes(self) -> int:

@@ -18,12 +18,18 @@ from dataclasses import dataclass
 from types import FrameType
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import HealthServicer
 
 from podcap.collector.agents import AgentRegistry
+from podcap.collector.auth import Authorizer, KubeAuthorizer, OpenAuthorizer, StaticTokenAuthorizer
 from podcap.collector.captures import CaptureManager
+from podcap.collector.cluster import ClusterInventory
 from podcap.collector.control import ControlServicer
 from podcap.collector.ingest import IngestServicer
+from podcap.collector.kube import KubeError, in_cluster, load_api
 from podcap.collector.store import CaptureStore
+from podcap.tls import TlsConfigError, TlsFiles
 from podcap.v1 import control_pb2_grpc, ingest_pb2_grpc
 
 log = logging.getLogger("podcap.collector")
@@ -40,20 +46,39 @@ class Collector:
     registry: AgentRegistry
     captures: CaptureManager
     store: CaptureStore
+    cluster: ClusterInventory | None = None
+    # With TLS, agents connect to a second, mutual-TLS port; without, they use ``port``.
+    agent_server: grpc.Server | None = None
+    agent_port: int = 0
 
     def stop(self, grace: float = 5.0) -> None:
         self.registry.close_all()
+        if self.agent_server is not None:
+            self.agent_server.stop(grace).wait()
         self.server.stop(grace).wait()
         self.captures.close()
         self.store.close()
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster.api.close()
 
 
-def start_collector(listen: str, data_dir: str, *, max_workers: int = 64) -> Collector:
-    """Open the data dir and serve on ``listen`` (HOST:PORT; port 0 picks a free port)."""
-    os.makedirs(os.path.join(data_dir, "captures"), mode=0o750, exist_ok=True)
-    store = CaptureStore(os.path.join(data_dir, "podcap.db"))
-    registry = AgentRegistry()
-    captures = CaptureManager(data_dir, registry, store)
+def start_cluster(kubeconfig: str | None, *, sync_timeout: float = 30.0) -> ClusterInventory:
+    """Watch the cluster's pods (kubeconfig, else the in-cluster service account) and wait for the first list.
+    Raises KubeError (KubeConfigError, KubeForbiddenError with the RBAC to grant, KubeUnavailableError)."""
+    api = load_api(kubeconfig)
+    inventory = ClusterInventory(api).start()
+    try:
+        if not inventory.wait_synced(sync_timeout):
+            raise KubeError(f"no pod list from the API server at {api.server} within {sync_timeout:.0f} s")
+    except KubeError:
+        inventory.stop()
+        api.close()
+        raise
+    return inventory
+
+
+def _grpc_server(max_workers: int) -> grpc.Server:
     # Every agent session holds a worker thread for its lifetime: size the pool for nodes + CLI calls.
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
@@ -61,15 +86,55 @@ def start_collector(listen: str, data_dir: str, *, max_workers: int = 64) -> Col
                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
         maximum_concurrent_rpcs=max_workers,
     )
-    ingest_pb2_grpc.add_IngestServicer_to_server(IngestServicer(registry, captures), server)
-    control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(captures), server)
-    port = server.add_insecure_port(listen)
-    if port == 0:
+    health = HealthServicer()
+    health.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    return server
+
+
+def _bind(server: grpc.Server, address: str, creds: grpc.ServerCredentials | None) -> int:
+    try:
+        return server.add_secure_port(address, creds) if creds is not None else server.add_insecure_port(address)
+    except RuntimeError:
+        return 0
+
+
+def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
+                    cluster: ClusterInventory | None = None, tls: TlsFiles | None = None,
+                    authorizer: Authorizer | None = None, agent_listen: str = "") -> Collector:
+    """Open the data dir and serve on ``listen`` (HOST:PORT; port 0 picks a free port). Without ``tls`` one
+    plaintext port serves users and agents (the caller asked for it explicitly); with ``tls`` agents get their own
+    mutual-TLS port ``agent_listen`` (default: the next port). Without ``authorizer`` everyone may do
+    everything."""
+    os.umask(0o027)  # captures are readable by the collector's user (and group) only
+    os.makedirs(os.path.join(data_dir, "captures"), mode=0o750, exist_ok=True)
+    store = CaptureStore(os.path.join(data_dir, "podcap.db"))
+    registry = AgentRegistry()
+    captures = CaptureManager(data_dir, registry, store, cluster=cluster)
+    server = _grpc_server(max_workers)
+    ingest = IngestServicer(registry, captures, require_agent_cert=tls is not None)
+    control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(captures, authorizer or OpenAuthorizer()), server)
+    agent_server = None
+    if tls is None:
+        ingest_pb2_grpc.add_IngestServicer_to_server(ingest, server)
+        port = _bind(server, listen, None)
+    else:
+        port = _bind(server, listen, tls.server_credentials(require_client_cert=False))
+    agent_port = port
+    if port and tls is not None:
+        agent_server = _grpc_server(max_workers)
+        ingest_pb2_grpc.add_IngestServicer_to_server(ingest, agent_server)
+        host = listen.rsplit(":", 1)[0]
+        agent_port = _bind(agent_server, agent_listen or f"{host}:{port + 1}",
+                           tls.server_credentials(require_client_cert=True))
+    if port == 0 or agent_port == 0:
         captures.close()
         store.close()
-        raise OSError(f"cannot listen on {listen}")
+        raise OSError(f"cannot listen on {listen if port == 0 else agent_listen or 'the agent port'}")
     server.start()
-    return Collector(server, port, registry, captures, store)
+    if agent_server is not None:
+        agent_server.start()
+    return Collector(server, port, registry, captures, store, cluster, agent_server, agent_port)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,14 +142,64 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--listen", default="0.0.0.0:7420", help="HOST:PORT for agents and the CLI (default 0.0.0.0:7420)")
     p.add_argument("--data-dir", default="/var/lib/podcap", help="where pcap files and the database live")
     p.add_argument("--max-workers", type=int, default=256, help="gRPC worker threads (one per connected agent)")
+    p.add_argument("--kubeconfig", help="resolve pods through the Kubernetes API described by this kubeconfig "
+                   "(default: the in-cluster service account when running in a pod)")
+    p.add_argument("--no-kubernetes", action="store_true",
+                   help="never use the Kubernetes API: pods come from the agents' inventories only")
+    p.add_argument("--tls-cert", default=os.environ.get("PODCAP_TLS_CERT", ""),
+                   help="server certificate (PEM); with --tls-key and --tls-ca (see `podcap certs`)")
+    p.add_argument("--tls-key", default=os.environ.get("PODCAP_TLS_KEY", ""), help="server private key (PEM)")
+    p.add_argument("--tls-ca", default=os.environ.get("PODCAP_TLS_CA", ""),
+                   help="CA that signed the agents' client certificates (PEM)")
+    p.add_argument("--agent-listen", default="",
+                   help="HOST:PORT for agents when TLS is on (mutual TLS; default: the --listen port + 1)")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve plaintext with no authentication (local testing only; logs a warning)")
+    p.add_argument("--token-file", default="",
+                   help="authenticate CLI users with static tokens: CSV token,user,verbs,namespaces")
+    p.add_argument("--kube-auth", action="store_true",
+                   help="authenticate CLI users with TokenReview and authorize with SubjectAccessReview "
+                   "(default when the Kubernetes API is used and no --token-file is given)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_ca:
+        if not (args.tls_cert and args.tls_key and args.tls_ca):
+            sys.exit("podcap-collector: TLS needs all of --tls-cert, --tls-key and --tls-ca")
+        tls = TlsFiles(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    elif not args.insecure:
+        sys.exit("podcap-collector: no TLS configured: pass --tls-cert/--tls-key/--tls-ca (`podcap certs` makes a "
+                 "set), or --insecure for plaintext on a trusted network")
+    else:
+        log.warning("--insecure: serving PLAINTEXT gRPC; agents are not authenticated and captured packets cross "
+                    "the network unencrypted")
     try:
-        collector = start_collector(args.listen, args.data_dir, max_workers=args.max_workers)
+        cluster = None
+        if not args.no_kubernetes and (args.kubeconfig or in_cluster()):
+            cluster = start_cluster(args.kubeconfig)
+            log.info("watching pods through the Kubernetes API at %s (%d pods)", cluster.api.server,
+                     len(cluster.pods()))
+        authorizer: Authorizer
+        if args.token_file:
+            authorizer = StaticTokenAuthorizer(args.token_file)
+        elif cluster is not None and (args.kube_auth or not args.insecure):
+            authorizer = KubeAuthorizer(cluster.api)
+        elif args.kube_auth:
+            sys.exit("podcap-collector: --kube-auth needs the Kubernetes API (--kubeconfig or in-cluster)")
+        elif args.insecure:
+            authorizer = OpenAuthorizer()
+        else:
+            sys.exit("podcap-collector: no way to authenticate users: pass --token-file, or run with the "
+                     "Kubernetes API (--kubeconfig or in-cluster) for TokenReview/SubjectAccessReview")
+        collector = start_collector(args.listen, args.data_dir, max_workers=args.max_workers, cluster=cluster,
+                                    tls=tls, authorizer=authorizer, agent_listen=args.agent_listen)
+    except (KubeError, TlsConfigError, ValueError) as e:
+        sys.exit(f"podcap-collector: {e}")
     except OSError as e:
         sys.exit(f"podcap-collector: {e}")
-    log.info("podcap-collector listening on %s (port %d), data dir %s", args.listen, collector.port, args.data_dir)
+    log.info("podcap-collector listening on %s (port %d%s), data dir %s", args.listen, collector.port,
+             f", agents on port {collector.agent_port} with mutual TLS" if tls else "", args.data_dir)
     done = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -36,6 +36,16 @@ CREATE TABLE IF NOT EXISTS pods (
     bytes_total INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (capture_id, uid)
 );
+CREATE TABLE IF NOT EXISTS audit (
+    unix_ns INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    action TEXT NOT NULL,
+    capture_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    filter TEXT NOT NULL,
+    result TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS segments (
     capture_id TEXT NOT NULL,
     uid TEXT NOT NULL,
@@ -132,6 +142,25 @@ class CaptureStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def add_audit(self, rec: control_pb2.AuditRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO audit (unix_ns, user, action, capture_id, target, filter, result, detail)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (rec.unix_ns, rec.user, rec.action, rec.capture_id, rec.target, rec.filter, rec.result, rec.detail),
+            )
+
+    def audit(self, *, limit: int, capture_id: str = "") -> list[control_pb2.AuditRecord]:
+        query = "SELECT unix_ns, user, action, capture_id, target, filter, result, detail FROM audit"
+        args: tuple[object, ...] = ()
+        if capture_id:
+            query += " WHERE capture_id=?"
+            args = (capture_id,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY rowid DESC LIMIT ?", (*args, limit)).fetchall()
+        return [control_pb2.AuditRecord(unix_ns=r[0], user=r[1], action=r[2], capture_id=r[3], target=r[4],
+                                        filter=r[5], result=r[6], detail=r[7]) for r in rows]
 
     def captures(self) -> list[CaptureRow]:
         with self._lock:

@@ -70,7 +70,7 @@ def collector(tmp_path: os.PathLike[str]) -> Iterator[tuple[str, str, Proc]]:
     """A podcap-collector process: (address, data dir, process)."""
     port = free_port()
     data = os.path.join(tmp_path, "data")
-    p = start_proc([tool("podcap-collector"), "--listen", f"127.0.0.1:{port}", "--data-dir", data],
+    p = start_proc([tool("podcap-collector"), "--insecure", "--listen", f"127.0.0.1:{port}", "--data-dir", data],
                    os.path.join(tmp_path, "collector.log"))
     deadline = time.monotonic() + 15
     while True:

@@ -8,8 +8,9 @@ import click
 from rich.console import Console
 from rich.live import Live
 
-from podcap.collector.cli.render import capture_table, dump_json, to_dict
-from podcap.collector.cli.units import parse_duration, parse_size
+from podcap.collector.cli.complete import complete_capture_id
+from podcap.collector.cli.render import capture_table, dump, output_option, print_table, to_dict
+from podcap.collector.cli.units import duration_param, size_param
 from podcap.collector.client import CollectorClient
 from podcap.v1 import common_pb2, control_pb2
 
@@ -19,20 +20,6 @@ _INTERFACES = {
     "all": common_pb2.CAPTURE_INTERFACE_POD_ALL,
 }
 _RUNNING = (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING)
-
-
-def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int:
-    try:
-        return parse_size(value) if value else 0
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from e
-
-
-def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float:
-    try:
-        return parse_duration(value) if value else 0.0
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from e
 
 
 def wait_for_end(client: CollectorClient, capture_id: str, *, live: bool) -> control_pb2.CaptureStatus:
@@ -61,33 +48,46 @@ def wait_for_end(client: CollectorClient, capture_id: str, *, live: bool) -> con
 @click.option("-n", "--namespace", default="default", show_default=True, help="Namespace of the pods.")
 @click.option("-A", "--all-namespaces", is_flag=True, help="Pods in every namespace.")
 @click.option("-l", "--selector", default="", help="Label selector, e.g. 'app=web,tier in (a,b)'.")
+@click.option("--field-selector", default="",
+              help="Field selector, e.g. 'spec.nodeName=node-1' (metadata.name, metadata.namespace, spec.nodeName, "
+              "status.phase; =, ==, !=).")
 @click.option("--filter", "bpf", default="", help="BPF capture filter (tcpdump syntax).")
 @click.option("--snaplen", type=click.IntRange(0, 262144), default=0, help="Bytes kept per packet (0 = all).")
-@click.option("--buffer-size", callback=_size, help="Kernel ring per pod, e.g. 4MiB (default: agent decides).")
+@click.option("--buffer-size", callback=size_param, help="Kernel ring per pod, e.g. 4MiB (default: agent decides).")
 @click.option("--interface", type=click.Choice(list(_INTERFACES)), default="veth", show_default=True,
               help="veth: the pod's host-side veth; eth0: the pod's eth0 from inside; all: every interface "
               "in the pod, loopback included.")
-@click.option("--duration", callback=_duration, help="Stop after this long (90, 15m, 1h30m).")
-@click.option("--max-bytes", callback=_size, help="Stop once this much is stored (all pods, e.g. 100MiB).")
+@click.option("--duration", callback=duration_param, help="Stop after this long (90, 15m, 1h30m).")
+@click.option("--max-bytes", callback=size_param, help="Stop once this much is stored (all pods, e.g. 100MiB).")
 @click.option("--max-packets", type=click.IntRange(0), default=0, help="Stop once this many packets are stored.")
-@click.option("--segment-size", callback=_size, help="Rotate each pod's pcap file at this size (default 64MiB).")
-@click.option("--segment-time", callback=_duration, help="Rotate each pod's pcap file after this long.")
+@click.option("--segment-size", callback=size_param, help="Rotate each pod's pcap file at this size (default 64MiB).")
+@click.option("--segment-time", callback=duration_param, help="Rotate each pod's pcap file after this long.")
+@click.option("--keep-bytes", callback=size_param,
+              help="Flight recorder: keep at most this much per pod, deleting the oldest segments (e.g. 500MiB).")
+@click.option("--keep-duration", callback=duration_param,
+              help="Flight recorder: keep per pod only the last this long (e.g. 1h).")
+@click.option("--keep-total-bytes", callback=size_param,
+              help="Keep at most this much for the whole capture, oldest segments of any pod first.")
 @click.option("--note", default="", help="Free text stored with the capture.")
 @click.option("--wait", is_flag=True, help="Block until the capture ends (Ctrl+C stops it).")
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@output_option(default="text", choices=("text", "json", "yaml"))
 @click.pass_obj
-def start(obj: dict[str, str], pods: tuple[str, ...], namespace: str, all_namespaces: bool, selector: str, bpf: str,
+def start(obj: dict[str, str], pods: tuple[str, ...], namespace: str, all_namespaces: bool, selector: str,
+          field_selector: str, bpf: str,
           snaplen: int, buffer_size: int, interface: str, duration: float, max_bytes: int, max_packets: int,
-          segment_size: int, segment_time: float, note: str, wait: bool, output: str) -> None:
+          segment_size: int, segment_time: float, keep_bytes: int, keep_duration: float, keep_total_bytes: int,
+          note: str, wait: bool, output: str) -> None:
     """Start capturing PODS (or every pod matching -n/-l). Prints the capture id on the last line."""
     req = control_pb2.StartCaptureRequest(
         target=control_pb2.Target(namespace=namespace, all_namespaces=all_namespaces, selector=selector,
-                                  pod_names=list(pods)),
+                                  field_selector=field_selector, pod_names=list(pods)),
         settings=common_pb2.CaptureSettings(filter=bpf, snaplen=snaplen, buffer_bytes=buffer_size,
                                             interface=_INTERFACES[interface]),
         limits=control_pb2.Limits(duration_seconds=int(round(duration)), max_bytes=max_bytes,
                                   max_packets=max_packets),
         rotation=control_pb2.Rotation(segment_bytes=segment_size, segment_seconds=int(round(segment_time))),
+        retention=control_pb2.Retention(keep_bytes=keep_bytes, keep_seconds=int(round(keep_duration)),
+                                        keep_total_bytes=keep_total_bytes),
         note=note,
     )
     with CollectorClient(obj["collector"]) as client:
@@ -99,20 +99,20 @@ def start(obj: dict[str, str], pods: tuple[str, ...], namespace: str, all_namesp
             status = wait_for_end(client, status.id, live=output == "text")
             if output == "text":
                 Console(stderr=True).print(capture_table(status))
-    if output == "json":
-        click.echo(dump_json(to_dict(status)))
+    if output != "text":
+        click.echo(dump(to_dict(status), output))
     click.echo(status.id)
 
 
 @click.command()
-@click.argument("capture_id")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@click.argument("capture_id", shell_complete=complete_capture_id)
+@output_option()
 @click.pass_obj
 def stop(obj: dict[str, str], capture_id: str, output: str) -> None:
     """Stop a capture; returns when every pod's last packets are stored."""
     with CollectorClient(obj["collector"]) as client:
         status = client.stop(capture_id)
-    if output == "json":
-        click.echo(dump_json(to_dict(status)))
+    if output == "table":
+        print_table(capture_table(status))
     else:
-        Console().print(capture_table(status))
+        click.echo(dump(to_dict(status), output))

@@ -1,43 +1,110 @@
-"""The ``podcap`` command: global options, error handling and the verbs (one module each)."""
+"""The ``podcap`` command: global options, error handling and the verbs (one module each).
+
+The same entry point runs as ``podcap`` and as the kubectl plugin ``kubectl-podcap`` (``kubectl podcap …``); the
+program name in usage lines and errors follows how it was called. Every error ends the same way: one line on
+stderr saying what went wrong and what to do next (``podcap.collector.cli.errors``), exit status 1 (2 for usage
+errors, 130 for Ctrl+C).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import click
+from click.shell_completion import ShellComplete
 
 from podcap import __version__
-from podcap.collector.cli import capture_cmds, demo_cmd, read_cmds
+from podcap.collector.cli import admin_cmds, capture_cmds, complete, demo_cmd, follow_cmd, get_cmd, read_cmds
+from podcap.collector.cli.errors import CommandError, collector_hint, one_line, usage_line
 from podcap.collector.client import CollectorError, default_address
 
+PROG = "podcap"
+KUBECTL_PROG = "kubectl podcap"
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+def prog_name(argv0: str) -> str:
+    """``kubectl podcap`` when run as the kubectl plugin executable, else ``podcap``."""
+    return KUBECTL_PROG if os.path.basename(argv0).startswith("kubectl-") else PROG
+
+
+class PodcapGroup(click.Group):
+    """Turns a collector failure inside any verb into a one-line error with a hint for that verb."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CollectorError as e:
+            prog = ctx.find_root().info_name or PROG
+            raise CommandError(str(e), collector_hint(e, prog=prog, command=ctx.invoked_subcommand),
+                               prog=prog) from e
+
+
+@click.group(cls=PodcapGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--collector", default=default_address, show_default="$PODCAP_COLLECTOR or 127.0.0.1:7420",
               help="Collector address HOST:PORT.")
+@click.option("--tls-ca", envvar="PODCAP_TLS_CA", default="",
+              help="CA certificate of the collector (PEM): connect with TLS. [env PODCAP_TLS_CA]")
+@click.option("--token", envvar="PODCAP_TOKEN", default="",
+              help="Bearer token for the collector (your Kubernetes token, or one of its --token-file). "
+              "[env PODCAP_TOKEN]")
 @click.version_option(__version__, prog_name="podcap")
 @click.pass_context
-def cli(ctx: click.Context, collector: str) -> None:
-    """podcap: capture pods' traffic into per-pod pcap files, without touching the pods."""
+def cli(ctx: click.Context, collector: str, tls_ca: str, token: str) -> None:
+    """podcap: capture pods' traffic into per-pod pcap files, without touching the pods.
+
+    Shell completion: see 'podcap completion -h'.
+    """
     ctx.obj = {"collector": collector}
+    # Every verb's CollectorClient reads its TLS CA and token from the environment: set them once here.
+    if tls_ca:
+        os.environ["PODCAP_TLS_CA"] = tls_ca
+    if token:
+        os.environ["PODCAP_TOKEN"] = token
 
 
-for command in (capture_cmds.start, capture_cmds.stop, read_cmds.status, read_cmds.list_captures, read_cmds.get,
-                demo_cmd.demo):
+for command in (capture_cmds.start, capture_cmds.stop, read_cmds.status, read_cmds.list_captures, get_cmd.get,
+                follow_cmd.follow, admin_cmds.audit, admin_cmds.certs, complete.completion, demo_cmd.demo):
     cli.add_command(command)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    prog = prog_name(sys.argv[0])
     try:
-        cli.main(standalone_mode=False)
+        rv = cli.main(args=argv, prog_name=prog, complete_var=complete.complete_var(prog), standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        click.echo(f"{prog}: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:
+        click.echo(usage_line(e, prog=prog), err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except CollectorError as e:
-        click.echo(f"podcap: {e}", err=True)
+    except CollectorError as e:  # raised outside a verb (a parameter callback)
+        click.echo(f"{prog}: {one_line(str(e), collector_hint(e, prog=prog, command=None))}", err=True)
         sys.exit(1)
+    if isinstance(rv, int) and rv:
+        sys.exit(rv)
+
+
+def kubectl_complete() -> None:
+    """``kubectl_complete-podcap ARGS… INCOMPLETE``: kubectl's plugin completion protocol (kubectl 1.26+).
+
+    Prints one candidate per line (``value<TAB>description``), then ``:<directive>``: 4 (no file completion)
+    unless a file or directory is expected, 0 then so that the shell completes paths.
+    """
+    args = sys.argv[1:]
+    incomplete = args.pop() if args else ""
+    comp = ShellComplete(cli, {}, KUBECTL_PROG, complete.complete_var(KUBECTL_PROG))
+    items = comp.get_completions(args, incomplete)
+    paths = any(item.type in ("file", "dir") for item in items)
+    for item in items:
+        if item.type == "plain":
+            click.echo(f"{item.value}\t{item.help}" if item.help else str(item.value))
+    click.echo(f":{0 if paths else 4}")
 
 
 if __name__ == "__main__":

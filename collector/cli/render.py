@@ -1,12 +1,22 @@
-"""Rendering capture status for people (tables) and programs (JSON)."""
+"""Rendering capture status for people (tables) and programs (JSON, YAML).
+
+Machine output is the proto3 JSON mapping of ``CaptureStatus`` with field names as in the .proto, two changes
+made for scripts: enum states are short lower-case words (``running``, ``capturing``) and 64-bit counters are
+numbers, not the strings of the JSON mapping (``jq '.packets > 0'`` works; YAML shows plain integers).
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import click
+import yaml
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 from rich.console import Console
 from rich.table import Table
 
@@ -22,8 +32,29 @@ def pod_state(state: common_pb2.PodCaptureState.ValueType) -> str:
     return common_pb2.PodCaptureState.Name(state).removeprefix("POD_CAPTURE_STATE_").lower().replace("_", "-")
 
 
+OUTPUT_FORMATS = ("table", "json", "yaml")
+_INT64_TYPES = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+                FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
+
+
+def _int64_as_numbers(msg: Message, d: dict[str, Any]) -> None:
+    """Turn the JSON mapping's 64-bit strings back into numbers, in place (nested messages too)."""
+    for f in msg.DESCRIPTOR.fields:
+        if f.name not in d:
+            continue
+        if f.message_type is not None and not f.message_type.GetOptions().map_entry:
+            if f.is_repeated:
+                for sub_msg, sub_d in zip(getattr(msg, f.name), d[f.name], strict=True):
+                    _int64_as_numbers(sub_msg, sub_d)
+            else:
+                _int64_as_numbers(getattr(msg, f.name), d[f.name])
+        elif f.type in _INT64_TYPES:
+            d[f.name] = [int(v) for v in d[f.name]] if f.is_repeated else int(d[f.name])
+
+
 def to_dict(status: control_pb2.CaptureStatus) -> dict[str, Any]:
     d = MessageToDict(status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    _int64_as_numbers(status, d)
     d["state"] = capture_state(status.state)
     for pod_d, pod in zip(d.get("pods", []), status.pods, strict=True):
         pod_d["state"] = pod_state(pod.state)
@@ -34,7 +65,26 @@ def dump_json(obj: object) -> str:
     return json.dumps(obj, indent=2, sort_keys=False)
 
 
-def _target_text(t: control_pb2.Target) -> str:
+def dump_yaml(obj: object) -> str:
+    text: str = yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return text.rstrip("\n")
+
+
+def dump(obj: object, fmt: str) -> str:
+    """``obj`` as ``json`` or ``yaml`` text."""
+    return dump_yaml(obj) if fmt == "yaml" else dump_json(obj)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def output_option(*, default: str = "table", choices: tuple[str, ...] = OUTPUT_FORMATS) -> Callable[[F], F]:
+    """The ``-o/--output`` option shared by the read commands."""
+    return click.option("-o", "--output", type=click.Choice(choices), default=default, show_default=True,
+                        help="Output format: text or table for people, json or yaml for programs.")
+
+
+def target_text(t: control_pb2.Target) -> str:
     parts = ["all namespaces" if t.all_namespaces else f"ns={t.namespace or 'default'}"]
     if t.selector:
         parts.append(f"selector={t.selector}")
@@ -67,7 +117,7 @@ def list_table(captures: list[control_pb2.CaptureStatus]) -> Table:
     for col in ("id", "state", "target", "filter", "pods", "packets", "bytes", "age"):
         table.add_column(col)
     for c in captures:
-        table.add_row(c.id, capture_state(c.state), _target_text(c.target), c.settings.filter or "-",
+        table.add_row(c.id, capture_state(c.state), target_text(c.target), c.settings.filter or "-",
                       str(len(c.pods)), str(c.packets), human_bytes(c.bytes), _elapsed(c))
     return table
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import click
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
@@ -55,3 +57,19 @@ def human_duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def size_param(ctx: click.Context, param: click.Parameter, value: str | None) -> int:
+    """click callback: a size option (``None`` or empty = 0)."""
+    try:
+        return parse_size(value) if value else 0
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+
+
+def duration_param(ctx: click.Context, param: click.Parameter, value: str | None) -> float:
+    """click callback: a duration option (``None`` or empty = 0)."""
+    try:
+        return parse_duration(value) if value else 0.0
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e

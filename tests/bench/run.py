@@ -291,11 +291,11 @@ class Podcap:
         self.node = node
         self.data_dir = os.path.join(lab.workdir, f"data-{node}")
         self.collector, clog = lab.spawn(f"collector-{node}", [
-            console_script("podcap-collector"), "--listen", "127.0.0.1:0", "--data-dir", self.data_dir],
+            console_script("podcap-collector"), "--insecure", "--listen", "127.0.0.1:0", "--data-dir", self.data_dir],
             cpu=collector_cpu)
         port = int(wait_for_log(clog, r"\(port (\d+)\)", self.collector, 20).group(1))
         self.address = f"127.0.0.1:{port}"
-        argv = [console_script("podcap-agent"), "--collector", self.address, "--node", node,
+        argv = [console_script("podcap-agent"), "--insecure", "--collector", self.address, "--node", node,
                 "--pod-source", "netns"]
         if ring_budget:
             argv += ["--ring-budget", str(ring_budget)]

@@ -38,7 +38,8 @@ class Cluster:
 
     def start_collector(self) -> None:
         self.runs += 1
-        self.collector = start_proc([tool("podcap-collector"), "--listen", self.address, "--data-dir", self.data],
+        self.collector = start_proc([tool("podcap-collector"), "--insecure", "--listen", self.address, "--data-dir",
+                                     self.data],
                                     os.path.join(self.tmp, f"collector-{self.runs}.log"))
         deadline = time.monotonic() + 15
         while podcap(self.address, "list", check=False, timeout=30).returncode != 0:
@@ -47,7 +48,7 @@ class Cluster:
 
     def start_agent(self, *extra: str) -> None:
         self.runs += 1
-        self.agent = start_proc([tool("podcap-agent"), "--collector", self.address, "--node", "node-" + self.node.tag,
+        self.agent = start_proc([tool("podcap-agent"), "--insecure", "--collector", self.address, "--node", "node-" + self.node.tag,
                                  "--pod-source", "netns", *extra], os.path.join(self.tmp, f"agent-{self.runs}.log"))
 
     def wait_pods(self) -> None:

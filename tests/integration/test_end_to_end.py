@@ -35,7 +35,7 @@ def node() -> Iterator[DemoNode]:
 @pytest.fixture
 def agent(collector: tuple[str, str, Proc], node: DemoNode, tmp_path: str) -> Iterator[Proc]:
     address = collector[0]
-    p = start_proc([tool("podcap-agent"), "--collector", address, "--node", "node-" + node.tag,
+    p = start_proc([tool("podcap-agent"), "--insecure", "--collector", address, "--node", "node-" + node.tag,
                     "--pod-source", "netns"], os.path.join(tmp_path, "agent.log"))
     deadline = time.monotonic() + 15
     while True:  # wait until the collector knows the node's pods

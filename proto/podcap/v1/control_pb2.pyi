@@ -47,6 +47,95 @@ CAPTURE_STATE_FAILED: CaptureState.ValueType  # 4
 Global___CaptureState: _TypeAlias = CaptureState  # noqa: Y015
 
 @_typing.final
+class ListAuditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    CAPTURE_ID_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """Most recent records first; at most this many (0 = 1000)."""
+    capture_id: _builtins.str
+    """Only records of this capture (empty = all)."""
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+        capture_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_id", b"capture_id", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditRequest: _TypeAlias = ListAuditRequest  # noqa: Y015
+
+@_typing.final
+class AuditRecord(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNIX_NS_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    CAPTURE_ID_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    unix_ns: _builtins.int
+    user: _builtins.str
+    """The authenticated user ("anonymous" without authentication)."""
+    action: _builtins.str
+    """start, stop, status, list, download, follow, audit."""
+    capture_id: _builtins.str
+    target: _builtins.str
+    """The target as the user gave it ("ns=shop selector=app=web pods=a,b")."""
+    filter: _builtins.str
+    result: _builtins.str
+    """allowed, denied, failed."""
+    detail: _builtins.str
+    """Why it was denied or failed, or what it did."""
+    def __init__(
+        self,
+        *,
+        unix_ns: _builtins.int = ...,
+        user: _builtins.str = ...,
+        action: _builtins.str = ...,
+        capture_id: _builtins.str = ...,
+        target: _builtins.str = ...,
+        filter: _builtins.str = ...,
+        result: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "capture_id", b"capture_id", "detail", b"detail", "filter", b"filter", "result", b"result", "target", b"target", "unix_ns", b"unix_ns", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditRecord: _TypeAlias = AuditRecord  # noqa: Y015
+
+@_typing.final
+class ListAuditResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditRecord]: ...
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___AuditRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditResponse: _TypeAlias = ListAuditResponse  # noqa: Y015
+
+@_typing.final
 class FollowRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -193,11 +282,17 @@ class Target(_message.Message):
     ALL_NAMESPACES_FIELD_NUMBER: _builtins.int
     SELECTOR_FIELD_NUMBER: _builtins.int
     POD_NAMES_FIELD_NUMBER: _builtins.int
+    FIELD_SELECTOR_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace (DNS-1123 label). Empty means "default" unless all_namespaces is set."""
     all_namespaces: _builtins.bool
     selector: _builtins.str
     """Kubernetes label selector, equality and set-based ("app=web,tier in (a,b),!canary"). Max 4096 bytes."""
+    field_selector: _builtins.str
+    """Kubernetes field selector ANDed with the rest ("spec.nodeName=node-1,status.phase=Running"): fields
+    metadata.name, metadata.namespace, spec.nodeName, status.phase, spec.hostNetwork, status.podIP with =, == or
+    !=. Evaluated by the collector against its watched pod cache, also for pods that appear later. Max 4096 bytes.
+    """
     @_builtins.property
     def pod_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Pod names (DNS-1123 subdomains); at most 1000."""
@@ -209,10 +304,11 @@ class Target(_message.Message):
         all_namespaces: _builtins.bool = ...,
         selector: _builtins.str = ...,
         pod_names: _abc.Iterable[_builtins.str] | None = ...,
+        field_selector: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_namespaces", b"all_namespaces", "namespace", b"namespace", "pod_names", b"pod_names", "selector", b"selector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_namespaces", b"all_namespaces", "field_selector", b"field_selector", "namespace", b"namespace", "pod_names", b"pod_names", "selector", b"selector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

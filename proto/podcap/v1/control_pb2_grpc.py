@@ -64,6 +64,11 @@ class ControlStub:
                 request_serializer=podcap_dot_v1_dot_control__pb2.FollowRequest.SerializeToString,
                 response_deserializer=podcap_dot_v1_dot_control__pb2.FollowMessage.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/podcap.v1.Control/ListAudit',
+                request_serializer=podcap_dot_v1_dot_control__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=podcap_dot_v1_dot_control__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -110,6 +115,14 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """The audit trail: who started, stopped, read or followed which capture, and whether it was allowed.
+        Needs the `audit` permission (Kubernetes: verb list on audits.podcap.io).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +155,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Follow,
                     request_deserializer=podcap_dot_v1_dot_control__pb2.FollowRequest.FromString,
                     response_serializer=podcap_dot_v1_dot_control__pb2.FollowMessage.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=podcap_dot_v1_dot_control__pb2.ListAuditRequest.FromString,
+                    response_serializer=podcap_dot_v1_dot_control__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -306,6 +324,33 @@ class Control:
             '/podcap.v1.Control/Follow',
             podcap_dot_v1_dot_control__pb2.FollowRequest.SerializeToString,
             podcap_dot_v1_dot_control__pb2.FollowMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/podcap.v1.Control/ListAudit',
+            podcap_dot_v1_dot_control__pb2.ListAuditRequest.SerializeToString,
+            podcap_dot_v1_dot_control__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,10 @@ class ControlStub:
     """Streams packets as they are stored, until the capture ends or the client goes away. A slow reader never slows
     the capture: what does not fit its buffer is dropped and reported as a FollowGap.
     """
+    ListAudit: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListAuditRequest, _control_pb2.ListAuditResponse]
+    """The audit trail: who started, stopped, read or followed which capture, and whether it was allowed.
+    Needs the `audit` permission (Kubernetes: verb list on audits.podcap.io).
+    """
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -61,6 +65,10 @@ class ControlAsyncStub(ControlStub):
     Follow: _aio.UnaryStreamMultiCallable[_control_pb2.FollowRequest, _control_pb2.FollowMessage]  # type: ignore[assignment]
     """Streams packets as they are stored, until the capture ends or the client goes away. A slow reader never slows
     the capture: what does not fit its buffer is dropped and reported as a FollowGap.
+    """
+    ListAudit: _aio.UnaryUnaryMultiCallable[_control_pb2.ListAuditRequest, _control_pb2.ListAuditResponse]  # type: ignore[assignment]
+    """The audit trail: who started, stopped, read or followed which capture, and whether it was allowed.
+    Needs the `audit` permission (Kubernetes: verb list on audits.podcap.io).
     """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
@@ -110,6 +118,16 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_control_pb2.FollowMessage], _abc.AsyncIterator[_control_pb2.FollowMessage]]:
         """Streams packets as they are stored, until the capture ends or the client goes away. A slow reader never slows
         the capture: what does not fit its buffer is dropped and reported as a FollowGap.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAudit(
+        self,
+        request: _control_pb2.ListAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListAuditResponse, _abc.Awaitable[_control_pb2.ListAuditResponse]]:
+        """The audit trail: who started, stopped, read or followed which capture, and whether it was allowed.
+        Needs the `audit` permission (Kubernetes: verb list on audits.podcap.io).
         """
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

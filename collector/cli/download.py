@@ -1,0 +1,157 @@
+"""Downloading a capture's per-pod pcap files, and the pod metadata that goes into pcapng output.
+
+The collector's ``Download`` RPC streams one pcap file per pod, one after the other, each announced by a
+``FileStart`` with its exact size. Each file is written as ``<path>.part`` and renamed once it is complete, so an
+interrupted download never leaves a file that looks whole. Paths are built only from validated names.
+
+A merge cannot start before every pod's file is there (the stream sends pods one after the other), so merged
+output goes through files on disk; the merge itself then streams (``podcap.collector.storage.pcapng``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from podcap.collector.cli.render import capture_state, target_text
+from podcap.collector.client import CollectorClient, CollectorError
+from podcap.collector.storage.pcapng import InterfaceInfo, InterfaceStats, SectionInfo
+from podcap.names import InvalidNameError, check_namespace, check_pod_name
+from podcap.v1 import common_pb2, control_pb2
+
+
+@dataclass(frozen=True)
+class DownloadedFile:
+    pod: common_pb2.Pod
+    path: str
+    size: int
+
+
+def download_files(client: CollectorClient, capture_id: str, pods: list[str],
+                   dest: Callable[[common_pb2.Pod], str]) -> list[DownloadedFile]:
+    """Download every selected pod's pcap file to ``dest(pod)``; return them in the order the collector sent."""
+    done: list[DownloadedFile] = []
+    current: tuple[common_pb2.Pod, str, int] | None = None
+    part = ""
+    written = 0
+    f = None
+    try:
+        for msg in client.download(capture_id, pods):
+            if msg.WhichOneof("kind") == "file":
+                if f is not None and current is not None:
+                    f.close()
+                    f = None
+                    done.append(_finish(current, part, written))
+                pod = msg.file.pod
+                try:
+                    check_namespace(pod.namespace)
+                    check_pod_name(pod.name)
+                except InvalidNameError as e:
+                    raise CollectorError(f"collector sent an unusable file name: {e}") from e
+                path = dest(pod)
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                part = path + ".part"
+                f = open(part, "wb")  # noqa: SIM115 (closed when the next file starts or at the end)
+                current = (pod, path, msg.file.size)
+                written = 0
+            else:
+                if f is None:
+                    raise CollectorError("collector sent data before a file header")
+                f.write(msg.data)
+                written += len(msg.data)
+        if f is not None and current is not None:
+            f.close()
+            f = None
+            done.append(_finish(current, part, written))
+    finally:
+        if f is not None:
+            f.close()
+            os.unlink(part)
+    return done
+
+
+def _finish(current: tuple[common_pb2.Pod, str, int], part: str, written: int) -> DownloadedFile:
+    pod, path, expected = current
+    if written != expected:
+        os.unlink(part)
+        raise CollectorError(f"download of {path} incomplete: {written} of {expected} bytes")
+    os.replace(part, path)
+    return DownloadedFile(pod, path, written)
+
+
+def per_pod_paths(out_dir: str, suffix: str) -> Callable[[common_pb2.Pod], str]:
+    """``<out_dir>/<namespace>/<pod><suffix>``; a second pod with the same name (re-created under a new uid
+    during the capture) gets its uid appended instead of overwriting the first."""
+    used: set[str] = set()
+
+    def dest(pod: common_pb2.Pod) -> str:
+        path = os.path.join(out_dir, pod.namespace, pod.name + suffix)
+        if path in used:
+            path = os.path.join(out_dir, pod.namespace, f"{pod.name}.{pod.uid[:12] or len(used)}{suffix}")
+        used.add(path)
+        return path
+
+    return dest
+
+
+def download_capture(client: CollectorClient, capture_id: str, out_dir: str, pods: list[str]) -> list[tuple[str, int]]:
+    """Write ``<out_dir>/<namespace>/<pod>.pcap`` for each pod; return (path, bytes) per file."""
+    files = download_files(client, capture_id, pods, per_pod_paths(out_dir, ".pcap"))
+    return [(f.path, f.size) for f in files]
+
+
+# ---- pcapng metadata from the capture's status ----
+
+
+def _pod_status(status: control_pb2.CaptureStatus, pod: common_pb2.Pod) -> control_pb2.PodStatus | None:
+    for ps in status.pods:
+        if ps.pod.uid == pod.uid:
+            return ps
+    for ps in status.pods:
+        if (ps.pod.namespace, ps.pod.name) == (pod.namespace, pod.name):
+            return ps
+    return None
+
+
+def pod_interface(status: control_pb2.CaptureStatus, pod: common_pb2.Pod) -> InterfaceInfo:
+    """The pcapng interface of one pod: ``<namespace>/<pod>``, described by node, uid, ip, handle and filter."""
+    ps = _pod_status(status, pod)
+    node = pod.node or (ps.pod.node if ps is not None else "") or "?"
+    parts = [f"node {node}", f"uid {pod.uid or '?'}"]
+    if pod.ip:
+        parts.append(f"ip {pod.ip}")
+    if ps is not None and ps.interface:
+        parts.append(f"captured on {ps.interface}")
+    parts.append(f"filter {status.settings.filter!r}" if status.settings.filter else "no filter")
+    parts.append(f"podcap capture {status.id}")
+    return InterfaceInfo(name=f"{pod.namespace}/{pod.name}", description=f"pod {pod.namespace}/{pod.name}: "
+                         + ", ".join(parts), filter=status.settings.filter)
+
+
+def pod_stats(status: control_pb2.CaptureStatus, pod: common_pb2.Pod) -> InterfaceStats | None:
+    ps = _pod_status(status, pod)
+    if ps is None:
+        return None
+    return InterfaceStats(
+        start_ns=status.created_unix_ns,
+        end_ns=status.ended_unix_ns or time.time_ns(),
+        received=ps.kernel.received,
+        kernel_dropped=ps.kernel.dropped,
+        if_dropped=ps.kernel.if_dropped,
+        agent_dropped=ps.agent_dropped_packets,
+        delivered=ps.packets,
+    )
+
+
+def capture_section(status: control_pb2.CaptureStatus) -> SectionInfo:
+    """Section header comments: which capture, of what, and how it ended."""
+    detail = [f"target {target_text(status.target)}",
+              f"filter {status.settings.filter!r}" if status.settings.filter else "no filter",
+              f"state {capture_state(status.state)}" + (f" ({status.end_reason})" if status.end_reason else ""),
+              f"{len(status.pods)} pod(s)"]
+    comments = [f"podcap capture {status.id}", "; ".join(detail)]
+    if status.note:
+        comments.append(f"note: {status.note}")
+    return SectionInfo(comments=tuple(comments))

@@ -1,0 +1,148 @@
+"""``podcap get``: download a capture as one file per pod (pcap or pcapng), or merged into one pcapng file.
+
+``--merge FILE.pcapng`` downloads the per-pod files into a temporary directory next to FILE (large captures may
+not fit in /tmp), merges them (each pod its own interface, packets in time order, per-pod drop counters in
+Interface Statistics Blocks) into ``FILE.part`` and renames it; ``--merge -`` writes the merged file to stdout
+(``podcap get ID --merge - | wireshark -k -i -``). With ``-o DIR`` as well, the per-pod files are kept in DIR.
+The capture's status is read after the download, so the counters in the file are as recent as its packets.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
+
+import click
+
+from podcap.collector.cli.complete import complete_capture_id
+from podcap.collector.cli.download import (
+    DownloadedFile,
+    capture_section,
+    download_files,
+    per_pod_paths,
+    pod_interface,
+    pod_stats,
+)
+from podcap.collector.cli.errors import CommandError
+from podcap.collector.cli.units import human_bytes
+from podcap.collector.client import CollectorClient
+from podcap.collector.storage.pcapng import MergeInput, PcapngError, merge_pcaps, pcap_to_pcapng
+from podcap.pcapfile import PcapFormatError
+from podcap.v1 import control_pb2
+
+
+@contextmanager
+def _merge_output(path: str) -> Iterator[IO[bytes]]:
+    """The merged file: stdout for ``-``, else ``path.part`` renamed to ``path`` on success."""
+    if path == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    part = path + ".part"
+    try:
+        with open(part, "wb") as f:
+            yield f
+        os.replace(part, path)
+    finally:
+        if os.path.exists(part):
+            os.unlink(part)
+
+
+def _merge(status: control_pb2.CaptureStatus, files: list[DownloadedFile], path: str) -> list[int]:
+    inputs = [MergeInput(f.path, pod_interface(status, f.pod), pod_stats(status, f.pod)) for f in files]
+    with _merge_output(path) as out:
+        return merge_pcaps(inputs, out, section=capture_section(status))
+
+
+def _to_pcapng(status: control_pb2.CaptureStatus, files: list[DownloadedFile]) -> list[tuple[str, int]]:
+    """Replace each downloaded ``.pcap`` by a one-interface ``.pcapng`` beside it."""
+    out: list[tuple[str, int]] = []
+    section = capture_section(status)
+    for f in files:
+        dst = f.path.removesuffix(".pcap") + ".pcapng"
+        pcap_to_pcapng(f.path, dst, pod_interface(status, f.pod), stats=pod_stats(status, f.pod), section=section)
+        os.unlink(f.path)
+        out.append((dst, os.path.getsize(dst)))
+    return out
+
+
+@click.command()
+@click.argument("capture_id", shell_complete=complete_capture_id)
+@click.argument("pods", nargs=-1)
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
+              help="Directory to write one file per pod into: <namespace>/<pod>.pcap (or .pcapng).")
+@click.option("--format", "file_format", type=click.Choice(["pcap", "pcapng"]), default="pcap", show_default=True,
+              help="Per-pod file format for -o; pcapng adds the pod's name, node, uid, filter and drop counters.")
+@click.option("--merge", "merge_path", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write ONE pcapng file, each pod its own interface, packets in time order ('-' = stdout).")
+@click.pass_context
+def get(ctx: click.Context, capture_id: str, pods: tuple[str, ...], out_dir: str | None, file_format: str,
+        merge_path: str | None) -> None:
+    """Download a capture (optionally only PODS, as name, namespace/name or uid).
+
+    \b
+      podcap get ID -o DIR                    DIR/<namespace>/<pod>.pcap, one file per pod
+      podcap get ID -o DIR --format pcapng    the same as pcapng, with pod metadata and drop counters
+      podcap get ID --merge all.pcapng        one file, one interface per pod (Wireshark: frame.interface_name)
+      podcap get ID --merge - | wireshark -k -i -
+    """
+    if not out_dir and not merge_path:
+        raise click.UsageError("say where to: -o DIR (one file per pod) or --merge FILE.pcapng (one file)", ctx)
+    prog = ctx.find_root().info_name or "podcap"
+    if merge_path == "-" and sys.stdout.isatty():
+        raise click.UsageError("--merge - writes binary pcapng to stdout, which is a terminal: pipe it "
+                               "(| wireshark -k -i -) or give a file name", ctx)
+    with CollectorClient(ctx.obj["collector"]) as client:
+        client.get(capture_id)  # an unknown id fails here, before any file is created
+        try:
+            if out_dir:
+                files = download_files(client, capture_id, list(pods), per_pod_paths(out_dir, ".pcap"))
+                status = client.get(capture_id)
+                _get_into_dir(status, files, file_format, merge_path)
+            else:
+                assert merge_path is not None
+                parent = None if merge_path == "-" else os.path.dirname(os.path.abspath(merge_path))
+                with tempfile.TemporaryDirectory(prefix=".podcap-merge-", dir=parent) as tmp:
+                    files = download_files(client, capture_id, list(pods), _Numbered(tmp))
+                    status = client.get(capture_id)
+                    _report_merge(merge_path, _merge(status, files, merge_path))
+        except (PcapFormatError, PcapngError) as e:
+            hint = f"the stored file is damaged: '{prog} get {capture_id} -o DIR' keeps the per-pod files as they are"
+            raise CommandError(f"capture {capture_id}: {e}", hint, prog=prog) from e
+        except OSError as e:
+            where = f" {e.filename}" if e.filename else ""
+            raise CommandError(f"cannot write{where}: {e.strerror or e}",
+                               "choose another -o/--merge path or free some space", prog=prog) from e
+
+
+def _get_into_dir(status: control_pb2.CaptureStatus, files: list[DownloadedFile], file_format: str,
+                  merge_path: str | None) -> None:
+    if merge_path:
+        _report_merge(merge_path, _merge(status, files, merge_path))
+    listed = _to_pcapng(status, files) if file_format == "pcapng" else [(f.path, f.size) for f in files]
+    for path, n in listed:
+        click.echo(f"{path}\t{human_bytes(n)}", err=merge_path == "-")  # stdout carries the merged file
+
+
+class _Numbered:
+    """Download destinations ``<dir>/000000.pcap``, ``000001.pcap`` …: no name can collide in a merge."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.n = 0
+
+    def __call__(self, pod: object) -> str:
+        self.n += 1
+        return os.path.join(self.directory, f"{self.n - 1:06d}.pcap")
+
+
+def _report_merge(path: str, counts: list[int]) -> None:
+    line = f"{sum(counts)} packets from {len(counts)} pod(s)"
+    if path == "-":
+        click.echo(f"merged {line}", err=True)
+    else:
+        click.echo(f"{path}\t{human_bytes(os.path.getsize(path))}\t{line}")

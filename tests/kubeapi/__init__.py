@@ -1,0 +1,1 @@
+"""A faithful stand-in kube-apiserver for tests (no Kubernetes can be installed on these machines)."""

@@ -1,0 +1,62 @@
+"""Helpers for tests against the stand-in API server: a recorder of watch callbacks and a polling wait."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from podcap.collector.cluster import ClusterListener
+from podcap.collector.targets import PodRef
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+class Recorder(ClusterListener):
+    """Collects (event, "namespace/name") from PodWatch callbacks or ClusterListener calls, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.pods: dict[str, PodRef] = {}
+        self._lock = threading.Lock()
+
+    def _add(self, kind: str, pod: PodRef) -> None:
+        with self._lock:
+            self.events.append((kind, pod.display))
+            self.pods[pod.display] = pod
+
+    def added(self, pod: PodRef) -> None:
+        self._add("added", pod)
+
+    def modified(self, pod: PodRef) -> None:
+        self._add("modified", pod)
+
+    def deleted(self, pod: PodRef) -> None:
+        self._add("deleted", pod)
+
+    def pod_added(self, pod: PodRef) -> None:
+        self.added(pod)
+
+    def pod_changed(self, pod: PodRef) -> None:
+        self.modified(pod)
+
+    def pod_deleted(self, pod: PodRef) -> None:
+        self.deleted(pod)
+
+    def snapshot(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self.events)
+
+    def wait_count(self, n: int, timeout: float = 10.0) -> list[tuple[str, str]]:
+        wait_for(lambda: len(self.snapshot()) >= n, timeout, f"{n} events (have {self.snapshot()})")
+        return self.snapshot()
+
+    def clear(self) -> None:
+        with self._lock:
+            self.events.clear()

@@ -1,0 +1,91 @@
+"""The capture manager with an API server: targets resolve from the watched cache (with --field-selector), pods
+that become Running during a dynamic capture are attached, and a collector that cannot list pods says why."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from podcap.collector.agents import AgentConnection, AgentRegistry
+from podcap.collector.captures import CaptureManager
+from podcap.collector.cluster import ClusterInventory, ClusterNotSyncedError, FieldSelectorError
+from podcap.collector.kube import load_api
+from podcap.collector.store import CaptureStore
+from podcap.collector.targets import NoMatchError
+from podcap.names import NodeName
+from podcap.v1 import control_pb2, ingest_pb2
+from tests.kubeapi.helpers import wait_for
+from tests.kubeapi.standin import KubeApiStandin, write_kubeconfig
+
+
+@pytest.fixture
+def env(tmp_path: Any) -> Iterator[tuple[CaptureManager, AgentConnection, KubeApiStandin]]:
+    with KubeApiStandin(bookmark_interval=0.2) as s:
+        s.add_pod("shop", "web-0", labels={"app": "web"}, node="node-a", ip="10.0.0.1")
+        s.add_pod("shop", "web-1", labels={"app": "web"}, node="node-b", ip="10.0.0.2")
+        api = load_api(write_kubeconfig(str(tmp_path / "kc"), s.url))
+        inv = ClusterInventory(api, backoff_initial_s=0.05, backoff_max_s=0.2).start()
+        assert inv.wait_synced(5)
+        registry = AgentRegistry()
+        conn = AgentConnection(node=NodeName("node-a"), instance_id="i", version="t", pod_source="cri", pods=[])
+        registry.register(conn)
+        store = CaptureStore(os.path.join(str(tmp_path), "db"))
+        mgr = CaptureManager(str(tmp_path), registry, store, cluster=inv)
+        yield mgr, conn, s
+        mgr.close()
+        store.close()
+        inv.stop()
+        api.close()
+
+
+def starts(conn: AgentConnection) -> list[str]:
+    out = []
+    while conn._items:
+        m = conn._items.popleft()
+        if m is not None and m.WhichOneof("kind") == "start":
+            out.append(m.start.pod.name)
+    return sorted(out)
+
+
+def test_field_selector_and_dynamic_attach(env: tuple[CaptureManager, AgentConnection, KubeApiStandin]) -> None:
+    mgr, conn, s = env
+    cap = mgr.start(control_pb2.StartCaptureRequest(target=control_pb2.Target(
+        namespace="shop", selector="app=web", field_selector="spec.nodeName=node-a")))
+    assert sorted(p.pod.name for p in cap.pods.values()) == ["web-0"]  # the agent's inventory is empty: API's view
+    assert starts(conn) == ["web-0"]
+    s.add_pod("shop", "web-2", labels={"app": "web"}, node="node-a", phase="Pending")
+    s.add_pod("shop", "web-3", labels={"app": "web"}, node="node-b")  # other node: field selector says no
+    import time
+    time.sleep(0.3)
+    assert starts(conn) == []  # Pending: no sandbox yet, not attached
+    s.modify_pod("shop", "web-2", phase="Running", ip="10.0.0.3")
+    wait_for(lambda: "web-2" in {p.pod.name for p in cap.pods.values()}, 5, "web-2 attached")
+    assert starts(conn) == ["web-2"]
+    assert sorted(p.pod.name for p in cap.pods.values()) == ["web-0", "web-2"]
+
+
+def test_errors(env: tuple[CaptureManager, AgentConnection, KubeApiStandin]) -> None:
+    mgr, conn, s = env
+    with pytest.raises(FieldSelectorError):
+        mgr.start(control_pb2.StartCaptureRequest(target=control_pb2.Target(namespace="shop", field_selector="x=1")))
+    with pytest.raises(NoMatchError, match="with field selector 'spec.nodeName=node-z'"):
+        mgr.start(control_pb2.StartCaptureRequest(target=control_pb2.Target(
+            namespace="shop", field_selector="spec.nodeName=node-z")))
+
+
+def test_not_synced(tmp_path: Any) -> None:
+    with KubeApiStandin() as s:
+        s.deny("list", None)
+        api = load_api(write_kubeconfig(str(tmp_path / "kc"), s.url))
+        inv = ClusterInventory(api, backoff_initial_s=0.05).start()
+        store = CaptureStore(os.path.join(str(tmp_path), "db"))
+        mgr = CaptureManager(str(tmp_path), AgentRegistry(), store, cluster=inv)
+        try:
+            wait_for(lambda: inv.error is not None, 5)
+            with pytest.raises(ClusterNotSyncedError, match="not allowed to list pods"):
+                mgr.start(control_pb2.StartCaptureRequest(target=control_pb2.Target(namespace="shop")))
+        finally:
+            mgr.close(); store.close(); inv.stop(); api.close()
