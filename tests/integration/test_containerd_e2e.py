@@ -80,7 +80,8 @@ def agent(collector: tuple[str, str, Proc], node: TestNode, tmp_path: str) -> It
     started: list[Proc] = []
 
     def start(source: str = "cri") -> Proc:
-        argv = [tool("podcap-agent"), "--insecure", "--collector", collector[0], "--node", node.node_name, "--pod-source", source]
+        argv = [tool("podcap-agent"), "--insecure", "--collector", collector[0], "--node", node.node_name,
+                "--pod-source", source]
         if source == "cri":
             argv += ["--cri-endpoint", "unix://" + node.socket]
         else:

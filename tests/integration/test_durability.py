@@ -48,8 +48,9 @@ class Cluster:
 
     def start_agent(self, *extra: str) -> None:
         self.runs += 1
-        self.agent = start_proc([tool("podcap-agent"), "--insecure", "--collector", self.address, "--node", "node-" + self.node.tag,
-                                 "--pod-source", "netns", *extra], os.path.join(self.tmp, f"agent-{self.runs}.log"))
+        self.agent = start_proc([tool("podcap-agent"), "--insecure", "--collector", self.address,
+                                 "--node", "node-" + self.node.tag, "--pod-source", "netns", *extra],
+                                os.path.join(self.tmp, f"agent-{self.runs}.log"))
 
     def wait_pods(self) -> None:
         deadline = time.monotonic() + 15

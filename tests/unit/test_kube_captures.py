@@ -16,7 +16,7 @@ from podcap.collector.kube import load_api
 from podcap.collector.store import CaptureStore
 from podcap.collector.targets import NoMatchError
 from podcap.names import NodeName
-from podcap.v1 import control_pb2, ingest_pb2
+from podcap.v1 import control_pb2
 from tests.kubeapi.helpers import wait_for
 from tests.kubeapi.standin import KubeApiStandin, write_kubeconfig
 
@@ -88,4 +88,7 @@ def test_not_synced(tmp_path: Any) -> None:
             with pytest.raises(ClusterNotSyncedError, match="not allowed to list pods"):
                 mgr.start(control_pb2.StartCaptureRequest(target=control_pb2.Target(namespace="shop")))
         finally:
-            mgr.close(); store.close(); inv.stop(); api.close()
+            mgr.close()
+            store.close()
+            inv.stop()
+            api.close()
