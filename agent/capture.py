@@ -86,6 +86,10 @@ class _Stream:
     fmt: FileFormat = FileFormat(1, MAX_SNAPLEN, True)
     # Running average of record size (header included), to ask libpcap for about a chunk's worth per call.
     avg_record: int = 256
+    # Ring block timeout in seconds, and a graceful stop in progress (finish at this monotonic time).
+    handle_timeout: float = 0.2
+    finish_at: float = 0.0
+    finish_reason: str = ""
 
 
 def auto_ring_bytes(budget: int, pods: int) -> int:
@@ -156,7 +160,7 @@ class CaptureEngine:
         def run() -> None:
             for key, stream in list(self._streams.items()):
                 if key[0] == capture_id and (pod_uid is None or key[1] == pod_uid):
-                    self._finish(stream, common_pb2.POD_CAPTURE_STATE_DONE, reason)
+                    self._finish_later(stream, reason)
 
         with self._lock:
             for key in list(self._opening):
@@ -167,20 +171,28 @@ class CaptureEngine:
     def stop_all(self, reason: str) -> None:
         def run() -> None:
             for stream in list(self._streams.values()):
-                self._finish(stream, common_pb2.POD_CAPTURE_STATE_DONE, reason)
+                self._finish_later(stream, reason)
 
         with self._lock:
             self._cancelled_opens.update(self._opening)
         self._submit(run)
+
+    def _finish_later(self, stream: _Stream, reason: str) -> None:
+        """A graceful stop: packets still in the kernel's current ring block become readable only when the block
+        retires (at most the block timeout after its first packet), so the stream keeps draining until then and
+        is finished by the housekeeping; nothing captured before the stop is lost."""
+        if not stream.finish_at:
+            stream.finish_at = time.monotonic() + stream.handle_timeout + 0.05
+            stream.finish_reason = reason
 
     def close(self, reason: str = "agent shutting down") -> None:
         """Stop every stream (flushing them) and end the loop thread."""
         self.stop_all(reason)
         self._pool.shutdown(wait=True)
         self.stop_all(reason)  # streams whose open finished while we waited
-        done = threading.Event()
-        self._submit(done.set)
-        done.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while self.active() and time.monotonic() < deadline:
+            time.sleep(0.02)
         self._running = False
         self._wake()
         self._thread.join(timeout=10)
@@ -234,6 +246,7 @@ class CaptureEngine:
             key=key, stream_id=stream_id, pod=pod, handle=handle, interface=interface,
             remaining=settings.max_packets or -1,
             fmt=FileFormat(handle.linktype, handle.snaplen, handle.nanosecond),
+            handle_timeout=opts.timeout_ms / 1000,
         )
 
         def register() -> None:
@@ -276,7 +289,7 @@ class CaptureEngine:
             pass
 
     def _loop(self) -> None:
-        timeout = max(0.01, self._cfg.flush_interval / 2)
+        timeout = max(0.01, min(self._cfg.flush_interval / 2, 0.1))
         period = self._cfg.min_loop_period
         while self._running:
             started = time.monotonic()
@@ -395,6 +408,9 @@ class CaptureEngine:
 
     def _housekeeping(self, now: float) -> None:
         for stream in list(self._streams.values()):
+            if stream.finish_at and now >= stream.finish_at:
+                self._finish(stream, common_pb2.POD_CAPTURE_STATE_DONE, stream.finish_reason)
+                continue
             if stream.pending_packets and now - stream.pending_since >= self._cfg.flush_interval:
                 self._cut(stream)
             if now >= stream.next_stats:
