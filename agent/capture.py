@@ -92,6 +92,16 @@ class _Stream:
     finish_reason: str = ""
 
 
+@dataclass
+class CaptureCounters:
+    """Per-capture totals on this node (all streams, finished ones included), for metrics."""
+
+    captured: int = 0
+    kernel_dropped: int = 0
+    if_dropped: int = 0
+    agent_dropped: int = 0
+
+
 def auto_ring_bytes(budget: int, pods: int) -> int:
     """Ring size per pod when the capture leaves it to the agent: the budget shared by the pods, clamped."""
     share = budget // max(1, pods)
@@ -118,6 +128,7 @@ class CaptureEngine:
         self._opening: set[tuple[CaptureId, PodUid]] = set()
         self._cancelled_opens: set[tuple[CaptureId, PodUid]] = set()
         self._commands: list[Callable[[], None]] = []
+        self._totals: dict[CaptureId, CaptureCounters] = {}
         self._counter = 0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # epoll: a wakeup costs O(ready fds), not O(all handles) as poll() does.
@@ -198,6 +209,14 @@ class CaptureEngine:
         self._thread.join(timeout=10)
         os.close(self._wake_r)
         os.close(self._wake_w)
+
+    def counters(self) -> dict[CaptureId, CaptureCounters]:
+        with self._lock:
+            return {k: CaptureCounters(**vars(v)) for k, v in self._totals.items()}
+
+    def _total(self, stream: _Stream) -> CaptureCounters:
+        with self._lock:
+            return self._totals.setdefault(stream.key[0], CaptureCounters())
 
     # ---- opening (pool threads) ----
 
@@ -381,12 +400,18 @@ class CaptureEngine:
             records=data, packets=packets, first_ts_ns=first_timestamp_ns(data, stream.fmt),
             last_ts_ns=time.time_ns(),
         ))
+        total = self._total(stream)
+        total.captured += packets
         if not self._sink.chunk(msg, len(data)):
             stream.agent_dropped += packets
+            total.agent_dropped += packets
 
     def _read_kernel(self, stream: _Stream) -> None:
         raw = stream.handle.stats()
         last = stream.raw_kernel
+        total = self._total(stream)
+        total.kernel_dropped += (raw.dropped - last[1]) & 0xFFFFFFFF
+        total.if_dropped += (raw.if_dropped - last[2]) & 0xFFFFFFFF
         stream.kernel = KernelCounters(
             _wrap_add(stream.kernel.received, last[0], raw.received),
             _wrap_add(stream.kernel.dropped, last[1], raw.dropped),

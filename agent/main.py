@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tls-key", default=os.environ.get("PODCAP_TLS_KEY", ""), help="its private key (PEM)")
     p.add_argument("--insecure", action="store_true",
                    help="talk to the collector in plaintext (local testing only; logs a warning)")
+    p.add_argument("--metrics-listen", default="", help="serve Prometheus /metrics on HOST:PORT (e.g. :9421)")
+    p.add_argument("--health-listen", default="",
+                   help="serve gRPC health checking on HOST:PORT (e.g. 0.0.0.0:9422): SERVING while connected")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -94,6 +97,18 @@ def main(argv: list[str] | None = None) -> None:
         engine=EngineSettings(ring_budget_bytes=args.ring_budget),
     )
     agent = AgentSession(cfg, source)
+    if args.metrics_listen:
+        from podcap.agent.metrics import serve_metrics
+
+        log.info("metrics on port %d", serve_metrics(args.metrics_listen, agent))
+    if args.health_listen:
+        from grpc_health.v1 import health_pb2
+
+        from podcap.agent.metrics import serve_health
+
+        _health_server, health = serve_health(args.health_listen)
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        agent.on_connected = lambda up: health.set("", serving if up else not_serving)
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

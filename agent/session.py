@@ -109,6 +109,9 @@ class AgentSession:
         self._pods: dict[PodUid, PodInfo] = {}
         self._call: grpc.Future[ingest_pb2.CollectorMessage] | None = None
         self._lock = threading.Lock()
+        self.connected = False
+        # Called with True when a session is registered and False when it ends (health, metrics).
+        self.on_connected: Callable[[bool], None] = lambda _up: None
 
     # ---- lifecycle ----
 
@@ -185,6 +188,9 @@ class AgentSession:
         finally:
             with self._lock:
                 self._call = None
+            if self.connected:
+                self.connected = False
+                self.on_connected(False)
             self.out.end_session()
             channel.close()
 
@@ -248,6 +254,8 @@ class AgentSession:
     def _handle(self, msg: ingest_pb2.CollectorMessage) -> None:
         kind = msg.WhichOneof("kind")
         if kind == "registered":
+            self.connected = True
+            self.on_connected(True)
             log.info("registered with collector %s as node %s (session %s)",
                      self.cfg.collector, self.cfg.node, msg.registered.session_id)
         elif kind == "start":

@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import lru_cache
 from typing import BinaryIO
@@ -94,6 +94,8 @@ class CaptureManager(AgentListener, ClusterListener):
         self._closing = threading.Event()
         self._commit_now = threading.Event()
         self.paused = ""
+        # Observer of commit latency (the metrics module plugs a histogram in).
+        self.commit_seconds: Callable[[float], None] = lambda _s: None
         # With an API server, pods come from its watched cache; without one, from the agents' inventories.
         self.cluster = cluster
         registry.subscribe(self)
@@ -629,6 +631,7 @@ class CaptureManager(AgentListener, ClusterListener):
     def _commit(self, cap: Capture) -> None:
         """Sync written segments, persist dirty pods and the capture state in one transaction, then send the
         acknowledgements the commit made true."""
+        started = time.monotonic()
         with cap.lock:
             dirty = [ps for ps in cap.pods.values() if ps.dirty]
             if not cap.dirty and not dirty:
@@ -658,6 +661,8 @@ class CaptureManager(AgentListener, ClusterListener):
             for ps, stream, seq, _conn in committed:
                 if ps.stream_id == stream:
                     ps.committed_seq = max(ps.committed_seq, seq)
+        if committed:
+            self.commit_seconds(time.monotonic() - started)
         for ps, stream, seq, conn in committed:
             if conn is not None:
                 conn.send(ingest_pb2.CollectorMessage(ack=ingest_pb2.ChunkAck(

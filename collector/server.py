@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kube-auth", action="store_true",
                    help="authenticate CLI users with TokenReview and authorize with SubjectAccessReview "
                    "(default when the Kubernetes API is used and no --token-file is given)")
+    p.add_argument("--metrics-listen", default="", help="serve Prometheus /metrics on HOST:PORT (e.g. :9420)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -198,6 +199,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"podcap-collector: {e}")
     except OSError as e:
         sys.exit(f"podcap-collector: {e}")
+    if args.metrics_listen:
+        from podcap.collector.metrics import serve_metrics
+
+        log.info("metrics on port %d", serve_metrics(args.metrics_listen, collector.captures, collector.registry))
     log.info("podcap-collector listening on %s (port %d%s), data dir %s", args.listen, collector.port,
              f", agents on port {collector.agent_port} with mutual TLS" if tls else "", args.data_dir)
     done = threading.Event()

@@ -1,0 +1,64 @@
+"""The agent's Prometheus metrics and gRPC health endpoint (for the DaemonSet's probes).
+
+Metrics are read at scrape time from the capture engine and the upload log: active streams, packets captured and
+dropped by kind, spool depth. Health is SERVING while a session with the collector is up, NOT_SERVING otherwise
+(readiness), and the health server itself answering is liveness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import HealthServicer
+from prometheus_client import REGISTRY, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector as PromCollector
+
+from podcap.agent.session import AgentSession
+
+
+class AgentMetrics(PromCollector):
+    def __init__(self, agent: AgentSession) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        streams = GaugeMetricFamily("podcap_agent_streams", "Pod capture streams open on this node")
+        chunks, spooled = self.agent.out.pending()
+        depth = GaugeMetricFamily("podcap_agent_spool_bytes", "Captured bytes waiting for acknowledgement")
+        depth_chunks = GaugeMetricFamily("podcap_agent_spool_chunks", "Chunks waiting for acknowledgement")
+        connected = GaugeMetricFamily("podcap_agent_connected", "1 while the collector session is up")
+        stats = self.agent.engine.counters()
+        captured = CounterMetricFamily("podcap_agent_captured_packets", "Packets captured", labels=["capture"])
+        drops = CounterMetricFamily("podcap_agent_dropped_packets", "Packets lost on this node by kind",
+                                    labels=["capture", "kind"])
+        for cid, c in stats.items():
+            captured.add_metric([cid], c.captured)
+            drops.add_metric([cid, "kernel"], c.kernel_dropped)
+            drops.add_metric([cid, "interface"], c.if_dropped)
+            drops.add_metric([cid, "agent"], c.agent_dropped)
+        streams.add_metric([], len(self.agent.engine.active()))
+        depth.add_metric([], spooled)
+        depth_chunks.add_metric([], chunks)
+        connected.add_metric([], 1 if self.agent.connected else 0)
+        yield from (streams, depth, depth_chunks, connected, captured, drops)
+
+
+def serve_metrics(address: str, agent: AgentSession) -> int:
+    REGISTRY.register(AgentMetrics(agent))
+    host, _, port = address.rpartition(":")
+    server, _thread = start_http_server(int(port), addr=host or "0.0.0.0")
+    return int(server.server_address[1])
+
+
+def serve_health(address: str) -> tuple[grpc.Server, HealthServicer]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
+    health = HealthServicer()
+    health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot listen on {address} for health checks")
+    server.start()
+    return server, health

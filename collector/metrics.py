@@ -1,0 +1,62 @@
+"""Prometheus metrics of the collector, computed at scrape time from the capture manager (no second set of
+counters to drift from what ``podcap status`` shows: both read the same state).
+
+Per-pod series carry ``capture``, ``namespace`` and ``pod`` labels; they exist while the capture is known to the
+collector. Chunk commit latency (written → durably acknowledged) is a histogram fed by the committer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector as PromCollector
+
+from podcap.collector.agents import AgentRegistry
+from podcap.collector.captures import CaptureManager
+
+COMMIT_SECONDS = Histogram("podcap_commit_seconds", "Time to make a batch of chunks durable and acknowledge it",
+                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+
+class CaptureMetrics(PromCollector):
+    def __init__(self, captures: CaptureManager, registry: AgentRegistry) -> None:
+        self.captures = captures
+        self.registry = registry
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        active = GaugeMetricFamily("podcap_captures_active", "Captures running or stopping")
+        agents = GaugeMetricFamily("podcap_agents_connected", "Agents with a live session")
+        paused = GaugeMetricFamily("podcap_storage_paused", "1 while storing is paused (e.g. data dir full)")
+        labels = ["capture", "namespace", "pod"]
+        packets = CounterMetricFamily("podcap_stored_packets", "Packets stored per pod (retention included)",
+                                      labels=labels)
+        nbytes = CounterMetricFamily("podcap_stored_bytes", "Bytes written per pod (retention included)",
+                                     labels=labels)
+        drops = CounterMetricFamily("podcap_dropped_packets", "Packets lost per pod by kind",
+                                    labels=[*labels, "kind"])
+        n_active = 0
+        for cap in self.captures.all():
+            st = self.captures.status(cap)
+            n_active += cap.live
+            for p in st.pods:
+                key = [cap.id, p.pod.namespace, p.pod.name]
+                packets.add_metric(key, p.packets + p.retired_packets)
+                nbytes.add_metric(key, p.bytes + p.retired_bytes)
+                drops.add_metric([*key, "kernel"], p.kernel.dropped)
+                drops.add_metric([*key, "interface"], p.kernel.if_dropped)
+                drops.add_metric([*key, "agent"], p.agent_dropped_packets)
+        active.add_metric([], n_active)
+        agents.add_metric([], len(self.registry.agents()))
+        paused.add_metric([], 1 if self.captures.paused else 0)
+        yield from (active, agents, paused, packets, nbytes, drops)
+
+
+def serve_metrics(address: str, captures: CaptureManager, registry: AgentRegistry) -> int:
+    """Serve /metrics on ``address`` (HOST:PORT); return the port."""
+    REGISTRY.register(CaptureMetrics(captures, registry))
+    captures.commit_seconds = COMMIT_SECONDS.observe
+    host, _, port = address.rpartition(":")
+    server, _thread = start_http_server(int(port), addr=host or "0.0.0.0")
+    return int(server.server_address[1])
