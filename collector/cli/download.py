@@ -30,7 +30,8 @@ class DownloadedFile:
 
 
 def download_files(client: CollectorClient, capture_id: str, pods: list[str],
-                   dest: Callable[[common_pb2.Pod], str]) -> list[DownloadedFile]:
+                   dest: Callable[[common_pb2.Pod], str], *, since_ns: int = 0, until_ns: int = 0,
+                   bpf: str = "") -> list[DownloadedFile]:
     """Download every selected pod's pcap file to ``dest(pod)``; return them in the order the collector sent."""
     done: list[DownloadedFile] = []
     current: tuple[common_pb2.Pod, str, int] | None = None
@@ -38,7 +39,7 @@ def download_files(client: CollectorClient, capture_id: str, pods: list[str],
     written = 0
     f = None
     try:
-        for msg in client.download(capture_id, pods):
+        for msg in client.download(capture_id, pods, since_ns=since_ns, until_ns=until_ns, bpf=bpf):
             if msg.WhichOneof("kind") == "file":
                 if f is not None and current is not None:
                     f.close()

@@ -9,9 +9,11 @@ The capture's status is read after the download, so the counters in the file are
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
@@ -28,11 +30,26 @@ from podcap.collector.cli.download import (
     pod_stats,
 )
 from podcap.collector.cli.errors import CommandError
-from podcap.collector.cli.units import human_bytes
+from podcap.collector.cli.units import human_bytes, parse_duration
 from podcap.collector.client import CollectorClient
 from podcap.collector.storage.pcapng import MergeInput, PcapngError, merge_pcaps, pcap_to_pcapng
 from podcap.pcapfile import PcapFormatError
 from podcap.v1 import control_pb2
+
+
+def parse_time(text: str) -> int:
+    """Nanoseconds since the epoch for an RFC 3339 time or a duration before now (``10m``)."""
+    try:
+        return time.time_ns() - int(parse_duration(text) * 1e9)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"invalid time {text!r}: use RFC 3339 (2026-11-26T10:00:00Z) or a duration (10m)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=datetime.UTC)
+    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
 
 
 @contextmanager
@@ -79,9 +96,13 @@ def _to_pcapng(status: control_pb2.CaptureStatus, files: list[DownloadedFile]) -
               help="Per-pod file format for -o; pcapng adds the pod's name, node, uid, filter and drop counters.")
 @click.option("--merge", "merge_path", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write ONE pcapng file, each pod its own interface, packets in time order ('-' = stdout).")
+@click.option("--since", default="", help="Only packets from this time: RFC 3339 (2026-11-26T10:00:00Z) or "
+              "relative to now (10m, 1h30m).")
+@click.option("--until", default="", help="Only packets up to this time (same forms as --since).")
+@click.option("--filter", "bpf", default="", help="Only packets matching this BPF filter (tcpdump syntax).")
 @click.pass_context
 def get(ctx: click.Context, capture_id: str, pods: tuple[str, ...], out_dir: str | None, file_format: str,
-        merge_path: str | None) -> None:
+        merge_path: str | None, since: str, until: str, bpf: str) -> None:
     """Download a capture (optionally only PODS, as name, namespace/name or uid).
 
     \b
@@ -96,18 +117,25 @@ def get(ctx: click.Context, capture_id: str, pods: tuple[str, ...], out_dir: str
     if merge_path == "-" and sys.stdout.isatty():
         raise click.UsageError("--merge - writes binary pcapng to stdout, which is a terminal: pipe it "
                                "(| wireshark -k -i -) or give a file name", ctx)
+    try:
+        window = {"since_ns": parse_time(since) if since else 0, "until_ns": parse_time(until) if until else 0,
+                  "bpf": bpf}
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx) from e
     with CollectorClient(ctx.obj["collector"]) as client:
         client.get(capture_id)  # an unknown id fails here, before any file is created
         try:
             if out_dir:
-                files = download_files(client, capture_id, list(pods), per_pod_paths(out_dir, ".pcap"))
+                files = download_files(client, capture_id, list(pods), per_pod_paths(out_dir, ".pcap"),
+                                       **window)  # type: ignore[arg-type]
                 status = client.get(capture_id)
                 _get_into_dir(status, files, file_format, merge_path)
             else:
                 assert merge_path is not None
                 parent = None if merge_path == "-" else os.path.dirname(os.path.abspath(merge_path))
                 with tempfile.TemporaryDirectory(prefix=".podcap-merge-", dir=parent) as tmp:
-                    files = download_files(client, capture_id, list(pods), _Numbered(tmp))
+                    files = download_files(client, capture_id, list(pods), _Numbered(tmp),
+                                           **window)  # type: ignore[arg-type]
                     status = client.get(capture_id)
                     _report_merge(merge_path, _merge(status, files, merge_path))
         except (PcapFormatError, PcapngError) as e:

@@ -94,3 +94,8 @@ def test_time_window_and_filter_return_exactly_the_matching_packets(
         assert window == [r for r in recs if since <= r.ts_ns <= until]
         icmp = list(iter_records(fetch(bpf="icmp")[FILE_HEADER_LEN:], fmt))
         assert icmp and icmp == [r for r in recs if r.data[12:14] == b"\x08\x00" and r.data[23] == 1]
+    # The same through the CLI: a filter and a relative window that covers everything.
+    out = os.path.join(tmp_path, "cli")
+    podcap(address, "get", cid, "rx-1", "-o", out, "--filter", "icmp", "--since", "10m")
+    with open(os.path.join(out, node.namespace, "rx-1.pcap"), "rb") as f:
+        assert list(iter_records(f.read()[FILE_HEADER_LEN:], fmt)) == icmp
