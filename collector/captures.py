@@ -19,6 +19,7 @@ table. Agent events arrive on each agent's reader thread, user requests on gRPC 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -183,10 +184,14 @@ class CaptureManager(AgentListener, ClusterListener):
             if fields:
                 raise NoMatchError(f"{e} (with field selector {str(fields)!r})") from e
             raise
+        # A hostNetwork pod shares the node's network: nothing of its own to capture. Naming one is an error; a
+        # selector skips them (as _attach_new does for pods that appear later) unless it matches nothing else.
+        host_network = [p for p in pods if p.host_network]
+        if host_network and (spec.pod_names or len(host_network) == len(pods)):
+            raise ValueError(f"pod {host_network[0].display} uses hostNetwork: it shares the node's network and has "
+                             "no interface of its own to capture")
+        pods = [p for p in pods if not p.host_network]
         for pod in pods:
-            if pod.host_network:
-                raise ValueError(f"pod {pod.display} uses hostNetwork: it shares the node's network and has no "
-                                 "interface of its own to capture")
             if self.registry.get(pod.node) is None:
                 raise NoAgentError(f"pod {pod.display} runs on node {pod.node}, which has no connected podcap agent")
         cap = Capture(new_capture_id(), req, spec, time.time_ns())
@@ -355,8 +360,23 @@ class CaptureManager(AgentListener, ClusterListener):
                         cap.dirty = True
 
     def agent_inventory(self, conn: AgentConnection) -> None:
-        """Attach pods that appeared on the node and match a running dynamic capture."""
+        """Attach pods that appeared on the node and match a running dynamic capture; keep the IP of captured pods
+        current (a restarted sandbox usually has a new one)."""
+        self._refresh_ips(conn.pods)
         self._attach_new(conn.pods)
+
+    def _refresh_ips(self, pods: list[PodRef]) -> None:
+        for cap in self.all():
+            if cap.state != control_pb2.CAPTURE_STATE_RUNNING:
+                continue
+            with cap.lock:
+                for pod in pods:
+                    ps = cap.pods.get(pod.uid)
+                    if (ps is not None and pod.ip and pod.ip != ps.pod.ip
+                            and (ps.pod.node, ps.pod.namespace, ps.pod.name) == (pod.node, pod.namespace, pod.name)):
+                        ps.pod = dataclasses.replace(ps.pod, ip=pod.ip)
+                        ps.dirty = True
+                        cap.dirty = True
 
     # ---- cluster events (with an API server) ----
 

@@ -48,4 +48,6 @@ RUN install -d -o 65532 -g 65532 -m 0750 /var/lib/podcap
 # Non-root (the "nonroot" uid/gid of distroless images). Pod Security "restricted" is enforced in its namespace.
 USER 65532:65532
 ENTRYPOINT ["podcap-collector"]
-CMD ["--listen=0.0.0.0:7420", "--data-dir=/var/lib/podcap"]
+# Users on 7420 (TLS), agents on 7421 (mutual TLS), metrics on 9420. The certificates come from PODCAP_TLS_CA,
+# PODCAP_TLS_CERT and PODCAP_TLS_KEY or from --tls-* flags (the Kubernetes manifests pass flags and replace this CMD).
+CMD ["--listen=0.0.0.0:7420", "--agent-listen=0.0.0.0:7421", "--metrics-listen=0.0.0.0:9420", "--data-dir=/var/lib/podcap"]

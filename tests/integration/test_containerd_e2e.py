@@ -392,12 +392,9 @@ def test_proc_fallback_captures_the_same_pod(
     assert r.returncode != 0 and f"namespaces with pods: {PROC_NAMESPACE}" in r.stderr, r.stderr
 
 
-# -- known bugs (see the notes in each reason); remove the marker together with the fix ---------------------------
+# -- regressions of bugs found by these tests ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="collector/captures.py start() refuses a whole selector capture when one matching pod is "
-                   "hostNetwork, although hostNetwork pods that appear later are silently skipped")
 def test_selector_capture_skips_host_network_pods(
     collector: tuple[str, str, Proc], agent: Callable[[str], Proc], pods: Callable[..., Pod], namespace: str
 ) -> None:
@@ -416,9 +413,6 @@ def test_selector_capture_skips_host_network_pods(
     podcap(address, "stop", cid)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="collector/captures.py agent_inventory() never refreshes a captured pod's PodRef, so "
-                   "`podcap status` keeps showing the IP of the pod's first sandbox after a restart")
 def test_status_shows_the_ip_of_the_restarted_sandbox(
     collector: tuple[str, str, Proc], node: TestNode, agent: Callable[[str], Proc], pods: Callable[..., Pod],
     namespace: str

@@ -8,8 +8,11 @@ What this covers, without a cluster and without a container engine:
   ``kubernetes-validate``, for the newest release it ships and for the oldest release we claim to support;
 - the least-privilege facts the deployment promises (deploy/README.md): the agent adds exactly the four capabilities
   it needs and is never ``privileged``, runs on every node, has no API rights; the collector meets the Pod Security
-  "restricted" profile (checked by the rules below, which are the statically checkable rules of that profile); every
-  probe is a gRPC health probe on a declared port; the Dockerfiles are multi-stage with the expected runtime base.
+  "restricted" profile (checked by the rules below, which are the statically checkable rules of that profile); both
+  talk TLS with certificates from their own Secret (mounted read-only, the CA key never); every probe targets a
+  declared port with a handler that can work there (no kubelet gRPC probe on a TLS port); the Dockerfiles are
+  multi-stage with the expected runtime base;
+- the manifests only use flags that the programs have today (``--help`` of podcap-collector and podcap-agent).
 
 The restricted-profile checker is itself tested against pod specs that break one rule each, so a checker that lost
 its teeth fails here rather than passing everything.
@@ -22,6 +25,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import sysconfig
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,6 +55,16 @@ AGENT_NAMESPACE = "podcap-system"
 COLLECTOR_NAMESPACE = "podcap"
 AGENT_CAPABILITIES = {"NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_PTRACE"}
 COLLECTOR_UID = 65532
+# Users (TLS + bearer token), agents (mutual TLS), Prometheus; the agent's node-local metrics and gRPC health.
+COLLECTOR_PORTS = {"users": 7420, "agents": 7421, "metrics": 9420}
+AGENT_PORTS = {"metrics": 9421, "health": 9422}
+TLS_DIR = "/etc/podcap/tls"
+# Secret name and the keys projected from it (never the CA's key), per workload.
+COLLECTOR_TLS = ("podcap-collector-tls", {"ca.pem", "collector.pem", "collector-key.pem"})
+AGENT_TLS = ("podcap-agent-tls", {"ca.pem", "agent.pem", "agent-key.pem"})
+# What deploy/base/rbac-users-example.yaml grants (and deploy/README.md documents): the collector's SubjectAccessReviews
+# ask for these verbs on pods/capture.
+USER_RULES = {("", "pods/capture"): {"create", "get", "delete", "list"}}
 # Exactly what deploy/base/rbac-collector.yaml documents, as (apiGroup, resource) -> verbs.
 COLLECTOR_RULES = {
     ("", "pods"): {"get", "list", "watch"},
@@ -455,7 +469,19 @@ def test_agent_dials_the_collector_service(objects: list[Obj]) -> None:
     assert match, target
     service = find(objects, "Service", match.group(1))
     assert service["metadata"]["namespace"] == match.group(2)
-    assert int(match.group(3)) in {p["port"] for p in service["spec"]["ports"]}
+    # The agents' port (mutual TLS), not the users' one: the collector serves Ingest only there when TLS is on.
+    by_port = {p["port"]: p["targetPort"] for p in service["spec"]["ports"]}
+    assert by_port.get(int(match.group(3))) == "agents"
+    assert int(match.group(3)) == COLLECTOR_PORTS["agents"]
+
+
+def test_agent_listens_for_metrics_and_health(objects: list[Obj]) -> None:
+    _, agent = _agent(objects)
+    assert {p["name"]: p["containerPort"] for p in agent["ports"]} == AGENT_PORTS
+    assert f"--metrics-listen=0.0.0.0:{AGENT_PORTS['metrics']}" in agent["args"]
+    assert f"--health-listen=0.0.0.0:{AGENT_PORTS['health']}" in agent["args"]
+    # hostNetwork: declared ports are node ports already; no hostPort needed or wanted.
+    assert not any(p.get("hostPort") for p in agent["ports"])
 
 
 def test_agent_has_no_api_rights(objects: list[Obj]) -> None:
@@ -472,10 +498,55 @@ def test_agent_has_no_api_rights(objects: list[Obj]) -> None:
         for subject in binding.get("subjects", []):
             assert subject["kind"] != "Group" or not subject["name"].startswith("system:serviceaccounts"), (
                 f"{binding['kind']}/{binding['metadata']['name']} grants rights to every service account")
-    # The only token the agent holds is for the collector, not for the API server.
-    tokens = [s["serviceAccountToken"] for v in spec["volumes"] for s in (v.get("projected") or {}).get("sources", [])
+    # The agent holds no token at all: it proves who it is to the collector with its client certificate.
+    tokens = [s for v in spec["volumes"] for s in (v.get("projected") or {}).get("sources", [])
               if "serviceAccountToken" in s]
-    assert [t["audience"] for t in tokens] == ["podcap"]
+    assert tokens == []
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# TLS material: each workload's own Secret, read-only, only the keys it needs
+
+
+def _tls_volume(spec: Obj, container: Obj, secret_name: str) -> tuple[Obj, Obj]:
+    [volume] = [v for v in spec["volumes"] if (v.get("secret") or {}).get("secretName") == secret_name]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    return volume, mount
+
+
+@pytest.mark.parametrize(("kind", "name", "tls", "flags", "mode"), [
+    ("DaemonSet", "podcap-agent", AGENT_TLS,
+     {"--tls-ca": "ca.pem", "--tls-cert": "agent.pem", "--tls-key": "agent-key.pem"}, 0o400),
+    ("StatefulSet", "podcap-collector", COLLECTOR_TLS,
+     {"--tls-ca": "ca.pem", "--tls-cert": "collector.pem", "--tls-key": "collector-key.pem"}, 0o440),
+])
+def test_tls_comes_from_the_workloads_secret(objects: list[Obj], kind: str, name: str, tls: tuple[str, set[str]],
+                                             flags: dict[str, str], mode: int) -> None:
+    workload = find(objects, kind, name)
+    spec = pod_spec(workload)
+    [container] = spec["containers"]
+    secret_name, keys = tls
+    volume, mount = _tls_volume(spec, container, secret_name)
+    assert mount["mountPath"] == TLS_DIR
+    assert mount.get("readOnly") is True
+    # Only the listed keys are mounted (a CA key put into the Secret by mistake stays out), under their own names.
+    items = volume["secret"]["items"]
+    assert {i["key"] for i in items} == keys
+    assert all(i["path"] == i["key"] for i in items)
+    assert not volume["secret"].get("optional"), "TLS is required: the pod must not start without its Secret"
+    assert volume["secret"]["defaultMode"] == mode
+    args = dict(a.split("=", 1) for a in container["args"] if a.startswith("--tls-"))
+    assert args == {flag: f"{TLS_DIR}/{file}" for flag, file in flags.items()}
+    assert "--insecure" not in container["args"]
+    # Secrets are namespaced: each lives next to its workload.
+    assert workload["metadata"]["namespace"] == (AGENT_NAMESPACE if kind == "DaemonSet" else COLLECTOR_NAMESPACE)
+
+
+def test_no_workload_mounts_the_other_ones_secret(objects: list[Obj]) -> None:
+    for kind, name, own in (("DaemonSet", "podcap-agent", AGENT_TLS[0]),
+                            ("StatefulSet", "podcap-collector", COLLECTOR_TLS[0])):
+        secrets = {v["secret"]["secretName"] for v in pod_spec(find(objects, kind, name))["volumes"] if "secret" in v}
+        assert secrets == {own}, name
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -511,14 +582,25 @@ def test_collector_ports_line_up(objects: list[Obj]) -> None:
     statefulset = find(objects, "StatefulSet", "podcap-collector")
     [collector] = pod_spec(statefulset)["containers"]
     ports = {p["name"]: p["containerPort"] for p in collector["ports"]}
-    assert ports == {"grpc": 7420, "metrics": 9420}
-    assert "--listen=0.0.0.0:7420" in collector["args"]
+    assert ports == COLLECTOR_PORTS
+    for flag, port in (("--listen", "users"), ("--agent-listen", "agents"), ("--metrics-listen", "metrics")):
+        assert f"{flag}=0.0.0.0:{COLLECTOR_PORTS[port]}" in collector["args"]
     service = find(objects, "Service", "podcap-collector")
     labels = statefulset["spec"]["template"]["metadata"]["labels"]
     assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
-    assert {p["port"]: p["targetPort"] for p in service["spec"]["ports"]} == {7420: "grpc", 9420: "metrics"}
+    assert {p["port"]: p["targetPort"] for p in service["spec"]["ports"]} == {
+        port: name for name, port in COLLECTOR_PORTS.items()}
     headless = find(objects, "Service", statefulset["spec"]["serviceName"])
     assert headless["spec"]["clusterIP"] == "None"
+    assert {p["port"]: p["targetPort"] for p in headless["spec"]["ports"]} == {7420: "users", 7421: "agents"}
+
+
+def test_collector_authenticates_users_with_the_cluster(objects: list[Obj]) -> None:
+    [collector] = pod_spec(find(objects, "StatefulSet", "podcap-collector"))["containers"]
+    assert "--kube-auth" in collector["args"]
+    assert not [a for a in collector["args"] if a.startswith(("--token-file", "--no-kubernetes", "--kubeconfig"))]
+    # In-cluster API access (TokenReview, SubjectAccessReview, the pod watch) needs the service account token.
+    assert pod_spec(find(objects, "StatefulSet", "podcap-collector")).get("automountServiceAccountToken", True)
 
 
 def test_collector_rbac_is_exactly_what_is_documented(objects: list[Obj]) -> None:
@@ -539,6 +621,19 @@ def test_collector_rbac_is_exactly_what_is_documented(objects: list[Obj]) -> Non
     assert spec["serviceAccountName"] == "podcap-collector"
 
 
+def test_users_example_role_grants_exactly_the_capture_verbs(objects: list[Obj]) -> None:
+    role = find(objects, "ClusterRole", "podcap-capture")
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    assert granted == USER_RULES
+    # The base binds it to no one: who may capture is the cluster admin's decision.
+    for binding in (o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        assert binding["roleRef"]["name"] != "podcap-capture", binding["metadata"]["name"]
+
+
 def test_no_rbac_wildcards_or_escalation(objects: list[Obj]) -> None:
     for role in (o for o in objects if o["kind"] in ("Role", "ClusterRole")):
         for rule in role["rules"]:
@@ -552,28 +647,78 @@ def test_no_rbac_wildcards_or_escalation(objects: list[Obj]) -> None:
 # Probes and resources of every workload
 
 
-def test_every_container_has_grpc_health_probes(objects: list[Obj]) -> None:
+PROBE_HANDLERS = {"grpc", "httpGet", "tcpSocket", "exec"}
+# Ports that speak only TLS: the kubelet's gRPC probe is plaintext and would always fail there.
+TLS_PORTS = {COLLECTOR_PORTS["users"], COLLECTOR_PORTS["agents"]}
+
+
+def _probe(probe: Obj) -> tuple[str, int, str]:
+    """(handler, port number, path) of a probe; named ports are not used here."""
+    [handler] = PROBE_HANDLERS & set(probe)
+    port = probe[handler]["port"]
+    assert isinstance(port, int), f"use port numbers in probes, not {port!r}"
+    return handler, port, probe[handler].get("path", "")
+
+
+def test_every_probe_targets_a_declared_port(objects: list[Obj]) -> None:
     checked = 0
     for workload in workloads(objects):
         for container in pod_spec(workload)["containers"]:
             declared = {p["containerPort"] for p in container.get("ports", [])}
-            for probe_kind in ("livenessProbe", "readinessProbe"):
-                probe = container[probe_kind]
-                handlers = {"grpc", "httpGet", "tcpSocket", "exec"} & set(probe)
-                assert handlers == {"grpc"}, f"{workload['metadata']['name']} {probe_kind}: {handlers}"
-                assert probe["grpc"]["port"] in declared
+            for probe_kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+                handler, port, _ = _probe(container[probe_kind])
+                assert port in declared, f"{workload['metadata']['name']} {probe_kind}: port {port}"
+                assert not (handler == "grpc" and port in TLS_PORTS), (
+                    f"{workload['metadata']['name']} {probe_kind}: the kubelet's gRPC probe does not speak TLS")
+                assert handler != "exec", "no probe binary in the images"
                 checked += 1
-    assert checked == 4
+    assert checked == 6
 
 
-@pytest.mark.parametrize(("kind", "name", "health_port"), [
-    ("DaemonSet", "podcap-agent", 9422),
-    ("StatefulSet", "podcap-collector", 7420),
+@pytest.mark.parametrize(("kind", "name", "expected"), [
+    # Readiness = connected to the collector (gRPC health SERVING); startup and liveness only need the process and
+    # its health server: a collector outage must not restart every agent.
+    ("DaemonSet", "podcap-agent", {
+        "startupProbe": ("tcpSocket", 9422, ""),
+        "livenessProbe": ("tcpSocket", 9422, ""),
+        "readinessProbe": ("grpc", 9422, ""),
+    }),
+    # /metrics is served once the first pod list arrived and both TLS ports are bound; liveness is a TCP connect to
+    # the users' TLS port.
+    ("StatefulSet", "podcap-collector", {
+        "startupProbe": ("httpGet", 9420, "/metrics"),
+        "readinessProbe": ("httpGet", 9420, "/metrics"),
+        "livenessProbe": ("tcpSocket", 7420, ""),
+    }),
 ])
-def test_probe_ports(objects: list[Obj], kind: str, name: str, health_port: int) -> None:
+def test_probes(objects: list[Obj], kind: str, name: str, expected: dict[str, tuple[str, int, str]]) -> None:
     [container] = pod_spec(find(objects, kind, name))["containers"]
-    for probe_kind in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe_kind]["grpc"]["port"] == health_port
+    assert {k: _probe(container[k]) for k in expected} == expected
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The manifests use the programs' flags as they are today
+
+
+def _program_flags(module: str) -> set[str]:
+    # Wide enough that argparse does not wrap a flag's name across lines.
+    result = subprocess.run([sys.executable, "-m", module, "--help"], check=False, capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "COLUMNS": "500"})
+    assert result.returncode == 0, result.stderr
+    return set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", result.stdout)) - {"--help"}
+
+
+@pytest.mark.parametrize(("kind", "name", "module"), [
+    ("DaemonSet", "podcap-agent", "podcap.agent.main"),
+    ("StatefulSet", "podcap-collector", "podcap.collector.server"),
+])
+def test_manifest_flags_exist_in_the_program(objects: list[Obj], kind: str, name: str, module: str) -> None:
+    known = _program_flags(module)
+    assert {"--tls-ca", "--tls-cert", "--tls-key", "--metrics-listen"} <= known, "help output not understood"
+    [container] = pod_spec(find(objects, kind, name))["containers"]
+    used = {a.split("=", 1)[0] for a in container["args"]}
+    assert all(a.startswith("--") for a in used), container["args"]
+    assert used - known == set(), f"{name} passes flags that {module} does not have"
 
 
 def test_every_container_has_requests_and_limits(objects: list[Obj]) -> None:
