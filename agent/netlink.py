@@ -60,10 +60,12 @@ def _attrs(buf: bytes, off: int, end: int) -> dict[int, bytes]:
     return out
 
 
-def _dump(sock: socket.socket) -> list[Link]:
+def _dump(sock: socket.socket, index: int = 0) -> list[Link]:
+    """All links (a dump), or only the link with ``index`` (a single request: no walk over every interface)."""
     seq = 1
-    req = _NLMSGHDR.pack(_NLMSGHDR.size + 16, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + _IFINFOMSG.pack(
-        socket.AF_UNSPEC, 0, 0, 0, 0
+    flags = NLM_F_REQUEST | (0 if index else NLM_F_DUMP)
+    req = _NLMSGHDR.pack(_NLMSGHDR.size + 16, RTM_GETLINK, flags, seq, 0) + _IFINFOMSG.pack(
+        socket.AF_UNSPEC, 0, index, 0, 0
     )
     sock.sendto(req, (0, 0))
     links: list[Link] = []
@@ -80,6 +82,7 @@ def _dump(sock: socket.socket) -> list[Link]:
                 (err,) = struct.unpack_from("=i", data, off + _NLMSGHDR.size)
                 if err:
                     raise NetlinkError(-err, os.strerror(-err))
+                return links
             elif typ == RTM_NEWLINK:
                 body = off + _NLMSGHDR.size
                 _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(data, body)
@@ -92,7 +95,27 @@ def _dump(sock: socket.socket) -> list[Link]:
                     info = _attrs(attrs[IFLA_LINKINFO], 0, len(attrs[IFLA_LINKINFO]))
                     kind = info.get(IFLA_INFO_KIND, b"").split(b"\0", 1)[0].decode()
                 links.append(Link(index, name, link, nsid, kind, bool(flags & 1)))
+                if not flags_dump(data, off):
+                    return links
             off += (length + 3) & ~3
+
+
+def flags_dump(data: bytes, off: int) -> bool:
+    """Whether the message at ``off`` is part of a multi-part (dump) answer."""
+    _length, _typ, flags, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
+    return bool(flags & 0x2)  # NLM_F_MULTI
+
+
+def link_by_index(index: int) -> Link | None:
+    """The link with ``index`` in the caller's namespace, or None."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    with sock:
+        sock.bind((0, 0))
+        try:
+            found = _dump(sock, index)
+        except NetlinkError:
+            return None
+    return found[0] if found else None
 
 
 def links(netns: str | None = None) -> list[Link]:
@@ -115,7 +138,7 @@ def host_peer_of(netns: str, ifname: str = "eth0") -> str | None:
         return None
     # Confirm in our own namespace that the interface at that index points back at the pod's interface: an
     # ifindex alone could name an unrelated device if the peer lived in a third namespace.
-    for host_if in links():
-        if host_if.index == pod_if.link_index and host_if.link_index == pod_if.index:
-            return host_if.name
+    host_if = link_by_index(pod_if.link_index)
+    if host_if is not None and host_if.link_index == pod_if.index:
+        return host_if.name
     return None
