@@ -16,6 +16,14 @@ Phases
          to CPU 1; the collector is pinned to CPU 0 (it never shares the capturer's CPU). Packets are counted by
          parsing the stored pcap files.
   p3     N pods (200; 10 with --smoke) on one agent, 100 pps per pod: start latency, RSS, CPU%, drops.
+  p4     time to retrieve a 60 s window of ONE pod from a capture holding >= 5 GB (~200 MB with --smoke). The data
+         goes in through the real path: a collector process and a synthetic agent (``windowgen.py``, a gRPC client
+         of podcap.v1.Ingest) that streams 1500-byte records of 4 pods over 2 hours of packet time (timestamps
+         advancing chunk after chunk, so the size-rotated segments cover distinct time ranges). Then
+         ``podcap get ID -o DIR POD --since T1 --until T2`` (the CLI, end to end including process start:
+         p4_window_s) and the Download RPC through CollectorClient (p4_window_api_s), each the median of 3 runs
+         with the capture's segments evicted from the page cache first; every result is parsed and must be exactly
+         the records generated for that pod in that window. The stored data is deleted afterwards.
 
 The last stdout line is one JSON object with the figures (keys in ``KEYS``).
 """
@@ -23,7 +31,9 @@ The last stdout line is one JSON object with the figures (keys in ``KEYS``).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import math
 import mmap
 import os
 import re
@@ -41,18 +51,21 @@ from typing import IO, Any
 
 import psutil
 
+from podcap.collector.cli.download import download_files, per_pod_paths
 from podcap.collector.client import CollectorClient, CollectorError
 from podcap.pcapfile import FILE_HEADER_LEN, parse_file_header, scan_records
 from podcap.v1 import common_pb2, control_pb2
+from tests.bench.windowgen import CHUNK_BYTES, RECORDS_PER_CHUNK, Schedule, pod_name, verify_pcap
 
 KEYS = (
     "p1_cpu_ratio", "p1_drop_fraction", "p2_cpu_ratio", "p2_stored_fraction",
     "p3_pods", "p3_rss_mib", "p3_start_s", "p3_idle_cpu_pct", "p3_drop_fraction",
+    "p4_stored_gb", "p4_window_s", "p4_window_api_s",
 )
 TARGETS = {  # key: (comparison, bound)
     "p1_cpu_ratio": ("<=", 1.1), "p1_drop_fraction": ("==", 0.0), "p2_cpu_ratio": ("<=", 2.0),
     "p2_stored_fraction": ("==", 1.0), "p3_rss_mib": ("<=", 200.0), "p3_start_s": ("<=", 3.0),
-    "p3_idle_cpu_pct": ("<=", 3.0), "p3_drop_fraction": ("==", 0.0),
+    "p3_idle_cpu_pct": ("<=", 3.0), "p3_drop_fraction": ("==", 0.0), "p4_window_s": ("<=", 1.0),
 }
 GEN_CPU, CAP_CPU = "0", "1"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -567,6 +580,173 @@ def phase_p3(lab: Lab, n_pods: int, pps: float, seconds: float, ring_budget: int
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# p4
+
+
+P4_PODS = 4
+P4_TARGET_POD = 1
+P4_SPAN_S = 7200.0
+P4_WINDOW_S = 60
+P4_RUNS = 3
+
+
+def evict(paths: list[str]) -> None:
+    """Drop these (clean, fsynced) files from the page cache, so the next read comes from the disk."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def rfc3339(ns: int) -> str:
+    """A whole-second time as RFC 3339 UTC (what a user types)."""
+    assert ns % 1_000_000_000 == 0
+    return datetime.datetime.fromtimestamp(ns // 1_000_000_000, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def segment_first_ts(path: str) -> int:
+    with open(path, "rb") as f:
+        head = f.read(FILE_HEADER_LEN + 8)
+    sec, frac = int.from_bytes(head[24:28], "little"), int.from_bytes(head[28:32], "little")
+    return sec * 1_000_000_000 + frac
+
+
+def phase_p4(lab: Lab, total_bytes: int, segment_bytes: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    node = namespace = f"pcb-{lab.tag}-w"
+    data_dir = os.path.join(lab.workdir, "data-p4")
+    chunks_per_pod = max(1, math.ceil(total_bytes / (CHUNK_BYTES * P4_PODS)))
+    now_s = time.time_ns() // 1_000_000_000
+    sched = Schedule(base_ns=(now_s - int(P4_SPAN_S) - 600) * 1_000_000_000, span_s=P4_SPAN_S, pods=P4_PODS,
+                     per_pod=chunks_per_pod * RECORDS_PER_CHUNK)
+    pod = pod_name(P4_TARGET_POD)
+    detail: dict[str, Any] = {}
+    procs: list[subprocess.Popen[bytes]] = []
+    client: CollectorClient | None = None
+    try:
+        collector, clog = lab.spawn("collector-p4", [console_script("podcap-collector"), "--insecure", "--listen",
+                                                     "127.0.0.1:0", "--data-dir", data_dir])
+        procs.append(collector)
+        port = int(wait_for_log(clog, r"\(port (\d+)\)", collector, 20).group(1))
+        address = f"127.0.0.1:{port}"
+        gen, glog = lab.spawn("windowgen", [sys.executable, os.path.join(HERE, "windowgen.py"), "--collector",
+                                            address, "--node", node, "--namespace", namespace, *sched.args()])
+        procs.append(gen)
+        wait_for_log(glog, "REGISTERED", gen, 30)
+        client = CollectorClient(address, timeout=60)
+        req = control_pb2.StartCaptureRequest(target=control_pb2.Target(namespace=namespace),
+                                              note="podcap benchmark p4 (time window)")
+        if segment_bytes:
+            req.rotation.segment_bytes = segment_bytes
+        deadline = time.monotonic() + 30
+        while True:  # the agent's inventory may not have reached the collector yet
+            checkpoint()
+            try:
+                cid = str(client.start(req).id)
+                break
+            except CollectorError as e:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"cannot start capture: {e}") from e
+                time.sleep(0.2)
+        log(f"p4: capture {cid}: {P4_PODS} pods x {sched.per_pod:,} records of 1516 bytes "
+            f"({sched.per_pod * P4_PODS * 1516 / 1e9:.2f} GB) over {P4_SPAN_S:.0f} s of packet time")
+        t = time.monotonic()
+        m = wait_for_log(glog, r"INGESTED (\{.*\})", gen, 60 + total_bytes / 10e6)
+        detail["ingest"] = json.loads(m.group(1))
+        log(f"p4: ingested in {time.monotonic() - t:.1f} s: {detail['ingest']}")
+        client.stop(cid)
+        wait_for_log(glog, "STOPPED", gen, 60)
+        gen.wait(timeout=30)
+        st = client.get(cid)
+        if st.state != control_pb2.CAPTURE_STATE_DONE:
+            raise BenchError(f"capture {cid} in state {st.state} after the stop ({st.end_reason})")
+        want_packets = sched.per_pod * P4_PODS
+        if st.packets != want_packets or st.bytes < total_bytes:
+            raise BenchError(f"capture {cid} stored {st.packets} packets / {st.bytes} bytes, expected "
+                             f"{want_packets} packets / >= {total_bytes} bytes")
+        (ps,) = [p for p in st.pods if p.pod.name == pod]
+        seg_dir = os.path.join(data_dir, ps.path)
+        segs = sorted(os.path.join(seg_dir, n) for n in os.listdir(seg_dir) if n.endswith(".pcap"))
+        every_segment = [os.path.join(d, n) for d, _, names in os.walk(os.path.join(data_dir, "captures", cid))
+                         for n in names if n.endswith(".pcap")]
+        # The window straddles the start of the pod's middle segment (two segments to read, the usual case).
+        mid = segment_first_ts(segs[len(segs) // 2]) if len(segs) > 1 else sched.ts(P4_TARGET_POD,
+                                                                                  sched.per_pod // 2)
+        since = (mid // 1_000_000_000 - P4_WINDOW_S // 2) * 1_000_000_000
+        until = since + P4_WINDOW_S * 1_000_000_000
+        first, count = sched.expected(P4_TARGET_POD, since, until)
+        overlapping = sum(1 for i, p in enumerate(segs) if segment_first_ts(p) <= until and
+                          (i + 1 == len(segs) or segment_first_ts(segs[i + 1]) >= since))
+        detail.update(capture=cid, stored_bytes=st.bytes, stored_packets=st.packets, segments=len(every_segment),
+                      pod_segments=len(segs), window_segments=overlapping, pod=f"{namespace}/{pod}",
+                      since=rfc3339(since), until=rfc3339(until), window_records=count, window_first=first)
+        log(f"p4: {st.bytes / 1e9:.2f} GB in {len(every_segment)} segments; window {rfc3339(since)} .. "
+            f"{rfc3339(until)} of {pod}: {count} records expected (#{first}..), {overlapping} of its {len(segs)} "
+            "segments overlap it")
+        podcap = console_script("podcap")
+
+        def cli_get(cold: bool) -> tuple[float, int]:
+            out = tempfile.mkdtemp(prefix="get-", dir=lab.workdir)
+            try:
+                if cold:
+                    evict(every_segment)
+                t0 = time.monotonic()
+                r = subprocess.run([podcap, "--collector", address, "get", cid, "-o", out, pod, "--since",
+                                    rfc3339(since), "--until", rfc3339(until)], capture_output=True, text=True)
+                dt = time.monotonic() - t0
+                if r.returncode != 0:
+                    raise BenchError(f"podcap get: exit {r.returncode}: {r.stderr.strip()[-1000:]}")
+                v = verify_pcap(os.path.join(out, namespace, f"{pod}.pcap"), sched, P4_TARGET_POD, since, until)
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
+            return dt, v.bytes
+
+        def api_get() -> float:
+            assert client is not None
+            out = tempfile.mkdtemp(prefix="api-", dir=lab.workdir)
+            try:
+                evict(every_segment)
+                t0 = time.monotonic()
+                files = download_files(client, cid, [pod], per_pod_paths(out, ".pcap"), since_ns=since,
+                                       until_ns=until)
+                dt = time.monotonic() - t0
+                if len(files) != 1:
+                    raise BenchError(f"download returned {len(files)} files")
+                verify_pcap(files[0].path, sched, P4_TARGET_POD, since, until)
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
+            return dt
+
+        cli_runs, api_runs = [], []
+        for _ in range(P4_RUNS):
+            checkpoint()
+            dt, size = cli_get(cold=True)
+            cli_runs.append(dt)
+            api_runs.append(api_get())
+        warm, _ = cli_get(cold=False)
+        t0 = time.monotonic()
+        _run([podcap, "--version"])
+        detail.update(window_file_bytes=size, cli_runs_s=[round(x, 3) for x in cli_runs],
+                      api_runs_s=[round(x, 3) for x in api_runs], cli_warm_s=round(warm, 3),
+                      cli_version_s=round(time.monotonic() - t0, 3))
+        log(f"p4: podcap get {cli_runs} s, Download RPC {api_runs} s (cold), warm CLI {warm:.3f} s")
+    finally:
+        if client is not None:
+            client.close()
+        for proc in procs:
+            lab.stop(proc)
+            lab.procs.remove(proc)
+        shutil.rmtree(data_dir, ignore_errors=True)
+    out = {"p4_stored_gb": st.bytes / 1e9, "p4_window_s": sorted(cli_runs)[len(cli_runs) // 2],
+           "p4_window_api_s": sorted(api_runs)[len(api_runs) // 2]}
+    return out, detail
+
+
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def check_environment() -> None:
@@ -610,7 +790,8 @@ def verdict(key: str, v: Any) -> str:
     return f"{op} {bound:g}  {'ok' if ok else 'MISS'}"
 
 
-def print_table(result: dict[str, Any], runs: list[dict[str, Any]], p3: dict[str, Any], smoke: bool) -> None:
+def print_table(result: dict[str, Any], runs: list[dict[str, Any]], p3: dict[str, Any], smoke: bool,
+                p4: dict[str, Any] | None = None) -> None:
     if runs:
         print("p1/p2 runs (same host veth, same offered packets, alternating):")
         hdr = f"{'#':>2} {'capturer':8} {'offered':>10} {'gen s':>6} {'pps':>9} {'cpu s':>6} {'coll s':>6} " \
@@ -622,6 +803,8 @@ def print_table(result: dict[str, Any], runs: list[dict[str, Any]], p3: dict[str
                   f"{r.get('collector_cpu_s', 0):>6.2f} {r['received']:>10,} {r['dropped']:>7,} {r['stored']:>10,}")
     if p3:
         print("p3 detail: " + ", ".join(f"{k}={v}" for k, v in p3.items()))
+    if p4:
+        print("p4 detail: " + ", ".join(f"{k}={v}" for k, v in p4.items()))
     print(f"summary{' (smoke: no thresholds)' if smoke else ''}:")
     for k in KEYS:
         print(f"  {k:20} {fmt(result.get(k)):>10}  {'' if smoke else verdict(k, result.get(k))}")
@@ -637,7 +820,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pps", type=float, default=100.0, help="p3 packets per second per pod")
     ap.add_argument("--p3-seconds", type=float, help="p3 traffic seconds (default 10; smoke 2)")
     ap.add_argument("--ring-budget", type=int, help="passed to podcap-agent --ring-budget")
-    ap.add_argument("--only", choices=["p1", "p3"], help="run one phase only")
+    ap.add_argument("--p4-gib", type=float, help="p4: GiB of records to store (default 5; smoke 0.2)")
+    ap.add_argument("--p4-segment-mib", type=int, help="p4: segment size (default: the collector's, 64 MiB; "
+                    "smoke 8)")
+    ap.add_argument("--only", choices=["p1", "p3", "p4"], help="run one phase only")
     ap.add_argument("--py-spy", metavar="PATH", help="profile agent and collector with this py-spy binary during "
                     "the p1/p2 podcap runs and during p3 traffic (perturbs the figures)")
     ap.add_argument("--profile-dir", default="/tmp", help="where --py-spy writes collapsed stacks")
@@ -650,6 +836,8 @@ def main(argv: list[str] | None = None) -> int:
     rounds = a.rounds or (1 if a.smoke else 2)
     n_pods = a.pods or (10 if a.smoke else 200)
     p3_seconds = a.p3_seconds or (2.0 if a.smoke else 10.0)
+    p4_bytes = int((a.p4_gib or (0.2 if a.smoke else 5.0)) * (1 << 30))
+    p4_segment = (a.p4_segment_mib if a.p4_segment_mib is not None else (8 if a.smoke else 0)) << 20
 
     lab = Lab()
     load0 = os.getloadavg()[0]
@@ -659,6 +847,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = dict.fromkeys(KEYS)
     runs: list[dict[str, Any]] = []
     p3: dict[str, Any] = {}
+    p4: dict[str, Any] = {}
     rc = 0
     try:
         with sigterm_as_interrupt():
@@ -667,6 +856,9 @@ def main(argv: list[str] | None = None) -> int:
                 result.update(out)
             if a.only in (None, "p3"):
                 out, p3 = phase_p3(lab, n_pods, a.pps, p3_seconds, a.ring_budget)
+                result.update(out)
+            if a.only in (None, "p4"):
+                out, p4 = phase_p4(lab, p4_bytes, p4_segment)
                 result.update(out)
     except (Exception, KeyboardInterrupt) as e:
         log(f"FAILED: {type(e).__name__}: {e}")
@@ -685,7 +877,7 @@ def main(argv: list[str] | None = None) -> int:
             rc = rc or 1
         if a.keep_workdir or rc:
             log(f"logs kept in {lab.workdir}")
-    print_table(result, runs, p3, a.smoke)
+    print_table(result, runs, p3, a.smoke, p4)
     result["smoke"] = a.smoke
     result["loadavg_start"], result["loadavg_end"] = round(load0, 2), round(os.getloadavg()[0], 2)
     print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items()}), flush=True)
