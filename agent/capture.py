@@ -254,8 +254,9 @@ class CaptureEngine:
                 self._opening.discard(key)
             log.warning("capture %s: cannot capture pod %s/%s: %s", capture_id, pod.namespace, pod.name, e)
             self._sink.event(
+                # No stream id: the stream never started, so the collector must not take this for a retired one.
                 ingest_pb2.PodCaptureEvent(
-                    capture_id=capture_id, pod_uid=uid, stream_id=stream_id,
+                    capture_id=capture_id, pod_uid=uid,
                     state=common_pb2.POD_CAPTURE_STATE_FAILED, message=str(e),
                 )
             )

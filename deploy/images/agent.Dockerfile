@@ -43,7 +43,7 @@ COPY --from=builder /opt/podcap /opt/podcap
 ENV PATH=/opt/podcap/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
-# Root, but not privileged: the DaemonSet grants exactly NET_ADMIN, NET_RAW, SYS_ADMIN and SYS_PTRACE and drops the
+# Root, but not privileged: the DaemonSet grants exactly NET_RAW, SYS_ADMIN and SYS_PTRACE and drops the
 # rest (see deploy/base/agent-daemonset.yaml). setns() and packet sockets need those capabilities in the initial
 # user namespace, which a non-root uid would not keep across exec without file capabilities.
 USER 0:0

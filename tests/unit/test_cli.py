@@ -74,7 +74,8 @@ class FakeClient:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def download(self, capture_id: str, pods: list[str] | None = None) -> Iterator[control_pb2.DownloadChunk]:
+    def download(self, capture_id: str, pods: list[str] | None = None, *, since_ns: int = 0, until_ns: int = 0,
+                 bpf: str = "") -> Iterator[control_pb2.DownloadChunk]:
         for name, blob in self.files.items():
             pod = pod_status(name).pod
             yield control_pb2.DownloadChunk(file=control_pb2.FileStart(pod=pod, path=f"shop/{name}.pcap",

@@ -53,7 +53,7 @@ SCHEMA_VERSIONS = ["1.37.0", "1.31.0"]
 
 AGENT_NAMESPACE = "podcap-system"
 COLLECTOR_NAMESPACE = "podcap"
-AGENT_CAPABILITIES = {"NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_PTRACE"}
+AGENT_CAPABILITIES = {"NET_RAW", "SYS_ADMIN", "SYS_PTRACE"}  # the minimum: tests/integration/test_capabilities.py
 COLLECTOR_UID = 65532
 # Users (TLS + bearer token), agents (mutual TLS), Prometheus; the agent's node-local metrics and gRPC health.
 COLLECTOR_PORTS = {"users": 7420, "agents": 7421, "metrics": 9420}
