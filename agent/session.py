@@ -273,6 +273,9 @@ class AgentSession:
             self.engine.stop(cid, uid, "stopped by collector")
         elif kind == "ack":
             self.out.ack(msg.ack)
+        elif kind == "acks":
+            for ack in msg.acks.acks:
+                self.out.ack(ack)
 
     def _start(self, cmd: ingest_pb2.StartPodCapture) -> None:
         def fail(message: str) -> None:

@@ -24,6 +24,10 @@ from podcap.v1 import common_pb2, ingest_pb2
 log = logging.getLogger(__name__)
 
 _CLOSE = object()
+# Chunks up to this size queued back to back travel as one ChunkBatch message of at most these limits.
+BATCH_SMALL = 256 << 10
+BATCH_MAX_BYTES = 1 << 20
+BATCH_MAX_CHUNKS = 500
 
 
 @dataclass
@@ -181,10 +185,31 @@ class UploadLog:
                     msg = self._load(item)
                     if msg is None:
                         continue
+                    if item.size <= BATCH_SMALL:
+                        msg = self._batch(msg, item.size)
                 else:
                     assert isinstance(item, ingest_pb2.AgentMessage)
                     msg = item
             yield msg
+
+    def _batch(self, first: ingest_pb2.AgentMessage, size: int) -> ingest_pb2.AgentMessage:
+        """Join the small chunks queued right behind ``first`` into one message (caller holds the lock): many
+        quiet pods cost one message per flush, not one each."""
+        chunks = [first.chunk]
+        while self._queue and len(chunks) < BATCH_MAX_CHUNKS:
+            nxt = self._queue[0]
+            if not isinstance(nxt, _Spooled) or nxt.size > BATCH_SMALL or size + nxt.size > BATCH_MAX_BYTES:
+                break
+            self._queue.popleft()
+            if (nxt.stream_id, nxt.seq) not in self._unacked:
+                continue
+            loaded = self._load(nxt)
+            if loaded is not None:
+                chunks.append(loaded.chunk)
+                size += nxt.size
+        if len(chunks) == 1:
+            return first
+        return ingest_pb2.AgentMessage(chunks=ingest_pb2.ChunkBatch(chunks=chunks))
 
     def _load(self, item: _Spooled) -> ingest_pb2.AgentMessage | None:
         if item.msg is not None:

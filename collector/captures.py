@@ -683,10 +683,16 @@ class CaptureManager(AgentListener, ClusterListener):
                     ps.committed_seq = max(ps.committed_seq, seq)
         if committed:
             self.commit_seconds(time.monotonic() - started)
+        by_conn: dict[int, tuple[AgentConnection, list[ingest_pb2.ChunkAck]]] = {}
         for ps, stream, seq, conn in committed:
             if conn is not None:
-                conn.send(ingest_pb2.CollectorMessage(ack=ingest_pb2.ChunkAck(
-                    capture_id=cap.id, pod_uid=ps.pod.uid, stream_id=stream, seq=seq)))
+                by_conn.setdefault(id(conn), (conn, []))[1].append(ingest_pb2.ChunkAck(
+                    capture_id=cap.id, pod_uid=ps.pod.uid, stream_id=stream, seq=seq))
+        for conn, acks in by_conn.values():  # one message per agent and commit, however many streams it covers
+            if len(acks) == 1:
+                conn.send(ingest_pb2.CollectorMessage(ack=acks[0]))
+            else:
+                conn.send(ingest_pb2.CollectorMessage(acks=ingest_pb2.AckBatch(acks=acks)))
 
     def _commit_loop(self) -> None:
         while not self._closing.is_set():

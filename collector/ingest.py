@@ -25,6 +25,8 @@ from podcap.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+MAX_BATCH = 1000
+
 
 def _valid_pods(node: str, pods: list[common_pb2.Pod]) -> list[PodRef]:
     """Inventory entries with valid names on the agent's own node; others are dropped with a log line."""
@@ -89,22 +91,27 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             reader.join(timeout=5)
             self.registry.unregister(conn)
 
+    def _chunk(self, conn: AgentConnection, c: ingest_pb2.PcapChunk) -> ingest_pb2.ChunkAck | None:
+        """Store one chunk; an acknowledgement to send now (duplicate or rejection), or None (the commit will)."""
+        try:
+            return self.captures.on_chunk(conn, c)
+        except ChunkRejectedError as e:
+            log.warning("agent %s: chunk rejected: %s", conn.node, e)
+            return ingest_pb2.ChunkAck(capture_id=c.capture_id[:64], pod_uid=c.pod_uid[:64],
+                                       stream_id=c.stream_id[:64], seq=c.seq, rejected=True, reason=str(e)[:500])
+
     def _read(self, conn: AgentConnection, requests: Iterator[ingest_pb2.AgentMessage]) -> None:
         try:
             for msg in requests:
                 conn.last_seen = time.monotonic()
                 kind = msg.WhichOneof("kind")
-                if kind == "chunk":
-                    c = msg.chunk
-                    try:
-                        ack = self.captures.on_chunk(conn, c)
-                    except ChunkRejectedError as e:
-                        log.warning("agent %s: chunk rejected: %s", conn.node, e)
-                        ack = ingest_pb2.ChunkAck(capture_id=c.capture_id[:64], pod_uid=c.pod_uid[:64],
-                                                  stream_id=c.stream_id[:64], seq=c.seq, rejected=True,
-                                                  reason=str(e)[:500])
-                    if ack is not None:
-                        conn.send(ingest_pb2.CollectorMessage(ack=ack))
+                if kind == "chunk" or kind == "chunks":
+                    batch = [msg.chunk] if kind == "chunk" else list(msg.chunks.chunks)[:MAX_BATCH]
+                    acks = [a for a in (self._chunk(conn, c) for c in batch) if a is not None]
+                    if len(acks) == 1:
+                        conn.send(ingest_pb2.CollectorMessage(ack=acks[0]))
+                    elif acks:
+                        conn.send(ingest_pb2.CollectorMessage(acks=ingest_pb2.AckBatch(acks=acks)))
                 elif kind == "pod_event":
                     self.captures.on_pod_event(conn, msg.pod_event)
                 elif kind == "inventory":

@@ -21,17 +21,26 @@ def chunk(stream: str, seq: int, size: int = 100) -> tuple[ingest_pb2.AgentMessa
         capture_id="c", pod_uid="u", stream_id=stream, seq=seq, records=b"x" * size, packets=1)), size
 
 
-def drain(log: UploadLog) -> list[str]:
-    """Everything the current session would send (stops when the queue is empty)."""
-    out: list[str] = []
+def messages(log: UploadLog) -> list[ingest_pb2.AgentMessage]:
+    """Every message the current session would send (stops when the queue is empty)."""
     it = log.iterate(ingest_pb2.AgentMessage(heartbeat=ingest_pb2.Heartbeat()))
     next(it)
     timer = threading.Timer(0.2, log.end_session)
     timer.start()
-    for m in it:
-        kind = m.WhichOneof("kind")
-        out.append(f"chunk:{m.chunk.seq}" if kind == "chunk" else f"{kind}:{m.pod_event.state}")
+    out = list(it)
     timer.cancel()
+    return out
+
+
+def drain(log: UploadLog) -> list[str]:
+    """What the current session would send, batches opened up into their chunks."""
+    out: list[str] = []
+    for m in messages(log):
+        kind = m.WhichOneof("kind")
+        if kind == "chunks":
+            out += [f"chunk:{c.seq}" for c in m.chunks.chunks]
+        else:
+            out.append(f"chunk:{m.chunk.seq}" if kind == "chunk" else f"{kind}:{m.pod_event.state}")
     return out
 
 
@@ -86,3 +95,14 @@ def test_finished_stream_forgets_its_start_once_acknowledged() -> None:
     ack(log, "s1", 1)
     log.new_session()
     assert drain(log) == []  # done and acknowledged: nothing of the stream is kept
+
+
+def test_small_chunks_queued_together_travel_as_one_message() -> None:
+    log = UploadLog(memory_bytes=64 << 20)
+    for seq in range(1, 201):
+        log.put_chunk(*chunk(f"s{seq % 7}", seq, size=1000))
+    log.put_chunk(*chunk("big", 1, size=2 << 20))  # a big chunk travels alone
+    log.put_chunk(*chunk("s1", 999, size=1000))
+    msgs = messages(log)
+    assert [m.WhichOneof("kind") for m in msgs] == ["chunks", "chunk", "chunk"]
+    assert [c.seq for c in msgs[0].chunks.chunks] == list(range(1, 201))

@@ -31,6 +31,7 @@ class AgentMessage(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
     POD_EVENT_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___Register: ...
     @_builtins.property
@@ -41,6 +42,12 @@ class AgentMessage(_message.Message):
     def chunk(self) -> Global___PcapChunk: ...
     @_builtins.property
     def pod_event(self) -> Global___PodCaptureEvent: ...
+    @_builtins.property
+    def chunks(self) -> Global___ChunkBatch:
+        """Several small chunks (of any streams) in one message: a node with many quiet pods sends one message per
+        flush instead of one per pod. Each chunk is handled exactly as if it had come alone, in order.
+        """
+
     def __init__(
         self,
         *,
@@ -49,16 +56,39 @@ class AgentMessage(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         chunk: Global___PcapChunk | None = ...,
         pod_event: Global___PodCaptureEvent | None = ...,
+        chunks: Global___ChunkBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "heartbeat", b"heartbeat", "inventory", b"inventory", "kind", b"kind", "pod_event", b"pod_event", "register", b"register"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "chunks", b"chunks", "heartbeat", b"heartbeat", "inventory", b"inventory", "kind", b"kind", "pod_event", b"pod_event", "register", b"register"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "heartbeat", b"heartbeat", "inventory", b"inventory", "kind", b"kind", "pod_event", b"pod_event", "register", b"register"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "chunks", b"chunks", "heartbeat", b"heartbeat", "inventory", b"inventory", "kind", b"kind", "pod_event", b"pod_event", "register", b"register"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["register", "inventory", "heartbeat", "chunk", "pod_event"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["register", "inventory", "heartbeat", "chunk", "pod_event", "chunks"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___AgentMessage: _TypeAlias = AgentMessage  # noqa: Y015
+
+@_typing.final
+class ChunkBatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def chunks(self) -> _containers.RepeatedCompositeFieldContainer[Global___PcapChunk]:
+        """At most 1000 chunks, at most 4 MiB of records in all."""
+
+    def __init__(
+        self,
+        *,
+        chunks: _abc.Iterable[Global___PcapChunk] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChunkBatch: _TypeAlias = ChunkBatch  # noqa: Y015
 
 @_typing.final
 class CollectorMessage(_message.Message):
@@ -68,6 +98,7 @@ class CollectorMessage(_message.Message):
     START_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
+    ACKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___Registered: ...
     @_builtins.property
@@ -76,6 +107,10 @@ class CollectorMessage(_message.Message):
     def stop(self) -> Global___StopPodCapture: ...
     @_builtins.property
     def ack(self) -> Global___ChunkAck: ...
+    @_builtins.property
+    def acks(self) -> Global___AckBatch:
+        """The acknowledgements of one commit, for every stream of this agent that it covered."""
+
     def __init__(
         self,
         *,
@@ -83,16 +118,37 @@ class CollectorMessage(_message.Message):
         start: Global___StartPodCapture | None = ...,
         stop: Global___StopPodCapture | None = ...,
         ack: Global___ChunkAck | None = ...,
+        acks: Global___AckBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "kind", b"kind", "registered", b"registered", "start", b"start", "stop", b"stop"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "acks", b"acks", "kind", b"kind", "registered", b"registered", "start", b"start", "stop", b"stop"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "kind", b"kind", "registered", b"registered", "start", b"start", "stop", b"stop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "acks", b"acks", "kind", b"kind", "registered", b"registered", "start", b"start", "stop", b"stop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "start", "stop", "ack"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "start", "stop", "ack", "acks"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___CollectorMessage: _TypeAlias = CollectorMessage  # noqa: Y015
+
+@_typing.final
+class AckBatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChunkAck]: ...
+    def __init__(
+        self,
+        *,
+        acks: _abc.Iterable[Global___ChunkAck] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AckBatch: _TypeAlias = AckBatch  # noqa: Y015
 
 @_typing.final
 class Register(_message.Message):
