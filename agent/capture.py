@@ -87,7 +87,8 @@ class _Stream:
     # Running average of record size (header included), to ask libpcap for about a chunk's worth per call.
     avg_record: int = 256
     # Ring block timeout in seconds, and a graceful stop in progress (finish at this monotonic time).
-    handle_timeout: float = 0.2
+    handle_timeout: float = 0.5
+    ring_bytes: int = MIN_RING
     finish_at: float = 0.0
     finish_reason: str = ""
 
@@ -266,7 +267,7 @@ class CaptureEngine:
             key=key, stream_id=stream_id, pod=pod, handle=handle, interface=interface,
             remaining=settings.max_packets or -1,
             fmt=FileFormat(handle.linktype, handle.snaplen, handle.nanosecond),
-            handle_timeout=opts.timeout_ms / 1000,
+            handle_timeout=opts.timeout_ms / 1000, ring_bytes=opts.buffer_bytes,
         )
 
         def register() -> None:
@@ -383,7 +384,8 @@ class CaptureEngine:
         if events & (select.EPOLLERR | select.EPOLLHUP) and stream.pending_packets == 0:
             self._finish(stream, common_pb2.POD_CAPTURE_STATE_PENDING,
                          f"interface {stream.interface} is gone; waiting for the pod's sandbox")
-        return moved >= self._cfg.busy_bytes
+        # Busy (no nap) when this drain moved a noticeable part of the ring: napping then could let it overflow.
+        return moved >= min(self._cfg.busy_bytes, stream.ring_bytes // 16)
 
     def _cut(self, stream: _Stream) -> None:
         dump = stream.handle.dump

@@ -117,7 +117,7 @@ class HandleOptions:
     filter: str = ""
     # TPACKET_V3 block timeout: a partly filled block is handed over after this long. Longer means fewer wakeups
     # for quiet pods; shorter means less delay, and less lost when an interface vanishes with a block unretired.
-    timeout_ms: int = 200
+    timeout_ms: int = 500
     promisc: bool = False
 
 

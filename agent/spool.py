@@ -16,6 +16,7 @@ import collections
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ _CLOSE = object()
 BATCH_SMALL = 256 << 10
 BATCH_MAX_BYTES = 1 << 20
 BATCH_MAX_CHUNKS = 500
+BATCH_LINGER_S = 0.02
 
 
 @dataclass
@@ -196,7 +198,13 @@ class UploadLog:
         """Join the small chunks queued right behind ``first`` into one message (caller holds the lock): many
         quiet pods cost one message per flush, not one each."""
         chunks = [first.chunk]
-        while self._queue and len(chunks) < BATCH_MAX_CHUNKS:
+        deadline = time.monotonic() + BATCH_LINGER_S
+        while len(chunks) < BATCH_MAX_CHUNKS:
+            if not self._queue:
+                # The capture loop cuts quiet pods' chunks one after another: linger a moment to take them along.
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._cond.wait(left) or not self._queue:
+                    break
             nxt = self._queue[0]
             if not isinstance(nxt, _Spooled) or nxt.size > BATCH_SMALL or size + nxt.size > BATCH_MAX_BYTES:
                 break

@@ -204,12 +204,13 @@ class Agent:
                         self.started[r.start.pod.uid] = r.start.capture_id
                     elif kind == "stop":
                         self.stopped = True
-                    elif kind == "ack":
-                        p = self.index.get(r.ack.pod_uid)
-                        if r.ack.rejected:
-                            self.error = f"chunk {r.ack.seq} of pod {p} rejected: {r.ack.reason}"
-                        elif p is not None:
-                            self.acked[p] = max(self.acked[p], r.ack.seq)
+                    elif kind in ("ack", "acks"):
+                        for ack in [r.ack] if kind == "ack" else list(r.acks.acks):
+                            p = self.index.get(ack.pod_uid)
+                            if ack.rejected:
+                                self.error = f"chunk {ack.seq} of pod {p} rejected: {ack.reason}"
+                            elif p is not None:
+                                self.acked[p] = max(self.acked[p], ack.seq)
                     self.cond.notify_all()
         except grpc.RpcError as e:
             with self.cond:
