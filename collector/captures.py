@@ -467,7 +467,7 @@ class CaptureManager(AgentListener, ClusterListener):
                     packets)
         try:
             directory = pod_dir(self.data_dir, cap.id, ps.pod.namespace, ps.dir_name)
-            os.makedirs(directory, mode=0o750, exist_ok=True)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
             with open(os.path.join(directory, GAPS_FILE), "a") as f:
                 f.write(line)
         except OSError as e:

@@ -106,8 +106,8 @@ def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
     plaintext port serves users and agents (the caller asked for it explicitly); with ``tls`` agents get their own
     mutual-TLS port ``agent_listen`` (default: the next port). Without ``authorizer`` everyone may do
     everything."""
-    os.umask(0o027)  # captures are readable by the collector's user (and group) only
-    os.makedirs(os.path.join(data_dir, "captures"), mode=0o750, exist_ok=True)
+    os.umask(0o077)  # captured packets are readable by the collector's user only
+    os.makedirs(os.path.join(data_dir, "captures"), mode=0o700, exist_ok=True)
     store = CaptureStore(os.path.join(data_dir, "podcap.db"))
     registry = AgentRegistry()
     captures = CaptureManager(data_dir, registry, store, cluster=cluster)

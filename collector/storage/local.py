@@ -127,9 +127,9 @@ class PodWriter:
         path = segment_path(self.directory, self.next_index)
         tmp = path + ".tmp"
         try:
-            os.makedirs(self.directory, mode=0o750, exist_ok=True)
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
             # O_APPEND: after a failed write is cut back off, the next write lands at the new end (no hole).
-            fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+            fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 os.write(fd, self.fmt.header())
                 os.rename(tmp, path)

@@ -132,6 +132,11 @@ def test_sequence_numbered_udp_into_several_pods_stored_exactly_once(
         assert int(pod_status["packets"]) == count
         assert int(pod_status["kernel"]["dropped"]) == 0
     assert not os.path.exists(os.path.join(out, node.namespace, "sender.pcap"))
+    # Captured packets are readable by the collector's user only.
+    for d, _dirs, files in os.walk(os.path.join(collector[1], "captures", cid)):
+        assert os.stat(d).st_mode & 0o077 == 0, d
+        for f in files:
+            assert os.stat(os.path.join(d, f)).st_mode & 0o077 == 0, f
 
 
 def test_max_packets_and_snaplen(collector: tuple[str, str, Proc], node: DemoNode, agent: Proc,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -99,3 +100,28 @@ def test_time_window_and_filter_return_exactly_the_matching_packets(
     podcap(address, "get", cid, "rx-1", "-o", out, "--filter", "icmp", "--since", "10m")
     with open(os.path.join(out, node.namespace, "rx-1.pcap"), "rb") as f:
         assert list(iter_records(f.read()[FILE_HEADER_LEN:], fmt)) == icmp
+
+
+def test_a_follower_that_does_not_read_never_slows_the_capture(
+    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str  # noqa: F811
+) -> None:
+    address = collector[0]
+    warm_up(node)
+    cid = capture_id(podcap(address, "start", "-n", node.namespace, "rx-2", "--filter", f"udp port {PORT}"))
+    wait_capturing(address, cid, 1)
+    # stdout is a pipe nobody reads: after 64 KiB the follower blocks, then the collector's buffer for it fills.
+    stalled = subprocess.Popen([tool("podcap"), "--collector", address, "follow", cid], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL)
+    try:
+        count = 200000  # ~25 MB: more than the collector buffers for one follower (16 MiB)
+        node.exec(node.pod("sender"), [sys.executable, SENDER, str(PORT), str(count), node.pod("rx-2").ip],
+                  timeout=120)
+        st = json.loads(podcap(address, "stop", cid, "-o", "json").stdout)
+    finally:
+        stalled.kill()
+        stalled.wait()
+    pod = st["pods"][0]
+    assert int(pod["kernel"]["dropped"]) == 0 and int(pod["agent_dropped_packets"]) == 0
+    out = os.path.join(tmp_path, "out")
+    podcap(address, "get", cid, "-o", out)
+    assert [g[1] for g in udp_payloads(os.path.join(out, node.namespace, "rx-2.pcap"))] == list(range(count))

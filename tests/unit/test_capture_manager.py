@@ -262,3 +262,19 @@ def test_retention_keeps_each_pod_under_its_byte_cap(tmp_path: str) -> None:
     finally:
         mgr.close()
         store.close()
+
+
+def test_agent_drops_are_recorded_as_gaps_next_to_the_pod_files(
+        env: tuple[CaptureManager, AgentConnection, str]) -> None:
+    """The stored capture itself says where packets are missing (gaps.tsv), not only `podcap status`."""
+    mgr, conn, data = env
+    cid = start(mgr, conn)
+    mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 2), 2))
+    for dropped in (0, 120, 120, 500):  # cumulative counters in the agent's periodic events
+        mgr.on_pod_event(conn, ingest_pb2.PodCaptureEvent(
+            capture_id=cid, pod_uid="uid-0", stream_id="s-uid-0", state=common_pb2.POD_CAPTURE_STATE_CAPTURING,
+            agent_dropped_packets=dropped))
+    with open(os.path.join(data, "captures", cid, "shop", "web-0", "gaps.tsv")) as f:
+        rows = [line.rstrip("\n").split("\t") for line in f]
+    assert [(r[1], r[2]) for r in rows] == [("120", "agent upload buffer full"), ("380", "agent upload buffer full")]
+    assert mgr.status(mgr.get(cid)).pods[0].agent_dropped_packets == 500
