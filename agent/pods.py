@@ -94,9 +94,14 @@ class NetnsPodSource:
     def __init__(self, node: NodeName, directory: str = "/run/netns") -> None:
         self.node = node
         self.directory = directory
+        self._uids: dict[tuple[str, str], PodUid] = {}  # the inventory is re-read every second
 
     def uid_for(self, namespace: str, pod: str) -> PodUid:
-        return PodUid(str(uuid.uuid5(_NETNS_UID_NAMESPACE, f"{self.node}/{namespace}/{pod}")))
+        uid = self._uids.get((namespace, pod))
+        if uid is None:
+            uid = PodUid(str(uuid.uuid5(_NETNS_UID_NAMESPACE, f"{self.node}/{namespace}/{pod}")))
+            self._uids[(namespace, pod)] = uid
+        return uid
 
     def _entries(self) -> list[tuple[str, str, str]]:
         try:

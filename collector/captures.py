@@ -576,8 +576,7 @@ class CaptureManager(AgentListener, ClusterListener):
                 ps.bytes_total += added
                 cap.packets_total += scan.packets
                 cap.bytes_total += added
-                if started is not None:
-                    self._apply_retention(cap)
+                self._apply_retention(cap, only=ps)
             self._accept(ps, conn, chunk.seq)
             if self.paused:
                 log.info("storing resumed")
@@ -613,13 +612,14 @@ class CaptureManager(AgentListener, ClusterListener):
 
     # ---- retention ----
 
-    def _apply_retention(self, cap: Capture, now_ns: int | None = None) -> None:
-        """Delete the oldest closed segments beyond the capture's retention targets (caller holds the lock)."""
+    def _apply_retention(self, cap: Capture, now_ns: int | None = None, only: PodState | None = None) -> None:
+        """Delete the oldest closed segments beyond the capture's retention targets (caller holds the lock). After
+        each write: what is kept stays under ``keep_bytes`` unless the open segment alone exceeds it."""
         r = cap.request.retention
         if not (r.keep_bytes or r.keep_seconds or r.keep_total_bytes):
             return
         now_ns = now_ns or time.time_ns()
-        for ps in cap.pods.values():
+        for ps in [only] if only is not None else cap.pods.values():
             while len(ps.segments) > 1 or (ps.segments and ps.writer is None):
                 oldest = ps.segments[0]
                 too_big = r.keep_bytes and ps.stored_bytes > r.keep_bytes
