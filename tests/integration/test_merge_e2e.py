@@ -11,49 +11,26 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 
 from podcap.collector.demo.node import DemoNode
 from podcap.collector.storage.pcapng import ISB_IFDROP, ISB_USRDELIV, read_pcapng
-from tests.conftest import Proc, podcap, start_proc, tool
-from tests.integration.test_end_to_end import PORT, SENDER, capture_id, wait_capturing, warm_up
+from tests.conftest import Proc, podcap
+from tests.integration.test_end_to_end import (  # noqa: F401 (the node and agent fixtures)
+    PORT,
+    SENDER,
+    agent,
+    capture_id,
+    node,
+    wait_capturing,
+    warm_up,
+)
 
 pytestmark = pytest.mark.root
 
-RECEIVERS = ["rx-0", "rx-1", "rx-2"]
+RECEIVERS = ["rx-0", "rx-1", "rx-2"]  # the pods of the shared `node` fixture, besides "sender"
 COUNT = 1500
-
-
-@pytest.fixture
-def node() -> Iterator[DemoNode]:
-    n = DemoNode()
-    n.create(["sender", *RECEIVERS])
-    try:
-        yield n
-    finally:
-        n.destroy()
-
-
-@pytest.fixture
-def agent(collector: tuple[str, str, Proc], node: DemoNode, tmp_path: str) -> Iterator[Proc]:
-    address = collector[0]
-    p = start_proc([tool("podcap-agent"), "--insecure", "--collector", address, "--node", "node-" + node.tag,
-                    "--pod-source", "netns"], os.path.join(tmp_path, "agent.log"))
-    deadline = time.monotonic() + 15
-    while True:  # wait until the collector knows the node's pods
-        r = podcap(address, "start", "-n", node.namespace, "--duration", "1", "--max-packets", "1", check=False)
-        if r.returncode == 0:
-            podcap(address, "stop", capture_id(r))
-            break
-        if time.monotonic() > deadline:
-            raise AssertionError("agent never registered its pods:\n" + p.log())
-        time.sleep(0.2)
-    try:
-        yield p
-    finally:
-        assert p.stop() == 0, "agent did not stop cleanly on SIGTERM:\n" + p.log()
 
 
 def seq_numbers(data: bytes) -> tuple[int, int] | None:
@@ -67,7 +44,7 @@ def seq_numbers(data: bytes) -> tuple[int, int] | None:
 
 
 def test_merged_pcapng_has_every_pod_as_an_interface_with_every_packet(
-    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str
+    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str  # noqa: F811
 ) -> None:
     tshark = shutil.which("tshark")
     assert tshark, "tshark is needed to check the merged file (apt-get install tshark)"
