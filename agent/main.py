@@ -96,7 +96,21 @@ def main(argv: list[str] | None = None) -> None:
         spool_dir=args.spool_dir or None, spool_disk_bytes=args.spool_bytes, tls=tls,
         engine=EngineSettings(ring_budget_bytes=args.ring_budget),
     )
+    # Handlers before anything starts: a SIGTERM during start-up still ends the agent cleanly.
+    stopping = threading.Event()
+    agents: list[AgentSession] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            log.info("signal %d: stopping", signum)
+            for a in agents:
+                threading.Thread(target=a.shutdown, name="shutdown").start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     agent = AgentSession(cfg, source)
+    agents.append(agent)
     if args.metrics_listen:
         from podcap.agent.metrics import serve_metrics
 
@@ -109,16 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         _health_server, health = serve_health(args.health_listen)
         serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
         agent.on_connected = lambda up: health.set("", serving if up else not_serving)
-    stopping = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            log.info("signal %d: stopping", signum)
-            threading.Thread(target=agent.shutdown, name="shutdown").start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    if stopping.is_set():  # a signal arrived while starting up
+        return
     log.info("podcap-agent on node %s, pod source %s, collector %s", node, source.name, args.collector)
     agent.run()
 

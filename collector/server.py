@@ -164,6 +164,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Handlers first: a SIGTERM that arrives while starting up must still shut down cleanly.
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: shutting down", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     tls = None
     if args.tls_cert or args.tls_key or args.tls_ca:
         if not (args.tls_cert and args.tls_key and args.tls_ca):
@@ -205,14 +214,6 @@ def main(argv: list[str] | None = None) -> None:
         log.info("metrics on port %d", serve_metrics(args.metrics_listen, collector.captures, collector.registry))
     log.info("podcap-collector listening on %s (port %d%s), data dir %s", args.listen, collector.port,
              f", agents on port {collector.agent_port} with mutual TLS" if tls else "", args.data_dir)
-    done = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: shutting down", signum)
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     done.wait()
     collector.stop()
     log.info("stopped")
