@@ -89,6 +89,7 @@ class _Stream:
     # Ring block timeout in seconds, and a graceful stop in progress (finish at this monotonic time).
     handle_timeout: float = 0.5
     ring_bytes: int = MIN_RING
+    chunk_bytes: int = 4 << 20
     finish_at: float = 0.0
     finish_reason: str = ""
 
@@ -268,6 +269,7 @@ class CaptureEngine:
             remaining=settings.max_packets or -1,
             fmt=FileFormat(handle.linktype, handle.snaplen, handle.nanosecond),
             handle_timeout=opts.timeout_ms / 1000, ring_bytes=opts.buffer_bytes,
+            chunk_bytes=settings.max_chunk_bytes or self._cfg.chunk_bytes,
         )
 
         def register() -> None:
@@ -355,7 +357,7 @@ class CaptureEngine:
         try:
             for _ in range(64):  # bounded, so one busy pod cannot starve the others
                 # At most about a chunk's worth per call (a full ring can hold far more than a message may).
-                room = max(1, (self._cfg.chunk_bytes - dump.pending()) // stream.avg_record)
+                room = max(1, (stream.chunk_bytes - dump.pending()) // stream.avg_record)
                 want = room if stream.remaining < 0 else min(stream.remaining, room)
                 n = handle.dispatch(want)
                 if n <= 0:
@@ -373,7 +375,7 @@ class CaptureEngine:
                 moved += pending - before
                 stream.avg_record = max(32, (stream.avg_record * 7 + (pending - before) // n) // 8)
                 before = pending
-                if pending >= self._cfg.chunk_bytes:
+                if pending >= stream.chunk_bytes:
                     self._cut(stream)
                     before = 0
         except PcapError as e:

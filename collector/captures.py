@@ -38,7 +38,7 @@ from podcap.collector.cluster import (
     pod_fields,
 )
 from podcap.collector.follow import Subscription
-from podcap.collector.model import ACTIVE, TERMINAL, Capture, PodState, validate_request
+from podcap.collector.model import ACTIVE, MIN_SEGMENT_BYTES, TERMINAL, Capture, PodState, validate_request
 from podcap.collector.storage.local import (
     PodWriter,
     SegmentInfo,
@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0
 COMMIT_INTERVAL_S = 0.05
 STORAGE_RETRY_S = 1.0
+MAX_CHUNK_BYTES = 4 << 20
 GAPS_FILE = "gaps.tsv"
 
 
@@ -243,10 +244,13 @@ class CaptureManager(AgentListener, ClusterListener):
                 cap.dirty = True
             if conn is None:
                 continue
+            settings = common_pb2.CaptureSettings()
+            settings.CopyFrom(cap.request.settings)
+            # Chunks no larger than half a segment: a pod's kept bytes stay within its retention target.
+            settings.max_chunk_bytes = min(MAX_CHUNK_BYTES, max(MIN_SEGMENT_BYTES // 2, cap.segment_bytes() // 2))
             for ps in node_pods:
                 conn.send(ingest_pb2.CollectorMessage(start=ingest_pb2.StartPodCapture(
-                    capture_id=cap.id, pod=ps.pod.to_proto(), settings=cap.request.settings,
-                    pods_on_node=len(node_pods),
+                    capture_id=cap.id, pod=ps.pod.to_proto(), settings=settings, pods_on_node=len(node_pods),
                 )))
 
     def get(self, capture_id: str) -> Capture:

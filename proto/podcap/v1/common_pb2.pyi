@@ -173,6 +173,7 @@ class CaptureSettings(_message.Message):
     BUFFER_BYTES_FIELD_NUMBER: _builtins.int
     INTERFACE_FIELD_NUMBER: _builtins.int
     MAX_PACKETS_FIELD_NUMBER: _builtins.int
+    MAX_CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     filter: _builtins.str
     """BPF filter expression in tcpdump syntax; empty captures everything. At most 4096 bytes. The collector
     compiles it before any agent sees it.
@@ -186,6 +187,10 @@ class CaptureSettings(_message.Message):
     """Stop each pod's stream after this many packets; 0 = no limit. The collector enforces the capture-wide
     limit exactly; agents use it to stop early.
     """
+    max_chunk_bytes: _builtins.int
+    """Largest chunk the agent should cut for this capture, in bytes; 0 = the agent's default (4 MiB). Set by the
+    collector (not the user) from the capture's segment size, so retention can keep close to its byte targets.
+    """
     def __init__(
         self,
         *,
@@ -194,10 +199,11 @@ class CaptureSettings(_message.Message):
         buffer_bytes: _builtins.int = ...,
         interface: Global___CaptureInterface.ValueType = ...,
         max_packets: _builtins.int = ...,
+        max_chunk_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_bytes", b"buffer_bytes", "filter", b"filter", "interface", b"interface", "max_packets", b"max_packets", "snaplen", b"snaplen"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_bytes", b"buffer_bytes", "filter", b"filter", "interface", b"interface", "max_chunk_bytes", b"max_chunk_bytes", "max_packets", b"max_packets", "snaplen", b"snaplen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
