@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -20,6 +21,9 @@ def demo(pods: int, seconds: float, out: str) -> None:
     """Capture a throwaway node's pods end to end (needs root; no cluster needed)."""
     from podcap.collector.demo.run import run_demo
 
+    # The demo's collector and agent run in this process: their routine log lines would interleave with the
+    # demo's own output; errors still show.
+    logging.getLogger("podcap").setLevel(logging.ERROR)
     console = Console(stderr=True)
     try:
         result = run_demo(pods, seconds, out, say=lambda m: console.print(f"[bold]demo:[/bold] {m}"))
