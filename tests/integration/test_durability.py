@@ -63,6 +63,14 @@ class Cluster:
             assert time.monotonic() < deadline, r.stderr
             time.sleep(0.2)
 
+    def up(self, *, warm: bool = True) -> None:
+        """Collector and agent running, the node's pods known to the collector, neighbours resolved."""
+        self.start_collector()
+        self.start_agent()
+        self.wait_pods()
+        if warm:
+            warm_up(self.node)
+
     def status(self, cid: str) -> dict[str, object]:
         return json.loads(podcap(self.address, "status", cid, "-o", "json").stdout)
 
@@ -118,10 +126,7 @@ def check_exactly_once(c: Cluster, cid: str, pods: list[str], count: int) -> Non
 
 def test_collector_sigkill_mid_capture_loses_and_duplicates_nothing(cluster: Cluster) -> None:
     c = cluster
-    c.start_collector()
-    c.start_agent()
-    c.wait_pods()
-    warm_up(c.node)
+    c.up()
     pods = ["rx-0", "rx-1", "rx-2"]
     cid = capture_id(podcap(c.address, "start", "-n", c.node.namespace, *pods, "--filter", f"udp port {PORT}"))
     c.wait(cid, all_capturing(3))
@@ -145,10 +150,7 @@ def test_collector_sigkill_mid_capture_loses_and_duplicates_nothing(cluster: Clu
 def test_collector_restart_spool_drains(cluster: Cluster) -> None:
     """The agent's connection is cut (graceful collector restart on the same port) while it keeps capturing."""
     c = cluster
-    c.start_collector()
-    c.start_agent()
-    c.wait_pods()
-    warm_up(c.node)
+    c.up()
     cid = capture_id(podcap(c.address, "start", "-n", c.node.namespace, "rx-0", "--filter", f"udp port {PORT}"))
     c.wait(cid, all_capturing(1))
     sender = send(c, 2000, 3.0, ["rx-0"])
@@ -166,9 +168,7 @@ def test_collector_restart_spool_drains(cluster: Cluster) -> None:
 
 def test_agent_restart_resumes_and_reports_the_gap(cluster: Cluster) -> None:
     c = cluster
-    c.start_collector()
-    c.start_agent()
-    c.wait_pods()
+    c.up(warm=False)
     cid = capture_id(podcap(c.address, "start", "-n", c.node.namespace, "rx-0", "rx-1"))
     c.wait(cid, all_capturing(2))
     assert c.agent is not None
@@ -199,10 +199,7 @@ def test_full_disk_pauses_and_resumes_without_corrupt_files(tmp_path: str, small
     node.create(["sender", "rx-0"])
     c = Cluster(str(tmp_path), node, data_dir=os.path.join(small_disk, "data"))
     try:
-        c.start_collector()
-        c.start_agent()
-        c.wait_pods()
-        warm_up(node)
+        c.up()
         filler = os.path.join(small_disk, "filler")
         with open(filler, "wb") as f:  # leave well under a megabyte free
             f.write(b"\0" * (2 << 20) + b"\0" * (512 << 10))
@@ -228,10 +225,7 @@ def test_full_disk_pauses_and_resumes_without_corrupt_files(tmp_path: str, small
 
 def test_duration_that_ends_while_the_collector_is_down_closes_correctly(cluster: Cluster) -> None:
     c = cluster
-    c.start_collector()
-    c.start_agent()
-    c.wait_pods()
-    warm_up(c.node)
+    c.up()
     cid = capture_id(podcap(c.address, "start", "-n", c.node.namespace, "rx-0", "--filter", f"udp port {PORT}",
                             "--duration", "3"))
     created = int(c.status(cid)["created_unix_ns"])  # type: ignore[call-overload]
@@ -257,10 +251,7 @@ def test_duration_that_ends_while_the_collector_is_down_closes_correctly(cluster
 def test_retention_keeps_each_pod_under_its_cap_through_many_rotations(cluster: Cluster) -> None:
     """A flight recorder: 64 KiB segments, at most 256 KiB kept per pod, ~1 MB of traffic per pod."""
     c = cluster
-    c.start_collector()
-    c.start_agent()
-    c.wait_pods()
-    warm_up(c.node)
+    c.up()
     pods = ["rx-0", "rx-1"]
     keep = 256 << 10
     cid = capture_id(podcap(c.address, "start", "-n", c.node.namespace, *pods, "--filter", f"udp port {PORT}",
