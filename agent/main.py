@@ -13,6 +13,7 @@ from types import FrameType
 from podcap.agent.capture import EngineSettings
 from podcap.agent.pods import NetnsPodSource, PodSource
 from podcap.agent.session import AgentConfig, AgentSession
+from podcap.malloc import tune_for_bulk_buffers
 from podcap.names import InvalidNameError, NodeName, check_node_name
 from podcap.tls import TlsFiles
 
@@ -74,6 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tune_for_bulk_buffers()
     if not args.node:
         sys.exit("podcap-agent: --node is required (or set NODE_NAME)")
     try:

@@ -497,12 +497,14 @@ class CaptureManager(AgentListener, ClusterListener):
 
     # ---- chunks ----
 
-    def on_chunk(self, conn: AgentConnection, chunk: ingest_pb2.PcapChunk) -> ingest_pb2.ChunkAck | None:
-        """Store a chunk. Returns an acknowledgement to send now (a duplicate of something committed) or None (the
-        committer acknowledges it once durable). Raises ChunkRejectedError; blocks while storage is failing."""
+    def on_chunk(self, conn: AgentConnection, chunk: ingest_pb2.PcapChunk,
+                 records: memoryview | None = None) -> ingest_pb2.ChunkAck | None:
+        """Store a chunk (its records are ``records`` when given, else ``chunk.records``). Returns an
+        acknowledgement to send now (a duplicate of something committed) or None (the committer acknowledges it
+        once durable). Raises ChunkRejectedError; blocks while storage is failing."""
         while True:
             try:
-                return self._store_chunk(conn, chunk)
+                return self._store_chunk(conn, chunk, chunk.records if records is None else records)
             except StorageError as e:
                 self._pause(f"{'data dir full' if e.disk_full else 'storage failing'}: {e}")
                 if self._closing.wait(STORAGE_RETRY_S):
@@ -513,7 +515,8 @@ class CaptureManager(AgentListener, ClusterListener):
             log.error("storing paused: %s (agents keep their data until it resumes)", reason)
         self.paused = reason
 
-    def _store_chunk(self, conn: AgentConnection, chunk: ingest_pb2.PcapChunk) -> ingest_pb2.ChunkAck | None:
+    def _store_chunk(self, conn: AgentConnection, chunk: ingest_pb2.PcapChunk,
+                     records: bytes | memoryview) -> ingest_pb2.ChunkAck | None:
         cap = self._captures.get(CaptureId(chunk.capture_id))
         if cap is None:
             raise ChunkRejectedError(f"chunk for unknown capture {chunk.capture_id!r}")
@@ -540,7 +543,7 @@ class CaptureManager(AgentListener, ClusterListener):
                 return None  # the capture is over or at its limit: acknowledged, nothing more is kept
             fmt = _fmt(ps.fmt)
             limits = cap.request.limits
-            data: bytes | memoryview = chunk.records
+            data = records
             max_packets = limits.max_packets - cap.packets_total if limits.max_packets else None
             writer = self._writer(cap, ps, fmt)
             now = time.time()
@@ -554,7 +557,7 @@ class CaptureManager(AgentListener, ClusterListener):
                 raise ChunkRejectedError(f"malformed chunk {chunk.seq} of {ps.pod.display}: {e}") from e
             if scan.length < len(data):
                 limit_hit = _cut_reason(data, scan.length, fmt, scan.packets, max_packets, until)
-                data = memoryview(data)[: scan.length]
+                data = data[: scan.length]
             elif chunk.packets and scan.packets != chunk.packets:
                 raise ChunkRejectedError(f"chunk {chunk.seq} of {ps.pod.display} says {chunk.packets} packets, "
                                          f"holds {scan.packets}")

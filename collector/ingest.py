@@ -19,6 +19,7 @@ import grpc
 from podcap.collector.agents import HEARTBEAT_INTERVAL_S, AgentConflictError, AgentConnection, AgentRegistry
 from podcap.collector.captures import CaptureManager, ChunkRejectedError
 from podcap.collector.targets import PodRef
+from podcap.collector.wire import IncomingChunk
 from podcap.names import InvalidNameError, check_namespace, check_node_name, check_pod_name, check_pod_uid
 from podcap.tls import AGENT_IDENTITY, peer_identity
 from podcap.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
@@ -54,7 +55,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         self.require_agent_cert = require_agent_cert
 
     def Attach(  # noqa: N802 (gRPC method name)
-        self, request_iterator: Iterator[ingest_pb2.AgentMessage], context: grpc.ServicerContext
+        self, request_iterator: Iterator[ingest_pb2.AgentMessage | IncomingChunk], context: grpc.ServicerContext
     ) -> Iterator[ingest_pb2.CollectorMessage]:
         if self.require_agent_cert and peer_identity(context) != AGENT_IDENTITY:
             log.warning("refused an agent session from %s: no valid agent certificate", context.peer())
@@ -65,7 +66,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             first = next(request_iterator)
         except (StopIteration, grpc.RpcError):
             return
-        if first.WhichOneof("kind") != "register":
+        if isinstance(first, IncomingChunk) or first.WhichOneof("kind") != "register":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a session must be `register`")
         reg = first.register
         try:
@@ -91,19 +92,25 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             reader.join(timeout=5)
             self.registry.unregister(conn)
 
-    def _chunk(self, conn: AgentConnection, c: ingest_pb2.PcapChunk) -> ingest_pb2.ChunkAck | None:
+    def _chunk(self, conn: AgentConnection, c: ingest_pb2.PcapChunk,
+               records: memoryview | None = None) -> ingest_pb2.ChunkAck | None:
         """Store one chunk; an acknowledgement to send now (duplicate or rejection), or None (the commit will)."""
         try:
-            return self.captures.on_chunk(conn, c)
+            return self.captures.on_chunk(conn, c, records)
         except ChunkRejectedError as e:
             log.warning("agent %s: chunk rejected: %s", conn.node, e)
             return ingest_pb2.ChunkAck(capture_id=c.capture_id[:64], pod_uid=c.pod_uid[:64],
                                        stream_id=c.stream_id[:64], seq=c.seq, rejected=True, reason=str(e)[:500])
 
-    def _read(self, conn: AgentConnection, requests: Iterator[ingest_pb2.AgentMessage]) -> None:
+    def _read(self, conn: AgentConnection, requests: Iterator[ingest_pb2.AgentMessage | IncomingChunk]) -> None:
         try:
             for msg in requests:
                 conn.last_seen = time.monotonic()
+                if isinstance(msg, IncomingChunk):  # a lone chunk, decoded without copying its records
+                    ack = self._chunk(conn, msg.meta, msg.records)
+                    if ack is not None:
+                        conn.send(ingest_pb2.CollectorMessage(ack=ack))
+                    continue
                 kind = msg.WhichOneof("kind")
                 if kind == "chunk" or kind == "chunks":
                     batch = [msg.chunk] if kind == "chunk" else list(msg.chunks.chunks)[:MAX_BATCH]

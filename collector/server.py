@@ -29,8 +29,10 @@ from podcap.collector.control import ControlServicer
 from podcap.collector.ingest import IngestServicer
 from podcap.collector.kube import KubeError, in_cluster, load_api
 from podcap.collector.store import CaptureStore
+from podcap.collector.wire import add_ingest_servicer
+from podcap.malloc import tune_for_bulk_buffers
 from podcap.tls import TlsConfigError, TlsFiles
-from podcap.v1 import control_pb2_grpc, ingest_pb2_grpc
+from podcap.v1 import control_pb2_grpc
 
 log = logging.getLogger("podcap.collector")
 
@@ -116,14 +118,14 @@ def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
     control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(captures, authorizer or OpenAuthorizer()), server)
     agent_server = None
     if tls is None:
-        ingest_pb2_grpc.add_IngestServicer_to_server(ingest, server)
+        add_ingest_servicer(ingest, server)
         port = _bind(server, listen, None)
     else:
         port = _bind(server, listen, tls.server_credentials(require_client_cert=False))
     agent_port = port
     if port and tls is not None:
         agent_server = _grpc_server(max_workers)
-        ingest_pb2_grpc.add_IngestServicer_to_server(ingest, agent_server)
+        add_ingest_servicer(ingest, agent_server)
         host = listen.rsplit(":", 1)[0]
         agent_port = _bind(agent_server, agent_listen or f"{host}:{port + 1}",
                            tls.server_credentials(require_client_cert=True))
@@ -164,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tune_for_bulk_buffers()
     # Handlers first: a SIGTERM that arrives while starting up must still shut down cleanly.
     done = threading.Event()
 

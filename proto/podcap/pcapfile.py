@@ -6,7 +6,8 @@ little-endian (the byte order every podcap agent writes on x86-64 and arm64). Mi
 timestamps are both supported (magic ``0xa1b2c3d4`` / ``0xa1b23c4d``).
 
 ``scan_records`` is the one place that walks record boundaries: the collector uses it to validate a chunk before
-any byte reaches disk and to cut a chunk exactly at a packet or byte limit.
+any byte reaches disk and to cut a chunk exactly at a packet or byte limit. It runs the C walker
+(``podcap.pcapwalk``) when that is built, else the Python walker below (same results and errors; tests compare them).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from podcap import pcapwalk
 
 MAGIC_USEC = 0xA1B2C3D4
 MAGIC_NSEC = 0xA1B23C4D
@@ -85,6 +88,36 @@ def scan_records(
     byte of ``data`` must belong to a whole record whose caplen is at most the snaplen and at most its wire
     length. Raises PcapFormatError on any violation, naming the offset.
     """
+    if pcapwalk.available():
+        return _scan_native(data, fmt, max_packets=max_packets, max_bytes=max_bytes, until_ns=until_ns)
+    return scan_records_python(data, fmt, max_packets=max_packets, max_bytes=max_bytes, until_ns=until_ns)
+
+
+def _scan_native(data: bytes | memoryview, fmt: FileFormat, *, max_packets: int | None, max_bytes: int | None,
+                 until_ns: int | None) -> ScanResult:
+    w = pcapwalk.walk(data, fmt.snaplen, fmt.ts_scale, max_packets=max_packets, max_bytes=max_bytes,
+                      until_ns=until_ns)
+    if w.code == pcapwalk.OK:
+        return ScanResult(packets=w.packets, length=w.length, last_ts_ns=w.last_ts_ns)
+    off = w.error_offset
+    if w.code == pcapwalk.TRUNCATED_HEADER:
+        raise PcapFormatError(f"truncated record header at offset {off}")
+    if w.code == pcapwalk.BAD_CAPLEN:
+        raise PcapFormatError(f"record at offset {off}: caplen {w.caplen} exceeds snaplen {fmt.snaplen} or length "
+                              f"{w.wirelen}")
+    raise PcapFormatError(f"truncated record at offset {off}: needs {RECORD_HEADER_LEN + w.caplen} bytes, "
+                          f"{len(data) - off} left")
+
+
+def scan_records_python(
+    data: bytes | memoryview,
+    fmt: FileFormat,
+    *,
+    max_packets: int | None = None,
+    max_bytes: int | None = None,
+    until_ns: int | None = None,
+) -> ScanResult:
+    """``scan_records`` in Python: the fallback when the C walker is not built, and its reference in tests."""
     if max_packets is None and max_bytes is None and until_ns is None:
         return _scan_all(data, fmt)
     unpack = _RECORD_HEADER.unpack_from
@@ -123,7 +156,7 @@ _LENGTHS = struct.Struct("<8xII")
 
 
 def _scan_all(data: bytes | memoryview, fmt: FileFormat) -> ScanResult:
-    """``scan_records`` without limits: the collector's per-chunk check, kept as lean as Python allows."""
+    """``scan_records_python`` without limits, kept as lean as Python allows."""
     unpack = _LENGTHS.unpack_from
     end = len(data)
     snaplen = fmt.snaplen

@@ -123,6 +123,11 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return float(t.user + t.system)
 
 
+def sys_seconds(proc: psutil.Process) -> float:
+    """Kernel-mode CPU seconds (the user/system split goes into each run's JSON line, to see where time goes)."""
+    return float(proc.cpu_times().system)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Everything the benchmark creates is registered here and removed by cleanup() (idempotent, best effort).
 
@@ -432,10 +437,10 @@ def run_tcpdump(lab: Lab, pod: Pod, conf: str, seconds: float, count: int) -> di
         wait_for_log(path, r"listening on", proc, 15)
         time.sleep(0.5)
         pp = psutil.Process(proc.pid)
-        rx0, c0 = rx_packets(pod.host_veth), cpu_seconds(pp)
+        rx0, c0, s0 = rx_packets(pod.host_veth), cpu_seconds(pp), sys_seconds(pp)
         wall, sent = trafgen(lab, pod, conf, seconds=seconds, count=count)
         time.sleep(1.0)  # let it drain its ring
-        c1, rx1 = cpu_seconds(pp), rx_packets(pod.host_veth)
+        c1, s1, rx1 = cpu_seconds(pp), sys_seconds(pp), rx_packets(pod.host_veth)
     finally:
         lab.stop(proc, signal.SIGINT)
         lab.procs.remove(proc)
@@ -447,7 +452,8 @@ def run_tcpdump(lab: Lab, pod: Pod, conf: str, seconds: float, count: int) -> di
         return int(m.group(1)) if m else -1
 
     res = {"who": "tcpdump", "offered": rx1 - rx0, "sent": sent, "gen_wall": round(wall, 2),
-           "cpu_s": c1 - c0, "received": grab("received by filter"), "dropped": grab("dropped by kernel"),
+           "cpu_s": c1 - c0, "sys_s": round(s1 - s0, 2), "received": grab("received by filter"),
+           "dropped": grab("dropped by kernel"),
            "stored": count_pcap_packets(out)}
     os.unlink(out)
     return res
@@ -459,14 +465,17 @@ def run_podcap(pc: Podcap, pod: Pod, conf: str, seconds: float, count: int) -> d
     time.sleep(0.5)
     profilers = pc.profile_start()
     rx0, a0, k0 = rx_packets(pod.host_veth), cpu_seconds(pc.p_agent), cpu_seconds(pc.p_collector)
+    as0, ks0 = sys_seconds(pc.p_agent), sys_seconds(pc.p_collector)
     wall, sent = trafgen(pc.lab, pod, conf, seconds=seconds, count=count)
     pc.profile_stop(profilers)
     time.sleep(1.0)  # same drain allowance as tcpdump
     st = pc.stop_capture(cid)  # returns once the final chunks are stored
     a1, k1, rx1 = cpu_seconds(pc.p_agent), cpu_seconds(pc.p_collector), rx_packets(pod.host_veth)
+    as1, ks1 = sys_seconds(pc.p_agent), sys_seconds(pc.p_collector)
     ps = st.pods[0]
     return {"who": "podcap", "offered": rx1 - rx0, "sent": sent, "gen_wall": round(wall, 2),
-            "cpu_s": a1 - a0, "collector_cpu_s": k1 - k0, "received": ps.kernel.received,
+            "cpu_s": a1 - a0, "sys_s": round(as1 - as0, 2), "collector_cpu_s": k1 - k0,
+            "collector_sys_s": round(ks1 - ks0, 2), "received": ps.kernel.received,
             "dropped": ps.kernel.dropped, "agent_dropped": ps.agent_dropped_packets, "status_packets": ps.packets,
             "stored": pc.stored_packets(st)}
 

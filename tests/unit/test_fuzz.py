@@ -10,13 +10,21 @@ import tempfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from podcap import pcapwalk
 from podcap.collector.agents import AgentConnection, AgentRegistry
 from podcap.collector.captures import CaptureManager, ChunkRejectedError
 from podcap.collector.storage.local import list_segments
 from podcap.collector.store import CaptureStore
 from podcap.collector.targets import PodRef
 from podcap.names import NodeName, PodUid
-from podcap.pcapfile import FileFormat, PcapFormatError, read_file, scan_records, valid_prefix_length
+from podcap.pcapfile import (
+    FileFormat,
+    PcapFormatError,
+    read_file,
+    scan_records,
+    scan_records_python,
+    valid_prefix_length,
+)
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 
 FMT = FileFormat(1, 1500, True)
@@ -100,3 +108,30 @@ def test_capture_manager_survives_hostile_agent_messages(msgs: list[object]) -> 
         finally:
             mgr.close()
             store.close()
+
+
+def _outcome(fn: object, data: bytes | memoryview, **limits: int | None) -> tuple[str, object]:
+    try:
+        return "ok", fn(data, FMT, **limits)  # type: ignore[operator]
+    except PcapFormatError as e:
+        return "error", str(e)
+
+
+timed_records = st.lists(  # well-formed records with timestamps on both sides of the until_ns values drawn below
+    st.tuples(st.integers(0, 3), st.integers(0, 999_999_999), st.binary(max_size=200)).map(
+        lambda t: struct.pack("<IIII", t[0], t[1], len(t[2]), len(t[2]) + 4) + t[2]),
+    max_size=8,
+).map(b"".join)
+
+
+@FUZZ
+@given(st.one_of(hostile, timed_records), st.one_of(st.none(), st.integers(-2, 10)),
+       st.one_of(st.none(), st.integers(-20, 5000)), st.one_of(st.none(), st.integers(-10, 3 * 1_000_000_000)),
+       st.integers(0, 3))
+def test_native_walker_matches_the_python_walker(data: bytes, max_packets: int | None, max_bytes: int | None,
+                                                 until_ns: int | None, skip: int) -> None:
+    """Same results, same error messages, for bytes and for a memoryview that starts inside a buffer."""
+    assert pcapwalk.available(), "the C walker (podcap._pcapwalk) is not built: is a C compiler installed?"
+    limits = {"max_packets": max_packets, "max_bytes": max_bytes, "until_ns": until_ns}
+    for buf in (data, memoryview(b"x" * skip + data)[skip:]):
+        assert _outcome(scan_records, buf, **limits) == _outcome(scan_records_python, buf, **limits)

@@ -1,0 +1,40 @@
+"""glibc allocator settings for the daemons, which move multi-MiB buffers (chunks) all day.
+
+By default glibc serves allocations above ~128 KiB to 32 MiB with fresh ``mmap``s (or returns freed heap tops to the
+kernel), so every 4 MiB chunk received or built lands on newly faulted pages: a page fault and a page clear per
+4 KiB, each time. Keeping such buffers on the heap and not trimming it lets the next chunk reuse warm pages. Measured
+(tests/bench, 900 MB of 144-byte records into the collector): kernel CPU 1.15 s -> 0.7 s. The price is that up to
+``TRIM_THRESHOLD`` of freed memory stays mapped in the process after a burst.
+
+The daemons call ``tune_for_bulk_buffers`` once at start-up; on a C library without ``mallopt`` (musl) it does
+nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+MMAP_THRESHOLD = 32 << 20  # glibc's ceiling for this setting on 64-bit (HEAP_MAX_SIZE / 2)
+TRIM_THRESHOLD = 256 << 20
+
+
+def tune_for_bulk_buffers() -> bool:
+    """Serve chunk-sized allocations from the heap and keep freed heap memory; True if glibc accepted both."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    if not ok:
+        log.debug("mallopt refused the bulk-buffer settings; using the allocator's defaults")
+    return ok
