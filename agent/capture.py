@@ -1,6 +1,6 @@
 """Capture streams: one libpcap handle per (capture, pod), all driven by one poll thread.
 
-Why this shape (DESIGN.md): libpcap's C ``pcap_dump`` writes every packet into a memory stream during
+Why this shape (DESIGN.md): a C handler (``chunkbuf``) appends every packet to the outgoing chunk during
 ``pcap_dispatch`` (no Python per packet); one thread polling every handle's fd carried 100 pods × 10k packets with
 no drops at ~6% CPU, so there is one poll loop, not a thread per pod. Opening a handle is slow (~24 ms, the kernel
 allocates the ring) and may need to enter a pod's network namespace, so opens run on a small thread pool and the
@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from podcap.agent import netns
+from podcap.agent.encoded import EncodedChunk
 from podcap.agent.libpcap import Handle, HandleOptions, KernelCounters, PcapError
 from podcap.agent.pods import PodInfo, PodNetwork
 from podcap.names import CaptureId, PodUid
-from podcap.pcapfile import MAX_SNAPLEN, FileFormat, first_timestamp_ns
+from podcap.pcapfile import MAX_SNAPLEN, FileFormat
 from podcap.v1 import common_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,8 @@ RING_BLOCK = 256 << 10  # libpcap 1.10's TPACKET_V3 block size (= its maximum sn
 class StreamSink(Protocol):
     """Where streams deliver. ``chunk`` returns False when the chunk could not be queued (counted as dropped)."""
 
-    def chunk(self, msg: ingest_pb2.AgentMessage, size: int) -> bool:
-        """Queue a chunk message carrying ``size`` record bytes (passed in: reading ``msg.chunk.records`` back
-        would copy the payload)."""
+    def chunk(self, chunk: EncodedChunk) -> bool:
+        """Queue a chunk (already serialized: see ``podcap.agent.encoded``)."""
         ...
 
     def event(self, event: ingest_pb2.PodCaptureEvent) -> None: ...
@@ -78,6 +78,7 @@ class _Stream:
     remaining: int  # packets still allowed; -1 = unlimited
     seq: int = 0
     pending_packets: int = 0
+    sink_lost: int = 0
     pending_since: float = 0.0
     agent_dropped: int = 0
     kernel: KernelCounters = field(default_factory=lambda: KernelCounters(0, 0, 0))
@@ -263,7 +264,7 @@ class CaptureEngine:
                 )
             )
             return
-        assert handle.dump is not None
+        assert handle.sink is not None
         stream = _Stream(
             key=key, stream_id=stream_id, pod=pod, handle=handle, interface=interface,
             remaining=settings.max_packets or -1,
@@ -349,15 +350,15 @@ class CaptureEngine:
     def _drain(self, stream: _Stream, events: int) -> bool:
         """Move what the ring holds into the stream; True when the ring is filling fast (no nap)."""
         handle = stream.handle
-        dump = handle.dump
-        if dump is None:
+        sink = handle.sink
+        if sink is None:
             return False
-        before = dump.pending()
+        before = sink.pending()
         moved = 0
         try:
             for _ in range(64):  # bounded, so one busy pod cannot starve the others
                 # At most about a chunk's worth per call (a full ring can hold far more than a message may).
-                room = max(1, (stream.chunk_bytes - dump.pending()) // stream.avg_record)
+                room = max(1, (stream.chunk_bytes - sink.pending()) // stream.avg_record)
                 want = room if stream.remaining < 0 else min(stream.remaining, room)
                 n = handle.dispatch(want)
                 if n <= 0:
@@ -371,7 +372,7 @@ class CaptureEngine:
                     self._finish(stream, common_pb2.POD_CAPTURE_STATE_DONE,
                                  "max-packets reached")
                     return False
-                pending = dump.pending()
+                pending = sink.pending()
                 moved += pending - before
                 stream.avg_record = max(32, (stream.avg_record * 7 + (pending - before) // n) // 8)
                 before = pending
@@ -390,24 +391,27 @@ class CaptureEngine:
         return moved >= min(self._cfg.busy_bytes, stream.ring_bytes // 16)
 
     def _cut(self, stream: _Stream) -> None:
-        dump = stream.handle.dump
-        if dump is None or stream.pending_packets == 0:
+        sink = stream.handle.sink
+        if sink is None or stream.pending_packets == 0:
             return
-        data = dump.take()
-        packets = stream.pending_packets
+        dispatched = stream.pending_packets
         stream.pending_packets = 0
-        if not data:
+        total = self._total(stream)
+        lost = sink.lost() - stream.sink_lost
+        if lost:  # the sink could not grow (out of memory): those packets are agent drops
+            stream.sink_lost += lost
+            stream.agent_dropped += lost
+            total.agent_dropped += lost
+        packets = sink.packets(dispatched)
+        if sink.pending() == 0 or packets == 0:
             return
         stream.seq += 1
-        # Built in place: AgentMessage(chunk=PcapChunk(...)) would copy the payload once more.
-        msg = ingest_pb2.AgentMessage(chunk=dict(  # type: ignore[arg-type]  # protobuf accepts a dict here
+        chunk = sink.cut(ingest_pb2.PcapChunk(
             capture_id=stream.key[0], pod_uid=stream.key[1], stream_id=stream.stream_id, seq=stream.seq,
-            records=data, packets=packets, first_ts_ns=first_timestamp_ns(data, stream.fmt),
-            last_ts_ns=time.time_ns(),
+            packets=packets, first_ts_ns=sink.first_ts_ns(stream.fmt), last_ts_ns=time.time_ns(),
         ))
-        total = self._total(stream)
         total.captured += packets
-        if not self._sink.chunk(msg, len(data)):
+        if not self._sink.chunk(chunk):
             stream.agent_dropped += packets
             total.agent_dropped += packets
 

@@ -1,10 +1,12 @@
-"""The system libpcap, called through ctypes, and the memory stream its dumper writes to.
+"""The system libpcap, called through ctypes, and where its packets go.
 
-This module owns the hot path. ``pcap_dispatch(p, cnt, pcap_dump, dumper)`` makes libpcap call its *own* C
-function ``pcap_dump`` for every packet, so no Python runs per packet (DESIGN.md: ~14% CPU at 600k pps, like
-``tcpdump -w``). The dumper writes into an ``open_memstream`` buffer: when ``pcap_dispatch`` returns, the buffer
-holds exactly the records it reported, so a chunk is always whole records and its packet count is libpcap's own.
-ctypes releases the GIL around each foreign call, so busy Python threads cannot starve the capture.
+This module owns the hot path. ``pcap_dispatch(p, cnt, handler, user)`` makes libpcap call a C function for every
+packet, so no Python runs per packet (DESIGN.md: ~14% CPU at 600k pps, like ``tcpdump -w``). The handler is
+podcap's own ``podcap_chunk_handler`` (``chunkbuf.ChunkBuffer``: records appended straight into the outgoing
+message) or, when podcap's C library is not built, libpcap's ``pcap_dump`` into an ``open_memstream`` buffer
+(``MemoryDump``). Either way, when ``pcap_dispatch`` returns the sink holds exactly the records it reported, so a
+chunk is always whole records. ctypes releases the GIL around each foreign call, so busy Python threads cannot
+starve the capture.
 
 The handle and its dumper come from the same library (Debian's ``libpcap.so.0.8``); pcapy-ng bundles a different
 libpcap whose ``pcap_t*`` is not exposed, so pcapy-ng is used only to compile filters without an interface.
@@ -16,6 +18,11 @@ import ctypes
 import ctypes.util
 from ctypes import POINTER, Structure, byref, c_char_p, c_int, c_size_t, c_uint, c_void_p
 from dataclasses import dataclass
+
+from podcap.agent import chunkbuf
+from podcap.agent.encoded import EncodedChunk
+from podcap.pcapfile import FileFormat, first_timestamp_ns
+from podcap.v1 import ingest_pb2
 
 PCAP_ERRBUF_SIZE = 256
 PCAP_TSTAMP_PRECISION_NANO = 1
@@ -122,7 +129,8 @@ class HandleOptions:
 
 
 class MemoryDump:
-    """A libpcap dumper writing into an ``open_memstream`` buffer; ``take()`` returns and clears what it holds."""
+    """A libpcap dumper writing into an ``open_memstream`` buffer (the fallback ``chunkbuf.RecordSink``);
+    ``take()`` returns and clears what it holds."""
 
     def __init__(self, pcap: c_void_p) -> None:
         self._ptr = c_void_p()
@@ -136,6 +144,22 @@ class MemoryDump:
             _libc.free(self._ptr)
             raise PcapError("pcap_dump_fopen: " + (lib().pcap_geterr(pcap) or b"").decode(errors="replace"))
         self.file_header = self.take()
+        self.callback: int = ctypes.cast(lib().pcap_dump, c_void_p).value or 0
+        self.user: int = self.dumper
+
+    def packets(self, dispatched: int) -> int:
+        return dispatched
+
+    def lost(self) -> int:
+        return 0
+
+    def first_ts_ns(self, fmt: FileFormat) -> int:
+        self.pending()
+        return first_timestamp_ns(ctypes.string_at(self._ptr.value or 0, 16), fmt)
+
+    def cut(self, meta: ingest_pb2.PcapChunk) -> EncodedChunk:
+        meta.records = self.take()
+        return EncodedChunk.from_message(meta)
 
     def pending(self) -> int:
         """Bytes written since the last take (flushes the stdio buffer into the memory stream)."""
@@ -156,7 +180,7 @@ class MemoryDump:
 
 
 class Handle:
-    """One activated, non-blocking libpcap handle writing into a MemoryDump."""
+    """One activated, non-blocking libpcap handle writing into a record sink (``sink``)."""
 
     def __init__(self, opts: HandleOptions) -> None:
         lp = lib()
@@ -165,7 +189,7 @@ class Handle:
         if not p:
             raise PcapError(errbuf.value.decode(errors="replace"))
         self._p: c_void_p | None = c_void_p(p)
-        self.dump: MemoryDump | None = None
+        self.sink: chunkbuf.RecordSink | None = None
         try:
             self._check(lp.pcap_set_snaplen(p, opts.snaplen), "set snaplen")
             self._check(lp.pcap_set_promisc(p, int(opts.promisc)), "set promisc")
@@ -188,11 +212,10 @@ class Handle:
             self.linktype: int = lp.pcap_datalink(p)
             self.snaplen: int = lp.pcap_snapshot(p)
             self.nanosecond: bool = lp.pcap_get_tstamp_precision(p) == PCAP_TSTAMP_PRECISION_NANO
-            self.dump = MemoryDump(c_void_p(p))
+            self.sink = chunkbuf.ChunkBuffer() if chunkbuf.available() else MemoryDump(c_void_p(p))
         except BaseException:
             self.close()
             raise
-        self._dump_fn = ctypes.cast(lp.pcap_dump, c_void_p).value
 
     def _check(self, rc: int, what: str) -> None:
         if rc != 0:
@@ -210,9 +233,9 @@ class Handle:
             lp.pcap_freecode(byref(prog))
 
     def dispatch(self, max_packets: int = -1) -> int:
-        """Move what the ring holds (at most ``max_packets``; -1 = all) into the dump; return the packet count."""
-        assert self._p is not None and self.dump is not None
-        n: int = lib().pcap_dispatch(self._p, max_packets, self._dump_fn, self.dump.dumper)
+        """Move what the ring holds (at most ``max_packets``; -1 = all) into the sink; return the packet count."""
+        assert self._p is not None and self.sink is not None
+        n: int = lib().pcap_dispatch(self._p, max_packets, self.sink.callback, self.sink.user)
         if n < 0:
             raise PcapError("pcap_dispatch: " + (lib().pcap_geterr(self._p) or b"").decode(errors="replace"))
         return n
@@ -224,9 +247,9 @@ class Handle:
         return KernelCounters(st.ps_recv, st.ps_drop, st.ps_ifdrop)
 
     def close(self) -> None:
-        if self.dump is not None:
-            self.dump.close()
-            self.dump = None
+        if self.sink is not None:
+            self.sink.close()
+            self.sink = None
         if self._p is not None:
             lib().pcap_close(self._p)
             self._p = None

@@ -10,6 +10,7 @@ import sys
 import threading
 from types import FrameType
 
+from podcap.agent import chunkbuf
 from podcap.agent.capture import EngineSettings
 from podcap.agent.pods import NetnsPodSource, PodSource
 from podcap.agent.session import AgentConfig, AgentSession
@@ -92,6 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         log.warning("--insecure: plaintext connection to the collector; captured packets cross the network "
                     "unencrypted")
+    if chunkbuf.available():
+        log.info("per-packet path: podcap_chunk_handler (podcap's C library)")
+    else:
+        log.warning("per-packet path: libpcap's pcap_dump (podcap's C library is not built: slower)")
     source = make_source(args.pod_source, node, args)
     cfg = AgentConfig(
         collector=args.collector, node=node, upload_buffer_bytes=args.upload_buffer,

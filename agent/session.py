@@ -26,11 +26,12 @@ import grpc
 
 from podcap import __version__
 from podcap.agent.capture import CaptureEngine, EngineSettings
+from podcap.agent.encoded import EncodedChunk, serialize
 from podcap.agent.pods import PodInfo, PodNetwork, PodNotFoundError, PodSource, PodSourceError
 from podcap.agent.spool import UploadLog
 from podcap.names import CaptureId, InvalidNameError, NodeName, PodUid, check_capture_id, check_pod_uid
 from podcap.tls import TlsFiles, open_channel
-from podcap.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
+from podcap.v1 import common_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,8 @@ class _Sink:
         self.out = out
         self.ended = ended
 
-    def chunk(self, msg: ingest_pb2.AgentMessage, size: int) -> bool:
-        return self.out.put_chunk(msg, size)
+    def chunk(self, chunk: EncodedChunk) -> bool:
+        return self.out.put_chunk(chunk)
 
     def event(self, event: ingest_pb2.PodCaptureEvent) -> None:
         if event.state in (common_pb2.POD_CAPTURE_STATE_DONE, common_pb2.POD_CAPTURE_STATE_FAILED):
@@ -177,8 +178,10 @@ class AgentSession:
         channel = open_channel(self.cfg.collector, self.cfg.tls,
                                options=[("grpc.max_send_message_length", 16 << 20), ("grpc.keepalive_time_ms", 20000)])
         try:
-            stub = ingest_pb2_grpc.IngestStub(channel)
-            responses = stub.Attach(self.out.iterate(register))
+            # The generated stub would serialize every request itself; chunks arrive here already serialized.
+            attach = channel.stream_stream("/podcap.v1.Ingest/Attach", request_serializer=serialize,
+                                           response_deserializer=ingest_pb2.CollectorMessage.FromString)
+            responses = attach(self.out.iterate(register))
             with self._lock:
                 self._call = responses  # type: ignore[assignment]  # the call is both iterator and future
             side = threading.Thread(target=self._side_loop, args=(responses,), daemon=True, name="agent-side")

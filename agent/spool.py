@@ -8,6 +8,8 @@ STARTED event of its stream so the collector knows the stream's format. Chunks l
 refused (the newest data is dropped, so what is stored stays contiguous from the start) and the capture engine
 counts their packets as agent drops, which the collector shows per pod and records as a gap. Events are tiny and
 never refused; heartbeats and inventories are not kept across sessions (registration re-sends the inventory).
+Chunks arrive serialized (``EncodedChunk``) and leave as the same bytes (a spool file holds the PcapChunk's bytes;
+small chunks are joined into one ChunkBatch message byte-wise), so their records are never copied into a message.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+
+from podcap.agent.encoded import EncodedChunk, batch
 from podcap.v1 import common_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)
@@ -40,7 +45,7 @@ class _Spooled:
     seq: int
     size: int
     packets: int
-    msg: ingest_pb2.AgentMessage | None
+    chunk: EncodedChunk | None
     path: str | None = None
 
 
@@ -66,22 +71,22 @@ class UploadLog:
 
     # ---- producers (capture loop, session) ----
 
-    def put_chunk(self, msg: ingest_pb2.AgentMessage, size: int) -> bool:
-        """Keep a chunk message (``size`` record bytes) until acknowledged; False when there is no room."""
-        chunk = msg.chunk
+    def put_chunk(self, chunk: EncodedChunk) -> bool:
+        """Keep a chunk until acknowledged; False when there is no room."""
+        size = chunk.size
         with self._cond:
-            item = _Spooled(chunk.stream_id, chunk.seq, size, chunk.packets, msg)
+            item = _Spooled(chunk.stream_id, chunk.seq, size, chunk.packets, chunk)
             if self._mem + size > self.memory_bytes:
                 if self._disk + size > self.disk_bytes or self.spool_dir is None:
                     return False
                 path = os.path.join(self.spool_dir, f"{chunk.stream_id}-{chunk.seq}.chunk")
                 try:
                     with open(path, "wb") as f:
-                        f.write(chunk.SerializeToString())
+                        f.write(chunk.body())
                 except OSError as e:
                     log.warning("spool write failed (%s): chunk dropped", e)
                     return False
-                item.msg = None
+                item.chunk = None
                 item.path = path
                 self._disk += size
             else:
@@ -128,7 +133,7 @@ class UploadLog:
                 pass
         else:
             self._mem -= item.size
-        item.msg = None
+        item.chunk = None
         item.path = None
 
     def _forget_if_done(self, stream_id: str) -> None:
@@ -162,15 +167,15 @@ class UploadLog:
             self._queue.append(_CLOSE)
             self._cond.notify_all()
 
-    def iterate(self, first: ingest_pb2.AgentMessage) -> Iterator[ingest_pb2.AgentMessage]:
+    def iterate(self, first: ingest_pb2.AgentMessage) -> Iterator[ingest_pb2.AgentMessage | bytes]:
         """The messages of the session that starts now. The session is fixed here, not at the first ``next()``:
         gRPC may start consuming after the call already failed, and a stale iterator must not eat the next
-        session's messages."""
+        session's messages. Chunks come out as their serialized bytes (see ``podcap.agent.encoded.serialize``)."""
         with self._cond:
             epoch = self._epoch
         return self._messages(first, epoch)
 
-    def _messages(self, first: ingest_pb2.AgentMessage, epoch: int) -> Iterator[ingest_pb2.AgentMessage]:
+    def _messages(self, first: ingest_pb2.AgentMessage, epoch: int) -> Iterator[ingest_pb2.AgentMessage | bytes]:
         yield first
         while True:
             with self._cond:
@@ -181,23 +186,24 @@ class UploadLog:
                 item = self._queue.popleft()
                 if item is _CLOSE:
                     return
+                msg: ingest_pb2.AgentMessage | bytes
                 if isinstance(item, _Spooled):
                     if (item.stream_id, item.seq) not in self._unacked:
                         continue  # acknowledged (or refused) while it waited to be re-sent
-                    msg = self._load(item)
-                    if msg is None:
+                    chunk = self._load(item)
+                    if chunk is None:
                         continue
-                    if item.size <= BATCH_SMALL:
-                        msg = self._batch(msg, item.size)
+                    msg = self._batch(chunk) if item.size <= BATCH_SMALL else chunk.wire
                 else:
                     assert isinstance(item, ingest_pb2.AgentMessage)
                     msg = item
             yield msg
 
-    def _batch(self, first: ingest_pb2.AgentMessage, size: int) -> ingest_pb2.AgentMessage:
+    def _batch(self, first: EncodedChunk) -> bytes:
         """Join the small chunks queued right behind ``first`` into one message (caller holds the lock): many
         quiet pods cost one message per flush, not one each."""
-        chunks = [first.chunk]
+        chunks = [first]
+        size = first.size
         deadline = time.monotonic() + BATCH_LINGER_S
         while len(chunks) < BATCH_MAX_CHUNKS:
             if not self._queue:
@@ -213,25 +219,23 @@ class UploadLog:
                 continue
             loaded = self._load(nxt)
             if loaded is not None:
-                chunks.append(loaded.chunk)
+                chunks.append(loaded)
                 size += nxt.size
         if len(chunks) == 1:
-            return first
-        return ingest_pb2.AgentMessage(chunks=ingest_pb2.ChunkBatch(chunks=chunks))
+            return first.wire
+        return batch(chunks)
 
-    def _load(self, item: _Spooled) -> ingest_pb2.AgentMessage | None:
-        if item.msg is not None:
-            return item.msg
+    def _load(self, item: _Spooled) -> EncodedChunk | None:
+        if item.chunk is not None:
+            return item.chunk
         if item.path is None:
             return None
-        chunk = ingest_pb2.PcapChunk()
         try:
             with open(item.path, "rb") as f:
-                chunk.ParseFromString(f.read())
-        except OSError as e:
+                return EncodedChunk.from_body(f.read())
+        except (OSError, DecodeError) as e:
             log.error("spooled chunk %s unreadable: %s", item.path, e)
             return None
-        return ingest_pb2.AgentMessage(chunk=chunk)
 
     # ---- introspection ----
 

@@ -60,9 +60,10 @@ class Proc:
         return self.proc.returncode
 
 
-def start_proc(argv: list[str], log_path: str) -> Proc:
+def start_proc(argv: list[str], log_path: str, env: dict[str, str] | None = None) -> Proc:
     log = open(log_path, "wb")  # noqa: SIM115 (owned by the process for its lifetime)
-    return Proc(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log_path)
+    return Proc(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                 env=None if env is None else {**os.environ, **env}), log_path)
 
 
 @pytest.fixture

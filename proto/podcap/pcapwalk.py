@@ -1,4 +1,4 @@
-"""The native record walker (``pcapwalk.c``, built as ``podcap/_pcapwalk*.so``), reached through ctypes.
+"""The native record walker (``pcapwalk.c``, part of ``podcap.native``), reached through ctypes.
 
 The collector checks the framing of every chunk before it stores it; in Python that walk costs ~120 ns per record
 (about a quarter of the collector's CPU at 600 kpps), in C ~1 ns. This module owns loading the library and passing
@@ -9,8 +9,9 @@ built (``available()``) and otherwise walks in Python with identical results.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 from dataclasses import dataclass
+
+from podcap import native
 
 OK, TRUNCATED_HEADER, BAD_CAPLEN, TRUNCATED_RECORD = 0, 1, 2, 3
 NO_LIMIT = (1 << 63) - 1
@@ -45,12 +46,8 @@ class Walk:
 
 
 def _load() -> ctypes.CDLL | None:
-    spec = importlib.util.find_spec("podcap._pcapwalk")
-    if spec is None or not spec.origin:
-        return None
-    try:
-        lib = ctypes.CDLL(spec.origin)
-    except OSError:
+    lib = native.library()
+    if lib is None:
         return None
     fn = lib.podcap_scan_records
     fn.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int64,

@@ -33,10 +33,12 @@ def node() -> Iterator[DemoNode]:
 
 
 @pytest.fixture
-def agent(collector: tuple[str, str, Proc], node: DemoNode, tmp_path: str) -> Iterator[Proc]:
+def agent(collector: tuple[str, str, Proc], node: DemoNode, tmp_path: str,
+          request: pytest.FixtureRequest) -> Iterator[Proc]:
+    """A podcap-agent process (indirect parametrization: extra environment variables)."""
     address = collector[0]
     p = start_proc([tool("podcap-agent"), "--insecure", "--collector", address, "--node", "node-" + node.tag,
-                    "--pod-source", "netns"], os.path.join(tmp_path, "agent.log"))
+                    "--pod-source", "netns"], os.path.join(tmp_path, "agent.log"), env=getattr(request, "param", None))
     deadline = time.monotonic() + 15
     while True:  # wait until the collector knows the node's pods
         r = podcap(address, "start", "-n", node.namespace, "--duration", "1", "--max-packets", "1", check=False)
@@ -102,10 +104,14 @@ def udp_payloads(path: str) -> list[tuple[int, int, int, bytes, bytes]]:
     return out
 
 
+# The second run is an agent without podcap's C library: libpcap's pcap_dump into a memory stream (the fallback).
+@pytest.mark.parametrize("agent", [None, {"PODCAP_NO_NATIVE": "1"}], indirect=True, ids=["native", "pcap_dump"])
 def test_sequence_numbered_udp_into_several_pods_stored_exactly_once(
-    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str
+    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str, request: pytest.FixtureRequest
 ) -> None:
     address = collector[0]
+    path = "libpcap's pcap_dump" if "pcap_dump" in request.node.name else "podcap_chunk_handler"
+    assert f"per-packet path: {path}" in agent.log()
     warm_up(node)
     count = 3000
     r = podcap(address, "start", "-n", node.namespace, "rx-0", "rx-1", "rx-2", "--filter", f"udp port {PORT}")

@@ -1,0 +1,87 @@
+"""Chunks serialized once, where they are made.
+
+A chunk's records are the bulk of what the agent sends. The capture engine produces each chunk as the finished wire
+bytes of ``AgentMessage{chunk: PcapChunk}`` (``agent/chunkbuf.c``), and everything downstream (the upload log, the
+disk spool, batching, gRPC) moves those bytes as they are: ``EncodedChunk`` carries them with the few fields the
+agent itself needs. ``serialize`` is the session's gRPC request serializer: bytes pass through, messages are
+serialized as usual.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from podcap.v1 import ingest_pb2
+
+_CHUNK_FIELD = ingest_pb2.AgentMessage.DESCRIPTOR.fields_by_name["chunk"].number
+_BATCH_FIELD = ingest_pb2.AgentMessage.DESCRIPTOR.fields_by_name["chunks"].number
+_BATCH_CHUNKS_FIELD = ingest_pb2.ChunkBatch.DESCRIPTOR.fields_by_name["chunks"].number
+_LEN = 2
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if not n:
+            out.append(b)
+            return bytes(out)
+        out.append(b | 0x80)
+
+
+def _header(field: int, length: int) -> bytes:
+    return varint(field << 3 | _LEN) + varint(length)
+
+
+def _skip_header(wire: bytes) -> int:
+    """Offset of the PcapChunk inside a serialized ``AgentMessage{chunk}`` (after its tag and length varints)."""
+    pos = 0
+    for _ in range(2):
+        while wire[pos] & 0x80:
+            pos += 1
+        pos += 1
+    return pos
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    """A chunk as it travels: ``wire`` is the serialized ``AgentMessage`` holding exactly this chunk."""
+
+    stream_id: str
+    seq: int
+    packets: int
+    size: int  # record bytes (what the upload log's memory and disk caps count)
+    wire: bytes
+
+    @classmethod
+    def from_message(cls, chunk: ingest_pb2.PcapChunk) -> EncodedChunk:
+        """Serialize a chunk built as a protobuf message (the fallback path, tests)."""
+        return cls(chunk.stream_id, chunk.seq, chunk.packets, len(chunk.records),
+                   ingest_pb2.AgentMessage(chunk=chunk).SerializeToString())
+
+    @classmethod
+    def from_body(cls, body: bytes) -> EncodedChunk:
+        """From a serialized PcapChunk (a spool file)."""
+        chunk = ingest_pb2.PcapChunk.FromString(body)
+        return cls(chunk.stream_id, chunk.seq, chunk.packets, len(chunk.records),
+                   _header(_CHUNK_FIELD, len(body)) + body)
+
+    def body(self) -> memoryview:
+        """The serialized PcapChunk alone."""
+        return memoryview(self.wire)[_skip_header(self.wire):]
+
+    def message(self) -> ingest_pb2.PcapChunk:
+        """Parsed back (tests and diagnostics only: it copies the records)."""
+        return ingest_pb2.AgentMessage.FromString(self.wire).chunk
+
+
+def batch(chunks: list[EncodedChunk]) -> bytes:
+    """The serialized ``AgentMessage{chunks: ChunkBatch}`` of these chunks, built from their bytes."""
+    inner = b"".join(_header(_BATCH_CHUNKS_FIELD, len(body)) + body for body in (c.body() for c in chunks))
+    return _header(_BATCH_FIELD, len(inner)) + inner
+
+
+def serialize(msg: ingest_pb2.AgentMessage | bytes) -> bytes:
+    """gRPC request serializer of the agent's session: pre-serialized messages pass through."""
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()

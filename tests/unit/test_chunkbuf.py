@@ -1,0 +1,103 @@
+"""The agent's C record sink (chunkbuf.c): byte-identical records to libpcap's own pcap_dump, and a chunk that is
+the finished AgentMessage (parsed by protobuf and by the collector's zero-copy decoder)."""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from podcap.agent import chunkbuf
+from podcap.agent.encoded import EncodedChunk, batch
+from podcap.agent.libpcap import MemoryDump, lib
+from podcap.collector.wire import IncomingChunk, decode_agent_message
+from podcap.pcapfile import FileFormat, iter_records
+from podcap.v1 import ingest_pb2
+
+
+class Timeval(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+
+
+class PktHdr(ctypes.Structure):
+    _fields_ = [("ts", Timeval), ("caplen", ctypes.c_uint32), ("len", ctypes.c_uint32)]
+
+
+Handler = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(PktHdr), ctypes.c_char_p)
+FMT = FileFormat(1, 65535, True)
+Packet = tuple[int, int, bytes, int]  # seconds, nanoseconds, captured bytes, wire length - caplen
+packets = st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 999_999_999), st.binary(max_size=3000),
+                             st.integers(0, 100)), max_size=40)
+
+
+def feed(sink: chunkbuf.RecordSink, pkts: list[Packet]) -> None:
+    handler = Handler(sink.callback)
+    for sec, frac, data, extra in pkts:
+        hdr = PktHdr(Timeval(sec, frac), len(data), len(data) + extra)
+        handler(sink.user, ctypes.byref(hdr), data)
+
+
+def meta(seq: int, packets: int) -> ingest_pb2.PcapChunk:
+    return ingest_pb2.PcapChunk(capture_id="cap-1", pod_uid="uid-1", stream_id="s-1", seq=seq, packets=packets,
+                                first_ts_ns=12, last_ts_ns=34)
+
+
+@settings(max_examples=150, deadline=None)
+@given(packets, packets)
+def test_records_match_pcap_dump_and_the_chunk_is_a_finished_message(first: list[Packet], second: list[Packet]) -> None:
+    assert chunkbuf.available(), "podcap's C library (podcap._native) is not built: is a C compiler installed?"
+    dead = lib().pcap_open_dead
+    dead.restype, dead.argtypes = ctypes.c_void_p, [ctypes.c_int, ctypes.c_int]
+    close = lib().pcap_close
+    p = dead(1, 65535)
+    buf, dump = chunkbuf.ChunkBuffer(), MemoryDump(ctypes.c_void_p(p))
+    try:
+        for seq, pkts in ((1, first), (2, second)):  # the second chunk reuses the emptied buffer
+            feed(buf, pkts)
+            feed(dump, pkts)
+            assert buf.pending() == dump.pending() == sum(16 + len(d) for _, _, d, _ in pkts)
+            assert buf.packets(len(pkts)) == len(pkts)
+            if pkts:
+                assert buf.first_ts_ns(FMT) == dump.first_ts_ns(FMT) == pkts[0][0] * 10**9 + pkts[0][1]
+            ours, theirs = buf.cut(meta(seq, len(pkts))), dump.cut(meta(seq, len(pkts)))
+            assert buf.pending() == 0 and dump.pending() == 0
+            msg = ingest_pb2.AgentMessage.FromString(ours.wire)
+            assert msg == ingest_pb2.AgentMessage.FromString(theirs.wire)  # same fields, same records
+            assert msg.chunk.seq == seq and msg.chunk.stream_id == "s-1"
+            assert (ours.stream_id, ours.seq, ours.packets, ours.size) == \
+                (theirs.stream_id, theirs.seq, theirs.packets, theirs.size)
+            recs = list(iter_records(msg.chunk.records, FMT))
+            assert [(r.ts_ns, r.data, r.wirelen) for r in recs] == \
+                [(s * 10**9 + f, d, len(d) + e) for s, f, d, e in pkts]
+            decoded = decode_agent_message(ours.wire)
+            assert isinstance(decoded, IncomingChunk) and decoded.records == msg.chunk.records
+            assert decoded.meta.seq == seq
+    finally:
+        buf.close()
+        dump.close()
+        close(p)
+
+
+def test_a_batch_of_encoded_chunks_parses_as_a_chunk_batch() -> None:
+    chunks = [EncodedChunk.from_message(ingest_pb2.PcapChunk(stream_id=f"s{i}", seq=i, records=b"r" * i * 50,
+                                                              packets=i)) for i in range(1, 5)]
+    msg = ingest_pb2.AgentMessage.FromString(batch(chunks))
+    assert [(c.stream_id, c.seq, len(c.records)) for c in msg.chunks.chunks] == \
+        [(f"s{i}", i, i * 50) for i in range(1, 5)]
+    again = EncodedChunk.from_body(bytes(chunks[2].body()))  # a spool file read back
+    assert again == chunks[2]
+
+
+def test_padded_length_varints_parse() -> None:
+    """chunkbuf.c writes both lengths as 5-byte varints; protobuf must read them as the same numbers."""
+    buf = chunkbuf.ChunkBuffer()
+    try:
+        feed(buf, [(1, 2, b"x" * 5, 0)])
+        wire = buf.cut(meta(1, 1)).wire
+    finally:
+        buf.close()
+    assert wire[0] == wire[6] == 0x22  # AgentMessage.chunk, then PcapChunk.records
+    assert all(b & 0x80 for b in wire[1:5]) and not wire[5] & 0x80  # a padded 5-byte varint
+    assert ingest_pb2.AgentMessage.FromString(wire).chunk.records == struct.pack("<IIII", 1, 2, 5, 5) + b"x" * 5
