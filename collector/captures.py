@@ -754,6 +754,11 @@ class CaptureManager(AgentListener, ClusterListener):
                 continue
             files: list[tuple[BinaryIO, int]] = []
             with cap.lock:
+                if ps.writer is not None:
+                    try:
+                        ps.writer.publish()  # the open segment's last partial block may be in memory only
+                    except StorageError as e:
+                        log.error("%s", e)
                 for seg in ps.segments:
                     if since_ns and seg.last_ts_ns and seg.last_ts_ns < since_ns:
                         continue

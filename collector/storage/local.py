@@ -1,8 +1,9 @@
 """Per-pod pcap segments on the local disk: ``<data>/captures/<capture>/<namespace>/<pod>/NNNNNN.pcap``.
 
 Invariants: a segment appears under its final name only once its file header is written (created as a temp file
-and renamed), and afterwards only whole records are appended (a chunk in 64 KiB writes; a failed chunk is cut back
-off), so every segment is a valid pcap file at all times. A new segment starts when the current one would exceed
+and renamed), and afterwards only whole records are appended (``Appender``: direct I/O where possible; a failed
+chunk is cut back off), so every segment holds whole chunks at all times; a reader first calls ``publish`` so the
+file holds everything appended so far. A new segment starts when the current one would exceed
 ``segment_bytes`` or is older than ``segment_seconds`` — always at a chunk boundary. ``sync`` makes what was
 appended durable; the capture manager records the synced size in SQLite before acknowledging, and on startup
 ``recover_segment`` cuts each file back to what was recorded (and to whole records). Paths are built only from
@@ -16,13 +17,8 @@ import os
 import time
 from dataclasses import dataclass
 
+from podcap.collector.storage.appender import Appender
 from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, parse_file_header, valid_prefix_length
-
-# Chunks are appended in pieces of this size. One multi-MiB write() makes the kernel allocate large page-cache
-# folios, which on VMs with free page reporting (virtio-balloon) come from host-reclaimed memory: measured on our
-# CI machines, one 4 MiB write per chunk costs ~2.2 s of kernel CPU per 900 MB against ~0.3 s for 64 KiB pieces
-# (tests/bench). On bare metal the extra syscalls cost ~1 us per 64 KiB.
-WRITE_PIECE = 64 << 10
 
 SEGMENT_SUFFIX = ".pcap"
 
@@ -107,12 +103,13 @@ class PodWriter:
     """Appends chunks of records to one pod's current segment, rotating as configured."""
 
     def __init__(self, directory: str, fmt: FileFormat, *, segment_bytes: int, segment_seconds: int,
-                 next_index: int) -> None:
+                 next_index: int, direct: bool = True) -> None:
         self.directory = directory
         self.fmt = fmt
         self.segment_bytes = segment_bytes
         self.segment_seconds = segment_seconds
-        self._fd: int | None = None
+        self.direct = direct
+        self._file: Appender | None = None
         self.current: SegmentInfo | None = None
         self.next_index = next_index
 
@@ -134,21 +131,22 @@ class PodWriter:
         tmp = path + ".tmp"
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            # O_APPEND: after a failed write is cut back off, the next write lands at the new end (no hole).
-            fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            header = self.fmt.header()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
-                os.write(fd, self.fmt.header())
-                os.rename(tmp, path)
-            except BaseException:
+                if os.write(fd, header) != len(header):
+                    raise OSError(errno.EIO, "short write")
+            finally:
                 os.close(fd)
-                raise
+            os.rename(tmp, path)
+            appender = Appender(path, len(header), header, direct=self.direct)
         except OSError as e:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
             raise StorageError(e.errno, f"cannot create segment {path}: {e.strerror}") from e
-        self._fd = fd
+        self._file = appender
         self.current = SegmentInfo(self.next_index, path, FILE_HEADER_LEN, opened_at=now)
         self.next_index += 1
         return self.current
@@ -163,19 +161,11 @@ class PodWriter:
         if self._needs_new_segment(len(records), now):
             started = self._open_segment(now)
             added += FILE_HEADER_LEN
-        assert self._fd is not None and self.current is not None
+        assert self._file is not None and self.current is not None
         seg = self.current
         try:
-            view = memoryview(records)
-            written = 0
-            while written < len(view):
-                written += os.write(self._fd, view[written : written + WRITE_PIECE])
+            self._file.append(records)  # cut back off on failure: the file stays whole chunks
         except OSError as e:
-            # Keep the file valid: cut off whatever part of this chunk reached the disk.
-            try:
-                os.ftruncate(self._fd, seg.bytes)
-            except OSError:
-                pass
             raise StorageError(e.errno, f"cannot write {seg.path}: {e.strerror}") from e
         seg.bytes += len(records)
         seg.packets += packets
@@ -184,21 +174,25 @@ class PodWriter:
         seg.last_ts_ns = max(seg.last_ts_ns, last_ts_ns)
         return added + len(records), started
 
-    def sync(self) -> None:
-        if self._fd is not None:
+    def publish(self) -> None:
+        """Make the current segment file hold everything appended (before a reader opens it)."""
+        if self._file is not None:
             try:
-                os.fdatasync(self._fd)
+                self._file.publish()
             except OSError as e:
-                path = self.current.path if self.current else self.directory
-                raise StorageError(e.errno, f"cannot sync {path}: {e.strerror}") from e
+                raise StorageError(e.errno, f"cannot write {self._file.path}: {e.strerror}") from e
+
+    def sync(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.sync()
+            except OSError as e:
+                raise StorageError(e.errno, f"cannot sync {self._file.path}: {e.strerror}") from e
 
     def close(self) -> None:
-        if self._fd is not None:
-            try:
-                os.fdatasync(self._fd)
-            finally:
-                os.close(self._fd)
-                self._fd = None
+        if self._file is not None:
+            file, self._file = self._file, None
+            file.close()
         self.current = None
 
 

@@ -35,7 +35,8 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="podcap-agent" \
       org.opencontainers.image.description="podcap node agent: finds pod network namespaces and captures their traffic with libpcap" \
       org.opencontainers.image.licenses="Apache-2.0"
-# libpcap from Debian (1.10.x): the capture fast path calls it through ctypes (pcap_dispatch + pcap_dump).
+# libpcap from Debian (1.10.x): the capture fast path calls it through ctypes (pcap_dispatch with podcap's C handler
+# from the podcap._native library, which the builder stage compiled into the wheel).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libpcap0.8 \
  && rm -rf /var/lib/apt/lists/*

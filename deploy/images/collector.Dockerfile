@@ -35,7 +35,8 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="podcap-collector" \
       org.opencontainers.image.description="podcap collector: receives per-pod pcap chunks from agents, stores them, serves the podcap CLI" \
       org.opencontainers.image.licenses="Apache-2.0"
-# libpcap from Debian (1.10.x): the capture fast path calls it through ctypes (pcap_dispatch + pcap_dump).
+# libpcap from Debian (1.10.x): filters are compiled with it (start-time validation, `podcap get --filter`). The
+# chunk framing check runs in the podcap._native library, which the builder stage compiled into the wheel.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libpcap0.8 \
  && rm -rf /var/lib/apt/lists/*

@@ -75,7 +75,16 @@ def chunk(cid: str, uid: str, seq: int, data: bytes, n: int) -> ingest_pb2.PcapC
     return ingest_pb2.PcapChunk(capture_id=cid, pod_uid=uid, stream_id=f"s-{uid}", seq=seq, records=data, packets=n)
 
 
-def stored(data_dir: str, cid: str, pod: str) -> list[int]:
+def publish(mgr: CaptureManager, cid: str) -> None:
+    """Make the segment files hold everything appended, as every reader of the collector does first."""
+    for ps in mgr.get(cid).pods.values():
+        if ps.writer is not None:
+            ps.writer.publish()
+
+
+def stored(mgr: CaptureManager, data_dir: str, cid: str, pod: str) -> list[int]:
+    """Records in a pod's segment files."""
+    publish(mgr, cid)
     out = []
     for seg in list_segments(os.path.join(data_dir, "captures", cid, "shop", pod)):
         out += [int.from_bytes(r.data[:4], "big") for r in read_file(seg)[1]]
@@ -93,7 +102,7 @@ def test_chunks_stored_once_in_order(env: tuple[CaptureManager, AgentConnection,
     assert dup is not None and dup.seq == 2
     with pytest.raises(ChunkRejectedError):
         mgr.on_chunk(conn, chunk(cid, "uid-0", 4, records(10, 5), 5))  # gap
-    assert stored(data, cid, "web-0") == list(range(10))
+    assert stored(mgr, data, cid, "web-0") == list(range(10))
     assert mgr.get(cid).status().pods[0].packets == 10
 
 
@@ -111,7 +120,7 @@ def test_malformed_chunk_rejected_without_touching_storage(env: tuple[CaptureMan
     mgr.on_chunk(conn, chunk(cid, "uid-1", 1, records(0, 2), 2))
     with pytest.raises(ChunkRejectedError):
         mgr.on_chunk(conn, chunk(cid, "uid-1", 2, bad, 3))
-    assert stored(data, cid, "web-1") == [0, 1]
+    assert stored(mgr, data, cid, "web-1") == [0, 1]
 
 
 def test_chunk_from_another_node_or_capture_rejected(env: tuple[CaptureManager, AgentConnection, str]) -> None:
@@ -133,7 +142,7 @@ def test_max_packets_is_exact_across_pods(env: tuple[CaptureManager, AgentConnec
     mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 4), 4))
     mgr.on_chunk(conn, chunk(cid, "uid-1", 1, records(100, 4), 4))
     mgr.on_chunk(conn, chunk(cid, "uid-0", 2, records(4, 4), 4))
-    assert stored(data, cid, "web-0") + stored(data, cid, "web-1") == [0, 1, 2, 3, 100, 101, 102]
+    assert stored(mgr, data, cid, "web-0") + stored(mgr, data, cid, "web-1") == [0, 1, 2, 3, 100, 101, 102]
     cap = mgr.get(cid)
     cap.ended.wait(0.5)
     assert cap.status().packets == 7
@@ -147,6 +156,7 @@ def test_max_bytes_never_exceeded(env: tuple[CaptureManager, AgentConnection, st
     for seq in range(1, 4):
         mgr.on_chunk(conn, chunk(cid, "uid-0", seq, records(seq * 10, 2), 2))
         mgr.on_chunk(conn, chunk(cid, "uid-1", seq, records(seq * 10, 2), 2))
+    publish(mgr, cid)
     total = sum(os.path.getsize(s) for p in ("web-0", "web-1")
                 for s in list_segments(os.path.join(data, "captures", cid, "shop", p)))
     assert total <= max_bytes
@@ -212,7 +222,7 @@ def test_crash_recovery_cuts_unacknowledged_bytes_and_accepts_the_resend(
     registry = AgentRegistry()
     again = CaptureManager(data, registry, mgr.store)
     try:
-        assert stored(data, cid, "web-0") == [0, 1, 2, 3]
+        assert stored(again, data, cid, "web-0") == [0, 1, 2, 3]
         assert again.get(cid).status().pods[0].state == common_pb2.POD_CAPTURE_STATE_NO_AGENT
         conn2 = AgentConnection(node=NODE, instance_id="inst2", version="t", pod_source="netns", pods=list(PODS))
         registry.register(conn2)  # the agent reconnects: the capture is sent to it again
@@ -227,7 +237,7 @@ def test_crash_recovery_cuts_unacknowledged_bytes_and_accepts_the_resend(
         again.on_chunk(conn2, chunk(cid, "uid-0", 2, records(4, 4), 4))
         again.on_chunk(conn2, chunk(cid, "uid-0", 3, records(8, 4), 4))
         assert acked(again, conn2, cid)["uid-0"] == 3
-        assert sum((stored(data, cid, "web-0") for _ in [0]), []) == list(range(12))
+        assert stored(again, data, cid, "web-0") == list(range(12))
         assert again.get(cid).status().pods[0].reattachments == 0
     finally:
         again.close()
@@ -254,7 +264,7 @@ def test_retention_keeps_each_pod_under_its_byte_cap(tmp_path: str) -> None:
             on_disk = sum(os.path.getsize(s) for s in list_segments(os.path.join(str(tmp_path), "captures",
                                                                                 cap.id, "shop", "web-0")))
             assert on_disk <= keep + 64 * 1024  # the open segment may exceed the target by at most one segment
-        kept = stored(str(tmp_path), cap.id, "web-0")
+        kept = stored(mgr, str(tmp_path), cap.id, "web-0")
         assert kept == list(range(n - len(kept), n))  # the newest packets, contiguous
         st = mgr.status(cap).pods[0]
         assert st.packets == len(kept) and st.retired_packets == n - len(kept)

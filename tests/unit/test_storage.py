@@ -4,9 +4,11 @@ import os
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from podcap.collector.storage.local import PodWriter, StorageError, list_segments, pod_dir
-from podcap.pcapfile import FileFormat, read_file
+from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, read_file
 
 FMT = FileFormat(1, 262144, True)
 
@@ -55,34 +57,67 @@ def test_pod_dir_refuses_escapes(tmp_path: str, parts: tuple[str, str, str]) -> 
         pod_dir(str(tmp_path), *parts)
 
 
-def test_failed_write_leaves_the_segment_valid_and_the_retry_lands_at_its_end(tmp_path: str,
-                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
+def test_failed_write_leaves_the_segment_valid_and_the_retry_lands_at_its_end(
+        tmp_path: str, monkeypatch: pytest.MonkeyPatch, direct: bool) -> None:
     """A disk that fills mid-write: the partial chunk is cut off and the retried chunk follows without a hole."""
     import errno
 
-    from podcap.collector.storage import local
+    from podcap.collector.storage import appender
 
-    w = PodWriter(str(tmp_path), FMT, segment_bytes=1 << 20, segment_seconds=0, next_index=1)
+    w = PodWriter(str(tmp_path), FMT, segment_bytes=1 << 20, segment_seconds=0, next_index=1, direct=direct)
     w.append(records(3), packets=3, first_ts_ns=1, last_ts_ns=1)
-    real_write = os.write
+    w.sync()
+    assert w._file is not None and w._file.direct == direct
+    real_pwrite = os.pwrite
     calls = {"n": 0}
 
-    def full_disk(fd: int, data: bytes) -> int:
+    def full_disk(fd: int, data: bytes, offset: int) -> int:
         calls["n"] += 1
-        if calls["n"] == 1:
-            return real_write(fd, bytes(data)[:50])  # a short write ...
+        if calls["n"] == 1:  # a partial write (one whole block for direct I/O) ...
+            return real_pwrite(fd, memoryview(data)[: appender.BLOCK if direct else 50], offset)
         raise OSError(errno.ENOSPC, "No space left on device")  # ... then the disk is full
 
-    monkeypatch.setattr(local.os, "write", full_disk)
+    monkeypatch.setattr(appender.os, "pwrite", full_disk)
     with pytest.raises(StorageError) as e:
-        w.append(records(2, start=3), packets=2, first_ts_ns=1, last_ts_ns=1)
-    assert e.value.disk_full
-    monkeypatch.setattr(local.os, "write", real_write)
-    w.append(records(2, start=3), packets=2, first_ts_ns=1, last_ts_ns=1)
+        w.append(records(100, start=3), packets=100, first_ts_ns=1, last_ts_ns=1)
+    assert e.value.disk_full and calls["n"] == 2
+    monkeypatch.setattr(appender.os, "pwrite", real_pwrite)
+    w.append(records(100, start=3), packets=100, first_ts_ns=1, last_ts_ns=1)
     w.close()
     (seg,) = list_segments(str(tmp_path))
     _, recs = read_file(seg)
-    assert [int.from_bytes(r.data[:4], "big") for r in recs] == [0, 1, 2, 3, 4]
+    assert [int.from_bytes(r.data[:4], "big") for r in recs] == list(range(103))
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 30), min_size=1, max_size=25), publish_after=st.sets(st.integers(0, 25)),
+       sync_after=st.sets(st.integers(0, 25)))
+def test_appends_publishes_and_syncs_in_any_order_give_exactly_the_records(
+        tmp_path_factory: pytest.TempPathFactory, direct: bool, sizes: list[int], publish_after: set[int],
+        sync_after: set[int]) -> None:
+    """Whatever mix of chunk sizes (around the 4 KiB block), the published file always holds exactly what was
+    appended, and the closed file parses to every record in order."""
+    d = str(tmp_path_factory.mktemp("seg"))
+    w = PodWriter(d, FMT, segment_bytes=1 << 30, segment_seconds=0, next_index=1, direct=direct)
+    expected = FILE_HEADER_LEN
+    n = 0
+    for i, k in enumerate(sizes):
+        if k:
+            added, _ = w.append(records(k, start=n), packets=k, first_ts_ns=1, last_ts_ns=1)
+            expected += len(records(k, start=n))
+            n += k
+        if i in publish_after:
+            w.publish()
+            assert w.current is not None and os.path.getsize(w.current.path) == expected == w.current.bytes
+        if i in sync_after:
+            w.sync()
+    w.close()
+    (seg,) = list_segments(d)
+    assert os.path.getsize(seg) == expected
+    _, recs = read_file(seg)
+    assert [int.from_bytes(r.data[:4], "big") for r in recs] == list(range(n))
 
 
 def test_recover_segment_cuts_to_the_recorded_size_and_whole_records(tmp_path: str) -> None:
@@ -99,3 +134,30 @@ def test_recover_segment_cuts_to_the_recorded_size_and_whole_records(tmp_path: s
     assert recover_segment(seg, recorded, FMT) == recorded
     assert len(read_file(seg)[1]) == 4
     assert recover_segment(seg, 10**9, FMT) == recorded  # never beyond whole records
+
+
+def test_direct_writes_refused_fall_back_to_buffered(tmp_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that opens with O_DIRECT but refuses the writes (EINVAL): the chunk is written buffered,
+    nothing is lost, and the writer stays buffered."""
+    import errno
+
+    from podcap.collector.storage import appender
+
+    w = PodWriter(str(tmp_path), FMT, segment_bytes=1 << 20, segment_seconds=0, next_index=1, direct=True)
+    w.append(records(3), packets=3, first_ts_ns=1, last_ts_ns=1)
+    assert w._file is not None and w._file.direct
+    dfd = w._file._dfd
+    real_pwrite = os.pwrite
+
+    def no_direct(fd: int, data: bytes, offset: int) -> int:
+        if fd == dfd:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(appender.os, "pwrite", no_direct)
+    w.append(records(100, start=3), packets=100, first_ts_ns=1, last_ts_ns=1)
+    assert not w._file.direct
+    w.append(records(7, start=103), packets=7, first_ts_ns=1, last_ts_ns=1)
+    w.close()
+    (seg,) = list_segments(str(tmp_path))
+    assert [int.from_bytes(r.data[:4], "big") for r in read_file(seg)[1]] == list(range(110))
