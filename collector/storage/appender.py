@@ -27,17 +27,34 @@ O_DIRECT = getattr(os, "O_DIRECT", 0)
 # CI machines, one 4 MiB write per chunk costs ~2.2 s of kernel CPU per 900 MB against ~0.3 s for 64 KiB pieces.
 WRITE_PIECE = 64 << 10
 
-_staging = threading.local()  # one aligned buffer per writing thread (an ingest thread serves one agent)
+class _StagingPool:
+    """Page-aligned buffers for direct writes, one per append in flight (not per thread: a collector serving
+    hundreds of agents appends only a few chunks at a time)."""
+
+    KEEP = 4
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: list[mmap.mmap] = []
+
+    def take(self, size: int) -> mmap.mmap:
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if len(buf) >= size:
+                    return self._free.pop(i)
+        return mmap.mmap(-1, (size + (1 << 20) - 1) // (1 << 20) * (1 << 20))
+
+    def give(self, buf: mmap.mmap) -> None:
+        with self._lock:
+            self._free.append(buf)
+            self._free.sort(key=len)
+            extra = self._free[: -self.KEEP] if len(self._free) > self.KEEP else []
+            del self._free[: len(extra)]
+        for b in extra:  # the smallest go
+            b.close()
 
 
-def _staging_buffer(size: int) -> mmap.mmap:
-    buf: mmap.mmap | None = getattr(_staging, "buf", None)
-    if buf is None or len(buf) < size:
-        if buf is not None:
-            buf.close()
-        buf = mmap.mmap(-1, (size + (1 << 20) - 1) // (1 << 20) * (1 << 20))  # page aligned
-        _staging.buf = buf
-    return buf
+_staging = _StagingPool()
 
 
 class Appender:
@@ -109,11 +126,11 @@ class Appender:
         start = self.size - len(self._tail)  # block aligned
         total = len(self._tail) + len(data)
         whole = total // BLOCK * BLOCK
-        buf = _staging_buffer(total)
-        buf[: len(self._tail)] = self._tail
-        buf[len(self._tail) : total] = data
+        buf = _staging.take(total)
         view = memoryview(buf)
         try:
+            view[: len(self._tail)] = self._tail
+            view[len(self._tail) : total] = data
             done = 0
             while done < whole:
                 n = os.pwrite(self._dfd, view[done:whole], start + done)
@@ -123,6 +140,7 @@ class Appender:
             self._tail = bytes(view[whole:total])
         finally:
             view.release()
+            _staging.give(buf)
         self._published = max(self._published, start + whole)
 
     def publish(self) -> None:

@@ -25,7 +25,18 @@ Phases
          with the capture's segments evicted from the page cache first; every result is parsed and must be exactly
          the records generated for that pod in that window. The stored data is deleted afterwards.
 
-The last stdout line is one JSON object with the figures (keys in ``KEYS``).
+The last stdout line is one JSON object with the figures (keys in ``KEYS``). Each p1/p2 run's JSON line also has
+the user/kernel split (``sys_s``, ``collector_sys_s``), to see where time goes.
+
+Notes from measuring on our CI machines (Firecracker VMs with free page reporting):
+- Memory the kernel got back from the host is slow to touch the first time: writing 900 MB into fresh page cache
+  costs ~2 s of kernel CPU with 4 MiB write() calls and ~0.3 s with 64 KiB ones, and a buffer malloc'd afresh per
+  chunk costs a page fault per 4 KiB. Hence the collector's direct I/O (buffered fallback in 64 KiB pieces) and
+  ``podcap.malloc`` in both daemons; ``tcpdump -w`` writes through a small stdio buffer and does not pay it.
+- p3 (200 pods with two 256 KiB ring blocks each, libpcap 1.10's fixed TPACKET_V3 block size): in about half of
+  the runs the kernel counts 1-2 drops out of 200,000 packets, on pods whose capture loop iterations were never
+  more than 300 ms apart (instrumented), i.e. well within the 500 ms block timeout. Not explained yet; three blocks
+  per pod would cost ~50 MiB more ring memory (p3_rss_mib > 200).
 """
 
 from __future__ import annotations
