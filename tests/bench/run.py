@@ -33,10 +33,13 @@ Notes from measuring on our CI machines (Firecracker VMs with free page reportin
   costs ~2 s of kernel CPU with 4 MiB write() calls and ~0.3 s with 64 KiB ones, and a buffer malloc'd afresh per
   chunk costs a page fault per 4 KiB. Hence the collector's direct I/O (buffered fallback in 64 KiB pieces) and
   ``podcap.malloc`` in both daemons; ``tcpdump -w`` writes through a small stdio buffer and does not pay it.
-- p3 (200 pods with two 256 KiB ring blocks each, libpcap 1.10's fixed TPACKET_V3 block size): in about half of
-  the runs the kernel counts 1-2 drops out of 200,000 packets, on pods whose capture loop iterations were never
-  more than 300 ms apart (instrumented), i.e. well within the 500 ms block timeout. Not explained yet; three blocks
-  per pod would cost ~50 MiB more ring memory (p3_rss_mib > 200).
+- p3 (200 pods with two 256 KiB ring blocks each, libpcap 1.10's fixed TPACKET_V3 block size): in about a third
+  of the runs the kernel counts 1-2 drops out of the 200,000 packets. It is the kernel's, not the agent's: with
+  the capture loop instrumented, no block waited more than 0.75 s between drains and no loop iteration was more
+  than 0.25 s from the last; 200 ``tcpdump -B 512`` processes (the same two blocks per ring, one process per pod,
+  1 s block timeout) under the same traffic dropped 1-2 packets in 2 of 4 runs, and podcap with three blocks per
+  ring (``--ring-budget 160MiB``, p3_rss_mib 204) still did in 1 of 4; tcpdump's default eight blocks showed none
+  in 4 runs. More blocks per pod cost ring memory, which p3_rss_mib counts (the kernel maps it into the agent).
 """
 
 from __future__ import annotations
