@@ -36,9 +36,10 @@ from podcap.v1 import common_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)
 
-MIN_RING = 256 << 10
-MAX_AUTO_RING = 8 << 20
 RING_BLOCK = 256 << 10  # libpcap 1.10's TPACKET_V3 block size (= its maximum snaplen); rings are whole blocks
+# Two blocks at least, even past the budget: with one, the kernel has nowhere to write while the agent reads it.
+MIN_RING = 2 * RING_BLOCK
+MAX_AUTO_RING = 8 << 20
 
 
 class StreamSink(Protocol):
@@ -106,7 +107,8 @@ class CaptureCounters:
 
 
 def auto_ring_bytes(budget: int, pods: int) -> int:
-    """Ring size per pod when the capture leaves it to the agent: the budget shared by the pods, clamped."""
+    """Ring size per pod when the capture leaves it to the agent: the budget shared by the pods, clamped to
+    2..32 blocks."""
     share = budget // max(1, pods)
     size = max(MIN_RING, min(MAX_AUTO_RING, share))
     # libpcap rounds a ring *up* to whole blocks: round down here so that the pods together stay within budget.

@@ -38,7 +38,7 @@ Notes from measuring on our CI machines (Firecracker VMs with free page reportin
   the capture loop instrumented, no block waited more than 0.75 s between drains and no loop iteration was more
   than 0.25 s from the last; 200 ``tcpdump -B 512`` processes (the same two blocks per ring, one process per pod,
   1 s block timeout) under the same traffic dropped 1-2 packets in 2 of 4 runs, and podcap with three blocks per
-  ring (``--ring-budget 160MiB``, p3_rss_mib 204) still did in 1 of 4; tcpdump's default eight blocks showed none
+  ring (a 160 MiB ``--ring-budget``, p3_rss_mib 204) still did in 1 of 4; tcpdump's default eight blocks showed none
   in 4 runs. More blocks per pod cost ring memory, which p3_rss_mib counts (the kernel maps it into the agent).
 """
 
