@@ -411,11 +411,20 @@ class CaptureEngine:
         packets = sink.packets(dispatched)
         if sink.pending() == 0 or packets == 0:
             return
+        try:
+            chunk = sink.cut(ingest_pb2.PcapChunk(
+                capture_id=stream.key[0], pod_uid=stream.key[1], stream_id=stream.stream_id, seq=stream.seq + 1,
+                packets=packets, first_ts_ns=sink.first_ts_ns(stream.fmt), last_ts_ns=time.time_ns(),
+            ))
+        except MemoryError:
+            # No memory to seal the chunk: its packets are agent drops (the sequence stays gapless).
+            log.error("capture %s: pod %s: out of memory cutting a chunk; %d packets dropped", stream.key[0],
+                      stream.pod.name, packets)
+            sink.reset()
+            stream.agent_dropped += packets
+            total.agent_dropped += packets
+            return
         stream.seq += 1
-        chunk = sink.cut(ingest_pb2.PcapChunk(
-            capture_id=stream.key[0], pod_uid=stream.key[1], stream_id=stream.stream_id, seq=stream.seq,
-            packets=packets, first_ts_ns=sink.first_ts_ns(stream.fmt), last_ts_ns=time.time_ns(),
-        ))
         total.captured += packets
         if not self._sink.chunk(chunk):
             stream.agent_dropped += packets

@@ -37,7 +37,11 @@ class RecordSink(Protocol):
         """Timestamp of the first record held (only when one is)."""
 
     def cut(self, meta: ingest_pb2.PcapChunk) -> EncodedChunk:
-        """The records held as a chunk with ``meta``'s other fields; the sink is empty afterwards."""
+        """The records held as a chunk with ``meta``'s other fields; the sink is empty afterwards. MemoryError
+        leaves the records held (``reset`` discards them)."""
+
+    def reset(self) -> None:
+        """Discard the records held."""
 
     def lost(self) -> int:
         """Packets dropped by the sink itself (out of memory), ever."""
@@ -92,7 +96,13 @@ class ChunkBuffer:
         return int(self._buf.lost)
 
     def first_ts_ns(self, fmt: FileFormat) -> int:
-        return first_timestamp_ns(ctypes.string_at((self._buf.data or 0) + PREFIX, 8) + bytes(8), fmt)
+        if not self._buf.data or self.pending() < 8:
+            return 0
+        return first_timestamp_ns(ctypes.string_at(self._buf.data + PREFIX, 8) + bytes(8), fmt)
+
+    def reset(self) -> None:
+        if self._buf.data:
+            self._lib.podcap_chunk_reset(byref(self._buf))
 
     def cut(self, meta: ingest_pb2.PcapChunk) -> EncodedChunk:
         size = self.pending()

@@ -161,6 +161,9 @@ class MemoryDump:
         meta.records = self.take()
         return EncodedChunk.from_message(meta)
 
+    def reset(self) -> None:
+        self.take()
+
     def pending(self) -> int:
         """Bytes written since the last take (flushes the stdio buffer into the memory stream)."""
         _libc.fflush(self._fp)

@@ -603,19 +603,28 @@ class CaptureManager(AgentListener, ClusterListener):
     def _writer(self, cap: Capture, ps: PodState, fmt: FileFormat) -> PodWriter:
         if ps.writer is None or ps.writer.fmt != fmt:
             if ps.writer is not None:
-                self._close_writer(ps)
+                ps.writer.close()  # StorageError: the caller pauses and retries; the old segment stays whole
+                ps.writer = None
+                ps.close_pending = False
             directory = pod_dir(self.data_dir, cap.id, ps.pod.namespace, ps.dir_name)
             ps.writer = PodWriter(directory, fmt, segment_bytes=cap.segment_bytes(),
                                   segment_seconds=cap.segment_seconds(), next_index=ps.next_segment)
         return ps.writer
 
     def _close_writer(self, ps: PodState) -> None:
+        """Close the pod's writer. If that fails (its last partial block could not be written) the writer is kept
+        with everything it holds; the committer's sync then fails too, so nothing more is acknowledged, storing
+        pauses, and the close is retried after the next successful sync."""
         if ps.writer is not None:
             try:
                 ps.writer.close()
             except OSError as e:
-                log.error("closing %s: %s", ps.rel_path, e)
+                log.error("closing %s: %s (retried after the next sync)", ps.rel_path, e)
+                ps.close_pending = True
+                ps.dirty = True
+                return
             ps.writer = None
+            ps.close_pending = False
 
     # ---- retention ----
 
@@ -665,9 +674,15 @@ class CaptureManager(AgentListener, ClusterListener):
                 return
             rows = {}
             committed: list[tuple[PodState, str, int, AgentConnection | None]] = []
+            try:
+                for ps in dirty:
+                    if ps.writer is not None:
+                        ps.writer.sync()
+                        if ps.close_pending:
+                            self._close_writer(ps)
+            except BaseException:
+                raise  # nothing of this commit is recorded or acknowledged; every dirty pod stays dirty
             for ps in dirty:
-                if ps.writer is not None:
-                    ps.writer.sync()
                 row = ps.to_row()
                 if ps.last_seq > ps.committed_seq:
                     row = replace(row, last_seq=ps.last_seq)  # synced above: this commit acknowledges it

@@ -46,6 +46,7 @@ class PodState:
     committed_seq: int = 0  # last chunk of the stream durably recorded (acknowledged)
     fmt: common_pb2.PcapFormat | None = None
     writer: PodWriter | None = None
+    close_pending: bool = False  # closing the writer failed (its last bytes not yet on disk): the committer retries
     segments: list[SegmentInfo] = field(default_factory=list)
     next_segment: int = 1
     packets_total: int = 0

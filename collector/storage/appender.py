@@ -93,6 +93,7 @@ class Appender:
                     # The file system took O_DIRECT at open but refuses the writes: buffered from now on.
                     self._restore(size, tail, published)
                     self._buffered_from_now()
+                    tail, published = self._tail, self._published  # what a failure below must roll back to
                     self._append_buffered(data)
             else:
                 self._append_buffered(data)
@@ -147,7 +148,12 @@ class Appender:
         """Make the file hold every appended byte (the tail goes through the page cache)."""
         if self._published < self.size:
             start = self.size - len(self._tail)
-            os.pwrite(self._fd, self._tail, start)
+            done = 0
+            while done < len(self._tail):
+                n = os.pwrite(self._fd, memoryview(self._tail)[done:], start + done)
+                if n <= 0:
+                    raise OSError(errno.EIO, f"short write ({n} bytes)")
+                done += n
             self._published = self.size
 
     def sync(self) -> None:
@@ -156,10 +162,10 @@ class Appender:
         os.fdatasync(self._fd)
 
     def close(self) -> None:
-        try:
-            self.sync()
-        finally:
-            os.close(self._fd)
-            if self._dfd >= 0:
-                os.close(self._dfd)
-            self._fd = self._dfd = -1
+        """Sync, then close. If the sync fails nothing is closed: the tail is still only here, so the caller keeps
+        the appender and tries again (the bytes were never acknowledged)."""
+        self.sync()
+        os.close(self._fd)
+        if self._dfd >= 0:
+            os.close(self._dfd)
+        self._fd = self._dfd = -1

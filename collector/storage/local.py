@@ -190,9 +190,14 @@ class PodWriter:
                 raise StorageError(e.errno, f"cannot sync {self._file.path}: {e.strerror}") from e
 
     def close(self) -> None:
+        """Sync and close the current segment. Raises StorageError and stays open (with everything appended still
+        held) when that fails, so a later close or sync can finish the job."""
         if self._file is not None:
-            file, self._file = self._file, None
-            file.close()
+            try:
+                self._file.close()
+            except OSError as e:
+                raise StorageError(e.errno, f"cannot close {self._file.path}: {e.strerror}") from e
+            self._file = None
         self.current = None
 
 

@@ -288,3 +288,34 @@ def test_agent_drops_are_recorded_as_gaps_next_to_the_pod_files(
         rows = [line.rstrip("\n").split("\t") for line in f]
     assert [(r[1], r[2]) for r in rows] == [("120", "agent upload buffer full"), ("380", "agent upload buffer full")]
     assert mgr.status(mgr.get(cid)).pods[0].agent_dropped_packets == 500
+
+
+def test_bytes_that_cannot_reach_the_disk_are_never_acknowledged(env: tuple[CaptureManager, AgentConnection, str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod ends while the disk is full: its segment cannot be completed (the last partial block is still in
+    memory), so nothing is acknowledged; once space returns the commit completes it and acknowledges."""
+    import errno
+
+    from podcap.collector.storage import appender
+    from podcap.collector.storage.local import StorageError
+
+    mgr, conn, data = env
+    cid = start(mgr, conn)
+    sent(conn)
+    mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 5), 5))
+    real_pwrite = os.pwrite
+
+    def full(fd: int, buf: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(appender.os, "pwrite", full)
+    mgr.on_pod_event(conn, ingest_pb2.PodCaptureEvent(
+        capture_id=cid, pod_uid="uid-0", stream_id="s-uid-0", state=common_pb2.POD_CAPTURE_STATE_DONE,
+        last_seq=1))
+    with pytest.raises(StorageError):
+        mgr._commit(mgr.get(cid))
+    assert not [m for m in sent(conn) if m.WhichOneof("kind") in ("ack", "acks")]
+    monkeypatch.setattr(appender.os, "pwrite", real_pwrite)
+    assert acked(mgr, conn, cid) == {"uid-0": 1}
+    assert stored(mgr, data, cid, "web-0") == [0, 1, 2, 3, 4]
+    assert mgr.get(cid).pods[PodUid("uid-0")].writer is None  # the close was retried and completed

@@ -161,3 +161,62 @@ def test_direct_writes_refused_fall_back_to_buffered(tmp_path: str, monkeypatch:
     w.close()
     (seg,) = list_segments(str(tmp_path))
     assert [int.from_bytes(r.data[:4], "big") for r in read_file(seg)[1]] == list(range(110))
+
+
+def test_a_close_that_cannot_write_the_last_block_keeps_it_for_the_next_try(tmp_path: str,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """With direct I/O the last partial block is only in memory until published: a close that cannot write it
+    (disk full) must fail and keep it, not drop it."""
+    import errno
+
+    from podcap.collector.storage import appender
+
+    w = PodWriter(str(tmp_path), FMT, segment_bytes=1 << 20, segment_seconds=0, next_index=1, direct=True)
+    w.append(records(50), packets=50, first_ts_ns=1, last_ts_ns=1)  # 24 + 50 * 116 = 5824 bytes: one block + tail
+    real_pwrite = os.pwrite
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(appender.os, "pwrite", full)
+    with pytest.raises(StorageError) as e:
+        w.close()
+    assert e.value.disk_full and w.current is not None
+    with pytest.raises(StorageError):
+        w.sync()
+    monkeypatch.setattr(appender.os, "pwrite", real_pwrite)
+    w.close()
+    (seg,) = list_segments(str(tmp_path))
+    assert [int.from_bytes(r.data[:4], "big") for r in read_file(seg)[1]] == list(range(50))
+
+
+def test_refused_direct_write_then_full_disk_leaves_no_hole(tmp_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EINVAL on the direct write, then ENOSPC on the buffered retry: the chunk is refused and what was stored
+    before stays intact (no range of zeros where the earlier tail was)."""
+    import errno
+
+    from podcap.collector.storage import appender
+
+    w = PodWriter(str(tmp_path), FMT, segment_bytes=1 << 20, segment_seconds=0, next_index=1, direct=True)
+    w.append(records(8), packets=8, first_ts_ns=1, last_ts_ns=1)  # all of it in the in-memory tail
+    assert w._file is not None
+    dfd = w._file._dfd
+    real_pwrite = os.pwrite
+    state = {"tail_written": False}
+
+    def refuse(fd: int, data: bytes, offset: int) -> int:
+        if fd == dfd:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        if not state["tail_written"]:  # the fallback publishes the tail ...
+            state["tail_written"] = True
+            return real_pwrite(fd, data, offset)
+        raise OSError(errno.ENOSPC, "No space left on device")  # ... then the disk is full
+
+    monkeypatch.setattr(appender.os, "pwrite", refuse)
+    with pytest.raises(StorageError):
+        w.append(records(40, start=8), packets=40, first_ts_ns=1, last_ts_ns=1)
+    monkeypatch.setattr(appender.os, "pwrite", real_pwrite)
+    w.append(records(3, start=8), packets=3, first_ts_ns=1, last_ts_ns=1)
+    w.close()
+    (seg,) = list_segments(str(tmp_path))
+    assert [int.from_bytes(r.data[:4], "big") for r in read_file(seg)[1]] == list(range(11))
