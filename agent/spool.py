@@ -57,6 +57,7 @@ class UploadLog:
         self._cond = threading.Condition()
         self._queue: collections.deque[object] = collections.deque()
         self._unacked: dict[tuple[str, int], _Spooled] = {}
+        self._stream_seqs: dict[str, collections.deque[int]] = {}  # unacknowledged seqs per stream, ascending
         self._starts: dict[str, ingest_pb2.AgentMessage] = {}
         self._finished: set[str] = set()
         self._mem = 0
@@ -92,6 +93,7 @@ class UploadLog:
             else:
                 self._mem += size
             self._unacked[(chunk.stream_id, chunk.seq)] = item
+            self._stream_seqs.setdefault(chunk.stream_id, collections.deque()).append(chunk.seq)
             self._queue.append(item)
             self._cond.notify()
         return True
@@ -114,13 +116,17 @@ class UploadLog:
         with self._cond:
             if ack.rejected:
                 item = self._unacked.pop((ack.stream_id, ack.seq), None)
+                seqs = self._stream_seqs.get(ack.stream_id)
+                if item is not None and seqs is not None:
+                    seqs.remove(ack.seq)
                 if item is not None:
                     self._release(item)
                     self.rejected_packets += item.packets
                     log.warning("collector refused chunk %d of stream %s: %s", ack.seq, ack.stream_id, ack.reason)
             else:
-                for key in [k for k in self._unacked if k[0] == ack.stream_id and k[1] <= ack.seq]:
-                    self._release(self._unacked.pop(key))
+                seqs = self._stream_seqs.get(ack.stream_id)
+                while seqs and seqs[0] <= ack.seq:  # an ack covers every earlier chunk of its stream
+                    self._release(self._unacked.pop((ack.stream_id, seqs.popleft())))
             self._forget_if_done(ack.stream_id)
             self._cond.notify_all()
 
@@ -137,7 +143,9 @@ class UploadLog:
         item.path = None
 
     def _forget_if_done(self, stream_id: str) -> None:
-        if stream_id in self._finished and not any(k[0] == stream_id for k in self._unacked):
+        if not self._stream_seqs.get(stream_id, True):
+            del self._stream_seqs[stream_id]
+        if stream_id in self._finished and stream_id not in self._stream_seqs:
             self._finished.discard(stream_id)
             self._starts.pop(stream_id, None)
 
