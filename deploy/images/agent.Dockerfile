@@ -14,8 +14,9 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-# A compiler and libpcap headers, for any dependency that has no wheel for the build platform (pcapy-ng, grpcio on
-# less common architectures). They stay in this stage.
+# A compiler and libpcap headers: for podcap's own C library (podcap._native, the per-packet and framing paths; the
+# build fails below if it did not compile) and for any dependency that has no wheel for the build platform
+# (pcapy-ng, grpcio on less common architectures). They stay in this stage.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential libpcap-dev \
  && rm -rf /var/lib/apt/lists/*
@@ -29,7 +30,8 @@ COPY collector/ collector/
 RUN pip wheel --wheel-dir /wheels . \
  && python -m venv /opt/podcap \
  && /opt/podcap/bin/pip install --no-index --find-links /wheels podcap \
- && /opt/podcap/bin/podcap-agent --help > /dev/null
+ && /opt/podcap/bin/podcap-agent --help > /dev/null \
+ && /opt/podcap/bin/python -c "from podcap import native; assert native.library(), 'podcap._native was not built'"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="podcap-agent" \

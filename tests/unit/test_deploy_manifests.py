@@ -799,3 +799,21 @@ def test_console_script_of_the_image_exists(role: str) -> None:
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert f"podcap-{role}" in scripts
+
+
+@pytest.mark.parametrize("role", ["agent", "collector"])
+def test_builder_stage_compiles_the_native_library(role: str) -> None:
+    """podcap._native (the per-packet and framing paths in C) is an optional extension: an image built without a
+    C compiler would silently fall back to the slow paths. The builder must have one, and must copy every C source
+    the extension lists."""
+    import tomllib
+
+    _, builder, _ = _stages(IMAGES / f"{role}.Dockerfile")
+    assert any(i.startswith("RUN apt-get") and "build-essential" in i for i in builder)
+    assert any(i.startswith("RUN pip wheel") and "native.library()" in i for i in builder)  # fails the build if not
+    (ext,) = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["ext-modules"]
+    assert ext["name"] == "podcap._native"
+    copied = [src.rstrip("/") for i in builder if i.startswith("COPY ") for src in i.split()[1:-1]]
+    for source in ext["sources"]:
+        assert (REPO / source).exists()
+        assert any(source == c or source.startswith(c + "/") for c in copied), f"{source} not in the image build"
