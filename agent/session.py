@@ -277,8 +277,7 @@ class AgentSession:
         elif kind == "ack":
             self.out.ack(msg.ack)
         elif kind == "acks":
-            for ack in msg.acks.acks:
-                self.out.ack(ack)
+            self.out.ack(*msg.acks.acks)
 
     def _start(self, cmd: ingest_pb2.StartPodCapture) -> None:
         def fail(message: str) -> None:

@@ -112,23 +112,27 @@ class UploadLog:
 
     # ---- the collector's answers ----
 
-    def ack(self, ack: ingest_pb2.ChunkAck) -> None:
+    def ack(self, *acks: ingest_pb2.ChunkAck) -> None:
+        """The collector's acknowledgements (an AckBatch at once: one lock, one wake-up)."""
         with self._cond:
-            if ack.rejected:
-                item = self._unacked.pop((ack.stream_id, ack.seq), None)
-                seqs = self._stream_seqs.get(ack.stream_id)
-                if item is not None and seqs is not None:
-                    seqs.remove(ack.seq)
-                if item is not None:
-                    self._release(item)
-                    self.rejected_packets += item.packets
-                    log.warning("collector refused chunk %d of stream %s: %s", ack.seq, ack.stream_id, ack.reason)
-            else:
-                seqs = self._stream_seqs.get(ack.stream_id)
-                while seqs and seqs[0] <= ack.seq:  # an ack covers every earlier chunk of its stream
-                    self._release(self._unacked.pop((ack.stream_id, seqs.popleft())))
-            self._forget_if_done(ack.stream_id)
+            for ack in acks:
+                self._ack_one(ack)
             self._cond.notify_all()
+
+    def _ack_one(self, ack: ingest_pb2.ChunkAck) -> None:
+        seqs = self._stream_seqs.get(ack.stream_id)
+        if ack.rejected:
+            item = self._unacked.pop((ack.stream_id, ack.seq), None)
+            if item is not None:
+                if seqs is not None:
+                    seqs.remove(ack.seq)
+                self._release(item)
+                self.rejected_packets += item.packets
+                log.warning("collector refused chunk %d of stream %s: %s", ack.seq, ack.stream_id, ack.reason)
+        else:
+            while seqs and seqs[0] <= ack.seq:  # an ack covers every earlier chunk of its stream
+                self._release(self._unacked.pop((ack.stream_id, seqs.popleft())))
+        self._forget_if_done(ack.stream_id)
 
     def _release(self, item: _Spooled) -> None:
         if item.path is not None:

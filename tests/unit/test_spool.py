@@ -108,3 +108,20 @@ def test_small_chunks_queued_together_travel_as_one_message() -> None:
     msgs = messages(log)
     assert [m.WhichOneof("kind") for m in msgs] == ["chunks", "chunk", "chunk"]
     assert [c.seq for c in msgs[0].chunks.chunks] == list(range(1, 201))
+
+
+def test_a_batch_of_acks_releases_each_stream_up_to_its_seq_and_counts_refusals() -> None:
+    log = UploadLog(memory_bytes=1 << 20)
+    log.new_session()
+    for stream in ("s1", "s2"):
+        log.put(started(stream))
+        for seq in (1, 2, 3):
+            assert log.put_chunk(chunk(stream, seq))
+    log.ack(ingest_pb2.ChunkAck(capture_id="c", pod_uid="u", stream_id="s1", seq=2),
+            ingest_pb2.ChunkAck(capture_id="c", pod_uid="u", stream_id="s2", seq=3, rejected=True, reason="bad"),
+            ingest_pb2.ChunkAck(capture_id="c", pod_uid="u", stream_id="s2", seq=1))
+    assert log.pending() == (2, 200)  # s1:3 and s2:2 are left
+    assert log.rejected_packets == 1
+    log.new_session()
+    sent = drain(log)
+    assert [m for m in sent if m.startswith("chunk:")] == ["chunk:3", "chunk:2"]
