@@ -54,9 +54,15 @@ def test_follow_streams_a_valid_pcap_while_the_capture_is_stored(
             assert time.monotonic() < deadline and follower.poll() is None, "no pcap header from podcap follow"
             time.sleep(0.05)
         node.exec(node.pod("sender"), [sys.executable, SENDER, str(PORT), "500", node.pod("rx-0").ip])
-        time.sleep(1.5)  # a chunk is cut at the latest after the flush interval
-        with open(live, "rb") as f:
-            assert _seqs_in(f.read()) == list(range(500)), "the live stream parses while the capture runs"
+        # A quiet pod's chunk is cut at the latest after the flush interval (2 s) plus the ring block timeout.
+        deadline = time.monotonic() + 8
+        while True:
+            with open(live, "rb") as f:
+                seqs = _seqs_in(f.read())
+            if len(seqs) >= 500 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert seqs == list(range(500)), "the live stream parses while the capture runs"
         podcap(address, "stop", cid)
         assert follower.wait(timeout=20) == 0, follower.stderr.read() if follower.stderr else ""
     out_dir = os.path.join(tmp_path, "out")
