@@ -36,6 +36,9 @@ from podcap.v1 import common_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)
 
+# The loop walks every stream (flush deadlines, stats, graceful stops) at most this often, not on every wakeup:
+# with 200 pods that walk was most of what an idle wakeup cost.
+HOUSEKEEPING_PERIOD = 0.2
 RING_BLOCK = 256 << 10  # libpcap 1.10's TPACKET_V3 block size (= its maximum snaplen); rings are whole blocks
 # Two blocks at least, even past the budget: with one, the kernel has nowhere to write while the agent reads it.
 MIN_RING = 2 * RING_BLOCK
@@ -58,15 +61,16 @@ class EngineSettings:
     chunk_bytes: int = 4 << 20
     # ... or when its first packet has waited this long (the latency of a live view of a quiet pod). 2 s rather
     # than 1 s halves the chunks, messages and acknowledgements of quiet pods: 200 pods at 100 pps each cost the
-    # agent ~2.4% of a core instead of ~3% (tests/bench p3, together with min_loop_period 0.1).
+    # agent less CPU (tests/bench p3).
     flush_interval: float = 2.0
     stats_interval: float = 5.0
     open_workers: int = 8
     # While no ring fills fast, the loop wakes at most once per this period, so that one wakeup serves many
     # handles (200 quiet pods would otherwise wake it thousands of times a second). A drain that moved at least
-    # ``busy_bytes`` means a ring is filling fast: then the loop does not nap. Well below the ring block timeout
-    # (500 ms), so a quiet pod's retired block is handed back long before the kernel needs it.
-    min_loop_period: float = 0.1
+    # ``busy_bytes`` means a ring is filling fast: then the loop does not nap. 0.1 s measured as too long: a nap
+    # that starts just as a pod turns busy lets ~9 MB arrive at 600k packets/s, more than an 8 MiB ring holds
+    # (tests/bench p1 dropped 3.6%).
+    min_loop_period: float = 0.05
     busy_bytes: int = 64 << 10
     # Total kernel ring memory the agent aims for when a capture leaves the buffer size to it.
     ring_budget_bytes: int = 128 << 20
@@ -324,6 +328,7 @@ class CaptureEngine:
     def _loop(self) -> None:
         timeout = max(0.01, min(self._cfg.flush_interval / 2, 0.1))
         period = self._cfg.min_loop_period
+        next_housekeeping = 0.0
         while self._running:
             started = time.monotonic()
             try:
@@ -350,7 +355,9 @@ class CaptureEngine:
                 except Exception:  # a command must never kill the loop
                     log.exception("capture loop command failed")
             now = time.monotonic()
-            self._housekeeping(now)
+            if now >= next_housekeeping:  # flushes, stats and stop deadlines: a walk over every stream
+                self._housekeeping(now)
+                next_housekeeping = now + HOUSEKEEPING_PERIOD
             if ready and not busy and period > 0 and self._running:
                 rest = started + period - now
                 if rest > 0:
