@@ -32,7 +32,10 @@ Notes from measuring on our CI machines (Firecracker VMs with free page reportin
 - Memory the kernel got back from the host is slow to touch the first time: writing 900 MB into fresh page cache
   costs ~2 s of kernel CPU with 4 MiB write() calls and ~0.3 s with 64 KiB ones, and a buffer malloc'd afresh per
   chunk costs a page fault per 4 KiB. Hence the collector's direct I/O (buffered fallback in 64 KiB pieces) and
-  ``podcap.malloc`` in both daemons; ``tcpdump -w`` writes through a small stdio buffer and does not pay it.
+  ``podcap.malloc`` in both daemons. ``tcpdump -w`` pays it too when its page cache comes from cold memory: since
+  the collector writes with direct I/O (and recycles no page cache), tcpdump's second round often costs ~2.2 s
+  instead of ~1.1 s, which makes p2_cpu_ratio look better than the ratio of the rounds where tcpdump ran warm
+  (1.8-2.05 in our last runs; the per-round JSON lines show both).
 - p3 (200 pods with two 256 KiB ring blocks each, libpcap 1.10's fixed TPACKET_V3 block size): in about a third
   of the runs the kernel counts 1-2 drops out of the 200,000 packets. It is the kernel's, not the agent's: with
   the capture loop instrumented, no block waited more than 0.75 s between drains and no loop iteration was more
