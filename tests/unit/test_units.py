@@ -27,4 +27,3 @@ def test_sizes(text: str, n: int) -> None:
 def test_bad_sizes(text: str) -> None:
     with pytest.raises(ValueError):
         parse_size(text)
-

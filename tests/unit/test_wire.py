@@ -7,6 +7,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from podcap.agent.encoded import varint
 from podcap.collector.wire import IncomingChunk, decode_agent_message
 from podcap.v1 import ingest_pb2
 
@@ -59,20 +60,10 @@ def test_an_empty_chunk_has_empty_records() -> None:
     assert isinstance(decoded, IncomingChunk) and decoded.records == b"" and decoded.meta.seq == 1
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _field(number: int, wire: int, payload: bytes) -> bytes:
     if wire == 2:
-        payload = _varint(len(payload)) + payload
-    return _varint(number << 3 | wire) + payload
+        payload = varint(len(payload)) + payload
+    return varint(number << 3 | wire) + payload
 
 
 # Chunk bodies built field by field: known and unknown fields, repeated records (the last wins), records with a
@@ -80,7 +71,7 @@ def _field(number: int, wire: int, payload: bytes) -> bytes:
 fields = st.one_of(
     st.tuples(st.sampled_from([1, 2, 8]), st.just(2), st.binary(max_size=8)),
     st.tuples(st.just(4), st.just(2), st.binary(max_size=64)),
-    st.tuples(st.sampled_from([3, 5, 6, 7, 4, 99]), st.just(0), st.integers(0, 1 << 64 - 1).map(_varint)),
+    st.tuples(st.sampled_from([3, 5, 6, 7, 4, 99]), st.just(0), st.integers(0, 1 << 64 - 1).map(varint)),
     st.tuples(st.sampled_from([4, 9, 100]), st.sampled_from([1, 5]), st.binary(min_size=8, max_size=8)),
 )
 bodies = st.lists(fields, max_size=8).map(
