@@ -51,41 +51,59 @@ import argparse
 import datetime
 import json
 import math
-import mmap
 import os
 import re
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 import psutil
 
 from podcap.collector.cli.download import download_files, per_pod_paths
 from podcap.collector.client import CollectorClient, CollectorError
-from podcap.pcapfile import FILE_HEADER_LEN, parse_file_header, scan_records
-from podcap.v1 import common_pb2, control_pb2
+from podcap.pcapfile import FILE_HEADER_LEN
+from podcap.v1 import control_pb2
+from tests.bench.busy import phase_p5
+from tests.bench.lab import (
+    CAP_CPU,
+    GEN_CPU,
+    HERE,
+    PROFILE,
+    BenchError,
+    Lab,
+    Pod,
+    Podcap,
+    _run,
+    checkpoint,
+    console_script,
+    count_pcap_packets,
+    cpu_seconds,
+    log,
+    rx_packets,
+    sigterm_as_interrupt,
+    sys_seconds,
+    trafgen,
+    wait_for_log,
+)
 from tests.bench.windowgen import CHUNK_BYTES, RECORDS_PER_CHUNK, Schedule, pod_name, verify_pcap
 
 KEYS = (
     "p1_cpu_ratio", "p1_drop_fraction", "p2_cpu_ratio", "p2_stored_fraction",
     "p3_pods", "p3_rss_mib", "p3_start_s", "p3_idle_cpu_pct", "p3_drop_fraction",
     "p4_stored_gb", "p4_window_s", "p4_window_api_s",
+    "p5_stored_ratio", "p5_min_pod_ratio", "p5_unaccounted", "p5_cpu_ratio", "p5_tcpdump_cpu_s", "p5_agent_cpu_s",
+    "p5_collector_cpu_s",
 )
 TARGETS = {  # key: (comparison, bound)
     "p1_cpu_ratio": ("<=", 1.1), "p1_drop_fraction": ("==", 0.0), "p2_cpu_ratio": ("<=", 2.0),
     "p2_stored_fraction": ("==", 1.0), "p3_rss_mib": ("<=", 200.0), "p3_start_s": ("<=", 3.0),
     "p3_idle_cpu_pct": ("<=", 3.0), "p3_drop_fraction": ("==", 0.0), "p4_window_s": ("<=", 1.0),
+    "p5_stored_ratio": (">=", 0.99), "p5_min_pod_ratio": (">=", 0.95), "p5_unaccounted": ("==", 0.0),
 }
-GEN_CPU, CAP_CPU = "0", "1"
-HERE = os.path.dirname(os.path.abspath(__file__))
 TRAFGEN_CONF = """/* 128-byte UDP 10.99.0.1:4000 -> 10.99.0.2:9; the destination MAC is nobody's, so the host veth
    discards every frame right after the packet taps (capture still sees all of them). */
 {
@@ -97,354 +115,11 @@ TRAFGEN_CONF = """/* 128-byte UDP 10.99.0.1:4000 -> 10.99.0.2:9; the destination
 """
 
 
-PROFILE: dict[str, str] = {"py_spy": "", "dir": "", "args": ""}
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-_INTERRUPTED: list[int] = []
-
-
-def checkpoint() -> None:
-    """Re-raise a Ctrl+C / SIGTERM that a library swallowed (a gRPC call interrupted by SIGINT ends as a
-    cancelled RPC, not as KeyboardInterrupt)."""
-    if _INTERRUPTED:
-        raise KeyboardInterrupt(f"signal {_INTERRUPTED[0]}")
-
-
-def _run(argv: list[str], *, check: bool = True, inp: str | None = None) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(argv, capture_output=True, text=True, input=inp)
-    if check and r.returncode != 0:
-        raise BenchError(f"{' '.join(argv[:6])}...: {r.stderr.strip()}")
-    return r
-
-
-def console_script(name: str) -> str:
-    cand = os.path.join(os.path.dirname(sys.executable), name)
-    if os.access(cand, os.X_OK):
-        return cand
-    found = shutil.which(name)
-    if not found:
-        raise BenchError(f"{name} not found next to {sys.executable} or on PATH (run `make dev`)")
-    return found
-
-
-def cpu_seconds(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return float(t.user + t.system)
-
-
-def sys_seconds(proc: psutil.Process) -> float:
-    """Kernel-mode CPU seconds (the user/system split goes into each run's JSON line, to see where time goes)."""
-    return float(proc.cpu_times().system)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Everything the benchmark creates is registered here and removed by cleanup() (idempotent, best effort).
-
-
-@dataclass
-class Pod:
-    namespace: str
-    name: str
-    host_veth: str
-
-    @property
-    def netns(self) -> str:
-        return f"{self.namespace}.{self.name}"
-
-    @property
-    def netns_path(self) -> str:
-        return f"/run/netns/{self.netns}"
-
-
-@dataclass
-class Lab:
-    tag: str = field(default_factory=lambda: secrets.token_hex(3))
-    pods: list[Pod] = field(default_factory=list)
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    logs: list[IO[bytes]] = field(default_factory=list)
-    workdir: str = ""
-    _n: int = 0
-
-    def __post_init__(self) -> None:
-        self.workdir = tempfile.mkdtemp(prefix=f"pcb-{self.tag}-")
-
-    # -- network --
-
-    def add_pods(self, namespace: str, names: list[str], first_index: int = 0) -> list[Pod]:
-        """Create pods in one `ip -batch` (namespace, veth with the pod side named eth0 inside it, host side up),
-        then bring each pod's eth0 up."""
-        new = [Pod(namespace, n, f"pcb{self.tag}h{first_index + i}") for i, n in enumerate(names)]
-        lines = []
-        for p in new:
-            lines += [f"netns add {p.netns}", f"link add {p.host_veth} type veth peer name eth0 netns {p.netns}"]
-        self.pods.extend(new)  # registered first: cleanup removes whatever part was created
-        _run(["ip", "-batch", "-"], inp="\n".join(lines) + "\n")
-        for p in new:  # no IPv6 on our host veths either (no RS/MLD frames in the captures)
-            try:
-                with open(f"/proc/sys/net/ipv6/conf/{p.host_veth}/disable_ipv6", "w") as f:
-                    f.write("1")
-            except OSError:
-                pass
-        _run(["ip", "-batch", "-"], inp="".join(f"link set {p.host_veth} up\n" for p in new))
-        for p in new:
-            # No IPv6 in the pods (before the link comes up): no router solicitations or MLD reports, so the only
-            # frames on a veth are the ones the benchmark generates.
-            _run(["ip", "netns", "exec", p.netns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-                  "net.ipv6.conf.default.disable_ipv6=1"], check=False)
-            _run(["ip", "-n", p.netns, "link", "set", "eth0", "up"])
-        return new
-
-    def remove_pods(self, pods: list[Pod]) -> None:
-        if not pods:
-            return
-        lines = [f"netns del {p.netns}" for p in pods]
-        subprocess.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", capture_output=True,
-                       text=True)
-        for p in pods:  # normally gone with their namespace
-            if os.path.exists(f"/sys/class/net/{p.host_veth}"):
-                subprocess.run(["ip", "link", "del", p.host_veth], capture_output=True)
-            if os.path.exists(p.netns_path):
-                subprocess.run(["ip", "netns", "del", p.netns], capture_output=True)
-        gone = {id(p) for p in pods}
-        self.pods = [p for p in self.pods if id(p) not in gone]
-
-    # -- processes --
-
-    def spawn(self, name: str, argv: list[str], cpu: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
-        self._n += 1
-        path = os.path.join(self.workdir, f"{self._n:03d}-{name}.log")
-        f = open(path, "ab")  # noqa: SIM115 (closed in cleanup)
-        self.logs.append(f)
-        full = (["taskset", "-c", cpu] if cpu is not None else []) + argv
-        proc = subprocess.Popen(full, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-        self.procs.append(proc)
-        return proc, path
-
-    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if proc.poll() is None:
-            try:
-                os.kill(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self._killpg(proc)
-        self._killpg(proc)  # helpers it may have left behind in its session
-        return proc.returncode if proc.returncode is not None else -9
-
-    @staticmethod
-    def _killpg(proc: subprocess.Popen[bytes]) -> None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-
-    def cleanup(self, keep_workdir: bool = False) -> dict[str, Any]:
-        for proc in reversed(self.procs):
-            self.stop(proc, timeout=10)
-        self.procs.clear()
-        for f in self.logs:
-            f.close()
-        self.logs.clear()
-        self.remove_pods(list(self.pods))
-        if not keep_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-        return self.leftovers()
-
-    def leftovers(self) -> dict[str, Any]:
-        netns = [n for n in _run(["ip", "netns", "list"], check=False).stdout.split() if n.startswith("pcb-")
-                 and self.tag in n]
-        links = [n for n in os.listdir("/sys/class/net") if n.startswith(f"pcb{self.tag}")]
-        return {"netns": netns, "links": links}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Measurement helpers
-
-
-def rx_packets(dev: str) -> int:
-    with open(f"/sys/class/net/{dev}/statistics/rx_packets") as f:
-        return int(f.read())
-
-
-def count_pcap_packets(path: str) -> int:
-    """Packets in a pcap file, found by walking (and validating) every record."""
-    size = os.path.getsize(path)
-    if size < FILE_HEADER_LEN:
-        raise BenchError(f"{path}: {size} bytes, no pcap file header")
-    with open(path, "rb") as f:
-        fmt = parse_file_header(f.read(FILE_HEADER_LEN))
-        if size == FILE_HEADER_LEN:
-            return 0
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            view = memoryview(m)
-            try:
-                res = scan_records(view[FILE_HEADER_LEN:], fmt)
-                n = res.packets
-                if res.length != size - FILE_HEADER_LEN:
-                    raise BenchError(f"{path}: {size - FILE_HEADER_LEN - res.length} trailing bytes")
-            finally:
-                view.release()
-    return n
-
-
-def wait_for_log(path: str, pattern: str, proc: subprocess.Popen[bytes], timeout: float) -> re.Match[str]:
-    deadline = time.monotonic() + timeout
-    rx = re.compile(pattern)
-    while time.monotonic() < deadline:
-        with open(path, errors="replace") as f:
-            m = rx.search(f.read())
-        if m:
-            return m
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    with open(path, errors="replace") as f:
-        tail = f.read()[-2000:]
-    raise BenchError(f"{os.path.basename(path)}: no {pattern!r} within {timeout}s (exit {proc.poll()}):\n{tail}")
-
-
-class Podcap:
-    """A collector and an agent (separate processes, the real console scripts) for one phase."""
-
-    def __init__(self, lab: Lab, node: str, *, collector_cpu: str, agent_cpu: str, ring_budget: int | None) -> None:
-        self.lab = lab
-        self.node = node
-        self.data_dir = os.path.join(lab.workdir, f"data-{node}")
-        self.collector, clog = lab.spawn(f"collector-{node}", [
-            console_script("podcap-collector"), "--insecure", "--listen", "127.0.0.1:0", "--data-dir", self.data_dir],
-            cpu=collector_cpu)
-        port = int(wait_for_log(clog, r"\(port (\d+)\)", self.collector, 20).group(1))
-        self.address = f"127.0.0.1:{port}"
-        argv = [console_script("podcap-agent"), "--insecure", "--collector", self.address, "--node", node,
-                "--pod-source", "netns"]
-        if ring_budget:
-            argv += ["--ring-budget", str(ring_budget)]
-        self.agent, self.agent_log = lab.spawn(f"agent-{node}", argv, cpu=agent_cpu)
-        wait_for_log(self.agent_log, r"registered with collector", self.agent, 20)
-        self.client = CollectorClient(self.address, timeout=60)
-        self.p_agent = psutil.Process(self.agent.pid)
-        self.p_collector = psutil.Process(self.collector.pid)
-
-    def profile_start(self) -> list[subprocess.Popen[bytes]]:
-        """With --py-spy: sample agent and collector (py-spy record, raw collapsed stacks) while traffic runs.
-        The figures of a profiled run are perturbed; use it to find where the time goes, not to measure."""
-        if not PROFILE["py_spy"]:
-            return []
-        procs = []
-        for who, p in (("agent", self.agent), ("collector", self.collector)):
-            out = os.path.join(PROFILE["dir"], f"{who}-{secrets.token_hex(2)}.txt")
-            proc, _ = self.lab.spawn(f"py-spy-{who}", [PROFILE["py_spy"], "record", "-p", str(p.pid), "-r", "200",
-                                                       "-f", "raw", "-o", out, "--threads",
-                                                       *PROFILE["args"].split()])
-            procs.append(proc)
-        time.sleep(1.0)
-        return procs
-
-    def profile_stop(self, procs: list[subprocess.Popen[bytes]]) -> None:
-        for proc in procs:
-            self.lab.stop(proc, signal.SIGINT, timeout=30)
-            self.lab.procs.remove(proc)
-
-    def start(self, namespace: str, pods: list[str] | None = None, timeout: float = 30) -> str:
-        req = control_pb2.StartCaptureRequest(target=control_pb2.Target(namespace=namespace, pod_names=pods or []))
-        deadline = time.monotonic() + timeout
-        while True:  # the agent's inventory may not have reached the collector yet
-            checkpoint()
-            try:
-                return str(self.client.start(req).id)
-            except CollectorError as e:
-                checkpoint()
-                if time.monotonic() > deadline:
-                    raise BenchError(f"cannot start capture: {e}") from e
-                time.sleep(0.2)
-
-    def wait_capturing(self, capture_id: str, n: int, timeout: float) -> float:
-        """Poll until ``n`` pods are capturing; returns monotonic time when seen."""
-        deadline = time.monotonic() + timeout
-        while True:
-            checkpoint()
-            st = self.client.get(capture_id)
-            states = [p.state for p in st.pods]
-            cap = sum(1 for s in states if s == common_pb2.POD_CAPTURE_STATE_CAPTURING)
-            if cap >= n:
-                return time.monotonic()
-            failed = [p for p in st.pods if p.state == common_pb2.POD_CAPTURE_STATE_FAILED]
-            if failed:
-                raise BenchError(f"pod {failed[0].pod.name} failed: {failed[0].message}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"only {cap}/{n} pods capturing after {timeout}s")
-            time.sleep(0.02)
-
-    def stop_capture(self, capture_id: str) -> control_pb2.CaptureStatus:
-        self.client.stop(capture_id)
-        deadline = time.monotonic() + 20
-        st = self.client.get(capture_id)
-        while st.state not in (control_pb2.CAPTURE_STATE_DONE, control_pb2.CAPTURE_STATE_FAILED):
-            checkpoint()
-            if time.monotonic() > deadline:
-                raise BenchError(f"capture {capture_id} did not end: state {st.state}")
-            time.sleep(0.1)
-            st = self.client.get(capture_id)
-        return st
-
-    def stored_packets(self, st: control_pb2.CaptureStatus, delete: bool = True) -> int:
-        total = 0
-        for p in st.pods:
-            d = os.path.join(self.data_dir, p.path)
-            if not p.path or not os.path.isdir(d):
-                continue
-            for name in sorted(os.listdir(d)):
-                if name.endswith(".pcap"):
-                    fp = os.path.join(d, name)
-                    total += count_pcap_packets(fp)
-                    if delete:
-                        os.unlink(fp)
-        return total
-
-    def close(self) -> None:
-        self.client.close()
-        self.lab.stop(self.agent)
-        self.lab.stop(self.collector)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # p1 / p2
 
 
-def trafgen(lab: Lab, pod: Pod, conf: str, *, seconds: float, count: int = 0) -> tuple[float, int]:
-    """Blast from the pod's eth0 (pinned to GEN_CPU), bounded by ``seconds`` (and ``count`` packets if set).
-    Returns (wall seconds, packets trafgen reports)."""
-    argv = ["ip", "netns", "exec", pod.netns, "timeout", "-s", "INT", str(int(seconds + 0.999)), "taskset", "-c",
-            GEN_CPU, "trafgen", "-o", "eth0", "-c", conf, "-P", "1", "--no-sock-mem", "--notouch-irq", "-q"]
-    if count:
-        argv += ["-n", str(count)]
-    proc, path = lab.spawn("trafgen", argv)
-    t0 = time.monotonic()
-    try:
-        proc.wait(timeout=seconds + 30)
-    finally:
-        lab.stop(proc, signal.SIGINT)
-        lab.procs.remove(proc)
-    wall = time.monotonic() - t0
-    checkpoint()
-    with open(path, errors="replace") as f:
-        m = re.search(r"(\d+) packets outgoing", f.read())
-    return wall, int(m.group(1)) if m else 0
 
 
 def run_tcpdump(lab: Lab, pod: Pod, conf: str, seconds: float, count: int) -> dict[str, Any]:
@@ -786,22 +461,6 @@ def check_environment() -> None:
         raise SystemExit("tests.bench.run: needs 2 CPUs (generator and capturer are pinned apart)")
 
 
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM raise KeyboardInterrupt and are remembered (see ``checkpoint``)."""
-
-    def handler(signum: int, _frame: object) -> None:
-        _INTERRUPTED.append(signum)
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
-
-
 def fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -812,7 +471,7 @@ def verdict(key: str, v: Any) -> str:
     if key not in TARGETS or not isinstance(v, (int, float)):
         return ""
     op, bound = TARGETS[key]
-    ok = v <= bound if op == "<=" else abs(v - bound) < 1e-12
+    ok = v <= bound if op == "<=" else v >= bound if op == ">=" else abs(v - bound) < 1e-12
     return f"{op} {bound:g}  {'ok' if ok else 'MISS'}"
 
 
@@ -849,7 +508,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--p4-gib", type=float, help="p4: GiB of records to store (default 5; smoke 0.2)")
     ap.add_argument("--p4-segment-mib", type=int, help="p4: segment size (default: the collector's, 64 MiB; "
                     "smoke 8)")
-    ap.add_argument("--only", choices=["p1", "p3", "p4"], help="run one phase only")
+    ap.add_argument("--p5-frames", type=int, help="p5: frames each pod sends (default 150000; smoke 20000)")
+    ap.add_argument("--p5-rate", type=int, default=25000, help="p5: frames per second each pod sends")
+    ap.add_argument("--p5-pods", type=int, default=4, help="p5: busy pods on the bridge")
+    ap.add_argument("--p5-stall", type=float, default=0.0, help="p5: freeze the collector this many seconds "
+                    "during the traffic (SIGSTOP), to overflow the agent's buffers")
+    ap.add_argument("--p5-agent-args", default="", help="p5: extra podcap-agent arguments (space separated)")
+    ap.add_argument("--only", choices=["p1", "p3", "p4", "p5"], help="run one phase only")
     ap.add_argument("--py-spy", metavar="PATH", help="profile agent and collector with this py-spy binary during "
                     "the p1/p2 podcap runs and during p3 traffic (perturbs the figures)")
     ap.add_argument("--profile-dir", default="/tmp", help="where --py-spy writes collapsed stacks")
@@ -874,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     p3: dict[str, Any] = {}
     p4: dict[str, Any] = {}
+    p5: list[dict[str, Any]] = []
     rc = 0
     try:
         with sigterm_as_interrupt():
@@ -885,6 +551,11 @@ def main(argv: list[str] | None = None) -> int:
                 result.update(out)
             if a.only in (None, "p4"):
                 out, p4 = phase_p4(lab, p4_bytes, p4_segment)
+                result.update(out)
+            if a.only in (None, "p5"):
+                out, p5 = phase_p5(lab, rounds=rounds, frames=a.p5_frames or (20000 if a.smoke else 150000),
+                                   rate=a.p5_rate, n_pods=a.p5_pods, agent_args=tuple(a.p5_agent_args.split()),
+                                   stall_s=a.p5_stall)
                 result.update(out)
     except (Exception, KeyboardInterrupt) as e:
         log(f"FAILED: {type(e).__name__}: {e}")
