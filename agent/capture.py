@@ -7,8 +7,15 @@ allocates the ring) and may need to enter a pod's network namespace, so opens ru
 opened handle is handed to the loop.
 
 A stream's bytes are cut into chunks of whole records when they reach ``chunk_bytes`` or have waited
-``flush_interval`` seconds; each chunk goes to the ``StreamSink`` (the collector session). If the sink refuses a
-chunk (its bounded buffer is full) the chunk's packets are counted as agent drops — never blocking the capture.
+``flush_interval`` seconds; each chunk goes to the ``StreamSink`` (the collector session) with the next sequence
+number — always: a chunk the sink cannot keep (its bounded buffer is full) travels as a gap in its place, and
+packets lost before a chunk existed (out of memory) ride in the next chunk's ``lost`` counters. The capture never
+blocks, and the collector sees every loss in-band, where it happened.
+
+Every packet is accounted for: ``delivered`` counts what libpcap handed over, and a graceful stop first *freezes*
+the handle (a socket filter that rejects everything, so the kernel neither queues nor counts more), then drains the
+ring until ``received == dropped + delivered``. What cannot be read (the interface vanished with packets in the
+ring) is reported as ``unread``; what arrives after ``max_packets`` is read and counted as ``past_limit``.
 Lifecycle events (STARTED, periodic counters, DONE/FAILED) go to the sink in order with the chunks. A stream whose
 interface disappears (pod deleted, or its sandbox restarted with a new network namespace) ends with a PENDING
 event: the session decides whether the pod comes back (re-attach) or is gone (DONE).
@@ -27,9 +34,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from podcap.agent import netns
-from podcap.agent.encoded import EncodedChunk
+from podcap.agent.encoded import EncodedChunk, gap_chunk
 from podcap.agent.libpcap import Handle, HandleOptions, KernelCounters, PcapError
 from podcap.agent.pods import PodInfo, PodNetwork
+from podcap.drops import Drops
 from podcap.names import CaptureId, PodUid
 from podcap.pcapfile import MAX_SNAPLEN, FileFormat
 from podcap.v1 import common_pb2, ingest_pb2
@@ -46,10 +54,12 @@ MAX_AUTO_RING = 8 << 20
 
 
 class StreamSink(Protocol):
-    """Where streams deliver. ``chunk`` returns False when the chunk could not be queued (counted as dropped)."""
+    """Where streams deliver."""
 
     def chunk(self, chunk: EncodedChunk) -> bool:
-        """Queue a chunk (already serialized: see ``podcap.agent.encoded``)."""
+        """Queue a chunk (already serialized: see ``podcap.agent.encoded``). Never refuses its place in the stream:
+        False means only its records could not be kept and a gap went in their place (the sink reports that loss
+        through ``CaptureEngine.record_loss``)."""
         ...
 
     def event(self, event: ingest_pb2.PodCaptureEvent) -> None: ...
@@ -83,12 +93,19 @@ class _Stream:
     pod: PodInfo
     handle: Handle
     interface: str
-    remaining: int  # packets still allowed; -1 = unlimited
+    remaining: int  # packets still allowed; -1 = unlimited; 0 = the limit is reached, what follows is discarded
+    has_filter: bool = False
     seq: int = 0
     pending_packets: int = 0
     sink_lost: int = 0
     pending_since: float = 0.0
-    agent_dropped: int = 0
+    delivered: int = 0  # packets libpcap handed over (every one is stored, or counted in ``drops``)
+    # Causes decided here (out_of_memory, unread, past_limit) and by the upload log (buffer_full, spool_error).
+    drops: Drops = field(default_factory=Drops)
+    # In-band losses not yet carried by a chunk (they ride in the next one).
+    unsent_lost: Drops = field(default_factory=Drops)
+    # Packets libpcap discarded itself (not matching the filter, queued while it was being set): not "received".
+    kernel_adjust: int = 0
     kernel: KernelCounters = field(default_factory=lambda: KernelCounters(0, 0, 0))
     raw_kernel: tuple[int, int, int] = (0, 0, 0)
     next_stats: float = 0.0
@@ -99,8 +116,11 @@ class _Stream:
     handle_timeout: float = 0.5
     ring_bytes: int = MIN_RING
     chunk_bytes: int = 4 << 20
+    # A graceful stop in progress: the handle is frozen and the stream finishes once it has read ``expect``
+    # packets in all (everything the kernel queued), or at ``finish_at`` at the latest.
     finish_at: float = 0.0
     finish_reason: str = ""
+    expect: int = -1
 
 
 @dataclass
@@ -110,7 +130,7 @@ class CaptureCounters:
     captured: int = 0
     kernel_dropped: int = 0
     if_dropped: int = 0
-    agent_dropped: int = 0
+    drops: Drops = field(default_factory=Drops)
 
 
 def auto_ring_bytes(budget: int, pods: int) -> int:
@@ -137,6 +157,7 @@ class CaptureEngine:
         self._lock = threading.Lock()
         self._streams: dict[tuple[CaptureId, PodUid], _Stream] = {}
         self._by_fd: dict[int, _Stream] = {}
+        self._by_id: dict[str, _Stream] = {}
         self._opening: set[tuple[CaptureId, PodUid]] = set()
         self._cancelled_opens: set[tuple[CaptureId, PodUid]] = set()
         self._commands: list[Callable[[], None]] = []
@@ -204,12 +225,22 @@ class CaptureEngine:
         self._submit(run)
 
     def _finish_later(self, stream: _Stream, reason: str) -> None:
-        """A graceful stop: packets still in the kernel's current ring block become readable only when the block
-        retires (at most the block timeout after its first packet), so the stream keeps draining until then and
-        is finished by the housekeeping; nothing captured before the stop is lost."""
-        if not stream.finish_at:
-            stream.finish_at = time.monotonic() + stream.handle_timeout + 0.05
-            stream.finish_reason = reason
+        """A graceful stop (loop thread). The handle is frozen first: from then on the kernel neither queues nor
+        counts packets for it, so its counters say exactly how many the stream must still read. Packets in the
+        kernel's current ring block become readable only when the block retires (after one to two block
+        timeouts), so the stream keeps draining until it has read them all — or until that time is up — and is
+        finished then; nothing captured before the stop is lost, and nothing after it is counted."""
+        if stream.finish_at:
+            return
+        try:
+            stream.handle.freeze()
+        except PcapError as e:
+            log.warning("capture %s: pod %s: %s (packets after the stop will count as unread)", stream.key[0],
+                        stream.pod.name, e)
+        self._read_kernel(stream)
+        stream.expect = stream.kernel.received - stream.kernel.dropped
+        stream.finish_at = time.monotonic() + 2 * stream.handle_timeout + 0.1
+        stream.finish_reason = reason
 
     def close(self, reason: str = "agent shutting down") -> None:
         """Stop every stream (flushing them) and end the loop thread."""
@@ -228,11 +259,26 @@ class CaptureEngine:
 
     def counters(self) -> dict[CaptureId, CaptureCounters]:
         with self._lock:
-            return {k: CaptureCounters(**vars(v)) for k, v in self._totals.items()}
+            return {k: CaptureCounters(v.captured, v.kernel_dropped, v.if_dropped, v.drops.copy())
+                    for k, v in self._totals.items()}
 
     def _total(self, stream: _Stream) -> CaptureCounters:
         with self._lock:
             return self._totals.setdefault(stream.key[0], CaptureCounters())
+
+    def record_loss(self, capture_id: str, stream_id: str, cause: str, packets: int) -> None:
+        """Packets of a stream that will never be sent (any thread: the upload log calls it when it keeps a gap in
+        a chunk's place). Counted in the stream's next report and in the capture's totals."""
+        with self._lock:
+            stream = self._by_id.get(stream_id)
+            if stream is not None:
+                stream.drops.count(cause, packets)
+            self._totals.setdefault(CaptureId(capture_id), CaptureCounters()).drops.count(cause, packets)
+
+    def _count(self, stream: _Stream, cause: str, packets: int) -> None:
+        with self._lock:
+            stream.drops.count(cause, packets)
+            self._totals.setdefault(stream.key[0], CaptureCounters()).drops.count(cause, packets)
 
     # ---- opening (pool threads) ----
 
@@ -280,7 +326,7 @@ class CaptureEngine:
         assert handle.sink is not None
         stream = _Stream(
             key=key, stream_id=stream_id, pod=pod, handle=handle, interface=interface,
-            remaining=settings.max_packets or -1,
+            remaining=settings.max_packets or -1, has_filter=bool(settings.filter),
             fmt=FileFormat(handle.linktype, handle.snaplen, handle.nanosecond),
             handle_timeout=opts.timeout_ms / 1000, ring_bytes=opts.buffer_bytes,
             chunk_bytes=settings.max_chunk_bytes or self._cfg.chunk_bytes,
@@ -293,6 +339,7 @@ class CaptureEngine:
                 self._cancelled_opens.discard(key)
                 if not cancelled:
                     self._streams[key] = stream
+                    self._by_id[stream_id] = stream
             if cancelled:
                 handle.close()
                 return
@@ -365,80 +412,104 @@ class CaptureEngine:
 
     def _drain(self, stream: _Stream, events: int) -> bool:
         """Move what the ring holds into the stream; True when the ring is filling fast (no nap)."""
-        handle = stream.handle
-        sink = handle.sink
-        if sink is None:
-            return False
-        before = sink.pending()
-        moved = 0
         try:
-            for _ in range(64):  # bounded, so one busy pod cannot starve the others
-                # At most about a chunk's worth per call (a full ring can hold far more than a message may).
-                room = max(1, (stream.chunk_bytes - sink.pending()) // stream.avg_record)
-                want = room if stream.remaining < 0 else min(stream.remaining, room)
-                n = handle.dispatch(want)
-                if n <= 0:
-                    break
-                if stream.pending_packets == 0:
-                    stream.pending_since = time.monotonic()
-                stream.pending_packets += n
-                if stream.remaining > 0:
-                    stream.remaining -= n
-                if stream.remaining == 0:
-                    self._finish(stream, common_pb2.POD_CAPTURE_STATE_DONE,
-                                 "max-packets reached")
-                    return False
-                pending = sink.pending()
-                moved += pending - before
-                stream.avg_record = max(32, (stream.avg_record * 7 + (pending - before) // n) // 8)
-                before = pending
-                if pending >= stream.chunk_bytes:
-                    self._cut(stream)
-                    before = 0
+            moved = self._pull(stream, rounds=64)  # bounded, so one busy pod cannot starve the others
         except PcapError as e:
             # The interface went away (pod deleted, sandbox torn down) or the handle broke: end the stream.
             self._finish(stream, common_pb2.POD_CAPTURE_STATE_PENDING,
                          f"interface {stream.interface} is gone ({e}); waiting for the pod's sandbox")
             return False
+        if stream.finish_at and stream.delivered >= stream.expect:
+            self._finish(stream, common_pb2.POD_CAPTURE_STATE_DONE, stream.finish_reason)
+            return False
         if events & (select.EPOLLERR | select.EPOLLHUP) and stream.pending_packets == 0:
             self._finish(stream, common_pb2.POD_CAPTURE_STATE_PENDING,
                          f"interface {stream.interface} is gone; waiting for the pod's sandbox")
+            return False
         # Busy (no nap) when this drain moved a noticeable part of the ring: napping then could let it overflow.
         return moved >= min(self._cfg.busy_bytes, stream.ring_bytes // 16)
 
+    def _pull(self, stream: _Stream, *, rounds: int) -> int:
+        """Up to ``rounds`` dispatches (-1: until the ring is empty), cutting chunks as they fill; returns the record
+        bytes moved. Past ``max_packets`` packets are read all the same (so the ring drains and every packet is
+        counted) and discarded as ``past_limit``. Raises PcapError."""
+        handle = stream.handle
+        sink = handle.sink
+        if sink is None:
+            return 0
+        before = sink.pending()
+        moved = 0
+        while rounds:
+            rounds -= 1
+            # At most about a chunk's worth per call (a full ring can hold far more than a message may).
+            room = max(1, (stream.chunk_bytes - sink.pending()) // stream.avg_record)
+            want = room if stream.remaining <= 0 else min(stream.remaining, room)
+            n = handle.dispatch(want)
+            if n <= 0:
+                break
+            stream.delivered += n
+            if stream.remaining == 0:
+                stream.sink_lost = sink.lost()  # what the handler lost of them is past the limit all the same
+                sink.reset()
+                self._count(stream, "past_limit", n)
+                before = 0
+                continue
+            if stream.pending_packets == 0:
+                stream.pending_since = time.monotonic()
+            stream.pending_packets += n
+            pending = sink.pending()
+            moved += pending - before
+            stream.avg_record = max(32, (stream.avg_record * 7 + (pending - before) // n) // 8)
+            before = pending
+            if stream.remaining > 0:
+                stream.remaining -= n
+                if stream.remaining == 0:
+                    self._cut(stream)
+                    before = 0
+                    self._finish_later(stream, "max-packets reached")
+                    continue
+            if pending >= stream.chunk_bytes:
+                self._cut(stream)
+                before = 0
+        return moved
+
     def _cut(self, stream: _Stream) -> None:
+        """Send what the stream holds as its next chunk: the records, with the losses not yet reported in-band;
+        only the losses (a gap) when no record survived."""
         sink = stream.handle.sink
-        if sink is None or stream.pending_packets == 0:
+        if sink is None:
             return
+        lost = sink.lost() - stream.sink_lost
+        if lost:  # the handler could not grow its buffer (out of memory): those packets are lost here
+            stream.sink_lost += lost
+            self._count(stream, "out_of_memory", lost)
+            stream.unsent_lost.out_of_memory += lost
         dispatched = stream.pending_packets
         stream.pending_packets = 0
-        total = self._total(stream)
-        lost = sink.lost() - stream.sink_lost
-        if lost:  # the sink could not grow (out of memory): those packets are agent drops
-            stream.sink_lost += lost
-            stream.agent_dropped += lost
-            total.agent_dropped += lost
-        packets = sink.packets(dispatched)
-        if sink.pending() == 0 or packets == 0:
+        packets = sink.packets(dispatched) if sink.pending() > 0 else 0
+        if not packets and not stream.unsent_lost:
             return
-        try:
-            chunk = sink.cut(ingest_pb2.PcapChunk(
-                capture_id=stream.key[0], pod_uid=stream.key[1], stream_id=stream.stream_id, seq=stream.seq + 1,
-                packets=packets, first_ts_ns=sink.first_ts_ns(stream.fmt), last_ts_ns=time.time_ns(),
-            ))
-        except MemoryError:
-            # No memory to seal the chunk: its packets are agent drops (the sequence stays gapless).
-            log.error("capture %s: pod %s: out of memory cutting a chunk; %d packets dropped", stream.key[0],
-                      stream.pod.name, packets)
-            sink.reset()
-            stream.agent_dropped += packets
-            total.agent_dropped += packets
-            return
+        meta = ingest_pb2.PcapChunk(
+            capture_id=stream.key[0], pod_uid=stream.key[1], stream_id=stream.stream_id, seq=stream.seq + 1,
+            packets=packets, first_ts_ns=sink.first_ts_ns(stream.fmt) if packets else time.time_ns(),
+            last_ts_ns=time.time_ns(), lost=stream.unsent_lost.to_proto(),
+        )
+        if packets:
+            try:
+                chunk = sink.cut(meta)
+            except MemoryError:
+                # No memory to seal the chunk: its packets are lost, and a gap says so in its place.
+                log.error("capture %s: pod %s: out of memory cutting a chunk; %d packets dropped", stream.key[0],
+                          stream.pod.name, packets)
+                sink.reset()
+                self._count(stream, "out_of_memory", packets)
+                chunk = gap_chunk(meta, "out_of_memory", packets)
+        else:
+            chunk = EncodedChunk.build(meta)
         stream.seq += 1
-        total.captured += packets
-        if not self._sink.chunk(chunk):
-            stream.agent_dropped += packets
-            total.agent_dropped += packets
+        stream.unsent_lost = Drops()
+        self._total(stream).captured += chunk.packets
+        self._sink.chunk(chunk)
 
     def _read_kernel(self, stream: _Stream) -> None:
         raw = stream.handle.stats()
@@ -456,18 +527,21 @@ class CaptureEngine:
     def _event(
         self, stream: _Stream, state: common_pb2.PodCaptureState.ValueType, message: str = ""
     ) -> ingest_pb2.PodCaptureEvent:
+        with self._lock:
+            drops = stream.drops.copy()
         return ingest_pb2.PodCaptureEvent(
             capture_id=stream.key[0], pod_uid=stream.key[1], stream_id=stream.stream_id, state=state,
             interface=stream.interface, message=message, last_seq=stream.seq,
-            agent_dropped_packets=stream.agent_dropped,
+            agent_dropped_packets=drops.agent_total(), drops=drops.to_proto(), delivered=stream.delivered,
             kernel=common_pb2.KernelStats(
-                received=stream.kernel.received, dropped=stream.kernel.dropped, if_dropped=stream.kernel.if_dropped
+                received=stream.kernel.received - stream.kernel_adjust, dropped=stream.kernel.dropped,
+                if_dropped=stream.kernel.if_dropped,
             ),
         )
 
     def _housekeeping(self, now: float) -> None:
         for stream in list(self._streams.values()):
-            if stream.finish_at and now >= stream.finish_at:
+            if stream.finish_at and (now >= stream.finish_at or stream.delivered >= stream.expect):
                 self._finish(stream, common_pb2.POD_CAPTURE_STATE_DONE, stream.finish_reason)
                 continue
             if stream.pending_packets and now - stream.pending_since >= self._cfg.flush_interval:
@@ -478,23 +552,30 @@ class CaptureEngine:
                 self._sink.event(self._event(stream, common_pb2.POD_CAPTURE_STATE_CAPTURING))
 
     def _finish(self, stream: _Stream, state: common_pb2.PodCaptureState.ValueType, reason: str) -> None:
-        """Graceful end of a stream: drain what the ring holds, flush the last chunk, send final stats, close."""
+        """End of a stream: drain what the ring holds, flush the last chunk, account for every packet the kernel
+        queued, send the final counters, close."""
         if self._streams.get(stream.key) is not stream:
             return
         handle = stream.handle
         try:
-            while stream.remaining != 0:
-                want = -1 if stream.remaining < 0 else stream.remaining
-                n = handle.dispatch(want)
-                if n <= 0:
-                    break
-                stream.pending_packets += n
-                if stream.remaining > 0:
-                    stream.remaining -= n
+            self._pull(stream, rounds=-1)
         except PcapError:
-            pass
+            pass  # the interface is gone: what the ring still holds is counted below as unread
         self._cut(stream)
         self._read_kernel(stream)
+        residual = stream.kernel.received - stream.kernel.dropped - stream.delivered
+        if residual > 0:
+            if stream.finish_at and stream.has_filter and time.monotonic() >= stream.finish_at:
+                # Frozen and given time for every block to retire: what is still missing was discarded by libpcap
+                # itself (queued while the filter was being set, not matching it). Not received, then.
+                stream.kernel_adjust = residual
+            else:
+                self._count(stream, "unread", residual)
+                log.warning("capture %s: pod %s/%s: %d packets left unread in the ring", stream.key[0],
+                            stream.pod.namespace, stream.pod.name, residual)
+        elif residual < 0:
+            log.error("capture %s: pod %s/%s: read %d packets more than the kernel queued", stream.key[0],
+                      stream.pod.namespace, stream.pod.name, -residual)
         self._by_fd.pop(handle.fd, None)
         try:
             self._poll.unregister(handle.fd)
@@ -505,4 +586,5 @@ class CaptureEngine:
         self._sink.event(self._event(stream, state, reason))
         with self._lock:
             del self._streams[stream.key]
+            self._by_id.pop(stream.stream_id, None)
         log.info("capture %s: pod %s/%s ended: %s", stream.key[0], stream.pod.namespace, stream.pod.name, reason)

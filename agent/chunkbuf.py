@@ -37,8 +37,9 @@ class RecordSink(Protocol):
         """Timestamp of the first record held (only when one is)."""
 
     def cut(self, meta: ingest_pb2.PcapChunk) -> EncodedChunk:
-        """The records held as a chunk with ``meta``'s other fields; the sink is empty afterwards. MemoryError
-        leaves the records held (``reset`` discards them)."""
+        """The records held as a chunk with ``meta``'s other fields (``meta`` has no records and is kept by the
+        chunk: pass a fresh message); the sink is empty afterwards. MemoryError leaves the records held (``reset``
+        discards them)."""
 
     def reset(self) -> None:
         """Discard the records held."""
@@ -112,7 +113,7 @@ class ChunkBuffer:
             raise MemoryError("cannot seal a chunk")
         wire = ctypes.string_at(self._buf.data or 0, total)
         self._lib.podcap_chunk_reset(byref(self._buf))
-        return EncodedChunk(meta.stream_id, meta.seq, meta.packets, size, wire)
+        return EncodedChunk(meta, size, wire)
 
     def close(self) -> None:
         if self._buf.data:

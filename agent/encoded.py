@@ -3,14 +3,19 @@
 A chunk's records are the bulk of what the agent sends. The capture engine produces each chunk as the finished wire
 bytes of ``AgentMessage{chunk: PcapChunk}`` (``agent/chunkbuf.c``), and everything downstream (the upload log, the
 disk spool, batching, gRPC) moves those bytes as they are: ``EncodedChunk`` carries them with the few fields the
-agent itself needs. ``serialize`` is the session's gRPC request serializer: bytes pass through, messages are
-serialized as usual.
+agent itself needs (its other fields, ``meta``). ``serialize`` is the session's gRPC request serializer: bytes pass
+through, messages are serialized as usual.
+
+A chunk whose records cannot be kept (no room in the upload buffer, its spool file unreadable) still takes its
+place in the stream: ``EncodedChunk.gap`` is the same chunk without records, its packets counted in ``lost`` under
+the cause. The collector records the gap and stores what follows; no sequence number is ever skipped.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from podcap.drops import Drops
 from podcap.v1 import ingest_pb2
 
 _CHUNK_FIELD = ingest_pb2.AgentMessage.DESCRIPTOR.fields_by_name["chunk"].number
@@ -46,26 +51,45 @@ def _skip_header(wire: bytes) -> int:
 
 @dataclass(frozen=True)
 class EncodedChunk:
-    """A chunk as it travels: ``wire`` is the serialized ``AgentMessage`` holding exactly this chunk."""
+    """A chunk as it travels: ``wire`` is the serialized ``AgentMessage`` holding exactly this chunk; ``meta`` is
+    the chunk's every field but ``records`` (never modified); ``size`` its record bytes (what the upload log's
+    memory and disk caps count; 0 for a gap)."""
 
-    stream_id: str
-    seq: int
-    packets: int
-    size: int  # record bytes (what the upload log's memory and disk caps count)
+    meta: ingest_pb2.PcapChunk
+    size: int
     wire: bytes
+
+    @property
+    def stream_id(self) -> str:
+        return self.meta.stream_id
+
+    @property
+    def seq(self) -> int:
+        return self.meta.seq
+
+    @property
+    def packets(self) -> int:
+        return self.meta.packets
+
+    @classmethod
+    def build(cls, meta: ingest_pb2.PcapChunk, records: bytes = b"") -> EncodedChunk:
+        """Serialize ``meta`` (no records) with these records (the fallback path, gaps, tests)."""
+        full = ingest_pb2.PcapChunk()
+        full.CopyFrom(meta)
+        full.records = records
+        return cls(_without_records(meta), len(records), ingest_pb2.AgentMessage(chunk=full).SerializeToString())
 
     @classmethod
     def from_message(cls, chunk: ingest_pb2.PcapChunk) -> EncodedChunk:
-        """Serialize a chunk built as a protobuf message (the fallback path, tests)."""
-        return cls(chunk.stream_id, chunk.seq, chunk.packets, len(chunk.records),
+        """Serialize a chunk built as a protobuf message, records included (tests)."""
+        return cls(_without_records(chunk), len(chunk.records),
                    ingest_pb2.AgentMessage(chunk=chunk).SerializeToString())
 
     @classmethod
     def from_body(cls, body: bytes) -> EncodedChunk:
         """From a serialized PcapChunk (a spool file)."""
         chunk = ingest_pb2.PcapChunk.FromString(body)
-        return cls(chunk.stream_id, chunk.seq, chunk.packets, len(chunk.records),
-                   _header(_CHUNK_FIELD, len(body)) + body)
+        return cls(_without_records(chunk), len(chunk.records), _header(_CHUNK_FIELD, len(body)) + body)
 
     def body(self) -> memoryview:
         """The serialized PcapChunk alone."""
@@ -74,6 +98,36 @@ class EncodedChunk:
     def message(self) -> ingest_pb2.PcapChunk:
         """Parsed back (tests and diagnostics only: it copies the records)."""
         return ingest_pb2.AgentMessage.FromString(self.wire).chunk
+
+    def lost(self) -> Drops:
+        """What this chunk reports lost before its records (or, for a gap, instead of them)."""
+        return Drops.from_proto(self.meta.lost)
+
+    def gap(self, cause: str) -> EncodedChunk:
+        """This chunk's stand-in when its records cannot be kept: same stream and sequence number, no records, its
+        packets added to ``lost`` under ``cause`` (to what it already carried)."""
+        return gap_chunk(self.meta, cause, self.meta.packets)
+
+    @property
+    def is_gap(self) -> bool:
+        return self.size == 0 and self.meta.packets == 0
+
+
+def _without_records(chunk: ingest_pb2.PcapChunk) -> ingest_pb2.PcapChunk:
+    meta = ingest_pb2.PcapChunk()
+    meta.CopyFrom(chunk)
+    meta.ClearField("records")
+    return meta
+
+
+def gap_chunk(meta: ingest_pb2.PcapChunk, cause: str, packets: int) -> EncodedChunk:
+    """A chunk without records at ``meta``'s place in its stream, reporting ``packets`` more lost to ``cause``."""
+    gap = ingest_pb2.PcapChunk()
+    gap.CopyFrom(meta)
+    gap.ClearField("records")
+    gap.packets = 0
+    setattr(gap.lost, cause, getattr(gap.lost, cause) + packets)
+    return EncodedChunk.build(gap)
 
 
 def batch(chunks: list[EncodedChunk]) -> bytes:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 from ctypes import POINTER, Structure, byref, c_char_p, c_int, c_size_t, c_uint, c_void_p
 from dataclasses import dataclass
 
@@ -42,6 +43,20 @@ class _BpfProgram(Structure):
     _fields_ = [("bf_len", c_uint), ("bf_insns", c_void_p)]
 
 
+class _SockFilter(Structure):  # struct sock_filter (linux/filter.h)
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(Structure):  # struct sock_fprog
+    _fields_ = [("len", ctypes.c_ushort), ("filter", POINTER(_SockFilter))]
+
+
+SOL_SOCKET = 1
+SO_ATTACH_FILTER = 26
+BPF_RET_K = 0x06
+_REJECT_ALL = (_SockFilter * 1)(_SockFilter(BPF_RET_K, 0, 0, 0))
+
+
 def _load_libpcap() -> ctypes.CDLL:
     for name in ("libpcap.so.1", "libpcap.so.0.8", ctypes.util.find_library("pcap")):
         if not name:
@@ -61,6 +76,8 @@ _libc.fflush.argtypes = [c_void_p]
 _libc.fseek.argtypes = [c_void_p, ctypes.c_long, c_int]
 _libc.fclose.argtypes = [c_void_p]
 _libc.free.argtypes = [c_void_p]
+_libc.setsockopt.argtypes = [c_int, c_int, c_int, c_void_p, ctypes.c_uint32]
+_libc.setsockopt.restype = c_int
 
 
 def lib() -> ctypes.CDLL:
@@ -158,8 +175,7 @@ class MemoryDump:
         return first_timestamp_ns(ctypes.string_at(self._ptr.value or 0, 16), fmt)
 
     def cut(self, meta: ingest_pb2.PcapChunk) -> EncodedChunk:
-        meta.records = self.take()
-        return EncodedChunk.from_message(meta)
+        return EncodedChunk.build(meta, self.take())
 
     def reset(self) -> None:
         self.take()
@@ -242,6 +258,16 @@ class Handle:
         if n < 0:
             raise PcapError("pcap_dispatch: " + (lib().pcap_geterr(self._p) or b"").decode(errors="replace"))
         return n
+
+    def freeze(self) -> None:
+        """Make the kernel hand this handle no more packets: a socket filter that rejects everything, attached
+        behind libpcap's back (``pcap_setfilter`` would also discard packets already in the ring). What the ring
+        holds stays readable, and the kernel's counters stop with it (a rejected packet is not counted), so after
+        the ring is drained ``received == dropped + delivered`` holds exactly. Raises PcapError."""
+        prog = _SockFprog(1, ctypes.cast(_REJECT_ALL, POINTER(_SockFilter)))
+        if _libc.setsockopt(self.fd, SOL_SOCKET, SO_ATTACH_FILTER, byref(prog), ctypes.sizeof(prog)) != 0:
+            err = ctypes.get_errno()
+            raise PcapError(f"cannot stop the handle's input: {os.strerror(err)}")
 
     def stats(self) -> KernelCounters:
         st = _PcapStat()

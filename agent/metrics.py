@@ -1,8 +1,9 @@
 """The agent's Prometheus metrics and gRPC health endpoint (for the DaemonSet's probes).
 
 Metrics are read at scrape time from the capture engine and the upload log: active streams, packets captured and
-dropped by kind, spool depth. Health is SERVING while a session with the collector is up, NOT_SERVING otherwise
-(readiness), and the health server itself answering is liveness.
+dropped by kind (``kernel``, ``interface`` and every cause of ``podcap.drops``), spool depth. Health is SERVING
+while a session with the collector is up, NOT_SERVING otherwise (readiness), and the health server itself
+answering is liveness.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector as PromCollector
 
 from podcap.agent.session import AgentSession
+from podcap.drops import CAUSES
 
 
 class AgentMetrics(PromCollector):
@@ -38,7 +40,8 @@ class AgentMetrics(PromCollector):
             captured.add_metric([cid], c.captured)
             drops.add_metric([cid, "kernel"], c.kernel_dropped)
             drops.add_metric([cid, "interface"], c.if_dropped)
-            drops.add_metric([cid, "agent"], c.agent_dropped)
+            for cause in CAUSES:
+                drops.add_metric([cid, cause], getattr(c.drops, cause))
         streams.add_metric([], len(self.agent.engine.active()))
         depth.add_metric([], spooled)
         depth_chunks.add_metric([], chunks)

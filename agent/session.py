@@ -5,7 +5,7 @@ re-established with exponential backoff when it breaks. Between the capture loop
 (``podcap.agent.spool``): the capture loop never blocks on the network; chunks stay there until the collector
 acknowledges them as durable, and are re-sent after a reconnect. gRPC's request iterator pulls from the log, so
 HTTP/2 flow control paces the upload (a collector that stops reading — e.g. its disk is full — makes the agent
-spool, then drop new chunks and count them).
+spool, then keep gaps in the places of chunks that no longer fit, each pod keeping its share).
 
 Streams keep running while the collector is away. On registration the collector re-sends the captures it still
 wants (starts for running streams are no-ops) and the agent re-sends each stream's STARTED event and its
@@ -106,6 +106,7 @@ class AgentSession:
         self._desired: dict[tuple[CaptureId, PodUid], _Desired] = {}
         self.engine = CaptureEngine(_Sink(self.out, self._ended), instance_id=self.instance_id,
                                     settings=config.engine)
+        self.out.on_lost = self.engine.record_loss  # gaps the log keeps in chunks' places count per pod
         self._stop = threading.Event()
         self._pods: dict[PodUid, PodInfo] = {}
         self._call: grpc.Future[ingest_pb2.CollectorMessage] | None = None

@@ -3,13 +3,23 @@
 The capture loop never waits for the network: it appends to this log and moves on. Chunks stay here after they
 are sent, until the collector acknowledges them (which it does only once they are durable), so a broken session
 or a collector restart loses nothing: ``new_session`` queues every unacknowledged chunk again, preceded by the
-STARTED event of its stream so the collector knows the stream's format. Chunks live in memory up to
-``memory_bytes`` and then as files under ``spool_dir`` up to ``disk_bytes``; when both are full, **new** chunks are
-refused (the newest data is dropped, so what is stored stays contiguous from the start) and the capture engine
-counts their packets as agent drops, which the collector shows per pod and records as a gap. Events are tiny and
-never refused; heartbeats and inventories are not kept across sessions (registration re-sends the inventory).
-Chunks arrive serialized (``EncodedChunk``) and leave as the same bytes (a spool file holds the PcapChunk's bytes;
-small chunks are joined into one ChunkBatch message byte-wise), so their records are never copied into a message.
+STARTED event of its stream so the collector knows the stream's format, and followed by the final events of
+streams that ended lately (the old session may have died with them on the wire). Events are tiny and never
+refused; heartbeats and inventories are not kept across sessions (registration re-sends the inventory). Chunks
+arrive serialized (``EncodedChunk``) and leave as the same bytes (a spool file holds the PcapChunk's bytes; small
+chunks are joined into one ChunkBatch message byte-wise), so their records are never copied into a message.
+
+**Bounded and fair.** Chunks live in memory up to ``memory_bytes``, then as files under ``spool_dir`` up to
+``disk_bytes``. A chunk that does not fit is still let in if its stream holds less than an equal share of the
+whole (capacity ÷ streams holding data): room is made by turning the newest not-yet-sent chunks of the streams
+holding the most beyond their share into gaps. Otherwise the chunk itself becomes a gap. So when the collector
+does not keep up, each busy pod keeps an equal share and loses what exceeds it, and a quiet pod loses nothing to
+a busy one. A gap keeps the chunk's place in its stream without its records (``EncodedChunk.gap``): the collector
+records the loss where it happened and stores what follows; ``on_lost`` tells the capture engine, which reports
+it per pod. Chunks already sent once are never turned into gaps (the collector may hold them).
+
+Spool files are written, read and deleted outside the lock, so neither the capture loop, nor the sender, nor
+acknowledgements ever wait for the disk while holding it.
 """
 
 from __future__ import annotations
@@ -19,12 +29,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from podcap.agent.encoded import EncodedChunk, batch
+from podcap.agent.encoded import EncodedChunk, batch, gap_chunk
 from podcap.v1 import common_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)
@@ -35,30 +45,44 @@ BATCH_SMALL = 256 << 10
 BATCH_MAX_BYTES = 1 << 20
 BATCH_MAX_CHUNKS = 500
 BATCH_LINGER_S = 0.02
+# A stream's last report (final counters) is sent again in each new session for this long after it ended.
+FINAL_EVENT_KEEP_S = 600.0
+FINAL_EVENTS_MAX = 4096
+
+# (capture id, stream id, cause, packets): packets of a stream that will never be sent.
+LostCallback = Callable[[str, str, str, int], None]
 
 
-@dataclass
-class _Spooled:
-    """A chunk waiting for its acknowledgement, in memory (``chunk``) or on disk (``path``)."""
+@dataclass(eq=False)
+class _Item:
+    """A chunk waiting for its acknowledgement: in memory (``chunk``), on disk (``path``), or a gap (``chunk``
+    without records, ``size`` 0)."""
 
-    stream_id: str
-    seq: int
-    size: int
-    packets: int
+    meta: ingest_pb2.PcapChunk  # the chunk's fields but its records: what a gap is made of
     chunk: EncodedChunk | None
     path: str | None = None
+    size: int = 0  # bytes counted against the memory or disk cap
+    sent: bool = False  # handed to a session at least once: never turned into a gap after that
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.meta.stream_id, self.meta.seq
 
 
 class UploadLog:
-    def __init__(self, *, memory_bytes: int, disk_bytes: int = 0, spool_dir: str | None = None) -> None:
+    def __init__(self, *, memory_bytes: int, disk_bytes: int = 0, spool_dir: str | None = None,
+                 on_lost: LostCallback | None = None) -> None:
         self.memory_bytes = memory_bytes
         self.disk_bytes = disk_bytes if spool_dir else 0
         self.spool_dir = spool_dir
+        self.on_lost: LostCallback = on_lost or (lambda _c, _s, _cause, _n: None)
         self._cond = threading.Condition()
         self._queue: collections.deque[object] = collections.deque()
-        self._unacked: dict[tuple[str, int], _Spooled] = {}
+        self._unacked: dict[tuple[str, int], _Item] = {}
         self._stream_seqs: dict[str, collections.deque[int]] = {}  # unacknowledged seqs per stream, ascending
+        self._held: dict[str, int] = {}  # bytes each stream holds (memory + disk), streams holding any
         self._starts: dict[str, ingest_pb2.AgentMessage] = {}
+        self._finals: collections.OrderedDict[str, tuple[float, ingest_pb2.AgentMessage]] = collections.OrderedDict()
         self._finished: set[str] = set()
         self._mem = 0
         self._disk = 0
@@ -73,30 +97,117 @@ class UploadLog:
     # ---- producers (capture loop, session) ----
 
     def put_chunk(self, chunk: EncodedChunk) -> bool:
-        """Keep a chunk until acknowledged; False when there is no room."""
+        """Queue a chunk until acknowledged. Its place in the stream is always kept; False when its records could
+        not be (a gap went in their place, reported through ``on_lost``)."""
         size = chunk.size
+        lost: list[tuple[ingest_pb2.PcapChunk, str, int]] = []
+        unlink: list[str] = []
+        kept = True
         with self._cond:
-            item = _Spooled(chunk.stream_id, chunk.seq, size, chunk.packets, chunk)
-            if self._mem + size > self.memory_bytes:
-                if self._disk + size > self.disk_bytes or self.spool_dir is None:
-                    return False
-                path = os.path.join(self.spool_dir, f"{chunk.stream_id}-{chunk.seq}.chunk")
-                try:
-                    with open(path, "wb") as f:
-                        f.write(chunk.body())
-                except OSError as e:
-                    log.warning("spool write failed (%s): chunk dropped", e)
-                    return False
-                item.chunk = None
-                item.path = path
-                self._disk += size
+            where = self._make_room(chunk.stream_id, size, lost, unlink) if size else "memory"
+            if where is None:
+                item = _Item(chunk.meta, chunk.gap("buffer_full"))
+                lost.append((chunk.meta, "buffer_full", chunk.packets))
+                kept = False
+            elif where == "disk":
+                assert self.spool_dir is not None
+                item = _Item(chunk.meta, None, os.path.join(self.spool_dir, f"{chunk.stream_id}-{chunk.seq}.chunk"),
+                             size)
+                self._take(item)  # reserved now; written below, outside the lock
             else:
-                self._mem += size
-            self._unacked[(chunk.stream_id, chunk.seq)] = item
+                item = _Item(chunk.meta, chunk, None, size)
+                self._take(item)
+        _unlink(unlink)
+        if item.path is not None:
+            try:
+                with open(item.path, "wb") as f:
+                    f.write(chunk.body())
+            except OSError as e:
+                log.warning("spool write failed (%s): chunk %d of stream %s lost", e, chunk.seq, chunk.stream_id)
+                with self._cond:
+                    self._free(item)
+                    item.chunk = chunk.gap("spool_error")
+                _unlink([item.path])  # whatever part of it was written
+                item.path = None
+                lost.append((chunk.meta, "spool_error", chunk.packets))
+                kept = False
+        with self._cond:
+            self._unacked[item.key] = item
             self._stream_seqs.setdefault(chunk.stream_id, collections.deque()).append(chunk.seq)
             self._queue.append(item)
             self._cond.notify()
-        return True
+        for meta, cause, packets in lost:
+            self.on_lost(meta.capture_id, meta.stream_id, cause, packets)
+        return kept
+
+    def _make_room(self, stream: str, size: int, lost: list[tuple[ingest_pb2.PcapChunk, str, int]],
+                   unlink: list[str]) -> str | None:
+        """Where a chunk of ``size`` bytes of ``stream`` goes ("memory" or "disk"), making room by turning other
+        streams' unsent chunks into gaps if ``stream`` holds less than its share; None when it does not fit
+        (caller holds the lock)."""
+        where = self._fits(size)
+        if where is not None:
+            return where
+        holders = len(self._held) + (0 if stream in self._held else 1)
+        share = (self.memory_bytes + self.disk_bytes) // holders
+        if self._held.get(stream, 0) + size > share:
+            return None  # this stream holds its share already: its own newest data is what goes
+        while where is None:
+            victim = self._victim(stream, share)
+            if victim is None:
+                return None
+            path = victim.path
+            self._free(victim)
+            if path is not None:
+                unlink.append(path)
+            victim.chunk = gap_chunk(victim.meta, "buffer_full", victim.meta.packets)
+            lost.append((victim.meta, "buffer_full", victim.meta.packets))
+            where = self._fits(size)
+        return where
+
+    def _fits(self, size: int) -> str | None:
+        if self._mem + size <= self.memory_bytes:
+            return "memory"
+        if self.spool_dir is not None and self._disk + size <= self.disk_bytes:
+            return "disk"
+        return None
+
+    def _victim(self, stream: str, share: int) -> _Item | None:
+        """The newest unsent chunk with records of the stream holding the most beyond its share."""
+        for other, held in sorted(self._held.items(), key=lambda kv: -kv[1]):
+            if held <= share:
+                return None
+            if other == stream:
+                continue
+            for seq in reversed(self._stream_seqs.get(other, ())):
+                item = self._unacked[(other, seq)]
+                if not item.sent and item.size:
+                    return item
+        return None
+
+    def _take(self, item: _Item) -> None:
+        """Count a kept chunk against its cap (caller holds the lock)."""
+        if item.path is not None:
+            self._disk += item.size
+        else:
+            self._mem += item.size
+        self._held[item.meta.stream_id] = self._held.get(item.meta.stream_id, 0) + item.size
+
+    def _free(self, item: _Item) -> None:
+        """Give a chunk's bytes back (caller holds the lock; the caller deletes its spool file, if any, after)."""
+        if item.size:
+            if item.path is not None:
+                self._disk -= item.size
+            else:
+                self._mem -= item.size
+            stream = item.meta.stream_id
+            left = self._held.get(stream, 0) - item.size
+            if left > 0:
+                self._held[stream] = left
+            else:
+                self._held.pop(stream, None)
+        item.chunk = None
+        item.size = 0
 
     def put(self, msg: ingest_pb2.AgentMessage) -> None:
         with self._cond:
@@ -106,6 +217,10 @@ class UploadLog:
                     self._starts[ev.stream_id] = msg
                 elif ev.stream_id and ev.state != common_pb2.POD_CAPTURE_STATE_CAPTURING:
                     self._finished.add(ev.stream_id)
+                    self._finals[ev.stream_id] = (time.monotonic(), msg)
+                    self._finals.move_to_end(ev.stream_id)
+                    while len(self._finals) > FINAL_EVENTS_MAX:
+                        self._finals.popitem(last=False)
                     self._forget_if_done(ev.stream_id)
             self._queue.append(msg)
             self._cond.notify()
@@ -114,36 +229,32 @@ class UploadLog:
 
     def ack(self, *acks: ingest_pb2.ChunkAck) -> None:
         """The collector's acknowledgements (an AckBatch at once: one lock, one wake-up)."""
+        unlink: list[str] = []
         with self._cond:
             for ack in acks:
-                self._ack_one(ack)
+                self._ack_one(ack, unlink)
             self._cond.notify_all()
+        _unlink(unlink)
 
-    def _ack_one(self, ack: ingest_pb2.ChunkAck) -> None:
+    def _ack_one(self, ack: ingest_pb2.ChunkAck, unlink: list[str]) -> None:
         seqs = self._stream_seqs.get(ack.stream_id)
         if ack.rejected:
             item = self._unacked.pop((ack.stream_id, ack.seq), None)
             if item is not None:
                 if seqs is not None:
                     seqs.remove(ack.seq)
-                self._release(item)
-                self.rejected_packets += item.packets
+                self._release(item, unlink)
+                self.rejected_packets += item.meta.packets
                 log.warning("collector refused chunk %d of stream %s: %s", ack.seq, ack.stream_id, ack.reason)
         else:
             while seqs and seqs[0] <= ack.seq:  # an ack covers every earlier chunk of its stream
-                self._release(self._unacked.pop((ack.stream_id, seqs.popleft())))
+                self._release(self._unacked.pop((ack.stream_id, seqs.popleft())), unlink)
         self._forget_if_done(ack.stream_id)
 
-    def _release(self, item: _Spooled) -> None:
+    def _release(self, item: _Item, unlink: list[str]) -> None:
         if item.path is not None:
-            self._disk -= item.size
-            try:
-                os.unlink(item.path)
-            except FileNotFoundError:
-                pass
-        else:
-            self._mem -= item.size
-        item.chunk = None
+            unlink.append(item.path)
+        self._free(item)
         item.path = None
 
     def _forget_if_done(self, stream_id: str) -> None:
@@ -157,14 +268,19 @@ class UploadLog:
 
     def new_session(self) -> None:
         """Queue for a fresh session: each stream's STARTED event, then every unacknowledged chunk in order, then
-        the events that were never sent. Heartbeats and inventories of the old session are dropped."""
+        the final events of streams that ended lately, then the events that were never sent. Heartbeats and
+        inventories of the old session are dropped."""
         with self._cond:
             starts = {id(m) for m in self._starts.values()}
             events = [m for m in self._queue if isinstance(m, ingest_pb2.AgentMessage)
                       and m.WhichOneof("kind") == "pod_event" and id(m) not in starts]
+            unsent = {id(m) for m in events}
+            now = time.monotonic()
+            finals = [m for t, m in self._finals.values() if now - t < FINAL_EVENT_KEEP_S and id(m) not in unsent]
             self._queue = collections.deque()
             self._queue.extend(self._starts.values())
-            self._queue.extend(item for item in self._unacked.values())
+            self._queue.extend(self._unacked.values())
+            self._queue.extend(finals)
             self._queue.extend(events)
 
     def end_session(self) -> None:
@@ -190,64 +306,76 @@ class UploadLog:
     def _messages(self, first: ingest_pb2.AgentMessage, epoch: int) -> Iterator[ingest_pb2.AgentMessage | bytes]:
         yield first
         while True:
+            items: list[_Item] = []
             with self._cond:
                 while not self._queue and self._epoch == epoch:
                     self._cond.wait()
                 if self._epoch != epoch:
                     return
-                item = self._queue.popleft()
-                if item is _CLOSE:
+                head = self._queue.popleft()
+                if head is _CLOSE:
                     return
-                msg: ingest_pb2.AgentMessage | bytes
-                if isinstance(item, _Spooled):
-                    if (item.stream_id, item.seq) not in self._unacked:
-                        continue  # acknowledged (or refused) while it waited to be re-sent
-                    chunk = self._load(item)
-                    if chunk is None:
-                        continue
-                    msg = self._batch(chunk) if item.size <= BATCH_SMALL else chunk.wire
+                if isinstance(head, _Item):
+                    if not self._live(head):
+                        continue  # acknowledged (or refused) while it waited to be sent
+                    head.sent = True
+                    items.append(head)
+                    if head.size <= BATCH_SMALL:
+                        self._take_batch(items)
                 else:
-                    assert isinstance(item, ingest_pb2.AgentMessage)
-                    msg = item
+                    assert isinstance(head, ingest_pb2.AgentMessage)
+                    msg: ingest_pb2.AgentMessage | bytes = head
+            if items:  # spool files are read here, outside the lock
+                chunks = [c for c in (self._load(it) for it in items) if c is not None]
+                if not chunks:
+                    continue
+                msg = chunks[0].wire if len(chunks) == 1 else batch(chunks)
             yield msg
 
-    def _batch(self, first: EncodedChunk) -> bytes:
-        """Join the small chunks queued right behind ``first`` into one message (caller holds the lock): many
-        quiet pods cost one message per flush, not one each."""
-        chunks = [first]
-        size = first.size
+    def _live(self, item: _Item) -> bool:
+        return self._unacked.get(item.key) is item
+
+    def _take_batch(self, items: list[_Item]) -> None:
+        """Take the small chunks queued right behind the first of ``items`` along, to travel as one message (caller
+        holds the lock): many quiet pods cost one message per flush, not one each."""
+        size = items[0].size
         deadline = time.monotonic() + BATCH_LINGER_S
-        while len(chunks) < BATCH_MAX_CHUNKS:
+        while len(items) < BATCH_MAX_CHUNKS:
             if not self._queue:
                 # The capture loop cuts quiet pods' chunks one after another: linger a moment to take them along.
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._cond.wait(left) or not self._queue:
                     break
             nxt = self._queue[0]
-            if not isinstance(nxt, _Spooled) or nxt.size > BATCH_SMALL or size + nxt.size > BATCH_MAX_BYTES:
+            if not isinstance(nxt, _Item) or nxt.size > BATCH_SMALL or size + nxt.size > BATCH_MAX_BYTES:
                 break
             self._queue.popleft()
-            if (nxt.stream_id, nxt.seq) not in self._unacked:
-                continue
-            loaded = self._load(nxt)
-            if loaded is not None:
-                chunks.append(loaded)
+            if self._live(nxt):
+                nxt.sent = True
+                items.append(nxt)
                 size += nxt.size
-        if len(chunks) == 1:
-            return first.wire
-        return batch(chunks)
 
-    def _load(self, item: _Spooled) -> EncodedChunk | None:
-        if item.chunk is not None:
-            return item.chunk
-        if item.path is None:
-            return None
+    def _load(self, item: _Item) -> EncodedChunk | None:
+        """The chunk to send for ``item`` (no lock held): from memory, from its spool file, or — when that file
+        cannot be read — a gap in its place. None when it was acknowledged meanwhile."""
+        chunk, path = item.chunk, item.path
+        if chunk is not None or path is None:
+            return chunk
         try:
-            with open(item.path, "rb") as f:
+            with open(path, "rb") as f:
                 return EncodedChunk.from_body(f.read())
         except (OSError, DecodeError) as e:
-            log.error("spooled chunk %s unreadable: %s", item.path, e)
-            return None
+            with self._cond:
+                if not self._live(item) or item.path != path:
+                    return item.chunk  # acknowledged meanwhile (its file went with it)
+                self._free(item)
+                item.path = None
+                item.chunk = gap_chunk(item.meta, "spool_error", item.meta.packets)
+                gap = item.chunk
+            log.error("spooled chunk %s unreadable (%s): %d packets lost", path, e, item.meta.packets)
+            _unlink([path])
+            self.on_lost(item.meta.capture_id, item.meta.stream_id, "spool_error", item.meta.packets)
+            return gap
 
     # ---- introspection ----
 
@@ -256,7 +384,20 @@ class UploadLog:
         with self._cond:
             return len(self._unacked), self._mem + self._disk
 
+    def held(self) -> dict[str, int]:
+        """Bytes each stream holds (streams holding any)."""
+        with self._cond:
+            return dict(self._held)
+
     def wait_drained(self, timeout: float) -> bool:
         """Wait until every chunk is acknowledged; False on timeout."""
         with self._cond:
             return self._cond.wait_for(lambda: not self._unacked, timeout)
+
+
+def _unlink(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

@@ -25,7 +25,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from functools import lru_cache
 from typing import BinaryIO
 
@@ -38,8 +37,10 @@ from podcap.collector.cluster import (
     pod_fields,
 )
 from podcap.collector.follow import Subscription
+from podcap.collector.gaps import record_gap
 from podcap.collector.model import ACTIVE, MIN_SEGMENT_BYTES, TERMINAL, Capture, PodState, validate_request
 from podcap.collector.storage.local import (
+    PendingSync,
     PodWriter,
     SegmentInfo,
     StorageError,
@@ -48,19 +49,23 @@ from podcap.collector.storage.local import (
     remove_stray_files,
     segment_path,
 )
-from podcap.collector.store import CaptureRow, CaptureStore
+from podcap.collector.store import CaptureRow, CaptureStore, PodRow
+from podcap.collector.streams import StreamState
 from podcap.collector.targets import NoMatchError, PodRef, parse_target, resolve
+from podcap.drops import LABELS, Drops
 from podcap.names import CaptureId, NodeName, PodUid, new_capture_id
 from podcap.pcapfile import MAX_SNAPLEN, FileFormat, PcapFormatError, scan_records
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)
 
+# A stopping capture ends once every pod has sent its final report, or after STOP_GRACE_S without hearing from its
+# agents (each chunk or report restarts the wait: a backlog still draining is not cut off), STOP_MAX_S at most.
 STOP_GRACE_S = 10.0
+STOP_MAX_S = 600.0
 COMMIT_INTERVAL_S = 0.05
 STORAGE_RETRY_S = 1.0
 MAX_CHUNK_BYTES = 4 << 20
-GAPS_FILE = "gaps.tsv"
 
 
 class CaptureNotFoundError(LookupError):
@@ -73,6 +78,13 @@ class NoAgentError(RuntimeError):
 
 class ChunkRejectedError(ValueError):
     """An agent sent a chunk that can never be stored (malformed, unknown stream, out of order)."""
+
+
+def _heard_from(cap: Capture) -> None:
+    """A stopping capture waits for its agents as long as they keep delivering (caller holds the lock)."""
+    if cap.state == control_pb2.CAPTURE_STATE_STOPPING:
+        now = time.monotonic()
+        cap.stop_deadline = min(cap.stop_started + STOP_MAX_S, max(cap.stop_deadline, now + STOP_GRACE_S))
 
 
 def _fmt(pf: common_pb2.PcapFormat) -> FileFormat:
@@ -125,13 +137,12 @@ class CaptureManager(AgentListener, ClusterListener):
                 ps = PodState(
                     PodRef.from_proto(st.pod),
                     st.path or os.path.join("captures", row.id, st.pod.namespace, st.pod.name),
-                    state=st.state, kernel_base=(st.kernel.received, st.kernel.dropped, st.kernel.if_dropped),
-                    agent_dropped_base=st.agent_dropped_packets, interface=st.interface, message=st.message,
-                    stream_id=pr.stream_id, last_seq=pr.last_seq, committed_seq=pr.last_seq, fmt=pr.format,
-                    packets_total=pr.packets_total, bytes_total=pr.bytes_total,
+                    state=st.state, interface=st.interface, message=st.message, current=pr.stream_id,
+                    fmt=pr.format, orphan=pr.orphan, packets_total=pr.packets_total, bytes_total=pr.bytes_total,
                     retired_packets=st.retired_packets, retired_bytes=st.retired_bytes,
                     reattachments=st.reattachments, dirty=False,
                 )
+                self._load_streams(ps, pr)
                 directory = pod_dir(self.data_dir, cap.id, ps.pod.namespace, ps.dir_name)
                 ps.segments = [SegmentInfo(s.index, segment_path(directory, s.index), s.bytes, s.packets,
                                            s.first_ts_ns, s.last_ts_ns) for s in pr.segments]
@@ -144,16 +155,40 @@ class CaptureManager(AgentListener, ClusterListener):
             if cap.live:
                 log.info("resuming capture %s after a restart", cap.id)
                 if cap.state == control_pb2.CAPTURE_STATE_STOPPING:
-                    cap.stop_deadline = time.monotonic() + STOP_GRACE_S
+                    cap.stop_started = time.monotonic()
+                    cap.stop_deadline = cap.stop_started + STOP_GRACE_S
             else:
                 cap.ended.set()
             self._captures[cap.id] = cap
+
+    @staticmethod
+    def _load_streams(ps: PodState, pr: PodRow) -> None:
+        for sr in pr.streams:
+            stream = StreamState(sr.stream_id, sr.format or common_pb2.PcapFormat(), sr.ordinal,
+                                 last_seq=sr.last_seq, committed_seq=sr.last_seq)
+            stream.load_counters(sr.counters)
+            ps.streams[stream.id] = stream
+        if not pr.streams and pr.stream_id and pr.format is not None:
+            # A data dir of a collector that kept one stream per pod: its counters become one (final) stream.
+            stream = StreamState(pr.stream_id, pr.format, 1, last_seq=pr.last_seq, committed_seq=pr.last_seq,
+                                 kernel=(pr.status.kernel.received, pr.status.kernel.dropped,
+                                         pr.status.kernel.if_dropped),
+                                 final=pr.status.state in TERMINAL, stored=pr.packets_total,
+                                 delivered=pr.packets_total + pr.status.agent_dropped_packets)
+            stream.inband.buffer_full = pr.status.agent_dropped_packets
+            ps.streams[stream.id] = stream
 
     def _recover_pod(self, cap: Capture, ps: PodState, directory: str) -> None:
         """Make the pod's files match what was acknowledged: drop unknown segments, cut the last one back."""
         for path in remove_stray_files(directory, {s.index for s in ps.segments}):
             log.warning("capture %s: removed %s (written after the last commit; the agent re-sends it)",
                         cap.id, path)
+        for seg in [s for s in ps.segments[:-1] if not os.path.exists(s.path)]:
+            # Deleted by retention after the last commit: what the next commit would have recorded.
+            ps.segments.remove(seg)
+            ps.retired_bytes += seg.bytes
+            ps.retired_packets += seg.packets
+            ps.dirty = True
         if ps.segments and ps.fmt is not None:
             last = ps.segments[-1]
             try:
@@ -279,7 +314,8 @@ class CaptureManager(AgentListener, ClusterListener):
                 return
             cap.state = control_pb2.CAPTURE_STATE_STOPPING
             cap.end_reason = reason
-            cap.stop_deadline = time.monotonic() + STOP_GRACE_S
+            cap.stop_started = time.monotonic()
+            cap.stop_deadline = cap.stop_started + STOP_GRACE_S
             cap.dirty = True
             nodes: set[NodeName] = set()
             for ps in cap.pods.values():
@@ -311,6 +347,7 @@ class CaptureManager(AgentListener, ClusterListener):
                 if ps.state not in TERMINAL:
                     ps.state = common_pb2.POD_CAPTURE_STATE_DONE
                     ps.message = ps.message or "no final report from the agent before the stop grace expired"
+                ps.abandon_streams()
                 if ps.writer is not None:
                     self._close_writer(ps)
                 ps.dirty = True
@@ -353,8 +390,9 @@ class CaptureManager(AgentListener, ClusterListener):
                 if not cap.live:
                     continue
                 for ps in cap.pods.values():
-                    if ps.ack_conn is conn:
-                        ps.ack_conn = None
+                    for st in ps.streams.values():
+                        if st.ack_conn is conn:
+                            st.ack_conn = None
                     if ps.pod.node == conn.node and ps.state in ACTIVE:
                         # Keep the stream: a reconnecting agent continues it from its spool.
                         ps.state = common_pb2.POD_CAPTURE_STATE_NO_AGENT
@@ -428,62 +466,87 @@ class CaptureManager(AgentListener, ClusterListener):
             if ps is None or ps.pod.node != conn.node:
                 log.warning("agent %s: event for a pod it does not own (%r) ignored", conn.node, ev.pod_uid)
                 return
-            if ev.state == common_pb2.POD_CAPTURE_STATE_CAPTURING and ev.HasField("format"):
+            _heard_from(cap)
+            st = ps.streams.get(ev.stream_id) if ev.stream_id else None
+            if ev.state == common_pb2.POD_CAPTURE_STATE_CAPTURING and ev.HasField("format") and st is None:
                 if ps.state in TERMINAL:
                     return  # a stream for a pod that already ended
-                if ev.stream_id != ps.stream_id:
-                    self._new_stream(cap, ps, ev)
-                elif ps.state != common_pb2.POD_CAPTURE_STATE_CAPTURING:
-                    # The same stream, continued after a reconnect or a collector restart: nothing was lost.
-                    ps.state = common_pb2.POD_CAPTURE_STATE_CAPTURING
-                    ps.message = ""
-                    ps.gap_since_ns = 0
-            elif ev.stream_id and ev.stream_id != ps.stream_id:
-                return  # late news from a retired stream
-            if ev.HasField("kernel"):
-                ps.kernel = (ev.kernel.received, ev.kernel.dropped, ev.kernel.if_dropped)
-            if ev.agent_dropped_packets > ps.agent_dropped:
-                self._record_gap(cap, ps, ev.agent_dropped_packets - ps.agent_dropped)
-            ps.agent_dropped = ev.agent_dropped_packets
-            if (ev.state == common_pb2.POD_CAPTURE_STATE_PENDING and ev.stream_id
-                    and ev.stream_id == ps.stream_id and ps.state not in TERMINAL):
-                # The stream broke (the pod's interface vanished); the agent re-attaches or reports the pod gone.
-                ps.state = common_pb2.POD_CAPTURE_STATE_PENDING
-                ps.message = ev.message
-                ps.gap_since_ns = time.time_ns()
-            if ev.state in TERMINAL:
-                ps.state = ev.state
-                ps.message = ev.message
-                if ps.writer is not None:
-                    self._close_writer(ps)
-                if ev.state == common_pb2.POD_CAPTURE_STATE_FAILED:
-                    log.warning("capture %s: pod %s failed: %s", cap.id, ps.pod.display, ev.message)
+                st = self._new_stream(cap, ps, ev)
+            elif ev.stream_id and st is None:
+                return  # news of a stream whose start never came: nothing to count it against
+            if st is not None:
+                self._report(cap, ps, st, ev)
+            if st is None or st.id == ps.current:  # the pod's state follows its current stream only
+                self._pod_state(cap, ps, ev)
             ps.dirty = True
             cap.dirty = True
         if ev.state in TERMINAL:
             self._maybe_finish(cap)
 
-    def _record_gap(self, cap: Capture, ps: PodState, packets: int) -> None:
-        """Note in the pod's directory that packets were lost before storage (``gaps.tsv``: when, how many, why),
-        so the stored capture itself says where it has holes."""
-        line = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\t{packets}\tagent upload buffer full\n"
-        log.warning("capture %s: pod %s lost %d packets on its node (agent buffer full)", cap.id, ps.pod.display,
-                    packets)
+    def _pod_state(self, cap: Capture, ps: PodState, ev: ingest_pb2.PodCaptureEvent) -> None:
+        if ev.state == common_pb2.POD_CAPTURE_STATE_CAPTURING:
+            if ev.HasField("format") and ps.state not in (*TERMINAL, common_pb2.POD_CAPTURE_STATE_CAPTURING):
+                # The same stream, continued after a reconnect or a collector restart: nothing was lost.
+                ps.state = common_pb2.POD_CAPTURE_STATE_CAPTURING
+                ps.message = ""
+                ps.gap_since_ns = 0
+        elif ev.state == common_pb2.POD_CAPTURE_STATE_PENDING and ev.stream_id and ps.state not in TERMINAL:
+            # The stream broke (the pod's interface vanished); the agent re-attaches or reports the pod gone.
+            ps.state = common_pb2.POD_CAPTURE_STATE_PENDING
+            ps.message = ev.message
+            ps.gap_since_ns = time.time_ns()
+        elif ev.state in TERMINAL:
+            ps.state = ev.state
+            ps.message = ev.message
+            if ps.writer is not None:
+                self._close_writer(ps)
+            if ev.state == common_pb2.POD_CAPTURE_STATE_FAILED:
+                log.warning("capture %s: pod %s failed: %s", cap.id, ps.pod.display, ev.message)
+
+    def _report(self, cap: Capture, ps: PodState, st: StreamState, ev: ingest_pb2.PodCaptureEvent) -> None:
+        """A stream's counters from its agent (cumulative: a report sent again changes nothing); what it says was
+        lost since the previous one goes to ``gaps.tsv``."""
+        now = time.time_ns()
+        if ev.HasField("kernel"):
+            kernel = (ev.kernel.received, ev.kernel.dropped, ev.kernel.if_dropped)
+            if kernel[1] > st.kernel[1]:
+                self._gap(cap, ps, st, "kernel", kernel[1] - st.kernel[1], st.reported_ns, now)
+            st.kernel = kernel
+        st.delivered = max(st.delivered, ev.delivered)
+        if ev.HasField("drops"):
+            reported = Drops.from_proto(ev.drops)
+            for cause in ("unread", "past_limit"):
+                more = getattr(reported, cause) - getattr(st.reported, cause)
+                if more > 0:
+                    self._gap(cap, ps, st, cause, more, st.reported_ns, now)
+            st.reported = reported
+        st.reported_ns = now
+        if ev.state != common_pb2.POD_CAPTURE_STATE_CAPTURING:
+            st.final = True
+
+    def _gap(self, cap: Capture, ps: PodState, st: StreamState | None, cause: str, packets: int, first_ns: int,
+             last_ns: int) -> None:
+        """Note in the pod's directory that packets are missing (``gaps.tsv``), so the stored capture itself says
+        where it has holes and why."""
+        if cause not in ("kernel", "past_limit", "late"):
+            log.warning("capture %s: pod %s: %d packets not stored (%s)", cap.id, ps.pod.display, packets,
+                        LABELS.get(cause, cause))
         try:
             directory = pod_dir(self.data_dir, cap.id, ps.pod.namespace, ps.dir_name)
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            with open(os.path.join(directory, GAPS_FILE), "a") as f:
-                f.write(line)
-        except OSError as e:
+        except StorageError as e:
             log.error("cannot record the gap: %s", e)
+            return
+        record_gap(directory, first_ns=first_ns, last_ns=last_ns, packets=packets, cause=cause,
+                   stream=st.id if st is not None else "")
 
-    def _new_stream(self, cap: Capture, ps: PodState, ev: ingest_pb2.PodCaptureEvent) -> None:
-        had_stream = ps.fmt is not None
-        ps.retire_stream()
+    def _new_stream(self, cap: Capture, ps: PodState, ev: ingest_pb2.PodCaptureEvent) -> StreamState:
+        had_stream = bool(ps.streams)
+        # Earlier streams that have not reported their end never will: a new one starts only once its agent is done
+        # with them (or it is a new agent).
+        ps.abandon_streams()
         if ps.writer is not None and ps.fmt != ev.format:
             self._close_writer(ps)
-        ps.stream_id = ev.stream_id
-        ps.fmt = ev.format
+        st = ps.add_stream(ev.stream_id, ev.format)
         ps.interface = ev.interface
         ps.state = common_pb2.POD_CAPTURE_STATE_CAPTURING
         ps.message = ""
@@ -494,6 +557,7 @@ class CaptureManager(AgentListener, ClusterListener):
             ps.message = f"re-attached at {now}; no capture for {gap:.1f} s before" if gap else f"re-attached at {now}"
             log.info("capture %s: pod %s %s", cap.id, ps.pod.display, ps.message)
         ps.gap_since_ns = 0
+        return st
 
     # ---- chunks ----
 
@@ -517,6 +581,10 @@ class CaptureManager(AgentListener, ClusterListener):
 
     def _store_chunk(self, conn: AgentConnection, chunk: ingest_pb2.PcapChunk,
                      records: bytes | memoryview) -> ingest_pb2.ChunkAck | None:
+        """Store one chunk of a stream, in order. Nothing about a chunk stops its stream: a chunk that cannot be
+        stored (malformed, past a limit, after the end) is counted under its cause and acknowledged like the others;
+        only a chunk of a capture or pod the collector does not have is refused (ChunkRejectedError). A storage
+        error leaves everything as it was (the caller retries the whole chunk)."""
         cap = self._captures.get(CaptureId(chunk.capture_id))
         if cap is None:
             raise ChunkRejectedError(f"chunk for unknown capture {chunk.capture_id!r}")
@@ -526,65 +594,44 @@ class CaptureManager(AgentListener, ClusterListener):
             if ps is None or ps.pod.node != conn.node:
                 raise ChunkRejectedError(f"chunk for pod {chunk.pod_uid!r}, which capture {cap.id} does not have "
                                          f"on node {conn.node}")
-            if chunk.stream_id != ps.stream_id or ps.fmt is None:
-                raise ChunkRejectedError(f"chunk of stream {chunk.stream_id!r}, which is not the current stream of "
-                                         f"pod {ps.pod.display} in capture {cap.id}")
-            ack = ingest_pb2.ChunkAck(capture_id=cap.id, pod_uid=ps.pod.uid, stream_id=ps.stream_id, seq=chunk.seq)
-            if chunk.seq <= ps.committed_seq:
-                ack.seq = ps.committed_seq
+            st = ps.streams.get(chunk.stream_id)
+            if st is None:
+                self._orphan(cap, ps, chunk)
+                raise ChunkRejectedError(f"chunk of stream {chunk.stream_id!r}, which pod {ps.pod.display} never "
+                                         f"started in capture {cap.id}")
+            ack = ingest_pb2.ChunkAck(capture_id=cap.id, pod_uid=ps.pod.uid, stream_id=st.id, seq=chunk.seq)
+            if chunk.seq <= st.committed_seq:
+                ack.seq = st.committed_seq
                 return ack  # a re-sent duplicate of something already durable
-            if chunk.seq <= ps.last_seq:
-                ps.ack_conn = conn  # written, not yet committed: acknowledged with the next commit
+            if chunk.seq <= st.last_seq:
+                st.ack_conn = conn  # written, not yet committed: acknowledged with the next commit
                 return None
-            if chunk.seq != ps.last_seq + 1:
-                raise ChunkRejectedError(f"chunk {chunk.seq} of {ps.pod.display} arrived after {ps.last_seq}")
-            if not cap.live or cap.limit_reached:
-                self._accept(ps, conn, chunk.seq)
-                return None  # the capture is over or at its limit: acknowledged, nothing more is kept
-            fmt = _fmt(ps.fmt)
-            limits = cap.request.limits
-            data = records
-            max_packets = limits.max_packets - cap.packets_total if limits.max_packets else None
-            writer = self._writer(cap, ps, fmt)
-            now = time.time()
-            max_bytes = None
-            if limits.max_bytes:
-                max_bytes = limits.max_bytes - cap.bytes_total - writer.header_cost(len(data), now)
-            until = cap.deadline_ns or None
-            try:
-                scan = scan_records(data, fmt, max_packets=max_packets, max_bytes=max_bytes, until_ns=until)
-            except PcapFormatError as e:
-                raise ChunkRejectedError(f"malformed chunk {chunk.seq} of {ps.pod.display}: {e}") from e
-            if scan.length < len(data):
-                limit_hit = _cut_reason(data, scan.length, fmt, scan.packets, max_packets, until)
-                data = data[: scan.length]
-            elif chunk.packets and scan.packets != chunk.packets:
-                raise ChunkRejectedError(f"chunk {chunk.seq} of {ps.pod.display} says {chunk.packets} packets, "
-                                         f"holds {scan.packets}")
-            if scan.packets:
-                first = int.from_bytes(bytes(data[0:4]), "little") * 1_000_000_000 + \
-                    int.from_bytes(bytes(data[4:8]), "little") * fmt.ts_scale
-                try:
-                    added, started = writer.append(data, packets=scan.packets, first_ts_ns=first,
-                                                   last_ts_ns=scan.last_ts_ns, now=now)
-                finally:
-                    # A segment opened by a write that then failed (disk full) is still the pod's segment.
-                    seg = writer.current
-                    if seg is not None and (not ps.segments or ps.segments[-1] is not seg):
-                        ps.segments.append(seg)
-                        ps.next_segment = seg.index + 1
-                        ps.dirty = True
-                if cap.followers:
-                    pod_pb, block = ps.pod.to_proto(), bytes(data)
-                    for sub in cap.followers:
-                        if sub.wants(pod_pb):
-                            sub.offer(pod_pb, ps.fmt, block, scan.packets)
-                ps.packets_total += scan.packets
-                ps.bytes_total += added
-                cap.packets_total += scan.packets
-                cap.bytes_total += added
-                self._apply_retention(cap, only=ps)
-            self._accept(ps, conn, chunk.seq)
+            _heard_from(cap)
+            if chunk.seq != st.last_seq + 1:
+                log.error("capture %s: pod %s: chunks %d..%d of stream %s never came; storing on", cap.id,
+                          ps.pod.display, st.last_seq + 1, chunk.seq - 1, st.id)
+            lost = Drops.from_proto(chunk.lost)  # in-band: what the agent lost right before these records
+            extra = Drops()  # what the collector does not keep of this chunk, by cause
+            stored = 0
+            if chunk.packets or len(records):
+                if not cap.live:
+                    extra.late = chunk.packets
+                elif cap.limit_reached:
+                    extra.past_limit = chunk.packets
+                else:
+                    stored, limit_hit = self._write_records(cap, ps, st, chunk, records, extra)
+            # Counted only now that the chunk is done with (a storage error above retries it from the start).
+            first_ns = chunk.first_ts_ns
+            for cause, n in lost.nonzero().items():
+                self._gap(cap, ps, st, cause, n, first_ns if not stored else st.last_ts_ns,
+                          chunk.last_ts_ns if not stored else first_ns)
+            for cause, n in extra.nonzero().items():
+                self._gap(cap, ps, st, cause, n, first_ns, chunk.last_ts_ns)
+            st.inband.add(lost)
+            st.local.add(extra)
+            st.stored += stored
+            st.last_ts_ns = max(st.last_ts_ns, chunk.last_ts_ns)
+            self._accept(ps, st, conn, chunk.seq)
             if self.paused:
                 log.info("storing resumed")
                 self.paused = ""
@@ -594,9 +641,76 @@ class CaptureManager(AgentListener, ClusterListener):
             threading.Thread(target=self._begin_stop, args=(cap, limit_hit), daemon=True).start()
         return None
 
-    def _accept(self, ps: PodState, conn: AgentConnection, seq: int) -> None:
-        ps.last_seq = seq
-        ps.ack_conn = conn
+    def _write_records(self, cap: Capture, ps: PodState, st: StreamState, chunk: ingest_pb2.PcapChunk,
+                       data: bytes | memoryview, extra: Drops) -> tuple[int, str]:
+        """Append what the capture's limits let through of a chunk's records to the pod's segment; returns (packets
+        stored, the limit the chunk reached or ""). What is not stored is counted in ``extra``. Raises
+        StorageError (nothing is counted then)."""
+        fmt = _fmt(st.fmt)
+        limits = cap.request.limits
+        max_packets = limits.max_packets - cap.packets_total if limits.max_packets else None
+        writer = self._writer(cap, ps, fmt)
+        now = time.time()
+        max_bytes = None
+        if limits.max_bytes:
+            max_bytes = limits.max_bytes - cap.bytes_total - writer.header_cost(len(data), now)
+        until = cap.deadline_ns or None
+        try:
+            scan = scan_records(data, fmt, max_packets=max_packets, max_bytes=max_bytes, until_ns=until)
+        except PcapFormatError as e:
+            log.error("capture %s: pod %s: malformed chunk %d of stream %s not stored: %s", cap.id, ps.pod.display,
+                      chunk.seq, st.id, e)
+            extra.rejected = chunk.packets
+            return 0, ""
+        limit_hit = ""
+        if scan.length < len(data):
+            limit_hit = _cut_reason(data, scan.length, fmt, scan.packets, max_packets, until)
+            extra.past_limit = max(0, chunk.packets - scan.packets)
+            data = data[: scan.length]
+        elif chunk.packets and scan.packets != chunk.packets:
+            log.error("capture %s: pod %s: chunk %d of stream %s says %d packets, holds %d; not stored", cap.id,
+                      ps.pod.display, chunk.seq, st.id, chunk.packets, scan.packets)
+            extra.rejected = chunk.packets
+            return 0, ""
+        if not scan.packets:
+            return 0, limit_hit
+        first = int.from_bytes(bytes(data[0:4]), "little") * 1_000_000_000 + \
+            int.from_bytes(bytes(data[4:8]), "little") * fmt.ts_scale
+        try:
+            added, _started = writer.append(data, packets=scan.packets, first_ts_ns=first,
+                                            last_ts_ns=scan.last_ts_ns, now=now)
+        finally:
+            # A segment opened by a write that then failed (disk full) is still the pod's segment.
+            seg = writer.current
+            if seg is not None and (not ps.segments or ps.segments[-1] is not seg):
+                ps.segments.append(seg)
+                ps.next_segment = seg.index + 1
+                ps.dirty = True
+        if cap.followers:
+            pod_pb, block = ps.pod.to_proto(), bytes(data)
+            for sub in cap.followers:
+                if sub.wants(pod_pb):
+                    sub.offer(pod_pb, st.fmt, block, scan.packets)
+        ps.packets_total += scan.packets
+        ps.bytes_total += added
+        cap.packets_total += scan.packets
+        cap.bytes_total += added
+        self._apply_retention(cap, only=ps)
+        return scan.packets, limit_hit
+
+    def _orphan(self, cap: Capture, ps: PodState, chunk: ingest_pb2.PcapChunk) -> None:
+        """A chunk of a stream the pod never started (caller holds the lock): refused, and its packets counted."""
+        lost = Drops.from_proto(chunk.lost)
+        lost.rejected += chunk.packets
+        for cause, n in lost.nonzero().items():
+            self._gap(cap, ps, None, cause, n, chunk.first_ts_ns, chunk.last_ts_ns)
+        ps.orphan.add(lost)
+        ps.dirty = True
+        cap.dirty = True
+
+    def _accept(self, ps: PodState, st: StreamState, conn: AgentConnection, seq: int) -> None:
+        st.last_seq = seq
+        st.ack_conn = conn
         ps.dirty = True
         self._commit_now.set()
 
@@ -666,50 +780,61 @@ class CaptureManager(AgentListener, ClusterListener):
 
     def _commit(self, cap: Capture) -> None:
         """Sync written segments, persist dirty pods and the capture state in one transaction, then send the
-        acknowledgements the commit made true."""
+        acknowledgements the commit made true. The device flush runs without the capture's lock (appends go on
+        meanwhile; what was appended before the snapshot is what this commit records); commits of one capture
+        run one at a time, so the database never goes back to an older snapshot."""
         started = time.monotonic()
-        with cap.lock:
-            dirty = [ps for ps in cap.pods.values() if ps.dirty]
-            if not cap.dirty and not dirty:
-                return
-            rows = {}
-            committed: list[tuple[PodState, str, int, AgentConnection | None]] = []
-            try:
-                for ps in dirty:
-                    if ps.writer is not None:
-                        ps.writer.sync()
-                        if ps.close_pending:
-                            self._close_writer(ps)
-            except BaseException:
-                raise  # nothing of this commit is recorded or acknowledged; every dirty pod stays dirty
-            for ps in dirty:
-                row = ps.to_row()
-                if ps.last_seq > ps.committed_seq:
-                    row = replace(row, last_seq=ps.last_seq)  # synced above: this commit acknowledges it
-                    committed.append((ps, ps.stream_id, ps.last_seq, ps.ack_conn))
-                rows[str(ps.pod.uid)] = row
-                ps.dirty = False
-            state, ended, reason = cap.state, cap.ended_ns, cap.end_reason
-            cap.dirty = False
-        try:
-            self.store.commit(cap.id, state=state, ended_ns=ended, end_reason=reason, pods=rows)
-        except BaseException:
+        with cap.commit_lock:
             with cap.lock:
+                dirty = [ps for ps in cap.pods.values() if ps.dirty]
+                if not cap.dirty and not dirty:
+                    return
+                syncs: list[PendingSync] = []
+                try:
+                    for ps in dirty:
+                        if ps.writer is not None and ps.close_pending:
+                            ps.writer.sync()  # rare (a close failed): under the lock, and fatal to this commit
+                            self._close_writer(ps)
+                        if ps.writer is not None:
+                            pending = ps.writer.sync_later()
+                            if pending is not None:
+                                syncs.append(pending)
+                except BaseException:
+                    for pending in syncs:
+                        pending.close()
+                    raise  # nothing of this commit is recorded or acknowledged; every dirty pod stays dirty
+                rows = {}
+                committed: list[tuple[PodState, StreamState, int, AgentConnection | None]] = []
                 for ps in dirty:
-                    ps.dirty = True
-                cap.dirty = True
-            raise
-        with cap.lock:
-            for ps, stream, seq, _conn in committed:
-                if ps.stream_id == stream:
-                    ps.committed_seq = max(ps.committed_seq, seq)
+                    rows[str(ps.pod.uid)] = ps.to_row()
+                    for st in ps.streams.values():
+                        if st.last_seq > st.committed_seq:
+                            committed.append((ps, st, st.last_seq, st.ack_conn))
+                    ps.dirty = False
+                state, ended, reason = cap.state, cap.ended_ns, cap.end_reason
+                cap.dirty = False
+            try:
+                for pending in syncs:
+                    pending.run()
+                self.store.commit(cap.id, state=state, ended_ns=ended, end_reason=reason, pods=rows)
+            except BaseException:
+                for pending in syncs:
+                    pending.close()
+                with cap.lock:
+                    for ps in dirty:
+                        ps.dirty = True
+                    cap.dirty = True
+                raise
+            with cap.lock:
+                for _ps, st, seq, _conn in committed:
+                    st.committed_seq = max(st.committed_seq, seq)
         if committed:
             self.commit_seconds(time.monotonic() - started)
         by_conn: dict[int, tuple[AgentConnection, list[ingest_pb2.ChunkAck]]] = {}
-        for ps, stream, seq, conn in committed:
+        for ps, st, seq, conn in committed:
             if conn is not None:
                 by_conn.setdefault(id(conn), (conn, []))[1].append(ingest_pb2.ChunkAck(
-                    capture_id=cap.id, pod_uid=ps.pod.uid, stream_id=stream, seq=seq))
+                    capture_id=cap.id, pod_uid=ps.pod.uid, stream_id=st.id, seq=seq))
         for conn, acks in by_conn.values():  # one message per agent and commit, however many streams it covers
             if len(acks) == 1:
                 conn.send(ingest_pb2.CollectorMessage(ack=acks[0]))

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector as PromCollector
 
 from podcap.collector.agents import AgentRegistry
 from podcap.collector.captures import CaptureManager
+from podcap.drops import CAUSES
 
 COMMIT_SECONDS = Histogram("podcap_commit_seconds", "Time to make a batch of chunks durable and acknowledge it",
                            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
@@ -34,8 +35,11 @@ class CaptureMetrics(PromCollector):
                                       labels=labels)
         nbytes = CounterMetricFamily("podcap_stored_bytes", "Bytes written per pod (retention included)",
                                      labels=labels)
-        drops = CounterMetricFamily("podcap_dropped_packets", "Packets lost per pod by kind",
-                                    labels=[*labels, "kind"])
+        drops = CounterMetricFamily("podcap_dropped_packets", "Packets not stored per pod, by kind: kernel, "
+                                    "interface, and every cause of podcap's own", labels=[*labels, "kind"])
+        unaccounted = GaugeMetricFamily("podcap_unaccounted_packets", "Received by the kernel, neither stored nor "
+                                        "counted as dropped (in flight while a capture runs; 0 once it ended)",
+                                        labels=labels)
         n_active = 0
         for cap in self.captures.all():
             st = self.captures.status(cap)
@@ -46,11 +50,13 @@ class CaptureMetrics(PromCollector):
                 nbytes.add_metric(key, p.bytes + p.retired_bytes)
                 drops.add_metric([*key, "kernel"], p.kernel.dropped)
                 drops.add_metric([*key, "interface"], p.kernel.if_dropped)
-                drops.add_metric([*key, "agent"], p.agent_dropped_packets)
+                for cause in CAUSES:
+                    drops.add_metric([*key, cause], getattr(p.drops, cause))
+                unaccounted.add_metric(key, p.unaccounted)
         active.add_metric([], n_active)
         agents.add_metric([], len(self.registry.agents()))
         paused.add_metric([], 1 if self.captures.paused else 0)
-        yield from (active, agents, paused, packets, nbytes, drops)
+        yield from (active, agents, paused, packets, nbytes, drops, unaccounted)
 
 
 def serve_metrics(address: str, captures: CaptureManager, registry: AgentRegistry) -> int:

@@ -1,9 +1,8 @@
 """The collector's in-memory model of captures and their pods, and validation of start requests.
 
-``Capture`` and ``PodState`` hold what ``podcap status`` shows and what storage needs: per pod the current stream
-(id, last stored chunk, last acknowledged chunk), its segments, cumulative and retired counters, and the kernel and
-agent drop counters of every stream it had (a re-attached pod starts a new stream at zero; earlier streams are
-folded into ``*_base``). ``to_row`` is the persisted form (``podcap.collector.store``).
+``Capture`` and ``PodState`` hold what ``podcap status`` shows and what storage needs: per pod every stream it had
+(``podcap.collector.streams``: sequence position and accounting; the newest is the current one), its segments,
+cumulative and retired counters. ``to_row`` is the persisted form (``podcap.collector.store``).
 """
 
 from __future__ import annotations
@@ -12,12 +11,13 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-from podcap.collector.agents import AgentConnection
 from podcap.collector.filters import check_filter
 from podcap.collector.follow import Subscription
 from podcap.collector.storage.local import PodWriter, SegmentInfo
-from podcap.collector.store import PodRow, SegmentRow
+from podcap.collector.store import PodRow, SegmentRow, StreamRow
+from podcap.collector.streams import StreamState, pod_counts
 from podcap.collector.targets import PodRef, TargetSpec, parse_target
+from podcap.drops import Drops
 from podcap.names import CaptureId, PodUid
 from podcap.pcapfile import FILE_HEADER_LEN, MAX_SNAPLEN
 from podcap.v1 import common_pb2, control_pb2
@@ -35,16 +35,14 @@ class PodState:
     pod: PodRef
     rel_path: str
     state: common_pb2.PodCaptureState.ValueType = common_pb2.POD_CAPTURE_STATE_PENDING
-    kernel: tuple[int, int, int] = (0, 0, 0)
-    kernel_base: tuple[int, int, int] = (0, 0, 0)
-    agent_dropped: int = 0
-    agent_dropped_base: int = 0
     interface: str = ""
     message: str = ""
-    stream_id: str = ""
-    last_seq: int = 0  # last chunk of the stream stored (written)
-    committed_seq: int = 0  # last chunk of the stream durably recorded (acknowledged)
+    # Every stream the pod had, by id; ``current`` is the newest (its format is ``fmt``, what the pod's files hold).
+    streams: dict[str, StreamState] = field(default_factory=dict)
+    current: str = ""
     fmt: common_pb2.PcapFormat | None = None
+    # Packets of chunks of streams the collector never saw start (refused, and counted here).
+    orphan: Drops = field(default_factory=Drops)
     writer: PodWriter | None = None
     close_pending: bool = False  # closing the writer failed (its last bytes not yet on disk): the committer retries
     segments: list[SegmentInfo] = field(default_factory=list)
@@ -55,9 +53,8 @@ class PodState:
     retired_bytes: int = 0
     reattachments: int = 0
     gap_since_ns: int = 0
-    # Changed since the last commit; and the connection owed an acknowledgement once it is committed.
+    # Changed since the last commit.
     dirty: bool = True
-    ack_conn: AgentConnection | None = None
 
     @property
     def dir_name(self) -> str:
@@ -68,35 +65,45 @@ class PodState:
     def stored_bytes(self) -> int:
         return self.bytes_total - self.retired_bytes
 
-    def retire_stream(self) -> None:
-        """Fold a finished stream's counters into the base, so a new stream's counters start at zero."""
-        self.kernel_base = (self.kernel_base[0] + self.kernel[0], self.kernel_base[1] + self.kernel[1],
-                            self.kernel_base[2] + self.kernel[2])
-        self.kernel = (0, 0, 0)
-        self.agent_dropped_base += self.agent_dropped
-        self.agent_dropped = 0
-        self.stream_id = ""
-        self.last_seq = self.committed_seq = 0
-        self.ack_conn = None
+    def add_stream(self, stream_id: str, fmt: common_pb2.PcapFormat) -> StreamState:
+        """A stream seen starting for the first time: it becomes the current one."""
+        st = StreamState(stream_id, fmt, ordinal=1 + max((s.ordinal for s in self.streams.values()), default=0))
+        self.streams[stream_id] = st
+        self.current = stream_id
+        self.fmt = fmt
+        return st
+
+    def abandon_streams(self) -> None:
+        """Streams that have not sent their final report will never send it (their agent is gone for good, or the
+        capture is over): account for them with what is known."""
+        for st in self.streams.values():
+            if not st.final and not st.abandoned:
+                st.abandoned = True
+                self.dirty = True
 
     def status(self) -> control_pb2.PodStatus:
-        k = self.kernel_base
+        counts = pod_counts(list(self.streams.values()), self.orphan)
+        stored = self.packets_total - self.retired_packets
         return control_pb2.PodStatus(
-            pod=self.pod.to_proto(), state=self.state, packets=self.packets_total - self.retired_packets,
-            bytes=self.stored_bytes,
-            kernel=common_pb2.KernelStats(received=k[0] + self.kernel[0], dropped=k[1] + self.kernel[1],
-                                          if_dropped=k[2] + self.kernel[2]),
-            agent_dropped_packets=self.agent_dropped_base + self.agent_dropped, interface=self.interface,
-            message=self.message, segments=len(self.segments), path=self.rel_path,
+            pod=self.pod.to_proto(), state=self.state, packets=stored, bytes=self.stored_bytes,
+            kernel=common_pb2.KernelStats(received=counts.received, dropped=counts.dropped,
+                                          if_dropped=counts.if_dropped),
+            agent_dropped_packets=counts.drops.agent_total(), drops=counts.drops.to_proto(),
+            unaccounted=counts.received - stored - self.retired_packets - counts.dropped - counts.drops.total(),
+            interface=self.interface, message=self.message, segments=len(self.segments), path=self.rel_path,
             reattachments=self.reattachments, retired_bytes=self.retired_bytes,
             retired_packets=self.retired_packets,
         )
 
     def to_row(self) -> PodRow:
+        current = self.streams.get(self.current)
         return PodRow(
-            status=self.status(), format=self.fmt, stream_id=self.stream_id, last_seq=self.committed_seq,
+            status=self.status(), format=self.fmt, stream_id=self.current,
+            last_seq=current.last_seq if current is not None else 0,
             packets_total=self.packets_total, bytes_total=self.bytes_total,
             segments=[SegmentRow(s.index, s.bytes, s.packets, s.first_ts_ns, s.last_ts_ns) for s in self.segments],
+            streams=[StreamRow(s.id, s.ordinal, s.fmt, s.last_seq, s.counters_json()) for s in self.streams.values()],
+            orphan=self.orphan.copy(),
         )
 
 
@@ -114,7 +121,11 @@ class Capture:
     packets_total: int = 0
     bytes_total: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # Held for a whole commit (sync, database, acknowledgements' bookkeeping), so that commits of one capture run
+    # one at a time; always taken before ``lock``, never while holding it.
+    commit_lock: threading.Lock = field(default_factory=threading.Lock)
     ended: threading.Event = field(default_factory=threading.Event)
+    stop_started: float = 0.0
     stop_deadline: float = 0.0
     dirty: bool = True
     # Set (under the lock) by the chunk that reached a packet or byte limit: nothing after it is stored.

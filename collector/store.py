@@ -1,8 +1,9 @@
 """Capture metadata in SQLite next to the pcap files (``<data>/podcap.db``).
 
 Holds what must outlive the collector process: each capture's request, state, times and end reason; per pod its
-state, counters, current stream and the last acknowledged chunk; and the segment index (file, bytes, packets,
-first/last timestamp) that says exactly which bytes of which file were acknowledged. The capture manager writes a
+state and counters; per stream of a pod its format, last acknowledged chunk and accounting (``streams``); and the
+segment index (file, bytes, packets, first/last timestamp) that says exactly which bytes of which file were
+acknowledged. The capture manager writes a
 capture's rows in one transaction *after* syncing the pcap files and *before* sending acknowledgements, so after a
 crash the database never claims more than the disk holds, and the disk's surplus (never acknowledged, so the
 agents still hold it) is cut back on startup. WAL mode with ``synchronous=FULL`` makes each commit durable.
@@ -10,10 +11,12 @@ agents still hold it) is cut back on startup. WAL mode with ``synchronous=FULL``
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from dataclasses import dataclass, field
 
+from podcap.drops import CAUSES, Drops
 from podcap.v1 import common_pb2, control_pb2
 
 _SCHEMA = """
@@ -45,6 +48,16 @@ CREATE TABLE IF NOT EXISTS audit (
     filter TEXT NOT NULL,
     result TEXT NOT NULL,
     detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS streams (
+    capture_id TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    ordinal INTEGER NOT NULL,
+    format BLOB,
+    last_seq INTEGER NOT NULL,
+    counters TEXT NOT NULL,
+    PRIMARY KEY (capture_id, uid, stream_id)
 );
 CREATE TABLE IF NOT EXISTS segments (
     capture_id TEXT NOT NULL,
@@ -79,6 +92,17 @@ class SegmentRow:
 
 
 @dataclass(frozen=True)
+class StreamRow:
+    """One stream of a pod: its format, the last chunk acknowledged, its accounting (``StreamState`` JSON)."""
+
+    stream_id: str
+    ordinal: int
+    format: common_pb2.PcapFormat | None
+    last_seq: int
+    counters: str
+
+
+@dataclass(frozen=True)
 class PodRow:
     """Everything persisted about one pod of a capture."""
 
@@ -90,6 +114,9 @@ class PodRow:
     packets_total: int
     bytes_total: int
     segments: list[SegmentRow] = field(default_factory=list)
+    streams: list[StreamRow] = field(default_factory=list)
+    # Drops of chunks of streams never seen starting.
+    orphan: Drops = field(default_factory=Drops)
 
 
 class CaptureStore:
@@ -100,6 +127,9 @@ class CaptureStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(pods)")}
+            if "orphan" not in columns:  # a data dir of an older collector
+                self._db.execute("ALTER TABLE pods ADD COLUMN orphan TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         with self._lock:
@@ -123,13 +153,23 @@ class CaptureStore:
                 for uid, row in pods.items():
                     self._db.execute(
                         "INSERT INTO pods (capture_id, uid, status, format, stream_id, last_seq, packets_total,"
-                        " bytes_total) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (capture_id, uid) DO UPDATE SET"
-                        " status=excluded.status, format=excluded.format, stream_id=excluded.stream_id,"
+                        " bytes_total, orphan) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (capture_id, uid) DO UPDATE"
+                        " SET status=excluded.status, format=excluded.format, stream_id=excluded.stream_id,"
                         " last_seq=excluded.last_seq, packets_total=excluded.packets_total,"
-                        " bytes_total=excluded.bytes_total",
+                        " bytes_total=excluded.bytes_total, orphan=excluded.orphan",
                         (capture_id, uid, row.status.SerializeToString(),
                          row.format.SerializeToString() if row.format is not None else None,
-                         row.stream_id, row.last_seq, row.packets_total, row.bytes_total),
+                         row.stream_id, row.last_seq, row.packets_total, row.bytes_total,
+                         json.dumps(row.orphan.nonzero())),
+                    )
+                    self._db.executemany(
+                        "INSERT INTO streams (capture_id, uid, stream_id, ordinal, format, last_seq, counters)"
+                        " VALUES (?,?,?,?,?,?,?) ON CONFLICT (capture_id, uid, stream_id) DO UPDATE SET"
+                        " ordinal=excluded.ordinal, format=excluded.format, last_seq=excluded.last_seq,"
+                        " counters=excluded.counters",
+                        [(capture_id, uid, s.stream_id, s.ordinal,
+                          s.format.SerializeToString() if s.format is not None else None, s.last_seq, s.counters)
+                         for s in row.streams],
                     )
                     self._db.execute("DELETE FROM segments WHERE capture_id=? AND uid=?", (capture_id, uid))
                     self._db.executemany(
@@ -177,8 +217,12 @@ class CaptureStore:
     def pods(self, capture_id: str) -> list[PodRow]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT uid, status, format, stream_id, last_seq, packets_total, bytes_total FROM pods"
+                "SELECT uid, status, format, stream_id, last_seq, packets_total, bytes_total, orphan FROM pods"
                 " WHERE capture_id=? ORDER BY rowid", (capture_id,),
+            ).fetchall()
+            stream_rows = self._db.execute(
+                "SELECT uid, stream_id, ordinal, format, last_seq, counters FROM streams WHERE capture_id=?"
+                " ORDER BY uid, ordinal", (capture_id,),
             ).fetchall()
             segs = self._db.execute(
                 "SELECT uid, idx, bytes, packets, first_ts_ns, last_ts_ns FROM segments WHERE capture_id=?"
@@ -187,13 +231,22 @@ class CaptureStore:
         by_uid: dict[str, list[SegmentRow]] = {}
         for uid, idx, nbytes, packets, first, last in segs:
             by_uid.setdefault(uid, []).append(SegmentRow(idx, nbytes, packets, first, last))
+        streams: dict[str, list[StreamRow]] = {}
+        for uid, stream_id, ordinal, fmt, last_seq, counters in stream_rows:
+            streams.setdefault(uid, []).append(StreamRow(stream_id, ordinal, _format(fmt), last_seq, counters))
         out = []
-        for uid, status, fmt, stream_id, last_seq, packets_total, bytes_total in rows:
+        for uid, status, fmt, stream_id, last_seq, packets_total, bytes_total, orphan in rows:
             st = control_pb2.PodStatus()
             st.ParseFromString(status)
-            pf = None
-            if fmt is not None:
-                pf = common_pb2.PcapFormat()
-                pf.ParseFromString(fmt)
-            out.append(PodRow(st, pf, stream_id, last_seq, packets_total, bytes_total, by_uid.get(uid, [])))
+            lost = {c: int(n) for c, n in json.loads(orphan or "{}").items() if c in CAUSES}
+            out.append(PodRow(st, _format(fmt), stream_id, last_seq, packets_total, bytes_total,
+                              by_uid.get(uid, []), streams.get(uid, []), Drops(**lost)))
         return out
+
+
+def _format(blob: bytes | None) -> common_pb2.PcapFormat | None:
+    if blob is None:
+        return None
+    pf = common_pb2.PcapFormat()
+    pf.ParseFromString(blob)
+    return pf

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from podcap.collector.cli.render import capture_state, target_text
 from podcap.collector.client import CollectorClient, CollectorError
 from podcap.collector.storage.pcapng import InterfaceInfo, InterfaceStats, SectionInfo
+from podcap.drops import Drops
 from podcap.names import InvalidNameError, check_namespace, check_pod_name
 from podcap.v1 import common_pb2, control_pb2
 
@@ -141,8 +142,9 @@ def pod_stats(status: control_pb2.CaptureStatus, pod: common_pb2.Pod) -> Interfa
         received=ps.kernel.received,
         kernel_dropped=ps.kernel.dropped,
         if_dropped=ps.kernel.if_dropped,
-        agent_dropped=ps.agent_dropped_packets,
+        drops=Drops.from_proto(ps.drops),
         delivered=ps.packets,
+        retired=ps.retired_packets,
     )
 
 

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from podcap.collector.cli.units import human_bytes, human_duration
+from podcap.drops import Drops
 from podcap.v1 import common_pb2, control_pb2
 
 
@@ -98,17 +99,41 @@ def _elapsed(status: control_pb2.CaptureStatus) -> str:
     return human_duration((end - status.created_unix_ns) / 1e9)
 
 
+def drops_text(p: control_pb2.PodStatus) -> str:
+    """Every packet of a pod not stored, by cause: ``"kernel 12, buffer-full 300"``, or ``"0"``."""
+    parts = [f"kernel {p.kernel.dropped}"] if p.kernel.dropped else []
+    if p.kernel.if_dropped:
+        parts.append(f"interface {p.kernel.if_dropped}")
+    parts += [f"{cause.replace('_', '-')} {n}" for cause, n in Drops.from_proto(p.drops).nonzero().items()]
+    if p.retired_packets:
+        parts.append(f"deleted-by-retention {p.retired_packets}")
+    return ", ".join(parts) or "0"
+
+
+def accounting_caption(status: control_pb2.CaptureStatus) -> str:
+    """Once a capture is over: whether every packet the kernel delivered is stored or counted as dropped."""
+    if status.state in (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING):
+        return ""
+    received = sum(p.kernel.received for p in status.pods)
+    off = [p for p in status.pods if p.unaccounted]
+    if off:
+        return (f"{sum(p.unaccounted for p in off)} packet(s) of {len(off)} pod(s) are neither stored nor counted "
+                "as dropped (a podcap defect: please report it)")
+    return f"all {received} packets the kernel delivered are stored, deleted by retention or counted as dropped"
+
+
 def capture_table(status: control_pb2.CaptureStatus) -> Table:
     title = (f"capture {status.id}: {capture_state(status.state)}"
              f"{' (' + status.end_reason + ')' if status.end_reason else ''}, {_elapsed(status)}, "
              f"{status.packets} packets, {human_bytes(status.bytes)}")
-    table = Table(title=title, title_justify="left")
-    for col in ("pod", "node", "state", "packets", "bytes", "kernel drops", "agent drops", "interface", "note"):
-        table.add_column(col, justify="right" if col in ("packets", "bytes", "kernel drops", "agent drops") else "left")
+    table = Table(title=title, title_justify="left", caption=accounting_caption(status) or None,
+                  caption_justify="left")
+    numeric = ("received", "packets", "bytes")
+    for col in ("pod", "node", "state", "received", "packets", "bytes", "drops", "interface", "note"):
+        table.add_column(col, justify="right" if col in numeric else "left")
     for p in status.pods:
-        table.add_row(f"{p.pod.namespace}/{p.pod.name}", p.pod.node, pod_state(p.state), str(p.packets),
-                      human_bytes(p.bytes), str(p.kernel.dropped + p.kernel.if_dropped),
-                      str(p.agent_dropped_packets), p.interface, p.message)
+        table.add_row(f"{p.pod.namespace}/{p.pod.name}", p.pod.node, pod_state(p.state), str(p.kernel.received),
+                      str(p.packets), human_bytes(p.bytes), drops_text(p), p.interface, p.message)
     return table
 
 

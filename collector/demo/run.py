@@ -25,6 +25,7 @@ from podcap.collector.cli.read_cmds import download_capture
 from podcap.collector.client import CollectorClient
 from podcap.collector.demo.node import DemoNode
 from podcap.collector.server import start_collector
+from podcap.drops import total_of
 from podcap.names import NodeName
 from podcap.pcapfile import read_file
 from podcap.v1 import control_pb2
@@ -38,7 +39,7 @@ class DemoRow:
     packets: int
     bytes: int
     kernel_drops: int
-    agent_drops: int
+    podcap_drops: int
     file: str
 
 
@@ -109,7 +110,7 @@ def run_demo(pods: int, seconds: float, out: str, *, say: Callable[[str], None] 
             path = files.get(key, "")
             packets = len(read_file(path)[1]) if path else 0
             rows.append(DemoRow(key, packets, os.path.getsize(path) if path else 0,
-                                p.kernel.dropped + p.kernel.if_dropped, p.agent_dropped_packets, path))
+                                p.kernel.dropped + p.kernel.if_dropped, total_of(p.drops), path))
         state = control_pb2.CaptureState.Name(final.state).removeprefix("CAPTURE_STATE_").lower()
         return DemoResult(final.id, state, rows)
     finally:

@@ -161,6 +161,13 @@ class Appender:
         self.publish()
         os.fdatasync(self._fd)
 
+    def sync_later(self) -> int:
+        """Publish every appended byte and return a new descriptor of the file: ``fdatasync`` on it (then close it)
+        makes those bytes durable, from any thread, while appends go on — the caller need not hold its lock
+        across the device flush."""
+        self.publish()
+        return os.dup(self._fd)
+
     def close(self) -> None:
         """Sync, then close. If the sync fails nothing is closed: the tail is still only here, so the caller keeps
         the appender and tries again (the bytes were never acknowledged)."""

@@ -99,6 +99,27 @@ def remove_stray_files(directory: str, keep: set[int]) -> list[str]:
     return removed
 
 
+@dataclass
+class PendingSync:
+    """A segment's bytes, published and waiting for the device flush (``run``, from any thread, exactly once)."""
+
+    fd: int
+    path: str
+
+    def run(self) -> None:
+        try:
+            os.fdatasync(self.fd)
+        except OSError as e:
+            raise StorageError(e.errno, f"cannot sync {self.path}: {e.strerror}") from e
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class PodWriter:
     """Appends chunks of records to one pod's current segment, rotating as configured."""
 
@@ -188,6 +209,15 @@ class PodWriter:
                 self._file.sync()
             except OSError as e:
                 raise StorageError(e.errno, f"cannot sync {self._file.path}: {e.strerror}") from e
+
+    def sync_later(self) -> PendingSync | None:
+        """Everything appended so far, made durable by ``PendingSync.run`` (see ``Appender.sync_later``)."""
+        if self._file is None:
+            return None
+        try:
+            return PendingSync(self._file.sync_later(), self._file.path)
+        except OSError as e:
+            raise StorageError(e.errno, f"cannot write {self._file.path}: {e.strerror}") from e
 
     def close(self) -> None:
         """Sync and close the current segment. Raises StorageError and stays open (with everything appended still

@@ -20,9 +20,10 @@ is kept; an input whose records are not time-ordered (a clock step on a node) is
 in memory.
 
 Drop counters in the ISB: ``isb_ifdrop`` carries *every* packet lost on the way (kernel ring full, interface,
-podcap agent buffer full), as dumpcap does, because it is the number Wireshark shows as "Dropped packets";
-``isb_osdrop`` carries the kernel ring part alone, ``isb_ifrecv`` libpcap's ``ps_recv``, ``isb_usrdeliv`` the
-packets stored, and an ``opt_comment`` spells out the breakdown.
+and every cause of ``podcap.drops``), as dumpcap does, because it is the number Wireshark shows as "Dropped
+packets"; ``isb_osdrop`` carries the kernel ring part alone, ``isb_ifrecv`` libpcap's ``ps_recv``,
+``isb_usrdeliv`` the packets stored, and an ``opt_comment`` spells out the breakdown by cause (and what retention
+deleted), so that received = stored + deleted + every drop can be read off the file.
 
 ``read_pcapng`` is a small reader for files written here (tests and tools), not a general pcapng parser.
 """
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from podcap import __version__
+from podcap.drops import LABELS, Drops
 from podcap.pcapfile import FILE_HEADER_LEN, RECORD_HEADER_LEN, PcapFormatError, parse_file_header
 
 BLOCK_SHB = 0x0A0D0D0A
@@ -109,17 +111,23 @@ class InterfaceStats:
     received: int | None = None
     kernel_dropped: int = 0
     if_dropped: int = 0
-    agent_dropped: int = 0
+    drops: Drops = field(default_factory=Drops)
     delivered: int | None = None
+    retired: int = 0  # deleted by retention (neither stored nor dropped)
 
     @property
     def lost(self) -> int:
-        return self.kernel_dropped + self.if_dropped + self.agent_dropped
+        return self.kernel_dropped + self.if_dropped + self.drops.total()
 
     def comment(self) -> str:
-        text = (f"dropped {self.lost}: kernel ring full {self.kernel_dropped}, interface {self.if_dropped}, "
-                f"podcap agent buffer full {self.agent_dropped}")
-        return text + (f"; stored {self.delivered}" if self.delivered is not None else "")
+        parts = [f"kernel ring full {self.kernel_dropped}", f"interface {self.if_dropped}"]
+        parts += [f"{LABELS[c]} {n}" for c, n in self.drops.nonzero().items()]
+        text = f"dropped {self.lost}: " + ", ".join(parts)
+        if self.delivered is not None:
+            text += f"; stored {self.delivered}"
+        if self.retired:
+            text += f"; deleted by retention {self.retired}"
+        return text
 
 
 @dataclass(frozen=True)

@@ -180,9 +180,11 @@ def test_max_bytes_never_exceeded(collector: tuple[str, str, Proc], node: DemoNo
     assert st["end_reason"] == "max-bytes reached", st
     data_dir = collector[1]
     on_disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(data_dir, "captures", cid))
-                  for f in fs)
+                  for f in fs if f.endswith(".pcap"))  # the segments (gaps.tsv beside them says what was cut)
     assert limit - 300 < on_disk <= limit
     assert int(st["bytes"]) == on_disk
+    for p in st["pods"]:  # what came past the limit is counted, not lost
+        assert int(p["unaccounted"]) == 0, p
 
 
 def test_bad_input_is_one_line_nonzero_and_starts_nothing(collector: tuple[str, str, Proc], node: DemoNode,

@@ -1,5 +1,6 @@
 """The collector's chunk path without sockets: validation, de-duplication, durable acknowledgements, exact limits,
-retention, stop, and recovery after a crash."""
+retention, stop, recovery after a crash, and the accounting of every packet (gaps are data: nothing about one
+chunk stops its stream)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import pytest
 
 from podcap.collector.agents import AgentConnection, AgentRegistry
 from podcap.collector.captures import CaptureManager, ChunkRejectedError
+from podcap.collector.gaps import read_gaps
 from podcap.collector.storage.local import list_segments
 from podcap.collector.store import CaptureStore
 from podcap.collector.targets import NoMatchError, PodRef
+from podcap.drops import total_of
 from podcap.names import NodeName, PodUid
 from podcap.pcapfile import read_file
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
@@ -100,10 +103,12 @@ def test_chunks_stored_once_in_order(env: tuple[CaptureManager, AgentConnection,
     assert acked(mgr, conn, cid) == {"uid-0": 2}
     dup = mgr.on_chunk(conn, chunk(cid, "uid-0", 2, records(5, 5), 5))  # duplicate of something durable
     assert dup is not None and dup.seq == 2
-    with pytest.raises(ChunkRejectedError):
-        mgr.on_chunk(conn, chunk(cid, "uid-0", 4, records(10, 5), 5))  # gap
-    assert stored(mgr, data, cid, "web-0") == list(range(10))
-    assert mgr.get(cid).status().pods[0].packets == 10
+    # A missing chunk (3) never stops the stream: what follows is stored.
+    assert mgr.on_chunk(conn, chunk(cid, "uid-0", 4, records(10, 5), 5)) is None
+    assert mgr.on_chunk(conn, chunk(cid, "uid-0", 5, records(15, 5), 5)) is None
+    assert acked(mgr, conn, cid) == {"uid-0": 5}
+    assert stored(mgr, data, cid, "web-0") == list(range(20))
+    assert mgr.get(cid).status().pods[0].packets == 20
 
 
 @pytest.mark.parametrize(
@@ -113,14 +118,17 @@ def test_chunks_stored_once_in_order(env: tuple[CaptureManager, AgentConnection,
         records(0, 3) + b"\x00" * 5,  # trailing garbage
     ],
 )
-def test_malformed_chunk_rejected_without_touching_storage(env: tuple[CaptureManager, AgentConnection, str],
+def test_malformed_chunk_is_counted_and_the_stream_goes_on(env: tuple[CaptureManager, AgentConnection, str],
                                                            bad: bytes) -> None:
     mgr, conn, data = env
     cid = start(mgr, conn)
     mgr.on_chunk(conn, chunk(cid, "uid-1", 1, records(0, 2), 2))
-    with pytest.raises(ChunkRejectedError):
-        mgr.on_chunk(conn, chunk(cid, "uid-1", 2, bad, 3))
-    assert stored(mgr, data, cid, "web-1") == [0, 1]
+    assert mgr.on_chunk(conn, chunk(cid, "uid-1", 2, bad, 3)) is None  # not stored, acknowledged, counted
+    mgr.on_chunk(conn, chunk(cid, "uid-1", 3, records(2, 2), 2))
+    assert acked(mgr, conn, cid) == {"uid-1": 3}
+    assert stored(mgr, data, cid, "web-1") == [0, 1, 2, 3]
+    pod = mgr.get(cid).status().pods[1]
+    assert pod.drops.rejected == 3 and pod.packets == 4
 
 
 def test_chunk_from_another_node_or_capture_rejected(env: tuple[CaptureManager, AgentConnection, str]) -> None:
@@ -131,9 +139,10 @@ def test_chunk_from_another_node_or_capture_rejected(env: tuple[CaptureManager, 
         mgr.on_chunk(other, chunk(cid, "uid-0", 1, records(0, 1), 1))
     with pytest.raises(ChunkRejectedError):
         mgr.on_chunk(conn, chunk("nosuchcapture", "uid-0", 1, records(0, 1), 1))
-    with pytest.raises(ChunkRejectedError):
+    with pytest.raises(ChunkRejectedError):  # a stream that never started: refused, and counted for the pod
         mgr.on_chunk(conn, ingest_pb2.PcapChunk(capture_id=cid, pod_uid="uid-0", stream_id="old", seq=1,
                                                 records=records(0, 1), packets=1))
+    assert mgr.get(cid).status().pods[0].drops.rejected == 1
 
 
 def test_max_packets_is_exact_across_pods(env: tuple[CaptureManager, AgentConnection, str]) -> None:
@@ -274,20 +283,165 @@ def test_retention_keeps_each_pod_under_its_byte_cap(tmp_path: str) -> None:
         store.close()
 
 
-def test_agent_drops_are_recorded_as_gaps_next_to_the_pod_files(
+def test_every_loss_is_recorded_as_a_gap_next_to_the_pod_files(
         env: tuple[CaptureManager, AgentConnection, str]) -> None:
-    """The stored capture itself says where packets are missing (gaps.tsv), not only `podcap status`."""
+    """The stored capture itself says where packets are missing and why (gaps.tsv), not only `podcap status`:
+    in-band gaps where they happened, kernel drops as the agent reports them; per cause the lines add up to the
+    counters."""
     mgr, conn, data = env
     cid = start(mgr, conn)
     mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 2), 2))
-    for dropped in (0, 120, 120, 500):  # cumulative counters in the agent's periodic events
+    gap = chunk(cid, "uid-0", 2, b"", 0)  # a chunk the agent could not keep travels as a gap in its place
+    gap.lost.buffer_full = 120
+    mgr.on_chunk(conn, gap)
+    after = chunk(cid, "uid-0", 3, records(2, 2), 2)  # and losses before a chunk ride with it
+    after.lost.out_of_memory = 7
+    mgr.on_chunk(conn, after)
+    for dropped in (0, 30, 30):  # the kernel's cumulative counters in the agent's periodic reports
         mgr.on_pod_event(conn, ingest_pb2.PodCaptureEvent(
             capture_id=cid, pod_uid="uid-0", stream_id="s-uid-0", state=common_pb2.POD_CAPTURE_STATE_CAPTURING,
-            agent_dropped_packets=dropped))
-    with open(os.path.join(data, "captures", cid, "shop", "web-0", "gaps.tsv")) as f:
-        rows = [line.rstrip("\n").split("\t") for line in f]
-    assert [(r[1], r[2]) for r in rows] == [("120", "agent upload buffer full"), ("380", "agent upload buffer full")]
-    assert mgr.status(mgr.get(cid)).pods[0].agent_dropped_packets == 500
+            kernel=common_pb2.KernelStats(received=4 + 127 + dropped, dropped=dropped), delivered=4 + 127))
+    rows = read_gaps(os.path.join(data, "captures", cid, "shop", "web-0", "gaps.tsv"))
+    assert [(r[2], r[3]) for r in rows] == [(120, "buffer_full"), (7, "out_of_memory"), (30, "kernel")]
+    pod = mgr.status(mgr.get(cid)).pods[0]
+    assert (pod.drops.buffer_full, pod.drops.out_of_memory, pod.kernel.dropped) == (120, 7, 30)
+    assert pod.agent_dropped_packets == 127 and pod.packets == 4 and pod.unaccounted == 0
+    assert stored(mgr, data, cid, "web-0") == [0, 1, 2, 3]
+
+
+def report(mgr: CaptureManager, conn: AgentConnection, cid: str, uid: str, state: int, *, stream: str = "",
+           received: int = 0, dropped: int = 0, delivered: int = 0, **drops: int) -> None:
+    mgr.on_pod_event(conn, ingest_pb2.PodCaptureEvent(
+        capture_id=cid, pod_uid=uid, stream_id=stream or f"s-{uid}", state=state,  # type: ignore[arg-type]
+        kernel=common_pb2.KernelStats(received=received, dropped=dropped), delivered=delivered,
+        drops=common_pb2.PodcapDrops(**drops)))
+
+
+def test_every_packet_is_stored_or_counted_by_cause(env: tuple[CaptureManager, AgentConnection, str]) -> None:
+    """received == stored + kernel drops + every kind of podcap drop, exactly, with a limit cutting a chunk and
+    the agent's own causes."""
+    mgr, conn, data = env
+    cid = start(mgr, conn, max_packets=9)
+    mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 5), 5))
+    gap = chunk(cid, "uid-0", 2, b"", 0)
+    gap.lost.buffer_full = 40
+    mgr.on_chunk(conn, gap)
+    mgr.on_chunk(conn, chunk(cid, "uid-0", 3, records(5, 6), 6))  # 4 stored, 2 past the capture's limit
+    cap = mgr.get(cid)
+    assert cap.ended.wait(5) or cap.state == control_pb2.CAPTURE_STATE_STOPPING
+    report(mgr, conn, cid, "uid-0", common_pb2.POD_CAPTURE_STATE_DONE, received=5 + 40 + 6 + 3 + 11 + 2,
+           dropped=11, delivered=5 + 40 + 6 + 3 + 2, unread=2, past_limit=3, buffer_full=40)
+    report(mgr, conn, cid, "uid-1", common_pb2.POD_CAPTURE_STATE_DONE)
+    assert cap.ended.wait(5)
+    pod = cap.status().pods[0]
+    assert stored(mgr, data, cid, "web-0") == list(range(9))
+    assert (pod.packets, pod.kernel.dropped, pod.drops.buffer_full, pod.drops.past_limit, pod.drops.unread) == \
+        (9, 11, 40, 2 + 3, 2)
+    assert pod.kernel.received == pod.packets + pod.kernel.dropped + total_of(pod.drops)
+    assert pod.unaccounted == 0
+
+
+def test_chunks_of_an_older_stream_still_count_after_a_newer_one_started(
+        env: tuple[CaptureManager, AgentConnection, str]) -> None:
+    """A pod re-attached (new stream) while the old stream's unacknowledged chunks come again after a reconnect:
+    both are stored, the re-sent start of the old stream does not make it current again, and the pod's counters
+    are the sums of both streams."""
+    mgr, conn, data = env
+    cid = start(mgr, conn)
+    mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 2), 2))
+    report(mgr, conn, cid, "uid-0", common_pb2.POD_CAPTURE_STATE_PENDING, received=5, delivered=5)
+    fmt = common_pb2.PcapFormat(linktype=1, snaplen=262144, nanosecond=True)
+    mgr.on_pod_event(conn, ingest_pb2.PodCaptureEvent(capture_id=cid, pod_uid="uid-0", stream_id="new",
+                                                      state=common_pb2.POD_CAPTURE_STATE_CAPTURING, format=fmt))
+    mgr.on_chunk(conn, ingest_pb2.PcapChunk(capture_id=cid, pod_uid="uid-0", stream_id="new", seq=1,
+                                            records=records(100, 2), packets=2))
+    # the reconnect: the old stream's start and its chunks 1 (duplicate) to 2 again
+    mgr.on_pod_event(conn, ingest_pb2.PodCaptureEvent(capture_id=cid, pod_uid="uid-0", stream_id="s-uid-0",
+                                                      state=common_pb2.POD_CAPTURE_STATE_CAPTURING, format=fmt))
+    mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 2), 2))
+    mgr.on_chunk(conn, chunk(cid, "uid-0", 2, records(2, 3), 3))
+    mgr.on_chunk(conn, ingest_pb2.PcapChunk(capture_id=cid, pod_uid="uid-0", stream_id="new", seq=2,
+                                            records=records(102, 1), packets=1))
+    assert sorted(stored(mgr, data, cid, "web-0")) == [0, 1, 2, 3, 4, 100, 101, 102]
+    ps = mgr.get(cid).pods[PodUid("uid-0")]
+    assert ps.current == "new" and ps.reattachments == 1
+    pod = mgr.get(cid).status().pods[0]
+    assert pod.state == common_pb2.POD_CAPTURE_STATE_CAPTURING and pod.packets == 8
+
+
+def test_a_stream_whose_agent_died_is_accounted_from_its_last_report(
+        env: tuple[CaptureManager, AgentConnection, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent was killed: its final report never comes. At the end, what its last report said it had read but
+    never arrived is counted as lost with the agent."""
+    from podcap.collector import captures
+
+    monkeypatch.setattr(captures, "STOP_GRACE_S", 0.3)
+    mgr, conn, _ = env
+    cid = start(mgr, conn)
+    mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 6), 6))
+    report(mgr, conn, cid, "uid-0", common_pb2.POD_CAPTURE_STATE_CAPTURING, received=110, dropped=10,
+           delivered=100)
+    cap = mgr.stop(cid, wait=5)
+    assert cap.state == control_pb2.CAPTURE_STATE_DONE
+    pod = cap.status().pods[0]
+    assert pod.drops.lost_with_agent == 94 and pod.unaccounted == 0 and pod.kernel.received == 110
+
+
+def test_a_stopping_capture_waits_while_its_agents_keep_delivering(
+        env: tuple[CaptureManager, AgentConnection, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stop grace counts silence, not time since the stop: a backlog still draining is stored, not cut off."""
+    import time
+
+    from podcap.collector import captures
+
+    monkeypatch.setattr(captures, "STOP_GRACE_S", 0.5)
+    mgr, conn, data = env
+    cid = start(mgr, conn)
+    cap = mgr.get(cid)
+    mgr._begin_stop(cap, "stopped by user")
+    for seq in range(1, 9):  # 1.6 s of chunks, each within the grace of the one before
+        time.sleep(0.2)
+        assert cap.live, f"ended while chunk {seq} was coming"
+        mgr.on_chunk(conn, chunk(cid, "uid-0", seq, records(seq, 1), 1))
+    assert cap.ended.wait(5)
+    assert cap.status().pods[0].drops.late == 0
+    assert stored(mgr, data, cid, "web-0") == list(range(1, 9))
+    late = chunk(cid, "uid-0", 9, records(9, 1), 1)  # after the end: acknowledged, counted, not stored
+    assert mgr.on_chunk(conn, late) is None
+    assert cap.status().pods[0].drops.late == 1
+
+
+def test_commits_do_not_hold_the_capture_while_the_disk_flushes(
+        env: tuple[CaptureManager, AgentConnection, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks are stored while a commit waits for fdatasync; they are acknowledged by the next commit, not this
+    one (it flushed only what was appended before it began)."""
+    import threading
+
+    from podcap.collector.storage import local
+
+    mgr, conn, data = env
+    cid = start(mgr, conn)
+    sent(conn)
+    mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 2), 2))
+    flushing, release = threading.Event(), threading.Event()
+    real = os.fdatasync
+
+    def slow(fd: int) -> None:
+        flushing.set()
+        assert release.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(local.os, "fdatasync", slow)
+    committer = threading.Thread(target=mgr._commit, args=(mgr.get(cid),))
+    committer.start()
+    assert flushing.wait(5)
+    mgr.on_chunk(conn, chunk(cid, "uid-0", 2, records(2, 2), 2))  # not blocked by the flush in progress
+    release.set()
+    committer.join(10)
+    acks = [m.ack.seq for m in sent(conn) if m.WhichOneof("kind") == "ack"]
+    assert acks == [1]
+    monkeypatch.setattr(local.os, "fdatasync", real)
+    assert acked(mgr, conn, cid) == {"uid-0": 2}
 
 
 def test_bytes_that_cannot_reach_the_disk_are_never_acknowledged(env: tuple[CaptureManager, AgentConnection, str],

@@ -29,8 +29,8 @@ def pod_status(name: str, *, packets: int = 10, dropped: int = 0, agent: int = 0
     return control_pb2.PodStatus(
         pod=common_pb2.Pod(namespace="shop", name=name, uid=f"uid-{name}", node="node-1", ip="10.0.0.9"),
         state=common_pb2.POD_CAPTURE_STATE_CAPTURING, packets=packets, bytes=packets * 100 + 24,
-        kernel=common_pb2.KernelStats(received=packets + dropped, dropped=dropped), agent_dropped_packets=agent,
-        interface="vethabc")
+        kernel=common_pb2.KernelStats(received=packets + dropped + agent, dropped=dropped),
+        agent_dropped_packets=agent, drops=common_pb2.PodcapDrops(buffer_full=agent), interface="vethabc")
 
 
 def capture(state: control_pb2.CaptureState.ValueType = control_pb2.CAPTURE_STATE_RUNNING,
@@ -121,6 +121,8 @@ def test_json_and_yaml_are_the_same_document_with_numbers(fake: FakeClient, comm
     assert as_json["id"] == CID
     assert as_json["packets"] == 20 and isinstance(as_json["packets"], int)
     assert as_json["pods"][0]["kernel"]["dropped"] == 2 and as_json["pods"][1]["agent_dropped_packets"] == 5
+    assert as_json["pods"][1]["drops"]["buffer_full"] == 5 and as_json["pods"][1]["drops"]["late"] == 0
+    assert as_json["pods"][1]["unaccounted"] == 0
     assert as_json["pods"][0]["state"] == "capturing"
     assert as_json["created_unix_ns"] == 1_700_000_000 * 10**9
 
@@ -132,11 +134,15 @@ def test_list_formats(fake: FakeClient) -> None:
     assert CID in table and "ns=shop selector=app=web" in table and "udp port 9999" in table
 
 
-def test_status_table_names_every_pod(fake: FakeClient) -> None:
+def test_status_table_names_every_pod_and_every_drop(fake: FakeClient) -> None:
     r = invoke("status", CID, "-o", "table")
     assert r.exit_code == 0
-    for text in (f"capture {CID}: running", "shop/web-0", "shop/web-1", "node-1", "vethabc"):
+    for text in (f"capture {CID}: running", "shop/web-0", "shop/web-1", "node-1", "vethabc", "kernel 2",
+                 "buffer-full 5"):
         assert text in r.output
+    assert "packets the kernel delivered" not in r.output  # the accounting is told once the capture is over
+    fake.get = lambda cid: capture(control_pb2.CAPTURE_STATE_DONE)
+    assert "all 27 packets the kernel delivered are stored" in invoke("status", CID).output
 
 
 def test_start_prints_yaml_then_the_id(fake: FakeClient) -> None:

@@ -27,6 +27,7 @@ from podcap.collector.storage.pcapng import (
     pcap_to_pcapng,
     read_pcapng,
 )
+from podcap.drops import Drops
 from podcap.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, FileFormat, PcapFormatError
 
 BASE_NS = 1_700_000_000_123_456_789
@@ -84,9 +85,9 @@ def write_pcap(path: str, timestamps: list[int], *, pod: int, nanosecond: bool =
             f.write(struct.pack("<IIII", ts // 1_000_000_000, frac, len(kept), len(data)) + kept)
 
 
-def stats(n: int, kernel: int = 0, ifd: int = 0, agent: int = 0) -> InterfaceStats:
+def stats(n: int, kernel: int = 0, ifd: int = 0, agent: int = 0, late: int = 0, retired: int = 0) -> InterfaceStats:
     return InterfaceStats(start_ns=BASE_NS - 10**9, end_ns=BASE_NS + 10**9, received=n + kernel, kernel_dropped=kernel,
-                          if_dropped=ifd, agent_dropped=agent, delivered=n)
+                          if_dropped=ifd, drops=Drops(buffer_full=agent, late=late), delivered=n, retired=retired)
 
 
 @pytest.fixture
@@ -101,7 +102,8 @@ def three_pods(tmp_path: str) -> list[MergeInput]:
         MergeInput(a, InterfaceInfo("shop/web-0", "pod shop/web-0: node n1, uid u-a", "udp port 9999"), stats(40, 3)),
         MergeInput(b, InterfaceInfo("shop/web-1", "pod shop/web-1: node n2, uid u-b", "udp port 9999"),
                    stats(25, 0, 1, 7)),
-        MergeInput(c, InterfaceInfo("db/pg-0", "pod db/pg-0: node n1, uid u-c", "udp port 9999"), stats(15)),
+        MergeInput(c, InterfaceInfo("db/pg-0", "pod db/pg-0: node n1, uid u-c", "udp port 9999"),
+                   stats(15, late=2, retired=30)),
     ]
 
 
@@ -175,10 +177,14 @@ def test_interface_statistics_carry_drops_per_pod(tmp_path: str, three_pods: lis
             web0.counter(ISB_USRDELIV)) == (3, 3, 43, 40)
     # Every loss is in isb_ifdrop (Wireshark's "Dropped packets"); osdrop is the kernel ring's part alone.
     assert (web1.counter(ISB_IFDROP), web1.counter(ISB_OSDROP)) == (8, 0)
-    assert pg0.counter(ISB_IFDROP) == 0
+    assert pg0.counter(ISB_IFDROP) == 2
     assert web1.time_ns(ISB_STARTTIME, 6) == BASE_NS // 1000 * 1000 - 10**9
     assert web0.time_ns(ISB_ENDTIME, 9) == BASE_NS + 10**9
-    assert web0.options[1] == [b"dropped 3: kernel ring full 3, interface 0, podcap agent buffer full 0; stored 40"]
+    assert web0.options[1] == [b"dropped 3: kernel ring full 3, interface 0; stored 40"]
+    # Every cause is named, and what retention deleted: received = stored + deleted + every drop.
+    assert web1.options[1] == [b"dropped 8: kernel ring full 0, interface 1, agent buffer full 7; stored 25"]
+    assert pg0.options[1] == [b"dropped 2: kernel ring full 0, interface 0, arrived after the end 2; stored 15; "
+                              b"deleted by retention 30"]
     # The ISBs come after the last packet (at the end of the file).
     assert all(p.ts_ns <= BASE_NS + 200_000 for p in f.packets)
 

@@ -1,5 +1,6 @@
 """The agent's upload log: chunks kept until acknowledged, re-sent after a reconnect behind their stream's STARTED
-event, spilled to disk past the memory budget, and the newest refused (and counted by the caller) past the cap."""
+event, spilled to disk past the memory budget; past the cap every chunk still takes its place in its stream (as a
+gap without records when it cannot be kept), and the room is shared fairly between the streams."""
 
 from __future__ import annotations
 
@@ -34,15 +35,23 @@ def messages(log: UploadLog) -> list[ingest_pb2.AgentMessage]:
     return out
 
 
+def name(c: ingest_pb2.PcapChunk) -> str:
+    """``chunk:SEQ``, or ``gap:SEQ:CAUSE=N`` for a chunk that travels without its records."""
+    if c.records or c.packets:
+        return f"chunk:{c.seq}"
+    lost = ",".join(f"{f.name}={v}" for f, v in c.lost.ListFields())
+    return f"gap:{c.seq}:{lost}"
+
+
 def drain(log: UploadLog) -> list[str]:
     """What the current session would send, batches opened up into their chunks."""
     out: list[str] = []
     for m in messages(log):
         kind = m.WhichOneof("kind")
         if kind == "chunks":
-            out += [f"chunk:{c.seq}" for c in m.chunks.chunks]
+            out += [name(c) for c in m.chunks.chunks]
         else:
-            out.append(f"chunk:{m.chunk.seq}" if kind == "chunk" else f"{kind}:{m.pod_event.state}")
+            out.append(name(m.chunk) if kind == "chunk" else f"{kind}:{m.pod_event.state}")
     return out
 
 
@@ -71,15 +80,18 @@ def test_rejected_chunk_is_dropped_and_counted() -> None:
     assert log.pending() == (0, 0) and log.rejected_packets == 1
 
 
-def test_spills_to_disk_then_refuses_the_newest(tmp_path: str) -> None:
+def test_spills_to_disk_then_keeps_gaps_in_the_places_of_the_newest(tmp_path: str) -> None:
     spool = os.path.join(tmp_path, "spool")
-    log = UploadLog(memory_bytes=250, disk_bytes=250, spool_dir=spool)
+    lost: list[tuple[str, str, str, int]] = []
+    log = UploadLog(memory_bytes=250, disk_bytes=250, spool_dir=spool, on_lost=lambda *a: lost.append(a))
     accepted = [log.put_chunk(chunk("s1", seq)) for seq in range(1, 7)]
     assert accepted == [True, True, True, True, False, False]  # 2 in memory, 2 on disk, then full
     assert len(os.listdir(spool)) == 2
+    assert lost == [("c", "s1", "buffer_full", 1), ("c", "s1", "buffer_full", 1)]
     log.new_session()
-    assert drain(log) == ["chunk:1", "chunk:2", "chunk:3", "chunk:4"]  # read back from disk in order
-    ack(log, "s1", 4)
+    # read back from disk in order; no sequence number is skipped: the chunks that did not fit are gaps
+    assert drain(log) == ["chunk:1", "chunk:2", "chunk:3", "chunk:4", "gap:5:buffer_full=1", "gap:6:buffer_full=1"]
+    ack(log, "s1", 6)
     assert os.listdir(spool) == [] and log.pending() == (0, 0)
     assert log.put_chunk(chunk("s1", 7))  # room again
 
@@ -92,11 +104,12 @@ def test_finished_stream_forgets_its_start_once_acknowledged() -> None:
         stream_id="s1", state=common_pb2.POD_CAPTURE_STATE_DONE)))
     log.new_session()
     assert drain(log) == ["pod_event:2", "chunk:1", "pod_event:3"]
-    log.new_session()  # reconnect before the ack: the stream's start and its chunk again
-    assert drain(log) == ["pod_event:2", "chunk:1"]
+    log.new_session()  # reconnect before the ack: the stream's start, its chunk and its final report again
+    assert drain(log) == ["pod_event:2", "chunk:1", "pod_event:3"]
     ack(log, "s1", 1)
     log.new_session()
-    assert drain(log) == []  # done and acknowledged: nothing of the stream is kept
+    # done and acknowledged: only the final report is sent again for a while (the old session may have lost it)
+    assert drain(log) == ["pod_event:3"]
 
 
 def test_small_chunks_queued_together_travel_as_one_message() -> None:
@@ -125,3 +138,78 @@ def test_a_batch_of_acks_releases_each_stream_up_to_its_seq_and_counts_refusals(
     log.new_session()
     sent = drain(log)
     assert [m for m in sent if m.startswith("chunk:")] == ["chunk:3", "chunk:2"]
+
+
+def test_every_stream_keeps_its_share_when_the_buffer_is_full() -> None:
+    """Four busy streams and a 4000-byte buffer: a stream that arrives to a full buffer takes room from the stream
+    holding the most beyond its share (its newest unsent chunk becomes a gap), so each keeps about a quarter."""
+    lost: dict[str, int] = {}
+    log = UploadLog(memory_bytes=4000, on_lost=lambda _c, s, _cause, n: lost.__setitem__(s, lost.get(s, 0) + n))
+    for seq in range(1, 41):  # s0 alone fills the buffer (and loses what does not fit)
+        log.put_chunk(chunk("s0", seq))
+    assert log.held() == {"s0": 4000}
+    for seq in range(1, 41):  # then three more streams, in turn
+        for s in ("s1", "s2", "s3"):
+            log.put_chunk(chunk(s, seq))
+    assert log.held() == {"s0": 1000, "s1": 1000, "s2": 1000, "s3": 1000}
+    assert sum(lost.values()) == 160 - 40  # every chunk is kept or counted, once
+    log.new_session()
+    sent: dict[str, list[int]] = {}
+    for m in messages(log):
+        for c in m.chunks.chunks if m.WhichOneof("kind") == "chunks" else [m.chunk]:
+            if c.records:
+                sent.setdefault(c.stream_id, []).append(c.seq)
+            else:
+                assert c.lost.buffer_full == 1
+                sent.setdefault(c.stream_id + "-gaps", []).append(c.seq)
+    for s in ("s0", "s1", "s2", "s3"):  # every stream kept 10 chunks; the other 30 places are gaps, none skipped
+        assert len(sent[s]) == 10
+        assert sorted(sent[s] + sent[s + "-gaps"]) == list(range(1, 41))
+
+
+def test_a_quiet_stream_loses_nothing_to_a_busy_one() -> None:
+    log = UploadLog(memory_bytes=10_000)
+    kept = []
+    for seq in range(1, 201):
+        log.put_chunk(chunk("busy", seq))  # far more than fits
+        if seq % 20 == 0:
+            kept.append(log.put_chunk(chunk("quiet", seq // 20)))
+    assert kept == [True] * 10
+    assert log.held()["quiet"] == 1000
+
+
+def test_chunks_already_sent_are_never_turned_into_gaps() -> None:
+    log = UploadLog(memory_bytes=300)
+    for seq in (1, 2, 3):
+        log.put_chunk(chunk("a", seq))
+    log.new_session()
+    assert drain(log) == ["chunk:1", "chunk:2", "chunk:3"]  # sent, not yet acknowledged
+    assert not log.put_chunk(chunk("b", 1))  # b is under its share, but nothing of a can give way
+    log.new_session()
+    assert drain(log) == ["chunk:1", "chunk:2", "chunk:3", "gap:1:buffer_full=1"]
+
+
+def test_a_spool_file_that_cannot_be_read_back_becomes_a_gap(tmp_path: str) -> None:
+    spool = os.path.join(tmp_path, "spool")
+    lost: list[tuple[str, str, str, int]] = []
+    log = UploadLog(memory_bytes=100, disk_bytes=1000, spool_dir=spool, on_lost=lambda *a: lost.append(a))
+    for seq in (1, 2, 3):
+        assert log.put_chunk(chunk("s", seq))
+    victim = sorted(os.listdir(spool))[0]
+    with open(os.path.join(spool, victim), "wb") as f:
+        f.write(b"\xff" * 50)  # not a PcapChunk any more
+    log.new_session()
+    assert drain(log) == ["chunk:1", "gap:2:spool_error=1", "chunk:3"]
+    assert lost == [("c", "s", "spool_error", 1)]
+    assert log.pending() == (3, 200)
+
+
+def test_a_spool_write_that_fails_becomes_a_gap(tmp_path: str) -> None:
+    spool = os.path.join(tmp_path, "spool")
+    log = UploadLog(memory_bytes=100, disk_bytes=1000, spool_dir=spool)
+    os.rmdir(spool)  # writes into it fail from now on
+    assert log.put_chunk(chunk("s", 1))
+    assert not log.put_chunk(chunk("s", 2))
+    log.new_session()
+    assert drain(log) == ["chunk:1", "gap:2:spool_error=1"]
+    assert log.pending() == (2, 100)

@@ -240,6 +240,64 @@ class KernelStats(_message.Message):
 Global___KernelStats: _TypeAlias = KernelStats  # noqa: Y015
 
 @_typing.final
+class PodcapDrops(_message.Message):
+    """Packets of a pod that podcap did not store although the kernel delivered them, by cause. Together with the
+    kernel's own drops they explain every packet: for every pod, once its capture has ended,
+      KernelStats.received == stored packets + retired (by retention) + KernelStats.dropped + the sum of these.
+    Where a message carries them it says whether they are cumulative or a delta.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUFFER_FULL_FIELD_NUMBER: _builtins.int
+    OUT_OF_MEMORY_FIELD_NUMBER: _builtins.int
+    SPOOL_ERROR_FIELD_NUMBER: _builtins.int
+    UNREAD_FIELD_NUMBER: _builtins.int
+    PAST_LIMIT_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    LATE_FIELD_NUMBER: _builtins.int
+    LOST_WITH_AGENT_FIELD_NUMBER: _builtins.int
+    buffer_full: _builtins.int
+    """The agent's upload buffer (memory, then spool) was full: the collector did not keep up or was unreachable.
+    When it is full, each pod keeps at least an equal share of it, so a busy pod cannot starve the others.
+    """
+    out_of_memory: _builtins.int
+    """The agent could not allocate memory to hold them or to seal their chunk."""
+    spool_error: _builtins.int
+    """Their chunk's spool file could not be written or read back."""
+    unread: _builtins.int
+    """Still in the kernel's ring when the handle closed without a graceful stop (the pod's interface vanished)."""
+    past_limit: _builtins.int
+    """Captured after the capture reached --max-packets, --max-bytes or --duration: not kept, by design."""
+    rejected: _builtins.int
+    """Refused by the collector: their chunk was malformed, or of a stream it never saw start."""
+    late: _builtins.int
+    """Arrived after the pod's capture had ended (its stop grace expired before they came)."""
+    lost_with_agent: _builtins.int
+    """Captured by an agent that ended without delivering them (killed, or its node lost), as far as its last
+    report tells.
+    """
+    def __init__(
+        self,
+        *,
+        buffer_full: _builtins.int = ...,
+        out_of_memory: _builtins.int = ...,
+        spool_error: _builtins.int = ...,
+        unread: _builtins.int = ...,
+        past_limit: _builtins.int = ...,
+        rejected: _builtins.int = ...,
+        late: _builtins.int = ...,
+        lost_with_agent: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_full", b"buffer_full", "late", b"late", "lost_with_agent", b"lost_with_agent", "out_of_memory", b"out_of_memory", "past_limit", b"past_limit", "rejected", b"rejected", "spool_error", b"spool_error", "unread", b"unread"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PodcapDrops: _TypeAlias = PodcapDrops  # noqa: Y015
+
+@_typing.final
 class PcapFormat(_message.Message):
     """The record format of a pod's PCAP stream. Chunks carry bare records (no file header); the file header that
     precedes them on disk is built from this.

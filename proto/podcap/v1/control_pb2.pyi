@@ -553,12 +553,16 @@ class PodStatus(_message.Message):
     REATTACHMENTS_FIELD_NUMBER: _builtins.int
     RETIRED_BYTES_FIELD_NUMBER: _builtins.int
     RETIRED_PACKETS_FIELD_NUMBER: _builtins.int
+    DROPS_FIELD_NUMBER: _builtins.int
+    UNACCOUNTED_FIELD_NUMBER: _builtins.int
     state: _common_pb2.PodCaptureState.ValueType
     packets: _builtins.int
     """Packets and bytes stored for this pod (bytes: every pcap file of the pod, headers included)."""
     bytes: _builtins.int
     agent_dropped_packets: _builtins.int
-    """Packets captured on the node but lost before storage (agent buffer full)."""
+    """Packets captured on the node but lost before storage: the sum of the agent's causes in `drops`
+    (buffer_full, out_of_memory, spool_error, unread, lost_with_agent).
+    """
     interface: _builtins.str
     """Interface the agent captures on."""
     message: _builtins.str
@@ -574,10 +578,22 @@ class PodStatus(_message.Message):
     retired_bytes: _builtins.int
     """Bytes and packets deleted by retention (not counted in `bytes`/`packets`, which are what is stored now)."""
     retired_packets: _builtins.int
+    unaccounted: _builtins.int
+    """kernel.received − packets − retired_packets − kernel.dropped − the sum of `drops`. Once the pod's capture has
+    ended it is 0: every packet is explained (anything else is a podcap defect). While the capture runs it is
+    what is on its way (in the ring, the agent's buffer, the network), as of the agent's last report (every few
+    seconds), so it may even be negative.
+    """
     @_builtins.property
     def pod(self) -> _common_pb2.Pod: ...
     @_builtins.property
     def kernel(self) -> _common_pb2.KernelStats: ...
+    @_builtins.property
+    def drops(self) -> _common_pb2.PodcapDrops:
+        """Every packet podcap did not store, by cause. Once the pod's capture has ended:
+          kernel.received == packets + retired_packets + kernel.dropped + the sum of `drops`.
+        """
+
     def __init__(
         self,
         *,
@@ -594,10 +610,12 @@ class PodStatus(_message.Message):
         reattachments: _builtins.int = ...,
         retired_bytes: _builtins.int = ...,
         retired_packets: _builtins.int = ...,
+        drops: _common_pb2.PodcapDrops | None = ...,
+        unaccounted: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kernel", b"kernel", "pod", b"pod"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drops", b"drops", "kernel", b"kernel", "pod", b"pod"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_dropped_packets", b"agent_dropped_packets", "bytes", b"bytes", "interface", b"interface", "kernel", b"kernel", "message", b"message", "packets", b"packets", "path", b"path", "pod", b"pod", "reattachments", b"reattachments", "retired_bytes", b"retired_bytes", "retired_packets", b"retired_packets", "segments", b"segments", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_dropped_packets", b"agent_dropped_packets", "bytes", b"bytes", "drops", b"drops", "interface", b"interface", "kernel", b"kernel", "message", b"message", "packets", b"packets", "path", b"path", "pod", b"pod", "reattachments", b"reattachments", "retired_bytes", b"retired_bytes", "retired_packets", b"retired_packets", "segments", b"segments", "state", b"state", "unaccounted", b"unaccounted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

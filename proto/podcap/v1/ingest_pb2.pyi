@@ -329,10 +329,15 @@ class PcapChunk(_message.Message):
     FIRST_TS_NS_FIELD_NUMBER: _builtins.int
     LAST_TS_NS_FIELD_NUMBER: _builtins.int
     STREAM_ID_FIELD_NUMBER: _builtins.int
+    LOST_FIELD_NUMBER: _builtins.int
     capture_id: _builtins.str
     pod_uid: _builtins.str
     seq: _builtins.int
-    """Position of this chunk in the (capture, pod) stream, starting at 1 and increasing by one per chunk."""
+    """Position of this chunk in the (capture, pod) stream, starting at 1 and increasing by one per chunk. The agent
+    never skips a number: what it cannot send still takes its place, as a chunk without records that carries
+    only `lost` (a gap). The collector stores whatever follows a gap; a missing number is recorded, never a
+    reason to refuse the rest of the stream.
+    """
     records: _builtins.bytes
     """Whole pcap records (16-byte record header + caplen bytes each) in the format announced by the STARTED
     event; never a file header, never a partial record. Agents cut chunks near 4 MiB; the collector accepts
@@ -341,13 +346,22 @@ class PcapChunk(_message.Message):
     packets: _builtins.int
     """Number of records in `records`."""
     first_ts_ns: _builtins.int
-    """Timestamp of the first record, nanoseconds since the Unix epoch."""
+    """Timestamp of the first record, nanoseconds since the Unix epoch (for a gap: of the first packet lost)."""
     last_ts_ns: _builtins.int
-    """An upper bound for the timestamp of the last record (the agent's clock when the chunk was cut), ns."""
+    """An upper bound for the timestamp of the last record (the agent's clock when the chunk was cut), ns (for a
+    gap: of the last packet lost).
+    """
     stream_id: _builtins.str
     """Identifies one opening of the pod's capture handle (agent instance + counter); `seq` counts within it.
     A pod re-attached after an agent restart or a sandbox restart gets a new stream id.
     """
+    @_builtins.property
+    def lost(self) -> _common_pb2.PodcapDrops:
+        """Packets of this stream lost right before this chunk's records, since the previous chunk (a delta, by cause:
+        buffer_full, out_of_memory and spool_error only). A chunk the agent could not keep travels as a gap: no
+        records, `packets` 0, and its packets counted here.
+        """
+
     def __init__(
         self,
         *,
@@ -359,10 +373,11 @@ class PcapChunk(_message.Message):
         first_ts_ns: _builtins.int = ...,
         last_ts_ns: _builtins.int = ...,
         stream_id: _builtins.str = ...,
+        lost: _common_pb2.PodcapDrops | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lost", b"lost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_id", b"capture_id", "first_ts_ns", b"first_ts_ns", "last_ts_ns", b"last_ts_ns", "packets", b"packets", "pod_uid", b"pod_uid", "records", b"records", "seq", b"seq", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_id", b"capture_id", "first_ts_ns", b"first_ts_ns", "last_ts_ns", b"last_ts_ns", "lost", b"lost", "packets", b"packets", "pod_uid", b"pod_uid", "records", b"records", "seq", b"seq", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -386,8 +401,10 @@ class ChunkAck(_message.Message):
     """
     stream_id: _builtins.str
     rejected: _builtins.bool
-    """The chunk at `seq` was refused (malformed, unknown stream or capture); the agent drops it and counts its
-    packets as agent drops. Earlier chunks are not acknowledged by a rejection.
+    """The chunk at `seq` can never be stored anywhere (its capture or pod is unknown to the collector); the agent
+    drops it. Earlier chunks are not acknowledged by a rejection. A chunk of a known pod that cannot be stored
+    (malformed) is not rejected: the collector counts its packets as `rejected` drops of the pod and acknowledges
+    it like any other, so the stream goes on.
     """
     reason: _builtins.str
     """Why it was refused, for the agent's log."""
@@ -427,25 +444,37 @@ class PodCaptureEvent(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     STREAM_ID_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    DROPS_FIELD_NUMBER: _builtins.int
     capture_id: _builtins.str
     pod_uid: _builtins.str
     state: _common_pb2.PodCaptureState.ValueType
     interface: _builtins.str
     """Name of the interface the handle is open on (e.g. "veth1a2b3c4d", or "eth0" inside the pod)."""
     agent_dropped_packets: _builtins.int
-    """Packets the agent captured but could not deliver (its upload buffer was full)."""
+    """Packets the agent captured but could not deliver: the sum of `drops` (kept for older collectors)."""
     message: _builtins.str
     """Human-readable reason for FAILED or DONE."""
     last_seq: _builtins.int
     """Number of chunks sent for this stream so far (the seq of the last chunk)."""
     stream_id: _builtins.str
     """The stream this event belongs to (see PcapChunk.stream_id)."""
+    delivered: _builtins.int
+    """Packets read from the kernel's ring so far (cumulative). After a graceful stop,
+    kernel.received == kernel.dropped + delivered + drops.unread: nothing is left in the ring unaccounted.
+    """
     @_builtins.property
     def format(self) -> _common_pb2.PcapFormat:
         """For STARTED: the record format of the stream."""
 
     @_builtins.property
     def kernel(self) -> _common_pb2.KernelStats: ...
+    @_builtins.property
+    def drops(self) -> _common_pb2.PodcapDrops:
+        """What the agent lost of this stream so far, by cause (cumulative): buffer_full, out_of_memory and spool_error
+        (the in-band gaps of its chunks add up to these), unread and past_limit.
+        """
+
     def __init__(
         self,
         *,
@@ -459,10 +488,12 @@ class PodCaptureEvent(_message.Message):
         message: _builtins.str = ...,
         last_seq: _builtins.int = ...,
         stream_id: _builtins.str = ...,
+        delivered: _builtins.int = ...,
+        drops: _common_pb2.PodcapDrops | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "kernel", b"kernel"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drops", b"drops", "format", b"format", "kernel", b"kernel"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_dropped_packets", b"agent_dropped_packets", "capture_id", b"capture_id", "format", b"format", "interface", b"interface", "kernel", b"kernel", "last_seq", b"last_seq", "message", b"message", "pod_uid", b"pod_uid", "state", b"state", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_dropped_packets", b"agent_dropped_packets", "capture_id", b"capture_id", "delivered", b"delivered", "drops", b"drops", "format", b"format", "interface", b"interface", "kernel", b"kernel", "last_seq", b"last_seq", "message", b"message", "pod_uid", b"pod_uid", "state", b"state", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
