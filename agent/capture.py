@@ -50,7 +50,12 @@ HOUSEKEEPING_PERIOD = 0.2
 RING_BLOCK = 256 << 10  # libpcap 1.10's TPACKET_V3 block size (= its maximum snaplen); rings are whole blocks
 # Two blocks at least, even past the budget: with one, the kernel has nowhere to write while the agent reads it.
 MIN_RING = 2 * RING_BLOCK
-MAX_AUTO_RING = 8 << 20
+# A ring is what covers the agent's worst wakeup latency: on a busy node (the generator competing for the CPU,
+# ~1 Mpps of 128-byte frames, ~200 MB/s in the ring) the capture thread was measured waiting 20-40 ms after the
+# kernel had data, so an 8 MiB ring (~40 ms) overflowed (0.3-0.8% dropped where tcpdump dropped none); 32 MiB
+# (~160 ms) dropped nothing (tests/bench --p1-hostile). Only captures of a few pods get that much (the budget is
+# shared).
+MAX_AUTO_RING = 32 << 20
 
 
 class StreamSink(Protocol):
@@ -135,7 +140,7 @@ class CaptureCounters:
 
 def auto_ring_bytes(budget: int, pods: int) -> int:
     """Ring size per pod when the capture leaves it to the agent: the budget shared by the pods, clamped to
-    2..32 blocks."""
+    2..128 blocks."""
     share = budget // max(1, pods)
     size = max(MIN_RING, min(MAX_AUTO_RING, share))
     # libpcap rounds a ring *up* to whole blocks: round down here so that the pods together stay within budget.

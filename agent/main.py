@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "(e.g. /host), to reach netns paths the runtime reports")
     p.add_argument("--ring-budget", type=int, default=128 << 20,
                    help="kernel ring memory in bytes shared by a capture's pods when it sets no buffer size "
-                   "(whole 256 KiB blocks per pod, 2 to 32, at least 2 even past the budget; with only 2 the kernel "
+                   "(whole 256 KiB blocks per pod, 2 to 128, at least 2 even past the budget; with only 2 the kernel "
                    "may drop a packet now and then although the agent keeps up, as it does for tcpdump)")
     p.add_argument("--upload-buffer", type=int, default=64 << 20,
                    help="bytes of unacknowledged captured data held in memory (then --spool-dir)")

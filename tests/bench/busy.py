@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 
+from podcap.drops import Drops
 from podcap.v1 import control_pb2
 from tests.bench.lab import (
     BenchError,
@@ -59,9 +60,9 @@ def veth_packets(dev: str) -> int:
 
 
 def pod_drops(p: control_pb2.PodStatus) -> dict[str, int]:
-    """Every kind of drop that ``status`` names for a pod (the kernel's ring included, not its interface)."""
-    drops = {"kernel": p.kernel.dropped, "agent": p.agent_dropped_packets}
-    return drops
+    """Every kind of drop that ``status`` names for a pod (the kernel's ring included, not its interface), and
+    what retention deleted."""
+    return {"kernel": p.kernel.dropped, "retired": p.retired_packets, **Drops.from_proto(p.drops).nonzero()}
 
 
 class Traffic:
@@ -160,7 +161,7 @@ def run_podcap(pc: Podcap, pods: list[Pod], traffic: Traffic, settle: float, sta
         stats["pods"][p.pod.name] = {
             "offered": veth_packets(next(x.host_veth for x in pods if x.name == p.pod.name)) - base[p.pod.name],
             "received": p.kernel.received, "drops": drops, "stored": stored[p.pod.name],
-            "status_packets": p.packets + p.retired_packets,
+            "status_packets": p.packets + p.retired_packets, "status_unaccounted": p.unaccounted,
             "unaccounted": p.kernel.received - stored[p.pod.name] - sum(drops.values())}
     stats.update(cpu_s=round(a1 - a0, 2), collector_cpu_s=round(k1 - k0, 2), gen_wall=round(wall, 2), sent=sent,
                  stop_s=round(stop_s, 2))

@@ -392,13 +392,13 @@ class Trafgen:
 
 
 def start_trafgen(lab: Lab, pod: Pod, conf: str, *, seconds: float, count: int = 0, cpu: str | None = GEN_CPU,
-                  rate_pps: int = 0) -> Trafgen:
+                  rate_pps: int = 0, procs: int = 1) -> Trafgen:
     """Blast from the pod's eth0 (pinned to ``cpu``), bounded by ``seconds`` (and ``count`` packets if set, and
-    paced at ``rate_pps`` if set)."""
+    paced at ``rate_pps`` if set), with ``procs`` sender processes."""
     argv = ["ip", "netns", "exec", pod.netns, "timeout", "-s", "INT", str(int(seconds + 0.999))]
     if cpu is not None:
         argv += ["taskset", "-c", cpu]
-    argv += ["trafgen", "-o", "eth0", "-c", conf, "-P", "1", "--no-sock-mem", "--notouch-irq", "-q"]
+    argv += ["trafgen", "-o", "eth0", "-c", conf, "-P", str(procs), "--no-sock-mem", "--notouch-irq", "-q"]
     if count:
         argv += ["-n", str(count)]
     if rate_pps:
@@ -421,9 +421,17 @@ def wait_trafgen(lab: Lab, tg: Trafgen) -> tuple[float, int]:
     return wall, int(m.group(1)) if m else 0
 
 
+# Where p1's generator runs: GEN_CPU alone (the default), or everywhere with one sender per CPU (``--p1-hostile``:
+# generator and capturer compete for the CPU, the way a busy node makes them).
+P1_GENERATOR = {"cpu": GEN_CPU, "procs": 1}
+
+
 def trafgen(lab: Lab, pod: Pod, conf: str, *, seconds: float, count: int = 0) -> tuple[float, int]:
-    """Blast from the pod's eth0 (pinned to GEN_CPU) and wait; returns (wall seconds, packets sent)."""
-    return wait_trafgen(lab, start_trafgen(lab, pod, conf, seconds=seconds, count=count))
+    """Blast from the pod's eth0 (see ``P1_GENERATOR``) and wait; returns (wall seconds, packets sent)."""
+    cpu, procs = P1_GENERATOR["cpu"], P1_GENERATOR["procs"]
+    assert cpu is None or isinstance(cpu, str)
+    assert isinstance(procs, int)
+    return wait_trafgen(lab, start_trafgen(lab, pod, conf, seconds=seconds, count=count, cpu=cpu, procs=procs))
 
 
 @contextmanager

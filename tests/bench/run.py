@@ -72,6 +72,7 @@ from tests.bench.lab import (
     CAP_CPU,
     GEN_CPU,
     HERE,
+    P1_GENERATOR,
     PROFILE,
     BenchError,
     Lab,
@@ -92,14 +93,15 @@ from tests.bench.lab import (
 from tests.bench.windowgen import CHUNK_BYTES, RECORDS_PER_CHUNK, Schedule, pod_name, verify_pcap
 
 KEYS = (
-    "p1_cpu_ratio", "p1_drop_fraction", "p2_cpu_ratio", "p2_stored_fraction",
+    "p1_offered_pps", "p1_cpu_ratio", "p1_drop_fraction", "p1_tcpdump_drop_fraction", "p1_drop_ratio",
+    "p2_cpu_ratio", "p2_cpu_ratio_all_rounds", "p2_stored_fraction",
     "p3_pods", "p3_rss_mib", "p3_start_s", "p3_idle_cpu_pct", "p3_drop_fraction",
     "p4_stored_gb", "p4_window_s", "p4_window_api_s",
     "p5_stored_ratio", "p5_min_pod_ratio", "p5_unaccounted", "p5_cpu_ratio", "p5_tcpdump_cpu_s", "p5_agent_cpu_s",
     "p5_collector_cpu_s",
 )
 TARGETS = {  # key: (comparison, bound)
-    "p1_cpu_ratio": ("<=", 1.1), "p1_drop_fraction": ("==", 0.0), "p2_cpu_ratio": ("<=", 2.0),
+    "p1_cpu_ratio": ("<=", 1.1), "p1_drop_ratio": ("<=", 1.0), "p2_cpu_ratio": ("<=", 2.0),
     "p2_stored_fraction": ("==", 1.0), "p3_rss_mib": ("<=", 200.0), "p3_start_s": ("<=", 3.0),
     "p3_idle_cpu_pct": ("<=", 3.0), "p3_drop_fraction": ("==", 0.0), "p4_window_s": ("<=", 1.0),
     "p5_stored_ratio": (">=", 0.99), "p5_min_pod_ratio": (">=", 0.95), "p5_unaccounted": ("==", 0.0),
@@ -203,12 +205,25 @@ def phase_p1p2(lab: Lab, seconds: float, rounds: int, ring_budget: int | None) -
     ag_cpu = sum(x["cpu_s"] for x in ag)
     co_cpu = sum(x["collector_cpu_s"] for x in ag)
     offered = sum(x["offered"] for x in ag)
+    td_offered = sum(x["offered"] for x in td)
     received = sum(x["received"] for x in ag)
+    ag_drops = sum(x["dropped"] for x in ag)
+    td_drops = sum(max(0, x["dropped"]) for x in td)
+    # tcpdump's cheapest round is the one that ran on warm page-cache memory (see the notes above): the fair
+    # baseline for podcap's mean round.
+    td_warm = min(x["cpu_s"] for x in td)
     out = {
         "p1_cpu_ratio": ag_cpu / td_cpu if td_cpu else float("inf"),
-        "p1_drop_fraction": sum(x["dropped"] for x in ag) / offered if offered else 1.0,
-        "p2_cpu_ratio": (ag_cpu + co_cpu) / td_cpu if td_cpu else float("inf"),
-        "p2_stored_fraction": sum(x["stored"] for x in ag) / received if received else 0.0,
+        "p1_drop_fraction": ag_drops / offered if offered else 1.0,
+        "p1_tcpdump_drop_fraction": td_drops / td_offered if td_offered else 1.0,
+        # Drop fractions compared with one packet added to each side's drops, so that "both dropped nothing" is
+        # 1.0 (as good as tcpdump) and "tcpdump dropped nothing, podcap a few" is above 1.0.
+        "p1_drop_ratio": ((ag_drops + 1) / max(1, offered)) / ((td_drops + 1) / max(1, td_offered)),
+        "p2_cpu_ratio": (ag_cpu + co_cpu) / len(ag) / td_warm if td_warm else float("inf"),
+        "p2_cpu_ratio_all_rounds": (ag_cpu + co_cpu) / td_cpu if td_cpu else float("inf"),
+        # Of what the kernel delivered to the agent (received - kernel drops), the part stored: 1.0 = podcap lost
+        # nothing between the ring and the disk.
+        "p2_stored_fraction": sum(x["stored"] for x in ag) / (received - ag_drops) if received > ag_drops else 0.0,
         "p1_offered_pps": rate,
     }
     return out, runs
@@ -508,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--p4-gib", type=float, help="p4: GiB of records to store (default 5; smoke 0.2)")
     ap.add_argument("--p4-segment-mib", type=int, help="p4: segment size (default: the collector's, 64 MiB; "
                     "smoke 8)")
+    ap.add_argument("--p1-hostile", action="store_true", help="p1/p2: the generator runs on every CPU (one "
+                    "sender each), competing with the capturer, for higher and harsher rates")
     ap.add_argument("--p5-frames", type=int, help="p5: frames each pod sends (default 150000; smoke 20000)")
     ap.add_argument("--p5-rate", type=int, default=25000, help="p5: frames per second each pod sends")
     ap.add_argument("--p5-pods", type=int, default=4, help="p5: busy pods on the bridge")
@@ -523,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     check_environment()
     PROFILE.update(py_spy=a.py_spy or "", dir=a.profile_dir, args=a.py_spy_args)
+    if a.p1_hostile:
+        P1_GENERATOR.update(cpu=None, procs=os.cpu_count() or 2)
     seconds = a.seconds or (2.0 if a.smoke else 10.0)
     rounds = a.rounds or (1 if a.smoke else 2)
     n_pods = a.pods or (10 if a.smoke else 200)
