@@ -248,6 +248,28 @@ def test_duration_that_ends_while_the_collector_is_down_closes_correctly(cluster
     assert max(r.ts_ns for r in recs) <= created + 3_000_000_000  # nothing after the deadline is kept
 
 
+def segment_bytes(directory: str) -> int:
+    """Bytes of a pod's segment files (and of one being created), read while the collector renames and deletes
+    them: a file gone between the listing and its stat is simply not there any more."""
+    total = 0
+    try:
+        names = set(os.listdir(directory))
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if not name.endswith((".pcap", ".pcap.tmp")):
+            continue
+        for candidate in (name, name.removesuffix(".tmp")):  # a new segment renamed meanwhile is counted as such
+            if candidate != name and candidate in names:
+                break
+            try:
+                total += os.stat(os.path.join(directory, candidate)).st_size
+                break
+            except FileNotFoundError:
+                continue  # renamed (try its final name) or deleted by retention
+    return total
+
+
 def test_retention_keeps_each_pod_under_its_cap_through_many_rotations(cluster: Cluster) -> None:
     """A flight recorder: 64 KiB segments, at most 256 KiB kept per pod, ~1 MB of traffic per pod."""
     c = cluster
@@ -262,9 +284,7 @@ def test_retention_keeps_each_pod_under_its_cap_through_many_rotations(cluster: 
     peak = 0
     while sender.poll() is None:  # the cap holds all along, not only at the end
         for p in pods:
-            d = os.path.join(c.data, "captures", cid, c.node.namespace, p)
-            on_disk = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)) if os.path.isdir(d) else 0
-            peak = max(peak, on_disk)
+            peak = max(peak, segment_bytes(os.path.join(c.data, "captures", cid, c.node.namespace, p)))
         time.sleep(0.05)
     st = json.loads(podcap(c.address, "stop", cid, "-o", "json").stdout)
     out = os.path.join(c.tmp, "out")
