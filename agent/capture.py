@@ -72,7 +72,8 @@ class StreamSink(Protocol):
 
 @dataclass(frozen=True)
 class EngineSettings:
-    # Cut a chunk at this size (fewer, larger messages: less per-message cost on both ends) ...
+    # Cut a chunk at this size (fewer, larger messages: less per-message cost on both ends; the collector may ask
+    # for smaller ones, never larger) ...
     chunk_bytes: int = 4 << 20
     # ... or when its first packet has waited this long (the latency of a live view of a quiet pod). 2 s rather
     # than 1 s halves the chunks, messages and acknowledgements of quiet pods: 200 pods at 100 pps each cost the
@@ -334,7 +335,7 @@ class CaptureEngine:
             remaining=settings.max_packets or -1, has_filter=bool(settings.filter),
             fmt=FileFormat(handle.linktype, handle.snaplen, handle.nanosecond),
             handle_timeout=opts.timeout_ms / 1000, ring_bytes=opts.buffer_bytes,
-            chunk_bytes=settings.max_chunk_bytes or self._cfg.chunk_bytes,
+            chunk_bytes=min(settings.max_chunk_bytes or self._cfg.chunk_bytes, self._cfg.chunk_bytes),
         )
 
         def register() -> None:

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 
@@ -104,8 +104,10 @@ class AgentSession:
         self.out = UploadLog(memory_bytes=config.upload_buffer_bytes, disk_bytes=config.spool_disk_bytes,
                              spool_dir=config.spool_dir)
         self._desired: dict[tuple[CaptureId, PodUid], _Desired] = {}
-        self.engine = CaptureEngine(_Sink(self.out, self._ended), instance_id=self.instance_id,
-                                    settings=config.engine)
+        # Chunks of at most a sixteenth of the upload buffer: when it is full, each pod's share holds several.
+        engine = replace(config.engine, chunk_bytes=max(64 << 10, min(config.engine.chunk_bytes,
+                                                                       config.upload_buffer_bytes // 16)))
+        self.engine = CaptureEngine(_Sink(self.out, self._ended), instance_id=self.instance_id, settings=engine)
         self.out.on_lost = self.engine.record_loss  # gaps the log keeps in chunks' places count per pod
         self._stop = threading.Event()
         self._pods: dict[PodUid, PodInfo] = {}
