@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv libpcap0.8 tcpdump tshark netsniff-ng iproute2 iputils-ping procps \
 	containerd runc containernetworking-plugins busybox-static iptables gcc libc6-dev
 
-.PHONY: demo test deps venv dev lint typecheck proto proto-check unit integration bench bench-smoke clean
+.PHONY: demo test deps venv dev lint typecheck proto proto-check unit integration bench bench-smoke soak clean
 
 demo: venv
 	$(VENV)/bin/podcap demo
@@ -57,6 +57,11 @@ bench: venv
 
 bench-smoke: venv
 	$(PY) -m tests.bench.run --smoke
+
+# 50 pods x 5k pps with rotation and retention for SOAK_MINUTES (20): RSS, CPU and fds every minute, accounting.
+SOAK_MINUTES ?= 20
+soak: venv
+	$(PY) -m tests.bench.run --soak $(SOAK_MINUTES)
 
 clean:
 	rm -rf build $(VENV) .mypy_cache .pytest_cache

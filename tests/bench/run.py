@@ -90,6 +90,7 @@ from tests.bench.lab import (
     trafgen,
     wait_for_log,
 )
+from tests.bench.soak import phase_soak
 from tests.bench.windowgen import CHUNK_BYTES, RECORDS_PER_CHUNK, Schedule, pod_name, verify_pcap
 
 KEYS = (
@@ -100,11 +101,17 @@ KEYS = (
     "p5_stored_ratio", "p5_min_pod_ratio", "p5_unaccounted", "p5_cpu_ratio", "p5_tcpdump_cpu_s", "p5_agent_cpu_s",
     "p5_collector_cpu_s",
 )
+SOAK_KEYS = (
+    "soak_minutes", "soak_pods", "soak_offered_pps", "soak_unaccounted", "soak_rss_drift_agent",
+    "soak_rss_drift_collector", "soak_rss_agent_mib", "soak_rss_collector_mib", "soak_fds_agent",
+    "soak_fds_collector", "soak_cpu_pct_agent", "soak_cpu_pct_collector",
+)
 TARGETS = {  # key: (comparison, bound)
     "p1_cpu_ratio": ("<=", 1.1), "p1_drop_ratio": ("<=", 1.0), "p2_cpu_ratio": ("<=", 2.0),
     "p2_stored_fraction": ("==", 1.0), "p3_rss_mib": ("<=", 200.0), "p3_start_s": ("<=", 3.0),
     "p3_idle_cpu_pct": ("<=", 3.0), "p3_drop_fraction": ("==", 0.0), "p4_window_s": ("<=", 1.0),
     "p5_stored_ratio": (">=", 0.99), "p5_min_pod_ratio": (">=", 0.95), "p5_unaccounted": ("==", 0.0),
+    "soak_unaccounted": ("==", 0.0), "soak_rss_drift_agent": ("<=", 0.05), "soak_rss_drift_collector": ("<=", 0.05),
 }
 TRAFGEN_CONF = """/* 128-byte UDP 10.99.0.1:4000 -> 10.99.0.2:9; the destination MAC is nobody's, so the host veth
    discards every frame right after the packet taps (capture still sees all of them). */
@@ -506,8 +513,8 @@ def print_table(result: dict[str, Any], runs: list[dict[str, Any]], p3: dict[str
     if p4:
         print("p4 detail: " + ", ".join(f"{k}={v}" for k, v in p4.items()))
     print(f"summary{' (smoke: no thresholds)' if smoke else ''}:")
-    for k in KEYS:
-        print(f"  {k:20} {fmt(result.get(k)):>10}  {'' if smoke else verdict(k, result.get(k))}")
+    for k in (*KEYS, *[k for k in SOAK_KEYS if k in result]):
+        print(f"  {k:24} {fmt(result.get(k)):>10}  {'' if smoke else verdict(k, result.get(k))}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -532,6 +539,10 @@ def main(argv: list[str] | None = None) -> int:
                     "during the traffic (SIGSTOP), to overflow the agent's buffers")
     ap.add_argument("--p5-agent-args", default="", help="p5: extra podcap-agent arguments (space separated)")
     ap.add_argument("--only", choices=["p1", "p3", "p4", "p5"], help="run one phase only")
+    ap.add_argument("--soak", type=float, metavar="MINUTES", help="run only the soak (see tests/bench/soak.py): "
+                    "many pods for MINUTES with rotation and retention; RSS, CPU and fds every minute")
+    ap.add_argument("--soak-pods", type=int, default=50, help="soak: pods")
+    ap.add_argument("--soak-pps", type=float, default=5000.0, help="soak: frames per second per pod")
     ap.add_argument("--py-spy", metavar="PATH", help="profile agent and collector with this py-spy binary during "
                     "the p1/p2 podcap runs and during p3 traffic (perturbs the figures)")
     ap.add_argument("--profile-dir", default="/tmp", help="where --py-spy writes collapsed stacks")
@@ -559,22 +570,30 @@ def main(argv: list[str] | None = None) -> int:
     p3: dict[str, Any] = {}
     p4: dict[str, Any] = {}
     p5: list[dict[str, Any]] = []
+    soak: list[dict[str, Any]] = []
     rc = 0
     try:
         with sigterm_as_interrupt():
-            if a.only in (None, "p1"):
+            if a.soak:
+                out, soak = phase_soak(lab, minutes=a.soak, n_pods=a.soak_pods, pps=a.soak_pps)
+                result = {k: v for k, v in result.items() if v is not None}
+                result.update(out)
+            if a.only in (None, "p1") and not a.soak:
                 out, runs = phase_p1p2(lab, seconds, rounds, a.ring_budget)
                 result.update(out)
-            if a.only in (None, "p3"):
+            if a.only in (None, "p3") and not a.soak:
                 out, p3 = phase_p3(lab, n_pods, a.pps, p3_seconds, a.ring_budget)
                 result.update(out)
-            if a.only in (None, "p4"):
+            if a.only in (None, "p4") and not a.soak:
                 out, p4 = phase_p4(lab, p4_bytes, p4_segment)
                 result.update(out)
-            if a.only in (None, "p5"):
+            if a.only in (None, "p5") and not a.soak:
                 out, p5 = phase_p5(lab, rounds=rounds, frames=a.p5_frames or (20000 if a.smoke else 150000),
                                    rate=a.p5_rate, n_pods=a.p5_pods, agent_args=tuple(a.p5_agent_args.split()),
                                    stall_s=a.p5_stall)
+                result.update(out)
+            if a.smoke and not a.only and not a.soak:  # the soak's code path, briefly
+                out, soak = phase_soak(lab, minutes=0.4, n_pods=10, pps=1000.0)
                 result.update(out)
     except (Exception, KeyboardInterrupt) as e:
         log(f"FAILED: {type(e).__name__}: {e}")
