@@ -90,6 +90,13 @@ class EngineSettings:
     busy_bytes: int = 64 << 10
     # Total kernel ring memory the agent aims for when a capture leaves the buffer size to it.
     ring_budget_bytes: int = 128 << 20
+    # The upload buffer the chunks go to (memory and spool; 0 = unknown). Chunks are kept to a quarter of each
+    # stream's equal share of it: when many pods cut their chunks at once (they started together, so their flush
+    # deadlines coincide), the burst still fits, and a full buffer's fair share holds several chunks per pod.
+    # Measured: 50 pods x 5k pps cut 50 chunks of 1.4 MB within one walk, 72 MB for a 64 MiB buffer: 6 pods lost
+    # a chunk each although the collector kept up with the average rate.
+    upload_buffer_bytes: int = 0
+    min_chunk_bytes: int = 64 << 10
 
 
 @dataclass
@@ -164,6 +171,7 @@ class CaptureEngine:
         self._streams: dict[tuple[CaptureId, PodUid], _Stream] = {}
         self._by_fd: dict[int, _Stream] = {}
         self._by_id: dict[str, _Stream] = {}
+        self._chunk_cap = self._cfg.chunk_bytes
         self._opening: set[tuple[CaptureId, PodUid]] = set()
         self._cancelled_opens: set[tuple[CaptureId, PodUid]] = set()
         self._commands: list[Callable[[], None]] = []
@@ -351,6 +359,7 @@ class CaptureEngine:
                 return
             self._by_fd[handle.fd] = stream
             self._poll.register(handle.fd, select.EPOLLIN)
+            self._resize_chunks()
             stream.next_stats = time.monotonic() + self._cfg.stats_interval
             self._sink.event(
                 ingest_pb2.PodCaptureEvent(
@@ -448,7 +457,8 @@ class CaptureEngine:
         while rounds:
             rounds -= 1
             # At most about a chunk's worth per call (a full ring can hold far more than a message may).
-            room = max(1, (stream.chunk_bytes - sink.pending()) // stream.avg_record)
+            chunk_bytes = min(stream.chunk_bytes, self._chunk_cap)
+            room = max(1, (chunk_bytes - sink.pending()) // stream.avg_record)
             want = room if stream.remaining <= 0 else min(stream.remaining, room)
             n = handle.dispatch(want)
             if n <= 0:
@@ -474,10 +484,17 @@ class CaptureEngine:
                     before = 0
                     self._finish_later(stream, "max-packets reached")
                     continue
-            if pending >= stream.chunk_bytes:
+            if pending >= chunk_bytes:
                 self._cut(stream)
                 before = 0
         return moved
+
+    def _resize_chunks(self) -> None:
+        """Recompute the chunk size cap for the number of streams (loop thread; see ``upload_buffer_bytes``)."""
+        budget = self._cfg.upload_buffer_bytes
+        if budget:
+            share = budget // (4 * max(1, len(self._streams)))
+            self._chunk_cap = max(self._cfg.min_chunk_bytes, min(self._cfg.chunk_bytes, share))
 
     def _cut(self, stream: _Stream) -> None:
         """Send what the stream holds as its next chunk: the records, with the losses not yet reported in-band;
@@ -519,6 +536,8 @@ class CaptureEngine:
 
     def _read_kernel(self, stream: _Stream) -> None:
         raw = stream.handle.stats()
+        if raw is None:  # unreadable now: the last reading stands (zeros would look like a 32-bit wrap)
+            return
         last = stream.raw_kernel
         total = self._total(stream)
         total.kernel_dropped += (raw.dropped - last[1]) & 0xFFFFFFFF
@@ -593,4 +612,5 @@ class CaptureEngine:
         with self._lock:
             del self._streams[stream.key]
             self._by_id.pop(stream.stream_id, None)
+        self._resize_chunks()
         log.info("capture %s: pod %s/%s ended: %s", stream.key[0], stream.pod.namespace, stream.pod.name, reason)

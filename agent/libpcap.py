@@ -269,10 +269,11 @@ class Handle:
             err = ctypes.get_errno()
             raise PcapError(f"cannot stop the handle's input: {os.strerror(err)}")
 
-    def stats(self) -> KernelCounters:
+    def stats(self) -> KernelCounters | None:
+        """libpcap's counters (32-bit, cumulative since the handle opened); None when they cannot be read."""
         st = _PcapStat()
         if self._p is None or lib().pcap_stats(self._p, byref(st)) < 0:
-            return KernelCounters(0, 0, 0)
+            return None
         return KernelCounters(st.ps_recv, st.ps_drop, st.ps_ifdrop)
 
     def close(self) -> None:

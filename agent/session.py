@@ -104,9 +104,8 @@ class AgentSession:
         self.out = UploadLog(memory_bytes=config.upload_buffer_bytes, disk_bytes=config.spool_disk_bytes,
                              spool_dir=config.spool_dir)
         self._desired: dict[tuple[CaptureId, PodUid], _Desired] = {}
-        # Chunks of at most a sixteenth of the upload buffer: when it is full, each pod's share holds several.
-        engine = replace(config.engine, chunk_bytes=max(64 << 10, min(config.engine.chunk_bytes,
-                                                                       config.upload_buffer_bytes // 16)))
+        # Chunks sized to the upload buffer they go to (see EngineSettings.upload_buffer_bytes).
+        engine = replace(config.engine, upload_buffer_bytes=config.upload_buffer_bytes + self.out.disk_bytes)
         self.engine = CaptureEngine(_Sink(self.out, self._ended), instance_id=self.instance_id, settings=engine)
         self.out.on_lost = self.engine.record_loss  # gaps the log keeps in chunks' places count per pod
         self._stop = threading.Event()

@@ -475,6 +475,21 @@ def test_agent_dials_the_collector_service(objects: list[Obj]) -> None:
     assert int(match.group(3)) == COLLECTOR_PORTS["agents"]
 
 
+def test_agent_spools_to_its_own_disk_volume(objects: list[Obj]) -> None:
+    """A collector restart or a burst it cannot absorb at once costs nothing: the agent keeps unacknowledged data
+    on disk (an emptyDir of the node's disk, not memory, larger than the spool cap)."""
+    spec, agent = _agent(objects)
+    args = dict(a.split("=", 1) for a in agent["args"])
+    spool_dir, cap = args["--spool-dir"], int(args["--spool-bytes"])
+    [mount] = [m for m in agent["volumeMounts"] if spool_dir.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert not mount.get("readOnly")
+    [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    empty = volume["emptyDir"]
+    assert empty.get("medium", "") != "Memory"
+    size = empty["sizeLimit"]
+    assert size.endswith("Mi") and int(size[:-2]) << 20 > cap
+
+
 def test_agent_listens_for_metrics_and_health(objects: list[Obj]) -> None:
     _, agent = _agent(objects)
     assert {p["name"]: p["containerPort"] for p in agent["ports"]} == AGENT_PORTS
