@@ -13,7 +13,14 @@ unacknowledged. A full disk pauses ingestion: the chunk is retried until space r
 agent's stream, so HTTP/2 flow control pushes back and the agent spools. Retention deletes a pod's oldest segments
 once it holds more than ``keep_bytes``/``keep_seconds`` (or the capture more than ``keep_total_bytes``).
 
-Concurrency: one lock per capture guards its pods, writers and counters; the manager lock guards only the capture
+Gaps are data: each pod keeps every stream it had (``podcap.collector.streams``), a chunk is stored in its stream's
+order, and nothing about one chunk stops the stream — a missing sequence number is logged, a malformed chunk, one
+past a limit or after the end is counted under its cause (``podcap.drops``) and acknowledged, in-band gaps from the
+agent are counted where they happened. Every loss goes to ``gaps.tsv``. A stopping capture waits while its agents
+keep delivering.
+
+Concurrency: one lock per capture guards its pods, writers and counters (the device flush of a commit runs
+outside it, commits of a capture one at a time under ``commit_lock``); the manager lock guards only the capture
 table. Agent events arrive on each agent's reader thread, user requests on gRPC worker threads.
 """
 

@@ -11,7 +11,10 @@ Every figure comes from parsing the stored files and from the capturers' own cou
   drops + every kind of podcap drop; ``p5_unaccounted`` sums what that leaves unexplained (must be 0);
 - ``p5_stored_ratio`` = podcap stored ÷ tcpdump stored, all pods and rounds; ``p5_min_pod_ratio`` the worst pod;
 - CPU seconds of the N tcpdumps, of the agent and of the collector over the same traffic (podcap's until the
-  capture is stored: a backlog drained after the traffic counts).
+  capture is stored: a backlog drained after the traffic counts);
+- from the daemons' own metrics: the agent's peak of unacknowledged bytes while the traffic ran
+  (``p5_peak_backlog_mib``, against its 64 MiB buffer: how close the path came to losing data) and the
+  collector's commit latency (``p5_commit_p99_s``, written → durable → acknowledged).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import re
 import signal
 import threading
 import time
+import urllib.request
 from typing import Any
 
 import psutil
@@ -63,6 +67,54 @@ def pod_drops(p: control_pb2.PodStatus) -> dict[str, int]:
     """Every kind of drop that ``status`` names for a pod (the kernel's ring included, not its interface), and
     what retention deleted."""
     return {"kernel": p.kernel.dropped, "retired": p.retired_packets, **Drops.from_proto(p.drops).nonzero()}
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus text of a daemon's /metrics, as {"name{labels}": value} (samples only)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+class Backlog:
+    """Samples the agent's unacknowledged bytes (its own metric) every 50 ms while traffic runs: how close the
+    path came to overflowing the upload buffer."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.peak, self._stop = port, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                self.peak = max(self.peak, scrape(self.port).get("podcap_agent_spool_bytes", 0.0))
+            except OSError:
+                pass
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def commit_quantile(metrics: dict[str, float], q: float) -> float:
+    """Upper bound of the q-quantile of the collector's commit latency histogram in seconds (the largest bucket,
+    5 s, when it lies beyond; 0 when nothing was committed)."""
+    buckets = sorted((float(k.split('le="')[1].split('"')[0]), v) for k, v in metrics.items()
+                     if k.startswith("podcap_commit_seconds_bucket") and "+Inf" not in k)
+    total = metrics.get("podcap_commit_seconds_count", 0.0)
+    if not total or not buckets:
+        return 0.0
+    for le, count in buckets:
+        if count >= q * total:
+            return le
+    return buckets[-1][0]
 
 
 class Traffic:
@@ -145,10 +197,12 @@ def run_podcap(pc: Podcap, pods: list[Pod], traffic: Traffic, settle: float, sta
     time.sleep(0.5)
     base = {pod.name: veth_packets(pod.host_veth) for pod in pods}
     a0, k0 = cpu_seconds(pc.p_agent), cpu_seconds(pc.p_collector)
+    backlog = Backlog(pc.agent_metrics) if pc.agent_metrics else None
     staller = stall(pc, traffic.frames / traffic.rate / 4, stall_s) if stall_s else None
     wall, sent = traffic.run()
     if staller is not None:
         staller.join()
+    peak = backlog.stop() if backlog is not None else 0.0
     time.sleep(settle)
     t_stop = time.monotonic()
     st = pc.stop_capture(cid, timeout=300)
@@ -164,7 +218,10 @@ def run_podcap(pc: Podcap, pods: list[Pod], traffic: Traffic, settle: float, sta
             "status_packets": p.packets + p.retired_packets, "status_unaccounted": p.unaccounted,
             "unaccounted": p.kernel.received - stored[p.pod.name] - sum(drops.values())}
     stats.update(cpu_s=round(a1 - a0, 2), collector_cpu_s=round(k1 - k0, 2), gen_wall=round(wall, 2), sent=sent,
-                 stop_s=round(stop_s, 2))
+                 stop_s=round(stop_s, 2), peak_backlog_mib=round(peak / (1 << 20), 1))
+    if pc.collector_metrics:
+        m = scrape(pc.collector_metrics)
+        stats.update(commit_p50_s=commit_quantile(m, 0.5), commit_p99_s=commit_quantile(m, 0.99))
     return stats
 
 
@@ -176,7 +233,7 @@ def phase_p5(lab: Lab, *, rounds: int, frames: int, rate: int, n_pods: int = 4, 
     traffic = Traffic(lab, pods, frames, rate)
     log(f"p5: {n_pods} pods on {bridge}; each sends {frames:,} frames of 456 bytes at {rate:,}/s, flooded to all")
     traffic.run()  # the bridge learns every pod's MAC before anything is measured
-    pc = Podcap(lab, f"pcb-{lab.tag}-f", collector_cpu=None, agent_cpu=None, agent_args=agent_args)
+    pc = Podcap(lab, f"pcb-{lab.tag}-f", collector_cpu=None, agent_cpu=None, agent_args=agent_args, metrics=True)
     runs: list[dict[str, Any]] = []
     try:
         for r in range(rounds):
@@ -203,5 +260,7 @@ def phase_p5(lab: Lab, *, rounds: int, frames: int, rate: int, n_pods: int = 4, 
         "p5_agent_cpu_s": sum(x["cpu_s"] for x in pcs),
         "p5_collector_cpu_s": sum(x["collector_cpu_s"] for x in pcs),
     }
+    out["p5_peak_backlog_mib"] = max(x["peak_backlog_mib"] for x in pcs)
+    out["p5_commit_p99_s"] = max(x.get("commit_p99_s", 0.0) for x in pcs)
     out["p5_cpu_ratio"] = (out["p5_agent_cpu_s"] + out["p5_collector_cpu_s"]) / td_cpu if td_cpu else float("inf")
     return out, runs

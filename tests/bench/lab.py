@@ -274,13 +274,13 @@ class Podcap:
 
     def __init__(self, lab: Lab, node: str, *, collector_cpu: str | None, agent_cpu: str | None,
                  ring_budget: int | None = None, agent_args: tuple[str, ...] = (),
-                 collector_args: tuple[str, ...] = ()) -> None:
+                 collector_args: tuple[str, ...] = (), metrics: bool = False) -> None:
         self.lab = lab
         self.node = node
         self.data_dir = os.path.join(lab.workdir, f"data-{node}")
         self.collector, clog = lab.spawn(f"collector-{node}", [
             console_script("podcap-collector"), "--insecure", "--listen", "127.0.0.1:0", "--data-dir", self.data_dir,
-            *collector_args], cpu=collector_cpu)
+            *collector_args, *(["--metrics-listen", "127.0.0.1:0"] if metrics else [])], cpu=collector_cpu)
         port = int(wait_for_log(clog, r"\(port (\d+)\)", self.collector, 20).group(1))
         self.address = f"127.0.0.1:{port}"
         argv = [console_script("podcap-agent"), "--insecure", "--collector", self.address, "--node", node,
@@ -288,8 +288,15 @@ class Podcap:
         if ring_budget:
             argv += ["--ring-budget", str(ring_budget)]
         argv += agent_args
+        if metrics:
+            argv += ["--metrics-listen", "127.0.0.1:0"]
         self.agent, self.agent_log = lab.spawn(f"agent-{node}", argv, cpu=agent_cpu)
         wait_for_log(self.agent_log, r"registered with collector", self.agent, 20)
+        # Ports of the daemons' /metrics (0 = not served).
+        self.agent_metrics = int(wait_for_log(self.agent_log, r"metrics on port (\d+)", self.agent, 20).group(1)) \
+            if metrics else 0
+        self.collector_metrics = int(wait_for_log(clog, r"metrics on port (\d+)", self.collector, 20).group(1)) \
+            if metrics else 0
         self.client = CollectorClient(self.address, timeout=60)
         self.p_agent = psutil.Process(self.agent.pid)
         self.p_collector = psutil.Process(self.collector.pid)

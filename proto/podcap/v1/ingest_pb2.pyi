@@ -340,8 +340,9 @@ class PcapChunk(_message.Message):
     """
     records: _builtins.bytes
     """Whole pcap records (16-byte record header + caplen bytes each) in the format announced by the STARTED
-    event; never a file header, never a partial record. Agents cut chunks near 4 MiB; the collector accepts
-    messages up to 16 MiB.
+    event; never a file header, never a partial record. Agents cut chunks of at most 4 MiB (smaller when many pods
+    share their upload buffer, or when the collector asks for smaller ones); the collector accepts messages up to
+    16 MiB.
     """
     packets: _builtins.int
     """Number of records in `records`."""
