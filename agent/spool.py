@@ -152,18 +152,18 @@ class UploadLog:
         share = (self.memory_bytes + self.disk_bytes) // holders
         if self._held.get(stream, 0) + size > share:
             return None  # this stream holds its share already: its own newest data is what goes
-        while where is None:
-            victim = self._victim(stream, share)
-            if victim is None:
-                return None
+        victims = self._victims(stream, share, size)
+        if victims is None:
+            return None  # not enough can give way: evicting some would only add losses
+        for victim in victims:
             path = victim.path
             self._free(victim)
             if path is not None:
                 unlink.append(path)
+            victim.path = None
             victim.chunk = gap_chunk(victim.meta, "buffer_full", victim.meta.packets)
             lost.append((victim.meta, "buffer_full", victim.meta.packets))
-            where = self._fits(size)
-        return where
+        return self._fits(size)
 
     def _fits(self, size: int) -> str | None:
         if self._mem + size <= self.memory_bytes:
@@ -172,21 +172,44 @@ class UploadLog:
             return "disk"
         return None
 
-    def _victim(self, stream: str, share: int) -> _Item | None:
-        """The newest unsent chunk with records of the stream holding the most beyond its share."""
-        for other, held in sorted(self._held.items(), key=lambda kv: -kv[1]):
-            if held <= share:
+    def _victims(self, stream: str, share: int, size: int) -> list[_Item] | None:
+        """The unsent chunks whose places become gaps so that ``size`` bytes of ``stream`` fit: each time the newest
+        unsent chunk of the stream holding the most beyond its share. None when even all of those would not make
+        room (then nothing is given up)."""
+        held = {s: b for s, b in self._held.items() if s != stream and b > share}
+        taken: set[int] = set()
+        victims: list[_Item] = []
+        mem, disk = self._mem, self._disk
+        while not (mem + size <= self.memory_bytes
+                   or (self.spool_dir is not None and disk + size <= self.disk_bytes)):
+            found = None
+            for other, _ in sorted(held.items(), key=lambda kv: -kv[1]):
+                for seq in reversed(self._stream_seqs.get(other, ())):
+                    item = self._unacked[(other, seq)]
+                    if not item.sent and item.size and id(item) not in taken:
+                        found = item
+                        break
+                if found is not None:
+                    break
+            if found is None:
                 return None
-            if other == stream:
-                continue
-            for seq in reversed(self._stream_seqs.get(other, ())):
-                item = self._unacked[(other, seq)]
-                if not item.sent and item.size:
-                    return item
-        return None
+            taken.add(id(found))
+            victims.append(found)
+            if found.path is not None:
+                disk -= found.size
+            else:
+                mem -= found.size
+            left = held[found.meta.stream_id] - found.size
+            if left > share:
+                held[found.meta.stream_id] = left
+            else:
+                del held[found.meta.stream_id]
+        return victims
 
     def _take(self, item: _Item) -> None:
         """Count a kept chunk against its cap (caller holds the lock)."""
+        if not item.size:
+            return
         if item.path is not None:
             self._disk += item.size
         else:

@@ -797,6 +797,8 @@ class CaptureManager(AgentListener, ClusterListener):
                 if not cap.dirty and not dirty:
                     return
                 syncs: list[PendingSync] = []
+                rows = {}
+                committed: list[tuple[PodState, StreamState, int, AgentConnection | None]] = []
                 try:
                     for ps in dirty:
                         if ps.writer is not None and ps.close_pending:
@@ -806,17 +808,16 @@ class CaptureManager(AgentListener, ClusterListener):
                             pending = ps.writer.sync_later()
                             if pending is not None:
                                 syncs.append(pending)
+                    for ps in dirty:
+                        rows[str(ps.pod.uid)] = ps.to_row()
+                        for st in ps.streams.values():
+                            if st.last_seq > st.committed_seq:
+                                committed.append((ps, st, st.last_seq, st.ack_conn))
                 except BaseException:
                     for pending in syncs:
                         pending.close()
                     raise  # nothing of this commit is recorded or acknowledged; every dirty pod stays dirty
-                rows = {}
-                committed: list[tuple[PodState, StreamState, int, AgentConnection | None]] = []
                 for ps in dirty:
-                    rows[str(ps.pod.uid)] = ps.to_row()
-                    for st in ps.streams.values():
-                        if st.last_seq > st.committed_seq:
-                            committed.append((ps, st, st.last_seq, st.ack_conn))
                     ps.dirty = False
                 state, ended, reason = cap.state, cap.ended_ns, cap.end_reason
                 cap.dirty = False
@@ -832,16 +833,20 @@ class CaptureManager(AgentListener, ClusterListener):
                         ps.dirty = True
                     cap.dirty = True
                 raise
+            owed: list[tuple[PodState, StreamState, int, AgentConnection]] = []
             with cap.lock:
-                for _ps, st, seq, _conn in committed:
+                for ps, st, seq, conn in committed:
                     st.committed_seq = max(st.committed_seq, seq)
+                    # The connection that wrote the chunk, and the one that sent it again meanwhile (an agent that
+                    # reconnected during the flush: it waits for this acknowledgement too).
+                    for to in {id(c): c for c in (conn, st.ack_conn) if c is not None}.values():
+                        owed.append((ps, st, seq, to))
         if committed:
             self.commit_seconds(time.monotonic() - started)
         by_conn: dict[int, tuple[AgentConnection, list[ingest_pb2.ChunkAck]]] = {}
-        for ps, st, seq, conn in committed:
-            if conn is not None:
-                by_conn.setdefault(id(conn), (conn, []))[1].append(ingest_pb2.ChunkAck(
-                    capture_id=cap.id, pod_uid=ps.pod.uid, stream_id=st.id, seq=seq))
+        for ps, st, seq, conn in owed:
+            by_conn.setdefault(id(conn), (conn, []))[1].append(ingest_pb2.ChunkAck(
+                capture_id=cap.id, pod_uid=ps.pod.uid, stream_id=st.id, seq=seq))
         for conn, acks in by_conn.values():  # one message per agent and commit, however many streams it covers
             if len(acks) == 1:
                 conn.send(ingest_pb2.CollectorMessage(ack=acks[0]))

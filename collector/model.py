@@ -63,7 +63,7 @@ class PodState:
 
     @property
     def stored_bytes(self) -> int:
-        return self.bytes_total - self.retired_bytes
+        return max(0, self.bytes_total - self.retired_bytes)
 
     def add_stream(self, stream_id: str, fmt: common_pb2.PcapFormat) -> StreamState:
         """A stream seen starting for the first time: it becomes the current one."""

@@ -13,7 +13,8 @@ Per stream, every packet the kernel delivered is explained (``StreamState.drops`
   the stored files and the counters agree at every point of the stream;
 - the collector's own causes (``rejected``, ``past_limit``, ``late``);
 - ``lost_with_agent`` for a stream that will never report again without having sent its final report (its agent
-  was killed): what its last report said it had read, minus what arrived. Its ``received`` is then at least what
+  was killed): what its last report said the kernel had queued for it (read, or still in the ring), minus what
+  arrived. Its ``received`` is then at least what
   is accounted for, since the kernel's count after that report died with the agent.
 """
 
@@ -53,7 +54,8 @@ class StreamState:
         d = Drops(unread=self.reported.unread, past_limit=self.reported.past_limit)
         d.add(self.inband).add(self.local)
         if self.abandoned and not self.final:
-            d.lost_with_agent = max(0, self.delivered - self.stored - d.total())
+            # What the kernel had queued for the agent (read or still in the ring) by its last report.
+            d.lost_with_agent = max(0, self.kernel[0] - self.kernel[1] - self.stored - d.total())
         return d
 
     def received(self) -> int:

@@ -133,10 +133,13 @@ class PodWriter:
         self._file: Appender | None = None
         self.current: SegmentInfo | None = None
         self.next_index = next_index
+        # The current segment's header is on disk but was not yet reported as added (its first append failed).
+        self._header_uncounted = False
 
     def header_cost(self, chunk_len: int, now: float) -> int:
-        """Bytes a new file header would add if ``chunk_len`` bytes were appended now."""
-        return FILE_HEADER_LEN if self._needs_new_segment(chunk_len, now) else 0
+        """Bytes a file header adds to the disk if ``chunk_len`` bytes are appended now (a new segment's, or that of
+        a segment opened by an append that then failed, not yet counted)."""
+        return FILE_HEADER_LEN if self._needs_new_segment(chunk_len, now) or self._header_uncounted else 0
 
     def _needs_new_segment(self, chunk_len: int, now: float) -> bool:
         seg = self.current
@@ -177,11 +180,10 @@ class PodWriter:
         """Append whole records; return (bytes added to disk incl. any new header, the new segment if one
         was started)."""
         now = time.time() if now is None else now
-        added = 0
         started = None
         if self._needs_new_segment(len(records), now):
             started = self._open_segment(now)
-            added += FILE_HEADER_LEN
+            self._header_uncounted = True
         assert self._file is not None and self.current is not None
         seg = self.current
         try:
@@ -193,7 +195,9 @@ class PodWriter:
         if not seg.first_ts_ns:
             seg.first_ts_ns = first_ts_ns
         seg.last_ts_ns = max(seg.last_ts_ns, last_ts_ns)
-        return added + len(records), started
+        added = len(records) + (FILE_HEADER_LEN if self._header_uncounted else 0)
+        self._header_uncounted = False
+        return added, started
 
     def publish(self) -> None:
         """Make the current segment file hold everything appended (before a reader opens it)."""

@@ -213,3 +213,25 @@ def test_a_spool_write_that_fails_becomes_a_gap(tmp_path: str) -> None:
     log.new_session()
     assert drain(log) == ["chunk:1", "gap:2:spool_error=1"]
     assert log.pending() == (2, 100)
+
+
+def test_gaps_hold_no_room_and_count_no_stream_as_a_holder() -> None:
+    log = UploadLog(memory_bytes=1000)
+    gap = EncodedChunk.build(ingest_pb2.PcapChunk(capture_id="c", stream_id="g", seq=1,
+                                                  lost=common_pb2.PodcapDrops(out_of_memory=3)))
+    assert log.put_chunk(gap)
+    assert log.held() == {} and log.pending() == (1, 0)
+
+
+def test_nothing_is_given_up_when_it_would_not_make_room() -> None:
+    """A holds the buffer, mostly already sent; B's chunk would not fit even if A's unsent chunk gave way: only
+    B's chunk becomes a gap, A keeps its data."""
+    log = UploadLog(memory_bytes=1000)
+    for seq in range(1, 10):
+        log.put_chunk(chunk("a", seq))
+    log.new_session()
+    drain(log)  # nine sent, not acknowledged
+    log.put_chunk(chunk("a", 10))  # unsent
+    assert not log.put_chunk(chunk("b", 1, size=300))
+    log.new_session()
+    assert drain(log)[-2:] == ["chunk:10", "gap:1:buffer_full=1"]

@@ -220,3 +220,28 @@ def test_refused_direct_write_then_full_disk_leaves_no_hole(tmp_path: str, monke
     w.close()
     (seg,) = list_segments(str(tmp_path))
     assert [int.from_bytes(r.data[:4], "big") for r in read_file(seg)[1]] == list(range(11))
+
+
+def test_a_segment_whose_first_append_failed_counts_its_header_with_the_retry(
+        tmp_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bytes an append reports are what the disk holds: a new segment's header is reported once, also when
+    the append that opened it failed (otherwise retention could make a pod's stored bytes negative)."""
+    import errno
+
+    from podcap.collector.storage import appender
+
+    w = PodWriter(str(tmp_path), FMT, segment_bytes=1 << 20, segment_seconds=0, next_index=1)
+    real_pwrite = os.pwrite
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(appender.os, "pwrite", full)
+    with pytest.raises(StorageError):
+        w.append(records(2, size=4096), packets=2, first_ts_ns=1, last_ts_ns=1)
+    monkeypatch.setattr(appender.os, "pwrite", real_pwrite)
+    assert w.header_cost(100, 0.0) == FILE_HEADER_LEN
+    added, started = w.append(records(2), packets=2, first_ts_ns=1, last_ts_ns=1)
+    w.close()
+    (seg,) = list_segments(str(tmp_path))
+    assert started is None and added == os.path.getsize(seg) == FILE_HEADER_LEN + len(records(2))
