@@ -1,7 +1,8 @@
-"""podcap capture benchmark (issue 3). Run as root from the repository root:
+"""podcap capture benchmark (issues 3 and 12). Run as root from the repository root:
 
     python -m tests.bench.run            # full run (a few minutes), thresholds reported
     python -m tests.bench.run --smoke    # ~2 s per phase, 10 pods, no thresholds (CI)
+    python -m tests.bench.run --soak 20  # only the soak (tests/bench/soak.py), 20 minutes
 
 It builds its own pods (named network namespaces ``/run/netns/pcb-<tag>.<pod>`` with a veth each, the host side
 named ``pcb<tag>h<i>``), runs the real ``podcap-collector`` and ``podcap-agent`` console scripts as separate
@@ -14,7 +15,11 @@ Phases
          fixed packet count per run so every run offers the same traffic). Runs alternate on the same host veth:
          ``tcpdump -w FILE``, podcap, tcpdump, podcap, ... Generator pinned to CPU 0, capturer (tcpdump / agent)
          to CPU 1; the collector is pinned to CPU 0 (it never shares the capturer's CPU). Packets are counted by
-         parsing the stored pcap files.
+         parsing the stored pcap files. ``p1_drop_ratio`` compares the agent's kernel-drop fraction with
+         tcpdump's in the same run (one packet added to each side's drops, so nothing dropped on both sides is 1.0);
+         ``--p1-hostile`` runs the generator on every CPU (faster, and competing with the capturer). p2_cpu_ratio
+         is podcap's mean round (agent + collector) against tcpdump's cheapest (warm) round; all rounds are in
+         p2_cpu_ratio_all_rounds.
   p3     N pods (200; 10 with --smoke) on one agent, 100 pps per pod: start latency, RSS, CPU%, drops.
   p4     time to retrieve a 60 s window of ONE pod from a capture holding >= 5 GB (~200 MB with --smoke). The data
          goes in through the real path: a collector process and a synthetic agent (``windowgen.py``, a gRPC client
@@ -24,6 +29,11 @@ Phases
          p4_window_s) and the Download RPC through CollectorClient (p4_window_api_s), each the median of 3 runs
          with the capture's segments evicted from the page cache first; every result is parsed and must be exactly
          the records generated for that pod in that window. The stored data is deleted afterwards.
+  p5     several busy pods at once on a bridge, flooded traffic: tcpdump x4 against one podcap capture, stored
+         ratio, worst pod, per-pod accounting, CPU, the agent's peak backlog and the collector's commit latency
+         (tests/bench/busy.py; ``--p5-stall S`` freezes the collector mid-burst to overflow the agent).
+  soak   (``--soak MINUTES``; a 0.4-minute one in --smoke) many pods for a long time with rotation and retention:
+         RSS, CPU and fds every minute, RSS drift, accounting (tests/bench/soak.py).
 
 The last stdout line is one JSON object with the figures (keys in ``KEYS``). Each p1/p2 run's JSON line also has
 the user/kernel split (``sys_s``, ``collector_sys_s``), to see where time goes.
