@@ -4,8 +4,10 @@ chunk stops its stream)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -412,18 +414,12 @@ def test_a_stopping_capture_waits_while_its_agents_keep_delivering(
     assert cap.status().pods[0].drops.late == 1
 
 
-def test_a_chunk_sent_again_during_a_commit_is_acknowledged_to_the_new_connection(
-        env: tuple[CaptureManager, AgentConnection, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The agent reconnects while a commit flushes and sends the chunk being committed again: the new session gets
-    the acknowledgement too (the old one is gone), or the agent would hold the chunk forever."""
-    import threading
-
+@contextlib.contextmanager
+def commit_in_flush(mgr: CaptureManager, cid: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A commit of the capture running in another thread, held inside its fdatasync for the body of the ``with``;
+    it completes when the body ends."""
     from podcap.collector.storage import local
 
-    mgr, conn, _ = env
-    cid = start(mgr, conn)
-    sent(conn)
-    mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 2), 2))
     flushing, release = threading.Event(), threading.Event()
     real = os.fdatasync
 
@@ -435,11 +431,26 @@ def test_a_chunk_sent_again_during_a_commit_is_acknowledged_to_the_new_connectio
     monkeypatch.setattr(local.os, "fdatasync", slow)
     committer = threading.Thread(target=mgr._commit, args=(mgr.get(cid),))
     committer.start()
-    assert flushing.wait(5)
+    try:
+        assert flushing.wait(5)
+        yield
+    finally:
+        release.set()
+        committer.join(10)
+        monkeypatch.setattr(local.os, "fdatasync", real)
+
+
+def test_a_chunk_sent_again_during_a_commit_is_acknowledged_to_the_new_connection(
+        env: tuple[CaptureManager, AgentConnection, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent reconnects while a commit flushes and sends the chunk being committed again: the new session gets
+    the acknowledgement too (the old one is gone), or the agent would hold the chunk forever."""
+    mgr, conn, _ = env
+    cid = start(mgr, conn)
+    sent(conn)
+    mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 2), 2))
     conn2 = AgentConnection(node=NODE, instance_id="inst", version="t", pod_source="netns", pods=list(PODS))
-    assert mgr.on_chunk(conn2, chunk(cid, "uid-0", 1, records(0, 2), 2)) is None  # written, not yet durable
-    release.set()
-    committer.join(10)
+    with commit_in_flush(mgr, cid, monkeypatch):
+        assert mgr.on_chunk(conn2, chunk(cid, "uid-0", 1, records(0, 2), 2)) is None  # written, not yet durable
     assert [m.ack.seq for m in sent(conn2) if m.WhichOneof("kind") == "ack"] == [1]
 
 
@@ -447,32 +458,14 @@ def test_commits_do_not_hold_the_capture_while_the_disk_flushes(
         env: tuple[CaptureManager, AgentConnection, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks are stored while a commit waits for fdatasync; they are acknowledged by the next commit, not this
     one (it flushed only what was appended before it began)."""
-    import threading
-
-    from podcap.collector.storage import local
-
     mgr, conn, data = env
     cid = start(mgr, conn)
     sent(conn)
     mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 2), 2))
-    flushing, release = threading.Event(), threading.Event()
-    real = os.fdatasync
-
-    def slow(fd: int) -> None:
-        flushing.set()
-        assert release.wait(10)
-        real(fd)
-
-    monkeypatch.setattr(local.os, "fdatasync", slow)
-    committer = threading.Thread(target=mgr._commit, args=(mgr.get(cid),))
-    committer.start()
-    assert flushing.wait(5)
-    mgr.on_chunk(conn, chunk(cid, "uid-0", 2, records(2, 2), 2))  # not blocked by the flush in progress
-    release.set()
-    committer.join(10)
+    with commit_in_flush(mgr, cid, monkeypatch):
+        mgr.on_chunk(conn, chunk(cid, "uid-0", 2, records(2, 2), 2))  # not blocked by the flush in progress
     acks = [m.ack.seq for m in sent(conn) if m.WhichOneof("kind") == "ack"]
     assert acks == [1]
-    monkeypatch.setattr(local.os, "fdatasync", real)
     assert acked(mgr, conn, cid) == {"uid-0": 2}
 
 
