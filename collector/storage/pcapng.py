@@ -41,7 +41,7 @@ from typing import IO
 
 from podcap import __version__
 from podcap.drops import LABELS, Drops
-from podcap.pcapfile import FILE_HEADER_LEN, RECORD_HEADER_LEN, PcapFormatError, parse_file_header
+from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, PcapFormatError, iter_file_records, parse_file_header
 
 BLOCK_SHB = 0x0A0D0D0A
 BLOCK_IDB = 0x00000001
@@ -76,7 +76,6 @@ _SHB_BODY = struct.Struct("<IHHq")
 _IDB_BODY = struct.Struct("<HHI")
 _EPB_HEAD = struct.Struct("<IIIIIII")
 _ISB_BODY = struct.Struct("<III")
-_PCAP_RECORD = struct.Struct("<IIII")
 
 
 class PcapngError(ValueError):
@@ -235,27 +234,13 @@ class PcapngWriter:
 # ---- merging ----
 
 
-def _pcap_records(f: IO[bytes], path: str, nanosecond: bool, snaplen: int) -> Iterator[tuple[int, int, bytes]]:
+def _pcap_records(f: IO[bytes], path: str, fmt: FileFormat) -> Iterator[tuple[int, int, bytes]]:
     """(timestamp ns, wire length, captured bytes) of each record after the file header, read as needed."""
-    scale = 1 if nanosecond else 1000
-    read = f.read
-    unpack = _PCAP_RECORD.unpack
-    offset = FILE_HEADER_LEN
-    while True:
-        head = read(RECORD_HEADER_LEN)
-        if not head:
-            return
-        if len(head) < RECORD_HEADER_LEN:
-            raise PcapFormatError(f"{path}: truncated record header at offset {offset}")
-        sec, frac, incl, orig = unpack(head)
-        if incl > snaplen or incl > orig:
-            raise PcapFormatError(f"{path}: record at offset {offset}: caplen {incl} exceeds snaplen {snaplen} "
-                                  f"or length {orig}")
-        data = read(incl)
-        if len(data) < incl:
-            raise PcapFormatError(f"{path}: truncated record at offset {offset}")
-        yield sec * 1_000_000_000 + frac * scale, orig, data
-        offset += RECORD_HEADER_LEN + incl
+    try:
+        for _block, rec in iter_file_records(f, fmt, block_size=_READ_BUFFER):
+            yield rec.ts_ns, rec.wirelen, rec.data
+    except PcapFormatError as e:
+        raise PcapFormatError(f"{path}: {e}") from e
 
 
 def _ensure_open_files(n: int) -> None:
@@ -282,7 +267,8 @@ def merge_pcaps(inputs: Sequence[MergeInput], out: IO[bytes], *, section: Sectio
         writer = PcapngWriter(out, section)
         streams: list[Iterator[tuple[int, int, int, bytes]]] = []
         for inp in inputs:
-            f = open(inp.path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 (closed in finally)
+            # Unbuffered: the record walk reads in blocks of its own (one block per input held at a time).
+            f = open(inp.path, "rb", buffering=0)  # noqa: SIM115 (closed in finally)
             files.append(f)
             try:
                 fmt = parse_file_header(f.read(FILE_HEADER_LEN))
@@ -290,7 +276,7 @@ def merge_pcaps(inputs: Sequence[MergeInput], out: IO[bytes], *, section: Sectio
                 raise PcapFormatError(f"{inp.path}: {e}") from e
             iface = writer.add_interface(inp.interface, linktype=fmt.linktype, snaplen=fmt.snaplen,
                                          nanosecond=fmt.nanosecond)
-            streams.append(_tagged(iface, _pcap_records(f, inp.path, fmt.nanosecond, fmt.snaplen)))
+            streams.append(_tagged(iface, _pcap_records(f, inp.path, fmt)))
         counts = [0] * len(inputs)
         write = writer.write_packet
         for ts, iface, wirelen, data in heapq.merge(*streams, key=_timestamp):

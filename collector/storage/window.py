@@ -8,16 +8,13 @@ run per request, not per captured packet.
 
 from __future__ import annotations
 
-import struct
 import tempfile
-from collections.abc import Iterator
 from typing import BinaryIO
 
 import pcapy
 
-from podcap.pcapfile import FILE_HEADER_LEN, RECORD_HEADER_LEN, FileFormat
+from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, iter_file_records
 
-_HDR = struct.Struct("<IIII")
 READ_BLOCK = 4 << 20
 
 
@@ -34,47 +31,21 @@ def compile_filter(expr: str, fmt: FileFormat) -> pcapy.BPFProgram | None:
         raise WindowFilterError(f"invalid filter {expr!r}: {e}") from e
 
 
-def _records(f: BinaryIO, length: int) -> Iterator[tuple[int, int, bytes]]:
-    """(sec, frac, whole record bytes) of a segment, read in large blocks."""
-    f.seek(FILE_HEADER_LEN)
-    left = length - FILE_HEADER_LEN
-    buf = b""
-    while left > 0 or buf:
-        if left > 0:
-            block = f.read(min(READ_BLOCK, left))
-            left -= len(block)
-            buf += block
-            if not block:
-                left = 0
-        off = 0
-        end = len(buf)
-        while off + RECORD_HEADER_LEN <= end:
-            sec, frac, incl, _orig = _HDR.unpack_from(buf, off)
-            nxt = off + RECORD_HEADER_LEN + incl
-            if nxt > end:
-                break
-            yield sec, frac, buf[off:nxt]
-            off = nxt
-        buf = buf[off:]
-        if left <= 0 and buf:
-            return  # a torn tail cannot be a record
-
-
 def select_records(segments: list[tuple[BinaryIO, int]], fmt: FileFormat, *, since_ns: int, until_ns: int,
                    bpf: pcapy.BPFProgram | None) -> BinaryIO:
     """A temporary pcap file (header included, like a segment) of the pod's records in the window that match."""
     out: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115 (handed to the caller)
     out.write(fmt.header())
-    scale = fmt.ts_scale
     for f, length in segments:
-        for sec, frac, rec in _records(f, length):
-            ts = sec * 1_000_000_000 + frac * scale
-            if since_ns and ts < since_ns:
+        f.seek(FILE_HEADER_LEN)
+        # A torn tail (a segment still being appended to) cannot hold a record yet: the walk ends there.
+        for block, rec in iter_file_records(f, fmt, end=length, block_size=READ_BLOCK, torn_tail_ok=True):
+            if since_ns and rec.ts_ns < since_ns:
                 continue
-            if until_ns and ts > until_ns:
+            if until_ns and rec.ts_ns > until_ns:
                 break  # records of a segment are in time order
-            if bpf is not None and not bpf.filter(rec[RECORD_HEADER_LEN:]):
+            if bpf is not None and not bpf.filter(rec.data):
                 continue
-            out.write(rec)
+            out.write(block[rec.offset : rec.end])
     out.seek(0)
     return out

@@ -1,20 +1,28 @@
-"""The classic PCAP file format, as carried in chunks and stored on disk.
+"""The classic PCAP file format, as carried in chunks and stored on disk: headers, and walking the records.
 
 Agents send *bare records* (16-byte record header + captured bytes), exactly what libpcap's ``pcap_dump`` writes
-after the file header; the 24-byte file header is rebuilt from a ``PcapFormat`` wherever a file starts. Files are
+after the file header; the 24-byte file header is rebuilt from a ``FileFormat`` wherever a file starts. Files are
 little-endian (the byte order every podcap agent writes on x86-64 and arm64). Microsecond and nanosecond
 timestamps are both supported (magic ``0xa1b2c3d4`` / ``0xa1b23c4d``).
 
-``scan_records`` is the one place that walks record boundaries: the collector uses it to validate a chunk before
-any byte reaches disk and to cut a chunk exactly at a packet or byte limit. It runs the C walker
-(``podcap.pcapwalk``) when that is built, else the Python walker below (same results and errors; tests compare them).
+Records are walked in two ways, and only here:
+
+- ``scan_records`` checks framing and counts, without looking at a packet: the collector uses it to validate a
+  chunk before any byte reaches disk and to cut a chunk exactly at a packet or byte limit. It runs the C walker
+  (``podcap.pcapwalk``) when that is built, else ``scan_records_python`` (same results and errors; tests compare
+  them), which is kept as a line-by-line twin of the C code rather than built on the iterator below because it is
+  the fallback on the ingest path and must not copy packets.
+- ``iter_records`` (a buffer) and ``iter_file_records`` (a file read in blocks, built on it) yield each
+  ``Record`` for the read paths that need the packets: windowed downloads, the CLI's pcapng merge, recovery's
+  valid prefix when the C walker is missing, tests and tools. Both apply the same checks as ``scan_records``.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from podcap import pcapwalk
 
@@ -189,26 +197,91 @@ def first_timestamp_ns(data: bytes | memoryview, fmt: FileFormat) -> int:
     return int(sec * 1_000_000_000 + frac * fmt.ts_scale)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
+    """One record: its timestamp, captured and wire lengths, and captured bytes.
+
+    ``offset`` is where its 16-byte header starts in the buffer that was walked (so that ``buf[offset:end]`` is the
+    record as stored); it is left out of comparisons, so records read from different files compare by content.
+    """
+
     ts_ns: int
     caplen: int
     wirelen: int
     data: bytes
+    offset: int = field(default=0, compare=False)
+
+    @property
+    def end(self) -> int:
+        """Offset just past this record in the buffer that was walked."""
+        return self.offset + RECORD_HEADER_LEN + self.caplen
 
 
-def iter_records(data: bytes, fmt: FileFormat) -> Iterator[Record]:
-    """Yield every record of a run of bare records (used by tests and tools, not on the hot path)."""
+def iter_records(data: bytes | memoryview, fmt: FileFormat, *, partial_tail: bool = False,
+                 base: int = 0) -> Iterator[Record]:
+    """Yield every record of ``data``, a run of bare records, checking it as ``scan_records`` does.
+
+    Raises PcapFormatError (naming the offset, ``base`` added: where ``data`` starts in its file) at a record whose
+    caplen exceeds the snaplen or its wire length, and at a truncated record; with ``partial_tail`` a truncated
+    record at the end ends the walk quietly instead (the caller reads more and resumes at the last ``end``).
+    """
+    unpack = _RECORD_HEADER.unpack_from
+    end = len(data)
+    snaplen = fmt.snaplen
+    scale = fmt.ts_scale
     off = 0
-    while off < len(data):
-        if off + RECORD_HEADER_LEN > len(data):
-            raise PcapFormatError(f"truncated record header at offset {off}")
-        sec, frac, incl, orig = _RECORD_HEADER.unpack_from(data, off)
-        body = data[off + RECORD_HEADER_LEN : off + RECORD_HEADER_LEN + incl]
-        if len(body) != incl:
-            raise PcapFormatError(f"truncated record at offset {off}")
-        yield Record(sec * 1_000_000_000 + frac * fmt.ts_scale, incl, orig, body)
-        off += RECORD_HEADER_LEN + incl
+    while off < end:
+        if off + RECORD_HEADER_LEN > end:
+            if partial_tail:
+                return
+            raise PcapFormatError(f"truncated record header at offset {base + off}")
+        sec, frac, incl, orig = unpack(data, off)
+        if incl > snaplen or incl > orig:
+            raise PcapFormatError(f"record at offset {base + off}: caplen {incl} exceeds snaplen {snaplen} or length "
+                                  f"{orig}")
+        nxt = off + RECORD_HEADER_LEN + incl
+        if nxt > end:
+            if partial_tail:
+                return
+            raise PcapFormatError(f"truncated record at offset {base + off}: needs {nxt - off} bytes, {end - off} "
+                                  "left")
+        yield Record(sec * 1_000_000_000 + frac * scale, incl, orig, bytes(data[off + RECORD_HEADER_LEN : nxt]), off)
+        off = nxt
+
+
+class Readable(Protocol):
+    def read(self, n: int, /) -> bytes: ...
+
+    def tell(self) -> int: ...
+
+
+READ_BLOCK = 1 << 20
+
+
+def iter_file_records(f: Readable, fmt: FileFormat, *, end: int | None = None, block_size: int = READ_BLOCK,
+                      torn_tail_ok: bool = False) -> Iterator[tuple[bytes, Record]]:
+    """Yield ``(block, record)`` for every record from ``f``'s position (after the file header) to ``end`` (the
+    file offset to stop at; default: end of file), reading ``block_size`` bytes at a time.
+
+    ``block[record.offset:record.end]`` is the record as stored. Memory stays at about one block whatever the
+    file's size. Errors name file offsets; a truncated last record raises, or with ``torn_tail_ok`` (a segment
+    still being written, a crash's torn tail) ends the walk.
+    """
+    base = f.tell()
+    buf = b""
+    while True:
+        want = block_size if end is None else min(block_size, end - base - len(buf))
+        block = f.read(want) if want > 0 else b""
+        last = not block
+        buf = buf + block if buf else block
+        done = 0
+        for rec in iter_records(buf, fmt, partial_tail=torn_tail_ok or not last, base=base):
+            yield buf, rec
+            done = rec.end
+        if last:
+            return
+        base += done
+        buf = buf[done:]
 
 
 def read_file(path: str) -> tuple[FileFormat, list[Record]]:
@@ -216,17 +289,18 @@ def read_file(path: str) -> tuple[FileFormat, list[Record]]:
     with open(path, "rb") as f:
         blob = f.read()
     fmt = parse_file_header(blob)
-    return fmt, list(iter_records(blob[FILE_HEADER_LEN:], fmt))
+    return fmt, list(iter_records(memoryview(blob)[FILE_HEADER_LEN:], fmt))
 
 
-def valid_prefix_length(data: bytes, fmt: FileFormat) -> int:
+def valid_prefix_length(data: bytes | memoryview, fmt: FileFormat) -> int:
     """Length of the longest prefix of ``data`` made of whole, well-formed records (crash recovery)."""
-    unpack = _RECORD_HEADER.unpack_from
-    off = 0
-    end = len(data)
-    while off + RECORD_HEADER_LEN <= end:
-        _sec, _frac, incl, orig = unpack(data, off)
-        if incl > fmt.snaplen or incl > orig or off + RECORD_HEADER_LEN + incl > end:
-            break
-        off += RECORD_HEADER_LEN + incl
-    return off
+    if pcapwalk.available():
+        w = pcapwalk.walk(data, fmt.snaplen, fmt.ts_scale, max_packets=None, max_bytes=None, until_ns=None)
+        return w.length if w.code == pcapwalk.OK else w.error_offset
+    good = 0
+    try:
+        for rec in iter_records(data, fmt, partial_tail=True):
+            good = rec.end
+    except PcapFormatError:
+        pass  # a bad caplen ends the prefix like a torn record
+    return good

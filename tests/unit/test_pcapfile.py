@@ -1,12 +1,17 @@
-"""PCAP records: framing checks, exact cuts at packet/byte limits, and crash-recovery prefixes."""
+"""PCAP records: framing checks, exact cuts at packet/byte limits, crash-recovery prefixes, and the record
+iterator over buffers and over files read in blocks."""
 
+import io
 import struct
 
 import pytest
 
+from podcap import pcapwalk
 from podcap.pcapfile import (
+    FILE_HEADER_LEN,
     FileFormat,
     PcapFormatError,
+    iter_file_records,
     iter_records,
     parse_file_header,
     scan_records,
@@ -67,3 +72,53 @@ def test_valid_prefix_drops_a_partial_last_record() -> None:
     good = record(1) + record(2)
     assert valid_prefix_length(good + record(3)[:50], FMT) == len(good)
     assert valid_prefix_length(good, FMT) == len(good)
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("tail", [b"", b"\x01\x02", record(3)[:50], record(3, caplen=201) + record(4),
+                                  record(3, 100, 99) + record(4)], ids=["none", "header", "body", "snaplen", "wire"])
+def test_valid_prefix_is_the_same_with_and_without_the_c_walker(monkeypatch: pytest.MonkeyPatch, native: bool,
+                                                                tail: bytes) -> None:
+    if native and not pcapwalk.available():
+        pytest.skip("the C walker is not built")
+    monkeypatch.setattr(pcapwalk, "available", lambda: native)
+    good = record(1) + record(2)
+    assert valid_prefix_length(good + tail, FMT) == len(good)
+
+
+def test_records_keep_their_offsets_and_compare_by_content() -> None:
+    data = record(1, 10) + record(2, 20)
+    recs = list(iter_records(data, FMT))
+    assert [(r.offset, r.end) for r in recs] == [(0, 26), (26, 62)]
+    assert [data[r.offset : r.end] for r in recs] == [record(1, 10), record(2, 20)]
+    assert list(iter_records(record(0, 5) + data, FMT))[1:] == recs  # other offsets, same records
+
+
+@pytest.mark.parametrize("block_size", [1, 7, 116, 117, 1 << 20])
+def test_file_records_in_blocks_are_the_buffer_records(block_size: int) -> None:
+    body = b"".join(record(i, 50 + i) for i in range(20))
+    f = io.BytesIO(FMT.header() + body)
+    f.seek(FILE_HEADER_LEN)
+    pairs = list(iter_file_records(f, FMT, block_size=block_size))
+    assert [r for _, r in pairs] == list(iter_records(body, FMT))
+    assert b"".join(block[r.offset : r.end] for block, r in pairs) == body
+
+
+def test_file_records_stop_at_end_and_at_a_torn_tail_only_when_asked() -> None:
+    body = record(1) + record(2)
+    f = io.BytesIO(FMT.header() + body + record(3)[:40])
+    f.seek(FILE_HEADER_LEN)
+    assert len(list(iter_file_records(f, FMT, end=FILE_HEADER_LEN + len(record(1)), block_size=64))) == 1
+    f.seek(FILE_HEADER_LEN)
+    assert len(list(iter_file_records(f, FMT, block_size=64, torn_tail_ok=True))) == 2
+    f.seek(FILE_HEADER_LEN)
+    with pytest.raises(PcapFormatError, match=f"truncated record at offset {FILE_HEADER_LEN + len(body)}:"):
+        list(iter_file_records(f, FMT, block_size=64))
+
+
+def test_file_records_name_the_file_offset_of_a_bad_record() -> None:
+    body = record(1) + record(2) + record(3, caplen=201)
+    f = io.BytesIO(FMT.header() + body)
+    f.seek(FILE_HEADER_LEN)
+    with pytest.raises(PcapFormatError, match=f"record at offset {FILE_HEADER_LEN + 2 * 116}: caplen 201"):
+        list(iter_file_records(f, FMT, block_size=100))
