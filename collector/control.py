@@ -17,9 +17,11 @@ import grpc
 
 from podcap.collector.auth import AuthError, Authorizer, DeniedError, Principal
 from podcap.collector.captures import CaptureManager, CaptureNotFoundError, NoAgentError
+from podcap.collector.filters import FilterError as WindowFilterError
+from podcap.collector.filters import compile_filter
 from podcap.collector.kube import KubeError
 from podcap.collector.model import Capture
-from podcap.collector.storage.window import WindowFilterError, compile_filter, select_records
+from podcap.collector.storage.window import select_records
 from podcap.collector.targets import NoMatchError
 from podcap.pcapfile import FILE_HEADER_LEN
 from podcap.v1 import control_pb2, control_pb2_grpc

@@ -1,25 +1,39 @@
-"""BPF filter validation with libpcap's compiler, before any agent sees the filter.
+"""BPF filters: the one place that compiles them, with libpcap's compiler through pcapy-ng.
 
-pcapy-ng compiles an expression for a link type without an interface, so a typo fails the ``start`` request with
-libpcap's own message instead of failing on every node.
+Two callers need a compiled filter and must agree on what compiles: ``start`` checks the capture's filter for the
+capture's link type before any agent sees it (a typo then fails the request with libpcap's own message instead of
+failing on every node), and a windowed download (``podcap.collector.storage.window``) compiles the request's filter
+for the pod's stored link type and snaplen to match stored packets. pcapy-ng compiles for a link type without an
+interface, so neither needs a live handle.
 """
 
 from __future__ import annotations
 
 import pcapy
 
-from podcap.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, MAX_SNAPLEN
+from podcap.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, MAX_SNAPLEN, FileFormat
 from podcap.v1 import common_pb2
 
 MAX_FILTER_LEN = 4096
+_NETMASK_UNKNOWN = 0xFFFFFFFF
 
 
 class FilterError(ValueError):
-    """The filter does not compile."""
+    """The filter does not compile (or is too long); the message is one line for the user."""
 
 
 def linktype_for(interface: int) -> int:
     return LINKTYPE_LINUX_SLL2 if interface == common_pb2.CAPTURE_INTERFACE_POD_ALL else LINKTYPE_ETHERNET
+
+
+def compile_filter(expr: str, fmt: FileFormat) -> pcapy.BPFProgram | None:
+    """``expr`` compiled (optimized) for ``fmt``'s link type and snaplen; None for an empty filter."""
+    if not expr.strip():
+        return None
+    try:
+        return pcapy.compile(fmt.linktype, fmt.snaplen, expr, 1, _NETMASK_UNKNOWN)
+    except pcapy.PcapError as e:
+        raise FilterError(f"invalid filter {expr!r}: {e}") from e
 
 
 def check_filter(expr: str, *, interface: int = common_pb2.CAPTURE_INTERFACE_HOST_VETH, snaplen: int = 0) -> str:
@@ -28,10 +42,5 @@ def check_filter(expr: str, *, interface: int = common_pb2.CAPTURE_INTERFACE_HOS
         raise FilterError(f"filter longer than {MAX_FILTER_LEN} bytes")
     if "\0" in expr:
         raise FilterError("filter contains a NUL byte")
-    if not expr.strip():
-        return ""
-    try:
-        pcapy.compile(linktype_for(interface), snaplen or MAX_SNAPLEN, expr, 1, 0xFFFFFFFF)
-    except pcapy.PcapError as e:
-        raise FilterError(f"invalid filter {expr!r}: {e}") from e
-    return expr
+    compile_filter(expr, FileFormat(linktype_for(interface), snaplen or MAX_SNAPLEN, nanosecond=False))
+    return "" if not expr.strip() else expr

@@ -1,9 +1,9 @@
 """Reading a time window and a BPF filter out of stored segments.
 
 The segment index (first/last timestamp per segment, kept by the capture manager) already limits reading to
-segments that overlap the window; this module walks those segments' records and keeps the ones inside the
-window that match the filter (compiled by libpcap through pcapy-ng for the pod's link type). This is a read path,
-run per request, not per captured packet.
+segments that overlap the window; this module walks those segments' records (``podcap.pcapfile``'s iterator, in
+large blocks) and keeps the ones inside the window that match the filter (compiled for the pod's link type by
+``podcap.collector.filters``). This is a read path, run per request, not per captured packet.
 """
 
 from __future__ import annotations
@@ -16,19 +16,6 @@ import pcapy
 from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, iter_file_records
 
 READ_BLOCK = 4 << 20
-
-
-class WindowFilterError(ValueError):
-    pass
-
-
-def compile_filter(expr: str, fmt: FileFormat) -> pcapy.BPFProgram | None:
-    if not expr.strip():
-        return None
-    try:
-        return pcapy.compile(fmt.linktype, fmt.snaplen, expr, 1, 0xFFFFFFFF)
-    except pcapy.PcapError as e:
-        raise WindowFilterError(f"invalid filter {expr!r}: {e}") from e
 
 
 def select_records(segments: list[tuple[BinaryIO, int]], fmt: FileFormat, *, since_ns: int, until_ns: int,
