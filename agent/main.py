@@ -10,9 +10,10 @@ import sys
 import threading
 from types import FrameType
 
-from podcap.agent import chunkbuf
-from podcap.agent.capture import EngineSettings
-from podcap.agent.pods import NetnsPodSource, PodSource
+from podcap.agent.capture import chunkbuf
+from podcap.agent.capture.engine import EngineSettings
+from podcap.agent.pods.netns_source import NetnsPodSource
+from podcap.agent.pods.source import PodSource
 from podcap.agent.session import AgentConfig, AgentSession
 from podcap.malloc import tune_for_bulk_buffers
 from podcap.names import InvalidNameError, NodeName, check_node_name
@@ -25,12 +26,12 @@ def make_source(kind: str, node: NodeName, args: argparse.Namespace) -> PodSourc
     if kind == "netns":
         return NetnsPodSource(node, args.netns_dir)
     if kind == "cri":
-        from podcap.agent.cri_source import CriPodSource
+        from podcap.agent.pods.cri_source import CriPodSource
 
         return CriPodSource(node, endpoint=args.cri_endpoint or None, proc_root=args.proc_root,
                             host_root=args.host_root)
     if kind == "proc":
-        from podcap.agent.proc_source import ProcPodSource
+        from podcap.agent.pods.proc_source import ProcPodSource
 
         return ProcPodSource(node, proc_root=args.proc_root)
     raise SystemExit(f"podcap-agent: unknown pod source {kind!r} (choose netns, cri or proc)")

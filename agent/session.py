@@ -2,10 +2,10 @@
 
 The agent always dials (privileged pods listen on nothing). One ``Ingest.Attach`` stream carries everything; it is
 re-established with exponential backoff when it breaks. Between the capture loop and gRPC sits the ``UploadLog``
-(``podcap.agent.spool``): the capture loop never blocks on the network; chunks stay there until the collector
-acknowledges them as durable, and are re-sent after a reconnect. gRPC's request iterator pulls from the log, so
-HTTP/2 flow control paces the upload (a collector that stops reading — e.g. its disk is full — makes the agent
-spool, then keep gaps in the places of chunks that no longer fit, each pod keeping its share).
+(``podcap.agent.upload.upload_log``): the capture loop never blocks on the network; chunks stay there until the
+collector acknowledges them as durable, and are re-sent after a reconnect. gRPC's request iterator pulls from the log,
+so HTTP/2 flow control paces the upload (a collector that stops reading — e.g. its disk is full — makes the agent spool,
+then keep gaps in the places of chunks that no longer fit, each pod keeping its share).
 
 Streams keep running while the collector is away. On registration the collector re-sends the captures it still
 wants (starts for running streams are no-ops) and the agent re-sends each stream's STARTED event and its
@@ -25,10 +25,10 @@ from dataclasses import dataclass, replace
 import grpc
 
 from podcap import __version__
-from podcap.agent.capture import CaptureEngine, EngineSettings
-from podcap.agent.encoded import EncodedChunk, serialize
-from podcap.agent.pods import PodInfo, PodNetwork, PodNotFoundError, PodSource, PodSourceError
-from podcap.agent.spool import UploadLog
+from podcap.agent.capture.engine import CaptureEngine, EngineSettings
+from podcap.agent.pods.source import PodInfo, PodNetwork, PodNotFoundError, PodSource, PodSourceError
+from podcap.agent.upload.encoded import EncodedChunk, serialize
+from podcap.agent.upload.upload_log import UploadLog
 from podcap.names import CaptureId, InvalidNameError, NodeName, PodUid, check_capture_id, check_pod_uid
 from podcap.tls import TlsFiles, open_channel
 from podcap.v1 import common_pb2, ingest_pb2

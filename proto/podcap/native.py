@@ -1,5 +1,5 @@
-"""Loading podcap's C library (``podcap/_native*.so``: ``pcapwalk.c`` for the collector, ``agent/chunkbuf.c`` for
-the agent), which the build compiles when a C compiler is present.
+"""Loading podcap's C library (``podcap/_native*.so``: ``pcapwalk.c`` for the collector,
+``agent/capture/chunkbuf.c`` for the agent), which the build compiles when a C compiler is present.
 
 It is a plain C library with no Python API, so it is loaded with ctypes and building it needs no Python headers.
 Callers declare the signatures of the functions they use and keep a pure-Python path for when it is missing.

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from podcap.agent import cri
-from podcap.agent.cri_source import CriPodSource
-from podcap.agent.pods import PodNotFoundError, PodSourceError
-from podcap.agent.proc_source import PROC_NAMESPACE, ProcPodSource
+from podcap.agent.pods import cri
+from podcap.agent.pods.cri_source import CriPodSource
+from podcap.agent.pods.proc_source import PROC_NAMESPACE, ProcPodSource
+from podcap.agent.pods.source import PodNotFoundError, PodSourceError
 from podcap.names import NodeName, PodUid
 from tests.node.harness import ContainerSpec, Pod, TestNode
 

@@ -32,8 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from podcap.agent import cri
-from podcap.agent.pods import PodSourceError
+from podcap.agent.pods import cri
+from podcap.agent.pods.source import PodSourceError
 from tests.node import images
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from podcap.agent.proc_source import pod_uid_from_cgroup
+from podcap.agent.pods.proc_source import pod_uid_from_cgroup
 
 UID = "1d5e7a3c-0000-4000-8000-00000000aaaa"
 UNDER = UID.replace("-", "_")

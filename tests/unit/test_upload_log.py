@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import threading
 
-from podcap.agent.encoded import EncodedChunk, serialize
-from podcap.agent.spool import UploadLog
+from podcap.agent.upload.encoded import EncodedChunk, serialize
+from podcap.agent.upload.upload_log import UploadLog
 from podcap.v1 import common_pb2, ingest_pb2
 
 

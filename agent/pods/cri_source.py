@@ -7,7 +7,7 @@ network mode; the pod's own labels are kept and the kubelet's bookkeeping labels
 Why the fallbacks: a containerized agent may not see the runtime's netns path (``/var/run/netns/cni-...`` lives in
 the host's mount namespace), so when that path cannot be opened the agent uses ``<proc_root>/<pid>/ns/net`` (the
 host's procfs, e.g. a hostPath ``/proc`` mounted at ``/host/proc``). The host veth is taken from the CNI result when
-exactly one host-side veth is listed there, and otherwise read over netlink (``pods.host_veth_of``), which works for
+exactly one host-side veth is listed there, and otherwise read over netlink (``source.host_veth_of``), which works for
 runtimes that report no CNI result (CRI-O) and plugins that do not name the veth.
 
 A pod can have several sandboxes while the kubelet replaces one (a sandbox restart): the newest READY one wins,
@@ -19,8 +19,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from podcap.agent import cri, netlink
-from podcap.agent.pods import PodInfo, PodNetwork, PodNotFoundError, PodSourceError, host_veth_of
+from podcap.agent import netlink
+from podcap.agent.pods import cri
+from podcap.agent.pods.source import PodInfo, PodNetwork, PodNotFoundError, PodSourceError, host_veth_of
 from podcap.names import InvalidNameError, NodeName, PodUid, check_namespace, check_pod_name, check_pod_uid
 
 # Labels the kubelet (or the runtime) sets on sandboxes for its own bookkeeping, not the pod's labels.

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from podcap.agent.encoded import EncodedChunk, batch, gap_chunk
+from podcap.agent.upload.encoded import EncodedChunk, batch, gap_chunk
 from podcap.v1 import common_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)
@@ -321,7 +321,8 @@ class UploadLog:
     def iterate(self, first: ingest_pb2.AgentMessage) -> Iterator[ingest_pb2.AgentMessage | bytes]:
         """The messages of the session that starts now. The session is fixed here, not at the first ``next()``:
         gRPC may start consuming after the call already failed, and a stale iterator must not eat the next
-        session's messages. Chunks come out as their serialized bytes (see ``podcap.agent.encoded.serialize``)."""
+        session's messages. Chunks come out as their serialized bytes (see
+        ``podcap.agent.upload.encoded.serialize``)."""
         with self._cond:
             epoch = self._epoch
         return self._messages(first, epoch)

@@ -1,7 +1,7 @@
 """The system libpcap, called through ctypes, and where its packets go.
 
 This module owns the hot path. ``pcap_dispatch(p, cnt, handler, user)`` makes libpcap call a C function for every
-packet, so no Python runs per packet (DESIGN.md: ~14% CPU at 600k pps, like ``tcpdump -w``). The handler is
+packet, so no Python runs per packet (~14% CPU at 600k pps, like ``tcpdump -w``). The handler is
 podcap's own ``podcap_chunk_handler`` (``chunkbuf.ChunkBuffer``: records appended straight into the outgoing
 message) or, when podcap's C library is not built, libpcap's ``pcap_dump`` into an ``open_memstream`` buffer
 (``MemoryDump``). Either way, when ``pcap_dispatch`` returns the sink holds exactly the records it reported, so a
@@ -20,8 +20,8 @@ import os
 from ctypes import POINTER, Structure, byref, c_char_p, c_int, c_size_t, c_uint, c_void_p
 from dataclasses import dataclass
 
-from podcap.agent import chunkbuf
-from podcap.agent.encoded import EncodedChunk
+from podcap.agent.capture import chunkbuf
+from podcap.agent.upload.encoded import EncodedChunk
 from podcap.pcapfile import FileFormat, first_timestamp_ns
 from podcap.v1 import ingest_pb2
 

@@ -15,7 +15,7 @@ from ctypes import POINTER, Structure, byref, c_char_p, c_int, c_uint64, c_void_
 from typing import Protocol
 
 from podcap import native
-from podcap.agent.encoded import EncodedChunk
+from podcap.agent.upload.encoded import EncodedChunk
 from podcap.pcapfile import FileFormat, first_timestamp_ns
 from podcap.v1 import ingest_pb2
 

@@ -29,7 +29,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
-from podcap.agent.pods import PodNotFoundError, PodSourceError
+from podcap.agent.pods.source import PodNotFoundError, PodSourceError
 
 PACKAGE: Final = "runtime.v1"
 _FILE_NAME: Final = "podcap/agent/cri_runtime_v1.proto"
@@ -449,7 +449,7 @@ class CriClient:
     def call(self, method: str, request: Message, *, timeout: float | None = None) -> Any:
         """Invoke RuntimeService/``method``; the response message (typed ``Any``: its class is built at runtime)."""
         if method not in METHODS:
-            raise ValueError(f"CRI method {method} is not declared in podcap.agent.cri")
+            raise ValueError(f"CRI method {method} is not declared in podcap.agent.pods.cri")
         deadline = self.timeout if timeout is None else timeout
         try:
             return self._stub(method)(request, timeout=deadline)

@@ -1,85 +1,20 @@
-"""Pods on this node and where their network lives: the pluggable pod source.
+"""Pods from named network namespaces: the pod source for demos and tests without a container runtime.
 
-A ``PodSource`` answers two questions: which pods run on this node (``list_pods``, the inventory sent to the
-collector) and, for one pod, which network namespace it lives in and which host interface is its veth
-(``locate``). Sources: ``netns`` (named namespaces ``/run/netns/<namespace>.<pod>``, for demos and tests without
-a container runtime); ``cri`` and ``proc`` (the container runtime and ``/proc/*/cgroup``, for real nodes) plug in
-behind the same protocol. ``sandbox_key`` changes whenever the pod's network namespace is recreated, which is how
-a sandbox restart is noticed.
+``<dir>/<namespace>.<pod>`` (``ip netns add``'s ``/run/netns`` by default) is pod ``<pod>`` in ``<namespace>``.
+There is no runtime to ask for a uid, so one is derived from node, namespace and name (stable across agent
+restarts), and the namespace's inode is the ``sandbox_key`` (a recreated namespace is a new sandbox).
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
 
-from podcap.agent import netlink, netns
+from podcap.agent import netns
+from podcap.agent.pods.source import PodInfo, PodNetwork, PodNotFoundError, PodSourceError, host_veth_of
 from podcap.names import InvalidNameError, NodeName, PodUid, check_namespace, check_pod_name
-from podcap.v1 import common_pb2
 
 _NETNS_UID_NAMESPACE = uuid.UUID("6f1c1f4e-8a3e-4c55-9b8e-6f2d2b1c0a11")
-
-
-class PodSourceError(RuntimeError):
-    """The pod source cannot answer (runtime socket unreachable, permission denied, ...)."""
-
-
-class PodNotFoundError(PodSourceError):
-    """The pod is not (or no longer) on this node."""
-
-
-@dataclass(frozen=True)
-class PodInfo:
-    namespace: str
-    name: str
-    uid: PodUid
-    node: NodeName
-    labels: Mapping[str, str] = field(default_factory=dict)
-    ip: str = ""
-    host_network: bool = False
-    # Changes when the pod's sandbox (and so its network namespace) is recreated.
-    sandbox_key: str = ""
-
-    def to_proto(self) -> common_pb2.Pod:
-        return common_pb2.Pod(
-            namespace=self.namespace,
-            name=self.name,
-            uid=self.uid,
-            node=self.node,
-            labels=dict(self.labels),
-            ip=self.ip,
-            host_network=self.host_network,
-        )
-
-
-@dataclass(frozen=True)
-class PodNetwork:
-    """Where a pod's traffic can be captured."""
-
-    # A path that opens the pod's network namespace (/run/netns/..., /proc/<pid>/ns/net).
-    netns_path: str
-    # Host-side veth of the pod's eth0, None when the pod has no veth (e.g. macvlan, ipvlan).
-    host_veth: str | None
-    sandbox_key: str
-
-
-class PodSource(Protocol):
-    name: str
-
-    def list_pods(self) -> list[PodInfo]: ...
-
-    def locate(self, uid: PodUid) -> PodNetwork: ...
-
-
-def host_veth_of(netns_path: str, ifname: str = "eth0") -> str | None:
-    """The host-side peer of the pod's ``ifname``, read over netlink inside the pod's namespace."""
-    try:
-        return netlink.host_peer_of(netns_path, ifname)
-    except (OSError, netlink.NetlinkError):
-        return None
 
 
 class NetnsPodSource:

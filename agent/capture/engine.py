@@ -1,6 +1,6 @@
 """Capture streams: one libpcap handle per (capture, pod), all driven by one poll thread.
 
-Why this shape (DESIGN.md): a C handler (``chunkbuf``) appends every packet to the outgoing chunk during
+Why this shape: a C handler (``chunkbuf``) appends every packet to the outgoing chunk during
 ``pcap_dispatch`` (no Python per packet); one thread polling every handle's fd carried 100 pods × 10k packets with
 no drops at ~6% CPU, so there is one poll loop, not a thread per pod. Opening a handle is slow (~24 ms, the kernel
 allocates the ring) and may need to enter a pod's network namespace, so opens run on a small thread pool and the
@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from podcap.agent import netns
-from podcap.agent.encoded import EncodedChunk, gap_chunk
-from podcap.agent.libpcap import Handle, HandleOptions, KernelCounters, PcapError
-from podcap.agent.pods import PodInfo, PodNetwork
+from podcap.agent.capture.libpcap import Handle, HandleOptions, KernelCounters, PcapError
+from podcap.agent.pods.source import PodInfo, PodNetwork
+from podcap.agent.upload.encoded import EncodedChunk, gap_chunk
 from podcap.drops import Drops
 from podcap.names import CaptureId, PodUid
 from podcap.pcapfile import MAX_SNAPLEN, FileFormat
@@ -62,9 +62,9 @@ class StreamSink(Protocol):
     """Where streams deliver."""
 
     def chunk(self, chunk: EncodedChunk) -> bool:
-        """Queue a chunk (already serialized: see ``podcap.agent.encoded``). Never refuses its place in the stream:
-        False means only its records could not be kept and a gap went in their place (the sink reports that loss
-        through ``CaptureEngine.record_loss``)."""
+        """Queue a chunk (already serialized: see ``podcap.agent.upload.encoded``). Never refuses its place in the
+        stream: False means only its records could not be kept and a gap went in their place (the sink reports that
+        loss through ``CaptureEngine.record_loss``)."""
         ...
 
     def event(self, event: ingest_pb2.PodCaptureEvent) -> None: ...

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from podcap.agent.pods import PodInfo, PodNetwork, PodNotFoundError, PodSourceError, host_veth_of
+from podcap.agent.pods.source import PodInfo, PodNetwork, PodNotFoundError, PodSourceError, host_veth_of
 from podcap.names import InvalidNameError, NodeName, PodUid, check_pod_uid
 
 PROC_NAMESPACE: Final = "podcap-proc"
