@@ -24,10 +24,11 @@ from grpc_health.v1.health import HealthServicer
 from podcap.collector.agents import AgentRegistry
 from podcap.collector.auth import Authorizer, KubeAuthorizer, OpenAuthorizer, StaticTokenAuthorizer
 from podcap.collector.captures import CaptureManager
-from podcap.collector.cluster import ClusterInventory
 from podcap.collector.control import ControlServicer
 from podcap.collector.ingest import IngestServicer
-from podcap.collector.kube import KubeError, in_cluster, load_api
+from podcap.collector.kube.client import in_cluster, load_api
+from podcap.collector.kube.errors import KubeError
+from podcap.collector.kube.inventory import ClusterInventory
 from podcap.collector.store import CaptureStore
 from podcap.collector.wire import add_ingest_servicer
 from podcap.malloc import tune_for_bulk_buffers

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from podcap.labels import Selector, SelectorError, parse_selector
+from podcap.collector.kube.selectors import Selector, SelectorError, parse_selector
 from podcap.names import InvalidNameError, NodeName, PodUid, check_namespace, check_pod_name
 from podcap.v1 import common_pb2, control_pb2
 

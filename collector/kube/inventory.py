@@ -19,7 +19,8 @@ server, because:
   with a message that names the unsupported field;
 - ``spec.nodeName``, ``metadata.name``, ``metadata.namespace``, ``status.phase`` (plus ``spec.hostNetwork`` and
   ``status.podIP``) are what a capture needs; the cache keeps each of them. The syntax and semantics are the API
-  server's (``=``/``==``/``!=``, ``,`` = AND, ``\\`` escapes), so a selector copied from ``kubectl`` works.
+  server's (``=``/``==``/``!=``, ``,`` = AND, ``\\`` escapes), so a selector copied from ``kubectl`` works; the
+  grammar and the matching are ``selectors.py``'s, shared with label selectors.
 
 The cost is memory for every scheduled pod's ``PodRef`` (about 1 KiB each: 10k pods ~ 10 MiB). Pods that are not
 scheduled yet or have finished (Succeeded/Failed) are not in the cache: they have no network to capture, and a
@@ -43,134 +44,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 
-from podcap.collector.kube import DEFAULT_WATCH_TIMEOUT_S, KubeApi, KubeError, KubePod, PodWatch
+from podcap.collector.kube.client import DEFAULT_WATCH_TIMEOUT_S, KubeApi
+from podcap.collector.kube.errors import KubeError
+from podcap.collector.kube.pods import KubePod
+from podcap.collector.kube.selectors import Selector, pod_fields
+from podcap.collector.kube.watch import PodWatch
 from podcap.collector.targets import PodRef
 
 log = logging.getLogger(__name__)
-
-
-# ---- field selectors (pure: no collector imports; could live beside podcap.labels) ----
-
-POD_FIELDS = ("metadata.name", "metadata.namespace", "spec.nodeName", "status.phase", "spec.hostNetwork",
-              "status.podIP")
-
-
-class FieldSelectorError(ValueError):
-    """The field selector does not parse or names a field podcap cannot select on."""
-
-
-@dataclass(frozen=True)
-class FieldRequirement:
-    field: str
-    value: str
-    equal: bool  # False for !=
-
-    def matches(self, fields: Mapping[str, str]) -> bool:
-        return (fields.get(self.field, "") == self.value) == self.equal
-
-
-@dataclass(frozen=True)
-class FieldSelector:
-    """An AND of field requirements; the empty selector matches everything."""
-
-    requirements: tuple[FieldRequirement, ...]
-    text: str
-
-    def matches(self, fields: Mapping[str, str]) -> bool:
-        return all(r.matches(fields) for r in self.requirements)
-
-    def __str__(self) -> str:
-        return self.text
-
-    def __bool__(self) -> bool:
-        return bool(self.requirements)
-
-
-_ESCAPES = {"\\": "\\", ",": ",", "=": "=", "!": "!"}
-
-
-def _split_unescaped(text: str, sep: str) -> list[str]:
-    parts, cur, i = [], "", 0
-    while i < len(text):
-        if text[i] == "\\" and i + 1 < len(text):
-            cur += text[i:i + 2]
-            i += 2
-        elif text[i] == sep:
-            parts.append(cur)
-            cur = ""
-            i += 1
-        else:
-            cur += text[i]
-            i += 1
-    parts.append(cur)
-    return parts
-
-
-def _find_op(term: str) -> tuple[int, str]:
-    i = 0
-    while i < len(term):
-        if term[i] == "\\":
-            i += 2
-            continue
-        for op in ("!=", "==", "="):
-            if term.startswith(op, i):
-                return i, op
-        i += 1
-    return -1, ""
-
-
-def _unescape(value: str, text: str) -> str:
-    out, i = "", 0
-    while i < len(value):
-        c = value[i]
-        if c == "\\":
-            if i + 1 >= len(value) or value[i + 1] not in _ESCAPES:
-                raise FieldSelectorError(f"invalid escape in field selector {text!r}")
-            out += value[i + 1]
-            i += 2
-            continue
-        if c in ",=!":
-            raise FieldSelectorError(f"unescaped {c!r} in value {value!r} of field selector {text!r}")
-        out += c
-        i += 1
-    return out
-
-
-def parse_field_selector(text: str) -> FieldSelector:
-    """Parse ``field=value,field!=value`` (the API server's grammar); raise FieldSelectorError naming the bad
-    part."""
-    if len(text) > 4096:
-        raise FieldSelectorError("field selector longer than 4096 bytes")
-    stripped = text.strip()
-    reqs: list[FieldRequirement] = []
-    if not stripped:
-        return FieldSelector((), "")
-    for term in _split_unescaped(stripped, ","):
-        if not term.strip():
-            raise FieldSelectorError(f"empty requirement in field selector {text!r}")
-        pos, op = _find_op(term)
-        if pos < 0:
-            raise FieldSelectorError(f"invalid field selector {text!r}: {term!r} is not field=value, field==value "
-                                     "or field!=value")
-        name = term[:pos].strip()
-        if name not in POD_FIELDS:
-            raise FieldSelectorError(f"field selector {text!r}: field {name!r} is not supported; use one of "
-                                     f"{', '.join(POD_FIELDS)}")
-        value = _unescape(term[pos + len(op):].strip(), text)
-        if name == "spec.hostNetwork" and value not in ("true", "false"):
-            raise FieldSelectorError(f"field selector {text!r}: spec.hostNetwork is 'true' or 'false'")
-        reqs.append(FieldRequirement(name, value, op != "!="))
-    return FieldSelector(tuple(reqs), stripped)
-
-
-def pod_fields(pod: PodRef, phase: str = "Running") -> dict[str, str]:
-    """A pod's selectable fields. Pods from agents' inventories have a ready sandbox: phase Running."""
-    return {"metadata.name": pod.name, "metadata.namespace": pod.namespace, "spec.nodeName": pod.node,
-            "status.phase": phase, "spec.hostNetwork": "true" if pod.host_network else "false",
-            "status.podIP": pod.ip}
 
 
 # ---- the inventory ----
@@ -257,7 +140,7 @@ class ClusterInventory:
         kp = self._watch.get(pod.uid)
         return pod_fields(pod, kp.phase if kp is not None else "Running")
 
-    def select(self, selector: FieldSelector, *, running_only: bool = False) -> list[PodRef]:
+    def select(self, selector: Selector, *, running_only: bool = False) -> list[PodRef]:
         """The cached pods that match a field selector (``running_only``: and whose phase is Running)."""
         return [e.ref for e in self._watch.entries()
                 if (not running_only or e.phase == "Running") and selector.matches(pod_fields(e.ref, e.phase))]

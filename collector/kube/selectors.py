@@ -1,9 +1,20 @@
-"""Kubernetes label selectors: parsing and matching, the full syntax.
+"""Kubernetes label and field selectors: parsing and matching, with the API server's syntax and semantics.
 
-Equality-based (``a=b``, ``a==b``, ``a!=b``) and set-based (``a in (x,y)``, ``a notin (x)``, ``a``, ``!a``)
-requirements, comma-separated and ANDed, with the same semantics as ``k8s.io/apimachinery/pkg/labels``:
-``a!=b`` and ``a notin (...)`` also match objects that lack the key. The collector uses this to resolve targets
-from agents' inventories when there is no API server, so the same selector means the same pods either way.
+Both kinds are the same thing to a matcher: an AND of requirements on a string-to-string mapping (a pod's labels,
+or its selectable fields from ``pod_fields``), so both parse into one ``Selector`` of ``Requirement``; only the
+grammars differ, as they do in ``k8s.io/apimachinery`` (``labels`` and ``fields``):
+
+- **label selectors** (``parse_selector``): equality-based (``a=b``, ``a==b``, ``a!=b``) and set-based
+  (``a in (x,y)``, ``a notin (x)``, ``a``, ``!a``) requirements, comma-separated; ``a!=b`` and ``a notin (...)``
+  also match objects that lack the key. The collector resolves targets from agents' inventories with these when
+  there is no API server, so the same selector means the same pods either way.
+- **field selectors** (``parse_field_selector``): ``field=value``, ``field==value``, ``field!=value`` joined by
+  ``,``, with ``\\`` escapes, on the pod fields podcap can judge (``POD_FIELDS``). A selector copied from
+  ``kubectl`` works. They are applied locally, to the watched cache (``inventory.py`` says why); a field set from
+  ``pod_fields`` always has every field, so "lacks the key" never arises and ``!=`` means what it means to the
+  API server.
+
+Pure: no imports from the collector, so the CLI, the stand-in API server and the target resolution can use it.
 """
 
 from __future__ import annotations
@@ -11,17 +22,17 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-_KEY = re.compile(
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
-)
-_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-_TOKEN = re.compile(r"\s*(\(|\)|,|!=|==|=|!|[^\s(),!=]+)")
+MAX_SELECTOR_LEN = 4096
+
+POD_FIELDS = ("metadata.name", "metadata.namespace", "spec.nodeName", "status.phase", "spec.hostNetwork",
+              "status.podIP")
 
 
 class SelectorError(ValueError):
-    """The selector does not parse; the message points at the offending part."""
+    """A label or field selector does not parse, or names a field podcap cannot select on; the message points at
+    the offending part."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +53,7 @@ class Requirement:
 
 @dataclass(frozen=True)
 class Selector:
-    """An AND of requirements. The empty selector matches everything."""
+    """An AND of requirements. The empty selector matches everything (and is false)."""
 
     requirements: tuple[Requirement, ...]
     text: str
@@ -53,23 +64,46 @@ class Selector:
     def __str__(self) -> str:
         return self.text
 
+    def __bool__(self) -> bool:
+        return bool(self.requirements)
+
+
+def _equality(key: str, op: str, value: str) -> Requirement:
+    return Requirement(key, "notin" if op == "!=" else "in", frozenset({value}))
+
+
+def _check_length(text: str, kind: str) -> None:
+    if len(text) > MAX_SELECTOR_LEN:
+        raise SelectorError(f"{kind} selector longer than {MAX_SELECTOR_LEN} bytes")
+
+
+# ---- label selectors ----
+
+_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_TOKEN = re.compile(r"\s*(\(|\)|,|!=|==|=|!|[^\s(),!=]+)")
+
+
+def _check(pattern: re.Pattern[str], max_len: int, what: str, s: str, text: str) -> str:
+    if len(s) > max_len or not pattern.match(s):
+        raise SelectorError(f"invalid label {what} {s!r} in selector {text!r}")
+    return s
+
 
 def _check_key(key: str, text: str) -> str:
-    if len(key) > 317 or not _KEY.match(key):
-        raise SelectorError(f"invalid label key {key!r} in selector {text!r}")
-    return key
+    return _check(_KEY, 317, "key", key, text)
 
 
 def _check_value(value: str, text: str) -> str:
-    if len(value) > 63 or not _VALUE.match(value):
-        raise SelectorError(f"invalid label value {value!r} in selector {text!r}")
-    return value
+    return _check(_VALUE, 63, "value", value, text)
 
 
 def parse_selector(text: str) -> Selector:
     """Parse a label selector; raise SelectorError with a message that names the bad part."""
-    if len(text) > 4096:
-        raise SelectorError("label selector longer than 4096 bytes")
+    _check_length(text, "label")
     tokens: list[str] = []
     pos = 0
     stripped = text.strip()
@@ -114,7 +148,7 @@ def parse_selector(text: str) -> Selector:
             value = tokens[i] if i < len(tokens) and tokens[i] not in {",", "(", ")"} else ""
             if value:
                 i += 1
-            reqs.append(Requirement(key, "in" if op != "!=" else "notin", frozenset({_check_value(value, text)})))
+            reqs.append(_equality(key, op, _check_value(value, text)))
         elif op in {"in", "notin"}:
             if i >= len(tokens) or tokens[i] != "(":
                 raise SelectorError(f"expected '(' after {op!r} in selector {text!r}")
@@ -137,4 +171,104 @@ def parse_selector(text: str) -> Selector:
         else:
             raise SelectorError(f"unknown operator {op!r} after key {key!r} in selector {text!r}")
         expect_end_of_requirement()
-    return Selector(tuple(reqs), text.strip())
+    return Selector(tuple(reqs), stripped)
+
+
+# ---- field selectors ----
+
+_ESCAPES = {"\\": "\\", ",": ",", "=": "=", "!": "!"}
+
+
+def _split_unescaped(text: str, sep: str) -> list[str]:
+    parts, cur, i = [], "", 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text):
+            cur += text[i:i + 2]
+            i += 2
+        elif text[i] == sep:
+            parts.append(cur)
+            cur = ""
+            i += 1
+        else:
+            cur += text[i]
+            i += 1
+    parts.append(cur)
+    return parts
+
+
+def _find_op(term: str) -> tuple[int, str]:
+    i = 0
+    while i < len(term):
+        if term[i] == "\\":
+            i += 2
+            continue
+        for op in ("!=", "==", "="):
+            if term.startswith(op, i):
+                return i, op
+        i += 1
+    return -1, ""
+
+
+def _unescape(value: str, text: str) -> str:
+    out, i = "", 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\":
+            if i + 1 >= len(value) or value[i + 1] not in _ESCAPES:
+                raise SelectorError(f"invalid escape in field selector {text!r}")
+            out += value[i + 1]
+            i += 2
+            continue
+        if c in ",=!":
+            raise SelectorError(f"unescaped {c!r} in value {value!r} of field selector {text!r}")
+        out += c
+        i += 1
+    return out
+
+
+def parse_field_selector(text: str) -> Selector:
+    """Parse ``field=value,field!=value`` (the API server's grammar) over ``POD_FIELDS``; raise SelectorError
+    naming the bad part."""
+    _check_length(text, "field")
+    stripped = text.strip()
+    reqs: list[Requirement] = []
+    if not stripped:
+        return Selector((), "")
+    for term in _split_unescaped(stripped, ","):
+        if not term.strip():
+            raise SelectorError(f"empty requirement in field selector {text!r}")
+        pos, op = _find_op(term)
+        if pos < 0:
+            raise SelectorError(f"invalid field selector {text!r}: {term!r} is not field=value, field==value "
+                                "or field!=value")
+        name = term[:pos].strip()
+        if name not in POD_FIELDS:
+            raise SelectorError(f"field selector {text!r}: field {name!r} is not supported; use one of "
+                                f"{', '.join(POD_FIELDS)}")
+        value = _unescape(term[pos + len(op):].strip(), text)
+        if name == "spec.hostNetwork" and value not in ("true", "false"):
+            raise SelectorError(f"field selector {text!r}: spec.hostNetwork is 'true' or 'false'")
+        reqs.append(_equality(name, op, value))
+    return Selector(tuple(reqs), stripped)
+
+
+class _PodFields(Protocol):
+    """What ``pod_fields`` reads of a pod (a ``PodRef``), without importing the collector's types."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def node(self) -> str: ...
+    @property
+    def ip(self) -> str: ...
+    @property
+    def host_network(self) -> bool: ...
+
+
+def pod_fields(pod: _PodFields, phase: str = "Running") -> dict[str, str]:
+    """A pod's selectable fields. Pods from agents' inventories have a ready sandbox: phase Running."""
+    return {"metadata.name": pod.name, "metadata.namespace": pod.namespace, "spec.nodeName": pod.node,
+            "status.phase": phase, "spec.hostNetwork": "true" if pod.host_network else "false",
+            "status.podIP": pod.ip}

@@ -14,7 +14,7 @@ import pytest
 from podcap.collector.auth import KubeAuthorizer, StaticTokenAuthorizer
 from podcap.collector.certs import issue, make_ca, write_pair
 from podcap.collector.client import CollectorClient, CollectorError
-from podcap.collector.kube import load_api
+from podcap.collector.kube.client import load_api
 from podcap.collector.server import Collector, start_collector
 from podcap.tls import AGENT_IDENTITY, TlsFiles, open_channel
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2, ingest_pb2_grpc

@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from podcap.collector.cluster import ClusterListener
+from podcap.collector.kube.inventory import ClusterListener
 from podcap.collector.targets import PodRef
 
 

@@ -18,9 +18,11 @@ here must work against a real API server, so it reproduces what clients depend o
   DELETED, one that starts matching as ADDED;
 - ``allowWatchBookmarks`` -> BOOKMARK events every ``bookmark_interval`` seconds and just before a watch times
   out; ``timeoutSeconds`` ends the watch cleanly;
-- label selectors (the full syntax, with ``podcap.labels``) and the field selectors the real server supports for
-  pods that podcap needs (``metadata.name``, ``metadata.namespace``, ``spec.nodeName``, ``status.phase``,
-  ``spec.hostNetwork``, ``status.podIP``; ``=``, ``==``, ``!=``); any other field is a 400 like the real server's;
+- label selectors (the full syntax, with ``podcap.collector.kube.selectors``) and the field selectors the real
+  server supports for pods that podcap needs (``metadata.name``, ``metadata.namespace``, ``spec.nodeName``,
+  ``status.phase``, ``spec.hostNetwork``, ``status.podIP``; ``=``, ``==``, ``!=``); any other field is a 400 like
+  the real server's. The field selector grammar is this module's own, not podcap's: the stand-in is the oracle
+  that podcap's local field selectors are compared with (``test_field_selectors_applied_to_the_cache``);
 - bearer tokens (401 for an unknown one) and a per-(verb, namespace) deny list, answered with the real server's
   403 ``Forbidden`` Status (message, reason, details, code); 404 ``NotFound`` for missing pods and paths;
 - TokenReview and SubjectAccessReview (create) driven by the same tokens and deny list.
@@ -47,7 +49,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from podcap.labels import SelectorError, parse_selector
+from podcap.collector.kube.selectors import SelectorError, parse_selector
 
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name)

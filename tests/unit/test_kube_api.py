@@ -8,15 +8,14 @@ from typing import Any
 
 import pytest
 
-from podcap.collector import kube
-from podcap.collector.kube import (
-    KubeApi,
+from podcap.collector.kube import client
+from podcap.collector.kube.client import KubeApi, load_api
+from podcap.collector.kube.errors import (
     KubeApiError,
     KubeConfigError,
     KubeForbiddenError,
     KubeNotFoundError,
     KubeUnavailableError,
-    load_api,
 )
 from tests.kubeapi.standin import KubeApiStandin, write_kubeconfig
 
@@ -72,7 +71,7 @@ def test_list_pods_with_selectors(api: KubeApi, namespace: str | None, labels: s
 
 def test_list_pages_through_continue_tokens(api: KubeApi, standin: KubeApiStandin,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kube, "LIST_PAGE", 2)
+    monkeypatch.setattr(client, "LIST_PAGE", 2)
     for i in range(5):
         standin.add_pod("bulk", f"p-{i}", node="node-3")
     pods, rv = api.list_pods("bulk")
@@ -138,6 +137,6 @@ def test_missing_kubeconfig_and_no_cluster(tmp_path: Any, monkeypatch: pytest.Mo
     with pytest.raises(KubeConfigError, match="is not usable"):
         load_api(str(bad))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    assert not kube.in_cluster()
+    assert not client.in_cluster()
     with pytest.raises(KubeConfigError, match="pass --kubeconfig PATH"):
         load_api(None)

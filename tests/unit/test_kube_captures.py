@@ -11,8 +11,9 @@ import pytest
 
 from podcap.collector.agents import AgentConnection, AgentRegistry
 from podcap.collector.captures import CaptureManager
-from podcap.collector.cluster import ClusterInventory, ClusterNotSyncedError, FieldSelectorError
-from podcap.collector.kube import load_api
+from podcap.collector.kube.client import load_api
+from podcap.collector.kube.inventory import ClusterInventory, ClusterNotSyncedError
+from podcap.collector.kube.selectors import SelectorError
 from podcap.collector.store import CaptureStore
 from podcap.collector.targets import NoMatchError
 from podcap.names import NodeName
@@ -69,7 +70,7 @@ def test_field_selector_and_dynamic_attach(env: tuple[CaptureManager, AgentConne
 
 def test_errors(env: tuple[CaptureManager, AgentConnection, KubeApiStandin]) -> None:
     mgr, conn, s = env
-    with pytest.raises(FieldSelectorError):
+    with pytest.raises(SelectorError):
         mgr.start(control_pb2.StartCaptureRequest(target=control_pb2.Target(namespace="shop", field_selector="x=1")))
     with pytest.raises(NoMatchError, match="with field selector 'spec.nodeName=node-z'"):
         mgr.start(control_pb2.StartCaptureRequest(target=control_pb2.Target(

@@ -9,14 +9,10 @@ from typing import Any
 
 import pytest
 
-from podcap.collector.cluster import (
-    ClusterInventory,
-    ClusterNotSyncedError,
-    FieldSelectorError,
-    parse_field_selector,
-    pod_fields,
-)
-from podcap.collector.kube import KubeApi, KubeForbiddenError, load_api
+from podcap.collector.kube.client import KubeApi, load_api
+from podcap.collector.kube.errors import KubeForbiddenError
+from podcap.collector.kube.inventory import ClusterInventory, ClusterNotSyncedError
+from podcap.collector.kube.selectors import SelectorError, parse_field_selector, pod_fields
 from podcap.collector.targets import NoMatchError, PodRef, parse_target, resolve
 from podcap.names import NodeName, PodUid
 from podcap.v1 import control_pb2
@@ -112,9 +108,9 @@ def test_field_selector_grammar(text: str, fields: dict[str, str], matches: bool
     ("spec.hostNetwork=yes", "'true' or 'false'"),
 ])
 def test_field_selector_errors_name_the_bad_part(text: str, message: str) -> None:
-    with pytest.raises(FieldSelectorError, match=message):
+    with pytest.raises(SelectorError, match=message):
         parse_field_selector(text)
-    assert issubclass(FieldSelectorError, ValueError)  # the control service answers INVALID_ARGUMENT
+    assert issubclass(SelectorError, ValueError)  # the control service answers INVALID_ARGUMENT
 
 
 def test_agent_inventory_pods_match_field_selectors_too() -> None:

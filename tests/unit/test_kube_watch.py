@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from podcap.collector.kube import KubeApi, KubeForbiddenError, KubeUnavailableError, PodWatch, load_api
+from podcap.collector.kube.client import KubeApi, load_api
+from podcap.collector.kube.errors import KubeForbiddenError, KubeUnavailableError
+from podcap.collector.kube.watch import PodWatch
 from tests.kubeapi.helpers import Recorder, wait_for
 from tests.kubeapi.standin import KubeApiStandin, write_kubeconfig
 

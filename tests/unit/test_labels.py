@@ -2,7 +2,7 @@
 
 import pytest
 
-from podcap.labels import SelectorError, parse_selector
+from podcap.collector.kube.selectors import SelectorError, parse_selector
 
 LABELS = {"app": "web", "tier": "front", "version": "v2"}
 

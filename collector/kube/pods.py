@@ -1,0 +1,64 @@
+"""Pod objects from the API server as ``PodRef``: what podcap reads of a pod, and which pods it keeps.
+
+Only scheduled pods that can still have a network are kept: ``spec.nodeName`` set and a phase other than
+Succeeded/Failed. Names are checked like every name from outside (``podcap.names``), because they become paths on
+disk; a pod with an invalid name is skipped with a warning rather than failing a whole list.
+
+Raw JSON, not the client's models: ``client.py`` asks for ``_preload_content=False`` responses, because
+deserializing every pod of a large cluster into generated model objects costs far more CPU than the few fields
+read here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from podcap.collector.targets import PodRef
+from podcap.names import InvalidNameError, check_namespace, check_node_name, check_pod_name, check_pod_uid
+
+log = logging.getLogger(__name__)
+
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass(frozen=True)
+class KubePod:
+    """What the cache keeps of a pod: the ``PodRef`` plus the fields it does not carry."""
+
+    ref: PodRef
+    phase: str
+    resource_version: str
+
+    def view(self) -> tuple[object, ...]:
+        """Everything listeners see; a change here is a MODIFIED worth reporting (kubelet status churn is not)."""
+        r = self.ref
+        return (r.namespace, r.name, r.uid, r.node, tuple(sorted(r.labels.items())), r.ip, r.host_network,
+                self.phase)
+
+
+def pod_from_object(obj: dict[str, Any]) -> KubePod | None:
+    """A pod object (API JSON) as a ``KubePod``; None when it has no network to capture (unscheduled, finished)
+    or carries names that are not valid Kubernetes names."""
+    md = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    node = spec.get("nodeName") or ""
+    phase = status.get("phase") or ""
+    if not node or phase in TERMINAL_PHASES:
+        return None
+    try:
+        ref = PodRef(
+            namespace=check_namespace(str(md.get("namespace", ""))),
+            name=check_pod_name(str(md.get("name", ""))),
+            uid=check_pod_uid(str(md.get("uid", ""))),
+            node=check_node_name(str(node)),
+            labels={str(k): str(v) for k, v in (md.get("labels") or {}).items()},
+            ip=str(status.get("podIP") or ""),
+            host_network=bool(spec.get("hostNetwork", False)),
+        )
+    except InvalidNameError as e:
+        log.warning("pod from the API server skipped: %s", e)
+        return None
+    return KubePod(ref, phase, str(md.get("resourceVersion", "")))
