@@ -19,17 +19,18 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 import grpc
 
 from podcap import __version__
 from podcap.agent.capture.engine import CaptureEngine, EngineSettings
-from podcap.agent.pods.source import PodInfo, PodNetwork, PodNotFoundError, PodSource, PodSourceError
+from podcap.agent.pods.source import PodNetwork, PodNotFoundError, PodSource, PodSourceError
 from podcap.agent.upload.encoded import EncodedChunk, serialize
 from podcap.agent.upload.upload_log import UploadLog
 from podcap.names import CaptureId, InvalidNameError, NodeName, PodUid, check_capture_id, check_pod_uid
+from podcap.pods import PodRef
 from podcap.tls import TlsFiles, open_channel
 from podcap.v1 import common_pb2, ingest_pb2
 
@@ -78,6 +79,12 @@ def _fingerprint(network: PodNetwork) -> tuple[str, str, int]:
     return (network.sandbox_key, network.host_veth or "", index)
 
 
+def _snapshot(pods: Iterable[PodRef]) -> dict[PodUid, tuple[object, ...]]:
+    """Every field of every pod: the inventory is sent again when any of them changed (``PodRef``'s own equality
+    is the pod's identity only, blind to new labels or a new IP)."""
+    return {p.uid: (p.namespace, p.name, p.node, dict(p.labels), p.ip, p.host_network, p.sandbox_key) for p in pods}
+
+
 class _Sink:
     """StreamSink for the capture engine: everything goes into the outbound queue; terminal events end the wish."""
 
@@ -109,7 +116,7 @@ class AgentSession:
         self.engine = CaptureEngine(_Sink(self.out, self._ended), instance_id=self.instance_id, settings=engine)
         self.out.on_lost = self.engine.record_loss  # gaps the log keeps in chunks' places count per pod
         self._stop = threading.Event()
-        self._pods: dict[PodUid, PodInfo] = {}
+        self._pods: dict[PodUid, PodRef] = {}
         self._call: grpc.Future[ingest_pb2.CollectorMessage] | None = None
         self._lock = threading.Lock()
         self.connected = False
@@ -158,7 +165,7 @@ class AgentSession:
 
     # ---- one session ----
 
-    def _inventory(self) -> list[PodInfo]:
+    def _inventory(self) -> list[PodRef]:
         try:
             pods = self.source.list_pods()
         except PodSourceError as e:
@@ -202,15 +209,16 @@ class AgentSession:
     def _side_loop(self, call: grpc.Future[ingest_pb2.CollectorMessage]) -> None:
         """Heartbeats and inventory changes while the session lasts."""
         last_heartbeat = 0.0
-        last_pods = {p.uid: p for p in self._pods.values()}
+        last_pods = _snapshot(self._pods.values())
         while not self._stop.is_set() and not call.done():
             now = time.monotonic()
             if now - last_heartbeat >= self.cfg.heartbeat_interval:
                 last_heartbeat = now
                 self.out.put(ingest_pb2.AgentMessage(heartbeat=ingest_pb2.Heartbeat(sent_unix_ns=time.time_ns())))
             pods = {p.uid: p for p in self._inventory()}
-            if pods != last_pods:
-                last_pods = pods
+            snapshot = _snapshot(pods.values())
+            if snapshot != last_pods:
+                last_pods = snapshot
                 self.out.put(
                     ingest_pb2.AgentMessage(inventory=ingest_pb2.Inventory(pods=[p.to_proto() for p in pods.values()]))
                 )
@@ -224,7 +232,7 @@ class AgentSession:
         with self._lock:
             self._desired.pop((capture_id, uid), None)
 
-    def _reconcile(self, pods: dict[PodUid, PodInfo]) -> None:
+    def _reconcile(self, pods: dict[PodUid, PodRef]) -> None:
         """Re-attach wanted pods whose stream ended because their sandbox went away and came back (new sandbox
         key); report DONE for wanted pods that left the node."""
         active = set(self.engine.active())

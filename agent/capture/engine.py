@@ -35,11 +35,12 @@ from typing import Protocol
 
 from podcap.agent import netns
 from podcap.agent.capture.libpcap import Handle, HandleOptions, KernelCounters, PcapError
-from podcap.agent.pods.source import PodInfo, PodNetwork
+from podcap.agent.pods.source import PodNetwork
 from podcap.agent.upload.encoded import EncodedChunk, gap_chunk
 from podcap.drops import Drops
 from podcap.names import CaptureId, PodUid
 from podcap.pcapfile import MAX_SNAPLEN, FileFormat
+from podcap.pods import PodRef
 from podcap.v1 import common_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class EngineSettings:
 class _Stream:
     key: tuple[CaptureId, PodUid]
     stream_id: str
-    pod: PodInfo
+    pod: PodRef
     handle: Handle
     interface: str
     remaining: int  # packets still allowed; -1 = unlimited; 0 = the limit is reached, what follows is discarded
@@ -198,7 +199,7 @@ class CaptureEngine:
     def start(
         self,
         capture_id: CaptureId,
-        pod: PodInfo,
+        pod: PodRef,
         network: PodNetwork,
         settings: common_pb2.CaptureSettings,
         *,
@@ -300,7 +301,7 @@ class CaptureEngine:
         self,
         key: tuple[CaptureId, PodUid],
         stream_id: str,
-        pod: PodInfo,
+        pod: PodRef,
         network: PodNetwork,
         settings: common_pb2.CaptureSettings,
         pods_on_node: int,

@@ -21,8 +21,9 @@ from collections.abc import Mapping
 
 from podcap.agent import netlink
 from podcap.agent.pods import cri
-from podcap.agent.pods.source import PodInfo, PodNetwork, PodNotFoundError, PodSourceError, host_veth_of
+from podcap.agent.pods.source import PodNetwork, PodNotFoundError, PodSourceError, host_veth_of
 from podcap.names import InvalidNameError, NodeName, PodUid, check_namespace, check_pod_name, check_pod_uid
+from podcap.pods import PodRef
 
 # Labels the kubelet (or the runtime) sets on sandboxes for its own bookkeeping, not the pod's labels.
 _INTERNAL_LABEL_PREFIXES = ("io.kubernetes.",)
@@ -75,7 +76,7 @@ class CriPodSource:
     def _ready(self) -> dict[str, cri.Sandbox]:
         return newest_ready(self.client.list_sandboxes(ready_only=True))
 
-    def list_pods(self) -> list[PodInfo]:
+    def list_pods(self) -> list[PodRef]:
         pods = []
         for uid, sb in sorted(self._ready().items()):
             try:
@@ -89,7 +90,7 @@ class CriPodSource:
             except PodNotFoundError:
                 continue  # removed between the list and the status call
             pods.append(
-                PodInfo(
+                PodRef(
                     namespace=sb.namespace,
                     name=sb.name,
                     uid=pod_uid,

@@ -11,8 +11,9 @@ import os
 import uuid
 
 from podcap.agent import netns
-from podcap.agent.pods.source import PodInfo, PodNetwork, PodNotFoundError, PodSourceError, host_veth_of
+from podcap.agent.pods.source import PodNetwork, PodNotFoundError, PodSourceError, host_veth_of
 from podcap.names import InvalidNameError, NodeName, PodUid, check_namespace, check_pod_name
+from podcap.pods import PodRef
 
 _NETNS_UID_NAMESPACE = uuid.UUID("6f1c1f4e-8a3e-4c55-9b8e-6f2d2b1c0a11")
 
@@ -58,7 +59,7 @@ class NetnsPodSource:
             out.append((namespace, pod, os.path.join(self.directory, entry)))
         return out
 
-    def list_pods(self) -> list[PodInfo]:
+    def list_pods(self) -> list[PodRef]:
         pods = []
         for namespace, pod, path in self._entries():
             try:
@@ -66,7 +67,7 @@ class NetnsPodSource:
             except OSError:
                 continue
             pods.append(
-                PodInfo(namespace, pod, self.uid_for(namespace, pod), self.node, sandbox_key=key)
+                PodRef(namespace, pod, self.uid_for(namespace, pod), self.node, sandbox_key=key)
             )
         return pods
 

@@ -24,8 +24,9 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from podcap.agent.pods.source import PodInfo, PodNetwork, PodNotFoundError, PodSourceError, host_veth_of
+from podcap.agent.pods.source import PodNetwork, PodNotFoundError, PodSourceError, host_veth_of
 from podcap.names import InvalidNameError, NodeName, PodUid, check_pod_uid
+from podcap.pods import PodRef
 
 PROC_NAMESPACE: Final = "podcap-proc"
 
@@ -129,7 +130,7 @@ class ProcPodSource:
         veth = None if proc.netns == host_netns else host_veth_of(path)
         return PodNetwork(netns_path=path, host_veth=veth, sandbox_key=f"{proc.netns}-{proc.pid}")
 
-    def list_pods(self) -> list[PodInfo]:
+    def list_pods(self) -> list[PodRef]:
         host_netns = self._host_netns()
         pods = []
         for uid, pids in sorted(self._scan().items()):
@@ -137,7 +138,7 @@ class ProcPodSource:
             if proc is None:
                 continue
             pods.append(
-                PodInfo(
+                PodRef(
                     namespace=PROC_NAMESPACE,
                     name=uid,
                     uid=uid,

@@ -7,19 +7,19 @@ tests without a container runtime), ``cri_source`` (the container runtime, for r
 (``/proc/*/cgroup``, the fallback when the runtime's socket is out of reach). ``sandbox_key`` changes whenever the
 pod's network namespace is recreated, which is how a sandbox restart is noticed.
 
-The neutral types and the protocol are kept apart from every source so that a source (and the CRI client behind
-one) can be replaced without touching the session or the capture engine.
+Pods are ``podcap.pods.PodRef``, the type the collector uses too (with the agent's ``sandbox_key``). The neutral types
+and the protocol are kept apart from every source so that a source (and the CRI client behind one) can be replaced
+without touching the session or the capture engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from podcap.agent import netlink
-from podcap.names import NodeName, PodUid
-from podcap.v1 import common_pb2
+from podcap.names import PodUid
+from podcap.pods import PodRef
 
 
 class PodSourceError(RuntimeError):
@@ -28,30 +28,6 @@ class PodSourceError(RuntimeError):
 
 class PodNotFoundError(PodSourceError):
     """The pod is not (or no longer) on this node."""
-
-
-@dataclass(frozen=True)
-class PodInfo:
-    namespace: str
-    name: str
-    uid: PodUid
-    node: NodeName
-    labels: Mapping[str, str] = field(default_factory=dict)
-    ip: str = ""
-    host_network: bool = False
-    # Changes when the pod's sandbox (and so its network namespace) is recreated.
-    sandbox_key: str = ""
-
-    def to_proto(self) -> common_pb2.Pod:
-        return common_pb2.Pod(
-            namespace=self.namespace,
-            name=self.name,
-            uid=self.uid,
-            node=self.node,
-            labels=dict(self.labels),
-            ip=self.ip,
-            host_network=self.host_network,
-        )
 
 
 @dataclass(frozen=True)
@@ -68,7 +44,7 @@ class PodNetwork:
 class PodSource(Protocol):
     name: str
 
-    def list_pods(self) -> list[PodInfo]: ...
+    def list_pods(self) -> list[PodRef]: ...
 
     def locate(self, uid: PodUid) -> PodNetwork: ...
 
