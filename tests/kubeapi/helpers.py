@@ -1,13 +1,22 @@
-"""Helpers for tests against the stand-in API server: a recorder of watch callbacks and a polling wait."""
+"""Helpers for tests against the stand-in API server: a client on it, a recorder of watch callbacks and a polling
+wait."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 
+from podcap.collector.kube.client import KubeApi, load_api
 from podcap.collector.kube.inventory import ClusterListener
 from podcap.collector.targets import PodRef
+from tests.kubeapi.standin import KubeApiStandin, write_kubeconfig
+
+
+def api_for(standin: KubeApiStandin, directory: str) -> KubeApi:
+    """A ``KubeApi`` on the stand-in, through a kubeconfig written in ``directory`` (as a user's would be)."""
+    return load_api(write_kubeconfig(os.path.join(directory, "kubeconfig"), standin.url))
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:

@@ -5,19 +5,17 @@ told about pods that come, change and go, and a sync wait that reports why it ca
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from podcap.collector.kube.client import KubeApi, load_api
+from podcap.collector.kube.client import KubeApi
 from podcap.collector.kube.errors import KubeForbiddenError
 from podcap.collector.kube.inventory import ClusterInventory, ClusterNotSyncedError
-from podcap.collector.kube.selectors import SelectorError, parse_field_selector, pod_fields
+from podcap.collector.kube.selectors import parse_field_selector
 from podcap.collector.targets import NoMatchError, PodRef, parse_target, resolve
-from podcap.names import NodeName, PodUid
 from podcap.v1 import control_pb2
 from tests.kubeapi.helpers import Recorder, wait_for
-from tests.kubeapi.standin import KubeApiStandin, write_kubeconfig
+from tests.kubeapi.standin import KubeApiStandin
 
 
 @pytest.fixture
@@ -28,13 +26,6 @@ def standin() -> Iterator[KubeApiStandin]:
         s.add_pod("prod", "web-3", labels={"app": "web"}, node="node-1", ip="10.1.0.3", phase="Pending")
         s.add_pod("prod", "db-1", labels={"app": "db"}, node="node-2", ip="10.1.0.4")
         yield s
-
-
-@pytest.fixture
-def api(standin: KubeApiStandin, tmp_path: Any) -> Iterator[KubeApi]:
-    a = load_api(write_kubeconfig(str(tmp_path / "kubeconfig"), standin.url))
-    yield a
-    a.close()
 
 
 @pytest.fixture
@@ -86,37 +77,6 @@ def test_resolution_with_a_field_selector_as_the_capture_manager_does_it(invento
         True, True, True, False]  # db-1, web-1, web-2, web-3
     with pytest.raises(NoMatchError):
         resolve(spec, inventory.select(parse_field_selector("spec.nodeName=node-9")))
-
-
-@pytest.mark.parametrize(("text", "fields", "matches"), [
-    ("metadata.name=a\\,b", {"metadata.name": "a,b"}, True),
-    ("metadata.name=a\\=b", {"metadata.name": "a=b"}, True),
-    ("  spec.nodeName = n1 ", {"spec.nodeName": "n1"}, True),
-    ("spec.nodeName=", {"spec.nodeName": ""}, True),
-    ("spec.nodeName!=", {"spec.nodeName": "n1"}, True),
-])
-def test_field_selector_grammar(text: str, fields: dict[str, str], matches: bool) -> None:
-    assert parse_field_selector(text).matches(fields) is matches
-
-
-@pytest.mark.parametrize(("text", "message"), [
-    ("spec.bogus=1", "field 'spec.bogus' is not supported; use one of metadata.name"),
-    ("spec.nodeName", "is not field=value"),
-    ("spec.nodeName=a,", "empty requirement"),
-    ("metadata.name=a,b", "is not field=value"),
-    ("metadata.name=a=b", "unescaped '='"),
-    ("spec.hostNetwork=yes", "'true' or 'false'"),
-])
-def test_field_selector_errors_name_the_bad_part(text: str, message: str) -> None:
-    with pytest.raises(SelectorError, match=message):
-        parse_field_selector(text)
-    assert issubclass(SelectorError, ValueError)  # the control service answers INVALID_ARGUMENT
-
-
-def test_agent_inventory_pods_match_field_selectors_too() -> None:
-    pod = PodRef("prod", "web", PodUid("u1"), NodeName("node-1"), {"app": "web"}, "10.0.0.1")
-    assert parse_field_selector("spec.nodeName=node-1,status.phase=Running").matches(pod_fields(pod))
-    assert not parse_field_selector("metadata.namespace!=prod").matches(pod_fields(pod))
 
 
 def test_listeners_hear_pods_come_change_and_go(inventory: ClusterInventory, standin: KubeApiStandin) -> None:

@@ -11,15 +11,14 @@ import pytest
 
 from podcap.collector.agents import AgentConnection, AgentRegistry
 from podcap.collector.captures import CaptureManager
-from podcap.collector.kube.client import load_api
 from podcap.collector.kube.inventory import ClusterInventory, ClusterNotSyncedError
 from podcap.collector.kube.selectors import SelectorError
 from podcap.collector.store import CaptureStore
 from podcap.collector.targets import NoMatchError
 from podcap.names import NodeName
 from podcap.v1 import control_pb2
-from tests.kubeapi.helpers import wait_for
-from tests.kubeapi.standin import KubeApiStandin, write_kubeconfig
+from tests.kubeapi.helpers import api_for, wait_for
+from tests.kubeapi.standin import KubeApiStandin
 
 
 @pytest.fixture
@@ -27,7 +26,7 @@ def env(tmp_path: Any) -> Iterator[tuple[CaptureManager, AgentConnection, KubeAp
     with KubeApiStandin(bookmark_interval=0.2) as s:
         s.add_pod("shop", "web-0", labels={"app": "web"}, node="node-a", ip="10.0.0.1")
         s.add_pod("shop", "web-1", labels={"app": "web"}, node="node-b", ip="10.0.0.2")
-        api = load_api(write_kubeconfig(str(tmp_path / "kc"), s.url))
+        api = api_for(s, str(tmp_path))
         inv = ClusterInventory(api, backoff_initial_s=0.05, backoff_max_s=0.2).start()
         assert inv.wait_synced(5)
         registry = AgentRegistry()
@@ -80,7 +79,7 @@ def test_errors(env: tuple[CaptureManager, AgentConnection, KubeApiStandin]) -> 
 def test_not_synced(tmp_path: Any) -> None:
     with KubeApiStandin() as s:
         s.deny("list", None)
-        api = load_api(write_kubeconfig(str(tmp_path / "kc"), s.url))
+        api = api_for(s, str(tmp_path))
         inv = ClusterInventory(api, backoff_initial_s=0.05).start()
         store = CaptureStore(os.path.join(str(tmp_path), "db"))
         mgr = CaptureManager(str(tmp_path), AgentRegistry(), store, cluster=inv)

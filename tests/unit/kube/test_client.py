@@ -1,5 +1,6 @@
-"""``podcap.collector.kube``: configuration, listing pods as ``PodRef``, and errors translated into our own types
-with messages that name the verb, the resource and the namespace. Runs against the stand-in API server."""
+"""``podcap.collector.kube.client`` (with ``errors`` and ``pods``): configuration, listing and reading pods as
+``PodRef``, and errors translated into our own types with messages that name the verb, the resource and the
+namespace. Runs against the stand-in API server."""
 
 from __future__ import annotations
 
@@ -31,13 +32,6 @@ def standin() -> Iterator[KubeApiStandin]:
         s.add_pod("prod", "done", labels={"app": "web"}, node="node-1", phase="Succeeded")
         s.add_pod("prod", "crashed", labels={"app": "web"}, node="node-2", phase="Failed")
         yield s
-
-
-@pytest.fixture
-def api(standin: KubeApiStandin, tmp_path: Any) -> Iterator[KubeApi]:
-    a = load_api(write_kubeconfig(str(tmp_path / "kubeconfig"), standin.url))
-    yield a
-    a.close()
 
 
 def names(pods: list[Any]) -> list[str]:

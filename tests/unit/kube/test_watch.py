@@ -10,15 +10,11 @@ from typing import Any
 
 import pytest
 
-from podcap.collector.kube.client import KubeApi, load_api
+from podcap.collector.kube.client import KubeApi
 from podcap.collector.kube.errors import KubeForbiddenError, KubeUnavailableError
 from podcap.collector.kube.watch import PodWatch
-from tests.kubeapi.helpers import Recorder, wait_for
-from tests.kubeapi.standin import KubeApiStandin, write_kubeconfig
-
-
-def make_api(standin: KubeApiStandin, tmp_path: Any) -> KubeApi:
-    return load_api(write_kubeconfig(str(tmp_path / "kubeconfig"), standin.url))
+from tests.kubeapi.helpers import Recorder, api_for, wait_for
+from tests.kubeapi.standin import KubeApiStandin
 
 
 @pytest.fixture
@@ -26,13 +22,6 @@ def standin() -> Iterator[KubeApiStandin]:
     with KubeApiStandin(bookmark_interval=0.2) as s:
         s.add_pod("default", "a", labels={"app": "web"}, node="node-1", ip="10.0.0.1")
         yield s
-
-
-@pytest.fixture
-def api(standin: KubeApiStandin, tmp_path: Any) -> Iterator[KubeApi]:
-    a = make_api(standin, tmp_path)
-    yield a
-    a.close()
 
 
 def start_watch(api: KubeApi, rec: Recorder, **kw: Any) -> PodWatch:
@@ -104,7 +93,7 @@ def test_410_relists_and_continues_without_losing_or_repeating(tmp_path: Any, re
     with KubeApiStandin(bookmark_interval=0.2, watch_gone_as_http=gone_as_http) as standin:
         for n in ("keep", "change", "remove"):
             standin.add_pod("default", n, labels={"app": "web"})
-        api = make_api(standin, tmp_path)
+        api = api_for(standin, str(tmp_path))
         w = start_watch(api, rec)
         try:
             assert w.wait_synced(5)
@@ -188,7 +177,7 @@ def test_api_down_is_unavailable_and_the_watch_recovers(watch: PodWatch, rec: Re
 
 def test_stop_is_prompt_on_an_idle_watch_and_during_backoff(tmp_path: Any, rec: Recorder) -> None:
     with KubeApiStandin(bookmark_interval=60) as standin:
-        api = make_api(standin, tmp_path)
+        api = api_for(standin, str(tmp_path))
         w = start_watch(api, rec, watch_timeout_s=3600)
         assert w.wait_synced(5)
         wait_for(lambda: standin.open_watches() == 1, 5, "the watch to open")
