@@ -22,7 +22,7 @@ from podcap.collector.filters import compile_filter
 from podcap.collector.kube import KubeError
 from podcap.collector.model import Capture
 from podcap.collector.storage.window import select_records
-from podcap.collector.targets import NoMatchError
+from podcap.collector.targets import NoMatchError, target_text
 from podcap.pcapfile import FILE_HEADER_LEN
 from podcap.v1 import control_pb2, control_pb2_grpc
 
@@ -42,17 +42,6 @@ def _abort_for(context: grpc.ServicerContext, e: Exception) -> None:
     if isinstance(e, ValueError):
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
     raise e
-
-
-def target_text(t: control_pb2.Target) -> str:
-    parts = ["all namespaces" if t.all_namespaces else f"ns={t.namespace or 'default'}"]
-    if t.selector:
-        parts.append(f"selector={t.selector}")
-    if t.field_selector:
-        parts.append(f"fields={t.field_selector}")
-    if t.pod_names:
-        parts.append("pods=" + ",".join(t.pod_names))
-    return " ".join(parts)[:2000]
 
 
 def target_namespaces(t: control_pb2.Target) -> list[str | None]:

@@ -16,8 +16,9 @@ import re
 import click
 from click.shell_completion import CompletionItem, get_completion_class
 
-from podcap.collector.cli.render import capture_state, target_text
+from podcap.collector.cli.render import capture_state
 from podcap.collector.client import CollectorClient, CollectorError, default_address
+from podcap.collector.targets import target_text
 
 SHELLS = ("bash", "zsh", "fish")
 COMPLETION_TIMEOUT = 2.0

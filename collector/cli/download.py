@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from podcap.collector.cli.render import capture_state, target_text
+from podcap.collector.cli.render import capture_state
 from podcap.collector.client import CollectorClient, CollectorError
 from podcap.collector.storage.pcapng import InterfaceInfo, InterfaceStats, SectionInfo
+from podcap.collector.targets import target_text
 from podcap.drops import Drops
 from podcap.names import InvalidNameError, check_namespace, check_pod_name
 from podcap.v1 import common_pb2, control_pb2

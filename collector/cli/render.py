@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from podcap.collector.cli.units import human_bytes, human_duration
+from podcap.collector.targets import target_text
 from podcap.drops import Drops
 from podcap.v1 import common_pb2, control_pb2
 
@@ -83,15 +84,6 @@ def output_option(*, default: str = "table", choices: tuple[str, ...] = OUTPUT_F
     """The ``-o/--output`` option shared by the read commands."""
     return click.option("-o", "--output", type=click.Choice(choices), default=default, show_default=True,
                         help="Output format: text or table for people, json or yaml for programs.")
-
-
-def target_text(t: control_pb2.Target) -> str:
-    parts = ["all namespaces" if t.all_namespaces else f"ns={t.namespace or 'default'}"]
-    if t.selector:
-        parts.append(f"selector={t.selector}")
-    if t.pod_names:
-        parts.append("pods=" + ",".join(t.pod_names))
-    return " ".join(parts)
 
 
 def _elapsed(status: control_pb2.CaptureStatus) -> str:

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from podcap.collector.cli import capture_cmds, complete, get_cmd, main, read_cmds
 from podcap.collector.client import CollectorError
 from podcap.collector.storage.pcapng import ISB_IFDROP, ISB_USRDELIV, read_pcapng
+from podcap.collector.targets import target_text
 from podcap.pcapfile import FileFormat
 from podcap.v1 import common_pb2, control_pb2
 
@@ -132,6 +133,17 @@ def test_list_formats(fake: FakeClient) -> None:
     assert [c["id"] for c in yaml.safe_load(invoke("list", "-o", "yaml").output)] == [CID]
     table = invoke("list").output
     assert CID in table and "ns=shop selector=app=web" in table and "udp port 9999" in table
+
+
+@pytest.mark.parametrize("target,text", [
+    (control_pb2.Target(namespace="shop", selector="app=web", field_selector="spec.nodeName=n1", pod_names=["a", "b"]),
+     "ns=shop selector=app=web fields=spec.nodeName=n1 pods=a,b"),
+    (control_pb2.Target(all_namespaces=True, field_selector="status.phase=Running"),
+     "all namespaces fields=status.phase=Running"),
+    (control_pb2.Target(), "ns=default"),
+])
+def test_target_text_is_the_audit_records_text_with_field_selectors(target: control_pb2.Target, text: str) -> None:
+    assert target_text(target) == text
 
 
 def test_status_table_names_every_pod_and_every_drop(fake: FakeClient) -> None:
