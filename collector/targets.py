@@ -7,12 +7,13 @@ lists the namespaces, unknown pods list the pods of that namespace.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from podcap.collector.kube.selectors import Selector, SelectorError, parse_selector
-from podcap.names import InvalidNameError, NodeName, PodUid, check_namespace, check_pod_name
-from podcap.v1 import common_pb2, control_pb2
+from podcap.names import InvalidNameError, check_namespace, check_pod_name
+from podcap.pods import PodRef as PodRef  # re-exported: the collector's modules import it from here
+from podcap.v1 import control_pb2
 
 MAX_POD_NAMES = 1000
 
@@ -23,29 +24,6 @@ class TargetError(ValueError):
 
 class NoMatchError(LookupError):
     """The target is well-formed but names pods or namespaces that do not exist."""
-
-
-@dataclass(frozen=True)
-class PodRef:
-    namespace: str
-    name: str
-    uid: PodUid
-    node: NodeName
-    labels: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
-    ip: str = field(default="", compare=False)
-    host_network: bool = field(default=False, compare=False)
-
-    @property
-    def display(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    def to_proto(self) -> common_pb2.Pod:
-        return common_pb2.Pod(namespace=self.namespace, name=self.name, uid=self.uid, node=self.node,
-                              labels=dict(self.labels), ip=self.ip, host_network=self.host_network)
-
-    @staticmethod
-    def from_proto(p: common_pb2.Pod) -> PodRef:
-        return PodRef(p.namespace, p.name, PodUid(p.uid), NodeName(p.node), dict(p.labels), p.ip, p.host_network)
 
 
 @dataclass(frozen=True)
