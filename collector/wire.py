@@ -7,6 +7,8 @@ moved for nothing. ``decode_agent_message`` recognises the common case, a messag
 protobuf, the records as a ``memoryview`` into the received bytes. Anything else (other kinds, batches, unexpected
 layouts, garbage) goes to protobuf's own parser unchanged, so malformed input fails exactly as it did before.
 
+The varints and field numbers are ``podcap.framing``'s, the same the agent frames its chunks with.
+
 ``add_ingest_servicer`` registers ``podcap.v1.Ingest`` with this decoder in place of the generated one.
 """
 
@@ -16,12 +18,17 @@ from dataclasses import dataclass
 
 import grpc
 
+from podcap.framing import (
+    AGENT_MESSAGE_CHUNK,
+    FIXED_SIZE,
+    LEN,
+    PCAP_CHUNK_RECORDS,
+    VARINT,
+    FramingError,
+    decode_varint,
+    tag,
+)
 from podcap.v1 import ingest_pb2, ingest_pb2_grpc
-
-_CHUNK_FIELD = ingest_pb2.AgentMessage.DESCRIPTOR.fields_by_name["chunk"].number
-_RECORDS_FIELD = ingest_pb2.PcapChunk.DESCRIPTOR.fields_by_name["records"].number
-_LEN = 2  # wire type of length-delimited fields
-_FIXED_SIZE = {1: 8, 5: 4}  # wire types with a fixed size (fixed64/double, fixed32/float)
 
 
 @dataclass(frozen=True)
@@ -32,54 +39,42 @@ class IncomingChunk:
     records: memoryview
 
 
-class _NotFast(Exception):
+class _NotFast(FramingError):
     """The bytes do not have the layout the fast path handles; protobuf's parser decides."""
-
-
-def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while pos < end and shift < 64:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-    raise _NotFast
 
 
 def _split_chunk(raw: bytes) -> IncomingChunk:
     end = len(raw)
-    tag, pos = _varint(raw, 0, end)
-    if tag != (_CHUNK_FIELD << 3 | _LEN):
+    first, pos = decode_varint(raw, 0, end)
+    if first != tag(AGENT_MESSAGE_CHUNK, LEN):
         raise _NotFast
-    size, pos = _varint(raw, pos, end)
+    size, pos = decode_varint(raw, pos, end)
     if pos + size != end:  # more than one field at the top level: let protobuf merge them
         raise _NotFast
     rest: list[bytes] = []
     records = (pos, pos)
     while pos < end:
         start = pos
-        tag, pos = _varint(raw, pos, end)
-        field, wire = tag >> 3, tag & 7
-        if wire == 0:
-            _, pos = _varint(raw, pos, end)
-        elif wire == _LEN:
-            length, pos = _varint(raw, pos, end)
+        key, pos = decode_varint(raw, pos, end)
+        field, wire = key >> 3, key & 7
+        if wire == VARINT:
+            _, pos = decode_varint(raw, pos, end)
+        elif wire == LEN:
+            length, pos = decode_varint(raw, pos, end)
             if pos + length > end:
                 raise _NotFast
-            if field == _RECORDS_FIELD:
+            if field == PCAP_CHUNK_RECORDS:
                 records = (pos, pos + length)  # for a repeated bytes field on the wire, the last one wins
                 pos += length
                 continue
             pos += length
-        elif wire in _FIXED_SIZE:
-            pos += _FIXED_SIZE[wire]
+        elif wire in FIXED_SIZE:
+            pos += FIXED_SIZE[wire]
             if pos > end:
                 raise _NotFast
         else:
             raise _NotFast
-        if field == _RECORDS_FIELD:
+        if field == PCAP_CHUNK_RECORDS:
             raise _NotFast  # records with an unexpected wire type: protobuf rejects it
         rest.append(raw[start:pos])
     meta = ingest_pb2.PcapChunk.FromString(b"".join(rest))
@@ -90,7 +85,7 @@ def decode_agent_message(raw: bytes) -> ingest_pb2.AgentMessage | IncomingChunk:
     """One request of an agent's ``Attach`` stream (gRPC's request deserializer)."""
     try:
         return _split_chunk(raw)
-    except _NotFast:
+    except FramingError:  # _NotFast, or a varint cut short
         return ingest_pb2.AgentMessage.FromString(raw)
 
 

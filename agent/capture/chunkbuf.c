@@ -6,9 +6,13 @@
  * is what pcap_dump would write (32-bit seconds, 32-bit micro/nanoseconds, caplen, wire length, data), but copied
  * with two memcpy calls instead of two locked stdio fwrite calls. The buffer keeps PODCAP_CHUNK_PREFIX bytes in
  * front of the records; podcap_chunk_seal appends the chunk's other fields (encoded by protobuf in Python, a few
- * dozen bytes) and fills the prefix with the two length-delimited headers (AgentMessage.chunk = field 4,
- * PcapChunk.records = field 4), each length a 5-byte varint. Protobuf parsers accept such padded varints, so the
- * records are never copied again before the socket: no copy into a protobuf message, none out of it.
+ * dozen bytes) and fills the prefix with the two length-delimited headers (AgentMessage.chunk, then
+ * PcapChunk.records), each length a 5-byte varint. Protobuf parsers accept such padded varints, so the records are
+ * never copied again before the socket: no copy into a protobuf message, none out of it.
+ *
+ * The field numbers are the contract's (proto/podcap/v1/ingest.proto); C cannot read the generated descriptors,
+ * so they are written here and exported (podcap_chunk_message_tag, podcap_chunk_records_tag), and
+ * tests/unit/test_framing.py checks them against the descriptors.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -20,7 +24,14 @@
 #endif
 
 #define PODCAP_CHUNK_PREFIX 12
-#define TAG_FIELD4_LEN 0x22 /* (4 << 3) | 2 */
+#define WIRE_LEN 2                   /* protobuf wire type of length-delimited fields */
+#define AGENT_MESSAGE_CHUNK_FIELD 4  /* podcap.v1.AgentMessage.chunk */
+#define PCAP_CHUNK_RECORDS_FIELD 4   /* podcap.v1.PcapChunk.records */
+/* One byte each (field numbers below 16): the prefix's layout depends on it. */
+#define TAG(field, wire) ((uint8_t)(((field) << 3) | (wire)))
+
+const uint8_t podcap_chunk_message_tag = TAG(AGENT_MESSAGE_CHUNK_FIELD, WIRE_LEN);
+const uint8_t podcap_chunk_records_tag = TAG(PCAP_CHUNK_RECORDS_FIELD, WIRE_LEN);
 
 struct podcap_pkthdr { /* libpcap's struct pcap_pkthdr */
     struct timeval ts;
@@ -97,9 +108,9 @@ uint64_t podcap_chunk_seal(struct podcap_chunkbuf *b, const uint8_t *fields, uin
     if (body >= (1ull << 35) || reserve(b, n) != 0) return 0;
     memcpy(b->data + b->len, fields, n);
     b->len += n;
-    b->data[0] = TAG_FIELD4_LEN;
+    b->data[0] = podcap_chunk_message_tag;
     varint5(b->data + 1, body);
-    b->data[6] = TAG_FIELD4_LEN;
+    b->data[6] = podcap_chunk_records_tag;
     varint5(b->data + 7, records);
     return b->len;
 }

@@ -75,6 +75,15 @@ def available() -> bool:
     return _LIB is not None
 
 
+def native_tags() -> tuple[int, int] | None:
+    """The field tags ``chunkbuf.c`` writes (AgentMessage.chunk, PcapChunk.records), as compiled; None without the
+    C library. For the test that holds them to the generated descriptors."""
+    if _NATIVE is None:
+        return None
+    return (ctypes.c_uint8.in_dll(_NATIVE, "podcap_chunk_message_tag").value,
+            ctypes.c_uint8.in_dll(_NATIVE, "podcap_chunk_records_tag").value)
+
+
 class ChunkBuffer:
     """Records appended in C by ``podcap_chunk_handler``; see ``chunkbuf.c``."""
 

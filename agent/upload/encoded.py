@@ -4,7 +4,8 @@ A chunk's records are the bulk of what the agent sends. The capture engine produ
 bytes of ``AgentMessage{chunk: PcapChunk}`` (``agent/capture/chunkbuf.c``), and everything downstream (the upload log,
 the disk spool, batching, gRPC) moves those bytes as they are: ``EncodedChunk`` carries them with the few fields the
 agent itself needs (its other fields, ``meta``). ``serialize`` is the session's gRPC request serializer: bytes pass
-through, messages are serialized as usual.
+through, messages are serialized as usual. The framing (varints, tags) is ``podcap.framing``'s, shared with the
+collector's decoder.
 
 A chunk whose records cannot be kept (no room in the upload buffer, its spool file unreadable) still takes its
 place in the stream: ``EncodedChunk.gap`` is the same chunk without records, its packets counted in ``lost`` under
@@ -15,38 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from podcap import framing
 from podcap.drops import Drops
 from podcap.v1 import ingest_pb2
-
-_CHUNK_FIELD = ingest_pb2.AgentMessage.DESCRIPTOR.fields_by_name["chunk"].number
-_BATCH_FIELD = ingest_pb2.AgentMessage.DESCRIPTOR.fields_by_name["chunks"].number
-_BATCH_CHUNKS_FIELD = ingest_pb2.ChunkBatch.DESCRIPTOR.fields_by_name["chunks"].number
-_LEN = 2
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if not n:
-            out.append(b)
-            return bytes(out)
-        out.append(b | 0x80)
-
-
-def _header(field: int, length: int) -> bytes:
-    return varint(field << 3 | _LEN) + varint(length)
-
-
-def _skip_header(wire: bytes) -> int:
-    """Offset of the PcapChunk inside a serialized ``AgentMessage{chunk}`` (after its tag and length varints)."""
-    pos = 0
-    for _ in range(2):
-        while wire[pos] & 0x80:
-            pos += 1
-        pos += 1
-    return pos
 
 
 @dataclass(frozen=True)
@@ -89,11 +61,12 @@ class EncodedChunk:
     def from_body(cls, body: bytes) -> EncodedChunk:
         """From a serialized PcapChunk (a spool file)."""
         chunk = ingest_pb2.PcapChunk.FromString(body)
-        return cls(_without_records(chunk), len(chunk.records), _header(_CHUNK_FIELD, len(body)) + body)
+        wire = framing.len_header(framing.AGENT_MESSAGE_CHUNK, len(body)) + body
+        return cls(_without_records(chunk), len(chunk.records), wire)
 
     def body(self) -> memoryview:
         """The serialized PcapChunk alone."""
-        return memoryview(self.wire)[_skip_header(self.wire):]
+        return memoryview(self.wire)[framing.skip_len_header(self.wire):]
 
     def message(self) -> ingest_pb2.PcapChunk:
         """Parsed back (tests and diagnostics only: it copies the records)."""
@@ -132,8 +105,9 @@ def gap_chunk(meta: ingest_pb2.PcapChunk, cause: str, packets: int) -> EncodedCh
 
 def batch(chunks: list[EncodedChunk]) -> bytes:
     """The serialized ``AgentMessage{chunks: ChunkBatch}`` of these chunks, built from their bytes."""
-    inner = b"".join(_header(_BATCH_CHUNKS_FIELD, len(body)) + body for body in (c.body() for c in chunks))
-    return _header(_BATCH_FIELD, len(inner)) + inner
+    inner = b"".join(framing.len_header(framing.CHUNK_BATCH_CHUNKS, len(body)) + body
+                     for body in (c.body() for c in chunks))
+    return framing.len_header(framing.AGENT_MESSAGE_CHUNKS, len(inner)) + inner
 
 
 def serialize(msg: ingest_pb2.AgentMessage | bytes) -> bytes:
