@@ -121,8 +121,7 @@ class PodWatch:
                     gone_in_a_row = 0
                     continue
                 # A watch that ends at once with nothing in it: do not hammer the server.
-                self._stopping.wait(delay)
-                delay = min(delay * 2, self.backoff_max_s)
+                delay = self._back_off(delay, delay)
             except KubeGoneError as e:
                 if self._stopping.is_set():
                     break
@@ -130,23 +129,25 @@ class PodWatch:
                 self.resource_version = ""
                 gone_in_a_row += 1
                 if gone_in_a_row > 1:  # 410 right after a fresh list: something is off; back off
-                    self._stopping.wait(delay)
-                    delay = min(delay * 2, self.backoff_max_s)
+                    delay = self._back_off(delay, delay)
             except KubeError as e:
                 if self._stopping.is_set():
                     break
                 self.last_error = e
                 wait = delay * random.uniform(0.8, 1.2)
                 log.warning("pod watch: %s (retrying in %.1f s)", e, wait)
-                self._stopping.wait(wait)
-                delay = min(delay * 2, self.backoff_max_s)
+                delay = self._back_off(delay, wait)
             except Exception as e:  # a bug must not end the cache's updates silently
                 if self._stopping.is_set():
                     break
                 self.last_error = KubeError(f"pod watch failed: {type(e).__name__}: {e}")
                 log.exception("pod watch failed (retrying in %.1f s)", delay)
-                self._stopping.wait(delay)
-                delay = min(delay * 2, self.backoff_max_s)
+                delay = self._back_off(delay, delay)
+
+    def _back_off(self, delay: float, wait: float) -> float:
+        """Wait ``wait`` seconds (``stop()`` cuts it short); the next delay, doubled up to ``backoff_max_s``."""
+        self._stopping.wait(wait)
+        return min(delay * 2, self.backoff_max_s)
 
     def _relist(self) -> None:
         objs, rv = self.api.list_pod_objects(self.namespace, self.label_selector, self.field_selector)
