@@ -9,7 +9,6 @@ report new inventories.
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
@@ -18,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from podcap.collector.targets import PodRef
+from podcap.closable import ClosableQueue
 from podcap.names import NodeName
 from podcap.v1 import ingest_pb2
 
@@ -43,32 +43,26 @@ class AgentConnection:
     last_seen: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
-        self._items: collections.deque[ingest_pb2.CollectorMessage | None] = collections.deque()
-        self._cond = threading.Condition()
-        self.closed = False
+        self._outbound: ClosableQueue[ingest_pb2.CollectorMessage] = ClosableQueue()
+
+    @property
+    def closed(self) -> bool:
+        return self._outbound.closed
 
     def send(self, msg: ingest_pb2.CollectorMessage) -> None:
-        with self._cond:
-            if self.closed:
-                return
-            self._items.append(msg)
-            self._cond.notify()
+        """Queue a message for the agent (dropped once the connection is closed); never blocks."""
+        self._outbound.put(msg)
 
     def close(self) -> None:
-        with self._cond:
-            self.closed = True
-            self._items.append(None)
-            self._cond.notify_all()
+        """The response stream ends after what is queued."""
+        self._outbound.close()
 
     def outgoing(self) -> Iterator[ingest_pb2.CollectorMessage]:
-        while True:
-            with self._cond:
-                while not self._items:
-                    self._cond.wait()
-                item = self._items.popleft()
-            if item is None:
-                return
-            yield item
+        return iter(self._outbound)
+
+    def queued(self) -> list[ingest_pb2.CollectorMessage]:
+        """Take what is queued now without waiting (for tests and diagnostics: the servicer iterates ``outgoing``)."""
+        return self._outbound.take_all()
 
     def stale(self, now: float) -> bool:
         return now - self.last_seen > HEARTBEAT_INTERVAL_S * MISSED_HEARTBEATS

@@ -16,11 +16,13 @@ from collections.abc import Iterator
 import grpc
 
 from podcap.collector.auth import AuthError, Authorizer, DeniedError, Principal
-from podcap.collector.captures import CaptureManager, CaptureNotFoundError, NoAgentError
+from podcap.collector.captures.manager import CaptureManager
+from podcap.collector.captures.model import Capture
+from podcap.collector.captures.placement import NoAgentError
+from podcap.collector.captures.table import CaptureNotFoundError
 from podcap.collector.filters import FilterError as WindowFilterError
 from podcap.collector.filters import compile_filter
 from podcap.collector.kube import KubeError
-from podcap.collector.model import Capture
 from podcap.collector.storage.window import select_records
 from podcap.collector.targets import NoMatchError, target_text
 from podcap.pcapfile import FILE_HEADER_LEN

@@ -8,10 +8,10 @@ records. Stored data is never affected — a follower is a view, the files are t
 
 from __future__ import annotations
 
-import collections
 import threading
 from collections.abc import Iterator
 
+from podcap.closable import ClosableQueue
 from podcap.names import PodUid
 from podcap.v1 import common_pb2, control_pb2
 
@@ -23,13 +23,17 @@ class Subscription:
         self.capture_id = capture_id
         self.selectors = set(selectors)
         self.max_bytes = max_bytes
-        self._cond = threading.Condition()
-        self._items: collections.deque[control_pb2.FollowMessage | None] = collections.deque()
+        self._queue: ClosableQueue[control_pb2.FollowMessage] = ClosableQueue()
+        # Guards the pods' indexes and formats, the records' bytes in the queue and the packets dropped per pod.
+        self._lock = threading.Lock()
         self._bytes = 0
         self._index: dict[PodUid, int] = {}
         self._formats: dict[PodUid, common_pb2.PcapFormat] = {}
         self._lost: dict[int, int] = {}
-        self.closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._queue.closed
 
     def wants(self, pod: common_pb2.Pod) -> bool:
         s = self.selectors
@@ -38,15 +42,14 @@ class Subscription:
     def announce(self, pod: common_pb2.Pod, fmt: common_pb2.PcapFormat) -> int:
         """Name the pod in this stream (once, or again when its format changes); return its index."""
         uid = PodUid(pod.uid)
-        with self._cond:
+        with self._lock:
             index = self._index.get(uid)
             if index is None or self._formats.get(uid) != fmt:
                 if index is None:
                     index = self._index[uid] = len(self._index)
                 self._formats[uid] = fmt
-                self._items.append(control_pb2.FollowMessage(pod=control_pb2.FollowPod(index=index, pod=pod,
-                                                                                       format=fmt)))
-                self._cond.notify()
+                self._queue.put(control_pb2.FollowMessage(pod=control_pb2.FollowPod(index=index, pod=pod,
+                                                                                    format=fmt)))
             return index
 
     def offer(self, pod: common_pb2.Pod, fmt: common_pb2.PcapFormat, records: bytes, packets: int) -> None:
@@ -54,40 +57,34 @@ class Subscription:
         if self.closed:
             return
         index = self.announce(pod, fmt)
-        with self._cond:
+        with self._lock:
             if self._bytes + len(records) > self.max_bytes:
                 self._lost[index] = self._lost.get(index, 0) + packets
                 return
+            msgs = []
             if self._lost.get(index):
-                self._items.append(control_pb2.FollowMessage(gap=control_pb2.FollowGap(
-                    index=index, packets=self._lost.pop(index))))
-            self._items.append(control_pb2.FollowMessage(records=control_pb2.FollowRecords(index=index,
-                                                                                         records=records)))
-            self._bytes += len(records)
-            self._cond.notify()
+                msgs.append(control_pb2.FollowMessage(gap=control_pb2.FollowGap(index=index,
+                                                                                packets=self._lost.pop(index))))
+            msgs.append(control_pb2.FollowMessage(records=control_pb2.FollowRecords(index=index, records=records)))
+            if self._queue.put(*msgs):
+                self._bytes += len(records)
 
     def end(self, status: control_pb2.CaptureStatus | None) -> None:
-        with self._cond:
+        """The stream ends after what is queued: the gaps still owed, then ``status`` (None: no status)."""
+        with self._lock:
             if self.closed:
                 return
-            for index, packets in self._lost.items():
-                self._items.append(control_pb2.FollowMessage(gap=control_pb2.FollowGap(index=index,
-                                                                                       packets=packets)))
+            msgs = [control_pb2.FollowMessage(gap=control_pb2.FollowGap(index=index, packets=packets))
+                    for index, packets in self._lost.items()]
             self._lost.clear()
             if status is not None:
-                self._items.append(control_pb2.FollowMessage(ended=status))
-            self._items.append(None)
-            self.closed = True
-            self._cond.notify_all()
+                msgs.append(control_pb2.FollowMessage(ended=status))
+            self._queue.put(*msgs)
+            self._queue.close()
 
     def messages(self) -> Iterator[control_pb2.FollowMessage]:
-        while True:
-            with self._cond:
-                while not self._items:
-                    self._cond.wait()
-                item = self._items.popleft()
-                if item is None:
-                    return
-                if item.WhichOneof("kind") == "records":
+        for item in self._queue:
+            if item.WhichOneof("kind") == "records":
+                with self._lock:
                     self._bytes -= len(item.records.records)
             yield item

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 import grpc
 
 from podcap.collector.agents import HEARTBEAT_INTERVAL_S, AgentConflictError, AgentConnection, AgentRegistry
-from podcap.collector.captures import CaptureManager, ChunkRejectedError
+from podcap.collector.captures.chunks import ChunkRejectedError
+from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.targets import PodRef
 from podcap.collector.wire import IncomingChunk
 from podcap.names import InvalidNameError, check_namespace, check_node_name, check_pod_name, check_pod_uid

@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector as PromCollector
 
 from podcap.collector.agents import AgentRegistry
-from podcap.collector.captures import CaptureManager
+from podcap.collector.captures.manager import CaptureManager
 from podcap.drops import CAUSES
 
 COMMIT_SECONDS = Histogram("podcap_commit_seconds", "Time to make a batch of chunks durable and acknowledge it",

@@ -23,12 +23,13 @@ from grpc_health.v1.health import HealthServicer
 
 from podcap.collector.agents import AgentRegistry
 from podcap.collector.auth import Authorizer, KubeAuthorizer, OpenAuthorizer, StaticTokenAuthorizer
-from podcap.collector.captures import CaptureManager
+from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.control import ControlServicer
 from podcap.collector.ingest import IngestServicer
 from podcap.collector.kube.client import in_cluster, load_api
 from podcap.collector.kube.errors import KubeError
 from podcap.collector.kube.inventory import ClusterInventory
+from podcap.collector.storage.local import LocalStorage
 from podcap.collector.store import CaptureStore
 from podcap.collector.wire import add_ingest_servicer
 from podcap.malloc import tune_for_bulk_buffers
@@ -113,7 +114,7 @@ def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
     os.makedirs(os.path.join(data_dir, "captures"), mode=0o700, exist_ok=True)
     store = CaptureStore(os.path.join(data_dir, "podcap.db"))
     registry = AgentRegistry()
-    captures = CaptureManager(data_dir, registry, store, cluster=cluster)
+    captures = CaptureManager(LocalStorage(data_dir), registry, store, cluster=cluster)
     server = _grpc_server(max_workers)
     ingest = IngestServicer(registry, captures, require_agent_cert=tls is not None)
     control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(captures, authorizer or OpenAuthorizer()), server)

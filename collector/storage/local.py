@@ -16,32 +16,14 @@ import errno
 import os
 import time
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from podcap.collector.storage.appender import Appender
-from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, parse_file_header, valid_prefix_length
+from podcap.collector.storage.base import SegmentInfo, StorageError
+from podcap.collector.storage.gaps import record_gap
+from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, valid_prefix_length
 
 SEGMENT_SUFFIX = ".pcap"
-
-
-class StorageError(OSError):
-    """Writing to the data dir failed (disk full, permissions); the message names the file."""
-
-    @property
-    def disk_full(self) -> bool:
-        return self.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-@dataclass
-class SegmentInfo:
-    """One segment file and what it holds. ``bytes`` includes the file header."""
-
-    index: int
-    path: str
-    bytes: int = FILE_HEADER_LEN
-    packets: int = 0
-    first_ts_ns: int = 0
-    last_ts_ns: int = 0
-    opened_at: float = 0.0
 
 
 def pod_dir(data_dir: str, capture_id: str, namespace: str, pod: str) -> str:
@@ -64,10 +46,6 @@ def list_segments(directory: str) -> list[str]:
     except FileNotFoundError:
         return []
     return [os.path.join(directory, n) for n in sorted(names) if n.endswith(SEGMENT_SUFFIX) and n[:-5].isdigit()]
-
-
-def segment_index(path: str) -> int:
-    return int(os.path.basename(path)[: -len(SEGMENT_SUFFIX)])
 
 
 def recover_segment(path: str, recorded_bytes: int, fmt: FileFormat) -> int:
@@ -100,7 +78,7 @@ def remove_stray_files(directory: str, keep: set[int]) -> list[str]:
 
 
 @dataclass
-class PendingSync:
+class FileSync:
     """A segment's bytes, published and waiting for the device flush (``run``, from any thread, exactly once)."""
 
     fd: int
@@ -121,7 +99,7 @@ class PendingSync:
 
 
 class PodWriter:
-    """Appends chunks of records to one pod's current segment, rotating as configured."""
+    """Appends chunks of records to one pod's current segment, rotating as configured (a ``SegmentWriter``)."""
 
     def __init__(self, directory: str, fmt: FileFormat, *, segment_bytes: int, segment_seconds: int,
                  next_index: int, direct: bool = True) -> None:
@@ -189,7 +167,7 @@ class PodWriter:
         try:
             self._file.append(records)  # cut back off on failure: the file stays whole chunks
         except OSError as e:
-            raise StorageError(e.errno, f"cannot write {seg.path}: {e.strerror}") from e
+            raise StorageError(e.errno, f"cannot write {seg.locator}: {e.strerror}") from e
         seg.bytes += len(records)
         seg.packets += packets
         if not seg.first_ts_ns:
@@ -214,12 +192,12 @@ class PodWriter:
             except OSError as e:
                 raise StorageError(e.errno, f"cannot sync {self._file.path}: {e.strerror}") from e
 
-    def sync_later(self) -> PendingSync | None:
-        """Everything appended so far, made durable by ``PendingSync.run`` (see ``Appender.sync_later``)."""
+    def sync_later(self) -> FileSync | None:
+        """Everything appended so far, made durable by ``FileSync.run`` (see ``Appender.sync_later``)."""
         if self._file is None:
             return None
         try:
-            return PendingSync(self._file.sync_later(), self._file.path)
+            return FileSync(self._file.sync_later(), self._file.path)
         except OSError as e:
             raise StorageError(e.errno, f"cannot write {self._file.path}: {e.strerror}") from e
 
@@ -235,6 +213,53 @@ class PodWriter:
         self.current = None
 
 
-def read_segment_format(path: str) -> FileFormat:
-    with open(path, "rb") as f:
-        return parse_file_header(f.read(FILE_HEADER_LEN))
+class LocalPodLocation:
+    """One pod's directory: its segments ``NNNNNN.pcap`` and ``gaps.tsv`` (a ``PodLocation``)."""
+
+    def __init__(self, directory: str, *, direct: bool = True) -> None:
+        self.directory = directory
+        self.direct = direct
+
+    def segment(self, index: int) -> SegmentInfo:
+        return SegmentInfo(index, segment_path(self.directory, index))
+
+    def writer(self, fmt: FileFormat, *, segment_bytes: int, segment_seconds: int, next_index: int) -> PodWriter:
+        return PodWriter(self.directory, fmt, segment_bytes=segment_bytes, segment_seconds=segment_seconds,
+                         next_index=next_index, direct=self.direct)
+
+    def open(self, seg: SegmentInfo) -> BinaryIO | None:
+        try:
+            return open(seg.locator, "rb")  # noqa: SIM115 (closed by the reader)
+        except FileNotFoundError:
+            return None
+
+    def delete(self, seg: SegmentInfo) -> None:
+        try:
+            os.unlink(seg.locator)
+        except FileNotFoundError:
+            pass
+
+    def exists(self, seg: SegmentInfo) -> bool:
+        return os.path.exists(seg.locator)
+
+    def recover_unknown(self, keep: set[int]) -> list[str]:
+        return remove_stray_files(self.directory, keep)
+
+    def recover_segment(self, seg: SegmentInfo, fmt: FileFormat) -> int:
+        return recover_segment(seg.locator, seg.bytes, fmt)
+
+    def record_gap(self, *, first_ns: int, last_ns: int, packets: int, cause: str, stream: str) -> None:
+        record_gap(self.directory, first_ns=first_ns, last_ns=last_ns, packets=packets, cause=cause, stream=stream)
+
+
+class LocalStorage:
+    """The data dir: ``<data>/captures/<capture>/<namespace>/<pod>/`` per pod (a ``CaptureStorage``)."""
+
+    name = "local"
+
+    def __init__(self, data_dir: str, *, direct: bool = True) -> None:
+        self.data_dir = data_dir
+        self.direct = direct
+
+    def pod(self, capture_id: str, namespace: str, pod_dir_name: str) -> LocalPodLocation:
+        return LocalPodLocation(pod_dir(self.data_dir, capture_id, namespace, pod_dir_name), direct=self.direct)

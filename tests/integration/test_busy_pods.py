@@ -15,14 +15,15 @@ import time
 
 import pytest
 
+from podcap.collector.cli.pcapng import ISB_IFDROP, ISB_USRDELIV
 from podcap.collector.demo.node import DemoNode
-from podcap.collector.gaps import read_gaps
-from podcap.collector.storage.pcapng import ISB_IFDROP, ISB_USRDELIV, read_pcapng
+from podcap.collector.storage.gaps import read_gaps
 from podcap.drops import CAUSES
 from podcap.pcapfile import read_file
 from tests.conftest import podcap
 from tests.integration.test_durability import Cluster, all_capturing
 from tests.integration.test_end_to_end import capture_id, udp_payloads
+from tests.pcapng_reader import read_pcapng
 
 pytestmark = pytest.mark.root
 

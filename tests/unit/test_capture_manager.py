@@ -13,9 +13,10 @@ from collections.abc import Iterator
 import pytest
 
 from podcap.collector.agents import AgentConnection, AgentRegistry
-from podcap.collector.captures import CaptureManager, ChunkRejectedError
-from podcap.collector.gaps import read_gaps
-from podcap.collector.storage.local import list_segments
+from podcap.collector.captures.chunks import ChunkRejectedError
+from podcap.collector.captures.manager import CaptureManager
+from podcap.collector.storage.gaps import read_gaps
+from podcap.collector.storage.local import LocalStorage, list_segments
 from podcap.collector.store import CaptureStore
 from podcap.collector.targets import NoMatchError, PodRef
 from podcap.drops import total_of
@@ -38,19 +39,14 @@ def env(tmp_path: str) -> Iterator[tuple[CaptureManager, AgentConnection, str]]:
     conn = AgentConnection(node=NODE, instance_id="inst", version="t", pod_source="netns", pods=list(PODS))
     registry.register(conn)
     store = CaptureStore(os.path.join(tmp_path, "db"))
-    mgr = CaptureManager(str(tmp_path), registry, store)
+    mgr = CaptureManager(LocalStorage(str(tmp_path)), registry, store)
     yield mgr, conn, str(tmp_path)
     mgr.close()
     store.close()
 
 
 def sent(conn: AgentConnection) -> list[ingest_pb2.CollectorMessage]:
-    out = []
-    while conn._items:
-        item = conn._items.popleft()
-        if item is not None:
-            out.append(item)
-    return out
+    return conn.queued()
 
 
 def start(mgr: CaptureManager, conn: AgentConnection, **limits: int) -> str:
@@ -68,7 +64,7 @@ def start(mgr: CaptureManager, conn: AgentConnection, **limits: int) -> str:
 
 def acked(mgr: CaptureManager, conn: AgentConnection, cid: str) -> dict[str, int]:
     """Force a commit and return the highest acknowledged seq per pod uid."""
-    mgr._commit(mgr.get(cid))
+    mgr.committer.commit(mgr.get(cid))
     out: dict[str, int] = {}
     for m in sent(conn):
         if m.WhichOneof("kind") == "ack" and not m.ack.rejected:
@@ -211,7 +207,7 @@ def test_stop_waits_for_final_reports_and_persists(env: tuple[CaptureManager, Ag
     assert [p.kernel.dropped for p in st.pods] == [1, 1]
     # A new manager on the same data dir sees the same capture.
     mgr.close()
-    again = CaptureManager(data, AgentRegistry(), mgr.store)
+    again = CaptureManager(LocalStorage(data), AgentRegistry(), mgr.store)
     try:
         st2 = again.get(cid).status()
         assert st2.state == control_pb2.CAPTURE_STATE_DONE and st2.packets == 3
@@ -231,7 +227,7 @@ def test_crash_recovery_cuts_unacknowledged_bytes_and_accepts_the_resend(
         f.write(records(8, 1)[:30])  # and a torn record, as a crash mid-write leaves it
     # "SIGKILL": a new manager on the same data dir, without closing the old one.
     registry = AgentRegistry()
-    again = CaptureManager(data, registry, mgr.store)
+    again = CaptureManager(LocalStorage(data), registry, mgr.store)
     try:
         assert stored(again, data, cid, "web-0") == [0, 1, 2, 3]
         assert again.get(cid).status().pods[0].state == common_pb2.POD_CAPTURE_STATE_NO_AGENT
@@ -259,7 +255,7 @@ def test_retention_keeps_each_pod_under_its_byte_cap(tmp_path: str) -> None:
     conn = AgentConnection(node=NODE, instance_id="inst", version="t", pod_source="netns", pods=list(PODS))
     registry.register(conn)
     store = CaptureStore(os.path.join(tmp_path, "db"))
-    mgr = CaptureManager(str(tmp_path), registry, store)
+    mgr = CaptureManager(LocalStorage(str(tmp_path)), registry, store)
     try:
         keep = 4 * 64 * 1024
         cap = mgr.start(control_pb2.StartCaptureRequest(
@@ -375,9 +371,9 @@ def test_a_stream_whose_agent_died_is_accounted_from_its_last_report(
         env: tuple[CaptureManager, AgentConnection, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The agent was killed: its final report never comes. At the end, what its last report said it had read but
     never arrived is counted as lost with the agent."""
-    from podcap.collector import captures
+    from podcap.collector.captures import table
 
-    monkeypatch.setattr(captures, "STOP_GRACE_S", 0.3)
+    monkeypatch.setattr(table, "STOP_GRACE_S", 0.3)
     mgr, conn, _ = env
     cid = start(mgr, conn)
     mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 6), 6))
@@ -395,9 +391,9 @@ def test_a_stopping_capture_waits_while_its_agents_keep_delivering(
     """The stop grace counts silence, not time since the stop: a backlog still draining is stored, not cut off."""
     import time
 
-    from podcap.collector import captures
+    from podcap.collector.captures import table
 
-    monkeypatch.setattr(captures, "STOP_GRACE_S", 0.5)
+    monkeypatch.setattr(table, "STOP_GRACE_S", 0.5)
     mgr, conn, data = env
     cid = start(mgr, conn)
     cap = mgr.get(cid)
@@ -429,7 +425,7 @@ def commit_in_flush(mgr: CaptureManager, cid: str, monkeypatch: pytest.MonkeyPat
         real(fd)
 
     monkeypatch.setattr(local.os, "fdatasync", slow)
-    committer = threading.Thread(target=mgr._commit, args=(mgr.get(cid),))
+    committer = threading.Thread(target=mgr.committer.commit, args=(mgr.get(cid),))
     committer.start()
     try:
         assert flushing.wait(5)
@@ -476,7 +472,7 @@ def test_bytes_that_cannot_reach_the_disk_are_never_acknowledged(env: tuple[Capt
     import errno
 
     from podcap.collector.storage import appender
-    from podcap.collector.storage.local import StorageError
+    from podcap.collector.storage.base import StorageError
 
     mgr, conn, data = env
     cid = start(mgr, conn)
@@ -492,7 +488,7 @@ def test_bytes_that_cannot_reach_the_disk_are_never_acknowledged(env: tuple[Capt
         capture_id=cid, pod_uid="uid-0", stream_id="s-uid-0", state=common_pb2.POD_CAPTURE_STATE_DONE,
         last_seq=1))
     with pytest.raises(StorageError):
-        mgr._commit(mgr.get(cid))
+        mgr.committer.commit(mgr.get(cid))
     assert not [m for m in sent(conn) if m.WhichOneof("kind") in ("ack", "acks")]
     monkeypatch.setattr(appender.os, "pwrite", real_pwrite)
     assert acked(mgr, conn, cid) == {"uid-0": 1}

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from podcap import pcapwalk
 from podcap.collector.agents import AgentConnection, AgentRegistry
-from podcap.collector.captures import CaptureManager, ChunkRejectedError
-from podcap.collector.storage.local import list_segments
+from podcap.collector.captures.chunks import ChunkRejectedError
+from podcap.collector.captures.manager import CaptureManager
+from podcap.collector.storage.local import LocalStorage, list_segments
 from podcap.collector.store import CaptureStore
 from podcap.collector.targets import PodRef
 from podcap.names import NodeName, PodUid
@@ -85,7 +86,7 @@ def test_capture_manager_survives_hostile_agent_messages(msgs: list[object]) -> 
         conn = AgentConnection(node=NODE, instance_id="i", version="v", pod_source="netns", pods=[POD])
         registry.register(conn)
         store = CaptureStore(os.path.join(tmp, "db"))
-        mgr = CaptureManager(tmp, registry, store)
+        mgr = CaptureManager(LocalStorage(tmp), registry, store)
         try:
             cap = mgr.start(control_pb2.StartCaptureRequest(target=control_pb2.Target(namespace="ns")))
             mgr.on_pod_event(conn, ingest_pb2.PodCaptureEvent(

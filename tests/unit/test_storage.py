@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from podcap.collector.storage.local import PodWriter, StorageError, list_segments, pod_dir
+from podcap.collector.storage.base import StorageError
+from podcap.collector.storage.local import PodWriter, list_segments, pod_dir
 from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, read_file
 
 FMT = FileFormat(1, 262144, True)
@@ -110,7 +111,7 @@ def test_appends_publishes_and_syncs_in_any_order_give_exactly_the_records(
             n += k
         if i in publish_after:
             w.publish()
-            assert w.current is not None and os.path.getsize(w.current.path) == expected == w.current.bytes
+            assert w.current is not None and os.path.getsize(w.current.locator) == expected == w.current.bytes
         if i in sync_after:
             w.sync()
     w.close()

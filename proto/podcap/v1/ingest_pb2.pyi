@@ -339,18 +339,21 @@ class PcapChunk(_message.Message):
     reason to refuse the rest of the stream.
     """
     records: _builtins.bytes
-    """Whole pcap records (16-byte record header + caplen bytes each) in the format announced by the STARTED
-    event; never a file header, never a partial record. Agents cut chunks of at most 4 MiB (smaller when many pods
+    """Whole pcap records (16-byte record header + caplen bytes each) in the format announced by the event that
+    started the stream (PodCaptureEvent.started); never a file header, never a partial record. Agents cut chunks of at most 4 MiB (smaller when many pods
     share their upload buffer, or when the collector asks for smaller ones); the collector accepts messages up to
     16 MiB.
     """
     packets: _builtins.int
     """Number of records in `records`."""
     first_ts_ns: _builtins.int
-    """Timestamp of the first record, nanoseconds since the Unix epoch (for a gap: of the first packet lost)."""
+    """Timestamp of the first record, nanoseconds since the Unix epoch (for a gap: of the first packet lost). The
+    collector uses it for the time range of losses it notes (gaps.tsv); segment time ranges come from the
+    records themselves.
+    """
     last_ts_ns: _builtins.int
     """An upper bound for the timestamp of the last record (the agent's clock when the chunk was cut), ns (for a
-    gap: of the last packet lost).
+    gap: of the last packet lost). Used like first_ts_ns.
     """
     stream_id: _builtins.str
     """Identifies one opening of the pod's capture handle (agent instance + counter); `seq` counts within it.
@@ -429,8 +432,8 @@ Global___ChunkAck: _TypeAlias = ChunkAck  # noqa: Y015
 
 @_typing.final
 class PodCaptureEvent(_message.Message):
-    """Per-pod capture lifecycle, reported by the agent. STARTED precedes the pod's first chunk; a terminal event
-    (DONE/FAILED) follows its last chunk and carries the final counters.
+    """Per-pod capture lifecycle, reported by the agent. The event that starts a stream (`started`) precedes its first
+    chunk; a terminal event (DONE/FAILED) follows its last chunk and carries the final counters.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -447,6 +450,7 @@ class PodCaptureEvent(_message.Message):
     STREAM_ID_FIELD_NUMBER: _builtins.int
     DELIVERED_FIELD_NUMBER: _builtins.int
     DROPS_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
     capture_id: _builtins.str
     pod_uid: _builtins.str
     state: _common_pb2.PodCaptureState.ValueType
@@ -457,16 +461,23 @@ class PodCaptureEvent(_message.Message):
     message: _builtins.str
     """Human-readable reason for FAILED or DONE."""
     last_seq: _builtins.int
-    """Number of chunks sent for this stream so far (the seq of the last chunk)."""
+    """Number of chunks sent for this stream so far (the seq of the last chunk). On a terminal event the collector
+    compares it with the last chunk it stored and reports chunks that never arrived.
+    """
     stream_id: _builtins.str
     """The stream this event belongs to (see PcapChunk.stream_id)."""
     delivered: _builtins.int
     """Packets read from the kernel's ring so far (cumulative). After a graceful stop,
     kernel.received == kernel.dropped + delivered + drops.unread: nothing is left in the ring unaccounted.
     """
+    started: _builtins.bool
+    """This event starts the stream `stream_id` (state CAPTURING, with `format`); the agent sends it again, with the
+    same id, when a session resumes after a reconnect. Older agents leave it unset and mark a start by CAPTURING
+    with `format` alone; the collector accepts both.
+    """
     @_builtins.property
     def format(self) -> _common_pb2.PcapFormat:
-        """For STARTED: the record format of the stream."""
+        """For the event that starts a stream: the record format of the stream."""
 
     @_builtins.property
     def kernel(self) -> _common_pb2.KernelStats: ...
@@ -491,10 +502,11 @@ class PodCaptureEvent(_message.Message):
         stream_id: _builtins.str = ...,
         delivered: _builtins.int = ...,
         drops: _common_pb2.PodcapDrops | None = ...,
+        started: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["drops", b"drops", "format", b"format", "kernel", b"kernel"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_dropped_packets", b"agent_dropped_packets", "capture_id", b"capture_id", "delivered", b"delivered", "drops", b"drops", "format", b"format", "interface", b"interface", "kernel", b"kernel", "last_seq", b"last_seq", "message", b"message", "pod_uid", b"pod_uid", "state", b"state", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_dropped_packets", b"agent_dropped_packets", "capture_id", b"capture_id", "delivered", b"delivered", "drops", b"drops", "format", b"format", "interface", b"interface", "kernel", b"kernel", "last_seq", b"last_seq", "message", b"message", "pod_uid", b"pod_uid", "started", b"started", "state", b"state", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,8 +1,10 @@
-"""The collector's in-memory model of captures and their pods, and validation of start requests.
+"""The collector's in-memory model of captures and their pods: pure data, guarded by ``Capture.lock``.
 
 ``Capture`` and ``PodState`` hold what ``podcap status`` shows and what storage needs: per pod every stream it had
-(``podcap.collector.streams``: sequence position and accounting; the newest is the current one), its segments,
-cumulative and retired counters. ``to_row`` is the persisted form (``podcap.collector.store``).
+(``podcap.collector.captures.streams``: sequence position and accounting; the newest is the current one), its
+segments and its open segment writer (through the storage interface, ``podcap.collector.storage.base``),
+cumulative and retired counters. ``to_row`` is the persisted form (``podcap.collector.store``). Nothing here does
+I/O or knows the storage layout; followers are anything with the ``Follower`` shape.
 """
 
 from __future__ import annotations
@@ -10,24 +12,33 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from podcap.collector.filters import check_filter
-from podcap.collector.follow import Subscription
-from podcap.collector.storage.local import PodWriter, SegmentInfo
+from podcap.collector.captures.streams import StreamState, pod_counts
+from podcap.collector.storage.base import PodLocation, SegmentInfo, SegmentWriter
 from podcap.collector.store import PodRow, SegmentRow, StreamRow
-from podcap.collector.streams import StreamState, pod_counts
-from podcap.collector.targets import PodRef, TargetSpec, parse_target
+from podcap.collector.targets import PodRef, TargetSpec
 from podcap.drops import Drops
 from podcap.names import CaptureId, PodUid
-from podcap.pcapfile import FILE_HEADER_LEN, MAX_SNAPLEN
 from podcap.v1 import common_pb2, control_pb2
 
-MAX_DURATION_S = 30 * 24 * 3600
 DEFAULT_SEGMENT_BYTES = 64 << 20
 MIN_SEGMENT_BYTES = 64 << 10
 TERMINAL = (common_pb2.POD_CAPTURE_STATE_DONE, common_pb2.POD_CAPTURE_STATE_FAILED)
 ACTIVE = (common_pb2.POD_CAPTURE_STATE_PENDING, common_pb2.POD_CAPTURE_STATE_CAPTURING)
 LIVE = (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING)
+
+
+class Follower(Protocol):
+    """A live reader of a capture (``podcap.collector.follow.Subscription``); offered records must never block."""
+
+    def wants(self, pod: common_pb2.Pod) -> bool: ...
+
+    def announce(self, pod: common_pb2.Pod, fmt: common_pb2.PcapFormat) -> int: ...
+
+    def offer(self, pod: common_pb2.Pod, fmt: common_pb2.PcapFormat, records: bytes, packets: int) -> None: ...
+
+    def end(self, status: control_pb2.CaptureStatus | None) -> None: ...
 
 
 @dataclass
@@ -43,7 +54,8 @@ class PodState:
     fmt: common_pb2.PcapFormat | None = None
     # Packets of chunks of streams the collector never saw start (refused, and counted here).
     orphan: Drops = field(default_factory=Drops)
-    writer: PodWriter | None = None
+    location: PodLocation | None = None  # where its segments go (set when first needed; not persisted)
+    writer: SegmentWriter | None = None
     close_pending: bool = False  # closing the writer failed (its last bytes not yet on disk): the committer retries
     segments: list[SegmentInfo] = field(default_factory=list)
     next_segment: int = 1
@@ -130,7 +142,7 @@ class Capture:
     dirty: bool = True
     # Set (under the lock) by the chunk that reached a packet or byte limit: nothing after it is stored.
     limit_reached: str = ""
-    followers: list[Subscription] = field(default_factory=list)
+    followers: list[Follower] = field(default_factory=list)
 
     @property
     def deadline_ns(self) -> int:
@@ -168,30 +180,3 @@ class Capture:
                 end_reason=self.end_reason, pods=pods, packets=sum(p.packets for p in pods),
                 bytes=sum(p.bytes for p in pods), paused=paused if self.live else "",
             )
-
-
-def validate_request(req: control_pb2.StartCaptureRequest) -> TargetSpec:
-    """Check everything about a start request that does not depend on the cluster; raise ValueError subclasses."""
-    spec = parse_target(req.target)
-    s = req.settings
-    if s.snaplen > MAX_SNAPLEN:
-        raise ValueError(f"snaplen {s.snaplen} is above the maximum {MAX_SNAPLEN}")
-    if s.buffer_bytes and not (64 << 10) <= s.buffer_bytes <= (1 << 30):
-        raise ValueError("buffer size must be between 64 KiB and 1 GiB")
-    check_filter(s.filter, interface=s.interface, snaplen=s.snaplen)
-    if req.limits.duration_seconds > MAX_DURATION_S:
-        raise ValueError(f"duration above {MAX_DURATION_S // 86400} days")
-    if req.limits.max_bytes and req.limits.max_bytes < FILE_HEADER_LEN + 16:
-        raise ValueError("max-bytes must leave room for a pcap header and one packet (at least 40 bytes)")
-    if req.rotation.segment_bytes and req.rotation.segment_bytes < MIN_SEGMENT_BYTES:
-        raise ValueError(f"segment size below {MIN_SEGMENT_BYTES} bytes")
-    r = req.retention
-    if r.keep_bytes and r.keep_bytes < 4 * MIN_SEGMENT_BYTES:
-        raise ValueError(f"keep-bytes below {4 * MIN_SEGMENT_BYTES} bytes (four of the smallest segments)")
-    if r.keep_total_bytes and r.keep_total_bytes < 4 * MIN_SEGMENT_BYTES:
-        raise ValueError(f"keep-total-bytes below {4 * MIN_SEGMENT_BYTES} bytes")
-    if r.keep_seconds and r.keep_seconds < 6:
-        raise ValueError("keep-duration below 6 seconds")
-    if len(req.note.encode()) > 1024:
-        raise ValueError("note longer than 1024 bytes")
-    return spec

@@ -1,0 +1,251 @@
+"""Chunk ingest: every chunk an agent sends, stored in its stream's order, as a chain of small stages.
+
+``route`` finds the chunk's capture, pod and stream (a chunk of a capture or pod the collector does not have is
+refused; one of a stream the pod never started is refused and its packets counted), ``dedupe`` answers chunks
+seen before (acknowledged now if durable, with the next commit if only written), ``admit`` decides what the
+capture still takes (nothing after its end or a reached limit), ``cut`` walks the records in C and cuts them at
+the capture's packet, byte and time limits, ``write`` appends them to the pod's segment and offers them to
+followers, ``account`` counts what the chunk carried and lost and marks the chunk for the next commit.
+
+Nothing about one chunk stops its stream: a missing sequence number is logged, a malformed chunk or one past a
+limit is counted under its cause (``podcap.drops``) and acknowledged like the others. A storage error leaves
+everything as it was and ``on_chunk`` retries the whole chunk until storage works again (pausing: the agent's
+stream is not read meanwhile, so HTTP/2 flow control pushes back and the agent spools).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from podcap.collector.agents import AgentConnection
+from podcap.collector.captures import retention
+from podcap.collector.captures.model import Capture, PodState
+from podcap.collector.captures.pods import file_format, note_gap, open_writer
+from podcap.collector.captures.streams import StreamState
+from podcap.collector.captures.table import CaptureTable, StorageHealth, heard_from
+from podcap.collector.storage.base import CaptureStorage, StorageError
+from podcap.drops import Drops
+from podcap.errors import PodcapError
+from podcap.names import PodUid
+from podcap.pcapfile import FileFormat, PcapFormatError, scan_records
+from podcap.v1 import ingest_pb2
+
+log = logging.getLogger(__name__)
+
+STORAGE_RETRY_S = 1.0
+
+
+class ChunkRejectedError(PodcapError):
+    """An agent sent a chunk that can never be stored (of a capture, pod or stream the collector does not have)."""
+
+
+@dataclass
+class _Outcome:
+    """What became of one chunk's packets."""
+
+    stored: int = 0
+    lost: Drops | None = None  # in-band: what the agent lost right before these records
+    extra: Drops | None = None  # what the collector does not keep of this chunk, by cause
+    limit_hit: str = ""
+
+
+class ChunkIngest:
+    def __init__(self, table: CaptureTable, storage: CaptureStorage, health: StorageHealth, *,
+                 wake_committer: Callable[[], None], begin_stop: Callable[[Capture, str], None],
+                 closing: threading.Event) -> None:
+        self.table = table
+        self.storage = storage
+        self.health = health
+        self.wake_committer = wake_committer
+        self.begin_stop = begin_stop
+        self.closing = closing
+
+    def on_chunk(self, conn: AgentConnection, chunk: ingest_pb2.PcapChunk,
+                 records: memoryview | None = None) -> ingest_pb2.ChunkAck | None:
+        """Store a chunk (its records are ``records`` when given, else ``chunk.records``). Returns an
+        acknowledgement to send now (a duplicate of something committed) or None (the committer acknowledges it
+        once durable). Raises ChunkRejectedError; blocks while storage is failing."""
+        while True:
+            try:
+                return self._store(conn, chunk, chunk.records if records is None else records)
+            except StorageError as e:
+                self.health.pause(f"{'data dir full' if e.disk_full else 'storage failing'}: {e}")
+                if self.closing.wait(STORAGE_RETRY_S):
+                    raise ChunkRejectedError("collector shutting down") from e
+
+    def _store(self, conn: AgentConnection, chunk: ingest_pb2.PcapChunk,
+               records: bytes | memoryview) -> ingest_pb2.ChunkAck | None:
+        cap = self.table.find(chunk.capture_id)
+        if cap is None:
+            raise ChunkRejectedError(f"chunk for unknown capture {chunk.capture_id!r}")
+        retired: retention.Retired = []
+        with cap.lock:
+            ps, st = self._route(cap, conn, chunk)
+            seen, ack = _dedupe(cap, ps, st, conn, chunk)
+            if seen:
+                return ack
+            heard_from(cap)
+            if chunk.seq != st.last_seq + 1:
+                log.error("capture %s: pod %s: chunks %d..%d of stream %s never came; storing on", cap.id,
+                          ps.pod.display, st.last_seq + 1, chunk.seq - 1, st.id)
+            out = _Outcome(lost=Drops.from_proto(chunk.lost), extra=_admit(cap, chunk, records))
+            if out.extra is None:
+                out.extra = Drops()
+                self._write(cap, ps, st, chunk, records, out)
+                retired = retention.retire(self.storage, cap, time.time_ns(), only=ps)
+            self._account(cap, ps, st, conn, chunk, out)
+        retention.delete(retired)
+        if out.limit_hit and out.limit_hit != "duration reached":
+            threading.Thread(target=self.begin_stop, args=(cap, out.limit_hit), daemon=True).start()
+        return None
+
+    def _route(self, cap: Capture, conn: AgentConnection, chunk: ingest_pb2.PcapChunk) -> tuple[PodState,
+                                                                                                  StreamState]:
+        ps = cap.pods.get(PodUid(chunk.pod_uid))
+        if ps is None or ps.pod.node != conn.node:
+            raise ChunkRejectedError(f"chunk for pod {chunk.pod_uid!r}, which capture {cap.id} does not have "
+                                     f"on node {conn.node}")
+        st = ps.streams.get(chunk.stream_id)
+        if st is None:
+            self._orphan(cap, ps, chunk)
+            raise ChunkRejectedError(f"chunk of stream {chunk.stream_id!r}, which pod {ps.pod.display} never "
+                                     f"started in capture {cap.id}")
+        return ps, st
+
+    def _orphan(self, cap: Capture, ps: PodState, chunk: ingest_pb2.PcapChunk) -> None:
+        """A chunk of a stream the pod never started: refused, and its packets counted."""
+        lost = Drops.from_proto(chunk.lost)
+        lost.rejected += chunk.packets
+        for cause, n in lost.nonzero().items():
+            note_gap(self.storage, cap, ps, None, cause, n, chunk.first_ts_ns, chunk.last_ts_ns)
+        ps.orphan.add(lost)
+        ps.dirty = True
+        cap.dirty = True
+
+    def _write(self, cap: Capture, ps: PodState, st: StreamState, chunk: ingest_pb2.PcapChunk,
+               data: bytes | memoryview, out: _Outcome) -> None:
+        """Append what the capture's limits let through of a chunk's records to the pod's segment and offer it to
+        the capture's followers. Raises StorageError (nothing is counted then)."""
+        assert out.extra is not None
+        fmt = file_format(st.fmt)
+        writer = open_writer(self.storage, cap, ps, fmt)
+        now = time.time()
+        cut = _cut(cap, ps, st, chunk, data, fmt, writer.header_cost(len(data), now), out)
+        if cut is None:
+            return
+        data, packets, last_ts_ns = cut
+        first = int.from_bytes(bytes(data[0:4]), "little") * 1_000_000_000 + \
+            int.from_bytes(bytes(data[4:8]), "little") * fmt.ts_scale
+        try:
+            added, _started = writer.append(data, packets=packets, first_ts_ns=first, last_ts_ns=last_ts_ns, now=now)
+        finally:
+            # A segment opened by a write that then failed (disk full) is still the pod's segment.
+            seg = writer.current
+            if seg is not None and (not ps.segments or ps.segments[-1] is not seg):
+                ps.segments.append(seg)
+                ps.next_segment = seg.index + 1
+                ps.dirty = True
+        if cap.followers:
+            pod_pb, block = ps.pod.to_proto(), bytes(data)
+            for sub in cap.followers:
+                if sub.wants(pod_pb):
+                    sub.offer(pod_pb, st.fmt, block, packets)
+        out.stored = packets
+        ps.packets_total += packets
+        ps.bytes_total += added
+        cap.packets_total += packets
+        cap.bytes_total += added
+
+    def _account(self, cap: Capture, ps: PodState, st: StreamState, conn: AgentConnection,
+                 chunk: ingest_pb2.PcapChunk, out: _Outcome) -> None:
+        """Count the chunk (only now that it is done with: a storage error above retries it from the start) and
+        mark it for the next commit."""
+        assert out.lost is not None and out.extra is not None
+        first_ns = chunk.first_ts_ns
+        for cause, n in out.lost.nonzero().items():
+            note_gap(self.storage, cap, ps, st, cause, n, first_ns if not out.stored else st.last_ts_ns,
+                     chunk.last_ts_ns if not out.stored else first_ns)
+        for cause, n in out.extra.nonzero().items():
+            note_gap(self.storage, cap, ps, st, cause, n, first_ns, chunk.last_ts_ns)
+        st.inband.add(out.lost)
+        st.local.add(out.extra)
+        st.stored += out.stored
+        st.last_ts_ns = max(st.last_ts_ns, chunk.last_ts_ns)
+        st.last_seq = chunk.seq
+        st.ack_conn = conn
+        ps.dirty = True
+        self.wake_committer()
+        self.health.resume()
+        if out.limit_hit and out.limit_hit != "duration reached":
+            cap.limit_reached = out.limit_hit
+
+
+def _dedupe(cap: Capture, ps: PodState, st: StreamState, conn: AgentConnection,
+            chunk: ingest_pb2.PcapChunk) -> tuple[bool, ingest_pb2.ChunkAck | None]:
+    """Whether the chunk was seen before, and then its acknowledgement to send now (durable) or None (written:
+    acknowledged with the next commit)."""
+    if chunk.seq <= st.committed_seq:
+        return True, ingest_pb2.ChunkAck(capture_id=cap.id, pod_uid=ps.pod.uid, stream_id=st.id,
+                                         seq=st.committed_seq)
+    if chunk.seq <= st.last_seq:
+        st.ack_conn = conn
+        return True, None
+    return False, None
+
+
+def _admit(cap: Capture, chunk: ingest_pb2.PcapChunk, records: bytes | memoryview) -> Drops | None:
+    """None when the capture takes the chunk's records; else what it does not keep of them, and why."""
+    if not (chunk.packets or len(records)):
+        return Drops()  # a gap: nothing to store
+    if not cap.live:
+        return Drops(late=chunk.packets)
+    if cap.limit_reached:
+        return Drops(past_limit=chunk.packets)
+    return None
+
+
+def _cut(cap: Capture, ps: PodState, st: StreamState, chunk: ingest_pb2.PcapChunk, data: bytes | memoryview,
+         fmt: FileFormat, header_cost: int, out: _Outcome) -> tuple[bytes | memoryview, int, int] | None:
+    """The records the capture's limits let through, their count and last timestamp; None when none are stored
+    (counted in ``out``)."""
+    assert out.extra is not None
+    limits = cap.request.limits
+    max_packets = limits.max_packets - cap.packets_total if limits.max_packets else None
+    max_bytes = limits.max_bytes - cap.bytes_total - header_cost if limits.max_bytes else None
+    until = cap.deadline_ns or None
+    try:
+        scan = scan_records(data, fmt, max_packets=max_packets, max_bytes=max_bytes, until_ns=until)
+    except PcapFormatError as e:
+        log.error("capture %s: pod %s: malformed chunk %d of stream %s not stored: %s", cap.id, ps.pod.display,
+                  chunk.seq, st.id, e)
+        out.extra.rejected = chunk.packets
+        return None
+    if scan.length < len(data):
+        out.limit_hit = _cut_reason(data, scan.length, fmt, scan.packets, max_packets, until)
+        out.extra.past_limit = max(0, chunk.packets - scan.packets)
+        data = data[: scan.length]
+    elif chunk.packets and scan.packets != chunk.packets:
+        log.error("capture %s: pod %s: chunk %d of stream %s says %d packets, holds %d; not stored", cap.id,
+                  ps.pod.display, chunk.seq, st.id, chunk.packets, scan.packets)
+        out.extra.rejected = chunk.packets
+        return None
+    if not scan.packets:
+        return None
+    return data, scan.packets, scan.last_ts_ns
+
+
+def _cut_reason(data: bytes | memoryview, cut: int, fmt: FileFormat, packets: int, max_packets: int | None,
+                until: int | None) -> str:
+    """Which limit stopped ``scan_records`` before the record at ``cut``."""
+    if max_packets is not None and packets >= max_packets:
+        return "max-packets reached"
+    if until is not None:
+        sec = int.from_bytes(bytes(data[cut:cut + 4]), "little")
+        frac = int.from_bytes(bytes(data[cut + 4:cut + 8]), "little")
+        if sec * 1_000_000_000 + frac * fmt.ts_scale > until:
+            return "duration reached"
+    return "max-bytes reached"

@@ -1,0 +1,154 @@
+"""Durability: the group commit that makes stored chunks acknowledged.
+
+A chunk is written to its segment at once but acknowledged only here: every ~50 ms (sooner when ingest asks) the
+committer takes a snapshot under the capture's lock (the dirty pods' rows, each stream's last written chunk, the
+writers' pending flushes), then without the lock runs the device flushes and records the snapshot in SQLite in one
+transaction, and only then sends the acknowledgements that snapshot made true — one message per agent. Commits of
+one capture run one at a time (``Capture.commit_lock``), so the database never goes back to an older snapshot.
+A failed commit records and acknowledges nothing, and every dirty pod stays dirty; storing pauses.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from podcap.collector.agents import AgentConnection
+from podcap.collector.captures.model import Capture, PodState
+from podcap.collector.captures.pods import close_writer
+from podcap.collector.captures.streams import StreamState
+from podcap.collector.captures.table import CaptureTable, StorageHealth
+from podcap.collector.storage.base import PendingSync, StorageError
+from podcap.collector.store import CaptureStore, PodRow
+from podcap.v1 import ingest_pb2
+
+log = logging.getLogger(__name__)
+
+COMMIT_INTERVAL_S = 0.05
+
+_Owed = tuple[PodState, StreamState, int, AgentConnection]
+
+
+class Committer:
+    def __init__(self, table: CaptureTable, store: CaptureStore, health: StorageHealth) -> None:
+        self.table = table
+        self.store = store
+        self.health = health
+        self._closing = threading.Event()
+        self._wanted = threading.Event()
+        # Observer of commit latency (the metrics module plugs a histogram in).
+        self.observe: Callable[[float], None] = lambda _s: None
+        self._thread = threading.Thread(target=self._loop, name="committer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Something waits for an acknowledgement: commit at the next interval."""
+        self._wanted.set()
+
+    def stop(self) -> None:
+        self._closing.set()
+        self._wanted.set()
+        self._thread.join(timeout=5)
+
+    def commit(self, cap: Capture) -> None:
+        """Sync, record and acknowledge what the capture holds now (see the module docstring)."""
+        started = time.monotonic()
+        with cap.commit_lock:
+            snap = self._snapshot(cap)
+            if snap is None:
+                return
+            syncs, rows, committed, dirty, (state, ended, reason) = snap
+            try:
+                for pending in syncs:
+                    pending.run()
+                self.store.commit(cap.id, state=state, ended_ns=ended, end_reason=reason, pods=rows)
+            except BaseException:
+                for pending in syncs:
+                    pending.close()
+                with cap.lock:
+                    for ps in dirty:
+                        ps.dirty = True
+                    cap.dirty = True
+                raise
+            owed = self._settle(cap, committed)
+        if committed:
+            self.observe(time.monotonic() - started)
+        self._acknowledge(cap, owed)
+
+    def _snapshot(self, cap: Capture) -> tuple[list[PendingSync], dict[str, PodRow],
+                                                list[tuple[PodState, StreamState, int, AgentConnection | None]],
+                                                list[PodState], tuple[int, int, str]] | None:
+        """What this commit records, taken under the lock; the writers' pending flushes are the only I/O (their
+        last partial block published), and a close that failed earlier is retried here."""
+        with cap.lock:
+            dirty = [ps for ps in cap.pods.values() if ps.dirty]
+            if not cap.dirty and not dirty:
+                return None
+            syncs: list[PendingSync] = []
+            rows: dict[str, PodRow] = {}
+            committed: list[tuple[PodState, StreamState, int, AgentConnection | None]] = []
+            try:
+                for ps in dirty:
+                    if ps.writer is not None and ps.close_pending:
+                        ps.writer.sync()  # rare (a close failed): under the lock, and fatal to this commit
+                        close_writer(ps)
+                    if ps.writer is not None:
+                        pending = ps.writer.sync_later()
+                        if pending is not None:
+                            syncs.append(pending)
+                for ps in dirty:
+                    rows[str(ps.pod.uid)] = ps.to_row()
+                    for st in ps.streams.values():
+                        if st.last_seq > st.committed_seq:
+                            committed.append((ps, st, st.last_seq, st.ack_conn))
+            except BaseException:
+                for pending in syncs:
+                    pending.close()
+                raise  # nothing of this commit is recorded or acknowledged; every dirty pod stays dirty
+            for ps in dirty:
+                ps.dirty = False
+            cap.dirty = False
+            return syncs, rows, committed, dirty, (cap.state, cap.ended_ns, cap.end_reason)
+
+    @staticmethod
+    def _settle(cap: Capture, committed: list[tuple[PodState, StreamState, int, AgentConnection | None]]
+                ) -> list[_Owed]:
+        owed: list[_Owed] = []
+        with cap.lock:
+            for ps, st, seq, conn in committed:
+                st.committed_seq = max(st.committed_seq, seq)
+                # The connection that wrote the chunk, and the one that sent it again meanwhile (an agent that
+                # reconnected during the flush: it waits for this acknowledgement too).
+                for to in {id(c): c for c in (conn, st.ack_conn) if c is not None}.values():
+                    owed.append((ps, st, seq, to))
+        return owed
+
+    @staticmethod
+    def _acknowledge(cap: Capture, owed: list[_Owed]) -> None:
+        by_conn: dict[int, tuple[AgentConnection, list[ingest_pb2.ChunkAck]]] = {}
+        for ps, st, seq, conn in owed:
+            by_conn.setdefault(id(conn), (conn, []))[1].append(ingest_pb2.ChunkAck(
+                capture_id=cap.id, pod_uid=ps.pod.uid, stream_id=st.id, seq=seq))
+        for conn, acks in by_conn.values():  # one message per agent and commit, however many streams it covers
+            if len(acks) == 1:
+                conn.send(ingest_pb2.CollectorMessage(ack=acks[0]))
+            else:
+                conn.send(ingest_pb2.CollectorMessage(acks=ingest_pb2.AckBatch(acks=acks)))
+
+    def _loop(self) -> None:
+        while not self._closing.is_set():
+            self._wanted.wait(1.0)
+            if self._closing.wait(COMMIT_INTERVAL_S):
+                break
+            self._wanted.clear()
+            for cap in self.table.all():
+                try:
+                    self.commit(cap)
+                except StorageError as e:
+                    self.health.pause(f"cannot sync: {e}")
+                except Exception:
+                    log.exception("committing capture %s failed", cap.id)

@@ -1,0 +1,228 @@
+"""``CaptureManager``: a capture's lifecycle, and the one object the servicers talk to.
+
+It starts a capture (validate, choose pods, persist, dispatch), stops it (the agents are told, the capture waits
+while they keep delivering, ``STOP_GRACE_S`` of silence and ``STOP_MAX_S`` at most), ends it (every pod's stream
+ended, duration or a limit reached) and, with a ticker, enforces duration, the stop grace and age-based retention.
+Everything else is a component it wires together and delegates to:
+
+- ``placement``: which agent captures which pod, agent and cluster events;
+- ``events``: the agents' reports on their streams;
+- ``chunks``: chunk ingest, stage by stage;
+- ``committer``: durability and acknowledgements; ``recovery``: the captures found at startup;
+- ``retention``, ``reads`` (downloads and followers), over the storage interface (``podcap.collector.storage``).
+
+Concurrency: one lock per capture guards its pods, writers and counters (device flushes run outside it, commits
+of a capture one at a time under ``commit_lock``); the capture table's lock guards only the id mapping. Agent
+events arrive on each agent's reader thread, user requests on gRPC worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+from podcap.collector.agents import AgentConnection, AgentRegistry
+from podcap.collector.captures import reads, recovery, retention
+from podcap.collector.captures.chunks import ChunkIngest
+from podcap.collector.captures.committer import Committer
+from podcap.collector.captures.events import PodEvents
+from podcap.collector.captures.model import ACTIVE, TERMINAL, Capture, PodState
+from podcap.collector.captures.placement import Placement, new_pod_state
+from podcap.collector.captures.pods import close_writer
+from podcap.collector.captures.requests import validate_request
+from podcap.collector.captures.table import STOP_GRACE_S, CaptureTable, StorageHealth, grace_starts
+from podcap.collector.cluster import ClusterInventory
+from podcap.collector.follow import Subscription
+from podcap.collector.storage.base import CaptureStorage
+from podcap.collector.store import CaptureRow, CaptureStore
+from podcap.names import NodeName, new_capture_id
+from podcap.pcapfile import FileFormat
+from podcap.v1 import common_pb2, control_pb2, ingest_pb2
+
+log = logging.getLogger(__name__)
+
+
+class CaptureManager:
+    def __init__(self, storage: CaptureStorage, registry: AgentRegistry, store: CaptureStore, *,
+                 cluster: ClusterInventory | None = None) -> None:
+        self.storage = storage
+        self.registry = registry
+        self.store = store
+        self.table = CaptureTable()
+        self.health = StorageHealth()
+        self._closing = threading.Event()
+        self.committer = Committer(self.table, store, self.health)
+        self.placement = Placement(self.table, registry, cluster)
+        self.events = PodEvents(self.table, storage, on_terminal=self._maybe_finish)
+        self.chunks = ChunkIngest(self.table, storage, self.health, wake_committer=self.committer.wake,
+                                  begin_stop=self._begin_stop, closing=self._closing)
+        registry.subscribe(self.placement)
+        if cluster is not None:
+            cluster.subscribe(self.placement)
+        for cap in recovery.load(store, storage):
+            self.table.add(cap)
+        self._ticker = threading.Thread(target=self._tick_loop, name="capture-ticker", daemon=True)
+        self._ticker.start()
+        self.committer.start()
+
+    @property
+    def paused(self) -> str:
+        """Why storing is paused ("" while it works)."""
+        return self.health.paused
+
+    @property
+    def commit_seconds(self) -> Callable[[float], None]:
+        return self.committer.observe
+
+    @commit_seconds.setter
+    def commit_seconds(self, observe: Callable[[float], None]) -> None:
+        self.committer.observe = observe
+
+    # ---- the control API ----
+
+    def start(self, req: control_pb2.StartCaptureRequest) -> Capture:
+        """Validate, resolve, persist and dispatch a capture. Raises the errors of ``validate_request`` and
+        ``Placement.choose``."""
+        spec = validate_request(req)
+        pods = self.placement.choose(req, spec)
+        cap = Capture(new_capture_id(), req, spec, time.time_ns())
+        for pod in pods:
+            cap.pods[pod.uid] = new_pod_state(cap, pod)
+        self.store.add_capture(CaptureRow(cap.id, req, cap.state, cap.created_ns, 0, ""))
+        self.committer.commit(cap)
+        self.table.add(cap)
+        log.info("capture %s started: %d pods, filter %r", cap.id, len(pods), req.settings.filter)
+        self.placement.dispatch_starts(cap, list(cap.pods.values()))
+        return cap
+
+    def get(self, capture_id: str) -> Capture:
+        """Raises CaptureNotFoundError."""
+        return self.table.get(capture_id)
+
+    def all(self) -> list[Capture]:
+        return self.table.all()
+
+    def status(self, cap: Capture) -> control_pb2.CaptureStatus:
+        return cap.status(self.health.paused)
+
+    def stop(self, capture_id: str, reason: str = "stopped by user", *, wait: float = STOP_GRACE_S) -> Capture:
+        cap = self.get(capture_id)
+        self._begin_stop(cap, reason)
+        cap.ended.wait(wait)
+        return cap
+
+    def follow(self, capture_id: str, selectors: list[str]) -> Subscription:
+        """A live view of the capture's packets from now on (ended at once if the capture is over)."""
+        cap = self.get(capture_id)
+        return reads.follow(cap, selectors, self.status(cap))
+
+    def unfollow(self, capture_id: str, sub: Subscription) -> None:
+        reads.unfollow(self.get(capture_id), sub)
+
+    def pod_files(
+        self, cap: Capture, selectors: list[str], *, since_ns: int = 0, until_ns: int = 0
+    ) -> Iterator[tuple[PodState, FileFormat, list[tuple[BinaryIO, int]]]]:
+        return reads.pod_files(self.storage, cap, selectors, since_ns=since_ns, until_ns=until_ns)
+
+    # ---- from the agents ----
+
+    def on_pod_event(self, conn: AgentConnection, ev: ingest_pb2.PodCaptureEvent) -> None:
+        self.events.on_pod_event(conn, ev)
+
+    def on_chunk(self, conn: AgentConnection, chunk: ingest_pb2.PcapChunk,
+                 records: memoryview | None = None) -> ingest_pb2.ChunkAck | None:
+        return self.chunks.on_chunk(conn, chunk, records)
+
+    # ---- ending ----
+
+    def _begin_stop(self, cap: Capture, reason: str) -> None:
+        with cap.lock:
+            if cap.state != control_pb2.CAPTURE_STATE_RUNNING:
+                return
+            cap.state = control_pb2.CAPTURE_STATE_STOPPING
+            cap.end_reason = reason
+            grace_starts(cap)
+            cap.dirty = True
+            # A pod whose agent is away too: it may return within the grace and deliver what it holds.
+            nodes: set[NodeName] = {ps.pod.node for ps in cap.pods.values()
+                                    if ps.state in ACTIVE or ps.state == common_pb2.POD_CAPTURE_STATE_NO_AGENT}
+        log.info("capture %s stopping: %s", cap.id, reason)
+        self.placement.stop_on(cap, nodes)
+        self._maybe_finish(cap)
+
+    def _maybe_finish(self, cap: Capture, *, force: bool = False) -> None:
+        """End the capture once every pod is terminal (or the stop grace expired)."""
+        with cap.lock:
+            if not cap.live:
+                return
+            pods = list(cap.pods.values())
+            all_terminal = bool(pods) and all(p.state in TERMINAL for p in pods)
+            if cap.state == control_pb2.CAPTURE_STATE_RUNNING:
+                if not all_terminal or cap.target.dynamic:
+                    return
+                cap.end_reason = "every pod's stream ended"
+            elif not all_terminal and not force:
+                return
+            for ps in pods:
+                if ps.state not in TERMINAL:
+                    ps.state = common_pb2.POD_CAPTURE_STATE_DONE
+                    ps.message = ps.message or "no final report from the agent before the stop grace expired"
+                ps.abandon_streams()
+                close_writer(ps)
+                ps.dirty = True
+            failed = [p for p in pods if p.state == common_pb2.POD_CAPTURE_STATE_FAILED]
+            if pods and len(failed) == len(pods) and cap.packets_total == 0:
+                cap.state = control_pb2.CAPTURE_STATE_FAILED
+                cap.end_reason = "every pod failed: " + "; ".join(
+                    sorted({f"{p.pod.display}: {p.message}" for p in failed})
+                )[:2000]
+            else:
+                cap.state = control_pb2.CAPTURE_STATE_DONE
+            cap.ended_ns = time.time_ns()
+            cap.dirty = True
+        self.committer.commit(cap)
+        cap.ended.set()
+        with cap.lock:
+            followers, cap.followers = cap.followers, []
+        for sub in followers:
+            sub.end(self.status(cap))
+        log.info("capture %s ended (%s): %d packets, %d bytes", cap.id, cap.end_reason, cap.packets_total,
+                 cap.bytes_total)
+
+    # ---- background ----
+
+    def _tick_loop(self) -> None:
+        last_retention = 0.0
+        while not self._closing.wait(0.2):
+            now_ns = time.time_ns()
+            for cap in self.table.all():
+                if cap.state == control_pb2.CAPTURE_STATE_RUNNING and cap.deadline_ns and now_ns >= cap.deadline_ns:
+                    self._begin_stop(cap, "duration reached")
+                elif cap.state == control_pb2.CAPTURE_STATE_STOPPING and time.monotonic() >= cap.stop_deadline:
+                    self._maybe_finish(cap, force=True)
+            if time.monotonic() - last_retention >= 1.0:
+                last_retention = time.monotonic()
+                for cap in self.table.live():
+                    if cap.request.retention.keep_seconds:
+                        with cap.lock:
+                            retired = retention.retire(self.storage, cap, now_ns)
+                        retention.delete(retired)
+
+    def close(self) -> None:
+        """Persist everything; running captures stay RUNNING in the database and resume at the next start."""
+        self._closing.set()
+        self._ticker.join(timeout=5)
+        self.committer.stop()
+        for cap in self.table.all():
+            with cap.lock:
+                for ps in cap.pods.values():
+                    if ps.writer is not None:
+                        close_writer(ps)
+                        ps.dirty = True
+            try:
+                self.committer.commit(cap)
+            except Exception:
+                log.exception("final commit of capture %s failed", cap.id)

@@ -1,0 +1,80 @@
+"""Reading a capture: live followers and the stored segments of its pods.
+
+A follower (``podcap.collector.follow.Subscription``) is announced the pods already streaming and then offered
+each chunk as it is stored (by ingest). ``pod_files`` hands a download its pods' segments as open files: opened
+under the capture's lock so retention cannot delete one in between, read afterwards without it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from podcap.collector.captures.model import Capture, PodState
+from podcap.collector.captures.pods import file_format, location
+from podcap.collector.follow import Subscription
+from podcap.collector.storage.base import CaptureStorage, StorageError
+from podcap.pcapfile import MAX_SNAPLEN, FileFormat
+from podcap.v1 import control_pb2
+
+log = logging.getLogger(__name__)
+
+
+def follow(cap: Capture, selectors: list[str], status: control_pb2.CaptureStatus) -> Subscription:
+    """A live view of the capture's packets from now on (ended at once, with ``status``, if it is over)."""
+    sub = Subscription(cap.id, selectors)
+    with cap.lock:
+        if cap.live:
+            # Pods already streaming are announced now, so the reader's output starts with a valid header.
+            for ps in cap.pods.values():
+                pod = ps.pod.to_proto()
+                if ps.fmt is not None and sub.wants(pod):
+                    sub.announce(pod, ps.fmt)
+            cap.followers.append(sub)
+            return sub
+    sub.end(status)
+    return sub
+
+
+def unfollow(cap: Capture, sub: Subscription) -> None:
+    with cap.lock:
+        if sub in cap.followers:
+            cap.followers.remove(sub)
+    sub.end(None)
+
+
+def _selected(ps: PodState, selectors: list[str]) -> bool:
+    return not selectors or ps.pod.uid in selectors or ps.pod.display in selectors or ps.pod.name in selectors
+
+
+def pod_files(
+    storage: CaptureStorage, cap: Capture, selectors: list[str], *, since_ns: int = 0, until_ns: int = 0
+) -> Iterator[tuple[PodState, FileFormat, list[tuple[BinaryIO, int]]]]:
+    """Each selected pod with its stream format and its segments as (open file, bytes to read); with a time
+    window only the segments whose time range overlaps it."""
+    with cap.lock:
+        pods = [ps for ps in cap.pods.values() if _selected(ps, selectors)]
+    for ps in pods:
+        files: list[tuple[BinaryIO, int]] = []
+        with cap.lock:
+            if ps.writer is not None:
+                try:
+                    ps.writer.publish()  # the open segment's last partial block may be in memory only
+                except StorageError as e:
+                    log.error("%s", e)
+            for seg in ps.segments:
+                if since_ns and seg.last_ts_ns and seg.last_ts_ns < since_ns:
+                    continue
+                if until_ns and seg.first_ts_ns and seg.first_ts_ns > until_ns:
+                    continue
+                try:
+                    f = location(storage, cap, ps).open(seg)
+                except StorageError as e:
+                    log.error("%s", e)
+                    f = None
+                if f is not None:
+                    files.append((f, seg.bytes))
+            pf = ps.fmt
+        snaplen = cap.request.settings.snaplen or MAX_SNAPLEN
+        yield ps, file_format(pf) if pf is not None else FileFormat(1, snaplen, True), files

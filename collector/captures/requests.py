@@ -1,0 +1,48 @@
+"""Validation of a start request: everything about it that does not depend on the cluster.
+
+The target's syntax (``podcap.collector.targets``), the capture filter (compiled once here, so a bad filter is the
+user's one-line error before any agent hears of the capture), and the bounds of limits, rotation and retention.
+Raises ``InvalidInputError`` subclasses only.
+"""
+
+from __future__ import annotations
+
+from podcap.collector.captures.model import MIN_SEGMENT_BYTES
+from podcap.collector.filters import check_filter
+from podcap.collector.targets import TargetSpec, parse_target
+from podcap.errors import InvalidInputError
+from podcap.pcapfile import FILE_HEADER_LEN, MAX_SNAPLEN
+from podcap.v1 import control_pb2
+
+MAX_DURATION_S = 30 * 24 * 3600
+
+
+class InvalidRequestError(InvalidInputError):
+    """A start request's settings, limits, rotation or retention are out of bounds."""
+
+
+def validate_request(req: control_pb2.StartCaptureRequest) -> TargetSpec:
+    """The request's parsed target, once everything else about the request checked out."""
+    spec = parse_target(req.target)
+    s = req.settings
+    if s.snaplen > MAX_SNAPLEN:
+        raise InvalidRequestError(f"snaplen {s.snaplen} is above the maximum {MAX_SNAPLEN}")
+    if s.buffer_bytes and not (64 << 10) <= s.buffer_bytes <= (1 << 30):
+        raise InvalidRequestError("buffer size must be between 64 KiB and 1 GiB")
+    check_filter(s.filter, interface=s.interface, snaplen=s.snaplen)
+    if req.limits.duration_seconds > MAX_DURATION_S:
+        raise InvalidRequestError(f"duration above {MAX_DURATION_S // 86400} days")
+    if req.limits.max_bytes and req.limits.max_bytes < FILE_HEADER_LEN + 16:
+        raise InvalidRequestError("max-bytes must leave room for a pcap header and one packet (at least 40 bytes)")
+    if req.rotation.segment_bytes and req.rotation.segment_bytes < MIN_SEGMENT_BYTES:
+        raise InvalidRequestError(f"segment size below {MIN_SEGMENT_BYTES} bytes")
+    r = req.retention
+    if r.keep_bytes and r.keep_bytes < 4 * MIN_SEGMENT_BYTES:
+        raise InvalidRequestError(f"keep-bytes below {4 * MIN_SEGMENT_BYTES} bytes (four of the smallest segments)")
+    if r.keep_total_bytes and r.keep_total_bytes < 4 * MIN_SEGMENT_BYTES:
+        raise InvalidRequestError(f"keep-total-bytes below {4 * MIN_SEGMENT_BYTES} bytes")
+    if r.keep_seconds and r.keep_seconds < 6:
+        raise InvalidRequestError("keep-duration below 6 seconds")
+    if len(req.note.encode()) > 1024:
+        raise InvalidRequestError("note longer than 1024 bytes")
+    return spec

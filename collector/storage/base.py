@@ -1,0 +1,129 @@
+"""What the capture logic needs of a place that keeps captured packets: the storage interface.
+
+Capture logic (``podcap.collector.captures``) never builds a path, opens a file or names a bucket; it asks a
+``CaptureStorage`` for each pod's ``PodLocation`` and works through it: a ``SegmentWriter`` appends chunks of
+whole records and rotates segments, ``sync_later`` hands back the device flush to run outside the capture's lock,
+``delete`` retires a segment (retention), ``open`` gives a reader a segment, ``record_gap`` notes where the pod's
+capture has holes, and the ``recover_*`` calls bring a pod's segments back to what was acknowledged after a crash.
+``SegmentInfo`` describes one segment in the implementation's own terms (``locator``: a path, an object key).
+
+One implementation per module, in the spirit of Retina's output locations: ``podcap.collector.storage.local``
+(rotating pcap files under the data dir, the embedded default). Object storage adds a second without touching
+capture logic.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from podcap.errors import ResourceError
+from podcap.pcapfile import FILE_HEADER_LEN, FileFormat
+
+
+class StorageError(ResourceError, OSError):
+    """Storing failed (disk full, permissions, a device error); the message names what failed."""
+
+    @property
+    def disk_full(self) -> bool:
+        return self.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@dataclass
+class SegmentInfo:
+    """One segment and what it holds. ``bytes`` includes the file header; ``locator`` is where the implementation
+    keeps it (a path for local storage)."""
+
+    index: int
+    locator: str
+    bytes: int = FILE_HEADER_LEN
+    packets: int = 0
+    first_ts_ns: int = 0
+    last_ts_ns: int = 0
+    opened_at: float = 0.0
+
+
+class PendingSync(Protocol):
+    """Appended bytes waiting for their device flush: ``run`` exactly once (from any thread), or ``close``."""
+
+    def run(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SegmentWriter(Protocol):
+    """Appends chunks of whole records to one pod's current segment, starting a new one as configured."""
+
+    fmt: FileFormat
+    current: SegmentInfo | None
+
+    def header_cost(self, chunk_len: int, now: float) -> int:
+        """Bytes a file header would add if ``chunk_len`` bytes were appended now."""
+        ...
+
+    def append(self, records: bytes | memoryview, *, packets: int, first_ts_ns: int, last_ts_ns: int,
+               now: float | None = None) -> tuple[int, SegmentInfo | None]:
+        """Append whole records; return (bytes added incl. a new header, the segment started, if one was).
+        Raises StorageError and keeps the segment whole."""
+        ...
+
+    def publish(self) -> None:
+        """Make what was appended visible to a reader that opens the segment now."""
+        ...
+
+    def sync(self) -> None:
+        """Make what was appended durable, now."""
+        ...
+
+    def sync_later(self) -> PendingSync | None:
+        """Publish what was appended and return its durable flush, to run without locks held."""
+        ...
+
+    def close(self) -> None:
+        """Sync and close the current segment; on StorageError the writer stays open and keeps everything."""
+        ...
+
+
+class PodLocation(Protocol):
+    """Where one pod of one capture keeps its segments and its gap log."""
+
+    def segment(self, index: int) -> SegmentInfo:
+        """The description of the pod's segment ``index`` (sizes are filled in by the caller)."""
+        ...
+
+    def writer(self, fmt: FileFormat, *, segment_bytes: int, segment_seconds: int, next_index: int) -> SegmentWriter:
+        ...
+
+    def open(self, seg: SegmentInfo) -> BinaryIO | None:
+        """The segment for reading, or None when it is gone (retention deleted it)."""
+        ...
+
+    def delete(self, seg: SegmentInfo) -> None:
+        """Delete a closed segment (gone already is fine)."""
+        ...
+
+    def exists(self, seg: SegmentInfo) -> bool:
+        ...
+
+    def recover_unknown(self, keep: set[int]) -> list[str]:
+        """Delete what the database does not know of (written after the last commit); return what was deleted."""
+        ...
+
+    def recover_segment(self, seg: SegmentInfo, fmt: FileFormat) -> int:
+        """Cut the segment back to ``seg.bytes`` and to whole records; return its size. FileNotFoundError if gone."""
+        ...
+
+    def record_gap(self, *, first_ns: int, last_ns: int, packets: int, cause: str, stream: str) -> None:
+        """Note that packets are missing (see ``podcap.collector.storage.gaps``)."""
+        ...
+
+
+class CaptureStorage(Protocol):
+    """A storage backend: names each pod's location."""
+
+    name: str
+
+    def pod(self, capture_id: str, namespace: str, pod_dir_name: str) -> PodLocation:
+        """The pod's location; the parts are validated names. Raises StorageError for an unusable location."""
+        ...
