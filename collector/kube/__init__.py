@@ -12,28 +12,29 @@
 Layers, lowest first: ``errors`` and ``selectors`` (no collector imports), ``pods``, ``client``, ``watch``,
 ``inventory``. Only ``client.py`` and ``errors.py`` import ``kubernetes``.
 
-Import from the modules, not from this package: ``pods.py`` needs ``PodRef`` from ``podcap.collector.targets``,
-which needs ``selectors.py``, so this ``__init__`` must not import ``client`` or anything above it at import time.
+Import from the modules, not from this package. This ``__init__`` imports nothing on purpose: target resolution
+(and through it the CLI) imports ``selectors.py``, and must not pay for importing the ``kubernetes`` package.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-# The package's error base, safe to import eagerly (errors.py imports nothing of the collector).
-from podcap.collector.kube.errors import KubeError as KubeError
-
 if TYPE_CHECKING:
     from podcap.collector.kube.client import KubeApi as KubeApi
-    from podcap.collector.kube.client import in_cluster as in_cluster
-    from podcap.collector.kube.client import load_api as load_api
+    from podcap.collector.kube.errors import KubeError as KubeError
 
 
 def __getattr__(name: str) -> object:
-    # Temporary: ``auth.py`` (``KubeApi``) still imports from the package as it did from the old ``kube.py``.
-    # Resolved lazily to keep the import order free of the targets -> selectors -> client -> targets cycle.
-    if name in ("KubeApi", "in_cluster", "load_api"):
-        from podcap.collector.kube import client
+    # Temporary, until auth.py and control.py import from the modules: they name ``KubeApi`` and ``KubeError``
+    # from the package, as they did from the old ``kube.py``. Resolved on first use so that importing
+    # ``selectors`` does not import ``kubernetes``.
+    if name == "KubeApi":
+        from podcap.collector.kube.client import KubeApi
 
-        return getattr(client, name)
+        return KubeApi
+    if name == "KubeError":
+        from podcap.collector.kube.errors import KubeError
+
+        return KubeError
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,7 +31,7 @@ from kubernetes.config.config_exception import ConfigException
 
 from podcap.collector.kube.errors import KubeConfigError, KubeError, status_error, translate
 from podcap.collector.kube.pods import KubePod, pod_from_object
-from podcap.collector.targets import PodRef
+from podcap.pods import PodRef
 
 LIST_PAGE = 500
 CONNECT_TIMEOUT_S = 5.0

@@ -51,7 +51,7 @@ from podcap.collector.kube.errors import KubeError
 from podcap.collector.kube.pods import KubePod
 from podcap.collector.kube.selectors import Selector, pod_fields
 from podcap.collector.kube.watch import PodWatch
-from podcap.collector.targets import PodRef
+from podcap.pods import PodRef
 
 log = logging.getLogger(__name__)
 

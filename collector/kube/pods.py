@@ -15,8 +15,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from podcap.collector.targets import PodRef
 from podcap.names import InvalidNameError, check_namespace, check_node_name, check_pod_name, check_pod_uid
+from podcap.pods import PodRef
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 from podcap.collector.kube.client import DEFAULT_WATCH_TIMEOUT_S, KubeApi, WatchStream
 from podcap.collector.kube.errors import KubeError, KubeGoneError
 from podcap.collector.kube.pods import KubePod, pod_from_object
-from podcap.collector.targets import PodRef
+from podcap.pods import PodRef
 
 log = logging.getLogger(__name__)
 
