@@ -8,8 +8,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from podcap.collector.cli.client import CollectorClient
 from podcap.collector.cli.render import dump_json
-from podcap.collector.client import CollectorClient
 
 
 @click.command()
@@ -42,7 +42,8 @@ def audit(obj: dict[str, str], capture_id: str, limit: int, output: str) -> None
               show_default=True, help="Names and IPs the collector is reached at (repeat).")
 def certs(out_dir: str, hosts: tuple[str, ...]) -> None:
     """Make a CA, a collector server certificate and an agent client certificate (quick start)."""
-    from podcap.collector.certs import make_quickstart
+    # Deferred: ``cryptography`` costs every other verb's start-up (only this one makes keys).
+    from podcap.collector.cli.certs import make_quickstart
 
     for path in make_quickstart(out_dir, list(hosts)):
         click.echo(path)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 from rich.console import Console
-from rich.live import Live
 
+from podcap.collector.cli.client import CollectorClient
 from podcap.collector.cli.complete import complete_capture_id
+from podcap.collector.cli.progress import wait_for_end
 from podcap.collector.cli.render import capture_table, dump, output_option, print_table, to_dict
 from podcap.collector.cli.units import duration_param, size_param
-from podcap.collector.client import CollectorClient
 from podcap.v1 import common_pb2, control_pb2
 
 _INTERFACES = {
@@ -19,30 +17,6 @@ _INTERFACES = {
     "eth0": common_pb2.CAPTURE_INTERFACE_POD_ETH0,
     "all": common_pb2.CAPTURE_INTERFACE_POD_ALL,
 }
-_RUNNING = (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING)
-
-
-def wait_for_end(client: CollectorClient, capture_id: str, *, live: bool) -> control_pb2.CaptureStatus:
-    """Poll the capture until it ends, showing per-pod progress on stderr; Ctrl+C stops the capture."""
-    console = Console(stderr=True)
-    status = client.get(capture_id)
-    try:
-        if live and console.is_terminal:
-            with Live(capture_table(status), console=console, refresh_per_second=4) as view:
-                while status.state in _RUNNING:
-                    time.sleep(0.5)
-                    status = client.get(capture_id)
-                    view.update(capture_table(status))
-        else:
-            while status.state in _RUNNING:
-                time.sleep(0.25)
-                status = client.get(capture_id)
-    except KeyboardInterrupt:
-        console.print(f"stopping capture {capture_id} …")
-        status = client.stop(capture_id)
-    return status
-
-
 @click.command()
 @click.argument("pods", nargs=-1)
 @click.option("-n", "--namespace", default="default", show_default=True, help="Namespace of the pods.")

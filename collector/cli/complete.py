@@ -16,8 +16,8 @@ import re
 import click
 from click.shell_completion import CompletionItem, get_completion_class
 
+from podcap.collector.cli.client import CollectorClient, CollectorError, default_address
 from podcap.collector.cli.render import capture_state
-from podcap.collector.client import CollectorClient, CollectorError, default_address
 from podcap.collector.targets import target_text
 
 SHELLS = ("bash", "zsh", "fish")
@@ -43,7 +43,8 @@ def complete_capture_id(ctx: click.Context, param: click.Parameter, incomplete: 
 
 @click.command()
 @click.argument("shell", type=click.Choice(SHELLS))
-def completion(shell: str) -> None:
+@click.pass_context
+def completion(ctx: click.Context, shell: str) -> None:
     """Print the completion script for SHELL.
 
     \b
@@ -55,9 +56,9 @@ def completion(shell: str) -> None:
     (zsh_source, fish_source). As a kubectl plugin, kubectl completes `kubectl podcap …` through
     kubectl_complete-podcap, installed with podcap.
     """
-    from podcap.collector.cli.main import cli
-
     cls = get_completion_class(shell)
     if cls is None:  # click knows every shell in SHELLS; kept for a future click that drops one
         raise click.BadParameter(f"no completion for {shell}", param_hint="SHELL")
-    click.echo(cls(cli, {}, "podcap", complete_var("podcap")).source())
+    # The script completes the command this one belongs to (``podcap``): its root, found through the context so
+    # that this module need not import ``main`` (which imports every verb, this one included).
+    click.echo(cls(ctx.find_root().command, {}, "podcap", complete_var("podcap")).source())

@@ -1,4 +1,11 @@
-"""``podcap demo``: run the whole product on a throwaway node (see podcap.collector.demo.run)."""
+"""``podcap demo``: run the whole product on a throwaway node (``podcap.collector.demo.run``).
+
+The demo is imported when this verb runs, not when ``podcap`` starts: it brings the agent (libpcap) and the
+collector's server (gRPC server, Kubernetes client), which every other verb, ``--help`` and shell completion would
+otherwise load, and which a CLI installed on a laptop may not even be able to import. This deferred import is the
+only edge from the CLI to the demo; the demo uses the CLI's shared pieces (client, download, progress), never a
+verb's module, so the two do not import each other at module level.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ from podcap.collector.cli.units import human_bytes
               help="Where the per-pod pcap files go (<out>/<namespace>/<pod>.pcap).")
 def demo(pods: int, seconds: float, out: str) -> None:
     """Capture a throwaway node's pods end to end (needs root; no cluster needed)."""
-    from podcap.collector.demo.run import run_demo
+    from podcap.collector.demo.run import run_demo  # deferred on purpose: see the module docstring
 
     # The demo's collector and agent run in this process: their routine log lines would interleave with the
     # demo's own output; errors still show.

@@ -5,7 +5,7 @@ The collector's ``Download`` RPC streams one pcap file per pod, one after the ot
 interrupted download never leaves a file that looks whole. Paths are built only from validated names.
 
 A merge cannot start before every pod's file is there (the stream sends pods one after the other), so merged
-output goes through files on disk; the merge itself then streams (``podcap.collector.storage.pcapng``).
+output goes through files on disk; the merge itself then streams (``podcap.collector.cli.merge``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from podcap.collector.cli.client import CollectorClient, CollectorError
+from podcap.collector.cli.pcapng import InterfaceInfo, InterfaceStats, SectionInfo
 from podcap.collector.cli.render import capture_state
-from podcap.collector.client import CollectorClient, CollectorError
-from podcap.collector.storage.pcapng import InterfaceInfo, InterfaceStats, SectionInfo
 from podcap.collector.targets import target_text
 from podcap.drops import Drops
 from podcap.names import InvalidNameError, check_namespace, check_pod_name

@@ -13,7 +13,7 @@ from typing import IO, Any
 import click
 import grpc
 
-from podcap.collector.client import CollectorError
+from podcap.collector.cli.client import CollectorError
 
 _CAPTURE_ID_COMMANDS = {"status", "stop", "get"}
 

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import click
 
-from podcap.collector.client import CollectorClient, CollectorError
+from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.pcapfile import FileFormat
 
 

@@ -20,6 +20,7 @@ from typing import IO
 
 import click
 
+from podcap.collector.cli.client import CollectorClient
 from podcap.collector.cli.complete import complete_capture_id
 from podcap.collector.cli.download import (
     DownloadedFile,
@@ -30,9 +31,9 @@ from podcap.collector.cli.download import (
     pod_stats,
 )
 from podcap.collector.cli.errors import CommandError
+from podcap.collector.cli.merge import MergeInput, merge_pcaps, pcap_to_pcapng
+from podcap.collector.cli.pcapng import PcapngError
 from podcap.collector.cli.units import human_bytes, parse_duration
-from podcap.collector.client import CollectorClient
-from podcap.collector.storage.pcapng import MergeInput, PcapngError, merge_pcaps, pcap_to_pcapng
 from podcap.pcapfile import PcapFormatError
 from podcap.v1 import control_pb2
 

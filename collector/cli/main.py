@@ -18,8 +18,8 @@ from click.shell_completion import ShellComplete
 
 from podcap import __version__
 from podcap.collector.cli import admin_cmds, capture_cmds, complete, demo_cmd, follow_cmd, get_cmd, read_cmds
+from podcap.collector.cli.client import CollectorError, default_address
 from podcap.collector.cli.errors import CommandError, collector_hint, one_line, usage_line
-from podcap.collector.client import CollectorError, default_address
 
 PROG = "podcap"
 KUBECTL_PROG = "kubectl podcap"

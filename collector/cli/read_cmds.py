@@ -15,14 +15,11 @@ import click
 from rich.console import Console
 from rich.live import Live
 
+from podcap.collector.cli.client import CollectorClient
 from podcap.collector.cli.complete import complete_capture_id
-from podcap.collector.cli.download import download_capture
 from podcap.collector.cli.render import capture_table, dump, dump_yaml, list_table, output_option, print_table, to_dict
 from podcap.collector.cli.units import duration_param
-from podcap.collector.client import CollectorClient
 from podcap.v1 import control_pb2
-
-__all__ = ["download_capture", "list_captures", "status"]  # download_capture: kept here for podcap demo
 
 _RUNNING = (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING)
 

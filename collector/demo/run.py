@@ -9,6 +9,7 @@ by parsing them). Everything it created is removed at the end, also on Ctrl+C, S
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -20,9 +21,9 @@ from types import FrameType
 
 from podcap.agent.pods import NetnsPodSource
 from podcap.agent.session import AgentConfig, AgentSession
-from podcap.collector.cli.capture_cmds import wait_for_end
-from podcap.collector.cli.read_cmds import download_capture
-from podcap.collector.client import CollectorClient
+from podcap.collector.cli.client import CollectorClient
+from podcap.collector.cli.download import download_capture
+from podcap.collector.cli.progress import wait_for_end
 from podcap.collector.demo.node import DemoNode
 from podcap.collector.server import start_collector
 from podcap.drops import total_of
@@ -123,7 +124,5 @@ def run_demo(pods: int, seconds: float, out: str, *, say: Callable[[str], None] 
         if collector is not None:
             collector.stop()
         node.destroy()
-        import shutil
-
         shutil.rmtree(data_dir, ignore_errors=True)
         signal.signal(signal.SIGTERM, old_term)

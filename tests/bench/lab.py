@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import psutil
 
-from podcap.collector.client import CollectorClient, CollectorError
+from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.pcapfile import FILE_HEADER_LEN, parse_file_header, scan_records
 from podcap.v1 import common_pb2, control_pb2
 

@@ -73,8 +73,8 @@ from typing import Any
 
 import psutil
 
+from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.cli.download import download_files, per_pod_paths
-from podcap.collector.client import CollectorClient, CollectorError
 from podcap.pcapfile import FILE_HEADER_LEN
 from podcap.v1 import control_pb2
 from tests.bench.busy import phase_p5

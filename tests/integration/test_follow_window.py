@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from podcap.collector.client import CollectorClient
+from podcap.collector.cli.client import CollectorClient
 from podcap.collector.demo.node import DemoNode
 from podcap.pcapfile import FILE_HEADER_LEN, iter_records, parse_file_header
 from tests.conftest import Proc, podcap, tool

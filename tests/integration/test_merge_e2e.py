@@ -14,8 +14,8 @@ from collections import Counter
 
 import pytest
 
+from podcap.collector.cli.pcapng import ISB_IFDROP, ISB_USRDELIV
 from podcap.collector.demo.node import DemoNode
-from podcap.collector.storage.pcapng import ISB_IFDROP, ISB_USRDELIV, read_pcapng
 from tests.conftest import Proc, podcap
 from tests.integration.test_end_to_end import (  # noqa: F401 (the node and agent fixtures)
     PORT,
@@ -26,6 +26,7 @@ from tests.integration.test_end_to_end import (  # noqa: F401 (the node and agen
     wait_capturing,
     warm_up,
 )
+from tests.pcapng_reader import read_pcapng
 
 pytestmark = pytest.mark.root
 

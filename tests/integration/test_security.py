@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from podcap.collector.auth import KubeAuthorizer, StaticTokenAuthorizer
-from podcap.collector.certs import issue, make_ca, write_pair
-from podcap.collector.client import CollectorClient, CollectorError
+from podcap.collector.cli.certs import issue, make_ca, write_pair
+from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.kube.client import load_api
 from podcap.collector.server import Collector, start_collector
 from podcap.tls import AGENT_IDENTITY, TlsFiles, open_channel

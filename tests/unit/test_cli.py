@@ -17,11 +17,12 @@ import yaml
 from click.testing import CliRunner
 
 from podcap.collector.cli import capture_cmds, complete, get_cmd, main, read_cmds
-from podcap.collector.client import CollectorError
-from podcap.collector.storage.pcapng import ISB_IFDROP, ISB_USRDELIV, read_pcapng
+from podcap.collector.cli.client import CollectorError
+from podcap.collector.cli.pcapng import ISB_IFDROP, ISB_USRDELIV
 from podcap.collector.targets import target_text
 from podcap.pcapfile import FileFormat
 from podcap.v1 import common_pb2, control_pb2
+from tests.pcapng_reader import read_pcapng
 
 CID = "abc123def456"
 

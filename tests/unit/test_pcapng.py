@@ -11,7 +11,8 @@ from collections import Counter
 
 import pytest
 
-from podcap.collector.storage.pcapng import (
+from podcap.collector.cli.merge import MergeInput, merge_pcaps, pcap_to_pcapng
+from podcap.collector.cli.pcapng import (
     ISB_ENDTIME,
     ISB_IFDROP,
     ISB_IFRECV,
@@ -21,14 +22,11 @@ from podcap.collector.storage.pcapng import (
     SHB_USERAPPL,
     InterfaceInfo,
     InterfaceStats,
-    MergeInput,
     SectionInfo,
-    merge_pcaps,
-    pcap_to_pcapng,
-    read_pcapng,
 )
 from podcap.drops import Drops
 from podcap.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, FileFormat, PcapFormatError
+from tests.pcapng_reader import read_pcapng
 
 BASE_NS = 1_700_000_000_123_456_789
 

@@ -1,0 +1,113 @@
+"""Merging per-pod pcap files into one pcapng section, packets in time order (``podcap get --merge``,
+``--format pcapng``).
+
+Memory stays bounded whatever the capture size: each input is read in blocks by ``podcap.pcapfile``'s record
+iterator and ``heapq.merge`` holds one record per input. Ties (equal timestamps) keep input order, and each
+input's own order is kept; an input whose records are not time-ordered (a clock step on a node) is merged as it
+is, never sorted in memory. A merge of many pods holds one file and one block per pod, so the open-file limit is
+raised when it would stop the merge.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import resource
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO
+
+from podcap.collector.cli.pcapng import InterfaceInfo, InterfaceStats, PcapngError, PcapngWriter, SectionInfo
+from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, PcapFormatError, iter_file_records, parse_file_header
+
+_READ_BUFFER = 1 << 20
+
+
+@dataclass(frozen=True)
+class MergeInput:
+    """A classic pcap file (``podcap.pcapfile`` format) and the interface it becomes."""
+
+    path: str
+    interface: InterfaceInfo
+    stats: InterfaceStats | None = None
+
+
+def _pcap_records(f: IO[bytes], path: str, fmt: FileFormat) -> Iterator[tuple[int, int, bytes]]:
+    """(timestamp ns, wire length, captured bytes) of each record after the file header, read as needed."""
+    try:
+        for _block, rec in iter_file_records(f, fmt, block_size=_READ_BUFFER):
+            yield rec.ts_ns, rec.wirelen, rec.data
+    except PcapFormatError as e:
+        raise PcapFormatError(f"{path}: {e}") from e
+
+
+def _ensure_open_files(n: int) -> None:
+    """Raise the soft limit on open files when a merge of many pods needs more than it allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = n + 64
+    if soft != resource.RLIM_INFINITY and soft < want:
+        if hard != resource.RLIM_INFINITY and hard < want:
+            raise PcapngError(f"merging {n} files needs {want} open files; the limit is {hard} "
+                              "(raise it with ulimit -n, or download fewer pods)")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def merge_pcaps(inputs: Sequence[MergeInput], out: IO[bytes], *, section: SectionInfo | None = None) -> list[int]:
+    """Write ``inputs`` to ``out`` as one pcapng section, packets ordered by time; return packets per input.
+
+    Each input becomes interface ``i`` with the input's own link type, snaplen and timestamp resolution; the
+    ISBs of inputs with ``stats`` follow the last packet. Raises PcapFormatError for a malformed input (naming
+    the file) and OSError for I/O failures.
+    """
+    _ensure_open_files(len(inputs))
+    files: list[IO[bytes]] = []
+    try:
+        writer = PcapngWriter(out, section)
+        streams: list[Iterator[tuple[int, int, int, bytes]]] = []
+        for inp in inputs:
+            # Unbuffered: the record walk reads in blocks of its own (one block per input held at a time).
+            f = open(inp.path, "rb", buffering=0)  # noqa: SIM115 (closed in finally)
+            files.append(f)
+            try:
+                fmt = parse_file_header(f.read(FILE_HEADER_LEN))
+            except PcapFormatError as e:
+                raise PcapFormatError(f"{inp.path}: {e}") from e
+            iface = writer.add_interface(inp.interface, linktype=fmt.linktype, snaplen=fmt.snaplen,
+                                         nanosecond=fmt.nanosecond)
+            streams.append(_tagged(iface, _pcap_records(f, inp.path, fmt)))
+        counts = [0] * len(inputs)
+        write = writer.write_packet
+        for ts, iface, wirelen, data in heapq.merge(*streams, key=_timestamp):
+            write(iface, ts, data, wirelen)
+            counts[iface] += 1
+        for i, inp in enumerate(inputs):
+            if inp.stats is not None:
+                writer.write_stats(i, inp.stats)
+        return counts
+    finally:
+        for opened in files:
+            opened.close()
+
+
+def _tagged(iface: int, records: Iterator[tuple[int, int, bytes]]) -> Iterator[tuple[int, int, int, bytes]]:
+    for ts, wirelen, data in records:
+        yield ts, iface, wirelen, data
+
+
+def _timestamp(item: tuple[int, int, int, bytes]) -> int:
+    return item[0]
+
+
+def pcap_to_pcapng(src: str, dst: str, interface: InterfaceInfo, *, stats: InterfaceStats | None = None,
+                   section: SectionInfo | None = None) -> int:
+    """Convert one pcap file into a one-interface pcapng file (written to ``dst.part``, then renamed)."""
+    part = dst + ".part"
+    try:
+        with open(part, "wb") as out:
+            n = merge_pcaps([MergeInput(src, interface, stats)], out, section=section)[0]
+        os.replace(part, dst)
+    except BaseException:
+        if os.path.exists(part):
+            os.unlink(part)
+        raise
+    return n
