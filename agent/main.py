@@ -11,7 +11,7 @@ import threading
 from types import FrameType
 
 from podcap.agent.capture import chunkbuf
-from podcap.agent.capture.engine import EngineSettings
+from podcap.agent.capture.settings import EngineSettings
 from podcap.agent.pods.netns_source import NetnsPodSource
 from podcap.agent.pods.source import PodSource
 from podcap.agent.session import AgentConfig, AgentSession

@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 import grpc
 
 from podcap import __version__
-from podcap.agent.capture.engine import CaptureEngine, EngineSettings
+from podcap.agent.capture.engine import CaptureEngine
+from podcap.agent.capture.settings import EngineSettings
 from podcap.agent.pods.source import PodNetwork, PodNotFoundError, PodSource, PodSourceError
 from podcap.agent.upload.encoded import EncodedChunk, serialize
 from podcap.agent.upload.upload_log import UploadLog

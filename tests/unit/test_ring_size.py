@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from podcap.agent.capture.engine import MAX_AUTO_RING, RING_BLOCK, auto_ring_bytes
+from podcap.agent.capture.settings import MAX_AUTO_RING, RING_BLOCK, auto_ring_bytes
 
 
 def test_auto_ring_is_whole_blocks_within_budget_and_never_below_two() -> None:
