@@ -26,6 +26,8 @@ import grpc
 
 from podcap import __version__
 from podcap.agent.capture.engine import CaptureEngine
+from podcap.agent.capture.interfaces import HandleFactory
+from podcap.agent.capture.libpcap import Handle
 from podcap.agent.capture.settings import EngineSettings
 from podcap.agent.pods.source import PodNetwork, PodNotFoundError, PodSource, PodSourceError
 from podcap.agent.upload.encoded import EncodedChunk, serialize
@@ -105,7 +107,8 @@ class _Sink:
 class AgentSession:
     """Runs the agent until ``shutdown()``: keeps a session with the collector and executes its commands."""
 
-    def __init__(self, config: AgentConfig, source: PodSource) -> None:
+    def __init__(self, config: AgentConfig, source: PodSource, *, handles: HandleFactory = Handle) -> None:
+        """``handles`` opens the capture handles (libpcap's by default; unit tests pass fakes)."""
         self.cfg = config
         self.source = source
         self.instance_id = uuid.uuid4().hex[:12]
@@ -114,7 +117,8 @@ class AgentSession:
         self._desired: dict[tuple[CaptureId, PodUid], _Desired] = {}
         # Chunks sized to the upload buffer they go to (see EngineSettings.upload_buffer_bytes).
         engine = replace(config.engine, upload_buffer_bytes=config.upload_buffer_bytes + self.out.disk_bytes)
-        self.engine = CaptureEngine(_Sink(self.out, self._ended), instance_id=self.instance_id, settings=engine)
+        self.engine = CaptureEngine(_Sink(self.out, self._ended), instance_id=self.instance_id, settings=engine,
+                                    handles=handles)
         self.out.on_lost = self.engine.record_loss  # gaps the log keeps in chunks' places count per pod
         self._stop = threading.Event()
         self._pods: dict[PodUid, PodRef] = {}

@@ -1,0 +1,196 @@
+"""The agent's collector session against an in-process Ingest servicer (gRPC on 127.0.0.1, fake capture handles,
+no root): registration with the inventory, a start command opening a handle, the stream's STARTED event before its
+first chunk, acknowledgements releasing chunks, a broken session re-sending every unacknowledged chunk behind its
+stream's STARTED event, and a graceful shutdown ending with the stream's final counters.
+
+The servicer is a scripted stand-in, not the collector's: it acknowledges only when told, so a test decides which
+chunks are unacknowledged when a session breaks."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+
+from podcap.agent.capture.settings import EngineSettings
+from podcap.agent.pods.source import PodNetwork, PodNotFoundError
+from podcap.agent.session import AgentConfig, AgentSession
+from podcap.names import CaptureId, NodeName, PodUid
+from podcap.pods import PodRef
+from podcap.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
+from tests.unit.fake_handles import FakeHandles, packet_numbers
+
+NODE = NodeName("node-a")
+POD = PodRef("shop", "web-0", PodUid("uid-0"), NODE, {"app": "web"}, ip="10.0.0.5", sandbox_key="k1")
+CID = CaptureId("cap-1")
+CAPTURING = common_pb2.POD_CAPTURE_STATE_CAPTURING
+
+
+class FakePodSource:
+    name = "fake"
+
+    def list_pods(self) -> list[PodRef]:
+        return [POD]
+
+    def locate(self, uid: PodUid) -> PodNetwork:
+        if uid != POD.uid:
+            raise PodNotFoundError(f"no pod {uid}")
+        return PodNetwork(netns_path="/nonexistent", host_veth="veth-web0", sandbox_key="k1")
+
+
+@dataclass
+class Session:
+    """One Attach call as the servicer saw it."""
+
+    received: list[ingest_pb2.AgentMessage] = field(default_factory=list)
+    out: queue.Queue[ingest_pb2.CollectorMessage | None] = field(default_factory=queue.Queue)
+    auto_ack: bool = False
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def send(self, **kind: object) -> None:
+        self.out.put(ingest_pb2.CollectorMessage(**kind))  # type: ignore[arg-type]
+
+    def wait(self, what: Callable[[list[ingest_pb2.AgentMessage]], bool], timeout: float = 10.0) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: what(self.received), timeout), f"not received; got {self.received}"
+
+    def chunks(self) -> list[ingest_pb2.PcapChunk]:
+        out = []
+        for m in self.received:
+            if m.WhichOneof("kind") == "chunk":
+                out.append(m.chunk)
+            elif m.WhichOneof("kind") == "chunks":
+                out.extend(m.chunks.chunks)
+        return out
+
+    def events(self) -> list[ingest_pb2.PodCaptureEvent]:
+        return [m.pod_event for m in self.received if m.WhichOneof("kind") == "pod_event"]
+
+
+class ScriptedIngest(ingest_pb2_grpc.IngestServicer):
+    def __init__(self) -> None:
+        self.sessions: queue.Queue[Session] = queue.Queue()
+        self.auto_ack = False
+
+    def Attach(  # noqa: N802 (gRPC method name)
+        self, request_iterator: Iterator[ingest_pb2.AgentMessage], context: grpc.ServicerContext
+    ) -> Iterator[ingest_pb2.CollectorMessage]:
+        session = Session(auto_ack=self.auto_ack)
+
+        def read() -> None:
+            try:
+                for msg in request_iterator:
+                    with session.cond:
+                        session.received.append(msg)
+                        session.cond.notify_all()
+                    if session.auto_ack and msg.WhichOneof("kind") == "chunk":
+                        c = msg.chunk
+                        session.send(ack=ingest_pb2.ChunkAck(capture_id=c.capture_id, pod_uid=c.pod_uid,
+                                                             stream_id=c.stream_id, seq=c.seq))
+            except grpc.RpcError:
+                pass
+            session.out.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+        self.sessions.put(session)
+        while (reply := session.out.get()) is not None:
+            yield reply
+
+    def next_session(self, timeout: float = 10.0) -> Session:
+        return self.sessions.get(timeout=timeout)
+
+
+@pytest.fixture
+def collector() -> Iterator[tuple[ScriptedIngest, int]]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    servicer = ScriptedIngest()
+    ingest_pb2_grpc.add_IngestServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield servicer, port
+    server.stop(grace=None)
+
+
+@pytest.fixture
+def agent(collector: tuple[ScriptedIngest, int]) -> Iterator[tuple[AgentSession, FakeHandles]]:
+    handles = FakeHandles()
+    cfg = AgentConfig(collector=f"127.0.0.1:{collector[1]}", node=NODE, reconnect_min=0.05, reconnect_max=0.1,
+                      inventory_interval=0.1, engine=EngineSettings(flush_interval=0.2, min_loop_period=0.0))
+    session = AgentSession(cfg, FakePodSource(), handles=handles)
+    runner = threading.Thread(target=session.run, daemon=True)
+    runner.start()
+    yield session, handles
+    if runner.is_alive():
+        session.shutdown()
+        runner.join(timeout=20)
+
+
+def registered(s: Session) -> ingest_pb2.Register:
+    s.wait(lambda r: len(r) >= 1)
+    first = s.received[0]
+    assert first.WhichOneof("kind") == "register"
+    return first.register
+
+
+def test_register_upload_ack_reconnect_and_shutdown(
+    collector: tuple[ScriptedIngest, int], agent: tuple[AgentSession, FakeHandles]
+) -> None:
+    servicer, _ = collector
+    session, handles = agent
+    first = servicer.next_session()
+    reg = registered(first)
+    assert (reg.node, reg.pod_source, reg.instance_id) == (NODE, "fake", session.instance_id)
+    assert list(reg.pods) == [POD.to_proto()]
+    first.send(registered=ingest_pb2.Registered(session_id="s1"))
+    first.send(start=ingest_pb2.StartPodCapture(capture_id=CID, pod=POD.to_proto(), pods_on_node=1))
+    handle = handles.wait("veth-web0")
+    handle.arrive(5)
+    first.wait(lambda _r: len(first.chunks()) == 1)
+    assert session.connected
+    started = [e for e in first.events() if e.state == CAPTURING and e.HasField("format")]
+    assert len(started) == 1 and started[0].stream_id and started[0].interface == "veth-web0"
+    chunk = first.chunks()[0]
+    assert (chunk.capture_id, chunk.pod_uid, chunk.stream_id, chunk.seq) == (CID, POD.uid, started[0].stream_id, 1)
+    assert packet_numbers(chunk.records) == [1, 2, 3, 4, 5]
+    # The started event went before the chunk.
+    kinds = [m.WhichOneof("kind") for m in first.received]
+    assert kinds.index("pod_event") < kinds.index("chunk")
+
+    # The collector goes away before acknowledging: the next session re-sends the stream's start and the chunk.
+    handle.arrive(3)
+    first.wait(lambda _r: len(first.chunks()) == 2)
+    first.send(ack=ingest_pb2.ChunkAck(capture_id=CID, pod_uid=POD.uid, stream_id=chunk.stream_id, seq=1))
+    deadline = time.monotonic() + 5
+    while session.out.pending()[0] != 1:  # chunk 1 released, chunk 2 still held
+        assert time.monotonic() < deadline, session.out.pending()
+        time.sleep(0.01)
+    first.out.put(None)  # the collector ends the session
+    servicer.auto_ack = True
+    second = servicer.next_session()
+    registered(second)
+    second.send(registered=ingest_pb2.Registered(session_id="s2"))
+    second.wait(lambda _r: len(second.chunks()) == 1)
+    again = second.chunks()[0]
+    assert (again.stream_id, again.seq) == (chunk.stream_id, 2)
+    assert packet_numbers(again.records) == [6, 7, 8]
+    resent = [m.WhichOneof("kind") for m in second.received]
+    assert resent[:3] == ["register", "pod_event", "chunk"]
+    assert second.events()[0] == started[0]  # the stream's STARTED event, as first sent
+    deadline = time.monotonic() + 5
+    while session.out.pending() != (0, 0):
+        assert time.monotonic() < deadline, session.out.pending()
+        time.sleep(0.01)
+
+    # Graceful stop: the last packets are flushed, then the stream's final counters.
+    handle.arrive(2)
+    session.shutdown()
+    final = [e for e in second.events() if e.state == common_pb2.POD_CAPTURE_STATE_DONE]
+    assert len(final) == 1 and final[0].delivered == 10 and final[0].kernel.received == 10
+    assert [n for c in second.chunks() for n in packet_numbers(c.records)] == [6, 7, 8, 9, 10]
+    assert handle.frozen
