@@ -16,8 +16,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from podcap.collector.targets import PodRef
 from podcap.closable import ClosableQueue
+from podcap.collector.targets import PodRef
+from podcap.errors import ConflictError
 from podcap.names import NodeName
 from podcap.v1 import ingest_pb2
 
@@ -27,7 +28,7 @@ HEARTBEAT_INTERVAL_S = 5.0
 MISSED_HEARTBEATS = 3
 
 
-class AgentConflictError(RuntimeError):
+class AgentConflictError(ConflictError):
     """Another live agent already serves this node."""
 
 

@@ -26,18 +26,21 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from podcap.collector.kube import KubeApi, KubeError
+from podcap import errors
+from podcap.collector.kube.client import KubeApi
+from podcap.collector.kube.errors import KubeError
+from podcap.errors import UnauthenticatedError
 
 log = logging.getLogger(__name__)
 
 VERBS = ("create", "delete", "get", "list")
 
 
-class AuthError(PermissionError):
+class AuthError(UnauthenticatedError):
     """Authentication failed (no or invalid token): UNAUTHENTICATED."""
 
 
-class DeniedError(PermissionError):
+class DeniedError(errors.DeniedError):
     """Authenticated but not allowed: PERMISSION_DENIED. The message names the missing permission."""
 
 

@@ -22,7 +22,7 @@ from podcap.collector.captures.placement import NoAgentError
 from podcap.collector.captures.table import CaptureNotFoundError
 from podcap.collector.filters import FilterError as WindowFilterError
 from podcap.collector.filters import compile_filter
-from podcap.collector.kube import KubeError
+from podcap.collector.kube.errors import KubeError
 from podcap.collector.storage.window import select_records
 from podcap.collector.targets import NoMatchError, target_text
 from podcap.pcapfile import FILE_HEADER_LEN

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from podcap.collector.kube.selectors import Selector, SelectorError, parse_selector
+from podcap.errors import InvalidInputError, NotFoundError
 from podcap.names import InvalidNameError, check_namespace, check_pod_name
 from podcap.pods import PodRef as PodRef  # re-exported: the collector's modules import it from here
 from podcap.v1 import control_pb2
@@ -18,11 +19,11 @@ from podcap.v1 import control_pb2
 MAX_POD_NAMES = 1000
 
 
-class TargetError(ValueError):
+class TargetError(InvalidInputError):
     """The target is malformed (bad name, bad selector)."""
 
 
-class NoMatchError(LookupError):
+class NoMatchError(NotFoundError):
     """The target is well-formed but names pods or namespaces that do not exist."""
 
 

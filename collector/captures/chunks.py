@@ -7,6 +7,9 @@ capture still takes (nothing after its end or a reached limit), ``cut`` walks th
 the capture's packet, byte and time limits, ``write`` appends them to the pod's segment and offers them to
 followers, ``account`` counts what the chunk carried and lost and marks the chunk for the next commit.
 
+A pod's chunks are stored one at a time under its ``io_lock``; the capture's lock is held only for the
+bookkeeping between the stages, never across the append, so the pods of a capture are stored in parallel.
+
 Nothing about one chunk stops its stream: a missing sequence number is logged, a malformed chunk or one past a
 limit is counted under its cause (``podcap.drops``) and acknowledged like the others. A storage error leaves
 everything as it was and ``on_chunk`` retries the whole chunk until storage works again (pausing: the agent's
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from podcap.collector.agents import AgentConnection
 from podcap.collector.captures import retention
 from podcap.collector.captures.model import Capture, PodState
-from podcap.collector.captures.pods import file_format, note_gap, open_writer
+from podcap.collector.captures.pods import Gap, file_format, note_gaps, open_writer
 from podcap.collector.captures.streams import StreamState
 from podcap.collector.captures.table import CaptureTable, StorageHealth, heard_from
 from podcap.collector.storage.base import CaptureStorage, StorageError
@@ -82,95 +85,114 @@ class ChunkIngest:
         cap = self.table.find(chunk.capture_id)
         if cap is None:
             raise ChunkRejectedError(f"chunk for unknown capture {chunk.capture_id!r}")
+        gaps: list[Gap] = []
+        try:
+            with cap.lock:
+                ps, st = self._route(cap, conn, chunk, gaps)
+        finally:
+            note_gaps(self.storage, cap, gaps)
         retired: retention.Retired = []
-        with cap.lock:
-            ps, st = self._route(cap, conn, chunk)
-            seen, ack = _dedupe(cap, ps, st, conn, chunk)
-            if seen:
-                return ack
-            heard_from(cap)
-            if chunk.seq != st.last_seq + 1:
-                log.error("capture %s: pod %s: chunks %d..%d of stream %s never came; storing on", cap.id,
-                          ps.pod.display, st.last_seq + 1, chunk.seq - 1, st.id)
-            out = _Outcome(lost=Drops.from_proto(chunk.lost), extra=_admit(cap, chunk, records))
+        # One chunk of a pod at a time (de-duplication and order hold across the agent's sessions); other pods of
+        # the capture go on meanwhile: the capture's lock is taken only between this chunk's I/O.
+        with ps.io_lock:
+            with cap.lock:
+                seen, ack = _dedupe(cap, ps, st, conn, chunk)
+                if seen:
+                    return ack
+                heard_from(cap)
+                if chunk.seq != st.last_seq + 1:
+                    log.error("capture %s: pod %s: chunks %d..%d of stream %s never came; storing on", cap.id,
+                              ps.pod.display, st.last_seq + 1, chunk.seq - 1, st.id)
+                out = _Outcome(lost=Drops.from_proto(chunk.lost), extra=_admit(cap, chunk, records))
             if out.extra is None:
                 out.extra = Drops()
                 self._write(cap, ps, st, chunk, records, out)
-                retired = retention.retire(self.storage, cap, time.time_ns(), only=ps)
-            self._account(cap, ps, st, conn, chunk, out)
+                with cap.lock:
+                    retired = retention.retire(self.storage, cap, time.time_ns(), only=ps)
+            with cap.lock:
+                self._account(cap, ps, st, conn, chunk, out, gaps)
+            note_gaps(self.storage, cap, gaps)
         retention.delete(retired)
         if out.limit_hit and out.limit_hit != "duration reached":
             threading.Thread(target=self.begin_stop, args=(cap, out.limit_hit), daemon=True).start()
         return None
 
-    def _route(self, cap: Capture, conn: AgentConnection, chunk: ingest_pb2.PcapChunk) -> tuple[PodState,
-                                                                                                  StreamState]:
+    @staticmethod
+    def _route(cap: Capture, conn: AgentConnection, chunk: ingest_pb2.PcapChunk,
+               gaps: list[Gap]) -> tuple[PodState, StreamState]:
         ps = cap.pods.get(PodUid(chunk.pod_uid))
         if ps is None or ps.pod.node != conn.node:
             raise ChunkRejectedError(f"chunk for pod {chunk.pod_uid!r}, which capture {cap.id} does not have "
                                      f"on node {conn.node}")
         st = ps.streams.get(chunk.stream_id)
         if st is None:
-            self._orphan(cap, ps, chunk)
+            _orphan(cap, ps, chunk, gaps)
             raise ChunkRejectedError(f"chunk of stream {chunk.stream_id!r}, which pod {ps.pod.display} never "
                                      f"started in capture {cap.id}")
         return ps, st
 
-    def _orphan(self, cap: Capture, ps: PodState, chunk: ingest_pb2.PcapChunk) -> None:
-        """A chunk of a stream the pod never started: refused, and its packets counted."""
-        lost = Drops.from_proto(chunk.lost)
-        lost.rejected += chunk.packets
-        for cause, n in lost.nonzero().items():
-            note_gap(self.storage, cap, ps, None, cause, n, chunk.first_ts_ns, chunk.last_ts_ns)
-        ps.orphan.add(lost)
-        ps.dirty = True
-        cap.dirty = True
-
     def _write(self, cap: Capture, ps: PodState, st: StreamState, chunk: ingest_pb2.PcapChunk,
                data: bytes | memoryview, out: _Outcome) -> None:
         """Append what the capture's limits let through of a chunk's records to the pod's segment and offer it to
-        the capture's followers. Raises StorageError (nothing is counted then)."""
+        the capture's followers. Caller holds ``ps.io_lock`` only. The records are cut and their packets and bytes
+        reserved against the capture's limits under the capture's lock, appended without it. Raises StorageError
+        (nothing is counted then)."""
         assert out.extra is not None
         fmt = file_format(st.fmt)
         writer = open_writer(self.storage, cap, ps, fmt)
         now = time.time()
-        cut = _cut(cap, ps, st, chunk, data, fmt, writer.header_cost(len(data), now), out)
-        if cut is None:
-            return
-        data, packets, last_ts_ns = cut
+        with cap.lock:
+            late = _admit(cap, chunk, data)  # the capture may have ended, or reached a limit, meanwhile
+            if late is not None:
+                out.extra.add(late)
+                return
+            cost = writer.header_cost(len(data), now)
+            cut = _cut(cap, ps, st, chunk, data, fmt, cost, out)
+            if cut is None:
+                return
+            data, packets, last_ts_ns = cut
+            cap.packets_total += packets
+            cap.bytes_total += len(data) + cost
         first = int.from_bytes(bytes(data[0:4]), "little") * 1_000_000_000 + \
             int.from_bytes(bytes(data[4:8]), "little") * fmt.ts_scale
+        added, appended = 0, False
         try:
             added, _started = writer.append(data, packets=packets, first_ts_ns=first, last_ts_ns=last_ts_ns, now=now)
+            appended = True
         finally:
-            # A segment opened by a write that then failed (disk full) is still the pod's segment.
-            seg = writer.current
-            if seg is not None and (not ps.segments or ps.segments[-1] is not seg):
-                ps.segments.append(seg)
-                ps.next_segment = seg.index + 1
-                ps.dirty = True
-        if cap.followers:
-            pod_pb, block = ps.pod.to_proto(), bytes(data)
-            for sub in cap.followers:
-                if sub.wants(pod_pb):
-                    sub.offer(pod_pb, st.fmt, block, packets)
-        out.stored = packets
-        ps.packets_total += packets
-        ps.bytes_total += added
-        cap.packets_total += packets
-        cap.bytes_total += added
+            with cap.lock:
+                if not appended:  # failed: the reservation goes back (the caller retries the whole chunk)
+                    cap.packets_total -= packets
+                    cap.bytes_total -= len(data) + cost
+                else:
+                    cap.bytes_total += added - (len(data) + cost)
+                # A segment opened by a write that then failed (disk full) is still the pod's segment.
+                seg = writer.current
+                if seg is not None and (not ps.segments or ps.segments[-1] is not seg):
+                    ps.segments.append(seg)
+                    ps.next_segment = seg.index + 1
+                    ps.dirty = True
+        with cap.lock:
+            if cap.followers:
+                pod_pb, block = ps.pod.to_proto(), bytes(data)
+                for sub in cap.followers:
+                    if sub.wants(pod_pb):
+                        sub.offer(pod_pb, st.fmt, block, packets)
+            out.stored = packets
+            ps.packets_total += packets
+            ps.bytes_total += added
 
     def _account(self, cap: Capture, ps: PodState, st: StreamState, conn: AgentConnection,
-                 chunk: ingest_pb2.PcapChunk, out: _Outcome) -> None:
-        """Count the chunk (only now that it is done with: a storage error above retries it from the start) and
-        mark it for the next commit."""
+                 chunk: ingest_pb2.PcapChunk, out: _Outcome, gaps: list[Gap]) -> None:
+        """Count the chunk (only now that it is done with: a storage error above retries it from the start), list
+        its losses for the gap log and mark it for the next commit."""
         assert out.lost is not None and out.extra is not None
         first_ns = chunk.first_ts_ns
         for cause, n in out.lost.nonzero().items():
-            note_gap(self.storage, cap, ps, st, cause, n, first_ns if not out.stored else st.last_ts_ns,
-                     chunk.last_ts_ns if not out.stored else first_ns)
+            gaps.append(Gap(ps, st.id, cause, n, first_ns if not out.stored else st.last_ts_ns,
+                            chunk.last_ts_ns if not out.stored else first_ns))
         for cause, n in out.extra.nonzero().items():
-            note_gap(self.storage, cap, ps, st, cause, n, first_ns, chunk.last_ts_ns)
+            gaps.append(Gap(ps, st.id, cause, n, first_ns, chunk.last_ts_ns))
         st.inband.add(out.lost)
         st.local.add(out.extra)
         st.stored += out.stored
@@ -182,6 +204,17 @@ class ChunkIngest:
         self.health.resume()
         if out.limit_hit and out.limit_hit != "duration reached":
             cap.limit_reached = out.limit_hit
+
+
+def _orphan(cap: Capture, ps: PodState, chunk: ingest_pb2.PcapChunk, gaps: list[Gap]) -> None:
+    """A chunk of a stream the pod never started: refused, and its packets counted."""
+    lost = Drops.from_proto(chunk.lost)
+    lost.rejected += chunk.packets
+    for cause, n in lost.nonzero().items():
+        gaps.append(Gap(ps, "", cause, n, chunk.first_ts_ns, chunk.last_ts_ns))
+    ps.orphan.add(lost)
+    ps.dirty = True
+    cap.dirty = True
 
 
 def _dedupe(cap: Capture, ps: PodState, st: StreamState, conn: AgentConnection,

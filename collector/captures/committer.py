@@ -1,9 +1,10 @@
 """Durability: the group commit that makes stored chunks acknowledged.
 
 A chunk is written to its segment at once but acknowledged only here: every ~50 ms (sooner when ingest asks) the
-committer takes a snapshot under the capture's lock (the dirty pods' rows, each stream's last written chunk, the
-writers' pending flushes), then without the lock runs the device flushes and records the snapshot in SQLite in one
-transaction, and only then sends the acknowledgements that snapshot made true — one message per agent. Commits of
+committer takes a snapshot (the capture's state, then per dirty pod under its ``io_lock``: its row, each stream's
+last written chunk, the writer's pending flush), then without any lock runs the device flushes and records the
+snapshot in SQLite in one transaction, and only then sends the acknowledgements that snapshot made true — one
+message per agent. Commits of
 one capture run one at a time (``Capture.commit_lock``), so the database never goes back to an older snapshot.
 A failed commit records and acknowledges nothing, and every dirty pod stays dirty; storing pauses.
 """
@@ -27,6 +28,7 @@ from podcap.v1 import ingest_pb2
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_S = 0.05
+BUSY_POD_WAIT_S = 0.25
 
 _Owed = tuple[PodState, StreamState, int, AgentConnection]
 
@@ -54,11 +56,13 @@ class Committer:
         self._wanted.set()
         self._thread.join(timeout=5)
 
-    def commit(self, cap: Capture) -> None:
-        """Sync, record and acknowledge what the capture holds now (see the module docstring)."""
+    def commit(self, cap: Capture, *, wait: bool = True) -> None:
+        """Sync, record and acknowledge what the capture holds now (see the module docstring). Without ``wait``,
+        a pod whose append takes longer than ``BUSY_POD_WAIT_S`` (a slow disk) is left for the next commit instead
+        of holding up the others."""
         started = time.monotonic()
         with cap.commit_lock:
-            snap = self._snapshot(cap)
+            snap = self._snapshot(cap, wait)
             if snap is None:
                 return
             syncs, rows, committed, dirty, (state, ended, reason) = snap
@@ -79,40 +83,51 @@ class Committer:
             self.observe(time.monotonic() - started)
         self._acknowledge(cap, owed)
 
-    def _snapshot(self, cap: Capture) -> tuple[list[PendingSync], dict[str, PodRow],
+    def _snapshot(self, cap: Capture, wait: bool) -> tuple[list[PendingSync], dict[str, PodRow],
                                                 list[tuple[PodState, StreamState, int, AgentConnection | None]],
                                                 list[PodState], tuple[int, int, str]] | None:
-        """What this commit records, taken under the lock; the writers' pending flushes are the only I/O (their
-        last partial block published), and a close that failed earlier is retried here."""
+        """What this commit records. The capture's state first, then each dirty pod under its ``io_lock`` (no
+        append in between): its writer's pending flush (the last partial block published: the only I/O here, not
+        under the capture's lock), its row and its streams' positions. Rows are never older than the state."""
         with cap.lock:
             dirty = [ps for ps in cap.pods.values() if ps.dirty]
             if not cap.dirty and not dirty:
                 return None
-            syncs: list[PendingSync] = []
-            rows: dict[str, PodRow] = {}
-            committed: list[tuple[PodState, StreamState, int, AgentConnection | None]] = []
-            try:
-                for ps in dirty:
-                    if ps.writer is not None and ps.close_pending:
-                        ps.writer.sync()  # rare (a close failed): under the lock, and fatal to this commit
-                        close_writer(ps)
-                    if ps.writer is not None:
-                        pending = ps.writer.sync_later()
-                        if pending is not None:
-                            syncs.append(pending)
-                for ps in dirty:
-                    rows[str(ps.pod.uid)] = ps.to_row()
-                    for st in ps.streams.values():
-                        if st.last_seq > st.committed_seq:
-                            committed.append((ps, st, st.last_seq, st.ack_conn))
-            except BaseException:
-                for pending in syncs:
-                    pending.close()
-                raise  # nothing of this commit is recorded or acknowledged; every dirty pod stays dirty
-            for ps in dirty:
-                ps.dirty = False
+            state = (cap.state, cap.ended_ns, cap.end_reason)
             cap.dirty = False
-            return syncs, rows, committed, dirty, (cap.state, cap.ended_ns, cap.end_reason)
+        syncs: list[PendingSync] = []
+        rows: dict[str, PodRow] = {}
+        committed: list[tuple[PodState, StreamState, int, AgentConnection | None]] = []
+        taken: list[PodState] = []
+        try:
+            for ps in dirty:
+                if not ps.io_lock.acquire(timeout=-1 if wait else BUSY_POD_WAIT_S):
+                    continue  # stuck in an append (a slow disk, say): it stays dirty for the next commit
+                try:
+                    if ps.writer is not None and ps.close_pending:
+                        ps.writer.sync()  # rare (a close failed), and fatal to this commit if it fails again
+                        close_writer(cap, ps)
+                    pending = ps.writer.sync_later() if ps.writer is not None else None
+                    if pending is not None:
+                        syncs.append(pending)
+                    with cap.lock:
+                        rows[str(ps.pod.uid)] = ps.to_row()
+                        for st in ps.streams.values():
+                            if st.last_seq > st.committed_seq:
+                                committed.append((ps, st, st.last_seq, st.ack_conn))
+                        ps.dirty = False
+                        taken.append(ps)
+                finally:
+                    ps.io_lock.release()
+        except BaseException:
+            for pending in syncs:
+                pending.close()
+            with cap.lock:  # nothing of this commit is recorded or acknowledged; every dirty pod stays dirty
+                for ps in taken:
+                    ps.dirty = True
+                cap.dirty = True
+            raise
+        return syncs, rows, committed, taken, state
 
     @staticmethod
     def _settle(cap: Capture, committed: list[tuple[PodState, StreamState, int, AgentConnection | None]]
@@ -147,7 +162,7 @@ class Committer:
             self._wanted.clear()
             for cap in self.table.all():
                 try:
-                    self.commit(cap)
+                    self.commit(cap, wait=False)
                 except StorageError as e:
                     self.health.pause(f"cannot sync: {e}")
                 except Exception:

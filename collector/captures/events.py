@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from podcap.collector.agents import AgentConnection
 from podcap.collector.captures.model import TERMINAL, Capture, PodState
-from podcap.collector.captures.pods import close_writer, note_gap
+from podcap.collector.captures.pods import Gap, note_gaps, request_close, settle_closes
 from podcap.collector.captures.streams import StreamState
 from podcap.collector.captures.table import CaptureTable, heard_from
 from podcap.collector.storage.base import CaptureStorage
@@ -47,6 +47,7 @@ class PodEvents:
             # A stream of a capture that is over (e.g. a start that crossed a stop on the wire): end it.
             conn.send(ingest_pb2.CollectorMessage(stop=ingest_pb2.StopPodCapture(capture_id=cap.id,
                                                                                  pod_uid=ev.pod_uid)))
+        gaps: list[Gap] = []
         with cap.lock:
             ps = cap.pods.get(PodUid(ev.pod_uid))
             if ps is None or ps.pod.node != conn.node:
@@ -61,11 +62,13 @@ class PodEvents:
             elif ev.stream_id and st is None:
                 return  # news of a stream whose start never came: nothing to count it against
             if st is not None:
-                self._report(cap, ps, st, ev)
+                self._report(cap, ps, st, ev, gaps)
             if st is None or st.id == ps.current:  # the pod's state follows its current stream only
                 self._pod_state(cap, ps, ev)
             ps.dirty = True
             cap.dirty = True
+        note_gaps(self.storage, cap, gaps)
+        settle_closes(cap)
         if ev.state in TERMINAL:
             self.on_terminal(cap)
 
@@ -85,16 +88,18 @@ class PodEvents:
         elif ev.state in TERMINAL:
             ps.state = ev.state
             ps.message = ev.message
-            close_writer(ps)
+            request_close(ps)
             if ev.state == common_pb2.POD_CAPTURE_STATE_FAILED:
                 log.warning("capture %s: pod %s failed: %s", cap.id, ps.pod.display, ev.message)
 
-    def _report(self, cap: Capture, ps: PodState, st: StreamState, ev: ingest_pb2.PodCaptureEvent) -> None:
+    @staticmethod
+    def _report(cap: Capture, ps: PodState, st: StreamState, ev: ingest_pb2.PodCaptureEvent,
+                gaps: list[Gap]) -> None:
         now = time.time_ns()
         if ev.HasField("kernel"):
             kernel = (ev.kernel.received, ev.kernel.dropped, ev.kernel.if_dropped)
             if kernel[1] > st.kernel[1]:
-                note_gap(self.storage, cap, ps, st, "kernel", kernel[1] - st.kernel[1], st.reported_ns, now)
+                gaps.append(Gap(ps, st.id, "kernel", kernel[1] - st.kernel[1], st.reported_ns, now))
             st.kernel = kernel
         st.delivered = max(st.delivered, ev.delivered)
         if ev.HasField("drops"):
@@ -102,7 +107,7 @@ class PodEvents:
             for cause in ("unread", "past_limit"):
                 more = getattr(reported, cause) - getattr(st.reported, cause)
                 if more > 0:
-                    note_gap(self.storage, cap, ps, st, cause, more, st.reported_ns, now)
+                    gaps.append(Gap(ps, st.id, cause, more, st.reported_ns, now))
             st.reported = reported
         st.reported_ns = now
         if ev.state in TERMINAL and ev.last_seq > st.last_seq:
@@ -117,8 +122,8 @@ class PodEvents:
         # Earlier streams that have not reported their end never will: a new one starts only once its agent is done
         # with them (or it is a new agent).
         ps.abandon_streams()
-        if ps.writer is not None and ps.fmt != ev.format:
-            close_writer(ps)
+        if ps.fmt != ev.format:
+            request_close(ps)
         st = ps.add_stream(ev.stream_id, ev.format)
         ps.interface = ev.interface
         ps.state = common_pb2.POD_CAPTURE_STATE_CAPTURING

@@ -11,8 +11,10 @@ Everything else is a component it wires together and delegates to:
 - ``committer``: durability and acknowledgements; ``recovery``: the captures found at startup;
 - ``retention``, ``reads`` (downloads and followers), over the storage interface (``podcap.collector.storage``).
 
-Concurrency: one lock per capture guards its pods, writers and counters (device flushes run outside it, commits
-of a capture one at a time under ``commit_lock``); the capture table's lock guards only the id mapping. Agent
+Concurrency: one lock per capture guards its pods and counters, and is never held across I/O: each pod's writer
+does its I/O under the pod's own ``io_lock`` (taken first), so the pods of a capture that spans many nodes are
+stored in parallel (``pods``); commits of a capture run one at a time under ``commit_lock``; the capture table's
+lock guards only the id mapping. Agent
 events arrive on each agent's reader thread, user requests on gRPC worker threads.
 """
 
@@ -31,11 +33,11 @@ from podcap.collector.captures.committer import Committer
 from podcap.collector.captures.events import PodEvents
 from podcap.collector.captures.model import ACTIVE, TERMINAL, Capture, PodState
 from podcap.collector.captures.placement import Placement, new_pod_state
-from podcap.collector.captures.pods import close_writer
+from podcap.collector.captures.pods import request_close, settle_closes
 from podcap.collector.captures.requests import validate_request
 from podcap.collector.captures.table import STOP_GRACE_S, CaptureTable, StorageHealth, grace_starts
-from podcap.collector.cluster import ClusterInventory
 from podcap.collector.follow import Subscription
+from podcap.collector.kube.inventory import ClusterInventory
 from podcap.collector.storage.base import CaptureStorage
 from podcap.collector.store import CaptureRow, CaptureStore
 from podcap.names import NodeName, new_capture_id
@@ -171,7 +173,7 @@ class CaptureManager:
                     ps.state = common_pb2.POD_CAPTURE_STATE_DONE
                     ps.message = ps.message or "no final report from the agent before the stop grace expired"
                 ps.abandon_streams()
-                close_writer(ps)
+                request_close(ps)
                 ps.dirty = True
             failed = [p for p in pods if p.state == common_pb2.POD_CAPTURE_STATE_FAILED]
             if pods and len(failed) == len(pods) and cap.packets_total == 0:
@@ -183,6 +185,7 @@ class CaptureManager:
                 cap.state = control_pb2.CAPTURE_STATE_DONE
             cap.ended_ns = time.time_ns()
             cap.dirty = True
+        settle_closes(cap)
         self.committer.commit(cap)
         cap.ended.set()
         with cap.lock:
@@ -220,8 +223,9 @@ class CaptureManager:
             with cap.lock:
                 for ps in cap.pods.values():
                     if ps.writer is not None:
-                        close_writer(ps)
+                        request_close(ps)
                         ps.dirty = True
+            settle_closes(cap)
             try:
                 self.committer.commit(cap)
             except Exception:

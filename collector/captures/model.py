@@ -1,4 +1,5 @@
-"""The collector's in-memory model of captures and their pods: pure data, guarded by ``Capture.lock``.
+"""The collector's in-memory model of captures and their pods: pure data, guarded by ``Capture.lock`` (a pod's
+segment writer also by its ``PodState.io_lock``).
 
 ``Capture`` and ``PodState`` hold what ``podcap status`` shows and what storage needs: per pod every stream it had
 (``podcap.collector.captures.streams``: sequence position and accounting; the newest is the current one), its
@@ -55,7 +56,11 @@ class PodState:
     # Packets of chunks of streams the collector never saw start (refused, and counted here).
     orphan: Drops = field(default_factory=Drops)
     location: PodLocation | None = None  # where its segments go (set when first needed; not persisted)
+    # The pod's writer and its I/O are guarded by ``io_lock`` (taken before the capture's lock, never while holding
+    # it); ``writer`` is assigned holding both, so either lock suffices to read it.
+    io_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     writer: SegmentWriter | None = None
+    close_wanted: bool = False  # the writer is to be closed (by ``pods.settle_closes``, outside the capture's lock)
     close_pending: bool = False  # closing the writer failed (its last bytes not yet on disk): the committer retries
     segments: list[SegmentInfo] = field(default_factory=list)
     next_segment: int = 1

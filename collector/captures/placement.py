@@ -19,7 +19,8 @@ from functools import lru_cache
 from podcap.collector.agents import AgentConnection, AgentListener, AgentRegistry
 from podcap.collector.captures.model import ACTIVE, MIN_SEGMENT_BYTES, TERMINAL, Capture, PodState
 from podcap.collector.captures.table import CaptureTable
-from podcap.collector.cluster import ClusterInventory, ClusterListener, FieldSelector, parse_field_selector, pod_fields
+from podcap.collector.kube.inventory import ClusterInventory, ClusterListener
+from podcap.collector.kube.selectors import Selector, parse_field_selector, pod_fields
 from podcap.collector.targets import NoMatchError, PodRef, TargetSpec, resolve
 from podcap.errors import InvalidInputError, PreconditionError
 from podcap.names import NodeName
@@ -39,7 +40,7 @@ class HostNetworkPodError(InvalidInputError):
 
 
 @lru_cache(maxsize=256)
-def field_selector(text: str) -> FieldSelector:
+def field_selector(text: str) -> Selector:
     """A target's parsed --field-selector (cached: dynamic attachment checks it for every pod event)."""
     return parse_field_selector(text)
 
@@ -80,7 +81,7 @@ class Placement(AgentListener, ClusterListener):
                 raise NoAgentError(f"pod {pod.display} runs on node {pod.node}, which has no connected podcap agent")
         return pods
 
-    def _candidates(self, fields: FieldSelector) -> list[PodRef]:
+    def _candidates(self, fields: Selector) -> list[PodRef]:
         """The pods a new capture can cover now: with an API server, every Running pod in its watched cache (on
         nodes with or without an agent); without one, the agents' inventories."""
         if self.cluster is not None:

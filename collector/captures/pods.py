@@ -1,17 +1,20 @@
 """One pod's storage as the capture components use it: its location, its open segment writer, its gap log.
 
-The pod's ``PodLocation`` comes from the ``CaptureStorage`` once and is kept on its ``PodState``. Writers are
-opened for the stream's format and closed when the stream (or the capture) ends; a close that fails keeps the
-writer and everything it holds (``close_pending``), so the committer's next sync fails too, nothing more is
-acknowledged, storing pauses, and the close is retried. Losses are logged and noted in the pod's gap log.
+Locking: a pod's writer does its I/O under the pod's ``io_lock`` only, so pods of one capture append, publish and
+flush in parallel and the capture's lock is never held across I/O. Whoever needs both takes ``io_lock`` first.
+Code that holds the capture's lock and wants a writer closed (a stream ended, the capture ended) asks for it
+(``request_close``), and ``settle_closes`` does it once that lock is released. A close that fails keeps the writer
+and everything it holds (``close_pending``), so the committer's next sync fails too, nothing more is acknowledged,
+storing pauses, and the committer retries the close. The pod's ``PodLocation`` comes from the
+``CaptureStorage`` once and is kept on its ``PodState``. Losses are logged and noted in the pod's gap log.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from podcap.collector.captures.model import Capture, PodState
-from podcap.collector.captures.streams import StreamState
 from podcap.collector.storage.base import CaptureStorage, PodLocation, SegmentWriter, StorageError
 from podcap.drops import LABELS
 from podcap.pcapfile import FileFormat
@@ -32,44 +35,80 @@ def location(storage: CaptureStorage, cap: Capture, ps: PodState) -> PodLocation
 
 
 def open_writer(storage: CaptureStorage, cap: Capture, ps: PodState, fmt: FileFormat) -> SegmentWriter:
-    """The pod's writer for ``fmt`` (a new segment series when the format changed). Raises StorageError (the caller
-    pauses and retries; the old segment stays whole)."""
+    """The pod's writer for ``fmt`` (a new segment series when the format changed). Caller holds ``ps.io_lock`` and
+    not the capture's lock. Raises StorageError (the caller pauses and retries; the old segment stays whole)."""
     if ps.writer is None or ps.writer.fmt != fmt:
         if ps.writer is not None:
             ps.writer.close()
-            ps.writer = None
-            ps.close_pending = False
-        ps.writer = location(storage, cap, ps).writer(fmt, segment_bytes=cap.segment_bytes(),
-                                                      segment_seconds=cap.segment_seconds(),
-                                                      next_index=ps.next_segment)
+            with cap.lock:
+                ps.writer = None
+                ps.close_pending = ps.close_wanted = False
+        writer = location(storage, cap, ps).writer(fmt, segment_bytes=cap.segment_bytes(),
+                                                   segment_seconds=cap.segment_seconds(),
+                                                   next_index=ps.next_segment)
+        with cap.lock:
+            ps.writer = writer
     return ps.writer
 
 
-def close_writer(ps: PodState) -> None:
-    """Close the pod's writer; on failure keep it for the committer to retry (see the module docstring)."""
+def request_close(ps: PodState) -> None:
+    """Ask for the pod's writer to be closed (caller holds the capture's lock; ``settle_closes`` does it)."""
     if ps.writer is not None:
-        try:
-            ps.writer.close()
-        except OSError as e:
-            log.error("closing %s: %s (retried after the next sync)", ps.rel_path, e)
+        ps.close_wanted = True
+
+
+def settle_closes(cap: Capture) -> None:
+    """Close the writers ``request_close`` asked for. Caller holds neither the capture's lock nor an ``io_lock``."""
+    with cap.lock:
+        todo = [ps for ps in cap.pods.values() if ps.close_wanted]
+    for ps in todo:
+        with ps.io_lock:
+            close_writer(cap, ps)
+
+
+def close_writer(cap: Capture, ps: PodState) -> None:
+    """Close the pod's writer now. Caller holds ``ps.io_lock`` (not the capture's lock); on failure the writer is
+    kept for the committer to retry (see the module docstring)."""
+    writer = ps.writer
+    if writer is None:
+        ps.close_wanted = False
+        return
+    try:
+        writer.close()
+    except OSError as e:
+        log.error("closing %s: %s (retried after the next sync)", ps.rel_path, e)
+        with cap.lock:
+            ps.close_wanted = False
             ps.close_pending = True
             ps.dirty = True
-            return
-        ps.writer = None
-        ps.close_pending = False
-
-
-def note_gap(storage: CaptureStorage, cap: Capture, ps: PodState, st: StreamState | None, cause: str, packets: int,
-             first_ns: int, last_ns: int) -> None:
-    """Note in the pod's gap log that packets are missing, so the stored capture itself says where it has holes
-    and why."""
-    if cause not in ("kernel", "past_limit", "late"):
-        log.warning("capture %s: pod %s: %d packets not stored (%s)", cap.id, ps.pod.display, packets,
-                    LABELS.get(cause, cause))
-    try:
-        loc = location(storage, cap, ps)
-    except StorageError as e:
-        log.error("cannot record the gap: %s", e)
         return
-    loc.record_gap(first_ns=first_ns, last_ns=last_ns, packets=packets, cause=cause,
-                   stream=st.id if st is not None else "")
+    with cap.lock:
+        ps.writer = None
+        ps.close_wanted = ps.close_pending = False
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Packets of a pod that are not stored, and why: a line of its gap log."""
+
+    ps: PodState
+    stream: str
+    cause: str
+    packets: int
+    first_ns: int
+    last_ns: int
+
+
+def note_gaps(storage: CaptureStorage, cap: Capture, gaps: list[Gap]) -> None:
+    """Note in each pod's gap log that packets are missing, so the stored capture itself says where it has holes
+    and why. Called without the capture's lock (it is I/O); in stream order for each pod."""
+    for g in gaps:
+        if g.cause not in ("kernel", "past_limit", "late"):
+            log.warning("capture %s: pod %s: %d packets not stored (%s)", cap.id, g.ps.pod.display, g.packets,
+                        LABELS.get(g.cause, g.cause))
+        try:
+            loc = location(storage, cap, g.ps)
+        except StorageError as e:
+            log.error("cannot record the gap: %s", e)
+            continue
+        loc.record_gap(first_ns=g.first_ns, last_ns=g.last_ns, packets=g.packets, cause=g.cause, stream=g.stream)

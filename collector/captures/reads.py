@@ -1,8 +1,9 @@
 """Reading a capture: live followers and the stored segments of its pods.
 
 A follower (``podcap.collector.follow.Subscription``) is announced the pods already streaming and then offered
-each chunk as it is stored (by ingest). ``pod_files`` hands a download its pods' segments as open files: opened
-under the capture's lock so retention cannot delete one in between, read afterwards without it.
+each chunk as it is stored (by ingest). ``pod_files`` hands a download its pods' segments as open files, opened
+under the pod's ``io_lock`` (no append in between) but not the capture's lock; a segment retention deletes
+meanwhile is left out (retention deletes the oldest first, so the rest is still one contiguous stretch).
 """
 
 from __future__ import annotations
@@ -57,24 +58,24 @@ def pod_files(
         pods = [ps for ps in cap.pods.values() if _selected(ps, selectors)]
     for ps in pods:
         files: list[tuple[BinaryIO, int]] = []
-        with cap.lock:
+        with ps.io_lock:  # no append in between: each segment's recorded size is what its file holds
             if ps.writer is not None:
                 try:
                     ps.writer.publish()  # the open segment's last partial block may be in memory only
                 except StorageError as e:
                     log.error("%s", e)
-            for seg in ps.segments:
-                if since_ns and seg.last_ts_ns and seg.last_ts_ns < since_ns:
-                    continue
-                if until_ns and seg.first_ts_ns and seg.first_ts_ns > until_ns:
-                    continue
+            with cap.lock:
+                segments = [(seg, seg.bytes) for seg in ps.segments
+                            if not (since_ns and seg.last_ts_ns and seg.last_ts_ns < since_ns)
+                            and not (until_ns and seg.first_ts_ns and seg.first_ts_ns > until_ns)]
+                pf = ps.fmt
+            for seg, size in segments:
                 try:
                     f = location(storage, cap, ps).open(seg)
                 except StorageError as e:
                     log.error("%s", e)
                     f = None
-                if f is not None:
-                    files.append((f, seg.bytes))
-            pf = ps.fmt
+                if f is not None:  # None: retention deleted it meanwhile (the oldest go first)
+                    files.append((f, size))
         snaplen = cap.request.settings.snaplen or MAX_SNAPLEN
         yield ps, file_format(pf) if pf is not None else FileFormat(1, snaplen, True), files

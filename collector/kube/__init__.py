@@ -17,24 +17,3 @@ Import from the modules, not from this package. This ``__init__`` imports nothin
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from podcap.collector.kube.client import KubeApi as KubeApi
-    from podcap.collector.kube.errors import KubeError as KubeError
-
-
-def __getattr__(name: str) -> object:
-    # Temporary, until auth.py and control.py import from the modules: they name ``KubeApi`` and ``KubeError``
-    # from the package, as they did from the old ``kube.py``. Resolved on first use so that importing
-    # ``selectors`` does not import ``kubernetes``.
-    if name == "KubeApi":
-        from podcap.collector.kube.client import KubeApi
-
-        return KubeApi
-    if name == "KubeError":
-        from podcap.collector.kube.errors import KubeError
-
-        return KubeError
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,8 @@ import re
 import secrets
 from typing import NewType
 
+from podcap.errors import InvalidInputError
+
 PodUid = NewType("PodUid", str)
 NodeName = NewType("NodeName", str)
 CaptureId = NewType("CaptureId", str)
@@ -23,7 +25,7 @@ _CAPTURE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _CAPTURE_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
-class InvalidNameError(ValueError):
+class InvalidNameError(InvalidInputError):
     """A name or id does not follow the syntax Kubernetes (or podcap) requires of it."""
 
 

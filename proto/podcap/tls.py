@@ -15,12 +15,14 @@ from dataclasses import dataclass
 
 import grpc
 
+from podcap.errors import InvalidInputError
+
 log = logging.getLogger(__name__)
 
 AGENT_IDENTITY = "podcap-agent"
 
 
-class TlsConfigError(ValueError):
+class TlsConfigError(InvalidInputError):
     """Certificate files are missing, unreadable, or incomplete."""
 
 

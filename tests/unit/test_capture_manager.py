@@ -8,20 +8,23 @@ import contextlib
 import os
 import struct
 import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from podcap.collector.agents import AgentConnection, AgentRegistry
 from podcap.collector.captures.chunks import ChunkRejectedError
 from podcap.collector.captures.manager import CaptureManager
+from podcap.collector.storage.base import SegmentInfo
 from podcap.collector.storage.gaps import read_gaps
-from podcap.collector.storage.local import LocalStorage, list_segments
+from podcap.collector.storage.local import LocalPodLocation, LocalStorage, PodWriter, list_segments
 from podcap.collector.store import CaptureStore
 from podcap.collector.targets import NoMatchError, PodRef
 from podcap.drops import total_of
 from podcap.names import NodeName, PodUid
-from podcap.pcapfile import read_file
+from podcap.pcapfile import FileFormat, read_file
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 
 NODE = NodeName("node-a")
@@ -494,3 +497,72 @@ def test_bytes_that_cannot_reach_the_disk_are_never_acknowledged(env: tuple[Capt
     assert acked(mgr, conn, cid) == {"uid-0": 1}
     assert stored(mgr, data, cid, "web-0") == [0, 1, 2, 3, 4]
     assert mgr.get(cid).pods[PodUid("uid-0")].writer is None  # the close was retried and completed
+
+
+class _GatedWriter(PodWriter):
+    """A segment writer whose appends wait for a gate: a disk that hangs under one pod."""
+
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def append(self, records: bytes | memoryview, **kw: Any) -> tuple[int, SegmentInfo | None]:
+        type(self).entered.set()
+        assert type(self).gate.wait(10)
+        return super().append(records, **kw)
+
+
+class _OnePodOnASlowDisk(LocalStorage):
+    def pod(self, capture_id: str, namespace: str, pod_dir_name: str) -> LocalPodLocation:
+        loc = super().pod(capture_id, namespace, pod_dir_name)
+        if pod_dir_name != "web-0":
+            return loc
+
+        class Gated(LocalPodLocation):
+            def writer(self, fmt: FileFormat, *, segment_bytes: int, segment_seconds: int,
+                       next_index: int) -> PodWriter:
+                return _GatedWriter(self.directory, fmt, segment_bytes=segment_bytes,
+                                    segment_seconds=segment_seconds, next_index=next_index)
+
+        return Gated(loc.directory)
+
+
+def test_a_pod_stuck_in_an_append_holds_up_neither_the_other_pods_nor_the_committer(tmp_path: str) -> None:
+    """The capture's lock is not held across I/O: while web-0's append hangs, web-1's chunks are stored and
+    acknowledged by the committer's loop, status answers, and once the disk returns web-0's chunk is stored too."""
+    registry = AgentRegistry()
+    conn = AgentConnection(node=NODE, instance_id="inst", version="t", pod_source="netns", pods=list(PODS))
+    registry.register(conn)
+    store = CaptureStore(os.path.join(tmp_path, "db"))
+    mgr = CaptureManager(_OnePodOnASlowDisk(str(tmp_path)), registry, store)
+    _GatedWriter.gate.clear()
+    _GatedWriter.entered.clear()
+    try:
+        cid = start(mgr, conn)
+        slow = threading.Thread(target=mgr.on_chunk, args=(conn, chunk(cid, "uid-0", 1, records(0, 5), 5)))
+        slow.start()
+        assert _GatedWriter.entered.wait(5)
+        fast = threading.Thread(target=lambda: [mgr.on_chunk(conn, chunk(cid, "uid-1", s, records(10 * s, 10), 10))
+                                                for s in (1, 2, 3)])
+        fast.start()
+        fast.join(timeout=5)
+        assert not fast.is_alive(), "web-1 waited for web-0's disk"
+        assert mgr.status(mgr.get(cid)).pods[1].packets == 30
+        acks: dict[str, int] = {}
+        deadline = time.monotonic() + 5
+        while acks.get("uid-1") != 3 and time.monotonic() < deadline:  # the committer's own loop
+            for m in sent(conn):
+                if m.WhichOneof("kind") in ("ack", "acks"):
+                    for a in [m.ack] if m.WhichOneof("kind") == "ack" else list(m.acks.acks):
+                        acks[a.pod_uid] = max(acks.get(a.pod_uid, 0), a.seq)
+            time.sleep(0.02)
+        assert acks.get("uid-1") == 3 and "uid-0" not in acks
+        _GatedWriter.gate.set()
+        slow.join(timeout=5)
+        assert not slow.is_alive()
+        assert acked(mgr, conn, cid).get("uid-0") == 1
+        assert stored(mgr, str(tmp_path), cid, "web-0") == list(range(5))
+        assert stored(mgr, str(tmp_path), cid, "web-1") == list(range(10, 40))
+    finally:
+        _GatedWriter.gate.set()
+        mgr.close()
+        store.close()
