@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from podcap.collector.agents import AgentConnection, AgentRegistry
-from podcap.collector.captures import CaptureManager
+from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.kube.inventory import ClusterInventory, ClusterNotSyncedError
 from podcap.collector.kube.selectors import SelectorError
+from podcap.collector.storage.local import LocalStorage
 from podcap.collector.store import CaptureStore
 from podcap.collector.targets import NoMatchError
 from podcap.names import NodeName
@@ -33,7 +34,7 @@ def env(tmp_path: Any) -> Iterator[tuple[CaptureManager, AgentConnection, KubeAp
         conn = AgentConnection(node=NodeName("node-a"), instance_id="i", version="t", pod_source="cri", pods=[])
         registry.register(conn)
         store = CaptureStore(os.path.join(str(tmp_path), "db"))
-        mgr = CaptureManager(str(tmp_path), registry, store, cluster=inv)
+        mgr = CaptureManager(LocalStorage(str(tmp_path)), registry, store, cluster=inv)
         yield mgr, conn, s
         mgr.close()
         store.close()
@@ -42,12 +43,7 @@ def env(tmp_path: Any) -> Iterator[tuple[CaptureManager, AgentConnection, KubeAp
 
 
 def starts(conn: AgentConnection) -> list[str]:
-    out = []
-    while conn._items:
-        m = conn._items.popleft()
-        if m is not None and m.WhichOneof("kind") == "start":
-            out.append(m.start.pod.name)
-    return sorted(out)
+    return sorted(m.start.pod.name for m in conn.queued() if m.WhichOneof("kind") == "start")
 
 
 def test_field_selector_and_dynamic_attach(env: tuple[CaptureManager, AgentConnection, KubeApiStandin]) -> None:
@@ -82,7 +78,7 @@ def test_not_synced(tmp_path: Any) -> None:
         api = api_for(s, str(tmp_path))
         inv = ClusterInventory(api, backoff_initial_s=0.05).start()
         store = CaptureStore(os.path.join(str(tmp_path), "db"))
-        mgr = CaptureManager(str(tmp_path), AgentRegistry(), store, cluster=inv)
+        mgr = CaptureManager(LocalStorage(str(tmp_path)), AgentRegistry(), store, cluster=inv)
         try:
             wait_for(lambda: inv.error is not None, 5)
             with pytest.raises(ClusterNotSyncedError, match="not allowed to list pods"):
