@@ -2,16 +2,17 @@
 
 The agent asks the container runtime (containerd, CRI-O) two things: which pod sandboxes run on this node
 (``ListPodSandbox``) and, for one sandbox, where its network lives (``PodSandboxStatus`` with ``verbose=true``,
-whose ``info`` JSON holds the sandbox pid, the netns path and the CNI result). Only those messages and fields are
-declared here, with the upstream field numbers and types; protobuf skips every field it does not know, so a newer
-runtime's extra fields are harmless. The test harness also drives a real node through this client
-(``RunPodSandbox``, ``CreateContainer``, ...), so those few messages are declared as well, but the agent never calls
-them.
+whose ``info`` JSON holds the sandbox pid, the netns path and the CNI result), plus ``Version`` as a liveness
+check. Only those messages and fields are declared here, with the upstream field numbers and types; protobuf skips
+every field it does not know, so a newer runtime's extra fields are harmless. The calls that create pods
+(``RunPodSandbox``, ``CreateContainer``, ...) belong to the test harness, which declares them on top of these
+(``tests/node/cri_runtime.py``) and hands its ``Declaration`` to the same client.
 
 The messages are built at import time from a ``FileDescriptorProto`` written in Python, in a private descriptor
 pool: there is no generated code to drift from this declaration, nothing is registered in the process-wide pool
 (so another ``runtime.v1`` there cannot clash), and ``tests/integration/test_cri_wire.py`` compares every message,
-field, enum and method declared here with the descriptor compiled into the installed containerd binary.
+field, enum and method declared here (and by the harness) with the descriptor compiled into the installed
+containerd binary.
 
 gRPC errors leave this module as ``PodSourceError`` / ``PodNotFoundError`` with messages a user can act on.
 """
@@ -60,12 +61,12 @@ NAMESPACE_MODE_TARGET: Final = 3
 # The declaration: message -> fields (name, number, type, type name for messages/enums), upstream numbering.
 
 _F = descriptor_pb2.FieldDescriptorProto
-_STRING, _BOOL, _INT64, _UINT32, _INT32 = _F.TYPE_STRING, _F.TYPE_BOOL, _F.TYPE_INT64, _F.TYPE_UINT32, _F.TYPE_INT32
-_MESSAGE, _ENUM = _F.TYPE_MESSAGE, _F.TYPE_ENUM
+STRING, BOOL, INT64, UINT32, INT32 = _F.TYPE_STRING, _F.TYPE_BOOL, _F.TYPE_INT64, _F.TYPE_UINT32, _F.TYPE_INT32
+MESSAGE, ENUM = _F.TYPE_MESSAGE, _F.TYPE_ENUM
 
 
 @dataclass(frozen=True)
-class _Field:
+class Field:
     name: str
     number: int
     type: int
@@ -74,157 +75,69 @@ class _Field:
     map_value: int | None = None  # set for map<string, X> fields (X scalar)
 
 
-def _map(name: str, number: int, value: int = _STRING) -> _Field:
-    return _Field(name, number, _MESSAGE, repeated=True, map_value=value)
+def map_field(name: str, number: int, value: int = STRING) -> Field:
+    return Field(name, number, MESSAGE, repeated=True, map_value=value)
 
 
-_ENUMS: Final[dict[str, tuple[tuple[str, int], ...]]] = {
+ENUMS: Final[dict[str, tuple[tuple[str, int], ...]]] = {
     "PodSandboxState": (("SANDBOX_READY", 0), ("SANDBOX_NOTREADY", 1)),
     "NamespaceMode": (("POD", 0), ("CONTAINER", 1), ("NODE", 2), ("TARGET", 3)),
-    "ContainerState": (
-        ("CONTAINER_CREATED", 0),
-        ("CONTAINER_RUNNING", 1),
-        ("CONTAINER_EXITED", 2),
-        ("CONTAINER_UNKNOWN", 3),
-    ),
 }
 
-_MESSAGES: Final[dict[str, tuple[_Field, ...]]] = {
-    # -- used by the agent ------------------------------------------------------------------------------------
-    "VersionRequest": (_Field("version", 1, _STRING),),
+MESSAGES: Final[dict[str, tuple[Field, ...]]] = {
+    "VersionRequest": (Field("version", 1, STRING),),
     "VersionResponse": (
-        _Field("version", 1, _STRING),
-        _Field("runtime_name", 2, _STRING),
-        _Field("runtime_version", 3, _STRING),
-        _Field("runtime_api_version", 4, _STRING),
+        Field("version", 1, STRING),
+        Field("runtime_name", 2, STRING),
+        Field("runtime_version", 3, STRING),
+        Field("runtime_api_version", 4, STRING),
     ),
     "PodSandboxMetadata": (
-        _Field("name", 1, _STRING),
-        _Field("uid", 2, _STRING),
-        _Field("namespace", 3, _STRING),
-        _Field("attempt", 4, _UINT32),
+        Field("name", 1, STRING),
+        Field("uid", 2, STRING),
+        Field("namespace", 3, STRING),
+        Field("attempt", 4, UINT32),
     ),
-    "PodSandboxStateValue": (_Field("state", 1, _ENUM, "PodSandboxState"),),
+    "PodSandboxStateValue": (Field("state", 1, ENUM, "PodSandboxState"),),
     "PodSandboxFilter": (
-        _Field("id", 1, _STRING),
-        _Field("state", 2, _MESSAGE, "PodSandboxStateValue"),
-        _map("label_selector", 3),
+        Field("id", 1, STRING),
+        Field("state", 2, MESSAGE, "PodSandboxStateValue"),
+        map_field("label_selector", 3),
     ),
-    "ListPodSandboxRequest": (_Field("filter", 1, _MESSAGE, "PodSandboxFilter"),),
+    "ListPodSandboxRequest": (Field("filter", 1, MESSAGE, "PodSandboxFilter"),),
     "PodSandbox": (
-        _Field("id", 1, _STRING),
-        _Field("metadata", 2, _MESSAGE, "PodSandboxMetadata"),
-        _Field("state", 3, _ENUM, "PodSandboxState"),
-        _Field("created_at", 4, _INT64),
-        _map("labels", 5),
-        _map("annotations", 6),
+        Field("id", 1, STRING),
+        Field("metadata", 2, MESSAGE, "PodSandboxMetadata"),
+        Field("state", 3, ENUM, "PodSandboxState"),
+        Field("created_at", 4, INT64),
+        map_field("labels", 5),
+        map_field("annotations", 6),
     ),
-    "ListPodSandboxResponse": (_Field("items", 1, _MESSAGE, "PodSandbox", repeated=True),),
-    "PodSandboxStatusRequest": (_Field("pod_sandbox_id", 1, _STRING), _Field("verbose", 2, _BOOL)),
-    "PodIP": (_Field("ip", 1, _STRING),),
+    "ListPodSandboxResponse": (Field("items", 1, MESSAGE, "PodSandbox", repeated=True),),
+    "PodSandboxStatusRequest": (Field("pod_sandbox_id", 1, STRING), Field("verbose", 2, BOOL)),
+    "PodIP": (Field("ip", 1, STRING),),
     "PodSandboxNetworkStatus": (
-        _Field("ip", 1, _STRING),
-        _Field("additional_ips", 2, _MESSAGE, "PodIP", repeated=True),
+        Field("ip", 1, STRING),
+        Field("additional_ips", 2, MESSAGE, "PodIP", repeated=True),
     ),
     "NamespaceOption": (
-        _Field("network", 1, _ENUM, "NamespaceMode"),
-        _Field("pid", 2, _ENUM, "NamespaceMode"),
-        _Field("ipc", 3, _ENUM, "NamespaceMode"),
+        Field("network", 1, ENUM, "NamespaceMode"),
+        Field("pid", 2, ENUM, "NamespaceMode"),
+        Field("ipc", 3, ENUM, "NamespaceMode"),
     ),
-    "Namespace": (_Field("options", 2, _MESSAGE, "NamespaceOption"),),
-    "LinuxPodSandboxStatus": (_Field("namespaces", 1, _MESSAGE, "Namespace"),),
+    "Namespace": (Field("options", 2, MESSAGE, "NamespaceOption"),),
+    "LinuxPodSandboxStatus": (Field("namespaces", 1, MESSAGE, "Namespace"),),
     "PodSandboxStatus": (
-        _Field("id", 1, _STRING),
-        _Field("metadata", 2, _MESSAGE, "PodSandboxMetadata"),
-        _Field("state", 3, _ENUM, "PodSandboxState"),
-        _Field("created_at", 4, _INT64),
-        _Field("network", 5, _MESSAGE, "PodSandboxNetworkStatus"),
-        _Field("linux", 6, _MESSAGE, "LinuxPodSandboxStatus"),
-        _map("labels", 7),
-        _map("annotations", 8),
+        Field("id", 1, STRING),
+        Field("metadata", 2, MESSAGE, "PodSandboxMetadata"),
+        Field("state", 3, ENUM, "PodSandboxState"),
+        Field("created_at", 4, INT64),
+        Field("network", 5, MESSAGE, "PodSandboxNetworkStatus"),
+        Field("linux", 6, MESSAGE, "LinuxPodSandboxStatus"),
+        map_field("labels", 7),
+        map_field("annotations", 8),
     ),
-    "PodSandboxStatusResponse": (_Field("status", 1, _MESSAGE, "PodSandboxStatus"), _map("info", 2)),
-    # -- used only by the test harness (tests/node) -----------------------------------------------------------
-    "DNSConfig": (
-        _Field("servers", 1, _STRING, repeated=True),
-        _Field("searches", 2, _STRING, repeated=True),
-        _Field("options", 3, _STRING, repeated=True),
-    ),
-    "Int64Value": (_Field("value", 1, _INT64),),
-    "LinuxSandboxSecurityContext": (
-        _Field("namespace_options", 1, _MESSAGE, "NamespaceOption"),
-        _Field("run_as_user", 3, _MESSAGE, "Int64Value"),
-    ),
-    "LinuxPodSandboxConfig": (
-        _Field("cgroup_parent", 1, _STRING),
-        _Field("security_context", 2, _MESSAGE, "LinuxSandboxSecurityContext"),
-    ),
-    "PodSandboxConfig": (
-        _Field("metadata", 1, _MESSAGE, "PodSandboxMetadata"),
-        _Field("hostname", 2, _STRING),
-        _Field("log_directory", 3, _STRING),
-        _Field("dns_config", 4, _MESSAGE, "DNSConfig"),
-        _map("labels", 6),
-        _map("annotations", 7),
-        _Field("linux", 8, _MESSAGE, "LinuxPodSandboxConfig"),
-    ),
-    "RunPodSandboxRequest": (
-        _Field("config", 1, _MESSAGE, "PodSandboxConfig"),
-        _Field("runtime_handler", 2, _STRING),
-    ),
-    "RunPodSandboxResponse": (_Field("pod_sandbox_id", 1, _STRING),),
-    "StopPodSandboxRequest": (_Field("pod_sandbox_id", 1, _STRING),),
-    "StopPodSandboxResponse": (),
-    "RemovePodSandboxRequest": (_Field("pod_sandbox_id", 1, _STRING),),
-    "RemovePodSandboxResponse": (),
-    "ContainerMetadata": (_Field("name", 1, _STRING), _Field("attempt", 2, _UINT32)),
-    "ImageSpec": (_Field("image", 1, _STRING),),
-    "LinuxContainerSecurityContext": (
-        _Field("namespace_options", 3, _MESSAGE, "NamespaceOption"),
-        _Field("run_as_user", 5, _MESSAGE, "Int64Value"),
-        _Field("run_as_group", 12, _MESSAGE, "Int64Value"),
-    ),
-    "LinuxContainerConfig": (_Field("security_context", 2, _MESSAGE, "LinuxContainerSecurityContext"),),
-    "ContainerConfig": (
-        _Field("metadata", 1, _MESSAGE, "ContainerMetadata"),
-        _Field("image", 2, _MESSAGE, "ImageSpec"),
-        _Field("command", 3, _STRING, repeated=True),
-        _Field("args", 4, _STRING, repeated=True),
-        _Field("working_dir", 5, _STRING),
-        _map("labels", 9),
-        _map("annotations", 10),
-        _Field("log_path", 11, _STRING),
-        _Field("linux", 15, _MESSAGE, "LinuxContainerConfig"),
-    ),
-    "CreateContainerRequest": (
-        _Field("pod_sandbox_id", 1, _STRING),
-        _Field("config", 2, _MESSAGE, "ContainerConfig"),
-        _Field("sandbox_config", 3, _MESSAGE, "PodSandboxConfig"),
-    ),
-    "CreateContainerResponse": (_Field("container_id", 1, _STRING),),
-    "StartContainerRequest": (_Field("container_id", 1, _STRING),),
-    "StartContainerResponse": (),
-    "ContainerFilter": (_Field("id", 1, _STRING), _Field("pod_sandbox_id", 3, _STRING), _map("label_selector", 4)),
-    "ListContainersRequest": (_Field("filter", 1, _MESSAGE, "ContainerFilter"),),
-    "Container": (
-        _Field("id", 1, _STRING),
-        _Field("pod_sandbox_id", 2, _STRING),
-        _Field("metadata", 3, _MESSAGE, "ContainerMetadata"),
-        _Field("image", 4, _MESSAGE, "ImageSpec"),
-        _Field("state", 6, _ENUM, "ContainerState"),
-        _Field("created_at", 7, _INT64),
-        _map("labels", 8),
-        _map("annotations", 9),
-    ),
-    "ListContainersResponse": (_Field("containers", 1, _MESSAGE, "Container", repeated=True),),
-    "ContainerStatusRequest": (_Field("container_id", 1, _STRING), _Field("verbose", 2, _BOOL)),
-    "ContainerStatus": (
-        _Field("id", 1, _STRING),
-        _Field("metadata", 2, _MESSAGE, "ContainerMetadata"),
-        _Field("state", 3, _ENUM, "ContainerState"),
-        _Field("exit_code", 7, _INT32),
-    ),
-    "ContainerStatusResponse": (_Field("status", 1, _MESSAGE, "ContainerStatus"), _map("info", 2)),
+    "PodSandboxStatusResponse": (Field("status", 1, MESSAGE, "PodSandboxStatus"), map_field("info", 2)),
 }
 
 # RuntimeService methods: name -> (request message, response message). All unary.
@@ -232,13 +145,6 @@ METHODS: Final[dict[str, tuple[str, str]]] = {
     "Version": ("VersionRequest", "VersionResponse"),
     "ListPodSandbox": ("ListPodSandboxRequest", "ListPodSandboxResponse"),
     "PodSandboxStatus": ("PodSandboxStatusRequest", "PodSandboxStatusResponse"),
-    "RunPodSandbox": ("RunPodSandboxRequest", "RunPodSandboxResponse"),
-    "StopPodSandbox": ("StopPodSandboxRequest", "StopPodSandboxResponse"),
-    "RemovePodSandbox": ("RemovePodSandboxRequest", "RemovePodSandboxResponse"),
-    "CreateContainer": ("CreateContainerRequest", "CreateContainerResponse"),
-    "StartContainer": ("StartContainerRequest", "StartContainerResponse"),
-    "ListContainers": ("ListContainersRequest", "ListContainersResponse"),
-    "ContainerStatus": ("ContainerStatusRequest", "ContainerStatusResponse"),
 }
 
 
@@ -247,54 +153,70 @@ def _entry_name(field_name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in field_name.split("_")) + "Entry"
 
 
-def file_descriptor() -> descriptor_pb2.FileDescriptorProto:
-    """The declaration above as a FileDescriptorProto (also what the wire-compatibility test compares)."""
-    fd = descriptor_pb2.FileDescriptorProto(name=_FILE_NAME, package=PACKAGE, syntax="proto3")
-    for enum_name, values in _ENUMS.items():
-        enum = fd.enum_type.add(name=enum_name)
-        for value_name, number in values:
-            enum.value.add(name=value_name, number=number)
-    for msg_name, fields in _MESSAGES.items():
-        msg = fd.message_type.add(name=msg_name)
-        for f in fields:
-            label = _F.LABEL_REPEATED if f.repeated else _F.LABEL_OPTIONAL
-            fp = msg.field.add(name=f.name, number=f.number, type=f.type, label=label)
-            if f.map_value is not None:
-                entry = msg.nested_type.add(name=_entry_name(f.name))
-                entry.options.map_entry = True
-                entry.field.add(name="key", number=1, type=_STRING, label=_F.LABEL_OPTIONAL)
-                entry.field.add(name="value", number=2, type=f.map_value, label=_F.LABEL_OPTIONAL)
-                fp.type_name = f".{PACKAGE}.{msg_name}.{entry.name}"
-            elif f.type_name:
-                fp.type_name = f".{PACKAGE}.{f.type_name}"
-    service = fd.service.add(name="RuntimeService")
-    for method, (req, resp) in METHODS.items():
-        service.method.add(name=method, input_type=f".{PACKAGE}.{req}", output_type=f".{PACKAGE}.{resp}")
-    return fd
+class Declaration:
+    """A declared subset of ``runtime.v1``: its enums, messages and RuntimeService methods, built into message
+    classes in a private descriptor pool. ``RUNTIME`` is the agent's; the test harness declares a larger one (the
+    calls that create pods) on top of it."""
+
+    def __init__(
+        self,
+        *,
+        enums: Mapping[str, tuple[tuple[str, int], ...]],
+        messages: Mapping[str, tuple[Field, ...]],
+        methods: Mapping[str, tuple[str, str]],
+        file_name: str,
+    ) -> None:
+        self.enums = dict(enums)
+        self.messages = dict(messages)
+        self.methods = dict(methods)
+        self.file_name = file_name
+        self._pool = descriptor_pool.DescriptorPool()
+        self._pool.Add(self.file_descriptor())
+
+    def file_descriptor(self) -> descriptor_pb2.FileDescriptorProto:
+        """The declaration as a FileDescriptorProto (also what the wire-compatibility test compares)."""
+        fd = descriptor_pb2.FileDescriptorProto(name=self.file_name, package=PACKAGE, syntax="proto3")
+        for enum_name, values in self.enums.items():
+            enum = fd.enum_type.add(name=enum_name)
+            for value_name, number in values:
+                enum.value.add(name=value_name, number=number)
+        for msg_name, fields in self.messages.items():
+            msg = fd.message_type.add(name=msg_name)
+            for f in fields:
+                label = _F.LABEL_REPEATED if f.repeated else _F.LABEL_OPTIONAL
+                fp = msg.field.add(name=f.name, number=f.number, type=f.type, label=label)
+                if f.map_value is not None:
+                    entry = msg.nested_type.add(name=_entry_name(f.name))
+                    entry.options.map_entry = True
+                    entry.field.add(name="key", number=1, type=STRING, label=_F.LABEL_OPTIONAL)
+                    entry.field.add(name="value", number=2, type=f.map_value, label=_F.LABEL_OPTIONAL)
+                    fp.type_name = f".{PACKAGE}.{msg_name}.{entry.name}"
+                elif f.type_name:
+                    fp.type_name = f".{PACKAGE}.{f.type_name}"
+        service = fd.service.add(name="RuntimeService")
+        for method, (req, resp) in self.methods.items():
+            service.method.add(name=method, input_type=f".{PACKAGE}.{req}", output_type=f".{PACKAGE}.{resp}")
+        return fd
+
+    def message_class(self, name: str) -> type[Message]:
+        """The generated class of message ``name`` (short name, e.g. ``"PodSandboxStatusRequest"``)."""
+        return message_factory.GetMessageClass(self._pool.FindMessageTypeByName(f"{PACKAGE}.{name}"))
+
+    def message(self, name: str, fields: Mapping[str, Any] | None = None) -> Message:
+        """A message built from a dict in protobuf JSON mapping (snake_case keys accepted), unknown keys rejected."""
+        msg = self.message_class(name)()
+        if fields:
+            try:
+                json_format.ParseDict(dict(fields), msg)
+            except json_format.ParseError as e:
+                raise ValueError(f"bad {name}: {e}") from e
+        return msg
 
 
-_POOL = descriptor_pool.DescriptorPool()
-_POOL.Add(file_descriptor())
-
-
-def message_class(name: str) -> type[Message]:
-    """The generated class of message ``name`` (short name, e.g. ``"PodSandboxConfig"``)."""
-    return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{PACKAGE}.{name}"))
-
-
-def message(name: str, fields: Mapping[str, Any] | None = None) -> Message:
-    """A message built from a dict in protobuf JSON mapping (snake_case keys accepted), unknown keys rejected."""
-    msg = message_class(name)()
-    if fields:
-        try:
-            json_format.ParseDict(dict(fields), msg)
-        except json_format.ParseError as e:
-            raise ValueError(f"bad {name}: {e}") from e
-    return msg
-
-
-def as_dict(msg: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True, use_integers_for_enums=True)
+RUNTIME: Final = Declaration(enums=ENUMS, messages=MESSAGES, methods=METHODS, file_name=_FILE_NAME)
+file_descriptor = RUNTIME.file_descriptor
+message_class = RUNTIME.message_class
+message = RUNTIME.message
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -399,7 +321,10 @@ def decode_info(info: Mapping[str, str]) -> dict[str, Any]:
 class CriClient:
     """A gRPC channel to one CRI runtime socket. Every call has a deadline; errors become ``PodSourceError``."""
 
-    def __init__(self, endpoint: str, *, timeout: float = 5.0) -> None:
+    def __init__(self, endpoint: str, *, timeout: float = 5.0, declaration: Declaration = RUNTIME) -> None:
+        """``declaration``: the messages and methods this client may call (the agent's, unless a test harness
+        brings its own)."""
+        self.declaration = declaration
         self.path = socket_path(endpoint)
         self.endpoint = "unix://" + self.path
         self.timeout = timeout
@@ -422,11 +347,11 @@ class CriClient:
     def _stub(self, method: str) -> Callable[..., Any]:
         stub = self._stubs.get(method)
         if stub is None:
-            _req, resp = METHODS[method]
+            _req, resp = self.declaration.methods[method]
             stub = self._channel.unary_unary(
                 f"/{PACKAGE}.RuntimeService/{method}",
                 request_serializer=lambda m: m.SerializeToString(),
-                response_deserializer=message_class(resp).FromString,
+                response_deserializer=self.declaration.message_class(resp).FromString,
             )
             self._stubs[method] = stub
         return stub
@@ -448,8 +373,8 @@ class CriClient:
 
     def call(self, method: str, request: Message, *, timeout: float | None = None) -> Any:
         """Invoke RuntimeService/``method``; the response message (typed ``Any``: its class is built at runtime)."""
-        if method not in METHODS:
-            raise ValueError(f"CRI method {method} is not declared in podcap.agent.pods.cri")
+        if method not in self.declaration.methods:
+            raise ValueError(f"CRI method {method} is not declared in {self.declaration.file_name}")
         deadline = self.timeout if timeout is None else timeout
         try:
             return self._stub(method)(request, timeout=deadline)
@@ -457,8 +382,9 @@ class CriClient:
             raise self._translate(method, e, deadline) from e
 
     def invoke(self, method: str, request: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> Any:
-        """Like ``call`` with the request given as a dict (protobuf JSON mapping); used by the test harness."""
-        return self.call(method, message(METHODS[method][0], request), timeout=timeout)
+        """Like ``call`` with the request given as a dict (protobuf JSON mapping)."""
+        return self.call(method, self.declaration.message(self.declaration.methods[method][0], request),
+                         timeout=timeout)
 
     def _translate(self, method: str, e: grpc.RpcError, deadline: float) -> PodSourceError:
         code = e.code() if isinstance(e, grpc.Call) else None

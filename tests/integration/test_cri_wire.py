@@ -16,7 +16,7 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
-from podcap.agent.pods import cri
+from tests.node import cri_runtime as cri
 
 pytestmark = pytest.mark.containerd
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from podcap.agent.pods import cri
 from podcap.agent.pods.source import PodSourceError
-from tests.node import images
+from tests.node import cri_runtime, images
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CNI_BIN_DIR = "/usr/lib/cni"
@@ -255,7 +255,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        client = cri.CriClient(self.socket, timeout=5)
+        client = cri_runtime.client(self.socket, timeout=5)
         deadline = time.monotonic() + 30
         while True:
             if self._containerd.poll() is not None:

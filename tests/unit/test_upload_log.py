@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
+from typing import Any
 
+import pytest
+
+from podcap.agent.upload import upload_log
 from podcap.agent.upload.encoded import EncodedChunk, serialize
 from podcap.agent.upload.upload_log import UploadLog
 from podcap.v1 import common_pb2, ingest_pb2
@@ -235,3 +240,34 @@ def test_nothing_is_given_up_when_it_would_not_make_room() -> None:
     assert not log.put_chunk(chunk("b", 1, size=300))
     log.new_session()
     assert drain(log)[-2:] == ["chunk:10", "gap:1:buffer_full=1"]
+
+
+def test_no_spool_file_is_written_read_or_deleted_under_the_lock(
+    tmp_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The capture loop, the sender and acknowledgements share the log's lock: the disk is touched only outside it
+    (writes when a chunk spills, reads when it is sent, unlinks when it is acknowledged or evicted)."""
+    spool = os.path.join(tmp_path, "spool")
+    log = UploadLog(memory_bytes=100, disk_bytes=200, spool_dir=spool)
+    touched: list[str] = []
+
+    def checked(what: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            assert not log._cond._is_owned(), f"{what} under the upload log's lock"  # type: ignore[attr-defined]
+            touched.append(what)
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(upload_log, "open", checked("open", open), raising=False)
+    monkeypatch.setattr(upload_log.os, "unlink", checked("unlink", os.unlink))
+    log.put(started("a"))
+    log.put(started("b"))
+    log.put_chunk(chunk("a", 1))  # memory
+    log.put_chunk(chunk("a", 2))  # disk
+    log.put_chunk(chunk("b", 1))  # disk
+    log.put_chunk(chunk("b", 2, size=50))  # disk, room made by evicting a:2 (a holds more than its share)
+    assert drain(log) == ["pod_event:2", "pod_event:2", "chunk:1", "gap:2:buffer_full=1", "chunk:1", "chunk:2"]
+    ack(log, "a", 2)
+    ack(log, "b", 2)
+    assert log.pending() == (0, 0) and os.listdir(spool) == []
+    assert touched.count("open") == 5 and touched.count("unlink") == 3  # 3 writes + 2 reads; 1 eviction + 2 acks
