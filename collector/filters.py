@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pcapy
 
+from podcap.errors import InvalidInputError
 from podcap.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, MAX_SNAPLEN, FileFormat
 from podcap.v1 import common_pb2
 
@@ -18,7 +19,7 @@ MAX_FILTER_LEN = 4096
 _NETMASK_UNKNOWN = 0xFFFFFFFF
 
 
-class FilterError(ValueError):
+class FilterError(InvalidInputError):
     """The filter does not compile (or is too long); the message is one line for the user."""
 
 

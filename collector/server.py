@@ -22,18 +22,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import HealthServicer
 
 from podcap.collector.agents import AgentRegistry
-from podcap.collector.auth import Authorizer, KubeAuthorizer, OpenAuthorizer, StaticTokenAuthorizer
+from podcap.collector.api.auth import Authorizer, KubeAuthorizer, OpenAuthorizer, StaticTokenAuthorizer
+from podcap.collector.api.control import ControlServicer
+from podcap.collector.api.ingest import IngestServicer
+from podcap.collector.api.wire import add_ingest_servicer
 from podcap.collector.captures.manager import CaptureManager
-from podcap.collector.control import ControlServicer
-from podcap.collector.ingest import IngestServicer
 from podcap.collector.kube.client import in_cluster, load_api
 from podcap.collector.kube.errors import KubeError
 from podcap.collector.kube.inventory import ClusterInventory
+from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.local import LocalStorage
-from podcap.collector.store import CaptureStore
-from podcap.collector.wire import add_ingest_servicer
+from podcap.errors import PodcapError
 from podcap.malloc import tune_for_bulk_buffers
-from podcap.tls import TlsConfigError, TlsFiles
+from podcap.tls import TlsFiles
 from podcap.v1 import control_pb2_grpc
 
 log = logging.getLogger("podcap.collector")
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
                      "Kubernetes API (--kubeconfig or in-cluster) for TokenReview/SubjectAccessReview")
         collector = start_collector(args.listen, args.data_dir, max_workers=args.max_workers, cluster=cluster,
                                     tls=tls, authorizer=authorizer, agent_listen=args.agent_listen)
-    except (KubeError, TlsConfigError, ValueError) as e:
+    except PodcapError as e:
         sys.exit(f"podcap-collector: {e}")
     except OSError as e:
         sys.exit(f"podcap-collector: {e}")

@@ -22,7 +22,7 @@ from podcap.collector.captures.pods import close_writer
 from podcap.collector.captures.streams import StreamState
 from podcap.collector.captures.table import CaptureTable, StorageHealth
 from podcap.collector.storage.base import PendingSync, StorageError
-from podcap.collector.store import CaptureStore, PodRow
+from podcap.collector.storage.catalog import CaptureStore, PodRow
 from podcap.v1 import ingest_pb2
 
 log = logging.getLogger(__name__)

@@ -31,15 +31,15 @@ from podcap.collector.captures import reads, recovery, retention
 from podcap.collector.captures.chunks import ChunkIngest
 from podcap.collector.captures.committer import Committer
 from podcap.collector.captures.events import PodEvents
+from podcap.collector.captures.follow import Subscription
 from podcap.collector.captures.model import ACTIVE, TERMINAL, Capture, PodState
 from podcap.collector.captures.placement import Placement, new_pod_state
 from podcap.collector.captures.pods import request_close, settle_closes
 from podcap.collector.captures.requests import validate_request
 from podcap.collector.captures.table import STOP_GRACE_S, CaptureTable, StorageHealth, grace_starts
-from podcap.collector.follow import Subscription
 from podcap.collector.kube.inventory import ClusterInventory
 from podcap.collector.storage.base import CaptureStorage
-from podcap.collector.store import CaptureRow, CaptureStore
+from podcap.collector.storage.catalog import CaptureRow, CaptureStore
 from podcap.names import NodeName, new_capture_id
 from podcap.pcapfile import FileFormat
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2

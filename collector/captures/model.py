@@ -4,8 +4,8 @@ segment writer also by its ``PodState.io_lock``).
 ``Capture`` and ``PodState`` hold what ``podcap status`` shows and what storage needs: per pod every stream it had
 (``podcap.collector.captures.streams``: sequence position and accounting; the newest is the current one), its
 segments and its open segment writer (through the storage interface, ``podcap.collector.storage.base``),
-cumulative and retired counters. ``to_row`` is the persisted form (``podcap.collector.store``). Nothing here does
-I/O or knows the storage layout; followers are anything with the ``Follower`` shape.
+cumulative and retired counters. ``to_row`` is the persisted form (``podcap.collector.storage.catalog``).
+Nothing here does I/O or knows the storage layout; followers are anything with the ``Follower`` shape.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Protocol
 
 from podcap.collector.captures.streams import StreamState, pod_counts
 from podcap.collector.storage.base import PodLocation, SegmentInfo, SegmentWriter
-from podcap.collector.store import PodRow, SegmentRow, StreamRow
+from podcap.collector.storage.catalog import PodRow, SegmentRow, StreamRow
 from podcap.collector.targets import PodRef, TargetSpec
 from podcap.drops import Drops
 from podcap.names import CaptureId, PodUid
@@ -31,7 +31,7 @@ LIVE = (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING)
 
 
 class Follower(Protocol):
-    """A live reader of a capture (``podcap.collector.follow.Subscription``); offered records must never block."""
+    """A live reader of a capture (``podcap.collector.captures.follow.Subscription``); offering never blocks."""
 
     def wants(self, pod: common_pb2.Pod) -> bool: ...
 

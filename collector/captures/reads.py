@@ -1,6 +1,6 @@
 """Reading a capture: live followers and the stored segments of its pods.
 
-A follower (``podcap.collector.follow.Subscription``) is announced the pods already streaming and then offered
+A follower (``podcap.collector.captures.follow.Subscription``) is announced the pods already streaming and then offered
 each chunk as it is stored (by ingest). ``pod_files`` hands a download its pods' segments as open files, opened
 under the pod's ``io_lock`` (no append in between) but not the capture's lock; a segment retention deletes
 meanwhile is left out (retention deletes the oldest first, so the rest is still one contiguous stretch).
@@ -12,9 +12,9 @@ import logging
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from podcap.collector.captures.follow import Subscription
 from podcap.collector.captures.model import Capture, PodState
 from podcap.collector.captures.pods import file_format, location
-from podcap.collector.follow import Subscription
 from podcap.collector.storage.base import CaptureStorage, StorageError
 from podcap.pcapfile import MAX_SNAPLEN, FileFormat
 from podcap.v1 import control_pb2

@@ -17,7 +17,7 @@ from podcap.collector.captures.pods import file_format, location
 from podcap.collector.captures.streams import StreamState
 from podcap.collector.captures.table import grace_starts
 from podcap.collector.storage.base import CaptureStorage, StorageError
-from podcap.collector.store import CaptureStore, PodRow
+from podcap.collector.storage.catalog import CaptureStore, PodRow
 from podcap.collector.targets import PodRef, parse_target
 from podcap.errors import InvalidInputError
 from podcap.names import CaptureId

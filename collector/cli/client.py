@@ -8,13 +8,14 @@ from typing import Any
 
 import grpc
 
+from podcap.errors import PodcapError
 from podcap.tls import TlsFiles, open_channel
 from podcap.v1 import control_pb2, control_pb2_grpc
 
 DEFAULT_COLLECTOR = "127.0.0.1:7420"
 
 
-class CollectorError(RuntimeError):
+class CollectorError(PodcapError):
     """A request to the collector failed; ``str()`` is a one-line message for the user."""
 
     def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:

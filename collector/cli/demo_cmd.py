@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from podcap.collector.cli.units import human_bytes
+from podcap.errors import PodcapError
 
 
 @click.command()
@@ -34,7 +35,7 @@ def demo(pods: int, seconds: float, out: str) -> None:
     console = Console(stderr=True)
     try:
         result = run_demo(pods, seconds, out, say=lambda m: console.print(f"[bold]demo:[/bold] {m}"))
-    except (PermissionError, ValueError, RuntimeError) as e:
+    except (PodcapError, OSError) as e:
         click.echo(f"podcap demo: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

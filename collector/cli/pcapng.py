@@ -35,6 +35,7 @@ from typing import IO
 
 from podcap import __version__
 from podcap.drops import LABELS, Drops
+from podcap.errors import InvalidInputError
 
 BLOCK_SHB = 0x0A0D0D0A
 BLOCK_IDB = 0x00000001
@@ -70,7 +71,7 @@ _EPB_HEAD = struct.Struct("<IIIIIII")
 _ISB_BODY = struct.Struct("<III")
 
 
-class PcapngError(ValueError):
+class PcapngError(InvalidInputError):
     """A pcapng file that this module cannot read (or a value that cannot be written); the message says which."""
 
 

@@ -16,9 +16,10 @@ import time
 from dataclasses import dataclass, field
 
 from podcap.agent.netns import netns_inode
+from podcap.errors import ResourceError
 
 
-class NodeSetupError(RuntimeError):
+class NodeSetupError(ResourceError):
     pass
 
 

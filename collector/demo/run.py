@@ -27,6 +27,7 @@ from podcap.collector.cli.progress import wait_for_end
 from podcap.collector.demo.node import DemoNode
 from podcap.collector.server import start_collector
 from podcap.drops import total_of
+from podcap.errors import PreconditionError
 from podcap.names import NodeName
 from podcap.pcapfile import read_file
 from podcap.v1 import control_pb2
@@ -51,6 +52,11 @@ class DemoResult:
     rows: list[DemoRow]
 
 
+
+class DemoError(PreconditionError):
+    """The demo cannot run here (not root, too few pods, its agent did not come up)."""
+
+
 def _pod_names(n: int) -> list[str]:
     servers = max(1, n // 2)
     return [f"web-{i}" for i in range(servers)] + [f"client-{i}" for i in range(n - servers)]
@@ -58,9 +64,9 @@ def _pod_names(n: int) -> list[str]:
 
 def run_demo(pods: int, seconds: float, out: str, *, say: Callable[[str], None] = print) -> DemoResult:
     if os.geteuid() != 0:
-        raise PermissionError("podcap demo needs root (it creates network namespaces, veths and a bridge)")
+        raise DemoError("podcap demo needs root (it creates network namespaces, veths and a bridge)")
     if pods < 2:
-        raise ValueError("the demo needs at least 2 pods")
+        raise DemoError("the demo needs at least 2 pods")
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -83,7 +89,7 @@ def run_demo(pods: int, seconds: float, out: str, *, say: Callable[[str], None] 
         deadline = time.monotonic() + 10
         while sum(p.namespace == node.namespace for p in collector.registry.pods()) < pods:
             if time.monotonic() > deadline:
-                raise RuntimeError("the demo agent did not register its pods within 10 s")
+                raise DemoError("the demo agent did not register its pods within 10 s")
             time.sleep(0.05)
         servers = [p for p in node.pods if p.name.startswith("web-")]
         clients = [p for p in node.pods if p.name.startswith("client-")]

@@ -31,8 +31,10 @@ from typing import Any
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from podcap.errors import UnavailableError
 
-class KubeError(RuntimeError):
+
+class KubeError(UnavailableError):
     """Something went wrong talking to the Kubernetes API."""
 
 

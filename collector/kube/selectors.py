@@ -24,13 +24,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from podcap.errors import InvalidInputError
+
 MAX_SELECTOR_LEN = 4096
 
 POD_FIELDS = ("metadata.name", "metadata.namespace", "spec.nodeName", "status.phase", "spec.hostNetwork",
               "status.podIP")
 
 
-class SelectorError(ValueError):
+class SelectorError(InvalidInputError):
     """A label or field selector does not parse, or names a field podcap cannot select on; the message points at
     the offending part."""
 

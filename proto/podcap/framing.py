@@ -3,7 +3,7 @@
 Chunks are the bulk of what crosses from agent to collector, so neither side lets protobuf copy their records: the
 agent sends chunks as bytes it framed itself (``podcap.agent.upload.encoded``, and ``agent/capture/chunkbuf.c``
 which writes the same headers in C), and the collector splits a received chunk without parsing its records
-(``podcap.collector.wire``). Both sides frame with this module so there is one varint and one set of field
+(``podcap.collector.api.wire``). Both sides frame with this module so there is one varint and one set of field
 numbers; the numbers come from the generated descriptors, and ``tests/unit/test_framing.py`` checks that the C
 writer's hard-coded tags match them.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from podcap.errors import InvalidInputError
 from podcap.v1 import ingest_pb2
 
 # Wire types (https://protobuf.dev/programming-guides/encoding/#structure).
@@ -28,7 +29,7 @@ CHUNK_BATCH_CHUNKS: Final = ingest_pb2.ChunkBatch.DESCRIPTOR.fields_by_name["chu
 PCAP_CHUNK_RECORDS: Final = ingest_pb2.PcapChunk.DESCRIPTOR.fields_by_name["records"].number
 
 
-class FramingError(Exception):
+class FramingError(InvalidInputError):
     """The bytes end inside a varint, or it runs past 64 bits."""
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from podcap import pcapwalk
+from podcap.errors import InvalidInputError
 
 MAGIC_USEC = 0xA1B2C3D4
 MAGIC_NSEC = 0xA1B23C4D
@@ -40,7 +41,7 @@ _FILE_HEADER = struct.Struct("<IHHiIII")
 _RECORD_HEADER = struct.Struct("<IIII")
 
 
-class PcapFormatError(ValueError):
+class PcapFormatError(InvalidInputError):
     """Bytes that are not well-formed PCAP (bad magic, a record longer than the snaplen, a truncated record)."""
 
 

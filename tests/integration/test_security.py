@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from podcap.collector.auth import KubeAuthorizer, StaticTokenAuthorizer
+from podcap.collector.api.auth import KubeAuthorizer, StaticTokenAuthorizer
 from podcap.collector.cli.certs import issue, make_ca, write_pair
 from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.kube.client import load_api

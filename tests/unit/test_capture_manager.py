@@ -17,10 +17,11 @@ import pytest
 from podcap.collector.agents import AgentConnection, AgentRegistry
 from podcap.collector.captures.chunks import ChunkRejectedError
 from podcap.collector.captures.manager import CaptureManager
+from podcap.collector.filters import FilterError
 from podcap.collector.storage.base import SegmentInfo
+from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.gaps import read_gaps
 from podcap.collector.storage.local import LocalPodLocation, LocalStorage, PodWriter, list_segments
-from podcap.collector.store import CaptureStore
 from podcap.collector.targets import NoMatchError, PodRef
 from podcap.drops import total_of
 from podcap.names import NodeName, PodUid
@@ -185,7 +186,7 @@ def test_unknown_pod_names_the_pods_that_exist(env: tuple[CaptureManager, AgentC
 
 def test_bad_filter_starts_nothing(env: tuple[CaptureManager, AgentConnection, str]) -> None:
     mgr, conn, _ = env
-    with pytest.raises(ValueError, match="filter"):
+    with pytest.raises(FilterError, match="filter"):
         mgr.start(control_pb2.StartCaptureRequest(target=control_pb2.Target(namespace="shop"),
                                                   settings=common_pb2.CaptureSettings(filter="tcp port eighty")))
     assert mgr.all() == [] and sent(conn) == []

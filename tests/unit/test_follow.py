@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from podcap.collector.follow import Subscription
+from podcap.collector.captures.follow import Subscription
 from podcap.v1 import common_pb2
 
 POD = common_pb2.Pod(namespace="ns", name="web", uid="u1", node="n")

@@ -14,8 +14,8 @@ from podcap import pcapwalk
 from podcap.collector.agents import AgentConnection, AgentRegistry
 from podcap.collector.captures.chunks import ChunkRejectedError
 from podcap.collector.captures.manager import CaptureManager
+from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.local import LocalStorage, list_segments
-from podcap.collector.store import CaptureStore
 from podcap.collector.targets import PodRef
 from podcap.names import NodeName, PodUid
 from podcap.pcapfile import (

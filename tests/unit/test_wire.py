@@ -7,7 +7,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from podcap.collector.wire import IncomingChunk, decode_agent_message
+from podcap.collector.api.wire import IncomingChunk, decode_agent_message
 from podcap.framing import encode_varint as varint
 from podcap.v1 import ingest_pb2
 

@@ -13,8 +13,8 @@ from podcap.collector.agents import AgentConnection, AgentRegistry
 from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.kube.inventory import ClusterInventory, ClusterNotSyncedError
 from podcap.collector.kube.selectors import SelectorError
+from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.local import LocalStorage
-from podcap.collector.store import CaptureStore
 from podcap.collector.targets import NoMatchError
 from podcap.names import NodeName
 from podcap.v1 import control_pb2

@@ -1,11 +1,12 @@
 """``podcap.collector.kube.selectors``: label selectors (equality and set-based) and field selectors parse and
-match like the API server's, and every bad selector is one ``SelectorError`` (a ``ValueError``: the control service
-answers INVALID_ARGUMENT) whose message names the bad part."""
+match like the API server's, and every bad selector is one ``SelectorError`` (an ``InvalidInputError``: the
+control service answers INVALID_ARGUMENT) whose message names the bad part."""
 
 import pytest
 
 from podcap.collector.kube.selectors import SelectorError, parse_field_selector, parse_selector, pod_fields
 from podcap.collector.targets import PodRef
+from podcap.errors import InvalidInputError
 from podcap.names import NodeName, PodUid
 
 LABELS = {"app": "web", "tier": "front", "version": "v2"}
@@ -74,7 +75,7 @@ def test_field_selector_grammar(text: str, fields: dict[str, str], matches: bool
 def test_field_selector_errors_name_the_bad_part(text: str, message: str) -> None:
     with pytest.raises(SelectorError, match=message):
         parse_field_selector(text)
-    assert issubclass(SelectorError, ValueError)  # the control service answers INVALID_ARGUMENT
+    assert issubclass(SelectorError, InvalidInputError)  # the control service answers INVALID_ARGUMENT
 
 
 @pytest.mark.parametrize(("text", "empty"), [("", True), ("  ", True), ("app=web", False)])

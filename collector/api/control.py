@@ -1,8 +1,9 @@
 """``podcap.v1.Control``: the collector's API for the CLI.
 
 Every call is authenticated (bearer token in the ``authorization`` metadata) and authorized per namespace by the
-``Authorizer`` (``podcap.collector.auth``), and recorded in the audit trail — allowed, denied or failed. The
-capture manager's exceptions become gRPC status codes with one-line messages a user can act on. Downloads stream
+``Authorizer`` (``podcap.collector.api.auth``), and recorded in the audit trail — allowed, denied or failed. Our
+errors become gRPC status codes with one-line messages a user can act on, through the one table in
+``podcap.collector.api.errors``; anything else is a bug and surfaces as UNKNOWN. Downloads stream
 one pcap file per pod (segments joined: the first file header, then every segment's records), optionally only a
 time window and the packets matching a BPF filter.
 """
@@ -15,16 +16,15 @@ from collections.abc import Iterator
 
 import grpc
 
-from podcap.collector.auth import AuthError, Authorizer, DeniedError, Principal
+from podcap.collector.api.auth import AuthError, Authorizer, DeniedError, Principal
+from podcap.collector.api.errors import abort_for
 from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.captures.model import Capture
-from podcap.collector.captures.placement import NoAgentError
 from podcap.collector.captures.table import CaptureNotFoundError
-from podcap.collector.filters import FilterError as WindowFilterError
-from podcap.collector.filters import compile_filter
-from podcap.collector.kube.errors import KubeError
+from podcap.collector.filters import FilterError, compile_filter
 from podcap.collector.storage.window import select_records
-from podcap.collector.targets import NoMatchError, target_text
+from podcap.collector.targets import target_text
+from podcap.errors import PodcapError
 from podcap.pcapfile import FILE_HEADER_LEN
 from podcap.v1 import control_pb2, control_pb2_grpc
 
@@ -32,18 +32,6 @@ log = logging.getLogger(__name__)
 
 DOWNLOAD_BLOCK = 1 << 20
 MAX_AUDIT = 10000
-
-
-def _abort_for(context: grpc.ServicerContext, e: Exception) -> None:
-    if isinstance(e, (NoMatchError, CaptureNotFoundError)):
-        context.abort(grpc.StatusCode.NOT_FOUND, str(e))
-    if isinstance(e, NoAgentError):
-        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-    if isinstance(e, KubeError):  # the collector cannot list pods (API server down, RBAC): retry after the fix
-        context.abort(grpc.StatusCode.UNAVAILABLE, f"Kubernetes API: {e}")
-    if isinstance(e, ValueError):
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-    raise e
 
 
 def target_namespaces(t: control_pb2.Target) -> list[str | None]:
@@ -81,8 +69,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             return self.auth.authenticate(token)
         except AuthError as e:
             self._audit("unauthenticated", action, result="denied", detail=str(e))
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
-            raise
+            abort_for(context, e)
 
     def _authorize(self, context: grpc.ServicerContext, who: Principal, action: str, verb: str,
                    namespaces: list[str | None], *, capture: Capture | None = None,
@@ -92,7 +79,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 self.auth.check(who, verb, ns)
             except DeniedError as e:
                 self._audit(who.user, action, capture=capture, target=target, result="denied", detail=str(e))
-                context.abort(grpc.StatusCode.PERMISSION_DENIED, str(e))
+                abort_for(context, e)
 
     def _capture_for(self, context: grpc.ServicerContext, who: Principal, action: str, capture_id: str,
                      verb: str) -> Capture:
@@ -100,8 +87,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             cap = self.captures.get(capture_id)
         except CaptureNotFoundError as e:
             self._audit(who.user, action, capture_id=capture_id[:64], result="failed", detail=str(e))
-            _abort_for(context, e)
-            raise
+            abort_for(context, e)
         self._authorize(context, who, action, verb, target_namespaces(cap.request.target), capture=cap)
         return cap
 
@@ -114,12 +100,11 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self._authorize(context, who, "start", "create", target_namespaces(request.target), target=request.target)
         try:
             cap = self.captures.start(request)
-        except (ValueError, LookupError, NoAgentError, KubeError) as e:
+        except PodcapError as e:
             log.info("start refused: %s", e)
             self._audit(who.user, "start", target=request.target, bpf=request.settings.filter, result="failed",
                         detail=str(e))
-            _abort_for(context, e)
-            raise
+            abort_for(context, e)
         self._audit(who.user, "start", capture=cap, result="allowed", detail=f"{len(cap.pods)} pods")
         return control_pb2.StartCaptureResponse(capture=self.captures.status(cap))
 
@@ -180,9 +165,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                     bpf = compile_filter(request.filter, fmt)
                     selected = select_records(segments, fmt, since_ns=request.since_unix_ns,
                                               until_ns=request.until_unix_ns, bpf=bpf)
-                except WindowFilterError as e:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-                    raise
+                except FilterError as e:
+                    abort_for(context, e)
                 finally:
                     for f, _ in segments:
                         f.close()

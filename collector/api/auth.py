@@ -40,6 +40,10 @@ class AuthError(UnauthenticatedError):
     """Authentication failed (no or invalid token): UNAUTHENTICATED."""
 
 
+class TokenFileError(errors.InvalidInputError):
+    """The static token file has a line that is not ``token,user,verbs,namespaces``."""
+
+
 class DeniedError(errors.DeniedError):
     """Authenticated but not allowed: PERMISSION_DENIED. The message names the missing permission."""
 
@@ -89,12 +93,12 @@ class StaticTokenAuthorizer:
                 if not row or row[0].lstrip().startswith("#"):
                     continue
                 if len(row) != 4:
-                    raise ValueError(f"{path}:{n}: expected token,user,verbs,namespaces")
+                    raise TokenFileError(f"{path}:{n}: expected token,user,verbs,namespaces")
                 token, user, verbs, namespaces = (c.strip() for c in row)
                 verb_set = frozenset(VERBS) if verbs == "*" else frozenset(v for v in verbs.split(";") if v)
                 unknown = verb_set - set(VERBS)
                 if unknown or not token or not user:
-                    raise ValueError(f"{path}:{n}: bad entry (unknown verbs {sorted(unknown)})" if unknown else
+                    raise TokenFileError(f"{path}:{n}: bad entry (unknown verbs {sorted(unknown)})" if unknown else
                                      f"{path}:{n}: empty token or user")
                 self.tokens[token] = StaticToken(user, verb_set, frozenset(x for x in namespaces.split(";") if x))
 

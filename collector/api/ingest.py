@@ -17,10 +17,11 @@ from collections.abc import Iterator
 import grpc
 
 from podcap.collector.agents import HEARTBEAT_INTERVAL_S, AgentConflictError, AgentConnection, AgentRegistry
+from podcap.collector.api.errors import abort_for
+from podcap.collector.api.wire import IncomingChunk
 from podcap.collector.captures.chunks import ChunkRejectedError
 from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.targets import PodRef
-from podcap.collector.wire import IncomingChunk
 from podcap.names import InvalidNameError, check_namespace, check_node_name, check_pod_name, check_pod_uid
 from podcap.tls import AGENT_IDENTITY, peer_identity
 from podcap.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
@@ -73,7 +74,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         try:
             node = check_node_name(reg.node)
         except InvalidNameError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            abort_for(context, e)
         conn = AgentConnection(node=node, instance_id=reg.instance_id[:64], version=reg.version[:64],
                                pod_source=reg.pod_source[:32], pods=_valid_pods(node, list(reg.pods)))
         conn.send(ingest_pb2.CollectorMessage(registered=ingest_pb2.Registered(
@@ -81,7 +82,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         try:
             self.registry.register(conn)
         except AgentConflictError as e:
-            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
+            abort_for(context, e)
         context.add_callback(conn.close)
         reader = threading.Thread(target=self._read, args=(conn, request_iterator), daemon=True,
                                   name=f"ingest-{node}")
