@@ -45,6 +45,7 @@ proto-check:
 
 lint:
 	$(VENV)/bin/ruff check agent collector proto tests
+	$(VENV)/bin/lint-imports
 
 typecheck: dev
 	$(VENV)/bin/mypy -p podcap

@@ -9,6 +9,8 @@ interface, so neither needs a live handle.
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import pcapy
 
 from podcap.errors import InvalidInputError
@@ -27,12 +29,16 @@ def linktype_for(interface: int) -> int:
     return LINKTYPE_LINUX_SLL2 if interface == common_pb2.CAPTURE_INTERFACE_POD_ALL else LINKTYPE_ETHERNET
 
 
-def compile_filter(expr: str, fmt: FileFormat) -> pcapy.BPFProgram | None:
+BpfProgram: TypeAlias = pcapy.BPFProgram  # a compiled filter; ``.filter(packet)`` matches one packet
+
+
+def compile_filter(expr: str, fmt: FileFormat) -> BpfProgram | None:
     """``expr`` compiled (optimized) for ``fmt``'s link type and snaplen; None for an empty filter."""
     if not expr.strip():
         return None
     try:
-        return pcapy.compile(fmt.linktype, fmt.snaplen, expr, 1, _NETMASK_UNKNOWN)
+        program: BpfProgram = pcapy.compile(fmt.linktype, fmt.snaplen, expr, 1, _NETMASK_UNKNOWN)
+        return program
     except pcapy.PcapError as e:
         raise FilterError(f"invalid filter {expr!r}: {e}") from e
 

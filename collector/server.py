@@ -7,20 +7,19 @@ captures resume when the collector starts again on the same data dir).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import signal
 import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass
-from types import FrameType
 
+import click
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import HealthServicer
 
+from podcap import daemon
 from podcap.collector.agents import AgentRegistry
 from podcap.collector.api.auth import Authorizer, KubeAuthorizer, OpenAuthorizer, StaticTokenAuthorizer
 from podcap.collector.api.control import ControlServicer
@@ -33,7 +32,6 @@ from podcap.collector.kube.inventory import ClusterInventory
 from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.local import LocalStorage
 from podcap.errors import PodcapError
-from podcap.malloc import tune_for_bulk_buffers
 from podcap.tls import TlsFiles
 from podcap.v1 import control_pb2_grpc
 
@@ -142,84 +140,73 @@ def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
     return Collector(server, port, registry, captures, store, cluster, agent_server, agent_port)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="podcap-collector", description="podcap collector: stores pod captures.")
-    p.add_argument("--listen", default="0.0.0.0:7420", help="HOST:PORT for agents and the CLI (default 0.0.0.0:7420)")
-    p.add_argument("--data-dir", default="/var/lib/podcap", help="where pcap files and the database live")
-    p.add_argument("--max-workers", type=int, default=256, help="gRPC worker threads (one per connected agent)")
-    p.add_argument("--kubeconfig", help="resolve pods through the Kubernetes API described by this kubeconfig "
-                   "(default: the in-cluster service account when running in a pod)")
-    p.add_argument("--no-kubernetes", action="store_true",
-                   help="never use the Kubernetes API: pods come from the agents' inventories only")
-    p.add_argument("--tls-cert", default=os.environ.get("PODCAP_TLS_CERT", ""),
-                   help="server certificate (PEM); with --tls-key and --tls-ca (see `podcap certs`)")
-    p.add_argument("--tls-key", default=os.environ.get("PODCAP_TLS_KEY", ""), help="server private key (PEM)")
-    p.add_argument("--tls-ca", default=os.environ.get("PODCAP_TLS_CA", ""),
-                   help="CA that signed the agents' client certificates (PEM)")
-    p.add_argument("--agent-listen", default="",
-                   help="HOST:PORT for agents when TLS is on (mutual TLS; default: the --listen port + 1)")
-    p.add_argument("--insecure", action="store_true",
-                   help="serve plaintext with no authentication (local testing only; logs a warning)")
-    p.add_argument("--token-file", default="",
-                   help="authenticate CLI users with static tokens: CSV token,user,verbs,namespaces")
-    p.add_argument("--kube-auth", action="store_true",
-                   help="authenticate CLI users with TokenReview and authorize with SubjectAccessReview "
-                   "(default when the Kubernetes API is used and no --token-file is given)")
-    p.add_argument("--metrics-listen", default="", help="serve Prometheus /metrics on HOST:PORT (e.g. :9420)")
-    p.add_argument("--log-level", default="INFO")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    tune_for_bulk_buffers()
-    # Handlers first: a SIGTERM that arrives while starting up must still shut down cleanly.
+@click.command(name="podcap-collector", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--listen", default="0.0.0.0:7420", show_default=True, help="HOST:PORT for agents and the CLI")
+@click.option("--data-dir", default="/var/lib/podcap", show_default=True,
+              help="where pcap files and the database live")
+@click.option("--max-workers", type=int, default=256, show_default=True,
+              help="gRPC worker threads (one per connected agent)")
+@click.option("--kubeconfig", default=None, help="resolve pods through the Kubernetes API described by this "
+              "kubeconfig (default: the in-cluster service account when running in a pod)")
+@click.option("--no-kubernetes", is_flag=True,
+              help="never use the Kubernetes API: pods come from the agents' inventories only")
+@daemon.tls_options(ca="CA that signed the agents' client certificates (PEM)",
+                    cert="server certificate (PEM); with --tls-key and --tls-ca (see `podcap certs`)",
+                    key="server private key (PEM)",
+                    insecure="serve plaintext with no authentication (local testing only; logs a warning)")
+@click.option("--agent-listen", default="",
+              help="HOST:PORT for agents when TLS is on (mutual TLS; default: the --listen port + 1)")
+@click.option("--token-file", default="",
+              help="authenticate CLI users with static tokens: CSV token,user,verbs,namespaces")
+@click.option("--kube-auth", is_flag=True,
+              help="authenticate CLI users with TokenReview and authorize with SubjectAccessReview (default when "
+              "the Kubernetes API is used and no --token-file is given)")
+@daemon.common_options(metrics_example=":9420")
+def main(listen: str, data_dir: str, max_workers: int, kubeconfig: str | None, no_kubernetes: bool, tls_ca: str,
+         tls_cert: str, tls_key: str, insecure: bool, agent_listen: str, token_file: str, kube_auth: bool,
+         metrics_listen: str, log_level: str) -> None:
+    """podcap collector: stores pod captures."""
+    daemon.start(log_level)
     done = threading.Event()
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
+    def on_signal(signum: int) -> None:
         log.info("signal %d: shutting down", signum)
         done.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    tls = None
-    if args.tls_cert or args.tls_key or args.tls_ca:
-        if not (args.tls_cert and args.tls_key and args.tls_ca):
-            sys.exit("podcap-collector: TLS needs all of --tls-cert, --tls-key and --tls-ca")
-        tls = TlsFiles(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
-    elif not args.insecure:
-        sys.exit("podcap-collector: no TLS configured: pass --tls-cert/--tls-key/--tls-ca (`podcap certs` makes a "
-                 "set), or --insecure for plaintext on a trusted network")
-    else:
-        log.warning("--insecure: serving PLAINTEXT gRPC; agents are not authenticated and captured packets cross "
-                    "the network unencrypted")
+    daemon.on_stop_signals(on_signal)
+    tls = daemon.tls_files("podcap-collector", ca=tls_ca, cert=tls_cert, key=tls_key, insecure=insecure,
+                           plaintext_warning="serving PLAINTEXT gRPC; agents are not authenticated and captured "
+                           "packets cross the network unencrypted")
     try:
         cluster = None
-        if not args.no_kubernetes and (args.kubeconfig or in_cluster()):
-            cluster = start_cluster(args.kubeconfig)
+        if not no_kubernetes and (kubeconfig or in_cluster()):
+            cluster = start_cluster(kubeconfig)
             log.info("watching pods through the Kubernetes API at %s (%d pods)", cluster.api.server,
                      len(cluster.pods()))
         authorizer: Authorizer
-        if args.token_file:
-            authorizer = StaticTokenAuthorizer(args.token_file)
-        elif cluster is not None and (args.kube_auth or not args.insecure):
+        if token_file:
+            authorizer = StaticTokenAuthorizer(token_file)
+        elif cluster is not None and (kube_auth or not insecure):
             authorizer = KubeAuthorizer(cluster.api)
-        elif args.kube_auth:
+        elif kube_auth:
             sys.exit("podcap-collector: --kube-auth needs the Kubernetes API (--kubeconfig or in-cluster)")
-        elif args.insecure:
+        elif insecure:
             authorizer = OpenAuthorizer()
         else:
             sys.exit("podcap-collector: no way to authenticate users: pass --token-file, or run with the "
                      "Kubernetes API (--kubeconfig or in-cluster) for TokenReview/SubjectAccessReview")
-        collector = start_collector(args.listen, args.data_dir, max_workers=args.max_workers, cluster=cluster,
-                                    tls=tls, authorizer=authorizer, agent_listen=args.agent_listen)
+        collector = start_collector(listen, data_dir, max_workers=max_workers, cluster=cluster, tls=tls,
+                                    authorizer=authorizer, agent_listen=agent_listen)
     except PodcapError as e:
         sys.exit(f"podcap-collector: {e}")
     except OSError as e:
         sys.exit(f"podcap-collector: {e}")
-    if args.metrics_listen:
+    if metrics_listen:
         from podcap.collector.metrics import serve_metrics
 
-        log.info("metrics on port %d", serve_metrics(args.metrics_listen, collector.captures, collector.registry))
-    log.info("podcap-collector listening on %s (port %d%s), data dir %s", args.listen, collector.port,
-             f", agents on port {collector.agent_port} with mutual TLS" if tls else "", args.data_dir)
+        log.info("metrics on port %d", serve_metrics(metrics_listen, collector.captures, collector.registry))
+    log.info("podcap-collector listening on %s (port %d%s), data dir %s", listen, collector.port,
+             f", agents on port {collector.agent_port} with mutual TLS" if tls else "", data_dir)
     done.wait()
     collector.stop()
     log.info("stopped")

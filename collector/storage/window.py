@@ -11,15 +11,14 @@ from __future__ import annotations
 import tempfile
 from typing import BinaryIO
 
-import pcapy
-
+from podcap.collector.filters import BpfProgram
 from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, iter_file_records
 
 READ_BLOCK = 4 << 20
 
 
 def select_records(segments: list[tuple[BinaryIO, int]], fmt: FileFormat, *, since_ns: int, until_ns: int,
-                   bpf: pcapy.BPFProgram | None) -> BinaryIO:
+                   bpf: BpfProgram | None) -> BinaryIO:
     """A temporary pcap file (header included, like a segment) of the pod's records in the window that match."""
     out: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115 (handed to the caller)
     out.write(fmt.header())
