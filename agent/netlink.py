@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 
 from podcap.agent import netns as netns_mod
+from podcap.errors import ResourceError
 
 NETLINK_ROUTE = 0
 RTM_NEWLINK = 16
@@ -33,7 +34,7 @@ _IFINFOMSG = struct.Struct("=BxHiII")
 _RTATTR = struct.Struct("=HH")
 
 
-class NetlinkError(OSError):
+class NetlinkError(ResourceError, OSError):
     pass
 
 

@@ -13,12 +13,14 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from podcap.errors import ResourceError
+
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 
 
-class NetnsError(OSError):
+class NetnsError(ResourceError, OSError):
     """A network namespace could not be entered or left."""
 
 

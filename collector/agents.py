@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from podcap.closable import ClosableQueue
-from podcap.collector.targets import PodRef
 from podcap.errors import ConflictError
 from podcap.names import NodeName
+from podcap.pods import PodRef
 from podcap.v1 import ingest_pb2
 
 log = logging.getLogger(__name__)

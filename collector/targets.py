@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from podcap.collector.kube.selectors import Selector, SelectorError, parse_selector
 from podcap.errors import InvalidInputError, NotFoundError
 from podcap.names import InvalidNameError, check_namespace, check_pod_name
-from podcap.pods import PodRef as PodRef  # re-exported: the collector's modules import it from here
+from podcap.pods import PodRef
 from podcap.v1 import control_pb2
 
 MAX_POD_NAMES = 1000

@@ -235,7 +235,7 @@ class CaptureEngine:
             self._sink.event(
                 ingest_pb2.PodCaptureEvent(
                     capture_id=capture_id, pod_uid=uid, stream_id=stream_id,
-                    state=common_pb2.POD_CAPTURE_STATE_CAPTURING, interface=interface,
+                    state=common_pb2.POD_CAPTURE_STATE_CAPTURING, interface=interface, started=True,
                     format=common_pb2.PcapFormat(
                         linktype=stream.fmt.linktype, snaplen=stream.fmt.snaplen, nanosecond=stream.fmt.nanosecond
                     ),

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from podcap.agent.capture import chunkbuf
 from podcap.agent.upload.encoded import EncodedChunk
+from podcap.errors import ResourceError
 from podcap.pcapfile import FileFormat, first_timestamp_ns
 from podcap.v1 import ingest_pb2
 
@@ -31,7 +32,7 @@ PCAP_ERROR_NO_SUCH_DEVICE = -5
 PCAP_ERROR_PERM_DENIED = -8
 
 
-class PcapError(RuntimeError):
+class PcapError(ResourceError):
     """A libpcap call failed; the message is libpcap's own text."""
 
 

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from podcap.agent import netlink
+from podcap.errors import UnavailableError
 from podcap.names import PodUid
 from podcap.pods import PodRef
 
 
-class PodSourceError(RuntimeError):
+class PodSourceError(UnavailableError):
     """The pod source cannot answer (runtime socket unreachable, permission denied, ...)."""
 
 

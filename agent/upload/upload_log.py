@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from podcap.agent.upload.encoded import EncodedChunk, batch, gap_chunk
+from podcap.stream_events import starts_stream
 from podcap.v1 import common_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ class UploadLog:
         with self._cond:
             if msg.WhichOneof("kind") == "pod_event":
                 ev = msg.pod_event
-                if ev.state == common_pb2.POD_CAPTURE_STATE_CAPTURING and ev.HasField("format"):
+                if starts_stream(ev):
                     self._starts[ev.stream_id] = msg
                 elif ev.stream_id and ev.state != common_pb2.POD_CAPTURE_STATE_CAPTURING:
                     self._finished.add(ev.stream_id)

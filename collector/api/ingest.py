@@ -21,8 +21,8 @@ from podcap.collector.api.errors import abort_for
 from podcap.collector.api.wire import IncomingChunk
 from podcap.collector.captures.chunks import ChunkRejectedError
 from podcap.collector.captures.manager import CaptureManager
-from podcap.collector.targets import PodRef
 from podcap.names import InvalidNameError, check_namespace, check_node_name, check_pod_name, check_pod_uid
+from podcap.pods import PodRef
 from podcap.tls import AGENT_IDENTITY, peer_identity
 from podcap.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
 

@@ -21,15 +21,10 @@ from podcap.collector.captures.table import CaptureTable, heard_from
 from podcap.collector.storage.base import CaptureStorage
 from podcap.drops import Drops
 from podcap.names import PodUid
+from podcap.stream_events import starts_stream
 from podcap.v1 import common_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)
-
-
-def starts_stream(ev: ingest_pb2.PodCaptureEvent) -> bool:
-    """The event starts (or, after a reconnect, resumes) a stream: the agent opened the pod's handle and its records
-    have ``ev.format``. Older agents mark it only by CAPTURING with a format."""
-    return ev.started or (ev.state == common_pb2.POD_CAPTURE_STATE_CAPTURING and ev.HasField("format"))
 
 
 class PodEvents:

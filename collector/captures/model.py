@@ -18,9 +18,10 @@ from typing import Protocol
 from podcap.collector.captures.streams import StreamState, pod_counts
 from podcap.collector.storage.base import PodLocation, SegmentInfo, SegmentWriter
 from podcap.collector.storage.catalog import PodRow, SegmentRow, StreamRow
-from podcap.collector.targets import PodRef, TargetSpec
+from podcap.collector.targets import TargetSpec
 from podcap.drops import Drops
 from podcap.names import CaptureId, PodUid
+from podcap.pods import PodRef
 from podcap.v1 import common_pb2, control_pb2
 
 DEFAULT_SEGMENT_BYTES = 64 << 20

@@ -21,9 +21,10 @@ from podcap.collector.captures.model import ACTIVE, MIN_SEGMENT_BYTES, TERMINAL,
 from podcap.collector.captures.table import CaptureTable
 from podcap.collector.kube.inventory import ClusterInventory, ClusterListener
 from podcap.collector.kube.selectors import Selector, parse_field_selector, pod_fields
-from podcap.collector.targets import NoMatchError, PodRef, TargetSpec, resolve
+from podcap.collector.targets import NoMatchError, TargetSpec, resolve
 from podcap.errors import InvalidInputError, PreconditionError
 from podcap.names import NodeName
+from podcap.pods import PodRef
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)

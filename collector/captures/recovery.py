@@ -18,9 +18,10 @@ from podcap.collector.captures.streams import StreamState
 from podcap.collector.captures.table import grace_starts
 from podcap.collector.storage.base import CaptureStorage, StorageError
 from podcap.collector.storage.catalog import CaptureStore, PodRow
-from podcap.collector.targets import PodRef, parse_target
+from podcap.collector.targets import parse_target
 from podcap.errors import InvalidInputError
 from podcap.names import CaptureId
+from podcap.pods import PodRef
 from podcap.v1 import common_pb2, control_pb2
 
 log = logging.getLogger(__name__)

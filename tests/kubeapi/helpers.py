@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from podcap.collector.kube.client import KubeApi, load_api
 from podcap.collector.kube.inventory import ClusterListener
-from podcap.collector.targets import PodRef
+from podcap.pods import PodRef
 from tests.kubeapi.standin import KubeApiStandin, write_kubeconfig
 
 

@@ -153,7 +153,7 @@ def test_register_upload_ack_reconnect_and_shutdown(
     handle.arrive(5)
     first.wait(lambda _r: len(first.chunks()) == 1)
     assert session.connected
-    started = [e for e in first.events() if e.state == CAPTURING and e.HasField("format")]
+    started = [e for e in first.events() if e.started and e.state == CAPTURING and e.HasField("format")]
     assert len(started) == 1 and started[0].stream_id and started[0].interface == "veth-web0"
     chunk = first.chunks()[0]
     assert (chunk.capture_id, chunk.pod_uid, chunk.stream_id, chunk.seq) == (CID, POD.uid, started[0].stream_id, 1)

@@ -22,10 +22,11 @@ from podcap.collector.storage.base import SegmentInfo
 from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.gaps import read_gaps
 from podcap.collector.storage.local import LocalPodLocation, LocalStorage, PodWriter, list_segments
-from podcap.collector.targets import NoMatchError, PodRef
+from podcap.collector.targets import NoMatchError
 from podcap.drops import total_of
 from podcap.names import NodeName, PodUid
 from podcap.pcapfile import FileFormat, read_file
+from podcap.pods import PodRef
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 
 NODE = NodeName("node-a")

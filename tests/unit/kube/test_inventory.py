@@ -12,7 +12,8 @@ from podcap.collector.kube.client import KubeApi
 from podcap.collector.kube.errors import KubeForbiddenError
 from podcap.collector.kube.inventory import ClusterInventory, ClusterNotSyncedError
 from podcap.collector.kube.selectors import parse_field_selector
-from podcap.collector.targets import NoMatchError, PodRef, parse_target, resolve
+from podcap.collector.targets import NoMatchError, parse_target, resolve
+from podcap.pods import PodRef
 from podcap.v1 import control_pb2
 from tests.kubeapi.helpers import Recorder, wait_for
 from tests.kubeapi.standin import KubeApiStandin

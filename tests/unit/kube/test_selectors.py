@@ -5,9 +5,9 @@ control service answers INVALID_ARGUMENT) whose message names the bad part."""
 import pytest
 
 from podcap.collector.kube.selectors import SelectorError, parse_field_selector, parse_selector, pod_fields
-from podcap.collector.targets import PodRef
 from podcap.errors import InvalidInputError
 from podcap.names import NodeName, PodUid
+from podcap.pods import PodRef
 
 LABELS = {"app": "web", "tier": "front", "version": "v2"}
 
