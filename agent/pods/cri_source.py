@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping
 
 from podcap.agent import netlink
-from podcap.agent.pods import cri
+from podcap.agent.pods import cri, cri_declaration
 from podcap.agent.pods.source import PodNetwork, PodNotFoundError, PodSourceError, host_veth_of
 from podcap.names import InvalidNameError, NodeName, PodUid, check_namespace, check_pod_name, check_pod_uid
 from podcap.pods import PodRef
@@ -97,7 +97,7 @@ class CriPodSource:
                     node=self.node,
                     labels=pod_labels(sb.labels),
                     ip=status.ip,
-                    host_network=status.network_mode == cri.NAMESPACE_MODE_NODE,
+                    host_network=status.network_mode == cri_declaration.NAMESPACE_MODE_NODE,
                     sandbox_key=sb.id,
                 )
             )
@@ -109,7 +109,7 @@ class CriPodSource:
             raise PodNotFoundError(f"no ready pod sandbox with uid {uid} on this node (runtime {self.client.endpoint})")
         status = self.client.sandbox_status(sb.id, verbose=True)
         pid = cri.sandbox_pid(status.info)
-        host_network = status.network_mode == cri.NAMESPACE_MODE_NODE
+        host_network = status.network_mode == cri_declaration.NAMESPACE_MODE_NODE
         path = self._netns_path(cri.sandbox_netns_path(status.info), pid, host_network)
         if path is None:
             raise PodSourceError(

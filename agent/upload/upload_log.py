@@ -20,6 +20,10 @@ it per pod. Chunks already sent once are never turned into gaps (the collector m
 
 Spool files are written, read and deleted outside the lock, so neither the capture loop, nor the sender, nor
 acknowledgements ever wait for the disk while holding it.
+
+One class on purpose (a little over 400 lines): the queue, the per-stream accounting, the eviction and the session
+replay share one lock and one invariant (every chunk is queued, held, spooled or a gap exactly once), and splitting
+them would spread that invariant over modules.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ from typing import Any, Final
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from podcap.agent.pods.cri import (
+from podcap.agent.pods.cri import CriClient
+from podcap.agent.pods.cri_declaration import (
     BOOL,
     ENUM,
     ENUMS,
@@ -28,7 +29,6 @@ from podcap.agent.pods.cri import (
     SANDBOX_READY,
     STRING,
     UINT32,
-    CriClient,
     Declaration,
     Field,
     map_field,
