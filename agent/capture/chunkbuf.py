@@ -4,7 +4,7 @@ Two implementations of one interface (``RecordSink``), both C all the way per pa
 
 - ``ChunkBuffer`` (``chunkbuf.c`` in podcap's C library): our own ``pcap_handler`` appends records to a buffer
   laid out as the serialized ``AgentMessage{chunk}``; cutting a chunk copies it once into the bytes gRPC sends.
-- ``MemoryDump`` (``podcap.agent.libpcap``): libpcap's ``pcap_dump`` into a memory stream, then a protobuf
+- ``MemoryDump`` (``podcap.agent.capture.libpcap``): libpcap's ``pcap_dump`` into a memory stream, then a protobuf
   message; the fallback when the C library was not built (about 15% more CPU per packet, two more copies).
 """
 

@@ -1,9 +1,17 @@
 """podcap: packet capture for Kubernetes pods.
 
-This package root holds the contract shared by every podcap process: the generated gRPC code of ``podcap.v1``
-(``podcap/v1``) and the small pieces of the wire contract that are not protobuf — identifiers and their validation
-(``podcap.names``), the PCAP record format carried in chunks (``podcap.pcapfile``) and Kubernetes label selectors
-(``podcap.labels``). The node side lives in ``podcap.agent``, the central side and the CLI in ``podcap.collector``.
+This package root holds what every podcap process shares, and only that:
+
+- the contract: the generated gRPC code of ``podcap.v1`` (``podcap/v1``), and the parts of the wire contract that
+  are not protobuf — identifiers and their validation (``names``), the pod reference both sides exchange (``pods``),
+  the PCAP record format carried in chunks with its C walker (``pcapfile``, ``pcapwalk``, ``native``), the chunk
+  path's varint framing (``framing``), the loss causes (``drops``) and the rule for the event that starts a stream
+  (``stream_events``);
+- what both sides build on: the error kinds (``errors``), mutual TLS (``tls``), a closable queue (``closable``), and
+  the daemons' common command line and process tuning (``daemon``, ``malloc``).
+
+The node side lives in ``podcap.agent``, the central side and the CLI in ``podcap.collector``; they never import
+each other (``.importlinter``).
 """
 
 __version__ = "0.1.0"

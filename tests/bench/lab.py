@@ -25,6 +25,7 @@ from typing import IO, Any
 import psutil
 
 from podcap.collector.cli.client import CollectorClient, CollectorError
+from podcap.collector.demo.node import DemoPod as Pod  # a pod of network namespaces: the demo's
 from podcap.pcapfile import FILE_HEADER_LEN, parse_file_header, scan_records
 from podcap.v1 import common_pb2, control_pb2
 
@@ -85,21 +86,6 @@ def sys_seconds(proc: psutil.Process) -> float:
 
 
 @dataclass
-class Pod:
-    namespace: str
-    name: str
-    host_veth: str
-
-    @property
-    def netns(self) -> str:
-        return f"{self.namespace}.{self.name}"
-
-    @property
-    def netns_path(self) -> str:
-        return f"/run/netns/{self.netns}"
-
-
-@dataclass
 class Lab:
     tag: str = field(default_factory=lambda: secrets.token_hex(3))
     pods: list[Pod] = field(default_factory=list)
@@ -127,7 +113,7 @@ class Lab:
     def add_pods(self, namespace: str, names: list[str], first_index: int = 0, *, bridge: str = "") -> list[Pod]:
         """Create pods in one `ip -batch` (namespace, veth with the pod side named eth0 inside it, host side up,
         on ``bridge`` if given), then bring each pod's eth0 up."""
-        new = [Pod(namespace, n, f"pcb{self.tag}h{first_index + i}") for i, n in enumerate(names)]
+        new = [Pod(namespace, n, "", f"pcb{self.tag}h{first_index + i}") for i, n in enumerate(names)]
         lines = []
         for p in new:
             lines += [f"netns add {p.netns}", f"link add {p.host_veth} type veth peer name eth0 netns {p.netns}"]

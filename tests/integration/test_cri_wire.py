@@ -2,8 +2,9 @@
 
 containerd registers its protobuf descriptors gzipped in the binary (gogo/protobuf), so the upstream
 FileDescriptorProto of ``runtime.v1`` can be read out of ``/usr/bin/containerd`` without any .proto file. Every
-message, field, map entry, enum value and RPC that ``podcap.agent.cri`` declares must match it exactly (number, type,
-label, referenced type); and a message serialized by our classes must parse identically with upstream's.
+message, field, map entry, enum value and RPC that ``podcap.agent.pods.cri_declaration`` declares must match it
+exactly (number, type, label, referenced type); and a message serialized by our classes must parse identically
+with upstream's.
 """
 
 from __future__ import annotations
