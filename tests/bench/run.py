@@ -38,21 +38,7 @@ Phases
 The last stdout line is one JSON object with the figures (keys in ``KEYS``). Each p1/p2 run's JSON line also has
 the user/kernel split (``sys_s``, ``collector_sys_s``), to see where time goes.
 
-Notes from measuring on our CI machines (Firecracker VMs with free page reporting):
-- Memory the kernel got back from the host is slow to touch the first time: writing 900 MB into fresh page cache
-  costs ~2 s of kernel CPU with 4 MiB write() calls and ~0.3 s with 64 KiB ones, and a buffer malloc'd afresh per
-  chunk costs a page fault per 4 KiB. Hence the collector's direct I/O (buffered fallback in 64 KiB pieces) and
-  ``podcap.malloc`` in both daemons. ``tcpdump -w`` pays it too when its page cache comes from cold memory: since
-  the collector writes with direct I/O (and recycles no page cache), tcpdump's second round often costs ~2.2 s
-  instead of ~1.1 s, which makes p2_cpu_ratio look better than the ratio of the rounds where tcpdump ran warm
-  (1.8-2.05 in our last runs; the per-round JSON lines show both).
-- p3 (200 pods with two 256 KiB ring blocks each, libpcap 1.10's fixed TPACKET_V3 block size): in about a third
-  of the runs the kernel counts 1-2 drops out of the 200,000 packets. It is the kernel's, not the agent's: with
-  the capture loop instrumented, no block waited more than 0.75 s between drains and no loop iteration was more
-  than 0.25 s from the last; 200 ``tcpdump -B 512`` processes (the same two blocks per ring, one process per pod,
-  1 s block timeout) under the same traffic dropped 1-2 packets in 2 of 4 runs, and podcap with three blocks per
-  ring (a 160 MiB ``--ring-budget``, p3_rss_mib 204) still did in 1 of 4; tcpdump's default eight blocks showed none
-  in 4 runs. More blocks per pod cost ring memory, which p3_rss_mib counts (the kernel maps it into the agent).
+Figures of past runs, and what we learned measuring on these machines: ``tests/bench/NOTES.md``.
 """
 
 from __future__ import annotations
