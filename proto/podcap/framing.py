@@ -4,7 +4,7 @@ Chunks are the bulk of what crosses from agent to collector, so neither side let
 agent sends chunks as bytes it framed itself (``podcap.agent.upload.encoded``, and ``agent/capture/chunkbuf.c``
 which writes the same headers in C), and the collector splits a received chunk without parsing its records
 (``podcap.collector.api.wire``). Both sides frame with this module so there is one varint and one set of field
-numbers; the numbers come from the generated descriptors, and ``tests/unit/test_framing.py`` checks that the C
+numbers; the numbers come from the generated descriptors, and ``tests/unit/shared/test_framing.py`` checks that the C
 writer's hard-coded tags match them.
 """
 

@@ -24,7 +24,7 @@ from podcap.agent.session import AgentConfig, AgentSession
 from podcap.names import CaptureId, NodeName, PodUid
 from podcap.pods import PodRef
 from podcap.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
-from tests.unit.fake_handles import FakeHandles, packet_numbers
+from tests.unit.agent.fake_handles import FakeHandles, packet_numbers
 
 NODE = NodeName("node-a")
 POD = PodRef("shop", "web-0", PodUid("uid-0"), NODE, {"app": "web"}, ip="10.0.0.5", sandbox_key="k1")

@@ -19,7 +19,7 @@ from podcap.drops import Drops
 from podcap.names import CaptureId, NodeName, PodUid
 from podcap.pods import PodRef
 from podcap.v1 import common_pb2, ingest_pb2
-from tests.unit.fake_handles import RECORD, FakeHandle, FakeHandles, packet_numbers
+from tests.unit.agent.fake_handles import RECORD, FakeHandle, FakeHandles, packet_numbers
 
 CID = CaptureId("cap-1")
 POD = PodRef("shop", "web-0", PodUid("uid-0"), NodeName("node-a"))
