@@ -3,8 +3,8 @@ no root): registration with the inventory, a start command opening a handle, the
 first chunk, acknowledgements releasing chunks, a broken session re-sending every unacknowledged chunk behind its
 stream's STARTED event, and a graceful shutdown ending with the stream's final counters.
 
-The servicer is a scripted stand-in, not the collector's: it acknowledges only when told, so a test decides which
-chunks are unacknowledged when a session breaks."""
+The first test's servicer is a scripted stand-in: it acknowledges only when told, so the test decides which chunks
+are unacknowledged when a session breaks. The second runs the session against the collector itself, in process."""
 
 from __future__ import annotations
 
@@ -194,3 +194,53 @@ def test_register_upload_ack_reconnect_and_shutdown(
     assert len(final) == 1 and final[0].delivered == 10 and final[0].kernel.received == 10
     assert [n for c in second.chunks() for n in packet_numbers(c.records)] == [6, 7, 8, 9, 10]
     assert handle.frozen
+
+
+def test_a_session_against_the_real_collector_in_process_stores_every_packet(tmp_path: str) -> None:
+    """The same session against the collector itself (its servicers and capture manager on 127.0.0.1, a data dir
+    under tmp): a capture started for the agent's pod is stored, acknowledged and ended, and the stored file holds
+    exactly the packets the fake handle delivered, in order."""
+    import os
+
+    from podcap.collector.server import start_collector
+    from podcap.collector.storage.local import list_segments
+    from podcap.pcapfile import read_file
+    from podcap.v1 import control_pb2
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    collector = start_collector("127.0.0.1:0", str(tmp_path), max_workers=8)
+    handles = FakeHandles()
+    cfg = AgentConfig(collector=f"127.0.0.1:{collector.port}", node=NODE, reconnect_min=0.05, reconnect_max=0.1,
+                      inventory_interval=0.1, engine=EngineSettings(flush_interval=0.2, min_loop_period=0.0))
+    session = AgentSession(cfg, FakePodSource(), handles=handles)
+    runner = threading.Thread(target=session.run, daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while collector.registry.get(NODE) is None:
+            assert time.monotonic() < deadline, "the agent never registered"
+            time.sleep(0.02)
+        cap = collector.captures.start(control_pb2.StartCaptureRequest(
+            target=control_pb2.Target(namespace="shop", pod_names=["web-0"])))
+        handle = handles.wait("veth-web0")
+        for n in (40, 25, 35):
+            handle.arrive(n)
+            time.sleep(0.05)
+        while session.out.pending() != (0, 0) or collector.captures.status(cap).pods[0].packets < 100:
+            assert time.monotonic() < deadline + 20, (session.out.pending(), collector.captures.status(cap))
+            time.sleep(0.05)
+        ended = collector.captures.stop(cap.id)
+        status = collector.captures.status(ended)
+        assert status.state == control_pb2.CAPTURE_STATE_DONE
+        (pod,) = status.pods
+        assert (pod.packets, pod.kernel.received, pod.unaccounted) == (100, 100, 0)
+        stored = [int.from_bytes(r.data[:4], "big")
+                  for seg in list_segments(os.path.join(str(tmp_path), "captures", cap.id, "shop", "web-0"))
+                  for r in read_file(seg)[1]]
+        assert stored == list(range(1, 101))
+    finally:
+        session.shutdown()
+        runner.join(timeout=20)
+        collector.stop()
+        os.umask(umask)
