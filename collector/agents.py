@@ -40,7 +40,6 @@ class AgentConnection:
     pod_source: str
     pods: list[PodRef]
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    connected_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:

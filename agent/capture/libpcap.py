@@ -111,7 +111,6 @@ def lib() -> ctypes.CDLL:
         "pcap_datalink": (c_int, [c_void_p]),
         "pcap_snapshot": (c_int, [c_void_p]),
         "pcap_get_tstamp_precision": (c_int, [c_void_p]),
-        "pcap_lib_version": (c_char_p, []),
     }
     for fname, (restype, argtypes) in sigs.items():
         fn = getattr(lp, fname)
@@ -119,10 +118,6 @@ def lib() -> ctypes.CDLL:
         fn.argtypes = argtypes
     _lib = lp
     return lp
-
-
-def lib_version() -> str:
-    return (lib().pcap_lib_version() or b"").decode()
 
 
 @dataclass(frozen=True)

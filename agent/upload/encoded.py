@@ -81,10 +81,6 @@ class EncodedChunk:
         packets added to ``lost`` under ``cause`` (to what it already carried)."""
         return gap_chunk(self.meta, cause, self.meta.packets)
 
-    @property
-    def is_gap(self) -> bool:
-        return self.size == 0 and self.meta.packets == 0
-
 
 def _without_records(chunk: ingest_pb2.PcapChunk) -> ingest_pb2.PcapChunk:
     meta = ingest_pb2.PcapChunk()

@@ -15,7 +15,6 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from podcap.agent.netns import netns_inode
 from podcap.errors import ResourceError
 
 
@@ -132,6 +131,3 @@ class DemoNode:
         for pod in list(self.pods):
             self.remove_pod(pod)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
-
-    def inode(self, pod: DemoPod) -> int:
-        return netns_inode(pod.netns_path)
