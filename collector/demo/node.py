@@ -17,9 +17,27 @@ from dataclasses import dataclass, field
 
 from podcap.errors import ResourceError
 
+NETNS_DIR = "/run/netns"
+
 
 class NodeSetupError(ResourceError):
     pass
+
+
+def _publish(staging: str, name: str) -> None:
+    """Give the network namespace ``staging`` its final name ``name`` under /run/netns (a second bind mount of the
+    same namespace, then the staging name removed)."""
+    final = os.path.join(NETNS_DIR, name)
+    try:
+        with open(final, "x"):
+            pass
+    except OSError as e:
+        raise NodeSetupError(f"cannot create {final}: {e.strerror}") from e
+    r = subprocess.run(["mount", "--bind", os.path.join(NETNS_DIR, staging), final], capture_output=True, text=True)
+    if r.returncode != 0:
+        os.unlink(final)
+        raise NodeSetupError(f"mount --bind {staging} {final}: {r.stderr.strip()}")
+    _ip("netns", "del", staging)
 
 
 def _ip(*args: str) -> None:
@@ -55,6 +73,7 @@ class DemoNode:
         self.tag = secrets.token_hex(3)
         self.bridge = f"pcbr{self.tag}"
         self._created = 0
+        self._staging: list[str] = []  # namespaces being wired (removed by destroy if creation failed half-way)
 
     def create(self, names: list[str]) -> DemoNode:
         try:
@@ -72,16 +91,23 @@ class DemoNode:
         self._created += 1
         pod = DemoPod(self.namespace, name, f"10.213.{self.subnet_octet}.{10 + i}", f"pc{self.tag}h{i}")
         pod_side = f"pc{self.tag}p{i}"
-        _ip("netns", "add", pod.netns)
+        # Wired under a staging name (no dot: no pod source reads it) and published under the pod's name only when
+        # its network is up, as a runtime reports a sandbox ready only after its network is set up: an agent that
+        # lists pods meanwhile never sees a pod without its eth0.
+        staging = f"pc{self.tag}s{i}"
+        _ip("netns", "add", staging)
+        self._staging.append(staging)
         self.pods.append(pod)
         _ip("link", "add", pod.host_veth, "type", "veth", "peer", "name", pod_side)
-        _ip("link", "set", pod_side, "netns", pod.netns)
-        _ip("-n", pod.netns, "link", "set", pod_side, "name", "eth0")
-        _ip("-n", pod.netns, "addr", "add", f"{pod.ip}/24", "dev", "eth0")
-        _ip("-n", pod.netns, "link", "set", "lo", "up")
-        _ip("-n", pod.netns, "link", "set", "eth0", "up")
+        _ip("link", "set", pod_side, "netns", staging)
+        _ip("-n", staging, "link", "set", pod_side, "name", "eth0")
+        _ip("-n", staging, "addr", "add", f"{pod.ip}/24", "dev", "eth0")
+        _ip("-n", staging, "link", "set", "lo", "up")
+        _ip("-n", staging, "link", "set", "eth0", "up")
         _ip("link", "set", pod.host_veth, "master", self.bridge)
         _ip("link", "set", pod.host_veth, "up")
+        _publish(staging, pod.netns)
+        self._staging.remove(staging)
         return pod
 
     def remove_pod(self, pod: DemoPod) -> None:
@@ -130,4 +156,7 @@ class DemoNode:
         self.stop_processes()
         for pod in list(self.pods):
             self.remove_pod(pod)
+        for staging in self._staging:
+            subprocess.run(["ip", "netns", "del", staging], capture_output=True)
+        self._staging.clear()
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
