@@ -29,6 +29,7 @@ from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.kube.client import in_cluster, load_api
 from podcap.collector.kube.errors import KubeError
 from podcap.collector.kube.inventory import ClusterInventory
+from podcap.collector.storage.base import CaptureStorage
 from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.local import LocalStorage
 from podcap.errors import PodcapError
@@ -102,18 +103,36 @@ def _bind(server: grpc.Server, address: str, creds: grpc.ServerCredentials | Non
         return 0
 
 
+def open_storage(data_dir: str, storage: str = "", *, s3_endpoint: str = "", s3_region: str = "") -> CaptureStorage:
+    """The data dir alone (``storage`` empty or ``local``), or the data dir as the write-ahead tier of an
+    S3-compatible bucket (``s3://BUCKET[/PREFIX]``), checked now: a missing bucket or refused credentials are a
+    one-line error at start-up."""
+    if storage in ("", "local"):
+        return LocalStorage(data_dir)
+    from podcap.collector.storage.objects import BucketUrl, ObjectStore
+    from podcap.collector.storage.tiered import TieredStorage
+
+    objects = ObjectStore(BucketUrl.parse(storage), endpoint=s3_endpoint or None, region=s3_region or None)
+    objects.check()
+    stale = objects.abort_stale_uploads(objects.url.key())
+    if stale:
+        log.info("aborted %d multipart uploads left by an earlier run", stale)
+    return TieredStorage(data_dir, objects)
+
+
 def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
                     cluster: ClusterInventory | None = None, tls: TlsFiles | None = None,
-                    authorizer: Authorizer | None = None, agent_listen: str = "") -> Collector:
+                    authorizer: Authorizer | None = None, agent_listen: str = "",
+                    storage: CaptureStorage | None = None) -> Collector:
     """Open the data dir and serve on ``listen`` (HOST:PORT; port 0 picks a free port). Without ``tls`` one
     plaintext port serves users and agents (the caller asked for it explicitly); with ``tls`` agents get their own
     mutual-TLS port ``agent_listen`` (default: the next port). Without ``authorizer`` everyone may do
-    everything."""
+    everything. ``storage``: where captures go (default: the data dir, see ``open_storage``)."""
     os.umask(0o077)  # captured packets are readable by the collector's user only
     os.makedirs(os.path.join(data_dir, "captures"), mode=0o700, exist_ok=True)
     store = CaptureStore(os.path.join(data_dir, "podcap.db"))
     registry = AgentRegistry()
-    captures = CaptureManager(LocalStorage(data_dir), registry, store, cluster=cluster)
+    captures = CaptureManager(storage or LocalStorage(data_dir), registry, store, cluster=cluster)
     server = _grpc_server(max_workers)
     ingest = IngestServicer(registry, captures, require_agent_cert=tls is not None)
     control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(captures, authorizer or OpenAuthorizer()), server)
@@ -144,6 +163,12 @@ def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
 @click.option("--listen", default="0.0.0.0:7420", show_default=True, help="HOST:PORT for agents and the CLI")
 @click.option("--data-dir", default="/var/lib/podcap", show_default=True,
               help="where pcap files and the database live")
+@click.option("--storage", default="local", show_default=True, help="where captures are kept: the data dir "
+              "(local), or s3://BUCKET[/PREFIX] with the data dir as the write-ahead tier (credentials from the "
+              "usual AWS environment, profile or web identity)")
+@click.option("--s3-endpoint", default="", envvar="S3_ENDPOINT", help="S3 endpoint URL for a store other than AWS "
+              "(Ceph RGW, MinIO: path-style addressing)")
+@click.option("--s3-region", default="", envvar="AWS_REGION", help="the bucket's region")
 @click.option("--max-workers", type=int, default=256, show_default=True,
               help="gRPC worker threads (one per connected agent)")
 @click.option("--kubeconfig", default=None, help="resolve pods through the Kubernetes API described by this "
@@ -162,9 +187,9 @@ def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
               help="authenticate CLI users with TokenReview and authorize with SubjectAccessReview (default when "
               "the Kubernetes API is used and no --token-file is given)")
 @daemon.common_options(metrics_example=":9420")
-def main(listen: str, data_dir: str, max_workers: int, kubeconfig: str | None, no_kubernetes: bool, tls_ca: str,
-         tls_cert: str, tls_key: str, insecure: bool, agent_listen: str, token_file: str, kube_auth: bool,
-         metrics_listen: str, log_level: str) -> None:
+def main(listen: str, data_dir: str, storage: str, s3_endpoint: str, s3_region: str, max_workers: int,
+         kubeconfig: str | None, no_kubernetes: bool, tls_ca: str, tls_cert: str, tls_key: str, insecure: bool,
+         agent_listen: str, token_file: str, kube_auth: bool, metrics_listen: str, log_level: str) -> None:
     """podcap collector: stores pod captures."""
     daemon.start(log_level)
     done = threading.Event()
@@ -195,8 +220,9 @@ def main(listen: str, data_dir: str, max_workers: int, kubeconfig: str | None, n
         else:
             sys.exit("podcap-collector: no way to authenticate users: pass --token-file, or run with the "
                      "Kubernetes API (--kubeconfig or in-cluster) for TokenReview/SubjectAccessReview")
+        backend = open_storage(data_dir, storage, s3_endpoint=s3_endpoint, s3_region=s3_region)
         collector = start_collector(listen, data_dir, max_workers=max_workers, cluster=cluster, tls=tls,
-                                    authorizer=authorizer, agent_listen=agent_listen)
+                                    authorizer=authorizer, agent_listen=agent_listen, storage=backend)
     except PodcapError as e:
         sys.exit(f"podcap-collector: {e}")
     except OSError as e:
@@ -205,8 +231,9 @@ def main(listen: str, data_dir: str, max_workers: int, kubeconfig: str | None, n
         from podcap.collector.metrics import serve_metrics
 
         log.info("metrics on port %d", serve_metrics(metrics_listen, collector.captures, collector.registry))
-    log.info("podcap-collector listening on %s (port %d%s), data dir %s", listen, collector.port,
-             f", agents on port {collector.agent_port} with mutual TLS" if tls else "", data_dir)
+    log.info("podcap-collector listening on %s (port %d%s), data dir %s%s", listen, collector.port,
+             f", agents on port {collector.agent_port} with mutual TLS" if tls else "", data_dir,
+             f", archived to {storage}" if storage not in ("", "local") else "")
     done.wait()
     collector.stop()
     log.info("stopped")

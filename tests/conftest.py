@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
-pytest_plugins = ["tests.node.fixtures"]
+pytest_plugins = ["tests.node.fixtures", "tests.s3.fixtures"]
 
 VENV_BIN = os.path.dirname(sys.executable)
 IS_ROOT = os.geteuid() == 0

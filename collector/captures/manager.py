@@ -8,7 +8,8 @@ Everything else is a component it wires together and delegates to:
 - ``placement``: which agent captures which pod, agent and cluster events;
 - ``events``: the agents' reports on their streams;
 - ``chunks``: chunk ingest, stage by stage;
-- ``committer``: durability and acknowledgements; ``recovery``: the captures found at startup;
+- ``committer``: durability and acknowledgements; ``recovery``: the captures found at startup; ``archiver``:
+  closed segments to the second tier of tiered storage;
 - ``retention``, ``reads`` (downloads and followers), over the storage interface (``podcap.collector.storage``).
 
 Concurrency: one lock per capture guards its pods and counters, and is never held across I/O: each pod's writer
@@ -28,6 +29,7 @@ from typing import BinaryIO
 
 from podcap.collector.agents import AgentConnection, AgentRegistry
 from podcap.collector.captures import reads, recovery, retention
+from podcap.collector.captures.archiver import Archiver
 from podcap.collector.captures.chunks import ChunkIngest
 from podcap.collector.captures.committer import Committer
 from podcap.collector.captures.events import PodEvents
@@ -57,6 +59,7 @@ class CaptureManager:
         self.health = StorageHealth()
         self._closing = threading.Event()
         self.committer = Committer(self.table, store, self.health)
+        self.archiver = Archiver(self.table, storage, self.committer)
         self.placement = Placement(self.table, registry, cluster)
         self.events = PodEvents(self.table, storage, on_terminal=self._maybe_finish)
         self.chunks = ChunkIngest(self.table, storage, self.health, wake_committer=self.committer.wake,
@@ -69,6 +72,7 @@ class CaptureManager:
         self._ticker = threading.Thread(target=self._tick_loop, name="capture-ticker", daemon=True)
         self._ticker.start()
         self.committer.start()
+        self.archiver.start()
 
     @property
     def paused(self) -> str:
@@ -218,6 +222,7 @@ class CaptureManager:
         """Persist everything; running captures stay RUNNING in the database and resume at the next start."""
         self._closing.set()
         self._ticker.join(timeout=5)
+        self.archiver.stop()
         self.committer.stop()
         for cap in self.table.all():
             with cap.lock:

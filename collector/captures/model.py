@@ -119,7 +119,8 @@ class PodState:
             status=self.status(), format=self.fmt, stream_id=self.current,
             last_seq=current.last_seq if current is not None else 0,
             packets_total=self.packets_total, bytes_total=self.bytes_total,
-            segments=[SegmentRow(s.index, s.bytes, s.packets, s.first_ts_ns, s.last_ts_ns) for s in self.segments],
+            segments=[SegmentRow(s.index, s.bytes, s.packets, s.first_ts_ns, s.last_ts_ns, s.archived)
+                      for s in self.segments],
             streams=[StreamRow(s.id, s.ordinal, s.fmt, s.last_seq, s.counters_json()) for s in self.streams.values()],
             orphan=self.orphan.copy(),
         )

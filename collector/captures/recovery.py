@@ -39,6 +39,9 @@ def load(store: CaptureStore, storage: CaptureStorage) -> list[Capture]:
                       control_pb2.CaptureState.ValueType(row.state), row.ended_ns, row.end_reason)
         for pr in store.pods(row.id):
             ps = _pod(storage, cap, pr)
+            for seg in ps.segments:
+                if seg.archived:  # archived and recorded; a crash may have come before the local copy went
+                    location(storage, cap, ps).release(seg)
             if cap.live:
                 try:
                     _recover_pod(storage, cap, ps)
@@ -73,6 +76,7 @@ def _pod(storage: CaptureStorage, cap: Capture, pr: PodRow) -> PodState:
         seg = loc.segment(row.index)
         seg.bytes, seg.packets = row.bytes, row.packets
         seg.first_ts_ns, seg.last_ts_ns = row.first_ts_ns, row.last_ts_ns
+        seg.archived = row.archived
         ps.segments.append(seg)
     ps.next_segment = max((s.index for s in pr.segments), default=0) + 1
     return ps
@@ -106,7 +110,7 @@ def _recover_pod(storage: CaptureStorage, cap: Capture, ps: PodState) -> None:
         ps.retired_bytes += seg.bytes
         ps.retired_packets += seg.packets
         ps.dirty = True
-    if ps.segments and ps.fmt is not None:
+    if ps.segments and ps.fmt is not None and not ps.segments[-1].archived:
         last = ps.segments[-1]
         try:
             size = loc.recover_segment(last, file_format(ps.fmt))

@@ -8,8 +8,8 @@ capture has holes, and the ``recover_*`` calls bring a pod's segments back to wh
 ``SegmentInfo`` describes one segment in the implementation's own terms (``locator``: a path, an object key).
 
 One implementation per module, in the spirit of Retina's output locations: ``podcap.collector.storage.local``
-(rotating pcap files under the data dir, the embedded default). Object storage adds a second without touching
-capture logic.
+(rotating pcap files under the data dir, the embedded default) and ``podcap.collector.storage.tiered`` (the same
+files as a write-ahead tier, closed segments archived to an S3-compatible bucket).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ class SegmentInfo:
     first_ts_ns: int = 0
     last_ts_ns: int = 0
     opened_at: float = 0.0
+    # Where the second tier holds it once archived (an object key), "" while only the first tier has it.
+    archived: str = ""
 
 
 class PendingSync(Protocol):
@@ -118,11 +120,21 @@ class PodLocation(Protocol):
         """Note that packets are missing (see ``podcap.collector.storage.gaps``)."""
         ...
 
+    def archive(self, seg: SegmentInfo) -> str:
+        """Copy a closed segment to the second tier, verified; return where it is there (its ``archived``)."""
+        ...
+
+    def release(self, seg: SegmentInfo) -> None:
+        """Drop the first tier's copy of an archived segment (once its ``archived`` is recorded)."""
+        ...
+
 
 class CaptureStorage(Protocol):
-    """A storage backend: names each pod's location."""
+    """A storage backend: names each pod's location. ``tiered``: closed segments move to a second tier
+    (``PodLocation.archive``), which the capture logic then records and releases locally."""
 
     name: str
+    tiered: bool
 
     def pod(self, capture_id: str, namespace: str, pod_dir_name: str) -> PodLocation:
         """The pod's location; the parts are validated names. Raises StorageError for an unusable location."""

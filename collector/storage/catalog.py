@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS segments (
     packets INTEGER NOT NULL,
     first_ts_ns INTEGER NOT NULL,
     last_ts_ns INTEGER NOT NULL,
+    archived TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (capture_id, uid, idx)
 );
 """
@@ -89,6 +90,7 @@ class SegmentRow:
     packets: int
     first_ts_ns: int
     last_ts_ns: int
+    archived: str = ""  # where the second tier holds it ("" while only the local tier does)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,8 @@ class CaptureStore:
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(pods)")}
             if "orphan" not in columns:  # a data dir of an older collector
                 self._db.execute("ALTER TABLE pods ADD COLUMN orphan TEXT NOT NULL DEFAULT ''")
+            if "archived" not in {r[1] for r in self._db.execute("PRAGMA table_info(segments)")}:
+                self._db.execute("ALTER TABLE segments ADD COLUMN archived TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         with self._lock:
@@ -173,9 +177,9 @@ class CaptureStore:
                     )
                     self._db.execute("DELETE FROM segments WHERE capture_id=? AND uid=?", (capture_id, uid))
                     self._db.executemany(
-                        "INSERT INTO segments (capture_id, uid, idx, bytes, packets, first_ts_ns, last_ts_ns)"
-                        " VALUES (?,?,?,?,?,?,?)",
-                        [(capture_id, uid, s.index, s.bytes, s.packets, s.first_ts_ns, s.last_ts_ns)
+                        "INSERT INTO segments (capture_id, uid, idx, bytes, packets, first_ts_ns, last_ts_ns,"
+                        " archived) VALUES (?,?,?,?,?,?,?,?)",
+                        [(capture_id, uid, s.index, s.bytes, s.packets, s.first_ts_ns, s.last_ts_ns, s.archived)
                          for s in row.segments],
                     )
                 self._db.execute("COMMIT")
@@ -225,12 +229,12 @@ class CaptureStore:
                 " ORDER BY uid, ordinal", (capture_id,),
             ).fetchall()
             segs = self._db.execute(
-                "SELECT uid, idx, bytes, packets, first_ts_ns, last_ts_ns FROM segments WHERE capture_id=?"
+                "SELECT uid, idx, bytes, packets, first_ts_ns, last_ts_ns, archived FROM segments WHERE capture_id=?"
                 " ORDER BY uid, idx", (capture_id,),
             ).fetchall()
         by_uid: dict[str, list[SegmentRow]] = {}
-        for uid, idx, nbytes, packets, first, last in segs:
-            by_uid.setdefault(uid, []).append(SegmentRow(idx, nbytes, packets, first, last))
+        for uid, idx, nbytes, packets, first, last, archived in segs:
+            by_uid.setdefault(uid, []).append(SegmentRow(idx, nbytes, packets, first, last, archived))
         streams: dict[str, list[StreamRow]] = {}
         for uid, stream_id, ordinal, fmt, last_seq, counters in stream_rows:
             streams.setdefault(uid, []).append(StreamRow(stream_id, ordinal, _format(fmt), last_seq, counters))

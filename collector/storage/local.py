@@ -251,11 +251,18 @@ class LocalPodLocation:
     def record_gap(self, *, first_ns: int, last_ns: int, packets: int, cause: str, stream: str) -> None:
         record_gap(self.directory, first_ns=first_ns, last_ns=last_ns, packets=packets, cause=cause, stream=stream)
 
+    def archive(self, seg: SegmentInfo) -> str:
+        raise StorageError(errno.ENOTSUP, "local storage has no second tier")
+
+    def release(self, seg: SegmentInfo) -> None:
+        self.delete(seg)
+
 
 class LocalStorage:
     """The data dir: ``<data>/captures/<capture>/<namespace>/<pod>/`` per pod (a ``CaptureStorage``)."""
 
     name = "local"
+    tiered = False
 
     def __init__(self, data_dir: str, *, direct: bool = True) -> None:
         self.data_dir = data_dir

@@ -1,0 +1,102 @@
+"""Moving closed segments to the storage's second tier, for tiered storage (``CaptureStorage.tiered``).
+
+Every ``ARCHIVE_INTERVAL_S`` the archiver looks for segments that are closed (not a pod's open segment) and not yet
+archived, in every capture, oldest first. For each: the storage copies it and verifies the copy (``archive``, no
+lock held), the capture logic records where it went (the pod is dirty, and the archiver commits the capture at
+once), and only then the local copy is released. A segment that retention deleted meanwhile has its new copy
+deleted too. When archiving fails (the object store down, throttling, refusing credentials) the segment stays
+local and is tried again at the next round; ``status`` says why (``backlog``), and the local tier keeps
+everything — when it fills, storing pauses exactly as on a full disk and the agents spool.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from podcap.collector.captures.committer import Committer
+from podcap.collector.captures.model import Capture, PodState
+from podcap.collector.captures.pods import location
+from podcap.collector.captures.table import CaptureTable
+from podcap.collector.storage.base import CaptureStorage, SegmentInfo
+from podcap.errors import PodcapError
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_INTERVAL_S = 1.0
+
+
+class Archiver:
+    def __init__(self, table: CaptureTable, storage: CaptureStorage, committer: Committer) -> None:
+        self.table = table
+        self.storage = storage
+        self.committer = committer
+        self.last_error = ""
+        self.backlog_bytes = 0
+        self.oldest_pending_s = 0.0
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="archiver", daemon=True)
+
+    def start(self) -> None:
+        if self.storage.tiered:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._closing.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._closing.wait(ARCHIVE_INTERVAL_S):
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("archiving failed")
+
+    def run_once(self) -> int:
+        """One round over every capture; returns how many segments were archived."""
+        done = 0
+        backlog, oldest = 0, 0.0
+        now = time.time()
+        for cap in self.table.all():
+            todo = self._closed_unarchived(cap)
+            archived: list[tuple[PodState, SegmentInfo]] = []
+            for ps, seg in todo:
+                if self._closing.is_set():
+                    break
+                try:
+                    key = location(self.storage, cap, ps).archive(seg)
+                except PodcapError as e:
+                    if self.last_error != str(e):
+                        log.error("archiving %s: %s (kept locally; retried)", seg.locator, e)
+                    self.last_error = str(e)
+                    backlog += seg.bytes
+                    oldest = max(oldest, now - seg.opened_at if seg.opened_at else 0.0)
+                    break  # the store is likely down: the next round tries again
+                with cap.lock:
+                    seg.archived = key
+                    ps.dirty = True
+                    kept = seg in ps.segments
+                if not kept:  # retention deleted it while it was being copied: the copy goes too
+                    location(self.storage, cap, ps).delete(seg)
+                    continue
+                archived.append((ps, seg))
+            if archived:
+                self.committer.commit(cap)  # recorded durably before any local copy goes
+                for ps, seg in archived:
+                    location(self.storage, cap, ps).release(seg)
+                done += len(archived)
+                self.last_error = ""
+            backlog += sum(seg.bytes for _ps, seg in todo[len(archived):])
+        self.backlog_bytes, self.oldest_pending_s = backlog, oldest
+        return done
+
+    @staticmethod
+    def _closed_unarchived(cap: Capture) -> list[tuple[PodState, SegmentInfo]]:
+        with cap.lock:
+            out = []
+            for ps in cap.pods.values():
+                current = ps.writer.current if ps.writer is not None else None
+                out += [(ps, seg) for seg in ps.segments if not seg.archived and seg is not current]
+            return sorted(out, key=lambda t: (t[1].first_ts_ns, t[1].index))

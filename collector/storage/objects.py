@@ -1,0 +1,242 @@
+"""An S3-compatible bucket as podcap uses it: the one module that talks to the object store (through boto3).
+
+``ObjectStore`` uploads a closed segment file (one PUT, or a multipart upload for large ones) with each request's
+``Content-MD5``, so the server checks every byte it stores, then verifies the stored object's size with a HEAD; it
+reads objects by byte range (``ObjectReader``, a seekable file whose reads are ranged GETs), deletes keys in
+batches, and aborts multipart uploads a crash left behind. Credentials come from boto3's usual chain (environment,
+shared profile, web identity — so IRSA-style service-account credentials work). boto3 retries throttling (503
+SlowDown) and connection errors itself with backoff and jitter (``adaptive`` mode); what still fails leaves here as
+``ObjectStoreError`` (an ``UnavailableError``: the data stays local and the caller tries again later), or
+``ObjectStoreDeniedError`` for credentials or permissions, whose message says which.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from podcap.errors import DeniedError, InvalidInputError, UnavailableError
+
+PART_BYTES = 16 << 20  # multipart part size (and the threshold for using one)
+READ_BLOCK = 4 << 20  # bytes fetched per ranged GET when a reader reads sequentially
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+           "AllAccessDisabled", "AccountProblem"}
+
+
+class ObjectStoreError(UnavailableError):
+    """The object store did not do what was asked (down, throttling past the retries, a wrong size)."""
+
+
+class ObjectStoreDeniedError(DeniedError):
+    """The object store refused the credentials or the permission."""
+
+
+class StorageUrlError(InvalidInputError):
+    """A ``--storage`` value that is not ``s3://BUCKET[/PREFIX]``."""
+
+
+@dataclass(frozen=True)
+class BucketUrl:
+    bucket: str
+    prefix: str  # "" or "a/b" (no leading or trailing slash)
+
+    @classmethod
+    def parse(cls, url: str) -> BucketUrl:
+        u = urlparse(url)
+        if u.scheme != "s3" or not u.netloc:
+            raise StorageUrlError(f"storage {url!r} is not s3://BUCKET[/PREFIX]")
+        return cls(u.netloc, u.path.strip("/"))
+
+    def key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+
+def _error(e: Exception, what: str) -> Exception:
+    """Our error for a boto3/botocore exception."""
+    code = ""
+    response = getattr(e, "response", None)
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+    if code in _DENIED or code in ("403",):
+        return ObjectStoreDeniedError(f"{what}: the object store refused the credentials or the permission "
+                                      f"({code}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the profile or the "
+                                      "role, and the bucket policy")
+    return ObjectStoreError(f"{what}: {code or type(e).__name__}: {e}")
+
+
+class ObjectStore:
+    def __init__(self, url: BucketUrl, *, endpoint: str | None = None, region: str | None = None,
+                 max_attempts: int = 6) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.url = url
+        cfg = Config(s3={"addressing_style": "path"} if endpoint else {},
+                     retries={"max_attempts": max_attempts, "mode": "adaptive"},
+                     connect_timeout=5, read_timeout=60, max_pool_connections=16)
+        self._s3: Any = boto3.client("s3", endpoint_url=endpoint or None, region_name=region or None, config=cfg)
+
+    def _call(self, what: str, fn: str, **kw: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self._s3, fn)(**kw)
+        except (ClientError, BotoCoreError) as e:
+            raise _error(e, what) from e
+
+    def check(self) -> None:
+        """The bucket exists and these credentials may use it (at start-up: a one-line error, not a later
+        surprise)."""
+        self._call(f"bucket {self.url.bucket}", "head_bucket", Bucket=self.url.bucket)
+
+    # ---- writing ----
+
+    def upload_file(self, path: str, length: int, key: str) -> None:
+        """Store the first ``length`` bytes of ``path`` as ``key``, each request's bytes checked by the server
+        (Content-MD5), the result's size checked with a HEAD. Overwriting ``key`` with the same bytes is harmless,
+        so an upload interrupted by a crash is simply done again."""
+        bucket = self.url.bucket
+        with open(path, "rb") as f:
+            if length <= PART_BYTES:
+                body = f.read(length)
+                if len(body) != length:
+                    raise ObjectStoreError(f"{path} holds {len(body)} bytes, expected {length}")
+                self._call(f"PUT {key}", "put_object", Bucket=bucket, Key=key, Body=body, ContentMD5=_md5(body))
+            else:
+                self._multipart(f, length, key)
+        head = self._call(f"HEAD {key}", "head_object", Bucket=bucket, Key=key)
+        if int(head["ContentLength"]) != length:
+            raise ObjectStoreError(f"{key}: stored {head['ContentLength']} bytes, sent {length}")
+
+    def _multipart(self, f: io.BufferedReader, length: int, key: str) -> None:
+        bucket = self.url.bucket
+        upload = self._call(f"start upload of {key}", "create_multipart_upload", Bucket=bucket, Key=key)["UploadId"]
+        try:
+            parts = []
+            number, left = 1, length
+            while left > 0:
+                body = f.read(min(PART_BYTES, left))
+                if not body:
+                    raise ObjectStoreError(f"{key}: the local segment ended {left} bytes early")
+                r = self._call(f"part {number} of {key}", "upload_part", Bucket=bucket, Key=key, UploadId=upload,
+                               PartNumber=number, Body=body, ContentMD5=_md5(body))
+                parts.append({"PartNumber": number, "ETag": r["ETag"]})
+                number, left = number + 1, left - len(body)
+            # Some gateways answer CompleteMultipartUpload with an empty ETag: the HEAD that follows checks size.
+            self._call(f"complete upload of {key}", "complete_multipart_upload", Bucket=bucket, Key=key,
+                       UploadId=upload, MultipartUpload={"Parts": parts})
+        except BaseException:
+            try:
+                self._s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+            except Exception:  # noqa: S110 (the original error matters; a stale upload is aborted at start-up)
+                pass
+            raise
+
+    def abort_stale_uploads(self, prefix: str) -> int:
+        """Abort the multipart uploads under ``prefix`` (left by a collector that died mid-upload)."""
+        n = 0
+        r = self._call("list uploads", "list_multipart_uploads", Bucket=self.url.bucket, Prefix=prefix)
+        for u in r.get("Uploads", []):
+            self._call(f"abort upload of {u['Key']}", "abort_multipart_upload", Bucket=self.url.bucket,
+                       Key=u["Key"], UploadId=u["UploadId"])
+            n += 1
+        return n
+
+    def put_bytes(self, key: str, body: bytes, content_type: str = "application/octet-stream") -> None:
+        self._call(f"PUT {key}", "put_object", Bucket=self.url.bucket, Key=key, Body=body, ContentMD5=_md5(body),
+                   ContentType=content_type)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete keys, up to 1000 per request (deleting a missing key is not an error)."""
+        batch = [{"Key": k} for k in keys]
+        for i in range(0, len(batch), 1000):
+            r = self._call("delete objects", "delete_objects", Bucket=self.url.bucket,
+                           Delete={"Objects": batch[i:i + 1000], "Quiet": True})
+            if r.get("Errors"):
+                e = r["Errors"][0]
+                raise ObjectStoreError(f"delete {e.get('Key')}: {e.get('Code')} {e.get('Message')}")
+
+    # ---- reading ----
+
+    def size(self, key: str) -> int:
+        return int(self._call(f"HEAD {key}", "head_object", Bucket=self.url.bucket, Key=key)["ContentLength"])
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        r = self._call(f"GET {key}", "get_object", Bucket=self.url.bucket, Key=key,
+                       Range=f"bytes={start}-{start + length - 1}")
+        body: bytes = r["Body"].read()
+        return body
+
+    def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        token: dict[str, str] = {}
+        while True:
+            r = self._call("list objects", "list_objects_v2", Bucket=self.url.bucket, Prefix=prefix, **token)
+            keys += [o["Key"] for o in r.get("Contents", [])]
+            if not r.get("IsTruncated"):
+                return keys
+            token = {"ContinuationToken": r["NextContinuationToken"]}
+
+    def open(self, key: str, length: int) -> ObjectReader:
+        return ObjectReader(self, key, length)
+
+
+class ObjectReader(io.RawIOBase):
+    """A stored object as a seekable, read-only file of ``length`` bytes; reads are ranged GETs of at least
+    ``READ_BLOCK`` bytes (what a sequential reader asks next is usually already here)."""
+
+    def __init__(self, store: ObjectStore, key: str, length: int) -> None:
+        super().__init__()
+        self.store, self.key, self.length = store, key, length
+        self._pos = 0
+        self._buf_start = 0
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.length}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self.length - self._pos
+        size = min(size, self.length - self._pos)
+        if size <= 0:
+            return b""
+        end = self._pos + size
+        if not (self._buf_start <= self._pos and end <= self._buf_start + len(self._buf)):
+            fetch = min(self.length - self._pos, max(size, READ_BLOCK))
+            self._buf = self.store.get_range(self.key, self._pos, fetch)
+            self._buf_start = self._pos
+        out = self._buf[self._pos - self._buf_start:end - self._buf_start]
+        self._pos += len(out)
+        return out
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+def _md5(body: bytes) -> str:
+    return base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()

@@ -1,0 +1,68 @@
+"""Local disk as the write-ahead tier, an S3-compatible bucket as the capture's home: ``TieredStorage``.
+
+Chunks are written, synced and acknowledged exactly as with local storage (``podcap.collector.storage.local``):
+nothing about acknowledgement waits for the object store. Once a segment is closed (rotation, the stream's or the
+capture's end) the capture logic archives it (``archive``: upload, every request checked by the server with
+Content-MD5, the size checked with a HEAD), records where it went in the database, and only then releases the local
+file (``release``). A crash anywhere in between either uploads the same bytes to the same key again or finds the
+local copy of a recorded segment and releases it: nothing acknowledged is lost, nothing is stored as two objects.
+
+The bucket is laid out like the data dir: ``PREFIX/<capture>/<namespace>/<pod>/NNNNNN.pcap``. A segment is read
+from the local tier while it is there and from the bucket afterwards, by ranged GETs (``ObjectReader``); retention
+deletes both copies.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import BinaryIO
+
+from podcap.collector.storage.base import SegmentInfo, StorageError
+from podcap.collector.storage.local import LocalPodLocation, pod_dir
+from podcap.collector.storage.objects import ObjectStore
+
+
+class TieredPodLocation(LocalPodLocation):
+    def __init__(self, directory: str, objects: ObjectStore, key_prefix: str) -> None:
+        super().__init__(directory)
+        self.objects = objects
+        self.key_prefix = key_prefix
+
+    def archive(self, seg: SegmentInfo) -> str:
+        key = f"{self.key_prefix}/{os.path.basename(seg.locator)}"
+        try:
+            self.objects.upload_file(seg.locator, seg.bytes, key)
+        except FileNotFoundError as e:
+            raise StorageError(e.errno, f"cannot archive {seg.locator}: it is gone") from e
+        return key
+
+    def release(self, seg: SegmentInfo) -> None:
+        if seg.archived:
+            super().delete(seg)
+
+    def open(self, seg: SegmentInfo) -> BinaryIO | None:
+        local = super().open(seg)
+        if local is not None or not seg.archived:
+            return local
+        return self.objects.open(seg.archived, seg.bytes)  # type: ignore[return-value]
+
+    def exists(self, seg: SegmentInfo) -> bool:
+        return bool(seg.archived) or super().exists(seg)
+
+    def delete(self, seg: SegmentInfo) -> None:
+        super().delete(seg)
+        if seg.archived:
+            self.objects.delete([seg.archived])
+
+
+class TieredStorage:
+    name = "s3"
+    tiered = True
+
+    def __init__(self, data_dir: str, objects: ObjectStore) -> None:
+        self.data_dir = data_dir
+        self.objects = objects
+
+    def pod(self, capture_id: str, namespace: str, pod_dir_name: str) -> TieredPodLocation:
+        directory = pod_dir(self.data_dir, capture_id, namespace, pod_dir_name)
+        return TieredPodLocation(directory, self.objects, self.objects.url.key(capture_id, namespace, pod_dir_name))

@@ -1,0 +1,224 @@
+"""Tiered storage against a real S3 server (Ceph RGW, ``tests.s3``): closed segments move to the bucket, verified,
+recorded, then released locally; reads come back complete from the bucket (also after a collector restart); the
+gateway killed mid-capture loses nothing (segments wait locally and go once it is back); retention deletes the
+objects. Checked by parsing what is read back, record by record, and by listing the bucket."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from podcap.collector.agents import AgentConnection, AgentRegistry
+from podcap.collector.captures.manager import CaptureManager
+from podcap.collector.demo.node import DemoNode
+from podcap.collector.storage.catalog import CaptureStore
+from podcap.collector.storage.local import list_segments
+from podcap.collector.storage.objects import BucketUrl, ObjectStore
+from podcap.collector.storage.tiered import TieredStorage
+from podcap.names import NodeName, PodUid
+from podcap.pcapfile import FILE_HEADER_LEN, iter_records
+from podcap.pods import PodRef
+from podcap.v1 import common_pb2, control_pb2, ingest_pb2
+from tests.conftest import Proc, free_port, podcap, start_proc, tool
+from tests.integration.test_end_to_end import PORT, SENDER, agent, capture_id, node, udp_payloads, wait_state  # noqa: F401
+from tests.s3.testbed import Testbed
+
+pytestmark = pytest.mark.root
+
+NODE = NodeName("node-a")
+POD = PodRef("shop", "web-0", PodUid("uid-0"), NODE, {"app": "web"})
+FMT = common_pb2.PcapFormat(linktype=1, snaplen=262144, nanosecond=True)
+SEGMENT = 64 << 10
+
+
+def records(start: int, n: int, size: int = 200) -> bytes:
+    return b"".join(struct.pack("<IIII", 10 + i // 1000, i % 1000, size, size) + i.to_bytes(4, "big") * (size // 4)
+                    for i in range(start, start + n))
+
+
+class Env:
+    def __init__(self, s3: Testbed, prefix: str, data: str) -> None:
+        self.s3, self.prefix, self.data = s3, prefix, data
+        self.store = CaptureStore(os.path.join(data, "podcap.db"))
+        self.objects = ObjectStore(BucketUrl(s3.bucket, prefix), endpoint=s3.endpoint, max_attempts=2)
+        self.registry = AgentRegistry()
+        self.conn = AgentConnection(node=NODE, instance_id="i", version="t", pod_source="netns", pods=[POD])
+        self.registry.register(self.conn)
+        self.mgr = self.open()
+
+    def open(self) -> CaptureManager:
+        return CaptureManager(TieredStorage(self.data, self.objects), self.registry, self.store)
+
+    def start(self, **retention: int) -> str:
+        cap = self.mgr.start(control_pb2.StartCaptureRequest(
+            target=control_pb2.Target(namespace="shop", pod_names=["web-0"]),
+            rotation=control_pb2.Rotation(segment_bytes=SEGMENT), retention=control_pb2.Retention(**retention)))
+        self.mgr.on_pod_event(self.conn, ingest_pb2.PodCaptureEvent(
+            capture_id=cap.id, pod_uid=POD.uid, stream_id="s1", state=common_pb2.POD_CAPTURE_STATE_CAPTURING,
+            format=FMT, started=True))
+        return cap.id
+
+    def send(self, cid: str, first_seq: int, chunks: int, per_chunk: int = 100) -> None:
+        for k in range(chunks):
+            seq = first_seq + k
+            self.mgr.on_chunk(self.conn, ingest_pb2.PcapChunk(
+                capture_id=cid, pod_uid=POD.uid, stream_id="s1", seq=seq,
+                records=records((seq - 1) * per_chunk, per_chunk), packets=per_chunk))
+        self.mgr.committer.commit(self.mgr.get(cid))
+
+    def read_back(self, cid: str) -> list[int]:
+        out: list[int] = []
+        for _ps, fmt, files in self.mgr.pod_files(self.mgr.get(cid), []):
+            for f, length in files:
+                with f:
+                    f.seek(FILE_HEADER_LEN)
+                    data = f.read(length - FILE_HEADER_LEN)
+                out += [int.from_bytes(r.data[:4], "big") for r in iter_records(data, fmt)]
+        return out
+
+    def keys(self, cid: str) -> list[str]:
+        return sorted(self.objects.list_keys(self.objects.url.key(cid) + "/"))
+
+    def local(self, cid: str) -> list[str]:
+        return list_segments(os.path.join(self.data, "captures", cid, "shop", "web-0"))
+
+    def close(self) -> None:
+        self.mgr.close()
+        self.store.close()
+
+
+@pytest.fixture
+def env(s3: Testbed, s3_prefix: str, tmp_path: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    e = Env(s3, s3_prefix, str(tmp_path))
+    yield e
+    e.close()
+
+
+def test_closed_segments_move_to_the_bucket_and_read_back_complete(env: Env) -> None:
+    cid = env.start()
+    env.send(cid, 1, 20)  # 2000 records of 216 bytes: ~432 KB, several 64 KiB segments
+    local_before = env.local(cid)
+    assert len(local_before) >= 5
+    archived = env.mgr.archiver.run_once()
+    assert archived == len(local_before) - 1  # every closed one; the open segment stays local
+    keys = env.keys(cid)
+    assert len(keys) == archived and all(k.startswith(f"{env.prefix}/{cid}/shop/web-0/") for k in keys)
+    assert env.local(cid) == local_before[-1:]  # released locally once recorded
+    assert env.read_back(cid) == list(range(2000))  # the bucket's segments, then the local one
+    env.mgr.stop(cid, wait=0)
+    env.mgr.on_pod_event(env.conn, ingest_pb2.PodCaptureEvent(
+        capture_id=cid, pod_uid=POD.uid, stream_id="s1", state=common_pb2.POD_CAPTURE_STATE_DONE))
+    assert env.mgr.get(cid).ended.wait(5)
+    env.mgr.archiver.run_once()  # the capture ended: its last segment is closed and goes too
+    assert env.local(cid) == [] and len(env.keys(cid)) == len(local_before)
+    # A restarted collector reads the whole capture from the bucket.
+    env.mgr.close()
+    env.mgr = env.open()
+    assert env.read_back(cid) == list(range(2000))
+
+
+def test_the_gateway_down_loses_nothing_and_archiving_resumes(env: Env) -> None:
+    cid = env.start()
+    env.s3.kill_gateway()
+    try:
+        env.send(cid, 1, 10)  # chunks are stored and acknowledged locally all the same
+        assert env.mgr.archiver.run_once() == 0
+        assert env.mgr.archiver.last_error and env.mgr.archiver.backlog_bytes > 0
+        assert len(env.local(cid)) >= 3
+    finally:
+        env.s3.restart_gateway()
+    assert env.mgr.archiver.run_once() >= 2
+    assert env.mgr.archiver.last_error == ""
+    assert env.read_back(cid) == list(range(1000))
+
+
+def test_retention_deletes_the_objects(env: Env) -> None:
+    cid = env.start(keep_bytes=4 * SEGMENT)
+    env.send(cid, 1, 30)
+    env.mgr.archiver.run_once()
+    env.send(cid, 31, 30)
+    env.mgr.archiver.run_once()
+    cap = env.mgr.get(cid)
+    with cap.lock:
+        kept = [s.archived for ps in cap.pods.values() for s in ps.segments if s.archived]
+    assert kept and env.keys(cid) == sorted(kept)  # nothing retention dropped is left in the bucket
+    got = env.read_back(cid)
+    assert got == list(range(got[0], 6000)) and got[0] > 0  # the newest, contiguous
+
+
+@pytest.fixture
+def collector(s3: Testbed, s3_prefix: str, tmp_path: str) -> Iterator[tuple[str, str, Proc]]:
+    """A podcap-collector process keeping captures in the testbed's bucket under ``s3_prefix``."""
+    port = free_port()
+    data = os.path.join(tmp_path, "data")
+    p = start_proc([tool("podcap-collector"), "--insecure", "--listen", f"127.0.0.1:{port}", "--data-dir", data,
+                    "--storage", f"s3://{s3.bucket}/{s3_prefix}", "--s3-endpoint", s3.endpoint],
+                   os.path.join(tmp_path, "collector.log"), env=s3.env())
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or p.proc.poll() is not None:
+                p.stop()
+                raise RuntimeError("collector did not start:\n" + p.log()) from None
+            time.sleep(0.05)
+    try:
+        yield f"127.0.0.1:{port}", data, p
+    finally:
+        p.stop()
+
+
+def test_a_capture_through_rotation_into_the_bucket_reads_back_complete(
+        collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, s3: Testbed, s3_prefix: str,  # noqa: F811
+        tmp_path: str) -> None:
+    """Real collector and agent, pods of network namespaces, sequence-numbered UDP: the closed segments go to the
+    bucket while the capture runs, the rest once it ends; ``podcap get`` returns every datagram once, in order,
+    and the data dir keeps none of it."""
+    address, data, _ = collector
+    cid = capture_id(podcap(address, "start", "-n", node.namespace, "rx-0", "--filter", f"udp port {PORT}",
+                            "--segment-size", "64KiB"))
+    sender, rx = node.pod("sender"), node.pod("rx-0")
+    node.exec(sender, ["ping", "-c", "1", "-W", "2", rx.ip])
+    node.exec(sender, [sys.executable, SENDER, str(PORT), "3000", rx.ip])
+    objects = s3.client()
+    prefix = f"{s3_prefix}/{cid}/{node.namespace}/rx-0/"
+
+    def keys() -> list[str]:
+        return [o["Key"] for o in objects.list_objects_v2(Bucket=s3.bucket, Prefix=prefix).get("Contents", [])]
+
+    deadline = time.monotonic() + 20
+    while len(keys()) < 3:  # archived while the capture runs
+        assert time.monotonic() < deadline, f"nothing archived: {keys()}"
+        time.sleep(0.2)
+    podcap(address, "stop", cid)
+    assert wait_state(address, cid, {"done"})["state"] == "done"
+    pod_dir = os.path.join(data, "captures", cid, node.namespace, "rx-0")
+    deadline = time.monotonic() + 20
+    while any(n.endswith(".pcap") for n in os.listdir(pod_dir)):
+        assert time.monotonic() < deadline, f"left locally: {os.listdir(pod_dir)}"
+        time.sleep(0.2)
+    out = os.path.join(str(tmp_path), "out")
+    podcap(address, "get", cid, "-o", out)
+    assert [g[1] for g in udp_payloads(os.path.join(out, node.namespace, "rx-0.pcap"))] == list(range(3000))
+    assert len(keys()) >= 5
+
+
+def test_refused_credentials_are_a_one_line_error_at_start(s3: Testbed, tmp_path: str) -> None:
+    env = {**os.environ, **s3.env(), "AWS_SECRET_ACCESS_KEY": "wrong"}
+    r = subprocess.run([tool("podcap-collector"), "--insecure", "--listen", "127.0.0.1:0", "--data-dir",
+                        os.path.join(str(tmp_path), "d"), "--storage", f"s3://{s3.bucket}/x", "--s3-endpoint",
+                        s3.endpoint], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("podcap-collector: ") and "refused the credentials" in last, r.stderr
