@@ -33,8 +33,9 @@ class Archiver:
         self.storage = storage
         self.committer = committer
         self.last_error = ""
-        self.backlog_bytes = 0
-        self.oldest_pending_s = 0.0
+        # Per capture after the last round: bytes of closed segments still local only, and the age of the newest
+        # packet of the oldest of them (how long data has waited for the bucket, at least).
+        self.backlog: dict[str, tuple[int, float]] = {}
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="archiver", daemon=True)
 
@@ -57,8 +58,7 @@ class Archiver:
     def run_once(self) -> int:
         """One round over every capture; returns how many segments were archived."""
         done = 0
-        backlog, oldest = 0, 0.0
-        now = time.time()
+        backlog: dict[str, tuple[int, float]] = {}
         for cap in self.table.all():
             todo = self._closed_unarchived(cap)
             archived: list[tuple[PodState, SegmentInfo]] = []
@@ -71,8 +71,6 @@ class Archiver:
                     if self.last_error != str(e):
                         log.error("archiving %s: %s (kept locally; retried)", seg.locator, e)
                     self.last_error = str(e)
-                    backlog += seg.bytes
-                    oldest = max(oldest, now - seg.opened_at if seg.opened_at else 0.0)
                     break  # the store is likely down: the next round tries again
                 with cap.lock:
                     seg.archived = key
@@ -88,9 +86,18 @@ class Archiver:
                     location(self.storage, cap, ps).release(seg)
                 done += len(archived)
                 self.last_error = ""
-            backlog += sum(seg.bytes for _ps, seg in todo[len(archived):])
-        self.backlog_bytes, self.oldest_pending_s = backlog, oldest
+            waiting = [seg for _ps, seg in todo if not seg.archived]
+            if waiting:
+                newest_ns = min(seg.last_ts_ns for seg in waiting)
+                backlog[cap.id] = (sum(seg.bytes for seg in waiting),
+                                   max(0.0, time.time() - newest_ns / 1e9) if newest_ns else 0.0)
+        self.backlog = backlog
         return done
+
+    def status(self, capture_id: str) -> tuple[int, float, str]:
+        """(bytes waiting, seconds the oldest has waited, the last error) for ``podcap status``."""
+        nbytes, age = self.backlog.get(capture_id, (0, 0.0))
+        return nbytes, age, self.last_error if nbytes else ""
 
     @staticmethod
     def _closed_unarchived(cap: Capture) -> list[tuple[PodState, SegmentInfo]]:

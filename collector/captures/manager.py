@@ -112,7 +112,9 @@ class CaptureManager:
         return self.table.all()
 
     def status(self, cap: Capture) -> control_pb2.CaptureStatus:
-        return cap.status(self.health.paused)
+        st = cap.status(self.health.paused)
+        st.archive_backlog_bytes, st.archive_oldest_seconds, st.archive_error = self.archiver.status(cap.id)
+        return st
 
     def stop(self, capture_id: str, reason: str = "stopped by user", *, wait: float = STOP_GRACE_S) -> Capture:
         cap = self.get(capture_id)

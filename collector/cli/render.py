@@ -114,10 +114,24 @@ def accounting_caption(status: control_pb2.CaptureStatus) -> str:
     return f"all {received} packets the kernel delivered are stored, deleted by retention or counted as dropped"
 
 
+def storage_note(status: control_pb2.CaptureStatus) -> str:
+    """Storing paused, and segments waiting for the bucket (with object storage), or ""."""
+    notes = []
+    if status.paused:
+        notes.append(f"storing paused: {status.paused}")
+    if status.archive_backlog_bytes:
+        wait = human_duration(status.archive_oldest_seconds)
+        notes.append(f"{human_bytes(status.archive_backlog_bytes)} waiting on the collector's disk for the bucket "
+                     f"(oldest {wait})" + (f": {status.archive_error}" if status.archive_error else ""))
+    return "; ".join(notes)
+
+
 def capture_table(status: control_pb2.CaptureStatus) -> Table:
     title = (f"capture {status.id}: {capture_state(status.state)}"
              f"{' (' + status.end_reason + ')' if status.end_reason else ''}, {_elapsed(status)}, "
              f"{status.packets} packets, {human_bytes(status.bytes)}")
+    if note := storage_note(status):
+        title += f"\n{note}"
     table = Table(title=title, title_justify="left", caption=accounting_caption(status) or None,
                   caption_justify="left")
     numeric = ("received", "packets", "bytes")

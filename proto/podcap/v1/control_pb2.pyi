@@ -640,6 +640,9 @@ class CaptureStatus(_message.Message):
     BYTES_FIELD_NUMBER: _builtins.int
     RETENTION_FIELD_NUMBER: _builtins.int
     PAUSED_FIELD_NUMBER: _builtins.int
+    ARCHIVE_BACKLOG_BYTES_FIELD_NUMBER: _builtins.int
+    ARCHIVE_OLDEST_SECONDS_FIELD_NUMBER: _builtins.int
+    ARCHIVE_ERROR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Collector-assigned id: 12 characters of [a-z0-9]."""
     state: Global___CaptureState.ValueType
@@ -654,6 +657,13 @@ class CaptureStatus(_message.Message):
     bytes: _builtins.int
     paused: _builtins.str
     """Non-empty while storing is paused (e.g. "data dir full"): agents hold their data until it resumes."""
+    archive_backlog_bytes: _builtins.int
+    """With object storage (collector --storage s3://...): closed segments of this capture not yet in the bucket
+    (they wait on the collector's disk), how long the oldest has waited, and why the last upload failed ("" when
+    the last one succeeded).
+    """
+    archive_oldest_seconds: _builtins.float
+    archive_error: _builtins.str
     @_builtins.property
     def target(self) -> Global___Target: ...
     @_builtins.property
@@ -684,10 +694,13 @@ class CaptureStatus(_message.Message):
         bytes: _builtins.int = ...,
         retention: Global___Retention | None = ...,
         paused: _builtins.str = ...,
+        archive_backlog_bytes: _builtins.int = ...,
+        archive_oldest_seconds: _builtins.float = ...,
+        archive_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "retention", b"retention", "rotation", b"rotation", "settings", b"settings", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "created_unix_ns", b"created_unix_ns", "end_reason", b"end_reason", "ended_unix_ns", b"ended_unix_ns", "id", b"id", "limits", b"limits", "note", b"note", "packets", b"packets", "paused", b"paused", "pods", b"pods", "retention", b"retention", "rotation", b"rotation", "settings", b"settings", "state", b"state", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive_backlog_bytes", b"archive_backlog_bytes", "archive_error", b"archive_error", "archive_oldest_seconds", b"archive_oldest_seconds", "bytes", b"bytes", "created_unix_ns", b"created_unix_ns", "end_reason", b"end_reason", "ended_unix_ns", b"ended_unix_ns", "id", b"id", "limits", b"limits", "note", b"note", "packets", b"packets", "paused", b"paused", "pods", b"pods", "retention", b"retention", "rotation", b"rotation", "settings", b"settings", "state", b"state", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

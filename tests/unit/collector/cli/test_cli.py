@@ -158,6 +158,17 @@ def test_status_table_names_every_pod_and_every_drop(fake: FakeClient) -> None:
     assert "all 27 packets the kernel delivered are stored" in invoke("status", CID).output
 
 
+def test_status_says_what_waits_for_the_bucket_and_why(fake: FakeClient) -> None:
+    waiting = capture()
+    waiting.archive_backlog_bytes, waiting.archive_oldest_seconds = 3 << 20, 95
+    waiting.archive_error = "PUT k: EndpointConnectionError"
+    fake.get = lambda cid: waiting
+    out = invoke("status", CID).output
+    assert "3.0 MiB waiting on the collector's disk for the bucket" in out and "EndpointConnectionError" in out
+    fake.get = lambda cid: capture()
+    assert "waiting on the collector's disk" not in invoke("status", CID).output
+
+
 def test_start_prints_yaml_then_the_id(fake: FakeClient) -> None:
     r = invoke("start", "-n", "shop", "-l", "app=web", "-o", "yaml")
     lines = r.output.strip().splitlines()
