@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 BASE = DEPLOY / "base"
 IMAGES = DEPLOY / "images"
-KUSTOMIZATIONS = ["base", "overlays/example", "overlays/cri-o"]
+KUSTOMIZATIONS = ["base", "overlays/example", "overlays/cri-o", "overlays/s3"]
 
 # Newest schemas shipped by the pinned kubernetes-validate (1.37.0), and the oldest release the manifests claim:
 # container securityContext.appArmorProfile (used by the agent) is a field since 1.30 and GA in 1.31.
@@ -832,3 +832,12 @@ def test_builder_stage_compiles_the_native_library(role: str) -> None:
     for source in ext["sources"]:
         assert (REPO / source).exists()
         assert any(source == c or source.startswith(c + "/") for c in copied), f"{source} not in the image build"
+
+
+def test_the_s3_overlay_keeps_captures_in_a_bucket_with_credentials_from_a_secret_or_the_role() -> None:
+    statefulset = find(render("overlays/s3"), "StatefulSet", "podcap-collector")
+    [collector] = pod_spec(statefulset)["containers"]
+    storage = [a for a in collector["args"] if a.startswith("--storage=")]
+    assert storage == ["--storage=s3://podcap-captures/podcap"]
+    assert "--data-dir=/var/lib/podcap" in collector["args"]  # still the write-ahead tier
+    assert collector["envFrom"] == [{"secretRef": {"name": "podcap-s3", "optional": True}}]  # optional: IRSA
