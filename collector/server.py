@@ -109,7 +109,7 @@ def open_storage(data_dir: str, storage: str = "", *, s3_endpoint: str = "", s3_
     one-line error at start-up."""
     if storage in ("", "local"):
         return LocalStorage(data_dir)
-    from podcap.collector.storage.objects import BucketUrl, ObjectStore
+    from podcap.collector.bucket.objects import BucketUrl, ObjectStore
     from podcap.collector.storage.tiered import TieredStorage
 
     objects = ObjectStore(BucketUrl.parse(storage), endpoint=s3_endpoint or None, region=s3_region or None)

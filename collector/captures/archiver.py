@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 
+from podcap.collector.bucket.manifest import ArchivedSegment, Manifest
 from podcap.collector.captures.committer import Committer
 from podcap.collector.captures.model import Capture, PodState
 from podcap.collector.captures.pods import location
@@ -36,6 +37,7 @@ class Archiver:
         # Per capture after the last round: bytes of closed segments still local only, and the age of the newest
         # packet of the oldest of them (how long data has waited for the bucket, at least).
         self.backlog: dict[str, tuple[int, float]] = {}
+        self._complete: set[str] = set()  # captures whose final manifest is written
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="archiver", daemon=True)
 
@@ -86,6 +88,16 @@ class Archiver:
                     location(self.storage, cap, ps).release(seg)
                 done += len(archived)
                 self.last_error = ""
+            complete = not cap.live and len(archived) == len(todo) and cap.id not in self._complete
+            if archived or complete:
+                try:
+                    self.storage.describe(cap.id, manifest(cap, complete).to_json())
+                except PodcapError as e:
+                    self.last_error = str(e)
+                    log.error("writing the manifest of %s: %s (retried)", cap.id, e)
+                else:
+                    if complete:
+                        self._complete.add(cap.id)
             waiting = [seg for _ps, seg in todo if not seg.archived]
             if waiting:
                 newest_ns = min(seg.last_ts_ns for seg in waiting)
@@ -107,3 +119,14 @@ class Archiver:
                 current = ps.writer.current if ps.writer is not None else None
                 out += [(ps, seg) for seg in ps.segments if not seg.archived and seg is not current]
             return sorted(out, key=lambda t: (t[1].first_ts_ns, t[1].index))
+
+
+def manifest(cap: Capture, complete: bool) -> Manifest:
+    """What the bucket holds of the capture now."""
+    status = cap.status()
+    with cap.lock:
+        formats = {str(ps.pod.uid): ps.fmt for ps in cap.pods.values() if ps.fmt is not None}
+        segments = {str(ps.pod.uid): [ArchivedSegment(s.archived, s.index, s.bytes, s.packets, s.first_ts_ns,
+                                                      s.last_ts_ns) for s in ps.segments if s.archived]
+                    for ps in cap.pods.values()}
+    return Manifest(status, formats, segments, complete)

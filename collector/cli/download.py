@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.cli.pcapng import InterfaceInfo, InterfaceStats, SectionInfo
@@ -31,7 +32,16 @@ class DownloadedFile:
     size: int
 
 
-def download_files(client: CollectorClient, capture_id: str, pods: list[str],
+class CaptureSource(Protocol):
+    """Where ``podcap get`` reads a capture from: a collector (``CollectorClient``) or a bucket (``BucketClient``)."""
+
+    def get(self, capture_id: str) -> control_pb2.CaptureStatus: ...
+
+    def download(self, capture_id: str, pods: list[str], *, since_ns: int = 0, until_ns: int = 0,
+                 bpf: str = "") -> Iterator[control_pb2.DownloadChunk]: ...
+
+
+def download_files(client: CaptureSource, capture_id: str, pods: list[str],
                    dest: Callable[[common_pb2.Pod], str], *, since_ns: int = 0, until_ns: int = 0,
                    bpf: str = "") -> list[DownloadedFile]:
     """Download every selected pod's pcap file to ``dest(pod)``; return them in the order the collector sent."""

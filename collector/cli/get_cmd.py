@@ -31,9 +31,11 @@ from podcap.collector.cli.download import (
     pod_stats,
 )
 from podcap.collector.cli.errors import CommandError
+from podcap.collector.cli.from_bucket import BucketClient
 from podcap.collector.cli.merge import MergeInput, merge_pcaps, pcap_to_pcapng
 from podcap.collector.cli.pcapng import PcapngError
 from podcap.collector.cli.units import human_bytes, parse_duration
+from podcap.errors import PodcapError
 from podcap.pcapfile import PcapFormatError
 from podcap.v1 import control_pb2
 
@@ -89,7 +91,7 @@ def _to_pcapng(status: control_pb2.CaptureStatus, files: list[DownloadedFile]) -
 
 
 @click.command()
-@click.argument("capture_id", shell_complete=complete_capture_id)
+@click.argument("capture_id", required=False, shell_complete=complete_capture_id)
 @click.argument("pods", nargs=-1)
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
               help="Directory to write one file per pod into: <namespace>/<pod>.pcap (or .pcapng).")
@@ -101,9 +103,14 @@ def _to_pcapng(status: control_pb2.CaptureStatus, files: list[DownloadedFile]) -
               "relative to now (10m, 1h30m).")
 @click.option("--until", default="", help="Only packets up to this time (same forms as --since).")
 @click.option("--filter", "bpf", default="", help="Only packets matching this BPF filter (tcpdump syntax).")
+@click.option("--from", "bucket", default="", metavar="s3://BUCKET/PREFIX/CAPTURE",
+              help="Read the capture straight from its bucket (no collector), with your own AWS credentials.")
+@click.option("--s3-endpoint", default="", envvar="S3_ENDPOINT", help="With --from: an S3 endpoint other than AWS.")
+@click.option("--s3-region", default="", envvar="AWS_REGION", help="With --from: the bucket's region.")
 @click.pass_context
-def get(ctx: click.Context, capture_id: str, pods: tuple[str, ...], out_dir: str | None, file_format: str,
-        merge_path: str | None, since: str, until: str, bpf: str) -> None:
+def get(ctx: click.Context, capture_id: str | None, pods: tuple[str, ...], out_dir: str | None, file_format: str,
+        merge_path: str | None, since: str, until: str, bpf: str, bucket: str, s3_endpoint: str,
+        s3_region: str) -> None:
     """Download a capture (optionally only PODS, as name, namespace/name or uid).
 
     \b
@@ -111,6 +118,7 @@ def get(ctx: click.Context, capture_id: str, pods: tuple[str, ...], out_dir: str
       podcap get ID -o DIR --format pcapng    the same as pcapng, with pod metadata and drop counters
       podcap get ID --merge all.pcapng        one file, one interface per pod (Wireshark: frame.interface_name)
       podcap get ID --merge - | wireshark -k -i -
+      podcap get --from s3://BUCKET/PREFIX/ID -o DIR   from the bucket, without a collector
     """
     if not out_dir and not merge_path:
         raise click.UsageError("say where to: -o DIR (one file per pod) or --merge FILE.pcapng (one file)", ctx)
@@ -123,8 +131,24 @@ def get(ctx: click.Context, capture_id: str, pods: tuple[str, ...], out_dir: str
                   "bpf": bpf}
     except ValueError as e:
         raise click.BadParameter(str(e), ctx) from e
-    with CollectorClient(ctx.obj["collector"]) as client:
-        client.get(capture_id)  # an unknown id fails here, before any file is created
+    client: CollectorClient | BucketClient
+    if bucket:
+        if capture_id:
+            pods = (capture_id, *pods)  # with --from, every argument names a pod
+        client = BucketClient(bucket, endpoint=s3_endpoint, region=s3_region)
+        capture_id = client.capture_id
+    elif not capture_id:
+        raise click.UsageError("which capture? give its ID (see `podcap list`), or --from s3://BUCKET/PREFIX/ID", ctx)
+    else:
+        client = CollectorClient(ctx.obj["collector"])
+    with client:
+        try:
+            client.get(capture_id)  # an unknown id fails here, before any file is created
+        except PodcapError as e:
+            if not bucket:
+                raise
+            raise CommandError(str(e), "check the s3:// URL (s3://BUCKET/PREFIX/CAPTURE) and your credentials",
+                               prog=prog) from e
         try:
             if out_dir:
                 files = download_files(client, capture_id, list(pods), per_pod_paths(out_dir, ".pcap"),

@@ -136,6 +136,10 @@ class CaptureStorage(Protocol):
     name: str
     tiered: bool
 
+    def describe(self, capture_id: str, manifest: bytes) -> None:
+        """Keep the capture's manifest with it (tiered storage: next to its objects; local storage: nothing)."""
+        ...
+
     def pod(self, capture_id: str, namespace: str, pod_dir_name: str) -> PodLocation:
         """The pod's location; the parts are validated names. Raises StorageError for an unusable location."""
         ...

@@ -268,5 +268,8 @@ class LocalStorage:
         self.data_dir = data_dir
         self.direct = direct
 
+    def describe(self, capture_id: str, manifest: bytes) -> None:
+        """The database describes a local capture."""
+
     def pod(self, capture_id: str, namespace: str, pod_dir_name: str) -> LocalPodLocation:
         return LocalPodLocation(pod_dir(self.data_dir, capture_id, namespace, pod_dir_name), direct=self.direct)

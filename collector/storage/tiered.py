@@ -7,9 +7,10 @@ Content-MD5, the size checked with a HEAD), records where it went in the databas
 file (``release``). A crash anywhere in between either uploads the same bytes to the same key again or finds the
 local copy of a recorded segment and releases it: nothing acknowledged is lost, nothing is stored as two objects.
 
-The bucket is laid out like the data dir: ``PREFIX/<capture>/<namespace>/<pod>/NNNNNN.pcap``. A segment is read
-from the local tier while it is there and from the bucket afterwards, by ranged GETs (``ObjectReader``); retention
-deletes both copies.
+The bucket is laid out like the data dir: ``PREFIX/<capture>/<namespace>/<pod>/NNNNNN.pcap``, with
+``PREFIX/<capture>/manifest.json`` (``podcap.collector.bucket.manifest``) saying what the capture holds. A segment
+is read from the local tier while it is there and from the bucket afterwards, by ranged GETs (``ObjectReader``);
+retention deletes both copies.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from __future__ import annotations
 import os
 from typing import BinaryIO
 
+from podcap.collector.bucket.manifest import NAME
+from podcap.collector.bucket.objects import ObjectStore
 from podcap.collector.storage.base import SegmentInfo, StorageError
 from podcap.collector.storage.local import LocalPodLocation, pod_dir
-from podcap.collector.storage.objects import ObjectStore
 
 
 class TieredPodLocation(LocalPodLocation):
@@ -62,6 +64,9 @@ class TieredStorage:
     def __init__(self, data_dir: str, objects: ObjectStore) -> None:
         self.data_dir = data_dir
         self.objects = objects
+
+    def describe(self, capture_id: str, manifest: bytes) -> None:
+        self.objects.put_bytes(self.objects.url.key(capture_id, NAME), manifest, "application/json")
 
     def pod(self, capture_id: str, namespace: str, pod_dir_name: str) -> TieredPodLocation:
         directory = pod_dir(self.data_dir, capture_id, namespace, pod_dir_name)

@@ -5,6 +5,7 @@ objects. Checked by parsing what is read back, record by record, and by listing 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import struct
@@ -16,14 +17,14 @@ from collections.abc import Iterator
 import pytest
 
 from podcap.collector.agents import AgentConnection, AgentRegistry
+from podcap.collector.bucket.objects import BucketUrl, ObjectStore
 from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.demo.node import DemoNode
 from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.local import list_segments
-from podcap.collector.storage.objects import BucketUrl, ObjectStore
 from podcap.collector.storage.tiered import TieredStorage
 from podcap.names import NodeName, PodUid
-from podcap.pcapfile import FILE_HEADER_LEN, iter_records
+from podcap.pcapfile import FILE_HEADER_LEN, iter_records, read_file
 from podcap.pods import PodRef
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 from tests.conftest import Proc, free_port, podcap, start_proc, tool
@@ -84,7 +85,7 @@ class Env:
         return out
 
     def keys(self, cid: str) -> list[str]:
-        return sorted(self.objects.list_keys(self.objects.url.key(cid) + "/"))
+        return sorted(k for k in self.objects.list_keys(self.objects.url.key(cid) + "/") if k.endswith(".pcap"))
 
     def local(self, cid: str) -> list[str]:
         return list_segments(os.path.join(self.data, "captures", cid, "shop", "web-0"))
@@ -129,7 +130,7 @@ def test_closed_segments_move_to_the_bucket_and_read_back_complete(env: Env) -> 
 def test_large_segments_go_as_multipart_uploads(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """Segments above the part size are uploaded in parts (each part's MD5 checked by the server), and read back
     byte for byte; no upload is left open."""
-    from podcap.collector.storage import objects
+    from podcap.collector.bucket import objects
 
     monkeypatch.setattr(objects, "PART_BYTES", 5 << 20)  # S3's smallest part: 12 MiB segments go in three
     cid = env.start(segment=12 << 20)
@@ -230,8 +231,45 @@ def test_a_capture_through_rotation_into_the_bucket_reads_back_complete(
         time.sleep(0.2)
     out = os.path.join(str(tmp_path), "out")
     podcap(address, "get", cid, "-o", out)
-    assert [g[1] for g in udp_payloads(os.path.join(out, node.namespace, "rx-0.pcap"))] == list(range(3000))
-    assert len(keys()) >= 5
+    got = udp_payloads(os.path.join(out, node.namespace, "rx-0.pcap"))
+    assert [g[1] for g in got] == list(range(3000))
+    segments = [k for k in keys() if k.endswith(".pcap")]
+    assert len(segments) >= 5
+    # The bucket explains itself: with the collector gone, the user's own credentials read the same capture.
+    deadline = time.monotonic() + 10
+    while not json.loads(objects.get_object(Bucket=s3.bucket, Key=f"{s3_prefix}/{cid}/manifest.json")["Body"]
+                         .read())["complete"]:
+        assert time.monotonic() < deadline, "the final manifest never came"
+        time.sleep(0.2)
+    collector[2].stop()
+    env = {**os.environ, **s3.env()}
+    url = f"s3://{s3.bucket}/{s3_prefix}/{cid}"
+    again = os.path.join(str(tmp_path), "again")
+    r = subprocess.run([tool("podcap"), "get", "--from", url, "-o", again], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert udp_payloads(os.path.join(again, node.namespace, "rx-0.pcap")) == got
+    # A window fetches only the segments it overlaps and keeps only its records.
+    _fmt, recs = read_file(os.path.join(again, node.namespace, "rx-0.pcap"))
+    since, until = recs[1000].ts_ns, recs[1999].ts_ns
+    window = os.path.join(str(tmp_path), "window")
+    r = subprocess.run([tool("podcap"), "get", "--from", url, "-o", window, "--since", _rfc3339(since),
+                        "--until", _rfc3339(until)], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    inside = [g for g, rec in zip(got, recs, strict=True) if since // 1000 * 1000 <= rec.ts_ns <= until // 1000 * 1000]
+    assert udp_payloads(os.path.join(window, node.namespace, "rx-0.pcap")) == inside
+    r = subprocess.run([tool("podcap"), "get", "--from", f"s3://{s3.bucket}/{s3_prefix}/nope", "-o", window],
+                       env=env, capture_output=True, text=True, timeout=60)
+    first = r.stderr.strip().splitlines()[0]
+    assert r.returncode != 0 and first.startswith("podcap: no capture at s3://") and "manifest.json" in first
+
+
+def _rfc3339(ns: int) -> str:
+    """RFC 3339 with microseconds (what --since/--until take), rounded down."""
+    import datetime
+
+    t = datetime.datetime.fromtimestamp(ns // 1_000_000_000, datetime.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % 1_000_000_000 // 1000:06d}Z"
 
 
 def test_refused_credentials_are_a_one_line_error_at_start(s3: Testbed, tmp_path: str) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from podcap.errors import DeniedError, InvalidInputError, UnavailableError
+from podcap.errors import DeniedError, InvalidInputError, NotFoundError, UnavailableError
 
 PART_BYTES = 16 << 20  # multipart part size (and the threshold for using one)
 READ_BLOCK = 4 << 20  # bytes fetched per ranged GET when a reader reads sequentially
@@ -31,6 +31,10 @@ _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Expir
 
 class ObjectStoreError(UnavailableError):
     """The object store did not do what was asked (down, throttling past the retries, a wrong size)."""
+
+
+class ObjectNotFoundError(NotFoundError):
+    """No such bucket or key."""
 
 
 class ObjectStoreDeniedError(DeniedError):
@@ -66,6 +70,8 @@ def _error(e: Exception, what: str) -> Exception:
     response = getattr(e, "response", None)
     if isinstance(response, dict):
         code = str(response.get("Error", {}).get("Code", ""))
+    if code in ("404", "NoSuchKey", "NoSuchBucket"):
+        return ObjectNotFoundError(f"{what}: not found ({code})")
     if code in _DENIED or code in ("403",):
         return ObjectStoreDeniedError(f"{what}: the object store refused the credentials or the permission "
                                       f"({code}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the profile or the "

@@ -1,4 +1,4 @@
-"""``podcap.collector.storage.objects`` without a server: ``s3://`` URLs parse (and bad ones are the user's one-line
+"""``podcap.collector.bucket.objects`` without a server: ``s3://`` URLs parse (and bad ones are the user's one-line
 error), keys follow the bucket layout, and botocore's errors become ours — refused credentials or permissions as
 ``ObjectStoreDeniedError`` naming what to check, everything else as a retryable ``ObjectStoreError``. (The object
 store itself is tested against a real gateway in ``tests/integration/test_object_storage.py``.)"""
@@ -8,14 +8,15 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from podcap.collector.storage.objects import (
+from podcap.collector.bucket.objects import (
     BucketUrl,
+    ObjectNotFoundError,
     ObjectStoreDeniedError,
     ObjectStoreError,
     StorageUrlError,
     _error,
 )
-from podcap.errors import DeniedError, InvalidInputError, UnavailableError
+from podcap.errors import DeniedError, InvalidInputError, NotFoundError, UnavailableError
 
 
 def test_bucket_urls() -> None:
@@ -38,6 +39,12 @@ def test_refused_credentials_say_what_to_check(code: str) -> None:
     e = _error(ClientError({"Error": {"Code": code, "Message": "no"}}, "PutObject"), "PUT k")
     assert isinstance(e, ObjectStoreDeniedError) and isinstance(e, DeniedError)
     assert code in str(e) and "AWS_ACCESS_KEY_ID" in str(e)
+
+
+def test_a_missing_key_or_bucket_is_not_found() -> None:
+    for code in ("404", "NoSuchKey", "NoSuchBucket"):
+        e = _error(ClientError({"Error": {"Code": code, "Message": "x"}}, "HeadObject"), "HEAD k")
+        assert isinstance(e, ObjectNotFoundError) and isinstance(e, NotFoundError)
 
 
 def test_everything_else_is_retryable() -> None:

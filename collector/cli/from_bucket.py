@@ -1,0 +1,97 @@
+"""``podcap get --from s3://BUCKET/PREFIX/CAPTURE``: a capture read straight from its bucket, without a collector.
+
+``BucketClient`` answers the two calls ``podcap get`` makes of a collector — the capture's status, and a download
+stream of one pcap file per pod (``DownloadChunk`` messages) — from the capture's manifest and its objects, with the
+user's own credentials (the usual AWS environment, profile or web identity; ``--s3-endpoint``/``S3_ENDPOINT`` for a
+store other than AWS). With ``--since``/``--until`` only the segments whose time range overlaps the window are
+fetched, and only their records inside it are kept; ``--filter`` applies a BPF filter to what is kept. So
+``-o DIR``, ``--format pcapng`` and ``--merge`` work exactly as against a collector.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from types import TracebackType
+
+from podcap.collector.bucket.manifest import NAME, Manifest
+from podcap.collector.bucket.objects import BucketUrl, ObjectNotFoundError, ObjectStore
+from podcap.collector.filters import compile_filter
+from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, iter_records
+from podcap.v1 import control_pb2
+
+BLOCK = 1 << 20
+
+
+class BucketClient:
+    def __init__(self, url: str, *, endpoint: str = "", region: str = "") -> None:
+        parsed = BucketUrl.parse(url)
+        prefix, _, capture = parsed.prefix.rpartition("/")
+        self.capture_id = capture
+        self.url = url
+        self.objects = ObjectStore(BucketUrl(parsed.bucket, prefix), endpoint=endpoint or None,
+                                   region=region or None)
+        self._manifest: Manifest | None = None
+
+    def __enter__(self) -> BucketClient:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        return None
+
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            key = self.objects.url.key(self.capture_id, NAME)
+            try:
+                self._manifest = Manifest.from_json(self.objects.get_range(key, 0, self.objects.size(key)))
+            except ObjectNotFoundError as e:
+                raise ObjectNotFoundError(f"no capture at {self.url}: s3://{self.objects.url.bucket}/{key} does not "
+                                          "exist") from e
+        return self._manifest
+
+    def get(self, capture_id: str) -> control_pb2.CaptureStatus:
+        return self.manifest().status
+
+    def download(self, capture_id: str, pods: list[str], *, since_ns: int = 0, until_ns: int = 0,
+                 bpf: str = "") -> Iterator[control_pb2.DownloadChunk]:
+        m = self.manifest()
+        for pod in m.status.pods:
+            p = pod.pod
+            if pods and not {p.uid, p.name, f"{p.namespace}/{p.name}"} & set(pods):
+                continue
+            pf = m.formats.get(p.uid)
+            if pf is None:
+                continue
+            fmt = FileFormat(pf.linktype, pf.snaplen, pf.nanosecond)
+            segments = [s for s in m.segments.get(p.uid, [])
+                        if not (since_ns and s.last_ts_ns and s.last_ts_ns < since_ns)
+                        and not (until_ns and s.first_ts_ns and s.first_ts_ns > until_ns)]
+            windowed = bool(since_ns or until_ns or bpf)
+            if not windowed:
+                yield control_pb2.DownloadChunk(file=control_pb2.FileStart(
+                    pod=p, path=f"{p.namespace}/{p.name}.pcap",
+                    size=FILE_HEADER_LEN + sum(s.bytes - FILE_HEADER_LEN for s in segments)))
+                yield control_pb2.DownloadChunk(data=fmt.header())
+                for seg in segments:
+                    reader = self.objects.open(seg.key, seg.bytes)
+                    reader.seek(FILE_HEADER_LEN)
+                    while block := reader.read(BLOCK):
+                        yield control_pb2.DownloadChunk(data=block)
+                continue
+            program = compile_filter(bpf, fmt) if bpf else None
+            with tempfile.SpooledTemporaryFile(max_size=64 << 20) as kept:  # the window's records, then their size
+                for seg in segments:
+                    reader = self.objects.open(seg.key, seg.bytes)
+                    reader.seek(FILE_HEADER_LEN)
+                    data = reader.read(seg.bytes - FILE_HEADER_LEN)
+                    for r in iter_records(data, fmt):
+                        if ((not since_ns or r.ts_ns >= since_ns) and (not until_ns or r.ts_ns <= until_ns)
+                                and (program is None or program.filter(r.data) != 0)):
+                            kept.write(data[r.offset:r.offset + 16 + r.caplen])
+                size = kept.tell()
+                yield control_pb2.DownloadChunk(file=control_pb2.FileStart(
+                    pod=p, path=f"{p.namespace}/{p.name}.pcap", size=FILE_HEADER_LEN + size))
+                yield control_pb2.DownloadChunk(data=fmt.header())
+                kept.seek(0)
+                while block := kept.read(BLOCK):
+                    yield control_pb2.DownloadChunk(data=block)
