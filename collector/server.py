@@ -123,16 +123,18 @@ def open_storage(data_dir: str, storage: str = "", *, s3_endpoint: str = "", s3_
 def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
                     cluster: ClusterInventory | None = None, tls: TlsFiles | None = None,
                     authorizer: Authorizer | None = None, agent_listen: str = "",
-                    storage: CaptureStorage | None = None) -> Collector:
+                    storage: CaptureStorage | None = None, local_cap_bytes: int = 0) -> Collector:
     """Open the data dir and serve on ``listen`` (HOST:PORT; port 0 picks a free port). Without ``tls`` one
     plaintext port serves users and agents (the caller asked for it explicitly); with ``tls`` agents get their own
     mutual-TLS port ``agent_listen`` (default: the next port). Without ``authorizer`` everyone may do
-    everything. ``storage``: where captures go (default: the data dir, see ``open_storage``)."""
+    everything. ``storage``: where captures go (default: the data dir, see ``open_storage``); with tiered storage
+    ``local_cap_bytes`` caps what may wait locally for the bucket (storing pauses beyond it)."""
     os.umask(0o077)  # captured packets are readable by the collector's user only
     os.makedirs(os.path.join(data_dir, "captures"), mode=0o700, exist_ok=True)
     store = CaptureStore(os.path.join(data_dir, "podcap.db"))
     registry = AgentRegistry()
-    captures = CaptureManager(storage or LocalStorage(data_dir), registry, store, cluster=cluster)
+    captures = CaptureManager(storage or LocalStorage(data_dir), registry, store, cluster=cluster,
+                              local_cap_bytes=local_cap_bytes)
     server = _grpc_server(max_workers)
     ingest = IngestServicer(registry, captures, require_agent_cert=tls is not None)
     control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(captures, authorizer or OpenAuthorizer()), server)
@@ -169,6 +171,9 @@ def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
 @click.option("--s3-endpoint", default="", envvar="S3_ENDPOINT", help="S3 endpoint URL for a store other than AWS "
               "(Ceph RGW, MinIO: path-style addressing)")
 @click.option("--s3-region", default="", envvar="AWS_REGION", help="the bucket's region")
+@click.option("--local-cap-bytes", type=int, default=0, show_default=True, help="with s3:// storage: bytes of "
+              "closed segments that may wait on the data dir for the bucket; beyond it storing pauses (agents "
+              "spool) until uploads catch up (0: until the disk is full)")
 @click.option("--max-workers", type=int, default=256, show_default=True,
               help="gRPC worker threads (one per connected agent)")
 @click.option("--kubeconfig", default=None, help="resolve pods through the Kubernetes API described by this "
@@ -187,7 +192,8 @@ def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
               help="authenticate CLI users with TokenReview and authorize with SubjectAccessReview (default when "
               "the Kubernetes API is used and no --token-file is given)")
 @daemon.common_options(metrics_example=":9420")
-def main(listen: str, data_dir: str, storage: str, s3_endpoint: str, s3_region: str, max_workers: int,
+def main(listen: str, data_dir: str, storage: str, s3_endpoint: str, s3_region: str, local_cap_bytes: int,
+         max_workers: int,
          kubeconfig: str | None, no_kubernetes: bool, tls_ca: str, tls_cert: str, tls_key: str, insecure: bool,
          agent_listen: str, token_file: str, kube_auth: bool, metrics_listen: str, log_level: str) -> None:
     """podcap collector: stores pod captures."""
@@ -222,7 +228,8 @@ def main(listen: str, data_dir: str, storage: str, s3_endpoint: str, s3_region: 
                      "Kubernetes API (--kubeconfig or in-cluster) for TokenReview/SubjectAccessReview")
         backend = open_storage(data_dir, storage, s3_endpoint=s3_endpoint, s3_region=s3_region)
         collector = start_collector(listen, data_dir, max_workers=max_workers, cluster=cluster, tls=tls,
-                                    authorizer=authorizer, agent_listen=agent_listen, storage=backend)
+                                    authorizer=authorizer, agent_listen=agent_listen, storage=backend,
+                                    local_cap_bytes=local_cap_bytes)
     except PodcapError as e:
         sys.exit(f"podcap-collector: {e}")
     except OSError as e:

@@ -38,6 +38,7 @@ class Archiver:
         # packet of the oldest of them (how long data has waited for the bucket, at least).
         self.backlog: dict[str, tuple[int, float]] = {}
         self._complete: set[str] = set()  # captures whose final manifest is written
+        self._stored_since_round = 0  # bytes appended locally since the last round counted the backlog
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="archiver", daemon=True)
 
@@ -104,7 +105,22 @@ class Archiver:
                 backlog[cap.id] = (sum(seg.bytes for seg in waiting),
                                    max(0.0, time.time() - newest_ns / 1e9) if newest_ns else 0.0)
         self.backlog = backlog
+        self._stored_since_round = 0
         return done
+
+    def note_stored(self, nbytes: int) -> None:
+        """Bytes just appended locally: they wait for the bucket too, until the next round counts them."""
+        self._stored_since_round += nbytes
+
+    def local_room(self, cap_bytes: int) -> str:
+        """"" while what waits for the bucket is under ``cap_bytes`` (0: no cap); else why storing must pause."""
+        if not cap_bytes:
+            return ""
+        waiting = sum(nbytes for nbytes, _age in self.backlog.values()) + self._stored_since_round
+        if waiting < cap_bytes:
+            return ""
+        return (f"local tier full: {waiting} bytes wait for the bucket (cap {cap_bytes})"
+                + (f"; {self.last_error}" if self.last_error else ""))
 
     def status(self, capture_id: str) -> tuple[int, float, str]:
         """(bytes waiting, seconds the oldest has waited, the last error) for ``podcap status``."""

@@ -18,6 +18,7 @@ stream is not read meanwhile, so HTTP/2 flow control pushes back and the agent s
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -59,13 +60,17 @@ class _Outcome:
 class ChunkIngest:
     def __init__(self, table: CaptureTable, storage: CaptureStorage, health: StorageHealth, *,
                  wake_committer: Callable[[], None], begin_stop: Callable[[Capture, str], None],
-                 closing: threading.Event) -> None:
+                 closing: threading.Event, local_room: Callable[[], str] = lambda: "",
+                 stored: Callable[[int], None] = lambda _n: None) -> None:
         self.table = table
         self.storage = storage
         self.health = health
         self.wake_committer = wake_committer
         self.begin_stop = begin_stop
         self.closing = closing
+        # "" while the local tier may take more; else why not (tiered storage whose bucket is behind)
+        self.local_room = local_room
+        self.stored = stored  # told the bytes of each append (what the local tier now holds more)
 
     def on_chunk(self, conn: AgentConnection, chunk: ingest_pb2.PcapChunk,
                  records: memoryview | None = None) -> ingest_pb2.ChunkAck | None:
@@ -138,6 +143,8 @@ class ChunkIngest:
         reserved against the capture's limits under the capture's lock, appended without it. Raises StorageError
         (nothing is counted then)."""
         assert out.extra is not None
+        if full := self.local_room():
+            raise StorageError(errno.ENOSPC, full)  # paused as on a full disk: the agents keep their data
         fmt = file_format(st.fmt)
         writer = open_writer(self.storage, cap, ps, fmt)
         now = time.time()
@@ -181,6 +188,7 @@ class ChunkIngest:
             out.stored = packets
             ps.packets_total += packets
             ps.bytes_total += added
+        self.stored(added)
 
     def _account(self, cap: Capture, ps: PodState, st: StreamState, conn: AgentConnection,
                  chunk: ingest_pb2.PcapChunk, out: _Outcome, gaps: list[Gap]) -> None:

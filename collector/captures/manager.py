@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 class CaptureManager:
     def __init__(self, storage: CaptureStorage, registry: AgentRegistry, store: CaptureStore, *,
-                 cluster: ClusterInventory | None = None) -> None:
+                 cluster: ClusterInventory | None = None, local_cap_bytes: int = 0) -> None:
         self.storage = storage
         self.registry = registry
         self.store = store
@@ -63,7 +63,9 @@ class CaptureManager:
         self.placement = Placement(self.table, registry, cluster)
         self.events = PodEvents(self.table, storage, on_terminal=self._maybe_finish)
         self.chunks = ChunkIngest(self.table, storage, self.health, wake_committer=self.committer.wake,
-                                  begin_stop=self._begin_stop, closing=self._closing)
+                                  begin_stop=self._begin_stop, closing=self._closing,
+                                  local_room=lambda: self.archiver.local_room(local_cap_bytes),
+                                  stored=self.archiver.note_stored)
         registry.subscribe(self.placement)
         if cluster is not None:
             cluster.subscribe(self.placement)

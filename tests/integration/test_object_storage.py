@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -45,8 +46,9 @@ def records(start: int, n: int, size: int = 200) -> bytes:
 
 
 class Env:
-    def __init__(self, s3: Testbed, prefix: str, data: str) -> None:
+    def __init__(self, s3: Testbed, prefix: str, data: str, local_cap_bytes: int = 0) -> None:
         self.s3, self.prefix, self.data = s3, prefix, data
+        self.local_cap_bytes = local_cap_bytes
         self.store = CaptureStore(os.path.join(data, "podcap.db"))
         self.objects = ObjectStore(BucketUrl(s3.bucket, prefix), endpoint=s3.endpoint, max_attempts=2)
         self.registry = AgentRegistry()
@@ -55,7 +57,8 @@ class Env:
         self.mgr = self.open()
 
     def open(self) -> CaptureManager:
-        return CaptureManager(TieredStorage(self.data, self.objects), self.registry, self.store)
+        return CaptureManager(TieredStorage(self.data, self.objects), self.registry, self.store,
+                              local_cap_bytes=self.local_cap_bytes)
 
     def start(self, segment: int = SEGMENT, **retention: int) -> str:
         cap = self.mgr.start(control_pb2.StartCaptureRequest(
@@ -160,6 +163,35 @@ def test_the_gateway_down_loses_nothing_and_archiving_resumes(env: Env) -> None:
     st = env.mgr.status(env.mgr.get(cid))
     assert (st.archive_backlog_bytes, st.archive_error) == (0, "")
     assert env.read_back(cid) == list(range(1000))
+
+
+def test_a_full_local_tier_pauses_storing_until_the_bucket_catches_up(
+        s3: Testbed, s3_prefix: str, tmp_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the gateway down, closed segments pile up locally; at the cap storing pauses (the chunk is not taken,
+    so the agent would keep it) and resumes once the gateway is back and uploads catch up: nothing is lost."""
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    env = Env(s3, s3_prefix, str(tmp_path), local_cap_bytes=3 * SEGMENT)
+    try:
+        cid = env.start()
+        s3.kill_gateway()
+        sender = threading.Thread(target=env.send, args=(cid, 1, 30))
+        try:
+            sender.start()
+            deadline = time.monotonic() + 20
+            while "local tier full" not in env.mgr.paused:
+                assert time.monotonic() < deadline and sender.is_alive(), env.mgr.paused
+                time.sleep(0.1)
+            stuck = env.mgr.status(env.mgr.get(cid)).packets
+            time.sleep(1.5)
+            assert sender.is_alive() and env.mgr.status(env.mgr.get(cid)).packets == stuck < 3000
+        finally:
+            s3.restart_gateway()
+        sender.join(timeout=30)
+        assert not sender.is_alive() and env.mgr.paused == ""
+        assert env.read_back(cid) == list(range(3000))
+    finally:
+        env.close()
 
 
 def test_retention_deletes_the_objects(env: Env) -> None:
