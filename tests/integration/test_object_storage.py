@@ -148,6 +148,34 @@ def test_large_segments_go_as_multipart_uploads(env: Env, monkeypatch: pytest.Mo
     assert not uploads.get("Uploads")
 
 
+def test_a_collector_that_died_mid_upload_neither_loses_nor_duplicates(env: Env) -> None:
+    """The crash windows of an upload: a segment uploaded but never recorded (the collector died before its commit)
+    is uploaded again to the same key, not as a second object; a multipart upload the dead collector left open is
+    aborted when the next one starts."""
+    from podcap.collector.captures.pods import location
+    from podcap.collector.server import open_storage
+
+    cid = env.start()
+    env.send(cid, 1, 10)
+    cap = env.mgr.get(cid)
+    with cap.lock:
+        (ps,) = cap.pods.values()
+        first = ps.segments[0]
+    key = location(env.mgr.storage, cap, ps).archive(first)  # uploaded; the record never happens
+    client = env.s3.client()
+    stale = client.create_multipart_upload(Bucket=env.s3.bucket, Key=f"{env.prefix}/{cid}/shop/web-0/000002.pcap")
+    client.upload_part(Bucket=env.s3.bucket, Key=f"{env.prefix}/{cid}/shop/web-0/000002.pcap", PartNumber=1,
+                       UploadId=stale["UploadId"], Body=b"x" * 1024)
+    env.mgr.close()  # what a crash leaves in the database too: the segment is not archived (its writer closes)
+    storage = open_storage(env.data, f"s3://{env.s3.bucket}/{env.prefix}", s3_endpoint=env.s3.endpoint)
+    assert not client.list_multipart_uploads(Bucket=env.s3.bucket, Prefix=env.prefix).get("Uploads")
+    env.mgr = CaptureManager(storage, env.registry, env.store)
+    assert env.mgr.archiver.run_once() >= 3
+    keys = env.keys(cid)
+    assert key in keys and len(keys) == len(set(keys)) == len(env.mgr.get(cid).pods[POD.uid].segments)  # one each
+    assert env.read_back(cid) == list(range(1000))
+
+
 def test_the_gateway_down_loses_nothing_and_archiving_resumes(env: Env) -> None:
     cid = env.start()
     env.s3.kill_gateway()
