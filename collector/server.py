@@ -171,8 +171,8 @@ def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
 @click.option("--s3-endpoint", default="", envvar="S3_ENDPOINT", help="S3 endpoint URL for a store other than AWS "
               "(Ceph RGW, MinIO: path-style addressing)")
 @click.option("--s3-region", default="", envvar="AWS_REGION", help="the bucket's region")
-@click.option("--local-cap-bytes", type=int, default=0, show_default=True, help="with s3:// storage: bytes of "
-              "closed segments that may wait on the data dir for the bucket; beyond it storing pauses (agents "
+@click.option("--local-cap-bytes", type=int, default=0, show_default=True, help="with s3:// storage: bytes "
+              "not yet in the bucket that the data dir may hold; beyond it storing pauses (agents "
               "spool) until uploads catch up (0: until the disk is full)")
 @click.option("--max-workers", type=int, default=256, show_default=True,
               help="gRPC worker threads (one per connected agent)")

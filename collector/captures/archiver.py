@@ -29,8 +29,11 @@ ARCHIVE_INTERVAL_S = 1.0
 
 
 class Archiver:
-    def __init__(self, table: CaptureTable, storage: CaptureStorage, committer: Committer) -> None:
+    def __init__(self, table: CaptureTable, storage: CaptureStorage, committer: Committer, *,
+                 interval_s: float = ARCHIVE_INTERVAL_S) -> None:
         self.table = table
+        self.interval_s = interval_s  # 0: no thread, rounds only when ``run_once`` is called (tests)
+        self._round = threading.Lock()  # one round at a time
         self.storage = storage
         self.committer = committer
         self.last_error = ""
@@ -38,12 +41,13 @@ class Archiver:
         # packet of the oldest of them (how long data has waited for the bucket, at least).
         self.backlog: dict[str, tuple[int, float]] = {}
         self._complete: set[str] = set()  # captures whose final manifest is written
-        self._stored_since_round = 0  # bytes appended locally since the last round counted the backlog
+        self._stored_since_round = 0  # bytes appended locally since the last round counted the local tier
+        self._local_bytes = 0  # what the local tier held at the last round, archived not (open segments too)
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="archiver", daemon=True)
 
     def start(self) -> None:
-        if self.storage.tiered:
+        if self.storage.tiered and self.interval_s > 0:
             self._thread.start()
 
     def stop(self) -> None:
@@ -52,7 +56,7 @@ class Archiver:
             self._thread.join(timeout=30)
 
     def _loop(self) -> None:
-        while not self._closing.wait(ARCHIVE_INTERVAL_S):
+        while not self._closing.wait(self.interval_s):
             try:
                 self.run_once()
             except Exception:
@@ -60,8 +64,13 @@ class Archiver:
 
     def run_once(self) -> int:
         """One round over every capture; returns how many segments were archived."""
+        with self._round:
+            return self._run_once()
+
+    def _run_once(self) -> int:
         done = 0
         backlog: dict[str, tuple[int, float]] = {}
+        local = 0
         for cap in self.table.all():
             todo = self._closed_unarchived(cap)
             archived: list[tuple[PodState, SegmentInfo]] = []
@@ -104,8 +113,10 @@ class Archiver:
                 newest_ns = min(seg.last_ts_ns for seg in waiting)
                 backlog[cap.id] = (sum(seg.bytes for seg in waiting),
                                    max(0.0, time.time() - newest_ns / 1e9) if newest_ns else 0.0)
+            with cap.lock:
+                local += sum(seg.bytes for ps in cap.pods.values() for seg in ps.segments if not seg.archived)
         self.backlog = backlog
-        self._stored_since_round = 0
+        self._local_bytes, self._stored_since_round = local, 0
         return done
 
     def note_stored(self, nbytes: int) -> None:
@@ -116,7 +127,7 @@ class Archiver:
         """"" while what waits for the bucket is under ``cap_bytes`` (0: no cap); else why storing must pause."""
         if not cap_bytes:
             return ""
-        waiting = sum(nbytes for nbytes, _age in self.backlog.values()) + self._stored_since_round
+        waiting = self._local_bytes + self._stored_since_round
         if waiting < cap_bytes:
             return ""
         return (f"local tier full: {waiting} bytes wait for the bucket (cap {cap_bytes})"

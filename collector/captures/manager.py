@@ -29,7 +29,7 @@ from typing import BinaryIO
 
 from podcap.collector.agents import AgentConnection, AgentRegistry
 from podcap.collector.captures import reads, recovery, retention
-from podcap.collector.captures.archiver import Archiver
+from podcap.collector.captures.archiver import ARCHIVE_INTERVAL_S, Archiver
 from podcap.collector.captures.chunks import ChunkIngest
 from podcap.collector.captures.committer import Committer
 from podcap.collector.captures.events import PodEvents
@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 class CaptureManager:
     def __init__(self, storage: CaptureStorage, registry: AgentRegistry, store: CaptureStore, *,
-                 cluster: ClusterInventory | None = None, local_cap_bytes: int = 0) -> None:
+                 cluster: ClusterInventory | None = None, local_cap_bytes: int = 0,
+                 archive_interval_s: float = ARCHIVE_INTERVAL_S) -> None:
         self.storage = storage
         self.registry = registry
         self.store = store
@@ -59,7 +60,7 @@ class CaptureManager:
         self.health = StorageHealth()
         self._closing = threading.Event()
         self.committer = Committer(self.table, store, self.health)
-        self.archiver = Archiver(self.table, storage, self.committer)
+        self.archiver = Archiver(self.table, storage, self.committer, interval_s=archive_interval_s)
         self.placement = Placement(self.table, registry, cluster)
         self.events = PodEvents(self.table, storage, on_terminal=self._maybe_finish)
         self.chunks = ChunkIngest(self.table, storage, self.health, wake_committer=self.committer.wake,

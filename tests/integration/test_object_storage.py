@@ -49,6 +49,8 @@ class Env:
     def __init__(self, s3: Testbed, prefix: str, data: str, local_cap_bytes: int = 0) -> None:
         self.s3, self.prefix, self.data = s3, prefix, data
         self.local_cap_bytes = local_cap_bytes
+        # Rounds only when a test calls run_once (deterministic counts), unless the test needs the thread.
+        self.archive_interval_s = 0.2 if local_cap_bytes else 0.0
         self.store = CaptureStore(os.path.join(data, "podcap.db"))
         self.objects = ObjectStore(BucketUrl(s3.bucket, prefix), endpoint=s3.endpoint, max_attempts=2)
         self.registry = AgentRegistry()
@@ -58,7 +60,7 @@ class Env:
 
     def open(self) -> CaptureManager:
         return CaptureManager(TieredStorage(self.data, self.objects), self.registry, self.store,
-                              local_cap_bytes=self.local_cap_bytes)
+                              local_cap_bytes=self.local_cap_bytes, archive_interval_s=self.archive_interval_s)
 
     def start(self, segment: int = SEGMENT, **retention: int) -> str:
         cap = self.mgr.start(control_pb2.StartCaptureRequest(
@@ -169,7 +171,7 @@ def test_a_collector_that_died_mid_upload_neither_loses_nor_duplicates(env: Env)
     env.mgr.close()  # what a crash leaves in the database too: the segment is not archived (its writer closes)
     storage = open_storage(env.data, f"s3://{env.s3.bucket}/{env.prefix}", s3_endpoint=env.s3.endpoint)
     assert not client.list_multipart_uploads(Bucket=env.s3.bucket, Prefix=env.prefix).get("Uploads")
-    env.mgr = CaptureManager(storage, env.registry, env.store)
+    env.mgr = CaptureManager(storage, env.registry, env.store, archive_interval_s=0)
     assert env.mgr.archiver.run_once() >= 3
     keys = env.keys(cid)
     assert key in keys and len(keys) == len(set(keys)) == len(env.mgr.get(cid).pods[POD.uid].segments)  # one each
@@ -191,6 +193,29 @@ def test_the_gateway_down_loses_nothing_and_archiving_resumes(env: Env) -> None:
     st = env.mgr.status(env.mgr.get(cid))
     assert (st.archive_backlog_bytes, st.archive_error) == (0, "")
     assert env.read_back(cid) == list(range(1000))
+
+
+def test_a_frozen_gateway_holds_up_uploads_but_not_storing(env: Env) -> None:
+    """The gateway stopped (SIGSTOP: slow, not down): an upload hangs, yet chunks keep being stored, committed and
+    acknowledged locally meanwhile; once the gateway runs again the upload completes and nothing is missing."""
+    cid = env.start()
+    env.send(cid, 1, 5)
+    env.s3.freeze_gateway()
+    try:
+        uploading = threading.Thread(target=env.mgr.archiver.run_once)
+        uploading.start()
+        time.sleep(0.5)
+        assert uploading.is_alive()  # stuck in a request to the frozen gateway
+        started = time.monotonic()
+        env.send(cid, 6, 10)
+        assert time.monotonic() - started < 5
+        assert env.mgr.status(env.mgr.get(cid)).packets == 1500
+    finally:
+        env.s3.thaw_gateway()
+    uploading.join(timeout=60)
+    assert not uploading.is_alive()
+    env.mgr.archiver.run_once()
+    assert env.read_back(cid) == list(range(1500))
 
 
 def test_a_full_local_tier_pauses_storing_until_the_bucket_catches_up(
