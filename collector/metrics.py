@@ -40,10 +40,17 @@ class CaptureMetrics(PromCollector):
         unaccounted = GaugeMetricFamily("podcap_unaccounted_packets", "Received by the kernel, neither stored nor "
                                         "counted as dropped (in flight while a capture runs; 0 once it ended)",
                                         labels=labels)
+        backlog = GaugeMetricFamily("podcap_archive_backlog_bytes", "With object storage: bytes of closed segments "
+                                    "waiting on the collector's disk for the bucket", labels=["capture"])
+        oldest = GaugeMetricFamily("podcap_archive_oldest_seconds", "With object storage: how long the oldest "
+                                   "waiting segment has waited", labels=["capture"])
         n_active = 0
         for cap in self.captures.all():
             st = self.captures.status(cap)
             n_active += cap.live
+            if st.archive_backlog_bytes:
+                backlog.add_metric([cap.id], st.archive_backlog_bytes)
+                oldest.add_metric([cap.id], st.archive_oldest_seconds)
             for p in st.pods:
                 key = [cap.id, p.pod.namespace, p.pod.name]
                 packets.add_metric(key, p.packets + p.retired_packets)
@@ -56,7 +63,7 @@ class CaptureMetrics(PromCollector):
         active.add_metric([], n_active)
         agents.add_metric([], len(self.registry.agents()))
         paused.add_metric([], 1 if self.captures.paused else 0)
-        yield from (active, agents, paused, packets, nbytes, drops, unaccounted)
+        yield from (active, agents, paused, packets, nbytes, drops, unaccounted, backlog, oldest)
 
 
 def serve_metrics(address: str, captures: CaptureManager, registry: AgentRegistry) -> int:

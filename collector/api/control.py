@@ -21,7 +21,7 @@ from podcap.collector.api.errors import abort_for
 from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.captures.model import Capture
 from podcap.collector.captures.table import CaptureNotFoundError
-from podcap.collector.filters import FilterError, compile_filter
+from podcap.collector.filters import compile_filter
 from podcap.collector.storage.window import select_records
 from podcap.collector.targets import target_text
 from podcap.errors import PodcapError
@@ -165,7 +165,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                     bpf = compile_filter(request.filter, fmt)
                     selected = select_records(segments, fmt, since_ns=request.since_unix_ns,
                                               until_ns=request.until_unix_ns, bpf=bpf)
-                except FilterError as e:
+                except PodcapError as e:  # a bad filter; a segment in the bucket that cannot be read now
                     abort_for(context, e)
                 finally:
                     for f, _ in segments:
@@ -181,7 +181,10 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                     f.seek(FILE_HEADER_LEN)
                     left = length - FILE_HEADER_LEN
                     while left > 0:
-                        block = f.read(min(DOWNLOAD_BLOCK, left))
+                        try:
+                            block = f.read(min(DOWNLOAD_BLOCK, left))
+                        except PodcapError as e:  # the bucket holds the segment and cannot be read now
+                            abort_for(context, e)
                         if not block:
                             context.abort(grpc.StatusCode.DATA_LOSS, f"segment of {ps.pod.display} is shorter "
                                           "than recorded")
