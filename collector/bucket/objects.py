@@ -17,13 +17,15 @@ import hashlib
 import io
 import os
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
 from podcap.errors import DeniedError, InvalidInputError, NotFoundError, UnavailableError
 
-PART_BYTES = 16 << 20  # multipart part size (and the threshold for using one)
+PART_BYTES = 8 << 20  # multipart part size (and the threshold for using one); S3's smallest part is 5 MiB
+PARALLEL_PARTS = 6  # parts in flight at once (memory: PARALLEL_PARTS x PART_BYTES)
 READ_BLOCK = 4 << 20  # bytes fetched per ranged GET when a reader reads sequentially
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
            "AllAccessDisabled", "AccountProblem"}
@@ -124,19 +126,30 @@ class ObjectStore:
             raise ObjectStoreError(f"{key}: stored {head['ContentLength']} bytes, sent {length}")
 
     def _multipart(self, f: io.BufferedReader, length: int, key: str) -> None:
+        """Parts of ``PART_BYTES``, ``PARALLEL_PARTS`` in flight (a single stream is bound by one connection's
+        round trips and the gateway's per-request work; a few at once come close to what the store takes)."""
         bucket = self.url.bucket
         upload = self._call(f"start upload of {key}", "create_multipart_upload", Bucket=bucket, Key=key)["UploadId"]
+
+        def put(number: int, body: bytes) -> dict[str, Any]:
+            r = self._call(f"part {number} of {key}", "upload_part", Bucket=bucket, Key=key, UploadId=upload,
+                           PartNumber=number, Body=body, ContentMD5=_md5(body))
+            return {"PartNumber": number, "ETag": r["ETag"]}
+
         try:
-            parts = []
-            number, left = 1, length
-            while left > 0:
-                body = f.read(min(PART_BYTES, left))
-                if not body:
-                    raise ObjectStoreError(f"{key}: the local segment ended {left} bytes early")
-                r = self._call(f"part {number} of {key}", "upload_part", Bucket=bucket, Key=key, UploadId=upload,
-                               PartNumber=number, Body=body, ContentMD5=_md5(body))
-                parts.append({"PartNumber": number, "ETag": r["ETag"]})
-                number, left = number + 1, left - len(body)
+            parts: list[dict[str, Any]] = []
+            with ThreadPoolExecutor(max_workers=PARALLEL_PARTS, thread_name_prefix="upload") as pool:
+                inflight: list[Future[dict[str, Any]]] = []
+                number, left = 1, length
+                while left > 0:
+                    body = f.read(min(PART_BYTES, left))
+                    if not body:
+                        raise ObjectStoreError(f"{key}: the local segment ended {left} bytes early")
+                    if len(inflight) >= PARALLEL_PARTS:
+                        parts.append(inflight.pop(0).result())
+                    inflight.append(pool.submit(put, number, body))
+                    number, left = number + 1, left - len(body)
+                parts += [fut.result() for fut in inflight]
             # Some gateways answer CompleteMultipartUpload with an empty ETag: the HEAD that follows checks size.
             self._call(f"complete upload of {key}", "complete_multipart_upload", Bucket=bucket, Key=key,
                        UploadId=upload, MultipartUpload={"Parts": parts})

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from tests.bench.run import KEYS
+from tests.s3.testbed import missing_packages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,6 +24,8 @@ def _missing() -> str | None:
     tools = [t for t in ("trafgen", "tcpdump", "ip", "taskset") if not shutil.which(t)]
     if tools:
         return f"needs {', '.join(tools)} (apt-get install netsniff-ng tcpdump iproute2 util-linux)"
+    if ceph := missing_packages():
+        return f"needs {', '.join(ceph)} for p7 (make deps installs them)"
     if (os.cpu_count() or 1) < 2:
         return "needs 2 CPUs (generator and capturer are pinned apart)"
     return None

@@ -181,7 +181,7 @@ class Testbed:
         import boto3
         from botocore.config import Config
 
-        cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, **config)  # type: ignore[arg-type]
+        cfg = Config(**{"s3": {"addressing_style": "path"}, "retries": {"max_attempts": 1}, **config})
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
                             aws_secret_access_key=self.secret_key, region_name=REGION, config=cfg)
 
