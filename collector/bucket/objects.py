@@ -109,23 +109,27 @@ class ObjectStore:
     # ---- writing ----
 
     def upload_file(self, path: str, length: int, key: str) -> None:
-        """Store the first ``length`` bytes of ``path`` as ``key``, each request's bytes checked by the server
-        (Content-MD5), the result's size checked with a HEAD. Overwriting ``key`` with the same bytes is harmless,
-        so an upload interrupted by a crash is simply done again."""
-        bucket = self.url.bucket
+        """Store the first ``length`` bytes of ``path`` as ``key`` (see ``upload``)."""
         with open(path, "rb") as f:
-            if length <= PART_BYTES:
-                body = f.read(length)
-                if len(body) != length:
-                    raise ObjectStoreError(f"{path} holds {len(body)} bytes, expected {length}")
-                self._call(f"PUT {key}", "put_object", Bucket=bucket, Key=key, Body=body, ContentMD5=_md5(body))
-            else:
-                self._multipart(f, length, key)
-        head = self._call(f"HEAD {key}", "head_object", Bucket=bucket, Key=key)
-        if int(head["ContentLength"]) != length:
-            raise ObjectStoreError(f"{key}: stored {head['ContentLength']} bytes, sent {length}")
+            body = f.read(length)
+        if len(body) != length:
+            raise ObjectStoreError(f"{path} holds {len(body)} bytes, expected {length}")
+        self.upload(body, key)
 
-    def _multipart(self, f: io.BufferedReader, length: int, key: str) -> None:
+    def upload(self, body: bytes, key: str) -> None:
+        """Store ``body`` as ``key``, each request's bytes checked by the server (Content-MD5), the result's size
+        checked with a HEAD. Overwriting ``key`` with the same bytes is harmless, so an upload interrupted by a crash
+        is simply done again."""
+        bucket = self.url.bucket
+        if len(body) <= PART_BYTES:
+            self._call(f"PUT {key}", "put_object", Bucket=bucket, Key=key, Body=body, ContentMD5=_md5(body))
+        else:
+            self._multipart(io.BytesIO(body), len(body), key)
+        head = self._call(f"HEAD {key}", "head_object", Bucket=bucket, Key=key)
+        if int(head["ContentLength"]) != len(body):
+            raise ObjectStoreError(f"{key}: stored {head['ContentLength']} bytes, sent {len(body)}")
+
+    def _multipart(self, f: io.BytesIO, length: int, key: str) -> None:
         """Parts of ``PART_BYTES``, ``PARALLEL_PARTS`` in flight (a single stream is bound by one connection's
         round trips and the gateway's per-request work; a few at once come close to what the store takes)."""
         bucket = self.url.bucket
@@ -196,6 +200,28 @@ class ObjectStore:
                        Range=f"bytes={start}-{start + length - 1}")
         body: bytes = r["Body"].read()
         return body
+
+    def get_tail(self, key: str, length: int) -> tuple[bytes, int]:
+        """The last ``length`` bytes of ``key`` (all of it if shorter) and the object's size."""
+        r = self._call(f"GET {key}", "get_object", Bucket=self.url.bucket, Key=key, Range=f"bytes=-{length}")
+        body: bytes = r["Body"].read()
+        total = str(r.get("ContentRange", "")).rpartition("/")[2]
+        return body, int(total) if total.isdigit() else len(body)
+
+    def open_segment(self, key: str, length: int, since_ns: int = 0, until_ns: int = 0) -> tuple[Any, int]:
+        """A segment as a seekable file of its raw pcap bytes, and their length: for a compressed object only the
+        blocks a window [since_ns, until_ns] overlaps (0: unbounded), fetched as they are read; a plain object as
+        it is."""
+        from podcap.collector.bucket.blocks import BlockReader, read_index, window
+
+        if not key.endswith(".zst"):
+            return self.open(key, length), length
+        found = read_index(self, key)
+        if found is None:
+            raise ObjectStoreError(f"{key}: no block index at its end")
+        header, blocks = found
+        reader = BlockReader(self, key, header, window(blocks, since_ns, until_ns))
+        return reader, reader.length
 
     def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []

@@ -71,11 +71,12 @@ def pod_files(
                 pf = ps.fmt
             for seg, size in segments:
                 try:
-                    f = location(storage, cap, ps).open(seg)
+                    opened = location(storage, cap, ps).open(seg, since_ns, until_ns)
                 except StorageError as e:
                     log.error("%s", e)
-                    f = None
-                if f is not None:  # None: retention deleted it meanwhile (the oldest go first)
-                    files.append((f, size))
+                    opened = None
+                if opened is not None:  # None: retention deleted it meanwhile (the oldest go first)
+                    f, length = opened
+                    files.append((f, min(length, size)))  # a window of a compressed object: less
         snaplen = cap.request.settings.snaplen or MAX_SNAPLEN
         yield ps, file_format(pf) if pf is not None else FileFormat(1, snaplen, True), files

@@ -32,6 +32,7 @@ class BucketClient:
         self.objects = ObjectStore(BucketUrl(parsed.bucket, prefix), endpoint=endpoint or None,
                                    region=region or None)
         self._manifest: Manifest | None = None
+        self.fetched = 0  # segment bytes fetched for windows (compressed: only the blocks a window overlaps)
 
     def __enter__(self) -> BucketClient:
         return self
@@ -73,7 +74,7 @@ class BucketClient:
                     size=FILE_HEADER_LEN + sum(s.bytes - FILE_HEADER_LEN for s in segments)))
                 yield control_pb2.DownloadChunk(data=fmt.header())
                 for seg in segments:
-                    reader = self.objects.open(seg.key, seg.bytes)
+                    reader, _length = self.objects.open_segment(seg.key, seg.bytes)
                     reader.seek(FILE_HEADER_LEN)
                     while block := reader.read(BLOCK):
                         yield control_pb2.DownloadChunk(data=block)
@@ -81,9 +82,11 @@ class BucketClient:
             program = compile_filter(bpf, fmt) if bpf else None
             with tempfile.SpooledTemporaryFile(max_size=64 << 20) as kept:  # the window's records, then their size
                 for seg in segments:
-                    reader = self.objects.open(seg.key, seg.bytes)
+                    # Only the blocks of a compressed segment that the window overlaps are fetched.
+                    reader, length = self.objects.open_segment(seg.key, seg.bytes, since_ns, until_ns)
                     reader.seek(FILE_HEADER_LEN)
-                    data = reader.read(seg.bytes - FILE_HEADER_LEN)
+                    data = reader.read(length - FILE_HEADER_LEN)
+                    self.fetched += getattr(reader, "fetched", length)
                     for r in iter_records(data, fmt):
                         if ((not since_ns or r.ts_ns >= since_ns) and (not until_ns or r.ts_ns <= until_ns)
                                 and (program is None or program.filter(r.data) != 0)):

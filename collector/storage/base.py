@@ -97,8 +97,10 @@ class PodLocation(Protocol):
     def writer(self, fmt: FileFormat, *, segment_bytes: int, segment_seconds: int, next_index: int) -> SegmentWriter:
         ...
 
-    def open(self, seg: SegmentInfo) -> BinaryIO | None:
-        """The segment for reading, or None when it is gone (retention deleted it)."""
+    def open(self, seg: SegmentInfo, since_ns: int = 0, until_ns: int = 0) -> tuple[BinaryIO, int] | None:
+        """The segment for reading as a pcap file, and its length; None when it is gone (retention deleted it).
+        With a time window (0: unbounded) the file may hold only the parts of the segment the window overlaps (a
+        compressed object's blocks); the caller still filters records by time."""
         ...
 
     def delete(self, seg: SegmentInfo) -> None:

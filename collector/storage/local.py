@@ -227,9 +227,9 @@ class LocalPodLocation:
         return PodWriter(self.directory, fmt, segment_bytes=segment_bytes, segment_seconds=segment_seconds,
                          next_index=next_index, direct=self.direct)
 
-    def open(self, seg: SegmentInfo) -> BinaryIO | None:
+    def open(self, seg: SegmentInfo, since_ns: int = 0, until_ns: int = 0) -> tuple[BinaryIO, int] | None:
         try:
-            return open(seg.locator, "rb")  # noqa: SIM115 (closed by the reader)
+            return open(seg.locator, "rb"), seg.bytes  # noqa: SIM115 (closed by the reader)
         except FileNotFoundError:
             return None
 

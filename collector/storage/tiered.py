@@ -15,13 +15,16 @@ retention deletes both copies.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import BinaryIO
 
+from podcap.collector.bucket.blocks import encode
 from podcap.collector.bucket.manifest import NAME
 from podcap.collector.bucket.objects import ObjectStore
 from podcap.collector.storage.base import SegmentInfo, StorageError
 from podcap.collector.storage.local import LocalPodLocation, pod_dir
+from podcap.pcapfile import FILE_HEADER_LEN, parse_file_header
 
 
 class TieredPodLocation(LocalPodLocation):
@@ -31,22 +34,28 @@ class TieredPodLocation(LocalPodLocation):
         self.key_prefix = key_prefix
 
     def archive(self, seg: SegmentInfo) -> str:
-        key = f"{self.key_prefix}/{os.path.basename(seg.locator)}"
+        key = f"{self.key_prefix}/{os.path.basename(seg.locator)}.zst"
         try:
-            self.objects.upload_file(seg.locator, seg.bytes, key)
-        except FileNotFoundError as e:
-            raise StorageError(e.errno, f"cannot archive {seg.locator}: it is gone") from e
+            with open(seg.locator, "rb") as f:
+                raw = f.read(seg.bytes)
+        except OSError as e:
+            raise StorageError(e.errno, f"cannot archive {seg.locator}: {e.strerror}") from e
+        if len(raw) != seg.bytes:
+            raise StorageError(errno.EIO, f"cannot archive {seg.locator}: {len(raw)} of {seg.bytes} bytes")
+        body, _blocks = encode(raw, parse_file_header(raw[:FILE_HEADER_LEN]))
+        self.objects.upload(body, key)
         return key
 
     def release(self, seg: SegmentInfo) -> None:
         if seg.archived:
             super().delete(seg)
 
-    def open(self, seg: SegmentInfo) -> BinaryIO | None:
-        local = super().open(seg)
+    def open(self, seg: SegmentInfo, since_ns: int = 0, until_ns: int = 0) -> tuple[BinaryIO, int] | None:
+        local = super().open(seg, since_ns, until_ns)
         if local is not None or not seg.archived:
             return local
-        return self.objects.open(seg.archived, seg.bytes)  # type: ignore[return-value]
+        reader, length = self.objects.open_segment(seg.archived, seg.bytes, since_ns, until_ns)
+        return reader, length
 
     def exists(self, seg: SegmentInfo) -> bool:
         return bool(seg.archived) or super().exists(seg)

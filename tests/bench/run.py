@@ -99,6 +99,7 @@ KEYS = (
     "p4_stored_gb", "p4_window_s", "p4_window_api_s",
     "p5_stored_ratio", "p5_min_pod_ratio", "p5_unaccounted", "p5_cpu_ratio", "p5_tcpdump_cpu_s", "p5_agent_cpu_s",
     "p5_collector_cpu_s", "p5_peak_backlog_mib", "p5_commit_p99_s", "p7_upload_ratio", "p7_upload_mb_s",
+    "p7_compression_udp", "p7_compression_http", "p7_compress_mb_s_udp", "p7_compress_mb_s_http",
 )
 SOAK_KEYS = (
     "soak_minutes", "soak_pods", "soak_offered_pps", "soak_unaccounted", "soak_rss_drift_agent",

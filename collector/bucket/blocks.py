@@ -1,0 +1,178 @@
+"""Segments as they sit in the bucket: zstd-compressed in independent blocks, with a block index at the end.
+
+An object is a sequence of zstd frames — the pcap file header as one frame, then the records in blocks of about
+``BLOCK_BYTES`` (whole records), one frame each — followed by a zstd *skippable* frame holding the segment's 24-byte
+file header and the block index (per block: raw offset and length, object offset and length, packets, first and last
+timestamp) and, in its last 8 bytes, the index's length and a magic. Decompressors ignore skippable frames, so
+``zstd -d`` of any object gives back the original pcap file; podcap instead reads the index (one ranged GET of the
+object's tail) and then fetches and decompresses only the blocks a read needs — for a time window, only the blocks
+whose time range overlaps it.
+
+``encode`` turns a local segment into such an object (bytes, in memory: segments are at most a few tens of MiB);
+``BlockReader`` is a seekable file over the *raw* bytes of a whole object or of a window of it. Objects written
+before compression (plain pcap files) have no index and are read as they are.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import zstandard
+
+from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, first_timestamp_ns, scan_records
+
+BLOCK_BYTES = 1 << 20
+LEVEL = 3
+_ENTRY = struct.Struct("<QIQIIqq")  # raw offset, raw length, object offset, object length, packets, first, last ts
+_FOOTER = struct.Struct("<I4s")  # index length, magic
+_MAGIC = b"PCX1"
+_SKIPPABLE = struct.Struct("<II")  # zstd skippable frame: magic 0x184D2A5?, payload size
+_SKIPPABLE_MAGIC = 0x184D2A5A
+TAIL_GUESS = 64 << 10  # bytes fetched from an object's end to find its index (more if the index is larger)
+
+
+@dataclass(frozen=True)
+class Block:
+    raw_offset: int  # in the uncompressed segment (the first block starts after the 24-byte file header)
+    raw_len: int
+    obj_offset: int
+    obj_len: int
+    packets: int
+    first_ts_ns: int
+    last_ts_ns: int
+
+
+class RangeSource(Protocol):
+    def get_range(self, key: str, start: int, length: int) -> bytes: ...
+
+    def get_tail(self, key: str, length: int) -> tuple[bytes, int]: ...
+
+
+def encode(raw: bytes, fmt: FileFormat) -> tuple[bytes, list[Block]]:
+    """The object for a segment's bytes (file header included), and its block index. Blocks are cut at record
+    boundaries by the C walker (no Python per record)."""
+    cctx = zstandard.ZstdCompressor(level=LEVEL)
+    out = bytearray(cctx.compress(raw[:FILE_HEADER_LEN]))
+    blocks: list[Block] = []
+    view = memoryview(raw)
+    pos = FILE_HEADER_LEN
+    while pos < len(raw):
+        scan = scan_records(view[pos:], fmt, max_bytes=BLOCK_BYTES)
+        if scan.length == 0:  # one record larger than a block (cannot happen with snaplen <= 256 KiB): alone
+            scan = scan_records(view[pos:], fmt, max_packets=1)
+        end = pos + scan.length
+        first = first_timestamp_ns(view[pos:end], fmt)
+        frame: bytes = cctx.compress(view[pos:end])
+        blocks.append(Block(pos, end - pos, len(out), len(frame), scan.packets, first, scan.last_ts_ns))
+        out += frame
+        pos = end
+    index = b"".join(_ENTRY.pack(b.raw_offset, b.raw_len, b.obj_offset, b.obj_len, b.packets, b.first_ts_ns,
+                                 b.last_ts_ns) for b in blocks)
+    payload = raw[:FILE_HEADER_LEN] + index + _FOOTER.pack(len(index), _MAGIC)
+    out += _SKIPPABLE.pack(_SKIPPABLE_MAGIC, len(payload)) + payload
+    return bytes(out), blocks
+
+
+def read_index(source: RangeSource, key: str) -> tuple[bytes, list[Block]] | None:
+    """The segment's file header and the object's block index, or None for an object without them (a plain pcap
+    file)."""
+    tail, size = source.get_tail(key, TAIL_GUESS)
+    if len(tail) < _FOOTER.size:
+        return None
+    index_len, magic = _FOOTER.unpack_from(tail, len(tail) - _FOOTER.size)
+    if magic != _MAGIC:
+        return None
+    need = FILE_HEADER_LEN + index_len + _FOOTER.size
+    if need > len(tail):
+        tail = source.get_range(key, size - need, need)
+    payload = tail[len(tail) - need:len(tail) - _FOOTER.size]
+    index = payload[FILE_HEADER_LEN:]
+    return payload[:FILE_HEADER_LEN], [Block(*_ENTRY.unpack_from(index, i)) for i in range(0, len(index), _ENTRY.size)]
+
+
+class BlockReader(io.RawIOBase):
+    """The raw bytes of a compressed object as a seekable file: the 24-byte file header, then the records of
+    ``blocks`` (all of them, or those of a window) back to back; ``length`` is its size. Each block is fetched with
+    one ranged GET and decompressed when a read first needs it."""
+
+    def __init__(self, source: RangeSource, key: str, header: bytes, blocks: list[Block]) -> None:
+        super().__init__()
+        self.source, self.key, self.blocks = source, key, blocks
+        self._header = header
+        self.length = FILE_HEADER_LEN + sum(b.raw_len for b in blocks)
+        self._starts = []  # where each block starts in this file
+        at = FILE_HEADER_LEN
+        for b in blocks:
+            self._starts.append(at)
+            at += b.raw_len
+        self._pos = 0
+        self._cached: tuple[int, bytes] = (-1, b"")
+        self.fetched = 0  # object bytes fetched (what a window read cost)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.length}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def _block(self, i: int) -> bytes:
+        if self._cached[0] != i:
+            b = self.blocks[i]
+            frame = self.source.get_range(self.key, b.obj_offset, b.obj_len)
+            self.fetched += len(frame)
+            self._cached = (i, zstandard.ZstdDecompressor().decompress(frame, max_output_size=b.raw_len))
+        return self._cached[1]
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self.length - self._pos
+        size = min(size, self.length - self._pos)
+        out = bytearray()
+        while size > 0:
+            if self._pos < FILE_HEADER_LEN:
+                piece = self._header[self._pos:self._pos + size]
+            else:
+                i = _find(self._starts, self._pos)
+                data = self._block(i)
+                off = self._pos - self._starts[i]
+                piece = data[off:off + size]
+            if not piece:
+                break
+            out += piece
+            self._pos += len(piece)
+            size -= len(piece)
+        return bytes(out)
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+def window(blocks: list[Block], since_ns: int, until_ns: int) -> list[Block]:
+    """The blocks whose time range overlaps [since_ns, until_ns] (0: unbounded)."""
+    return [b for b in blocks if not (since_ns and b.last_ts_ns < since_ns)
+            and not (until_ns and b.first_ts_ns > until_ns)]
+
+
+def _find(starts: list[int], pos: int) -> int:
+    lo, hi = 0, len(starts) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if starts[mid] <= pos:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
