@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv libpcap0.8 tcpdump tshark netsniff-ng iproute2 iputils-ping procps \
-	containerd runc containernetworking-plugins busybox-static iptables gcc libc6-dev ceph-mon ceph-osd radosgw
+	containerd runc containernetworking-plugins busybox-static iptables gcc libc6-dev ceph-mon ceph-osd radosgw zstd
 
 .PHONY: demo test deps venv dev lint typecheck proto proto-check unit integration bench bench-smoke soak clean
 
