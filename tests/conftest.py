@@ -69,10 +69,16 @@ def start_proc(argv: list[str], log_path: str, env: dict[str, str] | None = None
 @pytest.fixture
 def collector(tmp_path: os.PathLike[str]) -> Iterator[tuple[str, str, Proc]]:
     """A podcap-collector process: (address, data dir, process)."""
+    yield from collector_process(str(tmp_path))
+
+
+def collector_process(tmp_path: str, *args: str, env: dict[str, str] | None = None,
+                      ) -> Iterator[tuple[str, str, Proc]]:
+    """Run a podcap-collector (with extra ``args``) until the generator is closed: (address, data dir, process)."""
     port = free_port()
     data = os.path.join(tmp_path, "data")
-    p = start_proc([tool("podcap-collector"), "--insecure", "--listen", f"127.0.0.1:{port}", "--data-dir", data],
-                   os.path.join(tmp_path, "collector.log"))
+    p = start_proc([tool("podcap-collector"), "--insecure", "--listen", f"127.0.0.1:{port}", "--data-dir", data,
+                    *args], os.path.join(tmp_path, "collector.log"), env)
     deadline = time.monotonic() + 15
     while True:
         try:

@@ -15,14 +15,13 @@ before compression (plain pcap files) have no index and are read as they are.
 
 from __future__ import annotations
 
-import io
-import os
 import struct
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import zstandard
 
+from podcap.collector.bucket.seekable import SeekableReader
 from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, first_timestamp_ns, scan_records
 
 BLOCK_BYTES = 1 << 20
@@ -94,38 +93,22 @@ def read_index(source: RangeSource, key: str) -> tuple[bytes, list[Block]] | Non
     return payload[:FILE_HEADER_LEN], [Block(*_ENTRY.unpack_from(index, i)) for i in range(0, len(index), _ENTRY.size)]
 
 
-class BlockReader(io.RawIOBase):
+class BlockReader(SeekableReader):
     """The raw bytes of a compressed object as a seekable file: the 24-byte file header, then the records of
     ``blocks`` (all of them, or those of a window) back to back; ``length`` is its size. Each block is fetched with
     one ranged GET and decompressed when a read first needs it."""
 
     def __init__(self, source: RangeSource, key: str, header: bytes, blocks: list[Block]) -> None:
-        super().__init__()
+        super().__init__(FILE_HEADER_LEN + sum(b.raw_len for b in blocks))
         self.source, self.key, self.blocks = source, key, blocks
         self._header = header
-        self.length = FILE_HEADER_LEN + sum(b.raw_len for b in blocks)
         self._starts = []  # where each block starts in this file
         at = FILE_HEADER_LEN
         for b in blocks:
             self._starts.append(at)
             at += b.raw_len
-        self._pos = 0
         self._cached: tuple[int, bytes] = (-1, b"")
         self.fetched = 0  # object bytes fetched (what a window read cost)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.length}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
 
     def _block(self, i: int) -> bytes:
         if self._cached[0] != i:
@@ -135,10 +118,8 @@ class BlockReader(io.RawIOBase):
             self._cached = (i, zstandard.ZstdDecompressor().decompress(frame, max_output_size=b.raw_len))
         return self._cached[1]
 
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = self.length - self._pos
-        size = min(size, self.length - self._pos)
+    def read(self, size: int | None = -1) -> bytes:
+        size = self._wanted(size)
         out = bytearray()
         while size > 0:
             if self._pos < FILE_HEADER_LEN:
@@ -154,11 +135,6 @@ class BlockReader(io.RawIOBase):
             self._pos += len(piece)
             size -= len(piece)
         return bytes(out)
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
 
 
 def window(blocks: list[Block], since_ns: int, until_ns: int) -> list[Block]:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import os
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from podcap.collector.bucket.seekable import SeekableReader
 from podcap.errors import DeniedError, InvalidInputError, NotFoundError, UnavailableError
 
 PART_BYTES = 8 << 20  # multipart part size (and the threshold for using one); S3's smallest part is 5 MiB
@@ -237,35 +237,18 @@ class ObjectStore:
         return ObjectReader(self, key, length)
 
 
-class ObjectReader(io.RawIOBase):
+class ObjectReader(SeekableReader):
     """A stored object as a seekable, read-only file of ``length`` bytes; reads are ranged GETs of at least
     ``READ_BLOCK`` bytes (what a sequential reader asks next is usually already here)."""
 
     def __init__(self, store: ObjectStore, key: str, length: int) -> None:
-        super().__init__()
-        self.store, self.key, self.length = store, key, length
-        self._pos = 0
+        super().__init__(length)
+        self.store, self.key = store, key
         self._buf_start = 0
         self._buf = b""
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.length}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = self.length - self._pos
-        size = min(size, self.length - self._pos)
+    def read(self, size: int | None = -1) -> bytes:
+        size = self._wanted(size)
         if size <= 0:
             return b""
         end = self._pos + size
@@ -276,11 +259,6 @@ class ObjectReader(io.RawIOBase):
         out = self._buf[self._pos - self._buf_start:end - self._buf_start]
         self._pos += len(out)
         return out
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
 
 
 def _md5(body: bytes) -> str:

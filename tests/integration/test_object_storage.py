@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from podcap.names import NodeName, PodUid
 from podcap.pcapfile import FILE_HEADER_LEN, iter_records, read_file
 from podcap.pods import PodRef
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
-from tests.conftest import Proc, free_port, podcap, start_proc, tool
+from tests.conftest import Proc, collector_process, podcap, tool
 from tests.integration.test_end_to_end import PORT, SENDER, agent, capture_id, node, udp_payloads, wait_state  # noqa: F401
 from tests.s3.testbed import Testbed
 
@@ -294,25 +293,8 @@ def test_retention_deletes_the_objects(env: Env) -> None:
 @pytest.fixture
 def collector(s3: Testbed, s3_prefix: str, tmp_path: str) -> Iterator[tuple[str, str, Proc]]:
     """A podcap-collector process keeping captures in the testbed's bucket under ``s3_prefix``."""
-    port = free_port()
-    data = os.path.join(tmp_path, "data")
-    p = start_proc([tool("podcap-collector"), "--insecure", "--listen", f"127.0.0.1:{port}", "--data-dir", data,
-                    "--storage", f"s3://{s3.bucket}/{s3_prefix}", "--s3-endpoint", s3.endpoint],
-                   os.path.join(tmp_path, "collector.log"), env=s3.env())
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or p.proc.poll() is not None:
-                p.stop()
-                raise RuntimeError("collector did not start:\n" + p.log()) from None
-            time.sleep(0.05)
-    try:
-        yield f"127.0.0.1:{port}", data, p
-    finally:
-        p.stop()
+    yield from collector_process(str(tmp_path), "--storage", f"s3://{s3.bucket}/{s3_prefix}", "--s3-endpoint",
+                                 s3.endpoint, env=s3.env())
 
 
 def test_a_capture_through_rotation_into_the_bucket_reads_back_complete(
