@@ -158,6 +158,13 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         windowed = bool(window)
         if request.since_unix_ns and request.until_unix_ns and request.since_unix_ns > request.until_unix_ns:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "--since is after --until")
+        try:
+            yield from self._download(context, cap, request, windowed)
+        except PodcapError as e:  # a segment in the bucket that cannot be opened or read now
+            abort_for(context, e)
+
+    def _download(self, context: grpc.ServicerContext, cap: Capture, request: control_pb2.DownloadRequest,
+                  windowed: bool) -> Iterator[control_pb2.DownloadChunk]:
         for ps, fmt, segments in self.captures.pod_files(cap, list(request.pods), since_ns=request.since_unix_ns,
                                                          until_ns=request.until_unix_ns):
             if windowed:
@@ -181,10 +188,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                     f.seek(FILE_HEADER_LEN)
                     left = length - FILE_HEADER_LEN
                     while left > 0:
-                        try:
-                            block = f.read(min(DOWNLOAD_BLOCK, left))
-                        except PodcapError as e:  # the bucket holds the segment and cannot be read now
-                            abort_for(context, e)
+                        block = f.read(min(DOWNLOAD_BLOCK, left))
                         if not block:
                             context.abort(grpc.StatusCode.DATA_LOSS, f"segment of {ps.pod.display} is shorter "
                                           "than recorded")

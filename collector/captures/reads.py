@@ -1,9 +1,10 @@
 """Reading a capture: live followers and the stored segments of its pods.
 
 A follower (``podcap.collector.captures.follow.Subscription``) is announced the pods already streaming and then offered
-each chunk as it is stored (by ingest). ``pod_files`` hands a download its pods' segments as open files, opened
-under the pod's ``io_lock`` (no append in between) but not the capture's lock; a segment retention deletes
-meanwhile is left out (retention deletes the oldest first, so the rest is still one contiguous stretch).
+each chunk as it is stored (by ingest). ``pod_files`` hands a download its pods' segments as open files: their
+sizes are taken under the pod's ``io_lock`` (after publishing the open segment), the files opened without any lock;
+a segment retention deletes meanwhile is left out (retention deletes the oldest first, so the rest is still one
+contiguous stretch).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def pod_files(
         pods = [ps for ps in cap.pods.values() if _selected(ps, selectors)]
     for ps in pods:
         files: list[tuple[BinaryIO, int]] = []
-        with ps.io_lock:  # no append in between: each segment's recorded size is what its file holds
+        with ps.io_lock:  # no append in between: each segment's recorded size is what its file holds from here on
             if ps.writer is not None:
                 try:
                     ps.writer.publish()  # the open segment's last partial block may be in memory only
@@ -69,14 +70,16 @@ def pod_files(
                             if not (since_ns and seg.last_ts_ns and seg.last_ts_ns < since_ns)
                             and not (until_ns and seg.first_ts_ns and seg.first_ts_ns > until_ns)]
                 pf = ps.fmt
-            for seg, size in segments:
-                try:
-                    opened = location(storage, cap, ps).open(seg, since_ns, until_ns)
-                except StorageError as e:
-                    log.error("%s", e)
-                    opened = None
-                if opened is not None:  # None: retention deleted it meanwhile (the oldest go first)
-                    f, length = opened
-                    files.append((f, min(length, size)))  # a window of a compressed object: less
+        # Opened without locks: a segment only grows past its recorded size, and one in the bucket may take a
+        # request or two to open (its block index) — the pod's chunks do not wait for that.
+        for seg, size in segments:
+            try:
+                opened = location(storage, cap, ps).open(seg, since_ns, until_ns)
+            except StorageError as e:
+                log.error("%s", e)
+                opened = None
+            if opened is not None:  # None: retention deleted it meanwhile (the oldest go first)
+                f, length = opened
+                files.append((f, min(length, size)))  # a window of a compressed object: less
         snaplen = cap.request.settings.snaplen or MAX_SNAPLEN
         yield ps, file_format(pf) if pf is not None else FileFormat(1, snaplen, True), files

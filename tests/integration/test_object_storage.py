@@ -340,6 +340,13 @@ def test_a_capture_through_rotation_into_the_bucket_reads_back_complete(
         joined += raw if i == 0 else raw[FILE_HEADER_LEN:]
     with open(os.path.join(out, node.namespace, "rx-0.pcap"), "rb") as f:
         assert joined == f.read()
+    # Everything is in the bucket now: with the gateway down, a download is a one-line error, not a hang.
+    s3.kill_gateway()
+    try:
+        r = podcap(address, "get", cid, "-o", os.path.join(str(tmp_path), "down"), check=False)
+    finally:
+        s3.restart_gateway()
+    assert r.returncode != 0 and "EndpointConnectionError" in r.stderr.strip().splitlines()[-1], r.stderr
     # The bucket explains itself: with the collector gone, the user's own credentials read the same capture.
     deadline = time.monotonic() + 10
     while not json.loads(objects.get_object(Bucket=s3.bucket, Key=f"{s3_prefix}/{cid}/manifest.json")["Body"]
