@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -24,6 +25,7 @@ from tests.conftest import podcap
 from tests.integration.test_durability import Cluster, all_capturing
 from tests.integration.test_end_to_end import capture_id, udp_payloads
 from tests.pcapng_reader import read_pcapng
+from tests.s3.testbed import Testbed
 
 pytestmark = pytest.mark.root
 
@@ -43,17 +45,24 @@ def quiet_ipv6(node: DemoNode) -> None:
                 f.write("1")
 
 
-@pytest.fixture
-def busy(tmp_path: str) -> Cluster:
+@pytest.fixture(params=["local", "s3"])
+def busy(request: pytest.FixtureRequest, tmp_path: str, s3_prefix: str) -> Iterator[tuple[Cluster, str]]:
+    """Four pods, an agent with a small buffer, and a collector keeping captures on its disk (``local``) or archiving
+    them to the S3 testbed's bucket while the burst goes on (``s3``: small segments, so many are archived)."""
     node = DemoNode()
     node.create([f"p{i}" for i in range(SENDERS)])
     c = Cluster(str(tmp_path), node)
     try:
         quiet_ipv6(node)
-        c.start_collector()
+        if request.param == "s3":
+            s3: Testbed = request.getfixturevalue("s3")
+            c.start_collector("--storage", f"s3://{s3.bucket}/{s3_prefix}", "--s3-endpoint", s3.endpoint,
+                              env=s3.env())
+        else:
+            c.start_collector()
         c.start_agent("--upload-buffer", str(UPLOAD_BUFFER))
         c.wait_pods()
-        yield c
+        yield c, request.param
     finally:
         if c.collector is not None and c.collector.proc.poll() is None:
             os.kill(c.collector.proc.pid, signal.SIGCONT)
@@ -61,10 +70,11 @@ def busy(tmp_path: str) -> Cluster:
         node.destroy()
 
 
-def test_busy_pods_every_packet_stored_or_counted_and_the_loss_shared(busy: Cluster) -> None:
-    c = busy
+def test_busy_pods_every_packet_stored_or_counted_and_the_loss_shared(busy: tuple[Cluster, str]) -> None:
+    c, storage = busy
     names = [p.name for p in c.node.pods]
-    cid = capture_id(podcap(c.address, "start", "-n", c.node.namespace, *names))
+    segments = ("--segment-size", "1MiB") if storage == "s3" else ()  # many segments archived during the burst
+    cid = capture_id(podcap(c.address, "start", "-n", c.node.namespace, *names, *segments))
     c.wait(cid, all_capturing(SENDERS))
     assert c.collector is not None
     senders = [c.node.spawn(pod, [sys.executable, FLOOD, str(i), str(COUNT), str(PPS)], stdout=subprocess.PIPE)
@@ -81,6 +91,12 @@ def test_busy_pods_every_packet_stored_or_counted_and_the_loss_shared(busy: Clus
     time.sleep(1.0)
     podcap(c.address, "stop", cid)
     st = c.wait(cid, lambda st: st["state"] == "done", timeout=60)
+    if storage == "s3":  # every segment goes to the bucket: what get returns below comes from there
+        pod_dirs = [os.path.join(c.data, str(p["path"])) for p in st["pods"]]  # type: ignore[union-attr]
+        deadline = time.monotonic() + 30
+        while any(n.endswith(".pcap") for d in pod_dirs for n in os.listdir(d)):
+            assert time.monotonic() < deadline, [os.listdir(d) for d in pod_dirs]
+            time.sleep(0.2)
     out = os.path.join(c.tmp, "out")
     podcap(c.address, "get", cid, "-o", out)
     merged = os.path.join(c.tmp, "all.pcapng")

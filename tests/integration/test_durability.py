@@ -36,11 +36,11 @@ class Cluster:
         self.agent: Proc | None = None
         self.runs = 0
 
-    def start_collector(self) -> None:
+    def start_collector(self, *extra: str, env: dict[str, str] | None = None) -> None:
         self.runs += 1
         self.collector = start_proc([tool("podcap-collector"), "--insecure", "--listen", self.address, "--data-dir",
-                                     self.data],
-                                    os.path.join(self.tmp, f"collector-{self.runs}.log"))
+                                     self.data, *extra],
+                                    os.path.join(self.tmp, f"collector-{self.runs}.log"), env)
         deadline = time.monotonic() + 15
         while podcap(self.address, "list", check=False, timeout=30).returncode != 0:
             assert time.monotonic() < deadline, self.collector.log()
