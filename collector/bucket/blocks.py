@@ -69,8 +69,7 @@ def encode(raw: bytes, fmt: FileFormat) -> tuple[bytes, list[Block]]:
         blocks.append(Block(pos, end - pos, len(out), len(frame), scan.packets, first, scan.last_ts_ns))
         out += frame
         pos = end
-    index = b"".join(_ENTRY.pack(b.raw_offset, b.raw_len, b.obj_offset, b.obj_len, b.packets, b.first_ts_ns,
-                                 b.last_ts_ns) for b in blocks)
+    index = pack_index(blocks)
     payload = raw[:FILE_HEADER_LEN] + index + _FOOTER.pack(len(index), _MAGIC)
     out += _SKIPPABLE.pack(_SKIPPABLE_MAGIC, len(payload)) + payload
     return bytes(out), blocks
@@ -89,8 +88,19 @@ def read_index(source: RangeSource, key: str) -> tuple[bytes, list[Block]] | Non
     if need > len(tail):
         tail = source.get_range(key, size - need, need)
     payload = tail[len(tail) - need:len(tail) - _FOOTER.size]
-    index = payload[FILE_HEADER_LEN:]
-    return payload[:FILE_HEADER_LEN], [Block(*_ENTRY.unpack_from(index, i)) for i in range(0, len(index), _ENTRY.size)]
+    return payload[:FILE_HEADER_LEN], unpack_index(payload[FILE_HEADER_LEN:])
+
+
+def pack_index(blocks: list[Block]) -> bytes:
+    """A block index as the object keeps it at its end (and the manifest's segment pages, base64-encoded)."""
+    return b"".join(_ENTRY.pack(b.raw_offset, b.raw_len, b.obj_offset, b.obj_len, b.packets, b.first_ts_ns,
+                                b.last_ts_ns) for b in blocks)
+
+
+def unpack_index(index: bytes) -> list[Block]:
+    if len(index) % _ENTRY.size:
+        raise ValueError(f"a block index of {len(index)} bytes is not a whole number of {_ENTRY.size}-byte entries")
+    return [Block(*_ENTRY.unpack_from(index, i)) for i in range(0, len(index), _ENTRY.size)]
 
 
 class BlockReader(SeekableReader):

@@ -193,6 +193,12 @@ class ObjectStore:
     def size(self, key: str) -> int:
         return int(self._call(f"HEAD {key}", "head_object", Bucket=self.url.bucket, Key=key)["ContentLength"])
 
+    def get(self, key: str) -> bytes:
+        """The whole object (small ones: manifests and their pages)."""
+        r = self._call(f"GET {key}", "get_object", Bucket=self.url.bucket, Key=key)
+        body: bytes = r["Body"].read()
+        return body
+
     def get_range(self, key: str, start: int, length: int) -> bytes:
         if length <= 0:
             return b""

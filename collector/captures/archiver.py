@@ -15,8 +15,8 @@ import logging
 import threading
 import time
 
-from podcap.collector.bucket.manifest import ArchivedSegment, Manifest
 from podcap.collector.captures.committer import Committer
+from podcap.collector.captures.describer import Describer
 from podcap.collector.captures.model import Capture, PodState
 from podcap.collector.captures.pods import location
 from podcap.collector.captures.table import CaptureTable
@@ -40,7 +40,7 @@ class Archiver:
         # Per capture after the last round: bytes of closed segments still local only, and the age of the newest
         # packet of the oldest of them (how long data has waited for the bucket, at least).
         self.backlog: dict[str, tuple[int, float]] = {}
-        self._complete: set[str] = set()  # captures whose final manifest is written
+        self.describer = Describer(storage)
         self._stored_since_round = 0  # bytes appended locally since the last round counted the local tier
         self._local_bytes = 0  # what the local tier held at the last round, archived not (open segments too)
         self._closing = threading.Event()
@@ -78,19 +78,20 @@ class Archiver:
                 if self._closing.is_set():
                     break
                 try:
-                    key = location(self.storage, cap, ps).archive(seg)
+                    copy = location(self.storage, cap, ps).archive(seg)
                 except PodcapError as e:
                     if self.last_error != str(e):
                         log.error("archiving %s: %s (kept locally; retried)", seg.locator, e)
                     self.last_error = str(e)
                     break  # the store is likely down: the next round tries again
                 with cap.lock:
-                    seg.archived = key
+                    seg.archived = copy.locator
                     ps.dirty = True
                     kept = seg in ps.segments
                 if not kept:  # retention deleted it while it was being copied: the copy goes too
                     location(self.storage, cap, ps).delete(seg)
                     continue
+                self.describer.add(cap.id, str(ps.pod.uid), seg.index, copy)
                 archived.append((ps, seg))
             if archived:
                 self.committer.commit(cap)  # recorded durably before any local copy goes
@@ -98,16 +99,11 @@ class Archiver:
                     location(self.storage, cap, ps).release(seg)
                 done += len(archived)
                 self.last_error = ""
-            complete = not cap.live and len(archived) == len(todo) and cap.id not in self._complete
-            if archived or complete:
-                try:
-                    self.storage.describe(cap.id, manifest(cap, complete).to_json())
-                except PodcapError as e:
-                    self.last_error = str(e)
-                    log.error("writing the manifest of %s: %s (retried)", cap.id, e)
-                else:
-                    if complete:
-                        self._complete.add(cap.id)
+            try:  # segments archived, or retention deleted some: the bucket's description follows
+                self.describer.sync(cap, complete=not cap.live and len(archived) == len(todo))
+            except PodcapError as e:
+                self.last_error = str(e)
+                log.error("writing the manifest of %s: %s (retried)", cap.id, e)
             waiting = [seg for _ps, seg in todo if not seg.archived]
             if waiting:
                 newest_ns = min(seg.last_ts_ns for seg in waiting)
@@ -115,6 +111,7 @@ class Archiver:
                                    max(0.0, time.time() - newest_ns / 1e9) if newest_ns else 0.0)
             with cap.lock:
                 local += sum(seg.bytes for ps in cap.pods.values() for seg in ps.segments if not seg.archived)
+        self.describer.forget({cap.id for cap in self.table.all()})
         self.backlog = backlog
         self._local_bytes, self._stored_since_round = local, 0
         return done
@@ -147,13 +144,3 @@ class Archiver:
                 out += [(ps, seg) for seg in ps.segments if not seg.archived and seg is not current]
             return sorted(out, key=lambda t: (t[1].first_ts_ns, t[1].index))
 
-
-def manifest(cap: Capture, complete: bool) -> Manifest:
-    """What the bucket holds of the capture now."""
-    status = cap.status()
-    with cap.lock:
-        formats = {str(ps.pod.uid): ps.fmt for ps in cap.pods.values() if ps.fmt is not None}
-        segments = {str(ps.pod.uid): [ArchivedSegment(s.archived, s.index, s.bytes, s.packets, s.first_ts_ns,
-                                                      s.last_ts_ns) for s in ps.segments if s.archived]
-                    for ps in cap.pods.values()}
-    return Manifest(status, formats, segments, complete)

@@ -1,10 +1,11 @@
 """``podcap get --from s3://BUCKET/PREFIX/CAPTURE``: a capture read straight from its bucket, without a collector.
 
 ``BucketClient`` answers the two calls ``podcap get`` makes of a collector — the capture's status, and a download
-stream of one pcap file per pod (``DownloadChunk`` messages) — from the capture's manifest and its objects, with the
-user's own credentials (the usual AWS environment, profile or web identity; ``--s3-endpoint``/``S3_ENDPOINT`` for a
-store other than AWS). With ``--since``/``--until`` only the segments whose time range overlaps the window are
-fetched, and only their records inside it are kept; ``--filter`` applies a BPF filter to what is kept. So
+stream of one pcap file per pod (``DownloadChunk`` messages) — from the capture's manifest, its pages and its
+objects, with the user's own credentials (the usual AWS environment, profile or web identity;
+``--s3-endpoint``/``S3_ENDPOINT`` for a store other than AWS). With ``--since``/``--until`` only the pages and then
+the blocks of segments that the window overlaps are fetched (the pages' block indexes say which: no request per
+segment to find out), and only their records inside it are kept; ``--filter`` applies a BPF filter to what is kept. So
 ``-o DIR``, ``--format pcapng`` and ``--merge`` work exactly as against a collector.
 """
 
@@ -13,8 +14,10 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from types import TracebackType
+from typing import Any
 
-from podcap.collector.bucket.manifest import NAME, Manifest
+from podcap.collector.bucket.blocks import BlockReader, unpack_index, window
+from podcap.collector.bucket.manifest import NAME, ArchivedSegment, Manifest, page_from_json
 from podcap.collector.bucket.objects import BucketUrl, ObjectNotFoundError, ObjectStore
 from podcap.collector.filters import compile_filter
 from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, iter_records
@@ -44,7 +47,7 @@ class BucketClient:
         if self._manifest is None:
             key = self.objects.url.key(self.capture_id, NAME)
             try:
-                self._manifest = Manifest.from_json(self.objects.get_range(key, 0, self.objects.size(key)))
+                self._manifest = Manifest.from_json(self.objects.get(key))
             except ObjectNotFoundError as e:
                 raise ObjectNotFoundError(f"no capture at {self.url}: s3://{self.objects.url.bucket}/{key} does not "
                                           "exist") from e
@@ -64,17 +67,15 @@ class BucketClient:
             if pf is None:
                 continue
             fmt = FileFormat(pf.linktype, pf.snaplen, pf.nanosecond)
-            segments = [s for s in m.segments.get(p.uid, [])
-                        if not (since_ns and s.last_ts_ns and s.last_ts_ns < since_ns)
-                        and not (until_ns and s.first_ts_ns and s.first_ts_ns > until_ns)]
+            segments = self._segments(p.uid, since_ns, until_ns)
             windowed = bool(since_ns or until_ns or bpf)
             if not windowed:
                 yield control_pb2.DownloadChunk(file=control_pb2.FileStart(
                     pod=p, path=f"{p.namespace}/{p.name}.pcap",
-                    size=FILE_HEADER_LEN + sum(s.bytes - FILE_HEADER_LEN for s in segments)))
+                    size=FILE_HEADER_LEN + sum(s.size - FILE_HEADER_LEN for s in segments)))
                 yield control_pb2.DownloadChunk(data=fmt.header())
                 for seg in segments:
-                    reader, _length = self.objects.open_segment(seg.key, seg.bytes)
+                    reader, _length = self._open(seg)
                     reader.seek(FILE_HEADER_LEN)
                     while block := reader.read(BLOCK):
                         yield control_pb2.DownloadChunk(data=block)
@@ -83,7 +84,7 @@ class BucketClient:
             with tempfile.SpooledTemporaryFile(max_size=64 << 20) as kept:  # the window's records, then their size
                 for seg in segments:
                     # Only the blocks of a compressed segment that the window overlaps are fetched.
-                    reader, length = self.objects.open_segment(seg.key, seg.bytes, since_ns, until_ns)
+                    reader, length = self._open(seg, since_ns, until_ns)
                     reader.seek(FILE_HEADER_LEN)
                     data = reader.read(length - FILE_HEADER_LEN)
                     self.fetched += getattr(reader, "fetched", length)
@@ -98,3 +99,26 @@ class BucketClient:
                 kept.seek(0)
                 while block := kept.read(BLOCK):
                     yield control_pb2.DownloadChunk(data=block)
+
+    def _segments(self, uid: str, since_ns: int, until_ns: int) -> list[ArchivedSegment]:
+        """The pod's segments that overlap the window, from the pages that do (a page retention deleted since the
+        manifest was read holds nothing any more)."""
+        out: list[ArchivedSegment] = []
+        for ref in self.manifest().pages.get(uid, []):
+            if not ref.overlaps(since_ns, until_ns):
+                continue
+            try:
+                page = page_from_json(self.objects.get(ref.key))
+            except ObjectNotFoundError:
+                continue
+            out += [s for s in page if not (since_ns and s.last_ts_ns and s.last_ts_ns < since_ns)
+                    and not (until_ns and s.first_ts_ns and s.first_ts_ns > until_ns)]
+        return out
+
+    def _open(self, seg: ArchivedSegment, since_ns: int = 0, until_ns: int = 0) -> tuple[Any, int]:
+        """The segment as a seekable file of the window's blocks: the page's block index says which (no request);
+        a segment listed without one has its index read from the object's end."""
+        if not seg.blocks or not seg.header:
+            return self.objects.open_segment(seg.key, seg.size, since_ns, until_ns)
+        reader = BlockReader(self.objects, seg.key, seg.header, window(unpack_index(seg.blocks), since_ns, until_ns))
+        return reader, reader.length

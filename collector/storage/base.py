@@ -46,6 +46,16 @@ class SegmentInfo:
     archived: str = ""
 
 
+@dataclass(frozen=True)
+class ArchivedCopy:
+    """A segment's copy in the second tier: where it is (what ``SegmentInfo.archived`` records), and the copy's own
+    file header and seek index (opaque to the capture logic; the storage describes the copy with them)."""
+
+    locator: str
+    header: bytes = b""
+    index: bytes = b""
+
+
 class PendingSync(Protocol):
     """Appended bytes waiting for their device flush: ``run`` exactly once (from any thread), or ``close``."""
 
@@ -122,8 +132,20 @@ class PodLocation(Protocol):
         """Note that packets are missing (see ``podcap.collector.storage.gaps``)."""
         ...
 
-    def archive(self, seg: SegmentInfo) -> str:
+    def archive(self, seg: SegmentInfo) -> ArchivedCopy:
         """Copy a closed segment to the second tier, verified; return where it is there (its ``archived``)."""
+        ...
+
+    def put_page(self, number: int, body: bytes | None) -> None:
+        """Keep (None: delete) page ``number`` of the pod's description in the second tier."""
+        ...
+
+    def page_locator(self, number: int) -> str:
+        """Where page ``number`` is kept (an object key)."""
+        ...
+
+    def get_page(self, number: int) -> bytes | None:
+        """Page ``number`` of the pod's description as last kept, None if there is none."""
         ...
 
     def release(self, seg: SegmentInfo) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from podcap.collector.storage.appender import Appender
-from podcap.collector.storage.base import SegmentInfo, StorageError
+from podcap.collector.storage.base import ArchivedCopy, SegmentInfo, StorageError
 from podcap.collector.storage.gaps import record_gap
 from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, valid_prefix_length
 
@@ -251,8 +251,17 @@ class LocalPodLocation:
     def record_gap(self, *, first_ns: int, last_ns: int, packets: int, cause: str, stream: str) -> None:
         record_gap(self.directory, first_ns=first_ns, last_ns=last_ns, packets=packets, cause=cause, stream=stream)
 
-    def archive(self, seg: SegmentInfo) -> str:
+    def archive(self, seg: SegmentInfo) -> ArchivedCopy:
         raise StorageError(errno.ENOTSUP, "local storage has no second tier")
+
+    def put_page(self, number: int, body: bytes | None) -> None:
+        raise StorageError(errno.ENOTSUP, "local storage has no second tier")
+
+    def page_locator(self, number: int) -> str:
+        return ""
+
+    def get_page(self, number: int) -> bytes | None:
+        return None
 
     def release(self, seg: SegmentInfo) -> None:
         self.delete(seg)

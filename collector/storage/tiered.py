@@ -7,8 +7,9 @@ Content-MD5, the size checked with a HEAD), records where it went in the databas
 file (``release``). A crash anywhere in between either uploads the same bytes to the same key again or finds the
 local copy of a recorded segment and releases it: nothing acknowledged is lost, nothing is stored as two objects.
 
-The bucket is laid out like the data dir: ``PREFIX/<capture>/<namespace>/<pod>/NNNNNN.pcap``, with
-``PREFIX/<capture>/manifest.json`` (``podcap.collector.bucket.manifest``) saying what the capture holds. A segment
+The bucket is laid out like the data dir: ``PREFIX/<capture>/<namespace>/<pod>/NNNNNN.pcap.zst``, with
+``PREFIX/<capture>/manifest.json`` and each pod's ``segments-NNNNNN.json`` pages
+(``podcap.collector.bucket.manifest``) saying what the capture holds. A segment
 is read from the local tier while it is there and from the bucket afterwards, by ranged GETs (``ObjectReader``);
 retention deletes both copies.
 """
@@ -19,10 +20,10 @@ import errno
 import os
 from typing import BinaryIO
 
-from podcap.collector.bucket.blocks import encode
+from podcap.collector.bucket.blocks import encode, pack_index
 from podcap.collector.bucket.manifest import NAME
-from podcap.collector.bucket.objects import ObjectStore
-from podcap.collector.storage.base import SegmentInfo, StorageError
+from podcap.collector.bucket.objects import ObjectNotFoundError, ObjectStore
+from podcap.collector.storage.base import ArchivedCopy, SegmentInfo, StorageError
 from podcap.collector.storage.local import LocalPodLocation, pod_dir
 from podcap.pcapfile import FILE_HEADER_LEN, parse_file_header
 
@@ -33,7 +34,7 @@ class TieredPodLocation(LocalPodLocation):
         self.objects = objects
         self.key_prefix = key_prefix
 
-    def archive(self, seg: SegmentInfo) -> str:
+    def archive(self, seg: SegmentInfo) -> ArchivedCopy:
         key = f"{self.key_prefix}/{os.path.basename(seg.locator)}.zst"
         try:
             with open(seg.locator, "rb") as f:
@@ -42,9 +43,26 @@ class TieredPodLocation(LocalPodLocation):
             raise StorageError(e.errno, f"cannot archive {seg.locator}: {e.strerror}") from e
         if len(raw) != seg.bytes:
             raise StorageError(errno.EIO, f"cannot archive {seg.locator}: {len(raw)} of {seg.bytes} bytes")
-        body, _blocks = encode(raw, parse_file_header(raw[:FILE_HEADER_LEN]))
+        body, blocks = encode(raw, parse_file_header(raw[:FILE_HEADER_LEN]))
         self.objects.upload(body, key)
-        return key
+        return ArchivedCopy(key, raw[:FILE_HEADER_LEN], pack_index(blocks))
+
+    def page_locator(self, number: int) -> str:
+        return f"{self.key_prefix}/segments-{number:06d}.json"
+
+    def put_page(self, number: int, body: bytes | None) -> None:
+        key = self.page_locator(number)
+        if body is None:
+            self.objects.delete([key])
+        else:
+            self.objects.put_bytes(key, body, "application/json")
+
+    def get_page(self, number: int) -> bytes | None:
+        key = self.page_locator(number)
+        try:
+            return self.objects.get(key)
+        except ObjectNotFoundError:
+            return None
 
     def release(self, seg: SegmentInfo) -> None:
         if seg.archived:
