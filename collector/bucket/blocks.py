@@ -15,16 +15,26 @@ before compression (plain pcap files) have no index and are read as they are.
 
 from __future__ import annotations
 
+import io
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import zstandard
 
 from podcap.collector.bucket.seekable import SeekableReader
-from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, first_timestamp_ns, scan_records
+from podcap.pcapfile import (
+    FILE_HEADER_LEN,
+    RECORD_HEADER_LEN,
+    PcapFormatError,
+    first_timestamp_ns,
+    parse_file_header,
+    scan_records,
+)
 
 BLOCK_BYTES = 1 << 20
+READ_BYTES = 4 << 20  # what encode_stream reads of a segment file at a time
 LEVEL = 3
 _ENTRY = struct.Struct("<QIQIIqq")  # raw offset, raw length, object offset, object length, packets, first, last ts
 _FOOTER = struct.Struct("<I4s")  # index length, magic
@@ -51,28 +61,46 @@ class RangeSource(Protocol):
     def get_tail(self, key: str, length: int) -> tuple[bytes, int]: ...
 
 
-def encode(raw: bytes, fmt: FileFormat) -> tuple[bytes, list[Block]]:
-    """The object for a segment's bytes (file header included), and its block index. Blocks are cut at record
-    boundaries by the C walker (no Python per record)."""
-    cctx = zstandard.ZstdCompressor(level=LEVEL)
-    out = bytearray(cctx.compress(raw[:FILE_HEADER_LEN]))
+def encode(raw: bytes) -> tuple[bytes, list[Block]]:
+    """The object for a segment's bytes (file header included), and its block index (see ``encode_stream``)."""
     blocks: list[Block] = []
-    view = memoryview(raw)
-    pos = FILE_HEADER_LEN
-    while pos < len(raw):
-        scan = scan_records(view[pos:], fmt, max_bytes=BLOCK_BYTES)
-        if scan.length == 0:  # one record larger than a block (cannot happen with snaplen <= 256 KiB): alone
-            scan = scan_records(view[pos:], fmt, max_packets=1)
-        end = pos + scan.length
-        first = first_timestamp_ns(view[pos:end], fmt)
-        frame: bytes = cctx.compress(view[pos:end])
-        blocks.append(Block(pos, end - pos, len(out), len(frame), scan.packets, first, scan.last_ts_ns))
-        out += frame
-        pos = end
-    index = pack_index(blocks)
-    payload = raw[:FILE_HEADER_LEN] + index + _FOOTER.pack(len(index), _MAGIC)
-    out += _SKIPPABLE.pack(_SKIPPABLE_MAGIC, len(payload)) + payload
-    return bytes(out), blocks
+    return b"".join(encode_stream(io.BytesIO(raw), len(raw), blocks)), blocks
+
+
+def encode_stream(f: BinaryIO, length: int, blocks: list[Block]) -> Iterator[bytes]:
+    """The object for the first ``length`` bytes of the segment file ``f`` (file header included), piece by piece,
+    reading the file as it goes: memory stays at a few blocks for a segment of any size. ``blocks`` receives the
+    block index. Blocks are cut at record boundaries by the C walker (no Python per record); a file that does not end
+    on a whole record raises ``PcapFormatError``."""
+    header = f.read(FILE_HEADER_LEN)
+    fmt = parse_file_header(header)
+    cctx = zstandard.ZstdCompressor(level=LEVEL)
+    first: bytes = cctx.compress(header)
+    yield first
+    obj_at, raw_at, left = len(first), FILE_HEADER_LEN, length - FILE_HEADER_LEN
+    pending = bytearray()
+    need = BLOCK_BYTES + RECORD_HEADER_LEN + fmt.snaplen  # at hand before cutting a block: a whole one, at least
+    while left > 0 or pending:
+        if left > 0 and len(pending) < need:
+            data = f.read(min(READ_BYTES, left))
+            if not data:
+                raise PcapFormatError(f"the segment ended {left} bytes early")
+            pending += data
+            left -= len(data)
+            continue
+        with memoryview(pending) as view:  # PcapFormatError when the file does not end on a whole record
+            scan = scan_records(view, fmt, max_bytes=BLOCK_BYTES)
+            if scan.length == 0:  # one record larger than a block (not with snaplen <= 256 KiB): alone
+                scan = scan_records(view, fmt, max_packets=1)
+            frame: bytes = cctx.compress(view[:scan.length])
+            first_ts = first_timestamp_ns(view[:scan.length], fmt)
+        blocks.append(Block(raw_at, scan.length, obj_at, len(frame), scan.packets, first_ts, scan.last_ts_ns))
+        del pending[:scan.length]
+        raw_at += scan.length
+        obj_at += len(frame)
+        yield frame
+    payload = header + pack_index(blocks) + _FOOTER.pack(len(blocks) * _ENTRY.size, _MAGIC)
+    yield _SKIPPABLE.pack(_SKIPPABLE_MAGIC, len(payload)) + payload
 
 
 def read_index(source: RangeSource, key: str) -> tuple[bytes, list[Block]] | None:

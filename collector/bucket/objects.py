@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 from podcap.collector.bucket.seekable import SeekableReader
 from podcap.errors import DeniedError, InvalidInputError, NotFoundError, UnavailableError
 
 PART_BYTES = 8 << 20  # multipart part size (and the threshold for using one); S3's smallest part is 5 MiB
-PARALLEL_PARTS = 6  # parts in flight at once (memory: PARALLEL_PARTS x PART_BYTES)
+PARALLEL_PARTS = 6  # parts in flight at once (memory: about PARALLEL_PARTS + 2 parts for an upload of any size)
 READ_BLOCK = 4 << 20  # bytes fetched per ranged GET when a reader reads sequentially
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
            "AllAccessDisabled", "AccountProblem"}
@@ -109,29 +108,39 @@ class ObjectStore:
     # ---- writing ----
 
     def upload_file(self, path: str, length: int, key: str) -> None:
-        """Store the first ``length`` bytes of ``path`` as ``key`` (see ``upload``)."""
+        """Store the first ``length`` bytes of ``path`` as ``key`` (see ``upload_stream``)."""
         with open(path, "rb") as f:
-            body = f.read(length)
-        if len(body) != length:
-            raise ObjectStoreError(f"{path} holds {len(body)} bytes, expected {length}")
-        self.upload(body, key)
+            size = self.upload_stream(_read(f, length), key)
+        if size != length:
+            raise ObjectStoreError(f"{path} holds {size} bytes, expected {length}")
 
     def upload(self, body: bytes, key: str) -> None:
-        """Store ``body`` as ``key``, each request's bytes checked by the server (Content-MD5), the result's size
-        checked with a HEAD. Overwriting ``key`` with the same bytes is harmless, so an upload interrupted by a crash
-        is simply done again."""
+        self.upload_stream([body], key)
+
+    def upload_stream(self, pieces: Iterable[bytes], key: str) -> int:
+        """Store the bytes of ``pieces``, one after the other, as ``key``, and return their size. Pieces are taken
+        as parts fill, so memory stays at a few parts for an object of any size. Each request's bytes are checked by
+        the server (Content-MD5), the result's size with a HEAD. Overwriting ``key`` with the same bytes is harmless,
+        so an upload interrupted by a crash is simply done again. What the pieces raise aborts the upload."""
         bucket = self.url.bucket
-        if len(body) <= PART_BYTES:
+        parts = _parts(pieces)
+        ahead = [next(parts)]  # no local name keeps a part alive once it is sent
+        if (more := next(parts, None)) is None:
+            body = ahead.pop()
+            size = len(body)
             self._call(f"PUT {key}", "put_object", Bucket=bucket, Key=key, Body=body, ContentMD5=_md5(body))
         else:
-            self._multipart(io.BytesIO(body), len(body), key)
+            ahead.append(more)
+            del more
+            size = self._multipart(_unshift(ahead, parts), key)
         head = self._call(f"HEAD {key}", "head_object", Bucket=bucket, Key=key)
-        if int(head["ContentLength"]) != len(body):
-            raise ObjectStoreError(f"{key}: stored {head['ContentLength']} bytes, sent {len(body)}")
+        if int(head["ContentLength"]) != size:
+            raise ObjectStoreError(f"{key}: stored {head['ContentLength']} bytes, sent {size}")
+        return size
 
-    def _multipart(self, f: io.BytesIO, length: int, key: str) -> None:
-        """Parts of ``PART_BYTES``, ``PARALLEL_PARTS`` in flight (a single stream is bound by one connection's
-        round trips and the gateway's per-request work; a few at once come close to what the store takes)."""
+    def _multipart(self, parts: Iterator[bytes], key: str) -> int:
+        """The parts, ``PARALLEL_PARTS`` in flight (a single stream is bound by one connection's round trips and the
+        gateway's per-request work; a few at once come close to what the store takes). Returns the bytes sent."""
         bucket = self.url.bucket
         upload = self._call(f"start upload of {key}", "create_multipart_upload", Bucket=bucket, Key=key)["UploadId"]
 
@@ -141,22 +150,21 @@ class ObjectStore:
             return {"PartNumber": number, "ETag": r["ETag"]}
 
         try:
-            parts: list[dict[str, Any]] = []
+            done: list[dict[str, Any]] = []
+            size = 0
             with ThreadPoolExecutor(max_workers=PARALLEL_PARTS, thread_name_prefix="upload") as pool:
                 inflight: list[Future[dict[str, Any]]] = []
-                number, left = 1, length
-                while left > 0:
-                    body = f.read(min(PART_BYTES, left))
-                    if not body:
-                        raise ObjectStoreError(f"{key}: the local segment ended {left} bytes early")
+                for number, body in enumerate(parts, 1):
                     if len(inflight) >= PARALLEL_PARTS:
-                        parts.append(inflight.pop(0).result())
+                        done.append(inflight.pop(0).result())
                     inflight.append(pool.submit(put, number, body))
-                    number, left = number + 1, left - len(body)
-                parts += [fut.result() for fut in inflight]
+                    size += len(body)
+                    del body  # not held while the next part is read
+                done += [fut.result() for fut in inflight]
             # Some gateways answer CompleteMultipartUpload with an empty ETag: the HEAD that follows checks size.
             self._call(f"complete upload of {key}", "complete_multipart_upload", Bucket=bucket, Key=key,
-                       UploadId=upload, MultipartUpload={"Parts": parts})
+                       UploadId=upload, MultipartUpload={"Parts": done})
+            return size
         except BaseException:
             try:
                 self._s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
@@ -265,6 +273,36 @@ class ObjectReader(SeekableReader):
         out = self._buf[self._pos - self._buf_start:end - self._buf_start]
         self._pos += len(out)
         return out
+
+
+def _read(f: BinaryIO, length: int) -> Iterator[bytes]:
+    """The first ``length`` bytes of ``f`` (fewer if it is shorter), a part at a time."""
+    while length > 0 and (piece := f.read(min(PART_BYTES, length))):
+        length -= len(piece)
+        yield piece
+
+
+def _unshift(ahead: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    while ahead:
+        yield ahead.pop(0)
+    yield from rest
+
+
+def _parts(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """The bytes of ``pieces`` as parts of ``PART_BYTES`` (the last one shorter; one empty part for nothing)."""
+    buf = bytearray()
+    sent = False
+    for piece in pieces:
+        buf += piece
+        while len(buf) >= PART_BYTES:
+            with memoryview(buf) as view:
+                part = bytes(view[:PART_BYTES])
+            del buf[:PART_BYTES]
+            yield part
+            del part
+            sent = True
+    if buf or not sent:
+        yield bytes(buf)
 
 
 def _md5(body: bytes) -> str:

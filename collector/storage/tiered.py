@@ -20,12 +20,12 @@ import errno
 import os
 from typing import BinaryIO
 
-from podcap.collector.bucket.blocks import encode, pack_index
+from podcap.collector.bucket.blocks import Block, encode_stream, pack_index
 from podcap.collector.bucket.manifest import NAME
 from podcap.collector.bucket.objects import ObjectNotFoundError, ObjectStore
 from podcap.collector.storage.base import ArchivedCopy, SegmentInfo, StorageError
 from podcap.collector.storage.local import LocalPodLocation, pod_dir
-from podcap.pcapfile import FILE_HEADER_LEN, parse_file_header
+from podcap.pcapfile import FILE_HEADER_LEN, PcapFormatError
 
 
 class TieredPodLocation(LocalPodLocation):
@@ -36,16 +36,18 @@ class TieredPodLocation(LocalPodLocation):
 
     def archive(self, seg: SegmentInfo) -> ArchivedCopy:
         key = f"{self.key_prefix}/{os.path.basename(seg.locator)}.zst"
+        blocks: list[Block] = []
         try:
             with open(seg.locator, "rb") as f:
-                raw = f.read(seg.bytes)
+                header = f.read(FILE_HEADER_LEN)
+                f.seek(0)
+                # Read, compressed and uploaded a part at a time: memory stays bounded for a segment of any size.
+                self.objects.upload_stream(encode_stream(f, seg.bytes, blocks), key)
         except OSError as e:
-            raise StorageError(e.errno, f"cannot archive {seg.locator}: {e.strerror}") from e
-        if len(raw) != seg.bytes:
-            raise StorageError(errno.EIO, f"cannot archive {seg.locator}: {len(raw)} of {seg.bytes} bytes")
-        body, blocks = encode(raw, parse_file_header(raw[:FILE_HEADER_LEN]))
-        self.objects.upload(body, key)
-        return ArchivedCopy(key, raw[:FILE_HEADER_LEN], pack_index(blocks))
+            raise StorageError(e.errno or errno.EIO, f"cannot archive {seg.locator}: {e.strerror or e}") from e
+        except PcapFormatError as e:
+            raise StorageError(errno.EIO, f"cannot archive {seg.locator}: {e}") from e
+        return ArchivedCopy(key, header, pack_index(blocks))
 
     def page_locator(self, number: int) -> str:
         return f"{self.key_prefix}/segments-{number:06d}.json"

@@ -84,7 +84,7 @@ def compression(n: int = 100_000) -> dict[str, float]:
     out: dict[str, float] = {}
     for kind, raw in kinds.items():
         t0 = time.process_time()
-        obj, _blocks = encode(raw, FileFormat(1, 262144, True))
+        obj, _blocks = encode(raw)
         cpu = time.process_time() - t0
         out[f"p7_compression_{kind}"] = len(obj) / len(raw)
         out[f"p7_compress_mb_s_{kind}"] = len(raw) / 1e6 / cpu if cpu else 0.0

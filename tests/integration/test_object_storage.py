@@ -24,7 +24,7 @@ from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.local import list_segments
 from podcap.collector.storage.tiered import TieredStorage
 from podcap.names import NodeName, PodUid
-from podcap.pcapfile import FILE_HEADER_LEN, iter_records, read_file
+from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, iter_records, read_file
 from podcap.pods import PodRef
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 from tests.conftest import Proc, collector_process, podcap, tool
@@ -151,6 +151,38 @@ def test_large_segments_go_as_multipart_uploads(env: Env, monkeypatch: pytest.Mo
     assert env.read_back(cid) == list(range(30000))
     uploads = env.s3.client().list_multipart_uploads(Bucket=env.s3.bucket, Prefix=env.prefix)
     assert not uploads.get("Uploads")
+
+
+def test_archiving_a_large_segment_holds_a_few_parts_not_the_segment(
+        env: Env, tmp_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A segment is read, compressed and uploaded a part at a time: archiving 64 MiB that do not compress peaks
+    at a few parts of memory, not the segment (nor the segment and its object), and the object reads back as the
+    segment, byte for byte."""
+    import tracemalloc
+
+    from podcap.collector.bucket import objects
+    from podcap.collector.storage.base import SegmentInfo
+    from podcap.collector.storage.tiered import TieredPodLocation
+
+    monkeypatch.setattr(objects, "PART_BYTES", 5 << 20)
+    monkeypatch.setattr(objects, "PARALLEL_PARTS", 2)
+    path = os.path.join(str(tmp_path), "000001.pcap")
+    with open(path, "wb") as f:
+        f.write(FileFormat(1, 262144, True).header())
+        for k in range(64):
+            f.write(records(k * 1000, 1000, 1048, noise=True))  # 1 MiB of records that do not compress
+    size = os.path.getsize(path)
+    loc = TieredPodLocation(str(tmp_path), env.objects, f"{env.prefix}/big")
+    tracemalloc.start()
+    try:
+        copy = loc.archive(SegmentInfo(1, path, size))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * objects.PART_BYTES < size / 1.5, f"archiving peaked at {peak / 2**20:.0f} MiB"
+    reader, length = env.objects.open_segment(copy.locator, size)
+    with open(path, "rb") as f:
+        assert length == size and all(reader.read(1 << 20) == f.read(1 << 20) for _ in range(size // (1 << 20) + 1))
 
 
 def test_a_collector_that_died_mid_upload_neither_loses_nor_duplicates(env: Env) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import io
 import struct
 
+import pytest
 import zstandard
 
 from podcap.collector.bucket import blocks
 from podcap.collector.bucket.blocks import BlockReader, encode, read_index, window
-from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, iter_records
+from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, PcapFormatError, iter_records
 
 FMT = FileFormat(1, 262144, True)
 
@@ -42,7 +43,7 @@ class Objects:
 
 def test_the_object_is_the_pcap_file_for_zstd_and_indexed_for_podcap() -> None:
     raw = segment(30000)  # ~4 MB
-    obj, index = encode(raw, FMT)
+    obj, index = encode(raw)
     assert len(index) >= 3 and len(obj) < len(raw) / 3
     with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(obj), read_across_frames=True) as whole:
         assert whole.read() == raw  # every frame in turn; the index's skippable frame adds nothing
@@ -56,7 +57,7 @@ def test_the_object_is_the_pcap_file_for_zstd_and_indexed_for_podcap() -> None:
 
 def test_a_reader_over_all_blocks_is_the_segment() -> None:
     raw = segment(20000)
-    obj, index = encode(raw, FMT)
+    obj, index = encode(raw)
     reader = BlockReader(Objects(obj), "k", raw[:FILE_HEADER_LEN], index)
     assert reader.length == len(raw)
     assert reader.read(100) == raw[:100]
@@ -66,7 +67,7 @@ def test_a_reader_over_all_blocks_is_the_segment() -> None:
 
 def test_a_window_fetches_only_the_blocks_it_overlaps() -> None:
     raw = segment(40000)
-    obj, index = encode(raw, FMT)
+    obj, index = encode(raw)
     source = Objects(obj)
     since = 1_000_000_000_000 + 20000 * 1_000_000
     until = since + 500 * 1_000_000
@@ -87,6 +88,38 @@ def test_a_plain_object_has_no_index() -> None:
 def test_an_index_larger_than_the_first_tail_read_is_fetched_whole(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(blocks, "TAIL_GUESS", 16)
     raw = segment(20000)
-    obj, index = encode(raw, FMT)
+    obj, index = encode(raw)
     found = read_index(Objects(obj), "k")
     assert found is not None and found[1] == index
+
+
+class Trickle(io.BytesIO):
+    """A file whose reads return at most ``most`` bytes, and that remembers how far it has been read."""
+
+    def __init__(self, data: bytes, most: int) -> None:
+        super().__init__(data)
+        self.most = most
+
+    def read(self, size: int | None = -1) -> bytes:
+        return super().read(self.most if size is None or size < 0 else min(size, self.most))
+
+
+def test_a_segment_is_compressed_as_it_is_read() -> None:
+    """``encode_stream`` gives the object ``encode`` gives, whatever the file's reads return, and reads the file
+    only a few blocks ahead of what it has yielded (memory stays bounded for a segment of any size)."""
+    raw = segment(60000)  # ~8 MB
+    f = Trickle(raw, 333_333)  # reads end mid-record
+    index: list[blocks.Block] = []
+    pieces = blocks.encode_stream(f, len(raw), index)
+    out = next(pieces) + next(pieces)
+    assert f.tell() <= 2 * blocks.BLOCK_BYTES + blocks.READ_BYTES
+    out += b"".join(pieces)
+    assert (out, index) == encode(raw) and len(index) >= 7
+
+
+def test_a_segment_cut_mid_record_is_refused() -> None:
+    raw = segment(100)
+    with pytest.raises(PcapFormatError, match="truncated record"):
+        b"".join(blocks.encode_stream(io.BytesIO(raw[:-7]), len(raw) - 7, []))
+    with pytest.raises(PcapFormatError, match="ended 7 bytes early"):
+        b"".join(blocks.encode_stream(io.BytesIO(raw[:-7]), len(raw), []))
