@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -41,6 +42,8 @@ _FOOTER = struct.Struct("<I4s")  # index length, magic
 _MAGIC = b"PCX1"
 _SKIPPABLE = struct.Struct("<II")  # zstd skippable frame: magic 0x184D2A5?, payload size
 _SKIPPABLE_MAGIC = 0x184D2A5A
+FETCH_BYTES = 4 << 20  # object bytes of adjacent blocks fetched with one ranged GET, at most
+AHEAD = 3  # ranges fetched ahead of the one being read
 TAIL_GUESS = 64 << 10  # bytes fetched from an object's end to find its index (more if the index is larger)
 
 
@@ -133,28 +136,64 @@ def unpack_index(index: bytes) -> list[Block]:
 
 class BlockReader(SeekableReader):
     """The raw bytes of a compressed object as a seekable file: the 24-byte file header, then the records of
-    ``blocks`` (all of them, or those of a window) back to back; ``length`` is its size. Each block is fetched with
-    one ranged GET and decompressed when a read first needs it."""
+    ``blocks`` (all of them, or those of a window) back to back; ``length`` is its size. Blocks that sit next to each
+    other in the object are fetched together, up to ``FETCH_BYTES`` per ranged GET, and the next ``AHEAD`` such
+    ranges are fetched while the current one is read (a window of many blocks costs a few requests, mostly in
+    parallel); each block is decompressed when a read first needs it."""
 
     def __init__(self, source: RangeSource, key: str, header: bytes, blocks: list[Block]) -> None:
         super().__init__(FILE_HEADER_LEN + sum(b.raw_len for b in blocks))
         self.source, self.key, self.blocks = source, key, blocks
         self._header = header
         self._starts = []  # where each block starts in this file
+        self._run_of: list[int] = []  # the range (run of adjacent blocks) each block is fetched with
+        self._runs: list[tuple[int, int]] = []  # object offset and length of each range
         at = FILE_HEADER_LEN
         for b in blocks:
             self._starts.append(at)
             at += b.raw_len
+            if self._runs and sum(self._runs[-1]) == b.obj_offset and self._runs[-1][1] + b.obj_len <= FETCH_BYTES:
+                self._runs[-1] = (self._runs[-1][0], self._runs[-1][1] + b.obj_len)
+            else:
+                self._runs.append((b.obj_offset, b.obj_len))
+            self._run_of.append(len(self._runs) - 1)
+        self._fetches: dict[int, Future[bytes]] = {}
+        self._pool: ThreadPoolExecutor | None = None
         self._cached: tuple[int, bytes] = (-1, b"")
-        self.fetched = 0  # object bytes fetched (what a window read cost)
+        self.fetched = 0  # object bytes asked for (what a window read cost)
 
     def _block(self, i: int) -> bytes:
         if self._cached[0] != i:
             b = self.blocks[i]
-            frame = self.source.get_range(self.key, b.obj_offset, b.obj_len)
-            self.fetched += len(frame)
+            run = self._run_of[i]
+            data = self._range(run)
+            off = b.obj_offset - self._runs[run][0]
+            frame = data[off:off + b.obj_len]
             self._cached = (i, zstandard.ZstdDecompressor().decompress(frame, max_output_size=b.raw_len))
         return self._cached[1]
+
+    def _range(self, run: int) -> bytes:
+        """The bytes of range ``run``, with the next ``AHEAD`` ranges on their way (earlier ones are dropped)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=AHEAD, thread_name_prefix="blocks")
+        for r in list(self._fetches):
+            if r < run:
+                self._fetches.pop(r).cancel()
+        for r in range(run, min(run + AHEAD + 1, len(self._runs))):
+            if r not in self._fetches:
+                start, length = self._runs[r]
+                self._fetches[r] = self._pool.submit(self.source.get_range, self.key, start, length)
+                self.fetched += length
+        return self._fetches[run].result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for fut in self._fetches.values():
+                fut.cancel()
+            self._pool.shutdown(wait=True)
+            self._pool = None
+            self._fetches.clear()
+        super().close()
 
     def read(self, size: int | None = -1) -> bytes:
         size = self._wanted(size)

@@ -76,18 +76,20 @@ class BucketClient:
                 yield control_pb2.DownloadChunk(data=fmt.header())
                 for seg in segments:
                     reader, _length = self._open(seg)
-                    reader.seek(FILE_HEADER_LEN)
-                    while block := reader.read(BLOCK):
-                        yield control_pb2.DownloadChunk(data=block)
+                    with reader:
+                        reader.seek(FILE_HEADER_LEN)
+                        while block := reader.read(BLOCK):
+                            yield control_pb2.DownloadChunk(data=block)
                 continue
             program = compile_filter(bpf, fmt) if bpf else None
             with tempfile.SpooledTemporaryFile(max_size=64 << 20) as kept:  # the window's records, then their size
                 for seg in segments:
                     # Only the blocks of a compressed segment that the window overlaps are fetched.
                     reader, length = self._open(seg, since_ns, until_ns)
-                    reader.seek(FILE_HEADER_LEN)
-                    data = reader.read(length - FILE_HEADER_LEN)
-                    self.fetched += getattr(reader, "fetched", length)
+                    with reader:
+                        reader.seek(FILE_HEADER_LEN)
+                        data = reader.read(length - FILE_HEADER_LEN)
+                        self.fetched += getattr(reader, "fetched", length)
                     for r in iter_records(data, fmt):
                         if ((not since_ns or r.ts_ns >= since_ns) and (not until_ns or r.ts_ns <= until_ns)
                                 and (program is None or program.filter(r.data) != 0)):

@@ -31,9 +31,11 @@ def segment(n: int) -> bytes:
 class Objects:
     def __init__(self, data: bytes) -> None:
         self.data, self.fetched = data, 0
+        self.ranges: list[tuple[int, int]] = []
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         self.fetched += length
+        self.ranges.append((start, length))
         return self.data[start:start + length]
 
     def get_tail(self, key: str, length: int) -> tuple[bytes, int]:
@@ -63,6 +65,25 @@ def test_a_reader_over_all_blocks_is_the_segment() -> None:
     assert reader.read(100) == raw[:100]
     reader.seek(FILE_HEADER_LEN)
     assert reader.read() == raw[FILE_HEADER_LEN:]
+
+
+def test_adjacent_blocks_come_in_a_few_large_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader fetches runs of adjacent blocks with one ranged GET each (up to FETCH_BYTES), each byte once, and
+    returns the segment exactly; blocks that are not adjacent (a window's, of two segments) are not joined."""
+    raw = segment(60000)
+    obj, index = encode(raw)
+    monkeypatch.setattr(blocks, "FETCH_BYTES", 3 * max(b.obj_len for b in index))
+    source = Objects(obj)
+    with BlockReader(source, "k", raw[:FILE_HEADER_LEN], index) as reader:
+        reader.seek(FILE_HEADER_LEN)
+        assert reader.read() == raw[FILE_HEADER_LEN:]
+    assert len(index) >= 7 and len(source.ranges) == -(-len(index) // 3)
+    assert sorted(source.ranges) == source.ranges and source.fetched == sum(b.obj_len for b in index)
+    gapped = Objects(obj)
+    with BlockReader(gapped, "k", raw[:FILE_HEADER_LEN], [index[0], index[2]]) as reader:
+        reader.seek(FILE_HEADER_LEN)
+        reader.read()
+    assert sorted(gapped.ranges) == [(b.obj_offset, b.obj_len) for b in (index[0], index[2])]
 
 
 def test_a_window_fetches_only_the_blocks_it_overlaps() -> None:
