@@ -138,13 +138,13 @@ class ObjectStore:
             raise ObjectStoreError(f"{key}: stored {head['ContentLength']} bytes, sent {size}")
         return size
 
-    def _multipart(self, parts: Iterator[bytes], key: str) -> int:
+    def _multipart(self, parts: Iterator[bytes | bytearray], key: str) -> int:
         """The parts, ``PARALLEL_PARTS`` in flight (a single stream is bound by one connection's round trips and the
         gateway's per-request work; a few at once come close to what the store takes). Returns the bytes sent."""
         bucket = self.url.bucket
         upload = self._call(f"start upload of {key}", "create_multipart_upload", Bucket=bucket, Key=key)["UploadId"]
 
-        def put(number: int, body: bytes) -> dict[str, Any]:
+        def put(number: int, body: bytes | bytearray) -> dict[str, Any]:
             r = self._call(f"part {number} of {key}", "upload_part", Bucket=bucket, Key=key, UploadId=upload,
                            PartNumber=number, Body=body, ContentMD5=_md5(body))
             return {"PartNumber": number, "ETag": r["ETag"]}
@@ -282,28 +282,32 @@ def _read(f: BinaryIO, length: int) -> Iterator[bytes]:
         yield piece
 
 
-def _unshift(ahead: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+def _unshift(ahead: list[bytes | bytearray], rest: Iterator[bytes | bytearray]) -> Iterator[bytes | bytearray]:
     while ahead:
         yield ahead.pop(0)
     yield from rest
 
 
-def _parts(pieces: Iterable[bytes]) -> Iterator[bytes]:
-    """The bytes of ``pieces`` as parts of ``PART_BYTES`` (the last one shorter; one empty part for nothing)."""
+def _parts(pieces: Iterable[bytes]) -> Iterator[bytes | bytearray]:
+    """The bytes of ``pieces`` as parts of ``PART_BYTES`` (the last one shorter; one empty part for nothing). A
+    piece that is a whole part goes as it is; others are gathered, each byte copied once."""
     buf = bytearray()
     sent = False
     for piece in pieces:
+        if not buf and len(piece) == PART_BYTES:
+            yield piece
+            sent = True
+            continue
         buf += piece
         while len(buf) >= PART_BYTES:
-            with memoryview(buf) as view:
-                part = bytes(view[:PART_BYTES])
-            del buf[:PART_BYTES]
+            part, buf = buf, bytearray(buf[PART_BYTES:])  # copies the rest only (less than a piece)
+            del part[PART_BYTES:]
             yield part
-            del part
             sent = True
+            del part
     if buf or not sent:
-        yield bytes(buf)
+        yield buf
 
 
-def _md5(body: bytes) -> str:
+def _md5(body: bytes | bytearray) -> str:
     return base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
