@@ -73,6 +73,8 @@ class Archiver:
         local = 0
         for cap in self.table.all():
             todo = self._closed_unarchived(cap)
+            if todo:  # shown while this round's uploads run (they may hang on a slow store)
+                self.backlog[cap.id] = _waiting([seg for _ps, seg in todo])
             archived: list[tuple[PodState, SegmentInfo]] = []
             for ps, seg in todo:
                 if self._closing.is_set():
@@ -106,9 +108,7 @@ class Archiver:
                 log.error("writing the manifest of %s: %s (retried)", cap.id, e)
             waiting = [seg for _ps, seg in todo if not seg.archived]
             if waiting:
-                newest_ns = min(seg.last_ts_ns for seg in waiting)
-                backlog[cap.id] = (sum(seg.bytes for seg in waiting),
-                                   max(0.0, time.time() - newest_ns / 1e9) if newest_ns else 0.0)
+                backlog[cap.id] = _waiting(waiting)
             with cap.lock:
                 local += sum(seg.bytes for ps in cap.pods.values() for seg in ps.segments if not seg.archived)
         self.describer.forget({cap.id for cap in self.table.all()})
@@ -144,3 +144,8 @@ class Archiver:
                 out += [(ps, seg) for seg in ps.segments if not seg.archived and seg is not current]
             return sorted(out, key=lambda t: (t[1].first_ts_ns, t[1].index))
 
+
+def _waiting(segments: list[SegmentInfo]) -> tuple[int, float]:
+    """(bytes, seconds since the newest packet of the oldest of them) of segments waiting for the bucket."""
+    newest_ns = min(seg.last_ts_ns for seg in segments)
+    return sum(seg.bytes for seg in segments), max(0.0, time.time() - newest_ns / 1e9) if newest_ns else 0.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -482,3 +483,57 @@ def test_refused_credentials_are_a_one_line_error_at_start(s3: Testbed, tmp_path
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("podcap-collector: ") and "refused the credentials" in last, r.stderr
+
+
+def test_a_collector_killed_while_an_upload_hangs_loses_and_duplicates_nothing(
+        s3: Testbed, s3_prefix: str, tmp_path: str) -> None:
+    """Real collector and agent: the gateway frozen mid-capture so an upload hangs in flight, the collector
+    SIGKILLed, the gateway thawed, the collector restarted on the same data dir: every datagram comes back once, in
+    order (parsed from what ``podcap get`` returns), each segment is one object, and no upload is left open."""
+    from tests.integration.test_durability import Cluster, all_capturing, check_exactly_once, send
+
+    demo = DemoNode()
+    demo.create(["sender", "rx-0"])
+    c = Cluster(str(tmp_path), demo)
+    storage = ("--storage", f"s3://{s3.bucket}/{s3_prefix}", "--s3-endpoint", s3.endpoint)
+    frozen = False
+    try:
+        c.start_collector(*storage, env=s3.env())
+        c.start_agent()
+        c.wait_pods()
+        cid = capture_id(podcap(c.address, "start", "-n", demo.namespace, "rx-0", "--filter", f"udp port {PORT}",
+                                "--segment-size", "64KiB"))
+        c.wait(cid, all_capturing(1))
+        count = 3000
+        sender = send(c, count, 4.0, ["rx-0"])
+        time.sleep(1.0)
+        s3.freeze_gateway()
+        frozen = True
+        time.sleep(1.5)  # an archiving round has started an upload that now hangs
+        assert int(c.status(cid).get("archive_backlog_bytes", 0)) > 0  # closed segments wait for the bucket
+        assert c.collector is not None
+        c.collector.stop(signal.SIGKILL)
+        s3.thaw_gateway()
+        frozen = False
+        c.start_collector(*storage, env=s3.env())
+        assert sender.wait(timeout=30) == 0
+        c.wait(cid, all_capturing(1))
+        time.sleep(1.0)
+        assert json.loads(podcap(c.address, "stop", cid, "-o", "json").stdout)["state"] == "done"
+        client = s3.client()
+        deadline = time.monotonic() + 30
+        while not json.loads(client.get_object(Bucket=s3.bucket, Key=f"{s3_prefix}/{cid}/manifest.json")["Body"]
+                             .read())["complete"]:
+            assert time.monotonic() < deadline, "the final manifest never came"
+            time.sleep(0.2)
+        check_exactly_once(c, cid, ["rx-0"], count)
+        listed = client.list_objects_v2(Bucket=s3.bucket, Prefix=f"{s3_prefix}/{cid}/").get("Contents", [])
+        keys = [o["Key"] for o in listed if o["Key"].endswith(".pcap.zst")]
+        st = c.status(cid)
+        assert len(keys) >= 4 and len(keys) == len(set(keys)) == int(st["pods"][0]["segments"]), (keys, st)
+        assert not client.list_multipart_uploads(Bucket=s3.bucket, Prefix=s3_prefix).get("Uploads")
+    finally:
+        if frozen:
+            s3.thaw_gateway()
+        c.close()
+        demo.destroy()
