@@ -1,13 +1,13 @@
 """An S3-compatible bucket as podcap uses it: the one module that talks to the object store (through boto3).
 
 ``ObjectStore`` uploads a stream of bytes (one PUT, or a multipart upload taking parts as they fill, for large ones)
-with each request's ``Content-MD5``, so the server checks every byte it stores, then verifies the stored object's size with a HEAD; it
-reads objects by byte range (``ObjectReader``, a seekable file whose reads are ranged GETs), deletes keys in
-batches, and aborts multipart uploads a crash left behind. Credentials come from boto3's usual chain (environment,
-shared profile, web identity — so IRSA-style service-account credentials work). boto3 retries throttling (503
-SlowDown) and connection errors itself with backoff and jitter (``adaptive`` mode); what still fails leaves here as
-``ObjectStoreError`` (an ``UnavailableError``: the data stays local and the caller tries again later), or
-``ObjectStoreDeniedError`` for credentials or permissions, whose message says which.
+with each request's ``Content-MD5``, so the server checks every byte it stores, then verifies the stored object's
+size with a HEAD; it reads objects by byte range (``ObjectReader``, a seekable file whose reads are ranged GETs),
+deletes keys in batches, and aborts multipart uploads a crash left behind. Credentials come from boto3's usual chain
+(environment, shared profile, web identity — so IRSA-style service-account credentials work). boto3 retries
+throttling (503 SlowDown) and connection errors itself with backoff and jitter (``adaptive`` mode); what still fails
+leaves here as ``ObjectStoreError`` (an ``UnavailableError``: the data stays local and the caller tries again
+later), or ``ObjectStoreDeniedError`` for credentials or permissions, whose message says which.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ local copy of a recorded segment and releases it: nothing acknowledged is lost, 
 The bucket is laid out like the data dir: ``PREFIX/<capture>/<namespace>/<pod>/NNNNNN.pcap.zst``, with
 ``PREFIX/<capture>/manifest.json`` and each pod's ``segments-NNNNNN.json`` pages
 (``podcap.collector.bucket.manifest``) saying what the capture holds. A segment
-is read from the local tier while it is there and from the bucket afterwards, by ranged GETs of the blocks it needs (``podcap.collector.bucket.blocks.BlockReader``);
-retention deletes both copies.
+is read from the local tier while it is there and from the bucket afterwards, by ranged GETs of the blocks it needs
+(``podcap.collector.bucket.blocks.BlockReader``); retention deletes both copies.
 """
 
 from __future__ import annotations
