@@ -25,6 +25,7 @@ from podcap.collector.filters import compile_filter
 from podcap.collector.storage.window import select_records
 from podcap.collector.targets import target_text
 from podcap.errors import PodcapError
+from podcap.names import check_namespace
 from podcap.pcapfile import FILE_HEADER_LEN
 from podcap.v1 import control_pb2, control_pb2_grpc
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DOWNLOAD_BLOCK = 1 << 20
 MAX_AUDIT = 10000
+MAX_CAPTURABLE = 10000
 
 
 def target_namespaces(t: control_pb2.Target) -> list[str | None]:
@@ -144,6 +146,31 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         limit = min(request.limit or 1000, MAX_AUDIT)
         return control_pb2.ListAuditResponse(records=self.captures.store.audit(limit=limit,
                                                                                capture_id=request.capture_id))
+
+    def ListCapturablePods(  # noqa: N802
+        self, request: control_pb2.ListCapturablePodsRequest, context: grpc.ServicerContext
+    ) -> control_pb2.ListCapturablePodsResponse:
+        # Not audited when allowed (as `list`): it reads no packets and starts nothing; pickers call it often.
+        who = self._principal(context, "pods")
+        try:
+            only = check_namespace(request.namespace) if request.namespace else ""
+            pods = self.captures.capturable_pods()
+        except PodcapError as e:
+            abort_for(context, e)
+        cluster_wide = self._may(who, "create", None)
+        namespaces = {p.namespace for p in pods if not only or p.namespace == only}
+        allowed = {ns for ns in namespaces if cluster_wide or self._may(who, "create", ns)}
+        visible = sorted((p for p in pods if p.namespace in allowed), key=lambda p: (p.namespace, p.name, p.uid))
+        return control_pb2.ListCapturablePodsResponse(
+            pods=[p.to_proto() for p in visible[:MAX_CAPTURABLE]], namespaces=sorted(allowed),
+            all_namespaces=cluster_wide, truncated=len(visible) > MAX_CAPTURABLE)
+
+    def _may(self, who: Principal, verb: str, namespace: str | None) -> bool:
+        try:
+            self.auth.check(who, verb, namespace)
+        except DeniedError:
+            return False
+        return True
 
     def Download(  # noqa: N802
         self, request: control_pb2.DownloadRequest, context: grpc.ServicerContext

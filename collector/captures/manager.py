@@ -44,6 +44,7 @@ from podcap.collector.storage.base import CaptureStorage
 from podcap.collector.storage.catalog import CaptureRow, CaptureStore
 from podcap.names import NodeName, new_capture_id
 from podcap.pcapfile import FileFormat
+from podcap.pods import PodRef
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,10 @@ class CaptureManager:
         log.info("capture %s started: %d pods, filter %r", cap.id, len(pods), req.settings.filter)
         self.placement.dispatch_starts(cap, list(cap.pods.values()))
         return cap
+
+    def capturable_pods(self) -> list[PodRef]:
+        """Pods a capture started now could cover (every namespace; the servicer filters by permission)."""
+        return self.placement.capturable()
 
     def get(self, capture_id: str) -> Capture:
         """Raises CaptureNotFoundError."""

@@ -82,6 +82,13 @@ class Placement(AgentListener, ClusterListener):
                 raise NoAgentError(f"pod {pod.display} runs on node {pod.node}, which has no connected podcap agent")
         return pods
 
+    def capturable(self) -> list[PodRef]:
+        """The pods a new capture could cover now, in every namespace: what ``choose`` picks from (Running, from the
+        API's cache or the agents' inventories), less hostNetwork pods and pods on nodes without a connected agent
+        (``choose`` refuses both). Raises ClusterNotSyncedError while the API's cache is not filled."""
+        return [p for p in self._candidates(field_selector(""))
+                if not p.host_network and self.registry.get(p.node) is not None]
+
     def _candidates(self, fields: Selector) -> list[PodRef]:
         """The pods a new capture can cover now: with an API server, every Running pod in its watched cache (on
         nodes with or without an agent); without one, the agents' inventories."""

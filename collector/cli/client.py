@@ -137,3 +137,12 @@ class CollectorClient:
             if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.CANCELLED:
                 return
             raise _translate(e, self.address) from e
+
+    def capturable_pods(self, namespace: str = "", *,
+                        timeout: float | None = None) -> control_pb2.ListCapturablePodsResponse:
+        """The pods this user may capture now (only ``namespace`` when given), as the collector decides."""
+        try:
+            return self._stub.ListCapturablePods(control_pb2.ListCapturablePodsRequest(namespace=namespace),
+                                                 timeout=timeout or self.timeout)
+        except grpc.RpcError as e:
+            raise _translate(e, self.address) from e

@@ -47,6 +47,62 @@ CAPTURE_STATE_FAILED: CaptureState.ValueType  # 4
 Global___CaptureState: _TypeAlias = CaptureState  # noqa: Y015
 
 @_typing.final
+class ListCapturablePodsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """Only this namespace (DNS-1123 label); empty = every namespace the caller may capture in."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCapturablePodsRequest: _TypeAlias = ListCapturablePodsRequest  # noqa: Y015
+
+@_typing.final
+class ListCapturablePodsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PODS_FIELD_NUMBER: _builtins.int
+    NAMESPACES_FIELD_NUMBER: _builtins.int
+    ALL_NAMESPACES_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    all_namespaces: _builtins.bool
+    """The caller may capture cluster-wide (`create pods/capture` cluster-wide): StartCapture with all_namespaces."""
+    truncated: _builtins.bool
+    """More pods were capturable than `pods` holds."""
+    @_builtins.property
+    def pods(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Pod]:
+        """Sorted by namespace, then name. At most 10000 (`truncated` says when more were left out)."""
+
+    @_builtins.property
+    def namespaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The namespaces with pods the caller may capture, sorted, each once."""
+
+    def __init__(
+        self,
+        *,
+        pods: _abc.Iterable[_common_pb2.Pod] | None = ...,
+        namespaces: _abc.Iterable[_builtins.str] | None = ...,
+        all_namespaces: _builtins.bool = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_namespaces", b"all_namespaces", "namespaces", b"namespaces", "pods", b"pods", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCapturablePodsResponse: _TypeAlias = ListCapturablePodsResponse  # noqa: Y015
+
+@_typing.final
 class ListAuditRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

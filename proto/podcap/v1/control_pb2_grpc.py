@@ -69,6 +69,11 @@ class ControlStub:
                 request_serializer=podcap_dot_v1_dot_control__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=podcap_dot_v1_dot_control__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.ListCapturablePods = channel.unary_unary(
+                '/podcap.v1.Control/ListCapturablePods',
+                request_serializer=podcap_dot_v1_dot_control__pb2.ListCapturablePodsRequest.SerializeToString,
+                response_deserializer=podcap_dot_v1_dot_control__pb2.ListCapturablePodsResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -123,6 +128,15 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCapturablePods(self, request, context):
+        """The pods the caller may capture now, for pickers (the Wireshark extcap's lists): pods a StartCapture could
+        cover at this moment (Running, not hostNetwork, on a node with a connected agent), in the namespaces where the
+        caller has `create pods/capture` (the same check as StartCapture). StartCapture still decides on its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +174,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=podcap_dot_v1_dot_control__pb2.ListAuditRequest.FromString,
                     response_serializer=podcap_dot_v1_dot_control__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'ListCapturablePods': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCapturablePods,
+                    request_deserializer=podcap_dot_v1_dot_control__pb2.ListCapturablePodsRequest.FromString,
+                    response_serializer=podcap_dot_v1_dot_control__pb2.ListCapturablePodsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +370,33 @@ class Control:
             '/podcap.v1.Control/ListAudit',
             podcap_dot_v1_dot_control__pb2.ListAuditRequest.SerializeToString,
             podcap_dot_v1_dot_control__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCapturablePods(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/podcap.v1.Control/ListCapturablePods',
+            podcap_dot_v1_dot_control__pb2.ListCapturablePodsRequest.SerializeToString,
+            podcap_dot_v1_dot_control__pb2.ListCapturablePodsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,11 @@ class ControlStub:
     """The audit trail: who started, stopped, read or followed which capture, and whether it was allowed.
     Needs the `audit` permission (Kubernetes: verb list on audits.podcap.io).
     """
+    ListCapturablePods: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListCapturablePodsRequest, _control_pb2.ListCapturablePodsResponse]
+    """The pods the caller may capture now, for pickers (the Wireshark extcap's lists): pods a StartCapture could
+    cover at this moment (Running, not hostNetwork, on a node with a connected agent), in the namespaces where the
+    caller has `create pods/capture` (the same check as StartCapture). StartCapture still decides on its own.
+    """
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -69,6 +74,11 @@ class ControlAsyncStub(ControlStub):
     ListAudit: _aio.UnaryUnaryMultiCallable[_control_pb2.ListAuditRequest, _control_pb2.ListAuditResponse]  # type: ignore[assignment]
     """The audit trail: who started, stopped, read or followed which capture, and whether it was allowed.
     Needs the `audit` permission (Kubernetes: verb list on audits.podcap.io).
+    """
+    ListCapturablePods: _aio.UnaryUnaryMultiCallable[_control_pb2.ListCapturablePodsRequest, _control_pb2.ListCapturablePodsResponse]  # type: ignore[assignment]
+    """The pods the caller may capture now, for pickers (the Wireshark extcap's lists): pods a StartCapture could
+    cover at this moment (Running, not hostNetwork, on a node with a connected agent), in the namespaces where the
+    caller has `create pods/capture` (the same check as StartCapture). StartCapture still decides on its own.
     """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
@@ -128,6 +138,17 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_control_pb2.ListAuditResponse, _abc.Awaitable[_control_pb2.ListAuditResponse]]:
         """The audit trail: who started, stopped, read or followed which capture, and whether it was allowed.
         Needs the `audit` permission (Kubernetes: verb list on audits.podcap.io).
+        """
+
+    @_abc_1.abstractmethod
+    def ListCapturablePods(
+        self,
+        request: _control_pb2.ListCapturablePodsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListCapturablePodsResponse, _abc.Awaitable[_control_pb2.ListCapturablePodsResponse]]:
+        """The pods the caller may capture now, for pickers (the Wireshark extcap's lists): pods a StartCapture could
+        cover at this moment (Running, not hostNetwork, on a node with a connected agent), in the namespaces where the
+        caller has `create pods/capture` (the same check as StartCapture). StartCapture still decides on its own.
         """
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
