@@ -17,7 +17,16 @@ import click
 from click.shell_completion import ShellComplete
 
 from podcap import __version__
-from podcap.collector.cli import admin_cmds, capture_cmds, complete, demo_cmd, follow_cmd, get_cmd, read_cmds
+from podcap.collector.cli import (
+    admin_cmds,
+    capture_cmds,
+    complete,
+    demo_cmd,
+    extcap_cmd,
+    follow_cmd,
+    get_cmd,
+    read_cmds,
+)
 from podcap.collector.cli.client import CollectorError, default_address
 from podcap.collector.cli.errors import CommandError, collector_hint, one_line, usage_line
 
@@ -66,7 +75,8 @@ def cli(ctx: click.Context, collector: str, tls_ca: str, token: str) -> None:
 
 
 for command in (capture_cmds.start, capture_cmds.stop, read_cmds.status, read_cmds.list_captures, get_cmd.get,
-                follow_cmd.follow, admin_cmds.audit, admin_cmds.certs, complete.completion, demo_cmd.demo):
+                follow_cmd.follow, admin_cmds.audit, admin_cmds.certs, complete.completion, demo_cmd.demo,
+                extcap_cmd.extcap):
     cli.add_command(command)
 
 
