@@ -51,8 +51,9 @@ class WiresharkStoppedError(BaseException):
 
 
 def client_for(settings: CollectorSettings, *, timeout: float) -> CollectorClient:
+    """A client with these settings. Raises ExtcapOptionError (an unreadable token file)."""
     return CollectorClient(settings.address, timeout=timeout, tls=TlsFiles(ca=settings.tls_ca) if settings.tls_ca
-                           else None, token=settings.token)
+                           else None, token=settings.bearer_token())
 
 
 def _raise_stopped(signum: int, frame: FrameType | None) -> None:

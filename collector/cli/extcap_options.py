@@ -36,28 +36,32 @@ ARG_COLLECTOR = ExtcapArg(0, "--collector", "Collector address", "string", group
 ARG_TLS_CA = ExtcapArg(1, "--tls-ca", "Collector CA certificate", "fileselect", group="Collector", mustexist=True,
                        tooltip="PEM file of the collector's CA: connect with TLS (PODCAP_TLS_CA)")
 ARG_TOKEN = ExtcapArg(2, "--token", "Token", "password", group="Collector",
-                      tooltip="Bearer token for the collector, e.g. from kubectl create token (PODCAP_TOKEN)")
-ARG_NAMESPACE = ExtcapArg(3, "--namespace", "Namespace", "selector", group="Pods", reload=True,
+                      tooltip="Bearer token for the collector, e.g. from kubectl create token (PODCAP_TOKEN); "
+                      "Wireshark never stores it")
+ARG_TOKEN_FILE = ExtcapArg(3, "--token-file", "Token file", "fileselect", group="Collector", mustexist=True,
+                           tooltip="A file holding the bearer token, used when no token is typed above (tshark "
+                           "passes no password option: use this or PODCAP_TOKEN)")
+ARG_NAMESPACE = ExtcapArg(4, "--namespace", "Namespace", "selector", group="Pods", reload=True,
                           placeholder="List again with the collector settings",
                           tooltip="Capture the pods of this namespace (those matching the label selector, or the "
                           "pods checked below)")
-ARG_PODS = ExtcapArg(4, "--pods", "Pods", "multicheck", group="Pods",
+ARG_PODS = ExtcapArg(5, "--pods", "Pods", "multicheck", group="Pods",
                      tooltip="Capture exactly these pods (all in one namespace); none checked: the namespace")
-ARG_SELECTOR = ExtcapArg(5, "--selector", "Label selector", "string", group="Pods",
+ARG_SELECTOR = ExtcapArg(6, "--selector", "Label selector", "string", group="Pods",
                          tooltip="Kubernetes label selector, e.g. app=web,tier in (a,b)")
-ARG_FILTER = ExtcapArg(6, "--filter", "Capture filter", "string", group="Capture",
+ARG_FILTER = ExtcapArg(7, "--filter", "Capture filter", "string", group="Capture",
                        tooltip="BPF filter (tcpdump syntax) applied on the nodes; ANDed with Wireshark's capture "
                        "filter")
-ARG_SNAPLEN = ExtcapArg(7, "--snaplen", "Snapshot length", "unsigned", group="Capture", default="0",
+ARG_SNAPLEN = ExtcapArg(8, "--snaplen", "Snapshot length", "unsigned", group="Capture", default="0",
                         range="0,262144", tooltip="Bytes kept of each packet; 0 keeps whole packets")
-ARG_INTERFACE = ExtcapArg(8, "--interface", "Capture on", "selector", group="Capture",
+ARG_INTERFACE = ExtcapArg(9, "--interface", "Capture on", "selector", group="Capture",
                           tooltip="veth: the pod's host-side veth; eth0: the pod's eth0 from inside; all: every "
                           "interface in the pod, loopback included")
-ARG_KEEP = ExtcapArg(9, "--keep", "Keep capturing after Wireshark stops", "boolflag", group="Capture",
+ARG_KEEP = ExtcapArg(10, "--keep", "Keep capturing after Wireshark stops", "boolflag", group="Capture",
                      tooltip="Leave the podcap capture running and stored when Wireshark stops (stop it with "
                      "podcap stop ID; the id is in the file's comment)")
-ARGS = (ARG_COLLECTOR, ARG_TLS_CA, ARG_TOKEN, ARG_NAMESPACE, ARG_PODS, ARG_SELECTOR, ARG_FILTER, ARG_SNAPLEN,
-        ARG_INTERFACE, ARG_KEEP)
+ARGS = (ARG_COLLECTOR, ARG_TLS_CA, ARG_TOKEN, ARG_TOKEN_FILE, ARG_NAMESPACE, ARG_PODS, ARG_SELECTOR, ARG_FILTER,
+        ARG_SNAPLEN, ARG_INTERFACE, ARG_KEEP)
 
 
 class ExtcapOptionError(InvalidInputError):
@@ -69,6 +73,18 @@ class CollectorSettings:
     address: str
     tls_ca: str
     token: str
+    token_file: str = ""
+
+    def bearer_token(self) -> str:
+        """The token typed in, else the token file's content, else PODCAP_TOKEN's. Raises ExtcapOptionError for a
+        token file that cannot be read."""
+        if self.token or not self.token_file:
+            return self.token
+        try:
+            with open(self.token_file) as f:
+                return f.read().strip()
+        except OSError as e:
+            raise ExtcapOptionError(f"cannot read the token file {self.token_file}: {e.strerror}") from e
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(ARG_COLLECTOR.call, default="")
     p.add_argument(ARG_TLS_CA.call, default="")
     p.add_argument(ARG_TOKEN.call, default="")
+    p.add_argument(ARG_TOKEN_FILE.call, default="")
     p.add_argument(ARG_NAMESPACE.call, default="")
     p.add_argument(ARG_PODS.call, default="")
     p.add_argument(ARG_SELECTOR.call, default="")
@@ -102,7 +119,8 @@ def collector_settings(ns: argparse.Namespace, env: dict[str, str]) -> Collector
     """The dialog's values, else the environment's (as the podcap CLI reads it)."""
     return CollectorSettings(address=ns.collector or env.get("PODCAP_COLLECTOR") or default_address(),
                              tls_ca=ns.tls_ca or env.get("PODCAP_TLS_CA", ""),
-                             token=ns.token or env.get("PODCAP_TOKEN", ""))
+                             token=ns.token or ("" if ns.token_file else env.get("PODCAP_TOKEN", "")),
+                             token_file=ns.token_file)
 
 
 def capture_options(ns: argparse.Namespace, env: dict[str, str]) -> CaptureOptions:
@@ -200,6 +218,8 @@ def config_lines(settings: CollectorSettings, lister: Lister, *, reload_option: 
         listing = lister(settings)
     except CollectorError as e:
         listing = listing_error(e)
+    except ExtcapOptionError as e:
+        listing = str(e)
     if reload_option:
         if reload_option == ARG_NAMESPACE.name:
             return [v.line() for v in namespace_values(listing)]
