@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from podcap.collector.cli.client import CollectorError, default_address
 from podcap.collector.cli.errors import collector_hint, one_line
 from podcap.collector.cli.extcap_protocol import ExtcapArg, ExtcapValue, multicheck_values
-from podcap.errors import InvalidInputError
+from podcap.errors import InvalidInputError, PodcapError
 from podcap.v1 import common_pb2, control_pb2
 
 ALL_NAMESPACES = "*"
@@ -218,7 +218,7 @@ def config_lines(settings: CollectorSettings, lister: Lister, *, reload_option: 
         listing = lister(settings)
     except CollectorError as e:
         listing = listing_error(e)
-    except ExtcapOptionError as e:
+    except PodcapError as e:  # an unreadable token file or CA certificate
         listing = str(e)
     if reload_option:
         if reload_option == ARG_NAMESPACE.name:

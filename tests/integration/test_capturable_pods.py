@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -36,7 +37,7 @@ class FakeAgent:
         self._done = threading.Event()
         self._channel = grpc.insecure_channel(address)
         stub = ingest_pb2_grpc.IngestStub(self._channel)
-        self._replies = stub.Attach(self._messages(node, pods))
+        self._replies: Any = stub.Attach(self._messages(node, pods))  # a grpc call: an iterator with cancel()
         first = next(self._replies)
         assert first.WhichOneof("kind") == "registered", first
 

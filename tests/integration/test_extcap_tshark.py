@@ -249,3 +249,30 @@ def test_failures_are_extcap_errors_with_the_clis_line_not_a_hang(
             assert line == _cli_line(address, *cli)
     with CollectorClient(address, token=ADMIN) as client:
         assert len(client.list_captures()) == before, "a failed start started something"
+
+
+def test_the_capture_stops_when_the_fifos_reader_goes_away_without_a_signal(
+    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str,
+) -> None:
+    """A Wireshark that dies without signalling: the closed fifo alone ends the extcap and stops the capture,
+    even while no packet flows."""
+    address = collector[0]
+    fifo = os.path.join(tmp_path, "fifo")
+    os.mkfifo(fifo)
+    ext = subprocess.Popen([tool("podcap-extcap"), "--capture", "--extcap-interface", "podcap", "--fifo", fifo,
+                            "--collector", address, "--token-file", token_file(tmp_path, ADMIN),
+                            "--namespace", node.namespace, "--pods", f"{node.namespace}/rx-1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with open(fifo, "rb") as reader, CollectorClient(address, token=ADMIN) as client:
+            assert reader.read(4) == b"\x0a\x0d\x0d\x0a"  # the section header block: the stream has begun
+            cap = wireshark_capture(client, ext)
+        _, stderr = ext.communicate(timeout=30)  # the reader is closed: it ends by itself
+        assert ext.returncode == 0, stderr
+        with CollectorClient(address, token=ADMIN) as client:
+            st = client.get(cap.id)
+        assert st.state == control_pb2.CAPTURE_STATE_DONE and "stopped by user" in st.end_reason, st
+    finally:
+        if ext.poll() is None:
+            ext.kill()
+            ext.wait()
