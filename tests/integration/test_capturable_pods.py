@@ -38,7 +38,7 @@ class FakeAgent:
         self._channel = grpc.insecure_channel(address)
         stub = ingest_pb2_grpc.IngestStub(self._channel)
         self._replies: Any = stub.Attach(self._messages(node, pods))  # a grpc call: an iterator with cancel()
-        first = next(self._replies)
+        first = next(iter(self._replies))
         assert first.WhichOneof("kind") == "registered", first
 
     def _messages(self, node: str, pods: list[common_pb2.Pod]) -> Iterator[ingest_pb2.AgentMessage]:
