@@ -34,7 +34,7 @@ from typing import IO
 
 from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.cli.errors import collector_hint, one_line
-from podcap.collector.cli.extcap_options import CaptureOptions, CollectorSettings, start_request
+from podcap.collector.cli.extcap_options import CaptureOptions, CollectorSettings, ExtcapOptionError, start_request
 from podcap.collector.cli.extcap_stream import PcapngStream
 from podcap.errors import PodcapError
 from podcap.tls import TlsFiles
@@ -117,7 +117,9 @@ def failure_line(e: PodcapError) -> str:
     """The line the ``podcap`` CLI prints for ``e`` (as ``podcap start`` would)."""
     if isinstance(e, CollectorError):
         return "podcap: " + one_line(str(e), collector_hint(e, prog="podcap", command="start"))
-    return "podcap: " + one_line(str(e), "change it in the options of the podcap interface")
+    if isinstance(e, ExtcapOptionError):
+        return "podcap: " + one_line(str(e), "change it in the options of the podcap interface")
+    return "podcap: " + one_line(str(e), "")
 
 
 class ExtcapCapture:

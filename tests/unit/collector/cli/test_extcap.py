@@ -25,9 +25,9 @@ from podcap.collector.cli.extcap_options import (
     start_request,
 )
 from podcap.collector.cli.extcap_protocol import ExtcapArg, clean
-from podcap.collector.cli.extcap_stream import PcapngStream
+from podcap.collector.cli.extcap_stream import LiveRecordsError, PcapngStream, epbs
 from podcap.collector.cli.main import cli
-from podcap.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2
+from podcap.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, FileFormat
 from podcap.v1 import common_pb2, control_pb2
 from tests.pcapng_reader import read_pcapng
 
@@ -246,3 +246,13 @@ def test_install_and_uninstall_touch_only_podcaps_own_file(tmp_path: str) -> Non
         assert r.exit_code == 1 and "not installed by podcap" in r.output, (verb, r.output)
     with open(path) as f:
         assert "somebody else's" in f.read()
+
+
+@pytest.mark.parametrize(("records", "needle"), [
+    (struct.pack("<IIII", 1, 0, 10, 10) + b"x" * 9, "bad record"),  # shorter than its caplen
+    (struct.pack("<IIII", 1, 0, 10, 9) + b"x" * 10, "bad record"),  # caplen above the wire length
+    (struct.pack("<IIII", 1, 0, 4, 4) + b"xxxx" + b"\0" * 7, "truncated record header"),
+])
+def test_malformed_live_records_are_refused_not_written(records: bytes, needle: str) -> None:
+    with pytest.raises(LiveRecordsError, match=needle):
+        epbs(0, FileFormat(LINKTYPE_ETHERNET, 65535, True), records)
