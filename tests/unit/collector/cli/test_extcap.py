@@ -27,6 +27,7 @@ from podcap.collector.cli.extcap_options import (
 from podcap.collector.cli.extcap_protocol import ExtcapArg, clean
 from podcap.collector.cli.extcap_stream import LiveRecordsError, PcapngStream, epbs
 from podcap.collector.cli.main import cli
+from podcap.collector.cli.pcapng import ISB_IFDROP, ISB_IFRECV, ISB_OSDROP, ISB_USRDELIV, OPT_COMMENT
 from podcap.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, FileFormat
 from podcap.v1 import common_pb2, control_pb2
 from tests.pcapng_reader import read_pcapng
@@ -138,7 +139,14 @@ def _rec_msg(index: int, data: bytes) -> control_pb2.FollowMessage:
 
 
 def test_live_stream_is_pcapng_with_one_interface_per_pod_announced_as_they_come(tmp_path: str) -> None:
-    status = control_pb2.CaptureStatus(id="abc123def456", settings=common_pb2.CaptureSettings(filter="udp"))
+    status = control_pb2.CaptureStatus(id="abc123def456", settings=common_pb2.CaptureSettings(filter="udp"),
+                                       created_unix_ns=9_000_000_000)
+    ended = control_pb2.CaptureStatus(id=status.id, created_unix_ns=9_000_000_000, ended_unix_ns=14_000_000_000, pods=[
+        control_pb2.PodStatus(pod=_pod_msg(0, "web-0", 1, True).pod.pod, packets=3,
+                              kernel=common_pb2.KernelStats(received=10, dropped=1),
+                              drops=common_pb2.PodcapDrops(buffer_full=4)),
+        control_pb2.PodStatus(pod=_pod_msg(1, "web-1", 1, True).pod.pod, packets=2,
+                              kernel=common_pb2.KernelStats(received=2))])
     path = os.path.join(tmp_path, "live.pcapng")
     with open(path, "wb") as out:
         stream = PcapngStream(out, status)
@@ -152,10 +160,12 @@ def test_live_stream_is_pcapng_with_one_interface_per_pod_announced_as_they_come
             _pod_msg(1, "web-1", LINKTYPE_LINUX_SLL2, False),  # a new stream with another link type
             _rec_msg(1, _records((13, 9, b"e" * 64))),
             control_pb2.FollowMessage(gap=control_pb2.FollowGap(index=1, packets=7)),
+            control_pb2.FollowMessage(gap=control_pb2.FollowGap(index=1, packets=2)),
+            control_pb2.FollowMessage(ended=ended),
         ]:
             stream.write(msg)
     f = read_pcapng(path)
-    assert f.comments == ["podcap capture abc123def456"]
+    assert f.comments[0] == "podcap capture abc123def456"
     assert [(i.name, i.linktype, i.tsresol) for i in f.interfaces] == [
         ("shop/web-0", LINKTYPE_ETHERNET, 9), ("shop/web-1", LINKTYPE_ETHERNET, 6),
         ("shop/web-1", LINKTYPE_LINUX_SLL2, 6)]
@@ -163,7 +173,18 @@ def test_live_stream_is_pcapng_with_one_interface_per_pod_announced_as_they_come
     assert [(p.interface_id, p.ts_ns, p.wirelen, p.data[:1]) for p in f.packets] == [
         (0, 10_000_000_005, 64, b"a"), (0, 10_000_000_007, 65, b"b"), (1, 11_000_003_000, 66, b"c"),
         (0, 12_000_000_000, 67, b"d"), (2, 13_000_009_000, 68, b"e")]
-    assert stream.missed == 7
+    assert stream.missed == 9
+    # Losses in-band: an ISB per gap (what this view missed so far), then the capture's final counters.
+    gaps = [(st.interface_id, st.counter(ISB_IFDROP)) for st in f.stats[:2]]
+    assert gaps == [(2, 7), (2, 9)]
+    assert "missed 7 packets" in f.stats[0].options[OPT_COMMENT][0].decode()
+    final = {st.interface_id: st for st in f.stats[2:]}
+    assert sorted(final) == [0, 2]  # the pods' current interfaces
+    assert (final[0].counter(ISB_IFRECV), final[0].counter(ISB_USRDELIV), final[0].counter(ISB_IFDROP),
+            final[0].counter(ISB_OSDROP)) == (10, 3, 1 + 4, 1)
+    assert (final[2].counter(ISB_IFRECV), final[2].counter(ISB_IFDROP)) == (2, 9)
+    assert "buffer full 4" in final[0].options[OPT_COMMENT][0].decode().replace("_", " ")
+    assert stream.ended == ended
 
 
 def test_bad_options_are_reported_after_opening_the_fifo(tmp_path: str, capsys: pytest.CaptureFixture[str]) -> None:
