@@ -5,27 +5,34 @@
 captures sequence-numbered UDP of exactly the chosen pods, each on its own interface ``<namespace>/<pod>``
 (``frame.interface_name``, read back by tshark from the file it stored). The podcap capture is stopped afterwards,
 or keeps running when asked to. A denied user, a bad filter, an unknown pod and an unreachable collector end
-tshark with an extcap error carrying the CLI's own line, within a bounded time.
+tshark with an extcap error carrying the CLI's own line, within a bounded time. A capture that ends by itself
+ends tshark's, with each pod's final counters in the saved file; a dead reader of the fifo stops the capture; and
+dumpcap keeps a pod announced after other pods' packets on its own interface. The tests with pods need root
+(network namespaces); all need tshark.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from podcap.collector.cli.client import CollectorClient
+from podcap.collector.cli.extcap_stream import PcapngStream
+from podcap.collector.cli.pcapng import ISB_IFRECV, ISB_USRDELIV
 from podcap.collector.demo.node import DemoNode
 from podcap.v1 import common_pb2, control_pb2
 from tests.conftest import Proc, collector_process, start_proc, tool
+from tests.pcapng_reader import read_pcapng
 
-pytestmark = [pytest.mark.root,
-              pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark (apt install tshark)")]
+pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark (apt install tshark)")
 
 SENDER = os.path.join(os.path.dirname(__file__), "udp_send.py")
 PORT = 9999
@@ -153,6 +160,7 @@ def test_tshark_lists_the_podcap_interface(wireshark_env: dict[str, str]) -> Non
     assert "podcap" not in tshark(bare, "-D", timeout=60).stdout
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("keep", [False, True], ids=["stopped", "kept"])
 def test_tshark_captures_exactly_the_chosen_pods_each_on_its_interface(
     collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, wireshark_env: dict[str, str], tmp_path: str,
@@ -219,6 +227,7 @@ def _cli_line(address: str, token: str, *args: str) -> str:
     return r.stderr.strip()
 
 
+@pytest.mark.root
 def test_failures_are_extcap_errors_with_the_clis_line_not_a_hang(
     collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, wireshark_env: dict[str, str], tmp_path: str,
 ) -> None:
@@ -251,6 +260,7 @@ def test_failures_are_extcap_errors_with_the_clis_line_not_a_hang(
         assert len(client.list_captures()) == before, "a failed start started something"
 
 
+@pytest.mark.root
 def test_the_capture_stops_when_the_fifos_reader_goes_away_without_a_signal(
     collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str,
 ) -> None:
@@ -276,3 +286,68 @@ def test_the_capture_stops_when_the_fifos_reader_goes_away_without_a_signal(
         if ext.poll() is None:
             ext.kill()
             ext.wait()
+
+
+@pytest.mark.root
+def test_a_capture_that_ends_by_itself_ends_tsharks_capture_with_the_final_counters(
+    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, wireshark_env: dict[str, str], tmp_path: str,
+) -> None:
+    """``podcap stop`` from elsewhere (or a limit): the stream ends, tshark's capture ends, and the file it saved
+    carries each pod's final counters (ISBs from the extcap, kept by dumpcap)."""
+    address = collector[0]
+    warm_up(node)
+    out = os.path.join(tmp_path, "out.pcapng")
+    ts = subprocess.Popen(["tshark", "-i", "podcap", *options(tokenfile=token_file(tmp_path, ADMIN),
+                                                              pods=f"{node.namespace}/rx-1",
+                                                              filter=f"udp port {PORT}"), "-w", out],
+                          env=wireshark_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with CollectorClient(address, token=ADMIN) as client:
+            cap = wireshark_capture(client, ts)
+            done = node.exec(node.pod("sender"), [sys.executable, SENDER, str(PORT), "500", node.pod("rx-1").ip])
+            assert done.returncode == 0, done.stderr
+            st = client.stop(cap.id)
+            assert st.state == control_pb2.CAPTURE_STATE_DONE
+        _, stderr = ts.communicate(timeout=60)  # no -a/-c: it ends because the stream ended
+        assert ts.returncode == 0, stderr
+    finally:
+        if ts.poll() is None:
+            ts.kill()
+            ts.wait()
+    assert [g[2] for g in stored_udp(wireshark_env, out)] == list(range(500))
+    f = read_pcapng(out)
+    final = [s for s in f.stats if s.counter(ISB_USRDELIV) is not None]
+    assert len(final) == 1 and final[0].counter(ISB_USRDELIV) == 500 and final[0].counter(ISB_IFRECV) == 500
+    assert f.interfaces[final[0].interface_id].name == f"{node.namespace}/rx-1"
+
+
+def _late_pods_stream(path: str) -> None:
+    """Write a live stream whose second pod is announced after packets of the first, as the extcap does."""
+    frame = bytes(12) + b"\x08\x00" + bytes(46)
+    status = control_pb2.CaptureStatus(id="latepods0001")
+    with open(path, "wb") as fifo:
+        stream = PcapngStream(fifo, status)
+        for i, name in enumerate(["early", "late"]):
+            stream.write(control_pb2.FollowMessage(pod=control_pb2.FollowPod(
+                index=i, pod=common_pb2.Pod(namespace="ns", name=name, uid=name),
+                format=common_pb2.PcapFormat(linktype=1, snaplen=65535, nanosecond=i == 0))))
+            for _ in range(3):
+                rec = struct.pack("<IIII", int(time.time()), 1000, len(frame), len(frame)) + frame
+                stream.write(control_pb2.FollowMessage(records=control_pb2.FollowRecords(index=i, records=rec)))
+
+
+@pytest.mark.timeout(120)
+def test_dumpcap_keeps_pods_announced_after_packets_on_their_own_interfaces(tmp_path: str) -> None:
+    """What makes a live view of a dynamic capture work: dumpcap reading a pcapng pipe takes IDBs that follow
+    packets (tshark -i FIFO reads a pipe as it reads an extcap's fifo)."""
+    fifo = os.path.join(tmp_path, "fifo")
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=_late_pods_stream, args=(fifo,))
+    writer.start()
+    out = os.path.join(tmp_path, "late.pcapng")
+    r = subprocess.run(["tshark", "-i", fifo, "-w", out], capture_output=True, text=True, timeout=60)
+    writer.join()
+    assert r.returncode == 0, r.stderr
+    names = subprocess.run(["tshark", "-r", out, "-T", "fields", "-e", "frame.interface_name"],
+                           capture_output=True, text=True, timeout=60).stdout.split()
+    assert names == ["ns/early"] * 3 + ["ns/late"] * 3
