@@ -13,8 +13,8 @@ then ``Follow`` of its packets, written to the fifo as pcapng (``extcap_stream``
   fifo before it looks at the extcap at all, so the fifo is opened first, whatever happened; that open gives up
   after ``FIFO_OPEN_TIMEOUT_S`` so that nothing waits forever for a reader that is gone.
 
-Signals are held back while a start or a stop is on the wire: a stop that arrives during the start then stops the
-capture the start made instead of orphaning it.
+Signals are held back while a start or a stop is on the wire (``StopSignals``): a stop that arrives during the
+start then stops the capture the start made instead of orphaning it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import IO
@@ -56,18 +56,37 @@ def client_for(settings: CollectorSettings, *, timeout: float) -> CollectorClien
                            else None, token=settings.bearer_token())
 
 
-def _raise_stopped(signum: int, frame: FrameType | None) -> None:
-    raise WiresharkStoppedError(signal.Signals(signum).name)
+class StopSignals:
+    """SIGTERM and SIGINT as ``WiresharkStoppedError`` in the main thread — except while ``held``: a signal that
+    arrives while a start or a stop is on the wire is only noted (``pending``), so that the capture the start made
+    is known and stopped instead of orphaned. (A flag, not ``pthread_sigmask``: the signal may be delivered to
+    one of gRPC's threads, which the main thread's mask does not cover, and Python runs the handler anyway.)"""
 
+    def __init__(self) -> None:
+        self._held = 0
+        self.pending = ""
 
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGTERM/SIGINT back (they are delivered, and raise, when the block ends)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    def install(self) -> dict[int, object]:
+        return {s: signal.signal(s, self._handle) for s in _STOP_SIGNALS}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self._held:
+            self.pending = name
+            return
+        raise WiresharkStoppedError(name)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+
+    def raise_pending(self) -> None:
+        if self.pending:
+            raise WiresharkStoppedError(self.pending)
 
 
 def open_fifo(path: str, timeout: float = FIFO_OPEN_TIMEOUT_S) -> int:
@@ -125,30 +144,33 @@ def failure_line(e: PodcapError) -> str:
 class ExtcapCapture:
     """One run of ``--capture``."""
 
-    def __init__(self, opts: CaptureOptions, fifo: str, capture_filter: str, *, stderr: IO[str] | None = None
-                 ) -> None:
+    def __init__(self, opts: CaptureOptions, fifo: str, capture_filter: str, *, stderr: IO[str] | None = None,
+                 connect: Callable[[CollectorSettings], CollectorClient] | None = None) -> None:
         self.opts = opts
+        # Where the collector client comes from (a fake in the unit tests).
+        self.connect = connect or (lambda s: client_for(s, timeout=CALL_TIMEOUT_S))
         self.fifo = fifo
         self.capture_filter = capture_filter
         self.stderr = stderr or sys.stderr
+        self.signals = StopSignals()
         self._fd: int | None = None
 
     def run(self) -> int:
         """The exit status for Wireshark: 0 when the capture ran and ended, 1 (with the line on stderr) on error."""
-        previous = {s: signal.signal(s, _raise_stopped) for s in _STOP_SIGNALS}
+        previous = self.signals.install()
         try:
             return self._run()
         except WiresharkStoppedError:
             return 0  # stopped before anything started
         finally:
             for s, handler in previous.items():
-                signal.signal(s, handler)
+                signal.signal(s, handler)  # type: ignore[arg-type]
 
     def _run(self) -> int:
         try:
             req = start_request(self.opts, self.capture_filter)
-            with client_for(self.opts.collector, timeout=CALL_TIMEOUT_S) as client:
-                with _signals_held():
+            with self.connect(self.opts.collector) as client:
+                with self.signals.held():
                     status = client.start(req)
                 try:
                     self._stream(client, status)
@@ -157,7 +179,7 @@ class ExtcapCapture:
                         self._stop_quietly(client, status.id)
                     raise
                 if not self.opts.keep:
-                    with _signals_held():
+                    with self.signals.held():
                         client.stop(status.id)
         except PodcapError as e:
             return self._fail(failure_line(e))
@@ -173,6 +195,7 @@ class ExtcapCapture:
         out: IO[bytes] | None = None
         watch: ReaderWatch | None = None
         try:
+            self.signals.raise_pending()  # Wireshark stopped while the start was on the wire
             self._fd = open_fifo(self.fifo)
             out = open(self._fd, "wb", buffering=1 << 16, closefd=False)  # noqa: SIM115 (closed below)
             watch = ReaderWatch(self._fd)
@@ -190,10 +213,9 @@ class ExtcapCapture:
                 except OSError:
                     pass  # the reader is gone: what was buffered has nobody to go to
 
-    @staticmethod
-    def _stop_quietly(client: CollectorClient, capture_id: str) -> None:
+    def _stop_quietly(self, client: CollectorClient, capture_id: str) -> None:
         """Stop the capture on the way out of a failure (the failure is what gets reported)."""
-        with _signals_held():
+        with self.signals.held():
             try:
                 client.stop(capture_id)
             except CollectorError:
