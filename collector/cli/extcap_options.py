@@ -76,8 +76,8 @@ class CollectorSettings:
     token_file: str = ""
 
     def bearer_token(self) -> str:
-        """The token typed in, else the token file's content, else PODCAP_TOKEN's. Raises ExtcapOptionError for a
-        token file that cannot be read."""
+        """``token`` (typed in, or PODCAP_TOKEN's: ``collector_settings``), else the token file's content. Raises
+        ExtcapOptionError for a token file that cannot be read."""
         if self.token or not self.token_file:
             return self.token
         try:
