@@ -25,6 +25,16 @@ from tests.kubeapi.helpers import wait_for
 from tests.kubeapi.standin import KubeApiStandin, write_kubeconfig
 
 
+@pytest.fixture(autouse=True)
+def _umask_restored() -> Iterator[None]:
+    """``start_collector`` sets this process's umask to 077 (captures readable by the collector's user only):
+    restore it, or files later tests create in this process (a containerd node's) become unreadable to others."""
+    old = os.umask(0o077)
+    os.umask(old)
+    yield
+    os.umask(old)
+
+
 def _pod(namespace: str, name: str, *, node: str = "node-1", host_network: bool = False) -> common_pb2.Pod:
     return common_pb2.Pod(namespace=namespace, name=name, uid=f"uid-{namespace}-{name}", node=node,
                           host_network=host_network)
