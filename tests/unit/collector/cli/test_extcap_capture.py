@@ -81,14 +81,16 @@ RECORD = control_pb2.FollowMessage(records=control_pb2.FollowRecords(
     index=0, records=b"\x01\0\0\0\x02\0\0\0\x04\0\0\0\x04\0\0\0abcd"))
 
 
-def test_wireshark_stopping_mid_stream_stops_the_capture_after_what_was_written(tmp_path: str) -> None:
-    client = FakeClient(messages=[POD, RECORD, _sigterm, RECORD])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_wireshark_stopping_mid_stream_stops_the_capture_after_what_was_written(tmp_path: str, signum: int) -> None:
+    client = FakeClient(messages=[POD, RECORD, lambda: os.kill(os.getpid(), signum), RECORD])
     code, err, fifo = _run(tmp_path, client)
     assert (code, err) == (0, "")
     assert client.stopped == ["cap000000001"] and client.closed
     f = read_pcapng(fifo)
     assert [i.name for i in f.interfaces] == ["shop/web-0"] and len(f.packets) == 1
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_keep_leaves_the_capture_running(tmp_path: str) -> None:
