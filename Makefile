@@ -3,14 +3,15 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv libpcap0.8 tcpdump tshark netsniff-ng iproute2 iputils-ping procps \
-	containerd runc containernetworking-plugins busybox-static iptables gcc libc6-dev ceph-mon ceph-osd radosgw zstd
+	containerd runc containernetworking-plugins busybox-static iptables gcc libc6-dev ceph-mon ceph-osd radosgw zstd \
+	debootstrap
 
-.PHONY: demo test deps venv dev lint typecheck proto proto-check unit integration bench bench-smoke soak clean
+.PHONY: demo test deps venv dev lint typecheck proto proto-check unit integration bench bench-smoke soak clean images
 
 demo: venv
 	$(VENV)/bin/podcap demo
 
-test: venv proto-check lint typecheck
+test: venv images proto-check lint typecheck
 	$(PY) -m pytest tests
 
 # System packages (idempotent; skipped when everything is present).
@@ -63,6 +64,28 @@ bench-smoke: venv
 SOAK_MINUTES ?= 20
 soak: venv
 	$(PY) -m tests.bench.run --soak $(SOAK_MINUTES)
+
+# The agent and collector images as OCI archives (build/images/podcap-{agent,collector}.oci.tar), built from
+# deploy/images/Dockerfile with no engine and no registry: a Debian base from debootstrap (deploy/images/base.sh,
+# kept until `make clean`), then deploy/images/build.py. Rebuilt only when what goes into them changed, so a CI run
+# builds them once; the node tests run them (tests/node/kubelet.py).
+IMAGES_DIR := build/images
+IMAGE_TAG := 0.1.0
+IMAGE_INPUTS := $(shell git ls-files pyproject.toml proto agent collector deploy/images 2>/dev/null)
+images: $(IMAGES_DIR)/.built
+
+$(IMAGES_DIR)/base/rootfs: deploy/images/base.sh | deps
+	@start=$$(date +%s); deploy/images/base.sh $(IMAGES_DIR)/base; echo "base image root: $$(( $$(date +%s) - start )) s"
+
+$(IMAGES_DIR)/.built: $(IMAGES_DIR)/base/rootfs $(IMAGE_INPUTS)
+	@start=$$(date +%s); python3 deploy/images/build.py -f deploy/images/Dockerfile --context . \
+		--workdir $(IMAGES_DIR)/work --build-arg PYTHON_IMAGE=podcap-base:bookworm \
+		--image podcap-base:bookworm=$(IMAGES_DIR)/base/rootfs \
+		--target agent=podcap-agent:$(IMAGE_TAG)=$(IMAGES_DIR)/podcap-agent.oci.tar \
+		--target collector=podcap-collector:$(IMAGE_TAG)=$(IMAGES_DIR)/podcap-collector.oci.tar \
+		> $(IMAGES_DIR)/build.log 2>&1 || { tail -40 $(IMAGES_DIR)/build.log; exit 1; }; \
+	grep -E '^podcap-' $(IMAGES_DIR)/build.log; echo "images built in $$(( $$(date +%s) - start )) s"
+	touch $@
 
 clean:
 	rm -rf build $(VENV) .mypy_cache .pytest_cache
