@@ -46,6 +46,8 @@ from podcap.pods import PodRef
 from podcap.v1 import common_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)
+DONE = common_pb2.POD_CAPTURE_STATE_DONE
+PENDING = common_pb2.POD_CAPTURE_STATE_PENDING
 
 # The loop walks every stream (flush deadlines, stats, graceful stops) at most this often, not on every wakeup:
 # with 200 pods that walk was most of what an idle wakeup cost.
@@ -123,16 +125,17 @@ class CaptureEngine:
                     self._cancelled_opens.add(key)
         self._submit(run)
 
-    def stop_all(self, reason: str) -> None:
+    def stop_all(self, reason: str, *, state: common_pb2.PodCaptureState.ValueType = DONE) -> None:
         def run() -> None:
             for stream in list(self._streams.values()):
-                self._finish_later(stream, reason)
+                self._finish_later(stream, reason, state)
 
         with self._lock:
             self._cancelled_opens.update(self._opening)
         self._submit(run)
 
-    def _finish_later(self, stream: Stream, reason: str) -> None:
+    def _finish_later(self, stream: Stream, reason: str,
+                      state: common_pb2.PodCaptureState.ValueType = DONE) -> None:
         """A graceful stop (loop thread). The handle is frozen first: from then on the kernel neither queues nor
         counts packets for it, so its counters say exactly how many the stream must still read. Packets in the
         kernel's current ring block become readable only when the block retires (after one to two block
@@ -149,12 +152,15 @@ class CaptureEngine:
         stream.expect = stream.kernel.received - stream.kernel.dropped
         stream.finish_at = time.monotonic() + 2 * stream.handle_timeout + 0.1
         stream.finish_reason = reason
+        stream.finish_state = state
 
-    def close(self, reason: str = "agent shutting down") -> None:
-        """Stop every stream (flushing them) and end the loop thread."""
-        self.stop_all(reason)
+    def close(self, reason: str = "agent shutting down; the node's next agent resumes the capture") -> None:
+        """Stop every stream (flushing them) and end the loop thread. The streams end PENDING, not DONE: the agent
+        going away (its pod deleted in a DaemonSet rollout or a node drain) does not end the captures, and the
+        collector re-attaches the pods when the node's next agent connects (a gap in the capture, reported)."""
+        self.stop_all(reason, state=PENDING)
         self._pool.shutdown(wait=True)
-        self.stop_all(reason)  # streams whose open finished while we waited
+        self.stop_all(reason, state=PENDING)  # streams whose open finished while we waited
         deadline = time.monotonic() + 10
         while self.active() and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -306,7 +312,7 @@ class CaptureEngine:
                          f"interface {stream.interface} is gone ({e}); waiting for the pod's sandbox")
             return False
         if stream.finish_at and stream.delivered >= stream.expect:
-            self._finish(stream, common_pb2.POD_CAPTURE_STATE_DONE, stream.finish_reason)
+            self._finish(stream, stream.finish_state or DONE, stream.finish_reason)
             return False
         if events & (select.EPOLLERR | select.EPOLLHUP) and stream.pending_packets == 0:
             self._finish(stream, common_pb2.POD_CAPTURE_STATE_PENDING,
@@ -385,7 +391,7 @@ class CaptureEngine:
     def _housekeeping(self, now: float) -> None:
         for stream in list(self._streams.values()):
             if stream.finish_at and (now >= stream.finish_at or stream.delivered >= stream.expect):
-                self._finish(stream, common_pb2.POD_CAPTURE_STATE_DONE, stream.finish_reason)
+                self._finish(stream, stream.finish_state or DONE, stream.finish_reason)
                 continue
             if stream.pending_packets and now - stream.pending_since >= self._cfg.flush_interval:
                 self._cut(stream)

@@ -63,6 +63,9 @@ class Stream:
     # packets in all (everything the kernel queued), or at ``finish_at`` at the latest.
     finish_at: float = 0.0
     finish_reason: str = ""
+    # How the stream ends: DONE when its capture or pod is stopped; PENDING when the agent itself goes away (the
+    # capture goes on, and the node's next agent re-attaches the pod: a gap, not an end).
+    finish_state: common_pb2.PodCaptureState.ValueType = common_pb2.POD_CAPTURE_STATE_UNSPECIFIED
     expect: int = -1
 
 

@@ -40,6 +40,7 @@ import copy
 import json
 import select
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -256,10 +257,19 @@ class RequestRecord:
 
 
 class KubeApiStandin:
-    """Serve the stand-in on 127.0.0.1 (ephemeral port). Use as a context manager or call ``close()``."""
+    """Serve the stand-in on 127.0.0.1 (ephemeral port). Use as a context manager or call ``close()``.
+
+    ``host`` and ``tls`` (a certificate and key file) serve it elsewhere and over HTTPS, as a pod's in-cluster
+    configuration requires (``tests/node/kubelet.py`` points pods at it)."""
 
     def __init__(self, *, bookmark_interval: float = 1.0, tokens: dict[str, str] | None = None,
-                 watch_gone_as_http: bool = False, default_watch_timeout: float = 1800.0) -> None:
+                 watch_gone_as_http: bool = False, default_watch_timeout: float = 1800.0,
+                 host: str = "127.0.0.1", tls: tuple[str, str] | None = None) -> None:
+        self.host = host
+        self._tls: ssl.SSLContext | None = None
+        if tls is not None:
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(*tls)
         self.store = Store()
         self.bookmark_interval = bookmark_interval
         # token -> user name. None: no authentication (every request is user "admin").
@@ -278,12 +288,15 @@ class KubeApiStandin:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self._tls else 'http'}://{self.host}:{self.port}"
 
     def start_serving(self) -> None:
         """(Re)open the listening socket on the same port; state is kept."""
         assert self._server is None
-        self._server = _Server(("127.0.0.1", self.port), _Handler, self)
+        self._server = _Server((self.host, self.port), _Handler, self)
+        if self._tls is not None:
+            self._server.socket = self._tls.wrap_socket(self._server.socket, server_side=True,
+                                                        do_handshake_on_connect=False)
         self.port = self._server.server_address[1]
         self._serve_thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                               name=f"kube-standin-{self.port}", daemon=True)
@@ -383,7 +396,8 @@ class KubeApiStandin:
     def authenticate(self, header: str | None) -> str:
         if self.tokens is None:
             return "admin"
-        if header and header.startswith("Bearer ") and header[7:] in self.tokens:
+        # The scheme is case-insensitive (RFC 7235); the client's in-cluster configuration sends "bearer".
+        if header and header[:7].lower() == "bearer " and header[7:] in self.tokens:
             return self.tokens[header[7:]]
         raise ApiError(401, "Unauthorized", "Unauthorized")
 

@@ -44,6 +44,11 @@ _HARNESS_ENUMS: Final[dict[str, tuple[tuple[str, int], ...]]] = {
         ("CONTAINER_EXITED", 2),
         ("CONTAINER_UNKNOWN", 3),
     ),
+    "MountPropagation": (
+        ("PROPAGATION_PRIVATE", 0),
+        ("PROPAGATION_HOST_TO_CONTAINER", 1),
+        ("PROPAGATION_BIDIRECTIONAL", 2),
+    ),
 }
 
 _HARNESS_MESSAGES: Final[dict[str, tuple[Field, ...]]] = {
@@ -56,6 +61,10 @@ _HARNESS_MESSAGES: Final[dict[str, tuple[Field, ...]]] = {
     "LinuxSandboxSecurityContext": (
         Field("namespace_options", 1, MESSAGE, "NamespaceOption"),
         Field("run_as_user", 3, MESSAGE, "Int64Value"),
+        Field("run_as_group", 8, MESSAGE, "Int64Value"),
+        Field("supplemental_groups", 5, INT64, repeated=True),
+        Field("privileged", 6, BOOL),
+        Field("seccomp_profile_path", 7, STRING),
     ),
     "LinuxPodSandboxConfig": (
         Field("cgroup_parent", 1, STRING),
@@ -81,18 +90,49 @@ _HARNESS_MESSAGES: Final[dict[str, tuple[Field, ...]]] = {
     "RemovePodSandboxResponse": (),
     "ContainerMetadata": (Field("name", 1, STRING), Field("attempt", 2, UINT32)),
     "ImageSpec": (Field("image", 1, STRING),),
+    "Capability": (
+        Field("add_capabilities", 1, STRING, repeated=True),
+        Field("drop_capabilities", 2, STRING, repeated=True),
+    ),
     "LinuxContainerSecurityContext": (
+        Field("capabilities", 1, MESSAGE, "Capability"),
+        Field("privileged", 2, BOOL),
         Field("namespace_options", 3, MESSAGE, "NamespaceOption"),
         Field("run_as_user", 5, MESSAGE, "Int64Value"),
         Field("run_as_group", 12, MESSAGE, "Int64Value"),
+        Field("readonly_rootfs", 7, BOOL),
+        Field("supplemental_groups", 8, INT64, repeated=True),
+        Field("apparmor_profile", 9, STRING),
+        Field("seccomp_profile_path", 10, STRING),
+        Field("no_new_privs", 11, BOOL),
+        Field("masked_paths", 13, STRING, repeated=True),
+        Field("readonly_paths", 14, STRING, repeated=True),
     ),
-    "LinuxContainerConfig": (Field("security_context", 2, MESSAGE, "LinuxContainerSecurityContext"),),
+    "LinuxContainerResources": (
+        Field("cpu_period", 1, INT64),
+        Field("cpu_quota", 2, INT64),
+        Field("cpu_shares", 3, INT64),
+        Field("memory_limit_in_bytes", 4, INT64),
+    ),
+    "LinuxContainerConfig": (
+        Field("resources", 1, MESSAGE, "LinuxContainerResources"),
+        Field("security_context", 2, MESSAGE, "LinuxContainerSecurityContext"),
+    ),
+    "KeyValue": (Field("key", 1, STRING), Field("value", 2, STRING)),
+    "Mount": (
+        Field("container_path", 1, STRING),
+        Field("host_path", 2, STRING),
+        Field("readonly", 3, BOOL),
+        Field("propagation", 5, ENUM, "MountPropagation"),
+    ),
     "ContainerConfig": (
         Field("metadata", 1, MESSAGE, "ContainerMetadata"),
         Field("image", 2, MESSAGE, "ImageSpec"),
         Field("command", 3, STRING, repeated=True),
         Field("args", 4, STRING, repeated=True),
         Field("working_dir", 5, STRING),
+        Field("envs", 6, MESSAGE, "KeyValue", repeated=True),
+        Field("mounts", 7, MESSAGE, "Mount", repeated=True),
         map_field("labels", 9),
         map_field("annotations", 10),
         Field("log_path", 11, STRING),
@@ -106,6 +146,8 @@ _HARNESS_MESSAGES: Final[dict[str, tuple[Field, ...]]] = {
     "CreateContainerResponse": (Field("container_id", 1, STRING),),
     "StartContainerRequest": (Field("container_id", 1, STRING),),
     "StartContainerResponse": (),
+    "StopContainerRequest": (Field("container_id", 1, STRING), Field("timeout", 2, INT64)),
+    "StopContainerResponse": (),
     "ContainerFilter": (Field("id", 1, STRING), Field("pod_sandbox_id", 3, STRING), map_field("label_selector", 4)),
     "ListContainersRequest": (Field("filter", 1, MESSAGE, "ContainerFilter"),),
     "Container": (
@@ -125,6 +167,8 @@ _HARNESS_MESSAGES: Final[dict[str, tuple[Field, ...]]] = {
         Field("metadata", 2, MESSAGE, "ContainerMetadata"),
         Field("state", 3, ENUM, "ContainerState"),
         Field("exit_code", 7, INT32),
+        Field("reason", 10, STRING),
+        Field("message", 11, STRING),
     ),
     "ContainerStatusResponse": (Field("status", 1, MESSAGE, "ContainerStatus"), map_field("info", 2)),
 }
@@ -135,6 +179,7 @@ _HARNESS_METHODS: Final[dict[str, tuple[str, str]]] = {
     "RemovePodSandbox": ("RemovePodSandboxRequest", "RemovePodSandboxResponse"),
     "CreateContainer": ("CreateContainerRequest", "CreateContainerResponse"),
     "StartContainer": ("StartContainerRequest", "StartContainerResponse"),
+    "StopContainer": ("StopContainerRequest", "StopContainerResponse"),
     "ListContainers": ("ListContainersRequest", "ListContainersResponse"),
     "ContainerStatus": ("ContainerStatusRequest", "ContainerStatusResponse"),
 }

@@ -137,7 +137,11 @@ def _free_subnet() -> ipaddress.IPv4Network:
             word = line.split()[1]
         with contextlib.suppress(ValueError):
             used.append(ipaddress.ip_network(word, strict=False))
-    for third in range(77, 250):
+    # From a random start: nodes of tests running in parallel on one machine pick their subnet before their CNI
+    # plugin creates the bridge (and the route), so scanning in order made them pick the same one.
+    thirds = list(range(77, 250))
+    start = secrets.randbelow(len(thirds))
+    for third in thirds[start:] + thirds[:start]:
         net = ipaddress.IPv4Network(f"10.244.{third}.0/24")
         if not any(net.overlaps(u) for u in used if u.prefixlen > 0):
             return net
@@ -275,6 +279,41 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             return "\n".join(_read(os.path.join(self.workdir, "logs", "containerd.log")).splitlines()[-lines:])
         except OSError:
             return "(no containerd log)"
+
+    # -- for other kubelets (tests/node/kubelet.py) ------------------------------------------------------------
+
+    @property
+    def gateway(self) -> str:
+        """The node's own address on its pod bridge (what pods reach the node by)."""
+        assert self.subnet is not None
+        return str(next(self.subnet.hosts()))
+
+    def ensure_bridge(self) -> None:
+        """Create the pod bridge with the gateway address now (the CNI plugin otherwise creates it with the first
+        pod, and adopts an existing one), so services for pods can bind the gateway before any pod exists."""
+        if os.path.exists(f"/sys/class/net/{self.bridge}"):
+            return
+        assert self.subnet is not None
+        _run("ip", "link", "add", self.bridge, "type", "bridge")
+        _run("ip", "addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
+        _run("ip", "link", "set", self.bridge, "up")
+
+    def import_image(self, archive: str) -> None:
+        """Import an oci-layout tar into the CRI's image store (the names its index annotates)."""
+        _run("ctr", "-a", self.socket, "-n", "k8s.io", "images", "import", archive, timeout=300)
+
+    def cri(self) -> cri.CriClient:
+        return self._cri()
+
+    def track_cgroup_parent(self, parent: str) -> None:
+        """Remove this pod cgroup at teardown."""
+        self._cgroup_parents.add(parent)
+
+    def track_sandbox(self, info: Mapping[str, str]) -> None:
+        """Remove this sandbox's network namespace at teardown (from its verbose status ``info``)."""
+        netns = cri.sandbox_netns_path(info)
+        if netns:
+            self._netns_paths.add(netns)
 
     # -- pods -----------------------------------------------------------------------------------------------
 
