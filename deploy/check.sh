@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Offline checks of deploy/: render every kustomization and validate each object, in strict mode (unknown fields are
-# errors), against the Kubernetes schemas shipped by kubernetes-validate; then run the manifest tests (least
-# privilege, Pod Security "restricted" for the collector, gRPC probes, Dockerfiles).
+# Checks of deploy/: render every kustomization and validate each object, in strict mode (unknown fields are
+# errors), against the Kubernetes schemas shipped by kubernetes-validate; run the manifest tests (least
+# privilege, Pod Security "restricted" for the collector, gRPC probes, the Dockerfile); then run the rendered agent
+# DaemonSet and collector StatefulSet pods from the built images (`make images`) on a real containerd node
+# (tests/integration/test_deployed_pods.py; as root with containerd, skipped with the reason otherwise).
 #
 #   deploy/check.sh                      # uses .venv/bin/python and the kubectl it finds
 #   PYTHON=python3 KUBECTL=/usr/bin/kubectl deploy/check.sh
@@ -46,3 +48,15 @@ validate "${raw[@]}"
 echo "ok: raw files of deploy/base validate"
 
 "$PYTHON" -m pytest -q -p no:cacheprovider tests/unit/test_deploy_manifests.py
+
+# The pods themselves, from the images. Needs root, containerd, runc, the CNI plugins and the image archives.
+missing=()
+[[ $(id -u) == 0 ]] || missing+=("root")
+for tool in containerd runc ctr; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "skipped: the DaemonSet and StatefulSet pods on a real node need ${missing[*]}" \
+         "(as root: make deps images)" >&2
+else
+    make -s images  # a no-op when the archives are newer than what goes into them
+    "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/integration/test_deployed_pods.py
+fi

@@ -1,7 +1,8 @@
 """The agent's collector session against an in-process Ingest servicer (gRPC on 127.0.0.1, fake capture handles,
 no root): registration with the inventory, a start command opening a handle, the stream's STARTED event before its
 first chunk, acknowledgements releasing chunks, a broken session re-sending every unacknowledged chunk behind its
-stream's STARTED event, and a graceful shutdown ending with the stream's final counters.
+stream's STARTED event, and a graceful shutdown ending with the stream's final counters (PENDING: the capture
+outlives the agent).
 
 The first test's servicer is a scripted stand-in: it acknowledges only when told, so the test decides which chunks
 are unacknowledged when a session breaks. The second runs the session against the collector itself, in process."""
@@ -187,11 +188,14 @@ def test_register_upload_ack_reconnect_and_shutdown(
         assert time.monotonic() < deadline, session.out.pending()
         time.sleep(0.01)
 
-    # Graceful stop: the last packets are flushed, then the stream's final counters.
+    # Graceful stop: the last packets are flushed, then the stream's final counters. The stream ends PENDING, not
+    # DONE: the agent going away does not end the capture (the node's next agent re-attaches the pod).
     handle.arrive(2)
     session.shutdown()
-    final = [e for e in second.events() if e.state == common_pb2.POD_CAPTURE_STATE_DONE]
+    assert not [e for e in second.events() if e.state == common_pb2.POD_CAPTURE_STATE_DONE]
+    final = [e for e in second.events() if e.state == common_pb2.POD_CAPTURE_STATE_PENDING]
     assert len(final) == 1 and final[0].delivered == 10 and final[0].kernel.received == 10
+    assert "next agent" in final[0].message
     assert [n for c in second.chunks() for n in packet_numbers(c.records)] == [6, 7, 8, 9, 10]
     assert handle.frozen
 
