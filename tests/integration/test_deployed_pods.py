@@ -101,6 +101,8 @@ def deployment(node: TestNode, tmp_path: Path) -> Iterator[Deployment]:
     sa_token = "sa-" + secrets.token_hex(8)
     cleanup: list[object] = []
     kubelet: Kubelet | None = None
+    collector: RunningPod | None = None
+    collector_exit: dict[str, int] = {}
     try:
         api = KubeApiStandin(host=gateway, tls=(str(tmp_path / "api-certs" / "collector.pem"),
                                                 str(tmp_path / "api-certs" / "collector-key.pem")),
@@ -138,10 +140,22 @@ def deployment(node: TestNode, tmp_path: Path) -> Iterator[Deployment]:
         yield Deployment(kubelet, agent_template, collector, f"127.0.0.1:{forward.port}", str(tmp_path / "ca.pem"),
                          api)
     finally:
-        errors = kubelet.delete_all() if kubelet is not None else []
+        errors = []
+        if kubelet is not None:
+            # The agents first (as a namespace deletion would not order them, but a clean stop of the collector is
+            # checked on its own): then the collector, which must stop cleanly on SIGTERM within its grace period.
+            errors += kubelet.delete_all(keep=collector)
+            if collector is not None:
+                logs = kubelet.logs(collector, "collector")
+                try:
+                    collector_exit = kubelet.delete(collector)
+                except Exception as e:  # noqa: BLE001 - the rest of the cleanup still runs
+                    errors.append(f"collector: {e}")
         for item in reversed(cleanup):
             item.close()  # type: ignore[attr-defined]
         assert not errors, errors
+        assert collector is None or collector_exit == {"collector": 0}, \
+            f"the collector did not stop cleanly on SIGTERM: {collector_exit}\n{logs[-3000:]}"
 
 
 def _status(d: Deployment, cid: str) -> dict[str, object]:
@@ -190,7 +204,9 @@ def test_daemonset_and_statefulset_pods_capture_by_selector_across_an_agent_rest
         assert kubelet.probe(agent, "agent", "readinessProbe")
 
         # The agent pod goes away (a DaemonSet rollout, a node drain) and a new one takes its place.
-        kubelet.delete(agent)
+        logs = kubelet.logs(agent, "agent")
+        exits = kubelet.delete(agent)
+        assert exits == {"agent": 0}, f"the agent did not stop cleanly on SIGTERM: {exits}\n{logs[-3000:]}"
         assert not kubelet.probe(agent, "agent", "livenessProbe")
         gap_at = time.time()
         time.sleep(2)

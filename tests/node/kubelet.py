@@ -538,21 +538,28 @@ class Kubelet:
             time.sleep(0.5)
         return time.monotonic() - started
 
-    def delete(self, pod: RunningPod) -> None:
-        """Delete the pod as the kubelet does: stop its containers within the grace period, then the sandbox."""
+    def delete(self, pod: RunningPod) -> dict[str, int]:
+        """Delete the pod as the kubelet does: stop its containers within the grace period (SIGTERM, SIGKILL once
+        it is over), then the sandbox. Returns each container's exit code (137: it had to be killed)."""
         client = self.node.cri()
         grace = int(pod.spec.get("terminationGracePeriodSeconds", 30))
-        for cid in pod.containers.values():
+        exits = {}
+        for name, cid in pod.containers.items():
             client.invoke("StopContainer", {"container_id": cid, "timeout": grace}, timeout=grace + 30)
+            exits[name] = int(self.container_state(pod, name).get("exit_code", 0))
         client.invoke("StopPodSandbox", {"pod_sandbox_id": pod.sandbox_id}, timeout=60)
         client.invoke("RemovePodSandbox", {"pod_sandbox_id": pod.sandbox_id}, timeout=60)
         self.pods.pop(pod.uid, None)
         shutil.rmtree(pod.pod_dir, ignore_errors=True)
+        return exits
 
-    def delete_all(self) -> list[str]:
-        """Delete every pod still running (test teardown); returns the errors instead of stopping at the first."""
+    def delete_all(self, *, keep: RunningPod | None = None) -> list[str]:
+        """Delete every pod still running but ``keep`` (test teardown); returns the errors instead of stopping at
+        the first."""
         errors = []
         for pod in list(self.pods.values()):
+            if pod is keep:
+                continue
             try:
                 self.delete(pod)
             except Exception as e:  # noqa: BLE001 - teardown tries every pod
