@@ -124,7 +124,7 @@ def expand(text: str, env: dict[str, str]) -> str:
 
 def key_values(text: str, env: dict[str, str]) -> dict[str, str]:
     """``K=V K2="v w"`` (ENV, LABEL, ARG)."""
-    out = {}
+    out: dict[str, str] = {}
     for word in shlex.split(text):
         key, sep, value = word.partition("=")
         if not sep:

@@ -23,9 +23,10 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,7 +66,7 @@ def certs(out: Path, *hosts: str) -> dict[str, bytes]:
 @dataclass
 class Deployment:
     kubelet: Kubelet
-    agent_template: dict[str, object]
+    agent_template: dict[str, Any]
     collector: RunningPod
     address: str  # the collector's users' port, port-forwarded to loopback
     ca: str
@@ -158,19 +159,23 @@ def deployment(node: TestNode, tmp_path: Path) -> Iterator[Deployment]:
             f"the collector did not stop cleanly on SIGTERM: {collector_exit}\n{logs[-3000:]}"
 
 
-def _status(d: Deployment, cid: str) -> dict[str, object]:
-    return json.loads(d.cli("status", cid, "-o", "json").stdout)  # type: ignore[no-any-return]
+Status = dict[str, Any]
 
 
-def _pods(status: dict[str, object]) -> dict[str, dict[str, object]]:
-    return {p["pod"]["name"]: p for p in status["pods"]}  # type: ignore[attr-defined,index]
+def _status(d: Deployment, cid: str) -> Status:
+    status: Status = json.loads(d.cli("status", cid, "-o", "json").stdout)
+    return status
 
 
-def _wait(d: Deployment, cid: str, what: str, ok: object, timeout: float = 60) -> dict[str, object]:
+def _pods(status: Status) -> dict[str, Status]:
+    return {p["pod"]["name"]: p for p in status["pods"]}
+
+
+def _wait(d: Deployment, cid: str, what: str, ok: Callable[[Status], bool], timeout: float = 60) -> Status:
     deadline = time.monotonic() + timeout
     while True:
         status = _status(d, cid)
-        if ok(status):  # type: ignore[operator]
+        if ok(status):
             return status
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}: {json.dumps(status, indent=1)[:3000]}")
@@ -195,7 +200,7 @@ def test_daemonset_and_statefulset_pods_capture_by_selector_across_an_agent_rest
         out = d.cli("start", "-n", namespace, "-l", "demo=deploy").stdout
         cid = out.split()[-1]
 
-        def capturing(min_packets: int) -> object:
+        def capturing(min_packets: int) -> Callable[[Status], bool]:
             return lambda s: all(p.get("state") == "capturing" and int(p.get("packets", 0)) >= min_packets
                                  for p in _pods(s).values()) and len(_pods(s)) == 2
 
@@ -216,9 +221,9 @@ def test_daemonset_and_statefulset_pods_capture_by_selector_across_an_agent_rest
         after = _wait(d, cid, "the capture to go on after the agent pod was re-created", lambda s: all(
             p.get("state") == "capturing" and int(p.get("packets", 0)) >= packets_then[n] + 20
             for n, p in _pods(s).items()), timeout=60)
-        for name, pod in _pods(after).items():
-            assert int(pod.get("reattachments", 0)) >= 1, (name, pod)
-            assert pod.get("message"), (name, pod)
+        for name, pod_status in _pods(after).items():
+            assert int(pod_status.get("reattachments", 0)) >= 1, (name, pod_status)
+            assert pod_status.get("message"), (name, pod_status)
 
         d.cli("stop", cid)
         out_dir = tmp_path / "out"

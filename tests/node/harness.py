@@ -302,7 +302,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         """Import an oci-layout tar into the CRI's image store (the names its index annotates)."""
         _run("ctr", "-a", self.socket, "-n", "k8s.io", "images", "import", archive, timeout=300)
 
-    def cri(self) -> cri.CriClient:
+    def cri_client(self) -> cri.CriClient:
         return self._cri()
 
     def track_cgroup_parent(self, parent: str) -> None:

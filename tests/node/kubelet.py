@@ -223,7 +223,7 @@ class Kubelet:
         dns = self._dns_config(spec, namespace)
         if dns is not None:
             config["dns_config"] = dns
-        client = self.node.cri()
+        client = self.node.cri_client()
         sandbox_id = client.invoke("RunPodSandbox", {"config": config}, timeout=timeout).pod_sandbox_id
         status = client.sandbox_status(sandbox_id, verbose=True)
         self.node.track_sandbox(status.info)
@@ -482,7 +482,7 @@ class Kubelet:
     # -- after start -----------------------------------------------------------------------------------------
 
     def container_state(self, pod: RunningPod, container: str) -> Obj:
-        resp = self.node.cri().invoke("ContainerStatus", {"container_id": pod.containers[container]})
+        resp = self.node.cri_client().invoke("ContainerStatus", {"container_id": pod.containers[container]})
         return cri_runtime.as_dict(resp.status)
 
     def logs(self, pod: RunningPod, container: str) -> str:
@@ -541,7 +541,7 @@ class Kubelet:
     def delete(self, pod: RunningPod) -> dict[str, int]:
         """Delete the pod as the kubelet does: stop its containers within the grace period (SIGTERM, SIGKILL once
         it is over), then the sandbox. Returns each container's exit code (137: it had to be killed)."""
-        client = self.node.cri()
+        client = self.node.cri_client()
         grace = int(pod.spec.get("terminationGracePeriodSeconds", 30))
         exits = {}
         for name, cid in pod.containers.items():
