@@ -231,9 +231,8 @@ class Builder:
             if not os.path.exists(src):
                 raise BuildError(f"line {inst.line}: COPY source {source} does not exist")
             if os.path.isdir(src):
-                # Like Docker: the directory's contents go into the destination directory.
-                shutil.copytree(src, target, symlinks=True, dirs_exist_ok=True,
-                                ignore=shutil.ignore_patterns("__pycache__"))
+                # Like Docker: the directory's contents (all of them) go into the destination directory.
+                shutil.copytree(src, target, symlinks=True, dirs_exist_ok=True)
             else:
                 into = target if dest.endswith("/") or os.path.isdir(target) else os.path.dirname(target)
                 os.makedirs(into, exist_ok=True)
