@@ -13,6 +13,7 @@ import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from typing import NoReturn
 
 import click
 import grpc
@@ -161,6 +162,21 @@ def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
     return Collector(server, port, registry, captures, store, cluster, agent_server, agent_port)
 
 
+def _fail(message: str, cluster: ClusterInventory | None) -> NoReturn:
+    """Start-up failed: one line on stderr, exit status 1. What was started is stopped first. A watch thread still
+    stuck in a connect (an API server that does not answer) must not take part in the interpreter's shutdown —
+    Debian's Python 3.11 aborted finalizing one inside OpenSSL (exit 139 instead of 1) — so then the process ends
+    at once, after the line."""
+    if cluster is not None:
+        cluster.stop()
+        cluster.api.close()
+    print(f"podcap-collector: {message}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    if any(t.is_alive() for t in threading.enumerate() if t is not threading.main_thread()):
+        os._exit(1)
+    sys.exit(1)
+
+
 @click.command(name="podcap-collector", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--listen", default="0.0.0.0:7420", show_default=True, help="HOST:PORT for agents and the CLI")
 @click.option("--data-dir", default="/var/lib/podcap", show_default=True,
@@ -208,8 +224,8 @@ def main(listen: str, data_dir: str, storage: str, s3_endpoint: str, s3_region: 
     tls = daemon.tls_files("podcap-collector", ca=tls_ca, cert=tls_cert, key=tls_key, insecure=insecure,
                            plaintext_warning="serving PLAINTEXT gRPC; agents are not authenticated and captured "
                            "packets cross the network unencrypted")
+    cluster: ClusterInventory | None = None
     try:
-        cluster = None
         if not no_kubernetes and (kubeconfig or in_cluster()):
             cluster = start_cluster(kubeconfig)
             log.info("watching pods through the Kubernetes API at %s (%d pods)", cluster.api.server,
@@ -220,20 +236,18 @@ def main(listen: str, data_dir: str, storage: str, s3_endpoint: str, s3_region: 
         elif cluster is not None and (kube_auth or not insecure):
             authorizer = KubeAuthorizer(cluster.api)
         elif kube_auth:
-            sys.exit("podcap-collector: --kube-auth needs the Kubernetes API (--kubeconfig or in-cluster)")
+            _fail("--kube-auth needs the Kubernetes API (--kubeconfig or in-cluster)", cluster)
         elif insecure:
             authorizer = OpenAuthorizer()
         else:
-            sys.exit("podcap-collector: no way to authenticate users: pass --token-file, or run with the "
-                     "Kubernetes API (--kubeconfig or in-cluster) for TokenReview/SubjectAccessReview")
+            _fail("no way to authenticate users: pass --token-file, or run with the Kubernetes API (--kubeconfig "
+                  "or in-cluster) for TokenReview/SubjectAccessReview", cluster)
         backend = open_storage(data_dir, storage, s3_endpoint=s3_endpoint, s3_region=s3_region)
         collector = start_collector(listen, data_dir, max_workers=max_workers, cluster=cluster, tls=tls,
                                     authorizer=authorizer, agent_listen=agent_listen, storage=backend,
                                     local_cap_bytes=local_cap_bytes)
-    except PodcapError as e:
-        sys.exit(f"podcap-collector: {e}")
-    except OSError as e:
-        sys.exit(f"podcap-collector: {e}")
+    except (PodcapError, OSError) as e:
+        _fail(str(e), cluster)
     if metrics_listen:
         from podcap.collector.metrics import serve_metrics
 

@@ -1,0 +1,25 @@
+"""``podcap-collector`` failing at start-up ends with its one line and status 1, also when a thread it started is
+still stuck (a watch inside a connect to an API server that does not answer): the process does not wait for it,
+and does not finalize it (Debian's Python 3.11 aborted doing that inside OpenSSL: status 139)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+PROGRAM = """
+import threading, time
+from podcap.collector.server import _fail
+threading.Thread(target=time.sleep, args=(60,)).start()  # not a daemon: an exit would wait for it
+_fail("cannot reach the Kubernetes API server at https://10.0.0.1:443", None)
+"""
+
+
+def test_a_start_up_failure_with_a_stuck_thread_is_one_line_and_status_1() -> None:
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True, timeout=30)
+    assert time.monotonic() - t0 < 20
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        "podcap-collector: cannot reach the Kubernetes API server at https://10.0.0.1:443")
