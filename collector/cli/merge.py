@@ -1,11 +1,16 @@
 """Merging per-pod pcap files into one pcapng section, packets in time order (``podcap get --merge``,
 ``--format pcapng``).
 
-Memory stays bounded whatever the capture size: each input is read in blocks by ``podcap.pcapfile``'s record
-iterator and ``heapq.merge`` holds one record per input. Ties (equal timestamps) keep input order, and each
-input's own order is kept; an input whose records are not time-ordered (a clock step on a node) is merged as it
-is, never sorted in memory. A merge of many pods holds one file and one block per pod, so the open-file limit is
-raised when it would stop the merge.
+This module owns the shape of the merged file (SHB, the IDBs, the packets, the ISBs) and picks who merges the
+packets: podcap's C merge core (``pcapmerge``) when it is built and the output is a real file or pipe, with no
+Python per packet and as fast as Wireshark's ``mergecap``; otherwise ``heapq.merge`` over ``podcap.pcapfile``'s
+record iterators. Both write the same bytes (tests compare them, and the order with mergecap's).
+
+Memory stays bounded whatever the capture size: each input is read in blocks and one record per input waits in
+the merge. Packets come out in exactly ``mergecap``'s order: the earliest next packet first and, of equal
+timestamps, the one of the later input (mergecap's tie rule); each input's own order is kept, and an input whose
+records are not time-ordered (a clock step on a node) is merged as it is, never sorted in memory. A merge of many pods
+holds one file and one block per pod, so the open-file limit is raised when it would stop the merge.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
+from podcap.collector.cli import pcapmerge
 from podcap.collector.cli.pcapng import InterfaceInfo, InterfaceStats, PcapngError, PcapngWriter, SectionInfo
 from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, PcapFormatError, iter_file_records, parse_file_header
 
@@ -64,6 +70,7 @@ def merge_pcaps(inputs: Sequence[MergeInput], out: IO[bytes], *, section: Sectio
     try:
         writer = PcapngWriter(out, section)
         streams: list[Iterator[tuple[int, int, int, bytes]]] = []
+        formats: list[FileFormat] = []
         for inp in inputs:
             # Unbuffered: the record walk reads in blocks of its own (one block per input held at a time).
             f = open(inp.path, "rb", buffering=0)  # noqa: SIM115 (closed in finally)
@@ -74,12 +81,20 @@ def merge_pcaps(inputs: Sequence[MergeInput], out: IO[bytes], *, section: Sectio
                 raise PcapFormatError(f"{inp.path}: {e}") from e
             iface = writer.add_interface(inp.interface, linktype=fmt.linktype, snaplen=fmt.snaplen,
                                          nanosecond=fmt.nanosecond)
+            formats.append(fmt)
             streams.append(_tagged(iface, _pcap_records(f, inp.path, fmt)))
-        counts = [0] * len(inputs)
-        write = writer.write_packet
-        for ts, iface, wirelen, data in heapq.merge(*streams, key=_timestamp):
-            write(iface, ts, data, wirelen)
-            counts[iface] += 1
+        out_fd = _fileno(out)
+        if out_fd is not None and pcapmerge.available():
+            out.flush()  # the SHB and IDBs first; C writes the packets straight to the descriptor
+            counts = pcapmerge.merge_records(
+                [pcapmerge.NativeInput(f.fileno(), inp.path, fmt, FILE_HEADER_LEN)
+                 for f, inp, fmt in zip(files, inputs, formats, strict=True)], out_fd)
+        else:
+            counts = [0] * len(inputs)
+            write = writer.write_packet
+            for ts, iface, wirelen, data in heapq.merge(*streams, key=_timestamp):
+                write(iface, ts, data, wirelen)
+                counts[iface] += 1
         for i, inp in enumerate(inputs):
             if inp.stats is not None:
                 writer.write_stats(i, inp.stats)
@@ -89,13 +104,21 @@ def merge_pcaps(inputs: Sequence[MergeInput], out: IO[bytes], *, section: Sectio
             opened.close()
 
 
+def _fileno(out: IO[bytes]) -> int | None:
+    """The output's descriptor, or None for an in-memory stream (which only the Python path can write to)."""
+    try:
+        return out.fileno()
+    except (OSError, AttributeError, ValueError):  # io.UnsupportedOperation is an OSError
+        return None
+
+
 def _tagged(iface: int, records: Iterator[tuple[int, int, bytes]]) -> Iterator[tuple[int, int, int, bytes]]:
     for ts, wirelen, data in records:
         yield ts, iface, wirelen, data
 
 
-def _timestamp(item: tuple[int, int, int, bytes]) -> int:
-    return item[0]
+def _timestamp(item: tuple[int, int, int, bytes]) -> tuple[int, int]:
+    return item[0], -item[1]  # of equal timestamps, the later input's first (as mergecap)
 
 
 def pcap_to_pcapng(src: str, dst: str, interface: InterfaceInfo, *, stats: InterfaceStats | None = None,

@@ -187,7 +187,9 @@ def test_interface_statistics_carry_drops_per_pod(tmp_path: str, three_pods: lis
     assert all(p.ts_ns <= BASE_NS + 200_000 for p in f.packets)
 
 
-def test_equal_timestamps_keep_input_order_and_empty_pods_keep_their_interface(tmp_path: str) -> None:
+def test_equal_timestamps_go_to_the_later_input_first_and_empty_pods_keep_their_interface(tmp_path: str) -> None:
+    """mergecap's tie rule (its is_earlier() holds on equality): of equal timestamps, the later input's packet
+    first; each input's own order is kept."""
     a, b, empty = (os.path.join(tmp_path, f"{x}.pcap") for x in ("a", "b", "empty"))
     write_pcap(a, [BASE_NS] * 3, pod=0)
     write_pcap(b, [BASE_NS] * 3, pod=1)
@@ -196,7 +198,7 @@ def test_equal_timestamps_keep_input_order_and_empty_pods_keep_their_interface(t
                                      ((empty, "empty"), (a, "a"), (b, "b"))])
     assert counts == [0, 3, 3]
     rows = tshark(path, "frame.interface_name")
-    assert [r[0] for r in rows] == ["ns/a"] * 3 + ["ns/b"] * 3
+    assert [r[0] for r in rows] == ["ns/b"] * 3 + ["ns/a"] * 3
     assert [i.name for i in read_pcapng(path).interfaces] == ["ns/empty", "ns/a", "ns/b"]
 
 
