@@ -215,4 +215,4 @@ def test_ties_follow_mergecap(tmp_path: str) -> None:
     assert r.returncode == 0, r.stderr
     got = [(p.interface_id, p.ts_ns, p.data) for p in read_pcapng(ours).packets]
     assert got == [(p.interface_id, p.ts_ns, p.data) for p in read_pcapng(theirs).packets]
-    assert [i for i, _, _ in got[:3]] == [2, 1, 0]  # the first tie: the last input first
+    assert [i for i, _, _ in got[:6]] == [2, 2, 1, 1, 0, 0]  # the first tie: the last input first
