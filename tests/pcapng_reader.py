@@ -101,7 +101,7 @@ class PcapngFile:
         return [c.decode() for c in self.section_options.get(OPT_COMMENT, [])]
 
 
-def _parse_options(body: bytes, offset: int) -> dict[int, list[bytes]]:
+def parse_options(body: bytes, offset: int) -> dict[int, list[bytes]]:
     opts: dict[int, list[bytes]] = {}
     while offset + 4 <= len(body):
         code, length = _OPT_HEADER.unpack_from(body, offset)
@@ -143,10 +143,10 @@ def read_pcapng(path: str) -> PcapngFile:
                 magic, major, _minor, _length = _SHB_BODY.unpack_from(body, 0)
                 if magic != BYTE_ORDER_MAGIC or major != 1:
                     raise PcapngError(f"not a little-endian pcapng 1.x section (magic 0x{magic:08x})")
-                result.section_options = _parse_options(body, _SHB_BODY.size)
+                result.section_options = parse_options(body, _SHB_BODY.size)
             elif block_type == BLOCK_IDB:
                 linktype, _reserved, snaplen = _IDB_BODY.unpack_from(body, 0)
-                result.interfaces.append(Interface(linktype, snaplen, _parse_options(body, _IDB_BODY.size)))
+                result.interfaces.append(Interface(linktype, snaplen, parse_options(body, _IDB_BODY.size)))
             elif block_type == BLOCK_EPB:
                 iface, high, low, caplen, wirelen = struct.unpack_from("<IIIII", body, 0)
                 scale = 10 ** (9 - result.interfaces[iface].tsresol)
@@ -154,5 +154,5 @@ def read_pcapng(path: str) -> PcapngFile:
             elif block_type == BLOCK_ISB:
                 iface, high, low = _ISB_BODY.unpack_from(body, 0)
                 scale = 10 ** (9 - result.interfaces[iface].tsresol)
-                result.stats.append(Stats(iface, ((high << 32) | low) * scale, _parse_options(body, _ISB_BODY.size)))
+                result.stats.append(Stats(iface, ((high << 32) | low) * scale, parse_options(body, _ISB_BODY.size)))
     return result

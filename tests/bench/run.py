@@ -32,6 +32,9 @@ Phases
   p5     several busy pods at once on a bridge, flooded traffic: tcpdump x4 against one podcap capture, stored
          ratio, worst pod, per-pod accounting, CPU, the agent's peak backlog and the collector's commit latency
          (tests/bench/busy.py; ``--p5-stall S`` freezes the collector mid-burst to overflow the agent).
+  p6     ``podcap get --merge`` against ``mergecap`` on the same per-pod files of a real capture of 4 busy pods
+         (>= 1 GB): what merging adds to a download, over mergecap's time; the merged file must equal mergecap's
+         packet for packet (tests/bench/merge_export.py).
   p7     podcap's segment upload to a real S3 gateway against boto3's plain multipart PUT of the same file, a
          60 s window of one pod out of >= 2 GB in the bucket by ``podcap get --from``, and what compression keeps
          of UDP and HTTP (tests/bench/objects.py).
@@ -89,6 +92,7 @@ from tests.bench.lab import (
     trafgen,
     wait_for_log,
 )
+from tests.bench.merge_export import phase_p6
 from tests.bench.objects import phase_p7
 from tests.bench.soak import phase_soak
 from tests.bench.windowgen import CHUNK_BYTES, RECORDS_PER_CHUNK, Schedule, pod_name, verify_pcap
@@ -99,7 +103,8 @@ KEYS = (
     "p3_pods", "p3_rss_mib", "p3_start_s", "p3_idle_cpu_pct", "p3_drop_fraction",
     "p4_stored_gb", "p4_window_s", "p4_window_api_s",
     "p5_stored_ratio", "p5_min_pod_ratio", "p5_unaccounted", "p5_cpu_ratio", "p5_tcpdump_cpu_s", "p5_agent_cpu_s",
-    "p5_collector_cpu_s", "p5_peak_backlog_mib", "p5_commit_p99_s", "p7_upload_ratio", "p7_upload_mb_s",
+    "p5_collector_cpu_s", "p5_peak_backlog_mib", "p5_commit_p99_s", "p6_stored_gb", "p6_merge_ratio",
+    "p6_merge_step_ratio", "p6_mergecap_s", "p6_identical", "p7_upload_ratio", "p7_upload_mb_s",
     "p7_compression_udp", "p7_compression_http", "p7_compress_mb_s_udp", "p7_compress_mb_s_http",
     "p7_window_s", "p7_window_read_s", "p7_window_gb", "p7_window_fetched_mb", "p7_window_raw_mb", "p7_archive_mb_s",
 )
@@ -113,6 +118,7 @@ TARGETS = {  # key: (comparison, bound)
     "p2_stored_fraction": ("==", 1.0), "p3_rss_mib": ("<=", 200.0), "p3_start_s": ("<=", 3.0),
     "p3_idle_cpu_pct": ("<=", 3.0), "p3_drop_fraction": ("==", 0.0), "p4_window_s": ("<=", 1.0),
     "p5_stored_ratio": (">=", 0.99), "p5_min_pod_ratio": (">=", 0.95), "p5_unaccounted": ("==", 0.0),
+    "p6_merge_ratio": ("<=", 1.0), "p6_identical": ("==", 1.0),
     "p7_upload_ratio": (">=", 0.8), "p7_window_s": ("<=", 1.0),
     "soak_unaccounted": ("==", 0.0), "soak_rss_drift_agent": ("<=", 0.05), "soak_rss_drift_collector": ("<=", 0.05),
 }
@@ -541,7 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--p5-stall", type=float, default=0.0, help="p5: freeze the collector this many seconds "
                     "during the traffic (SIGSTOP), to overflow the agent's buffers")
     ap.add_argument("--p5-agent-args", default="", help="p5: extra podcap-agent arguments (space separated)")
-    ap.add_argument("--only", choices=["p1", "p3", "p4", "p5", "p7"], help="run one phase only")
+    ap.add_argument("--p6-frames", type=int, help="p6: frames each of the 4 pods sends, each seen on 4 veths "
+                    "(default 150000: 1.1 GB stored; smoke 5000)")
+    ap.add_argument("--p6-rounds", type=int, help="p6: timed rounds (default 5; smoke 1)")
+    ap.add_argument("--only", choices=["p1", "p3", "p4", "p5", "p6", "p7"], help="run one phase only")
     ap.add_argument("--p7-mib", type=int, help="p7: MiB of the uploaded segment (default 256; smoke 24)")
     ap.add_argument("--p7-window-gb", type=float, help="p7: GB in the bucket for the window read "
                     "(default 2; smoke 0.2)")
@@ -597,6 +606,11 @@ def main(argv: list[str] | None = None) -> int:
                 out, p5 = phase_p5(lab, rounds=rounds, frames=a.p5_frames or (20000 if a.smoke else 150000),
                                    rate=a.p5_rate, n_pods=a.p5_pods, agent_args=tuple(a.p5_agent_args.split()),
                                    stall_s=a.p5_stall)
+                result.update(out)
+            if a.only in (None, "p6") and not a.soak:
+                out, p6 = phase_p6(lab, frames=a.p6_frames or (5000 if a.smoke else 150000), rate=a.p5_rate,
+                                   rounds=a.p6_rounds or (1 if a.smoke else 5), min_bytes=0 if a.smoke else 10**9)
+                log(f"p6 detail: {p6}")
                 result.update(out)
             if a.only in (None, "p7") and not a.soak:
                 out, _p7 = phase_p7(megabytes=a.p7_mib or (24 if a.smoke else 256), rounds=rounds + 1,
