@@ -6,13 +6,16 @@ interrupted download never leaves a file that looks whole. Paths are built only 
 
 A merge cannot start before every pod's file is there (the stream sends pods one after the other), so merged
 output goes through files on disk; the merge itself then streams (``podcap.collector.cli.merge``).
+
+Whoever wants to follow a download (the progress display, the resume journal) passes a ``DownloadObserver``: it
+hears of each file's start (with its exact size), every block received, and each file completed.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +25,7 @@ from podcap.collector.cli.render import capture_state
 from podcap.collector.targets import target_text
 from podcap.drops import Drops
 from podcap.names import InvalidNameError, check_namespace, check_pod_name
+from podcap.pcapfile import FILE_HEADER_LEN
 from podcap.v1 import common_pb2, control_pb2
 
 
@@ -41,11 +45,27 @@ class CaptureSource(Protocol):
                  bpf: str = "") -> Iterator[control_pb2.DownloadChunk]: ...
 
 
+class DownloadObserver(Protocol):
+    """Told what a download does, as it does it (called in the downloading thread; must be quick)."""
+
+    def file_started(self, pod: common_pb2.Pod, size: int) -> None: ...
+
+    def received(self, n: int) -> None: ...
+
+    def file_done(self, done: DownloadedFile) -> None: ...
+
+
 def download_files(client: CaptureSource, capture_id: str, pods: list[str],
                    dest: Callable[[common_pb2.Pod], str], *, since_ns: int = 0, until_ns: int = 0,
-                   bpf: str = "") -> list[DownloadedFile]:
+                   bpf: str = "", observers: Sequence[DownloadObserver] = ()) -> list[DownloadedFile]:
     """Download every selected pod's pcap file to ``dest(pod)``; return them in the order the collector sent."""
     done: list[DownloadedFile] = []
+
+    def finished(f: DownloadedFile) -> None:
+        done.append(f)
+        for o in observers:
+            o.file_done(f)
+
     current: tuple[common_pb2.Pod, str, int] | None = None
     part = ""
     written = 0
@@ -56,7 +76,7 @@ def download_files(client: CaptureSource, capture_id: str, pods: list[str],
                 if f is not None and current is not None:
                     f.close()
                     f = None
-                    done.append(_finish(current, part, written))
+                    finished(_finish(current, part, written))
                 pod = msg.file.pod
                 try:
                     check_namespace(pod.namespace)
@@ -69,15 +89,19 @@ def download_files(client: CaptureSource, capture_id: str, pods: list[str],
                 f = open(part, "wb")  # noqa: SIM115 (closed when the next file starts or at the end)
                 current = (pod, path, msg.file.size)
                 written = 0
+                for o in observers:
+                    o.file_started(pod, msg.file.size)
             else:
                 if f is None:
                     raise CollectorError("collector sent data before a file header")
                 f.write(msg.data)
                 written += len(msg.data)
+                for o in observers:
+                    o.received(len(msg.data))
         if f is not None and current is not None:
             f.close()
             f = None
-            done.append(_finish(current, part, written))
+            finished(_finish(current, part, written))
     finally:
         if f is not None:
             f.close()
@@ -96,17 +120,28 @@ def _finish(current: tuple[common_pb2.Pod, str, int], part: str, written: int) -
 
 def per_pod_paths(out_dir: str, suffix: str) -> Callable[[common_pb2.Pod], str]:
     """``<out_dir>/<namespace>/<pod><suffix>``; a second pod with the same name (re-created under a new uid
-    during the capture) gets its uid appended instead of overwriting the first."""
+    during the capture) gets its uid appended instead of overwriting the first. The same pod always gets the
+    same path (so paths can be planned from the capture's status before the download names them)."""
     used: set[str] = set()
+    given: dict[tuple[str, str, str], str] = {}
 
     def dest(pod: common_pb2.Pod) -> str:
+        key = (pod.uid, pod.namespace, pod.name)
+        if key in given:
+            return given[key]
         path = os.path.join(out_dir, pod.namespace, pod.name + suffix)
         if path in used:
             path = os.path.join(out_dir, pod.namespace, f"{pod.name}.{pod.uid[:12] or len(used)}{suffix}")
         used.add(path)
+        given[key] = path
         return path
 
     return dest
+
+
+def expected_size(ps: control_pb2.PodStatus) -> int:
+    """The size of the pod's whole download (no window): its segments joined under one file header."""
+    return FILE_HEADER_LEN + ps.bytes - FILE_HEADER_LEN * ps.segments
 
 
 def download_capture(client: CollectorClient, capture_id: str, out_dir: str, pods: list[str]) -> list[tuple[str, int]]:

@@ -5,6 +5,10 @@ not fit in /tmp), merges them (each pod its own interface, packets in time order
 Interface Statistics Blocks) into ``FILE.part`` and renames it; ``--merge -`` writes the merged file to stdout
 (``podcap get ID --merge - | wireshark -k -i -``). With ``-o DIR`` as well, the per-pod files are kept in DIR.
 The capture's status is read after the download, so the counters in the file are as recent as its packets.
+
+On a terminal, stderr shows the download's progress (``download_progress``). ``-o DIR`` keeps a journal of the pod
+files it completed, so that the same command run again after an interruption fetches only the others
+(``resume``); a complete run removes it.
 """
 
 from __future__ import annotations
@@ -23,17 +27,21 @@ import click
 from podcap.collector.cli.client import CollectorClient
 from podcap.collector.cli.complete import complete_capture_id
 from podcap.collector.cli.download import (
+    CaptureSource,
     DownloadedFile,
     capture_section,
     download_files,
+    expected_size,
     per_pod_paths,
     pod_interface,
     pod_stats,
 )
+from podcap.collector.cli.download_progress import DownloadProgress
 from podcap.collector.cli.errors import CommandError
 from podcap.collector.cli.from_bucket import BucketClient
 from podcap.collector.cli.merge import MergeInput, merge_pcaps, pcap_to_pcapng
 from podcap.collector.cli.pcapng import PcapngError
+from podcap.collector.cli.resume import Journal, Window, selected
 from podcap.collector.cli.units import human_bytes, parse_duration
 from podcap.errors import PodcapError
 from podcap.pcapfile import PcapFormatError
@@ -127,8 +135,8 @@ def get(ctx: click.Context, capture_id: str | None, pods: tuple[str, ...], out_d
         raise click.UsageError("--merge - writes binary pcapng to stdout, which is a terminal: pipe it "
                                "(| wireshark -k -i -) or give a file name", ctx)
     try:
-        window = {"since_ns": parse_time(since) if since else 0, "until_ns": parse_time(until) if until else 0,
-                  "bpf": bpf}
+        window = Window(since_ns=parse_time(since) if since else 0, until_ns=parse_time(until) if until else 0,
+                        bpf=bpf)
     except ValueError as e:
         raise click.BadParameter(str(e), ctx) from e
     client: CollectorClient | BucketClient
@@ -143,7 +151,7 @@ def get(ctx: click.Context, capture_id: str | None, pods: tuple[str, ...], out_d
         client = CollectorClient(ctx.obj["collector"])
     with client:
         try:
-            client.get(capture_id)  # an unknown id fails here, before any file is created
+            status = client.get(capture_id)  # an unknown id fails here, before any file is created
         except PodcapError as e:
             if not bucket:
                 raise
@@ -151,16 +159,18 @@ def get(ctx: click.Context, capture_id: str | None, pods: tuple[str, ...], out_d
                                prog=prog) from e
         try:
             if out_dir:
-                files = download_files(client, capture_id, list(pods), per_pod_paths(out_dir, ".pcap"),
-                                       **window)  # type: ignore[arg-type]
+                files, journal = _fetch_into_dir(client, status, capture_id, list(pods), out_dir, window)
                 status = client.get(capture_id)
                 _get_into_dir(status, files, file_format, merge_path)
+                journal.finish()
             else:
                 assert merge_path is not None
                 parent = None if merge_path == "-" else os.path.dirname(os.path.abspath(merge_path))
                 with tempfile.TemporaryDirectory(prefix=".podcap-merge-", dir=parent) as tmp:
-                    files = download_files(client, capture_id, list(pods), _Numbered(tmp),
-                                           **window)  # type: ignore[arg-type]
+                    wanted = [ps for ps in status.pods if selected(ps, list(pods))]
+                    with _progress(wanted, window) as progress:
+                        files = download_files(client, capture_id, list(pods), _Numbered(tmp), since_ns=window.since_ns,
+                                               until_ns=window.until_ns, bpf=window.bpf, observers=[progress])
                     status = client.get(capture_id)
                     _report_merge(merge_path, _merge(status, files, merge_path))
         except (PcapFormatError, PcapngError) as e:
@@ -170,6 +180,39 @@ def get(ctx: click.Context, capture_id: str | None, pods: tuple[str, ...], out_d
             where = f" {e.filename}" if e.filename else ""
             raise CommandError(f"cannot write{where}: {e.strerror or e}",
                                "choose another -o/--merge path or free some space", prog=prog) from e
+
+
+def _progress(pods: list[control_pb2.PodStatus], window: Window, note: str = "") -> DownloadProgress:
+    """The progress display of a download of these pods (their total size is known without a window)."""
+    total = sum(expected_size(ps) for ps in pods) if window.whole else None
+    return DownloadProgress(total_bytes=total, pods=len(pods), note=note)
+
+
+def _fetch_into_dir(client: CaptureSource, status: control_pb2.CaptureStatus, capture_id: str, pods: list[str],
+                    out_dir: str, window: Window) -> tuple[list[DownloadedFile], Journal]:
+    """Download the selected pods into ``out_dir``, except those an interrupted run of the same get completed."""
+    dest = per_pod_paths(out_dir, ".pcap")
+    path_of = {ps.pod.uid: dest(ps.pod) for ps in status.pods if ps.pod.uid}  # the download's own paths
+    journal = Journal(out_dir, capture_id, window)
+    kept = journal.complete(status, pods, path_of)
+    wanted = [ps for ps in status.pods if selected(ps, pods)]
+    kept_uids = {f.pod.uid for f in kept}
+    todo = [ps for ps in wanted if ps.pod.uid not in kept_uids]
+    note = ""
+    if kept:
+        note = f", {len(kept)} already complete"
+        click.echo(f"resuming: {len(kept)} of {len(wanted)} pod file(s) already complete in {out_dir}, "
+                   f"fetching {len(todo)}", err=True)
+        if not todo:
+            return kept, journal
+        pods = [ps.pod.uid for ps in todo]
+    with _progress(todo, window, note) as progress:
+        files = download_files(client, capture_id, pods, dest, since_ns=window.since_ns, until_ns=window.until_ns,
+                               bpf=window.bpf, observers=[progress, journal])
+    if not kept:
+        return files, journal
+    order = {ps.pod.uid: i for i, ps in enumerate(status.pods)}  # the collector's order, as without a resume
+    return sorted(kept + files, key=lambda f: order.get(f.pod.uid, len(order))), journal
 
 
 def _get_into_dir(status: control_pb2.CaptureStatus, files: list[DownloadedFile], file_format: str,

@@ -1,0 +1,98 @@
+"""Live progress of ``podcap get`` on stderr: bytes, rate and time left for the pod being downloaded and for the
+whole download, with rich (as ``start --wait`` shows its capture table).
+
+Only when stderr is a terminal: piped or redirected, ``get`` stays quiet (its stdout may be the merged pcapng, and
+a log file wants no progress bars). The collector announces each pod's file with its exact size, so the pod's
+line knows its end; the total is known before the download starts when the capture's status gives every pod's
+stored size (no ``--since/--until/--filter``); otherwise the total line shows bytes and rate, and no time left.
+A pod's line goes away when the pod is complete (a capture may have hundreds); the total line counts the pods.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from podcap.collector.cli.download import DownloadedFile
+from podcap.v1 import common_pb2
+
+
+def stderr_is_terminal() -> bool:
+    try:
+        return os.isatty(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):  # closed, or replaced by something without a descriptor
+        return False
+
+
+class DownloadProgress:
+    """A ``DownloadObserver`` drawing the progress (a context manager: the display lives inside ``with``).
+
+    ``total_bytes``/``pods``: what will be fetched, when known (None: unknown). ``console`` is for tests; by
+    default stderr, and nothing at all is drawn unless stderr is a terminal.
+    """
+
+    def __init__(self, *, total_bytes: int | None, pods: int | None, note: str = "",
+                 console: Console | None = None) -> None:
+        self.enabled = console is not None or stderr_is_terminal()
+        self._pods_total = pods
+        self._pods_done = 0
+        self._note = note
+        self._progress = Progress(
+            TextColumn("{task.description}", justify="left"), BarColumn(), DownloadColumn(),
+            TransferSpeedColumn(), TimeRemainingColumn(), console=console or Console(stderr=True),
+            refresh_per_second=4, disable=not self.enabled)
+        self._total: TaskID | None = None
+        self._total_bytes = total_bytes
+        self._pod: TaskID | None = None
+
+    def __enter__(self) -> DownloadProgress:
+        if self.enabled:
+            self._progress.start()
+            self._total = self._progress.add_task(self._total_text(), total=self._total_bytes)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.enabled:
+            self._progress.stop()
+
+    def _total_text(self) -> str:
+        of = f"/{self._pods_total}" if self._pods_total is not None else ""
+        return f"all ({self._pods_done}{of} pods{self._note})"
+
+    def file_started(self, pod: common_pb2.Pod, size: int) -> None:
+        if not self.enabled:
+            return
+        if self._pod is not None:
+            self._progress.remove_task(self._pod)
+        self._pod = self._progress.add_task(f"{pod.namespace}/{pod.name}", total=size)
+
+    def received(self, n: int) -> None:
+        if not self.enabled:
+            return
+        if self._pod is not None:
+            self._progress.advance(self._pod, n)
+        if self._total is not None:
+            self._progress.advance(self._total, n)
+
+    def file_done(self, done: DownloadedFile) -> None:
+        if not self.enabled:
+            return
+        self._pods_done += 1
+        if self._pod is not None:
+            self._progress.remove_task(self._pod)
+            self._pod = None
+        if self._total is not None:
+            self._progress.update(self._total, description=self._total_text())

@@ -1,0 +1,179 @@
+"""``podcap get -o DIR`` after an interruption fetches only what is missing, and ends with the same files as an
+uninterrupted get (parsed); the journal never makes a stale or foreign file count as complete. Also the download
+progress: drawn on a terminal (bytes, rate, per pod and in all), nothing when stderr is piped."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from podcap.collector.cli import get_cmd, main
+from podcap.collector.cli.client import CollectorError
+from podcap.collector.cli.download import DownloadedFile
+from podcap.collector.cli.download_progress import DownloadProgress
+from podcap.collector.cli.resume import JOURNAL
+from podcap.pcapfile import FILE_HEADER_LEN, Record, iter_records, parse_file_header, read_file
+from podcap.v1 import common_pb2, control_pb2
+from tests.unit.collector.cli.test_cli import pcap_bytes
+
+CID = "abc123def456"
+PODS = ["web-0", "web-1", "web-2", "web-3"]
+
+
+def pod(name: str) -> common_pb2.Pod:
+    return common_pb2.Pod(namespace="shop", name=name, uid=f"uid-{name}", node="node-1")
+
+
+@dataclass
+class Collector:
+    """A fake collector client that serves whole pod files and counts what it streams; ``fail_after`` bytes into
+    a download it breaks the stream (a network cut, a Ctrl+C)."""
+
+    files: dict[str, bytes]
+    state: control_pb2.CaptureState.ValueType = control_pb2.CAPTURE_STATE_DONE
+    fail_after: int | None = None
+    requests: list[list[str]] = field(default_factory=list)
+    sent: int = 0
+
+    def __call__(self, address: str | None = None, **_: Any) -> Collector:
+        return self
+
+    def __enter__(self) -> Collector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def get(self, capture_id: str) -> control_pb2.CaptureStatus:
+        if capture_id != CID:
+            raise CollectorError(f"no capture {capture_id}")
+        pods = [control_pb2.PodStatus(pod=pod(n), packets=len(read_file_bytes(b)), bytes=len(b), segments=1)
+                for n, b in self.files.items()]
+        return control_pb2.CaptureStatus(id=CID, state=self.state, pods=pods)
+
+    def download(self, capture_id: str, pods: list[str] | None = None, *, since_ns: int = 0, until_ns: int = 0,
+                 bpf: str = "") -> Iterator[control_pb2.DownloadChunk]:
+        self.requests.append(list(pods or []))
+        for name, blob in self.files.items():
+            p = pod(name)
+            if pods and not ({p.uid, p.name, f"shop/{p.name}"} & set(pods)):
+                continue
+            yield control_pb2.DownloadChunk(file=control_pb2.FileStart(pod=p, path=f"shop/{name}.pcap",
+                                                                       size=len(blob)))
+            for off in range(0, len(blob), 1000):
+                if self.fail_after is not None and self.sent >= self.fail_after:
+                    raise CollectorError("connection to the collector lost")
+                piece = blob[off:off + 1000]
+                self.sent += len(piece)
+                yield control_pb2.DownloadChunk(data=piece)
+
+
+def read_file_bytes(blob: bytes) -> list[Record]:
+    fmt = parse_file_header(blob[:FILE_HEADER_LEN])
+    return list(iter_records(blob[FILE_HEADER_LEN:], fmt))
+
+
+@pytest.fixture
+def collector(monkeypatch: pytest.MonkeyPatch) -> Collector:
+    c = Collector({n: pcap_bytes(1_700_000_000 * 10**9 + i * 7, 40 + 10 * i) for i, n in enumerate(PODS)})
+    monkeypatch.setattr(get_cmd, "CollectorClient", c)
+    return c
+
+
+def get(*args: str) -> Any:
+    return CliRunner().invoke(main.cli, ["get", CID, *args], prog_name="podcap")
+
+
+def records(out_dir: str) -> dict[str, list[Record]]:
+    return {n: read_file(os.path.join(out_dir, "shop", f"{n}.pcap"))[1] for n in PODS}
+
+
+def test_an_interrupted_get_resumes_with_only_the_missing_pods(collector: Collector, tmp_path: str) -> None:
+    sizes = {n: len(b) for n, b in collector.files.items()}
+    out = os.path.join(tmp_path, "out")
+    collector.fail_after = sizes["web-0"] + sizes["web-1"] + 500  # web-0, web-1 complete; web-2 half way
+    r = get("-o", out)
+    assert r.exit_code == 1 and "connection to the collector lost" in r.output
+    assert sorted(os.listdir(os.path.join(out, "shop"))) == ["web-0.pcap", "web-1.pcap"]  # no .part left
+    assert os.path.exists(os.path.join(out, JOURNAL))
+
+    collector.fail_after, collector.sent, collector.requests = None, 0, []
+    r = get("-o", out)
+    assert r.exit_code == 0, r.output
+    assert "resuming: 2 of 4 pod file(s) already complete" in r.stderr
+    assert collector.requests == [["uid-web-2", "uid-web-3"]]
+    assert collector.sent == sizes["web-2"] + sizes["web-3"]  # nothing complete was fetched again
+    assert not os.path.exists(os.path.join(out, JOURNAL))
+    # Listed in the collector's order, as without an interruption.
+    assert [line.split("\t")[0] for line in r.stdout.splitlines()] == \
+        [os.path.join(out, "shop", f"{n}.pcap") for n in PODS]
+
+    whole = os.path.join(tmp_path, "whole")
+    collector.sent = 0
+    assert get("-o", whole).exit_code == 0
+    assert collector.sent == sum(sizes.values())
+    assert records(out) == records(whole)
+    for n in PODS:
+        with open(os.path.join(out, "shop", f"{n}.pcap"), "rb") as a, \
+                open(os.path.join(whole, "shop", f"{n}.pcap"), "rb") as b:
+            assert a.read() == b.read()
+
+
+@pytest.mark.parametrize("spoil", ["other-capture", "file-changed", "collector-has-more", "running", "window"])
+def test_the_journal_never_keeps_a_file_that_may_not_be_complete(collector: Collector, tmp_path: str,
+                                                                  spoil: str) -> None:
+    sizes = {n: len(b) for n, b in collector.files.items()}
+    out = os.path.join(tmp_path, "out")
+    collector.fail_after = sizes["web-0"] + 10
+    assert get("-o", out).exit_code == 1
+    web0 = os.path.join(out, "shop", "web-0.pcap")
+    args: tuple[str, ...] = ()
+    if spoil == "other-capture":
+        with open(os.path.join(out, JOURNAL)) as f:
+            text = f.read()
+        with open(os.path.join(out, JOURNAL), "w") as f:
+            f.write(text.replace(CID, "zzz999zzz999"))
+    elif spoil == "file-changed":
+        with open(web0, "ab") as f:
+            f.write(b"\0" * 16)
+    elif spoil == "collector-has-more":  # e.g. retention or recovery changed the pod since
+        collector.files["web-0"] = pcap_bytes(1_700_000_000 * 10**9, 41)
+    elif spoil == "running":
+        collector.state = control_pb2.CAPTURE_STATE_RUNNING
+    else:
+        args = ("--filter", "udp")
+    collector.fail_after, collector.sent, collector.requests = None, 0, []
+    r = get("-o", out, *args)
+    assert r.exit_code == 0, r.output
+    assert "resuming" not in r.stderr
+    assert collector.requests == [[]]  # everything, as a first run
+    with open(web0, "rb") as f:
+        assert f.read() == collector.files["web-0"]
+
+
+def test_progress_shows_bytes_rate_and_pods_on_a_terminal() -> None:
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=140, color_system=None)
+    with DownloadProgress(total_bytes=3_000_000, pods=2, console=console) as progress:
+        for name in ("web-0", "web-1"):
+            progress.file_started(pod(name), 1_500_000)
+            for _ in range(15):
+                progress.received(100_000)
+            progress.file_done(DownloadedFile(pod(name), f"/x/{name}.pcap", 1_500_000))
+    text = buf.getvalue()
+    assert "shop/web-0" in text and "shop/web-1" in text
+    assert "all (2/2 pods)" in text and "3.0 MB" in text and "/s" in text
+
+
+def test_progress_is_quiet_when_stderr_is_piped(collector: Collector, tmp_path: str) -> None:
+    r = get("-o", str(tmp_path))
+    assert r.exit_code == 0
+    assert r.stderr == ""
+    assert not DownloadProgress(total_bytes=1, pods=1).enabled  # pytest's stderr is not a terminal
