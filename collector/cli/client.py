@@ -124,10 +124,14 @@ class CollectorClient:
                  bpf: str = "") -> Iterator[control_pb2.DownloadChunk]:
         req = control_pb2.DownloadRequest(capture_id=capture_id, pods=pods or [], since_unix_ns=since_ns,
                                           until_unix_ns=until_ns, filter=bpf)
+        # The response iterator is also the call (a grpc.Future): cancelling it ends the RPC.
+        call: grpc.Future[control_pb2.DownloadChunk] = self._stub.Download(req)  # type: ignore[assignment]
         try:
-            yield from self._stub.Download(req)
+            yield from call  # type: ignore[misc]
         except grpc.RpcError as e:
             raise _translate(e, self.address) from e
+        finally:
+            call.cancel()  # a reader that stops early (closes this generator) ends the call; no-op once it is done
 
     def follow(self, capture_id: str, pods: list[str] | None = None) -> Iterator[control_pb2.FollowMessage]:
         """Live packets of a capture until it ends; a cancelled stream (Ctrl+C) ends quietly."""

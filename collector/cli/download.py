@@ -50,7 +50,7 @@ class DownloadObserver(Protocol):
 
     def file_started(self, pod: common_pb2.Pod, size: int) -> None: ...
 
-    def received(self, n: int) -> None: ...
+    def received(self, pod: common_pb2.Pod, n: int) -> None: ...
 
     def file_done(self, done: DownloadedFile) -> None: ...
 
@@ -92,12 +92,12 @@ def download_files(client: CaptureSource, capture_id: str, pods: list[str],
                 for o in observers:
                     o.file_started(pod, msg.file.size)
             else:
-                if f is None:
+                if f is None or current is None:
                     raise CollectorError("collector sent data before a file header")
                 f.write(msg.data)
                 written += len(msg.data)
                 for o in observers:
-                    o.received(len(msg.data))
+                    o.received(current[0], len(msg.data))
         if f is not None and current is not None:
             f.close()
             f = None

@@ -6,6 +6,7 @@ a log file wants no progress bars). The collector announces each pod's file with
 line knows its end; the total is known before the download starts when the capture's status gives every pod's
 stored size (no ``--since/--until/--filter``); otherwise the total line shows bytes and rate, and no time left.
 A pod's line goes away when the pod is complete (a capture may have hundreds); the total line counts the pods.
+``get --merge`` downloads its pods side by side (``pod_streams``): then each of them has its line meanwhile.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class DownloadProgress:
             refresh_per_second=4, disable=not self.enabled)
         self._total: TaskID | None = None
         self._total_bytes = total_bytes
-        self._pod: TaskID | None = None
+        self._pods: dict[tuple[str, str, str], TaskID] = {}
 
     def __enter__(self) -> DownloadProgress:
         if self.enabled:
@@ -73,17 +74,15 @@ class DownloadProgress:
         return f"all ({self._pods_done}{of} pods{self._note})"
 
     def file_started(self, pod: common_pb2.Pod, size: int) -> None:
-        if not self.enabled:
-            return
-        if self._pod is not None:
-            self._progress.remove_task(self._pod)
-        self._pod = self._progress.add_task(f"{pod.namespace}/{pod.name}", total=size)
+        if self.enabled:
+            self._pods[_key(pod)] = self._progress.add_task(f"{pod.namespace}/{pod.name}", total=size)
 
-    def received(self, n: int) -> None:
+    def received(self, pod: common_pb2.Pod, n: int) -> None:
         if not self.enabled:
             return
-        if self._pod is not None:
-            self._progress.advance(self._pod, n)
+        task = self._pods.get(_key(pod))
+        if task is not None:
+            self._progress.advance(task, n)
         if self._total is not None:
             self._progress.advance(self._total, n)
 
@@ -91,8 +90,12 @@ class DownloadProgress:
         if not self.enabled:
             return
         self._pods_done += 1
-        if self._pod is not None:
-            self._progress.remove_task(self._pod)
-            self._pod = None
+        task = self._pods.pop(_key(done.pod), None)
+        if task is not None:
+            self._progress.remove_task(task)
         if self._total is not None:
             self._progress.update(self._total, description=self._total_text())
+
+
+def _key(pod: common_pb2.Pod) -> tuple[str, str, str]:
+    return pod.uid, pod.namespace, pod.name

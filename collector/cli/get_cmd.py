@@ -1,8 +1,10 @@
 """``podcap get``: download a capture as one file per pod (pcap or pcapng), or merged into one pcapng file.
 
-``--merge FILE.pcapng`` downloads the per-pod files into a temporary directory next to FILE (large captures may
-not fit in /tmp), merges them (each pod its own interface, packets in time order, per-pod drop counters in
-Interface Statistics Blocks) into ``FILE.part`` and renames it; ``--merge -`` writes the merged file to stdout
+``--merge FILE.pcapng`` writes one pcapng file (each pod its own interface, packets in time order, per-pod drop
+counters in Interface Statistics Blocks) into ``FILE.part`` and renames it. Up to ``pod_streams.MAX_STREAMS`` pods
+are downloaded side by side, one stream each, and merged in C as they arrive (no per-pod files at all); more pods
+(or no C library) go through per-pod files in a temporary directory next to FILE (large captures may not fit in
+/tmp), merged once all are there; ``--merge -`` writes the merged file to stdout
 (``podcap get ID --merge - | wireshark -k -i -``). With ``-o DIR`` as well, the per-pod files are kept in DIR.
 The capture's status is read after the download, so the counters in the file are as recent as its packets.
 
@@ -39,8 +41,16 @@ from podcap.collector.cli.download import (
 from podcap.collector.cli.download_progress import DownloadProgress
 from podcap.collector.cli.errors import CommandError
 from podcap.collector.cli.from_bucket import BucketClient
-from podcap.collector.cli.merge import MergeInput, merge_pcaps, pcap_to_pcapng
-from podcap.collector.cli.pcapng import PcapngError
+from podcap.collector.cli.merge import (
+    MergeInput,
+    StreamInput,
+    can_merge_streams,
+    merge_pcaps,
+    merge_streams,
+    pcap_to_pcapng,
+)
+from podcap.collector.cli.pcapng import InterfaceStats, PcapngError
+from podcap.collector.cli.pod_streams import MAX_STREAMS, PodStreams
 from podcap.collector.cli.resume import Journal, Window, selected
 from podcap.collector.cli.units import human_bytes, parse_duration
 from podcap.errors import PodcapError
@@ -84,6 +94,40 @@ def _merge(status: control_pb2.CaptureStatus, files: list[DownloadedFile], path:
     inputs = [MergeInput(f.path, pod_interface(status, f.pod), pod_stats(status, f.pod)) for f in files]
     with _merge_output(path) as out:
         return merge_pcaps(inputs, out, section=capture_section(status))
+
+
+def _streamable(path: str) -> bool:
+    """Whether the merge can run while downloading: the C core is built and the output is a real descriptor."""
+    return can_merge_streams(sys.stdout.buffer if path == "-" else None)
+
+
+def _merge_while_downloading(client: CaptureSource, status: control_pb2.CaptureStatus, capture_id: str,
+                             wanted: list[control_pb2.PodStatus], window: Window, path: str) -> list[int]:
+    """One Download stream per pod, merged in C as the packets arrive: no per-pod files (``pod_streams``)."""
+    with _progress(wanted, window) as progress, \
+            PodStreams(client, capture_id, wanted, since_ns=window.since_ns, until_ns=window.until_ns,
+                       bpf=window.bpf, observers=[progress]) as pods, _merge_output(path) as out:
+        inputs = [StreamInput(f"{s.pod.namespace}/{s.pod.name}", pod_interface(status, s.pod), s.fmt, s.blocks)
+                  for s in pods.streams]
+
+        def stats() -> list[InterfaceStats | None]:
+            final = client.get(capture_id)  # after the last packet: counters as recent as the packets
+            return [pod_stats(final, s.pod) for s in pods.streams]
+
+        return merge_streams(inputs, out, section=capture_section(status), stats=stats)
+
+
+def _download_then_merge(client: CaptureSource, capture_id: str, pods: list[str],
+                         wanted: list[control_pb2.PodStatus], window: Window, path: str) -> list[int]:
+    """The pods' files into a temporary directory next to the output (large captures may not fit in /tmp), then
+    merged from there."""
+    parent = None if path == "-" else os.path.dirname(os.path.abspath(path))
+    with tempfile.TemporaryDirectory(prefix=".podcap-merge-", dir=parent) as tmp:
+        with _progress(wanted, window) as progress:
+            files = download_files(client, capture_id, pods, _Numbered(tmp), since_ns=window.since_ns,
+                                   until_ns=window.until_ns, bpf=window.bpf, observers=[progress])
+        status = client.get(capture_id)
+        return _merge(status, files, path)
 
 
 def _to_pcapng(status: control_pb2.CaptureStatus, files: list[DownloadedFile]) -> list[tuple[str, int]]:
@@ -165,14 +209,12 @@ def get(ctx: click.Context, capture_id: str | None, pods: tuple[str, ...], out_d
                 journal.finish()
             else:
                 assert merge_path is not None
-                parent = None if merge_path == "-" else os.path.dirname(os.path.abspath(merge_path))
-                with tempfile.TemporaryDirectory(prefix=".podcap-merge-", dir=parent) as tmp:
-                    wanted = [ps for ps in status.pods if selected(ps, list(pods))]
-                    with _progress(wanted, window) as progress:
-                        files = download_files(client, capture_id, list(pods), _Numbered(tmp), since_ns=window.since_ns,
-                                               until_ns=window.until_ns, bpf=window.bpf, observers=[progress])
-                    status = client.get(capture_id)
-                    _report_merge(merge_path, _merge(status, files, merge_path))
+                wanted = [ps for ps in status.pods if selected(ps, list(pods))]
+                if 0 < len(wanted) <= MAX_STREAMS and _streamable(merge_path):
+                    counts = _merge_while_downloading(client, status, capture_id, wanted, window, merge_path)
+                else:
+                    counts = _download_then_merge(client, capture_id, list(pods), wanted, window, merge_path)
+                _report_merge(merge_path, counts)
         except (PcapFormatError, PcapngError) as e:
             hint = f"the stored file is damaged: '{prog} get {capture_id} -o DIR' keeps the per-pod files as they are"
             raise CommandError(f"capture {capture_id}: {e}", hint, prog=prog) from e

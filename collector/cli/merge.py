@@ -1,8 +1,9 @@
 """Merging per-pod pcap files into one pcapng section, packets in time order (``podcap get --merge``,
 ``--format pcapng``).
 
-This module owns the shape of the merged file (SHB, the IDBs, the packets, the ISBs) and picks who merges the
-packets: podcap's C merge core (``pcapmerge``) when it is built and the output is a real file or pipe, with no
+This module owns the shape of the merged file (SHB, the IDBs, the packets, the ISBs), from files
+(``merge_pcaps``) or from streams still being downloaded (``merge_streams``, C only), and picks who merges the
+packets of files: podcap's C merge core (``pcapmerge``) when it is built and the output is a real file or pipe, with no
 Python per packet and as fast as Wireshark's ``mergecap``; otherwise ``heapq.merge`` over ``podcap.pcapfile``'s
 record iterators. Both write the same bytes (tests compare them, and the order with mergecap's).
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import heapq
 import os
 import resource
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -102,6 +103,41 @@ def merge_pcaps(inputs: Sequence[MergeInput], out: IO[bytes], *, section: Sectio
     finally:
         for opened in files:
             opened.close()
+
+
+@dataclass(frozen=True)
+class StreamInput:
+    """A pod's records arriving block by block (its own Download stream), its format and the interface it
+    becomes; ``name`` says which in errors."""
+
+    name: str
+    interface: InterfaceInfo
+    fmt: FileFormat
+    blocks: Iterator[bytes]
+
+
+def can_merge_streams(out: IO[bytes] | None = None) -> bool:
+    """Whether ``merge_streams`` can write to ``out`` (None: a file about to be opened): it needs the C core and
+    a real descriptor."""
+    return pcapmerge.available() and (out is None or _fileno(out) is not None)
+
+
+def merge_streams(inputs: Sequence[StreamInput], out: IO[bytes], *, section: SectionInfo | None = None,
+                  stats: Callable[[], Sequence[InterfaceStats | None]] = lambda: ()) -> list[int]:
+    """``merge_pcaps`` for inputs that arrive as they are downloaded: the same file, the same order. ``stats`` is
+    called once every packet is written (the counters are then as recent as the packets); one entry per input."""
+    out_fd = _fileno(out)
+    assert out_fd is not None and pcapmerge.available(), "check can_merge_streams first"
+    writer = PcapngWriter(out, section)
+    for inp in inputs:
+        writer.add_interface(inp.interface, linktype=inp.fmt.linktype, snaplen=inp.fmt.snaplen,
+                             nanosecond=inp.fmt.nanosecond)
+    out.flush()
+    counts = pcapmerge.merge_records([pcapmerge.FedInput(inp.name, inp.fmt, inp.blocks) for inp in inputs], out_fd)
+    for i, st in enumerate(stats()):
+        if st is not None:
+            writer.write_stats(i, st)
+    return counts
 
 
 def _fileno(out: IO[bytes]) -> int | None:

@@ -16,8 +16,14 @@
  * output buffer. Records are checked as podcap.pcapfile checks them (caplen within snaplen and wire length, no
  * truncation); a bad one stops the merge with the input, the file offset and what was wrong.
  *
- * podcap_merge_run returns after about max_out bytes of output so that Python can take signals (Ctrl+C) during a
- * merge of many gigabytes; ctypes releases the GIL during each call.
+ * An input is either a file (podcap_merge_add: read here with pread) or fed (podcap_merge_add_fed: its bytes come
+ * from Python, e.g. one pod's Download stream, so that a merge needs no file at all). When a fed input runs dry,
+ * podcap_merge_run returns PODCAP_MERGE_NEED and podcap_merge_needed names it; Python feeds it its next block
+ * (podcap_merge_feed; an empty block is its end) and calls podcap_merge_run again. A fed input holds what is left
+ * of its last block plus the new one, so memory stays bounded by the blocks' size there too.
+ *
+ * podcap_merge_run also returns after about max_out bytes of output so that Python can take signals (Ctrl+C)
+ * during a merge of many gigabytes; ctypes releases the GIL during each call.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -43,6 +49,10 @@ enum {
     PODCAP_MERGE_NO_MEMORY = 6,
 };
 
+/* podcap_merge_run's answers besides 0 (done) and -code (an error). */
+#define PODCAP_MERGE_MORE 1 /* max_out reached: call again */
+#define PODCAP_MERGE_NEED 2 /* a fed input needs its next block: podcap_merge_needed says which */
+
 #define EPB_TYPE 6u
 #define EPB_FIXED 32u /* type, total length, interface, ts high, ts low, caplen, wire length ... total length */
 
@@ -57,7 +67,7 @@ struct podcap_merge_error {
 };
 
 struct input {
-    int fd;
+    int fd; /* -1: fed by podcap_merge_feed */
     uint32_t iface, ts_scale, divisor, snaplen;
     uint64_t file_size;
     uint64_t next_read; /* file offset of the next byte to read */
@@ -74,7 +84,9 @@ struct podcap_merge {
     struct input *in;
     uint32_t *heap; /* input indexes, smallest (head_ts, index) first */
     size_t heap_len;
-    int started;
+    size_t loaded;   /* inputs whose first record was looked for (the heap is built input by input) */
+    int top_pending; /* the heap top's record was written and its next one is not loaded yet */
+    int64_t need;    /* the fed input that ran dry, -1 if none */
     int out_fd;
     uint8_t *out;
     size_t out_cap, out_len;
@@ -100,6 +112,7 @@ struct podcap_merge *podcap_merge_new(uint32_t n_inputs, int out_fd, uint64_t bl
     struct podcap_merge *m = calloc(1, sizeof(*m));
     if (!m) return NULL;
     m->n = n_inputs;
+    m->need = -1;
     m->out_fd = out_fd;
     m->block_size = block_size < 4096 ? 4096 : (size_t)block_size;
     m->out_cap = out_size < 4096 ? 4096 : (size_t)out_size;
@@ -150,6 +163,55 @@ int podcap_merge_add(struct podcap_merge *m, int fd, uint32_t ts_scale, uint32_t
     return 0;
 }
 
+/* Input number `added`, fed by podcap_merge_feed; `start` is the stream offset of its first record (error offsets
+ * count from there as in a file). */
+int podcap_merge_add_fed(struct podcap_merge *m, uint32_t ts_scale, uint32_t divisor, uint32_t snaplen,
+                         uint64_t start) {
+    if (m->added >= m->n) return -1;
+    struct input *in = &m->in[m->added];
+    in->fd = -1;
+    in->iface = (uint32_t)m->added;
+    in->ts_scale = ts_scale;
+    in->divisor = divisor ? divisor : 1;
+    in->snaplen = snaplen;
+    in->file_size = UINT64_MAX;
+    in->next_read = in->buf_off = start;
+    in->cap = m->block_size;
+    in->buf = malloc(in->cap);
+    if (!in->buf) return fail(m, PODCAP_MERGE_NO_MEMORY, m->added, start);
+    m->added++;
+    return 0;
+}
+
+/* The next block of fed input i (len 0: the input ended). */
+int podcap_merge_feed(struct podcap_merge *m, uint32_t i, const uint8_t *data, uint64_t len) {
+    if (i >= m->added || m->in[i].fd >= 0) return -1;
+    struct input *in = &m->in[i];
+    if (len == 0) {
+        in->eof = 1;
+        return 0;
+    }
+    size_t rest = in->len - in->pos;
+    if (in->pos) {
+        memmove(in->buf, in->buf + in->pos, rest);
+        in->buf_off += in->pos;
+        in->pos = 0;
+        in->len = rest;
+    }
+    if (in->cap - in->len < len) {
+        uint8_t *grown = realloc(in->buf, in->len + (size_t)len);
+        if (!grown) return fail(m, PODCAP_MERGE_NO_MEMORY, i, in->buf_off);
+        in->buf = grown;
+        in->cap = in->len + (size_t)len;
+    }
+    memcpy(in->buf + in->len, data, (size_t)len);
+    in->len += (size_t)len;
+    in->next_read += len;
+    return 0;
+}
+
+int64_t podcap_merge_needed(const struct podcap_merge *m) { return m->need; }
+
 /* Move what is left to the front and read more (one pread). */
 static int refill(struct podcap_merge *m, size_t i) {
     struct input *in = &m->in[i];
@@ -174,7 +236,8 @@ static int refill(struct podcap_merge *m, size_t i) {
     }
 }
 
-/* Make the input's next whole record available at buf[pos]: 1 when it is, 0 at the end, < 0 on an error. */
+/* Make the input's next whole record available at buf[pos]: 1 when it is, 0 at the end, PODCAP_MERGE_NEED when a
+ * fed input needs more, < 0 on an error. */
 static int load_head(struct podcap_merge *m, size_t i) {
     struct input *in = &m->in[i];
     for (;;) {
@@ -193,12 +256,12 @@ static int load_head(struct podcap_merge *m, size_t i) {
                 in->head_ts = ((uint64_t)le32(h) * 1000000000ull + (uint64_t)le32(h + 4) * in->ts_scale);
                 return 1;
             }
-            if (rec_off + need > in->file_size || in->eof) {
+            if ((in->fd >= 0 && rec_off + need > in->file_size) || in->eof) {
                 m->err.caplen = incl;
-                m->err.left = in->file_size > rec_off + avail ? in->file_size - rec_off : avail;
+                m->err.left = in->fd >= 0 && in->file_size > rec_off + avail ? in->file_size - rec_off : avail;
                 return fail(m, PODCAP_MERGE_TRUNCATED_RECORD, i, rec_off);
             }
-            if (need > in->cap) { /* a record longer than the block: it is in the file, so it fits in memory */
+            if (in->fd >= 0 && need > in->cap) { /* longer than the block: it is in the file, so it fits */
                 uint8_t *grown = realloc(in->buf, need);
                 if (!grown) return fail(m, PODCAP_MERGE_NO_MEMORY, i, rec_off);
                 in->buf = grown;
@@ -209,6 +272,7 @@ static int load_head(struct podcap_merge *m, size_t i) {
             m->err.left = avail;
             return fail(m, PODCAP_MERGE_TRUNCATED_HEADER, i, rec_off);
         }
+        if (in->fd < 0) return PODCAP_MERGE_NEED;
         int rc = refill(m, i);
         if (rc < 0) return rc;
     }
@@ -298,27 +362,40 @@ static int emit(struct podcap_merge *m, struct input *in) {
  */
 int podcap_merge_run(struct podcap_merge *m, uint64_t max_out) {
     if (m->err.code) return -m->err.code;
-    if (!m->started) {
-        m->started = 1;
-        for (size_t i = 0; i < m->added; i++) {
-            int rc = load_head(m, i);
-            if (rc < 0) return rc;
-            if (rc == 1) {
-                m->heap[m->heap_len++] = (uint32_t)i;
-                sift_up(m, m->heap_len - 1);
-            }
+    m->need = -1;
+    while (m->loaded < m->added) { /* the first record of every input, into the heap */
+        size_t i = m->loaded;
+        int rc = load_head(m, i);
+        if (rc == PODCAP_MERGE_NEED) {
+            m->need = (int64_t)i;
+            return PODCAP_MERGE_NEED;
         }
+        if (rc < 0) return rc;
+        if (rc == 1) {
+            m->heap[m->heap_len++] = (uint32_t)i;
+            sift_up(m, m->heap_len - 1);
+        }
+        m->loaded++;
     }
     uint64_t first = m->flushed;
-    while (m->heap_len) {
-        if (max_out && m->flushed - first >= max_out) return 1;
-        uint32_t i = m->heap[0];
-        int rc = emit(m, &m->in[i]);
+    for (;;) {
+        if (m->top_pending) { /* the top's next record, then its place in the heap */
+            uint32_t i = m->heap[0];
+            int rc = load_head(m, i);
+            if (rc == PODCAP_MERGE_NEED) {
+                m->need = i;
+                return PODCAP_MERGE_NEED;
+            }
+            if (rc < 0) return rc;
+            if (rc == 0) m->heap[0] = m->heap[--m->heap_len];
+            if (m->heap_len > 1) sift_down(m, 0);
+            m->top_pending = 0;
+        }
+        if (!m->heap_len) break;
+        if (max_out && m->flushed - first >= max_out) return PODCAP_MERGE_MORE;
+        int rc = emit(m, &m->in[m->heap[0]]);
         if (rc < 0) return rc;
-        rc = load_head(m, i);
-        if (rc < 0) return rc;
-        if (rc == 0) m->heap[0] = m->heap[--m->heap_len];
-        if (m->heap_len > 1) sift_down(m, 0);
+        m->top_pending = 1;
     }
     int rc = flush_out(m);
     return rc < 0 ? rc : 0;

@@ -6,19 +6,24 @@ the whole k-way merge, the record checks and the pcapng Enhanced Packet Blocks r
 only declares the functions, feeds the C side the open inputs and the output descriptor, and turns its error
 report into the same ``PcapFormatError`` (naming the file and offset) or ``OSError`` the Python path raises.
 ``podcap.collector.cli.merge`` decides which path runs (``available()``; ``PODCAP_NO_NATIVE=1`` forces Python).
+
+Inputs are files (``NativeInput``: C reads them) or fed (``FedInput``: an iterator of blocks, such as one pod's
+Download stream; C asks for the next block of whichever input it needs, so the merge runs as the data arrives and
+no file is written but the merged one).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from podcap import native
-from podcap.pcapfile import RECORD_HEADER_LEN, FileFormat, PcapFormatError
+from podcap.pcapfile import FILE_HEADER_LEN, RECORD_HEADER_LEN, FileFormat, PcapFormatError
 
 (TRUNCATED_HEADER, BAD_CAPLEN, TRUNCATED_RECORD, READ_ERROR, WRITE_ERROR, NO_MEMORY) = range(1, 7)
+DONE, MORE, NEED = 0, 1, 2  # podcap_merge_run: finished; call again; feed podcap_merge_needed's input
 # Per input: the read block (one pread fills it). Memory of a merge: inputs x BLOCK + OUT_BLOCK.
 BLOCK = 256 << 10
 # Output writes of 256 KiB: fresh page cache on these VMs is slow to touch with multi-MiB writes (NOTES.md).
@@ -44,6 +49,13 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL | None:
     lib.podcap_merge_add.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint32,
                                      ctypes.c_uint32, ctypes.c_uint64]
     lib.podcap_merge_add.restype = ctypes.c_int
+    lib.podcap_merge_add_fed.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
+                                         ctypes.c_uint64]
+    lib.podcap_merge_add_fed.restype = ctypes.c_int
+    lib.podcap_merge_feed.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p, ctypes.c_uint64]
+    lib.podcap_merge_feed.restype = ctypes.c_int
+    lib.podcap_merge_needed.argtypes = [ctypes.c_void_p]
+    lib.podcap_merge_needed.restype = ctypes.c_int64
     lib.podcap_merge_run.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
     lib.podcap_merge_run.restype = ctypes.c_int
     lib.podcap_merge_counts.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)]
@@ -72,8 +84,19 @@ class NativeInput:
     start: int
 
 
-def merge_records(inputs: Sequence[NativeInput], out_fd: int, *, block: int = BLOCK, out_block: int = OUT_BLOCK,
-                  step: int = STEP) -> list[int]:
+@dataclass(frozen=True)
+class FedInput:
+    """One input given block by block: the records after the file header, cut anywhere (``path`` names it in
+    errors)."""
+
+    path: str
+    fmt: FileFormat
+    blocks: Iterator[bytes]
+    start: int = FILE_HEADER_LEN
+
+
+def merge_records(inputs: Sequence[NativeInput | FedInput], out_fd: int, *, block: int = BLOCK,
+                  out_block: int = OUT_BLOCK, step: int = STEP) -> list[int]:
     """Write every record of ``inputs`` to ``out_fd`` as pcapng EPBs (interface = input index), merged by time;
     return the packets written per input. The IDBs must already be in the output, in input order."""
     assert _LIB is not None, "podcap's C merge core is not built"
@@ -85,13 +108,24 @@ def merge_records(inputs: Sequence[NativeInput], out_fd: int, *, block: int = BL
         for inp in inputs:
             # Nanosecond inputs keep nanoseconds (if_tsresol 9), microsecond inputs are written in microseconds.
             divisor = 1 if inp.fmt.nanosecond else 1000
-            if lib.podcap_merge_add(m, inp.fd, inp.fmt.ts_scale, divisor, inp.fmt.snaplen, inp.start) != 0:
+            if isinstance(inp, FedInput):
+                rc = lib.podcap_merge_add_fed(m, inp.fmt.ts_scale, divisor, inp.fmt.snaplen, inp.start)
+            else:
+                rc = lib.podcap_merge_add(m, inp.fd, inp.fmt.ts_scale, divisor, inp.fmt.snaplen, inp.start)
+            if rc != 0:
                 _raise(lib, m, inputs)
         while True:
             rc = lib.podcap_merge_run(m, step)
-            if rc == 0:
+            if rc == DONE:
                 break
-            if rc < 0:
+            if rc == NEED:
+                i = lib.podcap_merge_needed(m)
+                fed = inputs[i]
+                assert isinstance(fed, FedInput)
+                data = next((b for b in fed.blocks if b), b"")  # an empty block would read as the end
+                if lib.podcap_merge_feed(m, i, data, len(data)) != 0:
+                    _raise(lib, m, inputs)
+            elif rc < 0:
                 _raise(lib, m, inputs)
         counts = (ctypes.c_uint64 * max(1, len(inputs)))()
         lib.podcap_merge_counts(m, counts)
@@ -100,7 +134,7 @@ def merge_records(inputs: Sequence[NativeInput], out_fd: int, *, block: int = BL
         lib.podcap_merge_free(m)
 
 
-def _raise(lib: ctypes.CDLL, m: int, inputs: Sequence[NativeInput]) -> None:
+def _raise(lib: ctypes.CDLL, m: int, inputs: Sequence[NativeInput | FedInput]) -> None:
     err = _Error()
     lib.podcap_merge_get_error(m, ctypes.byref(err))
     code, off = err.code, err.offset

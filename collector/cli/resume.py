@@ -129,7 +129,7 @@ class Journal:
     def file_started(self, pod: common_pb2.Pod, size: int) -> None:
         pass
 
-    def received(self, n: int) -> None:
+    def received(self, pod: common_pb2.Pod, n: int) -> None:
         pass
 
     def file_done(self, done: DownloadedFile) -> None:

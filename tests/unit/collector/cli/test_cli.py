@@ -80,6 +80,8 @@ class FakeClient:
                  bpf: str = "") -> Iterator[control_pb2.DownloadChunk]:
         for name, blob in self.files.items():
             pod = pod_status(name).pod
+            if pods and not {pod.uid, pod.name, f"{pod.namespace}/{pod.name}"} & set(pods):
+                continue  # the collector's selection
             yield control_pb2.DownloadChunk(file=control_pb2.FileStart(pod=pod, path=f"shop/{name}.pcap",
                                                                        size=len(blob)))
             data = blob[: len(blob) - self.truncate]

@@ -165,7 +165,7 @@ def test_progress_shows_bytes_rate_and_pods_on_a_terminal() -> None:
         for name in ("web-0", "web-1"):
             progress.file_started(pod(name), 1_500_000)
             for _ in range(15):
-                progress.received(100_000)
+                progress.received(pod(name), 100_000)
             progress.file_done(DownloadedFile(pod(name), f"/x/{name}.pcap", 1_500_000))
     text = buf.getvalue()
     assert "shop/web-0" in text and "shop/web-1" in text
