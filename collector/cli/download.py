@@ -86,18 +86,23 @@ def download_files(client: CaptureSource, capture_id: str, pods: list[str],
                 path = dest(pod)
                 os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
                 part = path + ".part"
-                f = open(part, "wb")  # noqa: SIM115 (closed when the next file starts or at the end)
+                f = open(part, "wb")  # noqa: SIM115 (closed once complete, or when the next file starts or at the end)
                 current = (pod, path, msg.file.size)
                 written = 0
                 for o in observers:
                     o.file_started(pod, msg.file.size)
             else:
                 if f is None or current is None:
-                    raise CollectorError("collector sent data before a file header")
+                    raise CollectorError("collector sent data before a file header, or more than a file's size")
                 f.write(msg.data)
                 written += len(msg.data)
                 for o in observers:
                     o.received(current[0], len(msg.data))
+                if written == current[2]:  # complete: kept at once (what a resume finds after a cut)
+                    f.close()
+                    f = None
+                    finished(_finish(current, part, written))
+                    current = None
         if f is not None and current is not None:
             f.close()
             f = None
