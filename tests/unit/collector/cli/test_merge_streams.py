@@ -108,8 +108,13 @@ def test_a_stream_cut_short_fails_and_leaves_no_output(fake: FakeClient, tmp_pat
     assert os.listdir(tmp_path) == []
 
 
-def test_many_pods_go_through_files(fake: FakeClient, tmp_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(get_cmd, "MAX_STREAMS", 0)
+@pytest.mark.parametrize("why", ["many pods", "no C library"])
+def test_many_pods_or_no_c_go_through_files(fake: FakeClient, tmp_path: str, monkeypatch: pytest.MonkeyPatch,
+                                             why: str) -> None:
+    if why == "many pods":
+        monkeypatch.setattr(get_cmd, "MAX_STREAMS", 0)
+    else:
+        monkeypatch.setattr(pcapmerge, "_LIB", None)
     opened: list[int] = []
     monkeypatch.setattr(pod_streams.PodStreams, "__enter__", lambda self: opened.append(1) or self)
     out = os.path.join(tmp_path, "m.pcapng")
