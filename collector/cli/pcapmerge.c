@@ -1,6 +1,6 @@
 /*
- * podcap's merge core: per-pod pcap files merged by timestamp into pcapng Enhanced Packet Blocks, in C so that no
- * Python runs per packet (`podcap get --merge FILE`, `--merge -`, `--format pcapng`).
+ * podcap's merge core: per-pod pcap records (files, or download streams) merged by timestamp into pcapng Enhanced
+ * Packet Blocks, in C so that no Python runs per packet (`podcap get --merge FILE`, `--merge -`, `--format pcapng`).
  *
  * Python (podcap.collector.cli.pcapmerge) writes the Section Header and one Interface Description Block per input,
  * flushes, and hands this code the output descriptor and each input's descriptor with its format; this code then
@@ -11,10 +11,10 @@
  * Order: a streaming k-way merge with a binary heap of the inputs' next records: the earliest first, and of equal
  * timestamps the one from the later input (mergecap's rule: its is_earlier() holds on equality, so the last input
  * holding the earliest time wins). Each input's own order is kept even where it is not time-ordered (a clock step
- * on a node). That is mergecap's order exactly, and tests compare the two. Memory is bounded whatever the capture size: one
- * read buffer per input (block_size, grown only for a record longer than that, which must fit in its file) and one
- * output buffer. Records are checked as podcap.pcapfile checks them (caplen within snaplen and wire length, no
- * truncation); a bad one stops the merge with the input, the file offset and what was wrong.
+ * on a node). That is mergecap's order exactly, and tests compare the two. Memory is bounded whatever the capture
+ * size: one read buffer per input (block_size, grown only for a record longer than that, which must fit in its
+ * file) and one output buffer. Records are checked as podcap.pcapfile checks them (caplen within snaplen and wire
+ * length, no truncation); a bad one stops the merge with the input, the file offset and what was wrong.
  *
  * An input is either a file (podcap_merge_add: read here with pread) or fed (podcap_merge_add_fed: its bytes come
  * from Python, e.g. one pod's Download stream, so that a merge needs no file at all). When a fed input runs dry,
