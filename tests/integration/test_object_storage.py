@@ -30,6 +30,7 @@ from podcap.pods import PodRef
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 from tests.conftest import Proc, collector_process, podcap, tool
 from tests.integration.test_end_to_end import PORT, SENDER, agent, capture_id, node, udp_payloads, wait_state  # noqa: F401
+from tests.pcapng_reader import read_pcapng
 from tests.s3.testbed import Testbed
 
 pytestmark = pytest.mark.root
@@ -452,6 +453,16 @@ def test_a_capture_through_rotation_into_the_bucket_reads_back_complete(
                        timeout=60)
     assert r.returncode == 0, r.stderr
     assert udp_payloads(os.path.join(again, node.namespace, "rx-0.pcap")) == got
+    # Merged straight from the bucket (one stream per pod, merged as they arrive): every pod's packets, in order.
+    merged = os.path.join(str(tmp_path), "from-bucket.pcapng")
+    r = subprocess.run([tool("podcap"), "get", "--from", url, "--merge", merged], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    pcapng = read_pcapng(merged)
+    rx0 = [i for i, iface in enumerate(pcapng.interfaces) if iface.name == f"{node.namespace}/rx-0"]
+    assert len(rx0) == 1
+    assert [p.data for p in pcapng.packets if p.interface_id == rx0[0]] == \
+        [rec.data for rec in read_file(os.path.join(again, node.namespace, "rx-0.pcap"))[1]]
     # A window fetches only the segments it overlaps and keeps only its records.
     _fmt, recs = read_file(os.path.join(again, node.namespace, "rx-0.pcap"))
     since, until = recs[1000].ts_ns, recs[1999].ts_ns
