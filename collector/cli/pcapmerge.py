@@ -123,6 +123,8 @@ def merge_records(inputs: Sequence[NativeInput | FedInput], out_fd: int, *, bloc
                 fed = inputs[i]
                 assert isinstance(fed, FedInput)
                 data = next((b for b in fed.blocks if b), b"")  # an empty block would read as the end
+                if not isinstance(data, bytes):
+                    data = bytes(data)  # ctypes passes bytes without a copy; a view or bytearray needs one
                 if lib.podcap_merge_feed(m, i, data, len(data)) != 0:
                     _raise(lib, m, inputs)
             elif rc < 0:
