@@ -406,3 +406,56 @@ void podcap_merge_counts(const struct podcap_merge *m, uint64_t *counts) {
 }
 
 void podcap_merge_get_error(const struct podcap_merge *m, struct podcap_merge_error *out) { *out = m->err; }
+
+/*
+ * One block of bare pcap records (no file header) as EPBs on interface iface, into out: the live stream of
+ * podcap-extcap, where each message holds one pod's records and the order is the collector's. Same checks, same
+ * timestamp (ns // divisor) and same EPB layout as the merge. out must hold podcap_epbs_room(len) bytes. Returns
+ * the bytes written, or -code with *err saying which record (offset in the block) and what was wrong.
+ */
+uint64_t podcap_epbs_room(uint64_t len) { return len + (len / 16 + 1) * 20; }
+
+int64_t podcap_epbs(const uint8_t *rec, uint64_t len, uint32_t iface, uint32_t ts_scale, uint32_t divisor,
+                    uint32_t snaplen, uint8_t *out, uint64_t out_cap, struct podcap_merge_error *err) {
+    uint64_t off = 0, out_len = 0;
+    memset(err, 0, sizeof(*err));
+    while (off < len) {
+        uint64_t avail = len - off;
+        if (avail < 16) {
+            err->left = avail;
+            err->offset = off;
+            return -(err->code = PODCAP_MERGE_TRUNCATED_HEADER);
+        }
+        const uint8_t *h = rec + off;
+        uint32_t incl = le32(h + 8), orig = le32(h + 12);
+        if (incl > snaplen || incl > orig) {
+            err->caplen = incl;
+            err->wirelen = orig;
+            err->offset = off;
+            return -(err->code = PODCAP_MERGE_BAD_CAPLEN);
+        }
+        if (16 + (uint64_t)incl > avail) {
+            err->caplen = incl;
+            err->left = avail;
+            err->offset = off;
+            return -(err->code = PODCAP_MERGE_TRUNCATED_RECORD);
+        }
+        uint32_t pad = (uint32_t)(-incl & 3u);
+        uint64_t total = EPB_FIXED + (uint64_t)incl + pad;
+        if (out_cap - out_len < total) {
+            err->offset = off;
+            return -(err->code = PODCAP_MERGE_NO_MEMORY);
+        }
+        uint64_t ts = ((uint64_t)le32(h) * 1000000000ull + (uint64_t)le32(h + 4) * ts_scale) / divisor;
+        uint32_t head[7] = {EPB_TYPE, (uint32_t)total, iface, (uint32_t)(ts >> 32), (uint32_t)ts, incl, orig};
+        uint8_t *o = out + out_len;
+        memcpy(o, head, sizeof(head));
+        memcpy(o + 28, h + 16, incl);
+        memset(o + 28 + incl, 0, pad);
+        uint32_t t32 = (uint32_t)total;
+        memcpy(o + 28 + incl + pad, &t32, 4);
+        out_len += total;
+        off += 16 + (uint64_t)incl;
+    }
+    return (int64_t)out_len;
+}

@@ -62,6 +62,15 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL | None:
     lib.podcap_merge_counts.restype = None
     lib.podcap_merge_get_error.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Error)]
     lib.podcap_merge_get_error.restype = None
+    try:
+        lib.podcap_epbs.argtypes = [ctypes.c_char_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32,
+                                    ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint64,
+                                    ctypes.POINTER(_Error)]
+    except AttributeError:  # a library built before the live converter existed: merges only
+        return lib
+    lib.podcap_epbs.restype = ctypes.c_int64
+    lib.podcap_epbs_room.argtypes = [ctypes.c_uint64]
+    lib.podcap_epbs_room.restype = ctypes.c_uint64
     return lib
 
 
@@ -134,6 +143,34 @@ def merge_records(inputs: Sequence[NativeInput | FedInput], out_fd: int, *, bloc
         return [int(counts[i]) for i in range(len(inputs))]
     finally:
         lib.podcap_merge_free(m)
+
+
+def epbs(interface_id: int, fmt: FileFormat, records: bytes) -> bytearray | None:
+    """Bare pcap records as Enhanced Packet Blocks on ``interface_id`` in C (the live stream's converter), or None
+    when the C library (or this function of it) is not there. Malformed records raise ``PcapFormatError`` naming
+    the offset in ``records``, as the merge does."""
+    if _LIB is None or not hasattr(_LIB, "podcap_epbs"):
+        return None
+    room = int(_LIB.podcap_epbs_room(len(records)))
+    out = bytearray(room)
+    err = _Error()
+    buf = (ctypes.c_char * room).from_buffer(out)
+    n = _LIB.podcap_epbs(records, len(records), interface_id, fmt.ts_scale, 1 if fmt.nanosecond else 1000,
+                         fmt.snaplen, ctypes.addressof(buf), room, ctypes.byref(err))
+    del buf  # the export ends before the bytearray is cut to size
+    if n < 0:
+        off = err.offset
+        if err.code == TRUNCATED_HEADER:
+            msg = f"truncated record header at offset {off}"
+        elif err.code == BAD_CAPLEN:
+            msg = f"record at offset {off}: caplen {err.caplen} exceeds snaplen {fmt.snaplen} or length {err.wirelen}"
+        elif err.code == TRUNCATED_RECORD:
+            msg = f"truncated record at offset {off}: needs {RECORD_HEADER_LEN + err.caplen} bytes, {err.left} left"
+        else:
+            msg = f"cannot convert the records (code {err.code})"
+        raise PcapFormatError(msg)
+    del out[n:]
+    return out
 
 
 def _raise(lib: ctypes.CDLL, m: int, inputs: Sequence[NativeInput | FedInput]) -> None:

@@ -5,15 +5,17 @@ installed wrapper. tshark itself is in ``tests/integration/test_extcap_tshark.py
 from __future__ import annotations
 
 import os
+import random
 import re
 import struct
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from podcap.collector.cli import extcap_cmd
+from podcap.collector.cli import extcap_cmd, pcapmerge
 from podcap.collector.cli.client import CollectorError
 from podcap.collector.cli.extcap import main
 from podcap.collector.cli.extcap_options import (
@@ -25,7 +27,7 @@ from podcap.collector.cli.extcap_options import (
     start_request,
 )
 from podcap.collector.cli.extcap_protocol import ExtcapArg, clean
-from podcap.collector.cli.extcap_stream import LiveRecordsError, PcapngStream, epbs
+from podcap.collector.cli.extcap_stream import LiveRecordsError, PcapngStream, epbs, epbs_python
 from podcap.collector.cli.main import cli
 from podcap.collector.cli.pcapng import ISB_IFDROP, ISB_IFRECV, ISB_OSDROP, ISB_USRDELIV, OPT_COMMENT
 from podcap.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, FileFormat
@@ -269,11 +271,30 @@ def test_install_and_uninstall_touch_only_podcaps_own_file(tmp_path: str) -> Non
         assert "somebody else's" in f.read()
 
 
+@pytest.mark.parametrize("convert", [epbs, epbs_python])
 @pytest.mark.parametrize(("records", "needle"), [
-    (struct.pack("<IIII", 1, 0, 10, 10) + b"x" * 9, "bad record"),  # shorter than its caplen
-    (struct.pack("<IIII", 1, 0, 10, 9) + b"x" * 10, "bad record"),  # caplen above the wire length
-    (struct.pack("<IIII", 1, 0, 4, 4) + b"xxxx" + b"\0" * 7, "truncated record header"),
+    (struct.pack("<IIII", 1, 0, 10, 10) + b"x" * 9, "bad record|truncated record at offset 0"),  # data cut short
+    (struct.pack("<IIII", 1, 0, 10, 9) + b"x" * 10, "bad record|caplen 10 exceeds"),  # caplen above wire length
+    (struct.pack("<IIII", 1, 0, 4, 4) + b"xxxx" + b"\0" * 7, "truncated record header at offset 20"),
 ])
-def test_malformed_live_records_are_refused_not_written(records: bytes, needle: str) -> None:
+def test_malformed_live_records_are_refused_not_written(convert: Any, records: bytes, needle: str) -> None:
     with pytest.raises(LiveRecordsError, match=needle):
-        epbs(0, FileFormat(LINKTYPE_ETHERNET, 65535, True), records)
+        convert(0, FileFormat(LINKTYPE_ETHERNET, 65535, True), records)
+
+
+@pytest.mark.parametrize("nanosecond", [True, False])
+def test_the_live_converter_in_c_writes_what_the_python_one_does(nanosecond: bool) -> None:
+    """The C converter (no Python per packet) and the Python one give the same bytes: every padding, empty
+    packets, both timestamp resolutions, interface ids beyond the first."""
+    if not pcapmerge.available():
+        pytest.skip("podcap's C library is not built")
+    rng = random.Random(7)
+    fmt = FileFormat(LINKTYPE_ETHERNET, 65535, nanosecond)
+    recs = []
+    for i in range(5000):
+        caplen = rng.choice([0, 1, 2, 3, 4, 60, 1514, rng.randrange(0, 9000)])
+        recs.append(struct.pack("<IIII", 1_700_000_000 + i // 7, rng.randrange(0, 10**9 if nanosecond else 10**6),
+                                caplen, caplen + rng.randrange(0, 3)) + rng.randbytes(caplen))
+    records = b"".join(recs)
+    native = pcapmerge.epbs(3, fmt, records)
+    assert native is not None and bytes(native) == epbs_python(3, fmt, records) == bytes(epbs(3, fmt, records))
