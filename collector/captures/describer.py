@@ -49,13 +49,12 @@ class Describer:
         """Write the pages that changed, then the manifest if anything did (or the capture is ``complete``: over, and
         everything of it in the bucket). Returns whether the manifest was written; raises ``PodcapError`` (the next
         round tries again)."""
-        if cap.id in self._complete:
-            return False
+        completing = complete and cap.id not in self._complete  # the final manifest is still to be written
         with cap.lock:  # cheap, without copying: has any pod's set of archived segments changed?
             seen = tuple((sum(1 for s in ps.segments if s.archived),
                           next((s.index for s in ps.segments if s.archived), -1)) for ps in cap.pods.values())
-        if seen == self._seen.get(cap.id) and not complete:
-            return False
+        if seen == self._seen.get(cap.id) and not completing:
+            return False  # (retention may still delete segments of a complete capture: then it is written again)
         status = cap.status()
         with cap.lock:
             formats = {str(ps.pod.uid): ps.fmt for ps in cap.pods.values() if ps.fmt is not None}
@@ -66,10 +65,11 @@ class Describer:
         changed = False
         for uid, loc, segments in pods:
             changed |= self._sync_pod(cap.id, uid, loc, segments)
-        if not changed and not complete:
+        if not changed and not completing:
             self._seen[cap.id] = seen
             return False
         pages = {uid: [ref for _n, ref in sorted(self._refs.get((cap.id, uid), {}).items())] for uid, _l, _s in pods}
+        complete = complete or cap.id in self._complete
         self.storage.describe(cap.id, Manifest(status, formats, pages, complete).to_json())
         self._seen[cap.id] = seen
         if complete:
