@@ -138,23 +138,16 @@ void podcap_merge_free(struct podcap_merge *m) {
     free(m);
 }
 
-/* Input number `added`: records from file offset `start` (just past the file header) to the end of the file. The
- * descriptor stays the caller's (read with pread, so its position does not matter). */
-int podcap_merge_add(struct podcap_merge *m, int fd, uint32_t ts_scale, uint32_t divisor, uint32_t snaplen,
-                     uint64_t start) {
-    if (m->added >= m->n) return -1;
+/* The next input: fd (-1 when fed), its format, where its first record starts and how long its file is. */
+static int add_input(struct podcap_merge *m, int fd, uint32_t ts_scale, uint32_t divisor, uint32_t snaplen,
+                     uint64_t start, uint64_t file_size) {
     struct input *in = &m->in[m->added];
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        m->err.errno_value = errno;
-        return fail(m, PODCAP_MERGE_READ_ERROR, m->added, start);
-    }
     in->fd = fd;
     in->iface = (uint32_t)m->added;
     in->ts_scale = ts_scale;
     in->divisor = divisor ? divisor : 1;
     in->snaplen = snaplen;
-    in->file_size = (uint64_t)st.st_size;
+    in->file_size = file_size;
     in->next_read = in->buf_off = start;
     in->cap = m->block_size;
     in->buf = malloc(in->cap);
@@ -163,24 +156,25 @@ int podcap_merge_add(struct podcap_merge *m, int fd, uint32_t ts_scale, uint32_t
     return 0;
 }
 
+/* Input number `added`: records from file offset `start` (just past the file header) to the end of the file. The
+ * descriptor stays the caller's (read with pread, so its position does not matter). */
+int podcap_merge_add(struct podcap_merge *m, int fd, uint32_t ts_scale, uint32_t divisor, uint32_t snaplen,
+                     uint64_t start) {
+    if (m->added >= m->n) return -1;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        m->err.errno_value = errno;
+        return fail(m, PODCAP_MERGE_READ_ERROR, m->added, start);
+    }
+    return add_input(m, fd, ts_scale, divisor, snaplen, start, (uint64_t)st.st_size);
+}
+
 /* Input number `added`, fed by podcap_merge_feed; `start` is the stream offset of its first record (error offsets
  * count from there as in a file). */
 int podcap_merge_add_fed(struct podcap_merge *m, uint32_t ts_scale, uint32_t divisor, uint32_t snaplen,
                          uint64_t start) {
     if (m->added >= m->n) return -1;
-    struct input *in = &m->in[m->added];
-    in->fd = -1;
-    in->iface = (uint32_t)m->added;
-    in->ts_scale = ts_scale;
-    in->divisor = divisor ? divisor : 1;
-    in->snaplen = snaplen;
-    in->file_size = UINT64_MAX;
-    in->next_read = in->buf_off = start;
-    in->cap = m->block_size;
-    in->buf = malloc(in->cap);
-    if (!in->buf) return fail(m, PODCAP_MERGE_NO_MEMORY, m->added, start);
-    m->added++;
-    return 0;
+    return add_input(m, -1, ts_scale, divisor, snaplen, start, UINT64_MAX);
 }
 
 /* The next block of fed input i (len 0: the input ended). */
@@ -327,11 +321,24 @@ static int flush_out(struct podcap_merge *m) {
     return 0;
 }
 
+/* One record (header at rec, caplen incl, wire length orig) as an EPB at o: exactly epb_size(incl) bytes. */
+static inline size_t epb_size(uint32_t incl) { return EPB_FIXED + (size_t)incl + (size_t)(-incl & 3u); }
+
+static inline void write_epb(uint8_t *o, const uint8_t *rec, uint32_t incl, uint32_t orig, uint32_t iface,
+                             uint64_t ts) {
+    uint32_t pad = (uint32_t)(-incl & 3u);
+    uint32_t total = (uint32_t)epb_size(incl);
+    uint32_t head[7] = {EPB_TYPE, total, iface, (uint32_t)(ts >> 32), (uint32_t)ts, incl, orig};
+    memcpy(o, head, sizeof(head));
+    memcpy(o + 28, rec + 16, incl);
+    memset(o + 28 + incl, 0, pad);
+    memcpy(o + 28 + incl + pad, &total, 4);
+}
+
 static int emit(struct podcap_merge *m, struct input *in) {
     const uint8_t *rec = in->buf + in->pos;
     uint32_t incl = le32(rec + 8), orig = le32(rec + 12);
-    uint32_t pad = (uint32_t)(-incl & 3u);
-    size_t total = EPB_FIXED + (size_t)incl + pad;
+    size_t total = epb_size(incl);
     if (m->out_cap - m->out_len < total) {
         int rc = flush_out(m);
         if (rc < 0) return rc;
@@ -342,14 +349,7 @@ static int emit(struct podcap_merge *m, struct input *in) {
             m->out_cap = total;
         }
     }
-    uint64_t ts = in->head_ts / in->divisor;
-    uint32_t head[7] = {EPB_TYPE, (uint32_t)total, in->iface, (uint32_t)(ts >> 32), (uint32_t)ts, incl, orig};
-    uint8_t *o = m->out + m->out_len;
-    memcpy(o, head, sizeof(head));
-    memcpy(o + 28, rec + 16, incl);
-    memset(o + 28 + incl, 0, pad);
-    uint32_t t32 = (uint32_t)total;
-    memcpy(o + 28 + incl + pad, &t32, 4);
+    write_epb(m->out + m->out_len, rec, incl, orig, in->iface, in->head_ts / in->divisor);
     m->out_len += total;
     in->pos += 16 + (size_t)incl;
     in->packets++;
@@ -440,20 +440,13 @@ int64_t podcap_epbs(const uint8_t *rec, uint64_t len, uint32_t iface, uint32_t t
             err->offset = off;
             return -(err->code = PODCAP_MERGE_TRUNCATED_RECORD);
         }
-        uint32_t pad = (uint32_t)(-incl & 3u);
-        uint64_t total = EPB_FIXED + (uint64_t)incl + pad;
+        uint64_t total = epb_size(incl);
         if (out_cap - out_len < total) {
             err->offset = off;
             return -(err->code = PODCAP_MERGE_NO_MEMORY);
         }
         uint64_t ts = ((uint64_t)le32(h) * 1000000000ull + (uint64_t)le32(h + 4) * ts_scale) / divisor;
-        uint32_t head[7] = {EPB_TYPE, (uint32_t)total, iface, (uint32_t)(ts >> 32), (uint32_t)ts, incl, orig};
-        uint8_t *o = out + out_len;
-        memcpy(o, head, sizeof(head));
-        memcpy(o + 28, h + 16, incl);
-        memset(o + 28 + incl, 0, pad);
-        uint32_t t32 = (uint32_t)total;
-        memcpy(o + 28 + incl + pad, &t32, 4);
+        write_epb(out + out_len, h, incl, orig, iface, ts);
         out_len += total;
         off += 16 + (uint64_t)incl;
     }
