@@ -270,12 +270,15 @@ class PodcapDrops(_message.Message):
     past_limit: _builtins.int
     """Captured after the capture reached --max-packets, --max-bytes or --duration: not kept, by design."""
     rejected: _builtins.int
-    """Refused by the collector: their chunk was malformed, or of a stream it never saw start."""
+    """Refused by the collector for good: their chunk was malformed, too large for it, or of a stream it never saw
+    start. The agent sends a gap in such a chunk's place (never the chunk again), so the loss stays in-band.
+    """
     late: _builtins.int
     """Arrived after the pod's capture had ended (its stop grace expired before they came)."""
     lost_with_agent: _builtins.int
-    """Captured by an agent that ended without delivering them (killed, or its node lost), as far as its last
-    report tells.
+    """Captured by an agent that never delivered them, as far as its last report tells: it was killed or its node
+    lost, or it still held them (its session with the collector down) when the pod's capture ended and its
+    grace ran out.
     """
     def __init__(
         self,
@@ -296,6 +299,38 @@ class PodcapDrops(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PodcapDrops: _TypeAlias = PodcapDrops  # noqa: Y015
+
+@_typing.final
+class HeldData(_message.Message):
+    """Captured data an agent holds that the collector has not acknowledged yet (in its memory or on its spool disk):
+    on its way, not stored, not lost. Reported by the agent; shown in status while a capture runs.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    PACKETS_FIELD_NUMBER: _builtins.int
+    chunks: _builtins.int
+    """Chunks (whole messages) not yet acknowledged."""
+    bytes: _builtins.int
+    """Record bytes they carry."""
+    packets: _builtins.int
+    """Packets they carry."""
+    def __init__(
+        self,
+        *,
+        chunks: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        packets: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "chunks", b"chunks", "packets", b"packets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeldData: _TypeAlias = HeldData  # noqa: Y015
 
 @_typing.final
 class PcapFormat(_message.Message):

@@ -611,6 +611,9 @@ class PodStatus(_message.Message):
     RETIRED_PACKETS_FIELD_NUMBER: _builtins.int
     DROPS_FIELD_NUMBER: _builtins.int
     UNACCOUNTED_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
     state: _common_pb2.PodCaptureState.ValueType
     packets: _builtins.int
     """Packets and bytes stored for this pod (bytes: every pcap file of the pod, headers included)."""
@@ -640,6 +643,13 @@ class PodStatus(_message.Message):
     what is on its way (in the ring, the agent's buffer, the network), as of the agent's last report (every few
     seconds), so it may even be negative.
     """
+    final: _builtins.bool
+    """True once every stream of the pod has sent its final report and nothing it announced is still on its way:
+    only then are the counters exact and `unaccounted` a verdict. False while the capture runs, and for a pod
+    whose agent never sent its final report (its losses then come from its last report: lost_with_agent).
+    """
+    agent: _builtins.str
+    """The node's agent: "connected", or why it is not ("disconnected 42s ago: <last error>", "no agent")."""
     @_builtins.property
     def pod(self) -> _common_pb2.Pod: ...
     @_builtins.property
@@ -648,6 +658,12 @@ class PodStatus(_message.Message):
     def drops(self) -> _common_pb2.PodcapDrops:
         """Every packet podcap did not store, by cause. Once the pod's capture has ended:
           kernel.received == packets + retired_packets + kernel.dropped + the sum of `drops`.
+        """
+
+    @_builtins.property
+    def held(self) -> _common_pb2.HeldData:
+        """What the pod's agent holds that is not stored yet (unacknowledged chunks in its memory or spool), as of its
+        last report: on its way, neither stored nor lost. Kept while the agent is disconnected.
         """
 
     def __init__(
@@ -668,10 +684,13 @@ class PodStatus(_message.Message):
         retired_packets: _builtins.int = ...,
         drops: _common_pb2.PodcapDrops | None = ...,
         unaccounted: _builtins.int = ...,
+        held: _common_pb2.HeldData | None = ...,
+        final: _builtins.bool = ...,
+        agent: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["drops", b"drops", "kernel", b"kernel", "pod", b"pod"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drops", b"drops", "held", b"held", "kernel", b"kernel", "pod", b"pod"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_dropped_packets", b"agent_dropped_packets", "bytes", b"bytes", "drops", b"drops", "interface", b"interface", "kernel", b"kernel", "message", b"message", "packets", b"packets", "path", b"path", "pod", b"pod", "reattachments", b"reattachments", "retired_bytes", b"retired_bytes", "retired_packets", b"retired_packets", "segments", b"segments", "state", b"state", "unaccounted", b"unaccounted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_dropped_packets", b"agent_dropped_packets", "bytes", b"bytes", "drops", b"drops", "final", b"final", "held", b"held", "interface", b"interface", "kernel", b"kernel", "message", b"message", "packets", b"packets", "path", b"path", "pod", b"pod", "reattachments", b"reattachments", "retired_bytes", b"retired_bytes", "retired_packets", b"retired_packets", "segments", b"segments", "state", b"state", "unaccounted", b"unaccounted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

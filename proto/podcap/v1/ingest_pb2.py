@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from podcap.v1 import common_pb2 as podcap_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16podcap/v1/ingest.proto\x12\tpodcap.v1\x1a\x16podcap/v1/common.proto\"\x96\x02\n\x0c\x41gentMessage\x12\'\n\x08register\x18\x01 \x01(\x0b\x32\x13.podcap.v1.RegisterH\x00\x12)\n\tinventory\x18\x02 \x01(\x0b\x32\x14.podcap.v1.InventoryH\x00\x12)\n\theartbeat\x18\x03 \x01(\x0b\x32\x14.podcap.v1.HeartbeatH\x00\x12%\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x14.podcap.v1.PcapChunkH\x00\x12/\n\tpod_event\x18\x05 \x01(\x0b\x32\x1a.podcap.v1.PodCaptureEventH\x00\x12\'\n\x06\x63hunks\x18\x06 \x01(\x0b\x32\x15.podcap.v1.ChunkBatchH\x00\x42\x06\n\x04kind\"2\n\nChunkBatch\x12$\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x14.podcap.v1.PcapChunk\"\xe8\x01\n\x10\x43ollectorMessage\x12+\n\nregistered\x18\x01 \x01(\x0b\x32\x15.podcap.v1.RegisteredH\x00\x12+\n\x05start\x18\x02 \x01(\x0b\x32\x1a.podcap.v1.StartPodCaptureH\x00\x12)\n\x04stop\x18\x03 \x01(\x0b\x32\x19.podcap.v1.StopPodCaptureH\x00\x12\"\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x13.podcap.v1.ChunkAckH\x00\x12#\n\x04\x61\x63ks\x18\x05 \x01(\x0b\x32\x13.podcap.v1.AckBatchH\x00\x42\x06\n\x04kind\"-\n\x08\x41\x63kBatch\x12!\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x13.podcap.v1.ChunkAck\"p\n\x08Register\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x1c\n\x04pods\x18\x04 \x03(\x0b\x32\x0e.podcap.v1.Pod\x12\x12\n\npod_source\x18\x05 \x01(\t\"?\n\nRegistered\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\")\n\tInventory\x12\x1c\n\x04pods\x18\x01 \x03(\x0b\x32\x0e.podcap.v1.Pod\"!\n\tHeartbeat\x12\x14\n\x0csent_unix_ns\x18\x01 \x01(\x03\"\x86\x01\n\x0fStartPodCapture\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x1b\n\x03pod\x18\x02 \x01(\x0b\x32\x0e.podcap.v1.Pod\x12,\n\x08settings\x18\x03 \x01(\x0b\x32\x1a.podcap.v1.CaptureSettings\x12\x14\n\x0cpods_on_node\x18\x04 \x01(\r\"5\n\x0eStopPodCapture\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\"\xc1\x01\n\tPcapChunk\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0f\n\x07records\x18\x04 \x01(\x0c\x12\x0f\n\x07packets\x18\x05 \x01(\r\x12\x13\n\x0b\x66irst_ts_ns\x18\x06 \x01(\x03\x12\x12\n\nlast_ts_ns\x18\x07 \x01(\x03\x12\x11\n\tstream_id\x18\x08 \x01(\t\x12$\n\x04lost\x18\t \x01(\x0b\x32\x16.podcap.v1.PodcapDrops\"q\n\x08\x43hunkAck\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x11\n\tstream_id\x18\x04 \x01(\t\x12\x10\n\x08rejected\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\xe3\x02\n\x0fPodCaptureEvent\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.podcap.v1.PodCaptureState\x12%\n\x06\x66ormat\x18\x04 \x01(\x0b\x32\x15.podcap.v1.PcapFormat\x12\x11\n\tinterface\x18\x05 \x01(\t\x12&\n\x06kernel\x18\x06 \x01(\x0b\x32\x16.podcap.v1.KernelStats\x12\x1d\n\x15\x61gent_dropped_packets\x18\x07 \x01(\x04\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x10\n\x08last_seq\x18\t \x01(\x04\x12\x11\n\tstream_id\x18\n \x01(\t\x12\x11\n\tdelivered\x18\x0b \x01(\x04\x12%\n\x05\x64rops\x18\x0c \x01(\x0b\x32\x16.podcap.v1.PodcapDrops\x12\x0f\n\x07started\x18\r \x01(\x08\x32L\n\x06Ingest\x12\x42\n\x06\x41ttach\x12\x17.podcap.v1.AgentMessage\x1a\x1b.podcap.v1.CollectorMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16podcap/v1/ingest.proto\x12\tpodcap.v1\x1a\x16podcap/v1/common.proto\"\x96\x02\n\x0c\x41gentMessage\x12\'\n\x08register\x18\x01 \x01(\x0b\x32\x13.podcap.v1.RegisterH\x00\x12)\n\tinventory\x18\x02 \x01(\x0b\x32\x14.podcap.v1.InventoryH\x00\x12)\n\theartbeat\x18\x03 \x01(\x0b\x32\x14.podcap.v1.HeartbeatH\x00\x12%\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x14.podcap.v1.PcapChunkH\x00\x12/\n\tpod_event\x18\x05 \x01(\x0b\x32\x1a.podcap.v1.PodCaptureEventH\x00\x12\'\n\x06\x63hunks\x18\x06 \x01(\x0b\x32\x15.podcap.v1.ChunkBatchH\x00\x42\x06\n\x04kind\"2\n\nChunkBatch\x12$\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x14.podcap.v1.PcapChunk\"\xe8\x01\n\x10\x43ollectorMessage\x12+\n\nregistered\x18\x01 \x01(\x0b\x32\x15.podcap.v1.RegisteredH\x00\x12+\n\x05start\x18\x02 \x01(\x0b\x32\x1a.podcap.v1.StartPodCaptureH\x00\x12)\n\x04stop\x18\x03 \x01(\x0b\x32\x19.podcap.v1.StopPodCaptureH\x00\x12\"\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x13.podcap.v1.ChunkAckH\x00\x12#\n\x04\x61\x63ks\x18\x05 \x01(\x0b\x32\x13.podcap.v1.AckBatchH\x00\x42\x06\n\x04kind\"-\n\x08\x41\x63kBatch\x12!\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x13.podcap.v1.ChunkAck\"\x95\x01\n\x08Register\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x1c\n\x04pods\x18\x04 \x03(\x0b\x32\x0e.podcap.v1.Pod\x12\x12\n\npod_source\x18\x05 \x01(\t\x12#\n\x04held\x18\x06 \x03(\x0b\x32\x15.podcap.v1.StreamHeld\"Z\n\nRegistered\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\r\")\n\tInventory\x12\x1c\n\x04pods\x18\x01 \x03(\x0b\x32\x0e.podcap.v1.Pod\"F\n\tHeartbeat\x12\x14\n\x0csent_unix_ns\x18\x01 \x01(\x03\x12#\n\x04held\x18\x02 \x03(\x0b\x32\x15.podcap.v1.StreamHeld\"g\n\nStreamHeld\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12\x11\n\tstream_id\x18\x03 \x01(\t\x12!\n\x04held\x18\x04 \x01(\x0b\x32\x13.podcap.v1.HeldData\"\x86\x01\n\x0fStartPodCapture\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x1b\n\x03pod\x18\x02 \x01(\x0b\x32\x0e.podcap.v1.Pod\x12,\n\x08settings\x18\x03 \x01(\x0b\x32\x1a.podcap.v1.CaptureSettings\x12\x14\n\x0cpods_on_node\x18\x04 \x01(\r\"5\n\x0eStopPodCapture\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\"\xc1\x01\n\tPcapChunk\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0f\n\x07records\x18\x04 \x01(\x0c\x12\x0f\n\x07packets\x18\x05 \x01(\r\x12\x13\n\x0b\x66irst_ts_ns\x18\x06 \x01(\x03\x12\x12\n\nlast_ts_ns\x18\x07 \x01(\x03\x12\x11\n\tstream_id\x18\x08 \x01(\t\x12$\n\x04lost\x18\t \x01(\x0b\x32\x16.podcap.v1.PodcapDrops\"q\n\x08\x43hunkAck\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x11\n\tstream_id\x18\x04 \x01(\t\x12\x10\n\x08rejected\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\xe3\x02\n\x0fPodCaptureEvent\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.podcap.v1.PodCaptureState\x12%\n\x06\x66ormat\x18\x04 \x01(\x0b\x32\x15.podcap.v1.PcapFormat\x12\x11\n\tinterface\x18\x05 \x01(\t\x12&\n\x06kernel\x18\x06 \x01(\x0b\x32\x16.podcap.v1.KernelStats\x12\x1d\n\x15\x61gent_dropped_packets\x18\x07 \x01(\x04\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x10\n\x08last_seq\x18\t \x01(\x04\x12\x11\n\tstream_id\x18\n \x01(\t\x12\x11\n\tdelivered\x18\x0b \x01(\x04\x12%\n\x05\x64rops\x18\x0c \x01(\x0b\x32\x16.podcap.v1.PodcapDrops\x12\x0f\n\x07started\x18\r \x01(\x08\x32L\n\x06Ingest\x12\x42\n\x06\x41ttach\x12\x17.podcap.v1.AgentMessage\x1a\x1b.podcap.v1.CollectorMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,24 +40,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COLLECTORMESSAGE']._serialized_end=627
   _globals['_ACKBATCH']._serialized_start=629
   _globals['_ACKBATCH']._serialized_end=674
-  _globals['_REGISTER']._serialized_start=676
-  _globals['_REGISTER']._serialized_end=788
-  _globals['_REGISTERED']._serialized_start=790
-  _globals['_REGISTERED']._serialized_end=853
-  _globals['_INVENTORY']._serialized_start=855
-  _globals['_INVENTORY']._serialized_end=896
-  _globals['_HEARTBEAT']._serialized_start=898
-  _globals['_HEARTBEAT']._serialized_end=931
-  _globals['_STARTPODCAPTURE']._serialized_start=934
-  _globals['_STARTPODCAPTURE']._serialized_end=1068
-  _globals['_STOPPODCAPTURE']._serialized_start=1070
-  _globals['_STOPPODCAPTURE']._serialized_end=1123
-  _globals['_PCAPCHUNK']._serialized_start=1126
-  _globals['_PCAPCHUNK']._serialized_end=1319
-  _globals['_CHUNKACK']._serialized_start=1321
-  _globals['_CHUNKACK']._serialized_end=1434
-  _globals['_PODCAPTUREEVENT']._serialized_start=1437
-  _globals['_PODCAPTUREEVENT']._serialized_end=1792
-  _globals['_INGEST']._serialized_start=1794
-  _globals['_INGEST']._serialized_end=1870
+  _globals['_REGISTER']._serialized_start=677
+  _globals['_REGISTER']._serialized_end=826
+  _globals['_REGISTERED']._serialized_start=828
+  _globals['_REGISTERED']._serialized_end=918
+  _globals['_INVENTORY']._serialized_start=920
+  _globals['_INVENTORY']._serialized_end=961
+  _globals['_HEARTBEAT']._serialized_start=963
+  _globals['_HEARTBEAT']._serialized_end=1033
+  _globals['_STREAMHELD']._serialized_start=1035
+  _globals['_STREAMHELD']._serialized_end=1138
+  _globals['_STARTPODCAPTURE']._serialized_start=1141
+  _globals['_STARTPODCAPTURE']._serialized_end=1275
+  _globals['_STOPPODCAPTURE']._serialized_start=1277
+  _globals['_STOPPODCAPTURE']._serialized_end=1330
+  _globals['_PCAPCHUNK']._serialized_start=1333
+  _globals['_PCAPCHUNK']._serialized_end=1526
+  _globals['_CHUNKACK']._serialized_start=1528
+  _globals['_CHUNKACK']._serialized_end=1641
+  _globals['_PODCAPTUREEVENT']._serialized_start=1644
+  _globals['_PODCAPTUREEVENT']._serialized_end=1999
+  _globals['_INGEST']._serialized_start=2001
+  _globals['_INGEST']._serialized_end=2077
 # @@protoc_insertion_point(module_scope)

@@ -159,6 +159,7 @@ class Register(_message.Message):
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     PODS_FIELD_NUMBER: _builtins.int
     POD_SOURCE_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     """The node this agent serves (spec.nodeName from the downward API). A DNS-1123 subdomain."""
     version: _builtins.str
@@ -171,6 +172,12 @@ class Register(_message.Message):
     def pods(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Pod]:
         """Pods on the node at registration time."""
 
+    @_builtins.property
+    def held(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamHeld]:
+        """What the agent holds unacknowledged at registration (as in Heartbeat.held): after a reconnect, status shows
+        it at once.
+        """
+
     def __init__(
         self,
         *,
@@ -179,10 +186,11 @@ class Register(_message.Message):
         instance_id: _builtins.str = ...,
         pods: _abc.Iterable[_common_pb2.Pod] | None = ...,
         pod_source: _builtins.str = ...,
+        held: _abc.Iterable[Global___StreamHeld] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "node", b"node", "pod_source", b"pod_source", "pods", b"pods", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held", b"held", "instance_id", b"instance_id", "node", b"node", "pod_source", b"pod_source", "pods", b"pods", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -194,21 +202,28 @@ class Registered(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Id the collector gives this session; echoed in logs."""
     heartbeat_interval_ms: _builtins.int
     """Interval in milliseconds at which the agent sends heartbeats; the collector declares an agent unavailable
     after three missed intervals.
     """
+    max_message_bytes: _builtins.int
+    """The largest message the collector accepts on this session, in bytes (its gRPC receive limit). The agent never
+    sends a larger one: it cuts chunks so that records plus fields fit, and a chunk that would not fit (a smaller
+    limit than when it was cut) travels as a gap counted `rejected`. 0 (older collectors): 16 MiB.
+    """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         heartbeat_interval_ms: _builtins.int = ...,
+        max_message_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "max_message_bytes", b"max_message_bytes", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -241,20 +256,59 @@ class Heartbeat(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SENT_UNIX_NS_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
     sent_unix_ns: _builtins.int
     """Agent's wall clock, nanoseconds since the Unix epoch."""
+    @_builtins.property
+    def held(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamHeld]:
+        """What the agent holds unacknowledged, per stream holding any (every stream of the agent that holds data, not a
+        delta). The collector shows it in status: data on its way is neither stored nor lost.
+        """
+
     def __init__(
         self,
         *,
         sent_unix_ns: _builtins.int = ...,
+        held: _abc.Iterable[Global___StreamHeld] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sent_unix_ns", b"sent_unix_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held", b"held", "sent_unix_ns", b"sent_unix_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class StreamHeld(_message.Message):
+    """Unacknowledged data of one stream (see HeldData)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAPTURE_ID_FIELD_NUMBER: _builtins.int
+    POD_UID_FIELD_NUMBER: _builtins.int
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    capture_id: _builtins.str
+    pod_uid: _builtins.str
+    stream_id: _builtins.str
+    @_builtins.property
+    def held(self) -> _common_pb2.HeldData: ...
+    def __init__(
+        self,
+        *,
+        capture_id: _builtins.str = ...,
+        pod_uid: _builtins.str = ...,
+        stream_id: _builtins.str = ...,
+        held: _common_pb2.HeldData | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["held", b"held"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_id", b"capture_id", "held", b"held", "pod_uid", b"pod_uid", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamHeld: _TypeAlias = StreamHeld  # noqa: Y015
 
 @_typing.final
 class StartPodCapture(_message.Message):
@@ -340,9 +394,9 @@ class PcapChunk(_message.Message):
     """
     records: _builtins.bytes
     """Whole pcap records (16-byte record header + caplen bytes each) in the format announced by the event that
-    started the stream (PodCaptureEvent.started); never a file header, never a partial record. Agents cut chunks of at most 4 MiB (smaller when many pods
-    share their upload buffer, or when the collector asks for smaller ones); the collector accepts messages up to
-    16 MiB.
+    started the stream (PodCaptureEvent.started); never a file header, never a partial record. Agents cut chunks
+    by bytes, whatever the packet sizes: at most 4 MiB plus one record (smaller when many pods share their upload
+    buffer, or when the collector asks for smaller ones), and never past Registered.max_message_bytes.
     """
     packets: _builtins.int
     """Number of records in `records`."""
