@@ -92,13 +92,16 @@ def main(collector: str, node: str, pod_source: str, netns_dir: str, cri_endpoin
     # Handlers before anything starts: a SIGTERM during start-up still ends the agent cleanly.
     stopping = threading.Event()
     agents: list[AgentSession] = []
+    shutdowns: list[threading.Thread] = []
 
     def on_signal(signum: int) -> None:
         if not stopping.is_set():
             stopping.set()
             log.info("signal %d: stopping", signum)
             for a in agents:
-                threading.Thread(target=a.shutdown, name="shutdown").start()
+                t = threading.Thread(target=a.shutdown, name="shutdown")
+                shutdowns.append(t)
+                t.start()
 
     daemon.on_stop_signals(on_signal)
     agent = AgentSession(cfg, source)
@@ -119,6 +122,11 @@ def main(collector: str, node: str, pod_source: str, netns_dir: str, cri_endpoin
         return
     log.info("podcap-agent on node %s, pod source %s, collector %s", node_name, source.name, collector)
     agent.run()
+    # The session loop ends as soon as a stop is asked for; the graceful stop (final chunks and counters, the
+    # collector's last acknowledgements) finishes before the interpreter does, which would refuse its thread pools
+    # new work half-way.
+    for t in shutdowns:
+        t.join()
 
 
 if __name__ == "__main__":

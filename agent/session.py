@@ -15,6 +15,7 @@ unacknowledged chunks, so a collector restart or a network blip costs nothing.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import time
@@ -41,6 +42,22 @@ log = logging.getLogger(__name__)
 
 # How long a wanted pod must be missing from the node's inventory before its capture is reported DONE.
 POD_GONE_AFTER_S = 5.0
+# Session ends that no reconnect will change (configuration): logged as errors, retried at the slowest pace.
+_CONFIG_REFUSALS = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                              grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.UNIMPLEMENTED})
+# Session ends caused by one message the collector will never take: that message must not be sent again.
+_MESSAGE_REFUSALS = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT})
+# gRPC's text when a message is past the receiver's limit: "Received message larger than max (N vs. M)".
+_LARGER_THAN_MAX = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
+# Time the agent gives the collector to acknowledge its last chunks at shutdown (a Kubernetes pod gets 30 s in
+# all by default; the engine's graceful stop takes about 1 s).
+SHUTDOWN_DRAIN_S = 10.0
+
+
+def _declared_limit(details: str) -> int | None:
+    """The receive limit a RESOURCE_EXHAUSTED names, if it does."""
+    m = _LARGER_THAN_MAX.search(details)
+    return int(m.group(2)) if m else None
 
 
 @dataclass(frozen=True)
@@ -132,32 +149,71 @@ class AgentSession:
 
     def run(self) -> None:
         backoff = self.cfg.reconnect_min
+        refusals = 0  # sessions in a row that the collector ended over a message, with no acknowledgement between
         while not self._stop.is_set():
             started = time.monotonic()
             try:
                 self._session()
+                failure: grpc.RpcError | None = None
             except grpc.RpcError as e:
-                code = e.code() if isinstance(e, grpc.Call) else None
-                if code == grpc.StatusCode.ALREADY_EXISTS:
-                    log.error("collector refused this agent: %s", e.details() if isinstance(e, grpc.Call) else e)
-                elif not self._stop.is_set():
-                    log.warning("collector session ended: %s", code.name if code else e)
+                failure = e
             if self._stop.is_set():
                 break
+            if failure is not None:
+                refusals = self._session_failed(failure, refusals, backoff)
             # Streams keep capturing into the spool; the next session re-sends what is unacknowledged.
             if time.monotonic() - started > 30:
                 backoff = self.cfg.reconnect_min
             self._stop.wait(backoff)
             backoff = min(self.cfg.reconnect_max, backoff * 2)
 
+    def _session_failed(self, e: grpc.RpcError, refusals: int, backoff: float) -> int:
+        """Classify why the collector ended a session, log it with what happens next, and make sure a message the
+        collector will never take is not sent again: returns the count of refusals in a row."""
+        code = e.code() if isinstance(e, grpc.Call) else None
+        details = (e.details() if isinstance(e, grpc.Call) else str(e)) or ""
+        chunks, size = self.out.pending()
+        holding = f"holding {chunks} unacknowledged chunks ({size} bytes)"
+        name = code.name if code is not None else type(e).__name__
+        if code in _CONFIG_REFUSALS:
+            log.error("collector refused this agent: %s: %s; retrying in %.1fs (%s)", name, details, backoff, holding)
+            return 0
+        if code not in _MESSAGE_REFUSALS:
+            log.warning("collector session ended: %s: %s; reconnecting in %.1fs (%s)", name, details or "no details",
+                        backoff, holding)
+            return 0
+        progressed = self.out.acked_in_session()
+        refusals = 1 if progressed else refusals + 1
+        limit = _declared_limit(details)
+        if limit is not None and limit < self.out.max_message:
+            # The collector's transport refused a message past its real receive limit: everything that large goes
+            # as a gap from now on (and chunks are cut below it), instead of being sent again.
+            self._set_message_limit(limit)
+            what = f"messages over {limit} bytes go as gaps from now on"
+        elif code == grpc.StatusCode.RESOURCE_EXHAUSTED or refusals >= 2:
+            suspect = self.out.quarantine()
+            what = (f"chunk {suspect[0]} ({suspect[1]} bytes) goes as a gap instead" if suspect
+                    else "no sent chunk to blame")
+        else:
+            what = "will drop the suspect message if the next session ends the same way"
+        log.error("collector refused a message: %s: %s; %s; reconnecting in %.1fs (%s)", name, details, what,
+                  backoff, holding)
+        return refusals
+
+    def _set_message_limit(self, limit: int) -> None:
+        self.out.max_message = limit
+        self.engine.set_message_limit(limit)
+
     def shutdown(self) -> None:
         """Graceful stop: final chunks and counters of every stream are flushed up before the session closes."""
         self._stop.set()
         self.engine.close()
-        # Give the collector a moment to acknowledge the last chunks, then end the session.
-        if not self.out.wait_drained(10):
+        # Give the collector a moment to acknowledge the last chunks (none when no session is up: nothing would
+        # arrive), then end the session.
+        if not self.out.wait_drained(SHUTDOWN_DRAIN_S if self.connected else 0):
             count, size = self.out.pending()
-            log.warning("shutting down with %d unacknowledged chunks (%d bytes) not stored", count, size)
+            log.warning("shutting down with %d unacknowledged chunks (%d bytes) not stored%s", count, size,
+                        "" if self.connected else " (no session with the collector)")
         self.out.close_after_queued()
         deadline = time.monotonic() + 5
         with self._lock:
@@ -185,12 +241,12 @@ class AgentSession:
         register = ingest_pb2.AgentMessage(
             register=ingest_pb2.Register(
                 node=self.cfg.node, version=__version__, instance_id=self.instance_id,
-                pods=[p.to_proto() for p in pods], pod_source=self.source.name,
+                pods=[p.to_proto() for p in pods], pod_source=self.source.name, held=self.out.held_by_stream(),
             )
         )
         self.out.new_session()
         channel = open_channel(self.cfg.collector, self.cfg.tls,
-                               options=[("grpc.max_send_message_length", 16 << 20), ("grpc.keepalive_time_ms", 20000)])
+                               options=[("grpc.max_send_message_length", -1), ("grpc.keepalive_time_ms", 20000)])
         try:
             # The generated stub would serialize every request itself; chunks arrive here already serialized.
             attach = channel.stream_stream("/podcap.v1.Ingest/Attach", request_serializer=serialize,
@@ -219,7 +275,8 @@ class AgentSession:
             now = time.monotonic()
             if now - last_heartbeat >= self.cfg.heartbeat_interval:
                 last_heartbeat = now
-                self.out.put(ingest_pb2.AgentMessage(heartbeat=ingest_pb2.Heartbeat(sent_unix_ns=time.time_ns())))
+                self.out.put(ingest_pb2.AgentMessage(heartbeat=ingest_pb2.Heartbeat(
+                    sent_unix_ns=time.time_ns(), held=self.out.held_by_stream())))
             pods = {p.uid: p for p in self._inventory()}
             snapshot = _snapshot(pods.values())
             if snapshot != last_pods:
@@ -272,6 +329,8 @@ class AgentSession:
     def _handle(self, msg: ingest_pb2.CollectorMessage) -> None:
         kind = msg.WhichOneof("kind")
         if kind == "registered":
+            if msg.registered.max_message_bytes:
+                self._set_message_limit(msg.registered.max_message_bytes)
             self.connected = True
             self.on_connected(True)
             log.info("registered with collector %s as node %s (session %s)",

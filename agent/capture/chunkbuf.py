@@ -3,9 +3,17 @@
 Two implementations of one interface (``RecordSink``), both C all the way per packet:
 
 - ``ChunkBuffer`` (``chunkbuf.c`` in podcap's C library): our own ``pcap_handler`` appends records to a buffer
-  laid out as the serialized ``AgentMessage{chunk}``; cutting a chunk copies it once into the bytes gRPC sends.
+  laid out as serialized ``AgentMessage{chunk}`` messages, closing a chunk whenever the next record would take it past
+  the byte limit (so one dispatch of any size yields chunks that each fit); cutting a chunk copies it once into the
+  bytes gRPC sends.
 - ``MemoryDump`` (``podcap.agent.capture.libpcap``): libpcap's ``pcap_dump`` into a memory stream, then a protobuf
-  message; the fallback when the C library was not built (about 15% more CPU per packet, two more copies).
+  message; the fallback when the C library was not built (about 15% more CPU per packet, two more copies). It
+  cannot split what one dispatch wrote, so the engine asks it for no more packets per dispatch than a chunk holds
+  of snaplen-sized records.
+
+Why the cut is by bytes, in C: sizing a dispatch by a packet count derived from the average record size let one
+dispatch after a run of small ACKs read thousands of 64 KiB GSO frames (a bulk TCP download between two pods)
+into a single chunk larger than the collector accepts; the refused chunk wedged the agent's session.
 """
 
 from __future__ import annotations
@@ -26,23 +34,36 @@ INITIAL_BYTES = 64 << 10  # grows (doubling) to what the busiest moment of the s
 class RecordSink(Protocol):
     callback: int  # address of the C pcap_handler
     user: int  # its user argument
+    # True when the sink cuts chunks by bytes itself (``set_limit``), however many packets one dispatch brings;
+    # False when the caller must keep each dispatch small enough (``MemoryDump``: at most a chunk of snaplen-sized
+    # records).
+    splits: bool
+
+    def set_limit(self, limit: int) -> None:
+        """Record bytes per chunk at most, from the next record on (a chunk holds one record at least)."""
 
     def pending(self) -> int:
-        """Record bytes held since the last cut."""
+        """Record bytes held since the last cut (every chunk held)."""
+
+    def ready(self) -> int:
+        """Chunks closed at the limit and waiting to be cut (the open one not counted)."""
 
     def packets(self, dispatched: int) -> int:
-        """Records held, given the packet counts pcap_dispatch reported since the last cut."""
+        """Records of the chunk ``cut`` takes next, given the packet counts pcap_dispatch reported since the last
+        cut."""
+
+    def packets_left(self) -> int:
+        """Records still held after a cut (chunks behind the one cut)."""
 
     def first_ts_ns(self, fmt: FileFormat) -> int:
-        """Timestamp of the first record held (only when one is)."""
+        """Timestamp of the first record of the chunk ``cut`` takes next (only when it has one)."""
 
     def cut(self, meta: ingest_pb2.PcapChunk) -> EncodedChunk:
-        """The records held as a chunk with ``meta``'s other fields (``meta`` has no records and is kept by the
-        chunk: pass a fresh message); the sink is empty afterwards. MemoryError leaves the records held (``reset``
-        discards them)."""
+        """The oldest chunk held, with ``meta``'s other fields (``meta`` has no records and is kept by the chunk:
+        pass a fresh message); it leaves the sink. MemoryError leaves the records held (``reset`` discards them)."""
 
     def reset(self) -> None:
-        """Discard the records held."""
+        """Discard every record held."""
 
     def lost(self) -> int:
         """Packets dropped by the sink itself (out of memory), ever."""
@@ -50,9 +71,15 @@ class RecordSink(Protocol):
     def close(self) -> None: ...
 
 
-class _Buf(Structure):
+class _Span(Structure):
+    _fields_ = [("start", c_uint64), ("end", c_uint64), ("packets", c_uint64)]
+
+
+class _Buf(Structure):  # struct podcap_chunkbuf, field for field
     _fields_ = [("data", c_void_p), ("len", c_uint64), ("cap", c_uint64), ("packets", c_uint64),
-                ("lost", c_uint64)]
+                ("lost", c_uint64), ("limit", c_uint64), ("start", c_uint64), ("records", c_uint64),
+                ("held", c_uint64), ("spans", POINTER(_Span)), ("head", c_uint64), ("nclosed", c_uint64),
+                ("spans_cap", c_uint64)]
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -60,8 +87,12 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.podcap_chunk_init.restype = c_int
     lib.podcap_chunk_free.argtypes = [POINTER(_Buf)]
     lib.podcap_chunk_free.restype = None
-    lib.podcap_chunk_seal.argtypes = [POINTER(_Buf), c_char_p, c_uint64]
-    lib.podcap_chunk_seal.restype = c_uint64
+    lib.podcap_chunk_head.argtypes = [POINTER(_Buf), POINTER(c_uint64), POINTER(c_uint64)]
+    lib.podcap_chunk_head.restype = c_uint64
+    lib.podcap_chunk_seal_head.argtypes = [POINTER(_Buf), c_char_p, c_uint64, POINTER(c_uint64)]
+    lib.podcap_chunk_seal_head.restype = c_uint64
+    lib.podcap_chunk_pop_head.argtypes = [POINTER(_Buf)]
+    lib.podcap_chunk_pop_head.restype = None
     lib.podcap_chunk_reset.argtypes = [POINTER(_Buf)]
     lib.podcap_chunk_reset.restype = None
     return lib
@@ -69,6 +100,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 _NATIVE = native.library()
 _LIB = _declare(_NATIVE) if _NATIVE is not None else None
+
+# Room chunkbuf.c keeps behind a closed chunk's records for its other fields (PODCAP_FIELDS_ROOM).
+FIELDS_ROOM = 1024
 
 
 def available() -> bool:
@@ -85,43 +119,63 @@ def native_tags() -> tuple[int, int] | None:
 
 
 class ChunkBuffer:
-    """Records appended in C by ``podcap_chunk_handler``; see ``chunkbuf.c``."""
+    """Records appended in C by ``podcap_chunk_handler``, cut into chunks by bytes there; see ``chunkbuf.c``."""
 
-    def __init__(self) -> None:
+    splits = True
+
+    def __init__(self, limit: int = 0) -> None:
         assert _LIB is not None, "podcap's C library is not built"
         self._lib = _LIB
         self._buf = _Buf()
         if self._lib.podcap_chunk_init(byref(self._buf), INITIAL_BYTES) != 0:
             raise MemoryError("cannot allocate a chunk buffer")
+        self._buf.limit = limit
         self.callback: int = ctypes.cast(self._lib.podcap_chunk_handler, c_void_p).value or 0
         self.user: int = ctypes.addressof(self._buf)
 
+    def set_limit(self, limit: int) -> None:
+        self._buf.limit = limit
+
     def pending(self) -> int:
-        return int(self._buf.len) - PREFIX
+        return int(self._buf.records)
+
+    def ready(self) -> int:
+        return int(self._buf.nclosed)
+
+    def _head(self) -> tuple[int, int, int]:
+        """(offset of the oldest chunk's records, their bytes, their count)."""
+        offset, packets = c_uint64(), c_uint64()
+        size = self._lib.podcap_chunk_head(byref(self._buf), byref(offset), byref(packets))
+        return offset.value, int(size), packets.value
 
     def packets(self, dispatched: int) -> int:
-        return int(self._buf.packets)
+        return self._head()[2]
+
+    def packets_left(self) -> int:
+        return int(self._buf.held)
 
     def lost(self) -> int:
         return int(self._buf.lost)
 
     def first_ts_ns(self, fmt: FileFormat) -> int:
-        if not self._buf.data or self.pending() < 8:
+        offset, size, _ = self._head()
+        if not self._buf.data or size < 16:
             return 0
-        return first_timestamp_ns(ctypes.string_at(self._buf.data + PREFIX, 8) + bytes(8), fmt)
+        return first_timestamp_ns(ctypes.string_at(self._buf.data + offset, 16), fmt)
 
     def reset(self) -> None:
         if self._buf.data:
             self._lib.podcap_chunk_reset(byref(self._buf))
 
     def cut(self, meta: ingest_pb2.PcapChunk) -> EncodedChunk:
-        size = self.pending()
+        size = self._head()[1]
         fields = meta.SerializeToString()
-        total = self._lib.podcap_chunk_seal(byref(self._buf), fields, len(fields))
+        offset = c_uint64()
+        total = self._lib.podcap_chunk_seal_head(byref(self._buf), fields, len(fields), byref(offset))
         if total == 0:
             raise MemoryError("cannot seal a chunk")
-        wire = ctypes.string_at(self._buf.data or 0, total)
-        self._lib.podcap_chunk_reset(byref(self._buf))
+        wire = ctypes.string_at((self._buf.data or 0) + offset.value, total)
+        self._lib.podcap_chunk_pop_head(byref(self._buf))
         return EncodedChunk(meta, size, wire)
 
     def close(self) -> None:

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from podcap.agent.capture import chunkbuf
 from podcap.agent.capture.interfaces import HandleFactory, StreamSink
 from podcap.agent.capture.libpcap import Handle, PcapError
 from podcap.agent.capture.settings import EngineSettings
@@ -52,6 +53,12 @@ PENDING = common_pb2.POD_CAPTURE_STATE_PENDING
 # The loop walks every stream (flush deadlines, stats, graceful stops) at most this often, not on every wakeup:
 # with 200 pods that walk was most of what an idle wakeup cost.
 HOUSEKEEPING_PERIOD = 0.2
+# What a collector that does not say (older ones) accepts in one message, and what a chunk's message adds to its
+# records: the two length headers and the other fields (chunkbuf.c keeps FIELDS_ROOM for them).
+DEFAULT_MESSAGE_BYTES = 16 << 20
+MESSAGE_OVERHEAD = chunkbuf.PREFIX + chunkbuf.FIELDS_ROOM
+# Record bytes per chunk at the least, whatever a collector declares (a chunk holds one record in any case).
+MIN_CHUNK_RECORDS = 4096
 
 
 class CaptureEngine:
@@ -68,6 +75,7 @@ class CaptureEngine:
         self._by_fd: dict[int, Stream] = {}
         self._by_id: dict[str, Stream] = {}
         self._chunk_cap = self._cfg.chunk_bytes
+        self._message_cap = DEFAULT_MESSAGE_BYTES - MESSAGE_OVERHEAD
         self._opening: set[tuple[CaptureId, PodUid]] = set()
         self._cancelled_opens: set[tuple[CaptureId, PodUid]] = set()
         self._commands: list[Callable[[], None]] = []
@@ -324,18 +332,28 @@ class CaptureEngine:
     def _pull(self, stream: Stream, *, rounds: int) -> int:
         """Up to ``rounds`` dispatches (-1: until the ring is empty), cutting chunks as they fill; returns the record
         bytes moved. Past ``max_packets`` packets are read all the same (so the ring drains and every packet is
-        counted) and discarded as ``past_limit``. Raises PcapError."""
+        counted) and discarded as ``past_limit``. Raises PcapError.
+
+        Chunks are cut by bytes whatever one dispatch brings: the C sink closes a chunk before a record would take
+        it past the limit (``sink.ready()`` chunks wait to be cut); the fallback sink, which cannot split, is asked
+        for no more packets than a chunk holds of snaplen-sized records. The packet count asked of a splitting sink
+        (about a chunk's worth at the running average record size) only keeps its buffer near one chunk."""
         handle = stream.handle
         sink = handle.sink
         if sink is None:
             return 0
+        limit = self._chunk_limit(stream)
+        if limit != stream.sink_limit:
+            sink.set_limit(limit)
+            stream.sink_limit = limit
+        largest = 16 + stream.fmt.snaplen  # the largest record libpcap can hand over on this handle
+        full = limit if sink.splits else limit - largest
         before = sink.pending()
         moved = 0
         while rounds:
             rounds -= 1
-            # At most about a chunk's worth per call (a full ring can hold far more than a message may).
-            chunk_bytes = min(stream.chunk_bytes, self._chunk_cap)
-            room = max(1, (chunk_bytes - sink.pending()) // stream.avg_record)
+            per_record = stream.avg_record if sink.splits else largest
+            room = max(1, (limit - sink.pending()) // per_record)
             want = room if stream.remaining <= 0 else min(stream.remaining, room)
             n = handle.dispatch(want)
             if n <= 0:
@@ -353,18 +371,29 @@ class CaptureEngine:
             pending = sink.pending()
             moved += pending - before
             stream.avg_record = max(32, (stream.avg_record * 7 + (pending - before) // n) // 8)
-            before = pending
             if stream.remaining > 0:
                 stream.remaining -= n
                 if stream.remaining == 0:
-                    self._cut(stream)
+                    self._flush(stream)
                     before = 0
                     self._finish_later(stream, "max-packets reached")
                     continue
-            if pending >= chunk_bytes:
+            while sink.ready():  # chunks the handler closed at the limit
                 self._cut(stream)
-                before = 0
+            if sink.pending() >= full:
+                self._cut(stream)
+            before = sink.pending()
         return moved
+
+    def _chunk_limit(self, stream: Stream) -> int:
+        """Record bytes per chunk for this stream now: its capture's size, the share of the upload buffer, and what
+        the collector accepts in one message (less the message's own framing and fields)."""
+        return max(1, min(stream.chunk_bytes, self._chunk_cap, self._message_cap))
+
+    def set_message_limit(self, max_message_bytes: int) -> None:
+        """The largest message the collector accepts (``Registered.max_message_bytes``); any thread. Chunks cut from
+        now on leave room for their framing and fields below it."""
+        self._message_cap = max(MIN_CHUNK_RECORDS, max_message_bytes - MESSAGE_OVERHEAD)
 
     def _resize_chunks(self) -> None:
         """Recompute the chunk size cap for the number of streams (loop thread; see ``upload_buffer_bytes``)."""
@@ -373,13 +402,21 @@ class CaptureEngine:
             share = budget // (4 * max(1, len(self._streams)))
             self._chunk_cap = max(self._cfg.min_chunk_bytes, min(self._cfg.chunk_bytes, share))
 
-    def _cut(self, stream: Stream) -> None:
-        """Send what the stream holds as its next chunk: the records, with the losses not yet reported in-band;
-        only the losses (a gap) when no record survived."""
+    def _cut(self, stream: Stream) -> bool:
+        """Send the oldest chunk the stream holds: its records, with the losses not yet reported in-band; only the
+        losses (a gap) when no record survived. False when there was nothing to send."""
         chunk = cut_chunk(stream, lambda cause, packets: self._count(stream, cause, packets))
-        if chunk is not None:
-            self._total(stream).captured += chunk.packets
-            self._sink.chunk(chunk)
+        if chunk is None:
+            return False
+        self._total(stream).captured += chunk.packets
+        self._sink.chunk(chunk)
+        return True
+
+    def _flush(self, stream: Stream) -> None:
+        """Send everything the stream holds, as as many chunks as it takes."""
+        sink = stream.handle.sink
+        while self._cut(stream) and sink is not None and sink.pending():
+            pass
 
     def _event(
         self, stream: Stream, state: common_pb2.PodCaptureState.ValueType, message: str = ""
@@ -394,7 +431,7 @@ class CaptureEngine:
                 self._finish(stream, stream.finish_state or DONE, stream.finish_reason)
                 continue
             if stream.pending_packets and now - stream.pending_since >= self._cfg.flush_interval:
-                self._cut(stream)
+                self._flush(stream)
             if now >= stream.next_stats:
                 stream.next_stats = now + self._cfg.stats_interval
                 read_kernel(stream, self._total(stream))
@@ -406,17 +443,20 @@ class CaptureEngine:
         if self._streams.get(stream.key) is not stream:
             return
         handle = stream.handle
+        vanished = False
         try:
             self._pull(stream, rounds=-1)
         except PcapError:
-            pass  # the interface is gone: what the ring still holds is counted below as unread
-        self._cut(stream)
+            vanished = True  # the interface is gone: what the ring still holds is counted below as unread
+        self._flush(stream)
         read_kernel(stream, self._total(stream))
         residual = stream.kernel.received - stream.kernel.dropped - stream.delivered
         if residual > 0:
-            if stream.finish_at and stream.has_filter and time.monotonic() >= stream.finish_at:
-                # Frozen and given time for every block to retire: what is still missing was discarded by libpcap
-                # itself (queued while the filter was being set, not matching it). Not received, then.
+            if stream.finish_at and stream.libpcap_discards and not vanished and time.monotonic() >= stream.finish_at:
+                # Frozen, given time for every block to retire, and drained: what is still missing was discarded by
+                # libpcap itself, never handed over — packets queued while the filter was being set that do not
+                # match it, and on the "any" device the outgoing copy of each loopback packet (libpcap keeps only
+                # the incoming one). Not received, then; "unread" is for rings left with packets in them.
                 stream.kernel_adjust = residual
             else:
                 self._count(stream, "unread", residual)
@@ -430,7 +470,10 @@ class CaptureEngine:
             self._poll.unregister(handle.fd)
         except KeyError:
             pass
-        self._closer.submit(handle.close)
+        try:
+            self._closer.submit(handle.close)
+        except RuntimeError:  # the closer is shut down (the agent is exiting): close here
+            handle.close()
         # Report before the stream leaves the table, so nobody sees it inactive before its final event is queued.
         self._sink.event(self._event(stream, state, reason))
         with self._lock:

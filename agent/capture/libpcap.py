@@ -160,8 +160,19 @@ class MemoryDump:
         self.callback: int = ctypes.cast(lib().pcap_dump, c_void_p).value or 0
         self.user: int = self.dumper
 
+    splits = False  # one chunk per cut, whatever one dispatch wrote: the engine sizes dispatches for it
+
+    def set_limit(self, limit: int) -> None:
+        pass
+
+    def ready(self) -> int:
+        return 0
+
     def packets(self, dispatched: int) -> int:
         return dispatched
+
+    def packets_left(self) -> int:
+        return 0
 
     def lost(self) -> int:
         return 0

@@ -37,7 +37,9 @@ class Stream:
     handle: CaptureHandle
     interface: str
     remaining: int  # packets still allowed; -1 = unlimited; 0 = the limit is reached, what follows is discarded
-    has_filter: bool = False
+    # libpcap may itself discard packets the kernel counted (a filter set after the socket opened; the "any"
+    # device's outgoing loopback copies): a residual after a graceful stop is then not "unread".
+    libpcap_discards: bool = False
     seq: int = 0
     pending_packets: int = 0
     sink_lost: int = 0
@@ -59,6 +61,7 @@ class Stream:
     handle_timeout: float = 0.5
     ring_bytes: int = MIN_RING
     chunk_bytes: int = 4 << 20
+    sink_limit: int = 0  # the byte limit last given to the handle's sink
     # A graceful stop in progress: the handle is frozen and the stream finishes once it has read ``expect``
     # packets in all (everything the kernel queued), or at ``finish_at`` at the latest.
     finish_at: float = 0.0
@@ -113,7 +116,8 @@ def open_stream(
     assert handle.sink is not None
     return Stream(
         key=key, stream_id=stream_id, pod=pod, handle=handle, interface=interface,
-        remaining=settings.max_packets or -1, has_filter=bool(settings.filter),
+        remaining=settings.max_packets or -1,
+        libpcap_discards=bool(settings.filter) or opts.device == "any",
         fmt=FileFormat(handle.linktype, handle.snaplen, handle.nanosecond),
         handle_timeout=opts.timeout_ms / 1000, ring_bytes=opts.buffer_bytes,
         chunk_bytes=min(settings.max_chunk_bytes or cfg.chunk_bytes, cfg.chunk_bytes),
@@ -133,9 +137,9 @@ def cut_chunk(stream: Stream, count: Callable[[str, int], None]) -> EncodedChunk
         count("out_of_memory", lost)
         stream.unsent_lost.out_of_memory += lost
     dispatched = stream.pending_packets
-    stream.pending_packets = 0
     packets = sink.packets(dispatched) if sink.pending() > 0 else 0
     if not packets and not stream.unsent_lost:
+        stream.pending_packets = 0
         return None
     meta = ingest_pb2.PcapChunk(
         capture_id=stream.key[0], pod_uid=stream.key[1], stream_id=stream.stream_id, seq=stream.seq + 1,
@@ -146,14 +150,16 @@ def cut_chunk(stream: Stream, count: Callable[[str, int], None]) -> EncodedChunk
         try:
             chunk = sink.cut(meta)
         except MemoryError:
-            # No memory to seal the chunk: its packets are lost, and a gap says so in its place.
+            # No memory to seal the chunk: what the sink holds is lost, and a gap says so in this chunk's place.
+            held = max(packets, sink.packets_left())
             log.error("capture %s: pod %s: out of memory cutting a chunk; %d packets dropped", stream.key[0],
-                      stream.pod.name, packets)
+                      stream.pod.name, held)
             sink.reset()
-            count("out_of_memory", packets)
-            chunk = gap_chunk(meta, "out_of_memory", packets)
+            count("out_of_memory", held)
+            chunk = gap_chunk(meta, "out_of_memory", held)
     else:
         chunk = EncodedChunk.build(meta)
+    stream.pending_packets = sink.packets_left()  # chunks behind this one (closed at the limit, or open)
     stream.seq += 1
     stream.unsent_lost = Drops()
     return chunk

@@ -54,6 +54,9 @@ BATCH_LINGER_S = 0.02
 FINAL_EVENT_KEEP_S = 600.0
 FINAL_EVENTS_MAX = 4096
 
+# What a collector that does not declare its limit accepts in one message (older collectors: 16 MiB).
+DEFAULT_MAX_MESSAGE = 16 << 20
+
 # (capture id, stream id, cause, packets): packets of a stream that will never be sent.
 LostCallback = Callable[[str, str, str, int], None]
 
@@ -89,10 +92,14 @@ class UploadLog:
         self._starts: dict[str, ingest_pb2.AgentMessage] = {}
         self._finals: collections.OrderedDict[str, tuple[float, ingest_pb2.AgentMessage]] = collections.OrderedDict()
         self._finished: set[str] = set()
+        self._refused: list[tuple[str, str, int]] = []  # (capture, stream, packets) refused, to report after the lock
         self._mem = 0
         self._disk = 0
         self._epoch = 0
         self.rejected_packets = 0
+        # The largest message the collector accepts (Registered.max_message_bytes); larger chunks go as gaps.
+        self.max_message = DEFAULT_MAX_MESSAGE
+        self._acked_in_session = False
         if spool_dir:
             os.makedirs(spool_dir, mode=0o700, exist_ok=True)
             for name in os.listdir(spool_dir):  # leftovers of a previous agent process belong to dead streams
@@ -261,8 +268,12 @@ class UploadLog:
         with self._cond:
             for ack in acks:
                 self._ack_one(ack, unlink)
+            refused, self._refused = self._refused, []
+            self._acked_in_session = True
             self._cond.notify_all()
         _unlink(unlink)
+        for capture, stream, packets in refused:
+            self.on_lost(capture, stream, "rejected", packets)
 
     def _ack_one(self, ack: ingest_pb2.ChunkAck, unlink: list[str]) -> None:
         seqs = self._stream_seqs.get(ack.stream_id)
@@ -271,9 +282,15 @@ class UploadLog:
             if item is not None:
                 if seqs is not None:
                     seqs.remove(ack.seq)
+                packets = item.meta.packets if item.size else 0  # a gap's packets are counted lost already
                 self._release(item, unlink)
-                self.rejected_packets += item.meta.packets
-                log.warning("collector refused chunk %d of stream %s: %s", ack.seq, ack.stream_id, ack.reason)
+                self.rejected_packets += packets
+                # Refused for good (the collector counts the refused chunk's packets itself when it knows the
+                # pod): never sent again, so it cannot hold the stream, or the session, up.
+                log.warning("collector refused chunk %d of stream %s for good (%d packets dropped, not sent "
+                            "again): %s", ack.seq, ack.stream_id, packets, ack.reason)
+                if packets:
+                    self._refused.append((item.meta.capture_id, item.meta.stream_id, packets))
         else:
             while seqs and seqs[0] <= ack.seq:  # an ack covers every earlier chunk of its stream
                 self._release(self._unacked.pop((ack.stream_id, seqs.popleft())), unlink)
@@ -305,6 +322,7 @@ class UploadLog:
             unsent = {id(m) for m in events}
             now = time.monotonic()
             finals = [m for t, m in self._finals.values() if now - t < FINAL_EVENT_KEEP_S and id(m) not in unsent]
+            self._acked_in_session = False
             self._queue = collections.deque()
             self._queue.extend(self._starts.values())
             self._queue.extend(self._unacked.values())
@@ -355,11 +373,54 @@ class UploadLog:
                     assert isinstance(head, ingest_pb2.AgentMessage)
                     msg: ingest_pb2.AgentMessage | bytes = head
             if items:  # spool files are read here, outside the lock
-                chunks = [c for c in (self._load(it) for it in items) if c is not None]
+                chunks = [self._fit(it, c) for it, c in ((it, self._load(it)) for it in items) if c is not None]
                 if not chunks:
                     continue
                 msg = chunks[0].wire if len(chunks) == 1 else batch(chunks)
             yield msg
+
+    def _fit(self, item: _Item, chunk: EncodedChunk) -> EncodedChunk:
+        """``chunk`` if its message fits what the collector accepts, else a gap in its place (no lock held): a
+        message past the collector's limit would end the session, and again after every reconnect."""
+        limit = self.max_message
+        if len(chunk.wire) <= limit:
+            return chunk
+        gap = gap_chunk(item.meta, "rejected", item.meta.packets)
+        with self._cond:
+            if self._live(item):
+                self._free(item)
+                item.path = None
+                item.chunk = gap
+        log.error("chunk %d of stream %s is %d bytes, more than the collector accepts (%d): sent as a gap of %d "
+                  "packets (rejected)", item.meta.seq, item.meta.stream_id, len(chunk.wire), limit, item.meta.packets)
+        self.on_lost(item.meta.capture_id, item.meta.stream_id, "rejected", item.meta.packets)
+        return gap
+
+    def quarantine(self) -> tuple[int, int] | None:
+        """After the collector ended sessions for a message it will never take (RESOURCE_EXHAUSTED,
+        INVALID_ARGUMENT) while nothing was acknowledged: the largest chunk sent and not acknowledged becomes a gap
+        (``rejected``), so that each such failure removes one suspect and no message is re-sent for ever. Returns
+        (its sequence number, its message size), or None when no sent chunk holds records."""
+        with self._cond:
+            suspects = [it for it in self._unacked.values() if it.sent and it.size]
+            if not suspects:
+                return None
+            item = max(suspects, key=lambda it: it.size)
+            path, size = item.path, item.size
+            self._free(item)
+            item.path = None
+            item.chunk = gap_chunk(item.meta, "rejected", item.meta.packets)
+        if path is not None:
+            _unlink([path])
+        log.error("chunk %d of stream %s (%d packets) is taken for the message the collector refuses: it goes as a "
+                  "gap (rejected) from now on", item.meta.seq, item.meta.stream_id, item.meta.packets)
+        self.on_lost(item.meta.capture_id, item.meta.stream_id, "rejected", item.meta.packets)
+        return item.meta.seq, size
+
+    def acked_in_session(self) -> bool:
+        """Whether the current session got any acknowledgement (it made progress)."""
+        with self._cond:
+            return self._acked_in_session
 
     def _live(self, item: _Item) -> bool:
         return self._unacked.get(item.key) is item
@@ -376,7 +437,8 @@ class UploadLog:
                 if left <= 0 or not self._cond.wait(left) or not self._queue:
                     break
             nxt = self._queue[0]
-            if not isinstance(nxt, _Item) or nxt.size > BATCH_SMALL or size + nxt.size > BATCH_MAX_BYTES:
+            if (not isinstance(nxt, _Item) or nxt.size > BATCH_SMALL
+                    or size + nxt.size > min(BATCH_MAX_BYTES, self.max_message // 2)):
                 break
             self._queue.popleft()
             if self._live(nxt):
@@ -412,6 +474,23 @@ class UploadLog:
         """(unacknowledged chunks, bytes they hold)."""
         with self._cond:
             return len(self._unacked), self._mem + self._disk
+
+    def held_by_stream(self) -> list[ingest_pb2.StreamHeld]:
+        """What is held unacknowledged, per stream holding any (for heartbeats and registration): O(chunks held),
+        which the buffer's caps bound, not the capture's age."""
+        out: dict[str, ingest_pb2.StreamHeld] = {}
+        with self._cond:
+            for item in self._unacked.values():
+                meta = item.meta
+                entry = out.get(meta.stream_id)
+                if entry is None:
+                    entry = out[meta.stream_id] = ingest_pb2.StreamHeld(
+                        capture_id=meta.capture_id, pod_uid=meta.pod_uid, stream_id=meta.stream_id)
+                entry.held.chunks += 1
+                if item.size:  # a gap holds no packets: they are counted lost
+                    entry.held.bytes += item.size
+                    entry.held.packets += meta.packets
+        return list(out.values())
 
     def held(self) -> dict[str, int]:
         """Bytes each stream holds (streams holding any)."""

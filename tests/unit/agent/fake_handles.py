@@ -37,30 +37,57 @@ def packet_numbers(records: bytes) -> list[int]:
 
 
 class FakeRecordSink:
-    """``RecordSink`` in Python: records appended by ``FakeHandle.dispatch``."""
+    """``RecordSink`` in Python: records appended by ``FakeHandle.dispatch``, cut by bytes as ``chunkbuf.c`` does
+    (a record that would take the open chunk past the limit closes it first)."""
 
     callback = 0
     user = 0
+    splits = True
 
     def __init__(self) -> None:
-        self.records = bytearray()
+        self.closed: list[tuple[bytes, int]] = []  # chunks closed at the limit: (records, count)
+        self.records = bytearray()  # the open chunk
         self.count = 0
+        self.limit = 0
+
+    def append(self, record: bytes) -> None:
+        if self.limit and self.count and len(self.records) + len(record) > self.limit:
+            self.closed.append((bytes(self.records), self.count))
+            self.records.clear()
+            self.count = 0
+        self.records += record
+        self.count += 1
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = limit
 
     def pending(self) -> int:
-        return len(self.records)
+        return len(self.records) + sum(len(r) for r, _ in self.closed)
+
+    def ready(self) -> int:
+        return len(self.closed)
 
     def packets(self, dispatched: int) -> int:
-        return self.count
+        return self.closed[0][1] if self.closed else self.count
+
+    def packets_left(self) -> int:
+        return self.count + sum(n for _, n in self.closed)
 
     def first_ts_ns(self, fmt: FileFormat) -> int:
-        return first_timestamp_ns(bytes(self.records[:16]), fmt) if len(self.records) >= 16 else 0
+        head = self.closed[0][0] if self.closed else bytes(self.records)
+        return first_timestamp_ns(head[:16], fmt) if len(head) >= 16 else 0
 
     def cut(self, meta: ingest_pb2.PcapChunk) -> EncodedChunk:
+        if self.closed:
+            records, _ = self.closed.pop(0)
+            return EncodedChunk.build(meta, records)
         chunk = EncodedChunk.build(meta, bytes(self.records))
-        self.reset()
+        self.records.clear()
+        self.count = 0
         return chunk
 
     def reset(self) -> None:
+        self.closed.clear()
         self.records.clear()
         self.count = 0
 
@@ -135,9 +162,8 @@ class FakeHandle:
                 except BlockingIOError:
                     pass
         for number in numbers:
-            self.sink.records += struct.pack("<IIII", 1700000000, number, PAYLOAD, PAYLOAD)
-            self.sink.records += number.to_bytes(4, "big") + bytes(PAYLOAD - 4)
-            self.sink.count += 1
+            self.sink.append(struct.pack("<IIII", 1700000000, number, PAYLOAD, PAYLOAD)
+                             + number.to_bytes(4, "big") + bytes(PAYLOAD - 4))
         return len(numbers)
 
     def freeze(self) -> None:

@@ -101,3 +101,57 @@ def test_padded_length_varints_parse() -> None:
     assert wire[0] == wire[6] == 0x22  # AgentMessage.chunk, then PcapChunk.records
     assert all(b & 0x80 for b in wire[1:5]) and not wire[5] & 0x80  # a padded 5-byte varint
     assert ingest_pb2.AgentMessage.FromString(wire).chunk.records == struct.pack("<IIII", 1, 2, 5, 5) + b"x" * 5
+
+
+sizes = st.lists(st.one_of(st.integers(0, 120), st.integers(1400, 1600), st.integers(8900, 9100),
+                           st.integers(60000, 65535), st.integers(200000, 262144)), min_size=1, max_size=120)
+
+
+@settings(max_examples=120, deadline=None)
+@given(sizes, st.integers(1, 6 << 20), st.lists(st.integers(1, 50), min_size=1, max_size=6))
+def test_no_chunk_exceeds_the_limit_whatever_the_mix(record_sizes: list[int], limit: int, dispatches: list[int]
+                                                     ) -> None:
+    """Any mix of record sizes, fed in dispatches of any length (as one pcap_dispatch can read a ring full of 64 KiB
+    GSO frames after a run of ACKs), comes out as chunks of at most ``limit`` record bytes (or a single record, when
+    one alone is larger), every record once, in order, each chunk a finished message."""
+    buf = chunkbuf.ChunkBuffer(limit)
+    pkts = [(i, i, bytes([i % 251]) * size, 0) for i, size in enumerate(record_sizes)]
+    chunks: list[ingest_pb2.PcapChunk] = []
+    try:
+        pos = 0
+        round_ = 0
+        while pos < len(pkts):
+            n = dispatches[round_ % len(dispatches)]
+            feed(buf, pkts[pos:pos + n])
+            pos += n
+            round_ += 1
+            while buf.ready():  # what the engine does after every dispatch
+                chunks.append(ingest_pb2.AgentMessage.FromString(buf.cut(meta(len(chunks) + 1, 0)).wire).chunk)
+        while buf.pending():
+            chunks.append(ingest_pb2.AgentMessage.FromString(buf.cut(meta(len(chunks) + 1, 0)).wire).chunk)
+        assert buf.packets_left() == 0 and buf.ready() == 0
+    finally:
+        buf.close()
+    fmt = FileFormat(1, 262144, True)
+    seen = []
+    for c in chunks:
+        recs = list(iter_records(c.records, fmt))
+        assert recs, "a chunk holds one record at least"
+        assert len(c.records) <= limit or len(recs) == 1, (len(c.records), limit)
+        seen += [r.ts_ns for r in recs]
+    assert seen == [i * 10**9 + i for i in range(len(pkts))]
+
+
+def test_a_burst_of_large_frames_after_small_ones_is_cut_into_several_chunks() -> None:
+    """The shape that wedged the agent: many ACK-sized records, then 64 KiB GSO frames, all in one dispatch."""
+    limit = 4 << 20
+    buf = chunkbuf.ChunkBuffer(limit)
+    try:
+        feed(buf, [(1, i, b"a" * 54, 0) for i in range(2000)] + [(2, i, b"b" * 65482, 0) for i in range(600)])
+        assert buf.ready() >= 9  # ~39 MB of records
+        sizes = []
+        while buf.pending():
+            sizes.append(buf.cut(meta(1, 0)).size)
+        assert max(sizes) <= limit and len(sizes) >= 10 and sum(sizes) == 2000 * 70 + 600 * 65498
+    finally:
+        buf.close()

@@ -271,3 +271,49 @@ def test_no_spool_file_is_written_read_or_deleted_under_the_lock(
     ack(log, "b", 2)
     assert log.pending() == (0, 0) and os.listdir(spool) == []
     assert touched.count("open") == 5 and touched.count("unlink") == 3  # 3 writes + 2 reads; 1 eviction + 2 acks
+
+
+def test_a_chunk_larger_than_the_collector_accepts_goes_as_a_counted_gap() -> None:
+    """A message past the collector's limit would end the session, and again after every reconnect: it travels as
+    a gap counted ``rejected`` instead, and the stream goes on."""
+    lost: list[tuple[str, str, str, int]] = []
+    log = UploadLog(memory_bytes=1 << 20, on_lost=lambda *a: lost.append(a))
+    log.max_message = 4000
+    log.put(started("s"))
+    log.put_chunk(chunk("s", 1, size=100))
+    log.put_chunk(chunk("s", 2, size=5000))
+    log.put_chunk(chunk("s", 3, size=100))
+    assert drain(log) == ["pod_event:2", "chunk:1", "gap:2:rejected=1", "chunk:3"]
+    assert lost == [("c", "s", "rejected", 1)]
+    log.new_session()  # a reconnect re-sends the gap, never the chunk
+    assert drain(log) == ["pod_event:2", "chunk:1", "gap:2:rejected=1", "chunk:3"]
+
+
+def test_quarantine_turns_the_largest_sent_unacknowledged_chunk_into_a_gap() -> None:
+    lost: list[tuple[str, str, str, int]] = []
+    log = UploadLog(memory_bytes=1 << 20, on_lost=lambda *a: lost.append(a))
+    log.put(started("s"))
+    for seq, size in ((1, 100), (2, 3000), (3, 200)):
+        log.put_chunk(chunk("s", seq, size=size))
+    drain(log)  # all sent
+    assert not log.acked_in_session()
+    assert log.quarantine() == (2, 3000)
+    log.new_session()
+    assert drain(log) == ["pod_event:2", "chunk:1", "gap:2:rejected=1", "chunk:3"]
+    assert lost == [("c", "s", "rejected", 1)]
+    assert log.quarantine() == (3, 200)  # each refusal removes one suspect: it cannot go on for ever
+    assert log.quarantine() == (1, 100)
+    assert log.quarantine() is None
+
+
+def test_held_data_is_reported_per_stream() -> None:
+    log = UploadLog(memory_bytes=1000)
+    log.put_chunk(chunk("a", 1, size=300))
+    log.put_chunk(chunk("a", 2, size=300))
+    log.put_chunk(chunk("b", 1, size=300))
+    log.put_chunk(chunk("b", 2, size=300))  # no room: a gap, its packet lost, not held
+    held = {h.stream_id: (h.capture_id, h.pod_uid, h.held.chunks, h.held.bytes, h.held.packets)
+            for h in log.held_by_stream()}
+    assert held == {"a": ("c", "u", 2, 600, 2), "b": ("c", "u", 2, 300, 1)}
+    ack(log, "a", 2)
+    assert [h.stream_id for h in log.held_by_stream()] == ["b"]
