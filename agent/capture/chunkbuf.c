@@ -5,9 +5,9 @@
  * libpcap calls podcap_chunk_handler for every packet from inside pcap_dispatch (no Python per packet). The record
  * is what pcap_dump would write (32-bit seconds, 32-bit micro/nanoseconds, caplen, wire length, data), but copied
  * with two memcpy calls instead of two locked stdio fwrite calls. The buffer keeps PODCAP_CHUNK_PREFIX bytes in
- * front of the records; podcap_chunk_seal appends the chunk's other fields (encoded by protobuf in Python, a few
- * dozen bytes) and fills the prefix with the two length-delimited headers (AgentMessage.chunk, then
- * PcapChunk.records), each length a 5-byte varint. Protobuf parsers accept such padded varints, so the records are
+ * front of each chunk's records; podcap_chunk_seal_head writes the chunk's other fields (encoded by protobuf in
+ * Python, a few dozen bytes) behind them and fills the prefix with the two length-delimited headers
+ * (AgentMessage.chunk, then PcapChunk.records), each length a 5-byte varint. Protobuf parsers accept such padded varints, so the records are
  * never copied again before the socket: no copy into a protobuf message, none out of it.
  *
  * The field numbers are the contract's (proto/podcap/v1/ingest.proto); C cannot read the generated descriptors,
