@@ -40,10 +40,10 @@ class CaptureMetrics(PromCollector):
         unaccounted = GaugeMetricFamily("podcap_unaccounted_packets", "Received by the kernel, neither stored nor "
                                         "counted as dropped (in flight while a capture runs; 0 once it ended)",
                                         labels=labels)
-        backlog = GaugeMetricFamily("podcap_archive_backlog_bytes", "With object storage: bytes of closed segments "
-                                    "waiting on the collector's disk for the bucket", labels=["capture"])
-        oldest = GaugeMetricFamily("podcap_archive_oldest_seconds", "With object storage: how long the oldest "
-                                   "waiting segment has waited", labels=["capture"])
+        backlog = GaugeMetricFamily("podcap_archive_backlog_bytes", "With object storage: bytes of every closed "
+                                    "segment waiting on the collector's disk for the bucket", labels=["capture"])
+        oldest = GaugeMetricFamily("podcap_archive_oldest_seconds", "With object storage: seconds since the oldest "
+                                   "waiting segment closed", labels=["capture"])
         n_active = 0
         for cap in self.captures.all():
             st = self.captures.status(cap)

@@ -1,12 +1,17 @@
 """Moving closed segments to the storage's second tier, for tiered storage (``CaptureStorage.tiered``).
 
-Every ``ARCHIVE_INTERVAL_S`` the archiver looks for segments that are closed (not a pod's open segment) and not yet
-archived, in every capture, oldest first. For each: the storage copies it and verifies the copy (``archive``, no
-lock held), the capture logic records where it went (the pod is dirty, and the archiver commits the capture at
-once), and only then the local copy is released. A segment that retention deleted meanwhile has its new copy
-deleted too. When archiving fails (the object store down, throttling, refusing credentials) the segment stays
-local and is tried again at the next round; ``status`` says why (``backlog``), and the local tier keeps
-everything — when it fills, storing pauses exactly as on a full disk and the agents spool.
+Every ``ARCHIVE_INTERVAL_S`` the archiver takes, in every capture, the closed segments not yet archived (the
+capture's ``ArchiveBacklog``, oldest closed first). For each: the storage copies it and verifies the copy
+(``archive``, no lock held), the capture logic records where it went (the pod is dirty, and the archiver commits the
+capture at once), and only then the local copy is released. A segment that retention deleted meanwhile has its new
+copy deleted too. When archiving fails (the object store down, throttling, refusing credentials) the segment stays
+local and is tried again at the next round, and the local tier keeps everything — when it fills, storing pauses
+exactly as on a full disk and the agents spool.
+
+``status`` answers at any moment, also while a round hangs on a frozen store: what waits comes from the capture's
+backlog, kept as segments close, are archived or deleted (not from a snapshot of a round), its age grows with the
+clock from when the oldest waiting segment closed, and the reason is the last failure (the object store's own
+words) and, past ``STALLED_S``, the upload or bucket write the archiver is stuck in.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
+from podcap.collector.captures.backlog import ArchiveBacklog, Clock
 from podcap.collector.captures.committer import Committer
 from podcap.collector.captures.describer import Describer
 from podcap.collector.captures.model import Capture, PodState
@@ -26,20 +33,33 @@ from podcap.errors import PodcapError
 log = logging.getLogger(__name__)
 
 ARCHIVE_INTERVAL_S = 1.0
+# An upload (or a write of the bucket's description) running longer than this is named in ``status``: a segment of
+# the default 64 MiB takes about a second here, a hung request up to boto3's read timeout (60 s) per attempt.
+STALLED_S = 10.0
+
+
+@dataclass(frozen=True)
+class _Busy:
+    """What the archiver is waiting on in the second tier, for whom, since when (its clock)."""
+
+    what: str
+    capture_id: str
+    since: float
 
 
 class Archiver:
     def __init__(self, table: CaptureTable, storage: CaptureStorage, committer: Committer, *,
-                 interval_s: float = ARCHIVE_INTERVAL_S) -> None:
+                 interval_s: float = ARCHIVE_INTERVAL_S, clock: Clock = time.time,
+                 stalled_s: float = STALLED_S) -> None:
         self.table = table
         self.interval_s = interval_s  # 0: no thread, rounds only when ``run_once`` is called (tests)
         self._round = threading.Lock()  # one round at a time
         self.storage = storage
         self.committer = committer
-        self.last_error = ""
-        # Per capture after the last round: bytes of closed segments still local only, and the age of the newest
-        # packet of the oldest of them (how long data has waited for the bucket, at least).
-        self.backlog: dict[str, tuple[int, float]] = {}
+        self.clock = clock  # wall-clock seconds: when segments closed, how long an upload runs
+        self.stalled_s = stalled_s
+        self.last_error = ""  # why the last attempt failed ("" once one succeeded)
+        self._busy: _Busy | None = None  # the bucket request in progress (read without a lock: one reference)
         self.describer = Describer(storage)
         self._stored_since_round = 0  # bytes appended locally since the last round counted the local tier
         self._local_bytes = 0  # what the local tier held at the last round, archived not (open segments too)
@@ -55,6 +75,23 @@ class Archiver:
         if self._thread.is_alive():
             self._thread.join(timeout=30)
 
+    def adopt(self, cap: Capture) -> None:
+        """Keep the capture's archive backlog from now on (with tiered storage): a new capture, or one found at
+        start-up whose closed segments wait already. When those closed was not recorded: their newest packet is
+        the best bound there is (they closed after it), so their age is at least the time since it."""
+        if not self.storage.tiered:
+            return
+        backlog = ArchiveBacklog(self.clock)
+        with cap.lock:
+            now = self.clock()
+            closed = []
+            for ps in cap.pods.values():
+                current = ps.writer.current if ps.writer is not None else None
+                closed += [(ps.pod.uid, seg) for seg in ps.segments if seg is not current]
+            for uid, seg in sorted(closed, key=lambda t: (t[1].last_ts_ns, t[1].index)):
+                backlog.closed(uid, seg, min(now, seg.last_ts_ns / 1e9) if seg.last_ts_ns else now)
+            cap.backlog = backlog
+
     def _loop(self) -> None:
         while not self._closing.wait(self.interval_s):
             try:
@@ -69,16 +106,19 @@ class Archiver:
 
     def _run_once(self) -> int:
         done = 0
-        backlog: dict[str, tuple[int, float]] = {}
         local = 0
         for cap in self.table.all():
-            todo = self._closed_unarchived(cap)
-            if todo:  # shown while this round's uploads run (they may hang on a slow store)
-                self.backlog[cap.id] = _waiting([seg for _ps, seg in todo])
+            backlog = cap.backlog
+            if backlog is None:
+                continue
+            with cap.lock:
+                todo = [(cap.pods[uid], seg) for uid, seg in backlog.waiting() if uid in cap.pods]
             archived: list[tuple[PodState, SegmentInfo]] = []
             for ps, seg in todo:
                 if self._closing.is_set():
                     break
+                self._busy = _Busy(f"upload of segment {seg.index} of {ps.pod.namespace}/{ps.dir_name}", cap.id,
+                                   self.clock())
                 try:
                     copy = location(self.storage, cap, ps).archive(seg)
                 except PodcapError as e:
@@ -86,10 +126,13 @@ class Archiver:
                         log.error("archiving %s: %s (kept locally; retried)", seg.locator, e)
                     self.last_error = str(e)
                     break  # the store is likely down: the next round tries again
+                finally:
+                    self._busy = None
+                self.last_error = ""
                 with cap.lock:
                     seg.archived = copy.locator
                     ps.dirty = True
-                    kept = seg in ps.segments
+                    kept = backlog.gone(ps.pod.uid, seg)  # (retention takes what it deletes out of the backlog)
                 if not kept:  # retention deleted it while it was being copied: the copy goes too
                     location(self.storage, cap, ps).delete(seg)
                     continue
@@ -100,19 +143,19 @@ class Archiver:
                 for ps, seg in archived:
                     location(self.storage, cap, ps).release(seg)
                 done += len(archived)
-                self.last_error = ""
+            self._busy = _Busy("writing the manifest", cap.id, self.clock())
             try:  # segments archived, or retention deleted some: the bucket's description follows
-                self.describer.sync(cap, complete=not cap.live and len(archived) == len(todo))
+                if self.describer.sync(cap, complete=not cap.live and len(archived) == len(todo)):
+                    self.last_error = ""
             except PodcapError as e:
                 self.last_error = str(e)
                 log.error("writing the manifest of %s: %s (retried)", cap.id, e)
-            waiting = [seg for _ps, seg in todo if not seg.archived]
-            if waiting:
-                backlog[cap.id] = _waiting(waiting)
+            finally:
+                self._busy = None
             with cap.lock:
-                local += sum(seg.bytes for ps in cap.pods.values() for seg in ps.segments if not seg.archived)
+                local += backlog.bytes + sum(ps.writer.current.bytes for ps in cap.pods.values()
+                                             if ps.writer is not None and ps.writer.current is not None)
         self.describer.forget({cap.id for cap in self.table.all()})
-        self.backlog = backlog
         self._local_bytes, self._stored_since_round = local, 0
         return done
 
@@ -127,25 +170,29 @@ class Archiver:
         waiting = self._local_bytes + self._stored_since_round
         if waiting < cap_bytes:
             return ""
-        return (f"local tier full: {waiting} bytes wait for the bucket (cap {cap_bytes})"
-                + (f"; {self.last_error}" if self.last_error else ""))
+        why = self.reason()
+        return f"local tier full: {waiting} bytes wait for the bucket (cap {cap_bytes})" + (f"; {why}" if why else "")
 
-    def status(self, capture_id: str) -> tuple[int, float, str]:
-        """(bytes waiting, seconds the oldest has waited, the last error) for ``podcap status``."""
-        nbytes, age = self.backlog.get(capture_id, (0, 0.0))
-        return nbytes, age, self.last_error if nbytes else ""
-
-    @staticmethod
-    def _closed_unarchived(cap: Capture) -> list[tuple[PodState, SegmentInfo]]:
+    def status(self, cap: Capture) -> tuple[int, float, str]:
+        """(bytes of the capture's closed segments not yet in the second tier, seconds since the oldest of them
+        closed, why they wait) for ``podcap status`` and the metrics, as of now. O(1): running totals."""
+        backlog = cap.backlog
+        if backlog is None:
+            return 0, 0.0, ""
         with cap.lock:
-            out = []
-            for ps in cap.pods.values():
-                current = ps.writer.current if ps.writer is not None else None
-                out += [(ps, seg) for seg in ps.segments if not seg.archived and seg is not current]
-            return sorted(out, key=lambda t: (t[1].first_ts_ns, t[1].index))
+            nbytes, age = backlog.bytes, backlog.age()
+        if not nbytes:
+            return 0, 0.0, ""
+        return nbytes, age, self.reason(cap.id)
 
-
-def _waiting(segments: list[SegmentInfo]) -> tuple[int, float]:
-    """(bytes, seconds since the newest packet of the oldest of them) of segments waiting for the bucket."""
-    newest_ns = min(seg.last_ts_ns for seg in segments)
-    return sum(seg.bytes for seg in segments), max(0.0, time.time() - newest_ns / 1e9) if newest_ns else 0.0
+    def reason(self, capture_id: str = "") -> str:
+        """Why segments wait: a bucket request in progress for longer than ``stalled_s`` (whichever capture's:
+        one archiver serves them all), and the last failure; "" when neither."""
+        why = []
+        busy = self._busy
+        if busy is not None and (held := self.clock() - busy.since) >= self.stalled_s:
+            whose = f" (capture {busy.capture_id})" if busy.capture_id != capture_id else ""
+            why.append(f"{busy.what}{whose} in progress for {held:.0f} s")
+        if self.last_error:
+            why.append(f"last error: {self.last_error}" if why else self.last_error)
+        return "; ".join(why)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from podcap.collector.agents import AgentConnection
 from podcap.collector.captures import retention
 from podcap.collector.captures.model import Capture, PodState
-from podcap.collector.captures.pods import Gap, file_format, note_gaps, open_writer
+from podcap.collector.captures.pods import Gap, file_format, note_closed, note_gaps, open_writer
 from podcap.collector.captures.streams import StreamState
 from podcap.collector.captures.table import CaptureTable, StorageHealth, heard_from
 from podcap.collector.storage.base import CaptureStorage, StorageError
@@ -179,6 +179,7 @@ class ChunkIngest:
                     ps.segments.append(seg)
                     ps.next_segment = seg.index + 1
                     ps.dirty = True
+                note_closed(cap, ps)  # a rotation closed the previous segment (also when the write then failed)
         with cap.lock:
             if cap.followers:
                 pod_pb, block = ps.pod.to_proto(), bytes(data)

@@ -30,6 +30,7 @@ from typing import BinaryIO
 from podcap.collector.agents import AgentConnection, AgentRegistry
 from podcap.collector.captures import reads, recovery, retention
 from podcap.collector.captures.archiver import ARCHIVE_INTERVAL_S, Archiver
+from podcap.collector.captures.backlog import Clock
 from podcap.collector.captures.chunks import ChunkIngest
 from podcap.collector.captures.committer import Committer
 from podcap.collector.captures.events import PodEvents
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 class CaptureManager:
     def __init__(self, storage: CaptureStorage, registry: AgentRegistry, store: CaptureStore, *,
                  cluster: ClusterInventory | None = None, local_cap_bytes: int = 0,
-                 archive_interval_s: float = ARCHIVE_INTERVAL_S) -> None:
+                 archive_interval_s: float = ARCHIVE_INTERVAL_S, clock: Clock = time.time) -> None:
         self.storage = storage
         self.registry = registry
         self.store = store
@@ -61,7 +62,8 @@ class CaptureManager:
         self.health = StorageHealth()
         self._closing = threading.Event()
         self.committer = Committer(self.table, store, self.health)
-        self.archiver = Archiver(self.table, storage, self.committer, interval_s=archive_interval_s)
+        # ``clock``: the wall clock of the archive backlog's ages (tests: a fake one)
+        self.archiver = Archiver(self.table, storage, self.committer, interval_s=archive_interval_s, clock=clock)
         self.placement = Placement(self.table, registry, cluster)
         self.events = PodEvents(self.table, storage, on_terminal=self._maybe_finish)
         self.chunks = ChunkIngest(self.table, storage, self.health, wake_committer=self.committer.wake,
@@ -72,6 +74,7 @@ class CaptureManager:
         if cluster is not None:
             cluster.subscribe(self.placement)
         for cap in recovery.load(store, storage):
+            self.archiver.adopt(cap)
             self.table.add(cap)
         self._ticker = threading.Thread(target=self._tick_loop, name="capture-ticker", daemon=True)
         self._ticker.start()
@@ -101,6 +104,7 @@ class CaptureManager:
         cap = Capture(new_capture_id(), req, spec, time.time_ns())
         for pod in pods:
             cap.pods[pod.uid] = new_pod_state(cap, pod)
+        self.archiver.adopt(cap)
         self.store.add_capture(CaptureRow(cap.id, req, cap.state, cap.created_ns, 0, ""))
         self.committer.commit(cap)
         self.table.add(cap)
@@ -121,7 +125,7 @@ class CaptureManager:
 
     def status(self, cap: Capture) -> control_pb2.CaptureStatus:
         st = cap.status(self.health.paused)
-        st.archive_backlog_bytes, st.archive_oldest_seconds, st.archive_error = self.archiver.status(cap.id)
+        st.archive_backlog_bytes, st.archive_oldest_seconds, st.archive_error = self.archiver.status(cap)
         return st
 
     def stop(self, capture_id: str, reason: str = "stopped by user", *, wait: float = STOP_GRACE_S) -> Capture:

@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from podcap.collector.captures.backlog import ArchiveBacklog
 from podcap.collector.captures.streams import StreamState, pod_counts
 from podcap.collector.storage.base import PodLocation, SegmentInfo, SegmentWriter
 from podcap.collector.storage.catalog import PodRow, SegmentRow, StreamRow
@@ -150,6 +151,8 @@ class Capture:
     # Set (under the lock) by the chunk that reached a packet or byte limit: nothing after it is stored.
     limit_reached: str = ""
     followers: list[Follower] = field(default_factory=list)
+    # With tiered storage: its closed segments not yet in the second tier (set by the archiver, which adopts it).
+    backlog: ArchiveBacklog | None = None
 
     @property
     def deadline_ns(self) -> int:

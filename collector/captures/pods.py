@@ -5,7 +5,8 @@ flush in parallel and the capture's lock is never held across I/O. Whoever needs
 Code that holds the capture's lock and wants a writer closed (a stream ended, the capture ended) asks for it
 (``request_close``), and ``settle_closes`` does it once that lock is released. A close that fails keeps the writer
 and everything it holds (``close_pending``), so the committer's next sync fails too, nothing more is acknowledged,
-storing pauses, and the committer retries the close. The pod's ``PodLocation`` comes from the
+storing pauses, and the committer retries the close. Whatever may have closed a segment (a rotation, a closed
+writer) tells the capture's archive backlog (``note_closed``). The pod's ``PodLocation`` comes from the
 ``CaptureStorage`` once and is kept on its ``PodState``. Losses are logged and noted in the pod's gap log.
 """
 
@@ -43,6 +44,7 @@ def open_writer(storage: CaptureStorage, cap: Capture, ps: PodState, fmt: FileFo
             with cap.lock:
                 ps.writer = None
                 ps.close_pending = ps.close_wanted = False
+                note_closed(cap, ps)
         writer = location(storage, cap, ps).writer(fmt, segment_bytes=cap.segment_bytes(),
                                                    segment_seconds=cap.segment_seconds(),
                                                    next_index=ps.next_segment)
@@ -85,6 +87,15 @@ def close_writer(cap: Capture, ps: PodState) -> None:
     with cap.lock:
         ps.writer = None
         ps.close_wanted = ps.close_pending = False
+        note_closed(cap, ps)
+
+
+def note_closed(cap: Capture, ps: PodState) -> None:
+    """The pod's segments that closed since the last call (a rotation, its writer closed) join what waits for the
+    second tier (``Capture.backlog``, with tiered storage). Caller holds the capture's lock; call after anything
+    that may have changed the writer's current segment."""
+    if cap.backlog is not None:
+        cap.backlog.track(ps.pod.uid, ps.segments, ps.writer.current if ps.writer is not None else None)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ def retire(storage: CaptureStorage, cap: Capture, now_ns: int, only: PodState | 
 
 def _retire_oldest(storage: CaptureStorage, cap: Capture, ps: PodState) -> Retired:
     seg = ps.segments.pop(0)
+    if cap.backlog is not None:  # deleted before it reached the second tier: it waits no more
+        cap.backlog.gone(ps.pod.uid, seg)
     ps.retired_bytes += seg.bytes
     ps.retired_packets += seg.packets
     ps.dirty = True

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -384,9 +386,29 @@ def test_the_manifest_pages_follow_what_the_bucket_holds(env: Env, monkeypatch: 
 
 @pytest.fixture
 def collector(s3: Testbed, s3_prefix: str, tmp_path: str) -> Iterator[tuple[str, str, Proc]]:
-    """A podcap-collector process keeping captures in the testbed's bucket under ``s3_prefix``."""
+    """A podcap-collector process keeping captures in the testbed's bucket under ``s3_prefix`` (metrics on a port
+    of its choosing: ``metrics_port``)."""
     yield from collector_process(str(tmp_path), "--storage", f"s3://{s3.bucket}/{s3_prefix}", "--s3-endpoint",
-                                 s3.endpoint, env=s3.env())
+                                 s3.endpoint, "--metrics-listen", "127.0.0.1:0", env=s3.env())
+
+
+def metrics_port(proc: Proc) -> int:
+    deadline = time.monotonic() + 10
+    while not (m := re.search(r"metrics on port (\d+)", proc.log())):
+        assert time.monotonic() < deadline, proc.log()
+        time.sleep(0.1)
+    return int(m.group(1))
+
+
+def archive_metrics(port: int, cid: str) -> dict[str, float]:
+    """The collector's archive gauges of capture ``cid``, as scraped."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for name in ("podcap_archive_backlog_bytes", "podcap_archive_oldest_seconds"):
+        m = re.search(rf'^{name}{{capture="{cid}"}} (\S+)$', text, re.MULTILINE)
+        out[name] = float(m.group(1)) if m else 0.0
+    return out
 
 
 def test_a_capture_through_rotation_into_the_bucket_reads_back_complete(
@@ -484,6 +506,67 @@ def _rfc3339(ns: int) -> str:
 
     t = datetime.datetime.fromtimestamp(ns // 1_000_000_000, datetime.UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % 1_000_000_000 // 1000:06d}Z"
+
+
+def test_status_shows_the_real_backlog_its_age_and_why_while_the_gateway_is_frozen(
+        collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, s3: Testbed) -> None:  # noqa: F811
+    """Issue 21. Real collector and agent, the gateway frozen (SIGSTOP) before segments close: ``status -o json``
+    twice, seconds apart, shows the bytes of every closed segment in the data dir (nothing is archived), an age
+    that grows with the clock and counts from when the oldest closed, and the hung upload as the reason; the
+    metrics say the same. Thawed, the backlog drains to 0 and the reason goes."""
+    address, data, proc = collector
+    cid = capture_id(podcap(address, "start", "-n", node.namespace, "rx-0", "--filter", f"udp port {PORT}",
+                            "--segment-size", "64KiB"))
+    sender, rx = node.pod("sender"), node.pod("rx-0")
+    node.exec(sender, ["ping", "-c", "1", "-W", "2", rx.ip])
+    pod_dir = os.path.join(data, "captures", cid, node.namespace, "rx-0")
+
+    def status() -> tuple[dict[str, object], float, float]:
+        before = time.monotonic()
+        st = json.loads(podcap(address, "status", cid, "-o", "json").stdout)
+        return st, before, time.monotonic()
+
+    def closed_local_bytes() -> int:
+        """The data dir's segments but the newest (the pod's open one): closed, and (frozen) not archived."""
+        return sum(os.path.getsize(p) for p in list_segments(pod_dir)[:-1])
+
+    s3.freeze_gateway()
+    try:
+        frozen = time.monotonic()
+        node.exec(sender, [sys.executable, SENDER, str(PORT), "3000", rx.ip])
+        sent = time.monotonic()
+        deadline = time.monotonic() + 20
+        while (st := status()[0])["pods"][0].get("packets", 0) < 3000:  # type: ignore[index]
+            assert time.monotonic() < deadline, st
+            time.sleep(0.2)
+        stored = time.monotonic()  # every segment that closes has closed by now
+        first, start1, end1 = status()
+        local = closed_local_bytes()
+        assert len(list_segments(pod_dir)) >= 5 and local > 3 * 64 * 1024
+        assert first.get("archive_backlog_bytes", 0) == local  # every closed segment, not those of one round
+        age1 = float(first.get("archive_oldest_seconds", 0))  # type: ignore[arg-type]
+        assert start1 - stored <= age1 <= end1 - frozen  # since the oldest closed, after the freeze
+        metrics = archive_metrics(metrics_port(proc), cid)
+        assert metrics["podcap_archive_backlog_bytes"] == local and metrics["podcap_archive_oldest_seconds"] >= age1
+        time.sleep(max(4.0, sent + 13 - time.monotonic()))  # the round's first upload has hung for 10 s and more
+        second, start2, end2 = status()
+        assert second.get("archive_backlog_bytes", 0) == closed_local_bytes() == local
+        age2 = float(second.get("archive_oldest_seconds", 0))  # type: ignore[arg-type]
+        assert start2 - end1 <= age2 - age1 <= end2 - start1  # grows with the clock
+        error = str(second.get("archive_error", ""))
+        assert re.fullmatch(rf"upload of segment 1 of {node.namespace}/rx-0 in progress for \d+ s", error), error
+        assert 10 <= int(error.split()[-2]) <= end2 - frozen
+        table = podcap(address, "status", cid).stdout  # and people read it in the table's title
+        assert "waiting on the collector's disk for the bucket" in table and "in progress for" in table
+    finally:
+        s3.thaw_gateway()
+    deadline = time.monotonic() + 60  # (the hung request completes once the gateway runs again)
+    while int((st := status()[0]).get("archive_backlog_bytes", 0)) or closed_local_bytes():  # type: ignore[call-overload]
+        assert time.monotonic() < deadline, (st, list_segments(pod_dir))
+        time.sleep(0.5)
+    assert (st.get("archive_oldest_seconds", 0), st.get("archive_error", "")) == (0, "")
+    assert len(list_segments(pod_dir)) == 1  # the open segment: all else archived and released
+    assert archive_metrics(metrics_port(proc), cid)["podcap_archive_backlog_bytes"] == 0
 
 
 def test_refused_credentials_are_a_one_line_error_at_start(s3: Testbed, tmp_path: str) -> None:

@@ -733,9 +733,12 @@ class CaptureStatus(_message.Message):
     paused: _builtins.str
     """Non-empty while storing is paused (e.g. "data dir full"): agents hold their data until it resumes."""
     archive_backlog_bytes: _builtins.int
-    """With object storage (collector --storage s3://...): closed segments of this capture not yet in the bucket
-    (they wait on the collector's disk), how long the oldest has waited, and why the last upload failed ("" when
-    the last one succeeded).
+    """With object storage (collector --storage s3://...), as of this status: the bytes of every closed segment of
+    this capture not yet in the bucket (they wait on the collector's disk; the pods' open segments are not
+    counted), the seconds since the oldest of them closed (growing while nothing is uploaded), and why they wait:
+    an upload or manifest write in progress for longer than 10 s ("upload of segment 3 of shop/web-0 in
+    progress for 35 s") and the object store's error of the last attempt that failed ("" when neither; all three
+    0 or "" when nothing waits).
     """
     archive_oldest_seconds: _builtins.float
     archive_error: _builtins.str
