@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv libpcap0.8 tcpdump tshark netsniff-ng iproute2 iputils-ping procps \
 	containerd runc containernetworking-plugins busybox-static iptables gcc libc6-dev ceph-mon ceph-osd radosgw zstd \
-	debootstrap
+	debootstrap buildah curl
 
 .PHONY: demo test deps venv dev lint typecheck proto proto-check unit integration bench bench-smoke soak clean images
 
@@ -68,9 +68,9 @@ soak: venv
 	$(PY) -m tests.bench.run --soak $(SOAK_MINUTES)
 
 # The agent and collector images as OCI archives (build/images/podcap-{agent,collector}.oci.tar), built from
-# deploy/images/Dockerfile with no engine and no registry: a Debian base from debootstrap (deploy/images/base.sh,
-# kept until `make clean`), then deploy/images/build.py. Rebuilt only when what goes into them changed, so a CI run
-# builds them once; the node tests run them (tests/node/kubelet.py).
+# deploy/images/Dockerfile by buildah with no daemon and no registry: a Debian base from debootstrap
+# (deploy/images/base.sh, kept until `make clean`), then deploy/images/build.sh. Rebuilt only when what goes into them
+# changed, so a CI run builds them once; the node tests run them (tests/node/kubelet.py).
 IMAGES_DIR := build/images
 IMAGE_TAG := 0.1.0
 IMAGE_INPUTS := $(shell git ls-files pyproject.toml proto agent collector deploy/images 2>/dev/null)
@@ -80,11 +80,7 @@ $(IMAGES_DIR)/base/rootfs: deploy/images/base.sh | deps
 	@start=$$(date +%s); deploy/images/base.sh $(IMAGES_DIR)/base; echo "base image root: $$(( $$(date +%s) - start )) s"
 
 $(IMAGES_DIR)/.built: $(IMAGES_DIR)/base/rootfs $(IMAGE_INPUTS)
-	@start=$$(date +%s); python3 deploy/images/build.py -f deploy/images/Dockerfile --context . \
-		--workdir $(IMAGES_DIR)/work --build-arg PYTHON_IMAGE=podcap-base:bookworm \
-		--image podcap-base:bookworm=$(IMAGES_DIR)/base/rootfs \
-		--target agent=podcap-agent:$(IMAGE_TAG)=$(IMAGES_DIR)/podcap-agent.oci.tar \
-		--target collector=podcap-collector:$(IMAGE_TAG)=$(IMAGES_DIR)/podcap-collector.oci.tar \
+	@start=$$(date +%s); deploy/images/build.sh $(IMAGES_DIR)/base/rootfs $(IMAGES_DIR) $(IMAGE_TAG) \
 		> $(IMAGES_DIR)/build.log 2>&1 || { tail -40 $(IMAGES_DIR)/build.log; exit 1; }; \
 	grep -E '^podcap-' $(IMAGES_DIR)/build.log; echo "images built in $$(( $$(date +%s) - start )) s"
 	touch $@

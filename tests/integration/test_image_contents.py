@@ -33,12 +33,17 @@ def _image(role: str) -> tuple[dict[str, Any], set[str]]:
 
         index = json.loads(tf.extractfile("index.json").read())  # type: ignore[union-attr]
         (entry,) = index["manifests"]
-        assert entry["annotations"]["io.containerd.image.name"] == f"docker.io/library/podcap-{role}:0.1.0"
+        # The reference containerd imports the image as: what a kubelet asks for when a manifest says
+        # `image: podcap-ROLE:0.1.0` (buildah writes it as the OCI ref name).
+        assert entry["annotations"]["org.opencontainers.image.ref.name"] == f"docker.io/library/podcap-{role}:0.1.0"
         manifest = json.loads(blob(entry["digest"]))
         config = json.loads(blob(manifest["config"]["digest"]))
         names: set[str] = set()
         for layer in manifest["layers"]:
-            with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob(layer["digest"])))) as lt:
+            data = blob(layer["digest"])
+            if layer["mediaType"].endswith("+gzip"):
+                data = gzip.decompress(data)
+            with tarfile.open(fileobj=io.BytesIO(data)) as lt:
                 names.update(n.lstrip("./") for n in lt.getnames())
     return config, names
 
