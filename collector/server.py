@@ -1,14 +1,23 @@
 """``podcap-collector``: wiring and process lifecycle of the collector.
 
-One gRPC server on one port serves both services: ``Ingest`` for agents and ``Control`` for the CLI. SIGTERM or
-SIGINT stops it cleanly: the server stops accepting, sessions end, captures' counters are persisted (running
-captures resume when the collector starts again on the same data dir).
+One gRPC server on one port serves both services: ``Ingest`` for agents and ``Control`` for the CLI (with TLS,
+agents get a second, mutual-TLS port). SIGTERM or SIGINT stops it cleanly: the server stops accepting, sessions
+end, captures' counters are persisted (running captures resume when the collector starts again on the same data
+dir).
+
+Every listener is exclusive. gRPC Python sets SO_REUSEPORT by default, so a second collector started on the same
+port would bind too and take half of the new connections (agents and users split between two collectors with
+different captures); ``grpc.so_reuseport`` is off on each server, each address is tried first with a plain socket
+(``check_listen``) so the refusal names its reason, and the collector refuses to start with one line
+(``cannot listen on HOST:PORT: address already in use``). The metrics listener is checked the same way.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 import sys
 import threading
 from concurrent import futures
@@ -24,7 +33,7 @@ from podcap import daemon
 from podcap.collector.agents import AgentRegistry
 from podcap.collector.api.auth import Authorizer, KubeAuthorizer, OpenAuthorizer, StaticTokenAuthorizer
 from podcap.collector.api.control import ControlServicer
-from podcap.collector.api.ingest import IngestServicer
+from podcap.collector.api.ingest import MAX_MESSAGE_BYTES, RECEIVE_LIMIT_BYTES, IngestServicer
 from podcap.collector.api.wire import add_ingest_servicer
 from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.kube.client import in_cluster, load_api
@@ -33,13 +42,16 @@ from podcap.collector.kube.inventory import ClusterInventory
 from podcap.collector.storage.base import CaptureStorage
 from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.local import LocalStorage
-from podcap.errors import PodcapError
+from podcap.errors import PodcapError, PreconditionError
 from podcap.tls import TlsFiles
 from podcap.v1 import control_pb2_grpc
 
 log = logging.getLogger("podcap.collector")
 
-MAX_MESSAGE_BYTES = 16 << 20  # chunks are cut near 4 MiB; one dispatch may add a little more
+
+
+class ListenError(PreconditionError):
+    """An address the collector is to listen on cannot be bound (in use, not local, not permitted)."""
 
 
 @dataclass
@@ -84,11 +96,13 @@ def start_cluster(kubeconfig: str | None, *, sync_timeout: float = 30.0) -> Clus
 
 
 def _grpc_server(max_workers: int) -> grpc.Server:
-    # Every agent session holds a worker thread for its lifetime: size the pool for nodes + CLI calls.
+    # Every agent session holds a worker thread for its lifetime: size the pool for nodes + CLI calls. Messages
+    # over the declared limit (but within the transport's) are refused in-band by the ingest servicer.
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+        options=[("grpc.max_receive_message_length", RECEIVE_LIMIT_BYTES),
+                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=max_workers,
     )
     health = HealthServicer()
@@ -97,11 +111,39 @@ def _grpc_server(max_workers: int) -> grpc.Server:
     return server
 
 
+def check_listen(address: str) -> None:
+    """Raise ListenError if ``address`` (HOST:PORT; port 0 is never checked) cannot be bound now, with the
+    system's reason. A plain socket with SO_REUSEADDR, as gRPC and http.server bind theirs: it fails exactly when
+    another process listens there."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        if not port.isdigit():
+            raise ListenError(f"cannot listen on {address}: expected HOST:PORT")
+        if int(port) == 0:
+            return
+        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ListenError(f"cannot listen on {address}: {e.strerror}") from e
+    family, kind, proto, _, sockaddr = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(sockaddr)
+            s.listen(1)
+    except OSError as e:
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise ListenError(f"cannot listen on {address}: {reason[:1].lower()}{reason[1:]}") from e
+
+
 def _bind(server: grpc.Server, address: str, creds: grpc.ServerCredentials | None) -> int:
+    """The port bound on ``address``. Raises ListenError."""
+    check_listen(address)
     try:
         return server.add_secure_port(address, creds) if creds is not None else server.add_insecure_port(address)
-    except RuntimeError:
-        return 0
+    except RuntimeError as e:  # taken between the check and now, or refused by gRPC for its own reasons
+        check_listen(address)
+        raise ListenError(f"cannot listen on {address}: {os.strerror(errno.EADDRINUSE).lower()}") from e
 
 
 def open_storage(data_dir: str, storage: str = "", *, s3_endpoint: str = "", s3_region: str = "") -> CaptureStorage:
@@ -130,6 +172,9 @@ def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
     mutual-TLS port ``agent_listen`` (default: the next port). Without ``authorizer`` everyone may do
     everything. ``storage``: where captures go (default: the data dir, see ``open_storage``); with tiered storage
     ``local_cap_bytes`` caps what may wait locally for the bucket (storing pauses beyond it)."""
+    for address in (listen, agent_listen if tls is not None else ""):
+        if address:
+            check_listen(address)  # before anything is opened; ``_bind`` checks again
     os.umask(0o077)  # captured packets are readable by the collector's user only
     os.makedirs(os.path.join(data_dir, "captures"), mode=0o700, exist_ok=True)
     store = CaptureStore(os.path.join(data_dir, "podcap.db"))
@@ -137,25 +182,27 @@ def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
     captures = CaptureManager(storage or LocalStorage(data_dir), registry, store, cluster=cluster,
                               local_cap_bytes=local_cap_bytes)
     server = _grpc_server(max_workers)
-    ingest = IngestServicer(registry, captures, require_agent_cert=tls is not None)
+    ingest = IngestServicer(registry, captures, require_agent_cert=tls is not None,
+                            max_message_bytes=MAX_MESSAGE_BYTES)
     control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(captures, authorizer or OpenAuthorizer()), server)
     agent_server = None
-    if tls is None:
-        add_ingest_servicer(ingest, server)
-        port = _bind(server, listen, None)
-    else:
-        port = _bind(server, listen, tls.server_credentials(require_client_cert=False))
-    agent_port = port
-    if port and tls is not None:
-        agent_server = _grpc_server(max_workers)
-        add_ingest_servicer(ingest, agent_server)
-        host = listen.rsplit(":", 1)[0]
-        agent_port = _bind(agent_server, agent_listen or f"{host}:{port + 1}",
-                           tls.server_credentials(require_client_cert=True))
-    if port == 0 or agent_port == 0:
+    try:
+        if tls is None:
+            add_ingest_servicer(ingest, server)
+            port = _bind(server, listen, None)
+        else:
+            port = _bind(server, listen, tls.server_credentials(require_client_cert=False))
+        agent_port = port
+        if tls is not None:
+            agent_server = _grpc_server(max_workers)
+            add_ingest_servicer(ingest, agent_server)
+            host = listen.rsplit(":", 1)[0]
+            agent_port = _bind(agent_server, agent_listen or f"{host}:{port + 1}",
+                               tls.server_credentials(require_client_cert=True))
+    except ListenError:
         captures.close()
         store.close()
-        raise OSError(f"cannot listen on {listen if port == 0 else agent_listen or 'the agent port'}")
+        raise
     server.start()
     if agent_server is not None:
         agent_server.start()
@@ -242,6 +289,8 @@ def main(listen: str, data_dir: str, storage: str, s3_endpoint: str, s3_region: 
         else:
             _fail("no way to authenticate users: pass --token-file, or run with the Kubernetes API (--kubeconfig "
                   "or in-cluster) for TokenReview/SubjectAccessReview", cluster)
+        if metrics_listen:
+            check_listen(metrics_listen)
         backend = open_storage(data_dir, storage, s3_endpoint=s3_endpoint, s3_region=s3_region)
         collector = start_collector(listen, data_dir, max_workers=max_workers, cluster=cluster, tls=tls,
                                     authorizer=authorizer, agent_listen=agent_listen, storage=backend,
@@ -251,7 +300,12 @@ def main(listen: str, data_dir: str, storage: str, s3_endpoint: str, s3_region: 
     if metrics_listen:
         from podcap.collector.metrics import serve_metrics
 
-        log.info("metrics on port %d", serve_metrics(metrics_listen, collector.captures, collector.registry))
+        try:
+            log.info("metrics on port %d", serve_metrics(metrics_listen, collector.captures, collector.registry))
+        except OSError as e:  # taken since the check
+            collector.stop(0)
+            reason = os.strerror(e.errno) if e.errno else str(e)
+            _fail(f"cannot listen on {metrics_listen}: {reason[:1].lower()}{reason[1:]}", cluster)
     log.info("podcap-collector listening on %s (port %d%s), data dir %s%s", listen, collector.port,
              f", agents on port {collector.agent_port} with mutual TLS" if tls else "", data_dir,
              f", archived to {storage}" if storage not in ("", "local") else "")

@@ -1,10 +1,20 @@
 """``podcap.v1.Ingest``: the collector's end of every agent session.
 
 The first message must be ``register``. Then one reader thread consumes the agent's messages (chunks are stored
-and acknowledged in order; events and inventories go to the capture manager and registry) while the response
-generator drains the connection's outbound queue (commands and acks). A malformed message from an agent is
-logged and answered in-band where possible; it never touches stored data. Normal ends (the agent closing,
-cancellation, collector shutdown) are not errors.
+and acknowledged in order; events and inventories go to the capture manager and registry; what the agent holds
+unacknowledged, reported at registration and with every heartbeat, goes to the capture manager) while the
+response generator drains the connection's outbound queue (commands and acks). A malformed message from an agent
+is logged and answered in-band where possible; it never touches stored data. Normal ends (the agent closing,
+cancellation, collector shutdown) are not errors, but each is logged with what ended it.
+
+Message size. The collector declares the largest message it accepts (``Registered.max_message_bytes``,
+``MAX_MESSAGE_BYTES``) and agents cut their chunks to fit. A chunk in a larger message is answered with an in-band
+rejection (``ChunkAck.rejected``) naming both sizes, and the agent sends a gap in its place: the session goes on.
+The transport's own receive limit (``RECEIVE_LIMIT_BYTES``) sits ``RECEIVE_MARGIN_BYTES`` (4 MiB) above the
+declared one because a message past it never reaches the servicer: gRPC cancels the whole call, and an agent that
+sends the same chunk again after reconnecting loops forever (issue 21). The margin is one agent chunk (4 MiB plus a
+record), so an agent that does not know the declared limit (an older one) and overshoots it by up to a chunk is
+still told in-band why; it is not larger because every session may hold one message of this size in memory.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import grpc
 from podcap.collector.agents import HEARTBEAT_INTERVAL_S, AgentConflictError, AgentConnection, AgentRegistry
 from podcap.collector.api.errors import abort_for
 from podcap.collector.api.wire import IncomingChunk
-from podcap.collector.captures.chunks import ChunkRejectedError
+from podcap.collector.captures.chunks import ChunkRejectedError, oversized_reason
 from podcap.collector.captures.manager import CaptureManager
 from podcap.names import InvalidNameError, check_namespace, check_node_name, check_pod_name, check_pod_uid
 from podcap.pods import PodRef
@@ -29,6 +39,23 @@ from podcap.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
+# What agents are told they may send (Registered.max_message_bytes), and what the transport takes (see above).
+MAX_MESSAGE_BYTES = 16 << 20
+RECEIVE_MARGIN_BYTES = 4 << 20
+RECEIVE_LIMIT_BYTES = MAX_MESSAGE_BYTES + RECEIVE_MARGIN_BYTES
+AGENT_ENDED = "the agent ended the session"
+
+
+def call_ended(e: grpc.RpcError | None = None) -> str:
+    """Why a call ended that the servicer saw cancelled, as precisely as gRPC says: a server-side ``RpcError``
+    carries no status, so the candidates are named."""
+    code, details = getattr(e, "code", None), getattr(e, "details", None)
+    if callable(code) and callable(details):
+        status = code()
+        return f"gRPC status {getattr(status, 'name', status)}: {details()}"
+    return ("the call was cancelled: the agent cancelled it or stopped, the connection broke, or a message was "
+            f"over the collector's receive limit of {RECEIVE_LIMIT_BYTES} bytes (gRPC does not tell the server "
+            "which; the agent's log has the status it got)")
 
 
 def _valid_pods(node: str, pods: list[common_pb2.Pod]) -> list[PodRef]:
@@ -51,10 +78,12 @@ def _valid_pods(node: str, pods: list[common_pb2.Pod]) -> list[PodRef]:
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServicer):
-    def __init__(self, registry: AgentRegistry, captures: CaptureManager, *, require_agent_cert: bool) -> None:
+    def __init__(self, registry: AgentRegistry, captures: CaptureManager, *, require_agent_cert: bool,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.registry = registry
         self.captures = captures
         self.require_agent_cert = require_agent_cert
+        self.max_message_bytes = max_message_bytes
 
     def Attach(  # noqa: N802 (gRPC method name)
         self, request_iterator: Iterator[ingest_pb2.AgentMessage | IncomingChunk], context: grpc.ServicerContext
@@ -78,29 +107,39 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         conn = AgentConnection(node=node, instance_id=reg.instance_id[:64], version=reg.version[:64],
                                pod_source=reg.pod_source[:32], pods=_valid_pods(node, list(reg.pods)))
         conn.send(ingest_pb2.CollectorMessage(registered=ingest_pb2.Registered(
-            session_id=conn.session_id, heartbeat_interval_ms=int(HEARTBEAT_INTERVAL_S * 1000))))
+            session_id=conn.session_id, heartbeat_interval_ms=int(HEARTBEAT_INTERVAL_S * 1000),
+            max_message_bytes=self.max_message_bytes)))
         try:
             self.registry.register(conn)
         except AgentConflictError as e:
+            log.warning("refused an agent session from %s: %s", context.peer(), e)
             abort_for(context, e)
-        context.add_callback(conn.close)
+        self.captures.on_held(conn, reg.held)
+        context.add_callback(lambda: conn.close(call_ended()))
         reader = threading.Thread(target=self._read, args=(conn, request_iterator), daemon=True,
                                   name=f"ingest-{node}")
         reader.start()
         try:
             yield from conn.outgoing()
+        except GeneratorExit:
+            conn.close(call_ended())  # gRPC stopped taking our responses: the call is over
+            raise
         finally:
             conn.close()
             reader.join(timeout=5)
             self.registry.unregister(conn)
 
-    def _chunk(self, conn: AgentConnection, c: ingest_pb2.PcapChunk,
-               records: memoryview | None = None) -> ingest_pb2.ChunkAck | None:
-        """Store one chunk; an acknowledgement to send now (duplicate or rejection), or None (the commit will)."""
+    def _chunk(self, conn: AgentConnection, c: ingest_pb2.PcapChunk, records: memoryview | None = None, *,
+               size: int = 0) -> ingest_pb2.ChunkAck | None:
+        """Store one chunk (from a message of ``size`` bytes); an acknowledgement to send now (duplicate or
+        rejection), or None (the commit will)."""
         try:
+            if size > self.max_message_bytes:
+                return self.captures.on_oversized(conn, c, size, self.max_message_bytes)
             return self.captures.on_chunk(conn, c, records)
         except ChunkRejectedError as e:
-            log.warning("agent %s: chunk rejected: %s", conn.node, e)
+            log.warning("agent %s: chunk %d of stream %r (capture %r, pod %r) refused: %s", conn.node, c.seq,
+                        c.stream_id[:64], c.capture_id[:64], c.pod_uid[:64], e)
             return ingest_pb2.ChunkAck(capture_id=c.capture_id[:64], pod_uid=c.pod_uid[:64],
                                        stream_id=c.stream_id[:64], seq=c.seq, rejected=True, reason=str(e)[:500])
 
@@ -109,14 +148,18 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             for msg in requests:
                 conn.last_seen = time.monotonic()
                 if isinstance(msg, IncomingChunk):  # a lone chunk, decoded without copying its records
-                    ack = self._chunk(conn, msg.meta, msg.records)
+                    ack = self._chunk(conn, msg.meta, msg.records, size=msg.size)
                     if ack is not None:
                         conn.send(ingest_pb2.CollectorMessage(ack=ack))
                     continue
                 kind = msg.WhichOneof("kind")
                 if kind == "chunk" or kind == "chunks":
                     batch = [msg.chunk] if kind == "chunk" else list(msg.chunks.chunks)[:MAX_BATCH]
-                    acks = [a for a in (self._chunk(conn, c) for c in batch) if a is not None]
+                    size = msg.ByteSize()
+                    if size > self.max_message_bytes:
+                        log.warning("agent %s: a batch of %d chunks refused: %s", conn.node, len(batch),
+                                    oversized_reason(size, self.max_message_bytes))
+                    acks = [a for a in (self._chunk(conn, c, size=size) for c in batch) if a is not None]
                     if len(acks) == 1:
                         conn.send(ingest_pb2.CollectorMessage(ack=acks[0]))
                     elif acks:
@@ -126,12 +169,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                 elif kind == "inventory":
                     self.registry.update_inventory(conn, _valid_pods(conn.node, list(msg.inventory.pods)))
                 elif kind == "heartbeat":
-                    pass
+                    self.captures.on_held(conn, msg.heartbeat.held)
                 else:
                     log.warning("agent %s: unexpected message %r ignored", conn.node, kind)
-        except grpc.RpcError:
-            pass  # the stream ended (agent gone, cancelled, shutdown): handled by the caller
-        except Exception:
+        except grpc.RpcError as e:
+            conn.close(call_ended(e))  # logged when the registry hears of the end
+        except Exception as e:
             log.exception("agent %s: session reader failed", conn.node)
+            conn.close(f"the collector's session reader failed: {type(e).__name__}: {e}")
+        else:
+            conn.close(AGENT_ENDED)  # the agent closed its side
         finally:
             conn.close()

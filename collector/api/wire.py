@@ -33,10 +33,12 @@ from podcap.v1 import ingest_pb2, ingest_pb2_grpc
 
 @dataclass(frozen=True)
 class IncomingChunk:
-    """A ``PcapChunk`` as received: ``meta`` has every field but ``records``, which views the received bytes."""
+    """A ``PcapChunk`` as received: ``meta`` has every field but ``records``, which views the received bytes;
+    ``size`` is the whole message's (what the collector's message limit applies to)."""
 
     meta: ingest_pb2.PcapChunk
     records: memoryview
+    size: int
 
 
 class _NotFast(FramingError):
@@ -78,7 +80,7 @@ def _split_chunk(raw: bytes) -> IncomingChunk:
             raise _NotFast  # records with an unexpected wire type: protobuf rejects it
         rest.append(raw[start:pos])
     meta = ingest_pb2.PcapChunk.FromString(b"".join(rest))
-    return IncomingChunk(meta, memoryview(raw)[records[0] : records[1]])
+    return IncomingChunk(meta, memoryview(raw)[records[0] : records[1]], len(raw))
 
 
 def decode_agent_message(raw: bytes) -> ingest_pb2.AgentMessage | IncomingChunk:

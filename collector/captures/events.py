@@ -4,7 +4,8 @@ A ``PodCaptureEvent`` either starts a stream (CAPTURING with its format), report
 what it delivered, what only the node knows it lost — cumulative, so a report sent again changes nothing), or
 moves the pod's state (only its current stream does that). A new stream after an earlier one is a
 re-attachment: the pod's message says when and how long nothing was captured. What a report says was lost since
-the previous one goes to the pod's gap log. A terminal event may end the capture (``on_terminal``).
+the previous one goes to the pod's gap log. A stream's final report names its last chunk (``last_seq``): the
+stream is complete once that chunk was written. A terminal event may end the capture (``on_terminal``).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class PodEvents:
         elif ev.state in TERMINAL:
             ps.state = ev.state
             ps.message = ev.message
+            ps.reported_end = True
             request_close(ps)
             if ev.state == common_pb2.POD_CAPTURE_STATE_FAILED:
                 log.warning("capture %s: pod %s failed: %s", cap.id, ps.pod.display, ev.message)
@@ -110,6 +112,7 @@ class PodEvents:
                       ps.pod.display, st.id, ev.last_seq, st.last_seq + 1, ev.last_seq)
         if ev.state != common_pb2.POD_CAPTURE_STATE_CAPTURING:
             st.final = True
+            st.final_seq = max(st.final_seq, ev.last_seq)
 
     @staticmethod
     def _new_stream(cap: Capture, ps: PodState, ev: ingest_pb2.PodCaptureEvent) -> StreamState:

@@ -6,7 +6,7 @@ ended, duration or a limit reached) and, with a ticker, enforces duration, the s
 Everything else is a component it wires together and delegates to:
 
 - ``placement``: which agent captures which pod, agent and cluster events;
-- ``events``: the agents' reports on their streams;
+- ``events``: the agents' reports on their streams; ``held``: what they hold unacknowledged;
 - ``chunks``: chunk ingest, stage by stage;
 - ``committer``: durability and acknowledgements; ``recovery``: the captures found at startup; ``archiver``:
   closed segments to the second tier of tiered storage;
@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 from podcap.collector.agents import AgentConnection, AgentRegistry
@@ -35,6 +35,7 @@ from podcap.collector.captures.chunks import ChunkIngest
 from podcap.collector.captures.committer import Committer
 from podcap.collector.captures.events import PodEvents
 from podcap.collector.captures.follow import Subscription
+from podcap.collector.captures.held import HeldReports
 from podcap.collector.captures.model import ACTIVE, TERMINAL, Capture, PodState
 from podcap.collector.captures.placement import Placement, new_pod_state
 from podcap.collector.captures.pods import request_close, settle_closes
@@ -66,6 +67,7 @@ class CaptureManager:
         self.archiver = Archiver(self.table, storage, self.committer, interval_s=archive_interval_s, clock=clock)
         self.placement = Placement(self.table, registry, cluster)
         self.events = PodEvents(self.table, storage, on_terminal=self._maybe_finish)
+        self.held = HeldReports(self.table)
         self.chunks = ChunkIngest(self.table, storage, self.health, wake_committer=self.committer.wake,
                                   begin_stop=self._begin_stop, closing=self._closing,
                                   local_room=lambda: self.archiver.local_room(local_cap_bytes),
@@ -126,6 +128,11 @@ class CaptureManager:
     def status(self, cap: Capture) -> control_pb2.CaptureStatus:
         st = cap.status(self.health.paused)
         st.archive_backlog_bytes, st.archive_oldest_seconds, st.archive_error = self.archiver.status(cap)
+        agents: dict[str, str] = {}
+        for p in st.pods:
+            if p.pod.node not in agents:
+                agents[p.pod.node] = self.registry.describe(NodeName(p.pod.node))
+            p.agent = agents[p.pod.node]
         return st
 
     def stop(self, capture_id: str, reason: str = "stopped by user", *, wait: float = STOP_GRACE_S) -> Capture:
@@ -155,6 +162,16 @@ class CaptureManager:
     def on_chunk(self, conn: AgentConnection, chunk: ingest_pb2.PcapChunk,
                  records: memoryview | None = None) -> ingest_pb2.ChunkAck | None:
         return self.chunks.on_chunk(conn, chunk, records)
+
+    def on_oversized(self, conn: AgentConnection, chunk: ingest_pb2.PcapChunk, size: int,
+                     limit: int) -> ingest_pb2.ChunkAck | None:
+        """A chunk in a message of ``size`` bytes, over the declared ``limit``. Raises ChunkRejectedError (unless
+        it is a copy of a chunk already written)."""
+        return self.chunks.refuse_oversized(conn, chunk, size, limit)
+
+    def on_held(self, conn: AgentConnection, report: Iterable[ingest_pb2.StreamHeld]) -> None:
+        """The agent's complete report of what it holds unacknowledged (at registration, with each heartbeat)."""
+        self.held.apply(conn.node, report)
 
     # ---- ending ----
 
@@ -218,6 +235,7 @@ class CaptureManager:
     def _tick_loop(self) -> None:
         last_retention = 0.0
         while not self._closing.wait(0.2):
+            self.registry.expire()  # nodes whose agent did not come back within its grace
             now_ns = time.time_ns()
             for cap in self.table.all():
                 if cap.state == control_pb2.CAPTURE_STATE_RUNNING and cap.deadline_ns and now_ns >= cap.deadline_ns:

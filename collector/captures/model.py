@@ -4,7 +4,9 @@ segment writer also by its ``PodState.io_lock``).
 ``Capture`` and ``PodState`` hold what ``podcap status`` shows and what storage needs: per pod every stream it had
 (``podcap.collector.captures.streams``: sequence position and accounting; the newest is the current one), its
 segments and its open segment writer (through the storage interface, ``podcap.collector.storage.base``),
-cumulative and retired counters. ``to_row`` is the persisted form (``podcap.collector.storage.catalog``).
+cumulative and retired counters, what its agent last said it holds unacknowledged (``held``), and whether its
+counters are exact (``final``: the agent's final reports came, everything they announced arrived, nothing is on
+its way). ``to_row`` is the persisted form (``podcap.collector.storage.catalog``).
 Nothing here does I/O or knows the storage layout; followers are anything with the ``Follower`` shape.
 """
 
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from podcap.collector.captures.backlog import ArchiveBacklog
-from podcap.collector.captures.streams import StreamState, pod_counts
+from podcap.collector.captures.streams import Held, StreamState, pod_counts
 from podcap.collector.storage.base import PodLocation, SegmentInfo, SegmentWriter
 from podcap.collector.storage.catalog import PodRow, SegmentRow, StreamRow
 from podcap.collector.targets import TargetSpec
@@ -57,6 +59,11 @@ class PodState:
     fmt: common_pb2.PcapFormat | None = None
     # Packets of chunks of streams the collector never saw start (refused, and counted here).
     orphan: Drops = field(default_factory=Drops)
+    # What the agent last said it held unacknowledged, by stream id (``podcap.collector.captures.held``); streams
+    # the collector has not seen start may be among them.
+    held: dict[str, Held] = field(default_factory=dict)
+    # The agent reported the pod's end (a DONE or FAILED event), as opposed to the collector giving up on it.
+    reported_end: bool = False
     location: PodLocation | None = None  # where its segments go (set when first needed; not persisted)
     # The pod's writer and its I/O are guarded by ``io_lock`` (taken before the capture's lock, never while holding
     # it); ``writer`` is assigned holding both, so either lock suffices to read it.
@@ -100,8 +107,30 @@ class PodState:
                 st.abandoned = True
                 self.dirty = True
 
+    def on_its_way(self) -> Held:
+        """What the agent holds that may still arrive: its last report, less the streams the collector has whole
+        and those it gave up on (what they held is counted lost with the agent)."""
+        total = Held()
+        for sid, h in self.held.items():
+            st = self.streams.get(sid)
+            if st is None or not (st.complete or st.lost):
+                total += h
+        return total
+
+    @property
+    def final(self) -> bool:
+        """The pod's counters are exact: it ended, every stream sent its final report and everything that report
+        announced arrived, and the agent holds nothing more of it. A pod without any stream is final only when
+        its agent reported its end (a pod the collector gave up on may have been captured, with every report
+        lost)."""
+        if self.state not in TERMINAL or self.on_its_way():
+            return False
+        if not self.streams:
+            return self.reported_end
+        return all(st.complete for st in self.streams.values())
+
     def status(self) -> control_pb2.PodStatus:
-        counts = pod_counts(list(self.streams.values()), self.orphan)
+        counts = pod_counts(list(self.streams.values()), self.orphan, self.held)
         stored = self.packets_total - self.retired_packets
         return control_pb2.PodStatus(
             pod=self.pod.to_proto(), state=self.state, packets=stored, bytes=self.stored_bytes,
@@ -111,7 +140,7 @@ class PodState:
             unaccounted=counts.received - stored - self.retired_packets - counts.dropped - counts.drops.total(),
             interface=self.interface, message=self.message, segments=len(self.segments), path=self.rel_path,
             reattachments=self.reattachments, retired_bytes=self.retired_bytes,
-            retired_packets=self.retired_packets,
+            retired_packets=self.retired_packets, held=self.on_its_way().to_proto(), final=self.final,
         )
 
     def to_row(self) -> PodRow:
@@ -122,7 +151,8 @@ class PodState:
             packets_total=self.packets_total, bytes_total=self.bytes_total,
             segments=[SegmentRow(s.index, s.bytes, s.packets, s.first_ts_ns, s.last_ts_ns, s.archived)
                       for s in self.segments],
-            streams=[StreamRow(s.id, s.ordinal, s.fmt, s.last_seq, s.counters_json()) for s in self.streams.values()],
+            streams=[StreamRow(s.id, s.ordinal, s.fmt, s.last_seq, s.counters_json(self.held.get(s.id)))
+                     for s in self.streams.values()],
             orphan=self.orphan.copy(),
         )
 

@@ -1,11 +1,14 @@
 """Placement: which agent captures which pod, as agents and pods come and go.
 
 A start request resolves to pods through the Kubernetes API's watched cache (``ClusterInventory``) when the
-collector has one, else through the agents' own inventories; every chosen pod must sit on a node with a connected
-agent. Each node's agent gets one start command per pod. Afterwards placement follows events: an agent that
-(re)connects is given its pods again (or told to stop those of a stopping capture); an agent that goes leaves its
-pods waiting (``NO_AGENT``) with their streams kept for its return; a pod that appears and matches a running
-dynamic capture (label selector, namespace) is attached; a captured pod's IP is kept current.
+collector has one, else through the agents' own inventories; every chosen pod must sit on a node with an agent,
+connected or disconnected within its grace (``AgentRegistry.known``: one failed session must not make a node's
+pods uncapturable). Each node's agent gets one start command per pod; pods of a node whose agent is away wait
+(``PENDING``) and get theirs when it registers again, or become ``NO_AGENT`` when its grace runs out. Afterwards
+placement follows events: an agent that (re)connects is given its pods again (or told to stop those of a stopping
+capture); an agent that goes leaves its pods waiting (``NO_AGENT``) with their streams kept for its return; a pod
+that appears and matches a running dynamic capture (label selector, namespace) is attached; a captured pod's IP
+is kept current.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import os
 import time
 from functools import lru_cache
 
-from podcap.collector.agents import AgentConnection, AgentListener, AgentRegistry
+from podcap.collector.agents import AgentAbsence, AgentConnection, AgentListener, AgentRegistry
 from podcap.collector.captures.model import ACTIVE, MIN_SEGMENT_BYTES, TERMINAL, Capture, PodState
 from podcap.collector.captures.table import CaptureTable
 from podcap.collector.kube.inventory import ClusterInventory, ClusterListener
@@ -38,6 +41,16 @@ class NoAgentError(PreconditionError):
 
 class HostNetworkPodError(InvalidInputError):
     """The user named a pod that shares its node's network: it has no interface of its own."""
+
+
+def _clock(absence: AgentAbsence) -> str:
+    """When an absence began, as a wall-clock time of day."""
+    return "at " + time.strftime("%H:%M:%S", time.localtime(absence.wall))
+
+
+def _waiting(absence: AgentAbsence) -> str:
+    return (f"waiting for the agent of node {absence.node}, disconnected {_clock(absence)}: {absence.reason}; the "
+            "start is sent when it registers again")
 
 
 @lru_cache(maxsize=256)
@@ -78,16 +91,20 @@ class Placement(AgentListener, ClusterListener):
                                       "and has no interface of its own to capture")
         pods = [p for p in pods if not p.host_network]
         for pod in pods:
-            if self.registry.get(pod.node) is None:
-                raise NoAgentError(f"pod {pod.display} runs on node {pod.node}, which has no connected podcap agent")
+            if not self.registry.known(pod.node):
+                known = self.registry.describe(pod.node)  # "no agent", or "no agent (disconnected ...)"
+                last = f" (its agent {known[len('no agent ('):-1]})" if known.startswith("no agent (") else ""
+                raise NoAgentError(f"pod {pod.display} runs on node {pod.node}, which has no connected podcap agent"
+                                   f"{last}")
         return pods
 
     def capturable(self) -> list[PodRef]:
         """The pods a new capture could cover now, in every namespace: what ``choose`` picks from (Running, from the
         API's cache or the agents' inventories), less hostNetwork pods and pods on nodes without a connected agent
-        (``choose`` refuses both). Raises ClusterNotSyncedError while the API's cache is not filled."""
+        (``choose`` refuses both; a node whose agent is away within its grace counts as having one). Raises
+        ClusterNotSyncedError while the API's cache is not filled."""
         return [p for p in self._candidates(field_selector(""))
-                if not p.host_network and self.registry.get(p.node) is not None]
+                if not p.host_network and self.registry.known(p.node)]
 
     def _candidates(self, fields: Selector) -> list[PodRef]:
         """The pods a new capture can cover now: with an API server, every Running pod in its watched cache (on
@@ -104,15 +121,20 @@ class Placement(AgentListener, ClusterListener):
         return fields.matches(self.cluster.fields(pod) if self.cluster is not None else pod_fields(pod))
 
     def dispatch_starts(self, cap: Capture, pods: list[PodState]) -> None:
-        """Tell each pod's agent to capture it (pods on a node without one wait as NO_AGENT)."""
+        """Tell each pod's agent to capture it (pods on a node whose agent is away wait as PENDING for its return,
+        on a node without one as NO_AGENT)."""
         by_node: dict[NodeName, list[PodState]] = {}
         for ps in pods:
             by_node.setdefault(ps.pod.node, []).append(ps)
         for node, node_pods in by_node.items():
             conn = self.registry.get(node)
+            away = self.registry.absence(node) if conn is None else None
             with cap.lock:
                 for ps in node_pods:
-                    if conn is None:
+                    if away is not None:
+                        ps.state = common_pb2.POD_CAPTURE_STATE_PENDING
+                        ps.message = _waiting(away)
+                    elif conn is None:
                         ps.state = common_pb2.POD_CAPTURE_STATE_NO_AGENT
                         ps.message = f"node {node} has no connected agent"
                     else:
@@ -161,6 +183,20 @@ class Placement(AgentListener, ClusterListener):
                         # Keep the stream: a reconnecting agent continues it from its spool.
                         ps.state = common_pb2.POD_CAPTURE_STATE_NO_AGENT
                         ps.message = f"agent of node {conn.node} disconnected; waiting for it to return"
+                        ps.gap_since_ns = ps.gap_since_ns or time.time_ns()
+                        ps.dirty = True
+                        cap.dirty = True
+
+    def agent_expired(self, absence: AgentAbsence) -> None:
+        """The node's agent did not come back in time: pods that waited for it (PENDING) are NO_AGENT now, as if
+        the capture had started without it."""
+        for cap in self.table.live():
+            with cap.lock:
+                for ps in cap.pods.values():
+                    if ps.pod.node == absence.node and ps.state == common_pb2.POD_CAPTURE_STATE_PENDING:
+                        ps.state = common_pb2.POD_CAPTURE_STATE_NO_AGENT
+                        ps.message = (f"node {absence.node} has no connected agent (it disconnected "
+                                      f"{_clock(absence)} and did not come back: {absence.reason})")
                         ps.gap_since_ns = ps.gap_since_ns or time.time_ns()
                         ps.dirty = True
                         cap.dirty = True

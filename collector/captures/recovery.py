@@ -71,6 +71,10 @@ def _pod(storage: CaptureStorage, cap: Capture, pr: PodRow) -> PodState:
         reattachments=st.reattachments, dirty=False,
     )
     _load_streams(ps, pr)
+    # Whether the agent reported the pod's end is not stored as such: a pod that was final was, and so was a pod
+    # that ended with every stream's final report (what else would have ended it).
+    ps.reported_end = st.final or (st.state in TERMINAL and bool(ps.streams)
+                                   and all(s.final for s in ps.streams.values()))
     loc = location(storage, cap, ps)
     for row in pr.segments:
         seg = loc.segment(row.index)
@@ -86,7 +90,9 @@ def _load_streams(ps: PodState, pr: PodRow) -> None:
     for sr in pr.streams:
         stream = StreamState(sr.stream_id, sr.format or common_pb2.PcapFormat(), sr.ordinal,
                              last_seq=sr.last_seq, committed_seq=sr.last_seq)
-        stream.load_counters(sr.counters)
+        held = stream.load_counters(sr.counters)
+        if held:
+            ps.held[stream.id] = held
         ps.streams[stream.id] = stream
     if not pr.streams and pr.stream_id and pr.format is not None:
         # A data dir of a collector that kept one stream per pod: its counters become one (final) stream.

@@ -9,23 +9,56 @@ Per stream, every packet the kernel delivered is explained (``StreamState.drops`
 
 - the agent's last report: the kernel's counters, ``delivered`` (read from the ring), and the causes only the node
   knows (``unread``, and ``past_limit`` for packets read after the stream's own packet limit);
-- in-band gaps the chunks carry (``buffer_full``, ``out_of_memory``, ``spool_error``), counted as they arrive, so
-  the stored files and the counters agree at every point of the stream;
-- the collector's own causes (``rejected``, ``past_limit``, ``late``);
+- in-band gaps the chunks carry (``buffer_full``, ``out_of_memory``, ``spool_error``, and ``rejected`` for a chunk
+  the collector refused with an in-band rejection — too large, say — which the agent replaces with a gap),
+  counted as they arrive, so the stored files and the counters agree at every point of the stream;
+- the collector's own causes (``rejected`` for a malformed chunk it acknowledged without storing, ``past_limit``,
+  ``late``). A chunk refused in-band is never counted here: its gap counts it, once (``refused`` remembers its
+  sequence number so that the gap is taken even when later chunks came first);
 - ``lost_with_agent`` for a stream that will never report again without having sent its final report (its agent
-  was killed): what its last report said the kernel had queued for it (read, or still in the ring), minus what
-  arrived. Its ``received`` is then at least what
-  is accounted for, since the kernel's count after that report died with the agent.
+  was killed, or was away when the capture ended): what its last report said the kernel had queued for it (read,
+  or still in the ring), minus what arrived — and at least what the agent last said it held unacknowledged
+  (``podcap.collector.captures.held``), which may be newer than its last counters. Its ``received`` is then at
+  least what is accounted for, since the kernel's count after that report died with the agent.
+
+A stream is ``complete`` once its final report came and every chunk that report announced (``final_seq``) was
+written: then nothing of it is on its way, whatever the agent last said it held.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from podcap.collector.agents import AgentConnection
 from podcap.drops import CAUSES, Drops
 from podcap.v1 import common_pb2
+
+# Sequence numbers of chunks refused in-band whose gap has not come yet, per stream, at most (oldest forgotten).
+MAX_REFUSED = 1024
+
+
+@dataclass(frozen=True)
+class Held:
+    """What an agent holds unacknowledged for a stream, as of its last report (``podcap.v1.HeldData``)."""
+
+    chunks: int = 0
+    bytes: int = 0
+    packets: int = 0
+
+    @classmethod
+    def from_proto(cls, pb: common_pb2.HeldData) -> Held:
+        return cls(pb.chunks, pb.bytes, pb.packets)
+
+    def to_proto(self) -> common_pb2.HeldData:
+        return common_pb2.HeldData(chunks=self.chunks, bytes=self.bytes, packets=self.packets)
+
+    def __add__(self, other: Held) -> Held:
+        return Held(self.chunks + other.chunks, self.bytes + other.bytes, self.packets + other.packets)
+
+    def __bool__(self) -> bool:
+        return bool(self.chunks or self.bytes or self.packets)
 
 
 @dataclass
@@ -43,37 +76,70 @@ class StreamState:
     reported: Drops = field(default_factory=Drops)
     reported_ns: int = 0  # when that report came (wall clock; where the next report's losses begin)
     final: bool = False  # that report was the stream's last (it ended on its node)
+    final_seq: int = 0  # the last chunk that final report announced
     abandoned: bool = False  # it will never report again (its agent is gone for good, or the capture ended)
     # Counted here: gaps carried in-band by its chunks, and the collector's own causes.
     inband: Drops = field(default_factory=Drops)
     local: Drops = field(default_factory=Drops)
     stored: int = 0  # packets written to the pod's files (retention does not lower it)
     last_ts_ns: int = 0  # end of the last chunk handled (where the next in-band gap begins)
+    # Chunks refused in-band (too large) whose gap, sent in their place, has not come yet.
+    refused: set[int] = field(default_factory=set)
+    # Such a gap came below ``last_seq``: the next commit acknowledges the stream again, though nothing is newer.
+    reack: bool = False
 
-    def drops(self) -> Drops:
+    @property
+    def complete(self) -> bool:
+        """Its final report came and every chunk it announced was written: nothing of it is on its way."""
+        return self.final and self.last_seq >= self.final_seq
+
+    @property
+    def lost(self) -> bool:
+        """It will never report again and never sent its final report: its end is estimated."""
+        return self.abandoned and not self.final
+
+    def refuse(self, seq: int) -> None:
+        """Chunk ``seq`` was refused in-band: its gap is taken whenever it comes."""
+        self.refused.add(seq)
+        if len(self.refused) > MAX_REFUSED:
+            self.refused.discard(min(self.refused))
+
+    def drops(self, held: int = 0) -> Drops:
+        """Every cause; ``held``: packets the agent last said it held for the stream (a floor of
+        ``lost_with_agent`` once the stream is lost)."""
         d = Drops(unread=self.reported.unread, past_limit=self.reported.past_limit)
         d.add(self.inband).add(self.local)
-        if self.abandoned and not self.final:
-            # What the kernel had queued for the agent (read or still in the ring) by its last report.
-            d.lost_with_agent = max(0, self.kernel[0] - self.kernel[1] - self.stored - d.total())
+        if self.lost:
+            # What the kernel had queued for the agent (read or still in the ring) by its last report, and at
+            # least what the agent held when it was last heard of.
+            d.lost_with_agent = max(0, self.kernel[0] - self.kernel[1] - self.stored - d.total(), held)
         return d
 
-    def received(self) -> int:
+    def received(self, held: int = 0) -> int:
         """The kernel's count of packets delivered for the stream (see the module docstring for a stream whose
         agent died before its final report)."""
-        if self.abandoned and not self.final:
-            return max(self.kernel[0], self.kernel[1] + self.stored + self.drops().total())
+        if self.lost:
+            return max(self.kernel[0], self.kernel[1] + self.stored + self.drops(held).total())
         return self.kernel[0]
 
-    def counters_json(self) -> str:
-        """What is persisted besides the sequence position (``from_json`` reads it back)."""
-        return json.dumps({
+    def counters_json(self, held: Held | None = None) -> str:
+        """What is persisted besides the sequence position (``load_counters`` reads it back), with what the agent
+        last said it held for the stream."""
+        d: dict[str, object] = {
             "kernel": list(self.kernel), "delivered": self.delivered, "reported": self.reported.nonzero(),
             "final": self.final, "abandoned": self.abandoned, "inband": self.inband.nonzero(),
             "local": self.local.nonzero(), "stored": self.stored,
-        }, separators=(",", ":"))
+        }
+        if self.final_seq:
+            d["final_seq"] = self.final_seq
+        if self.refused:
+            d["refused"] = sorted(self.refused)
+        if held:
+            d["held"] = [held.chunks, held.bytes, held.packets]
+        return json.dumps(d, separators=(",", ":"))
 
-    def load_counters(self, text: str) -> None:
+    def load_counters(self, text: str) -> Held | None:
+        """Read back ``counters_json``; returns the held data it recorded, if any."""
         d = json.loads(text or "{}")
         k = d.get("kernel", [0, 0, 0])
         self.kernel = (int(k[0]), int(k[1]), int(k[2]))
@@ -84,6 +150,10 @@ class StreamState:
         self.inband = _drops(d.get("inband", {}))
         self.local = _drops(d.get("local", {}))
         self.stored = int(d.get("stored", 0))
+        self.final_seq = int(d.get("final_seq", 0))
+        self.refused = {int(x) for x in d.get("refused", [])}
+        h = d.get("held")
+        return Held(int(h[0]), int(h[1]), int(h[2])) if h else None
 
 
 def _drops(d: dict[str, int]) -> Drops:
@@ -100,13 +170,16 @@ class PodCounts:
     drops: Drops
 
 
-def pod_counts(streams: list[StreamState], orphan: Drops) -> PodCounts:
-    """Sums over a pod's streams; ``orphan`` counts chunks the pod got of streams the collector never saw."""
+def pod_counts(streams: list[StreamState], orphan: Drops, held: Mapping[str, Held] | None = None) -> PodCounts:
+    """Sums over a pod's streams; ``orphan`` counts chunks the pod got of streams the collector never saw, ``held``
+    is what the agent last said it held, by stream."""
     drops = orphan.copy()
     received = dropped = if_dropped = 0
     for st in streams:
-        drops.add(st.drops())
-        received += st.received()
+        h = held.get(st.id) if held else None
+        packets = h.packets if h is not None else 0
+        drops.add(st.drops(packets))
+        received += st.received(packets)
         dropped += st.kernel[1]
         if_dropped += st.kernel[2]
     received += orphan.total()

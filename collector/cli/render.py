@@ -3,6 +3,12 @@
 Machine output is the proto3 JSON mapping of ``CaptureStatus`` with field names as in the .proto, two changes
 made for scripts: enum states are short lower-case words (``running``, ``capturing``) and 64-bit counters are
 numbers, not the strings of the JSON mapping (``jq '.packets > 0'`` works; YAML shows plain integers).
+
+The table never claims more than the collector verified. "All N packets ... are stored" is said only once the
+capture has ended and every pod is ``final`` (its agent's final counters came and nothing was still on its way)
+with nothing unaccounted; otherwise the caption says what is estimated and why, by node. While a capture runs,
+each pod shows what its agent holds unacknowledged and, when the agent is not connected, what the collector
+knows of it. Names, messages and reasons are user data: escaped before rich renders them.
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from podcap.collector.cli.units import human_bytes, human_duration
+from podcap.collector.cli.units import human_bytes, human_count, human_duration
 from podcap.collector.targets import target_text
 from podcap.drops import Drops
 from podcap.v1 import common_pb2, control_pb2
@@ -102,16 +109,81 @@ def drops_text(p: control_pb2.PodStatus) -> str:
     return ", ".join(parts) or "0"
 
 
+def held_text(h: common_pb2.HeldData) -> str:
+    """``"9 chunks, 55.0 MiB, 38k packets"``."""
+    return f"{h.chunks} chunks, {human_bytes(h.bytes)}, {human_count(h.packets)} packets"
+
+
+def _live(status: control_pb2.CaptureStatus) -> bool:
+    return status.state in (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING)
+
+
+def _away(p: control_pb2.PodStatus) -> bool:
+    """The pod's agent is not (or not known to be) connected."""
+    return bool(p.agent) and p.agent != "connected"
+
+
+def _by_node(pods: list[control_pb2.PodStatus]) -> dict[str, list[control_pb2.PodStatus]]:
+    out: dict[str, list[control_pb2.PodStatus]] = {}
+    for p in pods:
+        out.setdefault(p.pod.node, []).append(p)
+    return dict(sorted(out.items()))
+
+
+def _sum_held(pods: list[control_pb2.PodStatus]) -> common_pb2.HeldData:
+    return common_pb2.HeldData(chunks=sum(p.held.chunks for p in pods), bytes=sum(p.held.bytes for p in pods),
+                               packets=sum(p.held.packets for p in pods))
+
+
 def accounting_caption(status: control_pb2.CaptureStatus) -> str:
-    """Once a capture is over: whether every packet the kernel delivered is stored or counted as dropped."""
-    if status.state in (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING):
-        return ""
-    received = sum(p.kernel.received for p in status.pods)
-    off = [p for p in status.pods if p.unaccounted]
-    if off:
-        return (f"{sum(p.unaccounted for p in off)} packet(s) of {len(off)} pod(s) are neither stored nor counted "
-                "as dropped (a podcap defect: please report it)")
-    return f"all {received} packets the kernel delivered are stored, deleted by retention or counted as dropped"
+    """Whether every packet the kernel delivered is stored or counted as dropped — said only when verified (the
+    capture ended, every pod final, nothing unaccounted); else what is not verified, and why. While the capture
+    runs: what agents hold and which agents are away. Plain text (escape it before rich renders it)."""
+    if _live(status):
+        return _live_caption(status)
+    lines = []
+    defect = [p for p in status.pods if p.final and p.unaccounted]
+    if defect:
+        lines.append(f"{sum(p.unaccounted for p in defect)} packet(s) of {len(defect)} pod(s) are neither stored nor "
+                     "counted as dropped (a podcap defect: please report it)")
+    for node, pods in _by_node([p for p in status.pods if not p.final]).items():
+        lost = sum(p.drops.lost_with_agent for p in pods)
+        text = (f"{len(pods)} pod(s) on node {node} never sent their final counters: their losses after the last "
+                f"report (lost with the agent: {lost}) are estimates")
+        if any(p.held.chunks for p in pods):
+            text += f"; still on its way when the capture ended: {held_text(_sum_held(pods))}"
+        if off := sum(p.unaccounted for p in pods):
+            text += f"; {off} packet(s) unexplained"
+        lines.append(text)
+    verified = [p for p in status.pods if p.final and not p.unaccounted]
+    received = sum(p.kernel.received for p in verified)
+    if not lines:
+        return f"all {received} packets the kernel delivered are stored, deleted by retention or counted as dropped"
+    if verified:
+        lines.append(f"the other {len(verified)} pod(s): all {received} packets the kernel delivered are stored, "
+                     "deleted by retention or counted as dropped")
+    return "\n".join(lines)
+
+
+def _live_caption(status: control_pb2.CaptureStatus) -> str:
+    lines = []
+    held = _sum_held(list(status.pods))
+    if held.chunks or held.packets:
+        lines.append(f"held by agents, not stored yet (on its way: neither stored nor lost): {held_text(held)}")
+    for node, pods in _by_node([p for p in status.pods if _away(p)]).items():
+        lines.append(f"agent of node {node}: {pods[0].agent}; the counters of its {len(pods)} pod(s) are as of its "
+                     "last report")
+    return "\n".join(lines)
+
+
+def pod_note(status: control_pb2.CaptureStatus, p: control_pb2.PodStatus) -> str:
+    """The pod's message, what its agent holds for it, and, while the capture runs, its agent if it is away."""
+    parts = [p.message] if p.message else []
+    if p.held.chunks or p.held.packets:
+        parts.append(f"held by agent: {held_text(p.held)}")
+    if _live(status) and _away(p):
+        parts.append(f"agent {p.agent}")
+    return "; ".join(parts)
 
 
 def storage_note(status: control_pb2.CaptureStatus) -> str:
@@ -132,14 +204,16 @@ def capture_table(status: control_pb2.CaptureStatus) -> Table:
              f"{status.packets} packets, {human_bytes(status.bytes)}")
     if note := storage_note(status):
         title += f"\n{note}"
-    table = Table(title=title, title_justify="left", caption=accounting_caption(status) or None,
+    caption = accounting_caption(status)
+    table = Table(title=escape(title), title_justify="left", caption=escape(caption) if caption else None,
                   caption_justify="left")
     numeric = ("received", "packets", "bytes")
     for col in ("pod", "node", "state", "received", "packets", "bytes", "drops", "interface", "note"):
         table.add_column(col, justify="right" if col in numeric else "left")
     for p in status.pods:
-        table.add_row(f"{p.pod.namespace}/{p.pod.name}", p.pod.node, pod_state(p.state), str(p.kernel.received),
-                      str(p.packets), human_bytes(p.bytes), drops_text(p), p.interface, p.message)
+        table.add_row(escape(f"{p.pod.namespace}/{p.pod.name}"), escape(p.pod.node), pod_state(p.state),
+                      str(p.kernel.received), str(p.packets), human_bytes(p.bytes), drops_text(p),
+                      escape(p.interface), escape(pod_note(status, p)))
     return table
 
 
@@ -148,8 +222,9 @@ def list_table(captures: list[control_pb2.CaptureStatus]) -> Table:
     for col in ("id", "state", "target", "filter", "pods", "packets", "bytes", "age"):
         table.add_column(col)
     for c in captures:
-        table.add_row(c.id, capture_state(c.state), target_text(c.target), c.settings.filter or "-",
-                      str(len(c.pods)), str(c.packets), human_bytes(c.bytes), _elapsed(c))
+        table.add_row(escape(c.id), capture_state(c.state), escape(target_text(c.target)),
+                      escape(c.settings.filter or "-"), str(len(c.pods)), str(c.packets), human_bytes(c.bytes),
+                      _elapsed(c))
     return table
 
 

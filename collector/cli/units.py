@@ -50,6 +50,15 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def human_count(n: int) -> str:
+    """``950``, ``38k``, ``1.2k``, ``4.5M``: a count at a glance."""
+    for div, unit in ((10**9, "G"), (10**6, "M"), (10**3, "k")):
+        if n >= div:
+            value = n / div
+            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
+    return str(n)
+
+
 def human_duration(seconds: float) -> str:
     s = int(seconds)
     if s < 60:

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from podcap.collector.api.auth import KubeAuthorizer, StaticTokenAuthorizer
+from podcap.collector.api.ingest import RECEIVE_LIMIT_BYTES
 from podcap.collector.cli.certs import issue, make_ca, write_pair
 from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.kube.client import load_api
@@ -172,13 +173,15 @@ def test_kubernetes_rbac_decides_through_tokenreview_and_subjectaccessreview(tmp
             api.close()
 
 
-def test_oversized_chunk_is_refused(tmp_path: str) -> None:
+def test_a_message_past_the_transport_limit_is_refused(tmp_path: str) -> None:
+    """Past the transport's receive limit gRPC itself ends the call (up to it, tests/integration/
+    test_agent_sessions.py: an in-band rejection); nothing is stored."""
     c = start_collector("127.0.0.1:0", os.path.join(tmp_path, "data"))
     channel = grpc.insecure_channel(f"127.0.0.1:{c.port}", options=[("grpc.max_send_message_length", 64 << 20)])
     try:
         stub = ingest_pb2_grpc.IngestStub(channel)
         huge = ingest_pb2.AgentMessage(chunk=ingest_pb2.PcapChunk(capture_id="x", pod_uid="y", seq=1,
-                                                                  records=b"\0" * (20 << 20)))
+                                                                  records=b"\0" * (RECEIVE_LIMIT_BYTES + 1)))
         msgs = iter([ingest_pb2.AgentMessage(register=ingest_pb2.Register(node="node-1", instance_id="i")), huge])
         with pytest.raises(grpc.RpcError) as e:
             for _ in stub.Attach(msgs, timeout=10):

@@ -45,6 +45,7 @@ def test_a_lone_chunk_is_split_without_copying_its_records() -> None:
     assert (decoded.meta.packets, decoded.meta.first_ts_ns, decoded.meta.last_ts_ns) == (3, -5, 1 << 62)
     assert decoded.records == records
     assert decoded.records.obj is raw  # a view into the received bytes, not a copy
+    assert decoded.size == len(raw)  # what the collector's message limit applies to
 
 
 def test_other_kinds_and_batches_go_through_protobuf() -> None:

@@ -38,6 +38,8 @@ def pod_status(name: str, *, packets: int = 10, dropped: int = 0, agent: int = 0
 def capture(state: control_pb2.CaptureState.ValueType = control_pb2.CAPTURE_STATE_RUNNING,
             packets: int = 10) -> control_pb2.CaptureStatus:
     pods = [pod_status("web-0", packets=packets, dropped=2), pod_status("web-1", packets=packets, agent=5)]
+    for p in pods:  # an ended capture's pods sent their final counters
+        p.final = state != control_pb2.CAPTURE_STATE_RUNNING
     return control_pb2.CaptureStatus(
         id=CID, state=state, target=control_pb2.Target(namespace="shop", selector="app=web"),
         settings=common_pb2.CaptureSettings(filter="udp port 9999"), created_unix_ns=1_700_000_000 * 10**9,
