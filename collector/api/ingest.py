@@ -9,12 +9,13 @@ cancellation, collector shutdown) are not errors, but each is logged with what e
 
 Message size. The collector declares the largest message it accepts (``Registered.max_message_bytes``,
 ``MAX_MESSAGE_BYTES``) and agents cut their chunks to fit. A chunk in a larger message is answered with an in-band
-rejection (``ChunkAck.rejected``) naming both sizes, and the agent sends a gap in its place: the session goes on.
-The transport's own receive limit (``RECEIVE_LIMIT_BYTES``) sits ``RECEIVE_MARGIN_BYTES`` (4 MiB) above the
-declared one because a message past it never reaches the servicer: gRPC cancels the whole call, and an agent that
-sends the same chunk again after reconnecting loops forever (issue 21). The margin is one agent chunk (4 MiB plus a
-record), so an agent that does not know the declared limit (an older one) and overshoots it by up to a chunk is
-still told in-band why; it is not larger because every session may hold one message of this size in memory.
+rejection (``ChunkAck.rejected``) naming both sizes, its packets are counted ``rejected`` (the agent drops it), and
+the session goes on. The transport's own receive limit (``RECEIVE_LIMIT_BYTES``) sits ``RECEIVE_MARGIN_BYTES``
+(4 MiB) above the declared one because a message past it never reaches the servicer: gRPC cancels the whole call,
+the servicer only sees a cancellation, and the agent can only guess which message it was (issue 21: it sent the
+same one again after every reconnect). The margin is one agent chunk (4 MiB plus a record), so an agent that does
+not know the declared limit (an older one) and overshoots it by up to a chunk is still told in-band why; it is not
+larger because every session may hold one message of this size in memory.
 """
 
 from __future__ import annotations

@@ -15,13 +15,14 @@ limit is counted under its cause (``podcap.drops``) and acknowledged like the ot
 everything as it was and ``on_chunk`` retries the whole chunk until storage works again (pausing: the agent's
 stream is not read meanwhile, so HTTP/2 flow control pushes back and the agent spools).
 
-A chunk the collector will never store is refused in-band (a rejected ``ChunkAck``), not by ending the session:
-one larger than the collector's declared message limit (``refuse_oversized``), or one of a stream the pod never
-started. Such a chunk is not counted here: the agent sends a gap in its place whose ``lost`` counts its packets
-(``rejected``) and whatever it carried, so counting the refusal too would count them twice. The gap is taken
-even when later chunks of the stream came first (``StreamState.refused``). A gap of a stream the pod never
-started is taken too, counted with the pod's orphans and acknowledged: refusing it would ask for a gap in its
-place again.
+A chunk the collector will never store is refused in-band (a rejected ``ChunkAck`` with the reason), never by
+ending the session: one of a capture, pod or stream it does not have, or one in a message larger than the limit it
+declared to the agents (``refuse_oversized``: the agent cuts its chunks below that limit, so this is an agent that
+did not, and gRPC's own receive limit sits above it so that the collector gets to answer). The agent drops a
+refused chunk and sends nothing in its place; the collector counts its packets (and the losses it carried) as
+the pod's: ``rejected`` for a stream it knows, with the chunk's sequence number taken (a copy that comes again is
+a duplicate, not a second loss), with the pod's orphans for a stream it never saw start. A chunk the agent itself
+found too large travels as a gap counting ``rejected`` and is counted like any gap.
 """
 
 from __future__ import annotations
@@ -99,18 +100,29 @@ class ChunkIngest:
 
     def refuse_oversized(self, conn: AgentConnection, chunk: ingest_pb2.PcapChunk, size: int,
                          limit: int) -> ingest_pb2.ChunkAck | None:
-        """A chunk whose message (``size`` bytes) is over the collector's declared ``limit``: refused in-band, and
-        its gap expected (see the module docstring). A copy of a chunk already written is answered as such."""
+        """A chunk in a message of ``size`` bytes, over the declared ``limit``: counted (see the module docstring)
+        and refused (raises ChunkRejectedError); a copy of a chunk already handled is answered as a duplicate."""
         reason = oversized_reason(size, limit)
         cap = self.table.find(chunk.capture_id)
-        if cap is not None:
+        if cap is None:
+            raise ChunkRejectedError(f"{reason} (and capture {chunk.capture_id!r} is unknown)")
+        gaps: list[Gap] = []
+        try:
             with cap.lock:
-                ps = cap.pods.get(PodUid(chunk.pod_uid))
-                st = ps.streams.get(chunk.stream_id) if ps is not None and ps.pod.node == conn.node else None
-                if ps is not None and st is not None:
-                    if chunk.seq <= st.last_seq and chunk.seq not in st.refused:
-                        return _dedupe(cap, ps, st, conn, chunk)[1]
-                    st.refuse(chunk.seq)  # (logged by the servicer, as every refusal)
+                ps, st = self._route(cap, conn, chunk, gaps)
+        except ChunkRejectedError as e:
+            raise ChunkRejectedError(f"{reason} (and {e})") from e
+        finally:
+            note_gaps(self.storage, cap, gaps)
+        with ps.io_lock:
+            with cap.lock:
+                seen, ack = _dedupe(cap, ps, st, conn, chunk)
+                if seen:
+                    return ack
+                heard_from(cap)
+                out = _Outcome(lost=Drops.from_proto(chunk.lost), extra=Drops(rejected=chunk.packets))
+                self._account(cap, ps, st, conn, chunk, out, gaps)
+            note_gaps(self.storage, cap, gaps)
         raise ChunkRejectedError(reason)
 
     def _store(self, conn: AgentConnection, chunk: ingest_pb2.PcapChunk,
@@ -121,12 +133,9 @@ class ChunkIngest:
         gaps: list[Gap] = []
         try:
             with cap.lock:
-                routed = self._route(cap, conn, chunk, records, gaps)
+                ps, st = self._route(cap, conn, chunk, gaps)
         finally:
             note_gaps(self.storage, cap, gaps)
-        if isinstance(routed, ingest_pb2.ChunkAck):
-            return routed
-        ps, st = routed
         retired: retention.Retired = []
         # One chunk of a pod at a time (de-duplication and order hold across the agent's sessions); other pods of
         # the capture go on meanwhile: the capture's lock is taken only between this chunk's I/O.
@@ -136,7 +145,7 @@ class ChunkIngest:
                 if seen:
                     return ack
                 heard_from(cap)
-                if chunk.seq != st.last_seq + 1 and chunk.seq not in st.refused:
+                if chunk.seq != st.last_seq + 1:
                     log.error("capture %s: pod %s: chunks %d..%d of stream %s never came; storing on", cap.id,
                               ps.pod.display, st.last_seq + 1, chunk.seq - 1, st.id)
                 out = _Outcome(lost=Drops.from_proto(chunk.lost), extra=_admit(cap, chunk, records))
@@ -154,20 +163,15 @@ class ChunkIngest:
         return None
 
     @staticmethod
-    def _route(cap: Capture, conn: AgentConnection, chunk: ingest_pb2.PcapChunk, records: bytes | memoryview,
-               gaps: list[Gap]) -> tuple[PodState, StreamState] | ingest_pb2.ChunkAck:
-        """The chunk's pod and stream; or, for a gap of a stream the pod never started, its acknowledgement (it is
-        counted). Raises ChunkRejectedError."""
+    def _route(cap: Capture, conn: AgentConnection, chunk: ingest_pb2.PcapChunk,
+               gaps: list[Gap]) -> tuple[PodState, StreamState]:
         ps = cap.pods.get(PodUid(chunk.pod_uid))
         if ps is None or ps.pod.node != conn.node:
             raise ChunkRejectedError(f"chunk for pod {chunk.pod_uid!r}, which capture {cap.id} does not have "
                                      f"on node {conn.node}")
         st = ps.streams.get(chunk.stream_id)
         if st is None:
-            if not (chunk.packets or len(records)):
-                _orphan_gap(cap, ps, chunk, gaps)
-                return ingest_pb2.ChunkAck(capture_id=cap.id, pod_uid=ps.pod.uid, stream_id=chunk.stream_id[:64],
-                                           seq=chunk.seq)
+            _orphan(cap, ps, chunk, gaps)
             raise ChunkRejectedError(f"chunk of stream {chunk.stream_id!r}, which pod {ps.pod.display} never "
                                      f"started in capture {cap.id}")
         return ps, st
@@ -242,10 +246,7 @@ class ChunkIngest:
         st.local.add(out.extra)
         st.stored += out.stored
         st.last_ts_ns = max(st.last_ts_ns, chunk.last_ts_ns)
-        if chunk.seq in st.refused:  # the gap in a refused chunk's place, maybe after later chunks
-            st.refused.discard(chunk.seq)
-            st.reack = st.reack or chunk.seq <= st.last_seq  # below what was acknowledged: acknowledge again
-        st.last_seq = max(st.last_seq, chunk.seq)
+        st.last_seq = chunk.seq
         st.ack_conn = conn
         ps.dirty = True
         self.wake_committer()
@@ -254,9 +255,10 @@ class ChunkIngest:
             cap.limit_reached = out.limit_hit
 
 
-def _orphan_gap(cap: Capture, ps: PodState, chunk: ingest_pb2.PcapChunk, gaps: list[Gap]) -> None:
-    """A gap of a stream the pod never started (in the place of its refused chunks): its losses are the pod's."""
+def _orphan(cap: Capture, ps: PodState, chunk: ingest_pb2.PcapChunk, gaps: list[Gap]) -> None:
+    """A chunk of a stream the pod never started: refused, and its packets counted."""
     lost = Drops.from_proto(chunk.lost)
+    lost.rejected += chunk.packets
     for cause, n in lost.nonzero().items():
         gaps.append(Gap(ps, "", cause, n, chunk.first_ts_ns, chunk.last_ts_ns))
     ps.orphan.add(lost)
@@ -268,8 +270,6 @@ def _dedupe(cap: Capture, ps: PodState, st: StreamState, conn: AgentConnection,
             chunk: ingest_pb2.PcapChunk) -> tuple[bool, ingest_pb2.ChunkAck | None]:
     """Whether the chunk was seen before, and then its acknowledgement to send now (durable) or None (written:
     acknowledged with the next commit)."""
-    if chunk.seq in st.refused:
-        return False, None  # the gap in the place of a chunk refused in-band
     if chunk.seq <= st.committed_seq:
         return True, ingest_pb2.ChunkAck(capture_id=cap.id, pod_uid=ps.pod.uid, stream_id=st.id,
                                          seq=st.committed_seq)

@@ -76,8 +76,6 @@ class Committer:
                 with cap.lock:
                     for ps in dirty:
                         ps.dirty = True
-                    for _ps, st, _seq, _conn in committed:
-                        st.reack = True  # (only an acknowledgement more where it was not needed)
                     cap.dirty = True
                 raise
             owed = self._settle(cap, committed)
@@ -115,9 +113,8 @@ class Committer:
                     with cap.lock:
                         rows[str(ps.pod.uid)] = ps.to_row()
                         for st in ps.streams.values():
-                            if st.last_seq > st.committed_seq or st.reack:
+                            if st.last_seq > st.committed_seq:
                                 committed.append((ps, st, st.last_seq, st.ack_conn))
-                                st.reack = False
                         ps.dirty = False
                         taken.append(ps)
                 finally:
@@ -128,8 +125,6 @@ class Committer:
             with cap.lock:  # nothing of this commit is recorded or acknowledged; every dirty pod stays dirty
                 for ps in taken:
                     ps.dirty = True
-                for _ps, st, _seq, _conn in committed:
-                    st.reack = True
                 cap.dirty = True
             raise
         return syncs, rows, committed, taken, state

@@ -10,11 +10,10 @@ Per stream, every packet the kernel delivered is explained (``StreamState.drops`
 - the agent's last report: the kernel's counters, ``delivered`` (read from the ring), and the causes only the node
   knows (``unread``, and ``past_limit`` for packets read after the stream's own packet limit);
 - in-band gaps the chunks carry (``buffer_full``, ``out_of_memory``, ``spool_error``, and ``rejected`` for a chunk
-  the collector refused with an in-band rejection — too large, say — which the agent replaces with a gap),
-  counted as they arrive, so the stored files and the counters agree at every point of the stream;
-- the collector's own causes (``rejected`` for a malformed chunk it acknowledged without storing, ``past_limit``,
-  ``late``). A chunk refused in-band is never counted here: its gap counts it, once (``refused`` remembers its
-  sequence number so that the gap is taken even when later chunks came first);
+  the agent did not send because it was larger than the collector declared it takes), counted as they arrive, so
+  the stored files and the counters agree at every point of the stream;
+- the collector's own causes (``rejected`` for a chunk it refused — malformed, or over its message limit: the
+  agent drops it and sends nothing in its place —, ``past_limit``, ``late``);
 - ``lost_with_agent`` for a stream that will never report again without having sent its final report (its agent
   was killed, or was away when the capture ended): what its last report said the kernel had queued for it (read,
   or still in the ring), minus what arrived — and at least what the agent last said it held unacknowledged
@@ -34,9 +33,6 @@ from dataclasses import dataclass, field
 from podcap.collector.agents import AgentConnection
 from podcap.drops import CAUSES, Drops
 from podcap.v1 import common_pb2
-
-# Sequence numbers of chunks refused in-band whose gap has not come yet, per stream, at most (oldest forgotten).
-MAX_REFUSED = 1024
 
 
 @dataclass(frozen=True)
@@ -83,10 +79,6 @@ class StreamState:
     local: Drops = field(default_factory=Drops)
     stored: int = 0  # packets written to the pod's files (retention does not lower it)
     last_ts_ns: int = 0  # end of the last chunk handled (where the next in-band gap begins)
-    # Chunks refused in-band (too large) whose gap, sent in their place, has not come yet.
-    refused: set[int] = field(default_factory=set)
-    # Such a gap came below ``last_seq``: the next commit acknowledges the stream again, though nothing is newer.
-    reack: bool = False
 
     @property
     def complete(self) -> bool:
@@ -97,12 +89,6 @@ class StreamState:
     def lost(self) -> bool:
         """It will never report again and never sent its final report: its end is estimated."""
         return self.abandoned and not self.final
-
-    def refuse(self, seq: int) -> None:
-        """Chunk ``seq`` was refused in-band: its gap is taken whenever it comes."""
-        self.refused.add(seq)
-        if len(self.refused) > MAX_REFUSED:
-            self.refused.discard(min(self.refused))
 
     def drops(self, held: int = 0) -> Drops:
         """Every cause; ``held``: packets the agent last said it held for the stream (a floor of
@@ -132,8 +118,6 @@ class StreamState:
         }
         if self.final_seq:
             d["final_seq"] = self.final_seq
-        if self.refused:
-            d["refused"] = sorted(self.refused)
         if held:
             d["held"] = [held.chunks, held.bytes, held.packets]
         return json.dumps(d, separators=(",", ":"))
@@ -151,7 +135,6 @@ class StreamState:
         self.local = _drops(d.get("local", {}))
         self.stored = int(d.get("stored", 0))
         self.final_seq = int(d.get("final_seq", 0))
-        self.refused = {int(x) for x in d.get("refused", [])}
         h = d.get("held")
         return Held(int(h[0]), int(h[1]), int(h[2])) if h else None
 

@@ -1,8 +1,8 @@
 """Issue 21 through real gRPC on loopback: a collector (in-process, or real processes for the port test) and a fake
-agent speaking the Ingest protocol with the generated stubs. A chunk over the declared limit is refused in-band and
-the session goes on; the gap in its place is counted; what an agent holds shows while it is away and the pod is not
-final; a start for a node whose agent just disconnected is accepted and sent when it registers again; a second
-collector on a port in use refuses to start. No root needed."""
+agent speaking the Ingest protocol with the generated stubs. A chunk over the declared limit is refused in-band,
+counted, and the session goes on; a gap counting `rejected` is counted; what an agent holds shows while it is away
+and the pod is not final; a start for a node whose agent just disconnected is accepted and sent when it registers
+again; a second collector on a port in use refuses to start. No root needed."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def start_one(cli: CollectorClient) -> str:
         target=control_pb2.Target(namespace="bk", pod_names=["bulk-0"]))).id
 
 
-def test_an_oversized_chunk_is_refused_in_band_the_session_goes_on_and_its_gap_is_counted(
+def test_an_oversized_chunk_is_refused_in_band_the_session_goes_on_and_gaps_are_counted(
         served: tuple[Collector, str]) -> None:
     _, address = served
     agent = FakeAgent(address)
@@ -158,17 +158,20 @@ def test_an_oversized_chunk_is_refused_in_band_the_session_goes_on_and_its_gap_i
             refused = agent.expect_ack(lambda a: a.rejected)
             assert refused.seq == 2 and refused.reason == (
                 f"chunk of {big.ByteSize()} bytes exceeds the collector's limit of {MAX_MESSAGE_BYTES} bytes")
+            assert wait_status(cli, cid, lambda s: s.pods[0].drops.rejected == 900)  # the agent drops it: counted
             agent.chunk(cid, 3, records(3, 2), 2)
             assert agent.expect_ack(lambda a: not a.rejected and a.seq == 3).seq == 3  # the same session goes on
-            agent.chunk(cid, 2, b"", 0, rejected=900)  # the gap in the refused chunk's place, after chunk 3
+            agent.chunk(cid, 4, b"", 0, rejected=50)  # a chunk the agent found too large itself: a gap in its place
+            assert agent.expect_ack(lambda a: not a.rejected and a.seq == 4).seq == 4
+            assert wait_status(cli, cid, lambda s: s.pods[0].drops.rejected == 950)
             agent.send(ingest_pb2.AgentMessage(pod_event=ingest_pb2.PodCaptureEvent(
                 capture_id=cid, pod_uid="uid-0", stream_id="s1", state=common_pb2.POD_CAPTURE_STATE_DONE,
-                last_seq=3, kernel=common_pb2.KernelStats(received=905), delivered=905,
-                drops=common_pb2.PodcapDrops(rejected=900))))
+                last_seq=4, kernel=common_pb2.KernelStats(received=955), delivered=955,
+                drops=common_pb2.PodcapDrops(rejected=950))))
             st = wait_status(cli, cid, lambda s: s.state == control_pb2.CAPTURE_STATE_DONE and s.pods[0].final)
             p = st.pods[0]
-            assert (p.packets, p.drops.rejected, p.unaccounted) == (5, 900, 0)
-            assert accounting_caption(st) == ("all 905 packets the kernel delivered are stored, deleted by retention "
+            assert (p.packets, p.drops.rejected, p.unaccounted) == (5, 950, 0)
+            assert accounting_caption(st) == ("all 955 packets the kernel delivered are stored, deleted by retention "
                                               "or counted as dropped")
         assert agent.error is None
     finally:

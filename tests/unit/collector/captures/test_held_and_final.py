@@ -1,6 +1,6 @@
 """What agents hold unacknowledged (their reports at registration and with every heartbeat), when a pod's counters
-are final, and chunks refused in-band (too large for the collector) whose gap comes in their place: status says
-what is on its way, never claims exact counters it has not had, and counts every refused packet once."""
+are final, and chunks refused in-band (too large for the collector): status says what is on its way, never claims
+exact counters it has not had, and counts every refused packet once."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.local import LocalStorage
 from podcap.drops import total_of
-from podcap.names import NodeName, PodUid
+from podcap.names import NodeName
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 from tests.unit.collector.captures.test_capture_manager import NODE, PODS, acked, chunk, records, start, stored
 
@@ -139,46 +139,50 @@ def test_a_pod_whose_agent_reported_its_failure_without_a_stream_is_final(
     assert p.state == common_pb2.POD_CAPTURE_STATE_FAILED and p.final
 
 
-def test_an_oversized_chunk_is_refused_and_its_gap_counted_once_even_after_later_chunks(
+def test_an_oversized_chunk_is_refused_counted_once_and_the_stream_goes_on(
         env: tuple[CaptureManager, AgentRegistry, AgentConnection, str]) -> None:
+    """The agent drops a chunk the collector refuses and sends nothing in its place: the collector counts it, and
+    a copy that comes again (from an agent that did send something in its place) is a duplicate, not a second
+    loss."""
     mgr, _, conn, data = env
     cid = start(mgr, conn)
     mgr.on_chunk(conn, chunk(cid, "uid-0", 1, records(0, 2), 2))
-    big = chunk(cid, "uid-0", 2, b"", 0)
-    big.packets = 900
-    with pytest.raises(ChunkRejectedError, match=rf"chunk of {LIMIT + 5} bytes exceeds the collector's limit of "
-                                                 rf"{LIMIT} bytes"):
+    big = chunk(cid, "uid-0", 2, b"", 900)
+    big.lost.buffer_full = 4  # losses it carried are counted with it
+    with pytest.raises(ChunkRejectedError, match=rf"^chunk of {LIMIT + 5} bytes exceeds the collector's limit of "
+                                                 rf"{LIMIT} bytes$"):
         mgr.on_oversized(conn, big, LIMIT + 5, LIMIT)
-    assert pod(mgr, cid, "uid-0").drops.rejected == 0  # not counted by the refusal...
+    p = pod(mgr, cid, "uid-0")
+    assert (p.drops.rejected, p.drops.buffer_full) == (900, 4)
     mgr.on_chunk(conn, chunk(cid, "uid-0", 3, records(2, 2), 2))  # the stream goes on
     assert acked(mgr, conn, cid) == {"uid-0": 3}
-    gap = chunk(cid, "uid-0", 2, b"", 0)  # ...but by the gap in its place, which comes after chunk 3
+    gap = chunk(cid, "uid-0", 2, b"", 0)
     gap.lost.rejected = 900
-    assert mgr.on_chunk(conn, gap) is None
-    assert acked(mgr, conn, cid) == {"uid-0": 3}  # acknowledged again (it covers the gap) once durable
-    again = mgr.on_chunk(conn, gap)  # the same gap again (a reconnect before its acknowledgement): a duplicate
-    assert again is not None and again.seq == 3 and not again.rejected
-    final_report(mgr, conn, cid, "uid-0", last_seq=3, received=4 + 900, rejected=900)
+    again = mgr.on_chunk(conn, gap)
+    assert again is not None and again.seq == 3 and not again.rejected  # a duplicate: acknowledged, not counted
+    final_report(mgr, conn, cid, "uid-0", last_seq=3, received=4 + 900 + 4, buffer_full=4, rejected=900)
     p = pod(mgr, cid, "uid-0")
-    assert p.drops.rejected == 900 and p.packets == 4 and p.unaccounted == 0 and p.final
+    assert (p.drops.rejected, p.packets, p.unaccounted) == (900, 4, 0) and p.final
     assert stored(mgr, data, cid, "web-0") == [0, 1, 2, 3]
 
 
-def test_a_malformed_chunk_and_a_refused_ones_gap_are_counted_each_once(
+def test_a_malformed_chunk_a_refused_one_and_an_agents_gap_are_counted_each_once(
         env: tuple[CaptureManager, AgentRegistry, AgentConnection, str]) -> None:
-    """The collector counts `rejected` itself only for chunks it acknowledges without storing (malformed); a gap's
-    `rejected` is the agent's count of a chunk refused in-band. Together, never twice."""
+    """`rejected` comes from three places: a malformed chunk (the collector counts it and acknowledges it), a chunk
+    over the collector's limit (the collector counts it and refuses it), a chunk the agent found too large itself
+    (a gap counting it). Each once."""
     mgr, _, conn, _ = env
     cid = start(mgr, conn)
-    mgr.on_chunk(conn, chunk(cid, "uid-1", 1, records(0, 3)[:-1], 3))  # malformed: 3 counted by the collector
+    mgr.on_chunk(conn, chunk(cid, "uid-1", 1, records(0, 3)[:-1], 3))  # malformed: 3
     with pytest.raises(ChunkRejectedError):
-        mgr.on_oversized(conn, chunk(cid, "uid-1", 2, b"", 7), LIMIT + 1, LIMIT)
-    gap = chunk(cid, "uid-1", 2, b"", 0)
-    gap.lost.rejected = 7
-    gap.lost.buffer_full = 2  # what the refused chunk carried travels with its gap
+        mgr.on_oversized(conn, chunk(cid, "uid-1", 2, b"", 7), LIMIT + 1, LIMIT)  # refused: 7
+    gap = chunk(cid, "uid-1", 3, b"", 0)
+    gap.lost.rejected = 5  # the agent's own: 5
+    gap.lost.buffer_full = 2
     mgr.on_chunk(conn, gap)
     p = pod(mgr, cid, "uid-1")
-    assert (p.drops.rejected, p.drops.buffer_full, total_of(p.drops)) == (10, 2, 12)
+    assert (p.drops.rejected, p.drops.buffer_full, total_of(p.drops)) == (15, 2, 17)
+    assert acked(mgr, conn, cid) == {"uid-1": 3}
 
 
 def test_an_oversized_copy_of_a_chunk_already_stored_is_not_refused(
@@ -190,7 +194,7 @@ def test_an_oversized_copy_of_a_chunk_already_stored_is_not_refused(
     acked(mgr, conn, cid)
     ack = mgr.on_oversized(conn, chunk(cid, "uid-0", 1, b"", 2), LIMIT + 1, LIMIT)
     assert ack is not None and ack.seq == 1 and not ack.rejected
-    assert not mgr.get(cid).pods[PodUid("uid-0")].streams["s-uid-0"].refused
+    assert pod(mgr, cid, "uid-0").drops.rejected == 0
 
 
 def test_held_reports_name_only_the_agents_own_pods(
