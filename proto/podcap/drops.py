@@ -22,7 +22,7 @@ CAUSES = ("buffer_full", "out_of_memory", "spool_error", "unread", "past_limit",
 # Causes decided on the node (summed into the legacy ``agent_dropped_packets``).
 AGENT_CAUSES = ("buffer_full", "out_of_memory", "spool_error", "unread", "lost_with_agent")
 # Causes that travel in-band, as gaps in the chunk stream (the rest arrive in reports or are the collector's).
-INBAND_CAUSES = ("buffer_full", "out_of_memory", "spool_error")
+INBAND_CAUSES = ("buffer_full", "out_of_memory", "spool_error", "rejected")
 LABELS = {
     "buffer_full": "agent buffer full",
     "out_of_memory": "agent out of memory",

@@ -270,8 +270,9 @@ class PodcapDrops(_message.Message):
     past_limit: _builtins.int
     """Captured after the capture reached --max-packets, --max-bytes or --duration: not kept, by design."""
     rejected: _builtins.int
-    """Refused by the collector for good: their chunk was malformed, too large for it, or of a stream it never saw
-    start. The agent sends a gap in such a chunk's place (never the chunk again), so the loss stays in-band.
+    """Refused for good: their chunk was malformed or too large for the collector (counted by the collector, which
+    refuses it), or found too large by the agent before sending (a gap counting them goes in its place). Such a
+    chunk is never sent again.
     """
     late: _builtins.int
     """Arrived after the pod's capture had ended (its stop grace expired before they came)."""

@@ -459,10 +459,12 @@ class ChunkAck(_message.Message):
     """
     stream_id: _builtins.str
     rejected: _builtins.bool
-    """The chunk at `seq` can never be stored anywhere (its capture or pod is unknown to the collector); the agent
-    drops it. Earlier chunks are not acknowledged by a rejection. A chunk of a known pod that cannot be stored
-    (malformed) is not rejected: the collector counts its packets as `rejected` drops of the pod and acknowledges
-    it like any other, so the stream goes on.
+    """The chunk at `seq` will never be stored: its capture or pod is unknown to the collector, or its message is
+    larger than Registered.max_message_bytes (the collector counts that chunk's packets as `rejected` drops of the
+    pod and takes its sequence number). The agent drops it and never sends it again. Earlier chunks are not
+    acknowledged by a rejection. A chunk of a known pod that cannot be stored (malformed) is not rejected: the
+    collector counts its packets as `rejected` drops of the pod and acknowledges it like any other, so the stream
+    goes on.
     """
     reason: _builtins.str
     """Why it was refused, for the agent's log."""
