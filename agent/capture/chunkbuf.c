@@ -93,6 +93,14 @@ void podcap_chunk_free(struct podcap_chunkbuf *b) {
 static int reserve(struct podcap_chunkbuf *b, uint64_t more) {
     if (b->data == NULL) return -1;
     if (b->len + more <= b->cap) return 0;
+    if (b->nclosed == 0 && b->start > 0 && b->len - b->start + more <= b->cap) {
+        /* Every closed chunk is cut: move the open one to the front now that room is needed. Done lazily, when the
+         * end is reached, not after every cut: a bulk stream would otherwise move most of its bytes once more. */
+        memmove(b->data, b->data + b->start, b->len - b->start);
+        b->len -= b->start;
+        b->start = 0;
+        return 0;
+    }
     uint64_t cap = b->cap * 2;
     if (cap < b->len + more) cap = b->len + more;
     uint8_t *grown = realloc(b->data, cap);
@@ -179,9 +187,9 @@ uint64_t podcap_chunk_seal_head(struct podcap_chunkbuf *b, const uint8_t *fields
         end = b->spans[b->head].end;
         if (n > PODCAP_FIELDS_ROOM) return 0;
     } else {
+        if (reserve(b, n) != 0) return 0; /* first: it may move the open chunk to the front */
         start = b->start;
         end = b->len;
-        if (reserve(b, n) != 0) return 0;
     }
     uint64_t records = end - start - PODCAP_CHUNK_PREFIX;
     uint64_t body = 6 + records + n; /* PcapChunk: records tag + varint5 + records + the other fields */
@@ -195,25 +203,26 @@ uint64_t podcap_chunk_seal_head(struct podcap_chunkbuf *b, const uint8_t *fields
     return PODCAP_CHUNK_PREFIX + records + n;
 }
 
-/* Forget the oldest chunk (cut, or discarded). Once no closed chunk is left, the open one moves to the front. */
+/* Forget the oldest chunk (cut, or discarded). The open chunk stays where it is (reserve moves it when room is
+ * needed); an empty buffer starts again at the front. */
 void podcap_chunk_pop_head(struct podcap_chunkbuf *b) {
     if (b->nclosed == 0) {
         b->records = b->held = 0;
-        b->len = b->start + PODCAP_CHUNK_PREFIX;
         b->packets = 0;
+        b->start = 0;
+        b->len = PODCAP_CHUNK_PREFIX;
     } else {
         struct podcap_chunk_span *s = &b->spans[b->head];
         b->records -= s->end - s->start - PODCAP_CHUNK_PREFIX;
         b->held -= s->packets;
         b->head++;
         b->nclosed--;
-    }
-    if (b->nclosed == 0) {
-        b->head = 0;
-        if (b->start) {
-            memmove(b->data, b->data + b->start, b->len - b->start);
-            b->len -= b->start;
-            b->start = 0;
+        if (b->nclosed == 0) {
+            b->head = 0;
+            if (b->packets == 0) { /* the open chunk is empty */
+                b->start = 0;
+                b->len = PODCAP_CHUNK_PREFIX;
+            }
         }
     }
 }

@@ -54,6 +54,9 @@ BATCH_LINGER_S = 0.02
 FINAL_EVENT_KEEP_S = 600.0
 FINAL_EVENTS_MAX = 4096
 
+# Spool files written by the writer thread at once (their chunks wait in memory meanwhile); past this the capture
+# loop writes the next one itself, so a disk slower than the capture slows the loop instead of growing memory.
+SPOOL_WRITES_IN_FLIGHT = 4
 # What a collector that does not declare its limit accepts in one message (older collectors: 16 MiB).
 DEFAULT_MAX_MESSAGE = 16 << 20
 
@@ -92,7 +95,9 @@ class UploadLog:
         self._starts: dict[str, ingest_pb2.AgentMessage] = {}
         self._finals: collections.OrderedDict[str, tuple[float, ingest_pb2.AgentMessage]] = collections.OrderedDict()
         self._finished: set[str] = set()
-        self._refused: list[tuple[str, str, int]] = []  # (capture, stream, packets) refused, to report after the lock
+        self._refused: list[tuple[str, str, int]] = []
+        self._writes: collections.deque[_Item] = collections.deque()  # spool files the writer thread is to write
+        self._writer: threading.Thread | None = None  # (capture, stream, packets) refused, to report after the lock
         self._mem = 0
         self._disk = 0
         self._epoch = 0
@@ -115,6 +120,7 @@ class UploadLog:
         lost: list[tuple[ingest_pb2.PcapChunk, str, int]] = []
         unlink: list[str] = []
         kept = True
+        background = False
         with self._cond:
             where = self._make_room(chunk.stream_id, size, lost, unlink) if size else "memory"
             if where is None:
@@ -123,34 +129,93 @@ class UploadLog:
                 kept = False
             elif where == "disk":
                 assert self.spool_dir is not None
-                item = _Item(chunk.meta, None, os.path.join(self.spool_dir, f"{chunk.stream_id}-{chunk.seq}.chunk"),
+                # Reserved on disk now; written outside the lock — by the spool writer while it has room for more
+                # (the capture loop must not wait for the disk during a burst), else right here. Until it is
+                # written the chunk stays in memory and can be sent from there.
+                item = _Item(chunk.meta, chunk, os.path.join(self.spool_dir, f"{chunk.stream_id}-{chunk.seq}.chunk"),
                              size)
-                self._take(item)  # reserved now; written below, outside the lock
+                self._take(item)
+                if len(self._writes) < SPOOL_WRITES_IN_FLIGHT:
+                    self._writes.append(item)
+                    self._start_writer()
+                    background = True
             else:
                 item = _Item(chunk.meta, chunk, None, size)
                 self._take(item)
+            if item.path is not None:
+                self._unacked[item.key] = item  # before the writer may look at it
         _unlink(unlink)
-        if item.path is not None:
-            try:
-                with open(item.path, "wb") as f:
-                    f.write(chunk.body())
-            except OSError as e:
-                log.warning("spool write failed (%s): chunk %d of stream %s lost", e, chunk.seq, chunk.stream_id)
-                with self._cond:
-                    self._free(item)
-                    item.chunk = chunk.gap("spool_error")
-                _unlink([item.path])  # whatever part of it was written
-                item.path = None
-                lost.append((chunk.meta, "spool_error", chunk.packets))
-                kept = False
+        if item.path is not None and not background:
+            self._spool(item, chunk, lost)
+            kept = item.chunk is None or item.path is not None or item.sent
         with self._cond:
             self._unacked[item.key] = item
             self._stream_seqs.setdefault(chunk.stream_id, collections.deque()).append(chunk.seq)
             self._queue.append(item)
-            self._cond.notify()
+            self._cond.notify_all()
         for meta, cause, packets in lost:
             self.on_lost(meta.capture_id, meta.stream_id, cause, packets)
         return kept
+
+    def _spool(self, item: _Item, chunk: EncodedChunk, lost: list[tuple[ingest_pb2.PcapChunk, str, int]]) -> None:
+        """Write ``item``'s spool file (no lock held), then let its memory go; a failed write becomes a gap in its
+        place (or, when it was sent from memory meanwhile, stays in memory: sent chunks are never given up)."""
+        path = item.path
+        assert path is not None
+        try:
+            with open(path, "wb") as f:
+                f.write(chunk.body())
+        except OSError as e:
+            with self._cond:
+                live = self._live(item) and item.path == path
+                if live and item.sent:
+                    self._free(item)
+                    item.path = None
+                    item.chunk = chunk
+                    item.size = chunk.size
+                    self._take(item)  # now counted in memory
+                elif live:
+                    self._free(item)
+                    item.path = None
+                    item.chunk = chunk.gap("spool_error")
+                    lost.append((chunk.meta, "spool_error", chunk.packets))
+                    log.warning("spool write failed (%s): chunk %d of stream %s lost", e, chunk.seq,
+                                chunk.stream_id)
+            _unlink([path])  # whatever part of it was written
+            return
+        with self._cond:
+            if self._live(item) and item.path == path:
+                item.chunk = None  # on disk now: its memory goes
+                return
+        _unlink([path])  # acknowledged or given up while it was being written
+
+    def _start_writer(self) -> None:
+        """The spool writer thread, started with the first chunk it has to write (caller holds the lock)."""
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_spool, name="spool-writer", daemon=True)
+            self._writer.start()
+        self._cond.notify_all()
+
+    def _write_spool(self) -> None:
+        while True:
+            with self._cond:
+                while not self._writes:
+                    self._cond.wait()
+                item = self._writes[0]
+                chunk = item.chunk
+            lost: list[tuple[ingest_pb2.PcapChunk, str, int]] = []
+            if chunk is not None and item.path is not None:
+                self._spool(item, chunk, lost)
+            with self._cond:
+                self._writes.popleft()
+                self._cond.notify_all()
+            for meta, cause, packets in lost:
+                self.on_lost(meta.capture_id, meta.stream_id, cause, packets)
+
+    def wait_spooled(self, timeout: float = 10.0) -> bool:
+        """Wait until every spool write handed to the writer is done (tests, shutdown); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._writes, timeout)
 
     def _make_room(self, stream: str, size: int, lost: list[tuple[ingest_pb2.PcapChunk, str, int]],
                    unlink: list[str]) -> str | None:

@@ -155,3 +155,21 @@ def test_a_burst_of_large_frames_after_small_ones_is_cut_into_several_chunks() -
         assert max(sizes) <= limit and len(sizes) >= 10 and sum(sizes) == 2000 * 70 + 600 * 65498
     finally:
         buf.close()
+
+
+def test_the_open_chunk_moves_to_the_front_only_when_room_is_needed() -> None:
+    """After its closed chunks are cut the open chunk stays in place, and is moved (once) when the buffer's end is
+    reached; sealing it right then keeps its records intact."""
+    buf = chunkbuf.ChunkBuffer(10_000)
+    try:
+        for round_ in range(40):  # many rounds of 2.5 chunks each: closed chunks cut, the open one kept
+            feed(buf, [(round_, i, bytes([i]) * 984, 0) for i in range(25)])
+            while buf.ready():
+                assert len(buf.cut(meta(1, 0)).wire) < 10_000 + 1100
+        last = ingest_pb2.AgentMessage.FromString(buf.cut(meta(2, 0)).wire).chunk
+        recs = list(iter_records(last.records, FMT))
+        # 1000 records of 1000 bytes, ten to a chunk: the last chunk holds the last ten, intact.
+        assert [(r.ts_ns, r.data) for r in recs] == [(39 * 10**9 + i, bytes([i]) * 984) for i in range(15, 25)]
+        assert buf.pending() == 0
+    finally:
+        buf.close()

@@ -91,12 +91,14 @@ def test_spills_to_disk_then_keeps_gaps_in_the_places_of_the_newest(tmp_path: st
     log = UploadLog(memory_bytes=250, disk_bytes=250, spool_dir=spool, on_lost=lambda *a: lost.append(a))
     accepted = [log.put_chunk(chunk("s1", seq)) for seq in range(1, 7)]
     assert accepted == [True, True, True, True, False, False]  # 2 in memory, 2 on disk, then full
+    assert log.wait_spooled()
     assert len(os.listdir(spool)) == 2
     assert lost == [("c", "s1", "buffer_full", 1), ("c", "s1", "buffer_full", 1)]
     log.new_session()
     # read back from disk in order; no sequence number is skipped: the chunks that did not fit are gaps
     assert drain(log) == ["chunk:1", "chunk:2", "chunk:3", "chunk:4", "gap:5:buffer_full=1", "gap:6:buffer_full=1"]
     ack(log, "s1", 6)
+    assert log.wait_spooled()
     assert os.listdir(spool) == [] and log.pending() == (0, 0)
     assert log.put_chunk(chunk("s1", 7))  # room again
 
@@ -200,6 +202,7 @@ def test_a_spool_file_that_cannot_be_read_back_becomes_a_gap(tmp_path: str) -> N
     log = UploadLog(memory_bytes=100, disk_bytes=1000, spool_dir=spool, on_lost=lambda *a: lost.append(a))
     for seq in (1, 2, 3):
         assert log.put_chunk(chunk("s", seq))
+    assert log.wait_spooled()
     victim = sorted(os.listdir(spool))[0]
     with open(os.path.join(spool, victim), "wb") as f:
         f.write(b"\xff" * 50)  # not a PcapChunk any more
@@ -214,7 +217,8 @@ def test_a_spool_write_that_fails_becomes_a_gap(tmp_path: str) -> None:
     log = UploadLog(memory_bytes=100, disk_bytes=1000, spool_dir=spool)
     os.rmdir(spool)  # writes into it fail from now on
     assert log.put_chunk(chunk("s", 1))
-    assert not log.put_chunk(chunk("s", 2))
+    log.put_chunk(chunk("s", 2))  # written by the spool writer: its failure comes after
+    assert log.wait_spooled()
     log.new_session()
     assert drain(log) == ["chunk:1", "gap:2:spool_error=1"]
     assert log.pending() == (2, 100)
@@ -265,7 +269,9 @@ def test_no_spool_file_is_written_read_or_deleted_under_the_lock(
     log.put_chunk(chunk("a", 1))  # memory
     log.put_chunk(chunk("a", 2))  # disk
     log.put_chunk(chunk("b", 1))  # disk
+    assert log.wait_spooled()
     log.put_chunk(chunk("b", 2, size=50))  # disk, room made by evicting a:2 (a holds more than its share)
+    assert log.wait_spooled()
     assert drain(log) == ["pod_event:2", "pod_event:2", "chunk:1", "gap:2:buffer_full=1", "chunk:1", "chunk:2"]
     ack(log, "a", 2)
     ack(log, "b", 2)
@@ -317,3 +323,28 @@ def test_held_data_is_reported_per_stream() -> None:
     assert held == {"a": ("c", "u", 2, 600, 2), "b": ("c", "u", 2, 300, 1)}
     ack(log, "a", 2)
     assert [h.stream_id for h in log.held_by_stream()] == ["b"]
+
+
+def test_a_chunk_waiting_for_its_spool_write_is_sent_from_memory_and_its_file_never_outlives_it(
+    tmp_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spool writer writes behind the capture loop: a chunk can be sent (and acknowledged) before its file is
+    written; the file is then removed once written, and nothing is left on disk."""
+    spool = os.path.join(tmp_path, "spool")
+    log = UploadLog(memory_bytes=100, disk_bytes=1000, spool_dir=spool)
+    gate = threading.Event()
+    real_open = open
+
+    def slow_open(*args: Any, **kwargs: Any) -> Any:
+        gate.wait(5)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(upload_log, "open", slow_open, raising=False)
+    log.put(started("s"))
+    for seq in (1, 2, 3):
+        assert log.put_chunk(chunk("s", seq))  # 2 and 3 wait for the writer
+    assert drain(log) == ["pod_event:2", "chunk:1", "chunk:2", "chunk:3"]  # sent from memory meanwhile
+    ack(log, "s", 3)
+    gate.set()
+    assert log.wait_spooled()
+    assert os.listdir(spool) == [] and log.pending() == (0, 0)
