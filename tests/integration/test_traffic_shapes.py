@@ -222,16 +222,18 @@ def test_traffic_shape_stored_as_tcpdump_sees_it(shape: Shape, collector: tuple[
         "the agent's session broke on a message too large:\n" + sessions(netns_agent))
     for name in ("web", "client"):
         mine, base = ours[name], theirs[name]
-        # The shape happened: tcpdump saw every download, and what the shape asks for is on the wire.
-        downloaded = shape.downloads * shape.parallel * size
-        assert base.tcp_from_port.get(8000, 0) >= downloaded, f"{name}: tcpdump saw {base.tcp_from_port}"
+        # The shape happened (every download arrived whole, checked above): a lossless tcpdump saw all of it, and
+        # what the shape asks for is on the wire.
+        if dumps[name].dropped == 0:
+            downloaded = shape.downloads * shape.parallel * size
+            assert base.tcp_from_port.get(8000, 0) >= downloaded, f"{name}: tcpdump saw {base.tcp_from_port}"
+            assert base.udp_payload >= udp_sent, f"{name}: tcpdump saw {base.udp_payload} of {udp_sent} UDP bytes"
         assert mine.over_9000 > 0, f"{name}: no frame past 9000 bytes stored (max {mine.max_frame}): GSO/GRO off?"
         if shape.mtu > 1500:
             assert mine.max_frame > 1514, mine
         if shape.ipv6:
             assert mine.ipv6_frames > 0.9 * mine.frames, mine
         if shape.udp_datagrams:
-            assert base.udp_payload >= udp_sent, f"{name}: tcpdump saw {base.udp_payload} of {udp_sent} UDP bytes"
             assert mine.udp_payload > 0.99 * udp_sent, f"{name}: {mine.udp_payload} of {udp_sent} UDP bytes stored"
         assert mine.truncated == 0 == base.truncated
         # Stored as tcpdump sees it: nothing missing, nothing twice.

@@ -28,9 +28,9 @@ def send(ip: str, port: int, count: int, seconds: float, seed: int) -> None:
             continue
         sent += 1
         total += size
-        due = start + seconds * (i + 1) / count
-        if due > time.monotonic():
-            time.sleep(due - time.monotonic())
+        ahead = start + seconds * (i + 1) / count - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
     print(f"SENT {sent} {total}", flush=True)
 
 
