@@ -127,16 +127,22 @@ def sessions(agent: Proc) -> str:
     return "\n".join(line for line in agent.log().splitlines() if "session" in line)[-4000:]
 
 
-def check_accounting(st: Status, parsed: dict[str, PayloadStats]) -> None:
-    """Per pod, once stopped: what the files hold + every drop == what the kernel received, exactly."""
+def accounting_problems(st: Status, parsed: dict[str, PayloadStats]) -> list[str]:
+    """Per pod, once stopped: what the files hold + every drop == what the kernel received, exactly, with final
+    counters. Returns what does not hold."""
+    problems = []
     for p in st["pods"]:
         name, kernel, drops = p["pod"]["name"], p["kernel"], p["drops"]
-        assert p.get("final", False), f"{name}: counters not final after the capture ended: {p}"
+        if not p.get("final", False):
+            problems.append(f"{name}: counters not final after the capture ended")
         lost = int(kernel.get("dropped", 0)) + sum(int(drops.get(c, 0)) for c in CAUSES)
         stored = parsed[name].frames
-        assert stored + lost + int(p.get("retired_packets", 0)) == int(kernel["received"]), (
-            f"{name}: {stored} stored (parsed) + {lost} dropped != {kernel['received']} received: {p}")
-        assert int(p.get("unaccounted", 0)) == 0 and int(p.get("packets", 0)) == stored, p
+        if stored + lost + int(p.get("retired_packets", 0)) != int(kernel["received"]):
+            problems.append(f"{name}: {stored} stored (parsed) + {lost} dropped != {kernel['received']} received")
+        if int(p.get("unaccounted", 0)) != 0 or int(p.get("packets", 0)) != stored:
+            problems.append(f"{name}: status says {p.get('packets')} packets, {p.get('unaccounted')} unaccounted; "
+                            f"{stored} parsed")
+    return problems
 
 
 def second_capture(address: str, node: DemoNode, out: str) -> None:
@@ -218,33 +224,46 @@ def test_traffic_shape_stored_as_tcpdump_sees_it(shape: Shape, collector: tuple[
                for n in ours}
     print(json.dumps({"shape": shape.id, "summary": summary, "pods": st["pods"]}, default=str)[:6000])
 
-    assert "RESOURCE_EXHAUSTED" not in netns_agent.log(), (
-        "the agent's session broke on a message too large:\n" + sessions(netns_agent))
+    # First, that the shape happened (else nothing below means anything): a lossless tcpdump saw every byte that
+    # arrived (each download arrived whole, checked above), and what the shape asks for is on the wire.
     for name in ("web", "client"):
         mine, base = ours[name], theirs[name]
-        # The shape happened (every download arrived whole, checked above): a lossless tcpdump saw all of it, and
-        # what the shape asks for is on the wire.
         if dumps[name].dropped == 0:
             downloaded = shape.downloads * shape.parallel * size
             assert base.tcp_from_port.get(8000, 0) >= downloaded, f"{name}: tcpdump saw {base.tcp_from_port}"
             assert base.udp_payload >= udp_sent, f"{name}: tcpdump saw {base.udp_payload} of {udp_sent} UDP bytes"
-        assert mine.over_9000 > 0, f"{name}: no frame past 9000 bytes stored (max {mine.max_frame}): GSO/GRO off?"
+        assert base.over_9000 > 0, f"{name}: no frame past 9000 bytes on the veth (max {base.max_frame}): GSO off?"
         if shape.mtu > 1500:
-            assert mine.max_frame > 1514, mine
+            assert base.max_frame > 1514, base
         if shape.ipv6:
-            assert mine.ipv6_frames > 0.9 * mine.frames, mine
-        if shape.udp_datagrams:
-            assert mine.udp_payload > 0.99 * udp_sent, f"{name}: {mine.udp_payload} of {udp_sent} UDP bytes stored"
+            assert base.ipv6_frames > 0.9 * base.frames, base
         assert mine.truncated == 0 == base.truncated
+    # Then every verdict, each one reported (a failure lists them all).
+    problems = []
+    if "RESOURCE_EXHAUSTED" in netns_agent.log():
+        problems.append("the agent's session broke on a message too large:\n" + sessions(netns_agent))
+    for name in ("web", "client"):
+        mine, base = ours[name], theirs[name]
+        if mine.over_9000 == 0:
+            problems.append(f"{name}: no frame past 9000 bytes stored (max {mine.max_frame})")
+        if shape.udp_datagrams and mine.udp_payload < 0.99 * udp_sent:
+            problems.append(f"{name}: {mine.udp_payload} of {udp_sent} UDP payload bytes stored")
         # Stored as tcpdump sees it: nothing missing, nothing twice.
         ratio = mine.payload / base.payload
-        assert ratio >= 0.99, f"{name}: podcap stored {ratio:.4f} of tcpdump's payload ({summary[name]})"
-        if dumps[name].dropped == 0:
-            assert mine.payload <= base.payload, f"{name}: podcap stored more payload than a lossless tcpdump"
-    check_accounting(st, ours)
+        if ratio < 0.99:
+            problems.append(f"{name}: podcap stored {ratio:.4f} of tcpdump's payload (podcap {vars(mine)}, tcpdump "
+                            f"{vars(base)}, tcpdump dropped {dumps[name].dropped})")
+        if dumps[name].dropped == 0 and mine.payload > base.payload:
+            problems.append(f"{name}: podcap stored {mine.payload - base.payload} payload bytes more than a lossless "
+                            "tcpdump")
+    problems += accounting_problems(st, ours)
     for path in [d.path for d in dumps.values()] + [os.path.join(out_dir, node.namespace, f"{p.name}.pcap")
                                                     for p in pods]:
         os.unlink(path)  # ~100 MB each
-    second_capture(address, node, os.path.join(tmp, "out2"))
+    try:
+        second_capture(address, node, os.path.join(tmp, "out2"))
+    except AssertionError as e:
+        problems.append(f"the node lost its pods: {e}")
     timed(timings, "second capture", t)
     print(json.dumps({"shape": shape.id, "timings_s": timings}))
+    assert not problems, "\n".join(problems)
