@@ -2,7 +2,9 @@
 counters to drift from what ``podcap status`` shows: both read the same state).
 
 Per-pod series carry ``capture``, ``namespace`` and ``pod`` labels; they exist while the capture is known to the
-collector. Chunk commit latency (written → durably acknowledged) is a histogram fed by the committer.
+collector. Chunk commit latency (written → durably acknowledged) is a histogram fed by the committer. Deleted
+captures are counted by cause (``user``, ``keep_ended``, ``disk_budget``), next to what the data dir holds and its
+budget; downloads count the pcap bytes they send (a resumed download only sends what was missing).
 """
 
 from __future__ import annotations
@@ -44,6 +46,25 @@ class CaptureMetrics(PromCollector):
                                     "segment waiting on the collector's disk for the bucket", labels=["capture"])
         oldest = GaugeMetricFamily("podcap_archive_oldest_seconds", "With object storage: seconds since the oldest "
                                    "waiting segment closed", labels=["capture"])
+        lifecycle = self.captures.lifecycle
+        deleted = CounterMetricFamily("podcap_captures_deleted", "Captures deleted since the collector started, by "
+                                      "cause: user (podcap delete), keep_ended, disk_budget", labels=["cause"])
+        deleted_bytes = CounterMetricFamily("podcap_deleted_bytes", "Bytes of the captures deleted, by cause",
+                                            labels=["cause"])
+        for cause, n in lifecycle.deleted_count.items():
+            deleted.add_metric([cause], n)
+            deleted_bytes.add_metric([cause], lifecycle.deleted_bytes.get(cause, 0))
+        data = GaugeMetricFamily("podcap_data_dir_bytes", "Bytes the captures hold in the data dir (what "
+                                 "--max-data-bytes bounds)")
+        data.add_metric([], lifecycle.data_bytes())
+        budget = GaugeMetricFamily("podcap_data_dir_budget_bytes", "--max-data-bytes (0: none)")
+        budget.add_metric([], lifecycle.policy.max_data_bytes)
+        over = GaugeMetricFamily("podcap_data_dir_nothing_to_delete", "1 while the data dir is over its budget and "
+                                 "every capture holding data there is running")
+        over.add_metric([], 1 if lifecycle.nothing_left else 0)
+        downloaded = CounterMetricFamily("podcap_download_bytes", "Pcap bytes sent by downloads (Download RPC)")
+        downloaded.add_metric([], self.captures.downloaded_bytes)
+        yield from (deleted, deleted_bytes, data, budget, over, downloaded)
         n_active = 0
         for cap in self.captures.all():
             st = self.captures.status(cap)

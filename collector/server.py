@@ -35,7 +35,9 @@ from podcap.collector.api.auth import Authorizer, KubeAuthorizer, OpenAuthorizer
 from podcap.collector.api.control import ControlServicer
 from podcap.collector.api.ingest import MAX_MESSAGE_BYTES, RECEIVE_LIMIT_BYTES, IngestServicer
 from podcap.collector.api.wire import add_ingest_servicer
+from podcap.collector.captures.lifecycle import LifecyclePolicy
 from podcap.collector.captures.manager import CaptureManager
+from podcap.collector.cli.units import duration_param, size_param
 from podcap.collector.kube.client import in_cluster, load_api
 from podcap.collector.kube.errors import KubeError
 from podcap.collector.kube.inventory import ClusterInventory
@@ -166,12 +168,14 @@ def open_storage(data_dir: str, storage: str = "", *, s3_endpoint: str = "", s3_
 def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
                     cluster: ClusterInventory | None = None, tls: TlsFiles | None = None,
                     authorizer: Authorizer | None = None, agent_listen: str = "",
-                    storage: CaptureStorage | None = None, local_cap_bytes: int = 0) -> Collector:
+                    storage: CaptureStorage | None = None, local_cap_bytes: int = 0,
+                    policy: LifecyclePolicy | None = None) -> Collector:
     """Open the data dir and serve on ``listen`` (HOST:PORT; port 0 picks a free port). Without ``tls`` one
     plaintext port serves users and agents (the caller asked for it explicitly); with ``tls`` agents get their own
     mutual-TLS port ``agent_listen`` (default: the next port). Without ``authorizer`` everyone may do
     everything. ``storage``: where captures go (default: the data dir, see ``open_storage``); with tiered storage
-    ``local_cap_bytes`` caps what may wait locally for the bucket (storing pauses beyond it)."""
+    ``local_cap_bytes`` caps what may wait locally for the bucket (storing pauses beyond it). ``policy``: when ended
+    captures are deleted (``podcap.collector.captures.lifecycle``; default: never)."""
     for address in (listen, agent_listen if tls is not None else ""):
         if address:
             check_listen(address)  # before anything is opened; ``_bind`` checks again
@@ -180,7 +184,7 @@ def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
     store = CaptureStore(os.path.join(data_dir, "podcap.db"))
     registry = AgentRegistry()
     captures = CaptureManager(storage or LocalStorage(data_dir), registry, store, cluster=cluster,
-                              local_cap_bytes=local_cap_bytes)
+                              local_cap_bytes=local_cap_bytes, policy=policy, data_dir=data_dir)
     server = _grpc_server(max_workers)
     ingest = IngestServicer(registry, captures, require_agent_cert=tls is not None,
                             max_message_bytes=MAX_MESSAGE_BYTES)
@@ -237,6 +241,12 @@ def _fail(message: str, cluster: ClusterInventory | None) -> NoReturn:
 @click.option("--local-cap-bytes", type=int, default=0, show_default=True, help="with s3:// storage: bytes "
               "not yet in the bucket that the data dir may hold; beyond it storing pauses (agents "
               "spool) until uploads catch up (0: until the disk is full)")
+@click.option("--keep-ended", callback=duration_param, metavar="DURATION", help="delete ended captures this "
+              "long after they ended (90m, 7d; default: keep them until `podcap delete`)")
+@click.option("--max-data-bytes", callback=size_param, metavar="SIZE", help="budget for the captures in the data dir "
+              "(500GiB): past it the ended captures that ended first are deleted, never a running one")
+@click.option("--max-data-percent", type=click.FloatRange(0, 100, min_open=True), default=None, metavar="PCT",
+              help="the same budget as a share of the data dir's filesystem (df's Use%, e.g. 85)")
 @click.option("--max-workers", type=int, default=256, show_default=True,
               help="gRPC worker threads (one per connected agent)")
 @click.option("--kubeconfig", default=None, help="resolve pods through the Kubernetes API described by this "
@@ -256,11 +266,13 @@ def _fail(message: str, cluster: ClusterInventory | None) -> NoReturn:
               "the Kubernetes API is used and no --token-file is given)")
 @daemon.common_options(metrics_example=":9420")
 def main(listen: str, data_dir: str, storage: str, s3_endpoint: str, s3_region: str, local_cap_bytes: int,
-         max_workers: int,
+         keep_ended: float, max_data_bytes: int, max_data_percent: float | None, max_workers: int,
          kubeconfig: str | None, no_kubernetes: bool, tls_ca: str, tls_cert: str, tls_key: str, insecure: bool,
          agent_listen: str, token_file: str, kube_auth: bool, metrics_listen: str, log_level: str) -> None:
     """podcap collector: stores pod captures."""
     daemon.start(log_level)
+    policy = LifecyclePolicy(keep_ended_s=keep_ended, max_data_bytes=max_data_bytes,
+                             max_data_percent=max_data_percent or 0.0)
     done = threading.Event()
 
     def on_signal(signum: int) -> None:
@@ -294,7 +306,7 @@ def main(listen: str, data_dir: str, storage: str, s3_endpoint: str, s3_region: 
         backend = open_storage(data_dir, storage, s3_endpoint=s3_endpoint, s3_region=s3_region)
         collector = start_collector(listen, data_dir, max_workers=max_workers, cluster=cluster, tls=tls,
                                     authorizer=authorizer, agent_listen=agent_listen, storage=backend,
-                                    local_cap_bytes=local_cap_bytes)
+                                    local_cap_bytes=local_cap_bytes, policy=policy)
     except (PodcapError, OSError) as e:
         _fail(str(e), cluster)
     if metrics_listen:
@@ -309,6 +321,7 @@ def main(listen: str, data_dir: str, storage: str, s3_endpoint: str, s3_region: 
     log.info("podcap-collector listening on %s (port %d%s), data dir %s%s", listen, collector.port,
              f", agents on port {collector.agent_port} with mutual TLS" if tls else "", data_dir,
              f", archived to {storage}" if storage not in ("", "local") else "")
+    log.info("ended captures: %s", policy.text())
     done.wait()
     collector.stop()
     log.info("stopped")

@@ -8,6 +8,7 @@ action              permission                                    checked in
 ==================  ============================================  ==============================
 start               ``create pods/capture``                       every target namespace
 stop                ``delete pods/capture``                       every namespace of the capture
+delete              ``delete pods/capture``                       every namespace of the capture
 status/get/follow   ``get pods/capture``                          every namespace of the capture
 list                ``get pods/capture`` (captures filtered)      each capture's namespaces
 audit               ``list pods/capture`` cluster-wide            --

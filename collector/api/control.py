@@ -5,7 +5,8 @@ Every call is authenticated (bearer token in the ``authorization`` metadata) and
 errors become gRPC status codes with one-line messages a user can act on, through the one table in
 ``podcap.collector.api.errors``; anything else is a bug and surfaces as UNKNOWN. Downloads stream
 one pcap file per pod (segments joined: the first file header, then every segment's records), optionally only a
-time window and the packets matching a BPF filter.
+time window and the packets matching a BPF filter, each pod's file from an offset when the client holds its start
+(``podcap.collector.downloads``: the resume check); a capture deleted meanwhile ends the stream with NOT_FOUND.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from podcap.collector.api.errors import abort_for
 from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.captures.model import Capture
 from podcap.collector.captures.table import CaptureNotFoundError
+from podcap.collector.downloads import Piece, PodFile, ShortPieceError, check_resume_points, file_messages, given
 from podcap.collector.filters import compile_filter
 from podcap.collector.storage.window import select_records
 from podcap.collector.targets import target_text
@@ -31,7 +33,6 @@ from podcap.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_BLOCK = 1 << 20
 MAX_AUDIT = 10000
 MAX_CAPTURABLE = 10000
 
@@ -118,19 +119,39 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self._audit(who.user, "stop", capture=cap, result="allowed")
         return self.captures.status(self.captures.stop(cap.id))
 
+    def DeleteCapture(  # noqa: N802
+        self, request: control_pb2.DeleteCaptureRequest, context: grpc.ServicerContext
+    ) -> control_pb2.DeleteCaptureResponse:
+        who = self._principal(context, "delete")
+        cap = self._capture_for(context, who, "delete", request.capture_id, "delete")
+        try:
+            deletion = self.captures.delete(cap.id, by=who.user, force=request.force)
+        except PodcapError as e:  # running without --force; deleted meanwhile; the catalog failing
+            self._audit(who.user, "delete", capture=cap, result="failed", detail=str(e))
+            abort_for(context, e)
+        detail = f"{deletion.reason}; {deletion.bytes} bytes"
+        if deletion.pending:
+            detail += f"; still to delete: {deletion.pending}"
+        self._audit(who.user, "delete", capture=cap, result="allowed", detail=detail)
+        return control_pb2.DeleteCaptureResponse(deletion=deletion)
+
     def ListCaptures(  # noqa: N802
         self, request: control_pb2.ListCapturesRequest, context: grpc.ServicerContext
     ) -> control_pb2.ListCapturesResponse:
         who = self._principal(context, "list")
-        visible = []
-        for cap in self.captures.all():
-            try:
-                for ns in target_namespaces(cap.request.target):
-                    self.auth.check(who, "get", ns)
-            except DeniedError:
-                continue
-            visible.append(self.captures.status(cap))
-        return control_pb2.ListCapturesResponse(captures=visible)
+        allowed: dict[str | None, bool] = {}  # one check per namespace, however many captures it has
+
+        def may_see(target: control_pb2.Target) -> bool:
+            for ns in target_namespaces(target):
+                if ns not in allowed:
+                    allowed[ns] = self._may(who, "get", ns)
+                if not allowed[ns]:
+                    return False
+            return True
+
+        visible = [self.captures.status(cap) for cap in self.captures.all() if may_see(cap.request.target)]
+        deleted = [d for d in self.captures.deleted() if may_see(d.target)]
+        return control_pb2.ListCapturesResponse(captures=visible, deleted=deleted)
 
     def GetCapture(  # noqa: N802
         self, request: control_pb2.GetCaptureRequest, context: grpc.ServicerContext
@@ -180,18 +201,24 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         window = ""
         if request.since_unix_ns or request.until_unix_ns or request.filter:
             window = f"window {request.since_unix_ns}..{request.until_unix_ns} filter {request.filter!r}"
+        resumed = f"resuming {len(request.resume)} pod(s)" if request.resume else ""
         self._audit(who.user, "download", capture=cap, result="allowed",
-                    detail=" ".join(filter(None, [",".join(request.pods), window])))
+                    detail=" ".join(filter(None, [",".join(request.pods), window, resumed])))
         windowed = bool(window)
         if request.since_unix_ns and request.until_unix_ns and request.since_unix_ns > request.until_unix_ns:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "--since is after --until")
         try:
-            yield from self._download(context, cap, request, windowed)
-        except PodcapError as e:  # a segment in the bucket that cannot be opened or read now
+            resume = check_resume_points(request.resume)
+            yield from self._download(context, cap, request, windowed, resume)
+        except ShortPieceError as e:
+            context.abort(grpc.StatusCode.DATA_LOSS, str(e))
+        except PodcapError as e:  # a resume offset past the end; a segment in the bucket that cannot be read now
+            if cap.deleted:  # its objects went while they were read
+                context.abort(grpc.StatusCode.NOT_FOUND, _deleted_text(cap))
             abort_for(context, e)
 
     def _download(self, context: grpc.ServicerContext, cap: Capture, request: control_pb2.DownloadRequest,
-                  windowed: bool) -> Iterator[control_pb2.DownloadChunk]:
+                  windowed: bool, resume: dict[str, control_pb2.ResumePoint]) -> Iterator[control_pb2.DownloadChunk]:
         for ps, fmt, segments in self.captures.pod_files(cap, list(request.pods), since_ns=request.since_unix_ns,
                                                          until_ns=request.until_unix_ns):
             if windowed:
@@ -206,21 +233,16 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                         f.close()
                 selected.seek(0, 2)
                 segments = [(selected, selected.tell())]
+            pieces = [Piece(length - FILE_HEADER_LEN, given(f), name=f"a segment of {ps.pod.display}")
+                      for f, length in segments]
             try:
-                size = FILE_HEADER_LEN + sum(n - FILE_HEADER_LEN for _, n in segments)
-                yield control_pb2.DownloadChunk(file=control_pb2.FileStart(
-                    pod=ps.pod.to_proto(), path=f"{ps.pod.namespace}/{ps.pod.name}.pcap", size=size))
-                yield control_pb2.DownloadChunk(data=fmt.header())
-                for f, length in segments:
-                    f.seek(FILE_HEADER_LEN)
-                    left = length - FILE_HEADER_LEN
-                    while left > 0:
-                        block = f.read(min(DOWNLOAD_BLOCK, left))
-                        if not block:
-                            context.abort(grpc.StatusCode.DATA_LOSS, f"segment of {ps.pod.display} is shorter "
-                                          "than recorded")
-                        left -= len(block)
-                        yield control_pb2.DownloadChunk(data=block)
+                with PodFile(fmt.header(), pieces) as pf:
+                    for msg in file_messages(ps.pod.to_proto(), pf, resume.get(str(ps.pod.uid))):
+                        if cap.deleted:  # the files may be gone already: what was read of them is not the file
+                            context.abort(grpc.StatusCode.NOT_FOUND, _deleted_text(cap))
+                        if msg.WhichOneof("kind") == "data":
+                            self.captures.note_downloaded(len(msg.data))
+                        yield msg
             finally:
                 for f, _ in segments:
                     f.close()
@@ -234,3 +256,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         sub = self.captures.follow(cap.id, list(request.pods))
         context.add_callback(lambda: self.captures.unfollow(cap.id, sub))
         yield from sub.messages()
+
+
+def _deleted_text(cap: Capture) -> str:
+    return f"capture {cap.id} was {cap.deleted}, while it was being downloaded"
+

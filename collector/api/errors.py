@@ -20,6 +20,7 @@ from podcap.collector.kube.errors import KubeError
 TABLE: tuple[tuple[type[errors.PodcapError], grpc.StatusCode, str], ...] = (
     # The collector cannot list pods (API server down, RBAC): the user retries after the fix.
     (KubeError, grpc.StatusCode.UNAVAILABLE, "Kubernetes API: "),
+    (errors.OutOfRangeError, grpc.StatusCode.OUT_OF_RANGE, ""),
     (errors.InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT, ""),
     (errors.NotFoundError, grpc.StatusCode.NOT_FOUND, ""),
     (errors.PreconditionError, grpc.StatusCode.FAILED_PRECONDITION, ""),

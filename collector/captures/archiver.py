@@ -20,6 +20,8 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from podcap.collector.captures.backlog import ArchiveBacklog, Clock
 from podcap.collector.captures.committer import Committer
@@ -69,6 +71,12 @@ class Archiver:
     def start(self) -> None:
         if self.storage.tiered and self.interval_s > 0:
             self._thread.start()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """No archiving round runs meanwhile: a capture being deleted is neither uploaded nor described again."""
+        with self._round:
+            yield
 
     def stop(self) -> None:
         self._closing.set()

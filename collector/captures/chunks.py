@@ -60,6 +60,10 @@ def oversized_reason(size: int, limit: int) -> str:
     return f"chunk of {size} bytes exceeds the collector's limit of {limit} bytes"
 
 
+class LocalTierFullError(StorageError):
+    """What waits for the bucket in the data dir reached ``--local-cap-bytes``."""
+
+
 @dataclass
 class _Outcome:
     """What became of one chunk's packets."""
@@ -94,7 +98,12 @@ class ChunkIngest:
             try:
                 return self._store(conn, chunk, chunk.records if records is None else records)
             except StorageError as e:
-                self.health.pause(f"{'data dir full' if e.disk_full else 'storage failing'}: {e}")
+                if isinstance(e, LocalTierFullError):
+                    self.health.pause(f"data dir full: {e}")
+                elif e.disk_full:
+                    self.health.pause(f"data dir full: {e}{self.health.full_hint()}", disk_full=True)
+                else:
+                    self.health.pause(f"storage failing: {e}")
                 if self.closing.wait(STORAGE_RETRY_S):
                     raise ChunkRejectedError("collector shutting down") from e
 
@@ -184,7 +193,7 @@ class ChunkIngest:
         (nothing is counted then)."""
         assert out.extra is not None
         if full := self.local_room():
-            raise StorageError(errno.ENOSPC, full)  # paused as on a full disk: the agents keep their data
+            raise LocalTierFullError(errno.ENOSPC, full)  # paused as on a full disk: the agents keep their data
         fmt = file_format(st.fmt)
         writer = open_writer(self.storage, cap, ps, fmt)
         now = time.time()

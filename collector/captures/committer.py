@@ -62,6 +62,8 @@ class Committer:
         of holding up the others."""
         started = time.monotonic()
         with cap.commit_lock:
+            if cap.deleted:  # its rows are gone with it: nothing to record, no one to acknowledge
+                return
             snap = self._snapshot(cap, wait)
             if snap is None:
                 return

@@ -9,7 +9,8 @@ Everything else is a component it wires together and delegates to:
 - ``events``: the agents' reports on their streams; ``held``: what they hold unacknowledged;
 - ``chunks``: chunk ingest, stage by stage;
 - ``committer``: durability and acknowledgements; ``recovery``: the captures found at startup; ``archiver``:
-  closed segments to the second tier of tiered storage;
+  closed segments to the second tier of tiered storage; ``lifecycle``: deleting captures, on request and by the
+  policy for ended ones;
 - ``retention``, ``reads`` (downloads and followers), over the storage interface (``podcap.collector.storage``).
 
 Concurrency: one lock per capture guards its pods and counters, and is never held across I/O: each pod's writer
@@ -36,6 +37,7 @@ from podcap.collector.captures.committer import Committer
 from podcap.collector.captures.events import PodEvents
 from podcap.collector.captures.follow import Subscription
 from podcap.collector.captures.held import HeldReports
+from podcap.collector.captures.lifecycle import POLICY_INTERVAL_S, DiskUsage, Lifecycle, LifecyclePolicy
 from podcap.collector.captures.model import ACTIVE, TERMINAL, Capture, PodState
 from podcap.collector.captures.placement import Placement, new_pod_state
 from podcap.collector.captures.pods import request_close, settle_closes
@@ -55,7 +57,10 @@ log = logging.getLogger(__name__)
 class CaptureManager:
     def __init__(self, storage: CaptureStorage, registry: AgentRegistry, store: CaptureStore, *,
                  cluster: ClusterInventory | None = None, local_cap_bytes: int = 0,
-                 archive_interval_s: float = ARCHIVE_INTERVAL_S, clock: Clock = time.time) -> None:
+                 archive_interval_s: float = ARCHIVE_INTERVAL_S, clock: Clock = time.time,
+                 policy: LifecyclePolicy | None = None, data_dir: str = "",
+                 disk_usage: Callable[[], DiskUsage] | None = None,
+                 policy_interval_s: float = POLICY_INTERVAL_S) -> None:
         self.storage = storage
         self.registry = registry
         self.store = store
@@ -65,6 +70,13 @@ class CaptureManager:
         self.committer = Committer(self.table, store, self.health)
         # ``clock``: the wall clock of the archive backlog's ages (tests: a fake one)
         self.archiver = Archiver(self.table, storage, self.committer, interval_s=archive_interval_s, clock=clock)
+        self.lifecycle = Lifecycle(self.table, storage, store, self.health, stop=self._stop_now,
+                                   exclusive=self.archiver.exclusive, policy=policy or LifecyclePolicy(),
+                                   data_dir=data_dir,
+                                   disk_usage=disk_usage, interval_s=policy_interval_s)
+        self.health.full_hint = self.lifecycle.full_hint
+        self._downloaded = 0  # pcap bytes sent by downloads (a metric)
+        self._downloaded_lock = threading.Lock()
         self.placement = Placement(self.table, registry, cluster)
         self.events = PodEvents(self.table, storage, on_terminal=self._maybe_finish)
         self.held = HeldReports(self.table)
@@ -82,6 +94,7 @@ class CaptureManager:
         self._ticker.start()
         self.committer.start()
         self.archiver.start()
+        self.lifecycle.start()
 
     @property
     def paused(self) -> str:
@@ -119,8 +132,29 @@ class CaptureManager:
         return self.placement.capturable()
 
     def get(self, capture_id: str) -> Capture:
-        """Raises CaptureNotFoundError."""
-        return self.table.get(capture_id)
+        """Raises CaptureNotFoundError (saying when, by whom and why for a capture that was deleted)."""
+        cap = self.table.find(capture_id)
+        if cap is None:
+            raise self.lifecycle.not_found(capture_id)
+        return cap
+
+    def delete(self, capture_id: str, *, by: str, force: bool = False) -> control_pb2.CaptureDeletion:
+        """Delete a capture for a user (``lifecycle.Lifecycle.delete``)."""
+        reason = "podcap delete --force" if force else "podcap delete"
+        return self.lifecycle.delete(capture_id, by=by, reason=reason, force=force)
+
+    def deleted(self) -> list[control_pb2.CaptureDeletion]:
+        """Captures deleted recently, newest first."""
+        return self.lifecycle.recent()
+
+    def note_downloaded(self, nbytes: int) -> None:
+        with self._downloaded_lock:
+            self._downloaded += nbytes
+
+    @property
+    def downloaded_bytes(self) -> int:
+        """Pcap bytes sent by downloads since the collector started."""
+        return self._downloaded
 
     def all(self) -> list[Capture]:
         return self.table.all()
@@ -174,6 +208,11 @@ class CaptureManager:
         self.held.apply(conn.node, report)
 
     # ---- ending ----
+
+    def _stop_now(self, cap: Capture) -> None:
+        """End a running capture at once (it is about to be deleted: no stop grace for its agents' last chunks)."""
+        self._begin_stop(cap, "stopped to be deleted (podcap delete --force)")
+        self._maybe_finish(cap, force=True)
 
     def _begin_stop(self, cap: Capture, reason: str) -> None:
         with cap.lock:
@@ -254,6 +293,7 @@ class CaptureManager:
         """Persist everything; running captures stay RUNNING in the database and resume at the next start."""
         self._closing.set()
         self._ticker.join(timeout=5)
+        self.lifecycle.stop()
         self.archiver.stop()
         self.committer.stop()
         for cap in self.table.all():

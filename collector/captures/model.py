@@ -183,6 +183,9 @@ class Capture:
     followers: list[Follower] = field(default_factory=list)
     # With tiered storage: its closed segments not yet in the second tier (set by the archiver, which adopts it).
     backlog: ArchiveBacklog | None = None
+    # Why the capture was deleted ("" while it exists): whoever still holds it (a download) stops with this, and
+    # nothing records it again (``podcap.collector.captures.lifecycle``).
+    deleted: str = ""
 
     @property
     def deadline_ns(self) -> int:

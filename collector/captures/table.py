@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from podcap.collector.captures.model import Capture
 from podcap.errors import NotFoundError
@@ -38,6 +39,10 @@ class CaptureTable:
         with self._lock:
             self._captures[cap.id] = cap
 
+    def remove(self, capture_id: str) -> None:
+        with self._lock:
+            self._captures.pop(CaptureId(capture_id), None)
+
     def find(self, capture_id: str) -> Capture | None:
         with self._lock:
             return self._captures.get(CaptureId(capture_id))
@@ -62,16 +67,22 @@ class StorageHealth:
 
     def __init__(self) -> None:
         self.paused = ""
+        # What a pause for a full data dir adds: whether anything will be deleted to make room (the lifecycle's).
+        self.full_hint: Callable[[], str] = lambda: ""
 
-    def pause(self, reason: str) -> None:
+        self.disk_full = False  # paused because the data dir's filesystem is full
+
+    def pause(self, reason: str, *, disk_full: bool = False) -> None:
         if self.paused != reason:
             log.error("storing paused: %s (agents keep their data until it resumes)", reason)
         self.paused = reason
+        self.disk_full = disk_full
 
     def resume(self) -> None:
         if self.paused:
             log.info("storing resumed")
             self.paused = ""
+            self.disk_full = False
 
 
 def grace_starts(cap: Capture) -> None:

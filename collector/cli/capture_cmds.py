@@ -1,15 +1,16 @@
-"""``podcap start`` and ``podcap stop``."""
+"""``podcap start``, ``podcap stop`` and ``podcap delete``."""
 
 from __future__ import annotations
 
 import click
 from rich.console import Console
 
-from podcap.collector.cli.client import CollectorClient
+from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.cli.complete import complete_capture_id
+from podcap.collector.cli.errors import collector_hint, one_line
 from podcap.collector.cli.progress import wait_for_end
 from podcap.collector.cli.render import capture_table, dump, output_option, print_table, to_dict
-from podcap.collector.cli.units import duration_param, size_param
+from podcap.collector.cli.units import duration_param, human_bytes, size_param
 from podcap.v1 import common_pb2, control_pb2
 
 _INTERFACES = {
@@ -90,3 +91,33 @@ def stop(obj: dict[str, str], capture_id: str, output: str) -> None:
         print_table(capture_table(status))
     else:
         click.echo(dump(to_dict(status), output))
+
+
+@click.command()
+@click.argument("capture_ids", nargs=-1, required=True, metavar="ID...", shell_complete=complete_capture_id)
+@click.option("--force", is_flag=True, help="Delete running captures too (each is stopped first).")
+@click.pass_context
+def delete(ctx: click.Context, capture_ids: tuple[str, ...], force: bool) -> None:
+    """Delete ended captures: their files, their records and, with object storage, their objects in the bucket.
+
+    A running capture is refused unless --force. Prints a line per capture deleted; a capture that cannot be
+    deleted is a line on stderr, and the exit status is 1.
+    """
+    prog = ctx.find_root().info_name or "podcap"
+    failed = 0
+    with CollectorClient(ctx.obj["collector"]) as client:
+        for cid in capture_ids:
+            try:
+                d = client.delete(cid, force=force)
+            except CollectorError as e:
+                if len(capture_ids) == 1:
+                    raise  # one line with its hint, as for every verb
+                click.echo(f"{prog}: {one_line(str(e), collector_hint(e, prog=prog, command='delete'))}", err=True)
+                failed += 1
+                continue
+            line = f"deleted {d.capture_id}\t{human_bytes(d.bytes)}"
+            if d.pending:
+                line += f"\tstill to delete (the collector retries): {d.pending}"
+            click.echo(line)
+    if failed:
+        ctx.exit(1)

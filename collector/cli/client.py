@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -115,15 +115,26 @@ class CollectorClient:
             raise _translate(e, self.address) from e
 
     def list_captures(self) -> list[control_pb2.CaptureStatus]:
+        return list(self.list_all().captures)
+
+    def list_all(self) -> control_pb2.ListCapturesResponse:
+        """The captures, and those deleted recently."""
         try:
-            return list(self._stub.ListCaptures(control_pb2.ListCapturesRequest(), timeout=self.timeout).captures)
+            return self._stub.ListCaptures(control_pb2.ListCapturesRequest(), timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _translate(e, self.address) from e
+
+    def delete(self, capture_id: str, *, force: bool = False) -> control_pb2.CaptureDeletion:
+        try:
+            return self._stub.DeleteCapture(control_pb2.DeleteCaptureRequest(capture_id=capture_id, force=force),
+                                            timeout=self.timeout).deletion
         except grpc.RpcError as e:
             raise _translate(e, self.address) from e
 
     def download(self, capture_id: str, pods: list[str] | None = None, *, since_ns: int = 0, until_ns: int = 0,
-                 bpf: str = "") -> Iterator[control_pb2.DownloadChunk]:
+                 bpf: str = "", resume: Sequence[control_pb2.ResumePoint] = ()) -> Iterator[control_pb2.DownloadChunk]:
         req = control_pb2.DownloadRequest(capture_id=capture_id, pods=pods or [], since_unix_ns=since_ns,
-                                          until_unix_ns=until_ns, filter=bpf)
+                                          until_unix_ns=until_ns, filter=bpf, resume=list(resume))
         # The response iterator is also the call (a grpc.Future): cancelling it ends the RPC.
         call: grpc.Future[control_pb2.DownloadChunk] = self._stub.Download(req)  # type: ignore[assignment]
         try:

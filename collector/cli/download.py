@@ -2,7 +2,9 @@
 
 The collector's ``Download`` RPC streams one pcap file per pod, one after the other, each announced by a
 ``FileStart`` with its exact size. Each file is written as ``<path>.part`` and renamed once it is complete, so an
-interrupted download never leaves a file that looks whole. Paths are built only from validated names.
+interrupted download never leaves a file that looks whole; the part stays, and a later run can resume it from
+where it stopped (``FileStart.offset``: see ``podcap.collector.cli.resume``). Paths are built only from validated
+names.
 
 A merge cannot start before every pod's file is there (the stream sends pods one after the other), so merged
 output goes through files on disk; the merge itself then streams (``podcap.collector.cli.merge``).
@@ -17,7 +19,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.cli.pcapng import InterfaceInfo, InterfaceStats, SectionInfo
@@ -42,11 +44,13 @@ class CaptureSource(Protocol):
     def get(self, capture_id: str) -> control_pb2.CaptureStatus: ...
 
     def download(self, capture_id: str, pods: list[str], *, since_ns: int = 0, until_ns: int = 0,
-                 bpf: str = "") -> Iterator[control_pb2.DownloadChunk]: ...
+                 bpf: str = "", resume: Sequence[control_pb2.ResumePoint] = ()
+                 ) -> Iterator[control_pb2.DownloadChunk]: ...
 
 
 class DownloadObserver(Protocol):
-    """Told what a download does, as it does it (called in the downloading thread; must be quick)."""
+    """Told what a download does, as it does it (called in the downloading thread; must be quick). ``size`` is
+    what will be received of the file (less than the file when it resumes part-way)."""
 
     def file_started(self, pod: common_pb2.Pod, size: int) -> None: ...
 
@@ -57,8 +61,15 @@ class DownloadObserver(Protocol):
 
 def download_files(client: CaptureSource, capture_id: str, pods: list[str],
                    dest: Callable[[common_pb2.Pod], str], *, since_ns: int = 0, until_ns: int = 0,
-                   bpf: str = "", observers: Sequence[DownloadObserver] = ()) -> list[DownloadedFile]:
-    """Download every selected pod's pcap file to ``dest(pod)``; return them in the order the collector sent."""
+                   bpf: str = "", observers: Sequence[DownloadObserver] = (),
+                   resume: Sequence[control_pb2.ResumePoint] = (),
+                   note: Callable[[str], None] = lambda _text: None) -> list[DownloadedFile]:
+    """Download every selected pod's pcap file to ``dest(pod)``; return them in the order the collector sent.
+
+    ``resume``: pods whose ``dest(pod).part`` holds the start of their file (``podcap.collector.downloads.
+    resume_point``); the collector sends each from where it accepts, and the part is completed in place. An
+    interrupted download keeps its part (what was written is the start of the file: a later run resumes it);
+    ``note`` hears of a resume the collector refused."""
     done: list[DownloadedFile] = []
 
     def finished(f: DownloadedFile) -> None:
@@ -70,8 +81,9 @@ def download_files(client: CaptureSource, capture_id: str, pods: list[str],
     part = ""
     written = 0
     f = None
+    kwargs = {"resume": list(resume)} if resume else {}  # (sources from before resuming need not know of it)
     try:
-        for msg in client.download(capture_id, pods, since_ns=since_ns, until_ns=until_ns, bpf=bpf):
+        for msg in client.download(capture_id, pods, since_ns=since_ns, until_ns=until_ns, bpf=bpf, **kwargs):
             if msg.WhichOneof("kind") == "file":
                 if f is not None and current is not None:
                     f.close()
@@ -86,11 +98,19 @@ def download_files(client: CaptureSource, capture_id: str, pods: list[str],
                 path = dest(pod)
                 os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
                 part = path + ".part"
-                f = open(part, "wb")  # noqa: SIM115 (closed once complete, or when the next file starts or at the end)
-                current = (pod, path, msg.file.size)
-                written = 0
+                offset = msg.file.offset
+                if msg.file.resume_refused:
+                    note(f"{path}: {msg.file.resume_refused}")
                 for o in observers:
-                    o.file_started(pod, msg.file.size)
+                    o.file_started(pod, msg.file.size - offset)
+                f = _open_part(part, offset)
+                current = (pod, path, msg.file.size)
+                written = offset
+                if written == current[2]:  # resumed at its end: nothing more to come
+                    f.close()
+                    f = None
+                    finished(_finish(current, part, written))
+                    current = None
             else:
                 if f is None or current is None:
                     raise CollectorError("collector sent data before a file header, or more than a file's size")
@@ -109,9 +129,24 @@ def download_files(client: CaptureSource, capture_id: str, pods: list[str],
             finished(_finish(current, part, written))
     finally:
         if f is not None:
-            f.close()
-            os.unlink(part)
+            f.close()  # the part holds the file's start, and stays for a later run to resume
     return done
+
+
+def _open_part(part: str, offset: int) -> BinaryIO:
+    """The part file, holding the file's first ``offset`` bytes (kept from an earlier run) and ready for more."""
+    if not offset:
+        return open(part, "wb")  # noqa: SIM115 (closed once complete, or when the next file starts or at the end)
+    f = open(part, "r+b")  # noqa: SIM115 (as above)
+    try:
+        if os.fstat(f.fileno()).st_size < offset:
+            raise CollectorError(f"{part} holds less than the {offset} bytes the resume was asked from")
+        f.truncate(offset)
+        f.seek(offset)
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
 def _finish(current: tuple[common_pb2.Pod, str, int], part: str, written: int) -> DownloadedFile:

@@ -15,7 +15,7 @@ import grpc
 
 from podcap.collector.cli.client import CollectorError
 
-_CAPTURE_ID_COMMANDS = {"status", "stop", "get"}
+_CAPTURE_ID_COMMANDS = {"status", "stop", "get", "delete"}
 
 
 class CommandError(click.ClickException):
@@ -49,15 +49,21 @@ def collector_hint(e: CollectorError, *, prog: str, command: str | None) -> str:
     if code == grpc.StatusCode.UNAVAILABLE:
         return "" if "PODCAP_COLLECTOR" in msg else "check that podcap-collector runs and --collector points at it"
     if code == grpc.StatusCode.NOT_FOUND:
+        if " was deleted " in msg:  # says when, by whom and why: nothing to look up
+            return ""
         if command in _CAPTURE_ID_COMMANDS:
             return "" if "podcap list" in msg else f"'{prog} list' shows the capture ids"
         return "check -n/--namespace, -l/--selector and the pod names against what the message lists"
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return f"fix that argument and retry ('{prog} {command or ''} -h' lists the options)".replace("  ", " ")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
+        if command == "delete":
+            return ""  # (the message says what to do: stop it first, or --force)
         return "start podcap-agent on that node (the agent DaemonSet), or leave its pods out"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return "retry, and if it keeps happening look at the collector's log"
+    if code == grpc.StatusCode.OUT_OF_RANGE:
+        return "run the same command again: it downloads what it cannot resume from the start"
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return "the collector is busy: retry in a moment"
     if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):

@@ -6,24 +6,25 @@ objects, with the user's own credentials (the usual AWS environment, profile or 
 ``--s3-endpoint``/``S3_ENDPOINT`` for a store other than AWS). With ``--since``/``--until`` only the pages and then
 the blocks of segments that the window overlaps are fetched (the pages' block indexes say which: no request per
 segment to find out), and only their records inside it are kept; ``--filter`` applies a BPF filter to what is kept. So
-``-o DIR``, ``--format pcapng`` and ``--merge`` work exactly as against a collector.
+``-o DIR``, ``--format pcapng`` and ``--merge`` work exactly as against a collector, and so does resuming a pod's
+file part-way (``podcap.collector.downloads``, the same code as the collector's: the segments before the offset are
+not fetched at all, the one it falls in only from the block that holds it).
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 from podcap.collector.bucket.blocks import BlockReader, unpack_index, window
 from podcap.collector.bucket.manifest import NAME, ArchivedSegment, Manifest, page_from_json
 from podcap.collector.bucket.objects import BucketUrl, ObjectNotFoundError, ObjectStore
+from podcap.collector.downloads import Piece, PodFile, check_resume_points, file_messages, given
 from podcap.collector.filters import compile_filter
 from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, iter_records
 from podcap.v1 import control_pb2
-
-BLOCK = 1 << 20
 
 
 class BucketClient:
@@ -57,8 +58,9 @@ class BucketClient:
         return self.manifest().status
 
     def download(self, capture_id: str, pods: list[str], *, since_ns: int = 0, until_ns: int = 0,
-                 bpf: str = "") -> Iterator[control_pb2.DownloadChunk]:
+                 bpf: str = "", resume: Sequence[control_pb2.ResumePoint] = ()) -> Iterator[control_pb2.DownloadChunk]:
         m = self.manifest()
+        points = check_resume_points(resume)
         for pod in m.status.pods:
             p = pod.pod
             if pods and not {p.uid, p.name, f"{p.namespace}/{p.name}"} & set(pods):
@@ -70,16 +72,10 @@ class BucketClient:
             segments = self._segments(p.uid, since_ns, until_ns)
             windowed = bool(since_ns or until_ns or bpf)
             if not windowed:
-                yield control_pb2.DownloadChunk(file=control_pb2.FileStart(
-                    pod=p, path=f"{p.namespace}/{p.name}.pcap",
-                    size=FILE_HEADER_LEN + sum(s.size - FILE_HEADER_LEN for s in segments)))
-                yield control_pb2.DownloadChunk(data=fmt.header())
-                for seg in segments:
-                    reader, _length = self._open(seg)
-                    with reader:
-                        reader.seek(FILE_HEADER_LEN)
-                        while block := reader.read(BLOCK):
-                            yield control_pb2.DownloadChunk(data=block)
+                # Segments are opened only when the download reaches them: a resumed one fetches only what follows.
+                pieces = [Piece(seg.size - FILE_HEADER_LEN, self._opener(seg), name=seg.key) for seg in segments]
+                with PodFile(fmt.header(), pieces) as whole:
+                    yield from file_messages(p, whole, points.get(p.uid))
                 continue
             program = compile_filter(bpf, fmt) if bpf else None
             with tempfile.SpooledTemporaryFile(max_size=64 << 20) as kept:  # the window's records, then their size
@@ -95,12 +91,14 @@ class BucketClient:
                                 and (program is None or program.filter(r.data) != 0)):
                             kept.write(data[r.offset:r.offset + 16 + r.caplen])
                 size = kept.tell()
-                yield control_pb2.DownloadChunk(file=control_pb2.FileStart(
-                    pod=p, path=f"{p.namespace}/{p.name}.pcap", size=FILE_HEADER_LEN + size))
-                yield control_pb2.DownloadChunk(data=fmt.header())
-                kept.seek(0)
-                while block := kept.read(BLOCK):
-                    yield control_pb2.DownloadChunk(data=block)
+                with PodFile(fmt.header(), [Piece(size, given(kept), start=0)]) as window_file:  # type: ignore[arg-type]
+                    yield from file_messages(p, window_file, points.get(p.uid))
+
+    def _opener(self, seg: ArchivedSegment) -> Callable[[], BinaryIO]:
+        def open_segment() -> BinaryIO:
+            reader: BinaryIO = self._open(seg)[0]
+            return reader
+        return open_segment
 
     def _segments(self, uid: str, since_ns: int, until_ns: int) -> list[ArchivedSegment]:
         """The pod's segments that overlap the window, from the pages that do (a page retention deleted since the

@@ -9,8 +9,9 @@ are downloaded side by side, one stream each, and merged in C as they arrive (no
 The capture's status is read after the download, so the counters in the file are as recent as its packets.
 
 On a terminal, stderr shows the download's progress (``download_progress``). ``-o DIR`` keeps a journal of the pod
-files it completed, so that the same command run again after an interruption fetches only the others
-(``resume``); a complete run removes it.
+files it started and completed, so that the same command run again after an interruption (Ctrl+C, a kill, a cut
+connection) fetches only what is missing: the pods it had not completed, and each file it was writing from where it
+stopped, checked against the collector's bytes (``resume``); a complete run removes it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from contextlib import contextmanager
 from typing import IO
 
 import click
+import grpc
 
 from podcap.collector.cli.client import CollectorClient
 from podcap.collector.cli.complete import complete_capture_id
@@ -53,6 +55,7 @@ from podcap.collector.cli.pcapng import InterfaceStats, PcapngError
 from podcap.collector.cli.pod_streams import MAX_STREAMS, PodStreams
 from podcap.collector.cli.resume import Journal, Window, selected
 from podcap.collector.cli.units import human_bytes, parse_duration
+from podcap.collector.downloads import ResumeOffsetError
 from podcap.errors import PodcapError
 from podcap.pcapfile import PcapFormatError
 from podcap.v1 import control_pb2
@@ -224,22 +227,30 @@ def get(ctx: click.Context, capture_id: str | None, pods: tuple[str, ...], out_d
                                "choose another -o/--merge path or free some space", prog=prog) from e
 
 
-def _progress(pods: list[control_pb2.PodStatus], window: Window, note: str = "") -> DownloadProgress:
-    """The progress display of a download of these pods (their total size is known without a window)."""
-    total = sum(expected_size(ps) for ps in pods) if window.whole else None
+def _progress(pods: list[control_pb2.PodStatus], window: Window, note: str = "", *, held: int = 0
+              ) -> DownloadProgress:
+    """The progress display of a download of these pods (their total size is known without a window; ``held``: of
+    it, bytes already there, which a resume does not fetch)."""
+    total = max(0, sum(expected_size(ps) for ps in pods) - held) if window.whole else None
     return DownloadProgress(total_bytes=total, pods=len(pods), note=note)
 
 
 def _fetch_into_dir(client: CaptureSource, status: control_pb2.CaptureStatus, capture_id: str, pods: list[str],
-                    out_dir: str, window: Window) -> tuple[list[DownloadedFile], Journal]:
-    """Download the selected pods into ``out_dir``, except those an interrupted run of the same get completed."""
+                    out_dir: str, window: Window, *, resume: bool = True) -> tuple[list[DownloadedFile], Journal]:
+    """Download the selected pods into ``out_dir``, except those an interrupted run of the same get completed, and
+    each pod file it left part-way from where it stopped (``resume``)."""
     dest = per_pod_paths(out_dir, ".pcap")
     path_of = {ps.pod.uid: dest(ps.pod) for ps in status.pods if ps.pod.uid}  # the download's own paths
-    journal = Journal(out_dir, capture_id, window)
+    journal = Journal(out_dir, capture_id, window, dest)
     kept = journal.complete(status, pods, path_of)
     wanted = [ps for ps in status.pods if selected(ps, pods)]
     kept_uids = {f.pod.uid for f in kept}
     todo = [ps for ps in wanted if ps.pod.uid not in kept_uids]
+    points: list[control_pb2.ResumePoint] = []
+    if resume:
+        points, notes = journal.resumable(status, pods, path_of, kept_uids)
+        for line in notes:
+            click.echo(line, err=True)
     note = ""
     if kept:
         note = f", {len(kept)} already complete"
@@ -248,9 +259,22 @@ def _fetch_into_dir(client: CaptureSource, status: control_pb2.CaptureStatus, ca
         if not todo:
             return kept, journal
         pods = [ps.pod.uid for ps in todo]
-    with _progress(todo, window, note) as progress:
-        files = download_files(client, capture_id, pods, dest, since_ns=window.since_ns, until_ns=window.until_ns,
-                               bpf=window.bpf, observers=[progress, journal])
+    if points:
+        held = sum(p.offset for p in points)
+        click.echo(f"resuming {len(points)} pod file(s) part-way in {out_dir}: {human_bytes(held)} already there",
+                   err=True)
+    with _progress(todo, window, note, held=sum(p.offset for p in points)) as progress:
+        try:
+            files = download_files(client, capture_id, pods, dest, since_ns=window.since_ns,
+                                   until_ns=window.until_ns, bpf=window.bpf, observers=[progress, journal],
+                                   resume=points, note=lambda text: click.echo(text, err=True))
+        except PodcapError as e:
+            past_end = isinstance(e, ResumeOffsetError) or getattr(e, "code", None) == grpc.StatusCode.OUT_OF_RANGE
+            if not (points and past_end):
+                raise
+            # A kept part is longer than the pod's file is now (retention deleted its oldest segments since).
+            click.echo(f"{e}; downloading without resuming", err=True)
+            return _fetch_into_dir(client, status, capture_id, pods, out_dir, window, resume=False)
     if not kept:
         return files, journal
     order = {ps.pod.uid: i for i, ps in enumerate(status.pods)}  # the collector's order, as without a resume

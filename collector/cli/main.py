@@ -74,8 +74,9 @@ def cli(ctx: click.Context, collector: str, tls_ca: str, token: str) -> None:
         os.environ["PODCAP_TOKEN"] = token
 
 
-for command in (capture_cmds.start, capture_cmds.stop, read_cmds.status, read_cmds.list_captures, get_cmd.get,
-                follow_cmd.follow, admin_cmds.audit, admin_cmds.certs, complete.completion, demo_cmd.demo,
+for command in (capture_cmds.start, capture_cmds.stop, capture_cmds.delete, read_cmds.status,
+                read_cmds.list_captures, get_cmd.get, follow_cmd.follow, admin_cmds.audit, admin_cmds.certs,
+                complete.completion, demo_cmd.demo,
                 extcap_cmd.extcap):
     cli.add_command(command)
 

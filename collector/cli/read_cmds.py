@@ -17,7 +17,16 @@ from rich.live import Live
 
 from podcap.collector.cli.client import CollectorClient
 from podcap.collector.cli.complete import complete_capture_id
-from podcap.collector.cli.render import capture_table, dump, dump_yaml, list_table, output_option, print_table, to_dict
+from podcap.collector.cli.render import (
+    capture_table,
+    deleted_table,
+    dump,
+    dump_yaml,
+    list_table,
+    output_option,
+    print_table,
+    to_dict,
+)
 from podcap.collector.cli.units import duration_param
 from podcap.v1 import control_pb2
 
@@ -80,10 +89,13 @@ def status(obj: dict[str, str], capture_id: str, output: str, watch: bool, inter
 @output_option()
 @click.pass_obj
 def list_captures(obj: dict[str, str], output: str) -> None:
-    """Every capture the collector knows, newest first."""
+    """Every capture the collector knows, newest first; then, in a table, those deleted in the last 7 days."""
     with CollectorClient(obj["collector"]) as client:
-        captures = client.list_captures()
+        answer = client.list_all()
+    captures = list(answer.captures)
     if output == "table":
         print_table(list_table(captures))
+        if answer.deleted:
+            print_table(deleted_table(list(answer.deleted)))
     else:
         click.echo(dump([to_dict(c) for c in captures], output))

@@ -228,5 +228,19 @@ def list_table(captures: list[control_pb2.CaptureStatus]) -> Table:
     return table
 
 
+def deleted_table(deleted: list[control_pb2.CaptureDeletion], *, now_ns: int | None = None) -> Table:
+    """Captures deleted recently: which, when, by whom, why (user text escaped: it is data, not markup)."""
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    table = Table(title="recently deleted", title_justify="left")
+    for col in ("id", "target", "bytes", "deleted", "by", "reason"):
+        table.add_column(col)
+    for d in deleted:
+        ago = human_duration(max(0.0, (now_ns - d.deleted_unix_ns) / 1e9)) + " ago"
+        reason = d.reason + (f"; still to delete: {d.pending}" if d.pending else "")
+        table.add_row(d.capture_id, escape(target_text(d.target)), human_bytes(d.bytes), ago, escape(d.by),
+                      escape(reason))
+    return table
+
+
 def print_table(table: Table) -> None:
     Console(soft_wrap=False, width=200).print(table)

@@ -4,7 +4,8 @@ Capture logic (``podcap.collector.captures``) never builds a path, opens a file 
 ``CaptureStorage`` for each pod's ``PodLocation`` and works through it: a ``SegmentWriter`` appends chunks of
 whole records and rotates segments, ``sync_later`` hands back the device flush to run outside the capture's lock,
 ``delete`` retires a segment (retention), ``open`` gives a reader a segment, ``record_gap`` notes where the pod's
-capture has holes, and the ``recover_*`` calls bring a pod's segments back to what was acknowledged after a crash.
+capture has holes, and the ``recover_*`` calls bring a pod's segments back to what was acknowledged after a crash;
+``CaptureStorage.remove`` deletes a whole capture.
 ``SegmentInfo`` describes one segment in the implementation's own terms (``locator``: a path, an object key).
 
 One implementation per module, in the spirit of Retina's output locations: ``podcap.collector.storage.local``
@@ -166,4 +167,10 @@ class CaptureStorage(Protocol):
 
     def pod(self, capture_id: str, namespace: str, pod_dir_name: str) -> PodLocation:
         """The pod's location; the parts are validated names. Raises StorageError for an unusable location."""
+        ...
+
+    def remove(self, capture_id: str) -> None:
+        """Delete everything kept of the capture: every pod's segments and gap log (tiered storage: its objects,
+        pages and manifest too). What is gone already is fine; raises a ``PodcapError`` when something could not be
+        deleted now (the object store down), and a retry deletes the rest."""
         ...

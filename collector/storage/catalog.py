@@ -7,6 +7,9 @@ acknowledged. The capture manager writes a
 capture's rows in one transaction *after* syncing the pcap files and *before* sending acknowledgements, so after a
 crash the database never claims more than the disk holds, and the disk's surplus (never acknowledged, so the
 agents still hold it) is cut back on startup. WAL mode with ``synchronous=FULL`` makes each commit durable.
+
+A deleted capture's rows go in one transaction with its record in ``deletions`` (who, why, what was still to be
+deleted in storage), which outlives it for a while so that ``list`` and ``status`` can say what became of it.
 """
 
 from __future__ import annotations
@@ -70,7 +73,16 @@ CREATE TABLE IF NOT EXISTS segments (
     archived TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (capture_id, uid, idx)
 );
+CREATE TABLE IF NOT EXISTS deletions (
+    capture_id TEXT PRIMARY KEY,
+    deleted_ns INTEGER NOT NULL,
+    record BLOB NOT NULL
+);
 """
+
+# Tables whose rows describe a capture's content rather than its history: every one with a capture_id column but
+# these is emptied of a deleted capture's rows.
+_KEPT_AFTER_DELETION = ("audit", "deletions")
 
 
 @dataclass(frozen=True)
@@ -187,6 +199,52 @@ class CaptureStore:
                 self._db.execute("ROLLBACK")
                 raise
 
+    def delete_capture(self, capture_id: str, record: control_pb2.CaptureDeletion) -> None:
+        """Remove every row of the capture (but its audit trail) and keep ``record`` of its deletion, in one durable
+        transaction."""
+        with self._lock:
+            tables = [name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                      if name not in _KEPT_AFTER_DELETION
+                      and "capture_id" in {r[1] for r in self._db.execute(f"PRAGMA table_info({name})")}]
+            self._db.execute("BEGIN")
+            try:
+                for name in tables:
+                    self._db.execute(f"DELETE FROM {name} WHERE capture_id=?", (capture_id,))  # noqa: S608
+                self._db.execute("DELETE FROM captures WHERE id=?", (capture_id,))
+                self._db.execute("INSERT OR REPLACE INTO deletions (capture_id, deleted_ns, record) VALUES (?,?,?)",
+                                 (capture_id, record.deleted_unix_ns, record.SerializeToString()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def update_deletion(self, record: control_pb2.CaptureDeletion) -> None:
+        with self._lock:
+            self._db.execute("UPDATE deletions SET record=? WHERE capture_id=?",
+                             (record.SerializeToString(), record.capture_id))
+
+    def deletion(self, capture_id: str) -> control_pb2.CaptureDeletion | None:
+        with self._lock:
+            row = self._db.execute("SELECT record FROM deletions WHERE capture_id=?", (capture_id,)).fetchone()
+        return _deletion(row[0]) if row is not None else None
+
+    def deletions(self, *, since_ns: int = 0, limit: int = 100, pending: bool = False,
+                  ) -> list[control_pb2.CaptureDeletion]:
+        """Deletions since ``since_ns``, newest first (``pending``: only those with storage still to delete)."""
+        with self._lock:
+            rows = self._db.execute("SELECT record FROM deletions WHERE deleted_ns >= ? ORDER BY deleted_ns DESC",
+                                    (since_ns,)).fetchall()
+        out = [_deletion(r[0]) for r in rows]
+        return [d for d in out if d.pending][:limit] if pending else out[:limit]
+
+    def forget_deletions(self, *, before_ns: int) -> None:
+        """Forget deletions older than ``before_ns`` whose storage is gone (a pending one is kept until done)."""
+        with self._lock:
+            rows = self._db.execute("SELECT capture_id, record FROM deletions WHERE deleted_ns < ?",
+                                    (before_ns,)).fetchall()
+            done = [(cid,) for cid, blob in rows if not _deletion(blob).pending]
+            self._db.executemany("DELETE FROM deletions WHERE capture_id=?", done)
+
     def add_audit(self, rec: control_pb2.AuditRecord) -> None:
         with self._lock:
             self._db.execute(
@@ -246,6 +304,12 @@ class CaptureStore:
             out.append(PodRow(st, _format(fmt), stream_id, last_seq, packets_total, bytes_total,
                               by_uid.get(uid, []), streams.get(uid, []), Drops(**lost)))
         return out
+
+
+def _deletion(blob: bytes) -> control_pb2.CaptureDeletion:
+    record = control_pb2.CaptureDeletion()
+    record.ParseFromString(blob)
+    return record
 
 
 def _format(blob: bytes | None) -> common_pb2.PcapFormat | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -24,6 +25,26 @@ from podcap.collector.storage.gaps import record_gap
 from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, valid_prefix_length
 
 SEGMENT_SUFFIX = ".pcap"
+
+
+def capture_dir(data_dir: str, capture_id: str) -> str:
+    """Directory of one capture (a validated id); checked to stay inside the data dir."""
+    base = os.path.realpath(os.path.join(data_dir, "captures"))
+    path = os.path.realpath(os.path.join(base, capture_id))
+    if os.path.dirname(path) != base:
+        raise StorageError(errno.EINVAL, f"refusing path outside the data dir: {path}")
+    return path
+
+
+def remove_capture_dir(data_dir: str, capture_id: str) -> None:
+    """Delete a capture's directory and everything in it (gone already is fine)."""
+    path = capture_dir(data_dir, capture_id)
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise StorageError(e.errno or errno.EIO, f"cannot delete {path}: {e.strerror or e}") from e
 
 
 def pod_dir(data_dir: str, capture_id: str, namespace: str, pod: str) -> str:
@@ -282,3 +303,6 @@ class LocalStorage:
 
     def pod(self, capture_id: str, namespace: str, pod_dir_name: str) -> LocalPodLocation:
         return LocalPodLocation(pod_dir(self.data_dir, capture_id, namespace, pod_dir_name), direct=self.direct)
+
+    def remove(self, capture_id: str) -> None:
+        remove_capture_dir(self.data_dir, capture_id)

@@ -11,7 +11,8 @@ The bucket is laid out like the data dir: ``PREFIX/<capture>/<namespace>/<pod>/N
 ``PREFIX/<capture>/manifest.json`` and each pod's ``segments-NNNNNN.json`` pages
 (``podcap.collector.bucket.manifest``) saying what the capture holds. A segment
 is read from the local tier while it is there and from the bucket afterwards, by ranged GETs of the blocks it needs
-(``podcap.collector.bucket.blocks.BlockReader``); retention deletes both copies.
+(``podcap.collector.bucket.blocks.BlockReader``); retention deletes both copies; deleting a capture deletes its
+directory and everything under its key prefix.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from podcap.collector.bucket.blocks import Block, encode_stream, pack_index
 from podcap.collector.bucket.manifest import NAME
 from podcap.collector.bucket.objects import ObjectNotFoundError, ObjectStore
 from podcap.collector.storage.base import ArchivedCopy, SegmentInfo, StorageError
-from podcap.collector.storage.local import LocalPodLocation, pod_dir
+from podcap.collector.storage.local import LocalPodLocation, pod_dir, remove_capture_dir
 from podcap.pcapfile import FILE_HEADER_LEN, PcapFormatError
 
 
@@ -100,3 +101,9 @@ class TieredStorage:
     def pod(self, capture_id: str, namespace: str, pod_dir_name: str) -> TieredPodLocation:
         directory = pod_dir(self.data_dir, capture_id, namespace, pod_dir_name)
         return TieredPodLocation(directory, self.objects, self.objects.url.key(capture_id, namespace, pod_dir_name))
+
+    def remove(self, capture_id: str) -> None:
+        """The local tier's files, then every object under ``PREFIX/<capture>/`` (segments, pages, the manifest,
+        listed: so objects of a collector that died before recording them go too)."""
+        remove_capture_dir(self.data_dir, capture_id)
+        self.objects.delete(self.objects.list_keys(self.objects.url.key(capture_id) + "/"))

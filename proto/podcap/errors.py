@@ -1,7 +1,8 @@
 """The project's own error hierarchy, shared by the agent, the collector and the CLI.
 
 Every error podcap raises on purpose derives from ``PodcapError`` through one of a few *kinds* below. A kind says
-whose move it is — the user's input (``InvalidInputError``), something that does not exist (``NotFoundError``), a
+whose move it is — the user's input (``InvalidInputError``; ``OutOfRangeError`` for a position past the end of
+something that may grow), something that does not exist (``NotFoundError``), a
 state that must change first (``PreconditionError``), a dependency that is down (``UnavailableError``), a caller
 without the right (``DeniedError``/``UnauthenticatedError``), the machine (``ResourceError``) — and the API
 servicers map kinds to gRPC status codes in one table (``podcap.collector.api.errors``). Module-specific errors
@@ -21,6 +22,10 @@ class PodcapError(Exception):
 
 class InvalidInputError(PodcapError):
     """The request itself is wrong (a bad name, selector, filter, limit); retrying it unchanged cannot help."""
+
+
+class OutOfRangeError(InvalidInputError):
+    """A position past the end of what it points into (a resume offset past the end of a pod's file)."""
 
 
 class NotFoundError(PodcapError):

@@ -3,7 +3,9 @@
 isort:skip_file
 The user-facing API of the collector, used by the `podcap` CLI. Errors are gRPC status codes with a one-line
 message a person can act on: INVALID_ARGUMENT (bad filter, bad name, bad selector), NOT_FOUND (unknown capture,
-unknown namespace or pod: the message lists what exists), FAILED_PRECONDITION (no agent for a pod's node).
+unknown namespace or pod: the message lists what exists; a deleted capture: when, by whom and why),
+FAILED_PRECONDITION (no agent for a pod's node; deleting a running capture without `force`), OUT_OF_RANGE (a
+Download resume offset past the end of the pod's file).
 """
 
 from collections import abc as _abc
@@ -45,6 +47,114 @@ CAPTURE_STATE_STOPPING: CaptureState.ValueType  # 2
 CAPTURE_STATE_DONE: CaptureState.ValueType  # 3
 CAPTURE_STATE_FAILED: CaptureState.ValueType  # 4
 Global___CaptureState: _TypeAlias = CaptureState  # noqa: Y015
+
+@_typing.final
+class DeleteCaptureRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAPTURE_ID_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    capture_id: _builtins.str
+    force: _builtins.bool
+    """Stop the capture first if it is running (as StopCapture, waiting at most its 10 s stop grace for the agents'
+    last chunks), then delete it.
+    """
+    def __init__(
+        self,
+        *,
+        capture_id: _builtins.str = ...,
+        force: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_id", b"capture_id", "force", b"force"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCaptureRequest: _TypeAlias = DeleteCaptureRequest  # noqa: Y015
+
+@_typing.final
+class DeleteCaptureResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deletion(self) -> Global___CaptureDeletion: ...
+    def __init__(
+        self,
+        *,
+        deletion: Global___CaptureDeletion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deletion", b"deletion"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deletion", b"deletion"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCaptureResponse: _TypeAlias = DeleteCaptureResponse  # noqa: Y015
+
+@_typing.final
+class CaptureDeletion(_message.Message):
+    """A capture that was deleted, by a user (`podcap delete`) or by the collector's own policy for ended captures
+    (podcap-collector --keep-ended, --max-data-bytes, --max-data-percent).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAPTURE_ID_FIELD_NUMBER: _builtins.int
+    DELETED_UNIX_NS_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    LOCAL_BYTES_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_NS_FIELD_NUMBER: _builtins.int
+    ENDED_UNIX_NS_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    capture_id: _builtins.str
+    deleted_unix_ns: _builtins.int
+    """When it was deleted, nanoseconds since the Unix epoch."""
+    by: _builtins.str
+    """Who deleted it: the user, or "podcap-collector" for the collector's policy."""
+    reason: _builtins.str
+    """Why, in words: "podcap delete", "podcap delete --force (stopped first)", "ended 2h0m ago (--keep-ended 1h)",
+    "data dir over its budget: 12.0 GB of 10.0 GB (--max-data-bytes)".
+    """
+    bytes: _builtins.int
+    """Bytes the capture's pods held when it was deleted (every pcap segment in every tier, headers included)."""
+    local_bytes: _builtins.int
+    """Of those, bytes that were in the collector's data dir (what the deletion freed there)."""
+    created_unix_ns: _builtins.int
+    ended_unix_ns: _builtins.int
+    pending: _builtins.str
+    """"" once everything is deleted. Else what is still to be deleted and why not yet ("objects in the bucket:
+    <error>"): the collector retries every 30 s and at its next start.
+    """
+    @_builtins.property
+    def target(self) -> Global___Target:
+        """What the capture was."""
+
+    def __init__(
+        self,
+        *,
+        capture_id: _builtins.str = ...,
+        deleted_unix_ns: _builtins.int = ...,
+        by: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        bytes: _builtins.int = ...,
+        local_bytes: _builtins.int = ...,
+        target: Global___Target | None = ...,
+        created_unix_ns: _builtins.int = ...,
+        ended_unix_ns: _builtins.int = ...,
+        pending: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "bytes", b"bytes", "capture_id", b"capture_id", "created_unix_ns", b"created_unix_ns", "deleted_unix_ns", b"deleted_unix_ns", "ended_unix_ns", b"ended_unix_ns", "local_bytes", b"local_bytes", "pending", b"pending", "reason", b"reason", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaptureDeletion: _TypeAlias = CaptureDeletion  # noqa: Y015
 
 @_typing.final
 class ListCapturablePodsRequest(_message.Message):
@@ -142,7 +252,7 @@ class AuditRecord(_message.Message):
     user: _builtins.str
     """The authenticated user ("anonymous" without authentication)."""
     action: _builtins.str
-    """start, stop, status, list, download, follow, audit."""
+    """start, stop, status, list, download, follow, audit, delete."""
     capture_id: _builtins.str
     target: _builtins.str
     """The target as the user gave it ("ns=shop selector=app=web pods=a,b")."""
@@ -556,18 +666,26 @@ class ListCapturesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CAPTURES_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def captures(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaptureStatus]:
         """Newest first."""
+
+    @_builtins.property
+    def deleted(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaptureDeletion]:
+        """Captures deleted in the last 7 days that the caller may see (`get pods/capture` in their namespaces), newest
+        first, at most 100.
+        """
 
     def __init__(
         self,
         *,
         captures: _abc.Iterable[Global___CaptureStatus] | None = ...,
+        deleted: _abc.Iterable[Global___CaptureDeletion] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["captures", b"captures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["captures", b"captures", "deleted", b"deleted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -793,6 +911,7 @@ class DownloadRequest(_message.Message):
     SINCE_UNIX_NS_FIELD_NUMBER: _builtins.int
     UNTIL_UNIX_NS_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    RESUME_FIELD_NUMBER: _builtins.int
     capture_id: _builtins.str
     since_unix_ns: _builtins.int
     """Only packets with since <= timestamp <= until (nanoseconds since the Unix epoch; 0 = unbounded). Only the
@@ -805,6 +924,12 @@ class DownloadRequest(_message.Message):
     def pods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Restrict to these pods ("namespace/name" or uid); empty = every pod."""
 
+    @_builtins.property
+    def resume(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResumePoint]:
+        """Pods whose file the client already holds in part: each is sent from its offset (FileStart.offset). At most one
+        per pod; entries for pods this download does not include are ignored. At most 10000 entries.
+        """
+
     def __init__(
         self,
         *,
@@ -813,14 +938,56 @@ class DownloadRequest(_message.Message):
         since_unix_ns: _builtins.int = ...,
         until_unix_ns: _builtins.int = ...,
         filter: _builtins.str = ...,
+        resume: _abc.Iterable[Global___ResumePoint] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_id", b"capture_id", "filter", b"filter", "pods", b"pods", "since_unix_ns", b"since_unix_ns", "until_unix_ns", b"until_unix_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_id", b"capture_id", "filter", b"filter", "pods", b"pods", "resume", b"resume", "since_unix_ns", b"since_unix_ns", "until_unix_ns", b"until_unix_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DownloadRequest: _TypeAlias = DownloadRequest  # noqa: Y015
+
+@_typing.final
+class ResumePoint(_message.Message):
+    """Where to resume one pod's file: the client holds the file's first `offset` bytes (the pcap file header
+    included) from an earlier download with the same capture, pods and window. The collector checks that the last
+    `check_bytes` of them are the bytes it has there (their SHA-256) and then sends the file from `offset`; when they
+    differ (retention deleted the pod's oldest segments meanwhile, or the kept file is not what was sent) it sends
+    the whole file from 0 and says why in FileStart.resume_refused.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POD_UID_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    CHECK_BYTES_FIELD_NUMBER: _builtins.int
+    TAIL_SHA256_FIELD_NUMBER: _builtins.int
+    pod_uid: _builtins.str
+    """The pod's uid (FileStart.pod.uid)."""
+    offset: _builtins.int
+    """Bytes of the pod's file already held. Past the end of the file: OUT_OF_RANGE (the file may have shrunk:
+    retention; the client then downloads it again whole). Equal to its size: nothing is sent but the FileStart.
+    """
+    check_bytes: _builtins.int
+    """How many bytes ending at `offset` `tail_sha256` covers: at most `offset` and at most 1 MiB; 0 = no check."""
+    tail_sha256: _builtins.bytes
+    """SHA-256 of the file's bytes [offset - check_bytes, offset) as the client holds them (32 bytes)."""
+    def __init__(
+        self,
+        *,
+        pod_uid: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        check_bytes: _builtins.int = ...,
+        tail_sha256: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_bytes", b"check_bytes", "offset", b"offset", "pod_uid", b"pod_uid", "tail_sha256", b"tail_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumePoint: _TypeAlias = ResumePoint  # noqa: Y015
 
 @_typing.final
 class DownloadChunk(_message.Message):
@@ -857,10 +1024,20 @@ class FileStart(_message.Message):
     POD_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    RESUME_REFUSED_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Suggested relative path: "<namespace>/<pod>.pcap"."""
     size: _builtins.int
     """Exact size of the file in bytes."""
+    offset: _builtins.int
+    """Where in the file the following `data` starts: 0, or the offset of the pod's ResumePoint when the resume was
+    accepted (then size - offset bytes follow).
+    """
+    resume_refused: _builtins.str
+    """Why a ResumePoint given for this pod was not accepted ("" when none was given, or it was): the whole file
+    follows from 0 and the client discards what it held.
+    """
     @_builtins.property
     def pod(self) -> _common_pb2.Pod: ...
     def __init__(
@@ -869,10 +1046,12 @@ class FileStart(_message.Message):
         pod: _common_pb2.Pod | None = ...,
         path: _builtins.str = ...,
         size: _builtins.int = ...,
+        offset: _builtins.int = ...,
+        resume_refused: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pod", b"pod"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "pod", b"pod", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "path", b"path", "pod", b"pod", "resume_refused", b"resume_refused", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

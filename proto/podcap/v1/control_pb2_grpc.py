@@ -74,6 +74,11 @@ class ControlStub:
                 request_serializer=podcap_dot_v1_dot_control__pb2.ListCapturablePodsRequest.SerializeToString,
                 response_deserializer=podcap_dot_v1_dot_control__pb2.ListCapturablePodsResponse.FromString,
                 _registered_method=True)
+        self.DeleteCapture = channel.unary_unary(
+                '/podcap.v1.Control/DeleteCapture',
+                request_serializer=podcap_dot_v1_dot_control__pb2.DeleteCaptureRequest.SerializeToString,
+                response_deserializer=podcap_dot_v1_dot_control__pb2.DeleteCaptureResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -106,7 +111,9 @@ class ControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Download(self, request, context):
-        """Streams the stored packets of a capture: one pcap file per pod, each announced by a FileStart.
+        """Streams the stored packets of a capture: one pcap file per pod, each announced by a FileStart. A pod's file
+        can be resumed part-way (DownloadRequest.resume). A capture deleted while it is being downloaded ends the
+        stream with NOT_FOUND, its message saying so.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,6 +139,17 @@ class ControlServicer:
         """The pods the caller may capture now, for pickers (the Wireshark extcap's lists): pods a StartCapture could
         cover at this moment (Running, not hostNetwork, on a node with a connected agent), in the namespaces where the
         caller has `create pods/capture` (the same check as StartCapture). StartCapture still decides on its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCapture(self, request, context):
+        """Deletes an ended capture: its files in the data dir, its catalog rows and, with object storage, its objects,
+        pages and manifest in the bucket. A running (or stopping) capture is refused with FAILED_PRECONDITION unless
+        `force`, which stops it first. Needs `delete pods/capture` in every namespace of the capture (as
+        StopCapture); audited as `delete`. Downloads of the capture in progress end with NOT_FOUND. The collector
+        remembers the deletion for 7 days (ListCapturesResponse.deleted; GetCapture's NOT_FOUND message says it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -179,6 +197,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ListCapturablePods,
                     request_deserializer=podcap_dot_v1_dot_control__pb2.ListCapturablePodsRequest.FromString,
                     response_serializer=podcap_dot_v1_dot_control__pb2.ListCapturablePodsResponse.SerializeToString,
+            ),
+            'DeleteCapture': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCapture,
+                    request_deserializer=podcap_dot_v1_dot_control__pb2.DeleteCaptureRequest.FromString,
+                    response_serializer=podcap_dot_v1_dot_control__pb2.DeleteCaptureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -397,6 +420,33 @@ class Control:
             '/podcap.v1.Control/ListCapturablePods',
             podcap_dot_v1_dot_control__pb2.ListCapturablePodsRequest.SerializeToString,
             podcap_dot_v1_dot_control__pb2.ListCapturablePodsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCapture(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/podcap.v1.Control/DeleteCapture',
+            podcap_dot_v1_dot_control__pb2.DeleteCaptureRequest.SerializeToString,
+            podcap_dot_v1_dot_control__pb2.DeleteCaptureResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,9 @@
 isort:skip_file
 The user-facing API of the collector, used by the `podcap` CLI. Errors are gRPC status codes with a one-line
 message a person can act on: INVALID_ARGUMENT (bad filter, bad name, bad selector), NOT_FOUND (unknown capture,
-unknown namespace or pod: the message lists what exists), FAILED_PRECONDITION (no agent for a pod's node).
+unknown namespace or pod: the message lists what exists; a deleted capture: when, by whom and why),
+FAILED_PRECONDITION (no agent for a pod's node; deleting a running capture without `force`), OUT_OF_RANGE (a
+Download resume offset past the end of the pod's file).
 """
 
 from collections import abc as _abc
@@ -41,7 +43,10 @@ class ControlStub:
     ListCaptures: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListCapturesRequest, _control_pb2.ListCapturesResponse]
     GetCapture: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetCaptureRequest, _control_pb2.CaptureStatus]
     Download: _grpc.UnaryStreamMultiCallable[_control_pb2.DownloadRequest, _control_pb2.DownloadChunk]
-    """Streams the stored packets of a capture: one pcap file per pod, each announced by a FileStart."""
+    """Streams the stored packets of a capture: one pcap file per pod, each announced by a FileStart. A pod's file
+    can be resumed part-way (DownloadRequest.resume). A capture deleted while it is being downloaded ends the
+    stream with NOT_FOUND, its message saying so.
+    """
     Follow: _grpc.UnaryStreamMultiCallable[_control_pb2.FollowRequest, _control_pb2.FollowMessage]
     """Streams packets as they are stored, until the capture ends or the client goes away. A slow reader never slows
     the capture: what does not fit its buffer is dropped and reported as a FollowGap.
@@ -55,6 +60,13 @@ class ControlStub:
     cover at this moment (Running, not hostNetwork, on a node with a connected agent), in the namespaces where the
     caller has `create pods/capture` (the same check as StartCapture). StartCapture still decides on its own.
     """
+    DeleteCapture: _grpc.UnaryUnaryMultiCallable[_control_pb2.DeleteCaptureRequest, _control_pb2.DeleteCaptureResponse]
+    """Deletes an ended capture: its files in the data dir, its catalog rows and, with object storage, its objects,
+    pages and manifest in the bucket. A running (or stopping) capture is refused with FAILED_PRECONDITION unless
+    `force`, which stops it first. Needs `delete pods/capture` in every namespace of the capture (as
+    StopCapture); audited as `delete`. Downloads of the capture in progress end with NOT_FOUND. The collector
+    remembers the deletion for 7 days (ListCapturesResponse.deleted; GetCapture's NOT_FOUND message says it).
+    """
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -66,7 +78,10 @@ class ControlAsyncStub(ControlStub):
     ListCaptures: _aio.UnaryUnaryMultiCallable[_control_pb2.ListCapturesRequest, _control_pb2.ListCapturesResponse]  # type: ignore[assignment]
     GetCapture: _aio.UnaryUnaryMultiCallable[_control_pb2.GetCaptureRequest, _control_pb2.CaptureStatus]  # type: ignore[assignment]
     Download: _aio.UnaryStreamMultiCallable[_control_pb2.DownloadRequest, _control_pb2.DownloadChunk]  # type: ignore[assignment]
-    """Streams the stored packets of a capture: one pcap file per pod, each announced by a FileStart."""
+    """Streams the stored packets of a capture: one pcap file per pod, each announced by a FileStart. A pod's file
+    can be resumed part-way (DownloadRequest.resume). A capture deleted while it is being downloaded ends the
+    stream with NOT_FOUND, its message saying so.
+    """
     Follow: _aio.UnaryStreamMultiCallable[_control_pb2.FollowRequest, _control_pb2.FollowMessage]  # type: ignore[assignment]
     """Streams packets as they are stored, until the capture ends or the client goes away. A slow reader never slows
     the capture: what does not fit its buffer is dropped and reported as a FollowGap.
@@ -79,6 +94,13 @@ class ControlAsyncStub(ControlStub):
     """The pods the caller may capture now, for pickers (the Wireshark extcap's lists): pods a StartCapture could
     cover at this moment (Running, not hostNetwork, on a node with a connected agent), in the namespaces where the
     caller has `create pods/capture` (the same check as StartCapture). StartCapture still decides on its own.
+    """
+    DeleteCapture: _aio.UnaryUnaryMultiCallable[_control_pb2.DeleteCaptureRequest, _control_pb2.DeleteCaptureResponse]  # type: ignore[assignment]
+    """Deletes an ended capture: its files in the data dir, its catalog rows and, with object storage, its objects,
+    pages and manifest in the bucket. A running (or stopping) capture is refused with FAILED_PRECONDITION unless
+    `force`, which stops it first. Needs `delete pods/capture` in every namespace of the capture (as
+    StopCapture); audited as `delete`. Downloads of the capture in progress end with NOT_FOUND. The collector
+    remembers the deletion for 7 days (ListCapturesResponse.deleted; GetCapture's NOT_FOUND message says it).
     """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
@@ -118,7 +140,10 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.DownloadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_control_pb2.DownloadChunk], _abc.AsyncIterator[_control_pb2.DownloadChunk]]:
-        """Streams the stored packets of a capture: one pcap file per pod, each announced by a FileStart."""
+        """Streams the stored packets of a capture: one pcap file per pod, each announced by a FileStart. A pod's file
+        can be resumed part-way (DownloadRequest.resume). A capture deleted while it is being downloaded ends the
+        stream with NOT_FOUND, its message saying so.
+        """
 
     @_abc_1.abstractmethod
     def Follow(
@@ -149,6 +174,19 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         """The pods the caller may capture now, for pickers (the Wireshark extcap's lists): pods a StartCapture could
         cover at this moment (Running, not hostNetwork, on a node with a connected agent), in the namespaces where the
         caller has `create pods/capture` (the same check as StartCapture). StartCapture still decides on its own.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteCapture(
+        self,
+        request: _control_pb2.DeleteCaptureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.DeleteCaptureResponse, _abc.Awaitable[_control_pb2.DeleteCaptureResponse]]:
+        """Deletes an ended capture: its files in the data dir, its catalog rows and, with object storage, its objects,
+        pages and manifest in the bucket. A running (or stopping) capture is refused with FAILED_PRECONDITION unless
+        `force`, which stops it first. Needs `delete pods/capture` in every namespace of the capture (as
+        StopCapture); audited as `delete`. Downloads of the capture in progress end with NOT_FOUND. The collector
+        remembers the deletion for 7 days (ListCapturesResponse.deleted; GetCapture's NOT_FOUND message says it).
         """
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

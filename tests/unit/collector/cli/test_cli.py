@@ -78,6 +78,9 @@ class FakeClient:
     def __exit__(self, *exc: object) -> None:
         pass
 
+    def list_all(self) -> control_pb2.ListCapturesResponse:
+        return control_pb2.ListCapturesResponse(captures=self.list_captures())
+
     def download(self, capture_id: str, pods: list[str] | None = None, *, since_ns: int = 0, until_ns: int = 0,
                  bpf: str = "") -> Iterator[control_pb2.DownloadChunk]:
         for name, blob in self.files.items():
