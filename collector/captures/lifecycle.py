@@ -250,7 +250,7 @@ class Lifecycle:
         now_ns = time.time_ns() if now_ns is None else now_ns
         if time.monotonic() - self._last_retry >= RETRY_S or not self._last_retry:
             self._last_retry = time.monotonic()
-            self._retry_pending()
+            self.retry_pending()
             self.store.forget_deletions(before_ns=now_ns - int(REMEMBER_S * 1e9))
         done: list[control_pb2.CaptureDeletion] = []
         if self.policy.keep_ended_s:
@@ -328,7 +328,8 @@ class Lifecycle:
             log.exception("cannot write the audit record")
         return [record]
 
-    def _retry_pending(self) -> None:
+    def retry_pending(self) -> None:
+        """Delete what earlier deletions left in storage (the object store was down), now."""
         for record in self.store.deletions(pending=True, limit=MAX_REMEMBERED):
             if self.table.find(record.capture_id) is not None:
                 continue  # (cannot be: its rows went with the record)
