@@ -306,3 +306,68 @@ def test_keep_ended_deletes_an_ended_capture_by_itself_and_never_a_running_one(
     assert metric(metrics_port, 'podcap_captures_deleted_total{cause="keep_ended"}') == len(deleted)
     assert f"capture {ended} deleted by podcap-collector: ended" in proc.log()
     podcap(address, "stop", running)
+
+
+@pytest.fixture
+def small_disk(tmp_path: str) -> Iterator[str]:
+    mnt = os.path.join(tmp_path, "tmpfs")
+    os.makedirs(mnt)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", mnt], check=False)
+
+
+def test_a_full_data_dir_deletes_ended_captures_to_make_room_then_says_nothing_is_left(
+        tmp_path: str, small_disk: str) -> None:
+    """A data dir on an 8 MiB filesystem with a budget set: when it fills, the ended capture goes (the one that
+    ended first first) and storing resumes; when it fills again with only the running capture's data, storing
+    pauses and says nothing is left to delete; once space returns everything sent is stored, exactly once."""
+    from tests.integration.test_durability import Cluster, all_capturing, check_exactly_once, send
+
+    demo = DemoNode()
+    demo.create(["sender", "rx-0"])
+    c = Cluster(str(tmp_path), demo, data_dir=os.path.join(small_disk, "data"))
+    filler = os.path.join(small_disk, "filler")
+    try:
+        c.start_collector("--max-data-bytes", "1TiB")  # a budget the full disk is over long before
+        c.start_agent()
+        c.wait_pods()
+        warm_up(demo)
+        ended = capture_id(podcap(c.address, "start", "-n", demo.namespace, "rx-0", "--filter", f"udp port {PORT}"))
+        c.wait(ended, all_capturing(1))
+        assert send(c, 6000, 2.0, ["rx-0"]).wait(timeout=30) == 0
+        time.sleep(0.5)
+        podcap(c.address, "stop", ended)
+        held = int(c.status(ended)["bytes"])
+        assert held > 500_000
+        st = os.statvfs(small_disk)
+        with open(filler, "wb") as f:  # leave room for half of what the ended capture holds
+            f.write(b"\0" * (st.f_bavail * st.f_frsize - held // 2))
+
+        running = capture_id(podcap(c.address, "start", "-n", demo.namespace, "rx-0", "--filter",
+                                    f"udp port {PORT}"))
+        c.wait(running, all_capturing(1))
+        count = 12000  # about twice what the ended capture holds: the disk fills, room is made, it fills again
+        sender = send(c, count, 4.0, ["rx-0"])
+        st_run = c.wait(running, lambda s: "nothing left to delete" in str(s.get("paused")), timeout=60)
+        assert str(st_run["paused"]).startswith("data dir full: ")
+        assert str(st_run["paused"]).endswith("; nothing left to delete: every capture with data in the data dir "
+                                              "is running")
+        r = podcap(c.address, "status", ended, check=False)
+        assert r.returncode == 1 and "by podcap-collector: the data dir is full" in r.stderr, r.stderr
+        with CollectorClient(c.address) as client:
+            answer = client.list_all()
+        assert [x.id for x in answer.captures] == [running]  # never the running one
+        gone = sorted(answer.deleted, key=lambda d: d.deleted_unix_ns)
+        assert ended in [d.capture_id for d in gone]
+        assert [d.ended_unix_ns for d in gone] == sorted(d.ended_unix_ns for d in gone)  # ended first, first
+        assert sender.wait(timeout=30) == 0
+        os.unlink(filler)  # space returns: storing resumes by itself, and nothing was lost
+        c.wait(running, lambda s: not s.get("paused") and int(s["packets"]) >= count, timeout=60)
+        podcap(c.address, "stop", running)
+        check_exactly_once(c, running, ["rx-0"], count)
+    finally:
+        c.close()
+        demo.destroy()
