@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from podcap.collector.captures.backlog import ArchiveBacklog, Clock
 from podcap.collector.captures.committer import Committer
