@@ -19,6 +19,7 @@ import grpc
 
 from podcap.collector.api.auth import AuthError, Authorizer, DeniedError, Principal
 from podcap.collector.api.errors import abort_for
+from podcap.collector.captures.lifecycle import CaptureDeletedError
 from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.captures.model import Capture
 from podcap.collector.captures.table import CaptureNotFoundError
@@ -90,6 +91,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             cap = self.captures.get(capture_id)
         except CaptureNotFoundError as e:
             self._audit(who.user, action, capture_id=capture_id[:64], result="failed", detail=str(e))
+            if isinstance(e, CaptureDeletedError) and not all(
+                    self._may(who, "get", ns) for ns in target_namespaces(e.deletion.target)):
+                e = CaptureNotFoundError(f"no capture {capture_id!r} (see `podcap list`)")  # not theirs to know
             abort_for(context, e)
         self._authorize(context, who, action, verb, target_namespaces(cap.request.target), capture=cap)
         return cap

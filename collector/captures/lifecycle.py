@@ -65,7 +65,11 @@ class CaptureRunningError(PreconditionError):
 
 
 class CaptureDeletedError(CaptureNotFoundError):
-    """The capture the user named was deleted; the message says when, by whom and why."""
+    """The capture the user named was deleted; the message says when, by whom and why (``deletion``)."""
+
+    def __init__(self, message: str, deletion: control_pb2.CaptureDeletion) -> None:
+        super().__init__(message)
+        self.deletion = deletion
 
 
 @dataclass(frozen=True)
@@ -230,7 +234,7 @@ class Lifecycle:
         d = self.deletion(capture_id)
         if d is None:
             return CaptureNotFoundError(f"no capture {capture_id!r} (see `podcap list`)")
-        return CaptureDeletedError(f"capture {d.capture_id} was {deleted_text(d)}")
+        return CaptureDeletedError(f"capture {d.capture_id} was {deleted_text(d)}", d)
 
     def recent(self) -> list[control_pb2.CaptureDeletion]:
         """Deletions remembered (the last ``REMEMBER_S``), newest first, at most ``MAX_REMEMBERED``."""

@@ -272,6 +272,12 @@ def test_delete_takes_files_and_rows_and_refuses_bad_input_in_one_line(
         "by admin: podcap delete --force (stopped it first)" in r.stderr, r.stderr
     listed = podcap(address, "list").stdout
     assert "recently deleted" in listed and ended in listed and running in listed
+    # ... to whoever may read the capture: to bob it is just not there.
+    as_bob = [tool("podcap"), "--collector", address, "--token", BOB]
+    r = subprocess.run([*as_bob, "status", running], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.strip() == f"podcap: no capture '{running}' (see `podcap list`)", r.stderr
+    r = subprocess.run([*as_bob, "list"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and running not in r.stdout and "recently deleted" not in r.stdout
     audit = podcap(address, "audit", "--capture", ended, "-o", "json").stdout
     assert '"action": "delete"' in audit and '"result": "denied"' in audit and '"user": "bob"' in audit
 
