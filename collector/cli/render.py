@@ -237,7 +237,7 @@ def deleted_table(deleted: list[control_pb2.CaptureDeletion], *, now_ns: int | N
     for d in deleted:
         ago = human_duration(max(0.0, (now_ns - d.deleted_unix_ns) / 1e9)) + " ago"
         reason = d.reason + (f"; still to delete: {d.pending}" if d.pending else "")
-        table.add_row(d.capture_id, escape(target_text(d.target)), human_bytes(d.bytes), ago, escape(d.by),
+        table.add_row(escape(d.capture_id), escape(target_text(d.target)), human_bytes(d.bytes), ago, escape(d.by),
                       escape(reason))
     return table
 
