@@ -53,6 +53,8 @@ PENDING = common_pb2.POD_CAPTURE_STATE_PENDING
 # The loop walks every stream (flush deadlines, stats, graceful stops) at most this often, not on every wakeup:
 # with 200 pods that walk was most of what an idle wakeup cost.
 HOUSEKEEPING_PERIOD = 0.2
+# What one wakeup reads of one stream at most before turning to the others (a ring holds 2 to 256 blocks).
+DRAIN_BYTES = 8 << 20
 # What a collector that does not say (older ones) accepts in one message, and what a chunk's message adds to its
 # records: the two length headers and the other fields (chunkbuf.c keeps FIELDS_ROOM for them).
 DEFAULT_MESSAGE_BYTES = 16 << 20
@@ -313,7 +315,10 @@ class CaptureEngine:
     def _drain(self, stream: Stream, events: int) -> bool:
         """Move what the ring holds into the stream; True when the ring is filling fast (no nap)."""
         try:
-            moved = self._pull(stream, rounds=64)  # bounded, so one busy pod cannot starve the others
+            # Bounded, so one busy pod cannot starve the others: a few dispatches, and no more than a few chunks'
+            # worth (64 KiB frames made 64 dispatches ~250 MB: one drain held the loop ~225 ms while the other
+            # pods' rings filled).
+            moved = self._pull(stream, rounds=64, budget=DRAIN_BYTES)
         except PcapError as e:
             # The interface went away (pod deleted, sandbox torn down) or the handle broke: end the stream.
             self._finish(stream, common_pb2.POD_CAPTURE_STATE_PENDING,
@@ -329,10 +334,10 @@ class CaptureEngine:
         # Busy (no nap) when this drain moved a noticeable part of the ring: napping then could let it overflow.
         return moved >= min(self._cfg.busy_bytes, stream.ring_bytes // 16)
 
-    def _pull(self, stream: Stream, *, rounds: int) -> int:
+    def _pull(self, stream: Stream, *, rounds: int, budget: int = 0) -> int:
         """Up to ``rounds`` dispatches (-1: until the ring is empty), cutting chunks as they fill; returns the record
         bytes moved. Past ``max_packets`` packets are read all the same (so the ring drains and every packet is
-        counted) and discarded as ``past_limit``. Raises PcapError.
+        counted) and discarded as ``past_limit``; ``budget`` (bytes, 0 = none) ends it early. Raises PcapError.
 
         Chunks are cut by bytes whatever one dispatch brings: the C sink closes a chunk before a record would take
         it past the limit (``sink.ready()`` chunks wait to be cut); the fallback sink, which cannot split, is asked
@@ -383,6 +388,8 @@ class CaptureEngine:
             if sink.pending() >= full:
                 self._cut(stream)
             before = sink.pending()
+            if budget and moved >= budget:
+                break
         return moved
 
     def _chunk_limit(self, stream: Stream) -> int:

@@ -16,7 +16,10 @@ MIN_RING = 2 * RING_BLOCK
 # kernel had data, so an 8 MiB ring (~40 ms) overflowed (0.3-0.8% dropped where tcpdump dropped none); 32 MiB
 # (~160 ms) dropped nothing (tests/bench --p1-hostile). Only captures of a few pods get that much (the budget is
 # shared).
-MAX_AUTO_RING = 32 << 20
+# Bulk TCP between pods (GSO frames of 64 KiB, three to a 256 KiB block) arrives in bursts of ~30 MB at 400-500 MB/s
+# per veth: with two busy pods on a 2-core node a 32 MiB ring overflowed while the capture thread was busy with the
+# other pod (tests/integration/test_traffic_shapes.py), so captures of one or two pods get up to 64 MiB each.
+MAX_AUTO_RING = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class EngineSettings:
 
 def auto_ring_bytes(budget: int, pods: int) -> int:
     """Ring size per pod when the capture leaves it to the agent: the budget shared by the pods, clamped to
-    2..128 blocks."""
+    2..256 blocks."""
     share = budget // max(1, pods)
     size = max(MIN_RING, min(MAX_AUTO_RING, share))
     # libpcap rounds a ring *up* to whole blocks: round down here so that the pods together stay within budget.

@@ -29,6 +29,7 @@ from typing import Any
 
 import psutil
 
+from podcap.agent.capture.settings import EngineSettings, auto_ring_bytes
 from podcap.collector.demo.node import DemoPod as Pod
 from podcap.v1 import control_pb2
 from tests.bench.lab import BenchError, Lab, Podcap, _run, cpu_seconds, log
@@ -43,7 +44,8 @@ from tests.traffic import (
     write_random_file,
 )
 
-RING = 32 << 20  # the agent's ring for each of two pods (its auto ring's maximum): each tcpdump's -B too
+# What the agent gives each of two pods of a capture (its auto ring): each tcpdump's -B too.
+RING = auto_ring_bytes(EngineSettings().ring_budget_bytes, 2)
 SUBNET = "10.99.10."
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from podcap.agent.capture.settings import EngineSettings, auto_ring_bytes
 from podcap.collector.demo.node import DemoNode, DemoPod
 from podcap.drops import CAUSES
 from tests.conftest import Proc, podcap
@@ -54,7 +55,8 @@ from tests.traffic import (
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
 MIB = 1 << 20
-RING = 32 * MIB  # what the agent gives each of two pods (its auto ring, at most 32 MiB): tcpdump gets the same
+# What the agent gives each of two pods of a capture (its auto ring): each tcpdump's -B too.
+RING = auto_ring_bytes(EngineSettings().ring_budget_bytes, 2)
 
 
 @dataclass(frozen=True)
