@@ -64,8 +64,9 @@ bench-smoke: venv
 
 # 50 pods x 5k pps with rotation and retention for SOAK_MINUTES (20): RSS, CPU and fds every minute, accounting.
 SOAK_MINUTES ?= 20
+SOAK_SEGMENT_TIME ?= 0
 soak: venv
-	$(PY) -m tests.bench.run --soak $(SOAK_MINUTES)
+	$(PY) -m tests.bench.run --soak $(SOAK_MINUTES) --soak-segment-time $(SOAK_SEGMENT_TIME)
 
 # The agent and collector images as OCI archives (build/images/podcap-{agent,collector}.oci.tar), built from
 # deploy/images/Dockerfile by buildah with no daemon and no registry: a Debian base from debootstrap

@@ -116,7 +116,8 @@ KEYS = (
 SOAK_KEYS = (
     "soak_minutes", "soak_pods", "soak_offered_pps", "soak_unaccounted", "soak_rss_drift_agent",
     "soak_rss_drift_collector", "soak_rss_agent_mib", "soak_rss_collector_mib", "soak_fds_agent",
-    "soak_fds_collector", "soak_cpu_pct_agent", "soak_cpu_pct_collector",
+    "soak_fds_collector", "soak_cpu_pct_agent", "soak_cpu_pct_collector", "soak_cpu_s_per_gb_minute2",
+    "soak_cpu_s_per_gb_last",
 )
 TARGETS = {  # key: (comparison, bound)
     "p1_cpu_ratio": ("<=", 1.1), "p1_drop_ratio": ("<=", 1.0), "p2_cpu_ratio": ("<=", 2.0),
@@ -566,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
                     "many pods for MINUTES with rotation and retention; RSS, CPU and fds every minute")
     ap.add_argument("--soak-pods", type=int, default=50, help="soak: pods")
     ap.add_argument("--soak-pps", type=float, default=5000.0, help="soak: frames per second per pod")
+    ap.add_argument("--soak-segment-time", type=int, default=0, metavar="SECONDS",
+                    help="soak: also rotate segments every SECONDS (many small segments)")
     ap.add_argument("--py-spy", metavar="PATH", help="profile agent and collector with this py-spy binary during "
                     "the p1/p2 podcap runs and during p3 traffic (perturbs the figures)")
     ap.add_argument("--profile-dir", default="/tmp", help="where --py-spy writes collapsed stacks")
@@ -598,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with sigterm_as_interrupt():
             if a.soak:
-                out, soak = phase_soak(lab, minutes=a.soak, n_pods=a.soak_pods, pps=a.soak_pps)
+                out, soak = phase_soak(lab, minutes=a.soak, n_pods=a.soak_pods, pps=a.soak_pps,
+                                       segment_seconds=a.soak_segment_time)
                 result = {k: v for k, v in result.items() if v is not None}
                 result.update(out)
             if a.only in (None, "p1") and not a.soak:

@@ -46,7 +46,10 @@ def sample(p: psutil.Process) -> dict[str, float]:
     return {"rss_mib": p.memory_info().rss / (1 << 20), "cpu_s": cpu_seconds(p), "fds": p.num_fds()}
 
 
-def phase_soak(lab: Lab, *, minutes: float, n_pods: int, pps: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def phase_soak(lab: Lab, *, minutes: float, n_pods: int, pps: float, segment_seconds: int = 0
+               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``segment_seconds`` (``--soak-segment-time``) rotates by time as well, for many small segments: a long
+    capture's cost must not grow with how many it has made."""
     namespace = f"pcb-{lab.tag}-s"
     pods = lab.add_pods(namespace, [f"s{i}" for i in range(n_pods)], first_index=500)
     pc = Podcap(lab, f"pcb-{lab.tag}-s", collector_cpu=GEN_CPU, agent_cpu=CAP_CPU)
@@ -55,7 +58,7 @@ def phase_soak(lab: Lab, *, minutes: float, n_pods: int, pps: float) -> tuple[di
     try:
         req = control_pb2.StartCaptureRequest(
             target=control_pb2.Target(namespace=namespace), note="podcap soak",
-            rotation=control_pb2.Rotation(segment_bytes=SEGMENT_BYTES),
+            rotation=control_pb2.Rotation(segment_bytes=SEGMENT_BYTES, segment_seconds=segment_seconds),
             retention=control_pb2.Retention(keep_bytes=KEEP_BYTES))
         deadline = time.monotonic() + 30
         while True:
@@ -82,6 +85,7 @@ def phase_soak(lab: Lab, *, minutes: float, n_pods: int, pps: float) -> tuple[di
         t0 = time.monotonic()
         prev = {"agent": sample(pc.p_agent), "collector": sample(pc.p_collector)}
         prev_t = t0
+        prev_gb = 0.0
         minute = 0
         step = min(60.0, seconds / 4)
         while any(g.poll() is None for g, _ in gens):
@@ -98,7 +102,13 @@ def phase_soak(lab: Lab, *, minutes: float, n_pods: int, pps: float) -> tuple[di
                             "cpu_pct": round(100 * (s["cpu_s"] - prev[who]["cpu_s"]) / (now - prev_t), 1)}
                 prev[who] = s
             st = pc.client.get(cid)
-            row["stored_gb"] = round(sum(p.bytes + p.retired_bytes for p in st.pods) / 1e9, 2)
+            stored_gb = sum(p.bytes + p.retired_bytes for p in st.pods) / 1e9
+            row["stored_gb"] = round(stored_gb, 3)
+            # The collector's CPU per GB stored in this interval: what a long capture costs now (issue 22).
+            cpu_s = (row["collector"]["cpu_pct"] / 100) * (now - prev_t)
+            row["collector_cpu_s_per_gb"] = round(cpu_s / max(1e-9, stored_gb - prev_gb), 2)
+            row["segments"] = sum(p.segments for p in st.pods)
+            prev_gb = stored_gb
             row["drops"] = sum(p.kernel.dropped + total_of(p.drops) for p in st.pods)
             prev_t = now
             minutes_log.append(row)
@@ -140,6 +150,9 @@ def phase_soak(lab: Lab, *, minutes: float, n_pods: int, pps: float) -> tuple[di
         "soak_fds_collector": f"{first['collector']['fds']}->{last['collector']['fds']}",
         "soak_cpu_pct_agent": sum(r["agent"]["cpu_pct"] for r in warm) / max(1, len(warm)),
         "soak_cpu_pct_collector": sum(r["collector"]["cpu_pct"] for r in warm) / max(1, len(warm)),
+        # Collector CPU per GB stored at minute 2 (or the second interval) and in the last interval.
+        "soak_cpu_s_per_gb_minute2": minutes_log[min(1, len(minutes_log) - 1)]["collector_cpu_s_per_gb"],
+        "soak_cpu_s_per_gb_last": minutes_log[-1]["collector_cpu_s_per_gb"],
         "soak_detail": detail,
     }
     return out, minutes_log
