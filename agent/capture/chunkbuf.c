@@ -4,10 +4,10 @@
  *
  * libpcap calls podcap_chunk_handler for every packet from inside pcap_dispatch (no Python per packet). The record
  * is what pcap_dump would write (32-bit seconds, 32-bit micro/nanoseconds, caplen, wire length, data), but copied
- * with two memcpy calls instead of two locked stdio fwrite calls. The buffer keeps PODCAP_CHUNK_PREFIX bytes in
- * front of each chunk's records; podcap_chunk_seal_head writes the chunk's other fields (encoded by protobuf in
- * Python, a few dozen bytes) behind them and fills the prefix with the two length-delimited headers
- * (AgentMessage.chunk, then PcapChunk.records), each length a 5-byte varint. Protobuf parsers accept such padded varints, so the records are
+ * with two memcpy calls instead of two locked stdio fwrite calls. Each chunk's buffer keeps PODCAP_CHUNK_PREFIX bytes
+ * in front of its records; podcap_chunk_take_head writes the chunk's other fields (encoded by protobuf in Python, a
+ * few dozen bytes) behind them and fills the prefix with the two length-delimited headers (AgentMessage.chunk, then
+ * PcapChunk.records), each length a 5-byte varint. Protobuf parsers accept such padded varints, so the records are
  * never copied again before the socket: no copy into a protobuf message, none out of it.
  *
  * The field numbers are the contract's (proto/podcap/v1/ingest.proto); C cannot read the generated descriptors,
@@ -43,97 +43,88 @@ struct podcap_pkthdr { /* libpcap's struct pcap_pkthdr */
  * Chunks are cut by bytes here, in the handler, whatever the packet mix: a record that would take the open chunk
  * past `limit` record bytes closes it first (a chunk holds at least one record, and libpcap never hands over more
  * than its snaplen, at most 262144 bytes). One pcap_dispatch may read far more than one chunk's worth (a ring full of
- * 64 KiB GSO frames after a run of small ACKs): the buffer then holds several chunks back to back, each laid out as
- * its own message - prefix, records, then PODCAP_FIELDS_ROOM bytes kept free for the fields podcap_chunk_seal_head
- * writes behind them - and the agent cuts them oldest first. Nothing depends on how many packets one dispatch
- * returns, so no message can outgrow the limit the collector declared.
+ * 64 KiB GSO frames after a run of small ACKs): the closed chunks then wait, oldest first, each in a buffer of its
+ * own, laid out as its message (prefix, then records). Nothing depends on how many packets one dispatch returns, so
+ * no message can outgrow the limit the collector declared.
+ *
+ * Each chunk's buffer is handed over whole when it is taken (podcap_chunk_take_head): the caller owns it and frees it
+ * with podcap_chunk_release once it has made the bytes it sends of it - on the sending thread, not on the capture
+ * thread, which so copies each byte once (out of the ring) and nothing more. A new chunk's buffer starts at the size
+ * the last one reached, so a busy stream's buffers do not grow by copying and a quiet one's stay small.
  */
-#define PODCAP_FIELDS_ROOM 1024 /* a PcapChunk's other fields: three ids of at most 64 bytes, counters, drops */
-
-struct podcap_chunk_span { /* a chunk closed at the limit, waiting to be cut */
-    uint64_t start;        /* offset of its prefix */
-    uint64_t end;          /* end of its records (PODCAP_FIELDS_ROOM bytes follow) */
-    uint64_t packets;
+struct podcap_chunk {
+    uint8_t *data;    /* malloc'd; data[0:PREFIX) is the message prefix, records follow */
+    uint64_t len;     /* bytes in use, prefix included */
+    uint64_t cap;     /* bytes allocated */
+    uint64_t packets; /* records */
 };
 
 struct podcap_chunkbuf {
-    uint8_t *data;    /* malloc'd; the closed chunks, then the open one */
-    uint64_t len;     /* bytes in use */
-    uint64_t cap;     /* bytes allocated */
-    uint64_t packets; /* records of the open chunk */
-    uint64_t lost;    /* packets not stored because the buffer could not grow (out of memory) */
-    uint64_t limit;   /* record bytes per chunk at most; 0 = no limit */
-    uint64_t start;   /* offset of the open chunk's prefix */
-    uint64_t records; /* record bytes held, every chunk */
-    uint64_t held;    /* records held, every chunk */
-    struct podcap_chunk_span *spans; /* closed chunks: spans[head .. head + nclosed) */
+    struct podcap_chunk open; /* where records go now */
+    uint64_t lost;            /* packets not stored because a buffer could not grow (out of memory) */
+    uint64_t limit;           /* record bytes per chunk at most; 0 = no limit */
+    uint64_t records;         /* record bytes held, every chunk */
+    uint64_t held;            /* records held, every chunk */
+    struct podcap_chunk *closed; /* chunks closed at the limit: closed[head .. head + nclosed) */
     uint64_t head;
     uint64_t nclosed;
-    uint64_t spans_cap;
+    uint64_t closed_cap;
+    uint64_t initial; /* capacity a new chunk's buffer starts with */
 };
 
-int podcap_chunk_init(struct podcap_chunkbuf *b, uint64_t cap) {
-    memset(b, 0, sizeof *b);
+static int chunk_new(struct podcap_chunk *c, uint64_t cap) {
     if (cap < PODCAP_CHUNK_PREFIX) cap = PODCAP_CHUNK_PREFIX;
-    b->data = malloc(cap);
-    b->cap = b->data ? cap : 0;
-    b->len = PODCAP_CHUNK_PREFIX;
-    return b->data ? 0 : -1;
-}
-
-void podcap_chunk_free(struct podcap_chunkbuf *b) {
-    free(b->data);
-    free(b->spans);
-    b->data = NULL;
-    b->spans = NULL;
-    b->cap = b->spans_cap = b->nclosed = b->head = b->start = b->records = b->held = b->packets = 0;
-    b->len = PODCAP_CHUNK_PREFIX;
-}
-
-static int reserve(struct podcap_chunkbuf *b, uint64_t more) {
-    if (b->data == NULL) return -1;
-    if (b->len + more <= b->cap) return 0;
-    if (b->nclosed == 0 && b->start > 0 && b->len - b->start + more <= b->cap) {
-        /* Every closed chunk is cut: move the open one to the front now that room is needed. Done lazily, when the
-         * end is reached, not after every cut: a bulk stream would otherwise move most of its bytes once more. */
-        memmove(b->data, b->data + b->start, b->len - b->start);
-        b->len -= b->start;
-        b->start = 0;
-        return 0;
-    }
-    uint64_t cap = b->cap * 2;
-    if (cap < b->len + more) cap = b->len + more;
-    uint8_t *grown = realloc(b->data, cap);
-    if (grown == NULL) return -1;
-    b->data = grown;
-    b->cap = cap;
+    c->data = malloc(cap);
+    if (c->data == NULL) return -1;
+    c->cap = cap;
+    c->len = PODCAP_CHUNK_PREFIX;
+    c->packets = 0;
     return 0;
 }
 
-/* Close the open chunk (it has records): the next record starts a new one behind its fields' room. */
+int podcap_chunk_init(struct podcap_chunkbuf *b, uint64_t cap) {
+    memset(b, 0, sizeof *b);
+    b->initial = cap;
+    return chunk_new(&b->open, cap);
+}
+
+void podcap_chunk_free(struct podcap_chunkbuf *b) {
+    free(b->open.data);
+    for (uint64_t i = 0; i < b->nclosed; i++) free(b->closed[b->head + i].data);
+    free(b->closed);
+    memset(b, 0, sizeof *b);
+}
+
+static int reserve(struct podcap_chunk *c, uint64_t more) {
+    if (c->data == NULL) return -1;
+    if (c->len + more <= c->cap) return 0;
+    uint64_t cap = c->cap * 2;
+    if (cap < c->len + more) cap = c->len + more;
+    uint8_t *grown = realloc(c->data, cap);
+    if (grown == NULL) return -1;
+    c->data = grown;
+    c->cap = cap;
+    return 0;
+}
+
+/* Close the open chunk (it has records); the next record starts a new one. */
 static int close_open(struct podcap_chunkbuf *b) {
-    if (b->head + b->nclosed == b->spans_cap) {
-        if (b->head > 0) { /* reuse the slots of chunks already cut */
-            memmove(b->spans, b->spans + b->head, b->nclosed * sizeof *b->spans);
+    if (b->head + b->nclosed == b->closed_cap) {
+        if (b->head > 0) { /* reuse the slots of chunks already taken */
+            memmove(b->closed, b->closed + b->head, b->nclosed * sizeof *b->closed);
             b->head = 0;
         } else {
-            uint64_t n = b->spans_cap ? 2 * b->spans_cap : 8;
-            struct podcap_chunk_span *grown = realloc(b->spans, n * sizeof *grown);
+            uint64_t n = b->closed_cap ? 2 * b->closed_cap : 8;
+            struct podcap_chunk *grown = realloc(b->closed, n * sizeof *grown);
             if (grown == NULL) return -1;
-            b->spans = grown;
-            b->spans_cap = n;
+            b->closed = grown;
+            b->closed_cap = n;
         }
     }
-    if (reserve(b, PODCAP_FIELDS_ROOM + PODCAP_CHUNK_PREFIX) != 0) return -1;
-    struct podcap_chunk_span *s = &b->spans[b->head + b->nclosed];
-    s->start = b->start;
-    s->end = b->len;
-    s->packets = b->packets;
-    b->nclosed++;
-    b->len += PODCAP_FIELDS_ROOM;
-    b->start = b->len;
-    b->len += PODCAP_CHUNK_PREFIX;
-    b->packets = 0;
+    struct podcap_chunk next;
+    if (chunk_new(&next, b->open.cap) != 0) return -1;
+    b->closed[b->head + b->nclosed++] = b->open;
+    b->open = next;
     return 0;
 }
 
@@ -141,19 +132,22 @@ void podcap_chunk_handler(unsigned char *user, const struct podcap_pkthdr *h, co
     struct podcap_chunkbuf *b = (struct podcap_chunkbuf *)user;
     uint32_t hdr[4] = {(uint32_t)h->ts.tv_sec, (uint32_t)h->ts.tv_usec, h->caplen, h->len};
     uint64_t size = sizeof hdr + (uint64_t)h->caplen;
-    if (b->limit && b->packets && b->len - b->start - PODCAP_CHUNK_PREFIX + size > b->limit &&
-        close_open(b) != 0) {
+    struct podcap_chunk *c = &b->open;
+    if (b->limit && c->packets && c->len - PODCAP_CHUNK_PREFIX + size > b->limit) {
+        if (close_open(b) != 0) {
+            b->lost++;
+            return;
+        }
+        c = &b->open;
+    }
+    if (reserve(c, size) != 0) {
         b->lost++;
         return;
     }
-    if (reserve(b, size) != 0) {
-        b->lost++;
-        return;
-    }
-    memcpy(b->data + b->len, hdr, sizeof hdr);
-    memcpy(b->data + b->len + sizeof hdr, bytes, h->caplen);
-    b->len += size;
-    b->packets++;
+    memcpy(c->data + c->len, hdr, sizeof hdr);
+    memcpy(c->data + c->len + sizeof hdr, bytes, h->caplen);
+    c->len += size;
+    c->packets++;
     b->records += size;
     b->held++;
 }
@@ -166,70 +160,67 @@ static void varint5(uint8_t *p, uint64_t v) {
     p[4] = (uint8_t)(v & 0x7f);
 }
 
-/* The oldest chunk held (the next to cut): its records' offset in data, their length and count. */
-uint64_t podcap_chunk_head(const struct podcap_chunkbuf *b, uint64_t *offset, uint64_t *packets) {
-    uint64_t start = b->nclosed ? b->spans[b->head].start : b->start;
-    uint64_t end = b->nclosed ? b->spans[b->head].end : b->len;
-    *offset = start + PODCAP_CHUNK_PREFIX;
-    *packets = b->nclosed ? b->spans[b->head].packets : b->packets;
-    return end - start - PODCAP_CHUNK_PREFIX;
+static struct podcap_chunk *head(struct podcap_chunkbuf *b) {
+    return b->nclosed ? &b->closed[b->head] : &b->open;
+}
+
+/* The oldest chunk held (the next to take): its records' length and count, and their first 16 bytes (its first
+ * record's header) copied to `first` when it has any. */
+uint64_t podcap_chunk_head(struct podcap_chunkbuf *b, uint64_t *packets, uint8_t *first) {
+    struct podcap_chunk *c = head(b);
+    uint64_t records = c->len - PODCAP_CHUNK_PREFIX;
+    *packets = c->packets;
+    if (records >= 16 && c->data != NULL) memcpy(first, c->data + PODCAP_CHUNK_PREFIX, 16);
+    return records;
 }
 
 /*
- * Write the oldest chunk's other fields (the encoded PcapChunk without records) behind its records and its prefix
- * (the two length-delimited headers, each length a 5-byte varint): data[*offset .. *offset + returned) is then the
- * whole serialized AgentMessage. Returns 0 when the fields do not fit or the buffer cannot grow.
+ * Take the oldest chunk: its other fields (the encoded PcapChunk without records) are written behind its records and
+ * its prefix (the two length-delimited headers, each length a 5-byte varint) in front, so that *data[0 .. returned)
+ * is the whole serialized AgentMessage. The caller owns *data from then on (podcap_chunk_release). Returns 0, and
+ * keeps the chunk, when memory is short.
  */
-uint64_t podcap_chunk_seal_head(struct podcap_chunkbuf *b, const uint8_t *fields, uint64_t n, uint64_t *offset) {
-    uint64_t start, end;
-    if (b->nclosed) {
-        start = b->spans[b->head].start;
-        end = b->spans[b->head].end;
-        if (n > PODCAP_FIELDS_ROOM) return 0;
-    } else {
-        if (reserve(b, n) != 0) return 0; /* first: it may move the open chunk to the front */
-        start = b->start;
-        end = b->len;
-    }
-    uint64_t records = end - start - PODCAP_CHUNK_PREFIX;
+uint64_t podcap_chunk_take_head(struct podcap_chunkbuf *b, const uint8_t *fields, uint64_t n, uint8_t **data) {
+    struct podcap_chunk *c = head(b);
+    uint64_t records = c->len - PODCAP_CHUNK_PREFIX;
     uint64_t body = 6 + records + n; /* PcapChunk: records tag + varint5 + records + the other fields */
-    if (body >= (1ull << 35)) return 0;
-    memcpy(b->data + end, fields, n);
-    b->data[start] = podcap_chunk_message_tag;
-    varint5(b->data + start + 1, body);
-    b->data[start + 6] = podcap_chunk_records_tag;
-    varint5(b->data + start + 7, records);
-    *offset = start;
-    return PODCAP_CHUNK_PREFIX + records + n;
-}
-
-/* Forget the oldest chunk (cut, or discarded). The open chunk stays where it is (reserve moves it when room is
- * needed); an empty buffer starts again at the front. */
-void podcap_chunk_pop_head(struct podcap_chunkbuf *b) {
-    if (b->nclosed == 0) {
-        b->records = b->held = 0;
-        b->packets = 0;
-        b->start = 0;
-        b->len = PODCAP_CHUNK_PREFIX;
-    } else {
-        struct podcap_chunk_span *s = &b->spans[b->head];
-        b->records -= s->end - s->start - PODCAP_CHUNK_PREFIX;
-        b->held -= s->packets;
-        b->head++;
-        b->nclosed--;
-        if (b->nclosed == 0) {
-            b->head = 0;
-            if (b->packets == 0) { /* the open chunk is empty */
-                b->start = 0;
-                b->len = PODCAP_CHUNK_PREFIX;
-            }
-        }
+    if (body >= (1ull << 35) || reserve(c, n) != 0) return 0;
+    struct podcap_chunk next = {0};
+    if (b->nclosed == 0 && chunk_new(&next, b->initial) != 0) return 0; /* the open chunk's successor */
+    memcpy(c->data + c->len, fields, n);
+    c->data[0] = podcap_chunk_message_tag;
+    varint5(c->data + 1, body);
+    c->data[6] = podcap_chunk_records_tag;
+    varint5(c->data + 7, records);
+    uint64_t total = c->len + n;
+    /* The next chunk starts at this one's size: a busy stream's buffers do not grow by copying. */
+    b->initial = c->cap > 64 * 1024 ? c->cap : 64 * 1024;
+    *data = c->data;
+    if (c->cap > 2 * total) { /* a small chunk in a large buffer: give the rest back while it waits to be sent */
+        uint8_t *shrunk = realloc(c->data, total);
+        if (shrunk != NULL) *data = shrunk;
     }
+    b->records -= records;
+    b->held -= c->packets;
+    if (b->nclosed) {
+        b->head++;
+        if (--b->nclosed == 0) b->head = 0;
+    } else {
+        b->open = next;
+    }
+    return total;
 }
 
-/* Empty the buffer: every chunk held is discarded (its memory is kept). */
+/* Free a buffer podcap_chunk_take_head handed over. */
+void podcap_chunk_release(uint8_t *data) {
+    free(data);
+}
+
+/* Empty the buffer: every chunk held is discarded (the open chunk's memory is kept). */
 void podcap_chunk_reset(struct podcap_chunkbuf *b) {
-    b->len = PODCAP_CHUNK_PREFIX;
-    b->start = b->head = b->nclosed = 0;
-    b->packets = b->records = b->held = 0;
+    for (uint64_t i = 0; i < b->nclosed; i++) free(b->closed[b->head + i].data);
+    b->head = b->nclosed = 0;
+    b->open.len = PODCAP_CHUNK_PREFIX;
+    b->open.packets = 0;
+    b->records = b->held = 0;
 }

@@ -19,6 +19,7 @@ into a single chunk larger than the collector accepts; the refused chunk wedged 
 from __future__ import annotations
 
 import ctypes
+import threading
 from ctypes import POINTER, Structure, byref, c_char_p, c_int, c_uint64, c_void_p
 from typing import Protocol
 
@@ -71,15 +72,14 @@ class RecordSink(Protocol):
     def close(self) -> None: ...
 
 
-class _Span(Structure):
-    _fields_ = [("start", c_uint64), ("end", c_uint64), ("packets", c_uint64)]
+class _Chunk(Structure):
+    _fields_ = [("data", c_void_p), ("len", c_uint64), ("cap", c_uint64), ("packets", c_uint64)]
 
 
 class _Buf(Structure):  # struct podcap_chunkbuf, field for field
-    _fields_ = [("data", c_void_p), ("len", c_uint64), ("cap", c_uint64), ("packets", c_uint64),
-                ("lost", c_uint64), ("limit", c_uint64), ("start", c_uint64), ("records", c_uint64),
-                ("held", c_uint64), ("spans", POINTER(_Span)), ("head", c_uint64), ("nclosed", c_uint64),
-                ("spans_cap", c_uint64)]
+    _fields_ = [("open", _Chunk), ("lost", c_uint64), ("limit", c_uint64), ("records", c_uint64),
+                ("held", c_uint64), ("closed", POINTER(_Chunk)), ("head", c_uint64), ("nclosed", c_uint64),
+                ("closed_cap", c_uint64), ("initial", c_uint64)]
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -87,12 +87,12 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.podcap_chunk_init.restype = c_int
     lib.podcap_chunk_free.argtypes = [POINTER(_Buf)]
     lib.podcap_chunk_free.restype = None
-    lib.podcap_chunk_head.argtypes = [POINTER(_Buf), POINTER(c_uint64), POINTER(c_uint64)]
+    lib.podcap_chunk_head.argtypes = [POINTER(_Buf), POINTER(c_uint64), c_char_p]
     lib.podcap_chunk_head.restype = c_uint64
-    lib.podcap_chunk_seal_head.argtypes = [POINTER(_Buf), c_char_p, c_uint64, POINTER(c_uint64)]
-    lib.podcap_chunk_seal_head.restype = c_uint64
-    lib.podcap_chunk_pop_head.argtypes = [POINTER(_Buf)]
-    lib.podcap_chunk_pop_head.restype = None
+    lib.podcap_chunk_take_head.argtypes = [POINTER(_Buf), c_char_p, c_uint64, POINTER(c_void_p)]
+    lib.podcap_chunk_take_head.restype = c_uint64
+    lib.podcap_chunk_release.argtypes = [c_void_p]
+    lib.podcap_chunk_release.restype = None
     lib.podcap_chunk_reset.argtypes = [POINTER(_Buf)]
     lib.podcap_chunk_reset.restype = None
     return lib
@@ -101,8 +101,39 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
 _NATIVE = native.library()
 _LIB = _declare(_NATIVE) if _NATIVE is not None else None
 
-# Room chunkbuf.c keeps behind a closed chunk's records for its other fields (PODCAP_FIELDS_ROOM).
+# What a chunk's message adds beyond its records and prefix, at most: its other fields (three ids of at most 64 bytes,
+# counters, drops), with a wide margin. The engine keeps chunks this far below the collector's message limit.
 FIELDS_ROOM = 1024
+
+
+class NativeWire:
+    """A chunk's serialized message in the buffer ``chunkbuf.c`` handed over, turned into the ``bytes`` gRPC sends
+    only when first asked for — on the thread that sends or spools it, not the capture thread — and then freed."""
+
+    __slots__ = ("_ptr", "_len", "_bytes", "_lock")
+
+    def __init__(self, ptr: int, length: int) -> None:
+        self._ptr = ptr
+        self._len = length
+        self._bytes: bytes | None = None
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self._len
+
+    def materialize(self) -> bytes:
+        with self._lock:
+            if self._bytes is None:
+                assert _LIB is not None
+                self._bytes = ctypes.string_at(self._ptr, self._len)
+                _LIB.podcap_chunk_release(self._ptr)
+                self._ptr = 0
+            return self._bytes
+
+    def __del__(self) -> None:
+        if self._ptr and _LIB is not None:
+            _LIB.podcap_chunk_release(self._ptr)
+            self._ptr = 0
 
 
 def available() -> bool:
@@ -130,6 +161,7 @@ class ChunkBuffer:
         if self._lib.podcap_chunk_init(byref(self._buf), INITIAL_BYTES) != 0:
             raise MemoryError("cannot allocate a chunk buffer")
         self._buf.limit = limit
+        self._first = ctypes.create_string_buffer(16)
         self.callback: int = ctypes.cast(self._lib.podcap_chunk_handler, c_void_p).value or 0
         self.user: int = ctypes.addressof(self._buf)
 
@@ -142,14 +174,14 @@ class ChunkBuffer:
     def ready(self) -> int:
         return int(self._buf.nclosed)
 
-    def _head(self) -> tuple[int, int, int]:
-        """(offset of the oldest chunk's records, their bytes, their count)."""
-        offset, packets = c_uint64(), c_uint64()
-        size = self._lib.podcap_chunk_head(byref(self._buf), byref(offset), byref(packets))
-        return offset.value, int(size), packets.value
+    def _head(self) -> tuple[int, int]:
+        """(the oldest chunk's record bytes, its record count); its first record header in ``self._first``."""
+        packets = c_uint64()
+        size = self._lib.podcap_chunk_head(byref(self._buf), byref(packets), self._first)
+        return int(size), packets.value
 
     def packets(self, dispatched: int) -> int:
-        return self._head()[2]
+        return self._head()[1]
 
     def packets_left(self) -> int:
         return int(self._buf.held)
@@ -158,26 +190,23 @@ class ChunkBuffer:
         return int(self._buf.lost)
 
     def first_ts_ns(self, fmt: FileFormat) -> int:
-        offset, size, _ = self._head()
-        if not self._buf.data or size < 16:
+        if self._head()[0] < 16:
             return 0
-        return first_timestamp_ns(ctypes.string_at(self._buf.data + offset, 16), fmt)
+        return first_timestamp_ns(self._first.raw, fmt)
 
     def reset(self) -> None:
-        if self._buf.data:
+        if self._buf.open.data:
             self._lib.podcap_chunk_reset(byref(self._buf))
 
     def cut(self, meta: ingest_pb2.PcapChunk) -> EncodedChunk:
-        size = self._head()[1]
+        size = self._head()[0]
         fields = meta.SerializeToString()
-        offset = c_uint64()
-        total = self._lib.podcap_chunk_seal_head(byref(self._buf), fields, len(fields), byref(offset))
-        if total == 0:
+        data = c_void_p()
+        total = self._lib.podcap_chunk_take_head(byref(self._buf), fields, len(fields), byref(data))
+        if total == 0 or not data.value:
             raise MemoryError("cannot seal a chunk")
-        wire = ctypes.string_at((self._buf.data or 0) + offset.value, total)
-        self._lib.podcap_chunk_pop_head(byref(self._buf))
-        return EncodedChunk(meta, size, wire)
+        return EncodedChunk(meta, size, NativeWire(data.value, int(total)))
 
     def close(self) -> None:
-        if self._buf.data:
+        if self._buf.open.data:
             self._lib.podcap_chunk_free(byref(self._buf))

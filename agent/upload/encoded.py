@@ -15,21 +15,41 @@ the cause. The collector records the gap and stores what follows; no sequence nu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from podcap import framing
 from podcap.drops import Drops
 from podcap.v1 import ingest_pb2
 
 
+class LazyWire(Protocol):
+    """A serialized message made into ``bytes`` only when first asked for (``chunkbuf.NativeWire``: the capture
+    thread hands over its C buffer, and the thread that sends or spools the chunk makes the bytes)."""
+
+    def __len__(self) -> int: ...
+
+    def materialize(self) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class EncodedChunk:
-    """A chunk as it travels: ``wire`` is the serialized ``AgentMessage`` holding exactly this chunk; ``meta`` is
-    the chunk's every field but ``records`` (never modified); ``size`` its record bytes (what the upload log's
-    memory and disk caps count; 0 for a gap)."""
+    """A chunk as it travels: ``wire`` is the serialized ``AgentMessage`` holding exactly this chunk (given as bytes,
+    or as a ``LazyWire`` made into bytes on first use); ``meta`` is the chunk's every field but ``records`` (never
+    modified); ``size`` its record bytes (what the upload log's memory and disk caps count; 0 for a gap)."""
 
     meta: ingest_pb2.PcapChunk
     size: int
-    wire: bytes
+    source: bytes | LazyWire
+
+    @property
+    def wire(self) -> bytes:
+        src = self.source
+        return src if isinstance(src, bytes) else src.materialize()
+
+    @property
+    def wire_len(self) -> int:
+        """The message's length (without making its bytes)."""
+        return len(self.source)
 
     @property
     def stream_id(self) -> str:

@@ -448,7 +448,7 @@ class UploadLog:
         """``chunk`` if its message fits what the collector accepts, else a gap in its place (no lock held): a
         message past the collector's limit would end the session, and again after every reconnect."""
         limit = self.max_message
-        if len(chunk.wire) <= limit:
+        if chunk.wire_len <= limit:
             return chunk
         gap = gap_chunk(item.meta, "rejected", item.meta.packets)
         with self._cond:
@@ -457,7 +457,7 @@ class UploadLog:
                 item.path = None
                 item.chunk = gap
         log.error("chunk %d of stream %s is %d bytes, more than the collector accepts (%d): sent as a gap of %d "
-                  "packets (rejected)", item.meta.seq, item.meta.stream_id, len(chunk.wire), limit, item.meta.packets)
+                  "packets (rejected)", item.meta.seq, item.meta.stream_id, chunk.wire_len, limit, item.meta.packets)
         self.on_lost(item.meta.capture_id, item.meta.stream_id, "rejected", item.meta.packets)
         return gap
 

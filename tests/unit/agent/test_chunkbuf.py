@@ -157,9 +157,9 @@ def test_a_burst_of_large_frames_after_small_ones_is_cut_into_several_chunks() -
         buf.close()
 
 
-def test_the_open_chunk_moves_to_the_front_only_when_room_is_needed() -> None:
-    """After its closed chunks are cut the open chunk stays in place, and is moved (once) when the buffer's end is
-    reached; sealing it right then keeps its records intact."""
+def test_rounds_of_closed_and_open_chunks_keep_every_record_intact() -> None:
+    """Dispatches that each close some chunks and leave one open, taken round after round (each chunk in a buffer of
+    its own, handed over whole): every chunk under the limit, the last one's records intact."""
     buf = chunkbuf.ChunkBuffer(10_000)
     try:
         for round_ in range(40):  # many rounds of 2.5 chunks each: closed chunks cut, the open one kept
