@@ -5,34 +5,35 @@ from __future__ import annotations
 import time
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from podcap.collector.cli.client import CollectorClient
-from podcap.collector.cli.render import dump_json
+from podcap.collector.cli.render import dump, output_option, print_table
+from podcap.collector.cli.terminal import escape
 
 
 @click.command()
 @click.option("--capture", "capture_id", default="", help="Only records of this capture.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@output_option()
 @click.pass_obj
 def audit(obj: dict[str, str], capture_id: str, limit: int, output: str) -> None:
-    """The audit trail: every start, stop, read and follow, allowed or denied (needs list pods/capture)."""
+    """The audit trail: every start, stop, read and follow, allowed, denied or failed (needs list pods/capture)."""
     with CollectorClient(obj["collector"]) as client:
         records = client.audit(limit=limit, capture_id=capture_id)
-    if output == "json":
-        click.echo(dump_json([{"time": r.unix_ns, "user": r.user, "action": r.action, "capture": r.capture_id,
-                               "target": r.target, "filter": r.filter, "result": r.result, "detail": r.detail}
-                              for r in records]))
+    if output != "table":
+        click.echo(dump([{"time": r.unix_ns, "user": r.user, "action": r.action, "capture": r.capture_id,
+                          "target": r.target, "filter": r.filter, "result": r.result, "detail": r.detail}
+                         for r in records], output))
         return
     table = Table()
     for col in ("time", "user", "action", "capture", "target", "filter", "result", "detail"):
         table.add_column(col)
     for r in records:
-        table.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.unix_ns / 1e9)), r.user, r.action,
-                      r.capture_id, r.target, r.filter, r.result, r.detail)
-    Console(width=220).print(table)
+        table.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.unix_ns / 1e9)), escape(r.user),
+                      escape(r.action), escape(r.capture_id), escape(r.target), escape(r.filter), escape(r.result),
+                      escape(r.detail))
+    print_table(table)
 
 
 @click.command()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
 
 from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.cli.complete import complete_capture_id
@@ -73,7 +72,7 @@ def start(obj: dict[str, str], pods: tuple[str, ...], namespace: str, all_namesp
         if wait:
             status = wait_for_end(client, status.id, live=output == "text")
             if output == "text":
-                Console(stderr=True).print(capture_table(status))
+                print_table(capture_table(status), stderr=True)
     if output != "text":
         click.echo(dump(to_dict(status), output))
     click.echo(status.id)

@@ -14,6 +14,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from podcap.collector.cli.units import human_bytes
@@ -45,7 +46,8 @@ def demo(pods: int, seconds: float, out: str) -> None:
     for col in ("pod", "packets", "bytes", "drops", "file"):
         table.add_column(col, justify="right" if col in ("packets", "bytes", "drops") else "left")
     for r in result.rows:
-        table.add_row(r.pod, str(r.packets), human_bytes(r.bytes), str(r.kernel_drops + r.podcap_drops), r.file)
+        table.add_row(escape(r.pod), str(r.packets), human_bytes(r.bytes), str(r.kernel_drops + r.podcap_drops),
+                      escape(r.file))
     Console(width=200).print(table)
     if not result.rows or any(r.packets == 0 for r in result.rows):
         click.echo("podcap demo: some pods have no packets", err=True)

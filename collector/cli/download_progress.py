@@ -20,13 +20,17 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
+from rich.text import Text
 
 from podcap.collector.cli.download import DownloadedFile
+from podcap.collector.cli.terminal import console as make_console
+from podcap.collector.cli.units import human_bytes
 from podcap.v1 import common_pb2
 
 
@@ -51,8 +55,9 @@ class DownloadProgress:
         self._pods_done = 0
         self._note = note
         self._progress = Progress(
-            TextColumn("{task.description}", justify="left"), BarColumn(), DownloadColumn(),
-            TransferSpeedColumn(), TimeRemainingColumn(), console=console or Console(stderr=True),
+            TextColumn("{task.description}", justify="left", markup=False), BarColumn(),
+            DownloadColumn(binary_units=True), RateColumn(), TimeRemainingColumn(),
+            console=console or make_console(stderr=True),
             refresh_per_second=4, disable=not self.enabled)
         self._total: TaskID | None = None
         self._total_bytes = total_bytes
@@ -95,6 +100,15 @@ class DownloadProgress:
             self._progress.remove_task(task)
         if self._total is not None:
             self._progress.update(self._total, description=self._total_text())
+
+
+class RateColumn(ProgressColumn):
+    """The transfer rate in the units of every other size the CLI prints (``12.3 MiB/s``; rich's own
+    ``TransferSpeedColumn`` says MB/s)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("?" if speed is None else f"{human_bytes(int(speed))}/s", style="progress.data.speed")
 
 
 def _key(pod: common_pb2.Pod) -> tuple[str, str, str]:

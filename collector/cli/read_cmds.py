@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.live import Live
 
 from podcap.collector.cli.client import CollectorClient
@@ -27,6 +26,8 @@ from podcap.collector.cli.render import (
     print_table,
     to_dict,
 )
+from podcap.collector.cli.terminal import console as make_console
+from podcap.collector.cli.terminal import framed
 from podcap.collector.cli.units import duration_param
 from podcap.v1 import control_pb2
 
@@ -35,13 +36,13 @@ _RUNNING = (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPIN
 
 def _watch(client: CollectorClient, capture_id: str, output: str, interval: float) -> control_pb2.CaptureStatus:
     st = client.get(capture_id)
-    console = Console()
+    console = make_console()
     if output == "table" and console.is_terminal:
-        with Live(capture_table(st), console=console, refresh_per_second=4) as view:
+        with Live(framed(capture_table(st)), console=console, refresh_per_second=4) as view:
             while st.state in _RUNNING:
                 time.sleep(interval)
                 st = client.get(capture_id)
-                view.update(capture_table(st))
+                view.update(framed(capture_table(st)))
         return st
     last: dict[str, Any] | None = None
     while True:

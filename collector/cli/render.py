@@ -23,10 +23,10 @@ import yaml
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from podcap.collector.cli import terminal
 from podcap.collector.cli.units import human_bytes, human_count, human_duration
 from podcap.collector.targets import target_text
 from podcap.drops import Drops
@@ -242,5 +242,5 @@ def deleted_table(deleted: list[control_pb2.CaptureDeletion], *, now_ns: int | N
     return table
 
 
-def print_table(table: Table) -> None:
-    Console(soft_wrap=False, width=200).print(table)
+def print_table(table: Table, *, stderr: bool = False) -> None:
+    terminal.print_table(table, stderr=stderr)
