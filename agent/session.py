@@ -347,7 +347,7 @@ class AgentSession:
             with self._lock:
                 for key in [k for k in self._desired if k[0] == cid and (uid is None or k[1] == uid)]:
                     del self._desired[key]
-            self.engine.stop(cid, uid, "stopped by collector")
+            self.engine.stop(cid, uid, msg.stop.reason[:200] or "stopped by collector")
         elif kind == "ack":
             self.out.ack(msg.ack)
         elif kind == "acks":

@@ -46,6 +46,19 @@ class StorageUrlError(InvalidInputError):
     """A ``--storage`` value that is not ``s3://BUCKET[/PREFIX]``."""
 
 
+class EndpointError(InvalidInputError):
+    """An ``--s3-endpoint`` that is not an http(s) URL, or a region boto3 cannot use."""
+
+
+def check_endpoint(endpoint: str) -> str:
+    """``endpoint`` if it is an http:// or https:// URL (what boto3 needs). Raises EndpointError."""
+    u = urlparse(endpoint)
+    if u.scheme not in ("http", "https") or not u.netloc:
+        raise EndpointError(f"--s3-endpoint {endpoint!r} is not a URL: give http://{endpoint.split('://')[-1]} "
+                            "or https://…")
+    return endpoint
+
+
 @dataclass(frozen=True)
 class BucketUrl:
     bucket: str
@@ -85,12 +98,17 @@ class ObjectStore:
                  max_attempts: int = 6) -> None:
         import boto3
         from botocore.config import Config
+        from botocore.exceptions import BotoCoreError
 
         self.url = url
         cfg = Config(s3={"addressing_style": "path"} if endpoint else {},
                      retries={"max_attempts": max_attempts, "mode": "adaptive"},
                      connect_timeout=5, read_timeout=60, max_pool_connections=16)
-        self._s3: Any = boto3.client("s3", endpoint_url=endpoint or None, region_name=region or None, config=cfg)
+        try:
+            self._s3: Any = boto3.client("s3", endpoint_url=check_endpoint(endpoint) if endpoint else None,
+                                         region_name=region or None, config=cfg)
+        except (ValueError, BotoCoreError) as e:  # a region or endpoint boto3 cannot use
+            raise EndpointError(f"cannot use the object store: {e}") from e
 
     def _call(self, what: str, fn: str, **kw: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -156,7 +156,8 @@ class Placement(AgentListener, ClusterListener):
         for node in nodes:
             conn = self.registry.get(node)
             if conn is not None:
-                conn.send(ingest_pb2.CollectorMessage(stop=ingest_pb2.StopPodCapture(capture_id=cap.id)))
+                conn.send(ingest_pb2.CollectorMessage(stop=ingest_pb2.StopPodCapture(capture_id=cap.id,
+                                                                                     reason=cap.end_reason)))
 
     # ---- agents coming and going ----
 
@@ -167,7 +168,8 @@ class Placement(AgentListener, ClusterListener):
             if cap.state == control_pb2.CAPTURE_STATE_RUNNING:
                 self.dispatch_starts(cap, want)
             elif want:
-                conn.send(ingest_pb2.CollectorMessage(stop=ingest_pb2.StopPodCapture(capture_id=cap.id)))
+                conn.send(ingest_pb2.CollectorMessage(stop=ingest_pb2.StopPodCapture(capture_id=cap.id,
+                                                                                     reason=cap.end_reason)))
         self.agent_inventory(conn)
 
     def agent_gone(self, conn: AgentConnection) -> None:

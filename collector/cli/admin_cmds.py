@@ -8,6 +8,7 @@ import click
 from rich.table import Table
 
 from podcap.collector.cli.client import CollectorClient
+from podcap.collector.cli.errors import CommandError
 from podcap.collector.cli.render import dump, output_option, print_table
 from podcap.collector.cli.terminal import escape
 
@@ -44,9 +45,19 @@ def audit(obj: dict[str, str], capture_id: str, limit: int, output: str) -> None
 def certs(out_dir: str, hosts: tuple[str, ...]) -> None:
     """Make a CA, a collector server certificate and an agent client certificate (quick start)."""
     # Deferred: ``cryptography`` costs every other verb's start-up (only this one makes keys).
-    from podcap.collector.cli.certs import make_quickstart
+    from podcap.collector.cli.certs import check_host, make_quickstart
 
-    for path in make_quickstart(out_dir, list(hosts)):
+    if not out_dir.strip():
+        raise click.BadParameter("give a directory for the PEM files", param_hint="--out")
+    for h in hosts:
+        if (problem := check_host(h)) is not None:
+            raise click.BadParameter(problem, param_hint="--host")
+    try:
+        written = make_quickstart(out_dir, list(hosts))
+    except OSError as e:
+        raise CommandError(f"cannot write {e.filename or out_dir}: {e.strerror or e}",
+                           "choose another --out directory") from e
+    for path in written:
         click.echo(path)
     click.echo(f"collector: podcap-collector --tls-ca {out_dir}/ca.pem --tls-cert {out_dir}/collector.pem "
                f"--tls-key {out_dir}/collector-key.pem ...", err=True)

@@ -2,24 +2,57 @@
 
 from __future__ import annotations
 
+import math
+import time
+
 import click
 
 from podcap.collector.cli.client import CollectorClient, CollectorError
-from podcap.collector.cli.complete import complete_capture_id
+from podcap.collector.cli.complete import (
+    complete_capture_id,
+    complete_namespace,
+    complete_pod,
+    complete_running_capture_id,
+)
 from podcap.collector.cli.errors import collector_hint, one_line
 from podcap.collector.cli.progress import wait_for_end
 from podcap.collector.cli.render import capture_table, dump, output_option, print_table, to_dict
-from podcap.collector.cli.units import duration_param, human_bytes, size_param
+from podcap.collector.cli.units import count_param, duration_param, human_bytes, size_param
+from podcap.collector.cli.words import INTERFACES
 from podcap.v1 import common_pb2, control_pb2
 
-_INTERFACES = {
-    "veth": common_pb2.CAPTURE_INTERFACE_HOST_VETH,
-    "eth0": common_pb2.CAPTURE_INTERFACE_POD_ETH0,
-    "all": common_pb2.CAPTURE_INTERFACE_POD_ALL,
-}
+
+def _target_pods(ctx: click.Context, pods: tuple[str, ...], namespace: str,
+                 all_namespaces: bool) -> tuple[str, list[str]]:
+    """The namespace and pod names of the target. A pod may be named ``namespace/name`` (as ``get``, ``follow``
+    and the extcap name pods): then every such pod is in one namespace, the one of ``-n`` if given."""
+    namespace_given = ctx.get_parameter_source("namespace") == click.core.ParameterSource.COMMANDLINE
+    if all_namespaces and namespace_given:
+        raise click.UsageError("-n/--namespace and -A/--all-namespaces exclude each other: give one", ctx)
+    names: list[str] = []
+    spaces: set[str] = set()
+    for p in pods:
+        ns, sep, name = p.rpartition("/")
+        if sep and (not ns or not name or "/" in ns):
+            raise click.UsageError(f"pod {p!r} is not NAME or NAMESPACE/NAME", ctx)
+        if sep:
+            spaces.add(ns)
+        names.append(name)
+    if spaces:
+        if all_namespaces or len(spaces) > 1 or (namespace_given and spaces != {namespace}):
+            chosen = sorted(spaces | ({namespace} if namespace_given else set()))
+            raise click.UsageError(f"one capture covers pods of one namespace, not {', '.join(chosen)}"
+                                   + (" (-A takes no pod names)" if all_namespaces else ""), ctx)
+        namespace = spaces.pop()
+    elif all_namespaces and pods:
+        raise click.UsageError("-A/--all-namespaces takes no pod names: name pods with -n NAMESPACE", ctx)
+    return namespace, names
+
+
 @click.command()
-@click.argument("pods", nargs=-1)
-@click.option("-n", "--namespace", default="default", show_default=True, help="Namespace of the pods.")
+@click.argument("pods", nargs=-1, shell_complete=complete_pod)
+@click.option("-n", "--namespace", default="default", show_default=True, shell_complete=complete_namespace,
+              help="Namespace of the pods.")
 @click.option("-A", "--all-namespaces", is_flag=True, help="Pods in every namespace.")
 @click.option("-l", "--selector", default="", help="Label selector, e.g. 'app=web,tier in (a,b)'.")
 @click.option("--field-selector", default="",
@@ -28,12 +61,12 @@ _INTERFACES = {
 @click.option("--filter", "bpf", default="", help="BPF capture filter (tcpdump syntax).")
 @click.option("--snaplen", type=click.IntRange(0, 262144), default=0, help="Bytes kept per packet (0 = all).")
 @click.option("--buffer-size", callback=size_param, help="Kernel ring per pod, e.g. 4MiB (default: agent decides).")
-@click.option("--interface", type=click.Choice(list(_INTERFACES)), default="veth", show_default=True,
+@click.option("--interface", type=click.Choice(list(INTERFACES)), default="veth", show_default=True,
               help="veth: the pod's host-side veth; eth0: the pod's eth0 from inside; all: every interface "
               "in the pod, loopback included.")
 @click.option("--duration", callback=duration_param, help="Stop after this long (90, 15m, 1h30m).")
 @click.option("--max-bytes", callback=size_param, help="Stop once this much is stored (all pods, e.g. 100MiB).")
-@click.option("--max-packets", type=click.IntRange(0), default=0, help="Stop once this many packets are stored.")
+@click.option("--max-packets", callback=count_param, help="Stop once this many packets are stored.")
 @click.option("--segment-size", callback=size_param, help="Rotate each pod's pcap file at this size (default 64MiB).")
 @click.option("--segment-time", callback=duration_param, help="Rotate each pod's pcap file after this long.")
 @click.option("--keep-bytes", callback=size_param,
@@ -44,48 +77,58 @@ _INTERFACES = {
               help="Keep at most this much for the whole capture, oldest segments of any pod first.")
 @click.option("--note", default="", help="Free text stored with the capture.")
 @click.option("--wait", is_flag=True, help="Block until the capture ends (Ctrl+C stops it).")
-@output_option(default="text", choices=("text", "json", "yaml"))
-@click.pass_obj
-def start(obj: dict[str, str], pods: tuple[str, ...], namespace: str, all_namespaces: bool, selector: str,
+@output_option()
+@click.pass_context
+def start(ctx: click.Context, pods: tuple[str, ...], namespace: str, all_namespaces: bool, selector: str,
           field_selector: str, bpf: str,
           snaplen: int, buffer_size: int, interface: str, duration: float, max_bytes: int, max_packets: int,
           segment_size: int, segment_time: float, keep_bytes: int, keep_duration: float, keep_total_bytes: int,
           note: str, wait: bool, output: str) -> None:
-    """Start capturing PODS (or every pod matching -n/-l). Prints the capture id on the last line."""
+    """Start capturing PODS (NAME or NAMESPACE/NAME), or every pod matching -n/-l. Prints the capture id on the
+    last line."""
+    namespace, names = _target_pods(ctx, pods, namespace, all_namespaces)
     req = control_pb2.StartCaptureRequest(
         target=control_pb2.Target(namespace=namespace, all_namespaces=all_namespaces, selector=selector,
-                                  field_selector=field_selector, pod_names=list(pods)),
+                                  field_selector=field_selector, pod_names=names),
         settings=common_pb2.CaptureSettings(filter=bpf, snaplen=snaplen, buffer_bytes=buffer_size,
-                                            interface=_INTERFACES[interface]),
-        limits=control_pb2.Limits(duration_seconds=int(round(duration)), max_bytes=max_bytes,
+                                            interface=INTERFACES[interface]),
+        # Whole seconds, rounded up: --duration 0.4 is a short capture, not "no limit".
+        limits=control_pb2.Limits(duration_seconds=math.ceil(duration), max_bytes=max_bytes,
                                   max_packets=max_packets),
-        rotation=control_pb2.Rotation(segment_bytes=segment_size, segment_seconds=int(round(segment_time))),
-        retention=control_pb2.Retention(keep_bytes=keep_bytes, keep_seconds=int(round(keep_duration)),
+        rotation=control_pb2.Rotation(segment_bytes=segment_size, segment_seconds=math.ceil(segment_time)),
+        retention=control_pb2.Retention(keep_bytes=keep_bytes, keep_seconds=math.ceil(keep_duration),
                                         keep_total_bytes=keep_total_bytes),
         note=note,
     )
-    with CollectorClient(obj["collector"]) as client:
+    with CollectorClient(ctx.obj["collector"]) as client:
         status = client.start(req)
-        if output == "text":
-            names = ", ".join(f"{p.pod.namespace}/{p.pod.name}" for p in status.pods)
-            click.echo(f"capturing {len(status.pods)} pod(s): {names}", err=True)
+        if output == "table":
+            names_text = ", ".join(f"{p.pod.namespace}/{p.pod.name}" for p in status.pods)
+            click.echo(f"capturing {len(status.pods)} pod(s): {names_text}", err=True)
         if wait:
-            status = wait_for_end(client, status.id, live=output == "text")
-            if output == "text":
+            status = wait_for_end(client, status.id, live=output == "table")
+            if output == "table":
                 print_table(capture_table(status), stderr=True)
-    if output != "text":
+    if output != "table":
         click.echo(dump(to_dict(status), output))
     click.echo(status.id)
 
 
 @click.command()
-@click.argument("capture_id", shell_complete=complete_capture_id)
+@click.argument("capture_id", shell_complete=complete_running_capture_id)
 @output_option()
 @click.pass_obj
 def stop(obj: dict[str, str], capture_id: str, output: str) -> None:
     """Stop a capture; returns when every pod's last packets are stored."""
     with CollectorClient(obj["collector"]) as client:
-        status = client.stop(capture_id)
+        before = client.get(capture_id)
+        if before.state in (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING):
+            status = client.stop(capture_id)
+        else:
+            status = before
+            ended = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(before.ended_unix_ns / 1e9))
+            why = f"{before.end_reason}, " if before.end_reason else ""
+            click.echo(f"capture {capture_id} had already ended ({why}{ended}): nothing to stop", err=True)
     if output == "table":
         print_table(capture_table(status))
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -79,11 +80,29 @@ def write_pair(directory: str, stem: str, issued: Issued) -> tuple[str, str]:
     return cert_path, key_path
 
 
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
+
+
+def check_host(host: str) -> str | None:
+    """Why ``host`` cannot be a name in the collector's certificate (an IP address, or a DNS name, ``*.`` allowed
+    first), or None."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    labels = host.removeprefix("*.").split(".")
+    if not host or len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return f"{host!r} is neither an IP address nor a DNS name (e.g. collector.example, 10.0.0.5)"
+    return None
+
+
 def make_quickstart(directory: str, hosts: list[str]) -> list[str]:
     """Write CA, collector server and agent client certificates; return the files written."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
     ca = make_ca()
     written = list(write_pair(directory, "ca", ca))
-    written += write_pair(directory, "collector", issue(ca, hosts[0], server_hosts=hosts))
+    cn = hosts[0] if len(hosts[0]) <= 64 else "podcap-collector"  # a common name holds 64 characters at most
+    written += write_pair(directory, "collector", issue(ca, cn, server_hosts=hosts))
     written += write_pair(directory, "agent", issue(ca, AGENT_IDENTITY, client=True))
     return written

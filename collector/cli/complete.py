@@ -2,8 +2,10 @@
 
 Completion is click's own: the script the shell sources calls ``podcap`` again with ``_PODCAP_COMPLETE`` set
 (``_PODCAP_COMPLETE=bash_source podcap`` prints the same script as ``podcap completion bash``). Commands, options
-and choices complete offline; a ``CAPTURE_ID`` argument asks the collector for its captures with a short timeout
-and completes nothing when the collector does not answer (a slow TAB is worse than none).
+and choices complete offline; what lives on the collector is asked of it with a short timeout, and completes to
+nothing when the collector does not answer (a slow TAB is worse than none): capture ids (for ``stop`` only the
+captures still running), namespaces and pods for ``start`` (those the user may capture, as the collector's
+``ListCapturablePods`` says), and a capture's own pods for ``get`` and ``follow``.
 
 As a kubectl plugin (``kubectl podcap``) the shell completes ``kubectl``, which asks the executable
 ``kubectl_complete-podcap`` (kubectl 1.26+); ``main.kubectl_complete`` answers that protocol.
@@ -16,9 +18,11 @@ import re
 import click
 from click.shell_completion import CompletionItem, get_completion_class
 
-from podcap.collector.cli.client import CollectorClient, CollectorError, default_address
+from podcap.collector.cli.client import CollectorClient, default_address
 from podcap.collector.cli.render import capture_state
 from podcap.collector.targets import target_text
+from podcap.errors import PodcapError
+from podcap.v1 import control_pb2
 
 SHELLS = ("bash", "zsh", "fish")
 COMPLETION_TIMEOUT = 2.0
@@ -29,16 +33,74 @@ def complete_var(prog_name: str) -> str:
     return "_" + re.sub(r"\W", "_", prog_name).upper() + "_COMPLETE"
 
 
-def complete_capture_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
-    root = ctx.find_root()
-    address = root.params.get("collector") or default_address()
+def _client(ctx: click.Context) -> CollectorClient:
+    address = ctx.find_root().params.get("collector") or default_address()
+    return CollectorClient(address, timeout=COMPLETION_TIMEOUT)
+
+
+def _captures(ctx: click.Context, incomplete: str, *, running: bool) -> list[CompletionItem]:
     try:
-        with CollectorClient(address, timeout=COMPLETION_TIMEOUT) as client:
+        with _client(ctx) as client:
             captures = client.list_captures()
-    except CollectorError:
+    except PodcapError:  # no collector, no rights, a bad --tls-ca: nothing to offer
         return []
+    live = (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING)
     return [CompletionItem(c.id, help=f"{capture_state(c.state)}, {target_text(c.target)}")
-            for c in captures if c.id.startswith(incomplete)]
+            for c in captures if c.id.startswith(incomplete) and (not running or c.state in live)]
+
+
+def complete_capture_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    return _captures(ctx, incomplete, running=False)
+
+
+def complete_running_capture_id(ctx: click.Context, param: click.Parameter,
+                                incomplete: str) -> list[CompletionItem]:
+    """Captures that can still be stopped (or followed)."""
+    return _captures(ctx, incomplete, running=True)
+
+
+def complete_namespace(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Namespaces with pods this user may capture."""
+    try:
+        with _client(ctx) as client:
+            listing = client.capturable_pods()
+    except PodcapError:
+        return []
+    return [CompletionItem(ns) for ns in listing.namespaces if ns.startswith(incomplete)]
+
+
+def complete_pod(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """``start``: pods this user may capture in the namespace of -n; NAMESPACE/NAME once a slash is typed."""
+    namespace = ctx.params.get("namespace") or "default"
+    qualified = "/" in incomplete
+    try:
+        with _client(ctx) as client:
+            listing = client.capturable_pods("" if qualified else namespace)
+    except PodcapError:
+        return []
+    chosen = set(ctx.params.get("pods") or ())
+    out = []
+    for p in listing.pods:
+        value = f"{p.namespace}/{p.name}" if qualified else p.name
+        if value.startswith(incomplete) and value not in chosen:
+            out.append(CompletionItem(value, help=f"node {p.node}"))
+    return out
+
+
+def complete_capture_pod(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """``get``/``follow``: the pods of the capture named before (as NAMESPACE/NAME, how they are shown)."""
+    capture_id = ctx.params.get("capture_id")
+    if not capture_id:
+        return []
+    try:
+        with _client(ctx) as client:
+            status = client.get(capture_id)
+    except PodcapError:
+        return []
+    chosen = set(ctx.params.get("pods") or ())
+    names = [f"{p.pod.namespace}/{p.pod.name}" for p in status.pods]
+    return [CompletionItem(n, help=f"node {p.pod.node}") for n, p in zip(names, status.pods, strict=True)
+            if (n.startswith(incomplete) or n.split("/", 1)[1].startswith(incomplete)) and n not in chosen]
 
 
 @click.command()

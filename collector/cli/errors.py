@@ -14,6 +14,8 @@ import click
 import grpc
 
 from podcap.collector.cli.client import CollectorError
+from podcap.errors import PodcapError
+from podcap.tls import TlsConfigError
 
 _CAPTURE_ID_COMMANDS = {"status", "stop", "get", "delete"}
 
@@ -46,6 +48,8 @@ def collector_hint(e: CollectorError, *, prog: str, command: str | None) -> str:
     """What to do after ``e``, for a user who ran ``<prog> <command>``."""
     code = e.code
     msg = str(e)
+    if e.actionable:
+        return ""
     if code == grpc.StatusCode.UNAVAILABLE:
         return "" if "PODCAP_COLLECTOR" in msg else "check that podcap-collector runs and --collector points at it"
     if code == grpc.StatusCode.NOT_FOUND:
@@ -73,6 +77,13 @@ def collector_hint(e: CollectorError, *, prog: str, command: str | None) -> str:
     if code is None:
         return "retry, and if it keeps happening look at the collector's log"
     return "look at the collector's log for the cause"
+
+
+def error_hint(e: PodcapError) -> str:
+    """What to do after one of our errors raised on the CLI's own side (not by the collector)."""
+    if isinstance(e, TlsConfigError):
+        return "check --tls-ca (or PODCAP_TLS_CA): the collector's CA certificate, ca.pem from 'podcap certs'"
+    return ""
 
 
 def usage_line(e: click.UsageError, *, prog: str) -> str:

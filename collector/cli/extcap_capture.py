@@ -36,6 +36,7 @@ from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.cli.errors import collector_hint, one_line
 from podcap.collector.cli.extcap_options import CaptureOptions, CollectorSettings, ExtcapOptionError, start_request
 from podcap.collector.cli.extcap_stream import PcapngStream
+from podcap.collector.cli.live_order import TICK_S, ticking
 from podcap.errors import PodcapError
 from podcap.tls import TlsFiles
 from podcap.v1 import control_pb2
@@ -199,9 +200,19 @@ class ExtcapCapture:
             self._fd = open_fifo(self.fifo)
             out = open(self._fd, "wb", buffering=1 << 16, closefd=False)  # noqa: SIM115 (closed below)
             watch = ReaderWatch(self._fd)
-            stream = PcapngStream(out, status)
-            for msg in client.follow(status.id):
-                stream.write(msg)
+            stream = PcapngStream(out, status, one_copy=not self.opts.all_copies)
+            try:
+                for msg in ticking(client.follow(status.id), TICK_S):
+                    if msg is None:
+                        stream.tick()
+                    else:
+                        stream.write(msg)
+            finally:
+                try:
+                    stream.finish()  # what the view still holds, also when Wireshark stops (it reads to the end)
+                except OSError:
+                    pass  # the reader is gone
+                stream.close()
         except (WiresharkStoppedError, BrokenPipeError):
             pass  # Wireshark stopped: the normal end
         finally:

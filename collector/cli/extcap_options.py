@@ -21,15 +21,11 @@ from dataclasses import dataclass, replace
 from podcap.collector.cli.client import CollectorError, default_address
 from podcap.collector.cli.errors import collector_hint, one_line
 from podcap.collector.cli.extcap_protocol import ExtcapArg, ExtcapValue, multicheck_values
+from podcap.collector.cli.words import INTERFACES
 from podcap.errors import InvalidInputError, PodcapError
 from podcap.v1 import common_pb2, control_pb2
 
 ALL_NAMESPACES = "*"
-INTERFACES = {
-    "veth": common_pb2.CAPTURE_INTERFACE_HOST_VETH,
-    "eth0": common_pb2.CAPTURE_INTERFACE_POD_ETH0,
-    "all": common_pb2.CAPTURE_INTERFACE_POD_ALL,
-}
 
 ARG_COLLECTOR = ExtcapArg(0, "--collector", "Collector address", "string", group="Collector", required=True,
                           tooltip="HOST:PORT of podcap-collector (PODCAP_COLLECTOR)")
@@ -60,8 +56,11 @@ ARG_INTERFACE = ExtcapArg(9, "--interface", "Capture on", "selector", group="Cap
 ARG_KEEP = ExtcapArg(10, "--keep", "Keep capturing after Wireshark stops", "boolflag", group="Capture",
                      tooltip="Leave the podcap capture running and stored when Wireshark stops (stop it with "
                      "podcap stop ID; the id is in the file's comment)")
+ARG_ALL_COPIES = ExtcapArg(11, "--all-copies", "Every pod's copy of a packet", "boolflag", group="Capture",
+                           tooltip="Show a packet seen on two chosen pods (client and server) once per pod; by "
+                           "default it shows once, and the other pod's copy is counted in its statistics")
 ARGS = (ARG_COLLECTOR, ARG_TLS_CA, ARG_TOKEN, ARG_TOKEN_FILE, ARG_NAMESPACE, ARG_PODS, ARG_SELECTOR, ARG_FILTER,
-        ARG_SNAPLEN, ARG_INTERFACE, ARG_KEEP)
+        ARG_SNAPLEN, ARG_INTERFACE, ARG_KEEP, ARG_ALL_COPIES)
 
 
 class ExtcapOptionError(InvalidInputError):
@@ -99,6 +98,7 @@ class CaptureOptions:
     snaplen: int
     interface: str
     keep: bool
+    all_copies: bool = False
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -113,6 +113,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(ARG_SNAPLEN.call, default="0")
     p.add_argument(ARG_INTERFACE.call, default="veth")
     p.add_argument(ARG_KEEP.call, action="store_true")
+    p.add_argument(ARG_ALL_COPIES.call, action="store_true")
 
 
 def collector_settings(ns: argparse.Namespace, env: dict[str, str]) -> CollectorSettings:
@@ -132,7 +133,8 @@ def capture_options(ns: argparse.Namespace, env: dict[str, str]) -> CaptureOptio
         raise ExtcapOptionError(f"capture interface {ns.interface!r} is not one of {', '.join(INTERFACES)}")
     return CaptureOptions(collector=collector_settings(ns, env), namespace=ns.namespace.strip(),
                           pods=tuple(multicheck_values(ns.pods)), selector=ns.selector.strip(),
-                          filter=ns.filter.strip(), snaplen=snaplen, interface=ns.interface, keep=ns.keep)
+                          filter=ns.filter.strip(), snaplen=snaplen, interface=ns.interface, keep=ns.keep,
+                          all_copies=ns.all_copies)
 
 
 def combined_filter(own: str, wireshark: str) -> str:

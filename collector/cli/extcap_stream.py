@@ -1,22 +1,27 @@
-"""A capture's live stream (``Control.Follow``) as pcapng, each pod its own interface: what Wireshark reads.
+"""A capture's live stream (``Control.Follow``) as pcapng, each pod its own interface: what Wireshark reads
+through the extcap, and what ``podcap follow`` writes.
 
-``podcap follow`` writes classic pcap (one link type for the whole stream); Wireshark's extcap pipe takes pcapng,
-so here every pod becomes an Interface Description Block named ``<namespace>/<pod>`` — as in ``get --merge`` —
-and its records Enhanced Packet Blocks on that interface. Pods are announced by the collector as they start
-streaming, so an IDB may follow packets of other pods: the pcapng format allows it and dumpcap/tshark 4.0 keep
-each packet on its interface (checked by the tshark test). A pod whose format changes (a restarted stream with
-another link type) gets a new interface of the same name, since an IDB cannot change.
+Every pod becomes an Interface Description Block named ``<namespace>/<pod>`` — as in ``get --merge`` — and its
+records Enhanced Packet Blocks on that interface, in time order across pods, each packet once
+(``podcap.collector.cli.live_order``: a pod's records are held until no pod can still deliver older ones, at most
+``HOLD_NS`` after they arrived; a packet seen on two pods is written once unless every copy is asked for). Pods
+are announced by the collector as they start streaming, so an IDB may follow packets of other pods: the pcapng
+format allows it and dumpcap/tshark 4.0 keep each packet on its interface (checked by the tshark test). A pod
+whose format changes (a restarted stream with another link type) gets a new interface of the same name, since an
+IDB cannot change. The caller calls ``tick`` now and then (a quiet view's held packets go out by time, not only
+when the next message comes) and ``finish`` at the end (what is held goes out).
 
 The section header comes from ``podcap.collector.cli.pcapng`` (as do the IDBs, and the section's comments are
-``get --merge``'s); the records are turned into EPBs one message at a time, in C (the merge core's converter: no
-Python per packet), and written with one ``write`` per message.
+``get --merge``'s); the records are ordered and turned into EPBs in C (no Python per packet) and written with one
+``write`` per batch.
 
 Losses are reported in-band, as Interface Statistics Blocks (dumpcap passes them through into the file Wireshark
 saves, measured with 4.0.17): when this live view falls behind, the collector drops packets for it alone (they
 are stored all the same) and says how many (``FollowGap``); the pod's interface then gets an ISB whose
 ``isb_ifdrop`` counts every packet the view missed so far, so Wireshark shows them as dropped. When the capture
 ends by itself (a limit, ``podcap stop``) each interface gets the capture's final counters too (received, kernel
-and podcap drops by cause, stored: ``podcap.collector.cli.download.pod_stats``, as ``get --merge`` writes them).
+and podcap drops by cause, stored: ``podcap.collector.cli.download.pod_stats``, as ``get --merge`` writes them),
+and how many second sightings of packets this view left out on it.
 These ISBs are written here rather than with ``PcapngWriter.write_stats`` because that writer refuses interfaces
 after its first packet or statistics (right for files, where readers want IDBs first), and a live view announces
 pods as they come.
@@ -27,12 +32,13 @@ from __future__ import annotations
 import dataclasses
 import struct
 import time
+from collections.abc import Callable
 from typing import IO
 
-from podcap.collector.cli import pcapmerge
+from podcap.collector.cli.dedup import WINDOW_NS
 from podcap.collector.cli.download import capture_section, pod_stats
+from podcap.collector.cli.live_order import HOLD_NS, MAX_BUFFERED, live_order
 from podcap.collector.cli.pcapng import (
-    BLOCK_EPB,
     BLOCK_ISB,
     ISB_ENDTIME,
     ISB_IFDROP,
@@ -49,8 +55,7 @@ from podcap.collector.cli.pcapng import (
 from podcap.pcapfile import FileFormat, PcapFormatError
 from podcap.v1 import common_pb2, control_pb2
 
-_RECORD_HEAD = struct.Struct("<IIII")
-_EPB_HEAD = struct.Struct("<IIIIIII")
+_FOREVER = (1 << 64) - 1
 _ISB_HEAD = struct.Struct("<IIIII")
 _OPT_HEAD = struct.Struct("<HH")
 _U64 = struct.Struct("<Q")
@@ -73,7 +78,9 @@ class LiveViewStats(InterfaceStats):
     def comment(self) -> str:
         view = (f"this live view missed {self.missed} packets by falling behind; they are stored in podcap capture "
                 f"{self.capture_id}")
-        return f"{super().comment()}; {view}" if self.received is not None else view
+        if self.received is None:
+            return view
+        return f"{super().comment()}; {view}" if self.missed else super().comment()
 
 
 def _option(code: int, value: bytes) -> bytes:
@@ -99,49 +106,6 @@ def _words(ts: int) -> tuple[int, int]:
     return (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF
 
 
-class LiveRecordsError(PcapFormatError):
-    """Records from the collector that are not well-formed pcap (a collector bug: it checked them on ingest)."""
-
-
-def epbs(interface_id: int, fmt: FileFormat, records: bytes) -> bytes | bytearray:
-    """Bare pcap records in ``fmt`` as Enhanced Packet Blocks on ``interface_id``, timestamps kept in the pod's own
-    resolution (which its IDB declares): in C, with the merge's own checks and layout (``pcapmerge.epbs``), or in
-    Python when the C library is not built (``epbs_python``)."""
-    try:
-        native = pcapmerge.epbs(interface_id, fmt, records)
-    except PcapFormatError as e:
-        raise LiveRecordsError(str(e)) from e
-    return native if native is not None else epbs_python(interface_id, fmt, records)
-
-
-def epbs_python(interface_id: int, fmt: FileFormat, records: bytes) -> bytes:
-    """``epbs`` without the C library: one tight loop (about 0.7 million packets a second on one core)."""
-    unpack = _RECORD_HEAD.unpack_from
-    pack = _EPB_HEAD.pack
-    per_second = 1_000_000_000 if fmt.nanosecond else 1_000_000
-    snaplen = fmt.snaplen
-    view = memoryview(records)
-    end = len(view)
-    off = 0
-    parts: list[bytes | memoryview] = []
-    append = parts.append
-    while off < end:
-        if off + 16 > end:
-            raise LiveRecordsError(f"truncated record header at offset {off}")
-        sec, frac, caplen, wirelen = unpack(view, off)
-        nxt = off + 16 + caplen
-        if caplen > snaplen or caplen > wirelen or nxt > end:
-            raise LiveRecordsError(f"bad record at offset {off}: caplen {caplen}, length {wirelen}, snaplen "
-                                   f"{snaplen}, {end - off} bytes left")
-        ts = sec * per_second + frac
-        total = 32 + caplen + (-caplen % 4)
-        append(pack(BLOCK_EPB, total, interface_id, ts >> 32, ts & 0xFFFFFFFF, caplen, wirelen))
-        append(view[off + 16 : nxt])
-        append(_PADS[caplen % 4] + total.to_bytes(4, "little"))
-        off = nxt
-    return b"".join(parts)
-
-
 def interface_info(pod: common_pb2.Pod, status: control_pb2.CaptureStatus) -> InterfaceInfo:
     return InterfaceInfo(name=f"{pod.namespace}/{pod.name}",
                          description=f"pod {pod.namespace}/{pod.name} uid {pod.uid} on node {pod.node}, podcap "
@@ -149,22 +113,35 @@ def interface_info(pod: common_pb2.Pod, status: control_pb2.CaptureStatus) -> In
 
 
 class PcapngStream:
-    """Writes one capture's follow messages to ``out`` as one pcapng section."""
+    """Writes one capture's follow messages to ``out`` as one pcapng section, in time order across pods; with
+    ``one_copy`` each packet once (``podcap.collector.cli.dedup``). ``clock``: monotonic nanoseconds (tests)."""
 
-    def __init__(self, out: IO[bytes], status: control_pb2.CaptureStatus) -> None:
+    def __init__(self, out: IO[bytes], status: control_pb2.CaptureStatus, *, one_copy: bool = True,
+                 clock: Callable[[], int] = time.monotonic_ns) -> None:
         self.out = out
         self.status = status
         self.ended: control_pb2.CaptureStatus | None = None
+        self.clock = clock
         self._writer = PcapngWriter(out, capture_section(status))
-        # Follow index -> (pcapng interface id, format of the pod's records, the pod); packets missed per index.
-        self._interfaces: dict[int, tuple[int, FileFormat, common_pb2.Pod]] = {}
-        self._missed: dict[int, int] = {}
+        self._order = live_order(WINDOW_NS if one_copy else 0)
+        # Follow index -> (pcapng interface id, format of the pod's records, the pod, its input in the order).
+        self._interfaces: dict[int, tuple[int, FileFormat, common_pb2.Pod, int]] = {}
+        self._missed: dict[int, int] = {}  # packets missed per index
         out.flush()
 
     @property
     def missed(self) -> int:
         """Packets this view missed by falling behind, all pods."""
         return sum(self._missed.values())
+
+    @property
+    def left_out(self) -> int:
+        """Second sightings of packets this view left out, all pods."""
+        return sum(self._order.counts()[1])
+
+    @property
+    def pods(self) -> int:
+        return len(self._interfaces)
 
     def write(self, msg: control_pb2.FollowMessage) -> None:
         kind = msg.WhichOneof("kind")
@@ -175,10 +152,14 @@ class PcapngStream:
             if known is None or known[1] != fmt:
                 iface = self._writer.add_interface(interface_info(msg.pod.pod, self.status), linktype=fmt.linktype,
                                                    snaplen=fmt.snaplen, nanosecond=fmt.nanosecond)
-                self._interfaces[msg.pod.index] = (iface, fmt, msg.pod.pod)
+                self._interfaces[msg.pod.index] = (iface, fmt, msg.pod.pod, self._order.add(iface, fmt))
         elif kind == "records":
-            iface, fmt, _ = self._interfaces[msg.records.index]
-            self.out.write(epbs(iface, fmt, msg.records.records))
+            *_, order_index = self._interfaces[msg.records.index]
+            try:
+                self._order.push(order_index, msg.records.records, self.clock())
+            except PcapFormatError as e:
+                raise LiveRecordsError(str(e)) from e
+            self._release()
         elif kind == "gap":
             index = msg.gap.index
             self._missed[index] = self._missed.get(index, 0) + msg.gap.packets
@@ -188,15 +169,45 @@ class PcapngStream:
                                                        missed=self._missed[index], capture_id=self.status.id))
         elif kind == "ended":
             self.ended = msg.ended
-            for index, (_, _, pod) in self._interfaces.items():
+            self.finish()
+            left_out = self._order.counts()[1]
+            for index, (_, _, pod, order_index) in self._interfaces.items():
                 final = pod_stats(msg.ended, pod)
                 if final is not None:
                     fields = {f.name: getattr(final, f.name) for f in dataclasses.fields(final)}
+                    fields["duplicates"] = left_out[order_index]
                     self._write_stats(index, LiveViewStats(**fields, missed=self._missed.get(index, 0),
                                                            capture_id=self.status.id))
         self.out.flush()
 
+    def tick(self) -> None:
+        """Write what has been held long enough (call it now and then: a quiet view gets no messages)."""
+        if self._release():
+            self.out.flush()
+
+    def finish(self) -> None:
+        """Write everything still held (the stream ended, or the view is closing)."""
+        if data := self._order.pop(_FOREVER):
+            self.out.write(data)
+            self.out.flush()
+
+    def close(self) -> None:
+        self._order.close()
+
+    def _release(self) -> bool:
+        until = self._order.release(self.clock(), HOLD_NS)
+        if self._order.buffered > MAX_BUFFERED:  # memory stays bounded: everything held goes, in order
+            until = _FOREVER
+        data = self._order.pop(until)
+        if data:
+            self.out.write(data)
+        return bool(data)
+
     def _write_stats(self, index: int, stats: LiveViewStats) -> None:
-        iface, fmt, _ = self._interfaces[index]
+        iface, fmt, *_ = self._interfaces[index]
         divisor = 1 if fmt.nanosecond else 1000
         self.out.write(isb(iface, stats.end_ns // divisor, stats, divisor))
+
+
+class LiveRecordsError(PcapFormatError):
+    """Records from the collector that are not well-formed pcap (a collector bug: it checked them on ingest)."""

@@ -20,19 +20,31 @@ from typing import Any, BinaryIO
 
 from podcap.collector.bucket.blocks import BlockReader, unpack_index, window
 from podcap.collector.bucket.manifest import NAME, ArchivedSegment, Manifest, page_from_json
-from podcap.collector.bucket.objects import BucketUrl, ObjectNotFoundError, ObjectStore
+from podcap.collector.bucket.objects import BucketUrl, ObjectNotFoundError, ObjectStore, StorageUrlError
 from podcap.collector.downloads import Piece, PodFile, check_resume_points, file_messages, given
 from podcap.collector.filters import compile_filter
+from podcap.errors import InvalidInputError
 from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, iter_records
 from podcap.v1 import control_pb2
 
 
+class FromUrlError(InvalidInputError):
+    """A ``--from`` that is not ``s3://BUCKET/PREFIX/CAPTURE``."""
+
+
 class BucketClient:
     def __init__(self, url: str, *, endpoint: str = "", region: str = "") -> None:
-        parsed = BucketUrl.parse(url)
+        try:
+            parsed = BucketUrl.parse(url)
+        except StorageUrlError:
+            raise FromUrlError(f"--from {url!r} is not s3://BUCKET/PREFIX/CAPTURE") from None
         prefix, _, capture = parsed.prefix.rpartition("/")
+        if not capture:
+            raise FromUrlError(f"--from {url!r} names no capture: s3://BUCKET/PREFIX/CAPTURE (the capture's id "
+                               "last)")
         self.capture_id = capture
         self.url = url
+        self.endpoint = endpoint
         self.objects = ObjectStore(BucketUrl(parsed.bucket, prefix), endpoint=endpoint or None,
                                    region=region or None)
         self._manifest: Manifest | None = None
@@ -50,6 +62,12 @@ class BucketClient:
             try:
                 self._manifest = Manifest.from_json(self.objects.get(key))
             except ObjectNotFoundError as e:
+                try:
+                    self.objects.check()  # a missing bucket is not a missing capture (refused credentials neither)
+                except ObjectNotFoundError:
+                    where = f" at {self.endpoint}" if self.endpoint else ""
+                    raise ObjectNotFoundError(f"no bucket {self.objects.url.bucket}{where} (reading {self.url})") \
+                        from e
                 raise ObjectNotFoundError(f"no capture at {self.url}: s3://{self.objects.url.bucket}/{key} does not "
                                           "exist") from e
         return self._manifest

@@ -17,19 +17,21 @@ stopped, checked against the collector's bytes (``resume``); a complete run remo
 from __future__ import annotations
 
 import datetime
+import errno
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO
+from typing import IO, NamedTuple
 
 import click
 import grpc
 
 from podcap.collector.cli.client import CollectorClient
-from podcap.collector.cli.complete import complete_capture_id
+from podcap.collector.cli.complete import complete_capture_id, complete_capture_pod
+from podcap.collector.cli.dedup import WINDOW_NS
 from podcap.collector.cli.download import (
     CaptureSource,
     DownloadedFile,
@@ -59,6 +61,12 @@ from podcap.collector.downloads import ResumeOffsetError
 from podcap.errors import PodcapError
 from podcap.pcapfile import PcapFormatError
 from podcap.v1 import control_pb2
+
+
+def rfc3339(ns: int) -> str:
+    """``2026-11-26T10:00:00.123Z``: a time as --since/--until take it (UTC, milliseconds)."""
+    dt = datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
 def parse_time(text: str) -> int:
@@ -93,19 +101,30 @@ def _merge_output(path: str) -> Iterator[IO[bytes]]:
             os.unlink(part)
 
 
-def _merge(status: control_pb2.CaptureStatus, files: list[DownloadedFile], path: str) -> list[int]:
+class Merged(NamedTuple):
+    """Packets written per pod, and per pod the second sightings left out (one copy per packet)."""
+
+    packets: list[int]
+    left_out: list[int]
+
+
+def _merge(status: control_pb2.CaptureStatus, files: list[DownloadedFile], path: str, one_copy_ns: int) -> Merged:
     inputs = [MergeInput(f.path, pod_interface(status, f.pod), pod_stats(status, f.pod)) for f in files]
+    left_out: list[int] = []
     with _merge_output(path) as out:
-        return merge_pcaps(inputs, out, section=capture_section(status))
+        counts = merge_pcaps(inputs, out, section=capture_section(status), one_copy_ns=one_copy_ns,
+                             dropped=left_out)
+    return Merged(counts, left_out)
 
 
-def _streamable(path: str) -> bool:
+def _streamable(path: str, one_copy_ns: int) -> bool:
     """Whether the merge can run while downloading: the C core is built and the output is a real descriptor."""
-    return can_merge_streams(sys.stdout.buffer if path == "-" else None)
+    return can_merge_streams(sys.stdout.buffer if path == "-" else None, one_copy=bool(one_copy_ns))
 
 
 def _merge_while_downloading(client: CaptureSource, status: control_pb2.CaptureStatus, capture_id: str,
-                             wanted: list[control_pb2.PodStatus], window: Window, path: str) -> list[int]:
+                             wanted: list[control_pb2.PodStatus], window: Window, path: str,
+                             one_copy_ns: int) -> Merged:
     """One Download stream per pod, merged in C as the packets arrive: no per-pod files (``pod_streams``)."""
     with _progress(wanted, window) as progress, \
             PodStreams(client, capture_id, wanted, since_ns=window.since_ns, until_ns=window.until_ns,
@@ -117,11 +136,14 @@ def _merge_while_downloading(client: CaptureSource, status: control_pb2.CaptureS
             final = client.get(capture_id)  # after the last packet: counters as recent as the packets
             return [pod_stats(final, s.pod) for s in pods.streams]
 
-        return merge_streams(inputs, out, section=capture_section(status), stats=stats)
+        left_out: list[int] = []
+        counts = merge_streams(inputs, out, section=capture_section(status), stats=stats, one_copy_ns=one_copy_ns,
+                               dropped=left_out)
+        return Merged(counts, left_out)
 
 
 def _download_then_merge(client: CaptureSource, capture_id: str, pods: list[str],
-                         wanted: list[control_pb2.PodStatus], window: Window, path: str) -> list[int]:
+                         wanted: list[control_pb2.PodStatus], window: Window, path: str, one_copy_ns: int) -> Merged:
     """The pods' files into a temporary directory next to the output (large captures may not fit in /tmp), then
     merged from there."""
     parent = None if path == "-" else os.path.dirname(os.path.abspath(path))
@@ -130,7 +152,7 @@ def _download_then_merge(client: CaptureSource, capture_id: str, pods: list[str]
             files = download_files(client, capture_id, pods, _Numbered(tmp), since_ns=window.since_ns,
                                    until_ns=window.until_ns, bpf=window.bpf, observers=[progress])
         status = client.get(capture_id)
-        return _merge(status, files, path)
+        return _merge(status, files, path, one_copy_ns)
 
 
 def _to_pcapng(status: control_pb2.CaptureStatus, files: list[DownloadedFile]) -> list[tuple[str, int]]:
@@ -147,13 +169,17 @@ def _to_pcapng(status: control_pb2.CaptureStatus, files: list[DownloadedFile]) -
 
 @click.command()
 @click.argument("capture_id", required=False, shell_complete=complete_capture_id)
-@click.argument("pods", nargs=-1)
+@click.argument("pods", nargs=-1, shell_complete=complete_capture_pod)
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
               help="Directory to write one file per pod into: <namespace>/<pod>.pcap (or .pcapng).")
 @click.option("--format", "file_format", type=click.Choice(["pcap", "pcapng"]), default="pcap", show_default=True,
               help="Per-pod file format for -o; pcapng adds the pod's name, node, uid, filter and drop counters.")
 @click.option("--merge", "merge_path", type=click.Path(dir_okay=False, allow_dash=True),
-              help="Write ONE pcapng file, each pod its own interface, packets in time order ('-' = stdout).")
+              help="Write ONE pcapng file, each pod its own interface, packets in time order, each packet once "
+              "('-' = stdout).")
+@click.option("--all-copies", is_flag=True,
+              help="With --merge: keep every pod's copy of a packet seen on two pods (by default the second "
+              "sighting is left out and counted).")
 @click.option("--since", default="", help="Only packets from this time: RFC 3339 (2026-11-26T10:00:00Z) or "
               "relative to now (10m, 1h30m).")
 @click.option("--until", default="", help="Only packets up to this time (same forms as --since).")
@@ -164,7 +190,7 @@ def _to_pcapng(status: control_pb2.CaptureStatus, files: list[DownloadedFile]) -
 @click.option("--s3-region", default="", envvar="AWS_REGION", help="With --from: the bucket's region.")
 @click.pass_context
 def get(ctx: click.Context, capture_id: str | None, pods: tuple[str, ...], out_dir: str | None, file_format: str,
-        merge_path: str | None, since: str, until: str, bpf: str, bucket: str, s3_endpoint: str,
+        merge_path: str | None, all_copies: bool, since: str, until: str, bpf: str, bucket: str, s3_endpoint: str,
         s3_region: str) -> None:
     """Download a capture (optionally only PODS, as name, namespace/name or uid).
 
@@ -181,16 +207,20 @@ def get(ctx: click.Context, capture_id: str | None, pods: tuple[str, ...], out_d
     if merge_path == "-" and sys.stdout.isatty():
         raise click.UsageError("--merge - writes binary pcapng to stdout, which is a terminal: pipe it "
                                "(| wireshark -k -i -) or give a file name", ctx)
-    try:
-        window = Window(since_ns=parse_time(since) if since else 0, until_ns=parse_time(until) if until else 0,
-                        bpf=bpf)
-    except ValueError as e:
-        raise click.BadParameter(str(e), ctx) from e
+    for name in ("s3_endpoint", "s3_region"):
+        if not bucket and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"--{name.replace('_', '-')} applies to --from s3://… only (a read through the "
+                                   "collector uses the collector's bucket settings)", ctx)
+    window = _window(ctx, since, until, bpf)
+    one_copy_ns = 0 if all_copies else WINDOW_NS
     client: CollectorClient | BucketClient
     if bucket:
-        if capture_id:
-            pods = (capture_id, *pods)  # with --from, every argument names a pod
-        client = BucketClient(bucket, endpoint=s3_endpoint, region=s3_region)
+        try:
+            client = BucketClient(bucket, endpoint=s3_endpoint, region=s3_region)
+        except PodcapError as e:
+            raise click.UsageError(str(e), ctx) from e
+        if capture_id and capture_id != client.capture_id:
+            pods = (capture_id, *pods)  # with --from the capture is the URL's: another argument names a pod
         capture_id = client.capture_id
     elif not capture_id:
         raise click.UsageError("which capture? give its ID (see `podcap list`), or --from s3://BUCKET/PREFIX/ID", ctx)
@@ -204,27 +234,79 @@ def get(ctx: click.Context, capture_id: str | None, pods: tuple[str, ...], out_d
                 raise
             raise CommandError(str(e), "check the s3:// URL (s3://BUCKET/PREFIX/CAPTURE) and your credentials",
                                prog=prog) from e
+        _check_request(status, list(pods), window, prog=prog)
+        started_ns = time.time_ns()
         try:
             if out_dir:
                 files, journal = _fetch_into_dir(client, status, capture_id, list(pods), out_dir, window)
                 status = client.get(capture_id)
-                _get_into_dir(status, files, file_format, merge_path)
+                _get_into_dir(status, files, file_format, merge_path, one_copy_ns)
                 journal.finish()
             else:
                 assert merge_path is not None
                 wanted = [ps for ps in status.pods if selected(ps, list(pods))]
-                if 0 < len(wanted) <= MAX_STREAMS and _streamable(merge_path):
-                    counts = _merge_while_downloading(client, status, capture_id, wanted, window, merge_path)
+                if 0 < len(wanted) <= MAX_STREAMS and _streamable(merge_path, one_copy_ns):
+                    merged = _merge_while_downloading(client, status, capture_id, wanted, window, merge_path,
+                                                      one_copy_ns)
                 else:
-                    counts = _download_then_merge(client, capture_id, list(pods), wanted, window, merge_path)
-                _report_merge(merge_path, counts)
+                    merged = _download_then_merge(client, capture_id, list(pods), wanted, window, merge_path,
+                                                  one_copy_ns)
+                _report_merge(merge_path, merged)
+            _snapshot_note(status, prog=prog, started_ns=started_ns)
         except (PcapFormatError, PcapngError) as e:
             hint = f"the stored file is damaged: '{prog} get {capture_id} -o DIR' keeps the per-pod files as they are"
             raise CommandError(f"capture {capture_id}: {e}", hint, prog=prog) from e
         except OSError as e:
             where = f" {e.filename}" if e.filename else ""
-            raise CommandError(f"cannot write{where}: {e.strerror or e}",
-                               "choose another -o/--merge path or free some space", prog=prog) from e
+            raise CommandError(f"cannot write{where}: {e.strerror or e}", _write_hint(e), prog=prog) from e
+
+
+def _write_hint(e: OSError) -> str:
+    """What to do when writing the output failed: it depends on why."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space, or choose another -o/--merge path"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "choose an -o/--merge path you may write to"
+    return "choose another -o/--merge path"
+
+
+def _window(ctx: click.Context, since: str, until: str, bpf: str) -> Window:
+    """The time window and filter of the read; an empty window (``--since`` after ``--until``) is a mistake."""
+    try:
+        window = Window(since_ns=parse_time(since) if since else 0, until_ns=parse_time(until) if until else 0,
+                        bpf=bpf)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param_hint="--since/--until") from e
+    if window.since_ns and window.until_ns and window.since_ns > window.until_ns:
+        raise click.UsageError(f"--since {rfc3339(window.since_ns)} is after --until {rfc3339(window.until_ns)}: "
+                               "the window holds nothing", ctx)
+    return window
+
+
+def _check_request(status: control_pb2.CaptureStatus, pods: list[str], window: Window, *, prog: str) -> None:
+    """Refuse a read that cannot hold anything by mistake: pods the capture does not have, a window outside the
+    capture's time; say on stderr when the capture still runs (the files are what it stored so far)."""
+    names = ", ".join(f"{ps.pod.namespace}/{ps.pod.name}" for ps in status.pods) or "none"
+    unknown = [p for p in pods if not any(selected(ps, [p]) for ps in status.pods)]
+    if unknown:
+        raise CommandError(f"capture {status.id} has no pod {', '.join(unknown)}", f"its pods: {names}", prog=prog)
+    if not status.pods:
+        raise CommandError(f"capture {status.id} has no pods: nothing to read", f"'{prog} status {status.id}' "
+                           "says why", prog=prog)
+    start, end = status.created_unix_ns, status.ended_unix_ns
+    if window.until_ns and start and window.until_ns < start:
+        raise CommandError(f"--until {rfc3339(window.until_ns)} is before capture {status.id} started "
+                           f"({rfc3339(start)}): the window holds nothing", "check --since/--until", prog=prog)
+    if window.since_ns and end and window.since_ns > end:
+        raise CommandError(f"--since {rfc3339(window.since_ns)} is after capture {status.id} ended "
+                           f"({rfc3339(end)}): the window holds nothing", "check --since/--until", prog=prog)
+
+
+def _snapshot_note(status: control_pb2.CaptureStatus, *, prog: str, started_ns: int) -> None:
+    """Say on stderr that the files are what a running capture stored so far (after them: errors stay one line)."""
+    if status.state in (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING):
+        click.echo(f"{prog} get: capture {status.id} is still running: this is what it had stored at "
+                   f"{rfc3339(started_ns)}; get it again once it has ended for all of it", err=True)
 
 
 def _progress(pods: list[control_pb2.PodStatus], window: Window, note: str = "", *, held: int = 0
@@ -282,9 +364,9 @@ def _fetch_into_dir(client: CaptureSource, status: control_pb2.CaptureStatus, ca
 
 
 def _get_into_dir(status: control_pb2.CaptureStatus, files: list[DownloadedFile], file_format: str,
-                  merge_path: str | None) -> None:
+                  merge_path: str | None, one_copy_ns: int) -> None:
     if merge_path:
-        _report_merge(merge_path, _merge(status, files, merge_path))
+        _report_merge(merge_path, _merge(status, files, merge_path, one_copy_ns))
     listed = _to_pcapng(status, files) if file_format == "pcapng" else [(f.path, f.size) for f in files]
     for path, n in listed:
         click.echo(f"{path}\t{human_bytes(n)}", err=merge_path == "-")  # stdout carries the merged file
@@ -302,8 +384,11 @@ class _Numbered:
         return os.path.join(self.directory, f"{self.n - 1:06d}.pcap")
 
 
-def _report_merge(path: str, counts: list[int]) -> None:
+def _report_merge(path: str, merged: Merged) -> None:
+    counts = merged.packets
     line = f"{sum(counts)} packets from {len(counts)} pod(s)"
+    if left_out := sum(merged.left_out):
+        line += f" ({left_out} second sightings of packets seen on two pods left out; --all-copies keeps them)"
     if path == "-":
         click.echo(f"merged {line}", err=True)
     else:

@@ -3,7 +3,8 @@
 The same entry point runs as ``podcap`` and as the kubectl plugin ``kubectl-podcap`` (``kubectl podcap …``); the
 program name in usage lines and errors follows how it was called. Every error ends the same way: one line on
 stderr saying what went wrong and what to do next (``podcap.collector.cli.errors``), exit status 1 (2 for usage
-errors, 130 for Ctrl+C).
+errors, 130 for Ctrl+C). That holds for a bug too: an exception that is none of ours is one line naming it as a
+podcap defect (``PODCAP_DEBUG=1`` shows its traceback), never a traceback a user has to read.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from podcap.collector.cli import (
     get_cmd,
     read_cmds,
 )
-from podcap.collector.cli.client import CollectorError, default_address
-from podcap.collector.cli.errors import CommandError, collector_hint, one_line, usage_line
+from podcap.collector.cli.client import CollectorAddressError, CollectorError, collector_address, default_address
+from podcap.collector.cli.errors import CommandError, collector_hint, error_hint, one_line, usage_line
+from podcap.errors import PodcapError
 
 PROG = "podcap"
 KUBECTL_PROG = "kubectl podcap"
@@ -49,11 +51,21 @@ class PodcapGroup(click.Group):
             prog = ctx.find_root().info_name or PROG
             raise CommandError(str(e), collector_hint(e, prog=prog, command=ctx.invoked_subcommand),
                                prog=prog) from e
+        except PodcapError as e:  # ours, from the CLI's own side (a certificate file, a bucket, a pcap file)
+            prog = ctx.find_root().info_name or PROG
+            raise CommandError(str(e), error_hint(e), prog=prog) from e
+
+
+def _collector_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return collector_address(value)
+    except CollectorAddressError as e:
+        raise click.BadParameter(str(e), ctx, param) from e
 
 
 @click.group(cls=PodcapGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--collector", default=default_address, show_default="$PODCAP_COLLECTOR or 127.0.0.1:7420",
-              help="Collector address HOST:PORT.")
+              callback=_collector_option, help="Collector address HOST:PORT (a HOST alone: port 7420).")
 @click.option("--tls-ca", envvar="PODCAP_TLS_CA", default="",
               help="CA certificate of the collector (PEM): connect with TLS. [env PODCAP_TLS_CA]")
 @click.option("--token", envvar="PODCAP_TOKEN", default="",
@@ -96,6 +108,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except CollectorError as e:  # raised outside a verb (a parameter callback)
         click.echo(f"{prog}: {one_line(str(e), collector_hint(e, prog=prog, command=None))}", err=True)
+        sys.exit(1)
+    except PodcapError as e:
+        click.echo(f"{prog}: {one_line(str(e), error_hint(e))}", err=True)
+        sys.exit(1)
+    except Exception as e:  # a bug: one line all the same, the traceback on request
+        if os.environ.get("PODCAP_DEBUG"):
+            raise
+        click.echo(f"{prog}: internal error: {one_line(f'{type(e).__name__}: {e}', '')}; this is a podcap defect, "
+                   "please report it (PODCAP_DEBUG=1 shows where it happened)", err=True)
         sys.exit(1)
     if isinstance(rv, int) and rv:
         sys.exit(rv)

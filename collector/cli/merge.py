@@ -12,6 +12,10 @@ the merge. Packets come out in exactly ``mergecap``'s order: the earliest next p
 timestamps, the one of the later input (mergecap's tie rule); each input's own order is kept, and an input whose
 records are not time-ordered (a clock step on a node) is merged as it is, never sorted in memory. A merge of many pods
 holds one file and one block per pod, so the open-file limit is raised when it would stop the merge.
+
+With ``one_copy_ns`` (what ``get --merge`` asks for unless ``--all-copies``) a packet seen on two pods is written
+once, its first sighting in that order (``podcap.collector.cli.dedup``); the pods' ISBs then say how many of theirs
+were left out.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ import heapq
 import os
 import resource
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO
 
 from podcap.collector.cli import pcapmerge
+from podcap.collector.cli.dedup import OneCopy
 from podcap.collector.cli.pcapng import InterfaceInfo, InterfaceStats, PcapngError, PcapngWriter, SectionInfo
 from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, PcapFormatError, iter_file_records, parse_file_header
 
@@ -59,12 +64,14 @@ def _ensure_open_files(n: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-def merge_pcaps(inputs: Sequence[MergeInput], out: IO[bytes], *, section: SectionInfo | None = None) -> list[int]:
+def merge_pcaps(inputs: Sequence[MergeInput], out: IO[bytes], *, section: SectionInfo | None = None,
+                one_copy_ns: int = 0, dropped: list[int] | None = None) -> list[int]:
     """Write ``inputs`` to ``out`` as one pcapng section, packets ordered by time; return packets per input.
 
     Each input becomes interface ``i`` with the input's own link type, snaplen and timestamp resolution; the
-    ISBs of inputs with ``stats`` follow the last packet. Raises PcapFormatError for a malformed input (naming
-    the file) and OSError for I/O failures.
+    ISBs of inputs with ``stats`` follow the last packet. With ``one_copy_ns``, second sightings are left out
+    (``dropped``, when given, gets how many per input). Raises PcapFormatError for a malformed input (naming the
+    file) and OSError for I/O failures.
     """
     _ensure_open_files(len(inputs))
     files: list[IO[bytes]] = []
@@ -85,20 +92,28 @@ def merge_pcaps(inputs: Sequence[MergeInput], out: IO[bytes], *, section: Sectio
             formats.append(fmt)
             streams.append(_tagged(iface, _pcap_records(f, inp.path, fmt)))
         out_fd = _fileno(out)
-        if out_fd is not None and pcapmerge.available():
+        left_out = [0] * len(inputs)
+        if out_fd is not None and pcapmerge.available() and (not one_copy_ns or pcapmerge.one_copy_available()):
             out.flush()  # the SHB and IDBs first; C writes the packets straight to the descriptor
             counts = pcapmerge.merge_records(
                 [pcapmerge.NativeInput(f.fileno(), inp.path, fmt, FILE_HEADER_LEN)
-                 for f, inp, fmt in zip(files, inputs, formats, strict=True)], out_fd)
+                 for f, inp, fmt in zip(files, inputs, formats, strict=True)], out_fd, one_copy_ns=one_copy_ns,
+                dropped=left_out)
         else:
             counts = [0] * len(inputs)
             write = writer.write_packet
+            one = OneCopy(one_copy_ns) if one_copy_ns else None
             for ts, iface, wirelen, data in heapq.merge(*streams, key=_timestamp):
+                if one is not None and one.drop(formats[iface].linktype, data, wirelen, ts, iface):
+                    left_out[iface] += 1
+                    continue
                 write(iface, ts, data, wirelen)
                 counts[iface] += 1
         for i, inp in enumerate(inputs):
             if inp.stats is not None:
-                writer.write_stats(i, inp.stats)
+                writer.write_stats(i, replace(inp.stats, duplicates=left_out[i]))
+        if dropped is not None:
+            dropped[:] = left_out
         return counts
     finally:
         for opened in files:
@@ -116,27 +131,33 @@ class StreamInput:
     blocks: Iterator[bytes]
 
 
-def can_merge_streams(out: IO[bytes] | None = None) -> bool:
-    """Whether ``merge_streams`` can write to ``out`` (None: a file about to be opened): it needs the C core and
-    a real descriptor."""
-    return pcapmerge.available() and (out is None or _fileno(out) is not None)
+def can_merge_streams(out: IO[bytes] | None = None, *, one_copy: bool = False) -> bool:
+    """Whether ``merge_streams`` can write to ``out`` (None: a file about to be opened): it needs the C core (one
+    that leaves out second sightings, for ``one_copy``) and a real descriptor."""
+    core = pcapmerge.one_copy_available() if one_copy else pcapmerge.available()
+    return core and (out is None or _fileno(out) is not None)
 
 
 def merge_streams(inputs: Sequence[StreamInput], out: IO[bytes], *, section: SectionInfo | None = None,
-                  stats: Callable[[], Sequence[InterfaceStats | None]] = lambda: ()) -> list[int]:
+                  stats: Callable[[], Sequence[InterfaceStats | None]] = lambda: (), one_copy_ns: int = 0,
+                  dropped: list[int] | None = None) -> list[int]:
     """``merge_pcaps`` for inputs that arrive as they are downloaded: the same file, the same order. ``stats`` is
     called once every packet is written (the counters are then as recent as the packets); one entry per input."""
     out_fd = _fileno(out)
-    assert out_fd is not None and pcapmerge.available(), "check can_merge_streams first"
+    assert out_fd is not None and can_merge_streams(one_copy=bool(one_copy_ns)), "check can_merge_streams first"
     writer = PcapngWriter(out, section)
     for inp in inputs:
         writer.add_interface(inp.interface, linktype=inp.fmt.linktype, snaplen=inp.fmt.snaplen,
                              nanosecond=inp.fmt.nanosecond)
     out.flush()
-    counts = pcapmerge.merge_records([pcapmerge.FedInput(inp.name, inp.fmt, inp.blocks) for inp in inputs], out_fd)
+    left_out = [0] * len(inputs)
+    counts = pcapmerge.merge_records([pcapmerge.FedInput(inp.name, inp.fmt, inp.blocks) for inp in inputs], out_fd,
+                                     one_copy_ns=one_copy_ns, dropped=left_out)
     for i, st in enumerate(stats()):
         if st is not None:
-            writer.write_stats(i, st)
+            writer.write_stats(i, replace(st, duplicates=left_out[i]))
+    if dropped is not None:
+        dropped[:] = left_out
     return counts
 
 

@@ -24,6 +24,22 @@
  *
  * podcap_merge_run also returns after about max_out bytes of output so that Python can take signals (Ctrl+C)
  * during a merge of many gigabytes; ctypes releases the GIL during each call.
+ *
+ * One copy per packet (podcap_merge_dedup, podcap_live_new with a window): a packet between two captured pods is
+ * seen on both pods' interfaces. A merged or live view across pods can leave out the second sighting: a packet
+ * whose IP packet (from the IP header on, the TTL or hop limit and the header checksum read as zero, since a
+ * router between the pods changes them; the link-layer header left out, since it differs) was written from
+ * another input within the window before it is dropped and counted for its input. A packet seen again on the
+ * same input is never dropped (it is a real second packet: a retransmission, a loop), and what is not IP (ARP) is
+ * always kept. Like `editcap -d`, but across interfaces only, and by time window. The decision is on a 64-bit
+ * hash of those bytes; the Python twin (podcap.collector.cli.dedup) compares the bytes themselves and so takes the
+ * same decisions (but for hash collisions, one in 2^64).
+ *
+ * The live view (podcap_live_*): the records of a capture's Follow stream, one message of one pod at a time,
+ * written as EPBs in time order across pods. Each pod's records are held until no pod can still deliver an earlier
+ * one: records up to the oldest "latest timestamp" of the pods that delivered any (every pod's own records come in
+ * order), or, for a pod that went quiet, up to what arrived `hold` ago (an agent sends a pod's chunk at the latest
+ * 2 s after its first packet). See podcap.collector.cli.live_view.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -53,6 +69,13 @@ enum {
 #define PODCAP_MERGE_MORE 1 /* max_out reached: call again */
 #define PODCAP_MERGE_NEED 2 /* a fed input needs its next block: podcap_merge_needed says which */
 
+#define LINKTYPE_ETHERNET 1u
+#define LINKTYPE_RAW 101u
+#define LINKTYPE_LINUX_SLL 113u
+#define LINKTYPE_IPV4 228u
+#define LINKTYPE_IPV6 229u
+#define LINKTYPE_LINUX_SLL2 276u
+
 #define EPB_TYPE 6u
 #define EPB_FIXED 32u /* type, total length, interface, ts high, ts low, caplen, wire length ... total length */
 
@@ -77,7 +100,11 @@ struct input {
     int eof;
     uint64_t head_ts; /* of the record at buf[pos], valid while it is in the heap */
     uint64_t packets;
+    uint32_t linktype; /* for one copy per packet (podcap_merge_linktype) */
+    uint64_t dropped;  /* second sightings left out */
 };
+
+struct podcap_dedup;
 
 struct podcap_merge {
     size_t n, added;
@@ -92,8 +119,13 @@ struct podcap_merge {
     size_t out_cap, out_len;
     uint64_t flushed; /* bytes written to out_fd so far */
     size_t block_size;
+    struct podcap_dedup *dedup; /* NULL: every record is written */
     struct podcap_merge_error err;
 };
+
+static void dedup_free(struct podcap_dedup *d);
+static int dedup_drop(struct podcap_dedup *d, uint32_t linktype, const uint8_t *data, uint32_t incl, uint32_t orig,
+                      uint64_t ts, uint32_t iface);
 
 static inline uint32_t le32(const uint8_t *p) {
     uint32_t v;
@@ -131,6 +163,7 @@ struct podcap_merge *podcap_merge_new(uint32_t n_inputs, int out_fd, uint64_t bl
 
 void podcap_merge_free(struct podcap_merge *m) {
     if (!m) return;
+    dedup_free(m->dedup);
     for (size_t i = 0; i < m->added; i++) free(m->in[i].buf);
     free(m->in);
     free(m->heap);
@@ -338,6 +371,11 @@ static inline void write_epb(uint8_t *o, const uint8_t *rec, uint32_t incl, uint
 static int emit(struct podcap_merge *m, struct input *in) {
     const uint8_t *rec = in->buf + in->pos;
     uint32_t incl = le32(rec + 8), orig = le32(rec + 12);
+    if (m->dedup && dedup_drop(m->dedup, in->linktype, rec + 16, incl, orig, in->head_ts, in->iface)) {
+        in->pos += 16 + (size_t)incl;
+        in->dropped++;
+        return 0;
+    }
     size_t total = epb_size(incl);
     if (m->out_cap - m->out_len < total) {
         int rc = flush_out(m);
@@ -405,50 +443,418 @@ void podcap_merge_counts(const struct podcap_merge *m, uint64_t *counts) {
     for (size_t i = 0; i < m->added; i++) counts[i] = m->in[i].packets;
 }
 
+/* Second sightings left out per input (with podcap_merge_dedup). */
+void podcap_merge_dropped(const struct podcap_merge *m, uint64_t *counts) {
+    for (size_t i = 0; i < m->added; i++) counts[i] = m->in[i].dropped;
+}
+
 void podcap_merge_get_error(const struct podcap_merge *m, struct podcap_merge_error *out) { *out = m->err; }
 
-/*
- * One block of bare pcap records (no file header) as EPBs on interface iface, into out: the live stream of
- * podcap-extcap, where each message holds one pod's records and the order is the collector's. Same checks, same
- * timestamp (ns // divisor) and same EPB layout as the merge. out must hold podcap_epbs_room(len) bytes. Returns
- * the bytes written, or -code with *err saying which record (offset in the block) and what was wrong.
- */
-uint64_t podcap_epbs_room(uint64_t len) { return len + (len / 16 + 1) * 20; }
+/* ---- one copy per packet across inputs ---- */
 
-int64_t podcap_epbs(const uint8_t *rec, uint64_t len, uint32_t iface, uint32_t ts_scale, uint32_t divisor,
-                    uint32_t snaplen, uint8_t *out, uint64_t out_cap, struct podcap_merge_error *err) {
-    uint64_t off = 0, out_len = 0;
+struct dedup_entry {
+    uint64_t key, ts;
+    uint32_t iface, used;
+};
+
+struct dedup_table {
+    struct dedup_entry *e;
+    size_t cap, n; /* cap: a power of two */
+    uint64_t since; /* timestamp of the table's first entry */
+};
+
+struct podcap_dedup {
+    uint64_t window;
+    struct dedup_table cur, old; /* entries of the current window, and of the one before */
+};
+
+#define DEDUP_MIN_CAP 4096u
+
+static struct podcap_dedup *dedup_new(uint64_t window) {
+    struct podcap_dedup *d = calloc(1, sizeof(*d));
+    if (!d) return NULL;
+    d->window = window;
+    d->cur.cap = d->old.cap = DEDUP_MIN_CAP;
+    d->cur.e = calloc(DEDUP_MIN_CAP, sizeof(struct dedup_entry));
+    d->old.e = calloc(DEDUP_MIN_CAP, sizeof(struct dedup_entry));
+    if (!d->cur.e || !d->old.e) {
+        dedup_free(d);
+        return NULL;
+    }
+    return d;
+}
+
+static void dedup_free(struct podcap_dedup *d) {
+    if (!d) return;
+    free(d->cur.e);
+    free(d->old.e);
+    free(d);
+}
+
+/* Where the IP header starts in a frame of this link type, or -1 (not IP, or too short to tell). */
+static long ip_offset(uint32_t linktype, const uint8_t *d, uint32_t incl) {
+    uint32_t off, proto;
+    switch (linktype) {
+    case LINKTYPE_ETHERNET:
+        if (incl < 14) return -1;
+        off = 12;
+        proto = (uint32_t)d[off] << 8 | d[off + 1];
+        while ((proto == 0x8100 || proto == 0x88a8) && off + 6 <= incl) { /* VLAN tags */
+            off += 4;
+            proto = (uint32_t)d[off] << 8 | d[off + 1];
+        }
+        off += 2;
+        break;
+    case LINKTYPE_LINUX_SLL:
+        if (incl < 16) return -1;
+        proto = (uint32_t)d[14] << 8 | d[15];
+        off = 16;
+        break;
+    case LINKTYPE_LINUX_SLL2:
+        if (incl < 20) return -1;
+        proto = (uint32_t)d[0] << 8 | d[1];
+        off = 20;
+        break;
+    case LINKTYPE_RAW:
+    case LINKTYPE_IPV4:
+    case LINKTYPE_IPV6:
+        return incl ? 0 : -1;
+    default:
+        return -1;
+    }
+    return proto == 0x0800 || proto == 0x86dd ? (long)off : -1;
+}
+
+static inline uint64_t mix(uint64_t h, uint64_t v) {
+    h ^= v * 0x9e3779b97f4a7c15ull;
+    h = (h ^ (h >> 29)) * 0xbf58476d1ce4e5b9ull;
+    return h ^ (h >> 32);
+}
+
+static uint64_t hash_bytes(uint64_t h, const uint8_t *p, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v;
+        memcpy(&v, p + i, 8);
+        h = mix(h, v);
+    }
+    uint64_t tail = 0;
+    memcpy(&tail, p + i, n - i);
+    return mix(h, tail ^ (uint64_t)(n - i) << 56);
+}
+
+/* The packet's key: a hash of its IP packet (TTL/hop limit and IPv4 header checksum as zero) and IP length; 0 for
+ * what is not IP. */
+static uint64_t packet_key(uint32_t linktype, const uint8_t *d, uint32_t incl, uint32_t orig) {
+    long at = ip_offset(linktype, d, incl);
+    if (at < 0) return 0;
+    const uint8_t *ip = d + at;
+    size_t n = incl - (size_t)at;
+    uint8_t head[40];
+    size_t fixed;
+    if (n >= 20 && ip[0] >> 4 == 4) {
+        fixed = 20;
+        memcpy(head, ip, fixed);
+        head[8] = 0;            /* TTL */
+        head[10] = head[11] = 0; /* header checksum */
+    } else if (n >= 40 && ip[0] >> 4 == 6) {
+        fixed = 40;
+        memcpy(head, ip, fixed);
+        head[7] = 0; /* hop limit */
+    } else {
+        return 0;
+    }
+    uint64_t h = mix(0x51ed270b27a1f4c5ull, (uint64_t)(orig - (uint32_t)at) << 32 | (uint64_t)n);
+    h = hash_bytes(h, head, fixed);
+    h = hash_bytes(h, ip + fixed, n - fixed);
+    return h ? h : 1;
+}
+
+static struct dedup_entry *table_find(const struct dedup_table *t, uint64_t key) {
+    size_t mask = t->cap - 1;
+    for (size_t i = (size_t)key & mask;; i = (i + 1) & mask) {
+        struct dedup_entry *e = &t->e[i];
+        if (!e->used) return NULL;
+        if (e->key == key) return e;
+    }
+}
+
+static int table_put(struct dedup_table *t, uint64_t key, uint64_t ts, uint32_t iface) {
+    if ((t->n + 1) * 2 > t->cap) { /* grow: at most half full */
+        size_t cap = t->cap * 2;
+        struct dedup_entry *e = calloc(cap, sizeof(*e));
+        if (!e) return -1;
+        for (size_t i = 0; i < t->cap; i++) {
+            if (!t->e[i].used) continue;
+            size_t j = (size_t)t->e[i].key & (cap - 1);
+            while (e[j].used) j = (j + 1) & (cap - 1);
+            e[j] = t->e[i];
+        }
+        free(t->e);
+        t->e = e;
+        t->cap = cap;
+    }
+    size_t mask = t->cap - 1;
+    size_t i = (size_t)key & mask;
+    while (t->e[i].used && t->e[i].key != key) i = (i + 1) & mask;
+    if (!t->e[i].used) t->n++;
+    t->e[i] = (struct dedup_entry){key, ts, iface, 1};
+    return 0;
+}
+
+static void table_clear(struct dedup_table *t, uint64_t since) {
+    memset(t->e, 0, t->cap * sizeof(*t->e));
+    t->n = 0;
+    t->since = since;
+}
+
+static inline uint64_t absdiff(uint64_t a, uint64_t b) { return a > b ? a - b : b - a; }
+
+/* 1: drop this record (another input's copy of the packet was written within the window); 0: write it (and
+ * remember it). Records come in (about) time order: the entries of the window before the current one are kept, so
+ * every entry within the window of a record is found. Without memory to remember a packet it is written. */
+static int dedup_drop(struct podcap_dedup *d, uint32_t linktype, const uint8_t *data, uint32_t incl, uint32_t orig,
+                      uint64_t ts, uint32_t iface) {
+    uint64_t key = packet_key(linktype, data, incl, orig);
+    if (!key) return 0;
+    if (d->cur.n == 0) d->cur.since = ts;
+    if (ts > d->cur.since && ts - d->cur.since > d->window) { /* a new window */
+        struct dedup_table t = d->old;
+        d->old = d->cur;
+        d->cur = t;
+        table_clear(&d->cur, ts);
+        if (ts - d->old.since > 2 * d->window) table_clear(&d->old, ts); /* a long silence: nothing is recent */
+    }
+    const struct dedup_entry *e = table_find(&d->cur, key);
+    if (!e || absdiff(e->ts, ts) > d->window) {
+        const struct dedup_entry *o = table_find(&d->old, key);
+        if (o && absdiff(o->ts, ts) <= d->window) e = o;
+        else e = NULL;
+    }
+    if (e && e->iface != iface) return 1;
+    table_put(&d->cur, key, ts, iface); /* new, or this input's own packet again: from now on the latest */
+    return 0;
+}
+
+/* One copy per packet in this merge (see the top of this file); window_ns: how far apart two sightings may be. */
+int podcap_merge_dedup(struct podcap_merge *m, uint64_t window_ns) {
+    dedup_free(m->dedup);
+    m->dedup = dedup_new(window_ns);
+    return m->dedup ? 0 : -PODCAP_MERGE_NO_MEMORY;
+}
+
+int podcap_merge_linktype(struct podcap_merge *m, uint32_t i, uint32_t linktype) {
+    if (i >= m->added) return -1;
+    m->in[i].linktype = linktype;
+    return 0;
+}
+
+/* ---- the live view ---- */
+
+struct live_seg {
+    size_t end;       /* buffer offset just past this pushed block's records */
+    uint64_t arrival; /* when it was pushed (the caller's monotonic clock, ns) */
+    uint64_t last_ts; /* timestamp (ns) of its last record */
+};
+
+struct live_input {
+    uint32_t iface, ts_scale, divisor, snaplen, linktype;
+    uint8_t *buf;
+    size_t cap, pos, len; /* buf[pos:len): validated records not yet written */
+    struct live_seg *segs;
+    size_t seg_head, seg_len, seg_cap; /* segs[seg_head:seg_len) */
+    uint64_t last_ts;
+    int seen;
+    uint64_t written, dropped;
+};
+
+struct podcap_live {
+    struct live_input *in;
+    size_t n, cap;
+    struct podcap_dedup *dedup;
+    uint64_t buffered;
+};
+
+struct podcap_live *podcap_live_new(uint64_t dedup_window_ns) {
+    struct podcap_live *l = calloc(1, sizeof(*l));
+    if (!l) return NULL;
+    if (dedup_window_ns && !(l->dedup = dedup_new(dedup_window_ns))) {
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
+void podcap_live_free(struct podcap_live *l) {
+    if (!l) return;
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->in[i].buf);
+        free(l->in[i].segs);
+    }
+    free(l->in);
+    dedup_free(l->dedup);
+    free(l);
+}
+
+/* A new input (a pod's interface in the output): its index, or -1 without memory. */
+int64_t podcap_live_add(struct podcap_live *l, uint32_t iface, uint32_t ts_scale, uint32_t divisor, uint32_t snaplen,
+                        uint32_t linktype) {
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 8;
+        struct live_input *in = realloc(l->in, cap * sizeof(*in));
+        if (!in) return -1;
+        l->in = in;
+        l->cap = cap;
+    }
+    struct live_input *in = &l->in[l->n];
+    memset(in, 0, sizeof(*in));
+    in->iface = iface;
+    in->ts_scale = ts_scale;
+    in->divisor = divisor ? divisor : 1;
+    in->snaplen = snaplen;
+    in->linktype = linktype;
+    return (int64_t)l->n++;
+}
+
+static inline uint64_t rec_ts(const struct live_input *in, const uint8_t *h) {
+    return (uint64_t)le32(h) * 1000000000ull + (uint64_t)le32(h + 4) * in->ts_scale;
+}
+
+/* Take a block of bare records of input i (checked as the merge checks them; nothing is taken from a block with a
+ * bad record: *err says which and what), pushed at `arrival`. 0, or -code. */
+int podcap_live_push(struct podcap_live *l, uint32_t i, const uint8_t *rec, uint64_t len, uint64_t arrival,
+                     struct podcap_merge_error *err) {
     memset(err, 0, sizeof(*err));
+    if (i >= l->n) return -(err->code = PODCAP_MERGE_NO_MEMORY);
+    struct live_input *in = &l->in[i];
+    uint64_t off = 0, last = 0;
     while (off < len) {
         uint64_t avail = len - off;
+        err->offset = off;
         if (avail < 16) {
             err->left = avail;
-            err->offset = off;
             return -(err->code = PODCAP_MERGE_TRUNCATED_HEADER);
         }
         const uint8_t *h = rec + off;
         uint32_t incl = le32(h + 8), orig = le32(h + 12);
-        if (incl > snaplen || incl > orig) {
+        if (incl > in->snaplen || incl > orig) {
             err->caplen = incl;
             err->wirelen = orig;
-            err->offset = off;
             return -(err->code = PODCAP_MERGE_BAD_CAPLEN);
         }
         if (16 + (uint64_t)incl > avail) {
             err->caplen = incl;
             err->left = avail;
-            err->offset = off;
             return -(err->code = PODCAP_MERGE_TRUNCATED_RECORD);
         }
-        uint64_t total = epb_size(incl);
-        if (out_cap - out_len < total) {
-            err->offset = off;
-            return -(err->code = PODCAP_MERGE_NO_MEMORY);
-        }
-        uint64_t ts = ((uint64_t)le32(h) * 1000000000ull + (uint64_t)le32(h + 4) * ts_scale) / divisor;
-        write_epb(out + out_len, h, incl, orig, iface, ts);
-        out_len += total;
+        last = rec_ts(in, h);
         off += 16 + (uint64_t)incl;
     }
+    err->offset = 0;
+    if (!len) return 0;
+    if (in->pos && in->pos == in->len) in->pos = in->len = 0;
+    if (in->cap - in->len < len) {
+        if (in->pos) { /* move what is left to the front first */
+            memmove(in->buf, in->buf + in->pos, in->len - in->pos);
+            for (size_t s = in->seg_head; s < in->seg_len; s++) in->segs[s].end -= in->pos;
+            in->len -= in->pos;
+            in->pos = 0;
+        }
+        if (in->cap - in->len < len) {
+            size_t cap = in->cap ? in->cap : 65536;
+            while (cap - in->len < len) cap *= 2;
+            uint8_t *b = realloc(in->buf, cap);
+            if (!b) return -(err->code = PODCAP_MERGE_NO_MEMORY);
+            in->buf = b;
+            in->cap = cap;
+        }
+    }
+    if (in->seg_len == in->seg_cap) {
+        if (in->seg_head) {
+            memmove(in->segs, in->segs + in->seg_head, (in->seg_len - in->seg_head) * sizeof(*in->segs));
+            in->seg_len -= in->seg_head;
+            in->seg_head = 0;
+        }
+        if (in->seg_len == in->seg_cap) {
+            size_t cap = in->seg_cap ? in->seg_cap * 2 : 16;
+            struct live_seg *s = realloc(in->segs, cap * sizeof(*s));
+            if (!s) return -(err->code = PODCAP_MERGE_NO_MEMORY);
+            in->segs = s;
+            in->seg_cap = cap;
+        }
+    }
+    memcpy(in->buf + in->len, rec, (size_t)len);
+    in->len += (size_t)len;
+    in->segs[in->seg_len++] = (struct live_seg){in->len, arrival, last};
+    in->last_ts = last;
+    in->seen = 1;
+    l->buffered += len;
+    return 0;
+}
+
+/* Up to which timestamp records may be written now: no pod can still deliver an earlier one (each pod's records
+ * come in order; a pod that has delivered nothing yet may deliver anything), or they arrived at least `hold` before
+ * `now` (a pod is quiet). */
+uint64_t podcap_live_release(const struct podcap_live *l, uint64_t now, uint64_t hold) {
+    uint64_t watermark = UINT64_MAX, held = 0;
+    for (size_t i = 0; i < l->n; i++) {
+        const struct live_input *in = &l->in[i];
+        uint64_t latest = in->seen ? in->last_ts : 0;
+        if (latest < watermark) watermark = latest;
+        for (size_t s = in->seg_head; s < in->seg_len && in->segs[s].arrival + hold <= now; s++)
+            if (in->segs[s].last_ts > held) held = in->segs[s].last_ts;
+    }
+    if (!l->n) return 0;
+    return watermark > held ? watermark : held;
+}
+
+/* Write the held records with timestamps up to `until`, earliest first across inputs (a tie to the later input,
+ * as in the merge), as EPBs into out (at most out_cap bytes: call again while it returns a full buffer). Returns the
+ * bytes written. */
+int64_t podcap_live_pop(struct podcap_live *l, uint64_t until, uint8_t *out, uint64_t out_cap) {
+    uint64_t out_len = 0;
+    for (;;) {
+        struct live_input *best = NULL;
+        uint64_t best_ts = 0;
+        for (size_t i = 0; i < l->n; i++) {
+            struct live_input *in = &l->in[i];
+            if (in->pos >= in->len) continue;
+            uint64_t ts = rec_ts(in, in->buf + in->pos);
+            if (ts > until) continue;
+            if (!best || ts <= best_ts) { /* <=: of equal timestamps, the later input */
+                best = in;
+                best_ts = ts;
+            }
+        }
+        if (!best) break;
+        const uint8_t *h = best->buf + best->pos;
+        uint32_t incl = le32(h + 8), orig = le32(h + 12);
+        int drop = l->dedup && dedup_drop(l->dedup, best->linktype, h + 16, incl, orig, best_ts, best->iface);
+        if (!drop) {
+            uint64_t total = epb_size(incl);
+            if (out_cap - out_len < total) {
+                if (out_len == 0) return -PODCAP_MERGE_NO_MEMORY; /* out cannot hold even this record */
+                break;
+            }
+            write_epb(out + out_len, h, incl, orig, best->iface, best_ts / best->divisor);
+            out_len += total;
+            best->written++;
+        } else {
+            best->dropped++;
+        }
+        best->pos += 16 + (size_t)incl;
+        l->buffered -= 16 + (uint64_t)incl;
+        while (best->seg_head < best->seg_len && best->segs[best->seg_head].end <= best->pos) best->seg_head++;
+    }
     return (int64_t)out_len;
+}
+
+uint64_t podcap_live_buffered(const struct podcap_live *l) { return l->buffered; }
+
+/* Packets written and second sightings left out, per input. */
+void podcap_live_counts(const struct podcap_live *l, uint64_t *written, uint64_t *dropped) {
+    for (size_t i = 0; i < l->n; i++) {
+        written[i] = l->in[i].written;
+        dropped[i] = l->in[i].dropped;
+    }
 }

@@ -63,14 +63,33 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL | None:
     lib.podcap_merge_get_error.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Error)]
     lib.podcap_merge_get_error.restype = None
     try:
-        lib.podcap_epbs.argtypes = [ctypes.c_char_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32,
-                                    ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint64,
-                                    ctypes.POINTER(_Error)]
-    except AttributeError:  # a library built before the live converter existed: merges only
+        lib.podcap_merge_dedup.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    except AttributeError:  # a library built before one copy per packet: merges keep every sighting
         return lib
-    lib.podcap_epbs.restype = ctypes.c_int64
-    lib.podcap_epbs_room.argtypes = [ctypes.c_uint64]
-    lib.podcap_epbs_room.restype = ctypes.c_uint64
+    lib.podcap_merge_dedup.restype = ctypes.c_int
+    lib.podcap_merge_linktype.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32]
+    lib.podcap_merge_linktype.restype = ctypes.c_int
+    lib.podcap_merge_dropped.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)]
+    lib.podcap_merge_dropped.restype = None
+    lib.podcap_live_new.argtypes = [ctypes.c_uint64]
+    lib.podcap_live_new.restype = ctypes.c_void_p
+    lib.podcap_live_free.argtypes = [ctypes.c_void_p]
+    lib.podcap_live_free.restype = None
+    lib.podcap_live_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
+                                    ctypes.c_uint32, ctypes.c_uint32]
+    lib.podcap_live_add.restype = ctypes.c_int64
+    lib.podcap_live_push.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_char_p, ctypes.c_uint64,
+                                     ctypes.c_uint64, ctypes.POINTER(_Error)]
+    lib.podcap_live_push.restype = ctypes.c_int
+    lib.podcap_live_release.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64]
+    lib.podcap_live_release.restype = ctypes.c_uint64
+    lib.podcap_live_pop.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64]
+    lib.podcap_live_pop.restype = ctypes.c_int64
+    lib.podcap_live_buffered.argtypes = [ctypes.c_void_p]
+    lib.podcap_live_buffered.restype = ctypes.c_uint64
+    lib.podcap_live_counts.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64),
+                                       ctypes.POINTER(ctypes.c_uint64)]
+    lib.podcap_live_counts.restype = None
     return lib
 
 
@@ -81,6 +100,11 @@ _LIB = _declare(_NATIVE) if _NATIVE is not None else None
 def available() -> bool:
     """Whether the C merge core was built and loads."""
     return _LIB is not None
+
+
+def one_copy_available() -> bool:
+    """Whether the C library can leave out second sightings (``podcap_merge_dedup``, the live view)."""
+    return _LIB is not None and hasattr(_LIB, "podcap_live_new")
 
 
 @dataclass(frozen=True)
@@ -105,16 +129,22 @@ class FedInput:
 
 
 def merge_records(inputs: Sequence[NativeInput | FedInput], out_fd: int, *, block: int = BLOCK,
-                  out_block: int = OUT_BLOCK, step: int = STEP) -> list[int]:
+                  out_block: int = OUT_BLOCK, step: int = STEP, one_copy_ns: int = 0,
+                  dropped: list[int] | None = None) -> list[int]:
     """Write every record of ``inputs`` to ``out_fd`` as pcapng EPBs (interface = input index), merged by time;
-    return the packets written per input. The IDBs must already be in the output, in input order."""
+    return the packets written per input. The IDBs must already be in the output, in input order. With
+    ``one_copy_ns`` a packet already written from another input within that many nanoseconds is left out
+    (``podcap.collector.cli.dedup``); ``dropped`` then gets how many per input."""
     assert _LIB is not None, "podcap's C merge core is not built"
+    assert not one_copy_ns or one_copy_available(), "this C library cannot leave out second sightings"
     lib = _LIB
     m = lib.podcap_merge_new(len(inputs), out_fd, block, out_block)
     if not m:
         raise MemoryError("cannot allocate the merge buffers")
     try:
-        for inp in inputs:
+        if one_copy_ns and lib.podcap_merge_dedup(m, one_copy_ns) != 0:
+            raise MemoryError("cannot allocate the merge buffers")
+        for i, inp in enumerate(inputs):
             # Nanosecond inputs keep nanoseconds (if_tsresol 9), microsecond inputs are written in microseconds.
             divisor = 1 if inp.fmt.nanosecond else 1000
             if isinstance(inp, FedInput):
@@ -123,54 +153,111 @@ def merge_records(inputs: Sequence[NativeInput | FedInput], out_fd: int, *, bloc
                 rc = lib.podcap_merge_add(m, inp.fd, inp.fmt.ts_scale, divisor, inp.fmt.snaplen, inp.start)
             if rc != 0:
                 _raise(lib, m, inputs)
+            if one_copy_ns:
+                lib.podcap_merge_linktype(m, i, inp.fmt.linktype)
         while True:
             rc = lib.podcap_merge_run(m, step)
             if rc == DONE:
                 break
             if rc == NEED:
-                i = lib.podcap_merge_needed(m)
-                fed = inputs[i]
+                k = lib.podcap_merge_needed(m)
+                fed = inputs[k]
                 assert isinstance(fed, FedInput)
                 data = next((b for b in fed.blocks if b), b"")  # an empty block would read as the end
                 if not isinstance(data, bytes):
                     data = bytes(data)  # ctypes passes bytes without a copy; a view or bytearray needs one
-                if lib.podcap_merge_feed(m, i, data, len(data)) != 0:
+                if lib.podcap_merge_feed(m, k, data, len(data)) != 0:
                     _raise(lib, m, inputs)
             elif rc < 0:
                 _raise(lib, m, inputs)
         counts = (ctypes.c_uint64 * max(1, len(inputs)))()
         lib.podcap_merge_counts(m, counts)
+        if dropped is not None and one_copy_ns:
+            left_out = (ctypes.c_uint64 * max(1, len(inputs)))()
+            lib.podcap_merge_dropped(m, left_out)
+            dropped[:] = [int(left_out[i]) for i in range(len(inputs))]
         return [int(counts[i]) for i in range(len(inputs))]
     finally:
         lib.podcap_merge_free(m)
 
 
-def epbs(interface_id: int, fmt: FileFormat, records: bytes) -> bytearray | None:
-    """Bare pcap records as Enhanced Packet Blocks on ``interface_id`` in C (the live stream's converter), or None
-    when the C library (or this function of it) is not there. Malformed records raise ``PcapFormatError`` naming
-    the offset in ``records``, as the merge does."""
-    if _LIB is None or not hasattr(_LIB, "podcap_epbs"):
-        return None
-    room = int(_LIB.podcap_epbs_room(len(records)))
-    out = bytearray(room)
-    err = _Error()
-    buf = (ctypes.c_char * room).from_buffer(out)
-    n = _LIB.podcap_epbs(records, len(records), interface_id, fmt.ts_scale, 1 if fmt.nanosecond else 1000,
-                         fmt.snaplen, ctypes.addressof(buf), room, ctypes.byref(err))
-    del buf  # the export ends before the bytearray is cut to size
-    if n < 0:
-        off = err.offset
-        if err.code == TRUNCATED_HEADER:
-            msg = f"truncated record header at offset {off}"
-        elif err.code == BAD_CAPLEN:
-            msg = f"record at offset {off}: caplen {err.caplen} exceeds snaplen {fmt.snaplen} or length {err.wirelen}"
-        elif err.code == TRUNCATED_RECORD:
-            msg = f"truncated record at offset {off}: needs {RECORD_HEADER_LEN + err.caplen} bytes, {err.left} left"
-        else:
-            msg = f"cannot convert the records (code {err.code})"
-        raise PcapFormatError(msg)
-    del out[n:]
-    return out
+def _record_error(err: _Error, snaplen: int) -> str:
+    off = err.offset
+    if err.code == TRUNCATED_HEADER:
+        return f"truncated record header at offset {off}"
+    if err.code == BAD_CAPLEN:
+        return f"record at offset {off}: caplen {err.caplen} exceeds snaplen {snaplen} or length {err.wirelen}"
+    if err.code == TRUNCATED_RECORD:
+        return f"truncated record at offset {off}: needs {RECORD_HEADER_LEN + err.caplen} bytes, {err.left} left"
+    return f"cannot convert the records (code {err.code})"
+
+
+class NativeLive:
+    """The live view's ordering (and one copy per packet) in C: ``podcap.collector.cli.live_view.LiveOrder``'s
+    fast path, the same methods."""
+
+    def __init__(self, one_copy_ns: int) -> None:
+        assert _LIB is not None and one_copy_available()
+        self._lib = _LIB
+        self._live = _LIB.podcap_live_new(one_copy_ns)
+        if not self._live:
+            raise MemoryError("cannot allocate the live view")
+        self._formats: list[FileFormat] = []
+        self._closed_counts: tuple[list[int], list[int]] | None = None
+
+    def close(self) -> None:
+        """Free the C side; ``counts`` still answers (with the last counts)."""
+        if self._live:
+            self._closed_counts = self.counts()
+            self._lib.podcap_live_free(self._live)
+            self._live = None
+
+    def add(self, interface_id: int, fmt: FileFormat) -> int:
+        index = int(self._lib.podcap_live_add(self._live, interface_id, fmt.ts_scale, 1 if fmt.nanosecond else 1000,
+                                              fmt.snaplen, fmt.linktype))
+        if index < 0:
+            raise MemoryError("cannot allocate the live view")
+        self._formats.append(fmt)
+        return index
+
+    def push(self, index: int, records: bytes, arrival_ns: int) -> None:
+        err = _Error()
+        if self._lib.podcap_live_push(self._live, index, records, len(records), arrival_ns, ctypes.byref(err)) != 0:
+            if err.code == NO_MEMORY:
+                raise MemoryError("cannot allocate the live view")
+            raise PcapFormatError(_record_error(err, self._formats[index].snaplen))
+
+    def release(self, now_ns: int, hold_ns: int) -> int:
+        return int(self._lib.podcap_live_release(self._live, now_ns, hold_ns))
+
+    def pop(self, until_ns: int, *, block: int = 1 << 20) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            out = bytearray(block)
+            buf = (ctypes.c_char * block).from_buffer(out)
+            n = int(self._lib.podcap_live_pop(self._live, min(until_ns, (1 << 64) - 1), ctypes.addressof(buf), block))
+            del buf
+            if n < 0:  # one record larger than the block: a larger block
+                block *= 4
+                continue
+            if n == 0:  # nothing more up to until_ns
+                return b"".join(parts)
+            parts.append(bytes(out[:n]))
+
+    @property
+    def buffered(self) -> int:
+        return int(self._lib.podcap_live_buffered(self._live))
+
+    def counts(self) -> tuple[list[int], list[int]]:
+        """Packets written and second sightings left out, per index."""
+        if not self._live:
+            assert self._closed_counts is not None
+            return self._closed_counts
+        n = max(1, len(self._formats))
+        written, dropped = (ctypes.c_uint64 * n)(), (ctypes.c_uint64 * n)()
+        self._lib.podcap_live_counts(self._live, written, dropped)
+        k = len(self._formats)
+        return [int(written[i]) for i in range(k)], [int(dropped[i]) for i in range(k)]
 
 
 def _raise(lib: ctypes.CDLL, m: int, inputs: Sequence[NativeInput | FedInput]) -> None:

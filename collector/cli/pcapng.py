@@ -106,6 +106,8 @@ class InterfaceStats:
     drops: Drops = field(default_factory=Drops)
     delivered: int | None = None
     retired: int = 0  # deleted by retention (neither stored nor dropped)
+    duplicates: int = 0  # second sightings of packets (seen first on another pod) this view left out
+
 
     @property
     def lost(self) -> int:
@@ -119,6 +121,9 @@ class InterfaceStats:
             text += f"; stored {self.delivered}"
         if self.retired:
             text += f"; deleted by retention {self.retired}"
+        if self.duplicates:
+            text += (f"; {self.duplicates} packets seen first on another pod left out of this view (one copy per "
+                     "packet; --all-copies keeps them)")
         return text
 
 
@@ -156,6 +161,14 @@ def _ts_words(ts: int) -> bytes:
     return struct.pack("<II", (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF)
 
 
+def epb(interface_id: int, ts: int, data: bytes, wirelen: int) -> bytes:
+    """One Enhanced Packet Block; ``ts`` in the interface's resolution."""
+    pad = -len(data) % 4
+    total = 32 + len(data) + pad
+    return b"".join((_EPB_HEAD.pack(BLOCK_EPB, total, interface_id, (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF,
+                                    len(data), wirelen), data, b"\0" * pad, _U32.pack(total)))
+
+
 class PcapngWriter:
     """Writes one section to a binary stream, block by block; never seeks, so ``out`` may be a pipe.
 
@@ -191,14 +204,7 @@ class PcapngWriter:
 
     def write_packet(self, interface_id: int, ts_ns: int, data: bytes, wirelen: int) -> None:
         self._packets_started = True
-        ts = ts_ns // self._divisors[interface_id]
-        pad = -len(data) % 4
-        total = 32 + len(data) + pad
-        self._out.write(b"".join((
-            _EPB_HEAD.pack(BLOCK_EPB, total, interface_id, (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF, len(data),
-                           wirelen),
-            data, b"\0" * pad, _U32.pack(total),
-        )))
+        self._out.write(epb(interface_id, ts_ns // self._divisors[interface_id], data, wirelen))
 
     def write_stats(self, interface_id: int, stats: InterfaceStats) -> None:
         self._packets_started = True

@@ -28,7 +28,7 @@ from podcap.collector.cli.render import (
 )
 from podcap.collector.cli.terminal import console as make_console
 from podcap.collector.cli.terminal import framed
-from podcap.collector.cli.units import duration_param
+from podcap.collector.cli.units import any_duration_param
 from podcap.v1 import control_pb2
 
 _RUNNING = (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING)
@@ -66,7 +66,7 @@ def _watch(client: CollectorClient, capture_id: str, output: str, interval: floa
 @output_option()
 @click.option("-w", "--watch", is_flag=True, help="Keep refreshing until the capture ends (Ctrl+C stops watching, "
               "not the capture).")
-@click.option("--interval", default="1s", show_default=True, callback=duration_param,
+@click.option("--interval", default="1s", show_default=True, callback=any_duration_param,
               help="Refresh interval for --watch.")
 @click.pass_obj
 def status(obj: dict[str, str], capture_id: str, output: str, watch: bool, interval: float) -> None:

@@ -1,8 +1,9 @@
 """Rendering capture status for people (tables) and programs (JSON, YAML).
 
 Machine output is the proto3 JSON mapping of ``CaptureStatus`` with field names as in the .proto, two changes
-made for scripts: enum states are short lower-case words (``running``, ``capturing``) and 64-bit counters are
-numbers, not the strings of the JSON mapping (``jq '.packets > 0'`` works; YAML shows plain integers).
+made for scripts: every enum is the CLI's word for it (``running``, ``capturing``, ``veth``: ``words``), never the
+protobuf name, and 64-bit counters are numbers, not the strings of the JSON mapping (``jq '.packets > 0'`` works;
+YAML shows plain integers).
 
 The table never claims more than the collector verified. "All N packets ... are stored" is said only once the
 capture has ended and every pod is ``final`` (its agent's final counters came and nothing was still on its way)
@@ -28,6 +29,7 @@ from rich.table import Table
 
 from podcap.collector.cli import terminal
 from podcap.collector.cli.units import human_bytes, human_count, human_duration
+from podcap.collector.cli.words import enum_word
 from podcap.collector.targets import target_text
 from podcap.drops import Drops
 from podcap.v1 import common_pb2, control_pb2
@@ -61,9 +63,27 @@ def _int64_as_numbers(msg: Message, d: dict[str, Any]) -> None:
             d[f.name] = [int(v) for v in d[f.name]] if f.is_repeated else int(d[f.name])
 
 
+def _enums_as_words(msg: Message, d: dict[str, Any]) -> None:
+    """Turn every enum of the JSON mapping (a protobuf name) into the CLI's word for it, in place."""
+    for f in msg.DESCRIPTOR.fields:
+        if f.name not in d:
+            continue
+        if f.message_type is not None and not f.message_type.GetOptions().map_entry:
+            if f.is_repeated:
+                for sub_msg, sub_d in zip(getattr(msg, f.name), d[f.name], strict=True):
+                    _enums_as_words(sub_msg, sub_d)
+            else:
+                _enums_as_words(getattr(msg, f.name), d[f.name])
+        elif f.enum_type is not None:
+            value = getattr(msg, f.name)
+            d[f.name] = ([enum_word(f.enum_type, v) for v in value] if f.is_repeated
+                         else enum_word(f.enum_type, value))
+
+
 def to_dict(status: control_pb2.CaptureStatus) -> dict[str, Any]:
     d = MessageToDict(status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     _int64_as_numbers(status, d)
+    _enums_as_words(status, d)
     d["state"] = capture_state(status.state)
     for pod_d, pod in zip(d.get("pods", []), status.pods, strict=True):
         pod_d["state"] = pod_state(pod.state)
@@ -90,7 +110,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def output_option(*, default: str = "table", choices: tuple[str, ...] = OUTPUT_FORMATS) -> Callable[[F], F]:
     """The ``-o/--output`` option shared by the read commands."""
     return click.option("-o", "--output", type=click.Choice(choices), default=default, show_default=True,
-                        help="Output format: text or table for people, json or yaml for programs.")
+                        help="Output format: table for people, json or yaml for programs.")
 
 
 def _elapsed(status: control_pb2.CaptureStatus) -> str:
@@ -219,12 +239,14 @@ def capture_table(status: control_pb2.CaptureStatus) -> Table:
 
 def list_table(captures: list[control_pb2.CaptureStatus]) -> Table:
     table = Table()
-    for col in ("id", "state", "target", "filter", "pods", "packets", "bytes", "age"):
+    # "started" says how old a capture is, "ran" how long it captured (so far, while it runs).
+    for col in ("id", "state", "target", "filter", "pods", "packets", "bytes", "started", "ran"):
         table.add_column(col)
     for c in captures:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.created_unix_ns / 1e9))
         table.add_row(escape(c.id), capture_state(c.state), escape(target_text(c.target)),
                       escape(c.settings.filter or "-"), str(len(c.pods)), str(c.packets), human_bytes(c.bytes),
-                      _elapsed(c))
+                      started, _elapsed(c))
     return table
 
 

@@ -33,11 +33,17 @@ class TlsFiles:
     key: str = ""
 
     def _read(self, path: str, what: str) -> bytes:
+        """The PEM file ``path`` (a ``what``). gRPC takes any bytes and fails later with a log line and a vague
+        "cannot connect", so a file that holds no PEM block of the expected kind is refused here, by name."""
         try:
             with open(path, "rb") as f:
-                return f.read()
+                data = f.read()
         except OSError as e:
             raise TlsConfigError(f"cannot read the {what} {path}: {e.strerror}") from e
+        marker = b"PRIVATE KEY-----" if what == "private key" else b"-----BEGIN CERTIFICATE-----"
+        if marker not in data:
+            raise TlsConfigError(f"{path} is not a PEM {what} (no {marker.decode().strip('-')} block in it)")
+        return data
 
     def server_credentials(self, *, require_client_cert: bool) -> grpc.ServerCredentials:
         if not (self.cert and self.key):

@@ -352,18 +352,25 @@ class StopPodCapture(_message.Message):
 
     CAPTURE_ID_FIELD_NUMBER: _builtins.int
     POD_UID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     capture_id: _builtins.str
     pod_uid: _builtins.str
     """Pod uid; empty stops every pod of the capture on this node."""
+    reason: _builtins.str
+    """Why, in the user's words: the capture's end reason ("stopped by user", "duration reached"). The agent reports
+    it as the pod's final message, so a pod's status says why it stopped as the capture's does. Empty: the
+    collector stops the pod for a reason of its own (a stream of a capture that is over).
+    """
     def __init__(
         self,
         *,
         capture_id: _builtins.str = ...,
         pod_uid: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_id", b"capture_id", "pod_uid", b"pod_uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_id", b"capture_id", "pod_uid", b"pod_uid", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

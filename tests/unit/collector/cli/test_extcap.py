@@ -5,7 +5,6 @@ installed wrapper. tshark itself is in ``tests/integration/test_extcap_tshark.py
 from __future__ import annotations
 
 import os
-import random
 import re
 import struct
 import subprocess
@@ -27,10 +26,11 @@ from podcap.collector.cli.extcap_options import (
     start_request,
 )
 from podcap.collector.cli.extcap_protocol import ExtcapArg, clean
-from podcap.collector.cli.extcap_stream import LiveRecordsError, PcapngStream, epbs, epbs_python
+from podcap.collector.cli.extcap_stream import PcapngStream
+from podcap.collector.cli.live_order import PyLiveOrder
 from podcap.collector.cli.main import cli
 from podcap.collector.cli.pcapng import ISB_IFDROP, ISB_IFRECV, ISB_OSDROP, ISB_USRDELIV, OPT_COMMENT
-from podcap.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, FileFormat
+from podcap.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, FileFormat, PcapFormatError
 from podcap.v1 import common_pb2, control_pb2
 from tests.pcapng_reader import read_pcapng
 
@@ -61,7 +61,7 @@ def test_config_offers_the_collectors_namespaces_and_pods_as_lists() -> None:
     assert seen == [SETTINGS]
     args = {a["call"]: a for kind, a in parsed if kind == "arg"}
     assert {"--collector", "--tls-ca", "--token", "--token-file", "--namespace", "--pods", "--selector", "--filter",
-            "--snaplen", "--interface", "--keep"} == set(args)
+            "--snaplen", "--interface", "--keep", "--all-copies"} == set(args)
     assert args["--collector"]["default"] == "collector:7420"
     assert args["--namespace"]["type"] == "selector" and args["--namespace"]["reload"] == "true"
     assert args["--pods"]["type"] == "multicheck" and args["--keep"]["type"] == "boolflag"
@@ -84,7 +84,7 @@ def test_a_listing_failure_shows_in_the_lists_and_the_dialog_still_opens() -> No
 
     lines = config_lines(SETTINGS, lister)
     parsed = [_parse(line) for line in lines]  # braces in the message do not break Wireshark's parser
-    assert sum(kind == "arg" for kind, _ in parsed) == 11
+    assert sum(kind == "arg" for kind, _ in parsed) == 12
     texts = [v["display"] for kind, v in parsed if kind == "value" and "permission denied" in v["display"]]
     assert len(texts) == 2 and "(create)" in texts[0]
 
@@ -271,30 +271,23 @@ def test_install_and_uninstall_touch_only_podcaps_own_file(tmp_path: str) -> Non
         assert "somebody else's" in f.read()
 
 
-@pytest.mark.parametrize("convert", [epbs, epbs_python])
+def _live_orders() -> list[Any]:
+    orders: list[Any] = [PyLiveOrder]
+    if pcapmerge.one_copy_available():
+        orders.append(pcapmerge.NativeLive)
+    return orders
+
+
+@pytest.mark.parametrize("order", _live_orders())
 @pytest.mark.parametrize(("records", "needle"), [
     (struct.pack("<IIII", 1, 0, 10, 10) + b"x" * 9, "bad record|truncated record at offset 0"),  # data cut short
     (struct.pack("<IIII", 1, 0, 10, 9) + b"x" * 10, "bad record|caplen 10 exceeds"),  # caplen above wire length
     (struct.pack("<IIII", 1, 0, 4, 4) + b"xxxx" + b"\0" * 7, "truncated record header at offset 20"),
 ])
-def test_malformed_live_records_are_refused_not_written(convert: Any, records: bytes, needle: str) -> None:
-    with pytest.raises(LiveRecordsError, match=needle):
-        convert(0, FileFormat(LINKTYPE_ETHERNET, 65535, True), records)
-
-
-@pytest.mark.parametrize("nanosecond", [True, False])
-def test_the_live_converter_in_c_writes_what_the_python_one_does(nanosecond: bool) -> None:
-    """The C converter (no Python per packet) and the Python one give the same bytes: every padding, empty
-    packets, both timestamp resolutions, interface ids beyond the first."""
-    if not pcapmerge.available():
-        pytest.skip("podcap's C library is not built")
-    rng = random.Random(7)
-    fmt = FileFormat(LINKTYPE_ETHERNET, 65535, nanosecond)
-    recs = []
-    for i in range(5000):
-        caplen = rng.choice([0, 1, 2, 3, 4, 60, 1514, rng.randrange(0, 9000)])
-        recs.append(struct.pack("<IIII", 1_700_000_000 + i // 7, rng.randrange(0, 10**9 if nanosecond else 10**6),
-                                caplen, caplen + rng.randrange(0, 3)) + rng.randbytes(caplen))
-    records = b"".join(recs)
-    native = pcapmerge.epbs(3, fmt, records)
-    assert native is not None and bytes(native) == epbs_python(3, fmt, records) == bytes(epbs(3, fmt, records))
+def test_malformed_live_records_are_refused_not_written(order: Any, records: bytes, needle: str) -> None:
+    live = order(0)
+    live.add(0, FileFormat(LINKTYPE_ETHERNET, 65535, True))
+    with pytest.raises(PcapFormatError, match=needle):
+        live.push(0, records, 1)
+    assert live.pop(1 << 63) == b"" and live.buffered == 0
+    live.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -83,7 +84,11 @@ RECORD = control_pb2.FollowMessage(records=control_pb2.FollowRecords(
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_wireshark_stopping_mid_stream_stops_the_capture_after_what_was_written(tmp_path: str, signum: int) -> None:
-    client = FakeClient(messages=[POD, RECORD, lambda: os.kill(os.getpid(), signum), RECORD])
+    def stop_after_what_came() -> None:
+        time.sleep(0.5)  # the stream is read in a thread of its own: the view takes what came before the stop
+        os.kill(os.getpid(), signum)
+
+    client = FakeClient(messages=[POD, RECORD, stop_after_what_came, RECORD])
     code, err, fifo = _run(tmp_path, client)
     assert (code, err) == (0, "")
     assert client.stopped == ["cap000000001"] and client.closed
