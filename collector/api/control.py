@@ -1,7 +1,10 @@
 """``podcap.v1.Control``: the collector's API for the CLI.
 
 Every call is authenticated (bearer token in the ``authorization`` metadata) and authorized per namespace by the
-``Authorizer`` (``podcap.collector.api.auth``), and recorded in the audit trail — allowed, denied or failed. Our
+``Authorizer`` (``podcap.collector.api.auth``), and recorded in the audit trail — allowed, denied or failed: a read
+is checked (its pods, window and filter; a follow, that the capture still runs) before it is recorded, so a refused
+read is recorded as failed, with why. A record's detail names pods as ``namespace/name`` and times in RFC 3339, and
+a read's filter column holds the read's own filter (the capture's is in its start record). Our
 errors become gRPC status codes with one-line messages a user can act on, through the one table in
 ``podcap.collector.api.errors``; anything else is a bug and surfaces as UNKNOWN. Downloads stream
 one pcap file per pod (segments joined: the first file header, then every segment's records), optionally only a
@@ -11,6 +14,7 @@ time window and the packets matching a BPF filter, each pod's file from an offse
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from collections.abc import Iterator
@@ -22,17 +26,36 @@ from podcap.collector.api.errors import abort_for
 from podcap.collector.captures.lifecycle import CaptureDeletedError
 from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.captures.model import Capture
+from podcap.collector.captures.pods import file_format
 from podcap.collector.captures.table import CaptureNotFoundError
 from podcap.collector.downloads import Piece, PodFile, ShortPieceError, check_resume_points, file_messages, given
-from podcap.collector.filters import compile_filter
+from podcap.collector.filters import compile_filter, linktype_for
 from podcap.collector.storage.window import select_records
 from podcap.collector.targets import target_text
-from podcap.errors import PodcapError
+from podcap.errors import InvalidInputError, NotFoundError, PodcapError, PreconditionError
 from podcap.names import check_namespace
-from podcap.pcapfile import FILE_HEADER_LEN
+from podcap.pcapfile import FILE_HEADER_LEN, MAX_SNAPLEN, FileFormat
 from podcap.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+
+class PodNotInCaptureError(NotFoundError):
+    """A read names a pod the capture does not have."""
+
+
+class InvalidWindowError(InvalidInputError):
+    """A read's time window holds nothing by construction (--since after --until)."""
+
+
+class CaptureEndedError(PreconditionError):
+    """A follow of a capture that has ended."""
+
+
+def rfc3339(ns: int) -> str:
+    dt = datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
 
 MAX_AUDIT = 10000
 MAX_CAPTURABLE = 10000
@@ -51,13 +74,13 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     # ---- authentication, authorization, audit ----
 
     def _audit(self, who: str, action: str, *, capture: Capture | None = None, target: control_pb2.Target | None = None,
-               bpf: str = "", result: str, detail: str = "", capture_id: str = "") -> None:
+               bpf: str = "", read: bool = False, result: str, detail: str = "", capture_id: str = "") -> None:
+        """One audit record. ``read``: the filter is the read's own (``bpf``, maybe none), not the capture's."""
         t = target if target is not None else (capture.request.target if capture is not None else None)
+        shown = bpf if read else bpf or (capture.request.settings.filter if capture else "")
         rec = control_pb2.AuditRecord(
             unix_ns=time.time_ns(), user=who, action=action, capture_id=capture.id if capture else capture_id,
-            target=target_text(t) if t is not None else "", filter=bpf or (capture.request.settings.filter
-                                                                          if capture else ""),
-            result=result, detail=detail[:2000])
+            target=target_text(t) if t is not None else "", filter=shown, result=result, detail=detail[:2000])
         log.info("audit: %s %s %s %s %s", who, action, rec.capture_id or "-", result, detail[:200])
         try:
             self.captures.store.add_audit(rec)
@@ -197,20 +220,54 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             return False
         return True
 
+    def _pods_named(self, cap: Capture, selectors: list[str]) -> list[str]:
+        """The pods ``selectors`` name, as ``namespace/name``; raises PodNotInCaptureError for one naming none."""
+        with cap.lock:
+            pods = [ps.pod for ps in cap.pods.values()]
+        named: list[str] = []
+        for sel in selectors:
+            match = [p.display for p in pods if sel in (p.uid, p.name, p.display)]
+            if not match:
+                have = ", ".join(sorted(p.display for p in pods)) or "none yet"
+                raise PodNotInCaptureError(f"capture {cap.id} has no pod {sel!r} (its pods: {have})")
+            named += [m for m in match if m not in named]
+        return named
+
+    def _check_read(self, cap: Capture, request: control_pb2.DownloadRequest) -> str:
+        """What the audit record says of a download (its pods and window), once the request checked out. Raises
+        our errors for pods the capture does not have, an empty window and a filter that does not compile."""
+        named = self._pods_named(cap, list(request.pods))
+        since, until = request.since_unix_ns, request.until_unix_ns
+        if since and until and since > until:
+            raise InvalidWindowError(f"--since {rfc3339(since)} is after --until {rfc3339(until)}")
+        if request.filter:
+            with cap.lock:
+                formats = {file_format(ps.fmt) for ps in cap.pods.values() if ps.fmt is not None}
+            snaplen = cap.request.settings.snaplen or MAX_SNAPLEN
+            for fmt in formats or {FileFormat(linktype_for(cap.request.settings.interface), snaplen, True)}:
+                compile_filter(request.filter, fmt)
+        detail = [f"pods {', '.join(named)}"] if named else []
+        if since or until:
+            start, end = rfc3339(since) if since else "the start", rfc3339(until) if until else "the end"
+            detail.append(f"from {start} to {end}")
+        return "; ".join(detail)
+
     def Download(  # noqa: N802
         self, request: control_pb2.DownloadRequest, context: grpc.ServicerContext
     ) -> Iterator[control_pb2.DownloadChunk]:
         who = self._principal(context, "download")
         cap = self._capture_for(context, who, "download", request.capture_id, "get")
-        window = ""
-        if request.since_unix_ns or request.until_unix_ns or request.filter:
-            window = f"window {request.since_unix_ns}..{request.until_unix_ns} filter {request.filter!r}"
-        resumed = f"resuming {len(request.resume)} pod(s)" if request.resume else ""
-        self._audit(who.user, "download", capture=cap, result="allowed",
-                    detail=" ".join(filter(None, [",".join(request.pods), window, resumed])))
-        windowed = bool(window)
-        if request.since_unix_ns and request.until_unix_ns and request.since_unix_ns > request.until_unix_ns:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "--since is after --until")
+        try:
+            detail = self._check_read(cap, request)
+        except PodcapError as e:
+            self._audit(who.user, "download", capture=cap, bpf=request.filter, read=True, result="failed",
+                        detail=str(e))
+            abort_for(context, e)
+        if request.resume:
+            detail = "; ".join(filter(None, [detail, f"resuming {len(request.resume)} pod(s)"]))
+        self._audit(who.user, "download", capture=cap, bpf=request.filter, read=True, result="allowed",
+                    detail=detail)
+        windowed = bool(request.since_unix_ns or request.until_unix_ns or request.filter)
         try:
             resume = check_resume_points(request.resume)
             yield from self._download(context, cap, request, windowed, resume)
@@ -256,7 +313,17 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     ) -> Iterator[control_pb2.FollowMessage]:
         who = self._principal(context, "follow")
         cap = self._capture_for(context, who, "follow", request.capture_id, "get")
-        self._audit(who.user, "follow", capture=cap, result="allowed", detail=",".join(request.pods))
+        try:
+            if not cap.live:
+                why = f" ({cap.end_reason})" if cap.end_reason else ""
+                raise CaptureEndedError(f"capture {cap.id} has ended{why}: nothing to follow; its packets are "
+                                        f"stored (podcap get {cap.id})")
+            named = self._pods_named(cap, list(request.pods))
+        except PodcapError as e:
+            self._audit(who.user, "follow", capture=cap, read=True, result="failed", detail=str(e))
+            abort_for(context, e)
+        self._audit(who.user, "follow", capture=cap, read=True, result="allowed",
+                    detail=f"pods {', '.join(named)}" if named else "")
         sub = self.captures.follow(cap.id, list(request.pods))
         context.add_callback(lambda: self.captures.unfollow(cap.id, sub))
         yield from sub.messages()

@@ -17,7 +17,7 @@ from podcap.collector.cli.client import CollectorError
 from podcap.errors import PodcapError
 from podcap.tls import TlsConfigError
 
-_CAPTURE_ID_COMMANDS = {"status", "stop", "get", "delete"}
+_CAPTURE_ID_COMMANDS = {"status", "stop", "get", "delete", "follow"}
 
 
 class CommandError(click.ClickException):
@@ -53,7 +53,7 @@ def collector_hint(e: CollectorError, *, prog: str, command: str | None) -> str:
     if code == grpc.StatusCode.UNAVAILABLE:
         return "" if "PODCAP_COLLECTOR" in msg else "check that podcap-collector runs and --collector points at it"
     if code == grpc.StatusCode.NOT_FOUND:
-        if " was deleted " in msg:  # says when, by whom and why: nothing to look up
+        if " was deleted " in msg or "its pods:" in msg:  # says what happened, or lists the pods there are
             return ""
         if command in _CAPTURE_ID_COMMANDS:
             return "" if "podcap list" in msg else f"'{prog} list' shows the capture ids"
@@ -63,6 +63,8 @@ def collector_hint(e: CollectorError, *, prog: str, command: str | None) -> str:
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         if command == "delete":
             return ""  # (the message says what to do: stop it first, or --force)
+        if "has ended" in msg:  # a follow of a capture that is over: the message says what reads it
+            return ""
         return "start podcap-agent on that node (the agent DaemonSet), or leave its pods out"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return "retry, and if it keeps happening look at the collector's log"

@@ -20,6 +20,7 @@ start then stops the capture the start made instead of orphaning it.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import select
 import signal
@@ -33,10 +34,16 @@ from types import FrameType
 from typing import IO
 
 from podcap.collector.cli.client import CollectorClient, CollectorError
-from podcap.collector.cli.errors import collector_hint, one_line
-from podcap.collector.cli.extcap_options import CaptureOptions, CollectorSettings, ExtcapOptionError, start_request
+from podcap.collector.cli.errors import one_line
+from podcap.collector.cli.extcap_options import (
+    CaptureOptions,
+    CollectorSettings,
+    start_request,
+    wireshark_hint,
+)
 from podcap.collector.cli.extcap_stream import PcapngStream
 from podcap.collector.cli.live_order import TICK_S, ticking
+from podcap.collector.cli.pcapng import PcapngWriter, SectionInfo
 from podcap.errors import PodcapError
 from podcap.tls import TlsFiles
 from podcap.v1 import control_pb2
@@ -134,12 +141,9 @@ class ReaderWatch:
 
 
 def failure_line(e: PodcapError) -> str:
-    """The line the ``podcap`` CLI prints for ``e`` (as ``podcap start`` would)."""
-    if isinstance(e, CollectorError):
-        return "podcap: " + one_line(str(e), collector_hint(e, prog="podcap", command="start"))
-    if isinstance(e, ExtcapOptionError):
-        return "podcap: " + one_line(str(e), "change it in the options of the podcap interface")
-    return "podcap: " + one_line(str(e), "")
+    """The line for ``e`` in Wireshark's error dialog: the message ``podcap start`` prints, with what to do in
+    Wireshark."""
+    return "podcap: " + one_line(str(e), wireshark_hint(e))
 
 
 class ExtcapCapture:
@@ -239,12 +243,20 @@ class ExtcapCapture:
 
 def report_failure(fifo: str, line: str, *, fd: int | None = None, stderr: IO[str] | None = None) -> int:
     """Report a failure as Wireshark wants it: the fifo opened (dumpcap waits for that; ``fd`` if it already is),
-    the line on stderr, exit status 1 (returned). Closes ``fd``."""
+    the line on stderr, exit status 1 (returned). Closes ``fd``.
+
+    A fifo opened here (nothing was written to it) gets a section header before it is closed: a fifo closed empty
+    is a second, empty error for dumpcap (tshark printed a bare ``tshark:`` line before ours), a section with no
+    packets is not.
+    """
     if fd is None:
         try:
             fd = open_fifo(fifo)
+            header = io.BytesIO()
+            PcapngWriter(header, SectionInfo(comments=(line,)))
+            os.write(fd, header.getvalue())
         except OSError:
-            pass  # no reader within the timeout: Wireshark is gone; the line goes to stderr all the same
+            pass  # no reader within the timeout, or it went away: the line goes to stderr all the same
     err = stderr or sys.stderr
     err.write(line + "\n")
     err.flush()

@@ -18,11 +18,14 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+import grpc
+
 from podcap.collector.cli.client import CollectorError, default_address
 from podcap.collector.cli.errors import collector_hint, one_line
 from podcap.collector.cli.extcap_protocol import ExtcapArg, ExtcapValue, multicheck_values
 from podcap.collector.cli.words import INTERFACES
 from podcap.errors import InvalidInputError, PodcapError
+from podcap.tls import TlsConfigError
 from podcap.v1 import common_pb2, control_pb2
 
 ALL_NAMESPACES = "*"
@@ -149,7 +152,7 @@ def start_request(opts: CaptureOptions, capture_filter: str) -> control_pb2.Star
     if opts.pods:
         split = [p.split("/", 1) for p in opts.pods]
         if any(len(s) != 2 for s in split):
-            raise ExtcapOptionError(f"pods are chosen as namespace/name, not {opts.pods!r}")
+            raise ExtcapOptionError(f"pods are chosen as namespace/name, not {', '.join(opts.pods)}")
         namespaces = sorted({s[0] for s in split})
         if len(namespaces) > 1:
             raise ExtcapOptionError(f"the chosen pods are in several namespaces ({', '.join(namespaces)}); "
@@ -176,9 +179,32 @@ def start_request(opts: CaptureOptions, capture_filter: str) -> control_pb2.Star
 Lister = Callable[[CollectorSettings], control_pb2.ListCapturablePodsResponse]
 
 
+OPTIONS = "the podcap interface's options (the gear next to it)"
+
+
+def wireshark_hint(e: PodcapError) -> str:
+    """What to do after ``e`` in Wireshark: the CLI's hints name command-line options, these the dialog's."""
+    if isinstance(e, CollectorError):
+        code = e.code
+        if e.actionable:
+            return ""
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return f"check that podcap-collector runs and the collector address in {OPTIONS}"
+        if code == grpc.StatusCode.NOT_FOUND:
+            return f"check the namespace, the pods and the label selector in {OPTIONS}"
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return f"change it in {OPTIONS}"
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return f"check the token or token file in {OPTIONS}"
+        return collector_hint(e, prog="podcap", command="start")
+    if isinstance(e, TlsConfigError):
+        return f"check the collector CA certificate in {OPTIONS}"
+    return f"change it in {OPTIONS}" if isinstance(e, ExtcapOptionError) else ""
+
+
 def listing_error(e: CollectorError) -> str:
-    """The one line the CLI would print for this failure (without the program name)."""
-    return one_line(str(e), collector_hint(e, prog="podcap", command="start"))
+    """The one line for this failure (without the program name), with what to do in Wireshark."""
+    return one_line(str(e), wireshark_hint(e))
 
 
 def namespace_values(listing: control_pb2.ListCapturablePodsResponse | str) -> list[ExtcapValue]:

@@ -4,6 +4,10 @@ Builds a demo node (bridge + N network-namespace pods), starts a collector and a
 in this process on loopback, starts light HTTP and ping traffic, captures every pod of the demo namespace via the
 gRPC control API for ``seconds``, downloads one pcap per pod into ``out`` and reports what the files hold (counted
 by parsing them). Everything it created is removed at the end, also on Ctrl+C, SIGTERM or an error.
+
+The files are ``<out>/<pod>.pcap``: the demo's namespace is made up afresh for every run (so that runs never
+collide), and files under it would make a new directory each time. Each run replaces the files of the run before
+(``<out>/.podcap-demo`` lists them), and touches nothing else in ``out``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from types import FrameType
 from podcap.agent.pods import NetnsPodSource
 from podcap.agent.session import AgentConfig, AgentSession
 from podcap.collector.cli.client import CollectorClient
-from podcap.collector.cli.download import download_capture
+from podcap.collector.cli.download import download_files
 from podcap.collector.cli.progress import wait_for_end
 from podcap.collector.demo.node import DemoNode
 from podcap.collector.server import start_collector
@@ -60,6 +64,29 @@ class DemoError(PreconditionError):
 def _pod_names(n: int) -> list[str]:
     servers = max(1, n // 2)
     return [f"web-{i}" for i in range(servers)] + [f"client-{i}" for i in range(n - servers)]
+
+
+RUN_LIST = ".podcap-demo"
+
+
+def _forget_last_run(out: str) -> None:
+    """Remove the files the previous demo wrote into ``out`` (and only those)."""
+    try:
+        with open(os.path.join(out, RUN_LIST)) as f:
+            names = [n for n in f.read().split("\n") if n and os.path.basename(n) == n]
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.unlink(os.path.join(out, name))
+        except FileNotFoundError:
+            pass
+
+
+def _remember_run(out: str, paths: list[str]) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, RUN_LIST), "w") as f:
+        f.write("".join(os.path.basename(p) + "\n" for p in paths))
 
 
 def run_demo(pods: int, seconds: float, out: str, *, say: Callable[[str], None] = print) -> DemoResult:
@@ -109,8 +136,10 @@ def run_demo(pods: int, seconds: float, out: str, *, say: Callable[[str], None] 
                 node.spawn(c, [sys.executable, "-m", "podcap.collector.demo.traffic", "client",
                                f"http://{peer.ip}:{HTTP_PORT}/", peer.ip, str(max(0.5, seconds - 1.0))])
             final = wait_for_end(client, status.id, live=False)
-            files = dict((os.path.relpath(path, out).removesuffix(".pcap"), path)
-                         for path, _ in download_capture(client, status.id, out, []))
+            _forget_last_run(out)
+            downloaded = download_files(client, status.id, [], lambda pod: os.path.join(out, f"{pod.name}.pcap"))
+            _remember_run(out, [f.path for f in downloaded])
+            files = {f"{f.pod.namespace}/{f.pod.name}": f.path for f in downloaded}
         rows = []
         for p in final.pods:
             key = f"{p.pod.namespace}/{p.pod.name}"
