@@ -119,6 +119,11 @@ def _certificate_names(address: str) -> list[str]:
         return []
 
 
+# How OpenSSL, through gRPC, says that the collector's certificate does not chain to the CA given.
+_NOT_OUR_CA = ("CERTIFICATE_VERIFY_FAILED", "BAD_SIGNATURE", "certificate signature failure",
+               "unable to get local issuer certificate", "self-signed certificate")
+
+
 def _unavailable(details: str, address: str, tls: TlsFiles | None) -> CollectorError:
     """UNAVAILABLE said as what is wrong when the transport's security is (the details, or a handshake, say so)."""
     code = grpc.StatusCode.UNAVAILABLE
@@ -129,7 +134,10 @@ def _unavailable(details: str, address: str, tls: TlsFiles | None) -> CollectorE
         return CollectorError(f"the collector's certificate does not name {host}{named}: dial it by a name its "
                               f"certificate holds (--collector), or make its certificate with --host {host} "
                               "(podcap certs)", code, actionable=True)
-    if tls is not None and "CERTIFICATE_VERIFY_FAILED" in details:
+    if tls is not None and ("certificate has expired" in details or "CERTIFICATE_EXPIRED" in details):
+        return CollectorError(f"the certificate of the collector at {address} has expired (or this machine's clock "
+                              "is wrong): renew it", code, actionable=True)
+    if tls is not None and any(m in details for m in _NOT_OUR_CA):
         return CollectorError(f"the certificate of the collector at {address} is not signed by the CA in "
                               f"{tls.ca}: give the collector's own CA with --tls-ca or PODCAP_TLS_CA", code,
                               actionable=True)
@@ -141,8 +149,7 @@ def _unavailable(details: str, address: str, tls: TlsFiles | None) -> CollectorE
     if tls is None and "Connection refused" not in details and _speaks_tls(address):
         return CollectorError(f"the collector at {address} speaks TLS: give its CA certificate with --tls-ca or "
                               "PODCAP_TLS_CA (ca.pem from podcap certs)", code, actionable=True)
-    return CollectorError(f"cannot reach the collector at {address} ({details}); is podcap-collector running? "
-                          "Set --collector or PODCAP_COLLECTOR.", code)
+    return CollectorError(f"cannot reach the collector at {address} ({details})", code)
 
 
 class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc,type-arg]

@@ -51,7 +51,7 @@ def collector_hint(e: CollectorError, *, prog: str, command: str | None) -> str:
     if e.actionable:
         return ""
     if code == grpc.StatusCode.UNAVAILABLE:
-        return "" if "PODCAP_COLLECTOR" in msg else "check that podcap-collector runs and --collector points at it"
+        return "is podcap-collector running? Set --collector or PODCAP_COLLECTOR"
     if code == grpc.StatusCode.NOT_FOUND:
         if " was deleted " in msg or "its pods:" in msg:  # says what happened, or lists the pods there are
             return ""

@@ -20,7 +20,6 @@ start then stops the capture the start made instead of orphaning it.
 from __future__ import annotations
 
 import errno
-import io
 import os
 import select
 import signal
@@ -43,7 +42,6 @@ from podcap.collector.cli.extcap_options import (
 )
 from podcap.collector.cli.extcap_stream import PcapngStream
 from podcap.collector.cli.live_order import TICK_S, ticking
-from podcap.collector.cli.pcapng import PcapngWriter, SectionInfo
 from podcap.errors import PodcapError
 from podcap.tls import TlsFiles
 from podcap.v1 import control_pb2
@@ -245,16 +243,14 @@ def report_failure(fifo: str, line: str, *, fd: int | None = None, stderr: IO[st
     """Report a failure as Wireshark wants it: the fifo opened (dumpcap waits for that; ``fd`` if it already is),
     the line on stderr, exit status 1 (returned). Closes ``fd``.
 
-    A fifo opened here (nothing was written to it) gets a section header before it is closed: a fifo closed empty
-    is a second, empty error for dumpcap (tshark printed a bare ``tshark:`` line before ours), a section with no
-    packets is not.
+    The fifo is closed empty on purpose: dumpcap then fails the capture, so tshark exits non-zero (with a section
+    header in it the capture would "succeed" with no packets, exit status 0). Its price is a bare ``tshark:`` line
+    before ours (dumpcap's own empty pipe error). A second bare ``tshark:`` line after every run, failed or not,
+    is tshark 4.0's for any extcap (its Wireshark-made ``randpktdump`` prints it too): nothing an extcap can change.
     """
     if fd is None:
         try:
             fd = open_fifo(fifo)
-            header = io.BytesIO()
-            PcapngWriter(header, SectionInfo(comments=(line,)))
-            os.write(fd, header.getvalue())
         except OSError:
             pass  # no reader within the timeout, or it went away: the line goes to stderr all the same
     err = stderr or sys.stderr

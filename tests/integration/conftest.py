@@ -1,16 +1,18 @@
 """Fixtures and helpers shared by integration test modules: an agent process for a module's ``node`` (a DemoNode),
 started against the ``collector`` fixture of tests/conftest.py, and reading a capture's status through the CLI.
 
-A module provides ``node`` (and may override ``agent_args``); ``netns_agent`` runs ``podcap-agent --pod-source
-netns`` for it and returns once the collector knows the node's pods (a capture of them can start), so a test never
-races the agent's registration.
+``node`` is a node of four pods (``sender``, ``rx-0``..``rx-2``) unless a module provides its own; ``agent`` runs
+``podcap-agent --pod-source netns`` for it (indirect parametrization: extra environment variables), as does
+``netns_agent`` (a module may override ``agent_args``); both return once the collector knows the node's pods (a
+capture of them can start), so a test never races the agent's registration. Helpers that are not fixtures (the
+UDP sender, reading stored datagrams) are in tests/integration/helpers.py: test modules import those, never each
+other.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,13 +21,9 @@ import pytest
 
 from podcap.collector.demo.node import DemoNode
 from tests.conftest import Proc, podcap, start_proc, tool
+from tests.integration.helpers import capture_id
 
 Status = dict[str, Any]
-
-
-def capture_id(r: subprocess.CompletedProcess[str]) -> str:
-    """The id ``podcap start`` prints last."""
-    return r.stdout.strip().splitlines()[-1]
 
 
 def status(address: str, cid: str) -> Status:
@@ -81,3 +79,35 @@ def netns_agent(collector: tuple[str, str, Proc], node: DemoNode, agent_args: tu
         raise
     yield p
     assert p.stop() == 0, "agent did not stop cleanly on SIGTERM:\n" + p.log()[-5000:]
+
+
+@pytest.fixture
+def node() -> Iterator[DemoNode]:
+    n = DemoNode()
+    n.create(["sender", "rx-0", "rx-1", "rx-2"])
+    try:
+        yield n
+    finally:
+        n.destroy()
+
+
+@pytest.fixture
+def agent(collector: tuple[str, str, Proc], node: DemoNode, tmp_path: str,
+          request: pytest.FixtureRequest) -> Iterator[Proc]:
+    """A podcap-agent process (indirect parametrization: extra environment variables)."""
+    address = collector[0]
+    p = start_proc([tool("podcap-agent"), "--insecure", "--collector", address, "--node", "node-" + node.tag,
+                    "--pod-source", "netns"], os.path.join(tmp_path, "agent.log"), env=getattr(request, "param", None))
+    deadline = time.monotonic() + 15
+    while True:  # wait until the collector knows the node's pods
+        r = podcap(address, "start", "-n", node.namespace, "--duration", "1", "--max-packets", "1", check=False)
+        if r.returncode == 0:
+            podcap(address, "stop", r.stdout.strip().splitlines()[-1])
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError("agent never registered its pods:\n" + p.log())
+        time.sleep(0.2)
+    try:
+        yield p
+    finally:
+        assert p.stop() == 0, "agent did not stop cleanly on SIGTERM:\n" + p.log()

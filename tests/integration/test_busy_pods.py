@@ -22,8 +22,8 @@ from podcap.collector.storage.gaps import read_gaps
 from podcap.drops import CAUSES
 from podcap.pcapfile import read_file
 from tests.conftest import podcap
+from tests.integration.helpers import capture_id, udp_payloads
 from tests.integration.test_durability import Cluster, all_capturing
-from tests.integration.test_end_to_end import capture_id, udp_payloads
 from tests.pcapng_reader import read_pcapng
 from tests.s3.testbed import Testbed
 

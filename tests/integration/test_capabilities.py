@@ -59,7 +59,7 @@ import pytest
 
 from podcap.collector.demo.node import DemoNode
 from tests.conftest import Proc, podcap, start_proc, tool
-from tests.integration.test_end_to_end import PORT, SENDER, capture_id, udp_payloads, wait_state, warm_up
+from tests.integration.helpers import PORT, SENDER, capture_id, udp_payloads, wait_state, warm_up
 
 pytestmark = pytest.mark.root
 

@@ -16,7 +16,7 @@ import pytest
 from podcap.collector.demo.node import DemoNode
 from podcap.pcapfile import read_file
 from tests.conftest import Proc, free_port, podcap, start_proc, tool
-from tests.integration.test_end_to_end import PORT, capture_id, udp_payloads, warm_up
+from tests.integration.helpers import PORT, capture_id, udp_payloads, warm_up
 
 pytestmark = pytest.mark.root
 

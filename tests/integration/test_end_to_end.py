@@ -5,103 +5,26 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from podcap.collector.demo.node import DemoNode
-from podcap.pcapfile import LINKTYPE_ETHERNET, read_file
-from tests.conftest import Proc, podcap, start_proc, tool
+from podcap.pcapfile import read_file
+from tests.conftest import Proc, podcap
+from tests.integration.helpers import (
+    PORT,
+    SENDER,
+    capture_id,
+    udp_payloads,
+    wait_capturing,
+    wait_state,
+    warm_up,
+)
 
 pytestmark = pytest.mark.root
 
-SENDER = os.path.join(os.path.dirname(__file__), "udp_send.py")
-PORT = 9999
-
-
-@pytest.fixture
-def node() -> Iterator[DemoNode]:
-    n = DemoNode()
-    n.create(["sender", "rx-0", "rx-1", "rx-2"])
-    try:
-        yield n
-    finally:
-        n.destroy()
-
-
-@pytest.fixture
-def agent(collector: tuple[str, str, Proc], node: DemoNode, tmp_path: str,
-          request: pytest.FixtureRequest) -> Iterator[Proc]:
-    """A podcap-agent process (indirect parametrization: extra environment variables)."""
-    address = collector[0]
-    p = start_proc([tool("podcap-agent"), "--insecure", "--collector", address, "--node", "node-" + node.tag,
-                    "--pod-source", "netns"], os.path.join(tmp_path, "agent.log"), env=getattr(request, "param", None))
-    deadline = time.monotonic() + 15
-    while True:  # wait until the collector knows the node's pods
-        r = podcap(address, "start", "-n", node.namespace, "--duration", "1", "--max-packets", "1", check=False)
-        if r.returncode == 0:
-            podcap(address, "stop", r.stdout.strip().splitlines()[-1])
-            break
-        if time.monotonic() > deadline:
-            raise AssertionError("agent never registered its pods:\n" + p.log())
-        time.sleep(0.2)
-    try:
-        yield p
-    finally:
-        assert p.stop() == 0, "agent did not stop cleanly on SIGTERM:\n" + p.log()
-
-
-def warm_up(node: DemoNode) -> None:
-    """Resolve ARP before counting packets (the kernel queues only a few datagrams per unresolved neighbour)."""
-    sender = node.pod("sender")
-    for rx in node.pods[1:]:
-        node.exec(sender, ["ping", "-c", "1", "-W", "2", rx.ip])
-
-
-def capture_id(r: subprocess.CompletedProcess[str]) -> str:
-    return r.stdout.strip().splitlines()[-1]
-
-
-def wait_state(address: str, cid: str, states: set[str], timeout: float = 20) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = json.loads(podcap(address, "status", cid, "-o", "json").stdout)
-        if st["state"] in states or time.monotonic() > deadline:
-            return st
-        time.sleep(0.2)
-
-
-def wait_capturing(address: str, cid: str, n: int) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        st = json.loads(podcap(address, "status", cid, "-o", "json").stdout)
-        if sum(p["state"] == "capturing" for p in st["pods"]) == n:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"pods not capturing: {st}")
-
-
-def udp_payloads(path: str) -> list[tuple[int, int, int, bytes, bytes]]:
-    """(dst index, seq, wire length, src ip, dst ip) of every PODCAPSEQ datagram in a pcap file."""
-    fmt, recs = read_file(path)
-    assert fmt.linktype == LINKTYPE_ETHERNET
-    out = []
-    for r in recs:
-        assert r.caplen == len(r.data) <= r.wirelen
-        frame = r.data
-        if frame[12:14] != b"\x08\x00" or frame[23] != 17:
-            continue
-        ihl = (frame[14] & 0x0F) * 4
-        udp = 14 + ihl
-        body = frame[udp + 8:]
-        if not body.startswith(b"PODCAPSEQ"):
-            continue
-        out.append((int.from_bytes(body[9:13], "big"), int.from_bytes(body[13:17], "big"), r.wirelen,
-                    frame[26:30], frame[30:34]))
-    return out
 
 
 # The second run is an agent without podcap's C library: libpcap's pcap_dump into a memory stream (the fallback).

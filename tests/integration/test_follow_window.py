@@ -14,12 +14,10 @@ from podcap.collector.cli.client import CollectorClient
 from podcap.collector.demo.node import DemoNode
 from podcap.pcapfile import FILE_HEADER_LEN, iter_records, parse_file_header
 from tests.conftest import Proc, podcap, tool
-from tests.integration.test_end_to_end import (  # noqa: F401 (fixtures)
+from tests.integration.helpers import (
     PORT,
     SENDER,
-    agent,
     capture_id,
-    node,
     udp_payloads,
     wait_capturing,
     warm_up,

@@ -24,12 +24,10 @@ from podcap.collector.demo.node import DemoNode
 from podcap.pcapfile import read_file
 from podcap.v1 import control_pb2
 from tests.conftest import Proc, podcap, tool
-from tests.integration.test_end_to_end import (  # noqa: F401 (the node and agent fixtures)
+from tests.integration.helpers import (
     PORT,
     SENDER,
-    agent,
     capture_id,
-    node,
     wait_capturing,
     warm_up,
 )

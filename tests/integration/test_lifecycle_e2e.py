@@ -32,14 +32,7 @@ from podcap.collector.cli.resume import JOURNAL
 from podcap.collector.demo.node import DemoNode
 from podcap.v1 import control_pb2
 from tests.conftest import Proc, collector_process, free_port, podcap, tool
-from tests.integration.test_end_to_end import (  # noqa: F401 (the node and agent fixtures)
-    PORT,
-    agent,
-    capture_id,
-    node,
-    wait_capturing,
-    warm_up,
-)
+from tests.integration.helpers import PORT, capture_id, wait_capturing, warm_up
 
 pytestmark = pytest.mark.root
 

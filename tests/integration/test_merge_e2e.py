@@ -17,12 +17,10 @@ import pytest
 from podcap.collector.cli.pcapng import ISB_IFDROP, ISB_USRDELIV
 from podcap.collector.demo.node import DemoNode
 from tests.conftest import Proc, podcap
-from tests.integration.test_end_to_end import (  # noqa: F401 (the node and agent fixtures)
+from tests.integration.helpers import (
     PORT,
     SENDER,
-    agent,
     capture_id,
-    node,
     wait_capturing,
     warm_up,
 )

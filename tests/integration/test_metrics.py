@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from podcap.collector.demo.node import DemoNode
 from tests.conftest import Proc, free_port, podcap, start_proc, tool
-from tests.integration.test_end_to_end import PORT, SENDER, capture_id, node, wait_capturing, warm_up  # noqa: F401
+from tests.integration.helpers import PORT, SENDER, capture_id, wait_capturing, warm_up
 
 pytestmark = pytest.mark.root
 

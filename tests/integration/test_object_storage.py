@@ -31,7 +31,7 @@ from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, iter_records, read_file
 from podcap.pods import PodRef
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 from tests.conftest import Proc, collector_process, podcap, tool
-from tests.integration.test_end_to_end import PORT, SENDER, agent, capture_id, node, udp_payloads, wait_state  # noqa: F401
+from tests.integration.helpers import PORT, SENDER, capture_id, udp_payloads, wait_state
 from tests.pcapng_reader import read_pcapng
 from tests.s3.testbed import Testbed
 

@@ -11,7 +11,7 @@ import pytest
 
 from podcap.collector.demo.node import DemoNode
 from tests.conftest import Proc, podcap
-from tests.integration.test_end_to_end import PORT, SENDER, agent, capture_id, node, udp_payloads  # noqa: F401
+from tests.integration.helpers import PORT, SENDER, capture_id, udp_payloads
 
 pytestmark = pytest.mark.root
 
