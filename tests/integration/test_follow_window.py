@@ -22,41 +22,40 @@ from tests.integration.helpers import (
     wait_capturing,
     warm_up,
 )
+from tests.pcapng_reader import PcapngError, read_pcapng
 
 pytestmark = pytest.mark.root
 
 
-def _seqs_in(blob: bytes) -> list[int]:
-    fmt = parse_file_header(blob)
-    out = []
-    for r in iter_records(blob[FILE_HEADER_LEN:], fmt):
-        body = r.data[42:]
-        if body.startswith(b"PODCAPSEQ"):
-            out.append(int.from_bytes(body[13:17], "big"))
-    return out
+def _seqs_in(path: str) -> list[int]:
+    """The sequence numbers in the live pcapng written so far ([] while a block is half written)."""
+    try:
+        f = read_pcapng(path)
+    except PcapngError:
+        return []
+    return [int.from_bytes(p.data[42 + 13:42 + 17], "big") for p in f.packets if p.data[42:].startswith(b"PODCAPSEQ")]
 
 
-def test_follow_streams_a_valid_pcap_while_the_capture_is_stored(
+def test_follow_streams_a_valid_pcapng_while_the_capture_is_stored(
     collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str  # noqa: F811
 ) -> None:
     address = collector[0]
     warm_up(node)
     cid = capture_id(podcap(address, "start", "-n", node.namespace, "rx-0", "--filter", f"udp port {PORT}"))
     wait_capturing(address, cid, 1)
-    live = os.path.join(tmp_path, "live.pcap")
+    live = os.path.join(tmp_path, "live.pcapng")
     with open(live, "wb") as out:
         follower = subprocess.Popen([tool("podcap"), "--collector", address, "follow", cid], stdout=out,
                                     stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
-        while os.path.getsize(live) < FILE_HEADER_LEN:  # the stream starts with its header at once
-            assert time.monotonic() < deadline and follower.poll() is None, "no pcap header from podcap follow"
+        while os.path.getsize(live) < 28:  # the stream starts with its section header at once
+            assert time.monotonic() < deadline and follower.poll() is None, "no section header from podcap follow"
             time.sleep(0.05)
         node.exec(node.pod("sender"), [sys.executable, SENDER, str(PORT), "500", node.pod("rx-0").ip])
         # A quiet pod's chunk is cut at the latest after the flush interval (2 s) plus the ring block timeout.
         deadline = time.monotonic() + 8
         while True:
-            with open(live, "rb") as f:
-                seqs = _seqs_in(f.read())
+            seqs = _seqs_in(live)
             if len(seqs) >= 500 or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
