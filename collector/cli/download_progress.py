@@ -18,7 +18,6 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
     ProgressColumn,
     Task,
@@ -56,7 +55,7 @@ class DownloadProgress:
         self._note = note
         self._progress = Progress(
             TextColumn("{task.description}", justify="left", markup=False), BarColumn(),
-            DownloadColumn(binary_units=True), RateColumn(), TimeRemainingColumn(),
+            SizeColumn(), RateColumn(), TimeRemainingColumn(),
             console=console or make_console(stderr=True),
             refresh_per_second=4, disable=not self.enabled)
         self._total: TaskID | None = None
@@ -100,6 +99,15 @@ class DownloadProgress:
             self._progress.remove_task(task)
         if self._total is not None:
             self._progress.update(self._total, description=self._total_text())
+
+
+class SizeColumn(ProgressColumn):
+    """Bytes so far (of the total, when known), as every other size the CLI prints (``340.8 KiB/1.0 MiB``)."""
+
+    def render(self, task: Task) -> Text:
+        done = human_bytes(int(task.completed))
+        return Text(f"{done}/{human_bytes(int(task.total))}" if task.total is not None else done,
+                    style="progress.download")
 
 
 class RateColumn(ProgressColumn):

@@ -129,6 +129,6 @@ def test_interrupted_get_resumes_and_progress_shows_on_a_terminal(
         if follower >= 0:
             os.close(follower)
     text = b"".join(chunks).decode(errors="replace")
-    assert "all (3/3 pods)" in text and "kB" in text and "/s" in text, text[-2000:]
+    assert "all (3/3 pods)" in text and "KiB" in text and "iB/s" in text and "kB" not in text, text[-2000:]
     piped = podcap(address, "get", cid, "-o", os.path.join(tmp_path, "piped"))
     assert piped.stderr == ""

@@ -269,7 +269,7 @@ def test_progress_shows_bytes_rate_and_pods_on_a_terminal() -> None:
     text = buf.getvalue()
     assert "shop/web-0" in text and "shop/web-1" in text
     # The units of every other size the CLI prints (issue 26: the progress said MB beside summaries in MiB).
-    assert "all (2/2 pods)" in text and "2.9/2.9 MiB" in text and "iB/s" in text and " MB" not in text
+    assert "all (2/2 pods)" in text and "2.9 MiB/2.9 MiB" in text and "iB/s" in text and " MB" not in text
 
 
 def test_progress_is_quiet_when_stderr_is_piped(collector: Collector, tmp_path: str) -> None:
