@@ -498,6 +498,23 @@ def test_a_capture_through_rotation_into_the_bucket_reads_back_complete(
                        env=env, capture_output=True, text=True, timeout=60)
     first = r.stderr.strip().splitlines()[0]
     assert r.returncode != 0 and first.startswith("podcap: no capture at s3://") and "manifest.json" in first
+    # What a new user typed (issue 26): the id given again is the capture, not a pod; a bad filter, an empty
+    # window and a missing bucket are one line each, not a traceback or an empty success.
+    both = os.path.join(str(tmp_path), "both")
+    r = subprocess.run([tool("podcap"), "get", cid, "--from", url, "-o", both], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and udp_payloads(os.path.join(both, node.namespace, "rx-0.pcap")) == got, r.stderr
+    for args, needle in [(["--filter", "tcp prt"], "invalid filter 'tcp prt'"),
+                         (["--since", _rfc3339(until), "--until", _rfc3339(since)], "is after --until"),
+                         (["nosuchpod"], f"capture {cid} has no pod nosuchpod")]:
+        r = subprocess.run([tool("podcap"), "get", "--from", url, "-o", os.path.join(str(tmp_path), "x"), *args],
+                           env=env, capture_output=True, text=True, timeout=60)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode != 0 and len(lines) == 1 and needle in lines[0], (args, r.stderr)
+    r = subprocess.run([tool("podcap"), "get", "--from", f"s3://no-such-bucket-26/{s3_prefix}/{cid}", "-o", window],
+                       env=env, capture_output=True, text=True, timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and "no bucket no-such-bucket-26" in lines[0], r.stderr
 
 
 def _rfc3339(ns: int) -> str:

@@ -23,3 +23,16 @@ def test_a_start_up_failure_with_a_stuck_thread_is_one_line_and_status_1() -> No
     assert r.returncode == 1, r.stderr
     assert r.stderr.strip().splitlines()[-1] == (
         "podcap-collector: cannot reach the Kubernetes API server at https://10.0.0.1:443")
+
+
+def test_an_s3_endpoint_that_is_not_a_url_is_one_line(tmp_path: str) -> None:
+    """``--s3-endpoint 127.0.0.1:58515`` (no http://) was a traceback from botocore (issue 26, item 6)."""
+    import os
+
+    exe = os.path.join(os.path.dirname(sys.executable), "podcap-collector")
+    r = subprocess.run([exe, "--insecure", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(tmp_path, "d"),
+                        "--storage", "s3://bucket/x", "--s3-endpoint", "127.0.0.1:58515"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == ("podcap-collector: --s3-endpoint '127.0.0.1:58515' is not a URL: "
+                                                 "give http://127.0.0.1:58515 or https://…")
