@@ -122,7 +122,8 @@ def phase_p6(lab: Lab, *, frames: int, rate: int, rounds: int, min_bytes: int) -
             get_o.append(_timed([*base, "-o", per_pod]))
             if os.path.exists(merged):
                 os.unlink(merged)
-            get_merge.append(_timed([*base, "--merge", merged]))
+            # Every copy, as mergecap keeps them (one copy per packet is the default: issue 26).
+            get_merge.append(_timed([*base, "--merge", merged, "--all-copies"]))
             # mergecap gets the files in the merged file's interface order (the collector's pod order), so that
             # both merges see the same inputs in the same order.
             names = interface_names(merged)
