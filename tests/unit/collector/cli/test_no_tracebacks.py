@@ -35,7 +35,8 @@ def _commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[
 
 def _base(path: tuple[str, ...], out: str) -> list[str]:
     """The command with its required arguments, valid ones."""
-    required = {"stop": ["abc123"], "status": ["abc123"], "follow": ["abc123"], "get": ["abc123", "-o", out],
+    required = {"stop": ["abc123"], "status": ["abc123"], "follow": ["abc123"], "delete": ["abc123"],
+                "get": ["abc123", "-o", out],
                 "completion": ["bash"]}
     return [*path, *required.get(path[-1], [])]
 
