@@ -56,6 +56,10 @@ from podcap.pcapfile import FileFormat, PcapFormatError
 from podcap.v1 import common_pb2, control_pb2
 
 _FOREVER = (1 << 64) - 1
+_NO_INTERFACE = 0xFFFFFFFF  # a placeholder's: it never writes a packet
+_ANY_FORMAT = FileFormat(1, 65535, True)
+_MAY_STREAM = (common_pb2.POD_CAPTURE_STATE_PENDING, common_pb2.POD_CAPTURE_STATE_CAPTURING,
+               common_pb2.POD_CAPTURE_STATE_UNSPECIFIED)
 _ISB_HEAD = struct.Struct("<IIIII")
 _OPT_HEAD = struct.Struct("<HH")
 _U64 = struct.Struct("<Q")
@@ -127,6 +131,10 @@ class PcapngStream:
         # Follow index -> (pcapng interface id, format of the pod's records, the pod, its input in the order).
         self._interfaces: dict[int, tuple[int, FileFormat, common_pb2.Pod, int]] = {}
         self._missed: dict[int, int] = {}  # packets missed per index
+        # The capture's pods that may still start streaming, until the collector announces them: each holds the
+        # view's order back as a pod that delivered nothing yet does (a view started with its capture).
+        self._expected = {ps.pod.uid: self._order.add(_NO_INTERFACE, _ANY_FORMAT) for ps in status.pods
+                          if ps.pod.uid and ps.state in _MAY_STREAM}
         out.flush()
 
     @property
@@ -153,6 +161,11 @@ class PcapngStream:
                 iface = self._writer.add_interface(interface_info(msg.pod.pod, self.status), linktype=fmt.linktype,
                                                    snaplen=fmt.snaplen, nanosecond=fmt.nanosecond)
                 self._interfaces[msg.pod.index] = (iface, fmt, msg.pod.pod, self._order.add(iface, fmt))
+                if known is not None:
+                    self._order.retire(known[3])  # the pod's earlier stream: it delivers nothing more
+            placeholder = self._expected.pop(msg.pod.pod.uid, None)
+            if placeholder is not None:
+                self._order.retire(placeholder)
         elif kind == "records":
             *_, order_index = self._interfaces[msg.records.index]
             try:

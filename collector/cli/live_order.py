@@ -5,8 +5,9 @@ in that pod's order, and the pods' messages interleave in the order their chunks
 chunk when it is full or 2 s after its first packet, so one pod's packets can come before another's older ones
 (the issue measured time going back 1.27 s). A live view holds each pod's records and writes them in time order:
 
-- up to the *watermark*, the oldest "latest timestamp" of the pods (0 for a pod that delivered nothing yet): every
-  pod's own records come in order, so none of them can still deliver an earlier one;
+- up to the *watermark*, the oldest "latest timestamp" of the pods (0 for a pod that delivered nothing yet, also one
+  the capture has but the stream has not announced yet: a view started with its capture hears of the pods as they
+  start streaming): every pod's own records come in order, so none of them can still deliver an earlier one;
 - for a pod that went quiet (its latest timestamp holds the watermark back), whatever arrived ``HOLD_NS`` ago or
   earlier: longer than an agent keeps a chunk, so the other pods' packets of that time have arrived too. Arrival is
   the view's own monotonic clock: the clocks of the nodes and of this machine need not agree.
@@ -35,6 +36,7 @@ from podcap.collector.cli.pcapng import epb
 from podcap.pcapfile import FileFormat, iter_records
 
 T = TypeVar("T")
+_FOREVER = (1 << 64) - 1
 HOLD_NS = 2_500_000_000
 MAX_BUFFERED = 64 << 20
 
@@ -47,6 +49,7 @@ class _Input:
     segments: deque[list[int]] = field(default_factory=deque)  # [arrival, last ts, records left]
     last_ts: int = 0
     seen: bool = False
+    retired: bool = False
     written: int = 0
     dropped: int = 0
 
@@ -80,7 +83,11 @@ class PyLiveOrder:
         if not self._inputs:
             return 0
         held = max((seg[1] for inp in self._inputs for seg in inp.segments if seg[0] + hold_ns <= now_ns), default=0)
-        return max(min(inp.last_ts if inp.seen else 0 for inp in self._inputs), held)
+        latest = [inp.last_ts if inp.seen else 0 for inp in self._inputs if not inp.retired]
+        return max(min(latest, default=_FOREVER), held)
+
+    def retire(self, index: int) -> None:
+        self._inputs[index].retired = True
 
     def pop(self, until_ns: int) -> bytes:
         heap = [(inp.records[0][0], -i) for i, inp in enumerate(self._inputs)

@@ -665,6 +665,7 @@ struct live_input {
     size_t seg_head, seg_len, seg_cap; /* segs[seg_head:seg_len) */
     uint64_t last_ts;
     int seen;
+    int retired; /* delivers nothing more: holds no one back */
     uint64_t written, dropped;
 };
 
@@ -799,7 +800,7 @@ uint64_t podcap_live_release(const struct podcap_live *l, uint64_t now, uint64_t
     uint64_t watermark = UINT64_MAX, held = 0;
     for (size_t i = 0; i < l->n; i++) {
         const struct live_input *in = &l->in[i];
-        uint64_t latest = in->seen ? in->last_ts : 0;
+        uint64_t latest = in->retired ? UINT64_MAX : in->seen ? in->last_ts : 0;
         if (latest < watermark) watermark = latest;
         for (size_t s = in->seg_head; s < in->seg_len && in->segs[s].arrival + hold <= now; s++)
             if (in->segs[s].last_ts > held) held = in->segs[s].last_ts;
@@ -850,6 +851,12 @@ int64_t podcap_live_pop(struct podcap_live *l, uint64_t until, uint8_t *out, uin
 }
 
 uint64_t podcap_live_buffered(const struct podcap_live *l) { return l->buffered; }
+
+/* Input i will deliver nothing more (a pod expected and announced under another input, a pod whose stream restarted
+ * with another format): it no longer holds the others' records back; what it holds is still written in order. */
+void podcap_live_retire(struct podcap_live *l, uint32_t i) {
+    if (i < l->n) l->in[i].retired = 1;
+}
 
 /* Packets written and second sightings left out, per input. */
 void podcap_live_counts(const struct podcap_live *l, uint64_t *written, uint64_t *dropped) {

@@ -85,6 +85,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL | None:
     lib.podcap_live_release.restype = ctypes.c_uint64
     lib.podcap_live_pop.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64]
     lib.podcap_live_pop.restype = ctypes.c_int64
+    lib.podcap_live_retire.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+    lib.podcap_live_retire.restype = None
     lib.podcap_live_buffered.argtypes = [ctypes.c_void_p]
     lib.podcap_live_buffered.restype = ctypes.c_uint64
     lib.podcap_live_counts.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64),
@@ -229,6 +231,9 @@ class NativeLive:
 
     def release(self, now_ns: int, hold_ns: int) -> int:
         return int(self._lib.podcap_live_release(self._live, now_ns, hold_ns))
+
+    def retire(self, index: int) -> None:
+        self._lib.podcap_live_retire(self._live, index)
 
     def pop(self, until_ns: int, *, block: int = 1 << 20) -> bytes:
         parts: list[bytes] = []

@@ -291,3 +291,20 @@ def test_a_live_view_writes_held_packets_when_the_stream_is_quiet(tmp_path: str)
         stream.tick()
         assert out.tell() > size
         stream.close()
+
+
+def test_a_view_started_with_its_capture_waits_for_pods_not_announced_yet(tmp_path: str) -> None:
+    """The extcap follows a capture it just started: the collector announces each pod when its stream starts, so
+    the client's records can come before the server is announced. The capture's own list of pods holds the view
+    back until then (seen through Wireshark: every packet twice and out of order)."""
+    msgs = follow_messages()
+    late = [msgs[0], msgs[2], msgs[1], msgs[3], msgs[4]]  # web-1 announced after web-0's records
+    path = os.path.join(tmp_path, "late.pcapng")
+    with open(path, "wb") as out:
+        stream = PcapngStream(out, capture(), clock=lambda: 0)
+        for msg in late:
+            stream.write(msg)
+        stream.close()
+    got = read_pcapng(path)
+    assert [p.ts_ns for p in got.packets] == sorted(p.ts_ns for p in got.packets)
+    assert len(got.packets) == 6 and stream.left_out == 6
