@@ -135,7 +135,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             self._audit(who.user, "start", target=request.target, bpf=request.settings.filter, result="failed",
                         detail=str(e))
             abort_for(context, e)
-        self._audit(who.user, "start", capture=cap, result="allowed", detail=f"{len(cap.pods)} pods")
+        n = len(cap.pods)
+        self._audit(who.user, "start", capture=cap, result="allowed", detail=f"{n} pod{'' if n == 1 else 's'}")
         return control_pb2.StartCaptureResponse(capture=self.captures.status(cap))
 
     def StopCapture(  # noqa: N802

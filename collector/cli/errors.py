@@ -72,7 +72,9 @@ def collector_hint(e: CollectorError, *, prog: str, command: str | None) -> str:
         return "run the same command again: it downloads what it cannot resume from the start"
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return "the collector is busy: retry in a moment"
-    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+    if code == grpc.StatusCode.UNAUTHENTICATED:  # who you are, not what you may do: the token
+        return "" if "--token" in msg else "pass your token with --token or PODCAP_TOKEN"
+    if code == grpc.StatusCode.PERMISSION_DENIED:
         return "ask an administrator for podcap rights on that namespace"
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return "the collector is older than this podcap: upgrade it, or use a podcap that matches it"

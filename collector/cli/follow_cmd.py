@@ -7,13 +7,17 @@ on two of the followed pods written once (``--all-copies`` keeps every sighting)
 ``get --merge``; the per-pod files of ``get -o`` keep every pod's own packets. A reader that cannot keep up loses
 packets from its own view only (reported on stderr and in the stream's statistics); the capture and its stored
 files are unaffected. What cannot be followed is refused before anything is written: a capture that has ended
-(``get`` reads what it stored), pods the capture does not have.
+(``get`` reads what it stored), pods the capture does not have. Ctrl+C, SIGTERM, the capture's end and a reader
+that goes away all end the view the same way: what it still holds is written, and a last line on stderr says what
+it left out.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from types import FrameType
 from typing import BinaryIO
 
 import click
@@ -34,6 +38,7 @@ def follow_stream(client: CollectorClient, status: control_pb2.CaptureStatus, po
     """Write the capture's live packets to ``out`` as pcapng until the capture ends, the reader goes away or
     Ctrl+C; return the stream (its counters)."""
     stream = PcapngStream(out, status, one_copy=one_copy)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `timeout`, `kill`: end as Ctrl+C does
     try:
         for msg in ticking(client.follow(status.id, pods), TICK_S):
             if msg is None:
@@ -47,12 +52,17 @@ def follow_stream(client: CollectorClient, status: control_pb2.CaptureStatus, po
     except KeyboardInterrupt:
         pass  # the user ended the view: what is held still goes out
     finally:
+        signal.signal(signal.SIGTERM, previous)
         try:
             stream.finish()
         except (BrokenPipeError, ValueError):
             pass  # the reader (wireshark, head, ...) went away, or stdout is closed
         stream.close()
     return stream
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 @click.command()

@@ -95,7 +95,10 @@ def list_captures(obj: dict[str, str], output: str) -> None:
         answer = client.list_all()
     captures = list(answer.captures)
     if output == "table":
-        print_table(list_table(captures))
+        if captures:
+            print_table(list_table(captures))
+        else:  # an empty table says nothing; the collector may just have none that this user may read
+            click.echo("no captures (that you may read); 'podcap start' makes one", err=True)
         if answer.deleted:
             print_table(deleted_table(list(answer.deleted)))
     else:

@@ -93,6 +93,19 @@ def test_views_across_a_client_and_its_server_show_each_packet_once_in_time_orde
     assert "second sightings of packets seen on two pods left out" in stderr["one"]
     assert f"capture {cid} ended (stopped by user)" in stderr["one"]
 
+    # SIGTERM (as `timeout` sends) ends a view as Ctrl+C does: what it held is written, the last line says so.
+    path = os.path.join(tmp_path, "follow-term.pcapng")
+    with open(path, "wb") as out:
+        cid2 = capture_id(podcap(address, "start", f"{node.namespace}/rx-1"))
+        proc = subprocess.Popen([tool("podcap"), "--collector", address, "follow", cid2], stdout=out,
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep(2)
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    podcap(address, "stop", cid2)
+    assert proc.returncode == 0 and "1 pod(s) followed" in err, err
+    assert read_pcapng(path).interfaces  # a whole pcapng file
+
     merged = os.path.join(tmp_path, "merged.pcapng")
     r = podcap(address, "get", cid, "--merge", merged)
     assert "second sightings of packets seen on two pods left out" in r.stdout

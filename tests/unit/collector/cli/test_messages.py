@@ -184,3 +184,19 @@ def test_extcap_errors_show_no_python_repr_and_hints_for_wireshark() -> None:
                           (grpc.StatusCode.NOT_FOUND, "no pod 'x' in namespace 'shop'; pods there: a")]:
         line = failure_line(CollectorError(message, code))
         assert "-h'" not in line and "-n/--namespace" not in line and "podcap interface's options" in line, line
+
+
+def test_a_missing_token_is_not_a_missing_right(fake: FakeClient, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    def refuse() -> list[control_pb2.CaptureStatus]:
+        raise CollectorError("not authenticated: missing or unknown token", grpc.StatusCode.UNAUTHENTICATED)
+
+    fake.list_captures = refuse
+    code, _, err = run_main("podcap", ["list"], monkeypatch, capsys)
+    assert code == 1 and "pass your token with --token or PODCAP_TOKEN" in err and "namespace" not in err, err
+
+
+def test_an_empty_list_says_so(fake: FakeClient) -> None:
+    fake.list_captures = lambda: []
+    r = invoke("list")
+    assert r.exit_code == 0 and r.stdout == "" and "no captures" in r.stderr
