@@ -9,7 +9,7 @@ import click
 
 from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.cli.complete import (
-    complete_capture_id,
+    complete_ended_capture_id,
     complete_namespace,
     complete_pod,
     complete_running_capture_id,
@@ -136,7 +136,7 @@ def stop(obj: dict[str, str], capture_id: str, output: str) -> None:
 
 
 @click.command()
-@click.argument("capture_ids", nargs=-1, required=True, metavar="ID...", shell_complete=complete_capture_id)
+@click.argument("capture_ids", nargs=-1, required=True, metavar="ID...", shell_complete=complete_ended_capture_id)
 @click.option("--force", is_flag=True, help="Delete running captures too (each is stopped first).")
 @click.pass_context
 def delete(ctx: click.Context, capture_ids: tuple[str, ...], force: bool) -> None:

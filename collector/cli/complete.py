@@ -38,7 +38,8 @@ def _client(ctx: click.Context) -> CollectorClient:
     return CollectorClient(address, timeout=COMPLETION_TIMEOUT)
 
 
-def _captures(ctx: click.Context, incomplete: str, *, running: bool) -> list[CompletionItem]:
+def _captures(ctx: click.Context, incomplete: str, *, running: bool | None) -> list[CompletionItem]:
+    """Captures whose id starts with ``incomplete``: running ones (True), ended ones (False) or all (None)."""
     try:
         with _client(ctx) as client:
             captures = client.list_captures()
@@ -46,10 +47,16 @@ def _captures(ctx: click.Context, incomplete: str, *, running: bool) -> list[Com
         return []
     live = (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING)
     return [CompletionItem(c.id, help=f"{capture_state(c.state)}, {target_text(c.target)}")
-            for c in captures if c.id.startswith(incomplete) and (not running or c.state in live)]
+            for c in captures if c.id.startswith(incomplete) and running in (None, c.state in live)]
 
 
 def complete_capture_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    return _captures(ctx, incomplete, running=None)
+
+
+def complete_ended_capture_id(ctx: click.Context, param: click.Parameter,
+                              incomplete: str) -> list[CompletionItem]:
+    """Captures that have ended (what ``delete`` takes without --force)."""
     return _captures(ctx, incomplete, running=False)
 
 

@@ -164,6 +164,7 @@ def test_completion_offers_namespaces_pods_and_only_running_captures_to_stop(fak
         namespaces=["bank", "shop"], pods=[common_pb2.Pod(namespace="shop", name=n, node="node-1")
                                           for n in ("web-0", "web-1")])
     assert complete("podcap stop ") == [CID]
+    assert complete("podcap delete ") == ["done00000000"]
     assert complete("podcap follow ") == [CID]
     assert complete("podcap status ") == [CID, "done00000000"]
     assert complete("podcap start -n ") == ["bank", "shop"]
