@@ -40,6 +40,11 @@ def page_number(segment_index: int) -> int:
     return segment_index // PAGE_SEGMENTS
 
 
+def page_span(number: int) -> range:
+    """The segment indices page ``number`` may list."""
+    return range(number * PAGE_SEGMENTS, (number + 1) * PAGE_SEGMENTS)
+
+
 @dataclass(frozen=True)
 class ArchivedSegment:
     key: str

@@ -8,6 +8,10 @@ copy deleted too. When archiving fails (the object store down, throttling, refus
 local and is tried again at the next round, and the local tier keeps everything — when it fills, storing pauses
 exactly as on a full disk and the agents spool.
 
+The backlog holds the capture's closed segments not yet archived (with the pods' newest segments, the only ones
+that still change; the catalog has the others): a round costs what waits, not what the capture holds, and
+``adopt`` reads what waited at start-up from the catalog's index of segments not yet archived.
+
 ``status`` answers at any moment, also while a round hangs on a frozen store: what waits comes from the capture's
 backlog, kept as segments close, are archived or deleted (not from a snapshot of a round), its age grows with the
 clock from when the oldest waiting segment closed, and the reason is the last failure (the object store's own
@@ -28,8 +32,9 @@ from podcap.collector.captures.committer import Committer
 from podcap.collector.captures.describer import Describer
 from podcap.collector.captures.model import Capture, PodState
 from podcap.collector.captures.pods import location
+from podcap.collector.captures.segments import SegmentIndex
 from podcap.collector.captures.table import CaptureTable
-from podcap.collector.storage.base import CaptureStorage, SegmentInfo
+from podcap.collector.storage.base import SegmentInfo
 from podcap.errors import PodcapError
 
 log = logging.getLogger(__name__)
@@ -50,19 +55,20 @@ class _Busy:
 
 
 class Archiver:
-    def __init__(self, table: CaptureTable, storage: CaptureStorage, committer: Committer, *,
+    def __init__(self, table: CaptureTable, index: SegmentIndex, committer: Committer, *,
                  interval_s: float = ARCHIVE_INTERVAL_S, clock: Clock = time.time,
                  stalled_s: float = STALLED_S) -> None:
         self.table = table
         self.interval_s = interval_s  # 0: no thread, rounds only when ``run_once`` is called (tests)
         self._round = threading.Lock()  # one round at a time
-        self.storage = storage
+        self.index = index
+        self.storage = index.storage
         self.committer = committer
         self.clock = clock  # wall-clock seconds: when segments closed, how long an upload runs
         self.stalled_s = stalled_s
         self.last_error = ""  # why the last attempt failed ("" once one succeeded)
         self._busy: _Busy | None = None  # the bucket request in progress (read without a lock: one reference)
-        self.describer = Describer(storage)
+        self.describer = Describer(index)
         self._stored_since_round = 0  # bytes appended locally since the last round counted the local tier
         self._local_bytes = 0  # what the local tier held at the last round, archived not (open segments too)
         self._closing = threading.Event()
@@ -85,17 +91,20 @@ class Archiver:
 
     def adopt(self, cap: Capture) -> None:
         """Keep the capture's archive backlog from now on (with tiered storage): a new capture, or one found at
-        start-up whose closed segments wait already. When those closed was not recorded: their newest packet is
-        the best bound there is (they closed after it), so their age is at least the time since it."""
+        start-up whose closed segments wait already (read from the catalog's index of what is not archived, before
+        anything else reads the pods' segments: each is one object from then on). When those closed was not
+        recorded: their newest packet is the best bound there is (they closed after it), so their age is at least
+        the time since it."""
         if not self.storage.tiered:
             return
         backlog = ArchiveBacklog(self.clock)
+        waiting = {ps.pod.uid: self.index.unarchived(cap, ps) for ps in cap.pods.values()}
         with cap.lock:
             now = self.clock()
             closed = []
             for ps in cap.pods.values():
                 current = ps.writer.current if ps.writer is not None else None
-                closed += [(ps.pod.uid, seg) for seg in ps.segments if seg is not current]
+                closed += [(ps.pod.uid, seg) for seg in waiting[ps.pod.uid] if seg is not current]
             for uid, seg in sorted(closed, key=lambda t: (t[1].last_ts_ns, t[1].index)):
                 backlog.closed(uid, seg, min(now, seg.last_ts_ns / 1e9) if seg.last_ts_ns else now)
             cap.backlog = backlog
@@ -139,8 +148,10 @@ class Archiver:
                 self.last_error = ""
                 with cap.lock:
                     seg.archived = copy.locator
-                    ps.dirty = True
                     kept = backlog.gone(ps.pod.uid, seg)  # (retention takes what it deletes out of the backlog)
+                    if kept:  # the next commit records it (memory keeps it until then: the catalog's is older)
+                        ps.unrecorded[seg.index] = seg
+                        ps.dirty = True
                 if not kept:  # retention deleted it while it was being copied: the copy goes too
                     location(self.storage, cap, ps).delete(seg)
                     continue

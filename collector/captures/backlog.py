@@ -73,6 +73,10 @@ class ArchiveBacklog:
         self.bytes -= seg.bytes
         return True
 
+    def segments_of(self, pod: PodUid) -> list[SegmentInfo]:
+        """The pod's waiting segments."""
+        return [seg for (uid, _index), (seg, _at) in self._waiting.items() if uid == pod]
+
     def waiting(self) -> list[tuple[PodUid, SegmentInfo]]:
         """Every waiting segment, oldest closed first."""
         return [(pod, seg) for (pod, _index), (seg, _at) in self._waiting.items()]

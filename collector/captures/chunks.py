@@ -38,6 +38,7 @@ from podcap.collector.agents import AgentConnection
 from podcap.collector.captures import retention
 from podcap.collector.captures.model import Capture, PodState
 from podcap.collector.captures.pods import Gap, file_format, note_closed, note_gaps, open_writer
+from podcap.collector.captures.segments import SegmentIndex
 from podcap.collector.captures.streams import StreamState
 from podcap.collector.captures.table import CaptureTable, StorageHealth, heard_from
 from podcap.collector.storage.base import CaptureStorage, StorageError
@@ -75,12 +76,13 @@ class _Outcome:
 
 
 class ChunkIngest:
-    def __init__(self, table: CaptureTable, storage: CaptureStorage, health: StorageHealth, *,
+    def __init__(self, table: CaptureTable, storage: CaptureStorage, index: SegmentIndex, health: StorageHealth, *,
                  wake_committer: Callable[[], None], begin_stop: Callable[[Capture, str], None],
                  closing: threading.Event, local_room: Callable[[], str] = lambda: "",
                  stored: Callable[[int], None] = lambda _n: None) -> None:
         self.table = table
         self.storage = storage
+        self.index = index
         self.health = health
         self.wake_committer = wake_committer
         self.begin_stop = begin_stop
@@ -161,8 +163,7 @@ class ChunkIngest:
             if out.extra is None:
                 out.extra = Drops()
                 self._write(cap, ps, st, chunk, records, out)
-                with cap.lock:
-                    retired = retention.retire(self.storage, cap, time.time_ns(), only=ps)
+                retired = retention.retire(self.index, cap, time.time_ns(), only=ps)
             with cap.lock:
                 self._account(cap, ps, st, conn, chunk, out, gaps)
             note_gaps(self.storage, cap, gaps)
@@ -223,11 +224,8 @@ class ChunkIngest:
                 else:
                     cap.bytes_total += added - (len(data) + cost)
                 # A segment opened by a write that then failed (disk full) is still the pod's segment.
-                seg = writer.current
-                if seg is not None and (not ps.segments or ps.segments[-1] is not seg):
-                    ps.segments.append(seg)
-                    ps.next_segment = seg.index + 1
-                    ps.dirty = True
+                if writer.current is not None:
+                    ps.segment_written(writer.current)
                 note_closed(cap, ps)  # a rotation closed the previous segment (also when the write then failed)
         with cap.lock:
             if cap.followers:

@@ -1,12 +1,14 @@
 """Durability: the group commit that makes stored chunks acknowledged.
 
 A chunk is written to its segment at once but acknowledged only here: every ~50 ms (sooner when ingest asks) the
-committer takes a snapshot (the capture's state, then per dirty pod under its ``io_lock``: its row, each stream's
-last written chunk, the writer's pending flush), then without any lock runs the device flushes and records the
-snapshot in SQLite in one transaction, and only then sends the acknowledgements that snapshot made true — one
-message per agent. Commits of
-one capture run one at a time (``Capture.commit_lock``), so the database never goes back to an older snapshot.
-A failed commit records and acknowledges nothing, and every dirty pod stays dirty; storing pauses.
+committer takes a snapshot (the capture's state if it changed, then per dirty pod under its ``io_lock``: its row,
+its streams and segments that changed and the segments retired since the last commit, each stream's last written
+chunk, the writer's pending flush), then without any lock runs the device flushes and records the snapshot in SQLite
+in one transaction, and only then sends the acknowledgements that snapshot made true — one message per agent. A
+commit writes what changed, never a pod's whole segment index: its cost does not grow with the capture's age.
+Commits of one capture run one at a time (``Capture.commit_lock``), so the database never goes back to an older
+snapshot. A failed commit records and acknowledges nothing, and every dirty pod stays dirty (and everything it had
+to write stays to be written); storing pauses.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from podcap.collector.captures.pods import close_writer
 from podcap.collector.captures.streams import StreamState
 from podcap.collector.captures.table import CaptureTable, StorageHealth
 from podcap.collector.storage.base import PendingSync, StorageError
-from podcap.collector.storage.catalog import CaptureStore, PodRow
+from podcap.collector.storage.catalog import CaptureStore, PodCommit
 from podcap.v1 import ingest_pb2
 
 log = logging.getLogger(__name__)
@@ -67,11 +69,12 @@ class Committer:
             snap = self._snapshot(cap, wait)
             if snap is None:
                 return
-            syncs, rows, committed, dirty, (state, ended, reason) = snap
+            syncs, rows, committed, dirty, state = snap
             try:
                 for pending in syncs:
                     pending.run()
-                self.store.commit(cap.id, state=state, ended_ns=ended, end_reason=reason, pods=rows)
+                self.store.commit(cap.id, state=state if state != cap.recorded_state else None,
+                                  pods={str(ps.pod.uid): pc for ps, pc in rows})
             except BaseException:
                 for pending in syncs:
                     pending.close()
@@ -80,12 +83,16 @@ class Committer:
                         ps.dirty = True
                     cap.dirty = True
                 raise
+            with cap.lock:
+                cap.recorded_state = state
+                for ps, pc in rows:
+                    ps.committed(pc)
             owed = self._settle(cap, committed)
         if committed:
             self.observe(time.monotonic() - started)
         self._acknowledge(cap, owed)
 
-    def _snapshot(self, cap: Capture, wait: bool) -> tuple[list[PendingSync], dict[str, PodRow],
+    def _snapshot(self, cap: Capture, wait: bool) -> tuple[list[PendingSync], list[tuple[PodState, PodCommit]],
                                                 list[tuple[PodState, StreamState, int, AgentConnection | None]],
                                                 list[PodState], tuple[int, int, str]] | None:
         """What this commit records. The capture's state first, then each dirty pod under its ``io_lock`` (no
@@ -98,7 +105,7 @@ class Committer:
             state = (cap.state, cap.ended_ns, cap.end_reason)
             cap.dirty = False
         syncs: list[PendingSync] = []
-        rows: dict[str, PodRow] = {}
+        rows: list[tuple[PodState, PodCommit]] = []
         committed: list[tuple[PodState, StreamState, int, AgentConnection | None]] = []
         taken: list[PodState] = []
         try:
@@ -113,7 +120,7 @@ class Committer:
                     if pending is not None:
                         syncs.append(pending)
                     with cap.lock:
-                        rows[str(ps.pod.uid)] = ps.to_row()
+                        rows.append((ps, ps.to_commit()))
                         for st in ps.streams.values():
                             if st.last_seq > st.committed_seq:
                                 committed.append((ps, st, st.last_seq, st.ack_conn))

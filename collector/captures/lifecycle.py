@@ -121,9 +121,7 @@ def local_bytes(cap: Capture, *, tiered: bool) -> int:
             return sum(ps.stored_bytes for ps in cap.pods.values())
         open_bytes = sum(ps.writer.current.bytes for ps in cap.pods.values()
                          if ps.writer is not None and ps.writer.current is not None)
-        if cap.backlog is not None:
-            return cap.backlog.bytes + open_bytes
-        return sum(seg.bytes for ps in cap.pods.values() for seg in ps.segments if not seg.archived)
+        return (cap.backlog.bytes if cap.backlog is not None else 0) + open_bytes
 
 
 def deleted_text(d: control_pb2.CaptureDeletion) -> str:

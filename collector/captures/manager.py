@@ -11,7 +11,8 @@ Everything else is a component it wires together and delegates to:
 - ``committer``: durability and acknowledgements; ``recovery``: the captures found at startup; ``archiver``:
   closed segments to the second tier of tiered storage; ``lifecycle``: deleting captures, on request and by the
   policy for ended ones;
-- ``retention``, ``reads`` (downloads and followers), over the storage interface (``podcap.collector.storage``).
+- ``retention``, ``reads`` (downloads and followers), over the storage interface (``podcap.collector.storage``)
+  and the segment index (``segments``: closed segments live in the catalog, not in memory).
 
 Concurrency: one lock per capture guards its pods and counters, and is never held across I/O: each pod's writer
 does its I/O under the pod's own ``io_lock`` (taken first), so the pods of a capture that spans many nodes are
@@ -42,6 +43,7 @@ from podcap.collector.captures.model import ACTIVE, TERMINAL, Capture, PodState
 from podcap.collector.captures.placement import Placement, new_pod_state
 from podcap.collector.captures.pods import request_close, settle_closes
 from podcap.collector.captures.requests import validate_request
+from podcap.collector.captures.segments import SegmentIndex
 from podcap.collector.captures.table import STOP_GRACE_S, CaptureTable, StorageHealth, grace_starts
 from podcap.collector.kube.inventory import ClusterInventory
 from podcap.collector.storage.base import CaptureStorage
@@ -64,12 +66,13 @@ class CaptureManager:
         self.storage = storage
         self.registry = registry
         self.store = store
+        self.index = SegmentIndex(store, storage)
         self.table = CaptureTable()
         self.health = StorageHealth()
         self._closing = threading.Event()
         self.committer = Committer(self.table, store, self.health)
         # ``clock``: the wall clock of the archive backlog's ages (tests: a fake one)
-        self.archiver = Archiver(self.table, storage, self.committer, interval_s=archive_interval_s, clock=clock)
+        self.archiver = Archiver(self.table, self.index, self.committer, interval_s=archive_interval_s, clock=clock)
         self.lifecycle = Lifecycle(self.table, storage, store, self.health, stop=self._stop_now,
                                    exclusive=self.archiver.exclusive, policy=policy or LifecyclePolicy(),
                                    data_dir=data_dir,
@@ -80,15 +83,14 @@ class CaptureManager:
         self.placement = Placement(self.table, registry, cluster)
         self.events = PodEvents(self.table, storage, on_terminal=self._maybe_finish)
         self.held = HeldReports(self.table)
-        self.chunks = ChunkIngest(self.table, storage, self.health, wake_committer=self.committer.wake,
+        self.chunks = ChunkIngest(self.table, storage, self.index, self.health, wake_committer=self.committer.wake,
                                   begin_stop=self._begin_stop, closing=self._closing,
                                   local_room=lambda: self.archiver.local_room(local_cap_bytes),
                                   stored=self.archiver.note_stored)
         registry.subscribe(self.placement)
         if cluster is not None:
             cluster.subscribe(self.placement)
-        for cap in recovery.load(store, storage):
-            self.archiver.adopt(cap)
+        for cap in recovery.load(self.index, adopt=self.archiver.adopt):
             self.table.add(cap)
         self._ticker = threading.Thread(target=self._tick_loop, name="capture-ticker", daemon=True)
         self._ticker.start()
@@ -121,6 +123,7 @@ class CaptureManager:
             cap.pods[pod.uid] = new_pod_state(cap, pod)
         self.archiver.adopt(cap)
         self.store.add_capture(CaptureRow(cap.id, req, cap.state, cap.created_ns, 0, ""))
+        cap.recorded_state = (cap.state, 0, "")
         self.committer.commit(cap)
         self.table.add(cap)
         log.info("capture %s started: %d pods, filter %r", cap.id, len(pods), req.settings.filter)
@@ -186,7 +189,7 @@ class CaptureManager:
     def pod_files(
         self, cap: Capture, selectors: list[str], *, since_ns: int = 0, until_ns: int = 0
     ) -> Iterator[tuple[PodState, FileFormat, list[tuple[BinaryIO, int]]]]:
-        return reads.pod_files(self.storage, cap, selectors, since_ns=since_ns, until_ns=until_ns)
+        return reads.pod_files(self.index, cap, selectors, since_ns=since_ns, until_ns=until_ns)
 
     # ---- from the agents ----
 
@@ -285,9 +288,7 @@ class CaptureManager:
                 last_retention = time.monotonic()
                 for cap in self.table.live():
                     if cap.request.retention.keep_seconds:
-                        with cap.lock:
-                            retired = retention.retire(self.storage, cap, now_ns)
-                        retention.delete(retired)
+                        retention.delete(retention.retire(self.index, cap, now_ns))
 
     def close(self) -> None:
         """Persist everything; running captures stay RUNNING in the database and resume at the next start."""

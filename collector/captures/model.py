@@ -2,16 +2,23 @@
 segment writer also by its ``PodState.io_lock``).
 
 ``Capture`` and ``PodState`` hold what ``podcap status`` shows and what storage needs: per pod every stream it had
-(``podcap.collector.captures.streams``: sequence position and accounting; the newest is the current one), its
-segments and its open segment writer (through the storage interface, ``podcap.collector.storage.base``),
-cumulative and retired counters, what its agent last said it holds unacknowledged (``held``), and whether its
-counters are exact (``final``: the agent's final reports came, everything they announced arrived, nothing is on
-its way). ``to_row`` is the persisted form (``podcap.collector.storage.catalog``).
+(``podcap.collector.captures.streams``: sequence position and accounting; the newest is the current one), its open
+segment writer (through the storage interface, ``podcap.collector.storage.base``), cumulative and retired counters,
+what its agent last said it holds unacknowledged (``held``), and whether its counters are exact (``final``: the
+agent's final reports came, everything they announced arrived, nothing is on its way).
+
+Of a pod's segments only what the ingest path and the next commit need is here: the newest (the writer's current
+while one is open) and the one before it (what a rotation just closed), the ones whose rows the next commit writes
+(``unrecorded``, ``unrecorded_deletes``), and the few oldest that retention takes next (``head``); with tiered
+storage the capture's ``ArchiveBacklog`` holds its closed segments not yet archived. The catalog is the home of
+the rest (``podcap.collector.captures.segments`` reads both), so a pod's memory and a commit's work do not grow
+with the capture's age. ``to_commit`` is what a commit writes of a pod (``podcap.collector.storage.catalog``).
 Nothing here does I/O or knows the storage layout; followers are anything with the ``Follower`` shape.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 from dataclasses import dataclass, field
@@ -20,7 +27,7 @@ from typing import Protocol
 from podcap.collector.captures.backlog import ArchiveBacklog
 from podcap.collector.captures.streams import Held, StreamState, pod_counts
 from podcap.collector.storage.base import PodLocation, SegmentInfo, SegmentWriter
-from podcap.collector.storage.catalog import PodRow, SegmentRow, StreamRow
+from podcap.collector.storage.catalog import PodCommit, PodRow, SegmentRow
 from podcap.collector.targets import TargetSpec
 from podcap.drops import Drops
 from podcap.names import CaptureId, PodUid
@@ -71,7 +78,16 @@ class PodState:
     writer: SegmentWriter | None = None
     close_wanted: bool = False  # the writer is to be closed (by ``pods.settle_closes``, outside the capture's lock)
     close_pending: bool = False  # closing the writer failed (its last bytes not yet on disk): the committer retries
-    segments: list[SegmentInfo] = field(default_factory=list)
+    # Segments (see the module docstring). ``segment_count`` counts those kept; retention deletes oldest first, so
+    # every index up to ``retired_through`` is gone; ``max_span_ns`` bounds a window read's search by time.
+    last_segment: SegmentInfo | None = None
+    previous_segment: SegmentInfo | None = None
+    unrecorded: dict[int, SegmentInfo] = field(default_factory=dict)
+    unrecorded_deletes: set[int] = field(default_factory=set)
+    head: collections.deque[SegmentInfo] = field(default_factory=collections.deque)
+    segment_count: int = 0
+    retired_through: int = 0
+    max_span_ns: int = 0
     next_segment: int = 1
     packets_total: int = 0
     bytes_total: int = 0
@@ -90,6 +106,35 @@ class PodState:
     @property
     def stored_bytes(self) -> int:
         return max(0, self.bytes_total - self.retired_bytes)
+
+    def segment_written(self, seg: SegmentInfo) -> None:
+        """The writer's current segment after an append (a new one, or the same grown): the next commit records it
+        (caller holds the capture's lock)."""
+        if seg is not self.last_segment:
+            self.previous_segment, self.last_segment = self.last_segment, seg
+            self.segment_count += 1
+            self.next_segment = seg.index + 1
+        self.unrecorded[seg.index] = seg
+        if seg.first_ts_ns:
+            self.max_span_ns = max(self.max_span_ns, seg.last_ts_ns - seg.first_ts_ns)
+        self.dirty = True
+
+    def retire(self, seg: SegmentInfo) -> None:
+        """``seg``, the oldest kept (``head[0]``), is no longer the pod's: counted as retired, its row deleted by the
+        next commit (caller holds the capture's lock)."""
+        if self.head and self.head[0] is seg:
+            self.head.popleft()
+        self.retired_bytes += seg.bytes
+        self.retired_packets += seg.packets
+        self.segment_count -= 1
+        self.unrecorded.pop(seg.index, None)
+        self.unrecorded_deletes.add(seg.index)
+        if seg is self.previous_segment:
+            self.previous_segment = None
+        if seg is self.last_segment:
+            self.last_segment = None
+        self.retired_through = max(self.retired_through, seg.index)
+        self.dirty = True
 
     def add_stream(self, stream_id: str, fmt: common_pb2.PcapFormat) -> StreamState:
         """A stream seen starting for the first time: it becomes the current one."""
@@ -138,23 +183,40 @@ class PodState:
                                           if_dropped=counts.if_dropped),
             agent_dropped_packets=counts.drops.agent_total(), drops=counts.drops.to_proto(),
             unaccounted=counts.received - stored - self.retired_packets - counts.dropped - counts.drops.total(),
-            interface=self.interface, message=self.message, segments=len(self.segments), path=self.rel_path,
+            interface=self.interface, message=self.message, segments=self.segment_count, path=self.rel_path,
             reattachments=self.reattachments, retired_bytes=self.retired_bytes,
             retired_packets=self.retired_packets, held=self.on_its_way().to_proto(), final=self.final,
         )
 
-    def to_row(self) -> PodRow:
+    def to_commit(self) -> PodCommit:
+        """What the next commit writes of the pod: its row, the streams and segments that changed since the last
+        commit, the segments retired since (caller holds the capture's lock)."""
         current = self.streams.get(self.current)
-        return PodRow(
+        streams = [sr for st in self.streams.values() if (sr := st.row(self.held.get(st.id))) != st.recorded]
+        pod = PodRow(
             status=self.status(), format=self.fmt, stream_id=self.current,
             last_seq=current.last_seq if current is not None else 0,
-            packets_total=self.packets_total, bytes_total=self.bytes_total,
-            segments=[SegmentRow(s.index, s.bytes, s.packets, s.first_ts_ns, s.last_ts_ns, s.archived)
-                      for s in self.segments],
-            streams=[StreamRow(s.id, s.ordinal, s.fmt, s.last_seq, s.counters_json(self.held.get(s.id)))
-                     for s in self.streams.values()],
-            orphan=self.orphan.copy(),
+            packets_total=self.packets_total, bytes_total=self.bytes_total, segments=self.segment_count,
+            max_span_ns=self.max_span_ns, streams=streams, orphan=self.orphan.copy(),
         )
+        return PodCommit(pod, [segment_row(s) for s in self.unrecorded.values()], sorted(self.unrecorded_deletes))
+
+    def committed(self, pc: PodCommit) -> None:
+        """``pc`` is durable: what has not changed since it was taken need not be written again (caller holds the
+        capture's lock)."""
+        for seg_row in pc.segments:
+            seg = self.unrecorded.get(seg_row.index)
+            if seg is not None and segment_row(seg) == seg_row:
+                del self.unrecorded[seg_row.index]
+        self.unrecorded_deletes.difference_update(pc.retired)
+        for stream_row in pc.row.streams:
+            st = self.streams.get(stream_row.stream_id)
+            if st is not None:
+                st.recorded = stream_row
+
+
+def segment_row(s: SegmentInfo) -> SegmentRow:
+    return SegmentRow(s.index, s.bytes, s.packets, s.first_ts_ns, s.last_ts_ns, s.archived)
 
 
 @dataclass
@@ -178,6 +240,7 @@ class Capture:
     stop_started: float = 0.0
     stop_deadline: float = 0.0
     dirty: bool = True
+    recorded_state: tuple[int, int, str] | None = None  # (state, ended_ns, end_reason) as the catalog has them
     # Set (under the lock) by the chunk that reached a packet or byte limit: nothing after it is stored.
     limit_reached: str = ""
     followers: list[Follower] = field(default_factory=list)

@@ -94,8 +94,9 @@ def note_closed(cap: Capture, ps: PodState) -> None:
     """The pod's segments that closed since the last call (a rotation, its writer closed) join what waits for the
     second tier (``Capture.backlog``, with tiered storage). Caller holds the capture's lock; call after anything
     that may have changed the writer's current segment."""
-    if cap.backlog is not None:
-        cap.backlog.track(ps.pod.uid, ps.segments, ps.writer.current if ps.writer is not None else None)
+    if cap.backlog is not None:  # one segment closes at a time: what closed since the last call is one of these
+        recent = [s for s in (ps.previous_segment, ps.last_segment) if s is not None]
+        cap.backlog.track(ps.pod.uid, recent, ps.writer.current if ps.writer is not None else None)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """Reading a capture: live followers and the stored segments of its pods.
 
 A follower (``podcap.collector.captures.follow.Subscription``) is announced the pods already streaming and then offered
-each chunk as it is stored (by ingest). ``pod_files`` hands a download its pods' segments as open files: their
-sizes are taken under the pod's ``io_lock`` (after publishing the open segment), the files opened without any lock;
-a segment retention deletes meanwhile is left out (retention deletes the oldest first, so the rest is still one
-contiguous stretch).
+each chunk as it is stored (by ingest). ``pod_files`` hands a download its pods' segments as open files: the sizes
+of those in memory are taken under the pod's ``io_lock`` (after publishing the open segment), the others come from
+the catalog (a time window through its time index: a window costs what it overlaps, not the capture's length), the
+files opened without any lock; a segment retention deletes meanwhile is left out (retention deletes the oldest
+first, so the rest is still one contiguous stretch).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import BinaryIO
 from podcap.collector.captures.follow import Subscription
 from podcap.collector.captures.model import Capture, PodState
 from podcap.collector.captures.pods import file_format, location
-from podcap.collector.storage.base import CaptureStorage, StorageError
+from podcap.collector.captures.segments import SegmentIndex
+from podcap.collector.storage.base import StorageError
 from podcap.pcapfile import MAX_SNAPLEN, FileFormat
 from podcap.v1 import control_pb2
 
@@ -51,7 +53,7 @@ def _selected(ps: PodState, selectors: list[str]) -> bool:
 
 
 def pod_files(
-    storage: CaptureStorage, cap: Capture, selectors: list[str], *, since_ns: int = 0, until_ns: int = 0
+    index: SegmentIndex, cap: Capture, selectors: list[str], *, since_ns: int = 0, until_ns: int = 0
 ) -> Iterator[tuple[PodState, FileFormat, list[tuple[BinaryIO, int]]]]:
     """Each selected pod with its stream format and its segments as (open file, bytes to read); with a time
     window only the segments whose time range overlaps it."""
@@ -65,16 +67,19 @@ def pod_files(
                     ps.writer.publish()  # the open segment's last partial block may be in memory only
                 except StorageError as e:
                     log.error("%s", e)
+            mem = index.in_memory(cap, ps)
             with cap.lock:
-                segments = [(seg, seg.bytes) for seg in ps.segments
-                            if not (since_ns and seg.last_ts_ns and seg.last_ts_ns < since_ns)
-                            and not (until_ns and seg.first_ts_ns and seg.first_ts_ns > until_ns)]
                 pf = ps.fmt
-        # Opened without locks: a segment only grows past its recorded size, and one in the bucket may take a
-        # request or two to open (its block index) — the pod's chunks do not wait for that.
+        # The catalog read and the files opened without locks: a segment only grows past its recorded size, and
+        # one in the bucket may take a request or two to open (its block index) — the pod's chunks do not wait.
+        try:
+            segments = index.listing(cap, ps, mem, since_ns=since_ns, until_ns=until_ns)
+        except StorageError as e:
+            log.error("%s", e)
+            segments = []
         for seg, size in segments:
             try:
-                opened = location(storage, cap, ps).open(seg, since_ns, until_ns)
+                opened = location(index.storage, cap, ps).open(seg, since_ns, until_ns)
             except StorageError as e:
                 log.error("%s", e)
                 opened = None

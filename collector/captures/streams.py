@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from podcap.collector.agents import AgentConnection
+from podcap.collector.storage.catalog import StreamRow
 from podcap.drops import CAUSES, Drops
 from podcap.v1 import common_pb2
 
@@ -79,6 +80,7 @@ class StreamState:
     local: Drops = field(default_factory=Drops)
     stored: int = 0  # packets written to the pod's files (retention does not lower it)
     last_ts_ns: int = 0  # end of the last chunk handled (where the next in-band gap begins)
+    recorded: StreamRow | None = None  # its row as the catalog has it (a commit writes it only when it changed)
 
     @property
     def complete(self) -> bool:
@@ -107,6 +109,10 @@ class StreamState:
         if self.lost:
             return max(self.kernel[0], self.kernel[1] + self.stored + self.drops(held).total())
         return self.kernel[0]
+
+    def row(self, held: Held | None = None) -> StreamRow:
+        """Its catalog row (with what the agent last said it held for it)."""
+        return StreamRow(self.id, self.ordinal, self.fmt, self.last_seq, self.counters_json(held))
 
     def counters_json(self, held: Held | None = None) -> str:
         """What is persisted besides the sequence position (``load_counters`` reads it back), with what the agent

@@ -5,7 +5,8 @@ Capture logic (``podcap.collector.captures``) never builds a path, opens a file 
 whole records and rotates segments, ``sync_later`` hands back the device flush to run outside the capture's lock,
 ``delete`` retires a segment (retention), ``open`` gives a reader a segment, ``record_gap`` notes where the pod's
 capture has holes, and the ``recover_*`` calls bring a pod's segments back to what was acknowledged after a crash;
-``CaptureStorage.remove`` deletes a whole capture.
+``CaptureStorage.remove`` deletes a whole capture. The capture logic keeps no list of a pod's segments: the catalog
+indexes them, and a ``PodLocation`` makes a ``SegmentInfo`` of any index (``segment``).
 ``SegmentInfo`` describes one segment in the implementation's own terms (``locator``: a path, an object key).
 
 One implementation per module, in the spirit of Retina's output locations: ``podcap.collector.storage.local``
@@ -16,6 +17,7 @@ files as a write-ahead tier, closed segments archived to an S3-compatible bucket
 from __future__ import annotations
 
 import errno
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -121,8 +123,13 @@ class PodLocation(Protocol):
     def exists(self, seg: SegmentInfo) -> bool:
         ...
 
-    def recover_unknown(self, keep: set[int]) -> list[str]:
-        """Delete what the database does not know of (written after the last commit); return what was deleted."""
+    def recover_unknown(self, keep: Container[int]) -> list[str]:
+        """Delete what the database does not know of (written after the last commit: segments whose index is not
+        in ``keep``, temporary files); return what was deleted."""
+        ...
+
+    def local_segments(self) -> list[int]:
+        """Indices of the segments the first tier holds (its files)."""
         ...
 
     def recover_segment(self, seg: SegmentInfo, fmt: FileFormat) -> int:

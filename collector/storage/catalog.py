@@ -3,10 +3,21 @@
 Holds what must outlive the collector process: each capture's request, state, times and end reason; per pod its
 state and counters; per stream of a pod its format, last acknowledged chunk and accounting (``streams``); and the
 segment index (file, bytes, packets, first/last timestamp) that says exactly which bytes of which file were
-acknowledged. The capture manager writes a
-capture's rows in one transaction *after* syncing the pcap files and *before* sending acknowledgements, so after a
-crash the database never claims more than the disk holds, and the disk's surplus (never acknowledged, so the
-agents still hold it) is cut back on startup. WAL mode with ``synchronous=FULL`` makes each commit durable.
+acknowledged. The capture manager writes a capture's rows in one transaction *after* syncing the pcap files and
+*before* sending acknowledgements, so after a crash the database never claims more than the disk holds, and the
+disk's surplus (never acknowledged, so the agents still hold it) is cut back on startup. WAL mode with
+``synchronous=FULL`` makes each commit durable.
+
+**The segment index is the home of closed segments** (the collector keeps only a pod's newest segment and those not
+yet recorded in memory), so every write and read here costs what it touches, never what the capture has
+accumulated: a commit inserts or updates only the segment rows that are new or changed and deletes the retired
+ones by key (``PodCommit``); a pod's own row carries the running figures that answers need without counting rows
+(``segments``, ``max_span_ns``); reads go through indexes: by position (the primary key: the oldest for retention,
+a pod's whole list for a download), by time (``segments_by_time``: a window finds its segments between
+``since - max_span`` and ``until``), and the partial index of segments not yet archived (the archiver's queue).
+
+The schema has a version (``schema_version``) and a list of migrations, each run once in its own transaction, so a
+data dir of any older collector opens.
 
 A deleted capture's rows go in one transaction with its record in ``deletions`` (who, why, what was still to be
 deleted in storage), which outlives it for a while so that ``list`` and ``status`` can say what became of it.
@@ -17,12 +28,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from podcap.drops import CAUSES, Drops
 from podcap.v1 import common_pb2, control_pb2
 
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS captures (
     id TEXT PRIMARY KEY,
     request BLOB NOT NULL,
@@ -70,7 +82,6 @@ CREATE TABLE IF NOT EXISTS segments (
     packets INTEGER NOT NULL,
     first_ts_ns INTEGER NOT NULL,
     last_ts_ns INTEGER NOT NULL,
-    archived TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (capture_id, uid, idx)
 );
 CREATE TABLE IF NOT EXISTS deletions (
@@ -83,6 +94,36 @@ CREATE TABLE IF NOT EXISTS deletions (
 # Tables whose rows describe a capture's content rather than its history: every one with a capture_id column but
 # these is emptied of a deleted capture's rows.
 _KEPT_AFTER_DELETION = ("audit", "deletions")
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+
+
+def _v1(db: sqlite3.Connection) -> None:
+    """The tables as the first collectors made them, and the columns later ones added in place (a data dir from
+    before the schema had a version may have any of them)."""
+    for statement in _SCHEMA_V1.split(";"):
+        if statement.strip():
+            db.execute(statement)  # not executescript: it would commit the migration's transaction first
+    if "orphan" not in _columns(db, "pods"):
+        db.execute("ALTER TABLE pods ADD COLUMN orphan TEXT NOT NULL DEFAULT ''")
+    if "archived" not in _columns(db, "segments"):
+        db.execute("ALTER TABLE segments ADD COLUMN archived TEXT NOT NULL DEFAULT ''")
+
+
+def _v2(db: sqlite3.Connection) -> None:
+    """Closed segments live here only: a pod's running figures, and indexes by time and of what awaits archiving."""
+    db.execute("ALTER TABLE pods ADD COLUMN segments INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE pods ADD COLUMN max_span_ns INTEGER NOT NULL DEFAULT 0")
+    db.execute("UPDATE pods SET segments = (SELECT COUNT(*) FROM segments s WHERE s.capture_id = pods.capture_id"
+               " AND s.uid = pods.uid), max_span_ns = COALESCE((SELECT MAX(last_ts_ns - first_ts_ns) FROM segments s"
+               " WHERE s.capture_id = pods.capture_id AND s.uid = pods.uid AND first_ts_ns > 0), 0)")
+    db.execute("CREATE INDEX segments_by_time ON segments (capture_id, uid, first_ts_ns)")
+    db.execute("CREATE INDEX segments_unarchived ON segments (capture_id, uid, idx) WHERE archived = ''")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
 
 
 @dataclass(frozen=True)
@@ -118,7 +159,7 @@ class StreamRow:
 
 @dataclass(frozen=True)
 class PodRow:
-    """Everything persisted about one pod of a capture."""
+    """Everything persisted about one pod of a capture but its segments (``SegmentRow``, read by query)."""
 
     status: control_pb2.PodStatus
     format: common_pb2.PcapFormat | None
@@ -127,10 +168,29 @@ class PodRow:
     # Cumulative packets/bytes ever stored (retention deletes do not lower them): limits count these.
     packets_total: int
     bytes_total: int
-    segments: list[SegmentRow] = field(default_factory=list)
+    segments: int = 0  # segments kept (retention's deletes lower it)
+    max_span_ns: int = 0  # the longest time range of any segment the pod had (window reads search by it)
+    # Loaded: every stream of the pod. Committed: only the streams whose row changed.
     streams: list[StreamRow] = field(default_factory=list)
     # Drops of chunks of streams never seen starting.
     orphan: Drops = field(default_factory=Drops)
+
+
+@dataclass(frozen=True)
+class PodCommit:
+    """What one commit writes of a pod: its row, and only its segment rows that are new or changed and the indices
+    of those retired — never the pod's whole index."""
+
+    row: PodRow
+    segments: list[SegmentRow] = field(default_factory=list)
+    retired: list[int] = field(default_factory=list)
+
+
+_SEGMENT_COLUMNS = "idx, bytes, packets, first_ts_ns, last_ts_ns, archived"
+
+
+def _segment(r: tuple[int, int, int, int, int, str]) -> SegmentRow:
+    return SegmentRow(*r)
 
 
 class CaptureStore:
@@ -140,12 +200,23 @@ class CaptureStore:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            columns = {r[1] for r in self._db.execute("PRAGMA table_info(pods)")}
-            if "orphan" not in columns:  # a data dir of an older collector
-                self._db.execute("ALTER TABLE pods ADD COLUMN orphan TEXT NOT NULL DEFAULT ''")
-            if "archived" not in {r[1] for r in self._db.execute("PRAGMA table_info(segments)")}:
-                self._db.execute("ALTER TABLE segments ADD COLUMN archived TEXT NOT NULL DEFAULT ''")
+            self._migrate()
+
+    def _migrate(self) -> None:
+        self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = self._db.execute("SELECT version FROM schema_version").fetchone()
+        version = row[0] if row is not None else 0
+        if row is None:
+            self._db.execute("INSERT INTO schema_version (version) VALUES (0)")
+        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._db.execute("BEGIN")
+            try:
+                step(self._db)
+                self._db.execute("UPDATE schema_version SET version=?", (number,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         with self._lock:
@@ -158,42 +229,48 @@ class CaptureStore:
                 (row.id, row.request.SerializeToString(), row.state, row.created_ns, row.ended_ns, row.end_reason),
             )
 
-    def commit(self, capture_id: str, *, state: int, ended_ns: int, end_reason: str,
-               pods: dict[str, PodRow]) -> None:
-        """Write the capture's state and these pods' rows (segment index included) in one durable transaction."""
+    def commit(self, capture_id: str, *, state: tuple[int, int, str] | None, pods: dict[str, PodCommit]) -> None:
+        """Write, in one durable transaction, the capture's (state, ended_ns, end_reason) unless None (unchanged),
+        and what changed of these pods (``PodCommit``)."""
+        segments = [(capture_id, uid, s.index, s.bytes, s.packets, s.first_ts_ns, s.last_ts_ns, s.archived)
+                    for uid, pc in pods.items() for s in pc.segments]
+        retired = [(capture_id, uid, index) for uid, pc in pods.items() for index in pc.retired]
+        streams = [(capture_id, uid, s.stream_id, s.ordinal,
+                    s.format.SerializeToString() if s.format is not None else None, s.last_seq, s.counters)
+                   for uid, pc in pods.items() for s in pc.row.streams]
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                self._db.execute("UPDATE captures SET state=?, ended_ns=?, end_reason=? WHERE id=?",
-                                 (state, ended_ns, end_reason, capture_id))
-                for uid, row in pods.items():
-                    self._db.execute(
+                if state is not None:
+                    self._db.execute("UPDATE captures SET state=?, ended_ns=?, end_reason=? WHERE id=?",
+                                     (*state, capture_id))
+                if pods:
+                    self._db.executemany(
                         "INSERT INTO pods (capture_id, uid, status, format, stream_id, last_seq, packets_total,"
-                        " bytes_total, orphan) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (capture_id, uid) DO UPDATE"
-                        " SET status=excluded.status, format=excluded.format, stream_id=excluded.stream_id,"
-                        " last_seq=excluded.last_seq, packets_total=excluded.packets_total,"
-                        " bytes_total=excluded.bytes_total, orphan=excluded.orphan",
-                        (capture_id, uid, row.status.SerializeToString(),
-                         row.format.SerializeToString() if row.format is not None else None,
-                         row.stream_id, row.last_seq, row.packets_total, row.bytes_total,
-                         json.dumps(row.orphan.nonzero())),
+                        " bytes_total, orphan, segments, max_span_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                        " ON CONFLICT (capture_id, uid) DO UPDATE SET status=excluded.status,"
+                        " format=excluded.format, stream_id=excluded.stream_id, last_seq=excluded.last_seq,"
+                        " packets_total=excluded.packets_total, bytes_total=excluded.bytes_total,"
+                        " orphan=excluded.orphan, segments=excluded.segments, max_span_ns=excluded.max_span_ns",
+                        [(capture_id, uid, r.status.SerializeToString(),
+                          r.format.SerializeToString() if r.format is not None else None, r.stream_id, r.last_seq,
+                          r.packets_total, r.bytes_total, json.dumps(r.orphan.nonzero()), r.segments,
+                          r.max_span_ns) for uid, r in ((uid, pc.row) for uid, pc in pods.items())],
                     )
+                if streams:
                     self._db.executemany(
                         "INSERT INTO streams (capture_id, uid, stream_id, ordinal, format, last_seq, counters)"
                         " VALUES (?,?,?,?,?,?,?) ON CONFLICT (capture_id, uid, stream_id) DO UPDATE SET"
                         " ordinal=excluded.ordinal, format=excluded.format, last_seq=excluded.last_seq,"
-                        " counters=excluded.counters",
-                        [(capture_id, uid, s.stream_id, s.ordinal,
-                          s.format.SerializeToString() if s.format is not None else None, s.last_seq, s.counters)
-                         for s in row.streams],
-                    )
-                    self._db.execute("DELETE FROM segments WHERE capture_id=? AND uid=?", (capture_id, uid))
+                        " counters=excluded.counters", streams)
+                if retired:
+                    self._db.executemany("DELETE FROM segments WHERE capture_id=? AND uid=? AND idx=?", retired)
+                if segments:
                     self._db.executemany(
                         "INSERT INTO segments (capture_id, uid, idx, bytes, packets, first_ts_ns, last_ts_ns,"
-                        " archived) VALUES (?,?,?,?,?,?,?,?)",
-                        [(capture_id, uid, s.index, s.bytes, s.packets, s.first_ts_ns, s.last_ts_ns, s.archived)
-                         for s in row.segments],
-                    )
+                        " archived) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (capture_id, uid, idx) DO UPDATE SET"
+                        " bytes=excluded.bytes, packets=excluded.packets, first_ts_ns=excluded.first_ts_ns,"
+                        " last_ts_ns=excluded.last_ts_ns, archived=excluded.archived", segments)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -277,33 +354,86 @@ class CaptureStore:
         return out
 
     def pods(self, capture_id: str) -> list[PodRow]:
+        """Every pod of the capture with its streams (its segments are read by the queries below)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT uid, status, format, stream_id, last_seq, packets_total, bytes_total, orphan FROM pods"
-                " WHERE capture_id=? ORDER BY rowid", (capture_id,),
+                "SELECT uid, status, format, stream_id, last_seq, packets_total, bytes_total, orphan, segments,"
+                " max_span_ns FROM pods WHERE capture_id=? ORDER BY rowid", (capture_id,),
             ).fetchall()
             stream_rows = self._db.execute(
                 "SELECT uid, stream_id, ordinal, format, last_seq, counters FROM streams WHERE capture_id=?"
                 " ORDER BY uid, ordinal", (capture_id,),
             ).fetchall()
-            segs = self._db.execute(
-                "SELECT uid, idx, bytes, packets, first_ts_ns, last_ts_ns, archived FROM segments WHERE capture_id=?"
-                " ORDER BY uid, idx", (capture_id,),
-            ).fetchall()
-        by_uid: dict[str, list[SegmentRow]] = {}
-        for uid, idx, nbytes, packets, first, last, archived in segs:
-            by_uid.setdefault(uid, []).append(SegmentRow(idx, nbytes, packets, first, last, archived))
         streams: dict[str, list[StreamRow]] = {}
         for uid, stream_id, ordinal, fmt, last_seq, counters in stream_rows:
             streams.setdefault(uid, []).append(StreamRow(stream_id, ordinal, _format(fmt), last_seq, counters))
         out = []
-        for uid, status, fmt, stream_id, last_seq, packets_total, bytes_total, orphan in rows:
+        for uid, status, fmt, stream_id, last_seq, packets_total, bytes_total, orphan, nsegs, span in rows:
             st = control_pb2.PodStatus()
             st.ParseFromString(status)
             lost = {c: int(n) for c, n in json.loads(orphan or "{}").items() if c in CAUSES}
-            out.append(PodRow(st, _format(fmt), stream_id, last_seq, packets_total, bytes_total,
-                              by_uid.get(uid, []), streams.get(uid, []), Drops(**lost)))
+            out.append(PodRow(st, _format(fmt), stream_id, last_seq, packets_total, bytes_total, nsegs, span,
+                              streams.get(uid, []), Drops(**lost)))
         return out
+
+    # ---- a pod's segments, by index (each costs what it returns, whatever the pod's size) ----
+
+    def _segments(self, query: str, args: tuple[object, ...]) -> list[SegmentRow]:
+        with self._lock:
+            return [_segment(r) for r in self._db.execute(
+                f"SELECT {_SEGMENT_COLUMNS} FROM segments WHERE capture_id=? AND uid=? {query}", args)]
+
+    def segments(self, capture_id: str, uid: str, *, after: int = 0, limit: int = -1) -> list[SegmentRow]:
+        """The pod's segments after index ``after``, oldest first (``limit``: at most that many)."""
+        return self._segments("AND idx > ? ORDER BY idx LIMIT ?", (capture_id, uid, after, limit))
+
+    def newest_segment(self, capture_id: str, uid: str, *, before: int = 1 << 62) -> SegmentRow | None:
+        """The pod's newest segment (of those before index ``before``)."""
+        rows = self._segments("AND idx < ? ORDER BY idx DESC LIMIT 1", (capture_id, uid, before))
+        return rows[0] if rows else None
+
+    def oldest_index(self, capture_id: str, uid: str) -> int:
+        """The index of the pod's oldest segment (0 when it has none)."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(idx) FROM segments WHERE capture_id=? AND uid=?",
+                                   (capture_id, uid)).fetchone()
+        return int(row[0] or 0)
+
+    def segments_overlapping(self, capture_id: str, uid: str, since_ns: int, until_ns: int,
+                             max_span_ns: int) -> list[SegmentRow]:
+        """The pod's segments whose time range overlaps [since, until] (0: unbounded), and those with no packets,
+        in index order. A segment overlapping the window starts within ``max_span_ns`` (the longest range any of
+        the pod's segments has) before ``since``, so the time index bounds the search on both sides."""
+        lo = max(1, since_ns - max_span_ns) if since_ns else 1
+        hi = until_ns if until_ns else (1 << 63) - 1
+        rows = self._segments("AND first_ts_ns BETWEEN ? AND ? AND last_ts_ns >= ?",
+                              (capture_id, uid, lo, hi, since_ns))
+        rows += self._segments("AND first_ts_ns = 0", (capture_id, uid))
+        return sorted(rows, key=lambda r: r.index)
+
+    def unarchived_segments(self, capture_id: str, uid: str) -> list[SegmentRow]:
+        """The pod's segments only the local tier holds, oldest first (the partial index: what awaits the bucket)."""
+        return self._segments("AND archived = '' ORDER BY idx", (capture_id, uid))
+
+    def archived_segments(self, capture_id: str, uid: str, first: int, end: int) -> list[SegmentRow]:
+        """The pod's archived segments with ``first <= index < end``, in order."""
+        return self._segments("AND idx >= ? AND idx < ? AND archived != '' ORDER BY idx",
+                              (capture_id, uid, first, end))
+
+    def archived_among(self, capture_id: str, uid: str, indices: Iterable[int]) -> list[SegmentRow]:
+        """Of these segments of the pod, the archived ones (each found by its key)."""
+        out = []
+        for index in indices:
+            out += self._segments("AND idx = ? AND archived != ''", (capture_id, uid, index))
+        return out
+
+    def archived_pages(self, capture_id: str, uid: str, page_segments: int) -> set[int]:
+        """Numbers of the pages (``page_segments`` consecutive indices each) holding archived segments of the pod. A
+        scan of the pod's rows: for the bucket's description once after a start, not per round."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT idx / ? FROM segments WHERE capture_id=? AND uid=? AND"
+                                    " archived != ''", (page_segments, capture_id, uid)).fetchall()
+        return {int(r[0]) for r in rows}
 
 
 def _deletion(blob: bytes) -> control_pb2.CaptureDeletion:

@@ -16,6 +16,7 @@ import errno
 import os
 import shutil
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -83,7 +84,7 @@ def recover_segment(path: str, recorded_bytes: int, fmt: FileFormat) -> int:
     return keep
 
 
-def remove_stray_files(directory: str, keep: set[int]) -> list[str]:
+def remove_stray_files(directory: str, keep: Container[int]) -> list[str]:
     """Delete segments (and temp files) of a pod directory that the database does not know."""
     removed: list[str] = []
     try:
@@ -263,8 +264,11 @@ class LocalPodLocation:
     def exists(self, seg: SegmentInfo) -> bool:
         return os.path.exists(seg.locator)
 
-    def recover_unknown(self, keep: set[int]) -> list[str]:
+    def recover_unknown(self, keep: Container[int]) -> list[str]:
         return remove_stray_files(self.directory, keep)
+
+    def local_segments(self) -> list[int]:
+        return [int(os.path.basename(p)[: -len(SEGMENT_SUFFIX)]) for p in list_segments(self.directory)]
 
     def recover_segment(self, seg: SegmentInfo, fmt: FileFormat) -> int:
         return recover_segment(seg.locator, seg.bytes, fmt)

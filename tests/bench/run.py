@@ -38,6 +38,9 @@ Phases
   p7     podcap's segment upload to a real S3 gateway against boto3's plain multipart PUT of the same file, a
          60 s window of one pod out of >= 2 GB in the bucket by ``podcap get --from``, and what compression keeps
          of UDP and HTTP (tests/bench/objects.py).
+  p8     a capture's age must not make it slower (tests/bench/cost.py): collector CPU per GB in the last 30 s
+         of 7 minutes at ~40 MB/s with 1 MiB segments ÷ the first 30 s, commit p99 and RSS growth; ``podcap
+         status`` and a 60 s window ``get`` of a capture of 1,000,000 segments ÷ the same on one of 100 segments.
   p10    bulk TCP between two pods (HTTP downloads with curl, GSO/GRO frames up to 64 KiB; issue 21's traffic):
          payload bytes podcap stored ÷ tcpdump's on the same veth in the same run, at MTU 1500 and 9000, the
          pods' ``unaccounted`` after the stop, agent CPU ÷ tcpdump's (tests/bench/bulk.py).
@@ -74,6 +77,7 @@ from podcap.pcapfile import FILE_HEADER_LEN
 from podcap.v1 import control_pb2
 from tests.bench.bulk import phase_p10
 from tests.bench.busy import phase_p5
+from tests.bench.cost import phase_p8
 from tests.bench.lab import (
     CAP_CPU,
     GEN_CPU,
@@ -111,6 +115,9 @@ KEYS = (
     "p6_merge_step_ratio", "p6_mergecap_s", "p6_identical", "p7_upload_ratio", "p7_upload_mb_s",
     "p7_compression_udp", "p7_compression_http", "p7_compress_mb_s_udp", "p7_compress_mb_s_http",
     "p7_window_s", "p7_window_read_s", "p7_window_gb", "p7_window_fetched_mb", "p7_window_raw_mb", "p7_archive_mb_s",
+    "p8_cost_growth", "p8_segments", "p8_cpu_s_per_gb_first", "p8_cpu_s_per_gb_last", "p8_commit_p99_first_s",
+    "p8_commit_p99_last_s", "p8_rss_growth_mib", "p8_status_s", "p8_window_s", "p8_status_big_s", "p8_window_big_s",
+    "p8_startup_s",
     "p10_payload_ratio", "p10_payload_ratio_mtu9000", "p10_unaccounted", "p10_cpu_ratio",
 )
 SOAK_KEYS = (
@@ -126,6 +133,7 @@ TARGETS = {  # key: (comparison, bound)
     "p5_stored_ratio": (">=", 0.99), "p5_min_pod_ratio": (">=", 0.95), "p5_unaccounted": ("==", 0.0),
     "p6_merge_ratio": ("<=", 1.0), "p6_identical": ("==", 1.0),
     "p7_upload_ratio": (">=", 0.8), "p7_window_s": ("<=", 1.0),
+    "p8_cost_growth": ("<=", 1.15), "p8_status_s": ("<=", 1.5), "p8_window_s": ("<=", 1.5),
     "p10_payload_ratio": (">=", 0.99), "p10_payload_ratio_mtu9000": (">=", 0.99), "p10_unaccounted": ("==", 0.0),
     "soak_unaccounted": ("==", 0.0), "soak_rss_drift_agent": ("<=", 0.05), "soak_rss_drift_collector": ("<=", 0.05),
 }
@@ -557,10 +565,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--p6-frames", type=int, help="p6: frames each of the 4 pods sends, each seen on 4 veths "
                     "(default 150000: 1.1 GB stored; smoke 5000)")
     ap.add_argument("--p6-rounds", type=int, help="p6: timed rounds (default 5; smoke 1)")
-    ap.add_argument("--only", choices=["p1", "p3", "p4", "p5", "p6", "p7", "p10"], help="run one phase only")
+    ap.add_argument("--only", choices=["p1", "p3", "p4", "p5", "p6", "p7", "p8", "p10"], help="run one phase only")
     ap.add_argument("--p7-mib", type=int, help="p7: MiB of the uploaded segment (default 256; smoke 24)")
     ap.add_argument("--p7-window-gb", type=float, help="p7: GB in the bucket for the window read "
                     "(default 2; smoke 0.2)")
+    ap.add_argument("--p8-minutes", type=float, help="p8: minutes of traffic for the cost growth (default 7: ≥ 15,000 "
+                    "segments at 40 MB/s; p8 is not part of --smoke)")
+    ap.add_argument("--p8-parts", choices=["all", "growth", "scale"], default="all",
+                    help="p8: the cost growth under traffic, the 1M-segment reads, or both")
     ap.add_argument("--p10-mib", type=int, help="p10: MiB of the downloaded file (default 64; smoke 30)")
     ap.add_argument("--p10-downloads", type=int, help="p10: downloads per round (default 8; smoke 1)")
     ap.add_argument("--soak", type=float, metavar="MINUTES", help="run only the soak (see tests/bench/soak.py): "
@@ -627,6 +639,9 @@ def main(argv: list[str] | None = None) -> int:
             if a.only in (None, "p7") and not a.soak:
                 out, _p7 = phase_p7(megabytes=a.p7_mib or (24 if a.smoke else 256), rounds=rounds + 1,
                                     window_gb=a.p7_window_gb or (0.2 if a.smoke else 2.0))
+                result.update(out)
+            if a.only in (None, "p8") and not a.soak and not a.smoke:
+                out, _p8 = phase_p8(lab, minutes=a.p8_minutes or 7.0, parts=a.p8_parts)
                 result.update(out)
             if a.only in (None, "p10") and not a.soak:
                 out, _p10 = phase_p10(lab, file_mib=a.p10_mib or (30 if a.smoke else 64),

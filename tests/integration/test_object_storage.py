@@ -23,6 +23,7 @@ from podcap.collector.agents import AgentConnection, AgentRegistry
 from podcap.collector.bucket.objects import BucketUrl, ObjectStore
 from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.demo.node import DemoNode
+from podcap.collector.storage.base import SegmentInfo
 from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.local import list_segments
 from podcap.collector.storage.tiered import TieredStorage
@@ -96,6 +97,12 @@ class Env:
                 out += [int.from_bytes(r.data[:4], "big") for r in iter_records(data, fmt)]
         return out
 
+    def segments(self, cid: str) -> list[SegmentInfo]:
+        """Every segment of the capture's pods, from memory and the catalog (as downloads list them)."""
+        cap = self.mgr.get(cid)
+        index = self.mgr.index
+        return [seg for ps in cap.pods.values() for seg, _n in index.listing(cap, ps, index.in_memory(cap, ps))]
+
     def keys(self, cid: str) -> list[str]:
         return sorted(k for k in self.objects.list_keys(self.objects.url.key(cid) + "/") if ".pcap" in k)
 
@@ -148,9 +155,7 @@ def test_large_segments_go_as_multipart_uploads(env: Env, monkeypatch: pytest.Mo
     cid = env.start(segment=12 << 20)
     env.send(cid, 1, 30, per_chunk=1000, size=1400, noise=True)  # 42 MB that do not compress
     assert env.mgr.archiver.run_once() >= 2
-    cap = env.mgr.get(cid)
-    with cap.lock:
-        archived = [(s.archived, s.bytes) for ps in cap.pods.values() for s in ps.segments if s.archived]
+    archived = [(s.archived, s.bytes) for s in env.segments(cid) if s.archived]
     assert archived and all(env.objects.size(key) > 2 * objects.PART_BYTES for key, _size in archived)
     assert env.read_back(cid) == list(range(30000))
     uploads = env.s3.client().list_multipart_uploads(Bucket=env.s3.bucket, Prefix=env.prefix)
@@ -165,7 +170,6 @@ def test_archiving_a_large_segment_holds_a_few_parts_not_the_segment(
     import tracemalloc
 
     from podcap.collector.bucket import objects
-    from podcap.collector.storage.base import SegmentInfo
     from podcap.collector.storage.tiered import TieredPodLocation
 
     monkeypatch.setattr(objects, "PART_BYTES", 5 << 20)
@@ -199,9 +203,8 @@ def test_a_collector_that_died_mid_upload_neither_loses_nor_duplicates(env: Env)
     cid = env.start()
     env.send(cid, 1, 10)
     cap = env.mgr.get(cid)
-    with cap.lock:
-        (ps,) = cap.pods.values()
-        first = ps.segments[0]
+    (ps,) = cap.pods.values()
+    first = env.segments(cid)[0]
     key = location(env.mgr.storage, cap, ps).archive(first).locator  # uploaded; the record never happens
     client = env.s3.client()
     stale = client.create_multipart_upload(Bucket=env.s3.bucket, Key=f"{env.prefix}/{cid}/shop/web-0/000002.pcap")
@@ -213,7 +216,7 @@ def test_a_collector_that_died_mid_upload_neither_loses_nor_duplicates(env: Env)
     env.mgr = CaptureManager(storage, env.registry, env.store, archive_interval_s=0)
     assert env.mgr.archiver.run_once() >= 3
     keys = env.keys(cid)
-    assert key in keys and len(keys) == len(set(keys)) == len(env.mgr.get(cid).pods[POD.uid].segments)  # one each
+    assert key in keys and len(keys) == len(set(keys)) == len(env.segments(cid))  # one each
     assert env.read_back(cid) == list(range(1000))
 
 
@@ -224,8 +227,7 @@ def test_segments_are_compressed_and_a_window_fetches_only_its_blocks(env: Env) 
     env.send(cid, 1, 60, per_chunk=1000)  # 60,000 records of 216 bytes: one closed 12 MiB segment and the rest
     assert env.mgr.archiver.run_once() == 1
     cap = env.mgr.get(cid)
-    with cap.lock:
-        (seg,) = [s for ps in cap.pods.values() for s in ps.segments if s.archived]
+    (seg,) = [s for s in env.segments(cid) if s.archived]
     stored = env.objects.size(seg.archived)
     assert stored < seg.bytes / 3  # these records compress well (real headers do too)
     since = (10 + 30) * 10**9  # records 30000..30999 (ts = 10 s + i // 1000 s + i % 1000 ns)
@@ -318,9 +320,7 @@ def test_retention_deletes_the_objects(env: Env) -> None:
     env.mgr.archiver.run_once()
     env.send(cid, 31, 30)
     env.mgr.archiver.run_once()
-    cap = env.mgr.get(cid)
-    with cap.lock:
-        kept = [s.archived for ps in cap.pods.values() for s in ps.segments if s.archived]
+    kept = [s.archived for s in env.segments(cid) if s.archived]
     assert kept and env.keys(cid) == sorted(kept)  # nothing retention dropped is left in the bucket
     got = env.read_back(cid)
     assert got == list(range(got[0], 6000)) and got[0] > 0  # the newest, contiguous

@@ -19,7 +19,7 @@ from podcap.collector.bucket.objects import BucketUrl, ObjectNotFoundError, Obje
 from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.captures.model import Capture
 from podcap.collector.storage.base import SegmentInfo
-from podcap.collector.storage.catalog import CaptureStore
+from podcap.collector.storage.catalog import CaptureStore, SegmentRow
 from podcap.collector.storage.local import list_segments
 from podcap.collector.storage.tiered import TieredStorage
 from podcap.names import NodeName, PodUid
@@ -140,15 +140,16 @@ def env(tmp_path: str) -> Iterator[Env]:
     store.close()
 
 
-def closed_waiting(cap: Capture) -> list[SegmentInfo]:
-    """The definition, walked the long way: every pod's segments that are closed (not its writer's current one)
-    and not archived."""
-    with cap.lock:
-        out = []
-        for ps in cap.pods.values():
+def closed_waiting(mgr: CaptureManager, cap: Capture) -> list[SegmentInfo]:
+    """The definition, walked the long way: every pod's segments (memory and the catalog, as a download lists
+    them) that are closed (not its writer's current one) and not archived."""
+    out = []
+    for ps in cap.pods.values():
+        listed = mgr.index.listing(cap, ps, mgr.index.in_memory(cap, ps))
+        with cap.lock:
             current = ps.writer.current if ps.writer is not None else None
-            out += [s for s in ps.segments if s is not current and not s.archived]
-        return out
+            out += [s for s, _n in listed if s is not current and not s.archived]
+    return out
 
 
 def closed_on_disk(data: str, cap: Capture) -> int:
@@ -166,23 +167,23 @@ def test_every_closed_segment_waits_from_when_it_closed(env: Env) -> None:
     cap = env.start()
     assert env.status(cap) == (0, 0.0, "")
     env.send(cap, "uid-0", 7)  # segments of three chunks: two closed, the third open
-    assert len(closed_waiting(cap)) == 2
+    assert len(closed_waiting(env.mgr, cap)) == 2
     env.clock.now = T0 + 5
     nbytes, age, error = env.status(cap)
-    assert nbytes == sum(s.bytes for s in closed_waiting(cap)) == closed_on_disk(env.data, cap) > 0
+    assert nbytes == sum(s.bytes for s in closed_waiting(env.mgr, cap)) == closed_on_disk(env.data, cap) > 0
     assert (age, error) == (5.0, "")
     env.clock.now = T0 + 9
     env.send(cap, "uid-1", 4)  # web-1's first segment closes now: more bytes, the oldest is still web-0's
-    assert env.status(cap) == (sum(s.bytes for s in closed_waiting(cap)), 9.0, "")
-    assert env.status(cap)[0] == closed_on_disk(env.data, cap) and len(closed_waiting(cap)) == 3
+    assert env.status(cap) == (sum(s.bytes for s in closed_waiting(env.mgr, cap)), 9.0, "")
+    assert env.status(cap)[0] == closed_on_disk(env.data, cap) and len(closed_waiting(env.mgr, cap)) == 3
     env.clock.now = T0 + 20
     assert env.status(cap)[1] == 20.0  # nothing uploads: the age grows with the clock
     # web-1's stream ends: its writer closes, and its last segment waits too.
     env.mgr.on_pod_event(env.conn, ingest_pb2.PodCaptureEvent(
         capture_id=cap.id, pod_uid="uid-1", stream_id="s-uid-1", state=common_pb2.POD_CAPTURE_STATE_DONE))
     assert env.mgr.get(cap.id).pods[PodUid("uid-1")].writer is None
-    assert env.status(cap)[0] == sum(s.bytes for s in closed_waiting(cap)) == closed_on_disk(env.data, cap)
-    assert len(closed_waiting(cap)) == 4
+    assert env.status(cap)[0] == sum(s.bytes for s in closed_waiting(env.mgr, cap)) == closed_on_disk(env.data, cap)
+    assert len(closed_waiting(env.mgr, cap)) == 4
 
 
 def test_a_hung_upload_is_named_while_the_backlog_keeps_growing_and_ageing(env: Env) -> None:
@@ -196,8 +197,8 @@ def test_a_hung_upload_is_named_while_the_backlog_keeps_growing_and_ageing(env: 
         env.clock.now = T0 + 3
         env.send(cap, "uid-0", 6)  # two more segments close while the round hangs: they wait too
         env.send(cap, "uid-1", 4)
-        waiting = sum(s.bytes for s in closed_waiting(cap))
-        assert len(closed_waiting(cap)) == 5 and waiting == closed_on_disk(env.data, cap)
+        waiting = sum(s.bytes for s in closed_waiting(env.mgr, cap))
+        assert len(closed_waiting(env.mgr, cap)) == 5 and waiting == closed_on_disk(env.data, cap)
         assert env.status(cap) == (waiting, 3.0, "")  # hanging for 3 s: not yet worth a word
         env.clock.now = T0 + 35
         nbytes, age, error = env.status(cap)
@@ -211,8 +212,8 @@ def test_a_hung_upload_is_named_while_the_backlog_keeps_growing_and_ageing(env: 
     assert not uploading.is_alive()
     # The round archived what it had taken (web-0's first two segments); what closed meanwhile still waits, its age
     # from when the oldest of those closed.
-    assert len(closed_waiting(cap)) == 3
-    assert env.status(cap) == (sum(s.bytes for s in closed_waiting(cap)), 47.0 - 3.0, "")
+    assert len(closed_waiting(env.mgr, cap)) == 3
+    assert env.status(cap) == (sum(s.bytes for s in closed_waiting(env.mgr, cap)), 47.0 - 3.0, "")
     assert env.mgr.archiver.run_once() == 3
     assert env.status(cap) == (0, 0.0, "") and closed_on_disk(env.data, cap) == 0
 
@@ -224,7 +225,7 @@ def test_a_failed_upload_says_what_the_store_said_until_one_succeeds(env: Env) -
     assert env.mgr.archiver.run_once() == 0
     env.clock.now = T0 + 12
     nbytes, age, error = env.status(cap)
-    assert nbytes == sum(s.bytes for s in closed_waiting(cap)) > 0 and age == 12.0
+    assert nbytes == sum(s.bytes for s in closed_waiting(env.mgr, cap)) > 0 and age == 12.0
     assert error == "PUT prefix/x/000001.pcap.zst: ReadTimeoutError: Read timeout on endpoint URL"
     env.bucket.fail = None
     assert env.mgr.archiver.run_once() == 1
@@ -240,7 +241,7 @@ def test_retention_takes_deleted_segments_out_of_the_backlog(env: Env) -> None:
     with cap.lock:
         retired = cap.pods[PodUid("uid-0")].retired_bytes
     assert retired > 0
-    assert env.status(cap)[0] == sum(s.bytes for s in closed_waiting(cap)) == closed_on_disk(env.data, cap)
+    assert env.status(cap)[0] == sum(s.bytes for s in closed_waiting(env.mgr, cap)) == closed_on_disk(env.data, cap)
     env.bucket.fail = None
     env.mgr.archiver.run_once()
     assert env.status(cap) == (0, 0.0, "")
@@ -255,25 +256,23 @@ def test_a_restarted_collector_finds_what_still_waits(env: Env) -> None:
     env.mgr.archiver.run_once()
     env.reopen()  # the shutdown closes both pods' open segments: everything waits now
     cap = env.mgr.get(cap.id)
-    assert len(closed_waiting(cap)) == 3 and closed_on_disk(env.data, cap) == sum(s.bytes for s in closed_waiting(cap))
+    waiting = closed_waiting(env.mgr, cap)
+    assert len(waiting) == 3 and closed_on_disk(env.data, cap) == sum(s.bytes for s in waiting)
     nbytes, age, error = env.status(cap)
     assert nbytes == closed_on_disk(env.data, cap) and age == pytest.approx(T0 - 10, abs=1) and error == ""
     env.bucket.fail = None
     assert env.mgr.archiver.run_once() == 3 and env.status(cap) == (0, 0.0, "")
 
 
-class _Unwalkable(list[SegmentInfo]):
-    def __iter__(self) -> Iterator[SegmentInfo]:
-        raise AssertionError("a status call walked a pod's segments")
-
-
-def test_status_does_not_walk_the_segments(env: Env) -> None:
+def test_status_does_not_walk_the_segments(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 22: nothing per status call grows with the capture's length; the backlog is running totals."""
     cap = env.start()
     env.send(cap, "uid-0", 30)
-    expected = sum(s.bytes for s in closed_waiting(cap))
-    with cap.lock:
-        for ps in cap.pods.values():
-            ps.segments = _Unwalkable(ps.segments)
+    expected = sum(s.bytes for s in closed_waiting(env.mgr, cap))
+
+    def unwalkable(*_a: object) -> list[SegmentRow]:
+        raise AssertionError("a status call walked a pod's segments")
+
+    monkeypatch.setattr(env.store, "_segments", unwalkable)  # every read of the segment index goes through it
     env.clock.now = T0 + 1
     assert env.status(cap) == (expected, 1.0, "")
