@@ -167,7 +167,8 @@ def measure(data: str, per_pod: int) -> Figures:
         with SqlCounter(store) as c:
             [mgr.status(x) for x in mgr.all()]
         fig.list_statements = c.statements
-        fig.in_memory = sum(len({id(s) for s in (*ps.unrecorded.values(), *ps.backlog.values(), *ps.head)})
+        fig.in_memory = sum(len({id(s) for s in (*ps.unrecorded.values(), *ps.head, ps.last_segment,
+                                                  ps.previous_segment) if s is not None})
                             for ps in cap.pods.values())
         k = per_pod // 2
         since, until = (t0_s + k * SPACING_S) * 10**9, (t0_s + k * SPACING_S + SPAN_S) * 10**9
