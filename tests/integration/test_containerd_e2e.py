@@ -52,6 +52,13 @@ def wget_loop(ip: str, times: int = 600, pause: str = "0.1") -> tuple[str, ...]:
 # -- fixtures ---------------------------------------------------------------------------------------------------
 
 
+
+@pytest.fixture(scope="session")
+def node(containerd_node: TestNode) -> TestNode:
+    """The real containerd node (tests/node/fixtures.py), not tests/integration/conftest.py's netns node."""
+    return containerd_node
+
+
 @pytest.fixture
 def namespace() -> str:
     return f"e2e-{secrets.token_hex(3)}"

@@ -45,6 +45,13 @@ def pod_eth0_peer_ifindex(netns_path: str) -> int:
     return int(m.group(1))
 
 
+
+@pytest.fixture(scope="session")
+def node(containerd_node: TestNode) -> TestNode:
+    """The real containerd node (tests/node/fixtures.py), not tests/integration/conftest.py's netns node."""
+    return containerd_node
+
+
 @pytest.fixture
 def source(node: TestNode) -> Iterator[CriPodSource]:
     src = CriPodSource(NODE, node.socket)

@@ -80,6 +80,13 @@ class Deployment:
         return self.kubelet.run(self.agent_template, name=name, namespace="podcap-system")
 
 
+
+@pytest.fixture(scope="session")
+def node(containerd_node: TestNode) -> TestNode:
+    """The real containerd node (tests/node/fixtures.py), not tests/integration/conftest.py's netns node."""
+    return containerd_node
+
+
 @pytest.fixture
 def deployment(node: TestNode, tmp_path: Path) -> Iterator[Deployment]:
     missing = [a for a in ARCHIVES if not (IMAGES / a).exists()]

@@ -1,4 +1,5 @@
-"""The session-scoped ``node`` fixture: one real containerd node shared by every test that asks for it.
+"""The session-scoped ``containerd_node`` fixture: one real containerd node shared by every test that asks for it
+(the modules that use it name it ``node`` locally; tests/integration/conftest.py's ``node`` is a netns node).
 
 Tests that use it must be marked ``root`` and ``containerd``. Without root or the node's packages the fixture skips
 with the reason; with ``PODCAP_REQUIRE_NODE=1`` (set it in the CI job that runs as root) it fails instead, so a
@@ -18,7 +19,7 @@ APT_PACKAGES = "containerd runc containernetworking-plugins busybox-static iptab
 
 
 @pytest.fixture(scope="session")
-def node() -> Iterator[TestNode]:
+def containerd_node() -> Iterator[TestNode]:
     missing = missing_requirements()
     if missing:
         reason = f"a real node needs {', '.join(missing)} (as root: apt-get install {APT_PACKAGES})"
