@@ -284,8 +284,7 @@ def _window(ctx: click.Context, since: str, until: str, bpf: str) -> Window:
 
 
 def _check_request(status: control_pb2.CaptureStatus, pods: list[str], window: Window, *, prog: str) -> None:
-    """Refuse a read that cannot hold anything by mistake: pods the capture does not have, a window outside the
-    capture's time; say on stderr when the capture still runs (the files are what it stored so far)."""
+    """Refuse a read that cannot hold anything by mistake: pods the capture does not have, a capture with no pods."""
     names = ", ".join(f"{ps.pod.namespace}/{ps.pod.name}" for ps in status.pods) or "none"
     unknown = [p for p in pods if not any(selected(ps, [p]) for ps in status.pods)]
     if unknown:
@@ -293,13 +292,9 @@ def _check_request(status: control_pb2.CaptureStatus, pods: list[str], window: W
     if not status.pods:
         raise CommandError(f"capture {status.id} has no pods: nothing to read", f"'{prog} status {status.id}' "
                            "says why", prog=prog)
-    start, end = status.created_unix_ns, status.ended_unix_ns
-    if window.until_ns and start and window.until_ns < start:
-        raise CommandError(f"--until {rfc3339(window.until_ns)} is before capture {status.id} started "
-                           f"({rfc3339(start)}): the window holds nothing", "check --since/--until", prog=prog)
-    if window.since_ns and end and window.since_ns > end:
-        raise CommandError(f"--since {rfc3339(window.since_ns)} is after capture {status.id} ended "
-                           f"({rfc3339(end)}): the window holds nothing", "check --since/--until", prog=prog)
+    # A window outside the capture's lifetime (by the collector's clock) is not refused here: records carry their
+    # node's clock, which may differ from the collector's, and data brought in from elsewhere may predate the
+    # capture. Whether a window holds packets is the segment index's to say (left for the collector's Download).
 
 
 def _snapshot_note(status: control_pb2.CaptureStatus, *, prog: str, started_ns: int) -> None:

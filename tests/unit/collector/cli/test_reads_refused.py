@@ -53,11 +53,6 @@ def test_get_of_an_empty_window_fails(fake: FakeClient, tmp_path: str, monkeypat
                             monkeypatch, capsys)
     assert code == 2 and err.startswith("podcap get: --since ") and "is after --until" in err, err
     assert len(err.strip().splitlines()) == 1
-    fake.get = lambda cid: capture(control_pb2.CAPTURE_STATE_DONE)  # ended in 2023
-    r = invoke("get", CID, "-o", str(tmp_path), "--since", "10m")
-    one_line_failure(r, f"is after capture {CID} ended (2023-11-14T22:13:30.000Z): the window holds nothing")
-    r = invoke("get", CID, "-o", str(tmp_path), "--until", "2020-01-01T00:00:00Z")
-    one_line_failure(r, f"is before capture {CID} started")
     assert os.listdir(tmp_path) == []
 
 
