@@ -47,6 +47,8 @@ def test_bench_smoke() -> None:
     result = json.loads(lines[-1])
     for key in KEYS:
         assert key in result, f"{key} missing from {result}"
+        if key.startswith("p8_"):
+            continue  # p8 (a capture's age) needs minutes of traffic and a million segments: not part of --smoke
         v = result[key]
         assert isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), f"{key}={v!r}"
     assert result["smoke"] is True
