@@ -50,6 +50,8 @@ class FakeAgent:
         self.call = ingest_pb2_grpc.IngestStub(self.channel).Attach(self._requests(), timeout=120)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        # The collector answers once its registry has the node: from then on its pods can be targeted.
+        self.registration = self.expect(lambda m: m.WhichOneof("kind") == "registered")
 
     def _requests(self) -> Iterator[ingest_pb2.AgentMessage]:
         while (msg := self._out.get()) is not None:
@@ -144,7 +146,7 @@ def test_an_oversized_chunk_is_refused_in_band_the_session_goes_on_and_gaps_are_
     _, address = served
     agent = FakeAgent(address)
     try:
-        reg = agent.expect(lambda m: m.WhichOneof("kind") == "registered")
+        reg = agent.registration
         assert reg.registered.max_message_bytes == MAX_MESSAGE_BYTES
         with CollectorClient(address) as cli:
             cid = start_one(cli)
@@ -216,7 +218,7 @@ def test_a_start_for_a_node_whose_agent_just_disconnected_is_sent_when_it_regist
         served: tuple[Collector, str]) -> None:
     collector, address = served
     first = FakeAgent(address)
-    first.expect(lambda m: m.WhichOneof("kind") == "registered")
+    assert first.registration.WhichOneof("kind") == "registered"
     first.cancel()
     deadline = time.monotonic() + 10
     while collector.registry.get(NODE) is not None:  # (the collector has seen the session end)
@@ -241,7 +243,7 @@ def test_a_node_whose_agent_does_not_come_back_ends_as_before(served: tuple[Coll
     collector, address = served
     collector.registry.absence_grace_s = 1.0
     first = FakeAgent(address)
-    first.expect(lambda m: m.WhichOneof("kind") == "registered")
+    assert first.registration.WhichOneof("kind") == "registered"
     first.cancel()
     with CollectorClient(address) as cli:
         deadline = time.monotonic() + 10
