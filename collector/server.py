@@ -179,7 +179,6 @@ def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
     for address in (listen, agent_listen if tls is not None else ""):
         if address:
             check_listen(address)  # before anything is opened; ``_bind`` checks again
-    os.umask(0o077)  # captured packets are readable by the collector's user only
     os.makedirs(os.path.join(data_dir, "captures"), mode=0o700, exist_ok=True)
     store = CaptureStore(os.path.join(data_dir, "podcap.db"))
     registry = AgentRegistry()
@@ -304,6 +303,10 @@ def main(listen: str, data_dir: str, storage: str, s3_endpoint: str, s3_region: 
         if metrics_listen:
             check_listen(metrics_listen)
         backend = open_storage(data_dir, storage, s3_endpoint=s3_endpoint, s3_region=s3_region)
+        # Captured packets are readable by the collector's user only. Set here, for the daemon's process, not in
+        # start_collector: a process-wide umask set by a library call leaked into everything an embedding process
+        # started afterwards (tests' containerd unpacked images 0700, and non-root containers could not run).
+        os.umask(0o077)
         collector = start_collector(listen, data_dir, max_workers=max_workers, cluster=cluster, tls=tls,
                                     authorizer=authorizer, agent_listen=agent_listen, storage=backend,
                                     local_cap_bytes=local_cap_bytes, policy=policy)
