@@ -48,32 +48,20 @@ _INT64_TYPES = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDe
                 FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
 
 
-def _int64_as_numbers(msg: Message, d: dict[str, Any]) -> None:
-    """Turn the JSON mapping's 64-bit strings back into numbers, in place (nested messages too)."""
+def _as_cli_values(msg: Message, d: dict[str, Any]) -> None:
+    """Turn the JSON mapping's 64-bit strings back into numbers and its enums (protobuf names) into the CLI's words,
+    in place, nested messages too: one walk over the message's fields."""
     for f in msg.DESCRIPTOR.fields:
         if f.name not in d:
             continue
         if f.message_type is not None and not f.message_type.GetOptions().map_entry:
             if f.is_repeated:
                 for sub_msg, sub_d in zip(getattr(msg, f.name), d[f.name], strict=True):
-                    _int64_as_numbers(sub_msg, sub_d)
+                    _as_cli_values(sub_msg, sub_d)
             else:
-                _int64_as_numbers(getattr(msg, f.name), d[f.name])
+                _as_cli_values(getattr(msg, f.name), d[f.name])
         elif f.type in _INT64_TYPES:
             d[f.name] = [int(v) for v in d[f.name]] if f.is_repeated else int(d[f.name])
-
-
-def _enums_as_words(msg: Message, d: dict[str, Any]) -> None:
-    """Turn every enum of the JSON mapping (a protobuf name) into the CLI's word for it, in place."""
-    for f in msg.DESCRIPTOR.fields:
-        if f.name not in d:
-            continue
-        if f.message_type is not None and not f.message_type.GetOptions().map_entry:
-            if f.is_repeated:
-                for sub_msg, sub_d in zip(getattr(msg, f.name), d[f.name], strict=True):
-                    _enums_as_words(sub_msg, sub_d)
-            else:
-                _enums_as_words(getattr(msg, f.name), d[f.name])
         elif f.enum_type is not None:
             value = getattr(msg, f.name)
             d[f.name] = ([enum_word(f.enum_type, v) for v in value] if f.is_repeated
@@ -82,8 +70,7 @@ def _enums_as_words(msg: Message, d: dict[str, Any]) -> None:
 
 def to_dict(status: control_pb2.CaptureStatus) -> dict[str, Any]:
     d = MessageToDict(status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    _int64_as_numbers(status, d)
-    _enums_as_words(status, d)
+    _as_cli_values(status, d)
     d["state"] = capture_state(status.state)
     for pod_d, pod in zip(d.get("pods", []), status.pods, strict=True):
         pod_d["state"] = pod_state(pod.state)
