@@ -1,5 +1,5 @@
 """A pod's file as a download serves it, from any offset: the one place where both readers of stored captures — the
-collector's ``Download`` RPC and ``podcap get --from s3://`` (``podcap.collector.cli.from_bucket``) — build a pod's
+collector's ``Download`` RPC and ``podcap get --from s3://`` (``podcap.collector.cli.get.bucket``) — build a pod's
 byte stream, resume it part-way and check a resume, so the two cannot drift.
 
 A pod's file is the pcap file header, then the records of each of its segments in order (each segment's own header

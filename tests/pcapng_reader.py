@@ -1,4 +1,4 @@
-"""A small reader for the pcapng files ``podcap.collector.cli.pcapng`` writes, for tests: not a general pcapng
+"""A small reader for the pcapng files ``podcap.collector.cli.get.pcapng`` writes, for tests: not a general pcapng
 parser (one little-endian section, the blocks and options podcap writes). It lives with the tests because nothing
 in podcap reads pcapng (it was ``read_pcapng`` in the writer's module)."""
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from podcap.collector.cli.pcapng import (
+from podcap.collector.cli.get.pcapng import (
     BLOCK_EPB,
     BLOCK_IDB,
     BLOCK_ISB,

@@ -18,18 +18,16 @@ import click
 from click.shell_completion import ShellComplete
 
 from podcap import __version__
-from podcap.collector.cli import (
-    admin_cmds,
-    capture_cmds,
-    complete,
-    demo_cmd,
-    extcap_cmd,
-    follow_cmd,
-    get_cmd,
-    read_cmds,
-)
+from podcap.collector.cli import complete
+from podcap.collector.cli import demo as demo_cmd
+from podcap.collector.cli.admin import commands as admin_cmds
+from podcap.collector.cli.capture import commands as capture_cmds
+from podcap.collector.cli.capture import status as read_cmds
 from podcap.collector.cli.client import CollectorAddressError, CollectorError, collector_address, default_address
 from podcap.collector.cli.errors import CommandError, collector_hint, error_hint, one_line, usage_line
+from podcap.collector.cli.extcap import install as extcap_cmd
+from podcap.collector.cli.get import command as get_cmd
+from podcap.collector.cli.live import follow as follow_cmd
 from podcap.errors import PodcapError
 
 PROG = "podcap"

@@ -25,9 +25,9 @@ from types import FrameType
 
 from podcap.agent.pods import NetnsPodSource
 from podcap.agent.session import AgentConfig, AgentSession
+from podcap.collector.cli.capture.progress import wait_for_end
 from podcap.collector.cli.client import CollectorClient
-from podcap.collector.cli.download import download_files
-from podcap.collector.cli.progress import wait_for_end
+from podcap.collector.cli.get.download import download_files
 from podcap.collector.demo.node import DemoNode
 from podcap.collector.server import start_collector
 from podcap.drops import total_of

@@ -10,7 +10,7 @@ same capture, timed wall-clock as a user sees it (each command a process of its 
 
 ``p6_merge_ratio`` = (median get --merge − median get -o) ÷ median mergecap: what merging adds to a download,
 against what merging the same files costs with mergecap [≤ 1.0]. ``p6_merge_step_ratio`` times the merge step
-alone (``podcap.collector.cli.merge.merge_pcaps`` on the files of ``get -o``, in this process) against mergecap,
+alone (``podcap.collector.cli.get.merge.merge_pcaps`` on the files of ``get -o``, in this process) against mergecap,
 without the noise of two downloads. The merged file must hold exactly mergecap's packets in mergecap's order:
 both files are parsed block by block (streaming; they are GBs) and compared packet by packet — interface, time,
 lengths and bytes (mergecap run with ``-I none`` for that, so that each file keeps its interface).
@@ -27,9 +27,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from podcap.collector.cli.merge import MergeInput, merge_pcaps
-from podcap.collector.cli.pcapng import BLOCK_EPB, BLOCK_IDB, IF_NAME, IF_TSRESOL, InterfaceInfo
-from podcap.collector.cli.pcapng import PcapngError as _PcapngError
+from podcap.collector.cli.get.merge import MergeInput, merge_pcaps
+from podcap.collector.cli.get.pcapng import BLOCK_EPB, BLOCK_IDB, IF_NAME, IF_TSRESOL, InterfaceInfo
+from podcap.collector.cli.get.pcapng import PcapngError as _PcapngError
 from tests.bench.busy import Traffic
 from tests.bench.lab import BenchError, Lab, Podcap, checkpoint, console_script, log
 from tests.pcapng_reader import iter_blocks, parse_options

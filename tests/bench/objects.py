@@ -193,7 +193,7 @@ def window_read(testbed: Testbed, tmp: str, *, gigabytes: float) -> dict[str, fl
         got = [int.from_bytes(rec.data[28:32], "big") for rec in recs]
         if got != list(inside):
             raise RuntimeError(f"p7 window: {len(got)} records, expected {len(inside)} ({got[:3]}...)")
-    from podcap.collector.cli.from_bucket import BucketClient
+    from podcap.collector.cli.get.bucket import BucketClient
 
     bucket = BucketClient(f"s3://{testbed.bucket}/p7w/{capture}", endpoint=testbed.endpoint)
     t0 = time.perf_counter()

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from podcap.collector.cli.pcapng import ISB_IFDROP, ISB_USRDELIV
+from podcap.collector.cli.get.pcapng import ISB_IFDROP, ISB_USRDELIV
 from podcap.collector.demo.node import DemoNode
 from podcap.collector.storage.gaps import read_gaps
 from podcap.drops import CAUSES

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from podcap.collector.cli.certs import issue, make_ca, write_pair
+from podcap.collector.cli.admin.certs import issue, make_ca, write_pair
 from podcap.collector.server import Collector, start_collector
 from podcap.tls import TlsFiles
 from tests.conftest import tool

@@ -25,8 +25,8 @@ from collections.abc import Iterator
 import pytest
 
 from podcap.collector.cli.client import CollectorClient
-from podcap.collector.cli.extcap_stream import PcapngStream
-from podcap.collector.cli.pcapng import ISB_IFRECV, ISB_USRDELIV
+from podcap.collector.cli.get.pcapng import ISB_IFRECV, ISB_USRDELIV
+from podcap.collector.cli.live.stream import PcapngStream
 from podcap.collector.demo.node import DemoNode
 from podcap.v1 import common_pb2, control_pb2
 from tests.conftest import Proc, collector_process, start_proc, tool

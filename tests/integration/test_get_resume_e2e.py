@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from podcap.collector.cli import get_cmd, main
+from podcap.collector.cli import main
 from podcap.collector.cli.client import CollectorClient, CollectorError
-from podcap.collector.cli.resume import JOURNAL
+from podcap.collector.cli.get import command as get_cmd
+from podcap.collector.cli.get.resume import JOURNAL
 from podcap.collector.demo.node import DemoNode
 from podcap.pcapfile import read_file
 from podcap.v1 import control_pb2

@@ -27,8 +27,8 @@ import grpc
 import pytest
 
 from podcap.collector.cli.client import CollectorClient, CollectorError
-from podcap.collector.cli.download import expected_size
-from podcap.collector.cli.resume import JOURNAL
+from podcap.collector.cli.get.download import expected_size
+from podcap.collector.cli.get.resume import JOURNAL
 from podcap.collector.demo.node import DemoNode
 from podcap.v1 import control_pb2
 from tests.conftest import Proc, collector_process, free_port, podcap, tool

@@ -21,7 +21,7 @@ from podcap.collector.bucket.manifest import page_from_json
 from podcap.collector.bucket.objects import ObjectStore
 from podcap.collector.captures.lifecycle import CaptureDeletedError
 from podcap.collector.cli import main
-from podcap.collector.cli.from_bucket import BucketClient
+from podcap.collector.cli.get.bucket import BucketClient
 from podcap.collector.downloads import CHECK_BYTES
 from podcap.pcapfile import FILE_HEADER_LEN
 from podcap.v1 import common_pb2, ingest_pb2

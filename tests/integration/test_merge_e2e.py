@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from podcap.collector.cli.pcapng import ISB_IFDROP, ISB_USRDELIV
+from podcap.collector.cli.get.pcapng import ISB_IFDROP, ISB_USRDELIV
 from podcap.collector.demo.node import DemoNode
 from tests.conftest import Proc, podcap
 from tests.integration.helpers import (

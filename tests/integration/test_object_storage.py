@@ -331,7 +331,7 @@ def test_the_manifest_pages_follow_what_the_bucket_holds(env: Env, monkeypatch: 
     the manifest, the one page it overlaps and the window's blocks — no object's tail; retention's deletions are
     followed (a page rewritten, an emptied page deleted); a restarted collector leaves right pages alone."""
     from podcap.collector.bucket import manifest as manifest_module
-    from podcap.collector.cli.from_bucket import BucketClient
+    from podcap.collector.cli.get.bucket import BucketClient
     from podcap.collector.storage.tiered import TieredPodLocation
 
     monkeypatch.setattr(manifest_module, "PAGE_SEGMENTS", 4)

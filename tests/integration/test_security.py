@@ -13,7 +13,7 @@ import pytest
 
 from podcap.collector.api.auth import KubeAuthorizer, StaticTokenAuthorizer
 from podcap.collector.api.ingest import RECEIVE_LIMIT_BYTES
-from podcap.collector.cli.certs import issue, make_ca, write_pair
+from podcap.collector.cli.admin.certs import issue, make_ca, write_pair
 from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.kube.client import load_api
 from podcap.collector.server import Collector, start_collector

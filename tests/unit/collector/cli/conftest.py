@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from podcap.collector.cli import admin_cmds, capture_cmds, complete, follow_cmd, get_cmd, read_cmds
+from podcap.collector.cli import complete
+from podcap.collector.cli.admin import commands as admin_cmds
+from podcap.collector.cli.capture import commands as capture_cmds
+from podcap.collector.cli.capture import status as read_cmds
+from podcap.collector.cli.get import command as get_cmd
+from podcap.collector.cli.live import follow as follow_cmd
 from tests.unit.collector.cli.fakes import FakeClient
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from podcap.collector.cli import extcap_cmd, pcapmerge
 from podcap.collector.cli.client import CollectorError
-from podcap.collector.cli.extcap import main
-from podcap.collector.cli.extcap_options import (
+from podcap.collector.cli.extcap import install as extcap_cmd
+from podcap.collector.cli.extcap.main import main
+from podcap.collector.cli.extcap.options import (
     ALL_NAMESPACES,
     CaptureOptions,
     CollectorSettings,
@@ -25,11 +25,12 @@ from podcap.collector.cli.extcap_options import (
     config_lines,
     start_request,
 )
-from podcap.collector.cli.extcap_protocol import ExtcapArg, clean
-from podcap.collector.cli.extcap_stream import PcapngStream
-from podcap.collector.cli.live_order import PyLiveOrder
+from podcap.collector.cli.extcap.protocol import ExtcapArg, clean
+from podcap.collector.cli.get import pcapmerge
+from podcap.collector.cli.get.pcapng import ISB_IFDROP, ISB_IFRECV, ISB_OSDROP, ISB_USRDELIV, OPT_COMMENT
+from podcap.collector.cli.live.order import PyLiveOrder
+from podcap.collector.cli.live.stream import PcapngStream
 from podcap.collector.cli.main import cli
-from podcap.collector.cli.pcapng import ISB_IFDROP, ISB_IFRECV, ISB_OSDROP, ISB_USRDELIV, OPT_COMMENT
 from podcap.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, FileFormat, PcapFormatError
 from podcap.v1 import common_pb2, control_pb2
 from tests.pcapng_reader import read_pcapng

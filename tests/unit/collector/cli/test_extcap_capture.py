@@ -15,8 +15,8 @@ import grpc
 import pytest
 
 from podcap.collector.cli.client import CollectorClient, CollectorError
-from podcap.collector.cli.extcap_capture import ExtcapCapture, StopSignals, WiresharkStoppedError
-from podcap.collector.cli.extcap_options import CaptureOptions, CollectorSettings
+from podcap.collector.cli.extcap.capture import ExtcapCapture, StopSignals, WiresharkStoppedError
+from podcap.collector.cli.extcap.options import CaptureOptions, CollectorSettings
 from podcap.v1 import common_pb2, control_pb2
 from tests.pcapng_reader import read_pcapng
 

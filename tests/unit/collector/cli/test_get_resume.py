@@ -17,11 +17,12 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from podcap.collector.cli import get_cmd, main
+from podcap.collector.cli import main
 from podcap.collector.cli.client import CollectorError
-from podcap.collector.cli.download import DownloadedFile
-from podcap.collector.cli.download_progress import DownloadProgress
-from podcap.collector.cli.resume import JOURNAL
+from podcap.collector.cli.get import command as get_cmd
+from podcap.collector.cli.get.download import DownloadedFile
+from podcap.collector.cli.get.progress import DownloadProgress
+from podcap.collector.cli.get.resume import JOURNAL
 from podcap.collector.downloads import (
     CHECK_BYTES,
     Piece,

@@ -13,9 +13,9 @@ import subprocess
 
 import pytest
 
-from podcap.collector.cli import merge, pcapmerge
-from podcap.collector.cli.merge import MergeInput, merge_pcaps
-from podcap.collector.cli.pcapng import InterfaceInfo, SectionInfo
+from podcap.collector.cli.get import merge, pcapmerge
+from podcap.collector.cli.get.merge import MergeInput, merge_pcaps
+from podcap.collector.cli.get.pcapng import InterfaceInfo, SectionInfo
 from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, PcapFormatError
 from tests.pcapng_reader import read_pcapng
 from tests.unit.collector.cli.test_pcapng import BASE_NS, stats, write_pcap

@@ -13,9 +13,11 @@ from collections.abc import Iterator
 import pytest
 from click.testing import CliRunner
 
-from podcap.collector.cli import get_cmd, main, pcapmerge, pod_streams
-from podcap.collector.cli.merge import StreamInput, merge_pcaps, merge_streams
-from podcap.collector.cli.pcapng import InterfaceInfo, SectionInfo
+from podcap.collector.cli import main
+from podcap.collector.cli.get import command as get_cmd
+from podcap.collector.cli.get import pcapmerge, pod_streams
+from podcap.collector.cli.get.merge import StreamInput, merge_pcaps, merge_streams
+from podcap.collector.cli.get.pcapng import InterfaceInfo, SectionInfo
 from podcap.pcapfile import FILE_HEADER_LEN, PcapFormatError, parse_file_header
 from podcap.v1 import control_pb2
 from tests.pcapng_reader import read_pcapng
@@ -128,8 +130,8 @@ def test_many_pods_or_no_c_go_through_files(fake: FakeClient, tmp_path: str, mon
 
 MEMORY_SCRIPT = """
 import struct
-from podcap.collector.cli.merge import StreamInput, merge_streams
-from podcap.collector.cli.pcapng import InterfaceInfo
+from podcap.collector.cli.get.merge import StreamInput, merge_streams
+from podcap.collector.cli.get.pcapng import InterfaceInfo
 from podcap.pcapfile import FileFormat
 
 def pod(k):

@@ -19,11 +19,12 @@ import pytest
 from click.testing import CliRunner
 
 from podcap.collector.bucket import objects
-from podcap.collector.cli import get_cmd, main
+from podcap.collector.cli import main
 from podcap.collector.cli.client import CollectorError
-from podcap.collector.cli.extcap_capture import failure_line
-from podcap.collector.cli.extcap_options import CaptureOptions, CollectorSettings, ExtcapOptionError, start_request
-from podcap.collector.cli.from_bucket import BucketClient
+from podcap.collector.cli.extcap.capture import failure_line
+from podcap.collector.cli.extcap.options import CaptureOptions, CollectorSettings, ExtcapOptionError, start_request
+from podcap.collector.cli.get import command as get_cmd
+from podcap.collector.cli.get.bucket import BucketClient
 from podcap.v1 import common_pb2, control_pb2
 from tests.unit.collector.cli.fakes import CID, FakeClient, capture, invoke, pcap_bytes, run_main
 
@@ -136,7 +137,7 @@ class _Store:
 @pytest.mark.parametrize(("exists", "said"), [(True, "no capture at s3://b/p/abc: s3://b/p/abc/manifest.json"),
                                               (False, "no bucket b at http://s3.example (reading s3://b/p/abc)")])
 def test_a_missing_bucket_is_not_a_missing_capture(exists: bool, said: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("podcap.collector.cli.from_bucket.ObjectStore", _Store)
+    monkeypatch.setattr("podcap.collector.cli.get.bucket.ObjectStore", _Store)
     _Store.bucket_exists = exists
     with pytest.raises(objects.ObjectNotFoundError, match=said.replace("(", r"\(").replace(")", r"\)")):
         BucketClient("s3://b/p/abc", endpoint="http://s3.example").manifest()

@@ -11,8 +11,8 @@ from collections import Counter
 
 import pytest
 
-from podcap.collector.cli.merge import MergeInput, merge_pcaps, pcap_to_pcapng
-from podcap.collector.cli.pcapng import (
+from podcap.collector.cli.get.merge import MergeInput, merge_pcaps, pcap_to_pcapng
+from podcap.collector.cli.get.pcapng import (
     ISB_ENDTIME,
     ISB_IFDROP,
     ISB_IFRECV,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from podcap.collector.cli import get_cmd
+from podcap.collector.cli.get import command as get_cmd
 from podcap.v1 import control_pb2
 from tests.unit.collector.cli.fakes import CID, FakeClient, capture, invoke, pcap_bytes, run_main
 

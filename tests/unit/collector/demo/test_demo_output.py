@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from podcap.collector.cli.demo_cmd import DEFAULT_OUT, next_steps
+from podcap.collector.cli.demo import DEFAULT_OUT, next_steps
 from podcap.collector.demo.run import RUN_LIST, _forget_last_run, _remember_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from podcap.collector.cli.download import DownloadedFile, expected_size
+from podcap.collector.cli.get.download import DownloadedFile, expected_size
 from podcap.collector.downloads import resume_point
 from podcap.pcapfile import FILE_HEADER_LEN, PcapFormatError, parse_file_header, scan_records
 from podcap.v1 import common_pb2, control_pb2

@@ -7,6 +7,7 @@ import time
 
 import click
 
+from podcap.collector.cli.capture.progress import wait_for_end
 from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.cli.complete import (
     complete_ended_capture_id,
@@ -15,7 +16,6 @@ from podcap.collector.cli.complete import (
     complete_running_capture_id,
 )
 from podcap.collector.cli.errors import collector_hint, one_line
-from podcap.collector.cli.progress import wait_for_end
 from podcap.collector.cli.render import capture_table, dump, output_option, print_table, to_dict
 from podcap.collector.cli.units import count_param, duration_param, human_bytes, size_param
 from podcap.collector.cli.words import INTERFACES

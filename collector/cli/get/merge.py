@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import IO
 
-from podcap.collector.cli import pcapmerge
 from podcap.collector.cli.dedup import OneCopy
-from podcap.collector.cli.pcapng import InterfaceInfo, InterfaceStats, PcapngError, PcapngWriter, SectionInfo
+from podcap.collector.cli.get import pcapmerge
+from podcap.collector.cli.get.pcapng import InterfaceInfo, InterfaceStats, PcapngError, PcapngWriter, SectionInfo
 from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, PcapFormatError, iter_file_records, parse_file_header
 
 _READ_BUFFER = 1 << 20

@@ -20,7 +20,7 @@ packets"; ``isb_osdrop`` carries the kernel ring part alone, ``isb_ifrecv`` libp
 ``isb_usrdeliv`` the packets stored, and an ``opt_comment`` spells out the breakdown by cause (and what retention
 deleted), so that received = stored + deleted + every drop can be read off the file.
 
-This module owns the format (block and option codes, the writer); ``podcap.collector.cli.merge`` feeds it the
+This module owns the format (block and option codes, the writer); ``podcap.collector.cli.get.merge`` feeds it the
 per-pod pcap files in time order. The CLI alone writes pcapng (the collector stores and serves classic pcap), so
 it lives under ``cli/``.
 """

@@ -2,11 +2,11 @@
  * podcap's merge core: per-pod pcap records (files, or download streams) merged by timestamp into pcapng Enhanced
  * Packet Blocks, in C so that no Python runs per packet (`podcap get --merge FILE`, `--merge -`, `--format pcapng`).
  *
- * Python (podcap.collector.cli.pcapmerge) writes the Section Header and one Interface Description Block per input,
+ * Python (podcap.collector.cli.get.pcapmerge) writes the Section Header and one Interface Description Block per input,
  * flushes, and hands this code the output descriptor and each input's descriptor with its format; this code then
  * writes every record as an EPB (interface = the input's index, timestamp in the IDB's resolution) and Python adds
  * the Interface Statistics Blocks afterwards. The result is byte for byte what the Python writer
- * (podcap.collector.cli.pcapng.PcapngWriter fed by heapq.merge) produces, and tests hold the two to it.
+ * (podcap.collector.cli.get.pcapng.PcapngWriter fed by heapq.merge) produces, and tests hold the two to it.
  *
  * Order: a streaming k-way merge with a binary heap of the inputs' next records: the earliest first, and of equal
  * timestamps the one from the later input (mergecap's rule: its is_earlier() holds on equality, so the last input

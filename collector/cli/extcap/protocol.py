@@ -17,7 +17,7 @@ Wireshark (and tshark, through dumpcap) runs an extcap program in phases, each a
 
 Errors reach Wireshark's dialog (tshark: "Error by extcap pipe: ...") through stderr and a non-zero exit — but
 only after the extcap has opened the fifo: dumpcap waits for that open, so an extcap that fails before it leaves
-Wireshark hanging (measured with tshark 4.0.17). ``podcap.collector.cli.extcap_capture`` owns that rule.
+Wireshark hanging (measured with tshark 4.0.17). ``podcap.collector.cli.extcap.capture`` owns that rule.
 
 Wireshark's parser splits on braces and has no escaping, so every text printed here has ``{``/``}`` and line
 breaks replaced.

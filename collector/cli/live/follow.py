@@ -25,9 +25,9 @@ import click
 from podcap.collector.cli.client import CollectorClient
 from podcap.collector.cli.complete import complete_capture_pod, complete_running_capture_id
 from podcap.collector.cli.errors import CommandError
-from podcap.collector.cli.extcap_stream import PcapngStream
-from podcap.collector.cli.live_order import TICK_S, ticking
-from podcap.collector.cli.resume import selected
+from podcap.collector.cli.get.resume import selected
+from podcap.collector.cli.live.order import TICK_S, ticking
+from podcap.collector.cli.live.stream import PcapngStream
 from podcap.v1 import control_pb2
 
 _LIVE = (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING)

@@ -5,7 +5,7 @@ iterators, one ``write`` per packet) that took 2.4-3× as long as Wireshark's ``
 the whole k-way merge, the record checks and the pcapng Enhanced Packet Blocks run without Python; this module
 only declares the functions, feeds the C side the open inputs and the output descriptor, and turns its error
 report into the same ``PcapFormatError`` (naming the file and offset) or ``OSError`` the Python path raises.
-``podcap.collector.cli.merge`` decides which path runs (``available()``; ``PODCAP_NO_NATIVE=1`` forces Python).
+``podcap.collector.cli.get.merge`` decides which path runs (``available()``; ``PODCAP_NO_NATIVE=1`` forces Python).
 
 Inputs are files (``NativeInput``: C reads them) or fed (``FedInput``: an iterator of blocks, such as one pod's
 Download stream; C asks for the next block of whichever input it needs, so the merge runs as the data arrives and

@@ -32,7 +32,9 @@ import grpc
 from podcap.collector.cli.client import CollectorClient
 from podcap.collector.cli.complete import complete_capture_id, complete_capture_pod
 from podcap.collector.cli.dedup import WINDOW_NS
-from podcap.collector.cli.download import (
+from podcap.collector.cli.errors import CommandError
+from podcap.collector.cli.get.bucket import BucketClient
+from podcap.collector.cli.get.download import (
     CaptureSource,
     DownloadedFile,
     capture_section,
@@ -42,10 +44,7 @@ from podcap.collector.cli.download import (
     pod_interface,
     pod_stats,
 )
-from podcap.collector.cli.download_progress import DownloadProgress
-from podcap.collector.cli.errors import CommandError
-from podcap.collector.cli.from_bucket import BucketClient
-from podcap.collector.cli.merge import (
+from podcap.collector.cli.get.merge import (
     MergeInput,
     StreamInput,
     can_merge_streams,
@@ -53,9 +52,10 @@ from podcap.collector.cli.merge import (
     merge_streams,
     pcap_to_pcapng,
 )
-from podcap.collector.cli.pcapng import InterfaceStats, PcapngError
-from podcap.collector.cli.pod_streams import MAX_STREAMS, PodStreams
-from podcap.collector.cli.resume import Journal, Window, selected
+from podcap.collector.cli.get.pcapng import InterfaceStats, PcapngError
+from podcap.collector.cli.get.pod_streams import MAX_STREAMS, PodStreams
+from podcap.collector.cli.get.progress import DownloadProgress
+from podcap.collector.cli.get.resume import Journal, Window, selected
 from podcap.collector.cli.units import human_bytes, parse_duration
 from podcap.collector.downloads import ResumeOffsetError
 from podcap.errors import PodcapError

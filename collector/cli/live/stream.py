@@ -3,7 +3,7 @@ through the extcap, and what ``podcap follow`` writes.
 
 Every pod becomes an Interface Description Block named ``<namespace>/<pod>`` — as in ``get --merge`` — and its
 records Enhanced Packet Blocks on that interface, in time order across pods, each packet once
-(``podcap.collector.cli.live_order``: a pod's records are held until no pod can still deliver older ones, at most
+(``podcap.collector.cli.live.order``: a pod's records are held until no pod can still deliver older ones, at most
 ``HOLD_NS`` after they arrived; a packet seen on two pods is written once unless every copy is asked for). Pods
 are announced by the collector as they start streaming, so an IDB may follow packets of other pods: the pcapng
 format allows it and dumpcap/tshark 4.0 keep each packet on its interface (checked by the tshark test). A pod
@@ -11,7 +11,7 @@ whose format changes (a restarted stream with another link type) gets a new inte
 IDB cannot change. The caller calls ``tick`` now and then (a quiet view's held packets go out by time, not only
 when the next message comes) and ``finish`` at the end (what is held goes out).
 
-The section header comes from ``podcap.collector.cli.pcapng`` (as do the IDBs, and the section's comments are
+The section header comes from ``podcap.collector.cli.get.pcapng`` (as do the IDBs, and the section's comments are
 ``get --merge``'s); the records are ordered and turned into EPBs in C (no Python per packet) and written with one
 ``write`` per batch.
 
@@ -20,7 +20,7 @@ saves, measured with 4.0.17): when this live view falls behind, the collector dr
 are stored all the same) and says how many (``FollowGap``); the pod's interface then gets an ISB whose
 ``isb_ifdrop`` counts every packet the view missed so far, so Wireshark shows them as dropped. When the capture
 ends by itself (a limit, ``podcap stop``) each interface gets the capture's final counters too (received, kernel
-and podcap drops by cause, stored: ``podcap.collector.cli.download.pod_stats``, as ``get --merge`` writes them),
+and podcap drops by cause, stored: ``podcap.collector.cli.get.download.pod_stats``, as ``get --merge`` writes them),
 and how many second sightings of packets this view left out on it.
 These ISBs are written here rather than with ``PcapngWriter.write_stats`` because that writer refuses interfaces
 after its first packet or statistics (right for files, where readers want IDBs first), and a live view announces
@@ -36,9 +36,8 @@ from collections.abc import Callable
 from typing import IO
 
 from podcap.collector.cli.dedup import WINDOW_NS
-from podcap.collector.cli.download import capture_section, pod_stats
-from podcap.collector.cli.live_order import HOLD_NS, MAX_BUFFERED, live_order
-from podcap.collector.cli.pcapng import (
+from podcap.collector.cli.get.download import capture_section, pod_stats
+from podcap.collector.cli.get.pcapng import (
     BLOCK_ISB,
     ISB_ENDTIME,
     ISB_IFDROP,
@@ -52,6 +51,7 @@ from podcap.collector.cli.pcapng import (
     InterfaceStats,
     PcapngWriter,
 )
+from podcap.collector.cli.live.order import HOLD_NS, MAX_BUFFERED, live_order
 from podcap.pcapfile import FileFormat, PcapFormatError
 from podcap.v1 import common_pb2, control_pb2
 

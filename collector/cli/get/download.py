@@ -3,11 +3,11 @@
 The collector's ``Download`` RPC streams one pcap file per pod, one after the other, each announced by a
 ``FileStart`` with its exact size. Each file is written as ``<path>.part`` and renamed once it is complete, so an
 interrupted download never leaves a file that looks whole; the part stays, and a later run can resume it from
-where it stopped (``FileStart.offset``: see ``podcap.collector.cli.resume``). Paths are built only from validated
+where it stopped (``FileStart.offset``: see ``podcap.collector.cli.get.resume``). Paths are built only from validated
 names.
 
 A merge cannot start before every pod's file is there (the stream sends pods one after the other), so merged
-output goes through files on disk; the merge itself then streams (``podcap.collector.cli.merge``).
+output goes through files on disk; the merge itself then streams (``podcap.collector.cli.get.merge``).
 
 Whoever wants to follow a download (the progress display, the resume journal) passes a ``DownloadObserver``: it
 hears of each file's start (with its exact size), every block received, and each file completed.
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from podcap.collector.cli.client import CollectorClient, CollectorError
-from podcap.collector.cli.pcapng import InterfaceInfo, InterfaceStats, SectionInfo
+from podcap.collector.cli.get.pcapng import InterfaceInfo, InterfaceStats, SectionInfo
 from podcap.collector.cli.render import capture_state
 from podcap.collector.targets import target_text
 from podcap.drops import Drops

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from podcap.collector.cli.client import CollectorError
-from podcap.collector.cli.download import CaptureSource, DownloadedFile, DownloadObserver
+from podcap.collector.cli.get.download import CaptureSource, DownloadedFile, DownloadObserver
 from podcap.names import InvalidNameError, check_namespace, check_pod_name
 from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, parse_file_header
 from podcap.v1 import common_pb2, control_pb2

@@ -1,6 +1,6 @@
 """``podcap-extcap``: podcap as a capture interface of Wireshark (its extcap interface), one interface ``podcap``.
 
-Wireshark runs this program once per phase (``podcap.collector.cli.extcap_protocol`` describes them): it lists
+Wireshark runs this program once per phase (``podcap.collector.cli.extcap.protocol`` describes them): it lists
 the interface, its link type, its options (``extcap_options``: lists of namespaces and pods fetched from the
 collector, only what the user may capture) and finally runs a capture (``extcap_capture``). ``podcap extcap
 install`` puts a wrapper that runs this module into Wireshark's personal extcap folder.
@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 
 from podcap import __version__
-from podcap.collector.cli.extcap_capture import ExtcapCapture, client_for, failure_line, report_failure
-from podcap.collector.cli.extcap_options import (
+from podcap.collector.cli.extcap.capture import ExtcapCapture, client_for, failure_line, report_failure
+from podcap.collector.cli.extcap.options import (
     CollectorSettings,
     ExtcapOptionError,
     add_options,
@@ -22,7 +22,7 @@ from podcap.collector.cli.extcap_options import (
     collector_settings,
     config_lines,
 )
-from podcap.collector.cli.extcap_protocol import (
+from podcap.collector.cli.extcap.protocol import (
     DLT_EN10MB,
     dlt_line,
     interfaces_lines,

@@ -34,14 +34,14 @@ from typing import IO
 
 from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.cli.errors import one_line
-from podcap.collector.cli.extcap_options import (
+from podcap.collector.cli.extcap.options import (
     CaptureOptions,
     CollectorSettings,
     start_request,
     wireshark_hint,
 )
-from podcap.collector.cli.extcap_stream import PcapngStream
-from podcap.collector.cli.live_order import TICK_S, ticking
+from podcap.collector.cli.live.order import TICK_S, ticking
+from podcap.collector.cli.live.stream import PcapngStream
 from podcap.errors import PodcapError
 from podcap.tls import TlsFiles
 from podcap.v1 import control_pb2

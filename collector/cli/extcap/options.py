@@ -22,7 +22,7 @@ import grpc
 
 from podcap.collector.cli.client import CollectorError, default_address
 from podcap.collector.cli.errors import collector_hint, one_line
-from podcap.collector.cli.extcap_protocol import ExtcapArg, ExtcapValue, multicheck_values
+from podcap.collector.cli.extcap.protocol import ExtcapArg, ExtcapValue, multicheck_values
 from podcap.collector.cli.words import INTERFACES
 from podcap.errors import InvalidInputError, PodcapError
 from podcap.tls import TlsConfigError

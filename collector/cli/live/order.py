@@ -30,9 +30,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from podcap.collector.cli import pcapmerge
 from podcap.collector.cli.dedup import OneCopy
-from podcap.collector.cli.pcapng import epb
+from podcap.collector.cli.get import pcapmerge
+from podcap.collector.cli.get.pcapng import epb
 from podcap.pcapfile import FileFormat, iter_records
 
 T = TypeVar("T")

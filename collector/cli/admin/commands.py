@@ -45,7 +45,7 @@ def audit(obj: dict[str, str], capture_id: str, limit: int, output: str) -> None
 def certs(out_dir: str, hosts: tuple[str, ...]) -> None:
     """Make a CA, a collector server certificate and an agent client certificate (quick start)."""
     # Deferred: ``cryptography`` costs every other verb's start-up (only this one makes keys).
-    from podcap.collector.cli.certs import check_host, make_quickstart
+    from podcap.collector.cli.admin.certs import check_host, make_quickstart
 
     if not out_dir.strip():
         raise click.BadParameter("give a directory for the PEM files", param_hint="--out")

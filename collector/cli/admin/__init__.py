@@ -1,0 +1,1 @@
+"""Administration verbs: ``podcap audit`` (who did what) and ``podcap certs`` (a quick start's CA and certificates)."""

@@ -1,0 +1,1 @@
+"""Controlling captures: ``podcap start``, ``stop``, ``delete``, ``status`` and ``list``, and waiting with progress."""
