@@ -1,11 +1,13 @@
 """Light traffic generator for the many-pods phase; runs as its own process (pinned by the caller).
 
-usage: python lightgen.py --pps N --duration S NETNS_PATH...
+usage: python lightgen.py --pps N --duration S [--size BYTES] [--seq] NETNS_PATH...
 
 For each pod namespace it enters the namespace (``setns`` on this thread), opens an AF_PACKET socket bound to the
-pod's ``eth0`` and returns to its own namespace; then it sends one 128-byte UDP frame per pod every ``1/pps``
-seconds (in 10 ms bursts) for ``duration`` seconds. The destination MAC is a locally administered address that is
-no host's, so the receiving host veth discards each frame right after the packet taps. Prints ``SENT <n>``.
+pod's ``eth0`` and returns to its own namespace; then it sends one UDP frame of ``size`` bytes (128) per pod every
+``1/pps`` seconds (in 10 ms bursts) for ``duration`` seconds. With ``--seq`` the 8 bytes after the UDP header are
+a per-pod sequence number (big-endian, from 0), so a reader can tell exactly which frames a file holds.
+The destination MAC is a locally administered address that is no host's, so the receiving host veth discards
+each frame right after the packet taps. Prints ``SENT <n>``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import ctypes
 import os
 import socket
+import struct
 import time
 
 CLONE_NEWNET = 0x40000000
@@ -23,12 +26,30 @@ FRAME = (
     + bytes.fromhex("0fa0000900620000") + b"A" * 86
 )
 assert len(FRAME) == 128
+UDP_PAYLOAD_AT = 42  # Ethernet 14 + IPv4 20 + UDP 8
+
+
+def frame(size: int) -> bytes:
+    """The 128-byte frame stretched or cut to ``size`` bytes, IPv4 and UDP lengths made to match."""
+    if size < UDP_PAYLOAD_AT + 8:
+        raise SystemExit(f"--size {size}: at least {UDP_PAYLOAD_AT + 8} bytes")
+    f = bytearray(FRAME[:UDP_PAYLOAD_AT] + b"A" * (size - UDP_PAYLOAD_AT))
+    struct.pack_into("!H", f, 16, size - 14)  # IPv4 total length
+    struct.pack_into("!H", f, 38, size - 34)  # UDP length
+    return bytes(f)
+
+
+def seq_of(record: bytes) -> int:
+    """The sequence number a ``--seq`` frame carries (readers of the capture files use it)."""
+    return int.from_bytes(record[UDP_PAYLOAD_AT:UDP_PAYLOAD_AT + 8], "big")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pps", type=float, required=True, help="frames per second per pod")
     ap.add_argument("--duration", type=float, required=True)
+    ap.add_argument("--size", type=int, default=len(FRAME), help="frame bytes (128)")
+    ap.add_argument("--seq", action="store_true", help="number each pod's frames")
     ap.add_argument("netns", nargs="+")
     a = ap.parse_args()
     libc = ctypes.CDLL(None, use_errno=True)
@@ -49,6 +70,9 @@ def main() -> None:
     finally:
         os.close(home)
     print("READY", flush=True)
+    base = frame(a.size)
+    head, tail = base[:UDP_PAYLOAD_AT], base[UDP_PAYLOAD_AT + 8:]
+    seqs = [0] * len(socks)
     sent = 0
     tick = 0.01
     per_tick = a.pps * tick
@@ -60,9 +84,13 @@ def main() -> None:
         k = int(acc)
         acc -= k
         for _ in range(k):
-            for s in socks:
+            for i, s in enumerate(socks):
                 try:
-                    s.send(FRAME)
+                    if a.seq:
+                        s.send(head + seqs[i].to_bytes(8, "big") + tail)
+                        seqs[i] += 1
+                    else:
+                        s.send(base)
                     sent += 1
                 except OSError:
                     pass
