@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from podcap.errors import InvalidInputError, OutOfRangeError, ResourceError
-from podcap.pcapfile import FILE_HEADER_LEN
+from podcap.formats.pcap import FILE_HEADER_LEN
 from podcap.v1 import common_pb2, control_pb2
 
 BLOCK = 1 << 20  # bytes per DownloadChunk.data (the proto's limit)

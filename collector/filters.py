@@ -2,9 +2,10 @@
 
 Two callers need a compiled filter and must agree on what compiles: ``start`` checks the capture's filter for the
 capture's link type before any agent sees it (a typo then fails the request with libpcap's own message instead of
-failing on every node), and a windowed download (``podcap.collector.storage.window``) compiles the request's filter
-for the pod's stored link type and snaplen to match stored packets. pcapy-ng compiles for a link type without an
-interface, so neither needs a live handle.
+failing on every node), and a windowed read (the collector's Download and ``podcap get --from s3://``, both
+selecting records with ``podcap.formats.selection``) compiles the request's filter for the pod's stored link type
+and snaplen to match stored packets. pcapy-ng compiles for a link type without an interface, so neither needs a live
+handle.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TypeAlias
 import pcapy
 
 from podcap.errors import InvalidInputError
-from podcap.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, MAX_SNAPLEN, FileFormat
+from podcap.formats.pcap import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, MAX_SNAPLEN, FileFormat
 from podcap.v1 import common_pb2
 
 MAX_FILTER_LEN = 4096

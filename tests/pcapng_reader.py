@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from podcap.collector.cli.get.pcapng import (
+from podcap.formats.pcapng import (
     BLOCK_EPB,
     BLOCK_IDB,
     BLOCK_ISB,

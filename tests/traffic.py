@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from podcap.collector.demo.node import DemoPod
-from podcap.pcapfile import FILE_HEADER_LEN, iter_file_records, parse_file_header
+from podcap.formats.pcap import FILE_HEADER_LEN, iter_file_records, parse_file_header
 
 HTTP_PORT = 8000
 UDP_PORT = 9100

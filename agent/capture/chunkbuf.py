@@ -25,7 +25,7 @@ from typing import Protocol
 
 from podcap import native
 from podcap.agent.upload.encoded import EncodedChunk
-from podcap.pcapfile import FileFormat, first_timestamp_ns
+from podcap.formats.pcap import FileFormat, first_timestamp_ns
 from podcap.v1 import ingest_pb2
 
 PREFIX = 12

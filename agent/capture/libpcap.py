@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from podcap.agent.capture import chunkbuf
 from podcap.agent.upload.encoded import EncodedChunk
 from podcap.errors import ResourceError
-from podcap.pcapfile import FileFormat, first_timestamp_ns
+from podcap.formats.pcap import FileFormat, first_timestamp_ns
 from podcap.v1 import ingest_pb2
 
 PCAP_ERRBUF_SIZE = 256

@@ -21,8 +21,8 @@ from podcap.agent.capture.settings import MIN_RING, EngineSettings, auto_ring_by
 from podcap.agent.pods.source import PodNetwork
 from podcap.agent.upload.encoded import EncodedChunk, gap_chunk
 from podcap.drops import Drops
+from podcap.formats.pcap import MAX_SNAPLEN, FileFormat
 from podcap.names import CaptureId, PodUid
-from podcap.pcapfile import MAX_SNAPLEN, FileFormat
 from podcap.pods import PodRef
 from podcap.v1 import common_pb2, ingest_pb2
 

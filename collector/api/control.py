@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -30,11 +31,11 @@ from podcap.collector.captures.pods import file_format
 from podcap.collector.captures.table import CaptureNotFoundError
 from podcap.collector.downloads import Piece, PodFile, ShortPieceError, check_resume_points, file_messages, given
 from podcap.collector.filters import compile_filter, linktype_for
-from podcap.collector.storage.window import select_records
 from podcap.collector.targets import target_text
 from podcap.errors import InvalidInputError, NotFoundError, PodcapError, PreconditionError
+from podcap.formats.pcap import FILE_HEADER_LEN, MAX_SNAPLEN, FileFormat
+from podcap.formats.selection import Window, names_pod, select_records
 from podcap.names import check_namespace
-from podcap.pcapfile import FILE_HEADER_LEN, MAX_SNAPLEN, FileFormat
 from podcap.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             pods = [ps.pod for ps in cap.pods.values()]
         named: list[str] = []
         for sel in selectors:
-            match = [p.display for p in pods if sel in (p.uid, p.name, p.display)]
+            match = [p.display for p in pods if names_pod(sel, p)]
             if not match:
                 have = ", ".join(sorted(p.display for p in pods)) or "none yet"
                 raise PodNotInCaptureError(f"capture {cap.id} has no pod {sel!r} (its pods: {have})")
@@ -268,10 +269,10 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             detail = "; ".join(filter(None, [detail, f"resuming {len(request.resume)} pod(s)"]))
         self._audit(who.user, "download", capture=cap, bpf=request.filter, read=True, result="allowed",
                     detail=detail)
-        windowed = bool(request.since_unix_ns or request.until_unix_ns or request.filter)
+        window = Window(since_ns=request.since_unix_ns, until_ns=request.until_unix_ns, bpf=request.filter)
         try:
             resume = check_resume_points(request.resume)
-            yield from self._download(context, cap, request, windowed, resume)
+            yield from self._download(context, cap, list(request.pods), window, resume)
         except ShortPieceError as e:
             context.abort(grpc.StatusCode.DATA_LOSS, str(e))
         except PodcapError as e:  # a resume offset past the end; a segment in the bucket that cannot be read now
@@ -279,22 +280,24 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 context.abort(grpc.StatusCode.NOT_FOUND, _deleted_text(cap))
             abort_for(context, e)
 
-    def _download(self, context: grpc.ServicerContext, cap: Capture, request: control_pb2.DownloadRequest,
-                  windowed: bool, resume: dict[str, control_pb2.ResumePoint]) -> Iterator[control_pb2.DownloadChunk]:
-        for ps, fmt, segments in self.captures.pod_files(cap, list(request.pods), since_ns=request.since_unix_ns,
-                                                         until_ns=request.until_unix_ns):
-            if windowed:
+    def _download(self, context: grpc.ServicerContext, cap: Capture, selectors: list[str], window: Window,
+                  resume: dict[str, control_pb2.ResumePoint]) -> Iterator[control_pb2.DownloadChunk]:
+        """Find each selected pod's segments that overlap the window, then select their records
+        (``podcap.formats.selection``, as ``podcap get --from s3://`` does with the bucket's)."""
+        for ps, fmt, segments in self.captures.pod_files(cap, selectors, since_ns=window.since_ns,
+                                                         until_ns=window.until_ns):
+            if not window.whole:
+                selected = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the pod's pieces below)
                 try:
-                    bpf = compile_filter(request.filter, fmt)
-                    selected = select_records(segments, fmt, since_ns=request.since_unix_ns,
-                                              until_ns=request.until_unix_ns, bpf=bpf)
+                    size = select_records(segments, fmt, selected, since_ns=window.since_ns,
+                                          until_ns=window.until_ns, bpf=compile_filter(window.bpf, fmt))
                 except PodcapError as e:  # a bad filter; a segment in the bucket that cannot be read now
+                    selected.close()
                     abort_for(context, e)
                 finally:
                     for f, _ in segments:
                         f.close()
-                selected.seek(0, 2)
-                segments = [(selected, selected.tell())]
+                segments = [(selected, size)]
             pieces = [Piece(length - FILE_HEADER_LEN, given(f), name=f"a segment of {ps.pod.display}")
                       for f, length in segments]
             try:

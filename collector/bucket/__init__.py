@@ -1,3 +1,4 @@
-"""The bucket: what podcap keeps in S3-compatible object storage, shared by the collector (which writes it) and the
-CLI (which can read a capture straight from it, with the user's own credentials, when no collector is left):
-``objects`` (the one S3 client) and ``manifest`` (the file per capture that makes the bucket explain itself)."""
+"""The bucket's client: ``objects``, the one module that talks to S3-compatible object storage (PUT, ranged GET,
+delete, list). What the objects hold — compressed segments with their block index, the manifest and its pages — is a
+byte format, kept in ``podcap.formats.bucket`` and shared with the CLI (which reads a capture straight from its
+bucket, with the user's own credentials, when no collector is left)."""

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
-from podcap.collector.bucket.seekable import SeekableReader
 from podcap.errors import DeniedError, InvalidInputError, NotFoundError, UnavailableError
+from podcap.formats.bucket.seekable import SeekableReader
 
 PART_BYTES = 8 << 20  # multipart part size (and the threshold for using one); S3's smallest part is 5 MiB
 PARALLEL_PARTS = 6  # parts in flight at once (memory: about PARALLEL_PARTS + 2 parts for an upload of any size)
@@ -239,21 +239,6 @@ class ObjectStore:
         body: bytes = r["Body"].read()
         total = str(r.get("ContentRange", "")).rpartition("/")[2]
         return body, int(total) if total.isdigit() else len(body)
-
-    def open_segment(self, key: str, length: int, since_ns: int = 0, until_ns: int = 0) -> tuple[Any, int]:
-        """A segment as a seekable file of its raw pcap bytes, and their length: for a compressed object only the
-        blocks a window [since_ns, until_ns] overlaps (0: unbounded), fetched as they are read; a plain object as
-        it is."""
-        from podcap.collector.bucket.blocks import BlockReader, read_index, window
-
-        if not key.endswith(".zst"):
-            return self.open(key, length), length
-        found = read_index(self, key)
-        if found is None:
-            raise ObjectStoreError(f"{key}: no block index at its end")
-        header, blocks = found
-        reader = BlockReader(self, key, header, window(blocks, since_ns, until_ns))
-        return reader, reader.length
 
     def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []

@@ -44,8 +44,8 @@ from podcap.collector.captures.table import CaptureTable, StorageHealth, heard_f
 from podcap.collector.storage.base import CaptureStorage, StorageError
 from podcap.drops import Drops
 from podcap.errors import PodcapError
+from podcap.formats.pcap import FileFormat, PcapFormatError, scan_records
 from podcap.names import PodUid
-from podcap.pcapfile import FileFormat, PcapFormatError, scan_records
 from podcap.v1 import ingest_pb2
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Keeping a capture's description in the second tier in step with the capture: its manifest and segment pages.
 
 After each archiving round the archiver asks ``Describer.sync`` to bring the bucket's description of a capture up to
-date (``podcap.collector.bucket.manifest``). A page lists up to ``PAGE_SEGMENTS`` consecutive segments of one pod;
+date (``podcap.formats.bucket.manifest``). A page lists up to ``PAGE_SEGMENTS`` consecutive segments of one pod;
 only the pages whose list of archived segments changed are written again (a segment archived, or deleted by
 retention), and a page with none left is deleted, so the cost of a round does not grow with the capture's length.
 The pages that may have changed are known without looking at the others: those of the segments archived since the
@@ -20,7 +20,11 @@ from __future__ import annotations
 
 import logging
 
-from podcap.collector.bucket.manifest import (
+from podcap.collector.captures.model import Capture, PodState
+from podcap.collector.captures.pods import location
+from podcap.collector.captures.segments import SegmentIndex
+from podcap.collector.storage.base import ArchivedCopy, PodLocation
+from podcap.formats.bucket.manifest import (
     ArchivedSegment,
     Manifest,
     ManifestError,
@@ -30,10 +34,6 @@ from podcap.collector.bucket.manifest import (
     page_span,
     page_to_json,
 )
-from podcap.collector.captures.model import Capture, PodState
-from podcap.collector.captures.pods import location
-from podcap.collector.captures.segments import SegmentIndex
-from podcap.collector.storage.base import ArchivedCopy, PodLocation
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 
 from podcap.closable import ClosableQueue
+from podcap.formats.selection import pod_selected
 from podcap.names import PodUid
 from podcap.v1 import common_pb2, control_pb2
 
@@ -36,8 +37,7 @@ class Subscription:
         return self._queue.closed
 
     def wants(self, pod: common_pb2.Pod) -> bool:
-        s = self.selectors
-        return not s or pod.uid in s or pod.name in s or f"{pod.namespace}/{pod.name}" in s
+        return pod_selected(pod, self.selectors)
 
     def announce(self, pod: common_pb2.Pod, fmt: common_pb2.PcapFormat) -> int:
         """Name the pod in this stream (once, or again when its format changes); return its index."""

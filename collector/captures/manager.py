@@ -48,8 +48,8 @@ from podcap.collector.captures.table import STOP_GRACE_S, CaptureTable, StorageH
 from podcap.collector.kube.inventory import ClusterInventory
 from podcap.collector.storage.base import CaptureStorage
 from podcap.collector.storage.catalog import CaptureRow, CaptureStore
+from podcap.formats.pcap import FileFormat
 from podcap.names import NodeName, new_capture_id
-from podcap.pcapfile import FileFormat
 from podcap.pods import PodRef
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 

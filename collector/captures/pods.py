@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from podcap.collector.captures.model import Capture, PodState
 from podcap.collector.storage.base import CaptureStorage, PodLocation, SegmentWriter, StorageError
 from podcap.drops import LABELS
-from podcap.pcapfile import FileFormat
+from podcap.formats.pcap import FileFormat
 from podcap.v1 import common_pb2
 
 log = logging.getLogger(__name__)

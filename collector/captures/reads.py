@@ -19,7 +19,8 @@ from podcap.collector.captures.model import Capture, PodState
 from podcap.collector.captures.pods import file_format, location
 from podcap.collector.captures.segments import SegmentIndex
 from podcap.collector.storage.base import StorageError
-from podcap.pcapfile import MAX_SNAPLEN, FileFormat
+from podcap.formats.pcap import MAX_SNAPLEN, FileFormat
+from podcap.formats.selection import pod_selected
 from podcap.v1 import control_pb2
 
 log = logging.getLogger(__name__)
@@ -48,17 +49,13 @@ def unfollow(cap: Capture, sub: Subscription) -> None:
     sub.end(None)
 
 
-def _selected(ps: PodState, selectors: list[str]) -> bool:
-    return not selectors or ps.pod.uid in selectors or ps.pod.display in selectors or ps.pod.name in selectors
-
-
 def pod_files(
     index: SegmentIndex, cap: Capture, selectors: list[str], *, since_ns: int = 0, until_ns: int = 0
 ) -> Iterator[tuple[PodState, FileFormat, list[tuple[BinaryIO, int]]]]:
     """Each selected pod with its stream format and its segments as (open file, bytes to read); with a time
     window only the segments whose time range overlaps it."""
     with cap.lock:
-        pods = [ps for ps in cap.pods.values() if _selected(ps, selectors)]
+        pods = [ps for ps in cap.pods.values() if pod_selected(ps.pod, selectors)]
     for ps in pods:
         files: list[tuple[BinaryIO, int]] = []
         with ps.io_lock:  # no append in between: each segment's recorded size is what its file holds from here on

@@ -12,7 +12,7 @@ from podcap.collector.captures.model import MIN_SEGMENT_BYTES
 from podcap.collector.filters import check_filter
 from podcap.collector.targets import TargetSpec, parse_target
 from podcap.errors import InvalidInputError
-from podcap.pcapfile import FILE_HEADER_LEN, MAX_SNAPLEN
+from podcap.formats.pcap import FILE_HEADER_LEN, MAX_SNAPLEN
 from podcap.v1 import control_pb2
 
 MAX_DURATION_S = 30 * 24 * 3600

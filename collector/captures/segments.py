@@ -22,6 +22,7 @@ from podcap.collector.captures.model import Capture, PodState
 from podcap.collector.captures.pods import location
 from podcap.collector.storage.base import CaptureStorage, SegmentInfo
 from podcap.collector.storage.catalog import CaptureStore, SegmentRow
+from podcap.formats.selection import overlaps
 
 HEAD_SEGMENTS = 16  # oldest segments retention keeps at hand per pod (one catalog query per this many deletes)
 
@@ -65,11 +66,7 @@ class SegmentIndex:
         else:
             rows = self.store.segments(cap.id, uid)
 
-        def overlaps(s: SegmentInfo) -> bool:
-            return not (since_ns and s.last_ts_ns and s.last_ts_ns < since_ns) and \
-                not (until_ns and s.first_ts_ns and s.first_ts_ns > until_ns)
-
-        return self._merge(cap, ps, mem, rows, overlaps)
+        return self._merge(cap, ps, mem, rows, lambda s: overlaps(s.first_ts_ns, s.last_ts_ns, since_ns, until_ns))
 
     def load_head(self, cap: Capture, ps: PodState) -> int:
         """Bring the pod's next oldest kept segments into ``ps.head`` for retention; returns how many it holds then.

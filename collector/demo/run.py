@@ -32,8 +32,8 @@ from podcap.collector.demo.node import DemoNode
 from podcap.collector.server import start_collector
 from podcap.drops import total_of
 from podcap.errors import PreconditionError
+from podcap.formats.pcap import read_file
 from podcap.names import NodeName
-from podcap.pcapfile import read_file
 from podcap.v1 import control_pb2
 
 HTTP_PORT = 8080

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from podcap.errors import ResourceError
-from podcap.pcapfile import FILE_HEADER_LEN, FileFormat
+from podcap.formats.pcap import FILE_HEADER_LEN, FileFormat
 
 
 class StorageError(ResourceError, OSError):

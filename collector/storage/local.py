@@ -23,7 +23,7 @@ from typing import BinaryIO
 from podcap.collector.storage.appender import Appender
 from podcap.collector.storage.base import ArchivedCopy, SegmentInfo, StorageError
 from podcap.collector.storage.gaps import record_gap
-from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, valid_prefix_length
+from podcap.formats.pcap import FILE_HEADER_LEN, FileFormat, valid_prefix_length
 
 SEGMENT_SUFFIX = ".pcap"
 

@@ -9,9 +9,9 @@ local copy of a recorded segment and releases it: nothing acknowledged is lost, 
 
 The bucket is laid out like the data dir: ``PREFIX/<capture>/<namespace>/<pod>/NNNNNN.pcap.zst``, with
 ``PREFIX/<capture>/manifest.json`` and each pod's ``segments-NNNNNN.json`` pages
-(``podcap.collector.bucket.manifest``) saying what the capture holds. A segment
+(``podcap.formats.bucket.manifest``) saying what the capture holds. A segment
 is read from the local tier while it is there and from the bucket afterwards, by ranged GETs of the blocks it needs
-(``podcap.collector.bucket.blocks.BlockReader``); retention deletes both copies; deleting a capture deletes its
+(``podcap.formats.bucket.blocks.BlockReader``); retention deletes both copies; deleting a capture deletes its
 directory and everything under its key prefix.
 """
 
@@ -21,12 +21,12 @@ import errno
 import os
 from typing import BinaryIO
 
-from podcap.collector.bucket.blocks import Block, encode_stream, pack_index
-from podcap.collector.bucket.manifest import NAME
 from podcap.collector.bucket.objects import ObjectNotFoundError, ObjectStore
 from podcap.collector.storage.base import ArchivedCopy, SegmentInfo, StorageError
 from podcap.collector.storage.local import LocalPodLocation, pod_dir, remove_capture_dir
-from podcap.pcapfile import FILE_HEADER_LEN, PcapFormatError
+from podcap.formats.bucket.blocks import Block, encode_stream, open_segment, pack_index
+from podcap.formats.bucket.manifest import NAME
+from podcap.formats.pcap import FILE_HEADER_LEN, PcapFormatError
 
 
 class TieredPodLocation(LocalPodLocation):
@@ -75,7 +75,7 @@ class TieredPodLocation(LocalPodLocation):
         local = super().open(seg, since_ns, until_ns)
         if local is not None or not seg.archived:
             return local
-        reader, length = self.objects.open_segment(seg.archived, seg.bytes, since_ns, until_ns)
+        reader, length = open_segment(self.objects, seg.archived, seg.bytes, since_ns, until_ns)
         return reader, length
 
     def exists(self, seg: SegmentInfo) -> bool:

@@ -4,9 +4,11 @@ This package root holds what every podcap process shares, and only that:
 
 - the contract: the generated gRPC code of ``podcap.v1`` (``podcap/v1``), and the parts of the wire contract that
   are not protobuf — identifiers and their validation (``names``), the pod reference both sides exchange (``pods``),
-  the PCAP record format carried in chunks with its C walker (``pcapfile``, ``pcapwalk``, ``native``), the chunk
-  path's varint framing (``framing``), the loss causes (``drops``) and the rule for the event that starts a stream
-  (``stream_events``);
+  the C record walker (``pcapwalk``, ``native``), the chunk path's varint framing (``framing``), the loss causes
+  (``drops``) and the rule for the event that starts a stream (``stream_events``);
+- the byte formats, each in one home (``formats``): the PCAP record walk, the pcapng blocks, the bucket's
+  objects and manifest, and the read selection (window, filter, pods, segment overlap) both readers of a capture
+  apply;
 - what both sides build on: the error kinds (``errors``), mutual TLS (``tls``), a closable queue (``closable``), and
   the daemons' common command line and process tuning (``daemon``, ``malloc``).
 

@@ -2,7 +2,7 @@
 
 The collector checks the framing of every chunk before it stores it; in Python that walk costs ~120 ns per record
 (about a quarter of the collector's CPU at 600 kpps), in C ~1 ns. This module owns loading the library and passing
-any buffer (bytes, memoryview, mmap) to it without copying. ``podcap.pcapfile`` uses it when it is built
+any buffer (bytes, memoryview, mmap) to it without copying. ``podcap.formats.pcap`` uses it when it is built
 (``available()``: ``scan_records``, and ``valid_prefix_length`` for crash recovery) and otherwise walks in Python
 with identical results.
 """

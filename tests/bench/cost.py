@@ -34,8 +34,8 @@ from typing import Any
 import psutil
 
 from podcap.collector.storage.catalog import CaptureRow, CaptureStore, PodCommit, PodRow, SegmentRow
+from podcap.formats.pcap import FILE_HEADER_LEN, FileFormat
 from podcap.names import new_capture_id
-from podcap.pcapfile import FILE_HEADER_LEN, FileFormat
 from podcap.v1 import common_pb2, control_pb2
 from tests.bench.busy import scrape
 from tests.bench.lab import (

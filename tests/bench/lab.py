@@ -26,7 +26,7 @@ import psutil
 
 from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.demo.node import DemoPod as Pod  # a pod of network namespaces: the demo's
-from podcap.pcapfile import FILE_HEADER_LEN, parse_file_header, scan_records
+from podcap.formats.pcap import FILE_HEADER_LEN, parse_file_header, scan_records
 from podcap.v1 import common_pb2, control_pb2
 
 GEN_CPU, CAP_CPU = "0", "1"

@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from podcap.collector.cli.get.merge import MergeInput, merge_pcaps
-from podcap.collector.cli.get.pcapng import BLOCK_EPB, BLOCK_IDB, IF_NAME, IF_TSRESOL, InterfaceInfo
-from podcap.collector.cli.get.pcapng import PcapngError as _PcapngError
+from podcap.formats.pcapng import BLOCK_EPB, BLOCK_IDB, IF_NAME, IF_TSRESOL, InterfaceInfo
+from podcap.formats.pcapng import PcapngError as _PcapngError
 from tests.bench.busy import Traffic
 from tests.bench.lab import BenchError, Lab, Podcap, checkpoint, console_script, log
 from tests.pcapng_reader import iter_blocks, parse_options

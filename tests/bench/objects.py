@@ -30,12 +30,12 @@ import time
 import uuid
 from typing import Any
 
-from podcap.collector.bucket.blocks import encode
-from podcap.collector.bucket.manifest import ArchivedSegment, Manifest, PageRef, page_number, page_to_json
+from podcap.formats.bucket.blocks import encode
+from podcap.formats.bucket.manifest import ArchivedSegment, Manifest, PageRef, page_number, page_to_json
 from podcap.collector.bucket.objects import BucketUrl, ObjectStore
 from podcap.collector.storage.base import SegmentInfo
 from podcap.collector.storage.tiered import TieredPodLocation
-from podcap.pcapfile import FileFormat, read_file
+from podcap.formats.pcap import FileFormat, read_file
 from podcap.v1 import common_pb2, control_pb2
 from tests.bench.lab import log
 from tests.s3.testbed import Testbed, missing_packages

@@ -73,7 +73,7 @@ import psutil
 
 from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.cli.get.download import download_files, per_pod_paths
-from podcap.pcapfile import FILE_HEADER_LEN
+from podcap.formats.pcap import FILE_HEADER_LEN
 from podcap.v1 import control_pb2
 from tests.bench.bulk import phase_p10
 from tests.bench.busy import phase_p5

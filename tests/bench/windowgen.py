@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from podcap.pcapfile import FILE_HEADER_LEN, RECORD_HEADER_LEN, parse_file_header
+from podcap.formats.pcap import FILE_HEADER_LEN, RECORD_HEADER_LEN, parse_file_header
 from podcap.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
 
 FRAME_LEN = 1500

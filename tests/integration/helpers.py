@@ -9,7 +9,7 @@ import subprocess
 import time
 
 from podcap.collector.demo.node import DemoNode
-from podcap.pcapfile import LINKTYPE_ETHERNET, read_file
+from podcap.formats.pcap import LINKTYPE_ETHERNET, read_file
 from tests.conftest import podcap
 
 SENDER = os.path.join(os.path.dirname(__file__), "udp_send.py")

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from podcap.collector.cli.get.pcapng import ISB_IFDROP, ISB_USRDELIV
 from podcap.collector.demo.node import DemoNode
 from podcap.collector.storage.gaps import read_gaps
 from podcap.drops import CAUSES
-from podcap.pcapfile import read_file
+from podcap.formats.pcap import read_file
+from podcap.formats.pcapng import ISB_IFDROP, ISB_USRDELIV
 from tests.conftest import podcap
 from tests.integration.helpers import capture_id, udp_payloads
 from tests.integration.test_durability import Cluster, all_capturing

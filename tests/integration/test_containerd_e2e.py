@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from podcap.agent.pods.proc_source import PROC_NAMESPACE
-from podcap.pcapfile import LINKTYPE_ETHERNET, read_file
+from podcap.formats.pcap import LINKTYPE_ETHERNET, read_file
 from tests.conftest import Proc, podcap, start_proc, tool
 from tests.node.harness import ContainerSpec, Pod, TestNode
 

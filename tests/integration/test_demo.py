@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from podcap.pcapfile import read_file
+from podcap.formats.pcap import read_file
 from tests.conftest import tool
 
 pytestmark = pytest.mark.root

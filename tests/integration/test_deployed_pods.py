@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from podcap.pcapfile import read_file
+from podcap.formats.pcap import read_file
 from tests.conftest import podcap, tool
 from tests.integration.test_containerd_e2e import WEB, assert_http_exchange, wget_loop
 from tests.kubeapi.standin import KubeApiStandin

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from podcap.collector.demo.node import DemoNode
-from podcap.pcapfile import read_file
+from podcap.formats.pcap import read_file
 from tests.conftest import Proc, free_port, podcap, start_proc, tool
 from tests.integration.helpers import PORT, capture_id, udp_payloads, warm_up
 

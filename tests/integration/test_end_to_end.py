@@ -11,7 +11,7 @@ import time
 import pytest
 
 from podcap.collector.demo.node import DemoNode
-from podcap.pcapfile import read_file
+from podcap.formats.pcap import read_file
 from tests.conftest import Proc, podcap
 from tests.integration.helpers import (
     PORT,

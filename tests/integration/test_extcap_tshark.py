@@ -25,9 +25,9 @@ from collections.abc import Iterator
 import pytest
 
 from podcap.collector.cli.client import CollectorClient
-from podcap.collector.cli.get.pcapng import ISB_IFRECV, ISB_USRDELIV
 from podcap.collector.cli.live.stream import PcapngStream
 from podcap.collector.demo.node import DemoNode
+from podcap.formats.pcapng import ISB_IFRECV, ISB_USRDELIV
 from podcap.v1 import common_pb2, control_pb2
 from tests.conftest import Proc, collector_process, start_proc, tool
 from tests.pcapng_reader import read_pcapng

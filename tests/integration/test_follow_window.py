@@ -12,7 +12,7 @@ import pytest
 
 from podcap.collector.cli.client import CollectorClient
 from podcap.collector.demo.node import DemoNode
-from podcap.pcapfile import FILE_HEADER_LEN, iter_records, parse_file_header
+from podcap.formats.pcap import FILE_HEADER_LEN, iter_records, parse_file_header
 from tests.conftest import Proc, podcap, tool
 from tests.integration.helpers import (
     PORT,

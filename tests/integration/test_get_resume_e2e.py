@@ -22,7 +22,7 @@ from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.cli.get import command as get_cmd
 from podcap.collector.cli.get.resume import JOURNAL
 from podcap.collector.demo.node import DemoNode
-from podcap.pcapfile import read_file
+from podcap.formats.pcap import read_file
 from podcap.v1 import control_pb2
 from tests.conftest import Proc, podcap, tool
 from tests.integration.helpers import (

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from podcap.collector.bucket.manifest import page_from_json
+from podcap.formats.bucket.manifest import page_from_json
 from podcap.collector.bucket.objects import ObjectStore
 from podcap.collector.captures.lifecycle import CaptureDeletedError
 from podcap.collector.cli import main
 from podcap.collector.cli.get.bucket import BucketClient
 from podcap.collector.downloads import CHECK_BYTES
-from podcap.pcapfile import FILE_HEADER_LEN
+from podcap.formats.pcap import FILE_HEADER_LEN
 from podcap.v1 import common_pb2, ingest_pb2
 from tests.conftest import tool
 from tests.integration.test_object_storage import POD, Env, env  # noqa: F401 (the env fixture)

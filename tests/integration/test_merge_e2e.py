@@ -14,8 +14,8 @@ from collections import Counter
 
 import pytest
 
-from podcap.collector.cli.get.pcapng import ISB_IFDROP, ISB_USRDELIV
 from podcap.collector.demo.node import DemoNode
+from podcap.formats.pcapng import ISB_IFDROP, ISB_USRDELIV
 from tests.conftest import Proc, podcap
 from tests.integration.helpers import (
     PORT,

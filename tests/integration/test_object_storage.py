@@ -27,8 +27,9 @@ from podcap.collector.storage.base import SegmentInfo
 from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.local import list_segments
 from podcap.collector.storage.tiered import TieredStorage
+from podcap.formats.bucket.blocks import open_segment
+from podcap.formats.pcap import FILE_HEADER_LEN, FileFormat, iter_records, read_file
 from podcap.names import NodeName, PodUid
-from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, iter_records, read_file
 from podcap.pods import PodRef
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 from tests.conftest import Proc, collector_process, podcap, tool
@@ -188,7 +189,7 @@ def test_archiving_a_large_segment_holds_a_few_parts_not_the_segment(
     finally:
         tracemalloc.stop()
     assert peak < 8 * objects.PART_BYTES < size / 1.5, f"archiving peaked at {peak / 2**20:.0f} MiB"
-    reader, length = env.objects.open_segment(copy.locator, size)
+    reader, length = open_segment(env.objects, copy.locator, size)
     with open(path, "rb") as f:
         assert length == size and all(reader.read(1 << 20) == f.read(1 << 20) for _ in range(size // (1 << 20) + 1))
 
@@ -330,7 +331,7 @@ def test_the_manifest_pages_follow_what_the_bucket_holds(env: Env, monkeypatch: 
     """Each pod's pages list its archived segments with their block indexes, so a window read from the bucket costs
     the manifest, the one page it overlaps and the window's blocks — no object's tail; retention's deletions are
     followed (a page rewritten, an emptied page deleted); a restarted collector leaves right pages alone."""
-    from podcap.collector.bucket import manifest as manifest_module
+    from podcap.formats.bucket import manifest as manifest_module
     from podcap.collector.cli.get.bucket import BucketClient
     from podcap.collector.storage.tiered import TieredPodLocation
 

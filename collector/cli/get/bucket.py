@@ -16,15 +16,16 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import BinaryIO, cast
 
-from podcap.collector.bucket.blocks import BlockReader, unpack_index, window
-from podcap.collector.bucket.manifest import NAME, ArchivedSegment, Manifest, page_from_json
 from podcap.collector.bucket.objects import BucketUrl, ObjectNotFoundError, ObjectStore, StorageUrlError
 from podcap.collector.downloads import Piece, PodFile, check_resume_points, file_messages, given
 from podcap.collector.filters import compile_filter
 from podcap.errors import InvalidInputError
-from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, iter_records
+from podcap.formats.bucket.blocks import BlockReader, open_segment, unpack_index, window
+from podcap.formats.bucket.manifest import NAME, ArchivedSegment, Manifest, page_from_json
+from podcap.formats.pcap import FILE_HEADER_LEN, FileFormat
+from podcap.formats.selection import Window, overlaps, pod_selected, select_records
 from podcap.v1 import control_pb2
 
 
@@ -73,50 +74,54 @@ class BucketClient:
         return self._manifest
 
     def get(self, capture_id: str) -> control_pb2.CaptureStatus:
+        self._check_id(capture_id)
         return self.manifest().status
+
+    def _check_id(self, capture_id: str) -> None:
+        """This client reads the capture its URL names: asking it for another is a caller's mistake, said so (it
+        must never answer silently with nothing, or with the other capture's files)."""
+        if capture_id != self.capture_id:
+            raise FromUrlError(f"capture {capture_id} is not the one --from names ({self.capture_id}, at {self.url})")
 
     def download(self, capture_id: str, pods: list[str], *, since_ns: int = 0, until_ns: int = 0,
                  bpf: str = "", resume: Sequence[control_pb2.ResumePoint] = ()) -> Iterator[control_pb2.DownloadChunk]:
+        """The collector's Download over the bucket: find each selected pod's segments that overlap the window (its
+        pages, then its blocks), then select their records (``podcap.formats.selection``, as the collector does)."""
+        self._check_id(capture_id)
         m = self.manifest()
         points = check_resume_points(resume)
+        window = Window(since_ns=since_ns, until_ns=until_ns, bpf=bpf)
         for pod in m.status.pods:
             p = pod.pod
-            if pods and not {p.uid, p.name, f"{p.namespace}/{p.name}"} & set(pods):
-                continue
             pf = m.formats.get(p.uid)
-            if pf is None:
+            if pf is None or not pod_selected(p, pods):
                 continue
             fmt = FileFormat(pf.linktype, pf.snaplen, pf.nanosecond)
             segments = self._segments(p.uid, since_ns, until_ns)
-            windowed = bool(since_ns or until_ns or bpf)
-            if not windowed:
+            if window.whole:
                 # Segments are opened only when the download reaches them: a resumed one fetches only what follows.
                 pieces = [Piece(seg.size - FILE_HEADER_LEN, self._opener(seg), name=seg.key) for seg in segments]
                 with PodFile(fmt.header(), pieces) as whole:
                     yield from file_messages(p, whole, points.get(p.uid))
                 continue
-            program = compile_filter(bpf, fmt) if bpf else None
-            with tempfile.SpooledTemporaryFile(max_size=64 << 20) as kept:  # the window's records, then their size
-                for seg in segments:
-                    # Only the blocks of a compressed segment that the window overlaps are fetched.
-                    reader, length = self._open(seg, since_ns, until_ns)
-                    with reader:
-                        reader.seek(FILE_HEADER_LEN)
-                        data = reader.read(length - FILE_HEADER_LEN)
-                        self.fetched += getattr(reader, "fetched", length)
-                    for r in iter_records(data, fmt):
-                        if ((not since_ns or r.ts_ns >= since_ns) and (not until_ns or r.ts_ns <= until_ns)
-                                and (program is None or program.filter(r.data) != 0)):
-                            kept.write(data[r.offset:r.offset + 16 + r.caplen])
-                size = kept.tell()
-                with PodFile(fmt.header(), [Piece(size, given(kept), start=0)]) as window_file:  # type: ignore[arg-type]
+            with tempfile.SpooledTemporaryFile(max_size=64 << 20) as kept:  # the window's records
+                size = select_records(self._opened(segments, since_ns, until_ns), fmt, kept,  # type: ignore[arg-type]
+                                      since_ns=since_ns, until_ns=until_ns, bpf=compile_filter(bpf, fmt))
+                with PodFile(fmt.header(), [Piece(size - FILE_HEADER_LEN, given(kept))]) as window_file:  # type: ignore[arg-type]
                     yield from file_messages(p, window_file, points.get(p.uid))
 
+    def _opened(self, segments: list[ArchivedSegment], since_ns: int,
+                until_ns: int) -> Iterator[tuple[BinaryIO, int]]:
+        """Each segment opened in turn — of a compressed one only the blocks the window overlaps — and closed once
+        the next is asked for."""
+        for seg in segments:
+            reader, length = self._open(seg, since_ns, until_ns)
+            with reader:
+                yield reader, length
+                self.fetched += getattr(reader, "fetched", length)
+
     def _opener(self, seg: ArchivedSegment) -> Callable[[], BinaryIO]:
-        def open_segment() -> BinaryIO:
-            reader: BinaryIO = self._open(seg)[0]
-            return reader
-        return open_segment
+        return lambda: self._open(seg)[0]
 
     def _segments(self, uid: str, since_ns: int, until_ns: int) -> list[ArchivedSegment]:
         """The pod's segments that overlap the window, from the pages that do (a page retention deleted since the
@@ -129,14 +134,13 @@ class BucketClient:
                 page = page_from_json(self.objects.get(ref.key))
             except ObjectNotFoundError:
                 continue
-            out += [s for s in page if not (since_ns and s.last_ts_ns and s.last_ts_ns < since_ns)
-                    and not (until_ns and s.first_ts_ns and s.first_ts_ns > until_ns)]
+            out += [s for s in page if overlaps(s.first_ts_ns, s.last_ts_ns, since_ns, until_ns)]
         return out
 
-    def _open(self, seg: ArchivedSegment, since_ns: int = 0, until_ns: int = 0) -> tuple[Any, int]:
+    def _open(self, seg: ArchivedSegment, since_ns: int = 0, until_ns: int = 0) -> tuple[BinaryIO, int]:
         """The segment as a seekable file of the window's blocks: the page's block index says which (no request);
         a segment listed without one has its index read from the object's end."""
         if not seg.blocks or not seg.header:
-            return self.objects.open_segment(seg.key, seg.size, since_ns, until_ns)
+            return open_segment(self.objects, seg.key, seg.size, since_ns, until_ns)
         reader = BlockReader(self.objects, seg.key, seg.header, window(unpack_index(seg.blocks), since_ns, until_ns))
-        return reader, reader.length
+        return cast(BinaryIO, reader), reader.length

@@ -37,12 +37,9 @@ from podcap.collector.cli.get.bucket import BucketClient
 from podcap.collector.cli.get.download import (
     CaptureSource,
     DownloadedFile,
-    capture_section,
     download_files,
     expected_size,
     per_pod_paths,
-    pod_interface,
-    pod_stats,
 )
 from podcap.collector.cli.get.merge import (
     MergeInput,
@@ -52,14 +49,16 @@ from podcap.collector.cli.get.merge import (
     merge_streams,
     pcap_to_pcapng,
 )
-from podcap.collector.cli.get.pcapng import InterfaceStats, PcapngError
+from podcap.collector.cli.get.pcapng import capture_section, pod_interface, pod_stats
 from podcap.collector.cli.get.pod_streams import MAX_STREAMS, PodStreams
 from podcap.collector.cli.get.progress import DownloadProgress
-from podcap.collector.cli.get.resume import Journal, Window, selected
+from podcap.collector.cli.get.resume import Journal
 from podcap.collector.cli.units import human_bytes, parse_duration
 from podcap.collector.downloads import ResumeOffsetError
 from podcap.errors import PodcapError
-from podcap.pcapfile import PcapFormatError
+from podcap.formats.pcap import PcapFormatError
+from podcap.formats.pcapng import InterfaceStats, PcapngError
+from podcap.formats.selection import Window, names_pod, pod_selected
 from podcap.v1 import control_pb2
 
 
@@ -244,7 +243,7 @@ def get(ctx: click.Context, capture_id: str | None, pods: tuple[str, ...], out_d
                 journal.finish()
             else:
                 assert merge_path is not None
-                wanted = [ps for ps in status.pods if selected(ps, list(pods))]
+                wanted = [ps for ps in status.pods if pod_selected(ps.pod, pods)]
                 if 0 < len(wanted) <= MAX_STREAMS and _streamable(merge_path, one_copy_ns):
                     merged = _merge_while_downloading(client, status, capture_id, wanted, window, merge_path,
                                                       one_copy_ns)
@@ -286,7 +285,7 @@ def _window(ctx: click.Context, since: str, until: str, bpf: str) -> Window:
 def _check_request(status: control_pb2.CaptureStatus, pods: list[str], window: Window, *, prog: str) -> None:
     """Refuse a read that cannot hold anything by mistake: pods the capture does not have, a capture with no pods."""
     names = ", ".join(f"{ps.pod.namespace}/{ps.pod.name}" for ps in status.pods) or "none"
-    unknown = [p for p in pods if not any(selected(ps, [p]) for ps in status.pods)]
+    unknown = [p for p in pods if not any(names_pod(p, ps.pod) for ps in status.pods)]
     if unknown:
         raise CommandError(f"capture {status.id} has no pod {', '.join(unknown)}", f"its pods: {names}", prog=prog)
     if not status.pods:
@@ -320,7 +319,7 @@ def _fetch_into_dir(client: CaptureSource, status: control_pb2.CaptureStatus, ca
     path_of = {ps.pod.uid: dest(ps.pod) for ps in status.pods if ps.pod.uid}  # the download's own paths
     journal = Journal(out_dir, capture_id, window, dest)
     kept = journal.complete(status, pods, path_of)
-    wanted = [ps for ps in status.pods if selected(ps, pods)]
+    wanted = [ps for ps in status.pods if pod_selected(ps.pod, pods)]
     kept_uids = {f.pod.uid for f in kept}
     todo = [ps for ps in wanted if ps.pod.uid not in kept_uids]
     points: list[control_pb2.ResumePoint] = []

@@ -1,4 +1,5 @@
-"""Downloading a capture's per-pod pcap files, and the pod metadata that goes into pcapng output.
+"""Downloading a capture's per-pod pcap files (what pcapng output says of each pod is in
+``podcap.collector.cli.get.pcapng``).
 
 The collector's ``Download`` RPC streams one pcap file per pod, one after the other, each announced by a
 ``FileStart`` with its exact size. Each file is written as ``<path>.part`` and renamed once it is complete, so an
@@ -16,18 +17,13 @@ hears of each file's start (with its exact size), every block received, and each
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from podcap.collector.cli.client import CollectorClient, CollectorError
-from podcap.collector.cli.get.pcapng import InterfaceInfo, InterfaceStats, SectionInfo
-from podcap.collector.cli.render import capture_state
-from podcap.collector.targets import target_text
-from podcap.drops import Drops
+from podcap.formats.pcap import FILE_HEADER_LEN
 from podcap.names import InvalidNameError, check_namespace, check_pod_name
-from podcap.pcapfile import FILE_HEADER_LEN
 from podcap.v1 import common_pb2, control_pb2
 
 
@@ -188,59 +184,3 @@ def download_capture(client: CollectorClient, capture_id: str, out_dir: str, pod
     """Write ``<out_dir>/<namespace>/<pod>.pcap`` for each pod; return (path, bytes) per file."""
     files = download_files(client, capture_id, pods, per_pod_paths(out_dir, ".pcap"))
     return [(f.path, f.size) for f in files]
-
-
-# ---- pcapng metadata from the capture's status ----
-
-
-def _pod_status(status: control_pb2.CaptureStatus, pod: common_pb2.Pod) -> control_pb2.PodStatus | None:
-    for ps in status.pods:
-        if ps.pod.uid == pod.uid:
-            return ps
-    for ps in status.pods:
-        if (ps.pod.namespace, ps.pod.name) == (pod.namespace, pod.name):
-            return ps
-    return None
-
-
-def pod_interface(status: control_pb2.CaptureStatus, pod: common_pb2.Pod) -> InterfaceInfo:
-    """The pcapng interface of one pod: ``<namespace>/<pod>``, described by node, uid, ip, handle and filter."""
-    ps = _pod_status(status, pod)
-    node = pod.node or (ps.pod.node if ps is not None else "") or "?"
-    parts = [f"node {node}", f"uid {pod.uid or '?'}"]
-    if pod.ip:
-        parts.append(f"ip {pod.ip}")
-    if ps is not None and ps.interface:
-        parts.append(f"captured on {ps.interface}")
-    parts.append(f"filter {status.settings.filter!r}" if status.settings.filter else "no filter")
-    parts.append(f"podcap capture {status.id}")
-    return InterfaceInfo(name=f"{pod.namespace}/{pod.name}", description=f"pod {pod.namespace}/{pod.name}: "
-                         + ", ".join(parts), filter=status.settings.filter)
-
-
-def pod_stats(status: control_pb2.CaptureStatus, pod: common_pb2.Pod) -> InterfaceStats | None:
-    ps = _pod_status(status, pod)
-    if ps is None:
-        return None
-    return InterfaceStats(
-        start_ns=status.created_unix_ns,
-        end_ns=status.ended_unix_ns or time.time_ns(),
-        received=ps.kernel.received,
-        kernel_dropped=ps.kernel.dropped,
-        if_dropped=ps.kernel.if_dropped,
-        drops=Drops.from_proto(ps.drops),
-        delivered=ps.packets,
-        retired=ps.retired_packets,
-    )
-
-
-def capture_section(status: control_pb2.CaptureStatus) -> SectionInfo:
-    """Section header comments: which capture, of what, and how it ended."""
-    detail = [f"target {target_text(status.target)}",
-              f"filter {status.settings.filter!r}" if status.settings.filter else "no filter",
-              f"state {capture_state(status.state)}" + (f" ({status.end_reason})" if status.end_reason else ""),
-              f"{len(status.pods)} pod(s)"]
-    comments = [f"podcap capture {status.id}", "; ".join(detail)]
-    if status.note:
-        comments.append(f"note: {status.note}")
-    return SectionInfo(comments=tuple(comments))

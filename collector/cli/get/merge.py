@@ -4,7 +4,7 @@
 This module owns the shape of the merged file (SHB, the IDBs, the packets, the ISBs), from files
 (``merge_pcaps``) or from streams still being downloaded (``merge_streams``, C only), and picks who merges the
 packets of files: podcap's C merge core (``pcapmerge``) when it is built and the output is a real file or pipe, with no
-Python per packet and as fast as Wireshark's ``mergecap``; otherwise ``heapq.merge`` over ``podcap.pcapfile``'s
+Python per packet and as fast as Wireshark's ``mergecap``; otherwise ``heapq.merge`` over ``podcap.formats.pcap``'s
 record iterators. Both write the same bytes (tests compare them, and the order with mergecap's).
 
 Memory stays bounded whatever the capture size: each input is read in blocks and one record per input waits in
@@ -29,15 +29,15 @@ from typing import IO
 
 from podcap.collector.cli.dedup import OneCopy
 from podcap.collector.cli.get import pcapmerge
-from podcap.collector.cli.get.pcapng import InterfaceInfo, InterfaceStats, PcapngError, PcapngWriter, SectionInfo
-from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, PcapFormatError, iter_file_records, parse_file_header
+from podcap.formats.pcap import FILE_HEADER_LEN, FileFormat, PcapFormatError, iter_file_records, parse_file_header
+from podcap.formats.pcapng import InterfaceInfo, InterfaceStats, PcapngError, PcapngWriter, SectionInfo
 
 _READ_BUFFER = 1 << 20
 
 
 @dataclass(frozen=True)
 class MergeInput:
-    """A classic pcap file (``podcap.pcapfile`` format) and the interface it becomes."""
+    """A classic pcap file (``podcap.formats.pcap`` format) and the interface it becomes."""
 
     path: str
     interface: InterfaceInfo

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from podcap import native
-from podcap.pcapfile import FILE_HEADER_LEN, RECORD_HEADER_LEN, FileFormat, PcapFormatError
+from podcap.formats.pcap import FILE_HEADER_LEN, RECORD_HEADER_LEN, FileFormat, PcapFormatError
 
 (TRUNCATED_HEADER, BAD_CAPLEN, TRUNCATED_RECORD, READ_ERROR, WRITE_ERROR, NO_MEMORY) = range(1, 7)
 DONE, MORE, NEED = 0, 1, 2  # podcap_merge_run: finished; call again; feed podcap_merge_needed's input
@@ -276,7 +276,7 @@ def _raise(lib: ctypes.CDLL, m: int, inputs: Sequence[NativeInput | FedInput]) -
     path = inputs[err.input].path if err.input < len(inputs) else "?"
     if code == READ_ERROR:
         raise OSError(err.errno_value, os.strerror(err.errno_value), path)
-    # The same messages as podcap.pcapfile's record walk, prefixed with the file as the Python merge does.
+    # The same messages as podcap.formats.pcap's record walk, prefixed with the file as the Python merge does.
     if code == TRUNCATED_HEADER:
         msg = f"truncated record header at offset {off}"
     elif code == BAD_CAPLEN:

@@ -1,221 +1,73 @@
-"""pcapng output for ``podcap get``: the block format and a streaming writer where each pod is an interface.
+"""A capture as pcapng metadata: what the section header, each pod's interface and its statistics say, from the
+capture's status.
 
-Why pcapng: a classic pcap file has one link type, one timestamp resolution and no room for metadata, so a
-capture of many pods either loses which pod a packet belongs to or stays as one file per pod. In pcapng every pod
-gets its own Interface Description Block (IDB): name ``<namespace>/<pod>``, a description with node, pod uid and
-capture interface, the BPF filter, its own link type, snaplen and timestamp resolution (``if_tsresol`` 9 keeps
-nanosecond inputs exact, 6 for microsecond inputs). Wireshark shows the pod as the frame's interface
-(``frame.interface_name``), so a merged file can be filtered per pod.
-
-Shape of a file written here (little-endian, one section)::
-
-    SHB  shb_hardware, shb_os, shb_userappl "podcap <version>", opt_comment "podcap capture <id>", ...
-    IDB  one per input, in input order (interface id = input index)
-    EPB  every record of every input, merged by timestamp
-    ISB  one per input that has statistics, at the end
-
-Drop counters in the ISB: ``isb_ifdrop`` carries *every* packet lost on the way (kernel ring full, interface,
-and every cause of ``podcap.drops``), as dumpcap does, because it is the number Wireshark shows as "Dropped
-packets"; ``isb_osdrop`` carries the kernel ring part alone, ``isb_ifrecv`` libpcap's ``ps_recv``,
-``isb_usrdeliv`` the packets stored, and an ``opt_comment`` spells out the breakdown by cause (and what retention
-deleted), so that received = stored + deleted + every drop can be read off the file.
-
-This module owns the format (block and option codes, the writer); ``podcap.collector.cli.get.merge`` feeds it the
-per-pod pcap files in time order. The CLI alone writes pcapng (the collector stores and serves classic pcap), so
-it lives under ``cli/``.
+The blocks themselves are encoded by ``podcap.formats.pcapng`` (the one encoder); this module decides their content
+for a podcap capture: the section's comments (which capture, of what, how it ended), each pod's interface (named
+``<namespace>/<pod>``, described by node, uid, ip, capture interface and filter) and its final counters (received,
+kernel and podcap drops by cause, stored, deleted by retention). ``get --merge``, ``get --format pcapng`` and the
+live stream (``podcap.collector.cli.live.stream``) all take them from here, so a merged file and a live view say
+the same of a pod.
 """
 
 from __future__ import annotations
 
-import platform
-import struct
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import IO
+import time
 
-from podcap import __version__
-from podcap.drops import LABELS, Drops
-from podcap.errors import InvalidInputError
-
-BLOCK_SHB = 0x0A0D0D0A
-BLOCK_IDB = 0x00000001
-BLOCK_ISB = 0x00000005
-BLOCK_EPB = 0x00000006
-BYTE_ORDER_MAGIC = 0x1A2B3C4D
-
-OPT_ENDOFOPT = 0
-OPT_COMMENT = 1
-SHB_HARDWARE = 2
-SHB_OS = 3
-SHB_USERAPPL = 4
-IF_NAME = 2
-IF_DESCRIPTION = 3
-IF_TSRESOL = 9
-IF_FILTER = 11
-ISB_STARTTIME = 2
-ISB_ENDTIME = 3
-ISB_IFRECV = 4
-ISB_IFDROP = 5
-ISB_FILTERACCEPT = 6
-ISB_OSDROP = 7
-ISB_USRDELIV = 8
-
-_OPT_MAX = 0xFFFF
-_BLOCK_HEADER = struct.Struct("<II")
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
-_OPT_HEADER = struct.Struct("<HH")
-_SHB_BODY = struct.Struct("<IHHq")
-_IDB_BODY = struct.Struct("<HHI")
-_EPB_HEAD = struct.Struct("<IIIIIII")
-_ISB_BODY = struct.Struct("<III")
+from podcap.collector.cli.render import capture_state
+from podcap.collector.targets import target_text
+from podcap.drops import Drops
+from podcap.formats.pcapng import InterfaceInfo, InterfaceStats, SectionInfo
+from podcap.v1 import common_pb2, control_pb2
 
 
-class PcapngError(InvalidInputError):
-    """A pcapng file that this module cannot read (or a value that cannot be written); the message says which."""
+def _pod_status(status: control_pb2.CaptureStatus, pod: common_pb2.Pod) -> control_pb2.PodStatus | None:
+    for ps in status.pods:
+        if ps.pod.uid == pod.uid:
+            return ps
+    for ps in status.pods:
+        if (ps.pod.namespace, ps.pod.name) == (pod.namespace, pod.name):
+            return ps
+    return None
 
 
-@dataclass(frozen=True)
-class SectionInfo:
-    """What the Section Header says about the whole file."""
-
-    comments: tuple[str, ...] = ()
-    userappl: str = f"podcap {__version__}"
-    hardware: str = field(default_factory=platform.machine)
-    os: str = field(default_factory=lambda: f"{platform.system()} {platform.release()}")
-
-
-@dataclass(frozen=True)
-class InterfaceInfo:
-    """One interface (one pod): its IDB name, description and capture filter."""
-
-    name: str
-    description: str = ""
-    filter: str = ""
+def pod_interface(status: control_pb2.CaptureStatus, pod: common_pb2.Pod) -> InterfaceInfo:
+    """The pcapng interface of one pod: ``<namespace>/<pod>``, described by node, uid, ip, handle and filter."""
+    ps = _pod_status(status, pod)
+    node = pod.node or (ps.pod.node if ps is not None else "") or "?"
+    parts = [f"node {node}", f"uid {pod.uid or '?'}"]
+    if pod.ip:
+        parts.append(f"ip {pod.ip}")
+    if ps is not None and ps.interface:
+        parts.append(f"captured on {ps.interface}")
+    parts.append(f"filter {status.settings.filter!r}" if status.settings.filter else "no filter")
+    parts.append(f"podcap capture {status.id}")
+    return InterfaceInfo(name=f"{pod.namespace}/{pod.name}", description=f"pod {pod.namespace}/{pod.name}: "
+                         + ", ".join(parts), filter=status.settings.filter)
 
 
-@dataclass(frozen=True)
-class InterfaceStats:
-    """Counters for an ISB. Times are ns since the epoch; ``None`` leaves a counter out."""
-
-    start_ns: int
-    end_ns: int
-    received: int | None = None
-    kernel_dropped: int = 0
-    if_dropped: int = 0
-    drops: Drops = field(default_factory=Drops)
-    delivered: int | None = None
-    retired: int = 0  # deleted by retention (neither stored nor dropped)
-    duplicates: int = 0  # second sightings of packets (seen first on another pod) this view left out
-
-
-    @property
-    def lost(self) -> int:
-        return self.kernel_dropped + self.if_dropped + self.drops.total()
-
-    def comment(self) -> str:
-        parts = [f"kernel ring full {self.kernel_dropped}", f"interface {self.if_dropped}"]
-        parts += [f"{LABELS[c]} {n}" for c, n in self.drops.nonzero().items()]
-        text = f"dropped {self.lost}: " + ", ".join(parts)
-        if self.delivered is not None:
-            text += f"; stored {self.delivered}"
-        if self.retired:
-            text += f"; deleted by retention {self.retired}"
-        if self.duplicates:
-            text += (f"; {self.duplicates} packets seen first on another pod left out of this view (one copy per "
-                     "packet; --all-copies keeps them)")
-        return text
+def pod_stats(status: control_pb2.CaptureStatus, pod: common_pb2.Pod) -> InterfaceStats | None:
+    ps = _pod_status(status, pod)
+    if ps is None:
+        return None
+    return InterfaceStats(
+        start_ns=status.created_unix_ns,
+        end_ns=status.ended_unix_ns or time.time_ns(),
+        received=ps.kernel.received,
+        kernel_dropped=ps.kernel.dropped,
+        if_dropped=ps.kernel.if_dropped,
+        drops=Drops.from_proto(ps.drops),
+        delivered=ps.packets,
+        retired=ps.retired_packets,
+    )
 
 
-# ---- writing ----
-
-
-def _utf8(text: str) -> bytes:
-    """``text`` as UTF-8, cut to what one option can hold (at a character boundary)."""
-    raw = text.encode()
-    if len(raw) <= _OPT_MAX:
-        return raw
-    return raw[:_OPT_MAX].decode(errors="ignore").encode()
-
-
-def _options(opts: Iterable[tuple[int, bytes]]) -> bytes:
-    parts: list[bytes] = []
-    for code, value in opts:
-        if len(value) > _OPT_MAX:
-            raise PcapngError(f"option {code} is {len(value)} bytes, at most {_OPT_MAX}")
-        parts += (_OPT_HEADER.pack(code, len(value)), value, b"\0" * (-len(value) % 4))
-    if parts:
-        parts.append(_OPT_HEADER.pack(OPT_ENDOFOPT, 0))
-    return b"".join(parts)
-
-
-def _block(block_type: int, body: bytes) -> bytes:
-    """A whole block: type, total length, body padded to 32 bits, total length again."""
-    pad = b"\0" * (-len(body) % 4)
-    total = 12 + len(body) + len(pad)
-    return b"".join((_BLOCK_HEADER.pack(block_type, total), body, pad, _U32.pack(total)))
-
-
-def _ts_words(ts: int) -> bytes:
-    """A 64-bit timestamp as pcapng stores it: high 32 bits, then low 32 bits."""
-    return struct.pack("<II", (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF)
-
-
-def epb(interface_id: int, ts: int, data: bytes, wirelen: int) -> bytes:
-    """One Enhanced Packet Block; ``ts`` in the interface's resolution."""
-    pad = -len(data) % 4
-    total = 32 + len(data) + pad
-    return b"".join((_EPB_HEAD.pack(BLOCK_EPB, total, interface_id, (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF,
-                                    len(data), wirelen), data, b"\0" * pad, _U32.pack(total)))
-
-
-class PcapngWriter:
-    """Writes one section to a binary stream, block by block; never seeks, so ``out`` may be a pipe.
-
-    Interfaces must all be added before the first packet (readers such as old Wireshark versions expect the IDBs
-    up front); ``add_interface`` returns the interface id that ``write_packet`` and ``write_stats`` take.
-    """
-
-    def __init__(self, out: IO[bytes], section: SectionInfo | None = None) -> None:
-        self._out = out
-        self._divisors: list[int] = []
-        self._packets_started = False
-        section = section or SectionInfo()
-        opts = [(OPT_COMMENT, _utf8(c)) for c in section.comments]
-        opts += [(SHB_HARDWARE, _utf8(section.hardware)), (SHB_OS, _utf8(section.os)),
-                 (SHB_USERAPPL, _utf8(section.userappl))]
-        # Section length -1: not known in advance (the writer streams).
-        out.write(_block(BLOCK_SHB, _SHB_BODY.pack(BYTE_ORDER_MAGIC, 1, 0, -1) + _options(opts)))
-
-    def add_interface(self, info: InterfaceInfo, *, linktype: int, snaplen: int, nanosecond: bool) -> int:
-        if self._packets_started:
-            raise PcapngError("interfaces must be added before the first packet")
-        opts = [(IF_NAME, _utf8(info.name))]
-        if info.description:
-            opts.append((IF_DESCRIPTION, _utf8(info.description)))
-        opts.append((IF_TSRESOL, bytes([9 if nanosecond else 6])))
-        if info.filter:
-            # First byte 0: the filter is a libpcap filter string.
-            opts.append((IF_FILTER, b"\0" + _utf8(info.filter)[: _OPT_MAX - 1]))
-        body = _IDB_BODY.pack(linktype & 0xFFFF, 0, snaplen) + _options(opts)
-        self._out.write(_block(BLOCK_IDB, body))
-        self._divisors.append(1 if nanosecond else 1000)
-        return len(self._divisors) - 1
-
-    def write_packet(self, interface_id: int, ts_ns: int, data: bytes, wirelen: int) -> None:
-        self._packets_started = True
-        self._out.write(epb(interface_id, ts_ns // self._divisors[interface_id], data, wirelen))
-
-    def write_stats(self, interface_id: int, stats: InterfaceStats) -> None:
-        self._packets_started = True
-        div = self._divisors[interface_id]
-        opts = [(OPT_COMMENT, _utf8(stats.comment())),
-                (ISB_STARTTIME, _ts_words(stats.start_ns // div)), (ISB_ENDTIME, _ts_words(stats.end_ns // div))]
-        if stats.received is not None:
-            opts.append((ISB_IFRECV, _U64.pack(stats.received)))
-        opts += [(ISB_IFDROP, _U64.pack(stats.lost)), (ISB_OSDROP, _U64.pack(stats.kernel_dropped))]
-        if stats.delivered is not None:
-            opts.append((ISB_USRDELIV, _U64.pack(stats.delivered)))
-        ts = stats.end_ns // div
-        body = _ISB_BODY.pack(interface_id, (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF) + _options(opts)
-        self._out.write(_block(BLOCK_ISB, body))
+def capture_section(status: control_pb2.CaptureStatus) -> SectionInfo:
+    """Section header comments: which capture, of what, and how it ended."""
+    detail = [f"target {target_text(status.target)}",
+              f"filter {status.settings.filter!r}" if status.settings.filter else "no filter",
+              f"state {capture_state(status.state)}" + (f" ({status.end_reason})" if status.end_reason else ""),
+              f"{len(status.pods)} pod(s)"]
+    comments = [f"podcap capture {status.id}", "; ".join(detail)]
+    if status.note:
+        comments.append(f"note: {status.note}")
+    return SectionInfo(comments=tuple(comments))

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from podcap.collector.cli.client import CollectorError
 from podcap.collector.cli.get.download import CaptureSource, DownloadedFile, DownloadObserver
+from podcap.formats.pcap import FILE_HEADER_LEN, FileFormat, parse_file_header
 from podcap.names import InvalidNameError, check_namespace, check_pod_name
-from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, parse_file_header
 from podcap.v1 import common_pb2, control_pb2
 
 MAX_STREAMS = 16

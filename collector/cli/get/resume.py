@@ -26,36 +26,17 @@ import json
 import mmap
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from podcap.collector.cli.get.download import DownloadedFile, expected_size
 from podcap.collector.downloads import resume_point
-from podcap.pcapfile import FILE_HEADER_LEN, PcapFormatError, parse_file_header, scan_records
+from podcap.formats.pcap import FILE_HEADER_LEN, PcapFormatError, parse_file_header, scan_records
+from podcap.formats.selection import Window, pod_selected
 from podcap.v1 import common_pb2, control_pb2
 
 JOURNAL = ".podcap-get.json"
 _LIVE = (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING)
-
-
-@dataclass(frozen=True)
-class Window:
-    """What a download selects besides pods; a journal only applies to the same window."""
-
-    since_ns: int = 0
-    until_ns: int = 0
-    bpf: str = ""
-
-    @property
-    def whole(self) -> bool:
-        return not (self.since_ns or self.until_ns or self.bpf)
-
-
-def selected(ps: control_pb2.PodStatus, selectors: list[str]) -> bool:
-    """Whether the collector's Download would include this pod for these selectors (its own rule)."""
-    pod = ps.pod
-    return not selectors or pod.uid in selectors or f"{pod.namespace}/{pod.name}" in selectors \
-        or pod.name in selectors
 
 
 def _count_packets(path: str) -> int | None:
@@ -117,7 +98,7 @@ class Journal:
         for ps in status.pods:
             entry = earlier.get(ps.pod.uid)
             path = path_of.get(ps.pod.uid)
-            if not ps.pod.uid or entry is None or path is None or not selected(ps, selectors):
+            if not ps.pod.uid or entry is None or path is None or not pod_selected(ps.pod, selectors):
                 continue
             if entry.get("path") != os.path.relpath(path, self.out_dir) or entry.get("partial"):
                 continue
@@ -144,7 +125,7 @@ class Journal:
             uid = ps.pod.uid
             entry = earlier.get(uid)
             path = path_of.get(uid)
-            if not uid or uid in complete or entry is None or path is None or not selected(ps, selectors):
+            if not uid or uid in complete or entry is None or path is None or not pod_selected(ps.pod, selectors):
                 continue
             if entry.get("path") != os.path.relpath(path, self.out_dir):
                 continue

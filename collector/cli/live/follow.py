@@ -25,9 +25,9 @@ import click
 from podcap.collector.cli.client import CollectorClient
 from podcap.collector.cli.complete import complete_capture_pod, complete_running_capture_id
 from podcap.collector.cli.errors import CommandError
-from podcap.collector.cli.get.resume import selected
 from podcap.collector.cli.live.order import TICK_S, ticking
 from podcap.collector.cli.live.stream import PcapngStream
+from podcap.formats.selection import names_pod
 from podcap.v1 import control_pb2
 
 _LIVE = (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING)
@@ -84,7 +84,7 @@ def follow(ctx: click.Context, capture_id: str, pods: tuple[str, ...], all_copie
             why = f" ({status.end_reason})" if status.end_reason else ""
             raise CommandError(f"capture {capture_id} has ended{why}: there is nothing to follow",
                                f"'{prog} get {capture_id} --merge FILE' reads what it stored", prog=prog)
-        unknown = [p for p in pods if not any(selected(ps, [p]) for ps in status.pods)]
+        unknown = [p for p in pods if not any(names_pod(p, ps.pod) for ps in status.pods)]
         if unknown:
             names = ", ".join(f"{ps.pod.namespace}/{ps.pod.name}" for ps in status.pods) or "none yet"
             raise CommandError(f"capture {capture_id} has no pod {', '.join(unknown)}", f"its pods: {names}",

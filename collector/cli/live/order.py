@@ -32,8 +32,8 @@ from typing import TypeVar
 
 from podcap.collector.cli.dedup import OneCopy
 from podcap.collector.cli.get import pcapmerge
-from podcap.collector.cli.get.pcapng import epb
-from podcap.pcapfile import FileFormat, iter_records
+from podcap.formats.pcap import FileFormat, iter_records
+from podcap.formats.pcapng import epb
 
 T = TypeVar("T")
 _FOREVER = (1 << 64) - 1

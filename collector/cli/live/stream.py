@@ -11,16 +11,17 @@ whose format changes (a restarted stream with another link type) gets a new inte
 IDB cannot change. The caller calls ``tick`` now and then (a quiet view's held packets go out by time, not only
 when the next message comes) and ``finish`` at the end (what is held goes out).
 
-The section header comes from ``podcap.collector.cli.get.pcapng`` (as do the IDBs, and the section's comments are
-``get --merge``'s); the records are ordered and turned into EPBs in C (no Python per packet) and written with one
-``write`` per batch.
+Every block is encoded by ``podcap.formats.pcapng`` (the one encoder: the section header and IDBs through its
+``PcapngWriter``, the ISBs with its ``isb``), with the content ``get --merge`` gives them
+(``podcap.collector.cli.get.pcapng``: the section's comments, the pods' final counters); the records are ordered
+and turned into EPBs in C (no Python per packet) and written with one ``write`` per batch.
 
 Losses are reported in-band, as Interface Statistics Blocks (dumpcap passes them through into the file Wireshark
 saves, measured with 4.0.17): when this live view falls behind, the collector drops packets for it alone (they
 are stored all the same) and says how many (``FollowGap``); the pod's interface then gets an ISB whose
 ``isb_ifdrop`` counts every packet the view missed so far, so Wireshark shows them as dropped. When the capture
 ends by itself (a limit, ``podcap stop``) each interface gets the capture's final counters too (received, kernel
-and podcap drops by cause, stored: ``podcap.collector.cli.get.download.pod_stats``, as ``get --merge`` writes them),
+and podcap drops by cause, stored: ``podcap.collector.cli.get.pcapng.pod_stats``, as ``get --merge`` writes them),
 and how many second sightings of packets this view left out on it.
 These ISBs are written here rather than with ``PcapngWriter.write_stats`` because that writer refuses interfaces
 after its first packet or statistics (right for files, where readers want IDBs first), and a live view announces
@@ -30,29 +31,15 @@ pods as they come.
 from __future__ import annotations
 
 import dataclasses
-import struct
 import time
 from collections.abc import Callable
 from typing import IO
 
 from podcap.collector.cli.dedup import WINDOW_NS
-from podcap.collector.cli.get.download import capture_section, pod_stats
-from podcap.collector.cli.get.pcapng import (
-    BLOCK_ISB,
-    ISB_ENDTIME,
-    ISB_IFDROP,
-    ISB_IFRECV,
-    ISB_OSDROP,
-    ISB_STARTTIME,
-    ISB_USRDELIV,
-    OPT_COMMENT,
-    OPT_ENDOFOPT,
-    InterfaceInfo,
-    InterfaceStats,
-    PcapngWriter,
-)
+from podcap.collector.cli.get.pcapng import capture_section, pod_stats
 from podcap.collector.cli.live.order import HOLD_NS, MAX_BUFFERED, live_order
-from podcap.pcapfile import FileFormat, PcapFormatError
+from podcap.formats.pcap import FileFormat, PcapFormatError
+from podcap.formats.pcapng import InterfaceInfo, InterfaceStats, PcapngWriter, isb, ts_divisor
 from podcap.v1 import common_pb2, control_pb2
 
 _FOREVER = (1 << 64) - 1
@@ -60,11 +47,6 @@ _NO_INTERFACE = 0xFFFFFFFF  # a placeholder's: it never writes a packet
 _ANY_FORMAT = FileFormat(1, 65535, True)
 _MAY_STREAM = (common_pb2.POD_CAPTURE_STATE_PENDING, common_pb2.POD_CAPTURE_STATE_CAPTURING,
                common_pb2.POD_CAPTURE_STATE_UNSPECIFIED)
-_ISB_HEAD = struct.Struct("<IIIII")
-_OPT_HEAD = struct.Struct("<HH")
-_U64 = struct.Struct("<Q")
-_PADS = (b"", b"\0\0\0", b"\0\0", b"\0")
-_MAX_COMMENT = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,29 +67,6 @@ class LiveViewStats(InterfaceStats):
         if self.received is None:
             return view
         return f"{super().comment()}; {view}" if self.missed else super().comment()
-
-
-def _option(code: int, value: bytes) -> bytes:
-    return _OPT_HEAD.pack(code, len(value)) + value + _PADS[len(value) % 4]
-
-
-def isb(interface_id: int, ts: int, stats: InterfaceStats, divisor: int) -> bytes:
-    """An Interface Statistics Block for ``stats`` (timestamps in the interface's units: ns // ``divisor``)."""
-    opts = [_option(OPT_COMMENT, stats.comment().encode()[:_MAX_COMMENT]),
-            _option(ISB_STARTTIME, struct.pack("<II", *_words(stats.start_ns // divisor))),
-            _option(ISB_ENDTIME, struct.pack("<II", *_words(stats.end_ns // divisor)))]
-    if stats.received is not None:
-        opts.append(_option(ISB_IFRECV, _U64.pack(stats.received)))
-    opts += [_option(ISB_IFDROP, _U64.pack(stats.lost)), _option(ISB_OSDROP, _U64.pack(stats.kernel_dropped))]
-    if stats.delivered is not None:
-        opts.append(_option(ISB_USRDELIV, _U64.pack(stats.delivered)))
-    body = b"".join(opts) + _OPT_HEAD.pack(OPT_ENDOFOPT, 0)
-    total = _ISB_HEAD.size + len(body) + 4
-    return _ISB_HEAD.pack(BLOCK_ISB, total, interface_id, *_words(ts)) + body + total.to_bytes(4, "little")
-
-
-def _words(ts: int) -> tuple[int, int]:
-    return (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF
 
 
 def interface_info(pod: common_pb2.Pod, status: control_pb2.CaptureStatus) -> InterfaceInfo:
@@ -218,8 +177,7 @@ class PcapngStream:
 
     def _write_stats(self, index: int, stats: LiveViewStats) -> None:
         iface, fmt, *_ = self._interfaces[index]
-        divisor = 1 if fmt.nanosecond else 1000
-        self.out.write(isb(iface, stats.end_ns // divisor, stats, divisor))
+        self.out.write(isb(iface, stats, divisor=ts_divisor(fmt.nanosecond)))
 
 
 class LiveRecordsError(PcapFormatError):

@@ -18,7 +18,7 @@ import threading
 
 from podcap.agent.capture.libpcap import HandleOptions, KernelCounters, PcapError
 from podcap.agent.upload.encoded import EncodedChunk
-from podcap.pcapfile import FileFormat, first_timestamp_ns
+from podcap.formats.pcap import FileFormat, first_timestamp_ns
 from podcap.v1 import ingest_pb2
 
 PAYLOAD = 60

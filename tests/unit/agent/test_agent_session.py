@@ -208,7 +208,7 @@ def test_a_session_against_the_real_collector_in_process_stores_every_packet(tmp
 
     from podcap.collector.server import start_collector
     from podcap.collector.storage.local import list_segments
-    from podcap.pcapfile import read_file
+    from podcap.formats.pcap import read_file
     from podcap.v1 import control_pb2
 
     umask = os.umask(0o022)

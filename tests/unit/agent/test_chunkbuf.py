@@ -13,7 +13,7 @@ from podcap.agent.capture import chunkbuf
 from podcap.agent.capture.libpcap import MemoryDump, lib
 from podcap.agent.upload.encoded import EncodedChunk, batch
 from podcap.collector.api.wire import IncomingChunk, decode_agent_message
-from podcap.pcapfile import FileFormat, iter_records
+from podcap.formats.pcap import FileFormat, iter_records
 from podcap.v1 import ingest_pb2
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from podcap.collector.filters import MAX_FILTER_LEN, FilterError, check_filter, compile_filter
-from podcap.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, FileFormat
+from podcap.formats.pcap import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, FileFormat
 from podcap.v1 import common_pb2
 
 ETH = FileFormat(LINKTYPE_ETHERNET, 262144, nanosecond=True)

@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from podcap import pcapwalk
-from podcap.pcapfile import (
+from podcap.formats.pcap import (
     FILE_HEADER_LEN,
     FileFormat,
     PcapFormatError,

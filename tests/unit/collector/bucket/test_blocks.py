@@ -1,4 +1,4 @@
-"""``podcap.collector.bucket.blocks``: a segment compressed in independent zstd blocks with its index at the end is
+"""``podcap.formats.bucket.blocks``: a segment compressed in independent zstd blocks with its index at the end is
 still one valid zstd stream of the original pcap file; the index gives back the file header and every block's time
 range; a reader over all blocks returns the segment byte for byte, and one over a window fetches only the blocks
 that overlap it; a plain object (no index) is recognised as such. The range source here is a bytes object that
@@ -12,9 +12,9 @@ import struct
 import pytest
 import zstandard
 
-from podcap.collector.bucket import blocks
-from podcap.collector.bucket.blocks import BlockReader, encode, read_index, window
-from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, PcapFormatError, iter_records
+from podcap.formats.bucket import blocks
+from podcap.formats.bucket.blocks import BlockReader, encode, read_index, window
+from podcap.formats.pcap import FILE_HEADER_LEN, FileFormat, PcapFormatError, iter_records
 
 FMT = FileFormat(1, 262144, True)
 

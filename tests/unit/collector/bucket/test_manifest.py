@@ -1,4 +1,4 @@
-"""``podcap.collector.bucket.manifest``: a capture's manifest and its segment pages survive the round trip through
+"""``podcap.formats.bucket.manifest``: a capture's manifest and its segment pages survive the round trip through
 JSON (status, formats, pages and segments in order with their headers and block indexes, completeness), a page's
 summary covers its segments, and a manifest or page this podcap cannot read is a one-line ``ManifestError``."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from podcap.collector.bucket.blocks import Block, pack_index, unpack_index
-from podcap.collector.bucket.manifest import (
+from podcap.formats.bucket.blocks import Block, pack_index, unpack_index
+from podcap.formats.bucket.manifest import (
     ArchivedSegment,
     Manifest,
     ManifestError,

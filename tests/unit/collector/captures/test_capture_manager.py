@@ -24,8 +24,8 @@ from podcap.collector.storage.gaps import read_gaps
 from podcap.collector.storage.local import LocalPodLocation, LocalStorage, PodWriter, list_segments
 from podcap.collector.targets import NoMatchError
 from podcap.drops import total_of
+from podcap.formats.pcap import FileFormat, read_file
 from podcap.names import NodeName, PodUid
-from podcap.pcapfile import FileFormat, read_file
 from podcap.pods import PodRef
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 

@@ -28,8 +28,8 @@ from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.captures.segments import HEAD_SEGMENTS, SegmentIndex
 from podcap.collector.storage.catalog import CaptureRow, CaptureStore, PodCommit, PodRow, SegmentRow, StreamRow
 from podcap.collector.storage.local import LocalStorage
+from podcap.formats.pcap import FILE_HEADER_LEN, FileFormat
 from podcap.names import NodeName, PodUid, new_capture_id
-from podcap.pcapfile import FILE_HEADER_LEN, FileFormat
 from podcap.pods import PodRef
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 

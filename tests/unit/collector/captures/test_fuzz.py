@@ -16,8 +16,7 @@ from podcap.collector.captures.chunks import ChunkRejectedError
 from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.local import LocalStorage, list_segments
-from podcap.names import NodeName, PodUid
-from podcap.pcapfile import (
+from podcap.formats.pcap import (
     FileFormat,
     PcapFormatError,
     read_file,
@@ -25,6 +24,7 @@ from podcap.pcapfile import (
     scan_records_python,
     valid_prefix_length,
 )
+from podcap.names import NodeName, PodUid
 from podcap.pods import PodRef
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 

@@ -30,8 +30,8 @@ from podcap.collector.captures.table import CaptureNotFoundError
 from podcap.collector.storage.base import SegmentInfo, StorageError
 from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.local import LocalPodLocation, LocalStorage, PodWriter
+from podcap.formats.pcap import FileFormat
 from podcap.names import PodUid
-from podcap.pcapfile import FileFormat
 from podcap.v1 import control_pb2
 from tests.unit.collector.captures.test_capture_manager import PODS, chunk, records, sent, start
 

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from podcap.collector.cli import main
-from podcap.pcapfile import FileFormat
+from podcap.formats.pcap import FileFormat
 from podcap.v1 import common_pb2, control_pb2
 
 CID = "abc123def456"

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from podcap.collector.cli import main
 from podcap.collector.cli.client import CollectorError
-from podcap.collector.cli.get.pcapng import ISB_IFDROP, ISB_USRDELIV
 from podcap.collector.targets import target_text
+from podcap.formats.pcapng import ISB_IFDROP, ISB_USRDELIV
 from podcap.v1 import control_pb2
 from tests.pcapng_reader import read_pcapng
 from tests.unit.collector.cli.fakes import CID, FakeClient, capture, invoke, pcap_bytes, run_main

@@ -27,11 +27,11 @@ from podcap.collector.cli.extcap.options import (
 )
 from podcap.collector.cli.extcap.protocol import ExtcapArg, clean
 from podcap.collector.cli.get import pcapmerge
-from podcap.collector.cli.get.pcapng import ISB_IFDROP, ISB_IFRECV, ISB_OSDROP, ISB_USRDELIV, OPT_COMMENT
 from podcap.collector.cli.live.order import PyLiveOrder
 from podcap.collector.cli.live.stream import PcapngStream
 from podcap.collector.cli.main import cli
-from podcap.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, FileFormat, PcapFormatError
+from podcap.formats.pcap import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, FileFormat, PcapFormatError
+from podcap.formats.pcapng import ISB_IFDROP, ISB_IFRECV, ISB_OSDROP, ISB_USRDELIV, OPT_COMMENT
 from podcap.v1 import common_pb2, control_pb2
 from tests.pcapng_reader import read_pcapng
 

@@ -33,7 +33,7 @@ from podcap.collector.downloads import (
     file_messages,
     given,
 )
-from podcap.pcapfile import FILE_HEADER_LEN, Record, iter_records, parse_file_header, read_file
+from podcap.formats.pcap import FILE_HEADER_LEN, Record, iter_records, parse_file_header, read_file
 from podcap.v1 import common_pb2, control_pb2
 from tests.unit.collector.cli.test_cli import pcap_bytes
 

@@ -15,8 +15,8 @@ import pytest
 
 from podcap.collector.cli.get import merge, pcapmerge
 from podcap.collector.cli.get.merge import MergeInput, merge_pcaps
-from podcap.collector.cli.get.pcapng import InterfaceInfo, SectionInfo
-from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, PcapFormatError
+from podcap.formats.pcap import FILE_HEADER_LEN, FileFormat, PcapFormatError
+from podcap.formats.pcapng import InterfaceInfo, SectionInfo
 from tests.pcapng_reader import read_pcapng
 from tests.unit.collector.cli.test_pcapng import BASE_NS, stats, write_pcap
 
@@ -76,7 +76,7 @@ def read_pcapng_bytes(tmp_path: str, blob: bytes) -> object:
 
 
 def _records(path: str) -> list[bytes]:
-    from podcap.pcapfile import read_file
+    from podcap.formats.pcap import read_file
     return [r.data for r in read_file(path)[1]]
 
 

@@ -17,8 +17,8 @@ from podcap.collector.cli import main
 from podcap.collector.cli.get import command as get_cmd
 from podcap.collector.cli.get import pcapmerge, pod_streams
 from podcap.collector.cli.get.merge import StreamInput, merge_pcaps, merge_streams
-from podcap.collector.cli.get.pcapng import InterfaceInfo, SectionInfo
-from podcap.pcapfile import FILE_HEADER_LEN, PcapFormatError, parse_file_header
+from podcap.formats.pcap import FILE_HEADER_LEN, PcapFormatError, parse_file_header
+from podcap.formats.pcapng import InterfaceInfo, SectionInfo
 from podcap.v1 import control_pb2
 from tests.pcapng_reader import read_pcapng
 from tests.unit.collector.cli.test_cli import CID, FakeClient, capture, pcap_bytes
@@ -131,8 +131,8 @@ def test_many_pods_or_no_c_go_through_files(fake: FakeClient, tmp_path: str, mon
 MEMORY_SCRIPT = """
 import struct
 from podcap.collector.cli.get.merge import StreamInput, merge_streams
-from podcap.collector.cli.get.pcapng import InterfaceInfo
-from podcap.pcapfile import FileFormat
+from podcap.formats.pcapng import InterfaceInfo
+from podcap.formats.pcap import FileFormat
 
 def pod(k):
     frame = bytes([k]) * 1000

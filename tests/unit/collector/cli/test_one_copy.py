@@ -15,10 +15,10 @@ import pytest
 from podcap.collector.cli.dedup import WINDOW_NS, OneCopy, packet_key
 from podcap.collector.cli.get import merge, pcapmerge
 from podcap.collector.cli.get.merge import MergeInput, merge_pcaps
-from podcap.collector.cli.get.pcapng import OPT_COMMENT, InterfaceInfo, InterfaceStats
 from podcap.collector.cli.live.order import PyLiveOrder
 from podcap.collector.cli.live.stream import PcapngStream
-from podcap.pcapfile import LINKTYPE_ETHERNET, FileFormat
+from podcap.formats.pcap import LINKTYPE_ETHERNET, FileFormat
+from podcap.formats.pcapng import OPT_COMMENT, InterfaceInfo, InterfaceStats
 from podcap.v1 import common_pb2, control_pb2
 from tests.pcapng_reader import read_pcapng
 from tests.unit.collector.cli.fakes import CID, FakeClient, capture, invoke

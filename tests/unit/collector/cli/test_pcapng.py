@@ -12,7 +12,9 @@ from collections import Counter
 import pytest
 
 from podcap.collector.cli.get.merge import MergeInput, merge_pcaps, pcap_to_pcapng
-from podcap.collector.cli.get.pcapng import (
+from podcap.drops import Drops
+from podcap.formats.pcap import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, FileFormat, PcapFormatError
+from podcap.formats.pcapng import (
     ISB_ENDTIME,
     ISB_IFDROP,
     ISB_IFRECV,
@@ -24,8 +26,6 @@ from podcap.collector.cli.get.pcapng import (
     InterfaceStats,
     SectionInfo,
 )
-from podcap.drops import Drops
-from podcap.pcapfile import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, FileFormat, PcapFormatError
 from tests.pcapng_reader import read_pcapng
 
 BASE_NS = 1_700_000_000_123_456_789

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from podcap.collector.storage.base import StorageError
 from podcap.collector.storage.local import PodWriter, list_segments, pod_dir
-from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, read_file
+from podcap.formats.pcap import FILE_HEADER_LEN, FileFormat, read_file
 
 FMT = FileFormat(1, 262144, True)
 

@@ -5,7 +5,7 @@ states and counters, drops by cause), each pod's record format, and, per pod, th
 segments: each page's key, how many segments it lists and their bytes, packets and time range. A page
 (``PREFIX/<capture>/<namespace>/<pod>/segments-NNNNNN.json``) lists up to ``PAGE_SEGMENTS`` consecutive segments of
 the pod in order, each with its object key, size, packet count, time range, file header and block index
-(``podcap.collector.bucket.blocks``, base64). That is enough for ``podcap get --from s3://...`` to rebuild the
+(``podcap.formats.bucket.blocks``, base64). That is enough for ``podcap get --from s3://...`` to rebuild the
 per-pod files, or a time window of them, without the collector, its database or its disk: the manifest, the pages
 the window overlaps, then only the blocks it overlaps, by ranged GETs.
 
@@ -23,6 +23,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from podcap.errors import InvalidInputError
+from podcap.formats.selection import overlaps
 from podcap.v1 import common_pb2, control_pb2
 
 VERSION = 2
@@ -74,8 +75,7 @@ class PageRef:
                    min(firsts, default=0), max((s.last_ts_ns for s in segments), default=0))
 
     def overlaps(self, since_ns: int, until_ns: int) -> bool:
-        return not (since_ns and self.last_ts_ns and self.last_ts_ns < since_ns) and \
-            not (until_ns and self.first_ts_ns and self.first_ts_ns > until_ns)
+        return overlaps(self.first_ts_ns, self.last_ts_ns, since_ns, until_ns)
 
 
 def page_to_json(segments: list[ArchivedSegment]) -> bytes:

@@ -9,8 +9,10 @@ object's tail) and then fetches and decompresses only the blocks a read needs â€
 whose time range overlaps it.
 
 ``encode`` turns a local segment into such an object (bytes, in memory: segments are at most a few tens of MiB);
-``BlockReader`` is a seekable file over the *raw* bytes of a whole object or of a window of it. Objects written
-before compression (plain pcap files) have no index and are read as they are.
+``BlockReader`` is a seekable file over the *raw* bytes of a whole object or of a window of it; ``open_segment``
+opens a stored segment either way. Objects written before compression (plain pcap files, keys not ending in
+``.zst``) have no index and are read as they are. This module knows the object's bytes, not S3: it reads through a
+``RangeSource`` (the collector's ``ObjectStore``, or a test's fake).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import struct
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 import zstandard
 
-from podcap.collector.bucket.seekable import SeekableReader
-from podcap.pcapfile import (
+from podcap.errors import UnavailableError
+from podcap.formats.bucket.seekable import SeekableReader
+from podcap.formats.pcap import (
     FILE_HEADER_LEN,
     RECORD_HEADER_LEN,
     PcapFormatError,
@@ -33,6 +36,7 @@ from podcap.pcapfile import (
     parse_file_header,
     scan_records,
 )
+from podcap.formats.selection import overlaps
 
 BLOCK_BYTES = 1 << 20
 READ_BYTES = 4 << 20  # what encode_stream reads of a segment file at a time
@@ -62,6 +66,16 @@ class RangeSource(Protocol):
     def get_range(self, key: str, start: int, length: int) -> bytes: ...
 
     def get_tail(self, key: str, length: int) -> tuple[bytes, int]: ...
+
+
+class SegmentSource(RangeSource, Protocol):
+    def open(self, key: str, length: int) -> SeekableReader:
+        """The object ``key`` as a seekable file of ``length`` bytes, read as it is."""
+        ...
+
+
+class SegmentIndexError(UnavailableError):
+    """A compressed segment object without its block index (not one podcap wrote, or cut short)."""
 
 
 def encode(raw: bytes) -> tuple[bytes, list[Block]]:
@@ -214,10 +228,25 @@ class BlockReader(SeekableReader):
         return bytes(out)
 
 
+def open_segment(source: SegmentSource, key: str, length: int, since_ns: int = 0,
+                 until_ns: int = 0) -> tuple[BinaryIO, int]:
+    """A stored segment as a seekable file of its raw pcap bytes, and their length: for a compressed object only the
+    blocks a window [since_ns, until_ns] overlaps (0: unbounded), fetched as they are read (one ranged GET of its
+    tail first, for the index); a plain object as it is. (A ``SeekableReader`` is a binary file, though not
+    declared as ``typing.BinaryIO``.)"""
+    if not key.endswith(".zst"):
+        return cast(BinaryIO, source.open(key, length)), length
+    found = read_index(source, key)
+    if found is None:
+        raise SegmentIndexError(f"{key}: no block index at its end")
+    header, blocks = found
+    reader = BlockReader(source, key, header, window(blocks, since_ns, until_ns))
+    return cast(BinaryIO, reader), reader.length
+
+
 def window(blocks: list[Block], since_ns: int, until_ns: int) -> list[Block]:
     """The blocks whose time range overlaps [since_ns, until_ns] (0: unbounded)."""
-    return [b for b in blocks if not (since_ns and b.last_ts_ns < since_ns)
-            and not (until_ns and b.first_ts_ns > until_ns)]
+    return [b for b in blocks if overlaps(b.first_ts_ns, b.last_ts_ns, since_ns, until_ns)]
 
 
 def _find(starts: list[int], pos: int) -> int:
