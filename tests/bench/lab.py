@@ -7,7 +7,6 @@ network namespaces ``/run/netns/pcb-<tag>...``, links ``pcb<tag>...`` (veths, br
 
 from __future__ import annotations
 
-import mmap
 import os
 import re
 import secrets
@@ -26,7 +25,7 @@ import psutil
 
 from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.demo.node import DemoPod as Pod  # a pod of network namespaces: the demo's
-from podcap.formats.pcap import FILE_HEADER_LEN, parse_file_header, scan_records
+from podcap.formats.pcap import PcapFormatError, count_file_records
 from podcap.v1 import common_pb2, control_pb2
 
 GEN_CPU, CAP_CPU = "0", "1"
@@ -220,23 +219,10 @@ def rx_packets(dev: str) -> int:
 
 def count_pcap_packets(path: str) -> int:
     """Packets in a pcap file, found by walking (and validating) every record."""
-    size = os.path.getsize(path)
-    if size < FILE_HEADER_LEN:
-        raise BenchError(f"{path}: {size} bytes, no pcap file header")
-    with open(path, "rb") as f:
-        fmt = parse_file_header(f.read(FILE_HEADER_LEN))
-        if size == FILE_HEADER_LEN:
-            return 0
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            view = memoryview(m)
-            try:
-                res = scan_records(view[FILE_HEADER_LEN:], fmt)
-                n = res.packets
-                if res.length != size - FILE_HEADER_LEN:
-                    raise BenchError(f"{path}: {size - FILE_HEADER_LEN - res.length} trailing bytes")
-            finally:
-                view.release()
-    return n
+    try:
+        return count_file_records(path)
+    except PcapFormatError as e:
+        raise BenchError(f"{path}: {e}") from e
 
 
 def wait_for_log(path: str, pattern: str, proc: subprocess.Popen[bytes], timeout: float) -> re.Match[str]:

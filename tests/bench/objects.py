@@ -30,11 +30,11 @@ import time
 import uuid
 from typing import Any
 
-from podcap.formats.bucket.blocks import encode
-from podcap.formats.bucket.manifest import ArchivedSegment, Manifest, PageRef, page_number, page_to_json
 from podcap.collector.bucket.objects import BucketUrl, ObjectStore
 from podcap.collector.storage.base import SegmentInfo
 from podcap.collector.storage.tiered import TieredPodLocation
+from podcap.formats.bucket.blocks import encode
+from podcap.formats.bucket.manifest import ArchivedSegment, Manifest, PageRef, page_number, page_to_json
 from podcap.formats.pcap import FileFormat, read_file
 from podcap.v1 import common_pb2, control_pb2
 from tests.bench.lab import log

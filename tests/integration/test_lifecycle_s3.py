@@ -2,7 +2,8 @@
 takes its objects, pages and manifest as well as its files and rows (and with the gateway down, what is left in the
 bucket is recorded as pending and deleted once it is back); ``podcap get --from s3://`` interrupted mid-file by
 SIGINT or SIGKILL resumes the pod file from where it stopped, byte for byte, fetching only the blocks from the resume
-point on — not one object of the segments before it."""
+point on — not one object of the segments before it; and ``get --from s3://`` reads what the collector's Download
+serves (whole, a window, a window and a filter: the one selection), with or without the capture id given again."""
 
 from __future__ import annotations
 
@@ -12,19 +13,24 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterable
 from typing import Any
 
+import grpc
 import pytest
 from click.testing import CliRunner
 
-from podcap.formats.bucket.manifest import page_from_json
+from podcap.collector.api.auth import OpenAuthorizer
+from podcap.collector.api.control import ControlServicer
 from podcap.collector.bucket.objects import ObjectStore
 from podcap.collector.captures.lifecycle import CaptureDeletedError
 from podcap.collector.cli import main
 from podcap.collector.cli.get.bucket import BucketClient
 from podcap.collector.downloads import CHECK_BYTES
-from podcap.formats.pcap import FILE_HEADER_LEN
-from podcap.v1 import common_pb2, ingest_pb2
+from podcap.formats.bucket.manifest import page_from_json
+from podcap.formats.pcap import FILE_HEADER_LEN, iter_records, parse_file_header
+from podcap.formats.selection import Window
+from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 from tests.conftest import tool
 from tests.integration.test_object_storage import POD, Env, env  # noqa: F401 (the env fixture)
 
@@ -148,6 +154,75 @@ def test_get_from_the_bucket_resumes_inside_a_pod_fetching_only_what_follows(
     assert pos == size and skipped  # the resume point is past some whole segments
     assert {key for key, _n in fetched} <= needed  # nothing of a segment wholly before the resume point
     assert 0 < sum(n for _k, n in fetched) <= sum(env.objects.size(k) for k in needed)
+
+
+class _Context:
+    """The gRPC context of a Download called in-process: no metadata (the open authorizer), aborts raise."""
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return []
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise AssertionError(f"Download aborted: {code} {details}")
+
+
+def _served(messages: Iterable[control_pb2.DownloadChunk]) -> list[tuple[str, int, bytes]]:
+    """A Download's files: (path, size announced, bytes)."""
+    files: list[tuple[str, int, bytes]] = []
+    for msg in messages:
+        if msg.WhichOneof("kind") == "file":
+            files.append((msg.file.path, msg.file.size, b""))
+        else:
+            path, size, data = files[-1]
+            files[-1] = (path, size, data + msg.data)
+    return files
+
+
+def test_get_from_the_bucket_reads_what_the_collector_serves_and_takes_the_id_given_again(
+        env: Env, tmp_path: str) -> None:  # noqa: F811
+    cid = ended(env, 6, segment=1 << 20)  # 6000 records of 1000 bytes, ~6 segments; second 10 + k holds chunk k
+    url = f"s3://{env.s3.bucket}/{env.prefix}/{cid}"
+    control = ControlServicer(env.mgr, OpenAuthorizer())
+    bucket = BucketClient(url, endpoint=env.s3.endpoint)
+    since, until = 12 * 10**9 + 500, 14 * 10**9 + 200  # records 2500..4200
+    windows = [Window(), Window(since, until), Window(since, until, "ether[3] & 1 = 0"), Window(bpf="ether[3] = 7")]
+    for window in windows:
+        request = control_pb2.DownloadRequest(capture_id=cid, since_unix_ns=window.since_ns,
+                                              until_unix_ns=window.until_ns, filter=window.bpf)
+        served = _served(control.Download(request, _Context()))  # type: ignore[arg-type]
+        read = _served(bucket.download(cid, [], since_ns=window.since_ns, until_ns=window.until_ns, bpf=window.bpf))
+        assert read == served and len(served) == 1, window
+        fmt = parse_file_header(served[0][2])
+        seqs = [int.from_bytes(r.data[:4], "big") for r in iter_records(served[0][2][FILE_HEADER_LEN:], fmt)]
+        expected = [i for i in range(6000) if (not window.since_ns or 2500 <= i <= 4200)
+                    and (not window.bpf or (i & 1 == 0 if "& 1" in window.bpf else i % 256 == 7))]
+        assert seqs == expected, window
+
+    # The capture's id given positionally as well (as with every other get) reads the same files; another id is a
+    # one-line error that writes nothing.
+    with_id, without = os.path.join(str(tmp_path), "with"), os.path.join(str(tmp_path), "without")
+    runner = CliRunner()
+    args = ["--from", url, "--s3-endpoint", env.s3.endpoint]
+    r = runner.invoke(main.cli, ["get", cid, *args, "-o", with_id], prog_name="podcap")
+    assert r.exit_code == 0, r.output
+    assert get(url, env, without).exit_code == 0
+    name = os.path.join("shop", "web-0.pcap")
+    with open(os.path.join(with_id, name), "rb") as a, open(os.path.join(without, name), "rb") as b:
+        data = a.read()
+        assert data == b.read() == served_whole(control, cid)
+    other = os.path.join(str(tmp_path), "other")
+    r = runner.invoke(main.cli, ["get", "0" * len(cid), *args, "-o", other], prog_name="podcap")
+    assert r.exit_code != 0 and r.stderr.startswith("podcap: ") and "Traceback" not in r.output, r.output
+    assert r.stderr.startswith(f"podcap: capture {cid} has no pod {'0' * len(cid)}; --from names capture {cid}") \
+        and r.stderr.count("\n") == 1, r.stderr
+    assert not os.path.exists(other) or not os.listdir(other)
+
+
+def served_whole(control: ControlServicer, cid: str) -> bytes:
+    [(_path, size, data)] = _served(control.Download(control_pb2.DownloadRequest(capture_id=cid),
+                                                     _Context()))  # type: ignore[arg-type]
+    assert size == len(data) > FILE_HEADER_LEN
+    return data
 
 
 def get(url: str, env: Env, out: str) -> Any:  # noqa: F811

@@ -331,9 +331,9 @@ def test_the_manifest_pages_follow_what_the_bucket_holds(env: Env, monkeypatch: 
     """Each pod's pages list its archived segments with their block indexes, so a window read from the bucket costs
     the manifest, the one page it overlaps and the window's blocks — no object's tail; retention's deletions are
     followed (a page rewritten, an emptied page deleted); a restarted collector leaves right pages alone."""
-    from podcap.formats.bucket import manifest as manifest_module
     from podcap.collector.cli.get.bucket import BucketClient
     from podcap.collector.storage.tiered import TieredPodLocation
+    from podcap.formats.bucket import manifest as manifest_module
 
     monkeypatch.setattr(manifest_module, "PAGE_SEGMENTS", 4)
     cid = env.start(keep_bytes=12 * SEGMENT)

@@ -213,13 +213,15 @@ def get(ctx: click.Context, capture_id: str | None, pods: tuple[str, ...], out_d
     window = _window(ctx, since, until, bpf)
     one_copy_ns = 0 if all_copies else WINDOW_NS
     client: CollectorClient | BucketClient
+    given_id = ""  # with --from: a first argument that is not the URL's capture (a pod of it, or a mistake)
     if bucket:
         try:
             client = BucketClient(bucket, endpoint=s3_endpoint, region=s3_region)
         except PodcapError as e:
             raise click.UsageError(str(e), ctx) from e
-        if capture_id and capture_id != client.capture_id:
-            pods = (capture_id, *pods)  # with --from the capture is the URL's: another argument names a pod
+        given_id = capture_id if capture_id and capture_id != client.capture_id else ""
+        if given_id:
+            pods = (given_id, *pods)  # with --from the capture is the URL's: another argument names a pod
         capture_id = client.capture_id
     elif not capture_id:
         raise click.UsageError("which capture? give its ID (see `podcap list`), or --from s3://BUCKET/PREFIX/ID", ctx)
@@ -233,6 +235,11 @@ def get(ctx: click.Context, capture_id: str | None, pods: tuple[str, ...], out_d
                 raise
             raise CommandError(str(e), "check the s3:// URL (s3://BUCKET/PREFIX/CAPTURE) and your credentials",
                                prog=prog) from e
+        if given_id and not any(names_pod(given_id, ps.pod) for ps in status.pods):
+            names = ", ".join(f"{ps.pod.namespace}/{ps.pod.name}" for ps in status.pods) or "none"
+            raise CommandError(f"capture {capture_id} has no pod {given_id}", f"--from names capture {capture_id} "
+                               f"(the URL's last part), so an argument besides it names a pod; its pods: {names}",
+                               prog=prog)
         _check_request(status, list(pods), window, prog=prog)
         started_ns = time.time_ns()
         try:

@@ -23,7 +23,6 @@ or another window.
 from __future__ import annotations
 
 import json
-import mmap
 import os
 from collections.abc import Callable
 from dataclasses import asdict
@@ -31,7 +30,7 @@ from typing import Any
 
 from podcap.collector.cli.get.download import DownloadedFile, expected_size
 from podcap.collector.downloads import resume_point
-from podcap.formats.pcap import FILE_HEADER_LEN, PcapFormatError, parse_file_header, scan_records
+from podcap.formats.pcap import PcapFormatError, count_file_records
 from podcap.formats.selection import Window, pod_selected
 from podcap.v1 import common_pb2, control_pb2
 
@@ -42,18 +41,7 @@ _LIVE = (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING)
 def _count_packets(path: str) -> int | None:
     """Packets in a pcap file (every record checked), or None when it is not a whole, valid pcap file."""
     try:
-        with open(path, "rb") as f:
-            fmt = parse_file_header(f.read(FILE_HEADER_LEN))
-            size = os.fstat(f.fileno()).st_size
-            if size == FILE_HEADER_LEN:
-                return 0
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-                view = memoryview(m)
-                try:
-                    res = scan_records(view[FILE_HEADER_LEN:], fmt)
-                finally:
-                    view.release()
-        return res.packets if res.length == size - FILE_HEADER_LEN else None
+        return count_file_records(path)
     except (OSError, ValueError, PcapFormatError):
         return None
 

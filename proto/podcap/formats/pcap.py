@@ -12,6 +12,7 @@ Records are walked in two ways, and only here:
   (``podcap.pcapwalk``) when that is built, else ``scan_records_python`` (same results and errors; tests compare
   them), which is kept as a line-by-line twin of the C code rather than built on the iterator below because it is
   the fallback on the ingest path and must not copy packets.
+- ``count_file_records`` checks and counts a whole file, mapped, with ``scan_records``.
 - ``iter_records`` (a buffer) and ``iter_file_records`` (a file read in blocks, built on it) yield each
   ``Record`` for the read paths that need the packets: windowed downloads, the CLI's pcapng merge, recovery's
   valid prefix when the C walker is missing, tests and tools. Both apply the same checks as ``scan_records``.
@@ -19,6 +20,8 @@ Records are walked in two ways, and only here:
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -285,6 +288,18 @@ def iter_file_records(f: Readable, fmt: FileFormat, *, end: int | None = None, b
             return
         base += done
         buf = buf[done:]
+
+
+def count_file_records(path: str) -> int:
+    """Records in the pcap file at ``path``, every one checked as ``scan_records`` does, without reading the file
+    into memory (it is mapped and walked, in C when built). Raises PcapFormatError for a file that is not whole,
+    well-formed pcap."""
+    with open(path, "rb") as f:
+        fmt = parse_file_header(f.read(FILE_HEADER_LEN))
+        if os.fstat(f.fileno()).st_size == FILE_HEADER_LEN:
+            return 0
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m, memoryview(m) as view:
+            return scan_records(view[FILE_HEADER_LEN:], fmt).packets
 
 
 def read_file(path: str) -> tuple[FileFormat, list[Record]]:
