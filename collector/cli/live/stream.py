@@ -11,8 +11,8 @@ whose format changes (a restarted stream with another link type) gets a new inte
 IDB cannot change. The caller calls ``tick`` now and then (a quiet view's held packets go out by time, not only
 when the next message comes) and ``finish`` at the end (what is held goes out).
 
-Every block is encoded by ``podcap.formats.pcapng`` (the one encoder: the section header and IDBs through its
-``PcapngWriter``, the ISBs with its ``isb``), with the content ``get --merge`` gives them
+Every block is encoded by ``podcap.formats.pcapng`` (the one encoder: the section header, IDBs and ISBs through its
+``PcapngWriter``, which here takes interfaces after packets), with the content ``get --merge`` gives them
 (``podcap.collector.cli.get.pcapng``: the section's comments, the pods' final counters); the records are ordered
 and turned into EPBs in C (no Python per packet) and written with one ``write`` per batch.
 
@@ -23,9 +23,6 @@ are stored all the same) and says how many (``FollowGap``); the pod's interface 
 ends by itself (a limit, ``podcap stop``) each interface gets the capture's final counters too (received, kernel
 and podcap drops by cause, stored: ``podcap.collector.cli.get.pcapng.pod_stats``, as ``get --merge`` writes them),
 and how many second sightings of packets this view left out on it.
-These ISBs are written here rather than with ``PcapngWriter.write_stats`` because that writer refuses interfaces
-after its first packet or statistics (right for files, where readers want IDBs first), and a live view announces
-pods as they come.
 """
 
 from __future__ import annotations
@@ -39,7 +36,7 @@ from podcap.collector.cli.dedup import WINDOW_NS
 from podcap.collector.cli.get.pcapng import capture_section, pod_stats
 from podcap.collector.cli.live.order import HOLD_NS, MAX_BUFFERED, live_order
 from podcap.formats.pcap import FileFormat, PcapFormatError
-from podcap.formats.pcapng import InterfaceInfo, InterfaceStats, PcapngWriter, isb, ts_divisor
+from podcap.formats.pcapng import InterfaceInfo, InterfaceStats, PcapngWriter
 from podcap.v1 import common_pb2, control_pb2
 
 _FOREVER = (1 << 64) - 1
@@ -85,7 +82,7 @@ class PcapngStream:
         self.status = status
         self.ended: control_pb2.CaptureStatus | None = None
         self.clock = clock
-        self._writer = PcapngWriter(out, capture_section(status))
+        self._writer = PcapngWriter(out, capture_section(status), interfaces_first=False)
         self._order = live_order(WINDOW_NS if one_copy else 0)
         # Follow index -> (pcapng interface id, format of the pod's records, the pod, its input in the order).
         self._interfaces: dict[int, tuple[int, FileFormat, common_pb2.Pod, int]] = {}
@@ -176,8 +173,7 @@ class PcapngStream:
         return bool(data)
 
     def _write_stats(self, index: int, stats: LiveViewStats) -> None:
-        iface, fmt, *_ = self._interfaces[index]
-        self.out.write(isb(iface, stats, divisor=ts_divisor(fmt.nanosecond)))
+        self._writer.write_stats(self._interfaces[index][0], stats)
 
 
 class LiveRecordsError(PcapFormatError):

@@ -208,7 +208,7 @@ def isb(interface_id: int, stats: InterfaceStats, *, divisor: int) -> bytes:
     return _block(BLOCK_ISB, _ISB_BODY.pack(interface_id, (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF) + _options(opts))
 
 
-def ts_divisor(nanosecond: bool) -> int:
+def _ts_divisor(nanosecond: bool) -> int:
     """Nanoseconds per unit of an interface's timestamps (``if_tsresol`` 9 or 6)."""
     return 1 if nanosecond else 1000
 
@@ -217,20 +217,23 @@ class PcapngWriter:
     """Writes one section to a binary stream, block by block; never seeks, so ``out`` may be a pipe.
 
     Interfaces must all be added before the first packet (readers such as old Wireshark versions expect the IDBs
-    up front); ``add_interface`` returns the interface id that ``write_packet`` and ``write_stats`` take.
+    up front), unless ``interfaces_first`` is off: a live view announces pods as they come, which the format allows
+    and dumpcap/tshark handle. ``add_interface`` returns the interface id that ``write_packet`` and ``write_stats``
+    take.
     """
 
-    def __init__(self, out: IO[bytes], section: SectionInfo | None = None) -> None:
+    def __init__(self, out: IO[bytes], section: SectionInfo | None = None, *, interfaces_first: bool = True) -> None:
         self._out = out
         self._divisors: list[int] = []
         self._packets_started = False
+        self._interfaces_first = interfaces_first
         out.write(shb(section or SectionInfo()))
 
     def add_interface(self, info: InterfaceInfo, *, linktype: int, snaplen: int, nanosecond: bool) -> int:
-        if self._packets_started:
+        if self._packets_started and self._interfaces_first:
             raise PcapngError("interfaces must be added before the first packet")
         self._out.write(idb(info, linktype=linktype, snaplen=snaplen, nanosecond=nanosecond))
-        self._divisors.append(ts_divisor(nanosecond))
+        self._divisors.append(_ts_divisor(nanosecond))
         return len(self._divisors) - 1
 
     def write_packet(self, interface_id: int, ts_ns: int, data: bytes, wirelen: int) -> None:

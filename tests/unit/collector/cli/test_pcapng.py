@@ -24,6 +24,8 @@ from podcap.formats.pcapng import (
     SHB_USERAPPL,
     InterfaceInfo,
     InterfaceStats,
+    PcapngError,
+    PcapngWriter,
     SectionInfo,
 )
 from tests.pcapng_reader import read_pcapng
@@ -249,3 +251,29 @@ def test_long_texts_are_cut_to_one_option(tmp_path: str) -> None:
     desc = read_pcapng(path).interfaces[0].description
     assert len(desc.encode()) <= 0xFFFF and set(desc) == {"é"}
     assert len(tshark(path, "frame.interface_name")) == 1
+
+
+def test_a_file_wants_every_interface_first_a_live_view_may_add_one_later(tmp_path: str) -> None:
+    """One encoder for both: a file's writer refuses an IDB after a packet (readers want them up front); the live
+    view's writer (``interfaces_first=False``) adds it, and its blocks read back on their interfaces."""
+    for interfaces_first in (True, False):
+        path = os.path.join(tmp_path, f"live-{interfaces_first}.pcapng")
+        out = open(path, "wb")  # noqa: SIM115 (closed below)
+        w = PcapngWriter(out, SectionInfo(comments=("live",)), interfaces_first=interfaces_first)
+        first = w.add_interface(InterfaceInfo("shop/web-0"), linktype=LINKTYPE_ETHERNET, snaplen=96, nanosecond=True)
+        w.write_packet(first, BASE_NS, b"\xaa" * 60, 60)
+        if interfaces_first:
+            with pytest.raises(PcapngError, match="before the first packet"):
+                w.add_interface(InterfaceInfo("shop/web-1"), linktype=LINKTYPE_ETHERNET, snaplen=96, nanosecond=True)
+            out.close()
+            continue
+        second = w.add_interface(InterfaceInfo("shop/web-1"), linktype=LINKTYPE_LINUX_SLL2, snaplen=96,
+                                 nanosecond=False)
+        w.write_packet(second, BASE_NS + 1000, b"\xbb" * 61, 70)
+        w.write_stats(second, InterfaceStats(start_ns=BASE_NS, end_ns=BASE_NS + 5000, received=2, delivered=1))
+        out.close()
+        f = read_pcapng(path)
+        assert [i.linktype for i in f.interfaces] == [LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2]
+        assert [(p.interface_id, p.ts_ns, p.wirelen) for p in f.packets] == [(0, BASE_NS, 60),
+                                                                               (1, (BASE_NS + 1000) // 1000 * 1000, 70)]
+        assert [(s.interface_id, s.counter(ISB_IFRECV), s.counter(ISB_USRDELIV)) for s in f.stats] == [(1, 2, 1)]
