@@ -5,7 +5,8 @@ each chunk as it is stored (by ingest). ``pod_files`` hands a download its pods'
 of those in memory are taken under the pod's ``io_lock`` (after publishing the open segment), the others come from
 the catalog (a time window through its time index: a window costs what it overlaps, not the capture's length), the
 files opened without any lock; a segment retention deletes meanwhile is left out (retention deletes the oldest
-first, so the rest is still one contiguous stretch).
+first, so the rest is still one contiguous stretch). Which pods a read means, and which segments a window
+overlaps, is ``podcap.formats.selection``'s rule (the one ``podcap get --from s3://`` applies to the bucket).
 """
 
 from __future__ import annotations

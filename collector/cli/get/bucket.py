@@ -3,12 +3,15 @@
 ``BucketClient`` answers the two calls ``podcap get`` makes of a collector — the capture's status, and a download
 stream of one pcap file per pod (``DownloadChunk`` messages) — from the capture's manifest, its pages and its
 objects, with the user's own credentials (the usual AWS environment, profile or web identity;
-``--s3-endpoint``/``S3_ENDPOINT`` for a store other than AWS). With ``--since``/``--until`` only the pages and then
-the blocks of segments that the window overlaps are fetched (the pages' block indexes say which: no request per
-segment to find out), and only their records inside it are kept; ``--filter`` applies a BPF filter to what is kept. So
-``-o DIR``, ``--format pcapng`` and ``--merge`` work exactly as against a collector, and so does resuming a pod's
-file part-way (``podcap.collector.downloads``, the same code as the collector's: the segments before the offset are
-not fetched at all, the one it falls in only from the block that holds it).
+``--s3-endpoint``/``S3_ENDPOINT`` for a store other than AWS). A read is the collector's, step for step: find the
+selected pods' segments that overlap the window — here only the pages and then the blocks the window overlaps are
+fetched (the pages' block indexes say which: no request per segment to find out) — then keep their records inside
+it that ``--filter`` matches. Which pods, which segments and which records are decided by ``podcap.formats.
+selection``, the module the collector's ``Download`` uses, so the two cannot disagree. So ``-o DIR``, ``--format
+pcapng`` and ``--merge`` work exactly as against a collector, and so does resuming a pod's file part-way
+(``podcap.collector.downloads``, the same code as the collector's: the segments before the offset are not fetched at
+all, the one it falls in only from the block that holds it). The client reads the capture its URL names; asked for
+another it says so.
 """
 
 from __future__ import annotations

@@ -1,21 +1,24 @@
-"""The classic PCAP file format, as carried in chunks and stored on disk: headers, and walking the records.
+"""The classic PCAP file format, as carried in chunks and stored on disk: headers, and walking the records
+(``podcap.formats``: the byte formats' one home).
 
 Agents send *bare records* (16-byte record header + captured bytes), exactly what libpcap's ``pcap_dump`` writes
 after the file header; the 24-byte file header is rebuilt from a ``FileFormat`` wherever a file starts. Files are
 little-endian (the byte order every podcap agent writes on x86-64 and arm64). Microsecond and nanosecond
 timestamps are both supported (magic ``0xa1b2c3d4`` / ``0xa1b23c4d``).
 
-Records are walked in two ways, and only here:
+Records are walked in two ways, and only here (the C merge and the C walker apply the same checks; their
+tests compare them with these):
 
 - ``scan_records`` checks framing and counts, without looking at a packet: the collector uses it to validate a
   chunk before any byte reaches disk and to cut a chunk exactly at a packet or byte limit. It runs the C walker
   (``podcap.pcapwalk``) when that is built, else ``scan_records_python`` (same results and errors; tests compare
   them), which is kept as a line-by-line twin of the C code rather than built on the iterator below because it is
   the fallback on the ingest path and must not copy packets.
-- ``count_file_records`` checks and counts a whole file, mapped, with ``scan_records``.
+  ``count_file_records`` runs it over a whole file, mapped (a download's kept file, a benchmark's output).
 - ``iter_records`` (a buffer) and ``iter_file_records`` (a file read in blocks, built on it) yield each
-  ``Record`` for the read paths that need the packets: windowed downloads, the CLI's pcapng merge, recovery's
-  valid prefix when the C walker is missing, tests and tools. Both apply the same checks as ``scan_records``.
+  ``Record`` for the read paths that need the packets: windowed reads (``podcap.formats.selection``), the CLI's
+  pcapng merge and live order, recovery's valid prefix when the C walker is missing, tests and tools. Both apply
+  the same checks as ``scan_records``.
 """
 
 from __future__ import annotations
