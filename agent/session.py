@@ -30,7 +30,7 @@ from podcap.agent.capture.engine import CaptureEngine
 from podcap.agent.capture.interfaces import HandleFactory
 from podcap.agent.capture.libpcap import Handle
 from podcap.agent.capture.settings import EngineSettings
-from podcap.agent.pods import node_target as node_targets
+from podcap.agent.pods.node_target import locate as locate_node_target
 from podcap.agent.pods.source import PodNetwork, PodNotFoundError, PodSource, PodSourceError
 from podcap.agent.upload.encoded import EncodedChunk, serialize
 from podcap.agent.upload.upload_log import UploadLog
@@ -369,7 +369,7 @@ class AgentSession:
         except InvalidNameError as e:
             log.warning("ignoring malformed start command: %s", e)
             return
-        node_target = node_targets.locate(cmd.pod, self.cfg.node)  # node/NAME: the node's own network
+        node_target = locate_node_target(cmd.pod, self.cfg.node)  # node/NAME: the node's own network
         with self._lock:
             pod = node_target[0] if node_target else self._pods.get(uid)
         if pod is None:
