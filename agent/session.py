@@ -30,10 +30,12 @@ from podcap.agent.capture.engine import CaptureEngine
 from podcap.agent.capture.interfaces import HandleFactory
 from podcap.agent.capture.libpcap import Handle
 from podcap.agent.capture.settings import EngineSettings
+from podcap.agent.pods.node_target import locate as locate_node_target
 from podcap.agent.pods.source import PodNetwork, PodNotFoundError, PodSource, PodSourceError
 from podcap.agent.upload.encoded import EncodedChunk, serialize
 from podcap.agent.upload.upload_log import UploadLog
 from podcap.names import CaptureId, InvalidNameError, NodeName, PodUid, check_capture_id, check_pod_uid
+from podcap.nodes import NODE_UID_PREFIX
 from podcap.pods import PodRef
 from podcap.tls import TlsFiles, open_channel
 from podcap.v1 import common_pb2, ingest_pb2
@@ -301,6 +303,8 @@ class AgentSession:
         with self._lock:
             waiting = [(k, d) for k, d in self._desired.items() if k not in active]
         for (cid, uid), want in waiting:
+            if uid.startswith(NODE_UID_PREFIX):
+                continue  # a node's own network never leaves the node (node_target.py)
             pod = pods.get(uid)
             if pod is None and not want.missing_since:
                 want.missing_since = time.monotonic()
@@ -365,8 +369,9 @@ class AgentSession:
         except InvalidNameError as e:
             log.warning("ignoring malformed start command: %s", e)
             return
+        node_target = locate_node_target(cmd.pod, self.cfg.node)  # node/NAME: the node's own network
         with self._lock:
-            pod = self._pods.get(uid)
+            pod = node_target[0] if node_target else self._pods.get(uid)
         if pod is None:
             pods = {p.uid: p for p in self._inventory()}
             pod = pods.get(uid)
@@ -374,7 +379,7 @@ class AgentSession:
             fail(f"pod {cmd.pod.namespace}/{cmd.pod.name} (uid {uid}) is not on node {self.cfg.node}")
             return
         try:
-            network = self.source.locate(uid)
+            network = node_target[1] if node_target else self.source.locate(uid)
         except PodNotFoundError as e:
             fail(str(e))
             return

@@ -12,7 +12,14 @@ delete              ``delete pods/capture``                       every namespac
 status/get/follow   ``get pods/capture``                          every namespace of the capture
 list                ``get pods/capture`` (captures filtered)      each capture's namespaces
 audit               ``list pods/capture`` cluster-wide            --
+start ``node/NAME``  ``create nodes/capture`` cluster-wide         (and ``get``/``delete`` for reads, stop)
+whole packets       ``create pods/capture-payload``               a namespace with a payload cap
 ==================  ============================================  ==============================
+
+Two rights beyond ``pods/capture`` are separate on purpose. ``nodes/capture`` (a capture of a node's own network
+namespace: every hostNetwork pod's traffic and what the node itself sends, whichever namespace it belongs to) is
+never implied by any ``pods/capture`` grant. ``pods/capture-payload`` lifts a namespace's payload cap
+(``podcap.collector.api.payload``).
 
 ``KubeAuthorizer`` authenticates the bearer token the CLI sends (from the user's kubeconfig) with a TokenReview
 and decides with SubjectAccessReviews, so the cluster's RBAC decides. ``StaticTokenAuthorizer`` reads a token file
@@ -30,11 +37,19 @@ from typing import Protocol
 from podcap import errors
 from podcap.collector.kube.client import KubeApi
 from podcap.collector.kube.errors import KubeError
+from podcap.collector.kube.kinds import ALIASES, NODE
 from podcap.errors import UnauthenticatedError
+from podcap.v1 import control_pb2
 
 log = logging.getLogger(__name__)
 
+NODE_KIND_NAMES = frozenset(a for a, k in ALIASES.items() if k == NODE)
+
 VERBS = ("create", "delete", "get", "list")
+PODS_CAPTURE = "pods/capture"
+NODES_CAPTURE = "nodes/capture"
+PODS_CAPTURE_PAYLOAD = "pods/capture-payload"
+RESOURCES = (PODS_CAPTURE, NODES_CAPTURE, PODS_CAPTURE_PAYLOAD)
 
 
 class AuthError(UnauthenticatedError):
@@ -55,16 +70,17 @@ class Principal:
     groups: tuple[str, ...] = ()
 
 
-def permission_text(verb: str, namespace: str | None) -> str:
+def permission_text(verb: str, namespace: str | None, resource: str = PODS_CAPTURE) -> str:
     where = f"in namespace {namespace!r}" if namespace else "cluster-wide"
-    return f"{verb} pods/capture {where}"
+    return f"{verb} {resource} {where}"
 
 
 class Authorizer(Protocol):
     def authenticate(self, token: str | None) -> Principal: ...
 
-    def check(self, who: Principal, verb: str, namespace: str | None) -> None:
-        """Raise DeniedError unless ``who`` may ``verb`` pods/capture in ``namespace`` (None = cluster-wide)."""
+    def check(self, who: Principal, verb: str, namespace: str | None, resource: str = PODS_CAPTURE) -> None:
+        """Raise DeniedError unless ``who`` may ``verb`` ``resource`` (one of ``RESOURCES``) in ``namespace``
+        (None = cluster-wide)."""
         ...
 
 
@@ -72,20 +88,30 @@ class OpenAuthorizer:
     def authenticate(self, token: str | None) -> Principal:
         return Principal("anonymous")
 
-    def check(self, who: Principal, verb: str, namespace: str | None) -> None:
+    def check(self, who: Principal, verb: str, namespace: str | None, resource: str = PODS_CAPTURE) -> None:
         return None
 
 
 @dataclass(frozen=True)
 class StaticToken:
     user: str
-    verbs: frozenset[str]
+    verbs: frozenset[str]  # "create" (on pods/capture) or "create:nodes/capture"
     namespaces: frozenset[str]  # "*" = all
+
+
+def _right(verb: str) -> str:
+    """A token file's verb as ``verb`` (pods/capture) or ``verb:resource``; raises KeyError for an unknown one."""
+    v, sep, resource = verb.partition(":")
+    if v not in VERBS or (sep and resource not in RESOURCES):
+        raise KeyError(verb)
+    return v if not sep or resource == PODS_CAPTURE else verb
 
 
 class StaticTokenAuthorizer:
     """Tokens from a CSV file: ``token,user,verbs,namespaces`` with verbs and namespaces separated by ``;`` and
-    ``*`` meaning all (verbs: create, delete, get, list). Lines starting with ``#`` are comments."""
+    ``*`` meaning all (verbs: create, delete, get, list on pods/capture; ``VERB:nodes/capture`` and
+    ``create:pods/capture-payload`` grant the separate rights, never implied by ``*``). Lines starting with ``#``
+    are comments."""
 
     def __init__(self, path: str) -> None:
         self.tokens: dict[str, StaticToken] = {}
@@ -96,8 +122,13 @@ class StaticTokenAuthorizer:
                 if len(row) != 4:
                     raise TokenFileError(f"{path}:{n}: expected token,user,verbs,namespaces")
                 token, user, verbs, namespaces = (c.strip() for c in row)
-                verb_set = frozenset(VERBS) if verbs == "*" else frozenset(v for v in verbs.split(";") if v)
-                unknown = verb_set - set(VERBS)
+                verb_set: frozenset[str] = frozenset(VERBS) if verbs == "*" else frozenset()
+                unknown = set()
+                for v in (verbs.split(";") if verbs != "*" else []):
+                    try:
+                        verb_set |= {_right(v)} if v else set()
+                    except KeyError:
+                        unknown.add(v)
                 if unknown or not token or not user:
                     raise TokenFileError(f"{path}:{n}: bad entry (unknown verbs {sorted(unknown)})" if unknown else
                                      f"{path}:{n}: empty token or user")
@@ -110,14 +141,15 @@ class StaticTokenAuthorizer:
                             "--token-file)")
         return Principal(entry.user)
 
-    def check(self, who: Principal, verb: str, namespace: str | None) -> None:
+    def check(self, who: Principal, verb: str, namespace: str | None, resource: str = PODS_CAPTURE) -> None:
+        right = verb if resource == PODS_CAPTURE else f"{verb}:{resource}"
         for entry in self.tokens.values():
             if entry.user != who.user:
                 continue
             ns_ok = "*" in entry.namespaces or (namespace is not None and namespace in entry.namespaces)
-            if verb in entry.verbs and ns_ok:
+            if right in entry.verbs and ns_ok:
                 return
-        raise DeniedError(f"user {who.user!r} may not {permission_text(verb, namespace)} (token file)")
+        raise DeniedError(f"user {who.user!r} may not {permission_text(verb, namespace, resource)} (token file)")
 
 
 class KubeAuthorizer:
@@ -138,12 +170,21 @@ class KubeAuthorizer:
             raise AuthError("the API server does not accept this token (expired or revoked?)")
         return Principal(result[0], result[1])
 
-    def check(self, who: Principal, verb: str, namespace: str | None) -> None:
+    def check(self, who: Principal, verb: str, namespace: str | None, resource: str = PODS_CAPTURE) -> None:
+        kind, _, sub = resource.partition("/")
         try:
-            allowed, reason = self.api.access_review(who.user, who.groups, verb=verb, resource="pods",
-                                                     subresource="capture", namespace=namespace)
+            allowed, reason = self.api.access_review(who.user, who.groups, verb=verb, resource=kind,
+                                                     subresource=sub, namespace=namespace)
         except KubeError as e:
             raise DeniedError(f"cannot check permissions with the API server: {e}") from e
         if not allowed:
-            raise DeniedError(f"user {who.user!r} may not {permission_text(verb, namespace)}: grant it with RBAC "
-                              f"(verb {verb!r}, resource 'pods/capture'){'; ' + reason if reason else ''}")
+            raise DeniedError(f"user {who.user!r} may not {permission_text(verb, namespace, resource)}: grant it "
+                              f"with RBAC (verb {verb!r}, resource {resource!r}){'; ' + reason if reason else ''}")
+
+
+def target_scopes(t: control_pb2.Target) -> tuple[str, list[str | None]]:
+    """Where the rights for a target are checked: the resource (``nodes/capture`` for a node, else
+    ``pods/capture``) and its namespaces (cluster-wide for a node and for --all-namespaces)."""
+    if t.HasField("object") and t.object.kind.lower() in NODE_KIND_NAMES:
+        return NODES_CAPTURE, [None]
+    return PODS_CAPTURE, [None] if t.all_namespaces else [t.namespace or "default"]

@@ -22,8 +22,9 @@ from collections.abc import Iterator
 
 import grpc
 
-from podcap.collector.api.auth import AuthError, Authorizer, DeniedError, Principal
+from podcap.collector.api.auth import PODS_CAPTURE, AuthError, Authorizer, DeniedError, Principal, target_scopes
 from podcap.collector.api.errors import abort_for
+from podcap.collector.api.payload import KubeNamespacePolicies, NamespacePolicies, NoPolicies, effective_snaplen
 from podcap.collector.captures.lifecycle import CaptureDeletedError
 from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.captures.model import Capture
@@ -63,14 +64,19 @@ MAX_CAPTURABLE = 10000
 
 
 def target_namespaces(t: control_pb2.Target) -> list[str | None]:
-    """Where permissions are checked for a target: its namespace, or cluster-wide for --all-namespaces."""
-    return [None] if t.all_namespaces else [t.namespace or "default"]
+    """Where permissions are checked for a target: its namespace, or cluster-wide for --all-namespaces and nodes
+    (``auth.target_scopes`` says on which resource)."""
+    return target_scopes(t)[1]
 
 
 class ControlServicer(control_pb2_grpc.ControlServicer):
-    def __init__(self, captures: CaptureManager, authorizer: Authorizer) -> None:
+    def __init__(self, captures: CaptureManager, authorizer: Authorizer,
+                 policies: NamespacePolicies | None = None) -> None:
         self.captures = captures
         self.auth = authorizer
+        cluster = captures.placement.cluster
+        # The namespaces' payload policy (``podcap.collector.api.payload``): from the API server when there is one.
+        self.policies = policies or (KubeNamespacePolicies(cluster.api) if cluster is not None else NoPolicies())
 
     # ---- authentication, authorization, audit ----
 
@@ -102,9 +108,11 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     def _authorize(self, context: grpc.ServicerContext, who: Principal, action: str, verb: str,
                    namespaces: list[str | None], *, capture: Capture | None = None,
                    target: control_pb2.Target | None = None) -> None:
+        t = target if target is not None else capture.request.target if capture is not None else None
+        resource = target_scopes(t)[0] if t is not None else PODS_CAPTURE
         for ns in namespaces:
             try:
-                self.auth.check(who, verb, ns)
+                self.auth.check(who, verb, ns, resource)
             except DeniedError as e:
                 self._audit(who.user, action, capture=capture, target=target, result="denied", detail=str(e))
                 abort_for(context, e)
@@ -116,7 +124,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         except CaptureNotFoundError as e:
             self._audit(who.user, action, capture_id=capture_id[:64], result="failed", detail=str(e))
             if isinstance(e, CaptureDeletedError) and not all(
-                    self._may(who, "get", ns) for ns in target_namespaces(e.deletion.target)):
+                    self._may(who, "get", ns, target_scopes(e.deletion.target)[0])
+                    for ns in target_namespaces(e.deletion.target)):
                 e = CaptureNotFoundError(f"no capture {capture_id!r} (see `podcap list`)")  # not theirs to know
             abort_for(context, e)
         self._authorize(context, who, action, verb, target_namespaces(cap.request.target), capture=cap)
@@ -128,8 +137,11 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self, request: control_pb2.StartCaptureRequest, context: grpc.ServicerContext
     ) -> control_pb2.StartCaptureResponse:
         who = self._principal(context, "start")
+        request.target.ClearField("object_selector")  # set by the collector only
+        request.target.ClearField("payload_cap")
         self._authorize(context, who, "start", "create", target_namespaces(request.target), target=request.target)
         try:
+            effective_snaplen(self.policies, self.auth, who, request.target, request.settings.snaplen).apply(request)
             cap = self.captures.start(request)
         except PodcapError as e:
             log.info("start refused: %s", e)
@@ -137,7 +149,10 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                         detail=str(e))
             abort_for(context, e)
         n = len(cap.pods)
-        self._audit(who.user, "start", capture=cap, result="allowed", detail=f"{n} pod{'' if n == 1 else 's'}")
+        detail = f"{n} pod{'' if n == 1 else 's'}"
+        if request.target.HasField("payload_cap"):
+            detail += f"; snaplen capped at {request.target.payload_cap.snaplen}: {request.target.payload_cap.reason}"
+        self._audit(who.user, "start", capture=cap, result="allowed", detail=detail)
         return control_pb2.StartCaptureResponse(capture=self.captures.status(cap))
 
     def StopCapture(  # noqa: N802
@@ -170,8 +185,15 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         who = self._principal(context, "list")
         allowed: dict[str | None, bool] = {}  # one check per namespace, however many captures it has
 
+        allowed_nodes: list[bool] = []
+
         def may_see(target: control_pb2.Target) -> bool:
-            for ns in target_namespaces(target):
+            resource, namespaces = target_scopes(target)
+            if resource != PODS_CAPTURE:
+                if not allowed_nodes:
+                    allowed_nodes.append(self._may(who, "get", None, resource))
+                return allowed_nodes[0]
+            for ns in namespaces:
                 if ns not in allowed:
                     allowed[ns] = self._may(who, "get", ns)
                 if not allowed[ns]:
@@ -215,9 +237,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             pods=[p.to_proto() for p in visible[:MAX_CAPTURABLE]], namespaces=sorted(allowed),
             all_namespaces=cluster_wide, truncated=len(visible) > MAX_CAPTURABLE)
 
-    def _may(self, who: Principal, verb: str, namespace: str | None) -> bool:
+    def _may(self, who: Principal, verb: str, namespace: str | None, resource: str = PODS_CAPTURE) -> bool:
         try:
-            self.auth.check(who, verb, namespace)
+            self.auth.check(who, verb, namespace, resource)
         except DeniedError:
             return False
         return True

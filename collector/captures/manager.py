@@ -45,6 +45,7 @@ from podcap.collector.captures.pods import request_close, settle_closes
 from podcap.collector.captures.requests import validate_request
 from podcap.collector.captures.segments import SegmentIndex
 from podcap.collector.captures.table import STOP_GRACE_S, CaptureTable, StorageHealth, grace_starts
+from podcap.collector.captures.target_objects import ObjectTargets
 from podcap.collector.kube.inventory import ClusterInventory
 from podcap.collector.storage.base import CaptureStorage
 from podcap.collector.storage.catalog import CaptureRow, CaptureStore
@@ -81,6 +82,8 @@ class CaptureManager:
         self._downloaded = 0  # pcap bytes sent by downloads (a metric)
         self._downloaded_lock = threading.Lock()
         self.placement = Placement(self.table, registry, cluster)
+        # Workload, Service and node targets: what they stand for, and the Services' endpoint watches.
+        self.objects = ObjectTargets(cluster.api if cluster is not None else None, registry)
         self.events = PodEvents(self.table, storage, on_terminal=self._maybe_finish)
         self.held = HeldReports(self.table)
         self.chunks = ChunkIngest(self.table, storage, self.index, self.health, wake_committer=self.committer.wake,
@@ -92,6 +95,8 @@ class CaptureManager:
             cluster.subscribe(self.placement)
         for cap in recovery.load(self.index, adopt=self.archiver.adopt):
             self.table.add(cap)
+            if cap.state == control_pb2.CAPTURE_STATE_RUNNING:
+                self.objects.recover(cap, self.placement.reconsider)
         self._ticker = threading.Thread(target=self._tick_loop, name="capture-ticker", daemon=True)
         self._ticker.start()
         self.committer.start()
@@ -116,8 +121,13 @@ class CaptureManager:
     def start(self, req: control_pb2.StartCaptureRequest) -> Capture:
         """Validate, resolve, persist and dispatch a capture. Raises the errors of ``validate_request`` and
         ``Placement.choose``."""
-        spec = validate_request(req)
-        pods = self.placement.choose(req, spec)
+        spec = self.objects.resolve(req, validate_request(req))
+        try:
+            pods = (self.objects.node_pods(spec) if spec.object is not None and spec.object.is_node
+                    else self.placement.choose(req, spec))
+        except BaseException:
+            self.objects.discard(spec)
+            raise
         cap = Capture(new_capture_id(), req, spec, time.time_ns())
         for pod in pods:
             cap.pods[pod.uid] = new_pod_state(cap, pod)
@@ -128,6 +138,9 @@ class CaptureManager:
         self.table.add(cap)
         log.info("capture %s started: %d pods, filter %r", cap.id, len(pods), req.settings.filter)
         self.placement.dispatch_starts(cap, list(cap.pods.values()))
+        if spec.members is not None:  # a Service's endpoints: follow them (and catch a change since they were read)
+            self.objects.follow(cap, self.placement.reconsider)
+            self.placement.reconsider(cap)
         return cap
 
     def capturable_pods(self) -> list[PodRef]:
@@ -265,6 +278,7 @@ class CaptureManager:
         settle_closes(cap)
         self.committer.commit(cap)
         cap.ended.set()
+        self.objects.release(cap)
         with cap.lock:
             followers, cap.followers = cap.followers, []
         for sub in followers:
@@ -294,6 +308,7 @@ class CaptureManager:
         """Persist everything; running captures stay RUNNING in the database and resume at the next start."""
         self._closing.set()
         self._ticker.join(timeout=5)
+        self.objects.close()
         self.lifecycle.stop()
         self.archiver.stop()
         self.committer.stop()

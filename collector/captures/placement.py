@@ -236,6 +236,13 @@ class Placement(AgentListener, ClusterListener):
     def pod_deleted(self, pod: PodRef) -> None:
         """Nothing to do: the pod's agent reports its stream ending when the sandbox goes."""
 
+    def reconsider(self, cap: Capture) -> None:
+        """Attach the Running pods that match the capture now (its Service's endpoints changed)."""
+        if self.cluster is None or cap.state != control_pb2.CAPTURE_STATE_RUNNING:
+            return
+        self._attach_new([p for p in self.cluster.select(field_selector(""), running_only=True)
+                          if p.uid not in cap.pods and cap.target.matches(p)])
+
     def _attach_new(self, pods: list[PodRef]) -> None:
         for cap in self.table.all():
             if cap.state != control_pb2.CAPTURE_STATE_RUNNING or not cap.target.dynamic:

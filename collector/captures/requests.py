@@ -1,6 +1,7 @@
 """Validation of a start request: everything about it that does not depend on the cluster.
 
-The target's syntax (``podcap.collector.targets``), the capture filter (compiled once here, so a bad filter is the
+The target's syntax (``podcap.collector.targets``; a node target captures on every interface of the node's network
+namespace unless ``eth0`` is asked for), the capture filter (compiled once here, so a bad filter is the
 user's one-line error before any agent hears of the capture), and the bounds of limits, rotation and retention.
 Raises ``InvalidInputError`` subclasses only. A bound is said as the option a user types and in the units the CLI
 takes (``--keep-bytes must be at least 256KiB``), never as the request's field in bytes.
@@ -13,7 +14,7 @@ from podcap.collector.filters import check_filter
 from podcap.collector.targets import TargetSpec, parse_target
 from podcap.errors import InvalidInputError
 from podcap.formats.pcap import FILE_HEADER_LEN, MAX_SNAPLEN
-from podcap.v1 import control_pb2
+from podcap.v1 import common_pb2, control_pb2
 
 MAX_DURATION_S = 30 * 24 * 3600
 
@@ -34,6 +35,10 @@ def validate_request(req: control_pb2.StartCaptureRequest) -> TargetSpec:
     """The request's parsed target, once everything else about the request checked out."""
     spec = parse_target(req.target)
     s = req.settings
+    if spec.object is not None and spec.object.is_node and s.interface in (
+            common_pb2.CAPTURE_INTERFACE_UNSPECIFIED, common_pb2.CAPTURE_INTERFACE_HOST_VETH):
+        # A node has no veth of its own: its traffic is on every interface of its network namespace.
+        s.interface = common_pb2.CAPTURE_INTERFACE_POD_ALL
     if s.snaplen > MAX_SNAPLEN:
         raise InvalidRequestError(f"--snaplen must be at most {MAX_SNAPLEN}")
     if s.buffer_bytes and not (64 << 10) <= s.buffer_bytes <= (1 << 30):

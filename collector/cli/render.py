@@ -211,6 +211,8 @@ def capture_table(status: control_pb2.CaptureStatus) -> Table:
              f"{status.packets} packets, {human_bytes(status.bytes)}")
     if note := storage_note(status):
         title += f"\n{note}"
+    if status.target.HasField("payload_cap"):  # the namespace's payload policy (collector/api/payload.py)
+        title += f"\nsnaplen capped at {status.target.payload_cap.snaplen} bytes: {status.target.payload_cap.reason}"
     caption = accounting_caption(status)
     table = Table(title=escape(title), title_justify="left", caption=escape(caption) if caption else None,
                   caption_justify="left")

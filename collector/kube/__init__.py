@@ -7,10 +7,13 @@
 ``watch.py``       ``PodWatch``: list + watch with resourceVersion, re-list on 410 Gone, backoff on errors
 ``inventory.py``   ``ClusterInventory``: the one watched pod cache that serves every capture and selector
 ``selectors.py``   label and field selectors: one grammar module, one ``Selector``, one ``SelectorError``
+``kinds.py``       the kinds a capture can target (``deploy/NAME``...): kubectl's names, the one error for the rest
+``workloads.py``   a workload's or Service's selector from its API JSON; a Service without one refused
+``endpoints.py``   ``ServiceEndpoints``: a Service's endpoint pods from its EndpointSlices, kept current by a watch
 =================  ==========================================================================================
 
-Layers, lowest first: ``errors`` and ``selectors`` (no collector imports), ``pods``, ``client``, ``watch``,
-``inventory``. Only ``client.py`` and ``errors.py`` import ``kubernetes``.
+Layers, lowest first: ``errors``, ``selectors`` and ``kinds`` (no collector imports), ``workloads``, ``pods``,
+``client``, ``watch``, ``endpoints``, ``inventory``. Only ``client.py`` and ``errors.py`` import ``kubernetes``.
 
 Import from the modules, not from this package. This ``__init__`` imports nothing on purpose: target resolution
 (and through it the CLI) imports ``selectors.py``, and must not pay for importing the ``kubernetes`` package.

@@ -29,7 +29,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 
-from podcap.collector.kube.errors import KubeConfigError, KubeError, status_error, translate
+from podcap.collector.kube.errors import KubeConfigError, KubeError, KubeNotFoundError, status_error, translate
 from podcap.collector.kube.pods import KubePod, pod_from_object
 from podcap.pods import PodRef
 
@@ -223,6 +223,87 @@ class KubeApi:
     def status_error(self, status: dict[str, Any], *, verb: str, namespace: str | None) -> KubeError:
         """The error an in-band ERROR event (a Status object) of a pod watch stands for."""
         return status_error(status, verb=verb, resource="pods", namespace=namespace, server=self.server)
+
+    # ---- capture targets and payload policy: workloads, Services, EndpointSlices, namespaces (h7targets) ----
+
+    def read_object(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        """A workload (``deployment``, ``statefulset``, ``daemonset``, ``job``) or ``service`` as raw JSON. Raises
+        KubeNotFoundError when it does not exist."""
+        apps: Any = k8s_client.AppsV1Api(self._client)
+        batch: Any = k8s_client.BatchV1Api(self._client)
+        calls: dict[str, tuple[str, Callable[..., Any]]] = {
+            "deployment": ("deployments", apps.read_namespaced_deployment),
+            "statefulset": ("statefulsets", apps.read_namespaced_stateful_set),
+            "daemonset": ("daemonsets", apps.read_namespaced_daemon_set),
+            "job": ("jobs", batch.read_namespaced_job),
+            "service": ("services", self._core.read_namespaced_service),
+        }
+        resource, call = calls[kind]
+        return self._request(self._describe("get", resource, namespace), f"a {kind}",
+                             lambda: call(name, namespace, _preload_content=False,
+                                          _request_timeout=(CONNECT_TIMEOUT_S, LIST_READ_TIMEOUT_S)))
+
+    def list_object_names(self, kind: str, namespace: str) -> list[str]:
+        """The names of the objects of ``kind`` (as ``read_object``) in ``namespace``, for error messages."""
+        apps: Any = k8s_client.AppsV1Api(self._client)
+        batch: Any = k8s_client.BatchV1Api(self._client)
+        calls: dict[str, tuple[str, Callable[..., Any]]] = {
+            "deployment": ("deployments", apps.list_namespaced_deployment),
+            "statefulset": ("statefulsets", apps.list_namespaced_stateful_set),
+            "daemonset": ("daemonsets", apps.list_namespaced_daemon_set),
+            "job": ("jobs", batch.list_namespaced_job),
+            "service": ("services", self._core.list_namespaced_service),
+        }
+        resource, call = calls[kind]
+        body = self._request(self._describe("list", resource, namespace), f"a {kind} list",
+                             lambda: call(namespace, _preload_content=False, limit=LIST_PAGE,
+                                          _request_timeout=(CONNECT_TIMEOUT_S, LIST_READ_TIMEOUT_S)))
+        return sorted(str((o.get("metadata") or {}).get("name", "")) for o in body.get("items") or [])
+
+    def list_endpoint_slices(self, namespace: str, label_selector: str) -> tuple[list[dict[str, Any]], str]:
+        """The EndpointSlices (discovery.k8s.io/v1) matching ``label_selector`` and the list's resourceVersion."""
+        disc: Any = k8s_client.DiscoveryV1Api(self._client)
+        body = self._request(self._describe("list", "endpointslices", namespace), "an EndpointSlice list",
+                             lambda: disc.list_namespaced_endpoint_slice(
+                                 namespace, label_selector=label_selector, _preload_content=False,
+                                 _request_timeout=(CONNECT_TIMEOUT_S, LIST_READ_TIMEOUT_S)))
+        return list(body.get("items") or []), str((body.get("metadata") or {}).get("resourceVersion", ""))
+
+    def watch_endpoint_slices(self, namespace: str, *, resource_version: str, label_selector: str,
+                              timeout_seconds: int = DEFAULT_WATCH_TIMEOUT_S) -> WatchStream:
+        """A watch of EndpointSlices from ``resource_version`` (events as ``watch_pods``'s)."""
+        disc: Any = k8s_client.DiscoveryV1Api(self._client)
+        describe = self._describe("watch", "endpointslices", namespace)
+        try:
+            resp = disc.list_namespaced_endpoint_slice(
+                namespace, label_selector=label_selector, watch=True, resource_version=resource_version,
+                allow_watch_bookmarks=True, timeout_seconds=timeout_seconds, _preload_content=False,
+                _request_timeout=(CONNECT_TIMEOUT_S, timeout_seconds + 60))
+        except Exception as e:
+            raise describe(e) from e
+        return WatchStream(resp, describe)
+
+    def read_namespace(self, name: str) -> dict[str, Any] | None:
+        """A namespace as raw JSON; None when it does not exist."""
+        try:
+            return self._request(self._describe("get", "namespaces", None), "a namespace",
+                                 lambda: self._core.read_namespace(
+                                     name, _preload_content=False,
+                                     _request_timeout=(CONNECT_TIMEOUT_S, LIST_READ_TIMEOUT_S)))
+        except KubeNotFoundError:
+            return None
+
+    def list_namespaces(self) -> list[dict[str, Any]]:
+        """Every namespace as raw JSON."""
+        body = self._request(self._describe("list", "namespaces", None), "a namespace list",
+                             lambda: self._core.list_namespace(
+                                 _preload_content=False, _request_timeout=(CONNECT_TIMEOUT_S, LIST_READ_TIMEOUT_S)))
+        return list(body.get("items") or [])
+
+    def endpoint_slice_error(self, status: dict[str, Any], *, namespace: str | None) -> KubeError:
+        """The error an in-band ERROR event of an EndpointSlice watch stands for."""
+        return status_error(status, verb="watch", resource="endpointslices", namespace=namespace,
+                            server=self.server)
 
     # ---- one request ----
 

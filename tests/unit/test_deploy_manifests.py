@@ -70,6 +70,14 @@ COLLECTOR_RULES = {
     ("", "pods"): {"get", "list", "watch"},
     ("authentication.k8s.io", "tokenreviews"): {"create"},
     ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
+    # Workload, Service and node targets; the payload policy's namespace annotation.
+    ("apps", "deployments"): {"get", "list"},
+    ("apps", "statefulsets"): {"get", "list"},
+    ("apps", "daemonsets"): {"get", "list"},
+    ("batch", "jobs"): {"get", "list"},
+    ("", "services"): {"get", "list"},
+    ("", "namespaces"): {"get", "list"},
+    ("discovery.k8s.io", "endpointslices"): {"list", "watch"},
 }
 
 Obj = dict[str, Any]

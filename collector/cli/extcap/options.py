@@ -24,6 +24,7 @@ from podcap.collector.cli.client import CollectorError, default_address
 from podcap.collector.cli.errors import collector_hint, one_line
 from podcap.collector.cli.extcap.protocol import ExtcapArg, ExtcapValue, multicheck_values
 from podcap.collector.cli.words import INTERFACES
+from podcap.collector.kube.kinds import kinds_text, split_object
 from podcap.errors import InvalidInputError, PodcapError
 from podcap.tls import TlsConfigError
 from podcap.v1 import common_pb2, control_pb2
@@ -62,8 +63,12 @@ ARG_KEEP = ExtcapArg(10, "--keep", "Keep capturing after Wireshark stops", "bool
 ARG_ALL_COPIES = ExtcapArg(11, "--all-copies", "Every pod's copy of a packet", "boolflag", group="Capture",
                            tooltip="Show a packet seen on two chosen pods (client and server) once per pod; by "
                            "default it shows once, and the other pod's copy is counted in its statistics")
-ARGS = (ARG_COLLECTOR, ARG_TLS_CA, ARG_TOKEN, ARG_TOKEN_FILE, ARG_NAMESPACE, ARG_PODS, ARG_SELECTOR, ARG_FILTER,
-        ARG_SNAPLEN, ARG_INTERFACE, ARG_KEEP, ARG_ALL_COPIES)
+ARG_OBJECT = ExtcapArg(12, "--object", "Workload, Service or node", "string", group="Pods",
+                       tooltip="Instead of pods: deploy/NAME, statefulset/NAME, daemonset/NAME, job/NAME or svc/NAME "
+                       "of the chosen namespace (its pods as they come and go), or node/NAME (the node's own "
+                       "network; needs create nodes/capture)")
+ARGS = (ARG_COLLECTOR, ARG_TLS_CA, ARG_TOKEN, ARG_TOKEN_FILE, ARG_NAMESPACE, ARG_PODS, ARG_SELECTOR, ARG_OBJECT,
+        ARG_FILTER, ARG_SNAPLEN, ARG_INTERFACE, ARG_KEEP, ARG_ALL_COPIES)
 
 
 class ExtcapOptionError(InvalidInputError):
@@ -102,6 +107,7 @@ class CaptureOptions:
     interface: str
     keep: bool
     all_copies: bool = False
+    object: str = ""  # KIND/NAME (podcap.collector.kube.kinds), "" for pods
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -112,6 +118,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(ARG_NAMESPACE.call, default="")
     p.add_argument(ARG_PODS.call, default="")
     p.add_argument(ARG_SELECTOR.call, default="")
+    p.add_argument(ARG_OBJECT.call, default="")
     p.add_argument(ARG_FILTER.call, default="")
     p.add_argument(ARG_SNAPLEN.call, default="0")
     p.add_argument(ARG_INTERFACE.call, default="veth")
@@ -137,7 +144,7 @@ def capture_options(ns: argparse.Namespace, env: dict[str, str]) -> CaptureOptio
     return CaptureOptions(collector=collector_settings(ns, env), namespace=ns.namespace.strip(),
                           pods=tuple(multicheck_values(ns.pods)), selector=ns.selector.strip(),
                           filter=ns.filter.strip(), snaplen=snaplen, interface=ns.interface, keep=ns.keep,
-                          all_copies=ns.all_copies)
+                          all_copies=ns.all_copies, object=ns.object.strip())
 
 
 def combined_filter(own: str, wireshark: str) -> str:
@@ -149,7 +156,22 @@ def combined_filter(own: str, wireshark: str) -> str:
 def start_request(opts: CaptureOptions, capture_filter: str) -> control_pb2.StartCaptureRequest:
     """The ``podcap start`` this capture amounts to. Raises ExtcapOptionError when the choice is not one target."""
     target = control_pb2.Target(selector=opts.selector)
-    if opts.pods:
+    if opts.object:
+        try:
+            ref = split_object(opts.object)
+        except PodcapError as e:
+            raise ExtcapOptionError(str(e)) from e
+        if ref is None:
+            raise ExtcapOptionError(f"{opts.object!r} is not KIND/NAME: a capture targets {kinds_text()}")
+        if opts.pods:
+            raise ExtcapOptionError(f"{ref.text} and checked pods exclude each other: uncheck the pods or clear "
+                                    "the workload")
+        if not ref.is_node and opts.namespace == ALL_NAMESPACES:
+            raise ExtcapOptionError(f"{ref.text} is in one namespace: choose it instead of all namespaces")
+        target.object.CopyFrom(control_pb2.TargetObject(kind=ref.kind, name=ref.name))
+        if not ref.is_node:
+            target.namespace = opts.namespace or "default"
+    elif opts.pods:
         split = [p.split("/", 1) for p in opts.pods]
         if any(len(s) != 2 for s in split):
             raise ExtcapOptionError(f"pods are chosen as namespace/name, not {', '.join(opts.pods)}")

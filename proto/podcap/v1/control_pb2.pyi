@@ -440,7 +440,10 @@ Global___FollowGap: _TypeAlias = FollowGap  # noqa: Y015
 
 @_typing.final
 class Target(_message.Message):
-    """Which pods a capture covers. Pods matching `namespace` AND `selector` AND (if given) one of `pod_names`."""
+    """Which pods a capture covers. Pods matching `namespace` AND `selector` AND (if given) one of `pod_names`, or the
+    pods of `object` (a workload's, a Service's endpoints), or a node's own network namespace (`object` of kind node:
+    needs `create nodes/capture` cluster-wide).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -449,6 +452,9 @@ class Target(_message.Message):
     SELECTOR_FIELD_NUMBER: _builtins.int
     POD_NAMES_FIELD_NUMBER: _builtins.int
     FIELD_SELECTOR_FIELD_NUMBER: _builtins.int
+    OBJECT_FIELD_NUMBER: _builtins.int
+    OBJECT_SELECTOR_FIELD_NUMBER: _builtins.int
+    PAYLOAD_CAP_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace (DNS-1123 label). Empty means "default" unless all_namespaces is set."""
     all_namespaces: _builtins.bool
@@ -459,9 +465,27 @@ class Target(_message.Message):
     metadata.name, metadata.namespace, spec.nodeName, status.phase, spec.hostNetwork, status.podIP with =, == or
     !=. Evaluated by the collector against its watched pod cache, also for pods that appear later. Max 4096 bytes.
     """
+    object_selector: _builtins.str
+    """Set by the collector, ignored in requests: the label selector `object` resolved to when the capture started (a
+    workload's spec.selector, which is immutable; a Service's spec.selector, for people: its pods are followed
+    through its EndpointSlices). Empty for a node.
+    """
     @_builtins.property
     def pod_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Pod names (DNS-1123 subdomains); at most 1000."""
+
+    @_builtins.property
+    def object(self) -> Global___TargetObject:
+        """Instead of pods by name: the pods of a workload or Service of `namespace`, or a node's own network. `selector`
+        and `field_selector` still narrow a workload's or Service's pods; `pod_names` must be empty and
+        `all_namespaces` false.
+        """
+
+    @_builtins.property
+    def payload_cap(self) -> Global___PayloadCap:
+        """Set by the collector, ignored in requests: the namespace payload policy applied to this capture (see
+        PayloadCap). Unset when no policy capped it.
+        """
 
     def __init__(
         self,
@@ -471,14 +495,81 @@ class Target(_message.Message):
         selector: _builtins.str = ...,
         pod_names: _abc.Iterable[_builtins.str] | None = ...,
         field_selector: _builtins.str = ...,
+        object: Global___TargetObject | None = ...,
+        object_selector: _builtins.str = ...,
+        payload_cap: Global___PayloadCap | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["object", b"object", "payload_cap", b"payload_cap"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_namespaces", b"all_namespaces", "field_selector", b"field_selector", "namespace", b"namespace", "pod_names", b"pod_names", "selector", b"selector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_namespaces", b"all_namespaces", "field_selector", b"field_selector", "namespace", b"namespace", "object", b"object", "object_selector", b"object_selector", "payload_cap", b"payload_cap", "pod_names", b"pod_names", "selector", b"selector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Target: _TypeAlias = Target  # noqa: Y015
+
+@_typing.final
+class TargetObject(_message.Message):
+    """A Kubernetes object whose pods (or, for a node, whose own network) a capture covers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"deployment", "statefulset", "daemonset", "job", "service" or "node"; kubectl's names are accepted too
+    (deploy, deployments, deployment.apps, sts, ds, jobs, svc, services, no, nodes). Anything else is
+    INVALID_ARGUMENT, naming the kinds that exist.
+    """
+    name: _builtins.str
+    """The object's name (DNS-1123 subdomain), in Target.namespace (a node has none)."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TargetObject: _TypeAlias = TargetObject  # noqa: Y015
+
+@_typing.final
+class PayloadCap(_message.Message):
+    """What a namespace's payload policy did to a capture: every packet stored is cut to `snaplen` bytes (its wire
+    length is kept) because the namespace's annotation `podcap.io/max-snaplen` caps it and the capture's creator lacks
+    `create pods/capture-payload` there. Recorded in the audit trail with the start.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPLEN_FIELD_NUMBER: _builtins.int
+    REQUESTED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    snaplen: _builtins.int
+    """The snaplen the capture runs with (CaptureSettings.snaplen is set to it too), in bytes."""
+    requested: _builtins.int
+    """The snaplen asked for (0 = whole packets)."""
+    reason: _builtins.str
+    """Why, in words: "namespace shop caps stored packets at 128 bytes (annotation podcap.io/max-snaplen); user alice
+    may not create pods/capture-payload there".
+    """
+    def __init__(
+        self,
+        *,
+        snaplen: _builtins.int = ...,
+        requested: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "requested", b"requested", "snaplen", b"snaplen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PayloadCap: _TypeAlias = PayloadCap  # noqa: Y015
 
 @_typing.final
 class Limits(_message.Message):

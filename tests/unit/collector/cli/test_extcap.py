@@ -61,8 +61,8 @@ def test_config_offers_the_collectors_namespaces_and_pods_as_lists() -> None:
     parsed = [_parse(line) for line in config_lines(SETTINGS, lister)]
     assert seen == [SETTINGS]
     args = {a["call"]: a for kind, a in parsed if kind == "arg"}
-    assert {"--collector", "--tls-ca", "--token", "--token-file", "--namespace", "--pods", "--selector", "--filter",
-            "--snaplen", "--interface", "--keep", "--all-copies"} == set(args)
+    assert {"--collector", "--tls-ca", "--token", "--token-file", "--namespace", "--pods", "--selector", "--object",
+            "--filter", "--snaplen", "--interface", "--keep", "--all-copies"} == set(args)
     assert args["--collector"]["default"] == "collector:7420"
     assert args["--namespace"]["type"] == "selector" and args["--namespace"]["reload"] == "true"
     assert args["--pods"]["type"] == "multicheck" and args["--keep"]["type"] == "boolflag"
@@ -85,7 +85,7 @@ def test_a_listing_failure_shows_in_the_lists_and_the_dialog_still_opens() -> No
 
     lines = config_lines(SETTINGS, lister)
     parsed = [_parse(line) for line in lines]  # braces in the message do not break Wireshark's parser
-    assert sum(kind == "arg" for kind, _ in parsed) == 12
+    assert sum(kind == "arg" for kind, _ in parsed) == 13
     texts = [v["display"] for kind, v in parsed if kind == "value" and "permission denied" in v["display"]]
     assert len(texts) == 2 and "(create)" in texts[0]
 
