@@ -2,10 +2,10 @@
 
 Two implementations of one interface (``RecordSink``), both C all the way per packet:
 
-- ``ChunkBuffer`` (``chunkbuf.c`` in podcap's C library): our own ``pcap_handler`` appends records to a buffer
-  laid out as serialized ``AgentMessage{chunk}`` messages, closing a chunk whenever the next record would take it past
-  the byte limit (so one dispatch of any size yields chunks that each fit); cutting a chunk copies it once into the
-  bytes gRPC sends.
+- ``ChunkBuffer`` (``proto/podcap/native/chunks.c``, loaded as ``podcap._native_chunks``): our own ``pcap_handler``
+  appends records to a buffer laid out as serialized ``AgentMessage{chunk}`` messages, closing a chunk whenever the next
+  record would take it past the byte limit (so one dispatch of any size yields chunks that each fit); cutting a chunk
+  copies it once into the bytes gRPC sends.
 - ``MemoryDump`` (``podcap.agent.capture.libpcap``): libpcap's ``pcap_dump`` into a memory stream, then a protobuf
   message; the fallback when the C library was not built (about 15% more CPU per packet, two more copies). It
   cannot split what one dispatch wrote, so the engine asks it for no more packets per dispatch than a chunk holds
@@ -76,7 +76,7 @@ class _Chunk(Structure):
     _fields_ = [("data", c_void_p), ("len", c_uint64), ("cap", c_uint64), ("packets", c_uint64)]
 
 
-class _Buf(Structure):  # struct podcap_chunkbuf, field for field
+class _Buf(Structure):  # struct podcap_chunkbuf (chunks.c), field for field
     _fields_ = [("open", _Chunk), ("lost", c_uint64), ("limit", c_uint64), ("records", c_uint64),
                 ("held", c_uint64), ("closed", POINTER(_Chunk)), ("head", c_uint64), ("nclosed", c_uint64),
                 ("closed_cap", c_uint64), ("initial", c_uint64)]
@@ -98,7 +98,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-_NATIVE = native.library()
+_NATIVE = native.library("chunks")
 _LIB = _declare(_NATIVE) if _NATIVE is not None else None
 
 # What a chunk's message adds beyond its records and prefix, at most: its other fields (three ids of at most 64 bytes,
@@ -107,7 +107,7 @@ FIELDS_ROOM = 1024
 
 
 class NativeWire:
-    """A chunk's serialized message in the buffer ``chunkbuf.c`` handed over, turned into the ``bytes`` gRPC sends
+    """A chunk's serialized message in the buffer ``chunks.c`` handed over, turned into the ``bytes`` gRPC sends
     only when first asked for — on the thread that sends or spools it, not the capture thread — and then freed."""
 
     __slots__ = ("_ptr", "_len", "_bytes", "_lock")
@@ -141,7 +141,7 @@ def available() -> bool:
 
 
 def native_tags() -> tuple[int, int] | None:
-    """The field tags ``chunkbuf.c`` writes (AgentMessage.chunk, PcapChunk.records), as compiled; None without the
+    """The field tags ``chunks.c`` writes (AgentMessage.chunk, PcapChunk.records), as compiled; None without the
     C library. For the test that holds them to the generated descriptors."""
     if _NATIVE is None:
         return None
@@ -150,7 +150,7 @@ def native_tags() -> tuple[int, int] | None:
 
 
 class ChunkBuffer:
-    """Records appended in C by ``podcap_chunk_handler``, cut into chunks by bytes there; see ``chunkbuf.c``."""
+    """Records appended in C by ``podcap_chunk_handler``, cut into chunks by bytes there; see ``chunks.c``."""
 
     splits = True
 

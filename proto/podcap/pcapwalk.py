@@ -1,4 +1,4 @@
-"""The native record walker (``pcapwalk.c``, part of ``podcap.native``), reached through ctypes.
+"""The native record walker (``proto/podcap/native/walk.c``, loaded as ``podcap._native_walk``), reached through ctypes.
 
 The collector checks the framing of every chunk before it stores it; in Python that walk costs ~120 ns per record
 (about a quarter of the collector's CPU at 600 kpps), in C ~1 ns. This module owns loading the library and passing
@@ -13,13 +13,16 @@ import ctypes
 from dataclasses import dataclass
 
 from podcap import native
+from podcap.native import Error
 
-OK, TRUNCATED_HEADER, BAD_CAPLEN, TRUNCATED_RECORD = 0, 1, 2, 3
+# The walker's answers (``podcap.native.Error``, the header's error codes), by the names ``podcap.pcapfile`` uses.
+OK, TRUNCATED_HEADER, BAD_CAPLEN, TRUNCATED_RECORD = Error.OK, Error.TRUNCATED_HEADER, Error.BAD_CAPLEN, \
+    Error.TRUNCATED_RECORD
 NO_LIMIT = (1 << 63) - 1
 BufferLike = bytes | bytearray | memoryview  # or anything else with a contiguous buffer (mmap)
 
 
-class _Scan(ctypes.Structure):
+class _Scan(ctypes.Structure):  # struct podcap_scan (podcap_native.h), field for field
     _fields_ = [(name, ctypes.c_uint64) for name in
                 ("packets", "length", "last_ts_ns", "error_offset", "caplen", "wirelen")]
 
@@ -37,7 +40,7 @@ class _PyBuffer(ctypes.Structure):
 class Walk:
     """The C walker's answer: ``code`` is OK or the error found at ``error_offset``."""
 
-    code: int
+    code: Error
     packets: int
     length: int
     last_ts_ns: int
@@ -47,7 +50,7 @@ class Walk:
 
 
 def _load() -> ctypes.CDLL | None:
-    lib = native.library()
+    lib = native.library("walk")
     if lib is None:
         return None
     fn = lib.podcap_scan_records
@@ -87,4 +90,4 @@ def walk(data: BufferLike, snaplen: int, ts_scale: int, *, max_packets: int | No
             until_ns is not None, 0 if until_ns is None else max(-NO_LIMIT, min(until_ns, NO_LIMIT)), ctypes.byref(out))
     finally:
         _release_buffer(ctypes.byref(view))
-    return Walk(code, out.packets, out.length, out.last_ts_ns, out.error_offset, out.caplen, out.wirelen)
+    return Walk(Error(code), out.packets, out.length, out.last_ts_ns, out.error_offset, out.caplen, out.wirelen)

@@ -836,18 +836,19 @@ def test_console_script_of_the_image_exists(role: str) -> None:
 
 
 def test_builder_stage_compiles_the_native_library() -> None:
-    """podcap._native (the per-packet and framing paths in C) is an optional extension: an image built without a
-    C compiler would silently fall back to the slow paths. The builder must have one, and must copy every C source
-    the extension lists."""
+    """podcap's C (podcap._native_*, the per-packet, framing and merge paths) are optional extensions: an image built
+    without a C compiler would silently fall back to the slow paths. The builder must have one, must fail when any
+    part is missing, and must copy every C source and header the extensions list."""
     import tomllib
 
     builder = _named_stages()["builder"]
     assert any(i.startswith("RUN apt-get") and "build-essential" in i for i in builder)
-    assert any("pip wheel" in i and "native.library()" in i for i in builder)  # fails the build if not
-    (ext,) = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["ext-modules"]
-    assert ext["name"] == "podcap._native"
+    assert any("pip wheel" in i and "native.missing()" in i for i in builder)  # fails the build if not
+    exts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["ext-modules"]
+    assert sorted(ext["name"] for ext in exts) == ["podcap._native_chunks", "podcap._native_merge",
+                                                   "podcap._native_walk"]
     copied = [src.rstrip("/") for i in builder if i.startswith("COPY ") for src in i.split()[1:-1]]
-    for source in ext["sources"]:
+    for source in [s for ext in exts for s in ext["sources"] + ext.get("depends", [])]:
         assert (REPO / source).exists()
         assert any(source == c or source.startswith(c + "/") for c in copied), f"{source} not in the image build"
 

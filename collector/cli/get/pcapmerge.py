@@ -1,4 +1,4 @@
-"""The C merge core (``pcapmerge.c``, part of podcap's C library), reached through ctypes.
+"""The C merge core (``proto/podcap/native/merge.c``, loaded as ``podcap._native_merge``), reached through ctypes.
 
 ``podcap get --merge`` of a 1 GB capture is a few million packets: merged in Python (``heapq.merge`` over record
 iterators, one ``write`` per packet) that took 2.4-3× as long as Wireshark's ``mergecap`` on the same files. In C
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from podcap import native
 from podcap.formats.pcap import FILE_HEADER_LEN, RECORD_HEADER_LEN, FileFormat, PcapFormatError
+from podcap.native import Error
 
-(TRUNCATED_HEADER, BAD_CAPLEN, TRUNCATED_RECORD, READ_ERROR, WRITE_ERROR, NO_MEMORY) = range(1, 7)
 DONE, MORE, NEED = 0, 1, 2  # podcap_merge_run: finished; call again; feed podcap_merge_needed's input
 # Per input: the read block (one pread fills it). Memory of a merge: inputs x BLOCK + OUT_BLOCK.
 BLOCK = 256 << 10
@@ -32,17 +32,14 @@ OUT_BLOCK = 256 << 10
 STEP = 64 << 20
 
 
-class _Error(ctypes.Structure):
+class _Error(ctypes.Structure):  # struct podcap_merge_error (podcap_native.h), field for field
     _fields_ = [("code", ctypes.c_int32), ("errno_value", ctypes.c_int32), ("input", ctypes.c_uint64),
                 ("offset", ctypes.c_uint64), ("caplen", ctypes.c_uint64), ("wirelen", ctypes.c_uint64),
                 ("left", ctypes.c_uint64)]
 
 
-def _declare(lib: ctypes.CDLL) -> ctypes.CDLL | None:
-    try:
-        lib.podcap_merge_new.argtypes = [ctypes.c_uint32, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64]
-    except AttributeError:  # a library built before the merge core existed
-        return None
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    lib.podcap_merge_new.argtypes = [ctypes.c_uint32, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64]
     lib.podcap_merge_new.restype = ctypes.c_void_p
     lib.podcap_merge_free.argtypes = [ctypes.c_void_p]
     lib.podcap_merge_free.restype = None
@@ -62,10 +59,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL | None:
     lib.podcap_merge_counts.restype = None
     lib.podcap_merge_get_error.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Error)]
     lib.podcap_merge_get_error.restype = None
-    try:
-        lib.podcap_merge_dedup.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
-    except AttributeError:  # a library built before one copy per packet: merges keep every sighting
-        return lib
+    lib.podcap_merge_dedup.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
     lib.podcap_merge_dedup.restype = ctypes.c_int
     lib.podcap_merge_linktype.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32]
     lib.podcap_merge_linktype.restype = ctypes.c_int
@@ -92,10 +86,13 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL | None:
     lib.podcap_live_counts.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64),
                                        ctypes.POINTER(ctypes.c_uint64)]
     lib.podcap_live_counts.restype = None
+    lib.podcap_pcapng_epb.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32,
+                                      ctypes.c_uint32, ctypes.c_uint64]
+    lib.podcap_pcapng_epb.restype = ctypes.c_uint64
     return lib
 
 
-_NATIVE = native.library()
+_NATIVE = native.library("merge")
 _LIB = _declare(_NATIVE) if _NATIVE is not None else None
 
 
@@ -105,8 +102,18 @@ def available() -> bool:
 
 
 def one_copy_available() -> bool:
-    """Whether the C library can leave out second sightings (``podcap_merge_dedup``, the live view)."""
-    return _LIB is not None and hasattr(_LIB, "podcap_live_new")
+    """Whether the C merge core can leave out second sightings (``podcap_merge_dedup``, the live view): whenever it
+    is built (they are one library)."""
+    return _LIB is not None
+
+
+def epb(interface_id: int, ts: int, data: bytes, wirelen: int) -> bytes:
+    """One Enhanced Packet Block as the C merge writes it (``podcap_epb_write`` in ``podcap_native.h``), for the test
+    that holds it to the Python encoder byte for byte."""
+    assert _LIB is not None, "podcap's C merge core is not built"
+    out = ctypes.create_string_buffer(32 + len(data) + 3)
+    n = _LIB.podcap_pcapng_epb(out, data, len(data), wirelen, interface_id, ts)
+    return out.raw[:n]
 
 
 @dataclass(frozen=True)
@@ -184,12 +191,13 @@ def merge_records(inputs: Sequence[NativeInput | FedInput], out_fd: int, *, bloc
 
 
 def _record_error(err: _Error, snaplen: int) -> str:
+    """The message of a record error: the same as ``podcap.formats.pcap``'s record walk."""
     off = err.offset
-    if err.code == TRUNCATED_HEADER:
+    if err.code == Error.TRUNCATED_HEADER:
         return f"truncated record header at offset {off}"
-    if err.code == BAD_CAPLEN:
+    if err.code == Error.BAD_CAPLEN:
         return f"record at offset {off}: caplen {err.caplen} exceeds snaplen {snaplen} or length {err.wirelen}"
-    if err.code == TRUNCATED_RECORD:
+    if err.code == Error.TRUNCATED_RECORD:
         return f"truncated record at offset {off}: needs {RECORD_HEADER_LEN + err.caplen} bytes, {err.left} left"
     return f"cannot convert the records (code {err.code})"
 
@@ -225,7 +233,7 @@ class NativeLive:
     def push(self, index: int, records: bytes, arrival_ns: int) -> None:
         err = _Error()
         if self._lib.podcap_live_push(self._live, index, records, len(records), arrival_ns, ctypes.byref(err)) != 0:
-            if err.code == NO_MEMORY:
+            if err.code == Error.NO_MEMORY:
                 raise MemoryError("cannot allocate the live view")
             raise PcapFormatError(_record_error(err, self._formats[index].snaplen))
 
@@ -268,22 +276,15 @@ class NativeLive:
 def _raise(lib: ctypes.CDLL, m: int, inputs: Sequence[NativeInput | FedInput]) -> None:
     err = _Error()
     lib.podcap_merge_get_error(m, ctypes.byref(err))
-    code, off = err.code, err.offset
-    if code == WRITE_ERROR:
+    code = err.code
+    if code == Error.WRITE_ERROR:
         raise OSError(err.errno_value, os.strerror(err.errno_value))
-    if code == NO_MEMORY:
+    if code == Error.NO_MEMORY:
         raise MemoryError("cannot allocate the merge buffers")
     path = inputs[err.input].path if err.input < len(inputs) else "?"
-    if code == READ_ERROR:
+    if code == Error.READ_ERROR:
         raise OSError(err.errno_value, os.strerror(err.errno_value), path)
-    # The same messages as podcap.formats.pcap's record walk, prefixed with the file as the Python merge does.
-    if code == TRUNCATED_HEADER:
-        msg = f"truncated record header at offset {off}"
-    elif code == BAD_CAPLEN:
-        msg = (f"record at offset {off}: caplen {err.caplen} exceeds snaplen {inputs[err.input].fmt.snaplen} or "
-               f"length {err.wirelen}")
-    elif code == TRUNCATED_RECORD:
-        msg = f"truncated record at offset {off}: needs {RECORD_HEADER_LEN + err.caplen} bytes, {err.left} left"
-    else:
-        msg = f"merge failed (code {code})"
-    raise PcapFormatError(f"{path}: {msg}")
+    if code not in (Error.TRUNCATED_HEADER, Error.BAD_CAPLEN, Error.TRUNCATED_RECORD):
+        raise PcapFormatError(f"{path}: merge failed (code {code})")
+    # Prefixed with the file, as the Python merge does.
+    raise PcapFormatError(f"{path}: {_record_error(err, inputs[err.input].fmt.snaplen)}")

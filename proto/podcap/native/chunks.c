@@ -12,16 +12,15 @@
  *
  * The field numbers are the contract's (proto/podcap/v1/ingest.proto); C cannot read the generated descriptors,
  * so they are written here and exported (podcap_chunk_message_tag, podcap_chunk_records_tag), and
- * tests/unit/test_framing.py checks them against the descriptors.
+ * tests/unit/shared/test_framing.py checks them against the descriptors.
+ *
+ * This is podcap._native_chunks (podcap_native.h), loaded by podcap.agent.capture.chunkbuf, which mirrors struct
+ * podcap_chunkbuf field for field.
  */
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/time.h>
 
-#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "records are written in host byte order, and podcap's pcap files are little-endian"
-#endif
+#include "podcap_native.h"
 
 #define PODCAP_CHUNK_PREFIX 12
 #define WIRE_LEN 2                   /* protobuf wire type of length-delimited fields */

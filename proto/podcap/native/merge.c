@@ -1,6 +1,7 @@
 /*
- * podcap's merge core: per-pod pcap records (files, or download streams) merged by timestamp into pcapng Enhanced
- * Packet Blocks, in C so that no Python runs per packet (`podcap get --merge FILE`, `--merge -`, `--format pcapng`).
+ * The merge core (podcap._native_merge): per-pod pcap records (files, or download streams) merged by timestamp into
+ * pcapng Enhanced Packet Blocks, in C so that no Python runs per packet (`podcap get --merge FILE`, `--merge -`,
+ * `--format pcapng`).
  *
  * Python (podcap.collector.cli.get.pcapmerge) writes the Section Header and one Interface Description Block per input,
  * flushes, and hands this code the output descriptor and each input's descriptor with its format; this code then
@@ -39,35 +40,19 @@
  * written as EPBs in time order across pods. Each pod's records are held until no pod can still deliver an earlier
  * one: records up to the oldest "latest timestamp" of the pods that delivered any (every pod's own records come in
  * order), or, for a pod that went quiet, up to what arrived `hold` ago (an agent sends a pod's chunk at the latest
- * 2 s after its first packet). See podcap.collector.cli.live_view.
+ * 2 s after its first packet). See podcap.collector.cli.live.order.
+ *
+ * The records are checked and the EPBs written by the definitions in podcap_native.h; the error codes are its
+ * enum podcap_error.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
-#include <stddef.h>
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
-#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "pcapng blocks are written in host byte order, and podcap writes little-endian files"
-#endif
-
-enum {
-    PODCAP_MERGE_OK = 0,
-    PODCAP_MERGE_TRUNCATED_HEADER = 1, /* fewer than 16 bytes left where a record header should start */
-    PODCAP_MERGE_BAD_CAPLEN = 2,       /* caplen > snaplen or caplen > wire length */
-    PODCAP_MERGE_TRUNCATED_RECORD = 3, /* the record's data runs past the end of the file */
-    PODCAP_MERGE_READ_ERROR = 4,       /* reading an input failed: errno_value */
-    PODCAP_MERGE_WRITE_ERROR = 5,      /* writing the output failed: errno_value (EPIPE: the reader went away) */
-    PODCAP_MERGE_NO_MEMORY = 6,
-};
-
-/* podcap_merge_run's answers besides 0 (done) and -code (an error). */
-#define PODCAP_MERGE_MORE 1 /* max_out reached: call again */
-#define PODCAP_MERGE_NEED 2 /* a fed input needs its next block: podcap_merge_needed says which */
+#include "podcap_native.h"
 
 #define LINKTYPE_ETHERNET 1u
 #define LINKTYPE_RAW 101u
@@ -75,19 +60,6 @@ enum {
 #define LINKTYPE_IPV4 228u
 #define LINKTYPE_IPV6 229u
 #define LINKTYPE_LINUX_SLL2 276u
-
-#define EPB_TYPE 6u
-#define EPB_FIXED 32u /* type, total length, interface, ts high, ts low, caplen, wire length ... total length */
-
-struct podcap_merge_error {
-    int32_t code;
-    int32_t errno_value;
-    uint64_t input;  /* which input (index as added) */
-    uint64_t offset; /* file offset of the offending record */
-    uint64_t caplen;
-    uint64_t wirelen;
-    uint64_t left;   /* bytes left in the file from offset (truncation) */
-};
 
 struct input {
     int fd; /* -1: fed by podcap_merge_feed */
@@ -126,12 +98,6 @@ struct podcap_merge {
 static void dedup_free(struct podcap_dedup *d);
 static int dedup_drop(struct podcap_dedup *d, uint32_t linktype, const uint8_t *data, uint32_t incl, uint32_t orig,
                       uint64_t ts, uint32_t iface);
-
-static inline uint32_t le32(const uint8_t *p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
 
 static int fail(struct podcap_merge *m, int code, size_t i, uint64_t offset) {
     m->err.code = code;
@@ -184,7 +150,7 @@ static int add_input(struct podcap_merge *m, int fd, uint32_t ts_scale, uint32_t
     in->next_read = in->buf_off = start;
     in->cap = m->block_size;
     in->buf = malloc(in->cap);
-    if (!in->buf) return fail(m, PODCAP_MERGE_NO_MEMORY, m->added, start);
+    if (!in->buf) return fail(m, PODCAP_NO_MEMORY, m->added, start);
     m->added++;
     return 0;
 }
@@ -197,7 +163,7 @@ int podcap_merge_add(struct podcap_merge *m, int fd, uint32_t ts_scale, uint32_t
     struct stat st;
     if (fstat(fd, &st) != 0) {
         m->err.errno_value = errno;
-        return fail(m, PODCAP_MERGE_READ_ERROR, m->added, start);
+        return fail(m, PODCAP_READ_ERROR, m->added, start);
     }
     return add_input(m, fd, ts_scale, divisor, snaplen, start, (uint64_t)st.st_size);
 }
@@ -227,7 +193,7 @@ int podcap_merge_feed(struct podcap_merge *m, uint32_t i, const uint8_t *data, u
     }
     if (in->cap - in->len < len) {
         uint8_t *grown = realloc(in->buf, in->len + (size_t)len);
-        if (!grown) return fail(m, PODCAP_MERGE_NO_MEMORY, i, in->buf_off);
+        if (!grown) return fail(m, PODCAP_NO_MEMORY, i, in->buf_off);
         in->buf = grown;
         in->cap = in->len + (size_t)len;
     }
@@ -254,7 +220,7 @@ static int refill(struct podcap_merge *m, size_t i) {
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) {
             m->err.errno_value = errno;
-            return fail(m, PODCAP_MERGE_READ_ERROR, i, in->next_read);
+            return fail(m, PODCAP_READ_ERROR, i, in->next_read);
         }
         if (r == 0) in->eof = 1;
         in->len += (size_t)r;
@@ -270,34 +236,34 @@ static int load_head(struct podcap_merge *m, size_t i) {
     for (;;) {
         size_t avail = in->len - in->pos;
         uint64_t rec_off = in->buf_off + in->pos;
-        if (avail >= 16) {
+        if (avail >= PODCAP_RECORD_HEADER) {
             const uint8_t *h = in->buf + in->pos;
-            uint32_t incl = le32(h + 8), orig = le32(h + 12);
-            if (incl > in->snaplen || incl > orig) {
+            uint32_t incl = podcap_record_caplen(h);
+            if (podcap_record_header_check(h, in->snaplen) != PODCAP_OK) {
                 m->err.caplen = incl;
-                m->err.wirelen = orig;
-                return fail(m, PODCAP_MERGE_BAD_CAPLEN, i, rec_off);
+                m->err.wirelen = podcap_record_wirelen(h);
+                return fail(m, PODCAP_BAD_CAPLEN, i, rec_off);
             }
-            size_t need = 16 + (size_t)incl;
+            size_t need = PODCAP_RECORD_HEADER + (size_t)incl;
             if (avail >= need) {
-                in->head_ts = ((uint64_t)le32(h) * 1000000000ull + (uint64_t)le32(h + 4) * in->ts_scale);
+                in->head_ts = podcap_record_ts_ns(h, in->ts_scale);
                 return 1;
             }
             if ((in->fd >= 0 && rec_off + need > in->file_size) || in->eof) {
                 m->err.caplen = incl;
                 m->err.left = in->fd >= 0 && in->file_size > rec_off + avail ? in->file_size - rec_off : avail;
-                return fail(m, PODCAP_MERGE_TRUNCATED_RECORD, i, rec_off);
+                return fail(m, PODCAP_TRUNCATED_RECORD, i, rec_off);
             }
             if (in->fd >= 0 && need > in->cap) { /* longer than the block: it is in the file, so it fits */
                 uint8_t *grown = realloc(in->buf, need);
-                if (!grown) return fail(m, PODCAP_MERGE_NO_MEMORY, i, rec_off);
+                if (!grown) return fail(m, PODCAP_NO_MEMORY, i, rec_off);
                 in->buf = grown;
                 in->cap = need;
             }
         } else if (in->eof) {
             if (avail == 0) return 0;
             m->err.left = avail;
-            return fail(m, PODCAP_MERGE_TRUNCATED_HEADER, i, rec_off);
+            return fail(m, PODCAP_TRUNCATED_HEADER, i, rec_off);
         }
         if (in->fd < 0) return PODCAP_MERGE_NEED;
         int rc = refill(m, i);
@@ -345,7 +311,7 @@ static int flush_out(struct podcap_merge *m) {
         if (w < 0) {
             m->err.errno_value = errno;
             m->out_len = 0;
-            return fail(m, PODCAP_MERGE_WRITE_ERROR, 0, 0);
+            return fail(m, PODCAP_WRITE_ERROR, 0, 0);
         }
         done += (size_t)w;
     }
@@ -354,42 +320,35 @@ static int flush_out(struct podcap_merge *m) {
     return 0;
 }
 
-/* One record (header at rec, caplen incl, wire length orig) as an EPB at o: exactly epb_size(incl) bytes. */
-static inline size_t epb_size(uint32_t incl) { return EPB_FIXED + (size_t)incl + (size_t)(-incl & 3u); }
-
-static inline void write_epb(uint8_t *o, const uint8_t *rec, uint32_t incl, uint32_t orig, uint32_t iface,
-                             uint64_t ts) {
-    uint32_t pad = (uint32_t)(-incl & 3u);
-    uint32_t total = (uint32_t)epb_size(incl);
-    uint32_t head[7] = {EPB_TYPE, total, iface, (uint32_t)(ts >> 32), (uint32_t)ts, incl, orig};
-    memcpy(o, head, sizeof(head));
-    memcpy(o + 28, rec + 16, incl);
-    memset(o + 28 + incl, 0, pad);
-    memcpy(o + 28 + incl + pad, &total, 4);
+uint64_t podcap_pcapng_epb(uint8_t *out, const uint8_t *data, uint32_t caplen, uint32_t wirelen, uint32_t iface,
+                           uint64_t ts) {
+    podcap_epb_write(out, data, caplen, wirelen, iface, ts);
+    return podcap_epb_size(caplen);
 }
 
 static int emit(struct podcap_merge *m, struct input *in) {
     const uint8_t *rec = in->buf + in->pos;
-    uint32_t incl = le32(rec + 8), orig = le32(rec + 12);
-    if (m->dedup && dedup_drop(m->dedup, in->linktype, rec + 16, incl, orig, in->head_ts, in->iface)) {
-        in->pos += 16 + (size_t)incl;
+    uint32_t incl = podcap_record_caplen(rec), orig = podcap_record_wirelen(rec);
+    const uint8_t *data = rec + PODCAP_RECORD_HEADER;
+    if (m->dedup && dedup_drop(m->dedup, in->linktype, data, incl, orig, in->head_ts, in->iface)) {
+        in->pos += PODCAP_RECORD_HEADER + (size_t)incl;
         in->dropped++;
         return 0;
     }
-    size_t total = epb_size(incl);
+    size_t total = podcap_epb_size(incl);
     if (m->out_cap - m->out_len < total) {
         int rc = flush_out(m);
         if (rc < 0) return rc;
         if (total > m->out_cap) {
             uint8_t *grown = realloc(m->out, total);
-            if (!grown) return fail(m, PODCAP_MERGE_NO_MEMORY, (size_t)in->iface, in->buf_off + in->pos);
+            if (!grown) return fail(m, PODCAP_NO_MEMORY, (size_t)in->iface, in->buf_off + in->pos);
             m->out = grown;
             m->out_cap = total;
         }
     }
-    write_epb(m->out + m->out_len, rec, incl, orig, in->iface, in->head_ts / in->divisor);
+    podcap_epb_write(m->out + m->out_len, data, incl, orig, in->iface, in->head_ts / in->divisor);
     m->out_len += total;
-    in->pos += 16 + (size_t)incl;
+    in->pos += PODCAP_RECORD_HEADER + (size_t)incl;
     in->packets++;
     return 0;
 }
@@ -640,7 +599,7 @@ static int dedup_drop(struct podcap_dedup *d, uint32_t linktype, const uint8_t *
 int podcap_merge_dedup(struct podcap_merge *m, uint64_t window_ns) {
     dedup_free(m->dedup);
     m->dedup = dedup_new(window_ns);
-    return m->dedup ? 0 : -PODCAP_MERGE_NO_MEMORY;
+    return m->dedup ? 0 : -PODCAP_NO_MEMORY;
 }
 
 int podcap_merge_linktype(struct podcap_merge *m, uint32_t i, uint32_t linktype) {
@@ -717,41 +676,28 @@ int64_t podcap_live_add(struct podcap_live *l, uint32_t iface, uint32_t ts_scale
     return (int64_t)l->n++;
 }
 
-static inline uint64_t rec_ts(const struct live_input *in, const uint8_t *h) {
-    return (uint64_t)le32(h) * 1000000000ull + (uint64_t)le32(h + 4) * in->ts_scale;
-}
-
 /* Take a block of bare records of input i (checked as the merge checks them; nothing is taken from a block with a
  * bad record: *err says which and what), pushed at `arrival`. 0, or -code. */
 int podcap_live_push(struct podcap_live *l, uint32_t i, const uint8_t *rec, uint64_t len, uint64_t arrival,
                      struct podcap_merge_error *err) {
     memset(err, 0, sizeof(*err));
-    if (i >= l->n) return -(err->code = PODCAP_MERGE_NO_MEMORY);
+    if (i >= l->n) return -(err->code = PODCAP_NO_MEMORY);
     struct live_input *in = &l->in[i];
     uint64_t off = 0, last = 0;
     while (off < len) {
-        uint64_t avail = len - off;
-        err->offset = off;
-        if (avail < 16) {
-            err->left = avail;
-            return -(err->code = PODCAP_MERGE_TRUNCATED_HEADER);
-        }
         const uint8_t *h = rec + off;
-        uint32_t incl = le32(h + 8), orig = le32(h + 12);
-        if (incl > in->snaplen || incl > orig) {
-            err->caplen = incl;
-            err->wirelen = orig;
-            return -(err->code = PODCAP_MERGE_BAD_CAPLEN);
+        uint64_t size = 0;
+        int rc = podcap_record_check(h, len - off, in->snaplen, &size);
+        if (rc != PODCAP_OK) {
+            err->offset = off;
+            err->left = len - off;
+            if (rc != PODCAP_TRUNCATED_HEADER) err->caplen = podcap_record_caplen(h);
+            if (rc == PODCAP_BAD_CAPLEN) err->wirelen = podcap_record_wirelen(h);
+            return -(err->code = rc);
         }
-        if (16 + (uint64_t)incl > avail) {
-            err->caplen = incl;
-            err->left = avail;
-            return -(err->code = PODCAP_MERGE_TRUNCATED_RECORD);
-        }
-        last = rec_ts(in, h);
-        off += 16 + (uint64_t)incl;
+        last = podcap_record_ts_ns(h, in->ts_scale);
+        off += size;
     }
-    err->offset = 0;
     if (!len) return 0;
     if (in->pos && in->pos == in->len) in->pos = in->len = 0;
     if (in->cap - in->len < len) {
@@ -765,7 +711,7 @@ int podcap_live_push(struct podcap_live *l, uint32_t i, const uint8_t *rec, uint
             size_t cap = in->cap ? in->cap : 65536;
             while (cap - in->len < len) cap *= 2;
             uint8_t *b = realloc(in->buf, cap);
-            if (!b) return -(err->code = PODCAP_MERGE_NO_MEMORY);
+            if (!b) return -(err->code = PODCAP_NO_MEMORY);
             in->buf = b;
             in->cap = cap;
         }
@@ -779,7 +725,7 @@ int podcap_live_push(struct podcap_live *l, uint32_t i, const uint8_t *rec, uint
         if (in->seg_len == in->seg_cap) {
             size_t cap = in->seg_cap ? in->seg_cap * 2 : 16;
             struct live_seg *s = realloc(in->segs, cap * sizeof(*s));
-            if (!s) return -(err->code = PODCAP_MERGE_NO_MEMORY);
+            if (!s) return -(err->code = PODCAP_NO_MEMORY);
             in->segs = s;
             in->seg_cap = cap;
         }
@@ -820,7 +766,7 @@ int64_t podcap_live_pop(struct podcap_live *l, uint64_t until, uint8_t *out, uin
         for (size_t i = 0; i < l->n; i++) {
             struct live_input *in = &l->in[i];
             if (in->pos >= in->len) continue;
-            uint64_t ts = rec_ts(in, in->buf + in->pos);
+            uint64_t ts = podcap_record_ts_ns(in->buf + in->pos, in->ts_scale);
             if (ts > until) continue;
             if (!best || ts <= best_ts) { /* <=: of equal timestamps, the later input */
                 best = in;
@@ -829,22 +775,23 @@ int64_t podcap_live_pop(struct podcap_live *l, uint64_t until, uint8_t *out, uin
         }
         if (!best) break;
         const uint8_t *h = best->buf + best->pos;
-        uint32_t incl = le32(h + 8), orig = le32(h + 12);
-        int drop = l->dedup && dedup_drop(l->dedup, best->linktype, h + 16, incl, orig, best_ts, best->iface);
+        uint32_t incl = podcap_record_caplen(h), orig = podcap_record_wirelen(h);
+        const uint8_t *data = h + PODCAP_RECORD_HEADER;
+        int drop = l->dedup && dedup_drop(l->dedup, best->linktype, data, incl, orig, best_ts, best->iface);
         if (!drop) {
-            uint64_t total = epb_size(incl);
+            uint64_t total = podcap_epb_size(incl);
             if (out_cap - out_len < total) {
-                if (out_len == 0) return -PODCAP_MERGE_NO_MEMORY; /* out cannot hold even this record */
+                if (out_len == 0) return -PODCAP_NO_MEMORY; /* out cannot hold even this record */
                 break;
             }
-            write_epb(out + out_len, h, incl, orig, best->iface, best_ts / best->divisor);
+            podcap_epb_write(out + out_len, data, incl, orig, best->iface, best_ts / best->divisor);
             out_len += total;
             best->written++;
         } else {
             best->dropped++;
         }
-        best->pos += 16 + (size_t)incl;
-        l->buffered -= 16 + (uint64_t)incl;
+        best->pos += PODCAP_RECORD_HEADER + (size_t)incl;
+        l->buffered -= PODCAP_RECORD_HEADER + (uint64_t)incl;
         while (best->seg_head < best->seg_len && best->segs[best->seg_head].end <= best->pos) best->seg_head++;
     }
     return (int64_t)out_len;
