@@ -56,7 +56,7 @@ HOUSEKEEPING_PERIOD = 0.2
 # What one wakeup reads of one stream at most before turning to the others (a ring holds 2 to 256 blocks).
 DRAIN_BYTES = 8 << 20
 # What a collector that does not say (older ones) accepts in one message, and what a chunk's message adds to its
-# records: the two length headers and the other fields (chunkbuf.c keeps FIELDS_ROOM for them).
+# records: the two length headers and the other fields (chunkbuf.py keeps FIELDS_ROOM for them).
 DEFAULT_MESSAGE_BYTES = 16 << 20
 MESSAGE_OVERHEAD = chunkbuf.PREFIX + chunkbuf.FIELDS_ROOM
 # Record bytes per chunk at the least, whatever a collector declares (a chunk holds one record in any case).

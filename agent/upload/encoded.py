@@ -1,9 +1,9 @@
 """Chunks serialized once, where they are made.
 
 A chunk's records are the bulk of what the agent sends. The capture engine produces each chunk as the finished wire
-bytes of ``AgentMessage{chunk: PcapChunk}`` (``agent/capture/chunkbuf.c``), and everything downstream (the upload log,
-the disk spool, batching, gRPC) moves those bytes as they are: ``EncodedChunk`` carries them with the few fields the
-agent itself needs (its other fields, ``meta``). ``serialize`` is the session's gRPC request serializer: bytes pass
+bytes of ``AgentMessage{chunk: PcapChunk}`` (``proto/podcap/native/chunks.c``), and everything downstream (the upload
+log, the disk spool, batching, gRPC) moves those bytes as they are: ``EncodedChunk`` carries them with the few fields
+the agent itself needs (its other fields, ``meta``). ``serialize`` is the session's gRPC request serializer: bytes pass
 through, messages are serialized as usual. The framing (varints, tags) is ``podcap.framing``'s, shared with the
 collector's decoder.
 

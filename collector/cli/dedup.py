@@ -10,9 +10,9 @@ TTL or hop limit and the IPv4 header checksum read as zero (a router between the
 header differs too and is not compared), and the same IP length. A packet seen again on the same pod is a real
 second packet (a retransmission, a loop) and always kept; what is not IPv4 or IPv6 (ARP) is always kept.
 
-The C library does this in the merge and the live view (``pcapmerge.c``, on a 64-bit hash of those bytes); this is
-the twin for when it is not built, and the rule's reference: it compares the bytes themselves and takes the same
-decisions (tests hold the two to the same output).
+The C library does this in the merge and the live view (``proto/podcap/native/merge.c``, on a 64-bit hash of those
+bytes); this is the twin for when it is not built, and the rule's reference: it compares the bytes themselves and takes
+the same decisions (tests hold the two to the same output).
 """
 
 from __future__ import annotations

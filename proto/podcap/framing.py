@@ -1,7 +1,7 @@
 """Protobuf wire framing by hand, for the chunk path only: varints, field tags and length-delimited headers.
 
 Chunks are the bulk of what crosses from agent to collector, so neither side lets protobuf copy their records: the
-agent sends chunks as bytes it framed itself (``podcap.agent.upload.encoded``, and ``agent/capture/chunkbuf.c``
+agent sends chunks as bytes it framed itself (``podcap.agent.upload.encoded``, and ``proto/podcap/native/chunks.c``
 which writes the same headers in C), and the collector splits a received chunk without parsing its records
 (``podcap.collector.api.wire``). Both sides frame with this module so there is one varint and one set of field
 numbers; the numbers come from the generated descriptors, and ``tests/unit/shared/test_framing.py`` checks that the C

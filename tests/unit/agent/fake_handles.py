@@ -37,7 +37,7 @@ def packet_numbers(records: bytes) -> list[int]:
 
 
 class FakeRecordSink:
-    """``RecordSink`` in Python: records appended by ``FakeHandle.dispatch``, cut by bytes as ``chunkbuf.c`` does
+    """``RecordSink`` in Python: records appended by ``FakeHandle.dispatch``, cut by bytes as ``chunks.c`` does
     (a record that would take the open chunk past the limit closes it first)."""
 
     callback = 0

@@ -1,5 +1,5 @@
-"""The agent's C record sink (chunkbuf.c): byte-identical records to libpcap's own pcap_dump, and a chunk that is
-the finished AgentMessage (parsed by protobuf and by the collector's zero-copy decoder)."""
+"""The agent's C record sink (proto/podcap/native/chunks.c): byte-identical records to libpcap's own pcap_dump, and a
+chunk that is the finished AgentMessage (parsed by protobuf and by the collector's zero-copy decoder)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def meta(seq: int, packets: int) -> ingest_pb2.PcapChunk:
 @settings(max_examples=150, deadline=None)
 @given(packets, packets)
 def test_records_match_pcap_dump_and_the_chunk_is_a_finished_message(first: list[Packet], second: list[Packet]) -> None:
-    assert chunkbuf.available(), "podcap's C library (podcap._native) is not built: is a C compiler installed?"
+    assert chunkbuf.available(), "podcap's C library (podcap._native_*) is not built: is a C compiler installed?"
     dead = lib().pcap_open_dead
     dead.restype, dead.argtypes = ctypes.c_void_p, [ctypes.c_int, ctypes.c_int]
     close = lib().pcap_close
@@ -91,7 +91,7 @@ def test_a_batch_of_encoded_chunks_parses_as_a_chunk_batch() -> None:
 
 
 def test_padded_length_varints_parse() -> None:
-    """chunkbuf.c writes both lengths as 5-byte varints; protobuf must read them as the same numbers."""
+    """chunks.c writes both lengths as 5-byte varints; protobuf must read them as the same numbers."""
     buf = chunkbuf.ChunkBuffer()
     try:
         feed(buf, [(1, 2, b"x" * 5, 0)])

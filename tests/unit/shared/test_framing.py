@@ -1,5 +1,5 @@
 """podcap.framing, the one hand-written protobuf framing: its varints are protobuf's, its field numbers are the
-generated descriptors', and the tags the C chunk writer (agent/capture/chunkbuf.c) hard-codes match them too."""
+generated descriptors', and the tags the C chunk writer (proto/podcap/native/chunks.c) hard-codes match them too."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _field(message: type[ingest_pb2.AgentMessage] | type[ingest_pb2.PcapChunk], 
 
 def test_the_c_writer_tags_match_the_descriptors() -> None:
     tags = chunkbuf.native_tags()
-    assert tags is not None, "podcap's C library (podcap._native) is not built: is a C compiler installed?"
+    assert tags is not None, "podcap's C library (podcap._native_*) is not built: is a C compiler installed?"
     chunk, records = _field(ingest_pb2.AgentMessage, "chunk"), _field(ingest_pb2.PcapChunk, "records")
     # Both are length-delimited on the wire (a message, bytes), so the C writer's wire type 2 is right ...
     assert chunk.type == FieldDescriptor.TYPE_MESSAGE and records.type == FieldDescriptor.TYPE_BYTES

@@ -132,7 +132,7 @@ timed_records = st.lists(  # well-formed records with timestamps on both sides o
 def test_native_walker_matches_the_python_walker(data: bytes, max_packets: int | None, max_bytes: int | None,
                                                  until_ns: int | None, skip: int) -> None:
     """Same results, same error messages, for bytes and for a memoryview that starts inside a buffer."""
-    assert pcapwalk.available(), "the C library (podcap._native) is not built: is a C compiler installed?"
+    assert pcapwalk.available(), "the C library (podcap._native_*) is not built: is a C compiler installed?"
     limits = {"max_packets": max_packets, "max_bytes": max_bytes, "until_ns": until_ns}
     for buf in (data, memoryview(b"x" * skip + data)[skip:]):
         assert _outcome(scan_records, buf, **limits) == _outcome(scan_records_python, buf, **limits)

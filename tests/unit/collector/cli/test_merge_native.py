@@ -1,6 +1,6 @@
-"""The C merge core (``pcapmerge.c``) against the Python merge and against Wireshark's ``mergecap``: the same bytes
-as the Python path for every input shape (ties, unordered inputs, empty pods, records longer than a read block,
-microsecond and nanosecond inputs), the same errors for damaged inputs, and the same packets in the same order as
+"""The C merge core (``proto/podcap/native/merge.c``) against the Python merge and against Wireshark's ``mergecap``: the
+same bytes as the Python path for every input shape (ties, unordered inputs, empty pods, records longer than a read
+block, microsecond and nanosecond inputs), the same errors for damaged inputs, and the same packets in the same order as
 ``mergecap -F pcapng`` (both files parsed)."""
 
 from __future__ import annotations
