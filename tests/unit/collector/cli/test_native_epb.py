@@ -1,0 +1,27 @@
+"""The pcapng block the C merge writes (the Enhanced Packet Block, ``podcap_epb_write`` in
+proto/podcap/native/podcap_native.h) is byte for byte the Python pcapng encoder's ``epb``.
+
+The Python encoder is imported from where it is today (``podcap.collector.cli.get.pcapng``); when the encoder moves
+(to the shared formats package) only ``python_epb`` below is repointed."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from podcap.collector.cli.get import pcapmerge
+from podcap.collector.cli.get.pcapng import epb as python_epb
+
+
+def test_c_epb_is_byte_for_byte_the_python_pcapng_encoders_epb() -> None:
+    assert pcapmerge.available(), "podcap._native_merge is not built: is a C compiler installed?"
+    rnd = random.Random(23)
+    # Every padding (caplen mod 4), empty and snaplen-sized packets, timestamps across the 32-bit word boundary.
+    sizes = [*range(0, 9), 60, 1513, 1514, 65535, 262144]
+    interfaces = [0, 1, 7, 0xFFFFFFFF]
+    stamps = [0, 1, 0xFFFFFFFF, 1 << 32, 1_733_600_000_123_456_789, (1 << 64) - 1]
+    for size, iface, ts in itertools.product(sizes, interfaces, stamps):
+        data = rnd.randbytes(size)
+        for wirelen in (size, size + 1, 0xFFFFFFFF):
+            c = pcapmerge.epb(iface, ts, data, wirelen)
+            assert c == python_epb(iface, ts, data, wirelen), (size, iface, ts, wirelen)
