@@ -8,14 +8,8 @@
  */
 #include "podcap_native.h"
 
-/*
- * Walk the records in data[0:len). Stops before the record that would make more than max_packets records or end
- * past max_bytes, or (has_until) whose timestamp is after until_ns; negative limits stop at once. Every record it
- * reaches must be well formed: returns an enum podcap_error code, and out says where.
- */
-int podcap_scan_records(const uint8_t *data, uint64_t len, uint32_t snaplen, uint32_t ts_scale,
-                        int64_t max_packets, int64_t max_bytes, int has_until, int64_t until_ns,
-                        struct podcap_scan *out) {
+static inline int scan(const uint8_t *data, uint64_t len, uint32_t snaplen, uint32_t ts_scale, int64_t max_packets,
+                       int64_t max_bytes, const int has_until, int64_t until_ns, struct podcap_scan *out) {
     uint64_t off = 0, last_off = 0, n = 0;
     int accepted = 0;
     uint64_t byte_cap = len;
@@ -53,4 +47,18 @@ int podcap_scan_records(const uint8_t *data, uint64_t len, uint32_t snaplen, uin
     out->length = off;
     out->last_ts_ns = accepted ? podcap_record_ts_ns(data + last_off, ts_scale) : 0;
     return PODCAP_OK;
+}
+
+/*
+ * Walk the records in data[0:len). Stops before the record that would make more than max_packets records or end
+ * past max_bytes, or (has_until) whose timestamp is after until_ns; negative limits stop at once. Every record it
+ * reaches must be well formed: returns an enum podcap_error code, and out says where.
+ *
+ * The loop is compiled twice, with and without the timestamp test (has_until a constant in each): as fast as the
+ * walker was before the shared header in both cases, where one loop testing has_until was ~8% slower with it.
+ */
+int podcap_scan_records(const uint8_t *data, uint64_t len, uint32_t snaplen, uint32_t ts_scale, int64_t max_packets,
+                        int64_t max_bytes, int has_until, int64_t until_ns, struct podcap_scan *out) {
+    if (has_until) return scan(data, len, snaplen, ts_scale, max_packets, max_bytes, 1, until_ns, out);
+    return scan(data, len, snaplen, ts_scale, max_packets, max_bytes, 0, 0, out);
 }
