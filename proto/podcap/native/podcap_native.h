@@ -11,8 +11,8 @@
  * They are plain C libraries with no Python API, loaded through ctypes, so building them needs a C compiler but no
  * Python headers. The Python loaders mirror the structs they pass field for field (struct podcap_scan and struct
  * podcap_merge_error below, struct podcap_chunkbuf in chunks.c, the only file that uses it), and the error codes below
- * are podcap.native.Error (tests/unit/shared/test_native_c.py holds the two to each other and compiles every part
- * with -Wall -Wextra -Werror).
+ * are podcap.native.Error (tests/unit/shared/test_native_c.py holds both to the C, offset by offset and code by code,
+ * and compiles every part with -Wall -Wextra -Werror).
  */
 #ifndef PODCAP_NATIVE_H
 #define PODCAP_NATIVE_H

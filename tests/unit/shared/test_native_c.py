@@ -1,9 +1,11 @@
 """podcap's C as one body (proto/podcap/native/): every C source lives there, compiles without a single warning, and
-agrees with the Python that loads it (the header's error codes are ``podcap.native.Error``; each part is its own
-library; ``PODCAP_NO_NATIVE=1`` leaves every part out and the Python paths still work)."""
+agrees with the Python that loads it (the header's error codes are ``podcap.native.Error``; the loaders' ctypes
+structs are laid out as the C structs; each part is its own library; ``PODCAP_NO_NATIVE=1`` leaves every part out
+and the Python paths still work)."""
 
 from __future__ import annotations
 
+import ctypes
 import re
 import shutil
 import subprocess
@@ -83,3 +85,31 @@ print(pcapfile.scan_records(rec * 3, fmt).packets)
                           env={"PODCAP_NO_NATIVE": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "3"
+
+
+def test_the_loaders_structs_are_the_c_structs(tmp_path: Path) -> None:
+    """Every struct a loader passes to C mirrors it field for field: offsets and sizes as the compiler lays them out."""
+    from podcap import pcapwalk
+    from podcap.agent.capture import chunkbuf
+    from podcap.collector.cli.get import pcapmerge
+
+    mirrors = {"podcap_scan": pcapwalk._Scan, "podcap_merge_error": pcapmerge._Error,
+               "podcap_chunkbuf": chunkbuf._Buf, "podcap_chunk": chunkbuf._Chunk}
+    lines = ["#include <stddef.h>", "#include <stdio.h>", f'#include "{NATIVE / "chunks.c"}"', "int main(void) {"]
+    for struct, mirror in mirrors.items():
+        lines.append(f'    printf("{struct} size %zu\\n", sizeof(struct {struct}));')
+        for name, *_ in mirror._fields_:
+            lines.append(f'    printf("{struct} {name} %zu\\n", offsetof(struct {struct}, {name}));')
+    lines += ["    return 0;", "}"]
+    (tmp_path / "layout.c").write_text("\n".join(lines) + "\n")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "no C compiler (make deps installs gcc)"
+    built = subprocess.run([cc, "-std=c99", "-I", str(NATIVE), str(tmp_path / "layout.c"), "-o", str(tmp_path / "lay")],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    c_layout = subprocess.run([str(tmp_path / "lay")], capture_output=True, text=True, check=True).stdout.splitlines()
+    py_layout = []
+    for struct, mirror in mirrors.items():
+        py_layout.append(f"{struct} size {ctypes.sizeof(mirror)}")
+        py_layout += [f"{struct} {name} {getattr(mirror, name).offset}" for name, *_ in mirror._fields_]
+    assert c_layout == py_layout
