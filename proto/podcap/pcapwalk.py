@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from podcap import native
 from podcap.native import Error
 
-# The walker's answers (``podcap.native.Error``, the header's error codes), by the names ``podcap.pcapfile`` uses.
+# The walker's answers (``podcap.native.Error``, the header's error codes), by the names ``podcap.formats.pcap`` uses.
 OK, TRUNCATED_HEADER, BAD_CAPLEN, TRUNCATED_RECORD = Error.OK, Error.TRUNCATED_HEADER, Error.BAD_CAPLEN, \
     Error.TRUNCATED_RECORD
 NO_LIMIT = (1 << 63) - 1

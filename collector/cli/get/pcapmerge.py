@@ -203,7 +203,7 @@ def _record_error(err: _Error, snaplen: int) -> str:
 
 
 class NativeLive:
-    """The live view's ordering (and one copy per packet) in C: ``podcap.collector.cli.live_view.LiveOrder``'s
+    """The live view's ordering (and one copy per packet) in C: ``podcap.collector.cli.live.order.PyLiveOrder``'s
     fast path, the same methods."""
 
     def __init__(self, one_copy_ns: int) -> None:

@@ -20,13 +20,13 @@ packets"; ``isb_osdrop`` carries the kernel ring part alone, ``isb_ifrecv`` libp
 ``isb_usrdeliv`` the packets stored, and an ``opt_comment`` spells out the breakdown by cause (and what retention
 deleted), so that received = stored + deleted + every drop can be read off the file.
 
-Every writer of pcapng uses these functions: the CLI's file writer (``PcapngWriter``: ``get --merge``, ``get
---format pcapng``), the live stream (``podcap.collector.cli.live.stream``: the extcap and ``podcap follow``, which
-writes IDBs and ISBs between packets and so calls ``idb``/``isb`` itself) and the live order's EPBs
-(``podcap.collector.cli.live.order``). The C merge (``pcapmerge.c``) writes EPBs without Python per packet; its
-layout is the one of ``epb`` here, and the tests compare the two byte for byte. Which pod becomes which interface,
-with what description and counters, is the CLI's (``podcap.collector.cli.get.pcapng``): this module knows blocks,
-not captures.
+Every writer of pcapng uses these functions: the CLI's file writer (``PcapngWriter``: ``get --merge``, ``get --format
+pcapng``), the live stream (``podcap.collector.cli.live.stream``: the extcap and ``podcap follow``, which writes IDBs
+and ISBs between packets and so calls ``idb``/``isb`` itself) and the live order's EPBs
+(``podcap.collector.cli.live.order``). The C merge (``proto/podcap/native/merge.c``) writes EPBs without Python per
+packet; its layout is the one of ``epb`` here, and the tests compare the two byte for byte. Which pod becomes which
+interface, with what description and counters, is the CLI's (``podcap.collector.cli.get.pcapng``): this module knows
+blocks, not captures.
 """
 
 from __future__ import annotations
@@ -186,8 +186,9 @@ def idb(info: InterfaceInfo, *, linktype: int, snaplen: int, nanosecond: bool) -
 
 
 def epb(interface_id: int, ts: int, data: bytes, wirelen: int) -> bytes:
-    """One Enhanced Packet Block, without options; ``ts`` in the interface's resolution. ``pcapmerge.c`` writes
-    this layout too (28-byte head, data padded to 32 bits, total length again): its tests compare against this."""
+    """One Enhanced Packet Block, without options; ``ts`` in the interface's resolution. The C writes this layout too
+    (``podcap_epb_write`` in ``proto/podcap/native/podcap_native.h``: 28-byte head, data padded to 32 bits, total length
+    again); tests/unit/collector/cli/test_native_epb.py compares the two byte for byte."""
     pad = -len(data) % 4
     total = 32 + len(data) + pad
     return b"".join((_EPB_HEAD.pack(BLOCK_EPB, total, interface_id, (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF,

@@ -7,14 +7,14 @@
  * flushes, and hands this code the output descriptor and each input's descriptor with its format; this code then
  * writes every record as an EPB (interface = the input's index, timestamp in the IDB's resolution) and Python adds
  * the Interface Statistics Blocks afterwards. The result is byte for byte what the Python writer
- * (podcap.collector.cli.get.pcapng.PcapngWriter fed by heapq.merge) produces, and tests hold the two to it.
+ * (podcap.formats.pcapng.PcapngWriter fed by heapq.merge) produces, and tests hold the two to it.
  *
  * Order: a streaming k-way merge with a binary heap of the inputs' next records: the earliest first, and of equal
  * timestamps the one from the later input (mergecap's rule: its is_earlier() holds on equality, so the last input
  * holding the earliest time wins). Each input's own order is kept even where it is not time-ordered (a clock step
  * on a node). That is mergecap's order exactly, and tests compare the two. Memory is bounded whatever the capture
  * size: one read buffer per input (block_size, grown only for a record longer than that, which must fit in its
- * file) and one output buffer. Records are checked as podcap.pcapfile checks them (caplen within snaplen and wire
+ * file) and one output buffer. Records are checked as podcap.formats.pcap checks them (caplen within snaplen and wire
  * length, no truncation); a bad one stops the merge with the input, the file offset and what was wrong.
  *
  * An input is either a file (podcap_merge_add: read here with pread) or fed (podcap_merge_add_fed: its bytes come

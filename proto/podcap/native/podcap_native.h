@@ -58,7 +58,7 @@ static inline uint64_t podcap_record_ts_ns(const uint8_t *rec, uint32_t ts_scale
     return (uint64_t)podcap_le32(rec) * 1000000000ull + (uint64_t)podcap_le32(rec + 4) * ts_scale;
 }
 
-/* The check of a record header every reader applies (as podcap.pcapfile does): caplen within the snaplen and within
+/* The check of a record header every reader applies (as podcap.formats.pcap does): caplen within the snaplen and within
  * the wire length. PODCAP_OK or PODCAP_BAD_CAPLEN. */
 static inline int podcap_record_header_check(const uint8_t *rec, uint32_t snaplen) {
     uint32_t incl = podcap_record_caplen(rec), orig = podcap_record_wirelen(rec);

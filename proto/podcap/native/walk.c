@@ -3,7 +3,7 @@
  * packet.
  *
  * A chunk is a run of bare little-endian pcap records (podcap_native.h). podcap_scan_records walks it exactly as
- * podcap.pcapfile.scan_records_python (the Python reference, used when this library is not built) does, and reports
+ * podcap.formats.pcap.scan_records_python (the Python reference, used when this library is not built) does, and reports
  * the same results and errors; podcap.pcapwalk loads it.
  */
 #include "podcap_native.h"

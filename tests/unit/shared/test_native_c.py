@@ -72,7 +72,8 @@ def test_each_part_is_its_own_library() -> None:
 
 def test_no_native_leaves_every_part_out_and_python_still_walks() -> None:
     code = """
-from podcap import native, pcapwalk, pcapfile
+from podcap import native, pcapwalk
+from podcap.formats import pcap as pcapfile
 from podcap.agent.capture import chunkbuf
 from podcap.collector.cli.get import pcapmerge
 assert native.missing() == list(native.PARTS)

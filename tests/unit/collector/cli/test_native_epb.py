@@ -1,8 +1,5 @@
 """The pcapng block the C merge writes (the Enhanced Packet Block, ``podcap_epb_write`` in
-proto/podcap/native/podcap_native.h) is byte for byte the Python pcapng encoder's ``epb``.
-
-The Python encoder is imported from where it is today (``podcap.collector.cli.get.pcapng``); when the encoder moves
-(to the shared formats package) only ``python_epb`` below is repointed."""
+proto/podcap/native/podcap_native.h) is byte for byte the one pcapng encoder's ``epb`` (``podcap.formats.pcapng``)."""
 
 from __future__ import annotations
 
@@ -10,7 +7,7 @@ import itertools
 import random
 
 from podcap.collector.cli.get import pcapmerge
-from podcap.collector.cli.get.pcapng import epb as python_epb
+from podcap.formats.pcapng import epb as python_epb
 
 
 def test_c_epb_is_byte_for_byte_the_python_pcapng_encoders_epb() -> None:
