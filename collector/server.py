@@ -263,11 +263,17 @@ def _fail(message: str, cluster: ClusterInventory | None) -> NoReturn:
 @click.option("--kube-auth", is_flag=True,
               help="authenticate CLI users with TokenReview and authorize with SubjectAccessReview (default when "
               "the Kubernetes API is used and no --token-file is given)")
+@click.option("--reconcile-podcaptures", is_flag=True,
+              help="reconcile PodCapture resources (deploy/base/crd-podcapture.yaml) into captures; with several "
+              "collectors, the one holding the Lease podcap-podcaptures does (needs the Kubernetes API)")
+@click.option("--lease-namespace", default="", envvar="POD_NAMESPACE",
+              help="namespace of the PodCapture Lease (default: the collector's own, POD_NAMESPACE, else podcap)")
 @daemon.common_options(metrics_example=":9420")
 def main(listen: str, data_dir: str, storage: str, s3_endpoint: str, s3_region: str, local_cap_bytes: int,
          keep_ended: float, max_data_bytes: int, max_data_percent: float | None, max_workers: int,
          kubeconfig: str | None, no_kubernetes: bool, tls_ca: str, tls_cert: str, tls_key: str, insecure: bool,
-         agent_listen: str, token_file: str, kube_auth: bool, metrics_listen: str, log_level: str) -> None:
+         agent_listen: str, token_file: str, kube_auth: bool, reconcile_podcaptures: bool, lease_namespace: str,
+         metrics_listen: str, log_level: str) -> None:
     """podcap collector: stores pod captures."""
     daemon.start(log_level)
     policy = LifecyclePolicy(keep_ended_s=keep_ended, max_data_bytes=max_data_bytes,
@@ -300,6 +306,8 @@ def main(listen: str, data_dir: str, storage: str, s3_endpoint: str, s3_region: 
         else:
             _fail("no way to authenticate users: pass --token-file, or run with the Kubernetes API (--kubeconfig "
                   "or in-cluster) for TokenReview/SubjectAccessReview", cluster)
+        if reconcile_podcaptures and cluster is None:
+            _fail("--reconcile-podcaptures needs the Kubernetes API (--kubeconfig or in-cluster)", cluster)
         if metrics_listen:
             check_listen(metrics_listen)
         backend = open_storage(data_dir, storage, s3_endpoint=s3_endpoint, s3_region=s3_region)
@@ -325,7 +333,18 @@ def main(listen: str, data_dir: str, storage: str, s3_endpoint: str, s3_region: 
              f", agents on port {collector.agent_port} with mutual TLS" if tls else "", data_dir,
              f", archived to {storage}" if storage not in ("", "local") else "")
     log.info("ended captures: %s", policy.text())
+    podcaptures = None
+    if reconcile_podcaptures and cluster is not None:
+        from podcap.collector.podcaptures.controller import start_controller
+
+        podcaptures = start_controller(cluster.api, collector.captures, authorizer,
+                                       lease_namespace=lease_namespace or "podcap",
+                                       identity=f"{socket.gethostname()}-{os.getpid()}",
+                                       bucket_url=storage if storage.startswith("s3://") else "")
+        log.info("reconciling PodCaptures (Lease %s/podcap-podcaptures)", lease_namespace or "podcap")
     done.wait()
+    if podcaptures is not None:
+        podcaptures.stop()
     collector.stop()
     log.info("stopped")
 

@@ -4,10 +4,12 @@ What it owns:
 
 - **Configuration** (``load_api``): a kubeconfig file, else the in-cluster service account. Failures become
   ``KubeConfigError`` with the next step in the message.
-- **``KubeApi``**: list, get and watch pods (``_preload_content=False``: raw JSON, see ``pods.py``), and the
-  TokenReview and SubjectAccessReview that ``auth.py`` decides with. Every call goes through ``_request`` or
-  ``watch_pods``, which translate whatever the client raises through ``errors.translate`` (``raise ... from e``),
-  naming the verb, the resource and the namespace.
+- **``KubeApi``**: list, get and watch pods (``_preload_content=False``: raw JSON, see ``pods.py``), the TokenReview
+  and SubjectAccessReview that ``auth.py`` decides with, and for the PodCapture controller
+  (``podcap.collector.podcaptures``) the generic object calls on any ``group/version/plural`` (list, watch, get,
+  create, update, patch, update of ``/status``; raw JSON objects, ``Resource`` names the kind) and core/v1 Events.
+  Every call goes through ``_request``, ``watch_pods`` or ``watch_objects``, which translate whatever the client
+  raises through ``errors.translate`` (``raise ... from e``), naming the verb, the resource and the namespace.
 - **``WatchStream``**: one open watch response, read by hand so that ``abort()`` can end it at once from another
   thread: closing a socket does not wake a thread blocked reading it, shutting it down does.
 
@@ -21,6 +23,7 @@ import json
 import os
 import socket
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -39,6 +42,19 @@ LIST_READ_TIMEOUT_S = 60.0
 DEFAULT_WATCH_TIMEOUT_S = 300
 
 Describe = Callable[[BaseException], KubeError]
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A kind of object by its API coordinates (``group`` "" for core/v1)."""
+
+    group: str
+    version: str
+    plural: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.plural}.{self.group}" if self.group else self.plural
 
 
 # ---- configuration ----
@@ -304,6 +320,106 @@ class KubeApi:
         """The error an in-band ERROR event of an EndpointSlice watch stands for."""
         return status_error(status, verb="watch", resource="endpointslices", namespace=namespace,
                             server=self.server)
+
+    # ---- any kind of object (the PodCapture controller) ----
+
+    def _custom(self) -> Any:
+        return k8s_client.CustomObjectsApi(self._client)
+
+    def list_objects(self, res: Resource, namespace: str | None = None) -> tuple[list[dict[str, Any]], str]:
+        """Every object of ``res`` (pages of ``LIST_PAGE``) and the list's resourceVersion."""
+        describe = self._describe("list", res.text, namespace)
+        items: list[dict[str, Any]] = []
+        cont, rv = "", ""
+        while True:
+            kw: dict[str, Any] = {"limit": LIST_PAGE, "_request_timeout": (CONNECT_TIMEOUT_S, LIST_READ_TIMEOUT_S),
+                                  "_preload_content": False}
+            if cont:
+                kw["_continue"] = cont
+            page = self._request(describe, "a list", partial(self._list_call, res, namespace, **kw))
+            meta = page.get("metadata") or {}
+            rv = rv or str(meta.get("resourceVersion", ""))
+            items.extend(page.get("items") or [])
+            cont = str(meta.get("continue") or "")
+            if not cont:
+                return items, rv
+
+    def _list_call(self, res: Resource, namespace: str | None, **kw: Any) -> Any:
+        if namespace:
+            return self._custom().list_namespaced_custom_object(res.group, res.version, namespace, res.plural, **kw)
+        return self._custom().list_cluster_custom_object(res.group, res.version, res.plural, **kw)
+
+    def watch_objects(self, res: Resource, *, resource_version: str, namespace: str | None = None,
+                      timeout_seconds: int = DEFAULT_WATCH_TIMEOUT_S) -> WatchStream:
+        """Watch ``res`` from ``resource_version`` (with bookmarks); an ERROR event is left to the caller."""
+        describe = self._describe("watch", res.text, namespace)
+        try:
+            resp = self._list_call(res, namespace, watch=True, resource_version=resource_version,
+                                   allow_watch_bookmarks=True, timeout_seconds=timeout_seconds,
+                                   _preload_content=False, _request_timeout=(CONNECT_TIMEOUT_S, timeout_seconds + 60))
+        except Exception as e:
+            raise describe(e) from e
+        return WatchStream(resp, describe)
+
+    def object_status_error(self, status: dict[str, Any], res: Resource, namespace: str | None) -> KubeError:
+        """The error an in-band ERROR event of a watch of ``res`` stands for."""
+        return status_error(status, verb="watch", resource=res.text, namespace=namespace, server=self.server)
+
+    def get_object(self, res: Resource, namespace: str | None, name: str) -> dict[str, Any]:
+        """One object. Raises KubeNotFoundError when it does not exist."""
+        ns = namespace or ""
+        return self._request(self._describe("get", res.text, namespace), "an object", lambda: (
+            self._custom().get_namespaced_custom_object(res.group, res.version, ns, res.plural, name,
+                                                        _preload_content=False,
+                                                        _request_timeout=(CONNECT_TIMEOUT_S, LIST_READ_TIMEOUT_S))
+            if ns else self._custom().get_cluster_custom_object(res.group, res.version, res.plural, name,
+                                                                _preload_content=False)))
+
+    def create_object(self, res: Resource, namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
+        """Create; a KubeApiError with code 409 when it exists."""
+        ns = namespace or ""
+        return self._request(self._describe("create", res.text, namespace), "an object", lambda: (
+            self._custom().create_namespaced_custom_object(res.group, res.version, ns, res.plural, body,
+                                                           _preload_content=False)
+            if ns else self._custom().create_cluster_custom_object(res.group, res.version, res.plural, body,
+                                                                   _preload_content=False)))
+
+    def replace_object(self, res: Resource, namespace: str | None, name: str, body: dict[str, Any], *,
+                       status: bool = False) -> dict[str, Any]:
+        """Update (PUT) the object, or its ``/status``; a KubeApiError with code 409 when ``body``'s
+        resourceVersion is stale."""
+        ns = namespace or ""
+        custom = self._custom()
+        verb = "update status of" if status else "update"
+
+        def call() -> Any:
+            if status:
+                return custom.replace_namespaced_custom_object_status(res.group, res.version, ns, res.plural, name,
+                                                                      body, _preload_content=False)
+            if ns:
+                return custom.replace_namespaced_custom_object(res.group, res.version, ns, res.plural, name, body,
+                                                               _preload_content=False)
+            return custom.replace_cluster_custom_object(res.group, res.version, res.plural, name, body,
+                                                        _preload_content=False)
+
+        return self._request(self._describe(verb, res.text, namespace), "an object", call)
+
+    def patch_object(self, res: Resource, namespace: str | None, name: str,
+                     patch: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
+        """A JSON patch (``patch`` a list: RFC 6902, e.g. with a ``test`` of the resourceVersion) or a JSON merge
+        patch (a dict; a ``metadata.resourceVersion`` in it is a precondition: 409 when stale)."""
+        ns = namespace or ""
+        return self._request(self._describe("patch", res.text, namespace), "an object", lambda: (
+            self._custom().patch_namespaced_custom_object(
+                res.group, res.version, ns, res.plural, name, patch, _preload_content=False,
+                _content_type="application/json-patch+json" if isinstance(patch, list)
+                else "application/merge-patch+json")))
+
+    def create_event(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A core/v1 Event (what ``kubectl describe`` lists under the object)."""
+        core: Any = self._core  # typed for a V1Event; a dict is sent as is
+        return self._request(self._describe("create", "events", namespace), "an event",
+                             lambda: core.create_namespaced_event(namespace, body, _preload_content=False))
 
     # ---- one request ----
 

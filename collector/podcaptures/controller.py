@@ -1,0 +1,506 @@
+"""``PodCaptureController``: reconciles PodCaptures into captures of the collector's ``CaptureManager``.
+
+How it works (the shape of kopf's and controller-runtime's controllers, on ``KubeApi``'s calls):
+
+- **Watch.** One list of every PodCapture, then a watch from the list's resourceVersion; ``410 Gone`` re-lists,
+  other errors back off (0.5 s doubling to 30 s, with jitter). Each event stores the object in a cache and queues
+  its key; a ticker queues every resource that has a live or pending capture each ``status_interval_s``, so
+  counters are refreshed and pending ones retried. Only while this collector holds the Lease (``lease.py``), when
+  one is given: on losing it the watch stops and nothing is written.
+- **Reconcile** (one key at a time, on one worker thread; idempotent: every step reads what is recorded first):
+  1. being deleted: stop its capture, delete the capture's data unless ``spec.retainOnDelete``, then remove the
+     finalizer ``podcap.io/capture``;
+  2. add the finalizer (before any capture exists, so that no delete can orphan one);
+  3. a capture id recorded (annotation ``podcap.io/capture-id`` or ``status.captureId``) or a capture whose note
+     carries the resource's uid (``resource.capture_marker``: a collector that restarted between starting the
+     capture and recording it) -> that capture, never a second one. A resource whose capture no longer exists is
+     ``Failed``, not restarted;
+  4. otherwise the creator must be allowed to capture: ``create pods/capture`` in the resource's namespace, asked
+     with the collector's ``Authorizer`` (a SubjectAccessReview with the Kubernetes authorizer) for the user in
+     the annotation ``podcap.io/created-by`` (and groups in ``podcap.io/created-by-groups``). The API server does
+     not tell a controller who created an object (``managedFields`` name field managers, not users), so the
+     annotation is the record, and deploy/base/podcapture-admission.yaml (a ValidatingAdmissionPolicy) makes the
+     API server refuse a PodCapture whose annotation is not its requester. Refused -> phase ``Refused``;
+  5. start the capture exactly as the StartCapture RPC does (``CaptureManager.start``), in the resource's own
+     namespace (``resource.to_request``), record its id in the annotation, audit it. No pod matching yet, no
+     agent, the API not synced -> ``Pending``, retried; any other refusal (a filter that does not compile) ->
+     ``Failed`` until the spec changes (``generation``).
+- **Status** (``/status``, with the resourceVersion read: a 409 Conflict re-reads and retries) is written only when
+  it changed and at most once per ``min_status_interval_s`` per resource.
+- Writes to metadata (finalizer, annotation) are merge patches carrying the resourceVersion read, so they are
+  refused with 409 when the object changed meanwhile; the reconcile re-reads the object and starts over.
+- Every start, refusal, stop and deletion is in the audit trail, user = the creator, and an Event on the
+  resource (``kubectl describe`` shows it).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from podcap.collector.api.auth import Authorizer, DeniedError, OpenAuthorizer, Principal
+from podcap.collector.captures.manager import CaptureManager
+from podcap.collector.captures.model import Capture
+from podcap.collector.captures.table import CaptureNotFoundError
+from podcap.collector.kube.client import KubeApi, WatchStream
+from podcap.collector.kube.errors import KubeApiError, KubeError, KubeGoneError, KubeNotFoundError
+from podcap.collector.podcaptures.lease import LeaseElector
+from podcap.collector.podcaptures.resource import (
+    API_VERSION,
+    CAPTURE_ANNOTATION,
+    CREATOR_ANNOTATION,
+    CREATOR_GROUPS_ANNOTATION,
+    FINALIZER,
+    KIND,
+    PODCAPTURES,
+    capture_marker,
+    ref,
+    status_of,
+    to_request,
+)
+from podcap.collector.targets import target_text
+from podcap.errors import NotFoundError, PodcapError, PreconditionError, UnavailableError
+from podcap.v1 import control_pb2
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+Key = tuple[str, str]
+Audit = Callable[[control_pb2.AuditRecord], None]
+
+RETRYABLE = (NotFoundError, PreconditionError, UnavailableError)
+CONTROLLER = "podcap-collector"
+
+
+class ConflictRetry(Exception):
+    """The object changed under a write (409): re-read it and reconcile again."""
+
+
+@dataclass
+class _State:
+    """What the controller remembers of one resource between reconciles (lost on restart: only a cache)."""
+
+    last_status_write: float = 0.0
+    pending_message: str = ""  # the last Pending/Failed message audited (audit on change only)
+    failed_generation: int = 0  # a non-retryable start failure for this generation
+    status_dirty: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class PodCaptureController:
+    def __init__(self, api: KubeApi, captures: CaptureManager, authorizer: Authorizer, audit: Audit, *,
+                 lease: LeaseElector | None = None, bucket_url: str = "", status_interval_s: float = 2.0,
+                 min_status_interval_s: float = 2.0, stop_wait_s: float = 5.0, watch_timeout_s: int = 300,
+                 backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0) -> None:
+        self.api = api
+        self.captures = captures
+        self.authorizer = authorizer
+        self.audit = audit
+        self.lease = lease
+        self.bucket_url = bucket_url
+        self.status_interval_s = status_interval_s
+        self.min_status_interval_s = min_status_interval_s
+        self.stop_wait_s = stop_wait_s
+        self.watch_timeout_s = watch_timeout_s
+        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        self._cache: dict[Key, Obj] = {}
+        self._states: dict[Key, _State] = {}
+        self._queue: list[Key] = []
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._stream: WatchStream | None = None
+        self._threads: list[threading.Thread] = []
+        self.reconciles = 0  # for tests and metrics
+        self.synced = threading.Event()
+
+    # ---- lifecycle ----
+
+    def start(self) -> PodCaptureController:
+        for target, name in ((self._watch_loop, "podcapture-watch"), (self._work_loop, "podcapture-worker"),
+                             (self._tick_loop, "podcapture-ticker")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        stream = self._stream
+        if stream is not None:
+            stream.abort()
+        for t in self._threads:
+            t.join()
+        if self.lease is not None:
+            self.lease.stop()
+
+    def _leading(self) -> bool:
+        return self.lease is None or self.lease.is_leader
+
+    # ---- watch ----
+
+    def _watch_loop(self) -> None:
+        backoff = self.backoff_initial_s
+        rv = ""
+        while not self._stop.is_set():
+            if not self._leading():
+                rv = ""
+                self.synced.clear()
+                with self._cond:
+                    self._cache.clear()
+                    self._queue.clear()
+                self._stop.wait(0.2)
+                continue
+            try:
+                if not rv:
+                    items, rv = self.api.list_objects(PODCAPTURES)
+                    with self._cond:
+                        self._cache = {_key(o): o for o in items}
+                        for k in self._cache:
+                            self._enqueue_locked(k)
+                    self.synced.set()
+                rv = self._watch_once(rv)
+                backoff = self.backoff_initial_s
+            except KubeGoneError:
+                rv = ""
+            except KubeError as e:
+                log.warning("PodCapture watch: %s (retrying in %.1f s)", e, backoff)
+                self._stop.wait(backoff * random.uniform(0.8, 1.2))
+                backoff = min(backoff * 2, self.backoff_max_s)
+
+    def _watch_once(self, rv: str) -> str:
+        timeout = int(self.watch_timeout_s * random.uniform(1.0, 2.0))
+        stream = self.api.watch_objects(PODCAPTURES, resource_version=rv, timeout_seconds=timeout)
+        self._stream = stream
+        try:
+            for type_, obj in stream:
+                if self._stop.is_set() or not self._leading():
+                    stream.abort()
+                    break
+                if type_ == "ERROR":
+                    raise self.api.object_status_error(obj, PODCAPTURES, None)
+                rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+                if type_ == "BOOKMARK":
+                    continue
+                key = _key(obj)
+                with self._cond:
+                    if type_ == "DELETED":
+                        self._cache.pop(key, None)
+                        self._states.pop(key, None)
+                    else:
+                        self._remember_locked(obj)
+                        self._enqueue_locked(key)
+        finally:
+            self._stream = None
+            stream.close()
+        return rv
+
+    def _remember_locked(self, obj: Obj) -> None:
+        """Keep the newer of what the watch and our own writes saw."""
+        key = _key(obj)
+        cur = self._cache.get(key)
+        if cur is None or _rv(obj) >= _rv(cur):
+            self._cache[key] = obj
+
+    def _enqueue_locked(self, key: Key) -> None:
+        if key not in self._queue:
+            self._queue.append(key)
+            self._cond.notify_all()
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(self.status_interval_s):
+            if not self._leading():
+                continue
+            with self._cond:
+                for key, obj in self._cache.items():
+                    phase = (obj.get("status") or {}).get("phase", "")
+                    if phase in ("", "Pending", "Running", "Stopping") or self._states.get(key, _State()).status_dirty:
+                        self._enqueue_locked(key)
+
+    # ---- work ----
+
+    def _work_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                while not self._queue and not self._stop.is_set():
+                    self._cond.wait(0.5)
+                if self._stop.is_set():
+                    return
+                key = self._queue.pop(0)
+                obj = self._cache.get(key)
+            if obj is None or not self._leading():
+                continue
+            try:
+                self.reconcile(obj)
+            except ConflictRetry:
+                self._reread_and_requeue(key)
+            except KubeNotFoundError:
+                with self._cond:
+                    self._cache.pop(key, None)
+            except KubeError as e:
+                log.warning("PodCapture %s/%s: %s (retrying)", key[0], key[1], e)
+                self._stop.wait(self.backoff_initial_s)
+                with self._cond:
+                    self._enqueue_locked(key)
+            except Exception:
+                log.exception("PodCapture %s/%s: reconcile failed", key[0], key[1])
+
+    def _reread_and_requeue(self, key: Key) -> None:
+        try:
+            fresh = self.api.get_object(PODCAPTURES, key[0], key[1])
+        except KubeNotFoundError:
+            with self._cond:
+                self._cache.pop(key, None)
+            return
+        except KubeError as e:
+            log.warning("PodCapture %s/%s: %s", key[0], key[1], e)
+            return
+        with self._cond:
+            self._remember_locked(fresh)
+            self._enqueue_locked(key)
+
+    def reconcile(self, obj: Obj) -> None:
+        """Bring the world in line with one PodCapture (see the module's docstring). Raises ConflictRetry."""
+        self.reconciles += 1
+        key = _key(obj)
+        with self._cond:
+            state = self._states.setdefault(key, _State())
+        md = obj["metadata"]
+        if md.get("deletionTimestamp"):
+            if FINALIZER in (md.get("finalizers") or []):
+                self._finalize(obj)
+            return
+        if FINALIZER not in (md.get("finalizers") or []):
+            obj = self._patch(obj, {"finalizers": [*(md.get("finalizers") or []), FINALIZER]})
+        cap = self._recorded_capture(obj)
+        if cap is None and self._capture_id(obj):
+            self._write_status(obj, state, {"phase": "Failed", "captureId": self._capture_id(obj),
+                                            "message": f"capture {self._capture_id(obj)} no longer exists (deleted "
+                                                       "with podcap delete, or by the retention policy)"})
+            return
+        if cap is None:
+            cap = self._start(obj, state)
+            if cap is None:
+                return
+            obj = self._patch(obj, {"annotations": {CAPTURE_ANNOTATION: cap.id}})
+        elif (md.get("annotations") or {}).get(CAPTURE_ANNOTATION) != cap.id:
+            obj = self._patch(obj, {"annotations": {CAPTURE_ANNOTATION: cap.id}})
+        st = status_of(self.captures.status(cap), bucket_url=self.bucket_url)
+        st["message"] = ""
+        self._write_status(obj, state, st, capturing=True)
+
+    # ---- steps ----
+
+    @staticmethod
+    def _capture_id(obj: Obj) -> str:
+        return str((obj["metadata"].get("annotations") or {}).get(CAPTURE_ANNOTATION)
+                   or (obj.get("status") or {}).get("captureId") or "")
+
+    def _recorded_capture(self, obj: Obj) -> Capture | None:
+        cid = self._capture_id(obj)
+        if cid:
+            try:
+                return self.captures.get(cid)
+            except CaptureNotFoundError:
+                return None
+        marker = capture_marker(obj)
+        for cap in self.captures.all():
+            if marker in cap.request.note.split("\n"):
+                return cap
+        return None
+
+    def _creator(self, obj: Obj) -> Principal | None:
+        ann = obj["metadata"].get("annotations") or {}
+        user = str(ann.get(CREATOR_ANNOTATION) or "")
+        if not user:
+            return None
+        groups = tuple(g for g in str(ann.get(CREATOR_GROUPS_ANNOTATION) or "").split(",") if g)
+        return Principal(user, groups)
+
+    def _start(self, obj: Obj, state: _State) -> Capture | None:
+        namespace = obj["metadata"]["namespace"]
+        generation = int(obj["metadata"].get("generation") or 0)
+        if state.failed_generation == generation:
+            return None
+        who = self._creator(obj)
+        target = control_pb2.Target(namespace=namespace)
+        if who is None and not isinstance(self.authorizer, OpenAuthorizer):
+            msg = (f"no creator recorded: set the annotation {CREATOR_ANNOTATION} (deploy/base/"
+                   "podcapture-admission.yaml makes the API server check it is the requester)")
+            self._refuse(obj, state, "unknown", target, "NoCreator", msg)
+            return None
+        who = who or Principal("unknown", ())
+        try:
+            self.authorizer.check(who, "create", namespace)
+        except DeniedError as e:
+            self._refuse(obj, state, who.user, target, "CreatorDenied", str(e))
+            return None
+        try:
+            req = to_request(obj)
+            cap = self.captures.start(req)
+        except PodcapError as e:
+            retry = isinstance(e, RETRYABLE)
+            detail = f"PodCapture {ref(obj)}: {e}"
+            if state.pending_message != str(e):
+                state.pending_message = str(e)
+                self._record(who.user, "start", target=target, result="failed", detail=detail)
+                self._event(obj, "Warning", "Pending" if retry else "Failed", str(e))
+            if not retry:
+                state.failed_generation = generation
+            self._write_status(obj, state, {"phase": "Pending" if retry else "Failed", "message": str(e),
+                                            "podCount": 0, "packets": 0, "drops": 0},
+                               authorized=("CreatorAllowed", f"{who.user} may create pods/capture in {namespace}"))
+            return None
+        n = len(cap.pods)
+        self._record(who.user, "start", capture=cap, result="allowed",
+                     detail=f"PodCapture {ref(obj)}: {n} pod{'' if n == 1 else 's'}")
+        self._event(obj, "Normal", "Started", f"capture {cap.id} started: {n} pod{'' if n == 1 else 's'}")
+        state.pending_message = ""
+        return cap
+
+    def _refuse(self, obj: Obj, state: _State, user: str, target: control_pb2.Target, reason: str,
+                message: str) -> None:
+        if state.pending_message != message:
+            state.pending_message = message
+            self._record(user, "start", target=target, result="denied", detail=f"PodCapture {ref(obj)}: {message}")
+            self._event(obj, "Warning", "Refused", message)
+        state.failed_generation = int(obj["metadata"].get("generation") or 0)
+        self._write_status(obj, state, {"phase": "Refused", "message": message, "podCount": 0, "packets": 0,
+                                        "drops": 0}, authorized=(reason, message), allowed=False)
+
+    def _finalize(self, obj: Obj) -> None:
+        """The resource is being deleted: stop its capture, delete its data (unless retainOnDelete), let it go."""
+        cap = self._recorded_capture(obj)
+        retain = bool((obj.get("spec") or {}).get("retainOnDelete"))
+        user = (self._creator(obj) or Principal("unknown", ())).user
+        if cap is not None:
+            if cap.state in (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING):
+                self.captures.stop(cap.id, "PodCapture deleted", wait=self.stop_wait_s)
+                self._record(user, "stop", capture=cap, result="allowed", detail=f"PodCapture {ref(obj)} deleted")
+            if not retain:
+                try:
+                    deletion = self.captures.delete(cap.id, by=f"PodCapture {ref(obj)}", force=True)
+                    self._record(user, "delete", capture=cap, result="allowed",
+                                 detail=f"PodCapture {ref(obj)} deleted; {deletion.bytes} bytes")
+                except CaptureNotFoundError:
+                    pass
+        finalizers = [f for f in obj["metadata"].get("finalizers") or [] if f != FINALIZER]
+        self._patch(obj, {"finalizers": finalizers})
+
+    def _patch(self, obj: Obj, metadata: Obj) -> Obj:
+        """A merge patch of ``metadata`` with the resourceVersion read as its precondition."""
+        md = obj["metadata"]
+        body = {"metadata": {**metadata, "resourceVersion": md["resourceVersion"]}}
+        try:
+            out = self.api.patch_object(PODCAPTURES, md["namespace"], md["name"], body)
+        except KubeApiError as e:
+            if e.code == 409:
+                raise ConflictRetry(str(e)) from e
+            raise
+        with self._cond:
+            self._remember_locked(out)
+        return out
+
+    def _write_status(self, obj: Obj, state: _State, fields: Obj, *, capturing: bool = False,
+                      authorized: tuple[str, str] = ("CreatorAllowed", ""), allowed: bool = True) -> None:
+        old: Obj = obj.get("status") or {}
+        new: Obj = {k: v for k, v in old.items() if k in ("captureId", "get", "startTime")}
+        new.update({k: v for k, v in fields.items() if v != "" or k == "message"})
+        if not new.get("message"):
+            new.pop("message", None)
+        new["observedGeneration"] = int(obj["metadata"].get("generation") or 0)
+        phase = new.get("phase", "Pending")
+        new["conditions"] = [
+            _condition(old, "Authorized", allowed, authorized[0], authorized[1]),
+            _condition(old, "Capturing", phase == "Running", phase, new.get("message", "")
+                       or (f"capture {new.get('captureId')}" if capturing else "")),
+        ]
+        if new == old:
+            state.status_dirty = False
+            return
+        now = time.monotonic()
+        if now - state.last_status_write < self.min_status_interval_s:
+            state.status_dirty = True  # the ticker comes back
+            return
+        body = dict(obj, status=new)
+        try:
+            out = self.api.replace_object(PODCAPTURES, obj["metadata"]["namespace"], obj["metadata"]["name"], body,
+                                          status=True)
+        except KubeApiError as e:
+            if e.code == 409:
+                raise ConflictRetry(str(e)) from e
+            raise
+        state.last_status_write, state.status_dirty = now, False
+        with self._cond:
+            self._remember_locked(out)
+
+    def _record(self, user: str, action: str, *, capture: Capture | None = None,
+                target: control_pb2.Target | None = None, result: str, detail: str) -> None:
+        t = capture.request.target if capture is not None else target
+        rec = control_pb2.AuditRecord(unix_ns=time.time_ns(), user=user, action=action,
+                                      capture_id=capture.id if capture else "",
+                                      target=target_text(t) if t is not None else "",
+                                      filter=capture.request.settings.filter if capture else "", result=result,
+                                      detail=detail[:2000])
+        log.info("audit: %s %s %s %s %s", user, action, rec.capture_id or "-", result, detail[:200])
+        try:
+            self.audit(rec)
+        except Exception:
+            log.exception("cannot write the audit record")
+
+    def _event(self, obj: Obj, type_: str, reason: str, message: str) -> None:
+        md = obj["metadata"]
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        body = {"apiVersion": "v1", "kind": "Event",
+                "metadata": {"generateName": f"{md['name']}.", "namespace": md["namespace"]},
+                "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": md["name"],
+                                   "namespace": md["namespace"], "uid": md.get("uid", ""),
+                                   "resourceVersion": md.get("resourceVersion", "")},
+                "reason": reason, "message": message[:1024], "type": type_,
+                "source": {"component": CONTROLLER}, "reportingComponent": CONTROLLER,
+                "firstTimestamp": now, "lastTimestamp": now, "count": 1}
+        try:
+            self.api.create_event(md["namespace"], body)
+        except KubeError as e:
+            log.info("no event for PodCapture %s: %s", ref(obj), e)
+
+
+def _key(obj: Obj) -> Key:
+    md = obj.get("metadata") or {}
+    return (str(md.get("namespace") or ""), str(md.get("name") or ""))
+
+
+def _rv(obj: Obj) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def _condition(old: Obj, type_: str, ok: bool, reason: str, message: str) -> Obj:
+    """A condition, keeping its lastTransitionTime while its status does not change."""
+    status = "True" if ok else "False"
+    prev = next((c for c in old.get("conditions") or [] if c.get("type") == type_), None)
+    when = prev["lastTransitionTime"] if prev and prev.get("status") == status and prev.get("lastTransitionTime") \
+        else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    cond: Obj = {"type": type_, "status": status, "reason": reason or "Unknown", "lastTransitionTime": when}
+    if message:
+        cond["message"] = message[:1024]
+    return cond
+
+
+def start_controller(api: KubeApi, captures: CaptureManager, authorizer: Authorizer, *, lease_namespace: str,
+                     identity: str, bucket_url: str = "", lease_duration_s: int = 15,
+                     lease_renew_s: float = 5.0, **kw: Any) -> PodCaptureController:
+    """The controller of a collector (``--reconcile-podcaptures``), reconciling while it holds the Lease
+    ``lease_namespace/podcap-podcaptures``; every start and refusal goes to the capture store's audit trail."""
+    lease = LeaseElector(api, namespace=lease_namespace, identity=identity, duration_s=lease_duration_s,
+                         renew_s=lease_renew_s).start()
+    return PodCaptureController(api, captures, authorizer, captures.store.add_audit, lease=lease,
+                                bucket_url=bucket_url, **kw).start()

@@ -1,0 +1,194 @@
+"""What a PodCapture is to the collector: its API names, its spec as a capture request, a capture as its status.
+
+Pure functions, no I/O, so that each rule is unit-tested on its own:
+
+- ``to_request``: the spec as the ``StartCaptureRequest`` that ``podcap start`` would send. The namespace is the
+  resource's own, always: the spec has no namespace field, and none of its forms can reach another namespace (pod
+  names and selectors are evaluated in the target's namespace; ``all_namespaces`` is never set). Sizes and
+  durations take the CLI's units (``100MiB``, ``1h30m``). ``targets`` (``deploy/NAME``, ``svc/NAME`` ...) and
+  ``recorder`` are passed on when the request has a place for them (``Target.targets``, ``StartCaptureRequest.
+  recorder``, added by the workload-target and flight-recorder work); until then a spec that uses them is refused
+  with a message saying so, rather than silently capturing something else.
+- ``capture_marker``: the line put in the capture's note that ties it to the resource (its uid), so a collector
+  that restarts between starting a capture and recording its id in the resource finds it again.
+- ``status_of``: the resource's status from a ``CaptureStatus``: phase, counters per pod and in total (drops =
+  every packet not stored, kernel and podcap causes), how to get the files.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from typing import Any
+
+from podcap.collector.kube.client import Resource
+from podcap.drops import total_of
+from podcap.errors import InvalidInputError
+from podcap.v1 import common_pb2, control_pb2
+
+PODCAPTURES = Resource("podcap.io", "v1alpha1", "podcaptures")
+LEASES = Resource("coordination.k8s.io", "v1", "leases")
+KIND = "PodCapture"
+API_VERSION = "podcap.io/v1alpha1"
+FINALIZER = "podcap.io/capture"
+# The capture this resource started (also in status.captureId; the annotation is written first).
+CAPTURE_ANNOTATION = "podcap.io/capture-id"
+# Who created the resource: checked by the ValidatingAdmissionPolicy in deploy/base/podcapture-admission.yaml to be
+# the requesting user, so the collector may trust it.
+CREATOR_ANNOTATION = "podcap.io/created-by"
+CREATOR_GROUPS_ANNOTATION = "podcap.io/created-by-groups"
+MAX_STATUS_PODS = 100
+
+INTERFACES = {"veth": common_pb2.CAPTURE_INTERFACE_HOST_VETH, "eth0": common_pb2.CAPTURE_INTERFACE_POD_ETH0,
+              "all": common_pb2.CAPTURE_INTERFACE_POD_ALL}
+PHASES = {control_pb2.CAPTURE_STATE_RUNNING: "Running", control_pb2.CAPTURE_STATE_STOPPING: "Stopping",
+          control_pb2.CAPTURE_STATE_DONE: "Done", control_pb2.CAPTURE_STATE_FAILED: "Failed"}
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?)b?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+               "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}
+
+Obj = dict[str, Any]
+
+
+class PodCaptureSpecError(InvalidInputError):
+    """A spec the collector cannot turn into a capture (the schema lets through what only the collector knows)."""
+
+
+def seconds(value: Any, field: str) -> int:
+    """Whole seconds (rounded up) of ``90``, ``15m``, ``1h30m``; 0 when unset."""
+    if value in (None, ""):
+        return 0
+    text = str(value).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return math.ceil(float(text))
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise PodCaptureSpecError(f"spec.{field}: {value!r} is not a duration (90, 15m, 1h30m)")
+    return math.ceil(total)
+
+
+def size(value: Any, field: str) -> int:
+    """Bytes of ``1000``, ``64KiB``, ``100MiB``, ``2G`` (an integer is bytes); 0 when unset."""
+    if value in (None, ""):
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    m = _SIZE.match(str(value))
+    if not m:
+        raise PodCaptureSpecError(f"spec.{field}: {value!r} is not a size (1000, 64KiB, 100MiB, 2G)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def ref(obj: Obj) -> str:
+    """``namespace/name`` of a resource."""
+    return f"{obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}"
+
+
+def capture_marker(obj: Obj) -> str:
+    """The note line that ties a capture to the resource (its uid, which a re-created resource does not share)."""
+    return f"PodCapture {ref(obj)} uid={obj['metadata']['uid']}"
+
+
+def to_request(obj: Obj) -> control_pb2.StartCaptureRequest:
+    """The capture ``obj`` (a PodCapture) asks for, in the resource's own namespace. Raises PodCaptureSpecError."""
+    spec: Obj = obj.get("spec") or {}
+    namespace = obj["metadata"]["namespace"]
+    target = control_pb2.Target(namespace=namespace, all_namespaces=False, selector=str(spec.get("selector") or ""),
+                                pod_names=[str(p) for p in spec.get("pods") or []])
+    targets = [str(t) for t in spec.get("targets") or []]
+    if targets:
+        if "targets" not in control_pb2.Target.DESCRIPTOR.fields_by_name:
+            raise PodCaptureSpecError("spec.targets (deploy/NAME, svc/NAME ...) is not supported by this collector "
+                                      "version: use spec.selector")
+        getattr(target, "targets").extend(targets)  # noqa: B009 - a field newer than this proto may add
+    if not (target.selector or target.pod_names or targets):
+        raise PodCaptureSpecError("spec names no pods: give spec.pods, spec.selector or spec.targets (a PodCapture "
+                                  "never captures a whole namespace by accident)")
+    limits, rotation, retention = spec.get("limits") or {}, spec.get("rotation") or {}, spec.get("retention") or {}
+    interface = str(spec.get("interface") or "veth")
+    if interface not in INTERFACES:
+        raise PodCaptureSpecError(f"spec.interface: {interface!r} is not one of {', '.join(INTERFACES)}")
+    req = control_pb2.StartCaptureRequest(
+        target=target,
+        settings=common_pb2.CaptureSettings(filter=str(spec.get("filter") or ""), snaplen=int(spec.get("snaplen") or 0),
+                                            buffer_bytes=size(spec.get("bufferSize"), "bufferSize"),
+                                            interface=INTERFACES[interface]),
+        limits=control_pb2.Limits(duration_seconds=seconds(limits.get("duration"), "limits.duration"),
+                                  max_bytes=size(limits.get("maxBytes"), "limits.maxBytes"),
+                                  max_packets=int(limits.get("maxPackets") or 0)),
+        rotation=control_pb2.Rotation(segment_bytes=size(rotation.get("segmentSize"), "rotation.segmentSize"),
+                                      segment_seconds=seconds(rotation.get("segmentTime"), "rotation.segmentTime")),
+        retention=control_pb2.Retention(keep_bytes=size(retention.get("keepBytes"), "retention.keepBytes"),
+                                        keep_seconds=seconds(retention.get("keepDuration"), "retention.keepDuration"),
+                                        keep_total_bytes=size(retention.get("keepTotalBytes"),
+                                                              "retention.keepTotalBytes")),
+        note="\n".join(x for x in (str(spec.get("note") or ""), capture_marker(obj)) if x),
+    )
+    recorder = spec.get("recorder")
+    if recorder:
+        if "recorder" not in control_pb2.StartCaptureRequest.DESCRIPTOR.fields_by_name:
+            raise PodCaptureSpecError("spec.recorder is not supported by this collector version")
+        _set_recorder(req, recorder)
+    return req
+
+
+def _set_recorder(req: control_pb2.StartCaptureRequest, recorder: Obj) -> None:
+    """Fill ``req.recorder`` from the spec's section, field by field where the message has the field."""
+    msg = getattr(req, "recorder")  # noqa: B009 - a field newer than this proto may add
+    fields = msg.DESCRIPTOR.fields_by_name
+    for key, value in recorder.items():
+        name = re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
+        if name + "_seconds" in fields:
+            setattr(msg, name + "_seconds", seconds(value, f"recorder.{key}"))
+        elif name in fields and isinstance(value, list):
+            getattr(msg, name).extend(str(v) for v in value)
+        elif name in fields:
+            setattr(msg, name, value)
+        else:
+            raise PodCaptureSpecError(f"spec.recorder.{key} is not supported by this collector version")
+
+
+def pod_drops(p: control_pb2.PodStatus) -> int:
+    """Packets of the pod captured but not stored: the kernel's drops and every podcap cause."""
+    return int(p.kernel.dropped + p.kernel.if_dropped + total_of(p.drops))
+
+
+def status_of(st: control_pb2.CaptureStatus, *, bucket_url: str = "") -> Obj:
+    """The resource's status fields (phase, counters, files) from the capture's status (conditions and
+    observedGeneration are the controller's)."""
+    pods = sorted(st.pods, key=lambda p: (p.pod.namespace, p.pod.name, p.pod.uid))
+    out: Obj = {
+        "phase": PHASES.get(st.state, "Pending"),
+        "captureId": st.id,
+        "podCount": len(pods),
+        "packets": int(st.packets),
+        "bytes": int(st.bytes),
+        "drops": sum(pod_drops(p) for p in pods),
+        "pods": [{"name": p.pod.name, "uid": p.pod.uid, "node": p.pod.node,
+                  "state": common_pb2.PodCaptureState.Name(p.state).removeprefix("POD_CAPTURE_STATE_").lower(),
+                  "packets": int(p.packets), "bytes": int(p.bytes), "drops": pod_drops(p),
+                  **({"message": p.message} if p.message else {})} for p in pods[:MAX_STATUS_PODS]],
+        "get": {"command": f"podcap get {st.id}"},
+    }
+    if bucket_url:
+        out["get"]["url"] = f"{bucket_url.rstrip('/')}/{st.id}"
+    if st.created_unix_ns:
+        out["startTime"] = rfc3339(st.created_unix_ns)
+    if st.ended_unix_ns:
+        out["endTime"] = rfc3339(st.ended_unix_ns)
+    if st.end_reason:
+        out["endReason"] = st.end_reason
+    return out
+
+
+def rfc3339(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
