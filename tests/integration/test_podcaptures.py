@@ -295,3 +295,22 @@ def test_only_the_lease_holder_reconciles_and_the_other_takes_over(env: Env) -> 
     finally:
         first.stop()
         second.stop()
+
+
+def test_the_watch_relists_after_410_gone(env: Env) -> None:
+    ctl = env.controller()
+    try:
+        wait_for(ctl.synced.is_set, 10, "the first list")
+        lists = env.kube.count("list", "podcaptures")
+        # While the API server is away, a PodCapture is created and history is compacted: the watch resumes from
+        # a resourceVersion that is gone (410) and must re-list to see it.
+        env.kube.stop_serving()
+        env.kube.create("podcaptures.podcap.io", {
+            "metadata": {"name": "after", "namespace": env.node.namespace,
+                         "annotations": {"podcap.io/created-by": "alice"}}, "spec": {"pods": ["rx-0"]}})
+        env.kube.compact()
+        env.kube.start_serving()
+        env.wait_pc("after", _phase("Running"), "running after the re-list")
+        assert env.kube.count("list", "podcaptures") > lists
+    finally:
+        ctl.stop()
