@@ -78,6 +78,9 @@ COLLECTOR_RULES = {
     ("", "services"): {"get", "list"},
     ("", "namespaces"): {"get", "list"},
     ("discovery.k8s.io", "endpointslices"): {"list", "watch"},
+    ("podcap.io", "podcaptures"): {"get", "list", "watch", "patch", "update"},
+    ("podcap.io", "podcaptures/status"): {"get", "update", "patch"},
+    ("", "events"): {"create", "patch"},
 }
 
 Obj = dict[str, Any]
@@ -298,7 +301,8 @@ def test_namespaces_carry_pod_security_levels(objects: list[Obj]) -> None:
 
 
 def test_every_namespaced_object_is_in_a_podcap_namespace(objects: list[Obj]) -> None:
-    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                      "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     for o in objects:
         if o["kind"] in cluster_scoped:
             assert "namespace" not in o["metadata"], f"{o['kind']}/{o['metadata']['name']}"
@@ -860,3 +864,75 @@ def test_the_s3_overlay_keeps_captures_in_a_bucket_with_credentials_from_a_secre
     assert storage == ["--storage=s3://podcap-captures/podcap"]
     assert "--data-dir=/var/lib/podcap" in collector["args"]  # still the write-ahead tier
     assert collector["envFrom"] == [{"secretRef": {"name": "podcap-s3", "optional": True}}]  # optional: IRSA
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# PodCaptures: the CRD, the admission policy, the collector's Lease, the example
+
+
+EXAMPLES = DEPLOY / "examples"
+
+
+def _crd_schema() -> Obj:
+    crd = yaml.safe_load((BASE / "crd-podcapture.yaml").read_text())
+    [version] = crd["spec"]["versions"]
+    return dict(version["schema"]["openAPIV3Schema"])
+
+
+def test_podcapture_crd_has_status_printer_columns_and_a_namespaced_scope(objects: list[Obj]) -> None:
+    crd = find(objects, "CustomResourceDefinition", "podcaptures.podcap.io")
+    assert crd["spec"]["scope"] == "Namespaced" and crd["spec"]["group"] == "podcap.io"
+    [version] = crd["spec"]["versions"]
+    assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+    assert version["subresources"] == {"status": {}}
+    assert [(c["name"], c["jsonPath"]) for c in version["additionalPrinterColumns"] if not c.get("priority")] == [
+        ("Phase", ".status.phase"), ("Pods", ".status.podCount"), ("Packets", ".status.packets"),
+        ("Drops", ".status.drops"), ("Age", ".metadata.creationTimestamp")]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    # The same targets and settings as `podcap start`, and no way to name another namespace.
+    assert {"pods", "selector", "targets", "filter", "snaplen", "interface", "limits", "rotation", "retention",
+            "recorder", "retainOnDelete"} <= set(spec)
+    assert not {"namespace", "allNamespaces", "fieldSelector"} & set(spec)
+
+
+def test_example_podcapture_passes_the_crd_schema() -> None:
+    from tests.kubeapi.schema import prune_and_default, validate
+
+    [doc] = _load_yaml_documents((EXAMPLES / "podcapture-web.yaml").read_text())
+    unknown: list[str] = []
+    admitted = prune_and_default(doc, _crd_schema(), unknown=unknown)
+    assert unknown == [] and validate(admitted, _crd_schema()) == []
+    assert admitted["spec"]["retainOnDelete"] is True
+
+
+def test_the_schema_catches_a_bad_podcapture() -> None:
+    from tests.kubeapi.schema import prune_and_default, validate
+
+    [doc] = _load_yaml_documents((EXAMPLES / "podcapture-web.yaml").read_text())
+    doc["spec"].update(snaplen=-1, interface="wlan0")
+    causes = validate(prune_and_default(doc, _crd_schema()), _crd_schema())
+    assert sorted(c.field for c in causes) == ["spec.interface", "spec.snaplen"]
+
+
+def test_the_collector_holds_its_lease_in_its_own_namespace_only(objects: list[Obj]) -> None:
+    role = find(objects, "Role", "podcap-collector-lease")
+    assert role["metadata"]["namespace"] == COLLECTOR_NAMESPACE
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                              "verbs": ["get", "create", "update"]}]
+    binding = find(objects, "RoleBinding", "podcap-collector-lease")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "podcap-collector",
+                                    "namespace": COLLECTOR_NAMESPACE}]
+    [collector] = pod_spec(find(objects, "StatefulSet", "podcap-collector"))["containers"]
+    assert "--reconcile-podcaptures" in collector["args"]
+    env = {e["name"]: e for e in collector["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+def test_the_admission_policy_pins_the_creator_annotation(objects: list[Obj]) -> None:
+    policy = find(objects, "ValidatingAdmissionPolicy", "podcap-podcapture-creator")
+    [rule] = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["resources"] == ["podcaptures"] and set(rule["operations"]) == {"CREATE", "UPDATE"}
+    exprs = " ".join(v["expression"] for v in policy["spec"]["validations"])
+    assert "request.userInfo.username" in exprs and "request.userInfo.groups" in exprs
+    binding = find(objects, "ValidatingAdmissionPolicyBinding", "podcap-podcapture-creator")
+    assert binding["spec"] == {"policyName": "podcap-podcapture-creator", "validationActions": ["Deny"]}
