@@ -102,8 +102,12 @@ def to_request(obj: Obj) -> control_pb2.StartCaptureRequest:
     """The capture ``obj`` (a PodCapture) asks for, in the resource's own namespace. Raises PodCaptureSpecError."""
     spec: Obj = obj.get("spec") or {}
     namespace = obj["metadata"]["namespace"]
+    names = [str(p) for p in spec.get("pods") or []]
+    for name in names:
+        if "/" in name:  # "other/pod" would name a pod of another namespace where the CLI's syntax is accepted
+            raise PodCaptureSpecError(f"spec.pods: {name!r} is not a pod name (pods of this namespace only)")
     target = control_pb2.Target(namespace=namespace, all_namespaces=False, selector=str(spec.get("selector") or ""),
-                                pod_names=[str(p) for p in spec.get("pods") or []])
+                                pod_names=names)
     targets = [str(t) for t in spec.get("targets") or []]
     if targets:
         if "targets" not in control_pb2.Target.DESCRIPTOR.fields_by_name:

@@ -36,3 +36,15 @@ def test_an_s3_endpoint_that_is_not_a_url_is_one_line(tmp_path: str) -> None:
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1] == ("podcap-collector: --s3-endpoint '127.0.0.1:58515' is not a URL: "
                                                  "give http://127.0.0.1:58515 or https://…")
+
+
+def test_reconciling_podcaptures_without_the_kubernetes_api_is_one_line(tmp_path: str) -> None:
+    """``--reconcile-podcaptures`` needs an API server: without one (the demo, --no-kubernetes) it is refused."""
+    import os
+
+    exe = os.path.join(os.path.dirname(sys.executable), "podcap-collector")
+    r = subprocess.run([exe, "--insecure", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(tmp_path, "d"),
+                        "--no-kubernetes", "--reconcile-podcaptures"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        "podcap-collector: --reconcile-podcaptures needs the Kubernetes API (--kubeconfig or in-cluster)")

@@ -51,6 +51,7 @@ def test_settings_limits_rotation_retention_take_the_clis_units() -> None:
     ({"selector": "a=b", "limits": {"duration": "soon"}}, "spec.limits.duration: 'soon' is not a duration"),
     ({"selector": "a=b", "bufferSize": "lots"}, "spec.bufferSize: 'lots' is not a size"),
     ({"selector": "a=b", "interface": "wlan0"}, "spec.interface"),
+    ({"pods": ["kube-system/etcd-0"]}, "spec.pods: 'kube-system/etcd-0' is not a pod name"),
 ])
 def test_specs_the_collector_cannot_run_are_refused_with_the_field(spec: dict[str, Any], message: str) -> None:
     with pytest.raises(PodCaptureSpecError, match=message):
