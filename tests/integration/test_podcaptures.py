@@ -153,6 +153,7 @@ def test_apply_capture_status_describe_and_delete_with_its_data(env: Env) -> Non
     ctl = env.controller()
     try:
         env.apply("web", {"selector": "app=rx", "filter": "icmp"})
+        env.kubectl("wait", "--for=jsonpath={.status.phase}=Running", "podcapture/web", "--timeout=20s")
         obj = env.wait_pc("web", lambda o: (o.get("status") or {}).get("podCount") == 3
                           and _phase("Running")(o), "running with 3 pods")
         cid = obj["status"]["captureId"]
@@ -312,5 +313,27 @@ def test_the_watch_relists_after_410_gone(env: Env) -> None:
         env.kube.start_serving()
         env.wait_pc("after", _phase("Running"), "running after the re-list")
         assert env.kube.count("list", "podcaptures") > lists
+    finally:
+        ctl.stop()
+
+
+def test_a_pod_that_appears_mid_capture_joins_and_the_status_follows(env: Env) -> None:
+    """A selector capture follows pods as they come (a Deployment scaled up, as the API and the node see it)."""
+    ctl = env.controller()
+    try:
+        env.apply("web", {"selector": "app=rx"})
+        env.wait_pc("web", lambda o: (o.get("status") or {}).get("podCount") == 3, "3 pods")
+        pod = env.node.add_pod("rx-3")
+        node_name = "node-" + env.node.tag
+        env.kube.add_pod(env.node.namespace, "rx-3", node=node_name, ip=pod.ip, labels={"app": "rx"},
+                         uid=str(uuid.uuid5(NETNS_UID, f"{node_name}/{env.node.namespace}/rx-3")))
+        obj = env.wait_pc("web", lambda o: o["status"].get("podCount") == 4
+                          and any(p["name"] == "rx-3" and p["state"] == "capturing" for p in o["status"]["pods"]),
+                          "rx-3 capturing")
+        sender = env.node.pod("sender")
+        env.node.exec(sender, ["ping", "-c", "3", "-i", "0.2", "-W", "1", pod.ip])
+        obj = env.wait_pc("web", lambda o: any(p["name"] == "rx-3" and p["packets"] >= 6
+                                               for p in o["status"]["pods"]), "rx-3 counting")
+        assert env.captures_of(obj) == [obj["status"]["captureId"]]
     finally:
         ctl.stop()
