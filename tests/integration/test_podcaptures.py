@@ -179,9 +179,11 @@ def test_apply_capture_status_describe_and_delete_with_its_data(env: Env) -> Non
         assert "Capture Id:" in described and cid in described
         audit = env.collector.store.audit(limit=100, capture_id=cid)
         assert [(a.user, a.action, a.result) for a in audit] == [("alice", "start", "allowed")]
-        # Status writes are bounded: far fewer than reconciles.
-        writes = sum(1 for r in env.kube.requests if r.method == "PUT" and r.path.endswith("/status"))
-        assert writes < ctl.reconciles
+        # Status writes are bounded: at most one per min_status_interval_s (0.5 s here) per resource, though the
+        # counters changed more often and the resource was reconciled more often.
+        writes = [r.at for r in env.kube.requests if r.method == "PUT" and r.path.endswith("/podcaptures/web/status")]
+        assert len(writes) >= 2 and min(b - a for a, b in zip(writes, writes[1:], strict=False)) >= 0.45
+        assert len(writes) < ctl.reconciles
         # Delete: the capture is stopped and its data deleted, then the resource goes.
         data = os.path.join(env.tmp, "data", "captures", cid)
         assert os.path.isdir(data)
@@ -222,7 +224,15 @@ def test_a_selector_never_reaches_another_namespace(env: Env) -> None:
         assert obj["status"]["podCount"] == 0 and "captureId" not in obj["status"]
         assert "no pod" in obj["status"]["message"].lower(), obj["status"]
         assert env.captures_of(obj) == []
-        time.sleep(1.0)  # retried, still nothing
+
+        def status_writes() -> int:
+            return sum(1 for r in env.kube.requests if r.method == "PUT"
+                       and r.path.endswith("/namespaces/tenant/podcaptures/sneaky/status"))
+
+        writes = status_writes()
+        reconciles = ctl.reconciles
+        time.sleep(1.5)  # retried, still nothing; an unchanged status is not written again
+        assert ctl.reconciles > reconciles and status_writes() == writes
         assert env.captures_of(obj) == [] and not any(c.request.target.namespace == "tenant"
                                                        for c in env.collector.captures.all())
     finally:

@@ -39,6 +39,7 @@ class Kind:
     short_names: list[str] = field(default_factory=list)
     categories: list[str] = field(default_factory=list)
     status_subresource: bool = False
+    scale_subresource: bool = False  # /scale (autoscaling/v1 Scale over spec.replicas)
     # Field selectors beyond metadata.name/metadata.namespace (which every kind supports).
     fields: dict[str, Getter] = field(default_factory=dict)
     columns: list[Column] | None = None  # None: Name and Age
@@ -252,19 +253,19 @@ BUILTIN: list[Kind] = [
          columns=[Column("AddressType", "string", _path("addressType")), Column("Ports", "string", _slice_ports),
                   Column("Endpoints", "string", _slice_endpoints), AGE]),
     Kind("apps", ["v1"], "deployments", "Deployment", short_names=["deploy"], categories=["all"],
-         status_subresource=True,
+         status_subresource=True, scale_subresource=True,
          columns=[Column("Ready", "string", _ready),
                   Column("Up-to-date", "integer", lambda o: o.get("status", {}).get("updatedReplicas", 0)),
                   Column("Available", "integer", lambda o: o.get("status", {}).get("availableReplicas", 0)), AGE]),
     Kind("apps", ["v1"], "statefulsets", "StatefulSet", short_names=["sts"], categories=["all"],
-         status_subresource=True, columns=[Column("Ready", "string", _ready), AGE]),
+         status_subresource=True, scale_subresource=True, columns=[Column("Ready", "string", _ready), AGE]),
     Kind("apps", ["v1"], "daemonsets", "DaemonSet", short_names=["ds"], categories=["all"],
          status_subresource=True,
          columns=[Column("Desired", "integer", lambda o: o.get("status", {}).get("desiredNumberScheduled", 0)),
                   Column("Current", "integer", lambda o: o.get("status", {}).get("currentNumberScheduled", 0)),
                   Column("Ready", "integer", lambda o: o.get("status", {}).get("numberReady", 0)), AGE]),
     Kind("apps", ["v1"], "replicasets", "ReplicaSet", short_names=["rs"], categories=["all"],
-         status_subresource=True,
+         status_subresource=True, scale_subresource=True,
          columns=[Column("Desired", "integer", lambda o: o.get("spec", {}).get("replicas", 1)),
                   Column("Current", "integer", lambda o: o.get("status", {}).get("replicas", 0)),
                   Column("Ready", "integer", lambda o: o.get("status", {}).get("readyReplicas", 0)), AGE]),
@@ -277,6 +278,37 @@ BUILTIN: list[Kind] = [
          namespaced=False, short_names=["crd", "crds"], categories=["api-extensions"], status_subresource=True,
          columns=[Column("Created At", "string", _path("metadata", "creationTimestamp"))]),
 ]
+
+
+# ---- built-in defaulting (what the API server's defaulters set that clients read back) ----
+
+_next_cluster_ip = [10]
+
+
+def builtin_defaults(kind: Kind, obj: Obj) -> None:
+    """Defaults the real server fills in on create: workload replicas, a Service's type, cluster IP and ports."""
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
+    if kind.scale_subresource or kind.key == ("batch", "jobs"):
+        if kind.key != ("batch", "jobs"):
+            spec.setdefault("replicas", 1)
+        template = spec.get("template") or {}
+        for c in (template.get("spec") or {}).get("containers") or []:
+            c.setdefault("imagePullPolicy", "IfNotPresent" if ":" in str(c.get("image", "")) and not str(
+                c.get("image", "")).endswith(":latest") else "Always")
+    if kind.key == ("", "services"):
+        spec.setdefault("type", "ClusterIP")
+        spec.setdefault("sessionAffinity", "None")
+        if spec["type"] != "ExternalName" and "clusterIP" not in spec:
+            _next_cluster_ip[0] += 1
+            n = _next_cluster_ip[0]
+            spec["clusterIP"] = f"10.96.{n // 250}.{n % 250 + 1}"
+        if spec.get("clusterIP") and spec.get("clusterIP") != "None":
+            spec.setdefault("clusterIPs", [spec["clusterIP"]])
+        for port in spec.get("ports") or []:
+            port.setdefault("protocol", "TCP")
+            port.setdefault("targetPort", port.get("port"))
 
 
 # ---- kinds from CRDs ----

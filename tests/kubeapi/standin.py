@@ -20,6 +20,9 @@ here must work against a real API server, so it reproduces what clients depend o
   ``patch.py``; a ``resourceVersion`` in the patch is a precondition), delete (an object with finalizers gets
   ``deletionTimestamp`` and stays until its last finalizer is removed; ``preconditions``). An update that changes
   nothing writes nothing (no new resourceVersion, no watch event), as the real server does;
+- the ``scale`` subresource of deployments, statefulsets and replicasets (``kubectl scale``: an autoscaling/v1
+  Scale over ``spec.replicas``), and the defaults clients read back (replicas 1; a Service's type, cluster IP,
+  port protocol and targetPort);
 - the ``status`` subresource: an update of ``/status`` changes only ``status``; an update of the object itself
   leaves ``status`` alone, for built-in kinds with status and CRDs that declare the subresource. ``generation``
   starts at 1 and grows with every change of the object outside ``metadata`` and ``status``;
@@ -83,7 +86,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from podcap.collector.kube.selectors import SelectorError, parse_selector
-from tests.kubeapi.kinds import BUILTIN, Kind, cell, crd_kind
+from tests.kubeapi.kinds import BUILTIN, Kind, builtin_defaults, cell, crd_kind
 from tests.kubeapi.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from tests.kubeapi.schema import Cause, prune_and_default, validate
 
@@ -344,6 +347,7 @@ class RequestRecord:
     path: str
     query: dict[str, str]
     user: str
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
     @property
     def verb(self) -> str:
@@ -745,6 +749,8 @@ class KubeApiStandin:
             obj["spec"], obj["status"] = {"finalizers": ["kubernetes"]}, {"phase": "Active"}
         if kind.key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._check_crd(obj)
+        if not kind.custom:
+            builtin_defaults(kind, obj)
         obj = self._admit(kind, version, obj, name, strict)
         store = self.stores[kind.key]
         with self.rev.cond:
@@ -1116,7 +1122,7 @@ class _Handler(BaseHTTPRequestHandler):
         kind = kinds[rest[0]]
         name = rest[1] if len(rest) >= 2 else None
         sub = rest[2] if len(rest) == 3 else ""
-        if sub and not (sub == "status" and kind.status_subresource):
+        if sub and not ((sub == "status" and kind.status_subresource) or (sub == "scale" and kind.scale_subresource)):
             raise ApiError(404, "NotFound", _NOT_FOUND, {})
         if kind.namespaced and name is not None and namespace is None:
             raise ApiError(404, "NotFound", _NOT_FOUND, {})
@@ -1127,6 +1133,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str, t: Target, q: dict[str, str], body: bytes, user: str) -> None:
         dry_run = q.get("dryRun") == "All"
         strict = q.get("fieldValidation") == "Strict"
+        if t.sub == "scale":
+            return self._scale(method, t, body, user, dry_run=dry_run)
         if method == "GET":
             watch = q.get("watch") in ("true", "1")
             verb = "watch" if watch else ("get" if t.name else "list")
@@ -1163,6 +1171,45 @@ class _Handler(BaseHTTPRequestHandler):
                 t.kind, t.namespace, t.name, options, dry_run=dry_run)))
         raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
 
+    def _scale(self, method: str, t: Target, body: bytes, user: str, *, dry_run: bool) -> None:
+        """The ``scale`` subresource: an autoscaling/v1 Scale over the object's ``spec.replicas``."""
+        verb = {"GET": "get", "PUT": "update", "PATCH": "patch"}.get(method)
+        if verb is None:
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        self.api.authorize(user, verb, t.namespace, t.name, t.kind)
+        store = self.api.stores[t.kind.key]
+        with self.api.rev.cond:
+            obj = store.current.get((t.namespace or "", t.name or ""))
+            if obj is None:
+                raise not_found(t.kind, t.name or "")
+            scale = _scale_of(obj)
+            if method == "GET":
+                return self.send_json(200, scale)
+            if method == "PUT":
+                new = self._json(body)
+            else:
+                ct = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+                try:
+                    patch = json.loads(body or b"null")
+                    new = json_patch(scale, patch) if ct == "application/json-patch+json" else merge_patch(scale, patch)
+                except (ValueError, PatchError) as e:
+                    raise ApiError(422, "Invalid", str(e)) from e
+            rv = str((new.get("metadata") or {}).get("resourceVersion") or "")
+            if rv and rv != obj["metadata"]["resourceVersion"]:
+                raise conflict(t.kind, t.name or "")
+            replicas = (new.get("spec") or {}).get("replicas")
+            if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+                raise invalid(t.kind, t.name or "", [Cause("FieldValueInvalid", "spec.replicas",
+                                                           f"Invalid value: {json.dumps(replicas)}: must be greater "
+                                                           "than or equal to 0")])
+            updated = copy.deepcopy(obj)
+            updated["spec"]["replicas"] = replicas
+            if _same(obj, updated) or dry_run:
+                return self.send_json(200, _scale_of(updated))
+            updated["metadata"]["generation"] = int(obj["metadata"].get("generation") or 1) + 1
+            out = store.write("MODIFIED", updated, obj)
+        self.send_json(200, _scale_of(out))
+
     @staticmethod
     def _json(body: bytes) -> Obj:
         try:
@@ -1197,6 +1244,10 @@ class _Handler(BaseHTTPRequestHandler):
             if k.status_subresource:
                 out.append({"name": f"{k.plural}/status", "singularName": "", "namespaced": k.namespaced,
                             "kind": k.kind, "verbs": ["get", "patch", "update"]})
+            if k.scale_subresource:
+                out.append({"name": f"{k.plural}/scale", "singularName": "", "namespaced": k.namespaced,
+                            "group": "autoscaling", "version": "v1", "kind": "Scale",
+                            "verbs": ["get", "patch", "update"]})
         return out
 
     def _discovery(self, path: str) -> Obj | None:
@@ -1481,6 +1532,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _end_chunks(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+
+def _scale_of(obj: Obj) -> Obj:
+    md = obj["metadata"]
+    sel = (obj.get("spec") or {}).get("selector") or {}
+    labels = sel.get("matchLabels") or {} if isinstance(sel, dict) else {}
+    return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+            "metadata": {k: md[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                         if k in md},
+            "spec": {"replicas": int((obj.get("spec") or {}).get("replicas") or 0)},
+            "status": {"replicas": int((obj.get("status") or {}).get("replicas") or 0),
+                       "selector": ",".join(f"{k}={v}" for k, v in sorted(labels.items()))}}
 
 
 def _filtered(ev: Event, match: Callable[[Obj], bool]) -> Obj | None:

