@@ -40,7 +40,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from podcap.collector.api.auth import Authorizer, DeniedError, OpenAuthorizer, Principal
@@ -48,7 +48,7 @@ from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.captures.model import Capture
 from podcap.collector.captures.table import CaptureNotFoundError
 from podcap.collector.kube.client import KubeApi, WatchStream
-from podcap.collector.kube.errors import KubeApiError, KubeError, KubeGoneError, KubeNotFoundError
+from podcap.collector.kube.errors import KubeApiError, KubeError, KubeForbiddenError, KubeGoneError, KubeNotFoundError
 from podcap.collector.podcaptures.lease import LeaseElector
 from podcap.collector.podcaptures.resource import (
     API_VERSION,
@@ -89,7 +89,6 @@ class _State:
     pending_message: str = ""  # the last Pending/Failed message audited (audit on change only)
     failed_generation: int = 0  # a non-retryable start failure for this generation
     status_dirty: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class PodCaptureController:
@@ -170,7 +169,12 @@ class PodCaptureController:
             except KubeGoneError:
                 rv = ""
             except KubeError as e:
-                log.warning("PodCapture watch: %s (retrying in %.1f s)", e, backoff)
+                hint = ""
+                if isinstance(e, KubeNotFoundError):
+                    hint = " (is the CRD installed? kubectl apply -f deploy/base/crd-podcapture.yaml)"
+                elif isinstance(e, KubeForbiddenError):
+                    hint = " (the collector's ClusterRole: see deploy/base/rbac-collector.yaml)"
+                log.warning("PodCapture watch: %s%s (retrying in %.1f s)", e, hint, backoff)
                 self._stop.wait(backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, self.backoff_max_s)
 

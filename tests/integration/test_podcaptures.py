@@ -1,13 +1,14 @@
-"""PodCapture resources, end to end: the real ``kubectl`` against the API stand-in (tests/kubeapi) with the
-PodCapture CRD from deploy/base, a collector (in this process, with the stand-in's pod cache) and a real
-``podcap-agent`` capturing DemoNode netns pods, and the controller of ``--reconcile-podcaptures``.
+"""PodCapture resources, end to end: the real ``kubectl`` against the API stand-in (tests/kubeapi) with the PodCapture
+CRD from deploy/base, a collector (in this process, with the stand-in's pod cache) and a real ``podcap-agent``
+capturing DemoNode netns pods, and the controller of ``--reconcile-podcaptures``.
 
-Covers: apply -> the capture starts, status shows phase, pods, packets, the capture id (``kubectl get
-podcaptures -A`` printer columns), ``kubectl describe`` shows the controller's Events; delete -> capture stopped and
-its data deleted, or kept with ``retainOnDelete``; a selector that would match pods of another namespace captures
-none; a creator without ``create pods/capture`` is refused and audited; a restarted controller resumes the capture
-(also when the capture id was never recorded) without starting a second one; with two controllers only the Lease
-holder reconciles, and the other takes over when it leaves.
+Covers: apply -> the capture starts, status shows phase, pods, packets, the capture id (``kubectl get podcaptures
+-A`` printer columns), ``kubectl describe`` shows the controller's Events; delete -> capture stopped and its data
+deleted, or kept with ``retainOnDelete``; a selector that would match pods of another namespace captures none; a
+creator without ``create pods/capture`` is refused and audited; a restarted controller resumes the capture (also
+when the capture id was never recorded), and so does a restarted collector, without starting a second one; the watch
+re-lists after 410 Gone; a pod appearing mid-capture joins and the status follows; with two controllers only the
+Lease holder reconciles, and the other takes over when it leaves.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from podcap.collector.kube.inventory import ClusterInventory
 from podcap.collector.podcaptures.controller import PodCaptureController, start_controller
 from podcap.collector.podcaptures.resource import CAPTURE_ANNOTATION, capture_marker
 from podcap.collector.server import Collector, start_collector
-from podcap.v1 import control_pb2
+from podcap.v1 import common_pb2, control_pb2
 from tests.conftest import Proc, start_proc, tool
 from tests.kubeapi.helpers import wait_for
 from tests.kubeapi.standin import KubeApiStandin, write_kubeconfig
@@ -345,5 +346,36 @@ def test_a_pod_that_appears_mid_capture_joins_and_the_status_follows(env: Env) -
         obj = env.wait_pc("web", lambda o: any(p["name"] == "rx-3" and p["packets"] >= 6
                                                for p in o["status"]["pods"]), "rx-3 counting")
         assert env.captures_of(obj) == [obj["status"]["captureId"]]
+    finally:
+        ctl.stop()
+
+
+def test_a_restarted_collector_resumes_the_capture_and_its_status(env: Env) -> None:
+    """The whole collector restarts (same data dir and port; the agent reconnects): the running capture is
+    recovered from the catalog, and the new controller finds it by the recorded id instead of starting another."""
+    ctl = env.controller()
+    env.apply("web", {"selector": "app=rx"})
+    obj = env.wait_pc("web", lambda o: (o.get("status") or {}).get("podCount") == 3
+                      and _phase("Running")(o), "running")
+    cid = obj["status"]["captureId"]
+    env.traffic()
+    before = env.wait_pc("web", lambda o: o["status"].get("packets", 0) >= 18, "counting")["status"]["packets"]
+    ctl.stop()
+    port, data = env.collector.port, os.path.join(env.tmp, "data")
+    env.collector.stop(0)
+    cluster = ClusterInventory(env.api).start()
+    assert cluster.wait_synced(10)
+    env.collector = start_collector(f"127.0.0.1:{port}", data, cluster=cluster)
+    ctl = env.controller()
+    try:
+        c = env.collector
+        capturing = common_pb2.POD_CAPTURE_STATE_CAPTURING
+        wait_for(lambda: sum(p.state == capturing for p in c.captures.status(c.captures.get(cid)).pods) == 3, 30,
+                 "the agent re-attached the capture's pods")
+        env.traffic()
+        obj = env.wait_pc("web", lambda o: o["status"].get("packets", 0) >= before + 18, "counting after restart")
+        assert obj["status"]["captureId"] == cid and env.captures_of(obj) == [cid]
+        starts = [a for a in env.collector.store.audit(limit=100) if a.action == "start" and a.result == "allowed"]
+        assert len(starts) == 1
     finally:
         ctl.stop()
