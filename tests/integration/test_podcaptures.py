@@ -379,3 +379,50 @@ def test_a_restarted_collector_resumes_the_capture_and_its_status(env: Env) -> N
         assert len(starts) == 1
     finally:
         ctl.stop()
+
+
+def test_status_writes_that_conflict_are_retried_on_the_fresh_object(env: Env,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another writer changes the resource all the time (labels): the controller's status writes meet 409
+    Conflicts, re-read the object and succeed, and the other writer's changes are kept."""
+    import threading
+
+    import tests.kubeapi.registry as registry
+
+    conflicts = [0]
+    real = registry.conflict
+
+    def counting(kind: Any, name: str) -> Any:
+        conflicts[0] += 1
+        return real(kind, name)
+
+    monkeypatch.setattr(registry, "conflict", counting)
+    ctl = env.controller(min_status_interval_s=0.0, status_interval_s=0.05)
+    done = threading.Event()
+
+    def relabel() -> None:
+        i = 0
+        while not done.is_set():
+            i += 1
+            if env.podcapture("web") is not None:
+                env.kube.modify("podcaptures.podcap.io", env.node.namespace, "web",
+                                {"metadata": {"labels": {"n": str(i)}}})
+            time.sleep(0.002)
+
+    t = threading.Thread(target=relabel)
+    try:
+        env.apply("web", {"selector": "app=rx"})
+        t.start()
+        env.wait_pc("web", _phase("Running"), "running")
+        for _ in range(3):
+            env.traffic()
+        done.set()
+        t.join()
+        obj = env.wait_pc("web", lambda o: o["status"].get("packets", 0) >= 54, "counting every ping")
+        assert conflicts[0] > 0 and obj["metadata"]["labels"]["n"]
+        assert env.captures_of(obj) == [obj["status"]["captureId"]]
+    finally:
+        done.set()
+        if t.is_alive():
+            t.join()
+        ctl.stop()
