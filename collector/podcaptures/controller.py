@@ -21,10 +21,11 @@ How it works (the shape of kopf's and controller-runtime's controllers, on ``Kub
      not tell a controller who created an object (``managedFields`` name field managers, not users), so the
      annotation is the record, and deploy/base/podcapture-admission.yaml (a ValidatingAdmissionPolicy) makes the
      API server refuse a PodCapture whose annotation is not its requester. Refused -> phase ``Refused``;
-  5. start the capture exactly as the StartCapture RPC does (``CaptureManager.start``), in the resource's own
-     namespace (``resource.to_request``), record its id in the annotation, audit it. No pod matching yet, no
-     agent, the API not synced -> ``Pending``, retried; any other refusal (a filter that does not compile) ->
-     ``Failed`` until the spec changes (``generation``).
+  5. start the capture exactly as the StartCapture RPC does: the namespace's payload policy decided for the
+     creator (``api.payload.effective_snaplen``), then ``CaptureManager.start``, in the resource's own namespace
+     (``resource.to_request``); record its id in the annotation, audit it (with the payload cap, if any). No pod
+     matching yet, no agent, the API not synced -> ``Pending``, retried; any other refusal (a filter that does not
+     compile, an unknown workload kind) -> ``Failed`` until the spec changes (``generation``).
 - **Status** (``/status``, with the resourceVersion read: a 409 Conflict re-reads and retries) is written only when
   it changed and at most once per ``min_status_interval_s`` per resource.
 - Writes to metadata (finalizer, annotation) are merge patches carrying the resourceVersion read, so they are
@@ -44,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podcap.collector.api.auth import Authorizer, DeniedError, OpenAuthorizer, Principal
+from podcap.collector.api.payload import KubeNamespacePolicies, NamespacePolicies, NoPolicies, effective_snaplen
 from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.captures.model import Capture
 from podcap.collector.captures.table import CaptureNotFoundError
@@ -93,7 +95,8 @@ class _State:
 
 class PodCaptureController:
     def __init__(self, api: KubeApi, captures: CaptureManager, authorizer: Authorizer, audit: Audit, *,
-                 lease: LeaseElector | None = None, bucket_url: str = "", status_interval_s: float = 2.0,
+                 lease: LeaseElector | None = None, policies: NamespacePolicies | None = None,
+                 bucket_url: str = "", status_interval_s: float = 2.0,
                  min_status_interval_s: float = 2.0, stop_wait_s: float = 5.0, watch_timeout_s: int = 300,
                  backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0) -> None:
         self.api = api
@@ -101,6 +104,7 @@ class PodCaptureController:
         self.authorizer = authorizer
         self.audit = audit
         self.lease = lease
+        self.policies = policies or NoPolicies()
         self.bucket_url = bucket_url
         self.status_interval_s = status_interval_s
         self.min_status_interval_s = min_status_interval_s
@@ -347,6 +351,8 @@ class PodCaptureController:
             return None
         try:
             req = to_request(obj)
+            # The namespace's payload policy, decided for the creator as for a user's StartCapture.
+            effective_snaplen(self.policies, self.authorizer, who, req.target, req.settings.snaplen).apply(req)
             cap = self.captures.start(req)
         except PodcapError as e:
             retry = isinstance(e, RETRYABLE)
@@ -362,8 +368,10 @@ class PodCaptureController:
                                authorized=("CreatorAllowed", f"{who.user} may create pods/capture in {namespace}"))
             return None
         n = len(cap.pods)
-        self._record(who.user, "start", capture=cap, result="allowed",
-                     detail=f"PodCapture {ref(obj)}: {n} pod{'' if n == 1 else 's'}")
+        detail = f"PodCapture {ref(obj)}: {n} pod{'' if n == 1 else 's'}"
+        if req.target.HasField("payload_cap"):
+            detail += f"; snaplen capped at {req.target.payload_cap.snaplen}: {req.target.payload_cap.reason}"
+        self._record(who.user, "start", capture=cap, result="allowed", detail=detail)
         self._event(obj, "Normal", "Started", f"capture {cap.id} started: {n} pod{'' if n == 1 else 's'}")
         state.pending_message = ""
         return cap
@@ -507,4 +515,4 @@ def start_controller(api: KubeApi, captures: CaptureManager, authorizer: Authori
     lease = LeaseElector(api, namespace=lease_namespace, identity=identity, duration_s=lease_duration_s,
                          renew_s=lease_renew_s).start()
     return PodCaptureController(api, captures, authorizer, captures.store.add_audit, lease=lease,
-                                bucket_url=bucket_url, **kw).start()
+                                policies=KubeNamespacePolicies(api), bucket_url=bucket_url, **kw).start()

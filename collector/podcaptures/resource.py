@@ -5,10 +5,11 @@ Pure functions, no I/O, so that each rule is unit-tested on its own:
 - ``to_request``: the spec as the ``StartCaptureRequest`` that ``podcap start`` would send. The namespace is the
   resource's own, always: the spec has no namespace field, and none of its forms can reach another namespace (pod
   names and selectors are evaluated in the target's namespace; ``all_namespaces`` is never set). Sizes and
-  durations take the CLI's units (``100MiB``, ``1h30m``). ``targets`` (``deploy/NAME``, ``svc/NAME`` ...) and
-  ``recorder`` are passed on when the request has a place for them (``Target.targets``, ``StartCaptureRequest.
-  recorder``, added by the workload-target and flight-recorder work); until then a spec that uses them is refused
-  with a message saying so, rather than silently capturing something else.
+  durations take the CLI's units (``100MiB``, ``1h30m``). ``targets`` (``deploy/NAME``, ``svc/NAME`` ...: one, as
+  ``podcap start`` takes one) becomes ``Target.object``, resolved by the collector as for the CLI; ``node/NAME`` is
+  refused (a node's network is no namespace's). ``recorder`` is passed on when the request has a place for it
+  (``StartCaptureRequest.recorder``, the flight-recorder work); until then a spec that uses it is refused with a
+  message saying so, rather than silently capturing something else.
 - ``capture_marker``: the line put in the capture's note that ties it to the resource (its uid), so a collector
   that restarts between starting a capture and recording its id in the resource finds it again.
 - ``status_of``: the resource's status from a ``CaptureStatus``: phase, counters per pod and in total (drops =
@@ -23,8 +24,9 @@ import time
 from typing import Any
 
 from podcap.collector.kube.client import Resource
+from podcap.collector.kube.kinds import split_object
 from podcap.drops import total_of
-from podcap.errors import InvalidInputError
+from podcap.errors import InvalidInputError, PodcapError
 from podcap.v1 import common_pb2, control_pb2
 
 PODCAPTURES = Resource("podcap.io", "v1alpha1", "podcaptures")
@@ -110,10 +112,7 @@ def to_request(obj: Obj) -> control_pb2.StartCaptureRequest:
                                 pod_names=names)
     targets = [str(t) for t in spec.get("targets") or []]
     if targets:
-        if "targets" not in control_pb2.Target.DESCRIPTOR.fields_by_name:
-            raise PodCaptureSpecError("spec.targets (deploy/NAME, svc/NAME ...) is not supported by this collector "
-                                      "version: use spec.selector")
-        getattr(target, "targets").extend(targets)  # noqa: B009 - a field newer than this proto may add
+        target.object.CopyFrom(_target_object(targets, names))
     if not (target.selector or target.pod_names or targets):
         raise PodCaptureSpecError("spec names no pods: give spec.pods, spec.selector or spec.targets (a PodCapture "
                                   "never captures a whole namespace by accident)")
@@ -143,6 +142,26 @@ def to_request(obj: Obj) -> control_pb2.StartCaptureRequest:
             raise PodCaptureSpecError("spec.recorder is not supported by this collector version")
         _set_recorder(req, recorder)
     return req
+
+
+def _target_object(targets: list[str], names: list[str]) -> control_pb2.TargetObject:
+    """The one workload or Service ``spec.targets`` names, in the resource's namespace. A node is refused: its
+    network is no namespace's, and a PodCapture captures its own namespace only."""
+    if len(targets) > 1 or names:
+        given = ", ".join(targets + names)
+        raise PodCaptureSpecError(f"spec.targets: one capture covers one workload or Service, or pods by name, not "
+                                  f"{given}: make one PodCapture for each")
+    try:
+        ref = split_object(targets[0])
+    except PodcapError as e:
+        raise PodCaptureSpecError(f"spec.targets: {e}") from e
+    if ref is None:
+        raise PodCaptureSpecError(f"spec.targets: {targets[0]!r} is not KIND/NAME (deploy/NAME, statefulset/NAME, "
+                                  "daemonset/NAME, job/NAME, svc/NAME)")
+    if ref.is_node:
+        raise PodCaptureSpecError(f"spec.targets: {ref.text}: a PodCapture captures pods of its own namespace; a "
+                                  "node's own network needs `podcap start node/NAME` and the nodes/capture right")
+    return control_pb2.TargetObject(kind=ref.kind, name=ref.name)
 
 
 def _set_recorder(req: control_pb2.StartCaptureRequest, recorder: Obj) -> None:
@@ -191,6 +210,9 @@ def status_of(st: control_pb2.CaptureStatus, *, bucket_url: str = "") -> Obj:
         out["endTime"] = rfc3339(st.ended_unix_ns)
     if st.end_reason:
         out["endReason"] = st.end_reason
+    if st.target.HasField("payload_cap"):
+        cap = st.target.payload_cap
+        out["payloadCap"] = {"snaplen": cap.snaplen, "requested": cap.requested, "reason": cap.reason}
     return out
 
 

@@ -33,8 +33,9 @@ from podcap.collector.kube.inventory import ClusterInventory
 from podcap.collector.podcaptures.controller import PodCaptureController, start_controller
 from podcap.collector.podcaptures.resource import CAPTURE_ANNOTATION, capture_marker
 from podcap.collector.server import Collector, start_collector
+from podcap.formats.pcap import read_file
 from podcap.v1 import common_pb2, control_pb2
-from tests.conftest import Proc, start_proc, tool
+from tests.conftest import Proc, podcap, start_proc, tool
 from tests.kubeapi.helpers import wait_for
 from tests.kubeapi.standin import KubeApiStandin, write_kubeconfig
 
@@ -203,13 +204,15 @@ def test_apply_capture_status_describe_and_delete_with_its_data(env: Env) -> Non
 def test_retain_on_delete_keeps_the_data_of_the_stopped_capture(env: Env) -> None:
     ctl = env.controller()
     try:
-        env.apply("keep", {"pods": ["rx-0"], "retainOnDelete": True})
+        env.apply("keep", {"pods": ["rx-0"], "retainOnDelete": True, "filter": "icmp"})
         cid = env.wait_pc("keep", _phase("Running"), "running")["status"]["captureId"]
+        env.node.exec(env.node.pod("sender"), ["ping", "-c", "3", "-i", "0.2", env.node.pod("rx-0").ip])
+        env.wait_pc("keep", lambda o: o["status"].get("packets", 0) >= 6, "counting")
         env.kubectl("delete", "podcapture", "keep", "--timeout=30s")
         assert env.podcapture("keep") is None
         cap = env.collector.captures.get(cid)
         assert cap.state == control_pb2.CAPTURE_STATE_DONE
-        assert os.path.isdir(os.path.join(env.tmp, "data", "captures", cid))
+        assert len(_stored(env, cid, "rx-0")) >= 6  # still there to download
     finally:
         ctl.stop()
 
@@ -425,4 +428,64 @@ def test_status_writes_that_conflict_are_retried_on_the_fresh_object(env: Env,
         done.set()
         if t.is_alive():
             t.join()
+        ctl.stop()
+
+
+def _stored(env: Env, cid: str, pod: str) -> list[Any]:
+    """The records stored for ``pod``, read from the file ``podcap get`` writes."""
+    out = os.path.join(env.tmp, "get-" + cid)
+    podcap(f"127.0.0.1:{env.collector.port}", "get", cid, "-o", out)
+    return read_file(os.path.join(out, env.node.namespace, f"{pod}.pcap"))[1]
+
+
+def test_a_deployment_target_captures_its_pods_and_one_added_by_a_scale_up(env: Env) -> None:
+    ns, node_name = env.node.namespace, "node-" + env.node.tag
+    env.kube.create("deployments", {
+        "metadata": {"name": "web", "namespace": ns},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "rx"}},
+                 "template": {"metadata": {"labels": {"app": "rx"}},
+                              "spec": {"containers": [{"name": "main", "image": "busybox:stable"}]}}}})
+    ctl = env.controller()
+    try:
+        env.apply("deploy", {"targets": ["deploy/web"]})
+        obj = env.wait_pc("deploy", lambda o: (o.get("status") or {}).get("podCount") == 3, "the Deployment's pods")
+        cap = env.collector.captures.get(obj["status"]["captureId"])
+        assert (cap.request.target.object.kind, cap.request.target.object.name) == ("deployment", "web")
+        env.kubectl("scale", "deployment/web", "--replicas=4")  # what the ReplicaSet controller then does:
+        pod = env.node.add_pod("rx-3")
+        env.kube.add_pod(ns, "rx-3", node=node_name, ip=pod.ip, labels={"app": "rx"},
+                         uid=str(uuid.uuid5(NETNS_UID, f"{node_name}/{ns}/rx-3")))
+        env.wait_pc("deploy", lambda o: o["status"]["podCount"] == 4, "the scaled-up pod")
+        env.apply("badkind", {"targets": ["cronjob/nightly"]})
+        bad = env.wait_pc("badkind", _phase("Failed"), "refused")
+        assert "cronjob" in bad["status"]["message"] and "deploy/NAME" in bad["status"]["message"]
+    finally:
+        ctl.stop()
+
+
+def test_the_namespaces_payload_cap_holds_for_a_podcapture_unless_the_creator_has_the_right(env: Env) -> None:
+    ns = env.node.namespace
+    env.kube.modify("namespaces", None, ns, {"metadata": {"annotations": {"podcap.io/max-snaplen": "128"}}})
+    env.kube.grant("create", ns, user="bob", resource="pods", subresource="capture-payload")
+    ctl = env.controller()
+    try:
+        env.apply("capped", {"pods": ["rx-0"]}, creator="alice")
+        env.apply("whole", {"pods": ["rx-1"]}, creator="bob")
+        capped = env.wait_pc("capped", _phase("Running"), "running")
+        whole = env.wait_pc("whole", _phase("Running"), "running")
+        assert capped["status"]["payloadCap"]["snaplen"] == 128 and "alice" in capped["status"]["payloadCap"]["reason"]
+        assert "payloadCap" not in whole["status"]
+        sender = env.node.pod("sender")
+        for rx in ("rx-0", "rx-1"):
+            env.node.exec(sender, ["ping", "-c", "3", "-i", "0.2", "-s", "1000", env.node.pod(rx).ip])
+        for name in ("capped", "whole"):
+            env.wait_pc(name, lambda o: o["status"].get("packets", 0) >= 6, "counting")
+        big_capped = [r for r in _stored(env, capped["status"]["captureId"], "rx-0") if r.wirelen > 1000]
+        big_whole = [r for r in _stored(env, whole["status"]["captureId"], "rx-1") if r.wirelen > 1000]
+        assert len(big_capped) >= 6 and all(r.caplen == 128 for r in big_capped)
+        assert len(big_whole) >= 6 and all(r.caplen == r.wirelen for r in big_whole)
+        [start] = [a for a in env.collector.store.audit(limit=10, capture_id=capped["status"]["captureId"])
+                   if a.action == "start"]
+        assert start.user == "alice" and "snaplen capped at 128" in start.detail
+    finally:
         ctl.stop()

@@ -58,13 +58,26 @@ def test_specs_the_collector_cannot_run_are_refused_with_the_field(spec: dict[st
         to_request(pc(spec))
 
 
-def test_targets_and_recorder_need_a_collector_that_has_them() -> None:
-    """Until the request carries workload targets and recorders, a spec using them is refused, never narrowed."""
-    if "targets" not in control_pb2.Target.DESCRIPTOR.fields_by_name:
-        with pytest.raises(PodCaptureSpecError, match="spec.targets"):
-            to_request(pc({"targets": ["deploy/web"]}))
-    else:
-        assert list(to_request(pc({"targets": ["deploy/web"]})).target.targets) == ["deploy/web"]  # type: ignore[attr-defined]
+def test_a_target_is_one_workload_or_service_of_the_namespace() -> None:
+    req = to_request(pc({"targets": ["deploy/web"], "selector": "tier=front"}))
+    assert (req.target.object.kind, req.target.object.name) == ("deployment", "web")
+    assert req.target.namespace == "shop" and req.target.selector == "tier=front"
+    assert to_request(pc({"targets": ["svc/api"]})).target.object.kind == "service"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"targets": ["deploy/a", "svc/b"]}, "one capture covers one workload or Service"),
+    ({"targets": ["deploy/a"], "pods": ["x"]}, "one capture covers one workload or Service"),
+    ({"targets": ["node/worker-1"]}, "a PodCapture captures pods of its own namespace"),
+    ({"targets": ["cronjob/nightly"]}, "spec.targets: .*cronjob"),
+])
+def test_targets_podcap_start_would_refuse_are_refused(spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(PodCaptureSpecError, match=message):
+        to_request(pc(spec))
+
+
+def test_a_recorder_needs_a_collector_that_has_one() -> None:
+    """Until the request carries a recorder, a spec using one is refused, never narrowed to a plain capture."""
     if "recorder" not in control_pb2.StartCaptureRequest.DESCRIPTOR.fields_by_name:
         with pytest.raises(PodCaptureSpecError, match="spec.recorder"):
             to_request(pc({"selector": "a=b", "recorder": {"keep": "10m"}}))
