@@ -197,6 +197,11 @@ class KubeApiStandin(Registry):
             else:
                 self.stores[kind.key].kind = kind
 
+    def register(self, kind: Kind) -> None:
+        """Serve another built-in kind (``kinds.Kind``: group, versions, plural, kind, scope, field selectors,
+        columns) with the same history, reads and writes as every other."""
+        self._register(kind)
+
     def kind(self, resource: str) -> Kind:
         """A kind by ``plural``, ``plural.group``, kind name or short name (as kubectl resolves them)."""
         name, _, group = resource.partition(".")

@@ -253,3 +253,13 @@ def test_kubectl_applies_scales_and_lists_built_in_kinds(s: KubeApiStandin, tmp_
     assert r.stdout.split() == ["endpointslice.discovery.k8s.io/web-abc"], r.stderr
     r = kubectl(s, tmp_path, "get", "deploy,svc")
     assert "deployment.apps/web" in r.stdout and "service/web" in r.stdout and "80/TCP" in r.stdout, r.stderr
+
+
+def test_another_kind_can_be_registered_and_is_served(s: KubeApiStandin) -> None:
+    from tests.kubeapi.kinds import Kind
+
+    s.register(Kind("", ["v1"], "configmaps", "ConfigMap", short_names=["cm"]))
+    code, cm = call(s, "POST", "/api/v1/namespaces/shop/configmaps", {"metadata": {"name": "c"}, "data": {"a": "1"}})
+    assert code == 201 and cm["kind"] == "ConfigMap" and cm["apiVersion"] == "v1"
+    _, disc = call(s, "GET", "/api/v1")
+    assert "configmaps" in [r["name"] for r in disc["resources"]]
