@@ -297,7 +297,7 @@ class PodCaptureController:
             if cap is None:
                 return
             obj = self._patch(obj, {"annotations": {CAPTURE_ANNOTATION: cap.id}})
-        elif (md.get("annotations") or {}).get(CAPTURE_ANNOTATION) != cap.id:
+        elif (obj["metadata"].get("annotations") or {}).get(CAPTURE_ANNOTATION) != cap.id:
             obj = self._patch(obj, {"annotations": {CAPTURE_ANNOTATION: cap.id}})
         st = status_of(self.captures.status(cap), bucket_url=self.bucket_url)
         st["message"] = ""
