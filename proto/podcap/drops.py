@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from podcap.v1 import common_pb2
 
 CAUSES = ("buffer_full", "out_of_memory", "spool_error", "unread", "past_limit", "rejected", "late",
-          "lost_with_agent")
+          "lost_with_agent", "ring_evicted", "ring_unwritten")
 # Causes decided on the node (summed into the legacy ``agent_dropped_packets``).
-AGENT_CAUSES = ("buffer_full", "out_of_memory", "spool_error", "unread", "lost_with_agent")
+AGENT_CAUSES = ("buffer_full", "out_of_memory", "spool_error", "unread", "lost_with_agent", "ring_evicted",
+                "ring_unwritten")
 # Causes that travel in-band, as gaps in the chunk stream (the rest arrive in reports or are the collector's).
 INBAND_CAUSES = ("buffer_full", "out_of_memory", "spool_error", "rejected")
 LABELS = {
@@ -32,6 +33,8 @@ LABELS = {
     "rejected": "refused by the collector",
     "late": "arrived after the end",
     "lost_with_agent": "lost with the agent",
+    "ring_evicted": "evicted from the node's ring",
+    "ring_unwritten": "not written to the node's ring",
 }
 
 
@@ -47,6 +50,8 @@ class Drops:
     rejected: int = 0
     late: int = 0
     lost_with_agent: int = 0
+    ring_evicted: int = 0
+    ring_unwritten: int = 0
 
     @classmethod
     def from_proto(cls, pb: common_pb2.PodcapDrops) -> Drops:

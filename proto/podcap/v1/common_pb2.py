@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16podcap/v1/common.proto\x12\tpodcap.v1\"\xbe\x01\n\x03Pod\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12*\n\x06labels\x18\x05 \x03(\x0b\x32\x1a.podcap.v1.Pod.LabelsEntry\x12\n\n\x02ip\x18\x06 \x01(\t\x12\x14\n\x0chost_network\x18\x07 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa6\x01\n\x0f\x43\x61ptureSettings\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x0f\n\x07snaplen\x18\x02 \x01(\r\x12\x14\n\x0c\x62uffer_bytes\x18\x03 \x01(\x04\x12.\n\tinterface\x18\x04 \x01(\x0e\x32\x1b.podcap.v1.CaptureInterface\x12\x13\n\x0bmax_packets\x18\x05 \x01(\x04\x12\x17\n\x0fmax_chunk_bytes\x18\x06 \x01(\r\"D\n\x0bKernelStats\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x04\x12\x12\n\nif_dropped\x18\x03 \x01(\x04\"\xab\x01\n\x0bPodcapDrops\x12\x13\n\x0b\x62uffer_full\x18\x01 \x01(\x04\x12\x15\n\rout_of_memory\x18\x02 \x01(\x04\x12\x13\n\x0bspool_error\x18\x03 \x01(\x04\x12\x0e\n\x06unread\x18\x04 \x01(\x04\x12\x12\n\npast_limit\x18\x05 \x01(\x04\x12\x10\n\x08rejected\x18\x06 \x01(\x04\x12\x0c\n\x04late\x18\x07 \x01(\x04\x12\x17\n\x0flost_with_agent\x18\x08 \x01(\x04\":\n\x08HeldData\x12\x0e\n\x06\x63hunks\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12\x0f\n\x07packets\x18\x03 \x01(\x04\"C\n\nPcapFormat\x12\x10\n\x08linktype\x18\x01 \x01(\r\x12\x0f\n\x07snaplen\x18\x02 \x01(\r\x12\x12\n\nnanosecond\x18\x03 \x01(\x08*\x95\x01\n\x10\x43\x61ptureInterface\x12!\n\x1d\x43\x41PTURE_INTERFACE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43\x41PTURE_INTERFACE_HOST_VETH\x10\x01\x12\x1e\n\x1a\x43\x41PTURE_INTERFACE_POD_ETH0\x10\x02\x12\x1d\n\x19\x43\x41PTURE_INTERFACE_POD_ALL\x10\x03*\xce\x01\n\x0fPodCaptureState\x12!\n\x1dPOD_CAPTURE_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19POD_CAPTURE_STATE_PENDING\x10\x01\x12\x1f\n\x1bPOD_CAPTURE_STATE_CAPTURING\x10\x02\x12\x1a\n\x16POD_CAPTURE_STATE_DONE\x10\x03\x12\x1c\n\x18POD_CAPTURE_STATE_FAILED\x10\x04\x12\x1e\n\x1aPOD_CAPTURE_STATE_NO_AGENT\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16podcap/v1/common.proto\x12\tpodcap.v1\"\xbe\x01\n\x03Pod\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12*\n\x06labels\x18\x05 \x03(\x0b\x32\x1a.podcap.v1.Pod.LabelsEntry\x12\n\n\x02ip\x18\x06 \x01(\t\x12\x14\n\x0chost_network\x18\x07 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa6\x01\n\x0f\x43\x61ptureSettings\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x0f\n\x07snaplen\x18\x02 \x01(\r\x12\x14\n\x0c\x62uffer_bytes\x18\x03 \x01(\x04\x12.\n\tinterface\x18\x04 \x01(\x0e\x32\x1b.podcap.v1.CaptureInterface\x12\x13\n\x0bmax_packets\x18\x05 \x01(\x04\x12\x17\n\x0fmax_chunk_bytes\x18\x06 \x01(\r\"D\n\x0bKernelStats\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x04\x12\x12\n\nif_dropped\x18\x03 \x01(\x04\"\xd9\x01\n\x0bPodcapDrops\x12\x13\n\x0b\x62uffer_full\x18\x01 \x01(\x04\x12\x15\n\rout_of_memory\x18\x02 \x01(\x04\x12\x13\n\x0bspool_error\x18\x03 \x01(\x04\x12\x0e\n\x06unread\x18\x04 \x01(\x04\x12\x12\n\npast_limit\x18\x05 \x01(\x04\x12\x10\n\x08rejected\x18\x06 \x01(\x04\x12\x0c\n\x04late\x18\x07 \x01(\x04\x12\x17\n\x0flost_with_agent\x18\x08 \x01(\x04\x12\x14\n\x0cring_evicted\x18\t \x01(\x04\x12\x16\n\x0ering_unwritten\x18\n \x01(\x04\":\n\x08HeldData\x12\x0e\n\x06\x63hunks\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12\x0f\n\x07packets\x18\x03 \x01(\x04\"C\n\nPcapFormat\x12\x10\n\x08linktype\x18\x01 \x01(\r\x12\x0f\n\x07snaplen\x18\x02 \x01(\r\x12\x12\n\nnanosecond\x18\x03 \x01(\x08*\x95\x01\n\x10\x43\x61ptureInterface\x12!\n\x1d\x43\x41PTURE_INTERFACE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43\x41PTURE_INTERFACE_HOST_VETH\x10\x01\x12\x1e\n\x1a\x43\x41PTURE_INTERFACE_POD_ETH0\x10\x02\x12\x1d\n\x19\x43\x41PTURE_INTERFACE_POD_ALL\x10\x03*\xce\x01\n\x0fPodCaptureState\x12!\n\x1dPOD_CAPTURE_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19POD_CAPTURE_STATE_PENDING\x10\x01\x12\x1f\n\x1bPOD_CAPTURE_STATE_CAPTURING\x10\x02\x12\x1a\n\x16POD_CAPTURE_STATE_DONE\x10\x03\x12\x1c\n\x18POD_CAPTURE_STATE_FAILED\x10\x04\x12\x1e\n\x1aPOD_CAPTURE_STATE_NO_AGENT\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_POD_LABELSENTRY']._loaded_options = None
   _globals['_POD_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_CAPTUREINTERFACE']._serialized_start=773
-  _globals['_CAPTUREINTERFACE']._serialized_end=922
-  _globals['_PODCAPTURESTATE']._serialized_start=925
-  _globals['_PODCAPTURESTATE']._serialized_end=1131
+  _globals['_CAPTUREINTERFACE']._serialized_start=819
+  _globals['_CAPTUREINTERFACE']._serialized_end=968
+  _globals['_PODCAPTURESTATE']._serialized_start=971
+  _globals['_PODCAPTURESTATE']._serialized_end=1177
   _globals['_POD']._serialized_start=38
   _globals['_POD']._serialized_end=228
   _globals['_POD_LABELSENTRY']._serialized_start=183
@@ -46,9 +46,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KERNELSTATS']._serialized_start=399
   _globals['_KERNELSTATS']._serialized_end=467
   _globals['_PODCAPDROPS']._serialized_start=470
-  _globals['_PODCAPDROPS']._serialized_end=641
-  _globals['_HELDDATA']._serialized_start=643
-  _globals['_HELDDATA']._serialized_end=701
-  _globals['_PCAPFORMAT']._serialized_start=703
-  _globals['_PCAPFORMAT']._serialized_end=770
+  _globals['_PODCAPDROPS']._serialized_end=687
+  _globals['_HELDDATA']._serialized_start=689
+  _globals['_HELDDATA']._serialized_end=747
+  _globals['_PCAPFORMAT']._serialized_start=749
+  _globals['_PCAPFORMAT']._serialized_end=816
 # @@protoc_insertion_point(module_scope)

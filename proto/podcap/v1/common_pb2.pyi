@@ -257,6 +257,8 @@ class PodcapDrops(_message.Message):
     REJECTED_FIELD_NUMBER: _builtins.int
     LATE_FIELD_NUMBER: _builtins.int
     LOST_WITH_AGENT_FIELD_NUMBER: _builtins.int
+    RING_EVICTED_FIELD_NUMBER: _builtins.int
+    RING_UNWRITTEN_FIELD_NUMBER: _builtins.int
     buffer_full: _builtins.int
     """The agent's upload buffer (memory, then spool) was full: the collector did not keep up or was unreachable.
     When it is full, each pod keeps at least an equal share of it, so a busy pod cannot starve the others.
@@ -264,7 +266,7 @@ class PodcapDrops(_message.Message):
     out_of_memory: _builtins.int
     """The agent could not allocate memory to hold them or to seal their chunk."""
     spool_error: _builtins.int
-    """Their chunk's spool file could not be written or read back."""
+    """Their chunk's spool file (or, for a recorder's ring, its segment file) could not be written or read back."""
     unread: _builtins.int
     """Still in the kernel's ring when the handle closed without a graceful stop (the pod's interface vanished)."""
     past_limit: _builtins.int
@@ -281,6 +283,16 @@ class PodcapDrops(_message.Message):
     lost, or it still held them (its session with the collector down) when the pod's capture ended and its
     grace ran out.
     """
+    ring_evicted: _builtins.int
+    """Flight recorder: packets of a saved window that the node's ring had already removed when the save ran (the
+    ring keeps its newest data: older segments go for its byte or time limit, the agent's node budget, or the
+    node's free disk). Counted by whole ring segments: a segment removed that overlapped the window counts all its
+    packets.
+    """
+    ring_unwritten: _builtins.int
+    """Flight recorder: packets captured while recording that never reached the ring: the node's disk was short of
+    its reserve even with the ring emptied, or the agent's node budget holds no room for this ring at all.
+    """
     def __init__(
         self,
         *,
@@ -292,10 +304,12 @@ class PodcapDrops(_message.Message):
         rejected: _builtins.int = ...,
         late: _builtins.int = ...,
         lost_with_agent: _builtins.int = ...,
+        ring_evicted: _builtins.int = ...,
+        ring_unwritten: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_full", b"buffer_full", "late", b"late", "lost_with_agent", b"lost_with_agent", "out_of_memory", b"out_of_memory", "past_limit", b"past_limit", "rejected", b"rejected", "spool_error", b"spool_error", "unread", b"unread"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_full", b"buffer_full", "late", b"late", "lost_with_agent", b"lost_with_agent", "out_of_memory", b"out_of_memory", "past_limit", b"past_limit", "rejected", b"rejected", "ring_evicted", b"ring_evicted", "ring_unwritten", b"ring_unwritten", "spool_error", b"spool_error", "unread", b"unread"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

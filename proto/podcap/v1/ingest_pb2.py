@@ -25,41 +25,57 @@ _sym_db = _symbol_database.Default()
 from podcap.v1 import common_pb2 as podcap_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16podcap/v1/ingest.proto\x12\tpodcap.v1\x1a\x16podcap/v1/common.proto\"\x96\x02\n\x0c\x41gentMessage\x12\'\n\x08register\x18\x01 \x01(\x0b\x32\x13.podcap.v1.RegisterH\x00\x12)\n\tinventory\x18\x02 \x01(\x0b\x32\x14.podcap.v1.InventoryH\x00\x12)\n\theartbeat\x18\x03 \x01(\x0b\x32\x14.podcap.v1.HeartbeatH\x00\x12%\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x14.podcap.v1.PcapChunkH\x00\x12/\n\tpod_event\x18\x05 \x01(\x0b\x32\x1a.podcap.v1.PodCaptureEventH\x00\x12\'\n\x06\x63hunks\x18\x06 \x01(\x0b\x32\x15.podcap.v1.ChunkBatchH\x00\x42\x06\n\x04kind\"2\n\nChunkBatch\x12$\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x14.podcap.v1.PcapChunk\"\xe8\x01\n\x10\x43ollectorMessage\x12+\n\nregistered\x18\x01 \x01(\x0b\x32\x15.podcap.v1.RegisteredH\x00\x12+\n\x05start\x18\x02 \x01(\x0b\x32\x1a.podcap.v1.StartPodCaptureH\x00\x12)\n\x04stop\x18\x03 \x01(\x0b\x32\x19.podcap.v1.StopPodCaptureH\x00\x12\"\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x13.podcap.v1.ChunkAckH\x00\x12#\n\x04\x61\x63ks\x18\x05 \x01(\x0b\x32\x13.podcap.v1.AckBatchH\x00\x42\x06\n\x04kind\"-\n\x08\x41\x63kBatch\x12!\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x13.podcap.v1.ChunkAck\"\x95\x01\n\x08Register\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x1c\n\x04pods\x18\x04 \x03(\x0b\x32\x0e.podcap.v1.Pod\x12\x12\n\npod_source\x18\x05 \x01(\t\x12#\n\x04held\x18\x06 \x03(\x0b\x32\x15.podcap.v1.StreamHeld\"Z\n\nRegistered\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\r\")\n\tInventory\x12\x1c\n\x04pods\x18\x01 \x03(\x0b\x32\x0e.podcap.v1.Pod\"F\n\tHeartbeat\x12\x14\n\x0csent_unix_ns\x18\x01 \x01(\x03\x12#\n\x04held\x18\x02 \x03(\x0b\x32\x15.podcap.v1.StreamHeld\"g\n\nStreamHeld\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12\x11\n\tstream_id\x18\x03 \x01(\t\x12!\n\x04held\x18\x04 \x01(\x0b\x32\x13.podcap.v1.HeldData\"\x86\x01\n\x0fStartPodCapture\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x1b\n\x03pod\x18\x02 \x01(\x0b\x32\x0e.podcap.v1.Pod\x12,\n\x08settings\x18\x03 \x01(\x0b\x32\x1a.podcap.v1.CaptureSettings\x12\x14\n\x0cpods_on_node\x18\x04 \x01(\r\"E\n\x0eStopPodCapture\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xc1\x01\n\tPcapChunk\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0f\n\x07records\x18\x04 \x01(\x0c\x12\x0f\n\x07packets\x18\x05 \x01(\r\x12\x13\n\x0b\x66irst_ts_ns\x18\x06 \x01(\x03\x12\x12\n\nlast_ts_ns\x18\x07 \x01(\x03\x12\x11\n\tstream_id\x18\x08 \x01(\t\x12$\n\x04lost\x18\t \x01(\x0b\x32\x16.podcap.v1.PodcapDrops\"q\n\x08\x43hunkAck\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x11\n\tstream_id\x18\x04 \x01(\t\x12\x10\n\x08rejected\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\xe3\x02\n\x0fPodCaptureEvent\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.podcap.v1.PodCaptureState\x12%\n\x06\x66ormat\x18\x04 \x01(\x0b\x32\x15.podcap.v1.PcapFormat\x12\x11\n\tinterface\x18\x05 \x01(\t\x12&\n\x06kernel\x18\x06 \x01(\x0b\x32\x16.podcap.v1.KernelStats\x12\x1d\n\x15\x61gent_dropped_packets\x18\x07 \x01(\x04\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x10\n\x08last_seq\x18\t \x01(\x04\x12\x11\n\tstream_id\x18\n \x01(\t\x12\x11\n\tdelivered\x18\x0b \x01(\x04\x12%\n\x05\x64rops\x18\x0c \x01(\x0b\x32\x16.podcap.v1.PodcapDrops\x12\x0f\n\x07started\x18\r \x01(\x08\x32L\n\x06Ingest\x12\x42\n\x06\x41ttach\x12\x17.podcap.v1.AgentMessage\x1a\x1b.podcap.v1.CollectorMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16podcap/v1/ingest.proto\x12\tpodcap.v1\x1a\x16podcap/v1/common.proto\"\xcf\x02\n\x0c\x41gentMessage\x12\'\n\x08register\x18\x01 \x01(\x0b\x32\x13.podcap.v1.RegisterH\x00\x12)\n\tinventory\x18\x02 \x01(\x0b\x32\x14.podcap.v1.InventoryH\x00\x12)\n\theartbeat\x18\x03 \x01(\x0b\x32\x14.podcap.v1.HeartbeatH\x00\x12%\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x14.podcap.v1.PcapChunkH\x00\x12/\n\tpod_event\x18\x05 \x01(\x0b\x32\x1a.podcap.v1.PodCaptureEventH\x00\x12\'\n\x06\x63hunks\x18\x06 \x01(\x0b\x32\x15.podcap.v1.ChunkBatchH\x00\x12\x37\n\x0epacket_trigger\x18\x07 \x01(\x0b\x32\x1d.podcap.v1.PacketTriggerFiredH\x00\x42\x06\n\x04kind\"2\n\nChunkBatch\x12$\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x14.podcap.v1.PcapChunk\"\x82\x03\n\x10\x43ollectorMessage\x12+\n\nregistered\x18\x01 \x01(\x0b\x32\x15.podcap.v1.RegisteredH\x00\x12+\n\x05start\x18\x02 \x01(\x0b\x32\x1a.podcap.v1.StartPodCaptureH\x00\x12)\n\x04stop\x18\x03 \x01(\x0b\x32\x19.podcap.v1.StopPodCaptureH\x00\x12\"\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x13.podcap.v1.ChunkAckH\x00\x12#\n\x04\x61\x63ks\x18\x05 \x01(\x0b\x32\x13.podcap.v1.AckBatchH\x00\x12\x37\n\x0fstart_recording\x18\x06 \x01(\x0b\x32\x1c.podcap.v1.StartPodRecordingH\x00\x12\x35\n\x0estop_recording\x18\x07 \x01(\x0b\x32\x1b.podcap.v1.StopPodRecordingH\x00\x12(\n\x04save\x18\x08 \x01(\x0b\x32\x18.podcap.v1.SavePodWindowH\x00\x42\x06\n\x04kind\"-\n\x08\x41\x63kBatch\x12!\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x13.podcap.v1.ChunkAck\"\xbb\x01\n\x08Register\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x1c\n\x04pods\x18\x04 \x03(\x0b\x32\x0e.podcap.v1.Pod\x12\x12\n\npod_source\x18\x05 \x01(\t\x12#\n\x04held\x18\x06 \x03(\x0b\x32\x15.podcap.v1.StreamHeld\x12$\n\x05rings\x18\x07 \x03(\x0b\x32\x15.podcap.v1.RingStatus\"Z\n\nRegistered\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\r\")\n\tInventory\x12\x1c\n\x04pods\x18\x01 \x03(\x0b\x32\x0e.podcap.v1.Pod\"l\n\tHeartbeat\x12\x14\n\x0csent_unix_ns\x18\x01 \x01(\x03\x12#\n\x04held\x18\x02 \x03(\x0b\x32\x15.podcap.v1.StreamHeld\x12$\n\x05rings\x18\x03 \x03(\x0b\x32\x15.podcap.v1.RingStatus\"g\n\nStreamHeld\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12\x11\n\tstream_id\x18\x03 \x01(\t\x12!\n\x04held\x18\x04 \x01(\x0b\x32\x13.podcap.v1.HeldData\"\x86\x01\n\x0fStartPodCapture\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x1b\n\x03pod\x18\x02 \x01(\x0b\x32\x0e.podcap.v1.Pod\x12,\n\x08settings\x18\x03 \x01(\x0b\x32\x1a.podcap.v1.CaptureSettings\x12\x14\n\x0cpods_on_node\x18\x04 \x01(\r\"E\n\x0eStopPodCapture\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xc1\x01\n\tPcapChunk\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0f\n\x07records\x18\x04 \x01(\x0c\x12\x0f\n\x07packets\x18\x05 \x01(\r\x12\x13\n\x0b\x66irst_ts_ns\x18\x06 \x01(\x03\x12\x12\n\nlast_ts_ns\x18\x07 \x01(\x03\x12\x11\n\tstream_id\x18\x08 \x01(\t\x12$\n\x04lost\x18\t \x01(\x0b\x32\x16.podcap.v1.PodcapDrops\"q\n\x08\x43hunkAck\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x11\n\tstream_id\x18\x04 \x01(\t\x12\x10\n\x08rejected\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\xe3\x02\n\x0fPodCaptureEvent\x12\x12\n\ncapture_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.podcap.v1.PodCaptureState\x12%\n\x06\x66ormat\x18\x04 \x01(\x0b\x32\x15.podcap.v1.PcapFormat\x12\x11\n\tinterface\x18\x05 \x01(\t\x12&\n\x06kernel\x18\x06 \x01(\x0b\x32\x16.podcap.v1.KernelStats\x12\x1d\n\x15\x61gent_dropped_packets\x18\x07 \x01(\x04\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x10\n\x08last_seq\x18\t \x01(\x04\x12\x11\n\tstream_id\x18\n \x01(\t\x12\x11\n\tdelivered\x18\x0b \x01(\x04\x12%\n\x05\x64rops\x18\x0c \x01(\x0b\x32\x16.podcap.v1.PodcapDrops\x12\x0f\n\x07started\x18\r \x01(\x08\"\xef\x01\n\x11StartPodRecording\x12\x13\n\x0brecorder_id\x18\x01 \x01(\t\x12\x1b\n\x03pod\x18\x02 \x01(\x0b\x32\x0e.podcap.v1.Pod\x12,\n\x08settings\x18\x03 \x01(\x0b\x32\x1a.podcap.v1.CaptureSettings\x12#\n\x04keep\x18\x04 \x01(\x0b\x32\x15.podcap.v1.RingLimits\x12)\n\x07trigger\x18\x05 \x01(\x0b\x32\x18.podcap.v1.PacketTrigger\x12\x14\n\x0cpods_on_node\x18\x06 \x01(\r\x12\x14\n\x0ckeep_gone_ms\x18\x07 \x01(\x04\"8\n\nRingLimits\x12\x11\n\tmax_bytes\x18\x01 \x01(\x04\x12\x17\n\x0fmax_duration_ns\x18\x02 \x01(\x04\"A\n\rPacketTrigger\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x11\n\twindow_ns\x18\x03 \x01(\x04\"]\n\x10StopPodRecording\x12\x13\n\x0brecorder_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65lete_ring\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x8c\x01\n\rSavePodWindow\x12\x13\n\x0brecorder_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12\x12\n\ncapture_id\x18\x03 \x01(\t\x12\x14\n\x0c\x66rom_unix_ns\x18\x04 \x01(\x03\x12\x12\n\nto_unix_ns\x18\x05 \x01(\x03\x12\x17\n\x0fmax_chunk_bytes\x18\x06 \x01(\r\"\x96\x01\n\x12PacketTriggerFired\x12\x13\n\x0brecorder_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12\x15\n\rfired_unix_ns\x18\x03 \x01(\x03\x12\x1b\n\x13\x66irst_match_unix_ns\x18\x04 \x01(\x03\x12\x0f\n\x07matches\x18\x05 \x01(\r\x12\x15\n\rtotal_matches\x18\x06 \x01(\x04\"\xdd\x02\n\nRingStatus\x12\x13\n\x0brecorder_id\x18\x01 \x01(\t\x12\x0f\n\x07pod_uid\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.podcap.v1.RingState\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x0f\n\x07packets\x18\x06 \x01(\x04\x12\x16\n\x0eoldest_unix_ns\x18\x07 \x01(\x03\x12\x16\n\x0enewest_unix_ns\x18\x08 \x01(\x03\x12&\n\x06kernel\x18\t \x01(\x0b\x32\x16.podcap.v1.KernelStats\x12\x0f\n\x07written\x18\n \x01(\x04\x12%\n\x05\x64rops\x18\x0b \x01(\x0b\x32\x16.podcap.v1.PodcapDrops\x12\x17\n\x0ftrigger_matches\x18\x0c \x01(\x04\x12\x15\n\rtrigger_fired\x18\r \x01(\x04\x12\x13\n\x0blimit_bytes\x18\x0e \x01(\x04*\x85\x01\n\tRingState\x12\x1a\n\x16RING_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14RING_STATE_RECORDING\x10\x01\x12\x16\n\x12RING_STATE_PENDING\x10\x02\x12\x13\n\x0fRING_STATE_KEPT\x10\x03\x12\x15\n\x11RING_STATE_FAILED\x10\x04\x32L\n\x06Ingest\x12\x42\n\x06\x41ttach\x12\x17.podcap.v1.AgentMessage\x1a\x1b.podcap.v1.CollectorMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'podcap.v1.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_RINGSTATE']._serialized_start=3415
+  _globals['_RINGSTATE']._serialized_end=3548
   _globals['_AGENTMESSAGE']._serialized_start=62
-  _globals['_AGENTMESSAGE']._serialized_end=340
-  _globals['_CHUNKBATCH']._serialized_start=342
-  _globals['_CHUNKBATCH']._serialized_end=392
-  _globals['_COLLECTORMESSAGE']._serialized_start=395
-  _globals['_COLLECTORMESSAGE']._serialized_end=627
-  _globals['_ACKBATCH']._serialized_start=629
-  _globals['_ACKBATCH']._serialized_end=674
-  _globals['_REGISTER']._serialized_start=677
-  _globals['_REGISTER']._serialized_end=826
-  _globals['_REGISTERED']._serialized_start=828
-  _globals['_REGISTERED']._serialized_end=918
-  _globals['_INVENTORY']._serialized_start=920
-  _globals['_INVENTORY']._serialized_end=961
-  _globals['_HEARTBEAT']._serialized_start=963
-  _globals['_HEARTBEAT']._serialized_end=1033
-  _globals['_STREAMHELD']._serialized_start=1035
-  _globals['_STREAMHELD']._serialized_end=1138
-  _globals['_STARTPODCAPTURE']._serialized_start=1141
-  _globals['_STARTPODCAPTURE']._serialized_end=1275
-  _globals['_STOPPODCAPTURE']._serialized_start=1277
-  _globals['_STOPPODCAPTURE']._serialized_end=1346
-  _globals['_PCAPCHUNK']._serialized_start=1349
-  _globals['_PCAPCHUNK']._serialized_end=1542
-  _globals['_CHUNKACK']._serialized_start=1544
-  _globals['_CHUNKACK']._serialized_end=1657
-  _globals['_PODCAPTUREEVENT']._serialized_start=1660
-  _globals['_PODCAPTUREEVENT']._serialized_end=2015
-  _globals['_INGEST']._serialized_start=2017
-  _globals['_INGEST']._serialized_end=2093
+  _globals['_AGENTMESSAGE']._serialized_end=397
+  _globals['_CHUNKBATCH']._serialized_start=399
+  _globals['_CHUNKBATCH']._serialized_end=449
+  _globals['_COLLECTORMESSAGE']._serialized_start=452
+  _globals['_COLLECTORMESSAGE']._serialized_end=838
+  _globals['_ACKBATCH']._serialized_start=840
+  _globals['_ACKBATCH']._serialized_end=885
+  _globals['_REGISTER']._serialized_start=888
+  _globals['_REGISTER']._serialized_end=1075
+  _globals['_REGISTERED']._serialized_start=1077
+  _globals['_REGISTERED']._serialized_end=1167
+  _globals['_INVENTORY']._serialized_start=1169
+  _globals['_INVENTORY']._serialized_end=1210
+  _globals['_HEARTBEAT']._serialized_start=1212
+  _globals['_HEARTBEAT']._serialized_end=1320
+  _globals['_STREAMHELD']._serialized_start=1322
+  _globals['_STREAMHELD']._serialized_end=1425
+  _globals['_STARTPODCAPTURE']._serialized_start=1428
+  _globals['_STARTPODCAPTURE']._serialized_end=1562
+  _globals['_STOPPODCAPTURE']._serialized_start=1564
+  _globals['_STOPPODCAPTURE']._serialized_end=1633
+  _globals['_PCAPCHUNK']._serialized_start=1636
+  _globals['_PCAPCHUNK']._serialized_end=1829
+  _globals['_CHUNKACK']._serialized_start=1831
+  _globals['_CHUNKACK']._serialized_end=1944
+  _globals['_PODCAPTUREEVENT']._serialized_start=1947
+  _globals['_PODCAPTUREEVENT']._serialized_end=2302
+  _globals['_STARTPODRECORDING']._serialized_start=2305
+  _globals['_STARTPODRECORDING']._serialized_end=2544
+  _globals['_RINGLIMITS']._serialized_start=2546
+  _globals['_RINGLIMITS']._serialized_end=2602
+  _globals['_PACKETTRIGGER']._serialized_start=2604
+  _globals['_PACKETTRIGGER']._serialized_end=2669
+  _globals['_STOPPODRECORDING']._serialized_start=2671
+  _globals['_STOPPODRECORDING']._serialized_end=2764
+  _globals['_SAVEPODWINDOW']._serialized_start=2767
+  _globals['_SAVEPODWINDOW']._serialized_end=2907
+  _globals['_PACKETTRIGGERFIRED']._serialized_start=2910
+  _globals['_PACKETTRIGGERFIRED']._serialized_end=3060
+  _globals['_RINGSTATUS']._serialized_start=3063
+  _globals['_RINGSTATUS']._serialized_end=3412
+  _globals['_INGEST']._serialized_start=3550
+  _globals['_INGEST']._serialized_end=3626
 # @@protoc_insertion_point(module_scope)
