@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 
@@ -32,6 +33,21 @@ def make_source(kind: str, node: NodeName, *, netns_dir: str, cri_endpoint: str,
     return ProcPodSource(node, proc_root=proc_root)
 
 
+def usable_ring_dir(path: str) -> str | None:
+    """The flight recorder's directory if the agent can use it (created if missing); None, with a warning, if not:
+    the agent still captures, and recordings on this node fail with the reason."""
+    if not path:
+        return None
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(f"{path} is not writable")
+    except OSError as e:
+        log.warning("flight recorder disabled: cannot use --ring-dir %s: %s", path, e)
+        return None
+    return path
+
+
 @click.command(name="podcap-agent", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--collector", envvar="PODCAP_COLLECTOR", default="127.0.0.1:7420", show_default=True,
               show_envvar=True, help="collector address HOST:PORT")
@@ -58,6 +74,15 @@ def make_source(kind: str, node: NodeName, *, netns_dir: str, cri_endpoint: str,
               help="directory for unacknowledged chunks once --upload-buffer is full (default: memory only)")
 @click.option("--spool-bytes", type=int, default=1 << 30, show_default=True,
               help="cap on --spool-dir; beyond it new chunks are dropped and counted")
+@click.option("--ring-dir", default="/var/lib/podcap/rings", show_default=True,
+              help="directory of the flight recorder's rings (a hostPath: rings outlive the agent's pod); '' keeps "
+              "no rings (recordings on this node fail)")
+@click.option("--ring-disk-bytes", type=int, default=4 << 30, show_default=True,
+              help="bytes of packets all flight-recorder rings on this node may hold together (oldest data goes "
+              "first)")
+@click.option("--ring-min-free", type=int, default=None,
+              help="bytes the --ring-dir filesystem must keep free; rings shrink (oldest first) to keep it "
+              "[default: 5% of the filesystem, at most 2 GiB]")
 @daemon.tls_options(ca="CA of the collector's certificate (PEM)",
                     cert="this agent's client certificate (PEM, CN podcap-agent)", key="its private key (PEM)",
                     insecure="talk to the collector in plaintext (local testing only; logs a warning)")
@@ -65,7 +90,8 @@ def make_source(kind: str, node: NodeName, *, netns_dir: str, cri_endpoint: str,
               help="serve gRPC health checking on HOST:PORT (e.g. 0.0.0.0:9422): SERVING while connected")
 @daemon.common_options(metrics_example=":9421")
 def main(collector: str, node: str, pod_source: str, netns_dir: str, cri_endpoint: str, proc_root: str,
-         host_root: str, ring_budget: int, upload_buffer: int, spool_dir: str, spool_bytes: int, tls_ca: str,
+         host_root: str, ring_budget: int, upload_buffer: int, spool_dir: str, spool_bytes: int, ring_dir: str,
+         ring_disk_bytes: int, ring_min_free: int | None, tls_ca: str,
          tls_cert: str, tls_key: str, insecure: bool, health_listen: str, metrics_listen: str,
          log_level: str) -> None:
     """podcap node agent: captures pods on this node."""
@@ -88,6 +114,7 @@ def main(collector: str, node: str, pod_source: str, netns_dir: str, cri_endpoin
     cfg = AgentConfig(
         collector=collector, node=node_name, upload_buffer_bytes=upload_buffer, spool_dir=spool_dir or None,
         spool_disk_bytes=spool_bytes, tls=tls, engine=EngineSettings(ring_budget_bytes=ring_budget),
+        ring_dir=usable_ring_dir(ring_dir), ring_budget_bytes=ring_disk_bytes, ring_min_free_bytes=ring_min_free,
     )
     # Handlers before anything starts: a SIGTERM during start-up still ends the agent cleanly.
     stopping = threading.Event()

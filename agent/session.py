@@ -26,12 +26,15 @@ from dataclasses import dataclass, replace
 import grpc
 
 from podcap import __version__
+from podcap.agent.capture.chunkbuf import TriggerState
 from podcap.agent.capture.engine import CaptureEngine
 from podcap.agent.capture.interfaces import HandleFactory
 from podcap.agent.capture.libpcap import Handle
 from podcap.agent.capture.settings import EngineSettings
 from podcap.agent.pods.node_target import locate as locate_node_target
 from podcap.agent.pods.source import PodNetwork, PodNotFoundError, PodSource, PodSourceError
+from podcap.agent.recorder.manager import RecorderManager
+from podcap.agent.recorder.store import RingStore, StoreSettings
 from podcap.agent.upload.encoded import EncodedChunk, serialize
 from podcap.agent.upload.upload_log import UploadLog
 from podcap.names import CaptureId, InvalidNameError, NodeName, PodUid, check_capture_id, check_pod_uid
@@ -76,6 +79,11 @@ class AgentConfig:
     reconnect_min: float = 0.5
     reconnect_max: float = 10.0
     engine: EngineSettings = EngineSettings()
+    # Flight-recorder rings: their directory (None: recordings refused), the node's budget for them, and the free
+    # bytes their filesystem keeps (None: 5% of it, at most 2 GiB).
+    ring_dir: str | None = None
+    ring_budget_bytes: int = 1 << 30
+    ring_min_free_bytes: int | None = None
 
 
 @dataclass
@@ -108,19 +116,30 @@ def _snapshot(pods: Iterable[PodRef]) -> dict[PodUid, tuple[object, ...]]:
 
 
 class _Sink:
-    """StreamSink for the capture engine: everything goes into the outbound queue; terminal events end the wish."""
+    """StreamSink for the capture engine: a capture's chunks and events go into the outbound queue (terminal events
+    end the wish); a recording's go to the recorder manager (its ring on disk)."""
 
     def __init__(self, out: UploadLog, ended: Callable[[CaptureId, PodUid], None]) -> None:
         self.out = out
         self.ended = ended
+        self.recorder: RecorderManager | None = None
 
     def chunk(self, chunk: EncodedChunk) -> bool:
+        if self.recorder is not None and self.recorder.owns(chunk.meta.capture_id):
+            return self.recorder.chunk(chunk)
         return self.out.put_chunk(chunk)
 
     def event(self, event: ingest_pb2.PodCaptureEvent) -> None:
+        if self.recorder is not None and self.recorder.owns(event.capture_id):
+            self.recorder.event(event)
+            return
         if event.state in (common_pb2.POD_CAPTURE_STATE_DONE, common_pb2.POD_CAPTURE_STATE_FAILED):
             self.ended(CaptureId(event.capture_id), PodUid(event.pod_uid))
         self.out.put(ingest_pb2.AgentMessage(pod_event=event))
+
+    def trigger(self, key: tuple[str, str], state: TriggerState) -> None:
+        if self.recorder is not None:
+            self.recorder.trigger(key, state)
 
 
 class AgentSession:
@@ -136,9 +155,15 @@ class AgentSession:
         self._desired: dict[tuple[CaptureId, PodUid], _Desired] = {}
         # Chunks sized to the upload buffer they go to (see EngineSettings.upload_buffer_bytes).
         engine = replace(config.engine, upload_buffer_bytes=config.upload_buffer_bytes + self.out.disk_bytes)
-        self.engine = CaptureEngine(_Sink(self.out, self._ended), instance_id=self.instance_id, settings=engine,
-                                    handles=handles)
-        self.out.on_lost = self.engine.record_loss  # gaps the log keeps in chunks' places count per pod
+        sink = _Sink(self.out, self._ended)
+        self.engine = CaptureEngine(sink, instance_id=self.instance_id, settings=engine, handles=handles)
+        self.recorder: RecorderManager | None = None
+        if config.ring_dir:
+            store = RingStore(StoreSettings(config.ring_dir, budget_bytes=config.ring_budget_bytes,
+                                            min_free_bytes=config.ring_min_free_bytes))
+            self.recorder = sink.recorder = RecorderManager(store, self.engine, self.out, source,
+                                                            fingerprint=_fingerprint, node=config.node)
+        self.out.on_lost = self._lost  # gaps the log keeps in chunks' places count per pod (or per save)
         self._stop = threading.Event()
         self._pods: dict[PodUid, PodRef] = {}
         self._call: grpc.Future[ingest_pb2.CollectorMessage] | None = None
@@ -146,6 +171,14 @@ class AgentSession:
         self.connected = False
         # Called with True when a session is registered and False when it ends (health, metrics).
         self.on_connected: Callable[[bool], None] = lambda _up: None
+
+    def _lost(self, capture_id: str, stream_id: str, cause: str, packets: int) -> None:
+        if self.recorder is not None and self.recorder.record_loss(capture_id, stream_id, cause, packets):
+            return
+        self.engine.record_loss(capture_id, stream_id, cause, packets)
+
+    def _rings(self) -> list[ingest_pb2.RingStatus]:
+        return self.recorder.statuses() if self.recorder is not None else []
 
     # ---- lifecycle ----
 
@@ -210,6 +243,8 @@ class AgentSession:
         """Graceful stop: final chunks and counters of every stream are flushed up before the session closes."""
         self._stop.set()
         self.engine.close()
+        if self.recorder is not None:
+            self.recorder.close()
         # Give the collector a moment to acknowledge the last chunks (none when no session is up: nothing would
         # arrive), then end the session.
         if not self.out.wait_drained(SHUTDOWN_DRAIN_S if self.connected else 0):
@@ -244,6 +279,7 @@ class AgentSession:
             register=ingest_pb2.Register(
                 node=self.cfg.node, version=__version__, instance_id=self.instance_id,
                 pods=[p.to_proto() for p in pods], pod_source=self.source.name, held=self.out.held_by_stream(),
+                rings=self._rings(),
             )
         )
         self.out.new_session()
@@ -275,10 +311,11 @@ class AgentSession:
         last_pods = _snapshot(self._pods.values())
         while not self._stop.is_set() and not call.done():
             now = time.monotonic()
-            if now - last_heartbeat >= self.cfg.heartbeat_interval:
+            changed = self.recorder is not None and self.recorder.take_changed()
+            if changed or now - last_heartbeat >= self.cfg.heartbeat_interval:
                 last_heartbeat = now
                 self.out.put(ingest_pb2.AgentMessage(heartbeat=ingest_pb2.Heartbeat(
-                    sent_unix_ns=time.time_ns(), held=self.out.held_by_stream())))
+                    sent_unix_ns=time.time_ns(), held=self.out.held_by_stream(), rings=self._rings())))
             pods = {p.uid: p for p in self._inventory()}
             snapshot = _snapshot(pods.values())
             if snapshot != last_pods:
@@ -288,6 +325,8 @@ class AgentSession:
                 )
             try:
                 self._reconcile(pods)
+                if self.recorder is not None:
+                    self.recorder.reconcile(pods)
             except Exception:  # keep heartbeats and inventory going whatever happens here
                 log.exception("re-attaching pods failed")
             self._stop.wait(self.cfg.inventory_interval)
@@ -352,10 +391,35 @@ class AgentSession:
                 for key in [k for k in self._desired if k[0] == cid and (uid is None or k[1] == uid)]:
                     del self._desired[key]
             self.engine.stop(cid, uid, msg.stop.reason[:200] or "stopped by collector")
+        elif kind in ("start_recording", "stop_recording", "save"):
+            self._recording_command(msg)
         elif kind == "ack":
             self.out.ack(msg.ack)
         elif kind == "acks":
             self.out.ack(*msg.acks.acks)
+
+    def _recording_command(self, msg: ingest_pb2.CollectorMessage) -> None:
+        """The flight recorder's commands (see ``podcap.agent.recorder``)."""
+        kind = msg.WhichOneof("kind")
+        if self.recorder is None:
+            log.warning("ignoring %s: this agent keeps no rings (no --ring-dir)", kind)
+            if kind == "save":
+                self.out.put(ingest_pb2.AgentMessage(pod_event=ingest_pb2.PodCaptureEvent(
+                    capture_id=msg.save.capture_id, pod_uid=msg.save.pod_uid,
+                    state=common_pb2.POD_CAPTURE_STATE_FAILED,
+                    message=f"the agent on node {self.cfg.node} keeps no rings (no --ring-dir)")))
+            return
+        if kind == "start_recording":
+            uid = msg.start_recording.pod.uid
+            with self._lock:
+                pod = self._pods.get(PodUid(uid))
+            if pod is None:
+                pod = {p.uid: p for p in self._inventory()}.get(PodUid(uid))
+            self.recorder.start(msg.start_recording, pod)
+        elif kind == "stop_recording":
+            self.recorder.stop(msg.stop_recording)
+        else:
+            self.recorder.save(msg.save)
 
     def _start(self, cmd: ingest_pb2.StartPodCapture) -> None:
         def fail(message: str) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from ctypes import POINTER, Structure, byref, c_char_p, c_int, c_uint64, c_void_p
+from dataclasses import dataclass
 from typing import Protocol
 
 from podcap import native
@@ -76,10 +77,44 @@ class _Chunk(Structure):
     _fields_ = [("data", c_void_p), ("len", c_uint64), ("cap", c_uint64), ("packets", c_uint64)]
 
 
+class _Trigger(Structure):  # struct podcap_trigger (chunks.c), field for field
+    _fields_ = [("match", c_void_p), ("prog", c_void_p), ("count", c_uint64), ("window_ns", c_uint64),
+                ("ts_scale", c_uint64), ("ts", POINTER(ctypes.c_int64)), ("n", c_uint64), ("pos", c_uint64),
+                ("total", c_uint64), ("fired", c_uint64), ("fired_ts_ns", ctypes.c_int64),
+                ("first_ts_ns", ctypes.c_int64)]
+
+
 class _Buf(Structure):  # struct podcap_chunkbuf (chunks.c), field for field
     _fields_ = [("open", _Chunk), ("lost", c_uint64), ("limit", c_uint64), ("records", c_uint64),
                 ("held", c_uint64), ("closed", POINTER(_Chunk)), ("head", c_uint64), ("nclosed", c_uint64),
-                ("closed_cap", c_uint64), ("initial", c_uint64)]
+                ("closed_cap", c_uint64), ("initial", c_uint64), ("trigger", POINTER(_Trigger))]
+
+
+@dataclass(frozen=True)
+class TriggerState:
+    """A packet trigger's counters as the handler left them (see ``struct podcap_trigger`` in proto/podcap/native/chunks.c)."""
+
+    total: int  # every match so far
+    fired: int  # firings so far
+    fired_ts_ns: int  # the last firing: timestamp of the match that completed it (0: never fired)
+    first_ts_ns: int  # ... and of the first of its matches
+
+
+class PacketTriggerCounter:
+    """A packet trigger evaluated in C by ``podcap_chunk_handler`` on every packet of one ``ChunkBuffer``: holds the
+    C state (and the timestamps of the last ``count`` matches); ``state()`` reads it (once per loop wakeup)."""
+
+    def __init__(self, *, match: int, prog: int, count: int, window_ns: int, nanosecond: bool) -> None:
+        if count < 1:
+            raise ValueError("a packet trigger needs a count of at least 1")
+        self.count = count
+        self._ts = (ctypes.c_int64 * count)()
+        self.c = _Trigger(match=match, prog=prog, count=count, window_ns=window_ns,
+                          ts_scale=1 if nanosecond else 1000, ts=ctypes.cast(self._ts, POINTER(ctypes.c_int64)))
+
+    def state(self) -> TriggerState:
+        t = self.c
+        return TriggerState(int(t.total), int(t.fired), int(t.fired_ts_ns), int(t.first_ts_ns))
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -161,12 +196,18 @@ class ChunkBuffer:
         if self._lib.podcap_chunk_init(byref(self._buf), INITIAL_BYTES) != 0:
             raise MemoryError("cannot allocate a chunk buffer")
         self._buf.limit = limit
+        self._trigger: PacketTriggerCounter | None = None
         self._first = ctypes.create_string_buffer(16)
         self.callback: int = ctypes.cast(self._lib.podcap_chunk_handler, c_void_p).value or 0
         self.user: int = ctypes.addressof(self._buf)
 
     def set_limit(self, limit: int) -> None:
         self._buf.limit = limit
+
+    def set_trigger(self, trigger: PacketTriggerCounter | None) -> None:
+        """Evaluate ``trigger`` on every packet from now on (None: no more); the caller keeps it alive while set."""
+        self._trigger = trigger
+        self._buf.trigger = ctypes.pointer(trigger.c) if trigger is not None else POINTER(_Trigger)()
 
     def pending(self) -> int:
         return int(self._buf.records)

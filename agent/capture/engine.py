@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from podcap.agent.capture import chunkbuf
 from podcap.agent.capture.interfaces import HandleFactory, StreamSink
-from podcap.agent.capture.libpcap import Handle, PcapError
+from podcap.agent.capture.libpcap import Handle, PcapError, TriggerSpec
 from podcap.agent.capture.settings import EngineSettings
 from podcap.agent.capture.stream import CaptureCounters, Stream, cut_chunk, event, open_stream, read_kernel
 from podcap.agent.pods.source import PodNetwork
@@ -109,8 +109,10 @@ class CaptureEngine:
         settings: common_pb2.CaptureSettings,
         *,
         pods_on_node: int = 1,
+        trigger: TriggerSpec | None = None,
     ) -> None:
-        """Open a handle for the pod in the background; STARTED or FAILED is reported to the sink. Idempotent."""
+        """Open a handle for the pod in the background; STARTED or FAILED is reported to the sink. Idempotent.
+        ``trigger``: a packet trigger the handle evaluates in C (a recording's); its firings go to the sink."""
         key = (capture_id, pod.uid)
         with self._lock:
             if key in self._streams or key in self._opening:
@@ -119,7 +121,7 @@ class CaptureEngine:
             self._cancelled_opens.discard(key)
             self._counter += 1
             stream_id = f"{self._instance}-{self._counter}"
-        self._pool.submit(self._open, key, stream_id, pod, network, settings, pods_on_node)
+        self._pool.submit(self._open, key, stream_id, pod, network, settings, pods_on_node, trigger)
 
     def stop(self, capture_id: CaptureId, pod_uid: PodUid | None, reason: str) -> None:
         """Stop one pod's stream (or all of a capture): flush, report final counters, close."""
@@ -134,6 +136,27 @@ class CaptureEngine:
                 if key[0] == capture_id and (pod_uid is None or key[1] == pod_uid):
                     self._cancelled_opens.add(key)
         self._submit(run)
+
+    def flush(self, capture_id: CaptureId, pod_uid: PodUid) -> threading.Event:
+        """Read what the stream's kernel ring holds now and cut it into chunks (a recording about to be saved); the
+        event is set once done (or when there is no such stream). Packets still in the kernel's current block are
+        readable only once the block retires (``HandleOptions.timeout_ms``)."""
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                stream = self._streams.get((capture_id, pod_uid))
+                if stream is not None and not stream.finish_at:
+                    try:
+                        self._pull(stream, rounds=64, budget=DRAIN_BYTES)
+                    except PcapError:
+                        pass  # the interface is gone: the next wakeup ends the stream
+                    self._flush(stream)
+            finally:
+                done.set()
+
+        self._submit(run)
+        return done
 
     def stop_all(self, reason: str, *, state: common_pb2.PodCaptureState.ValueType = DONE) -> None:
         def run() -> None:
@@ -214,11 +237,12 @@ class CaptureEngine:
         network: PodNetwork,
         settings: common_pb2.CaptureSettings,
         pods_on_node: int,
+        trigger: TriggerSpec | None = None,
     ) -> None:
         capture_id, uid = key
         try:
             stream = open_stream(self._handles, key, stream_id, pod, network, settings, self._cfg,
-                                 pods_on_node=pods_on_node)
+                                 pods_on_node=pods_on_node, trigger=trigger)
         except (PcapError, OSError) as e:
             with self._lock:
                 self._opening.discard(key)
@@ -252,6 +276,7 @@ class CaptureEngine:
                 ingest_pb2.PodCaptureEvent(
                     capture_id=capture_id, pod_uid=uid, stream_id=stream_id,
                     state=common_pb2.POD_CAPTURE_STATE_CAPTURING, interface=interface, started=True,
+                    message=stream.handle.trigger_error,
                     format=common_pb2.PcapFormat(
                         linktype=stream.fmt.linktype, snaplen=stream.fmt.snaplen, nanosecond=stream.fmt.nanosecond
                     ),
@@ -439,6 +464,12 @@ class CaptureEngine:
                 continue
             if stream.pending_packets and now - stream.pending_since >= self._cfg.flush_interval:
                 self._flush(stream)
+            counter = stream.handle.trigger
+            if counter is not None:
+                state = counter.state()
+                if state.fired > stream.trigger_fired:  # one report per wakeup, however often it fired since
+                    stream.trigger_fired = state.fired
+                    self._sink.trigger(stream.key, state)
             if now >= stream.next_stats:
                 stream.next_stats = now + self._cfg.stats_interval
                 read_kernel(stream, self._total(stream))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from podcap.agent.capture.chunkbuf import RecordSink
+from podcap.agent.capture.chunkbuf import PacketTriggerCounter, RecordSink, TriggerState
 from podcap.agent.capture.libpcap import HandleOptions, KernelCounters
 from podcap.agent.upload.encoded import EncodedChunk
 from podcap.v1 import ingest_pb2
@@ -37,6 +37,16 @@ class CaptureHandle(Protocol):
     @property
     def sink(self) -> RecordSink | None:
         """Where ``dispatch`` writes records; None once closed."""
+        ...
+
+    @property
+    def trigger(self) -> PacketTriggerCounter | None:
+        """The packet trigger the handle's C handler evaluates (recordings), None without one."""
+        ...
+
+    @property
+    def trigger_error(self) -> str:
+        """Why a packet trigger asked for is not evaluated ("" when it is, or none was asked for)."""
         ...
 
     def dispatch(self, max_packets: int = -1) -> int:
@@ -69,3 +79,7 @@ class StreamSink(Protocol):
         ...
 
     def event(self, event: ingest_pb2.PodCaptureEvent) -> None: ...
+
+    def trigger(self, key: tuple[str, str], state: TriggerState) -> None:
+        """A stream's packet trigger fired (once per firing; ``state`` has the firing's times)."""
+        ...

@@ -111,6 +111,7 @@ def lib() -> ctypes.CDLL:
         "pcap_datalink": (c_int, [c_void_p]),
         "pcap_snapshot": (c_int, [c_void_p]),
         "pcap_get_tstamp_precision": (c_int, [c_void_p]),
+        "pcap_offline_filter": (c_int, [POINTER(_BpfProgram), c_void_p, c_void_p]),
     }
     for fname, (restype, argtypes) in sigs.items():
         fn = getattr(lp, fname)
@@ -128,6 +129,15 @@ class KernelCounters:
 
 
 @dataclass(frozen=True)
+class TriggerSpec:
+    """A flight recorder's packet trigger: ``count`` packets matching ``filter`` within ``window_ns``."""
+
+    filter: str
+    count: int
+    window_ns: int
+
+
+@dataclass(frozen=True)
 class HandleOptions:
     """How to open one handle. ``buffer_bytes`` is the kernel ring; ``timeout_ms`` the ring block timeout."""
 
@@ -139,6 +149,8 @@ class HandleOptions:
     # for quiet pods; shorter means less delay, and less lost when an interface vanishes with a block unretired.
     timeout_ms: int = 500
     promisc: bool = False
+    # A packet trigger evaluated in C on every packet the handle delivers (recordings only; needs chunkbuf).
+    trigger: TriggerSpec | None = None
 
 
 class MemoryDump:
@@ -216,6 +228,10 @@ class Handle:
             raise PcapError(errbuf.value.decode(errors="replace"))
         self._p: c_void_p | None = c_void_p(p)
         self.sink: chunkbuf.RecordSink | None = None
+        # The packet trigger's counters (None: no trigger), or why a trigger asked for is not evaluated.
+        self.trigger: chunkbuf.PacketTriggerCounter | None = None
+        self.trigger_error = ""
+        self._trigger_prog: _BpfProgram | None = None
         try:
             self._check(lp.pcap_set_snaplen(p, opts.snaplen), "set snaplen")
             self._check(lp.pcap_set_promisc(p, int(opts.promisc)), "set promisc")
@@ -239,6 +255,8 @@ class Handle:
             self.snaplen: int = lp.pcap_snapshot(p)
             self.nanosecond: bool = lp.pcap_get_tstamp_precision(p) == PCAP_TSTAMP_PRECISION_NANO
             self.sink = chunkbuf.ChunkBuffer() if chunkbuf.available() else MemoryDump(c_void_p(p))
+            if opts.trigger is not None:
+                self._set_trigger(opts.trigger)
         except BaseException:
             self.close()
             raise
@@ -257,6 +275,25 @@ class Handle:
                 raise PcapError("setfilter: " + (lp.pcap_geterr(self._p) or b"").decode(errors="replace"))
         finally:
             lp.pcap_freecode(byref(prog))
+
+    def _set_trigger(self, spec: TriggerSpec) -> None:
+        """Compile the trigger's filter for this handle's link type and have the C handler run it on every packet.
+        A trigger that cannot run leaves the handle capturing without it and says why in ``trigger_error``."""
+        sink = self.sink
+        if not isinstance(sink, chunkbuf.ChunkBuffer):
+            self.trigger_error = "packet trigger not evaluated: podcap's C library is not built"
+            return
+        lp = lib()
+        prog = _BpfProgram()
+        if lp.pcap_compile(self._p, byref(prog), spec.filter.encode(), 1, 0xFFFFFFFF) < 0:
+            detail = (lp.pcap_geterr(self._p) or b"").decode(errors="replace")
+            self.trigger_error = f"packet trigger not evaluated: bad filter: {detail}"
+            return
+        self._trigger_prog = prog
+        self.trigger = chunkbuf.PacketTriggerCounter(
+            match=ctypes.cast(lp.pcap_offline_filter, c_void_p).value or 0, prog=ctypes.addressof(prog),
+            count=spec.count, window_ns=spec.window_ns, nanosecond=self.nanosecond)
+        sink.set_trigger(self.trigger)
 
     def dispatch(self, max_packets: int = -1) -> int:
         """Move what the ring holds (at most ``max_packets``; -1 = all) into the sink; return the packet count."""
@@ -287,6 +324,9 @@ class Handle:
         if self.sink is not None:
             self.sink.close()
             self.sink = None
+        if self._trigger_prog is not None:
+            lib().pcap_freecode(byref(self._trigger_prog))
+            self._trigger_prog = None
         if self._p is not None:
             lib().pcap_close(self._p)
             self._p = None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from podcap.agent import netns
 from podcap.agent.capture.interfaces import CaptureHandle, HandleFactory
-from podcap.agent.capture.libpcap import HandleOptions, KernelCounters, PcapError
+from podcap.agent.capture.libpcap import HandleOptions, KernelCounters, PcapError, TriggerSpec
 from podcap.agent.capture.settings import MIN_RING, EngineSettings, auto_ring_bytes
 from podcap.agent.pods.source import PodNetwork
 from podcap.agent.upload.encoded import EncodedChunk, gap_chunk
@@ -70,6 +70,8 @@ class Stream:
     # capture goes on, and the node's next agent re-attaches the pod: a gap, not an end).
     finish_state: common_pb2.PodCaptureState.ValueType = common_pb2.POD_CAPTURE_STATE_UNSPECIFIED
     expect: int = -1
+    # Firings of the handle's packet trigger already reported (recordings).
+    trigger_fired: int = 0
 
 
 @dataclass
@@ -92,24 +94,27 @@ def open_stream(
     cfg: EngineSettings,
     *,
     pods_on_node: int,
+    trigger: TriggerSpec | None = None,
 ) -> Stream:
     """Open the handle that captures ``pod`` as ``settings`` ask (on the host veth, or inside the pod's network
-    namespace) and the stream around it. Slow (the kernel allocates the ring): pool threads only. Raises
-    PcapError or OSError."""
+    namespace) and the stream around it, with ``trigger`` evaluated on its packets in C (recordings). Slow (the
+    kernel allocates the ring): pool threads only. Raises PcapError or OSError."""
     ring = settings.buffer_bytes or auto_ring_bytes(cfg.ring_budget_bytes, pods_on_node)
     snaplen = settings.snaplen or MAX_SNAPLEN
     where = settings.interface or common_pb2.CAPTURE_INTERFACE_HOST_VETH
     if pod.host_network:
         raise PcapError("pod uses the node's network (hostNetwork): it has no traffic of its own to capture")
     if where == common_pb2.CAPTURE_INTERFACE_HOST_VETH and network.host_veth:
-        opts = HandleOptions(device=network.host_veth, snaplen=snaplen, buffer_bytes=ring, filter=settings.filter)
+        opts = HandleOptions(device=network.host_veth, snaplen=snaplen, buffer_bytes=ring, filter=settings.filter,
+                             trigger=trigger)
         handle = handles(opts)
         interface = network.host_veth
     else:
         # No host veth (or asked for): open inside the pod's namespace. The handle keeps capturing there after this
         # thread returns to the agent's namespace.
         device = "any" if where == common_pb2.CAPTURE_INTERFACE_POD_ALL else "eth0"
-        opts = HandleOptions(device=device, snaplen=snaplen, buffer_bytes=ring, filter=settings.filter)
+        opts = HandleOptions(device=device, snaplen=snaplen, buffer_bytes=ring, filter=settings.filter,
+                             trigger=trigger)
         with netns.entered(network.netns_path):
             handle = handles(opts)
         interface = f"{device} in {network.netns_path}"

@@ -58,6 +58,48 @@ struct podcap_chunk {
     uint64_t packets; /* records */
 };
 
+/*
+ * A flight recorder's packet trigger: `count` packets matching a BPF program within `window_ns` (packet timestamps).
+ * The program runs here, in the handler, on every packet (libpcap's pcap_offline_filter, reached through a function
+ * pointer so this library need not link libpcap); the timestamps of the last `count` matches are kept in `ts` (a
+ * circular array of `count` entries), and when the oldest of them is at most `window_ns` older than the newest the
+ * trigger fires: `fired` counts up, `fired_ts_ns`/`first_ts_ns` say when, and the matches are consumed (the next
+ * firing needs `count` new ones). The agent's loop reads `fired` once per wakeup: no Python per packet.
+ */
+typedef int (*podcap_bpf_match)(const void *prog, const struct podcap_pkthdr *h, const unsigned char *bytes);
+
+struct podcap_trigger {
+    podcap_bpf_match match; /* pcap_offline_filter */
+    const void *prog;       /* struct bpf_program *, compiled for the handle's link type */
+    uint64_t count;         /* matches needed, >= 1 */
+    uint64_t window_ns;
+    uint64_t ts_scale;      /* ns per unit of ts.tv_usec: 1 (nanosecond handle) or 1000 */
+    int64_t *ts;            /* `count` entries */
+    uint64_t n;             /* matches held in ts (<= count) */
+    uint64_t pos;           /* where the next match goes */
+    uint64_t total;         /* every match, ever */
+    uint64_t fired;         /* firings, ever */
+    int64_t fired_ts_ns;    /* the last firing: the match that completed it */
+    int64_t first_ts_ns;    /* ... and the first of its `count` matches */
+};
+
+static void trigger_packet(struct podcap_trigger *t, const struct podcap_pkthdr *h, const unsigned char *bytes) {
+    if (t->match(t->prog, h, bytes) == 0) return;
+    int64_t now = (int64_t)h->ts.tv_sec * 1000000000ll + (int64_t)h->ts.tv_usec * (int64_t)t->ts_scale;
+    t->total++;
+    t->ts[t->pos] = now;
+    t->pos = (t->pos + 1) % t->count;
+    if (t->n < t->count) t->n++;
+    if (t->n < t->count) return;
+    int64_t oldest = t->ts[t->pos]; /* the slot written next holds the oldest of the last `count` */
+    if (now - oldest <= (int64_t)t->window_ns) {
+        t->fired++;
+        t->fired_ts_ns = now;
+        t->first_ts_ns = oldest;
+        t->n = 0;
+    }
+}
+
 struct podcap_chunkbuf {
     struct podcap_chunk open; /* where records go now */
     uint64_t lost;            /* packets not stored because a buffer could not grow (out of memory) */
@@ -69,6 +111,7 @@ struct podcap_chunkbuf {
     uint64_t nclosed;
     uint64_t closed_cap;
     uint64_t initial; /* capacity a new chunk's buffer starts with */
+    struct podcap_trigger *trigger; /* NULL: none (a capture; a recording without a packet trigger) */
 };
 
 static int chunk_new(struct podcap_chunk *c, uint64_t cap) {
@@ -129,6 +172,7 @@ static int close_open(struct podcap_chunkbuf *b) {
 
 void podcap_chunk_handler(unsigned char *user, const struct podcap_pkthdr *h, const unsigned char *bytes) {
     struct podcap_chunkbuf *b = (struct podcap_chunkbuf *)user;
+    if (b->trigger != NULL) trigger_packet(b->trigger, h, bytes);
     uint32_t hdr[4] = {(uint32_t)h->ts.tv_sec, (uint32_t)h->ts.tv_usec, h->caplen, h->len};
     uint64_t size = sizeof hdr + (uint64_t)h->caplen;
     struct podcap_chunk *c = &b->open;

@@ -107,6 +107,8 @@ class FakeHandle:
         self.snaplen = opts.snaplen
         self.nanosecond = True
         self.sink: FakeRecordSink | None = FakeRecordSink()
+        self.trigger = None  # no packet trigger in the fake (tests/integration covers the C one)
+        self.trigger_error = ""
         self._ring: list[int] = []  # readable packets (their numbers)
         self._stuck: list[int] = []  # queued, not readable yet
         self._next = 1

@@ -47,6 +47,9 @@ class RecordingSink:
             self.events.append(event)
             self._cond.notify_all()
 
+    def trigger(self, key: tuple[str, str], state: object) -> None:
+        pass
+
     def wait_event(self, state: int, timeout: float = 10.0) -> ingest_pb2.PodCaptureEvent:
         with self._cond:
             assert self._cond.wait_for(lambda: any(e.state == state for e in self.events), timeout), \

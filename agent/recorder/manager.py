@@ -1,0 +1,470 @@
+"""The node's flight recorders: which pods record into which ring, their packet triggers, and saves of windows.
+
+A recording is a capture-engine stream like a capture's (the same libpcap handle, the same C chunk cutter), keyed by
+the recorder's id where a capture's id would be; the session routes that stream's chunks and events here instead of
+to the collector (``owns``). Chunks go into the pod's ring on disk (``RingStore``), events update the ring's counters,
+and the handle's packet trigger (evaluated in C, read once per loop wakeup) becomes a ``PacketTriggerFired``
+message. While nothing triggers only ``RingStatus`` counters travel, in the session's heartbeats.
+
+A save (``SavePodWindow``) runs on a thread of its own: it waits for the window's end to pass (and the kernel's
+block to retire), has the engine flush the recording, takes the window's segments (opened, so that the ring may go
+on evicting), and puts their records as chunks of the save's capture into the upload log — the same acknowledged,
+spooled, re-sent path as a capture's chunks, paced by the log's room so that a save of any size waits for a
+collector that is away instead of losing data. Between a STARTED and a DONE event the stream is a capture stream in
+every respect; the DONE event accounts for every packet of the window the ring knew of.
+
+The manager re-attaches recordings whose pod's sandbox came back (as the session does for captures), marks rings of
+pods that left the node as kept, and deletes them when their keep duration passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from podcap.agent.capture.chunkbuf import TriggerState
+from podcap.agent.capture.engine import CaptureEngine
+from podcap.agent.capture.libpcap import TriggerSpec
+from podcap.agent.pods.source import PodNetwork, PodSource, PodSourceError
+from podcap.agent.recorder import save as saving
+from podcap.agent.recorder.store import RingKey, RingStore
+from podcap.agent.upload.encoded import EncodedChunk
+from podcap.agent.upload.upload_log import UploadLog
+from podcap.names import CaptureId, InvalidNameError, PodUid, check_capture_id, check_pod_uid
+from podcap.pcapfile import MAX_SNAPLEN, FileFormat
+from podcap.pods import PodRef
+from podcap.v1 import common_pb2, ingest_pb2
+
+log = logging.getLogger(__name__)
+
+POD_GONE_AFTER_S = 5.0
+# A save waits this long past its window's end before reading the ring: packets are readable once their kernel
+# block retires (the handle's block timeout, 0.5 s) and the engine's loop has read them.
+SETTLE_S = 1.1
+# Chunk records as the collector's native framing lays them out (chunkbuf.c): 12 bytes of prefix, then the records.
+_NATIVE_PREFIX = 12
+_CHUNK_TAG, _RECORDS_TAG = 0x22, 0x22
+MAX_KEEP_GONE_NS = 7 * 24 * 3600 * 10**9
+
+
+@dataclass
+class _Recording:
+    cmd: ingest_pb2.StartPodRecording
+    state: int = ingest_pb2.RING_STATE_PENDING
+    message: str = ""
+    fingerprint: tuple[str, str, int] = ("", "", 0)
+    missing_since: float = 0.0
+    stream_id: str = ""
+    fmt: FileFormat | None = None
+    stopped: bool = False
+
+
+@dataclass
+class _Save:
+    cmd: ingest_pb2.SavePodWindow
+    stream_id: str
+    lost: dict[str, int] = field(default_factory=dict)
+    started: bool = False
+    final: ingest_pb2.AgentMessage | None = None
+
+
+def chunk_records(chunk: EncodedChunk) -> memoryview | bytes:
+    """A chunk's record bytes: a slice of its wire when ``chunkbuf.c`` laid it out (records right behind the
+    prefix), else parsed out of the message (the fallback path)."""
+    wire = chunk.wire
+    if len(wire) >= _NATIVE_PREFIX and wire[0] == _CHUNK_TAG and wire[6] == _RECORDS_TAG:
+        n = 0
+        for i in range(5):
+            n |= (wire[7 + i] & 0x7F) << (7 * i)
+        if n == chunk.size:
+            return memoryview(wire)[_NATIVE_PREFIX:_NATIVE_PREFIX + n]
+    return chunk.message().records
+
+
+class RecorderManager:
+    def __init__(self, store: RingStore, engine: CaptureEngine, out: UploadLog, source: PodSource, *,
+                 fingerprint: Callable[[PodNetwork], tuple[str, str, int]], node: str) -> None:
+        self.store = store
+        self.engine = engine
+        self.out = out
+        self.source = source
+        self.node = node
+        self._fingerprint = fingerprint
+        self._lock = threading.Lock()
+        self._recordings: dict[RingKey, _Recording] = {}
+        self._by_stream: dict[str, RingKey] = {}
+        self._recorders: set[str] = {k[0] for k in store.keys()}
+        self._saves: dict[tuple[str, str], _Save] = {}
+        self._save_streams: dict[str, _Save] = {}
+        self._delete_after_saves: set[RingKey] = set()
+        self._stop = threading.Event()
+        self._changed = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._trigger_totals: dict[RingKey, tuple[str, int]] = {}  # (stream id, its matches counted so far)
+
+    # ---- routing (the session's sink) ----
+
+    def owns(self, capture_id: str) -> bool:
+        """Whether a stream of this id is a recording (recorder ids never equal capture ids)."""
+        with self._lock:
+            return capture_id in self._recorders
+
+    def chunk(self, chunk: EncodedChunk) -> bool:
+        """A recording's chunk (capture loop): its records into the pod's ring."""
+        meta = chunk.meta
+        key = (meta.capture_id, meta.pod_uid)
+        with self._lock:
+            rec = self._recordings.get(key)
+            fmt = rec.fmt if rec is not None else None
+        if not chunk.size or fmt is None:
+            return True  # a gap: its losses reach the ring through the stream's counters
+        return self.store.write(key, chunk_records(chunk), meta.packets, fmt, meta.first_ts_ns, meta.last_ts_ns)
+
+    def event(self, event: ingest_pb2.PodCaptureEvent) -> None:
+        """A recording stream's event (capture loop, or an open pool thread)."""
+        key = (event.capture_id, event.pod_uid)
+        if event.stream_id:
+            self.store.observe(key, event.stream_id, received=event.kernel.received, dropped=event.kernel.dropped,
+                               if_dropped=event.kernel.if_dropped, out_of_memory=event.drops.out_of_memory,
+                               unread=event.drops.unread)
+        with self._lock:
+            rec = self._recordings.get(key)
+            if rec is None:
+                return
+            state, message = rec.state, rec.message
+            if event.started:
+                rec.stream_id = event.stream_id
+                self._by_stream[event.stream_id] = key
+                rec.fmt = FileFormat(event.format.linktype, event.format.snaplen, event.format.nanosecond)
+                rec.state, rec.message = ingest_pb2.RING_STATE_RECORDING, event.message
+            elif event.state == common_pb2.POD_CAPTURE_STATE_FAILED:
+                rec.state, rec.message = ingest_pb2.RING_STATE_FAILED, event.message
+            elif event.state in (common_pb2.POD_CAPTURE_STATE_PENDING, common_pb2.POD_CAPTURE_STATE_DONE):
+                rec.state = ingest_pb2.RING_STATE_KEPT if rec.stopped else ingest_pb2.RING_STATE_PENDING
+                rec.message = event.message
+            changed = (state, message) != (rec.state, rec.message)
+        if event.state != common_pb2.POD_CAPTURE_STATE_CAPTURING:
+            self.store.close_segment(key)
+        if changed:
+            self._changed.set()
+
+    def trigger(self, key: tuple[str, str], state: TriggerState) -> None:
+        """The recording's packet trigger fired (capture loop, once per wakeup)."""
+        with self._lock:
+            rec = self._recordings.get(key)
+            count = rec.cmd.trigger.count if rec is not None else 0
+            stream_id = rec.stream_id if rec is not None else ""
+            last_stream, last_total = self._trigger_totals.get(key, ("", 0))
+            counted = last_total if last_stream == stream_id else 0
+            self._trigger_totals[key] = (stream_id, state.total)
+        self.store.count_trigger(key, matches=state.total - counted, fired=1)
+        log.info("recorder %s: pod %s: packet trigger fired (%d matches, total %d)", key[0], key[1], count,
+                 state.total)
+        self.out.put(ingest_pb2.AgentMessage(packet_trigger=ingest_pb2.PacketTriggerFired(
+            recorder_id=key[0], pod_uid=key[1], fired_unix_ns=state.fired_ts_ns,
+            first_match_unix_ns=state.first_ts_ns, matches=count, total_matches=state.total)))
+
+    # ---- commands ----
+
+    def start(self, cmd: ingest_pb2.StartPodRecording, pod: PodRef | None) -> None:
+        try:
+            rid = check_capture_id(cmd.recorder_id)
+            uid = check_pod_uid(cmd.pod.uid)
+        except InvalidNameError as e:
+            log.warning("ignoring malformed recording start: %s", e)
+            return
+        key = (str(rid), str(uid))
+        with self._lock:
+            self._recorders.add(key[0])
+            rec = self._recordings.get(key)
+            if rec is not None and not rec.stopped and key in self.engine.active():
+                return  # idempotent
+            rec = self._recordings[key] = _Recording(cmd)
+        self.store.ensure(key, pod={"namespace": cmd.pod.namespace, "name": cmd.pod.name, "uid": cmd.pod.uid},
+                          max_bytes=cmd.keep.max_bytes, max_duration_ns=cmd.keep.max_duration_ns,
+                          keep_gone_ns=min(cmd.keep_gone_ms * 1_000_000, MAX_KEEP_GONE_NS))
+        self._changed.set()
+        if pod is None:
+            self._fail(rec, f"pod {cmd.pod.namespace}/{cmd.pod.name} (uid {uid}) is not on node {self.node}")
+            return
+        self._open(key, rec, pod)
+
+    def _open(self, key: RingKey, rec: _Recording, pod: PodRef) -> None:
+        try:
+            network = self.source.locate(PodUid(key[1]))
+        except PodSourceError as e:
+            with self._lock:
+                rec.state, rec.message = ingest_pb2.RING_STATE_PENDING, f"cannot locate the pod: {e}"
+            self._changed.set()
+            return
+        rec.fingerprint = self._fingerprint(network)
+        cmd = rec.cmd
+        settings = common_pb2.CaptureSettings()
+        settings.CopyFrom(cmd.settings)
+        settings.max_packets = 0
+        settings.max_chunk_bytes = 1 << 20  # a ring's segments take chunks of up to 1 MiB
+        trigger = None
+        if cmd.HasField("trigger") and cmd.trigger.filter and cmd.trigger.count:
+            trigger = TriggerSpec(cmd.trigger.filter, min(cmd.trigger.count, 65536), cmd.trigger.window_ns or 1)
+        self.engine.start(CaptureId(key[0]), pod, network, settings, pods_on_node=cmd.pods_on_node or 1,
+                          trigger=trigger)
+
+    def _fail(self, rec: _Recording, message: str) -> None:
+        with self._lock:
+            rec.state, rec.message = ingest_pb2.RING_STATE_FAILED, message
+        self._changed.set()
+
+    def stop(self, cmd: ingest_pb2.StopPodRecording) -> None:
+        rid = cmd.recorder_id
+        with self._lock:
+            keys = [k for k in set(self._recordings) | set(self.store.keys())
+                    if k[0] == rid and (not cmd.pod_uid or k[1] == cmd.pod_uid)]
+            for key in keys:
+                rec = self._recordings.get(key)
+                if rec is not None:
+                    rec.stopped = True
+                    rec.state = ingest_pb2.RING_STATE_KEPT
+                    rec.message = cmd.reason or "recording stopped"
+        self.engine.stop(CaptureId(rid), PodUid(cmd.pod_uid) if cmd.pod_uid else None,
+                         cmd.reason[:200] or "recording stopped")
+        if cmd.delete_ring:
+            for key in keys:
+                self._delete_when_idle(key)
+        self._changed.set()
+
+    def _delete_when_idle(self, key: RingKey) -> None:
+        """Delete a ring once no save of it is waiting for its window (saves that took their snapshot keep reading
+        the files they opened)."""
+        with self._lock:
+            waiting = any((s.cmd.recorder_id, s.cmd.pod_uid) == key and s.final is None
+                          for s in self._saves.values())
+            if waiting:
+                self._delete_after_saves.add(key)
+                return
+            self._delete_after_saves.discard(key)
+            self._recordings.pop(key, None)
+        self._stop_wait(key)
+        self.store.delete(key)
+        log.info("recorder %s: ring of pod %s deleted", key[0], key[1])
+        self._changed.set()
+
+    def _stop_wait(self, key: RingKey, timeout: float = 5.0) -> None:
+        """Wait (briefly) for the recording's stream to end so nothing writes into a ring being deleted."""
+        deadline = time.monotonic() + timeout
+        while key in self.engine.active() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    # ---- housekeeping (the session's side loop, once a second) ----
+
+    def reconcile(self, pods: dict[PodUid, PodRef]) -> None:
+        """Re-attach recordings whose pod's sandbox came back; mark rings of pods that left the node as kept;
+        delete rings kept past their keep duration."""
+        active = set(self.engine.active())
+        now = time.monotonic()
+        with self._lock:
+            waiting = [(k, r) for k, r in self._recordings.items() if k not in active and not r.stopped]
+        for key, rec in waiting:
+            pod = pods.get(PodUid(key[1]))
+            if pod is None:
+                if not rec.missing_since:
+                    rec.missing_since = now
+                if now - rec.missing_since >= POD_GONE_AFTER_S and rec.state != ingest_pb2.RING_STATE_KEPT:
+                    with self._lock:
+                        rec.state, rec.message = ingest_pb2.RING_STATE_KEPT, "pod left the node; its ring is kept"
+                    self.store.mark_gone(key, True)
+                    self._changed.set()
+                continue
+            rec.missing_since = 0.0
+            if rec.state == ingest_pb2.RING_STATE_FAILED:
+                continue
+            try:
+                network = self.source.locate(PodUid(key[1]))
+            except PodSourceError:
+                continue
+            fingerprint = self._fingerprint(network)
+            if (fingerprint == rec.fingerprint and rec.state == ingest_pb2.RING_STATE_RECORDING) or fingerprint[2] < 0:
+                continue
+            if fingerprint == rec.fingerprint and rec.stream_id:
+                continue  # the same (broken) incarnation
+            log.info("recorder %s: (re-)attaching %s/%s", key[0], pod.namespace, pod.name)
+            self._open(key, rec, pod)
+        for key in self.store.expired_gone(time.time_ns()):
+            self._delete_when_idle(key)
+        with self._lock:
+            pending = list(self._delete_after_saves)
+        for key in pending:
+            self._delete_when_idle(key)
+        self.store.flush_meta()
+
+    def take_changed(self) -> bool:
+        """Whether a ring's state changed since the last call (the session then sends a heartbeat at once)."""
+        changed = self._changed.is_set()
+        self._changed.clear()
+        return changed
+
+    def statuses(self) -> list[ingest_pb2.RingStatus]:
+        """Every ring on the node's disk, for heartbeats and registration."""
+        out = []
+        with self._lock:
+            recs = {k: (r.state, r.message) for k, r in self._recordings.items()}
+        for key in self.store.keys():
+            ring = self.store.get(key)
+            if ring is None:
+                continue
+            state, message = recs.get(key, (ingest_pb2.RING_STATE_KEPT, "ring found on the node's disk"))
+            c = ring.counters
+            out.append(ingest_pb2.RingStatus(
+                recorder_id=key[0], pod_uid=key[1], state=state, message=message, bytes=ring.held_bytes,  # type: ignore[arg-type]
+                packets=ring.held_packets, oldest_unix_ns=ring.oldest_ns, newest_unix_ns=ring.newest_ns,
+                kernel=common_pb2.KernelStats(received=c.received, dropped=c.kernel_dropped, if_dropped=c.if_dropped),
+                written=c.written, drops=common_pb2.PodcapDrops(
+                    ring_evicted=c.ring_evicted, ring_unwritten=c.ring_unwritten, out_of_memory=c.out_of_memory,
+                    unread=c.unread),
+                trigger_matches=c.trigger_matches, trigger_fired=c.trigger_fired, limit_bytes=ring.limit_bytes))
+        return out
+
+    # ---- saves ----
+
+    def save(self, cmd: ingest_pb2.SavePodWindow) -> None:
+        """Start a save (idempotent by capture and pod: a finished one sends its terminal event again)."""
+        key = (cmd.capture_id, cmd.pod_uid)
+        try:
+            check_capture_id(cmd.capture_id)
+            check_capture_id(cmd.recorder_id)
+            check_pod_uid(cmd.pod_uid)
+        except InvalidNameError as e:
+            log.warning("ignoring malformed save: %s", e)
+            return
+        with self._lock:
+            known = self._saves.get(key)
+            if known is None:
+                stream_id = f"save-{cmd.capture_id}-{cmd.pod_uid}"
+                known = self._saves[key] = _Save(cmd, stream_id)
+                self._save_streams[stream_id] = known
+                thread = threading.Thread(target=self._run_save, args=(known,), daemon=True,
+                                          name=f"save-{cmd.capture_id}")
+                self._threads.append(thread)
+            else:
+                thread = None
+        if thread is not None:
+            thread.start()
+        elif known.final is not None:
+            self.out.put(known.final)
+
+    def record_loss(self, capture_id: str, stream_id: str, cause: str, packets: int) -> bool:
+        """Packets of a save's chunk the upload log could not keep (a gap went in their place): True when
+        ``stream_id`` is a save's."""
+        with self._lock:
+            s = self._save_streams.get(stream_id)
+            if s is None:
+                return False
+            s.lost[cause] = s.lost.get(cause, 0) + packets
+            return True
+
+    def _run_save(self, s: _Save) -> None:
+        cmd = s.cmd
+        try:
+            self._save_window(s)
+        except Exception as e:  # a save must end with a terminal event, whatever happened
+            log.exception("save %s of pod %s failed", cmd.capture_id, cmd.pod_uid)
+            self._finish_save(s, common_pb2.POD_CAPTURE_STATE_FAILED, f"save failed: {e}", None, 0)
+        finally:
+            with self._lock:
+                key = (cmd.recorder_id, cmd.pod_uid)
+                pending = key in self._delete_after_saves
+            if pending:
+                self._delete_when_idle(key)
+
+    def _save_window(self, s: _Save) -> None:
+        cmd = s.cmd
+        key = (cmd.recorder_id, cmd.pod_uid)
+        ring = self.store.get(key)
+        if ring is None:
+            self._finish_save(s, common_pb2.POD_CAPTURE_STATE_FAILED,
+                              f"no ring of recorder {cmd.recorder_id} for pod {cmd.pod_uid} on node {self.node}",
+                              None, 0)
+            return
+        with self._lock:
+            rec = self._recordings.get(key)
+            fmt = rec.fmt if rec is not None else None
+        if fmt is None:
+            fmt = ring.segments[-1].fmt if ring.segments else FileFormat(1, MAX_SNAPLEN, True)
+        s.started = True
+        self.out.put(ingest_pb2.AgentMessage(pod_event=ingest_pb2.PodCaptureEvent(
+            capture_id=cmd.capture_id, pod_uid=cmd.pod_uid, stream_id=s.stream_id,
+            state=common_pb2.POD_CAPTURE_STATE_CAPTURING, started=True,
+            interface=f"ring of recorder {cmd.recorder_id}",
+            format=common_pb2.PcapFormat(linktype=fmt.linktype, snaplen=fmt.snaplen, nanosecond=fmt.nanosecond))))
+        # Wait for the window to pass (a save asked for at the trigger, its window reaching into the future).
+        while not self._stop.is_set():
+            rest = (cmd.to_unix_ns - time.time_ns()) / 1e9 + SETTLE_S
+            if rest <= 0:
+                break
+            self._stop.wait(min(rest, 1.0))
+        if self._stop.is_set():
+            return  # the agent stops: the collector asks again after the next registration
+        self.engine.flush(CaptureId(cmd.recorder_id), PodUid(cmd.pod_uid)).wait(5.0)
+        snapshot = self.store.snapshot(key, cmd.from_unix_ns, cmd.to_unix_ns)
+        if snapshot is None:
+            self._finish_save(s, common_pb2.POD_CAPTURE_STATE_FAILED, f"ring of pod {cmd.pod_uid} was deleted",
+                              None, 0)
+            return
+        try:
+            account = saving.account_losses(snapshot)
+            fmt = saving.window_format(snapshot) or fmt
+            seq = 0
+            limit = cmd.max_chunk_bytes or saving.DEFAULT_CHUNK_BYTES
+            for wc in saving.cut_window(snapshot, cmd.from_unix_ns, cmd.to_unix_ns, fmt, account, chunk_bytes=limit):
+                self._wait_for_room(len(wc.records))
+                seq += 1
+                meta = ingest_pb2.PcapChunk(capture_id=cmd.capture_id, pod_uid=cmd.pod_uid, stream_id=s.stream_id,
+                                            seq=seq, packets=wc.packets, first_ts_ns=wc.first_ns,
+                                            last_ts_ns=wc.last_ns)
+                self.out.put_chunk(EncodedChunk.build(meta, wc.records))
+        finally:
+            saving.close_snapshot(snapshot)
+        self._finish_save(s, common_pb2.POD_CAPTURE_STATE_DONE,
+                          f"saved {account.stored} packets of ring {cmd.recorder_id}", account, seq)
+
+    def _wait_for_room(self, size: int) -> None:
+        """Pace a save by the upload log: wait while it holds more than half its memory (a collector that is away
+        makes the save wait, not lose data)."""
+        while not self._stop.is_set() and self.out.pending()[1] + size > self.out.memory_bytes // 2 \
+                and self.out.pending()[1] > 0:
+            self._stop.wait(0.05)
+
+    def _finish_save(self, s: _Save, state: int, message: str, account: saving.WindowAccount | None,
+                     last_seq: int) -> None:
+        cmd = s.cmd
+        with self._lock:
+            upload_lost = dict(s.lost)
+        drops = common_pb2.PodcapDrops()
+        received = dropped = 0
+        if account is not None:
+            lost = dict(account.lost)
+            dropped = lost.pop("kernel_dropped", 0)
+            for cause, n in list(lost.items()) + list(upload_lost.items()):
+                setattr(drops, cause, getattr(drops, cause) + n)
+            received = account.received
+        event = ingest_pb2.PodCaptureEvent(
+            capture_id=cmd.capture_id, pod_uid=cmd.pod_uid, stream_id=s.stream_id if s.started else "",
+            state=state, message=message, last_seq=last_seq,  # type: ignore[arg-type]
+            kernel=common_pb2.KernelStats(received=received, dropped=dropped), delivered=received - dropped,
+            drops=drops, agent_dropped_packets=sum(getattr(drops, c) for c in
+                                                   ("buffer_full", "out_of_memory", "spool_error", "unread",
+                                                    "ring_evicted", "ring_unwritten")))
+        final = ingest_pb2.AgentMessage(pod_event=event)
+        with self._lock:
+            s.final = final
+        self.out.put(final)
+        log.info("save %s of pod %s (recorder %s): %s", cmd.capture_id, cmd.pod_uid, cmd.recorder_id, message)
+
+    def close(self) -> None:
+        """Stop waiting saves (the collector asks again after the next registration) and close every ring."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        self.store.close()
