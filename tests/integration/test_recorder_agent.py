@@ -1,0 +1,211 @@
+"""The flight recorder's agent half (issue 24) on real netns pods, a real podcap-agent process and real gRPC: a
+stand-in collector (tests/integration/ingest_standin.py) starts a recording, the pod's traffic goes into the ring on
+disk (not to the collector), and a ``SavePodWindow`` brings back exactly the window's packets as an ordinary capture
+stream, accounted for (received == stored + kernel dropped + drops); the same after an agent restart between the
+traffic and the save (the ring and its index survive); a ring smaller than the traffic saves its newest packets and
+counts the rest as ``ring_evicted``; a packet trigger on TCP RSTs fires once its count is reached within its window."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from podcap.collector.demo.node import DemoNode
+from podcap.pcapfile import FileFormat, iter_records
+from podcap.v1 import common_pb2, ingest_pb2
+from tests.conftest import Proc, start_proc, tool
+from tests.integration.helpers import PORT, warm_up
+from tests.integration.ingest_standin import IngestStandIn
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
+RECORDER = "rec-h4"
+UDP = "udp port 9999"
+RST = "tcp[tcpflags] & tcp-rst != 0"
+
+
+@pytest.fixture
+def node() -> Iterator[DemoNode]:
+    n = DemoNode()
+    n.create(["sender", "rx-0"])
+    try:
+        yield n
+    finally:
+        n.destroy()
+
+
+@pytest.fixture
+def standin() -> Iterator[IngestStandIn]:
+    with IngestStandIn() as s:
+        yield s
+
+
+def start_agent(standin: IngestStandIn, node: DemoNode, ring_dir: str, log: str) -> Proc:
+    return start_proc([tool("podcap-agent"), "--insecure", "--collector", standin.address, "--node",
+                       "node-" + node.tag, "--pod-source", "netns", "--ring-dir", ring_dir,
+                       "--ring-min-free", "0"], log)
+
+
+@pytest.fixture
+def ring_dir(tmp_path: str) -> str:
+    return os.path.join(tmp_path, "rings")
+
+
+def pod_of(reg: ingest_pb2.Register, node: DemoNode, name: str) -> common_pb2.Pod:
+    """Our node's pod (the machine's named namespaces may hold other tests' pods of the same name)."""
+    for p in reg.pods:
+        if p.namespace == node.namespace and p.name == name:
+            return p
+    raise AssertionError(f"pod {node.namespace}/{name} not in the agent's registration")
+
+
+def start_recording(standin: IngestStandIn, pod: common_pb2.Pod, *, filter: str = UDP, max_bytes: int = 64 << 20,
+                    trigger: ingest_pb2.PacketTrigger | None = None) -> None:
+    standin.send(ingest_pb2.CollectorMessage(start_recording=ingest_pb2.StartPodRecording(
+        recorder_id=RECORDER, pod=pod, settings=common_pb2.CaptureSettings(filter=filter),
+        keep=ingest_pb2.RingLimits(max_bytes=max_bytes), trigger=trigger, pods_on_node=1)))
+    standin.wait_for(lambda m: m.WhichOneof("kind") == "heartbeat" and any(
+        r.pod_uid == pod.uid and r.state == ingest_pb2.RING_STATE_RECORDING for r in m.heartbeat.rings),
+        what="ring RECORDING in a heartbeat")
+
+
+def send_udp(node: DemoNode, first: int, count: int) -> None:
+    """Datagrams numbered first..first+count-1 from ``sender`` to ``rx-0`` (the number is the payload's seq)."""
+    # The payload of tests/integration/udp_send.py (destination 0), numbered from ``first``.
+    code = ("import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"for seq in range({first}, {first + count}):\n"
+            "    s.sendto(b'PODCAPSEQ' + bytes(4) + seq.to_bytes(4, 'big') + b'x' * (seq % 200), "
+            f"('{node.pod('rx-0').ip}', {PORT}))\n"
+            "    if seq % 100 == 99:\n        time.sleep(0.002)\n")
+    r = node.exec(node.pod("sender"), [sys.executable, "-c", code])
+    assert r.returncode == 0, r.stderr
+
+
+def seqs(chunks: list[ingest_pb2.PcapChunk], fmt: FileFormat) -> list[int]:
+    out = []
+    for c in chunks:
+        for rec in iter_records(c.records, fmt):
+            frame = rec.data
+            if frame[12:14] != b"\x08\x00" or frame[23] != 17:
+                continue
+            body = frame[14 + (frame[14] & 0x0F) * 4 + 8:]
+            if body.startswith(b"PODCAPSEQ"):
+                out.append(int.from_bytes(body[13:17], "big"))
+    return out
+
+
+def save(standin: IngestStandIn, uid: str, cid: str, lo: int, hi: int) -> tuple[ingest_pb2.PodCaptureEvent, list[int]]:
+    standin.send(ingest_pb2.CollectorMessage(save=ingest_pb2.SavePodWindow(
+        recorder_id=RECORDER, pod_uid=uid, capture_id=cid, from_unix_ns=lo, to_unix_ns=hi)))
+    final = standin.final_event(cid, uid)
+    assert final.state == common_pb2.POD_CAPTURE_STATE_DONE, final.message
+    fmt = standin.started_format(cid, uid)
+    chunks = standin.chunks(final.stream_id)
+    assert [c.seq for c in chunks] == list(range(1, final.last_seq + 1))
+    stored = sum(c.packets for c in chunks)
+    drops = sum(f.number and v for f, v in final.drops.ListFields())
+    assert final.kernel.received == stored + final.kernel.dropped + drops, final
+    return final, seqs(chunks, fmt)
+
+
+def phases(node: DemoNode) -> tuple[int, int]:
+    """Three bursts of 500 datagrams a second apart (0-499, 1000-1499, 2000-2499); the middle one's time range."""
+    send_udp(node, 0, 500)
+    time.sleep(1.0)
+    lo = time.time_ns()
+    send_udp(node, 1000, 500)
+    hi = time.time_ns() + 300_000_000
+    time.sleep(1.0)
+    send_udp(node, 2000, 500)
+    return lo, hi
+
+
+def test_save_window_exact_and_accounted_across_agent_restart(node: DemoNode, standin: IngestStandIn,
+                                                               ring_dir: str, tmp_path: str) -> None:
+    agent = start_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent1.log"))
+    try:
+        pod = pod_of(standin.wait_registered(), node, "rx-0")
+        warm_up(node)
+        start_recording(standin, pod)
+        lo, hi = phases(node)
+        time.sleep(2.5)  # the last chunks reach the ring
+        # While idle nothing but counters travel: no chunk of the recording reached the collector.
+        assert not any(m.WhichOneof("kind") in ("chunk", "chunks") for m in standin.messages)
+        final, got = save(standin, pod.uid, "save-live", lo, hi)
+        assert got == list(range(1000, 1500)), got[:5]
+        assert final.kernel.received == 500 and final.kernel.dropped == 0
+    finally:
+        assert agent.stop() == 0, agent.log()[-3000:]
+    # The agent restarts: the ring (and its index) are found on disk and reported at registration; a save of the
+    # first burst, asked for only now, still works.
+    agent = start_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent2.log"))
+    try:
+        reg = standin.wait_registered(2)
+        rings = [r for r in reg.rings if r.pod_uid == pod.uid]
+        assert rings and rings[0].packets == 1500 and rings[0].recorder_id == RECORDER, reg.rings
+        final, got = save(standin, pod.uid, "save-after-restart", lo - 1_500_000_000, lo)
+        assert got == list(range(0, 500))
+        # Idempotent: the same save again runs nothing new and repeats its terminal event.
+        before = len(standin.all("chunk")) + len(standin.all("chunks"))
+        standin.send(ingest_pb2.CollectorMessage(save=ingest_pb2.SavePodWindow(
+            recorder_id=RECORDER, pod_uid=pod.uid, capture_id="save-after-restart", from_unix_ns=0, to_unix_ns=1)))
+        time.sleep(1.0)
+        assert len(standin.all("chunk")) + len(standin.all("chunks")) == before
+    finally:
+        assert agent.stop() == 0, agent.log()[-3000:]
+
+
+def test_small_ring_keeps_the_newest_and_counts_evicted(node: DemoNode, standin: IngestStandIn, ring_dir: str,
+                                                       tmp_path: str) -> None:
+    agent = start_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent.log"))
+    try:
+        pod = pod_of(standin.wait_registered(), node, "rx-0")
+        warm_up(node)
+        start_recording(standin, pod, max_bytes=512 << 10)
+        lo = time.time_ns()
+        for i in range(6):  # ~6 x 500 x 150 B = 0.5 MB per burst... ~1.3 MB in all into a 512 KiB ring
+            send_udp(node, i * 1000, 1000)
+            time.sleep(0.6)
+        time.sleep(2.5)
+        final, got = save(standin, pod.uid, "save-small", lo, time.time_ns())
+        assert final.drops.ring_evicted > 0 and len(got) > 1000
+        sent = [i * 1000 + j for i in range(6) for j in range(1000)]
+        assert got == sent[len(sent) - len(got):], "the ring keeps one contiguous run of the newest packets"
+        assert final.kernel.received == len(got) + final.drops.ring_evicted + final.kernel.dropped
+    finally:
+        assert agent.stop() == 0, agent.log()[-3000:]
+
+
+def test_packet_trigger_fires_once_count_reached(node: DemoNode, standin: IngestStandIn, ring_dir: str,
+                                                 tmp_path: str) -> None:
+    agent = start_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent.log"))
+    try:
+        pod = pod_of(standin.wait_registered(), node, "rx-0")
+        warm_up(node)
+        start_recording(standin, pod, filter="tcp", trigger=ingest_pb2.PacketTrigger(
+            filter=RST, count=5, window_ns=10_000_000_000))
+        connect = ("import socket\nfor _ in range({n}):\n    s = socket.socket()\n    s.settimeout(2)\n"
+                   "    try: s.connect(('" + node.pod("rx-0").ip + "', 81))\n    except OSError: pass\n"
+                   "    s.close()\n")
+        sender = node.pod("sender")
+        assert node.exec(sender, [sys.executable, "-c", connect.format(n=4)]).returncode == 0
+        time.sleep(1.5)
+        assert not standin.all("packet_trigger"), "fired before its count"
+        t0 = time.time_ns()
+        assert node.exec(sender, [sys.executable, "-c", connect.format(n=2)]).returncode == 0
+        fired = standin.wait_for(lambda m: m.WhichOneof("kind") == "packet_trigger", 5, "PacketTriggerFired")
+        ev = fired.packet_trigger
+        assert (ev.recorder_id, ev.pod_uid, ev.matches) == (RECORDER, pod.uid, 5)
+        assert t0 - 1_000_000_000 < ev.fired_unix_ns < time.time_ns()
+        # total_matches is read once per wakeup: the 6th match may already be counted by then.
+        assert ev.first_match_unix_ns < t0 and ev.total_matches in (5, 6)
+        time.sleep(1.5)
+        assert len(standin.all("packet_trigger")) == 1, "fired once; the 6th match starts a new count"
+        hb = standin.wait_for(lambda m: m.WhichOneof("kind") == "heartbeat" and any(
+            r.trigger_fired == 1 for r in m.heartbeat.rings), 10, "heartbeat with the firing")
+        assert hb.heartbeat.rings[0].trigger_matches >= 5
+    finally:
+        assert agent.stop() == 0, agent.log()[-3000:]
