@@ -451,13 +451,18 @@ def test_agent_mounts(objects: list[Obj]) -> None:
     ]:
         actual_host_path, mount = host_mount(container_path)
         assert actual_host_path == host_path
-        # Nothing the agent mounts from the host is writable.
+        # Nothing the agent reads from the host is writable.
         assert mount.get("readOnly") is True, container_path
+    # The one host path the agent writes: the flight recorder's rings (kept across agent restarts), in a directory
+    # of podcap's own, and passed to the agent.
+    ring_host, ring_mount = host_mount("/var/lib/podcap/rings")
+    assert ring_host == "/var/lib/podcap/rings" and not ring_mount.get("readOnly")
+    assert "--ring-dir=/var/lib/podcap/rings" in agent["args"]
     # No mount propagation at all: HostToContainer needs a shared or slave root mount on the node (containerd
     # refuses the container otherwise); pod network namespaces are reached through /host/proc/<pid>/ns/net.
     assert all("mountPropagation" not in m for m in agent["volumeMounts"])
     # The only host paths are those documented above.
-    assert sorted(host_paths.values()) == sorted(["/proc", "/run/containerd", "/run/crio"])
+    assert sorted(host_paths.values()) == sorted(["/proc", "/run/containerd", "/run/crio", "/var/lib/podcap/rings"])
 
 
 def test_agent_gets_its_node_name_and_endpoints(objects: list[Obj]) -> None:
