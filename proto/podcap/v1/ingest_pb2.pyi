@@ -846,11 +846,14 @@ class SavePodWindow(_message.Message):
     drops.ring_evicted the window's packets the ring had already removed (oldest first: budget, age, free disk),
     drops.ring_unwritten those that never reached the ring, and buffer_full/spool_error those lost on the way up.
 
-    Idempotent by (capture_id, pod uid): a save the agent is running or has finished (since it started, or on disk
-    across an agent restart) is not run again; for a finished one the agent sends its terminal event again. The
-    stream id of a save is derived from the save (`save-` + capture id), and its chunks are cut the same way every
-    time, so a save the agent restarts after its own restart re-sends the same sequence numbers (the collector
-    keeps what it has already stored).
+    Idempotent by (capture_id, pod uid): a save the agent is running or has finished since it started is not run
+    again; for a finished one the agent sends its terminal event again. The collector sends a save again after each
+    registration until it has its terminal event: an agent that restarted runs it again (the ring is on disk). The
+    stream id of a save is derived from the save (`save-` + capture id + `-` + pod uid), and its chunks are cut the
+    same way every time from the same segments, so a save run again re-sends the same sequence numbers (the
+    collector keeps what it has already stored). Like a capture's, the save's STARTED event, unacknowledged chunks
+    and terminal event are sent again in a new session after a reconnect: a save asked for before the collector
+    became unreachable completes when it returns.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -893,7 +896,9 @@ Global___SavePodWindow: _TypeAlias = SavePodWindow  # noqa: Y015
 @_typing.final
 class PacketTriggerFired(_message.Message):
     """A recording's packet trigger fired. Sent once per firing, as soon as the agent's capture loop sees it (at most
-    about 0.2 s after the match that completed it was read from the kernel).
+    about 0.2 s after the match that completed it was read from the kernel), and again in each new session for 10
+    minutes after it (the session may have died with it on the wire): the collector keeps the first of each
+    (recorder_id, pod_uid, fired_unix_ns).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
