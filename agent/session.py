@@ -283,6 +283,9 @@ class AgentSession:
             )
         )
         self.out.new_session()
+        if self.recorder is not None:
+            for msg in self.recorder.recent_firings():
+                self.out.put(msg)
         channel = open_channel(self.cfg.collector, self.cfg.tls,
                                options=[("grpc.max_send_message_length", -1), ("grpc.keepalive_time_ms", 20000)])
         try:

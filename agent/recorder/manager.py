@@ -41,6 +41,9 @@ from podcap.v1 import common_pb2, ingest_pb2
 log = logging.getLogger(__name__)
 
 POD_GONE_AFTER_S = 5.0
+# A firing is sent again in each new session for this long (the session may have died with it on the wire); the
+# collector keeps the first of each (recorder, pod, fired_unix_ns).
+TRIGGER_RESEND_S = 600.0
 # A save waits this long past its window's end before reading the ring: packets are readable once their kernel
 # block retires (the handle's block timeout, 0.5 s) and the engine's loop has read them.
 SETTLE_S = 1.1
@@ -104,6 +107,7 @@ class RecorderManager:
         self._changed = threading.Event()
         self._threads: list[threading.Thread] = []
         self._trigger_totals: dict[RingKey, tuple[str, int]] = {}  # (stream id, its matches counted so far)
+        self._firings: list[tuple[float, ingest_pb2.AgentMessage]] = []  # recent ones, re-sent after a reconnect
 
     # ---- routing (the session's sink) ----
 
@@ -163,9 +167,20 @@ class RecorderManager:
         self.store.count_trigger(key, matches=state.total - counted, fired=1)
         log.info("recorder %s: pod %s: packet trigger fired (%d matches, total %d)", key[0], key[1], count,
                  state.total)
-        self.out.put(ingest_pb2.AgentMessage(packet_trigger=ingest_pb2.PacketTriggerFired(
+        msg = ingest_pb2.AgentMessage(packet_trigger=ingest_pb2.PacketTriggerFired(
             recorder_id=key[0], pod_uid=key[1], fired_unix_ns=state.fired_ts_ns,
-            first_match_unix_ns=state.first_ts_ns, matches=count, total_matches=state.total)))
+            first_match_unix_ns=state.first_ts_ns, matches=count, total_matches=state.total))
+        now = time.monotonic()
+        with self._lock:
+            self._firings = [(t, m) for t, m in self._firings if now - t < TRIGGER_RESEND_S][-1000:]
+            self._firings.append((now, msg))
+        self.out.put(msg)
+
+    def recent_firings(self) -> list[ingest_pb2.AgentMessage]:
+        """Trigger firings of the last ``TRIGGER_RESEND_S`` seconds, for a new session to send again."""
+        now = time.monotonic()
+        with self._lock:
+            return [m for t, m in self._firings if now - t < TRIGGER_RESEND_S]
 
     # ---- commands ----
 
@@ -205,7 +220,10 @@ class RecorderManager:
         settings = common_pb2.CaptureSettings()
         settings.CopyFrom(cmd.settings)
         settings.max_packets = 0
-        settings.max_chunk_bytes = 1 << 20  # a ring's segments take chunks of up to 1 MiB
+        # Chunks of at most half a segment (and 1 MiB), so that a full ring keeps close to its limit.
+        ring = self.store.get(key)
+        segment = ring.segment_bytes() if ring is not None else 1 << 20
+        settings.max_chunk_bytes = max(64 << 10, min(1 << 20, segment // 2))
         trigger = None
         if cmd.HasField("trigger") and cmd.trigger.filter and cmd.trigger.count:
             trigger = TriggerSpec(cmd.trigger.filter, min(cmd.trigger.count, 65536), cmd.trigger.window_ns or 1)
@@ -231,8 +249,13 @@ class RecorderManager:
         self.engine.stop(CaptureId(rid), PodUid(cmd.pod_uid) if cmd.pod_uid else None,
                          cmd.reason[:200] or "recording stopped")
         if cmd.delete_ring:
-            for key in keys:
-                self._delete_when_idle(key)
+            # Off the session's thread: the stream's graceful stop takes about a second.
+            def delete() -> None:
+                for key in keys:
+                    self._delete_when_idle(key)
+
+            thread = threading.Thread(target=delete, daemon=True, name=f"delete-{rid}")
+            thread.start()
         self._changed.set()
 
     def _delete_when_idle(self, key: RingKey) -> None:

@@ -147,6 +147,8 @@ class Ring:
         self._dirty = False
         self._saved_at = 0.0
         self._log_lines = 0
+        self._held_bytes = 0
+        self._held_packets = 0
 
     # ---- loading ----
 
@@ -169,6 +171,8 @@ class Ring:
             seg = ring._index_segment(number, known.get(number))
             if seg is not None:
                 ring.segments.append(seg)
+                ring._held_bytes += seg.bytes
+                ring._held_packets += seg.packets
         # The index may be seconds older than the files: what was written is at least what is held plus what was
         # removed.
         ring.counters.written = max(ring.counters.written, ring.held_packets + ring.counters.ring_evicted)
@@ -224,11 +228,12 @@ class Ring:
 
     @property
     def held_bytes(self) -> int:
-        return sum(s.bytes for s in self.segments)
+        """Record bytes in the ring's segments (kept as a running total: the store asks on every write)."""
+        return self._held_bytes
 
     @property
     def held_packets(self) -> int:
-        return sum(s.packets for s in self.segments)
+        return self._held_packets
 
     @property
     def oldest_ns(self) -> int:
@@ -274,6 +279,8 @@ class Ring:
         seg.last_ns = max(seg.last_ns, last_ns)
         seg.packets += packets
         seg.bytes += len(records)
+        self._held_packets += packets
+        self._held_bytes += len(records)
         self.counters.written += packets
         self._dirty = True
         return took
@@ -386,6 +393,8 @@ class Ring:
         if len(self.segments) == 1:
             self.close_segment()
         self.segments.pop(0)
+        self._held_bytes -= seg.bytes
+        self._held_packets -= seg.packets
         _remove(seg.path)
         lost = dict(seg.lost)
         if seg.packets:
@@ -463,6 +472,7 @@ class Ring:
         for seg in self.segments:
             _remove(seg.path)
         self.segments = []
+        self._held_bytes = self._held_packets = 0
         for name in (META, META + ".tmp", LOST_LOG, LOST_LOG + ".tmp"):
             _remove(os.path.join(self.path, name))
         try:

@@ -172,21 +172,26 @@ class RingStore:
         """Evict, largest ring first, until ``need`` more bytes fit the node budget and the free-disk reserve
         (lock held). False when even emptying every ring would not make room."""
         budget = self.settings.budget_bytes
-        while sum(r.held_bytes for r in self._rings.values()) + need > budget:
-            if not self._evict_largest():
+        held = sum(r.held_bytes for r in self._rings.values())  # O(rings): running totals per ring
+        while held + need > budget:
+            freed = self._evict_largest()
+            if not freed:
                 return False
+            held -= freed
         while self._free() - need < self.min_free:
             if not self._evict_largest():
                 return False
         return True
 
-    def _evict_largest(self) -> bool:
+    def _evict_largest(self) -> int:
+        """Remove the oldest segment of the ring holding the most; the record bytes freed (0: nothing left)."""
         victim = max(self._rings.values(), key=lambda r: r.held_bytes, default=None)
         if victim is None or not victim.segments:
-            return False
+            return 0
+        before = victim.held_bytes
         victim.evict_oldest()
         victim.save_meta()
-        return True
+        return max(1, before - victim.held_bytes)
 
     def charge(self, key: RingKey, lost: dict[str, int]) -> None:
         """Losses of the ring's handle observed now (see ``Ring.charge``)."""

@@ -21,11 +21,12 @@ from podcap.v1 import ingest_pb2, ingest_pb2_grpc
 
 
 class IngestStandIn(ingest_pb2_grpc.IngestServicer):
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        """``port`` 0: any free port (a test restarting the stand-in passes the first one's port)."""
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
                                   options=[("grpc.max_receive_message_length", 64 << 20)])
         ingest_pb2_grpc.add_IngestServicer_to_server(self, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
         self.address = f"127.0.0.1:{self.port}"
         self._cond = threading.Condition()
         self.messages: list[ingest_pb2.AgentMessage] = []
@@ -41,6 +42,13 @@ class IngestStandIn(ingest_pb2_grpc.IngestServicer):
             if self._out is not None:
                 self._out.put(None)
         self.server.stop(grace=1).wait()
+
+    def kill(self) -> None:
+        """Stop at once, as a collector that dies: sessions break, nothing more is acknowledged."""
+        with self._cond:
+            if self._out is not None:
+                self._out.put(None)
+        self.server.stop(grace=None).wait()
 
     # ---- the servicer ----
 

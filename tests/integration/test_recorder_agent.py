@@ -8,6 +8,7 @@ counts the rest as ``ring_evicted``; a packet trigger on TCP RSTs fires once its
 from __future__ import annotations
 
 import os
+import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -156,6 +157,96 @@ def test_save_window_exact_and_accounted_across_agent_restart(node: DemoNode, st
         assert len(standin.all("chunk")) + len(standin.all("chunks")) == before
     finally:
         assert agent.stop() == 0, agent.log()[-3000:]
+
+
+def test_save_completes_when_the_collector_returns(node: DemoNode, ring_dir: str, tmp_path: str) -> None:
+    first = IngestStandIn().__enter__()
+    agent = start_agent(first, node, ring_dir, os.path.join(tmp_path, "agent.log"))
+    second: IngestStandIn | None = None
+    try:
+        pod = pod_of(first.wait_registered(), node, "rx-0")
+        warm_up(node)
+        start_recording(first, pod)
+        lo = time.time_ns()
+        send_udp(node, 0, 500)
+        # A save whose window reaches 3 s into the future; the collector dies right after asking for it.
+        first.send(ingest_pb2.CollectorMessage(save=ingest_pb2.SavePodWindow(
+            recorder_id=RECORDER, pod_uid=pod.uid, capture_id="save-outage", from_unix_ns=lo,
+            to_unix_ns=time.time_ns() + 3_000_000_000)))
+        time.sleep(0.3)
+        first.kill()
+        send_udp(node, 1000, 500)  # still in the window, while the collector is away
+        time.sleep(5)
+        assert not any(m.WhichOneof("kind") == "pod_event" and m.pod_event.capture_id == "save-outage"
+                       and m.pod_event.state == common_pb2.POD_CAPTURE_STATE_DONE for m in first.messages)
+        second = IngestStandIn(first.port).__enter__()  # the collector is back, same address
+        second.wait_registered(timeout=30)
+        final = second.final_event("save-outage", pod.uid, timeout=30)
+        assert final.state == common_pb2.POD_CAPTURE_STATE_DONE, final.message
+        fmt = second.started_format("save-outage", pod.uid)
+        chunks = second.chunks(final.stream_id)
+        assert [c.seq for c in chunks] == list(range(1, final.last_seq + 1))
+        assert seqs(chunks, fmt) == [*range(0, 500), *range(1000, 1500)]
+        assert final.kernel.received == 1000 and sum(c.packets for c in chunks) == 1000
+    finally:
+        assert agent.stop() == 0, agent.log()[-3000:]
+        if second is not None:
+            second.__exit__()
+
+
+def test_deleted_pod_ring_is_kept_and_saved(node: DemoNode, standin: IngestStandIn, ring_dir: str,
+                                            tmp_path: str) -> None:
+    agent = start_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent.log"))
+    try:
+        pod = pod_of(standin.wait_registered(), node, "rx-0")
+        warm_up(node)
+        start_recording(standin, pod)
+        lo = time.time_ns()
+        send_udp(node, 0, 500)
+        time.sleep(0.5)
+        node.remove_pod(node.pod("rx-0"))  # deleted mid-recording: its veth and namespace are gone
+        standin.wait_for(lambda m: m.WhichOneof("kind") == "heartbeat" and any(
+            r.pod_uid == pod.uid and r.state == ingest_pb2.RING_STATE_KEPT for r in m.heartbeat.rings), 20,
+            "ring KEPT after the pod left")
+        final, got = save(standin, pod.uid, "save-gone", lo, time.time_ns())
+        # Packets in the kernel's last block when the interface vanished cannot be read: they are counted (unread),
+        # never silently missing.
+        assert got == list(range(len(got))) and len(got) + final.drops.unread + final.kernel.dropped == 500, final
+    finally:
+        assert agent.stop() == 0, agent.log()[-3000:]
+
+
+def test_small_tmpfs_shrinks_rings_never_fills(tmp_path: str) -> None:
+    """A real, small filesystem (4 MiB tmpfs) under a budget far larger than it: writes make room by evicting, the
+    filesystem always keeps its reserve, nothing fails, every packet is held, evicted or counted unwritten."""
+    from podcap.agent.recorder.store import RingStore, StoreSettings
+    from podcap.pcapfile import FileFormat
+
+    mnt = os.path.join(tmp_path, "tmpfs")
+    os.makedirs(mnt)
+    assert os.system(f"mount -t tmpfs -o size=4m h4ring-rings {mnt}") == 0
+    try:
+        store = RingStore(StoreSettings(os.path.join(mnt, "rings"), budget_bytes=1 << 30))
+        fmt = FileFormat(1, 2000, True)
+        keys = [("rec-t", f"uid-{i}") for i in range(3)]
+        for k in keys:
+            store.ensure(k, pod={}, max_bytes=1 << 30, max_duration_ns=0, keep_gone_ns=0)
+        written = unwritten = 0
+        for i in range(300):  # 300 chunks of 100 KB: 30 MB through a 4 MiB filesystem
+            data = (struct.pack("<IIII", 1_700_000_000 + i, 0, 984, 984) + bytes(984)) * 100
+            ok = store.write(keys[i % 3], data, 100, fmt, (1_700_000_000 + i) * 10**9, (1_700_000_000 + i) * 10**9)
+            written += 100 if ok else 0
+            unwritten += 0 if ok else 100
+            st = os.statvfs(mnt)
+            assert st.f_bavail * st.f_frsize >= store.min_free
+        rings = [store.get(k) for k in keys]
+        held = sum(r.held_packets for r in rings if r)
+        evicted = sum(r.counters.ring_evicted for r in rings if r)
+        assert written > 0 and evicted > 0 and held + evicted + unwritten == 30_000
+        assert sum(r.counters.ring_unwritten for r in rings if r) == unwritten
+        store.close()
+    finally:
+        os.system(f"umount {mnt}")
 
 
 def test_small_ring_keeps_the_newest_and_counts_evicted(node: DemoNode, standin: IngestStandIn, ring_dir: str,
