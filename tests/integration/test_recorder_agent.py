@@ -11,6 +11,7 @@ import os
 import struct
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from podcap.collector.demo.node import DemoNode
 from podcap.pcapfile import FileFormat, iter_records
 from podcap.v1 import common_pb2, ingest_pb2
-from tests.conftest import Proc, start_proc, tool
+from tests.conftest import Proc, free_port, start_proc, tool
 from tests.integration.helpers import PORT, warm_up
 from tests.integration.ingest_standin import IngestStandIn
 
@@ -44,10 +45,10 @@ def standin() -> Iterator[IngestStandIn]:
         yield s
 
 
-def start_agent(standin: IngestStandIn, node: DemoNode, ring_dir: str, log: str) -> Proc:
+def start_agent(standin: IngestStandIn, node: DemoNode, ring_dir: str, log: str, *extra: str) -> Proc:
     return start_proc([tool("podcap-agent"), "--insecure", "--collector", standin.address, "--node",
                        "node-" + node.tag, "--pod-source", "netns", "--ring-dir", ring_dir,
-                       "--ring-min-free", "0"], log)
+                       "--ring-min-free", "0", *extra], log)
 
 
 @pytest.fixture
@@ -251,7 +252,9 @@ def test_small_tmpfs_shrinks_rings_never_fills(tmp_path: str) -> None:
 
 def test_small_ring_keeps_the_newest_and_counts_evicted(node: DemoNode, standin: IngestStandIn, ring_dir: str,
                                                        tmp_path: str) -> None:
-    agent = start_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent.log"))
+    metrics = free_port()
+    agent = start_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent.log"), "--metrics-listen",
+                        f"127.0.0.1:{metrics}")
     try:
         pod = pod_of(standin.wait_registered(), node, "rx-0")
         warm_up(node)
@@ -266,6 +269,12 @@ def test_small_ring_keeps_the_newest_and_counts_evicted(node: DemoNode, standin:
         sent = [i * 1000 + j for i in range(6) for j in range(1000)]
         assert got == sent[len(sent) - len(got):], "the ring keeps one contiguous run of the newest packets"
         assert final.kernel.received == len(got) + final.drops.ring_evicted + final.kernel.dropped
+        # The node's metrics say it too.
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
+        values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+                  if line.startswith("podcap_agent_ring_")}
+        assert values[f'podcap_agent_ring_evicted_packets_total{{recorder="{RECORDER}"}}'] > 0
+        assert 0 < values[f'podcap_agent_ring_bytes{{recorder="{RECORDER}"}}'] <= 512 << 10
     finally:
         assert agent.stop() == 0, agent.log()[-3000:]
 
