@@ -203,7 +203,11 @@ class RecorderManager:
                           keep_gone_ns=min(cmd.keep_gone_ms * 1_000_000, MAX_KEEP_GONE_NS))
         self._changed.set()
         if pod is None:
-            self._fail(rec, f"pod {cmd.pod.namespace}/{cmd.pod.name} (uid {uid}) is not on node {self.node}")
+            # Not in the inventory (yet: a start may come before the agent's next look at the node): re-attached
+            # when it appears, kept (as a pod that left) when it does not within POD_GONE_AFTER_S.
+            with self._lock:
+                rec.state = ingest_pb2.RING_STATE_PENDING
+                rec.message = f"pod {cmd.pod.namespace}/{cmd.pod.name} (uid {uid}) is not on node {self.node}"
             return
         self._open(key, rec, pod)
 
@@ -230,11 +234,6 @@ class RecorderManager:
         self.engine.start(CaptureId(key[0]), pod, network, settings, pods_on_node=cmd.pods_on_node or 1,
                           trigger=trigger)
 
-    def _fail(self, rec: _Recording, message: str) -> None:
-        with self._lock:
-            rec.state, rec.message = ingest_pb2.RING_STATE_FAILED, message
-        self._changed.set()
-
     def stop(self, cmd: ingest_pb2.StopPodRecording) -> None:
         rid = cmd.recorder_id
         with self._lock:
@@ -248,7 +247,10 @@ class RecorderManager:
                     rec.message = cmd.reason or "recording stopped"
         self.engine.stop(CaptureId(rid), PodUid(cmd.pod_uid) if cmd.pod_uid else None,
                          cmd.reason[:200] or "recording stopped")
-        if cmd.delete_ring:
+        if not cmd.delete_ring:
+            for key in keys:  # kept for saves; its keep duration runs from now
+                self.store.mark_gone(key, True)
+        else:
             # Off the session's thread: the stream's graceful stop takes about a second.
             def delete() -> None:
                 for key in keys:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from podcap.agent.recorder.ring import LostSpan, Ring, RingError, Segment
-from podcap.pcapfile import FileFormat
+from podcap.pcapfile import FileFormat, PcapFormatError, scan_records
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ class RingStore:
                 except OSError as e:
                     log.warning("ring %s: cannot load: %s", path, e)
                     continue
+                # Not recording until the collector asks again: its keep duration runs from now.
+                ring.gone_since_ns = ring.gone_since_ns or time.time_ns()
                 self._rings[(recorder, uid)] = ring
                 log.info("ring %s/%s found: %d segments, %d packets, %d bytes", recorder, uid,
                          len(ring.segments), ring.held_packets, ring.held_bytes)
@@ -143,8 +145,15 @@ class RingStore:
     def write(self, key: RingKey, records: memoryview | bytes, packets: int, fmt: FileFormat, first_ns: int,
               last_ns: int) -> bool:
         """Write a chunk's records into the ring of ``key``, making room first (oldest data out). False when they
-        could not be written (counted as ``ring_unwritten`` in the ring's time log)."""
+        could not be written (counted as ``ring_unwritten`` in the ring's time log). ``last_ns`` is an upper bound
+        (a chunk's is its cut time): the records' own last timestamp is found by the C record walker."""
         size = len(records)
+        try:
+            last_ns = scan_records(records, fmt).last_ts_ns or last_ns
+        except PcapFormatError as e:
+            log.warning("ring %s/%s: a chunk's records are malformed (%s): not written", key[0], key[1], e)
+            self.charge(key, {"ring_unwritten": packets})
+            return False
         with self._lock:
             ring = self._rings.get(key)
             if ring is None:

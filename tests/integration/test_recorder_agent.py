@@ -1,5 +1,5 @@
 """The flight recorder's agent half (issue 24) on real netns pods, a real podcap-agent process and real gRPC: a
-stand-in collector (tests/integration/ingest_standin.py) starts a recording, the pod's traffic goes into the ring on
+stand-in collector (tests/ingest_standin.py) starts a recording, the pod's traffic goes into the ring on
 disk (not to the collector), and a ``SavePodWindow`` brings back exactly the window's packets as an ordinary capture
 stream, accounted for (received == stored + kernel dropped + drops); the same after an agent restart between the
 traffic and the save (the ring and its index survive); a ring smaller than the traffic saves its newest packets and
@@ -20,8 +20,8 @@ from podcap.collector.demo.node import DemoNode
 from podcap.pcapfile import FileFormat, iter_records
 from podcap.v1 import common_pb2, ingest_pb2
 from tests.conftest import Proc, free_port, start_proc, tool
+from tests.ingest_standin import IngestStandIn
 from tests.integration.helpers import PORT, warm_up
-from tests.integration.ingest_standin import IngestStandIn
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 RECORDER = "rec-h4"
