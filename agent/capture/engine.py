@@ -467,8 +467,9 @@ class CaptureEngine:
             counter = stream.handle.trigger
             if counter is not None:
                 state = counter.state()
-                if state.fired > stream.trigger_fired:  # one report per wakeup, however often it fired since
-                    stream.trigger_fired = state.fired
+                # At most one report per walk, however many matches or firings since.
+                if (state.total, state.fired) != (stream.trigger_total, stream.trigger_fired):
+                    stream.trigger_total, stream.trigger_fired = state.total, state.fired
                     self._sink.trigger(stream.key, state)
             if now >= stream.next_stats:
                 stream.next_stats = now + self._cfg.stats_interval

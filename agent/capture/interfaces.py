@@ -81,5 +81,6 @@ class StreamSink(Protocol):
     def event(self, event: ingest_pb2.PodCaptureEvent) -> None: ...
 
     def trigger(self, key: tuple[str, str], state: TriggerState) -> None:
-        """A stream's packet trigger fired (once per firing; ``state`` has the firing's times)."""
+        """A stream's packet trigger matched or fired since the last call (at most once per loop walk, about every
+        0.2 s): ``state`` holds its cumulative counters and the last firing's times."""
         ...

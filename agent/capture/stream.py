@@ -70,7 +70,8 @@ class Stream:
     # capture goes on, and the node's next agent re-attaches the pod: a gap, not an end).
     finish_state: common_pb2.PodCaptureState.ValueType = common_pb2.POD_CAPTURE_STATE_UNSPECIFIED
     expect: int = -1
-    # Firings of the handle's packet trigger already reported (recordings).
+    # Matches and firings of the handle's packet trigger already reported (recordings).
+    trigger_total: int = 0
     trigger_fired: int = 0
 
 

@@ -98,7 +98,6 @@ class RecorderManager:
         self._fingerprint = fingerprint
         self._lock = threading.Lock()
         self._recordings: dict[RingKey, _Recording] = {}
-        self._by_stream: dict[str, RingKey] = {}
         self._recorders: set[str] = {k[0] for k in store.keys()}
         self._saves: dict[tuple[str, str], _Save] = {}
         self._save_streams: dict[str, _Save] = {}
@@ -106,7 +105,8 @@ class RecorderManager:
         self._stop = threading.Event()
         self._changed = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._trigger_totals: dict[RingKey, tuple[str, int]] = {}  # (stream id, its matches counted so far)
+        # Per ring: (stream id, its trigger matches and firings counted so far).
+        self._trigger_totals: dict[RingKey, tuple[str, int, int]] = {}
         self._firings: list[tuple[float, ingest_pb2.AgentMessage]] = []  # recent ones, re-sent after a reconnect
 
     # ---- routing (the session's sink) ----
@@ -141,7 +141,6 @@ class RecorderManager:
             state, message = rec.state, rec.message
             if event.started:
                 rec.stream_id = event.stream_id
-                self._by_stream[event.stream_id] = key
                 rec.fmt = FileFormat(event.format.linktype, event.format.snaplen, event.format.nanosecond)
                 rec.state, rec.message = ingest_pb2.RING_STATE_RECORDING, event.message
             elif event.state == common_pb2.POD_CAPTURE_STATE_FAILED:
@@ -156,15 +155,20 @@ class RecorderManager:
             self._changed.set()
 
     def trigger(self, key: tuple[str, str], state: TriggerState) -> None:
-        """The recording's packet trigger fired (capture loop, once per wakeup)."""
+        """The recording's packet trigger matched or fired (capture loop, at most once per loop walk): counted in
+        the ring; a firing is sent to the collector."""
         with self._lock:
             rec = self._recordings.get(key)
             count = rec.cmd.trigger.count if rec is not None else 0
             stream_id = rec.stream_id if rec is not None else ""
-            last_stream, last_total = self._trigger_totals.get(key, ("", 0))
-            counted = last_total if last_stream == stream_id else 0
-            self._trigger_totals[key] = (stream_id, state.total)
-        self.store.count_trigger(key, matches=state.total - counted, fired=1)
+            last_stream, last_total, last_fired = self._trigger_totals.get(key, ("", 0, 0))
+            if last_stream != stream_id:  # a new handle: its counters start at zero
+                last_total = last_fired = 0
+            self._trigger_totals[key] = (stream_id, state.total, state.fired)
+        fired = state.fired - last_fired
+        self.store.count_trigger(key, matches=state.total - last_total, fired=max(0, fired))
+        if fired <= 0:
+            return
         log.info("recorder %s: pod %s: packet trigger fired (%d matches, total %d)", key[0], key[1], count,
                  state.total)
         msg = ingest_pb2.AgentMessage(packet_trigger=ingest_pb2.PacketTriggerFired(
