@@ -319,6 +319,8 @@ class RecorderManager:
             if fingerprint == rec.fingerprint and rec.stream_id:
                 continue  # the same (broken) incarnation
             log.info("recorder %s: (re-)attaching %s/%s", key[0], pod.namespace, pod.name)
+            if rec.state == ingest_pb2.RING_STATE_KEPT:
+                self.store.mark_gone(key, False)  # back on the node: no longer expiring
             self._open(key, rec, pod)
         for key in self.store.expired_gone(time.time_ns()):
             self._delete_when_idle(key)

@@ -217,6 +217,35 @@ def test_deleted_pod_ring_is_kept_and_saved(node: DemoNode, standin: IngestStand
         assert agent.stop() == 0, agent.log()[-3000:]
 
 
+def test_recording_follows_a_sandbox_restart(node: DemoNode, standin: IngestStandIn, ring_dir: str,
+                                             tmp_path: str) -> None:
+    """The pod's sandbox is recreated (new namespace and veth, same uid): the recording re-attaches and the same
+    ring holds both incarnations' packets."""
+    agent = start_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent.log"))
+    try:
+        pod = pod_of(standin.wait_registered(), node, "rx-0")
+        warm_up(node)
+        start_recording(standin, pod)
+        lo = time.time_ns()
+        send_udp(node, 0, 300)
+        time.sleep(0.5)
+        node.remove_pod(node.pod("rx-0"))
+        time.sleep(1.0)
+        node.add_pod("rx-0")
+        count = len(standin.all("heartbeat"))
+        standin.wait_for(lambda m: m in standin.all("heartbeat")[count:] and any(
+            r.pod_uid == pod.uid and r.state == ingest_pb2.RING_STATE_RECORDING for r in m.heartbeat.rings), 20,
+            "ring RECORDING again after the sandbox restart")
+        warm_up(node)
+        send_udp(node, 1000, 300)
+        final, got = save(standin, pod.uid, "save-restarted", lo, time.time_ns())
+        first, second = [n for n in got if n < 1000], [n for n in got if n >= 1000]
+        assert second == list(range(1000, 1300))
+        assert first == list(range(len(first))) and len(first) + final.drops.unread + final.kernel.dropped == 300
+    finally:
+        assert agent.stop() == 0, agent.log()[-3000:]
+
+
 def test_small_tmpfs_shrinks_rings_never_fills(tmp_path: str) -> None:
     """A real, small filesystem (4 MiB tmpfs) under a budget far larger than it: writes make room by evicting, the
     filesystem always keeps its reserve, nothing fails, every packet is held, evicted or counted unwritten."""
