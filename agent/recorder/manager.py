@@ -30,6 +30,7 @@ from podcap.agent.capture.engine import CaptureEngine
 from podcap.agent.capture.libpcap import TriggerSpec
 from podcap.agent.pods.source import PodNetwork, PodSource, PodSourceError
 from podcap.agent.recorder import save as saving
+from podcap.agent.recorder.ring import RingError
 from podcap.agent.recorder.store import RingKey, RingStore
 from podcap.agent.upload.encoded import EncodedChunk
 from podcap.agent.upload.upload_log import UploadLog
@@ -202,10 +203,16 @@ class RecorderManager:
             if rec is not None and not rec.stopped and key in self.engine.active():
                 return  # idempotent
             rec = self._recordings[key] = _Recording(cmd)
-        self.store.ensure(key, pod={"namespace": cmd.pod.namespace, "name": cmd.pod.name, "uid": cmd.pod.uid},
-                          max_bytes=cmd.keep.max_bytes, max_duration_ns=cmd.keep.max_duration_ns,
-                          keep_gone_ns=min(cmd.keep_gone_ms * 1_000_000, MAX_KEEP_GONE_NS))
         self._changed.set()
+        try:
+            self.store.ensure(key, pod={"namespace": cmd.pod.namespace, "name": cmd.pod.name, "uid": cmd.pod.uid},
+                              max_bytes=cmd.keep.max_bytes, max_duration_ns=cmd.keep.max_duration_ns,
+                              keep_gone_ns=min(cmd.keep_gone_ms * 1_000_000, MAX_KEEP_GONE_NS))
+        except RingError as e:
+            log.warning("recorder %s: pod %s: %s", key[0], key[1], e)
+            with self._lock:
+                rec.state, rec.message = ingest_pb2.RING_STATE_FAILED, str(e)
+            return
         if pod is None:
             # Not in the inventory (yet: a start may come before the agent's next look at the node): re-attached
             # when it appears, kept (as a pod that left) when it does not within POD_GONE_AFTER_S.

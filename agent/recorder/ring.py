@@ -24,6 +24,7 @@ call.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 META = "ring.json"
 LOST_LOG = "lost.jsonl"
+LOCK = ".lock"
 _SEGMENT = re.compile(r"^seg-(\d{12})\.pcap$")
 # The causes a ring charges to its segments and spans (the save reports ``kernel_dropped`` as the kernel's drops).
 LOSS_CAUSES = ("kernel_dropped", "out_of_memory", "unread", "ring_unwritten", "ring_evicted")
@@ -59,6 +61,10 @@ DEFAULT_SEGMENT_NS = 30_000_000_000
 
 class RingError(OSError):
     """A ring's files could not be read or written."""
+
+
+class RingBusyError(RingError):
+    """Another process (another podcap-agent on the node, e.g. during an overlapping rollout) holds the ring."""
 
 
 @dataclass
@@ -149,6 +155,31 @@ class Ring:
         self._log_lines = 0
         self._held_bytes = 0
         self._held_packets = 0
+        self._lock_fd = -1
+
+    # ---- ownership ----
+
+    def lock(self) -> None:
+        """Hold the ring for this process (an exclusive ``flock`` on its lock file, released when the process ends):
+        two agents never write one ring. Raises RingBusyError, or RingError."""
+        if self._lock_fd >= 0:
+            return
+        try:
+            fd = os.open(os.path.join(self.path, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise RingError(f"ring {self.path}: cannot open its lock: {e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RingBusyError(f"ring {self.path} is in use by another process on this node") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Let the ring go (``close`` and ``delete`` do it; the end of the process does it in any case)."""
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     # ---- loading ----
 
@@ -156,6 +187,7 @@ class Ring:
     def load(cls, path: str, recorder_id: str, pod_uid: str) -> Ring:
         """A ring found on disk: its metadata, and its index checked against (and rebuilt from) its files."""
         ring = cls(path, recorder_id, pod_uid)
+        ring.lock()
         meta: dict[str, object] = {}
         try:
             with open(os.path.join(path, META), encoding="utf-8") as f:
@@ -465,6 +497,7 @@ class Ring:
     def close(self) -> None:
         self.close_segment()
         self.save_meta(force=True)
+        self.unlock()
 
     def delete(self) -> None:
         """Remove the ring's files and directory (a save that opened segments keeps reading them)."""
@@ -473,8 +506,9 @@ class Ring:
             _remove(seg.path)
         self.segments = []
         self._held_bytes = self._held_packets = 0
-        for name in (META, META + ".tmp", LOST_LOG, LOST_LOG + ".tmp"):
+        for name in (META, META + ".tmp", LOST_LOG, LOST_LOG + ".tmp", LOCK):
             _remove(os.path.join(self.path, name))
+        self.unlock()
         try:
             os.rmdir(self.path)
         except OSError as e:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from podcap.agent.recorder.ring import LostSpan, Ring, RingError, Segment
+from podcap.agent.recorder.ring import LostSpan, Ring, RingBusyError, RingError, Segment
 from podcap.pcapfile import FileFormat, PcapFormatError, scan_records
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,9 @@ class RingStore:
                     continue
                 try:
                     ring = Ring.load(path, recorder, uid)
+                except RingBusyError as e:
+                    log.warning("%s: not loaded (another agent on this node holds it)", e)
+                    continue
                 except OSError as e:
                     log.warning("ring %s: cannot load: %s", path, e)
                     continue
@@ -102,13 +105,21 @@ class RingStore:
 
     def ensure(self, key: RingKey, *, pod: dict[str, str], max_bytes: int, max_duration_ns: int,
                keep_gone_ns: int) -> None:
-        """The ring of ``key``, created if new; its limits set (a restarted agent keeps the ring it finds)."""
+        """The ring of ``key``, created if new (or taken from the disk); its limits set (a restarted agent keeps
+        the ring it finds). Raises RingBusyError when another process holds it, RingError when it cannot be
+        created."""
         with self._lock:
             ring = self._rings.get(key)
             if ring is None:
                 path = os.path.join(self.settings.directory, key[0], key[1])
-                os.makedirs(path, mode=0o700, exist_ok=True)
-                ring = self._rings[key] = Ring(path, key[0], key[1], pod=pod)
+                try:
+                    os.makedirs(path, mode=0o700, exist_ok=True)
+                except OSError as e:
+                    raise RingError(f"cannot create ring {path}: {e}") from e
+                # A ring left by an agent that still runs (an overlapping rollout) is not taken over.
+                ring = Ring.load(path, key[0], key[1]) if os.listdir(path) else Ring(path, key[0], key[1], pod=pod)
+                ring.lock()
+                self._rings[key] = ring
             ring.pod = pod or ring.pod
             ring.max_bytes, ring.max_duration_ns, ring.keep_gone_ns = max_bytes, max_duration_ns, keep_gone_ns
             ring.gone_since_ns = 0

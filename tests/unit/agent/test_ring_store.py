@@ -8,7 +8,10 @@ import os
 import struct
 from pathlib import Path
 
+import pytest
+
 from podcap.agent.recorder import save as saving
+from podcap.agent.recorder.ring import RingBusyError
 from podcap.agent.recorder.store import RingStore, StoreSettings
 from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, iter_records
 
@@ -127,6 +130,7 @@ def test_index_rebuilt_after_restart_with_torn_tail(tmp_path: Path) -> None:
     # The agent dies mid-write: no index update, half a record at the end of the newest segment.
     with open(newest, "ab") as f:
         f.write(records(99_999, 1)[0][:500])
+    ring.unlock()  # the process is gone: so is its lock
     s2 = store(tmp_path)
     ring2 = s2.get(KEY)
     assert ring2 is not None
@@ -166,6 +170,21 @@ def test_saved_window_is_exact_and_accounted(tmp_path: Path) -> None:
     assert evicted >= oldest_held - 1000
     assert account.received == account.stored + evicted
     assert set(account.lost) == {"ring_evicted"}
+
+
+def test_a_ring_held_by_another_agent_is_never_shared(tmp_path: Path) -> None:
+    """Two agents on one node (an overlapping rollout): the second neither loads nor writes the first one's ring."""
+    first = store(tmp_path)
+    first.ensure(KEY, pod={}, max_bytes=1 << 20, max_duration_ns=0, keep_gone_ns=0)
+    fill(first, KEY, 0, 2)
+    second = store(tmp_path)
+    assert second.get(KEY) is None
+    with pytest.raises(RingBusyError, match="in use by another process"):
+        second.ensure(KEY, pod={}, max_bytes=1 << 20, max_duration_ns=0, keep_gone_ns=0)
+    first.close()  # the first agent ends: the ring is free, with everything it held
+    second.ensure(KEY, pod={}, max_bytes=1 << 20, max_duration_ns=0, keep_gone_ns=0)
+    ring = second.get(KEY)
+    assert ring is not None and ring.held_packets == 200
 
 
 def test_delete_and_gone(tmp_path: Path) -> None:
