@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from podcap.agent.recorder import save as saving
+from podcap.agent.recorder import window as saving
 from podcap.agent.recorder.ring import RingBusyError
 from podcap.agent.recorder.store import RingStore, StoreSettings
 from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, iter_records
