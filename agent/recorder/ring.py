@@ -19,7 +19,8 @@ byte or age limit, the node's budget or free disk) becomes a ``LostSpan`` (its t
 ``ring_unwritten``. Spans are appended to ``lost.jsonl`` as they happen (one line each, with the running totals), so
 a crash forgets no eviction; ``ring.json`` is written at most every few seconds, so the kernel's counters of the
 last seconds before a crash may be missing from it. The ring is not thread-safe: ``RingStore`` serializes every
-call.
+call. One class for the ring's files (segments, index, loss log, lock) because they share one invariant: every
+packet written is held in a segment or counted in a span, and the two never both count it.
 """
 
 from __future__ import annotations

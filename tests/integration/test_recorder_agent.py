@@ -339,3 +339,23 @@ def test_packet_trigger_fires_once_count_reached(node: DemoNode, standin: Ingest
             "heartbeat with 6 matches and 1 firing")
     finally:
         assert agent.stop() == 0, agent.log()[-3000:]
+
+
+def test_trigger_that_does_not_compile_records_without_it(node: DemoNode, standin: IngestStandIn, ring_dir: str,
+                                                         tmp_path: str) -> None:
+    agent = start_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent.log"))
+    try:
+        pod = pod_of(standin.wait_registered(), node, "rx-0")
+        warm_up(node)
+        start_recording(standin, pod, trigger=ingest_pb2.PacketTrigger(filter="tcp[tcpflags] & nonsense", count=1,
+                                                                       window_ns=1_000_000_000))
+        hb = standin.wait_for(lambda m: m.WhichOneof("kind") == "heartbeat" and any(
+            r.pod_uid == pod.uid and "bad filter" in r.message for r in m.heartbeat.rings), 10,
+            "the trigger's error in the ring's status")
+        assert [r for r in hb.heartbeat.rings if r.pod_uid == pod.uid][0].state == ingest_pb2.RING_STATE_RECORDING
+        lo = time.time_ns()
+        send_udp(node, 0, 100)
+        _final, got = save(standin, pod.uid, "save-badtrigger", lo, time.time_ns())
+        assert got == list(range(100))
+    finally:
+        assert agent.stop() == 0, agent.log()[-3000:]
