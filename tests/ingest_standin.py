@@ -16,7 +16,7 @@ from concurrent import futures
 
 import grpc
 
-from podcap.pcapfile import FileFormat
+from podcap.formats.pcap import FileFormat
 from podcap.v1 import ingest_pb2, ingest_pb2_grpc
 
 

@@ -92,7 +92,7 @@ class _Buf(Structure):  # struct podcap_chunkbuf (chunks.c), field for field
 
 @dataclass(frozen=True)
 class TriggerState:
-    """A packet trigger's counters as the handler left them (see ``struct podcap_trigger`` in proto/podcap/native/chunks.c)."""
+    """A packet trigger's counters as the handler left them (``struct podcap_trigger``, native/chunks.c)."""
 
     total: int  # every match so far
     fired: int  # firings so far

@@ -30,8 +30,8 @@ from podcap.agent.recorder.saves import SaveRunner
 from podcap.agent.recorder.store import RingKey, RingStore
 from podcap.agent.upload.encoded import EncodedChunk
 from podcap.agent.upload.upload_log import UploadLog
+from podcap.formats.pcap import FileFormat
 from podcap.names import CaptureId, InvalidNameError, PodUid, check_capture_id, check_pod_uid
-from podcap.pcapfile import FileFormat
 from podcap.pods import PodRef
 from podcap.v1 import common_pb2, ingest_pb2
 
@@ -41,7 +41,7 @@ POD_GONE_AFTER_S = 5.0
 # A firing is sent again in each new session for this long (the session may have died with it on the wire); the
 # collector keeps the first of each (recorder, pod, fired_unix_ns).
 TRIGGER_RESEND_S = 600.0
-# Chunk records as the collector's native framing lays them out (chunkbuf.c): 12 bytes of prefix, then the records.
+# Chunk records as the collector's native framing lays them out (native/chunks.c): 12 bytes of prefix, then the records.
 _NATIVE_PREFIX = 12
 _CHUNK_TAG, _RECORDS_TAG = 0x22, 0x22
 MAX_KEEP_GONE_NS = 7 * 24 * 3600 * 10**9
@@ -60,7 +60,7 @@ class _Recording:
 
 
 def chunk_records(chunk: EncodedChunk) -> memoryview | bytes:
-    """A chunk's record bytes: a slice of its wire when ``chunkbuf.c`` laid it out (records right behind the
+    """A chunk's record bytes: a slice of its wire when ``native/chunks.c`` laid it out (records right behind the
     prefix), else parsed out of the message (the fallback path)."""
     wire = chunk.wire
     if len(wire) >= _NATIVE_PREFIX and wire[0] == _CHUNK_TAG and wire[6] == _RECORDS_TAG:

@@ -33,7 +33,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from podcap.pcapfile import (
+from podcap.formats.pcap import (
     FILE_HEADER_LEN,
     FileFormat,
     PcapFormatError,

@@ -23,8 +23,8 @@ from podcap.agent.recorder.store import RingKey, RingStore
 from podcap.agent.upload.encoded import EncodedChunk
 from podcap.agent.upload.upload_log import UploadLog
 from podcap.drops import Drops
+from podcap.formats.pcap import MAX_SNAPLEN, FileFormat
 from podcap.names import CaptureId, InvalidNameError, PodUid, check_capture_id, check_pod_uid
-from podcap.pcapfile import MAX_SNAPLEN, FileFormat
 from podcap.v1 import common_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)

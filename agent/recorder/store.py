@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from podcap.agent.recorder.ring import LostSpan, Ring, RingBusyError, RingError, Segment
-from podcap.pcapfile import FileFormat, PcapFormatError, scan_records
+from podcap.formats.pcap import FileFormat, PcapFormatError, scan_records
 
 log = logging.getLogger(__name__)
 

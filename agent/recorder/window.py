@@ -1,7 +1,7 @@
 """Cutting a saved window out of a ring's segments: the chunks of the save's stream and its accounting.
 
 A save's stream is an ordinary capture stream (see ``SavePodWindow`` in ingest.proto). Its chunks are cut here from
-the segments the window meets: the C record walker (``podcap.pcapfile.scan_records``) finds where the window starts
+the segments the window meets: the C record walker (``podcap.formats.pcap.scan_records``) finds where the window starts
 in a segment and where each chunk of at most ``chunk_bytes`` ends, so no Python runs per packet however large the
 window. Chunks never span segments and are cut the same way every time from the same segments, so a save run again
 (after an agent restart) gives the same sequence numbers.
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from podcap.agent.recorder.ring import Segment
 from podcap.agent.recorder.store import WindowSnapshot
-from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, PcapFormatError, first_timestamp_ns, scan_records
+from podcap.formats.pcap import FILE_HEADER_LEN, FileFormat, PcapFormatError, first_timestamp_ns, scan_records
 
 DEFAULT_CHUNK_BYTES = 4 << 20
 

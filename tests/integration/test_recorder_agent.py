@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from podcap.collector.demo.node import DemoNode
-from podcap.pcapfile import FileFormat, iter_records
+from podcap.formats.pcap import FileFormat, iter_records
 from podcap.v1 import common_pb2, ingest_pb2
 from tests.conftest import Proc, free_port, start_proc, tool
 from tests.ingest_standin import IngestStandIn
@@ -250,7 +250,7 @@ def test_small_tmpfs_shrinks_rings_never_fills(tmp_path: str) -> None:
     """A real, small filesystem (4 MiB tmpfs) under a budget far larger than it: writes make room by evicting, the
     filesystem always keeps its reserve, nothing fails, every packet is held, evicted or counted unwritten."""
     from podcap.agent.recorder.store import RingStore, StoreSettings
-    from podcap.pcapfile import FileFormat
+    from podcap.formats.pcap import FileFormat
 
     mnt = os.path.join(tmp_path, "tmpfs")
     os.makedirs(mnt)

@@ -1,7 +1,8 @@
-"""The flight recorder's packet trigger in C (``struct podcap_trigger`` in chunkbuf.c): the real handler fed crafted
-frames, the real BPF program compiled by libpcap (``pcap_open_dead``, no interface, no root). It fires once ``count``
-matches fall within ``window_ns`` of each other (packet timestamps), not before; not when they are spread wider;
-the matches are consumed by a firing; non-matching packets count nothing; every packet is still stored."""
+"""The flight recorder's packet trigger in C (``struct podcap_trigger`` in proto/podcap/native/chunks.c): the real
+handler fed crafted frames, the real BPF program compiled by libpcap (``pcap_open_dead``, no interface, no root). It
+fires once ``count`` matches fall within ``window_ns`` of each other (packet timestamps), not before; not when they
+are spread wider; the matches are consumed by a firing; non-matching packets count nothing; every packet is still
+stored."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import pytest
 from podcap.agent.recorder import window as saving
 from podcap.agent.recorder.ring import RingBusyError
 from podcap.agent.recorder.store import RingStore, StoreSettings
-from podcap.pcapfile import FILE_HEADER_LEN, FileFormat, iter_records
+from podcap.formats.pcap import FILE_HEADER_LEN, FileFormat, iter_records
 
 FMT = FileFormat(linktype=1, snaplen=2000, nanosecond=True)
 SEC = 1_000_000_000

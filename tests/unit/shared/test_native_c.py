@@ -95,7 +95,7 @@ def test_the_loaders_structs_are_the_c_structs(tmp_path: Path) -> None:
     from podcap.collector.cli.get import pcapmerge
 
     mirrors = {"podcap_scan": pcapwalk._Scan, "podcap_merge_error": pcapmerge._Error,
-               "podcap_chunkbuf": chunkbuf._Buf, "podcap_chunk": chunkbuf._Chunk}
+               "podcap_chunkbuf": chunkbuf._Buf, "podcap_chunk": chunkbuf._Chunk, "podcap_trigger": chunkbuf._Trigger}
     lines = ["#include <stddef.h>", "#include <stdio.h>", f'#include "{NATIVE / "chunks.c"}"', "int main(void) {"]
     for struct, mirror in mirrors.items():
         lines.append(f'    printf("{struct} size %zu\\n", sizeof(struct {struct}));')
