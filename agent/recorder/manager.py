@@ -50,7 +50,7 @@ MAX_KEEP_GONE_NS = 7 * 24 * 3600 * 10**9
 @dataclass
 class _Recording:
     cmd: ingest_pb2.StartPodRecording
-    state: int = ingest_pb2.RING_STATE_PENDING
+    state: ingest_pb2.RingState.ValueType = ingest_pb2.RING_STATE_PENDING
     message: str = ""
     fingerprint: tuple[str, str, int] = ("", "", 0)
     missing_since: float = 0.0
@@ -336,7 +336,7 @@ class RecorderManager:
             state, message = recs.get(key, (ingest_pb2.RING_STATE_KEPT, "ring found on the node's disk"))
             c = ring.counters
             out.append(ingest_pb2.RingStatus(
-                recorder_id=key[0], pod_uid=key[1], state=state, message=message, bytes=ring.held_bytes,  # type: ignore[arg-type]
+                recorder_id=key[0], pod_uid=key[1], state=state, message=message, bytes=ring.held_bytes,
                 packets=ring.held_packets, oldest_unix_ns=ring.oldest_ns, newest_unix_ns=ring.newest_ns,
                 kernel=common_pb2.KernelStats(received=c.received, dropped=c.kernel_dropped, if_dropped=c.if_dropped),
                 written=c.written, drops=common_pb2.PodcapDrops(

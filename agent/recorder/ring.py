@@ -128,6 +128,30 @@ class StreamCounters:
     trigger_matches: int = 0
 
 
+@dataclass(frozen=True)
+class _StoredSegment:
+    """A closed segment as ``ring.json`` describes it (trusted when the file still has exactly ``bytes``)."""
+
+    first_ns: int
+    last_ns: int
+    packets: int
+    bytes: int
+    lost: dict[str, int]
+
+
+def _stored_segments(entries: object) -> dict[int, _StoredSegment]:
+    """The index's segment entries, by number; malformed ones are left out (their files are walked instead)."""
+    out: dict[int, _StoredSegment] = {}
+    for e in entries if isinstance(entries, list) else []:
+        try:
+            lost = e.get("lost") or {}
+            out[int(e["number"])] = _StoredSegment(int(e["first_ns"]), int(e["last_ns"]), int(e["packets"]),
+                                                   int(e["bytes"]), {str(k): int(v) for k, v in lost.items()})
+        except (AttributeError, KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
 def _overlaps(first: int, last: int, lo: int, hi: int) -> bool:
     """[first, last] meets [lo, hi)."""
     return first < hi and last >= lo
@@ -198,7 +222,7 @@ class Ring:
         except (OSError, ValueError) as e:
             log.warning("ring %s: index unreadable (%s): rebuilding it from the segment files", path, e)
         ring._restore(meta)
-        known = {int(s["number"]): s for s in meta.get("segments", []) if isinstance(s, dict)}  # type: ignore[attr-defined]
+        known = _stored_segments(meta.get("segments"))
         numbers = sorted(int(m.group(1)) for m in (_SEGMENT.match(n) for n in os.listdir(path)) if m)
         for number in numbers:
             seg = ring._index_segment(number, known.get(number))
@@ -227,7 +251,7 @@ class Ring:
                     setattr(self.counters, k, v)
         self._read_lost_log()
 
-    def _index_segment(self, number: int, known: dict[str, object] | None) -> Segment | None:
+    def _index_segment(self, number: int, known: _StoredSegment | None) -> Segment | None:
         """A segment's index entry: the stored one when its size matches the file, else walked from the file (a torn
         tail is cut off). None (and the file removed) when it holds nothing readable."""
         path = os.path.join(self.path, f"seg-{number:012d}.pcap")
@@ -236,11 +260,9 @@ class Ring:
                 head = f.read(FILE_HEADER_LEN)
                 fmt = parse_file_header(head)
                 size = os.fstat(f.fileno()).st_size - FILE_HEADER_LEN
-                if known is not None and known.get("bytes") == size:
-                    lost = known.get("lost")
-                    return Segment(number, path, fmt, int(known["first_ns"]), int(known["last_ns"]),  # type: ignore[call-overload]
-                                   int(known["packets"]), size,  # type: ignore[call-overload]
-                                   dict(lost) if isinstance(lost, dict) else {})
+                if known is not None and known.bytes == size:
+                    return Segment(number, path, fmt, known.first_ns, known.last_ns, known.packets, size,
+                                   dict(known.lost))
                 data = f.read()
         except (OSError, PcapFormatError) as e:
             log.warning("ring %s: segment %d unreadable (%s): removed", self.path, number, e)

@@ -168,8 +168,8 @@ class SaveRunner:
                 and self.out.pending()[1] > 0:
             self._stop.wait(0.05)
 
-    def _finish_save(self, s: _Save, state: int, message: str, account: windows.WindowAccount | None,
-                     last_seq: int) -> None:
+    def _finish_save(self, s: _Save, state: common_pb2.PodCaptureState.ValueType, message: str,
+                     account: windows.WindowAccount | None, last_seq: int) -> None:
         cmd = s.cmd
         with self._lock:
             upload_lost = dict(s.lost)
@@ -183,7 +183,7 @@ class SaveRunner:
             received = account.received
         event = ingest_pb2.PodCaptureEvent(
             capture_id=cmd.capture_id, pod_uid=cmd.pod_uid, stream_id=s.stream_id if s.started else "",
-            state=state, message=message, last_seq=last_seq,  # type: ignore[arg-type]
+            state=state, message=message, last_seq=last_seq,
             kernel=common_pb2.KernelStats(received=received, dropped=dropped), delivered=received - dropped,
             drops=drops, agent_dropped_packets=Drops.from_proto(drops).agent_total())
         final = ingest_pb2.AgentMessage(pod_event=event)

@@ -144,6 +144,24 @@ def test_index_rebuilt_after_restart_with_torn_tail(tmp_path: Path) -> None:
     assert ring2.newest_ns == BASE + 5099 * 10_000_000
 
 
+def test_index_lost_or_corrupt_is_rebuilt_from_the_files(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.ensure(KEY, pod={}, max_bytes=2 << 20, max_duration_ns=0, keep_gone_ns=0)
+    fill(s, KEY, 0, 40)
+    ring = s.get(KEY)
+    assert ring is not None
+    held = (ring.held_packets, ring.held_bytes, ring.oldest_ns, ring.newest_ns, len(ring.segments))
+    s.close()
+    index = tmp_path / "rings" / KEY[0] / KEY[1] / "ring.json"
+    for garbage in ('{"segments": [{"number": "x"}, 7], "counters": []}', "{not json"):
+        index.write_text(garbage)
+        again = store(tmp_path)
+        ring2 = again.get(KEY)
+        assert ring2 is not None
+        assert (ring2.held_packets, ring2.held_bytes, ring2.oldest_ns, ring2.newest_ns, len(ring2.segments)) == held
+        again.close()
+
+
 def test_saved_window_is_exact_and_accounted(tmp_path: Path) -> None:
     s = store(tmp_path)
     s.ensure(KEY, pod={}, max_bytes=2 << 20, max_duration_ns=0, keep_gone_ns=0)
