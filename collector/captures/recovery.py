@@ -16,16 +16,15 @@ what the pods hold on local disk, not what their captures have accumulated.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 
 from podcap.collector.captures.model import ACTIVE, TERMINAL, Capture, PodState
-from podcap.collector.captures.pods import file_format, location
+from podcap.collector.captures.pods import file_format, location, pod_key
 from podcap.collector.captures.segments import SegmentIndex
 from podcap.collector.captures.streams import StreamState
 from podcap.collector.captures.table import grace_starts
-from podcap.collector.storage.base import CaptureStorage, SegmentInfo, StorageError
+from podcap.collector.storage.base import CaptureStorage, SecondTier, SegmentInfo, StorageError, pod_path
 from podcap.collector.storage.catalog import PodRow, SegmentRow
 from podcap.collector.targets import parse_target
 from podcap.errors import InvalidInputError
@@ -57,9 +56,9 @@ def load(index: SegmentIndex, adopt: Callable[[Capture], None] = lambda _cap: No
             cap.bytes_total += ps.bytes_total
         adopt(cap)
         for ps in cap.pods.values():
-            if storage.tiered:
+            if storage.second_tier is not None:
                 try:
-                    _release_archived(index, cap, ps)
+                    _release_archived(index, storage.second_tier, cap, ps)
                 except (StorageError, OSError) as e:
                     log.error("capture %s: pod %s: %s", cap.id, ps.pod.display, e)
             if cap.live:
@@ -81,7 +80,7 @@ def _pod(index: SegmentIndex, cap: Capture, pr: PodRow) -> PodState:
     st = pr.status
     ps = PodState(
         PodRef.from_proto(st.pod),
-        st.path or os.path.join("captures", cap.id, st.pod.namespace, st.pod.name),
+        st.path or pod_path(cap.id, st.pod.namespace, st.pod.name),
         state=st.state, interface=st.interface, message=st.message, current=pr.stream_id,
         fmt=pr.format, orphan=pr.orphan, packets_total=pr.packets_total, bytes_total=pr.bytes_total,
         retired_packets=st.retired_packets, retired_bytes=st.retired_bytes,
@@ -107,14 +106,14 @@ def _segment(storage: CaptureStorage, cap: Capture, ps: PodState, row: SegmentRo
     return seg
 
 
-def _release_archived(index: SegmentIndex, cap: Capture, ps: PodState) -> None:
+def _release_archived(index: SegmentIndex, tier: SecondTier, cap: Capture, ps: PodState) -> None:
     """Segments archived and recorded whose local copy a crash left behind (the archiver releases a copy right
     after recording where it went): found among the pod's local files, released."""
     loc = location(index.storage, cap, ps)
     waiting = {seg.index for seg in cap.backlog.segments_of(ps.pod.uid)} if cap.backlog is not None else set()
     local = [i for i in loc.local_segments() if i not in waiting]
     for row in index.store.archived_among(cap.id, str(ps.pod.uid), local):
-        loc.release(_segment(index.storage, cap, ps, row))
+        tier.release(pod_key(cap, ps), _segment(index.storage, cap, ps, row))
 
 
 def _load_streams(ps: PodState, pr: PodRow) -> None:

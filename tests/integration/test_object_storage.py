@@ -82,7 +82,8 @@ def test_archiving_a_large_segment_holds_a_few_parts_not_the_segment(
     import tracemalloc
 
     from podcap.collector.bucket import objects
-    from podcap.collector.storage.tiered import TieredPodLocation
+    from podcap.collector.storage.base import PodKey
+    from podcap.collector.storage.tiered import TieredStorage
 
     monkeypatch.setattr(objects, "PART_BYTES", 5 << 20)
     monkeypatch.setattr(objects, "PARALLEL_PARTS", 2)
@@ -92,15 +93,15 @@ def test_archiving_a_large_segment_holds_a_few_parts_not_the_segment(
         for k in range(64):
             f.write(records(k * 1000, 1000, 1048, noise=True))  # 1 MiB of records that do not compress
     size = os.path.getsize(path)
-    loc = TieredPodLocation(str(tmp_path), env.objects, f"{env.prefix}/big")
+    tiered = TieredStorage(str(tmp_path), env.objects)
     tracemalloc.start()
     try:
-        copy = loc.archive(SegmentInfo(1, path, size))
+        key = tiered.archive(PodKey("big", "shop", "web-0", "uid-0"), SegmentInfo(1, path, size))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 8 * objects.PART_BYTES < size / 1.5, f"archiving peaked at {peak / 2**20:.0f} MiB"
-    reader, length = open_segment(env.objects, copy.locator, size)
+    reader, length = open_segment(env.objects, key, size)
     with open(path, "rb") as f:
         assert length == size and all(reader.read(1 << 20) == f.read(1 << 20) for _ in range(size // (1 << 20) + 1))
 
@@ -109,7 +110,7 @@ def test_a_collector_that_died_mid_upload_neither_loses_nor_duplicates(env: Env)
     """The crash windows of an upload: a segment uploaded but never recorded (the collector died before its commit)
     is uploaded again to the same key, not as a second object; a multipart upload the dead collector left open is
     aborted when the next one starts."""
-    from podcap.collector.captures.pods import location
+    from podcap.collector.captures.pods import pod_key
     from podcap.collector.server import open_storage
 
     cid = env.start()
@@ -117,7 +118,9 @@ def test_a_collector_that_died_mid_upload_neither_loses_nor_duplicates(env: Env)
     cap = env.mgr.get(cid)
     (ps,) = cap.pods.values()
     first = env.segments(cid)[0]
-    key = location(env.mgr.storage, cap, ps).archive(first).locator  # uploaded; the record never happens
+    tier = env.mgr.storage.second_tier
+    assert tier is not None
+    key = tier.archive(pod_key(cap, ps), first)  # uploaded; the record never happens
     client = env.s3.client()
     stale = client.create_multipart_upload(Bucket=env.s3.bucket, Key=f"{env.prefix}/{cid}/shop/web-0/000002.pcap")
     client.upload_part(Bucket=env.s3.bucket, Key=f"{env.prefix}/{cid}/shop/web-0/000002.pcap", PartNumber=1,
@@ -243,7 +246,6 @@ def test_the_manifest_pages_follow_what_the_bucket_holds(env: Env, monkeypatch: 
     the manifest, the one page it overlaps and the window's blocks — no object's tail; retention's deletions are
     followed (a page rewritten, an emptied page deleted); a restarted collector leaves right pages alone."""
     from podcap.collector.cli.get.bucket import BucketClient
-    from podcap.collector.storage.tiered import TieredPodLocation
     from podcap.formats.bucket import manifest as manifest_module
 
     monkeypatch.setattr(manifest_module, "PAGE_SEGMENTS", 4)
@@ -285,15 +287,16 @@ def test_the_manifest_pages_follow_what_the_bucket_holds(env: Env, monkeypatch: 
     assert [r.key for r in m.pages[str(POD.uid)]] == later
     # A restart finds the pages right and writes none of them again, but the one the last segment (closed by the
     # shutdown, archived after the restart) joins.
-    puts: list[int] = []
-    orig_put = TieredPodLocation.put_page
-    monkeypatch.setattr(TieredPodLocation, "put_page", lambda self, n, body: puts.append(n) or orig_put(self, n, body))
+    puts: list[str] = []
+    orig_put = ObjectStore.put_bytes
+    monkeypatch.setattr(ObjectStore, "put_bytes", lambda self, key, *a: puts.append(key) or orig_put(self, key, *a))
     env.mgr.close()
     env.mgr = env.open()
     env.mgr.archiver.run_once()
     after = described()[1]
     assert after[:len(segs)] == segs and len(after) == len(segs) + 1
-    assert puts == [manifest_module.page_number(after[-1].index)]
+    page_puts = [int(k.rsplit("segments-", 1)[1][:6]) for k in puts if "/segments-" in k]
+    assert page_puts == [manifest_module.page_number(after[-1].index)]
 
 
 @pytest.fixture
