@@ -3,7 +3,9 @@
 The database never claims more than storage holds (a commit syncs before it records), so after a crash storage
 may hold more: segments or bytes written after the last commit. Those were never acknowledged and the agents send
 them again, so recovery deletes unknown segments and cuts the last one back to its recorded size (and to whole
-records). A segment retention deleted after the last commit is counted as retired. Live pods wait for their agent.
+records). A segment retention deleted after the last commit is counted as retired. A segment file gone from the
+middle of a pod's series (deleted by hand, a disk error) is said as an error (``_check_missing``). Live pods wait
+for their agent.
 
 Only each pod's row and its newest segment are loaded, and with tiered storage ``adopt`` (the archiver's) takes the
 segments not yet archived, before anything else reads segments: the rest stays in the catalog
@@ -24,7 +26,14 @@ from podcap.collector.captures.pods import file_format, location, pod_key
 from podcap.collector.captures.segments import SegmentIndex
 from podcap.collector.captures.streams import StreamState
 from podcap.collector.captures.table import grace_starts
-from podcap.collector.storage.base import CaptureStorage, SecondTier, SegmentInfo, StorageError, pod_path
+from podcap.collector.storage.base import (
+    CaptureStorage,
+    PodLocation,
+    SecondTier,
+    SegmentInfo,
+    StorageError,
+    pod_path,
+)
 from podcap.collector.storage.catalog import PodRow, SegmentRow
 from podcap.collector.targets import parse_target
 from podcap.errors import InvalidInputError
@@ -167,10 +176,43 @@ def _recover_pod(index: SegmentIndex, cap: Capture, ps: PodState) -> None:
                 last.bytes = size
                 ps.unrecorded[last.index] = last
                 ps.dirty = True
+    _check_missing(cap, ps, loc)
     if ps.state in ACTIVE or ps.state == common_pb2.POD_CAPTURE_STATE_NO_AGENT:
         ps.state = common_pb2.POD_CAPTURE_STATE_NO_AGENT
         ps.message = "waiting for the node's agent after a collector restart"
         ps.gap_since_ns = time.time_ns()
+
+
+def _check_missing(cap: Capture, ps: PodState, loc: PodLocation) -> None:
+    """Segment files gone from the middle of the pod's series (deleted by hand, a disk error; retention deletes the
+    oldest first and was handled before), said as an error. With a second tier the segments waiting for it are
+    exactly those the local tier must hold (``adopt`` loaded them): a missing one is named, leaves the archive
+    backlog (else archiving would stop at it for good) and is counted as retired, its row deleted with the next
+    commit. Without one, what the pod's files number is compared with what its row counts (naming them would cost a
+    scan of the catalog): the error says how many are missing, and reads skip them."""
+    on_disk = set(loc.local_segments())
+    if cap.backlog is None:
+        if len(on_disk) < ps.segment_count:
+            log.error("capture %s: pod %s: %d of its %d segment files are missing (deleted by hand, a disk error?); "
+                      "reads skip them", cap.id, ps.pod.display, ps.segment_count - len(on_disk), ps.segment_count)
+        return
+    for seg in cap.backlog.segments_of(ps.pod.uid):
+        if seg.index in on_disk:
+            continue
+        log.error("capture %s: pod %s: segment %s is missing (%d packets, %d bytes): counted as deleted", cap.id,
+                  ps.pod.display, seg.locator, seg.packets, seg.bytes)
+        cap.backlog.gone(ps.pod.uid, seg)
+        for held in [s for s in ps.head if s.index == seg.index]:
+            ps.head.remove(held)
+        # As ``PodState.retire`` counts it, but not as the pod's oldest: ``retired_through`` stays where retention is.
+        ps.retired_bytes += seg.bytes
+        ps.retired_packets += seg.packets
+        ps.segment_count -= 1
+        ps.unrecorded.pop(seg.index, None)
+        ps.unrecorded_deletes.add(seg.index)
+        if seg is ps.last_segment or (ps.last_segment is not None and ps.last_segment.index == seg.index):
+            ps.last_segment = None
+        ps.dirty = True
 
 
 def _forget_last(index: SegmentIndex, cap: Capture, ps: PodState) -> None:
