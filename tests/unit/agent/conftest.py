@@ -1,23 +1,22 @@
 """Fixtures of the agent session tests: a scripted Ingest servicer on 127.0.0.1 (``collector``) and an agent session
-attached to it with fake capture handles (``agent``), running on a thread until the test ends.
+attached to it with fake capture handles (``agent``, ``scripted_ingest.agent_session``), running on a thread until
+the test ends.
 
 A module changes the servicer through two fixtures it may override: ``ingest_options`` (gRPC server options, e.g. a
 small receive limit) and ``ingest_auto_ack`` (acknowledge every chunk as it arrives)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
 import pytest
 
-from podcap.agent.capture.settings import EngineSettings
-from podcap.agent.session import AgentConfig, AgentSession
+from podcap.agent.session import AgentSession
 from podcap.v1 import ingest_pb2_grpc
 from tests.unit.agent.fake_handles import FakeHandles
-from tests.unit.agent.scripted_ingest import NODE, FakePodSource, ScriptedIngest
+from tests.unit.agent.scripted_ingest import ScriptedIngest, agent_session
 
 
 @pytest.fixture
@@ -48,13 +47,5 @@ def collector(ingest_options: list[tuple[str, int]], ingest_auto_ack: bool) -> I
 @pytest.fixture
 def agent(collector: tuple[ScriptedIngest, int]) -> Iterator[tuple[AgentSession, FakeHandles]]:
     """An agent session for ``NODE`` (one pod, fake handles) attached to ``collector``; shut down at the end."""
-    handles = FakeHandles()
-    cfg = AgentConfig(collector=f"127.0.0.1:{collector[1]}", node=NODE, reconnect_min=0.05, reconnect_max=0.1,
-                      inventory_interval=0.1, engine=EngineSettings(flush_interval=0.2, min_loop_period=0.0))
-    session = AgentSession(cfg, FakePodSource(), handles=handles)
-    runner = threading.Thread(target=session.run, daemon=True)
-    runner.start()
-    yield session, handles
-    if runner.is_alive():
-        session.shutdown()
-        runner.join(timeout=20)
+    with agent_session(collector[1]) as running:
+        yield running

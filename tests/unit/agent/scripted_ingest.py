@@ -1,20 +1,25 @@
 """A scripted stand-in for the collector's Ingest service (``ScriptedIngest``: every Attach call recorded as a
 ``Session`` whose replies the test sends, acknowledging chunks only when told or ``auto_ack``) and the fake pod
-source the agent sessions under test see: what the agent session tests share (fixtures in conftest.py)."""
+source the agent sessions under test see, and an agent session on a thread (``agent_session``): what the agent session
+tests share (fixtures in conftest.py)."""
 
 from __future__ import annotations
 
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
 
+from podcap.agent.capture.settings import EngineSettings
 from podcap.agent.pods.source import PodNetwork, PodNotFoundError
+from podcap.agent.session import AgentConfig, AgentSession
 from podcap.names import CaptureId, NodeName, PodUid
 from podcap.pods import PodRef
 from podcap.v1 import ingest_pb2, ingest_pb2_grpc
+from tests.unit.agent.fake_handles import FakeHandles
 
 NODE = NodeName("node-a")
 POD = PodRef("shop", "web-0", PodUid("uid-0"), NODE, {"app": "web"}, ip="10.0.0.5", sandbox_key="k1")
@@ -100,3 +105,21 @@ def registered(s: Session) -> ingest_pb2.Register:
     first = s.received[0]
     assert first.WhichOneof("kind") == "register"
     return first.register
+
+
+@contextmanager
+def agent_session(port: int) -> Iterator[tuple[AgentSession, FakeHandles]]:
+    """An agent session for ``NODE`` (one pod, fake handles) attached to the collector on 127.0.0.1:``port``,
+    running on a thread; shut down at the end."""
+    handles = FakeHandles()
+    cfg = AgentConfig(collector=f"127.0.0.1:{port}", node=NODE, reconnect_min=0.05, reconnect_max=0.1,
+                      inventory_interval=0.1, engine=EngineSettings(flush_interval=0.2, min_loop_period=0.0))
+    session = AgentSession(cfg, FakePodSource(), handles=handles)
+    runner = threading.Thread(target=session.run, daemon=True)
+    runner.start()
+    try:
+        yield session, handles
+    finally:
+        if runner.is_alive():
+            session.shutdown()
+            runner.join(timeout=20)

@@ -9,14 +9,12 @@ are unacknowledged when a session breaks. The second runs the session against th
 
 from __future__ import annotations
 
-import threading
 import time
 
-from podcap.agent.capture.settings import EngineSettings
-from podcap.agent.session import AgentConfig, AgentSession
+from podcap.agent.session import AgentSession
 from podcap.v1 import common_pb2, ingest_pb2
 from tests.unit.agent.fake_handles import FakeHandles, packet_numbers
-from tests.unit.agent.scripted_ingest import CID, NODE, POD, FakePodSource, ScriptedIngest, registered
+from tests.unit.agent.scripted_ingest import CID, NODE, POD, ScriptedIngest, agent_session, registered
 
 CAPTURING = common_pb2.POD_CAPTURE_STATE_CAPTURING
 
@@ -96,37 +94,30 @@ def test_a_session_against_the_real_collector_in_process_stores_every_packet(tmp
     umask = os.umask(0o022)
     os.umask(umask)
     collector = start_collector("127.0.0.1:0", str(tmp_path), max_workers=8)
-    handles = FakeHandles()
-    cfg = AgentConfig(collector=f"127.0.0.1:{collector.port}", node=NODE, reconnect_min=0.05, reconnect_max=0.1,
-                      inventory_interval=0.1, engine=EngineSettings(flush_interval=0.2, min_loop_period=0.0))
-    session = AgentSession(cfg, FakePodSource(), handles=handles)
-    runner = threading.Thread(target=session.run, daemon=True)
-    runner.start()
     try:
-        deadline = time.monotonic() + 10
-        while collector.registry.get(NODE) is None:
-            assert time.monotonic() < deadline, "the agent never registered"
-            time.sleep(0.02)
-        cap = collector.captures.start(control_pb2.StartCaptureRequest(
-            target=control_pb2.Target(namespace="shop", pod_names=["web-0"])))
-        handle = handles.wait("veth-web0")
-        for n in (40, 25, 35):
-            handle.arrive(n)
-            time.sleep(0.05)
-        while session.out.pending() != (0, 0) or collector.captures.status(cap).pods[0].packets < 100:
-            assert time.monotonic() < deadline + 20, (session.out.pending(), collector.captures.status(cap))
-            time.sleep(0.05)
-        ended = collector.captures.stop(cap.id)
-        status = collector.captures.status(ended)
-        assert status.state == control_pb2.CAPTURE_STATE_DONE
-        (pod,) = status.pods
-        assert (pod.packets, pod.kernel.received, pod.unaccounted) == (100, 100, 0)
-        stored = [int.from_bytes(r.data[:4], "big")
-                  for seg in list_segments(os.path.join(str(tmp_path), "captures", cap.id, "shop", "web-0"))
-                  for r in read_file(seg)[1]]
-        assert stored == list(range(1, 101))
+        with agent_session(collector.port) as (session, handles):
+            deadline = time.monotonic() + 10
+            while collector.registry.get(NODE) is None:
+                assert time.monotonic() < deadline, "the agent never registered"
+                time.sleep(0.02)
+            cap = collector.captures.start(control_pb2.StartCaptureRequest(
+                target=control_pb2.Target(namespace="shop", pod_names=["web-0"])))
+            handle = handles.wait("veth-web0")
+            for n in (40, 25, 35):
+                handle.arrive(n)
+                time.sleep(0.05)
+            while session.out.pending() != (0, 0) or collector.captures.status(cap).pods[0].packets < 100:
+                assert time.monotonic() < deadline + 20, (session.out.pending(), collector.captures.status(cap))
+                time.sleep(0.05)
+            ended = collector.captures.stop(cap.id)
+            status = collector.captures.status(ended)
+            assert status.state == control_pb2.CAPTURE_STATE_DONE
+            (pod,) = status.pods
+            assert (pod.packets, pod.kernel.received, pod.unaccounted) == (100, 100, 0)
+            stored = [int.from_bytes(r.data[:4], "big")
+                      for seg in list_segments(os.path.join(str(tmp_path), "captures", cap.id, "shop", "web-0"))
+                      for r in read_file(seg)[1]]
+            assert stored == list(range(1, 101))
     finally:
-        session.shutdown()
-        runner.join(timeout=20)
         collector.stop()
         os.umask(umask)
