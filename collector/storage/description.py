@@ -21,6 +21,7 @@ its pages, so it never names a page that lists less than it says.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from podcap.collector.bucket.objects import ObjectNotFoundError, ObjectStore
 from podcap.collector.storage.base import CaptureDescription, DescribedPod, PodKey
@@ -39,14 +40,14 @@ from podcap.formats.bucket.manifest import (
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
 class ArchivedCopy:
     """A segment's copy just archived: its object key, and the copy's own file header and block index (which go
     into its page)."""
 
-    __slots__ = ("header", "index", "locator")
-
-    def __init__(self, locator: str, header: bytes, index: bytes) -> None:
-        self.locator, self.header, self.index = locator, header, index
+    locator: str
+    header: bytes
+    index: bytes
 
 
 class Describer:

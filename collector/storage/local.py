@@ -57,6 +57,14 @@ def pod_dir(data_dir: str, capture_id: str, namespace: str, pod: str) -> str:
     return path
 
 
+def delete_segment_file(seg: SegmentInfo) -> None:
+    """Delete a segment's file (gone already is fine)."""
+    try:
+        os.unlink(seg.locator)
+    except FileNotFoundError:
+        pass
+
+
 def segment_path(directory: str, index: int) -> str:
     return os.path.join(directory, f"{index:06d}{SEGMENT_SUFFIX}")
 
@@ -256,10 +264,7 @@ class LocalPodLocation:
             return None
 
     def delete(self, seg: SegmentInfo) -> None:
-        try:
-            os.unlink(seg.locator)
-        except FileNotFoundError:
-            pass
+        delete_segment_file(seg)
 
     def exists(self, seg: SegmentInfo) -> bool:
         return os.path.exists(seg.locator)

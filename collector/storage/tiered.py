@@ -25,7 +25,7 @@ from typing import BinaryIO
 from podcap.collector.bucket.objects import ObjectStore
 from podcap.collector.storage.base import CaptureDescription, PodKey, SecondTier, SegmentInfo, StorageError
 from podcap.collector.storage.description import ArchivedCopy, Describer
-from podcap.collector.storage.local import LocalPodLocation, pod_dir, remove_capture_dir
+from podcap.collector.storage.local import LocalPodLocation, delete_segment_file, pod_dir, remove_capture_dir
 from podcap.formats.bucket.blocks import Block, encode_stream, open_segment, pack_index
 from podcap.formats.pcap import FILE_HEADER_LEN, PcapFormatError
 
@@ -97,7 +97,7 @@ class TieredStorage:
 
     def release(self, pod: PodKey, seg: SegmentInfo) -> None:
         if seg.archived:
-            LocalPodLocation.delete(self.pod(pod.capture_id, pod.namespace, pod.dir_name), seg)
+            delete_segment_file(seg)
 
     def describe(self, capture: CaptureDescription) -> bool:
         return self.describer.sync(capture)
