@@ -165,6 +165,8 @@ class PodKey:
 
 @dataclass(frozen=True)
 class DescribedPod:
+    """One pod of a ``CaptureDescription``: what the second tier needs to describe its archived segments."""
+
     key: PodKey
     fmt: common_pb2.PcapFormat | None  # what the pod's segments hold (None: nothing yet)
     retired_through: int  # retention deleted every segment up to this index
