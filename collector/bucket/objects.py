@@ -132,9 +132,6 @@ class ObjectStore:
         if size != length:
             raise ObjectStoreError(f"{path} holds {size} bytes, expected {length}")
 
-    def upload(self, body: bytes, key: str) -> None:
-        self.upload_stream([body], key)
-
     def upload_stream(self, pieces: Iterable[bytes], key: str) -> int:
         """Store the bytes of ``pieces``, one after the other, as ``key``, and return their size. Pieces are taken
         as parts fill, so memory stays at a few parts for an object of any size. Each request's bytes are checked by

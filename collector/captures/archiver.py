@@ -1,21 +1,23 @@
-"""Moving closed segments to the storage's second tier, for tiered storage (``CaptureStorage.tiered``).
+"""Moving closed segments to the storage's second tier, for tiered storage (``CaptureStorage.second_tier``).
 
-Every ``ARCHIVE_INTERVAL_S`` the archiver takes, in every capture, the closed segments not yet archived (the
-capture's ``ArchiveBacklog``, oldest closed first). For each: the storage copies it and verifies the copy
-(``archive``, no lock held), the capture logic records where it went (the pod is dirty, and the archiver commits the
-capture at once), and only then the local copy is released. A segment that retention deleted meanwhile has its new
-copy deleted too. When archiving fails (the object store down, throttling, refusing credentials) the segment stays
-local and is tried again at the next round, and the local tier keeps everything — when it fills, storing pauses
-exactly as on a full disk and the agents spool.
+Every ``ARCHIVE_INTERVAL_S`` the archiver takes, in every capture, the closed segments not yet archived (the capture's
+``ArchiveBacklog``, oldest closed first). For each: the second tier copies it and verifies the copy (``archive``, no
+lock held), the capture logic records where it went (the pod is dirty, and the archiver commits the capture at once),
+and only then the local copy is released. After each capture's round the second tier brings its description of the
+capture up to date (``describe``: the capture's status and each pod's archived segments from the catalog; what the
+description looks like in the bucket is the storage's business). A segment that retention deleted meanwhile has its new
+copy deleted too. When archiving fails (the object store down, throttling, refusing credentials) the segment stays local
+and is tried again at the next round, and the local tier keeps everything — when it fills, storing pauses exactly as on
+a full disk and the agents spool.
 
-The backlog holds the capture's closed segments not yet archived (with the pods' newest segments, the only ones
-that still change; the catalog has the others): a round costs what waits, not what the capture holds, and
-``adopt`` reads what waited at start-up from the catalog's index of segments not yet archived.
+The backlog holds the capture's closed segments not yet archived (with the pods' newest segments, the only ones that
+still change; the catalog has the others): a round costs what waits, not what the capture holds, and ``adopt`` reads
+what waited at start-up from the catalog's index of segments not yet archived.
 
 ``status`` answers at any moment, also while a round hangs on a frozen store: what waits comes from the capture's
-backlog, kept as segments close, are archived or deleted (not from a snapshot of a round), its age grows with the
-clock from when the oldest waiting segment closed, and the reason is the last failure (the object store's own
-words) and, past ``STALLED_S``, the upload or bucket write the archiver is stuck in.
+backlog, kept as segments close, are archived or deleted (not from a snapshot of a round), its age grows with the clock
+from when the oldest waiting segment closed, and the reason is the last failure (the object store's own words) and, past
+``STALLED_S``, the upload or bucket write the archiver is stuck in.
 """
 
 from __future__ import annotations
@@ -29,12 +31,11 @@ from dataclasses import dataclass
 
 from podcap.collector.captures.backlog import ArchiveBacklog, Clock
 from podcap.collector.captures.committer import Committer
-from podcap.collector.captures.describer import Describer
 from podcap.collector.captures.model import Capture, PodState
-from podcap.collector.captures.pods import location
+from podcap.collector.captures.pods import location, pod_key
 from podcap.collector.captures.segments import SegmentIndex
 from podcap.collector.captures.table import CaptureTable
-from podcap.collector.storage.base import SegmentInfo
+from podcap.collector.storage.base import CaptureDescription, DescribedPod, SegmentInfo
 from podcap.errors import PodcapError
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,13 @@ class Archiver:
         self.stalled_s = stalled_s
         self.last_error = ""  # why the last attempt failed ("" once one succeeded)
         self._busy: _Busy | None = None  # the bucket request in progress (read without a lock: one reference)
-        self.describer = Describer(index)
         self._stored_since_round = 0  # bytes appended locally since the last round counted the local tier
         self._local_bytes = 0  # what the local tier held at the last round, archived not (open segments too)
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="archiver", daemon=True)
 
     def start(self) -> None:
-        if self.storage.tiered and self.interval_s > 0:
+        if self.storage.second_tier is not None and self.interval_s > 0:
             self._thread.start()
 
     @contextmanager
@@ -95,7 +95,7 @@ class Archiver:
         anything else reads the pods' segments: each is one object from then on). When those closed was not
         recorded: their newest packet is the best bound there is (they closed after it), so their age is at least
         the time since it."""
-        if not self.storage.tiered:
+        if self.storage.second_tier is None:
             return
         backlog = ArchiveBacklog(self.clock)
         waiting = {ps.pod.uid: self.index.unarchived(cap, ps) for ps in cap.pods.values()}
@@ -122,6 +122,9 @@ class Archiver:
             return self._run_once()
 
     def _run_once(self) -> int:
+        tier = self.storage.second_tier
+        if tier is None:
+            return 0
         done = 0
         local = 0
         for cap in self.table.all():
@@ -137,7 +140,7 @@ class Archiver:
                 self._busy = _Busy(f"upload of segment {seg.index} of {ps.pod.namespace}/{ps.dir_name}", cap.id,
                                    self.clock())
                 try:
-                    copy = location(self.storage, cap, ps).archive(seg)
+                    archived_as = tier.archive(pod_key(cap, ps), seg)
                 except PodcapError as e:
                     if self.last_error != str(e):
                         log.error("archiving %s: %s (kept locally; retried)", seg.locator, e)
@@ -147,7 +150,7 @@ class Archiver:
                     self._busy = None
                 self.last_error = ""
                 with cap.lock:
-                    seg.archived = copy.locator
+                    seg.archived = archived_as
                     kept = backlog.gone(ps.pod.uid, seg)  # (retention takes what it deletes out of the backlog)
                     if kept:  # the next commit records it (memory keeps it until then: the catalog's is older)
                         ps.unrecorded[seg.index] = seg
@@ -155,16 +158,15 @@ class Archiver:
                 if not kept:  # retention deleted it while it was being copied: the copy goes too
                     location(self.storage, cap, ps).delete(seg)
                     continue
-                self.describer.add(cap.id, str(ps.pod.uid), seg.index, copy)
                 archived.append((ps, seg))
             if archived:
                 self.committer.commit(cap)  # recorded durably before any local copy goes
                 for ps, seg in archived:
-                    location(self.storage, cap, ps).release(seg)
+                    tier.release(pod_key(cap, ps), seg)
                 done += len(archived)
             self._busy = _Busy("writing the manifest", cap.id, self.clock())
             try:  # segments archived, or retention deleted some: the bucket's description follows
-                if self.describer.sync(cap, complete=not cap.live and len(archived) == len(todo)):
+                if tier.describe(self._description(cap, complete=not cap.live and len(archived) == len(todo))):
                     self.last_error = ""
             except PodcapError as e:
                 self.last_error = str(e)
@@ -174,9 +176,15 @@ class Archiver:
             with cap.lock:
                 local += backlog.bytes + sum(ps.writer.current.bytes for ps in cap.pods.values()
                                              if ps.writer is not None and ps.writer.current is not None)
-        self.describer.forget({cap.id for cap in self.table.all()})
+        tier.forget({cap.id for cap in self.table.all()})
         self._local_bytes, self._stored_since_round = local, 0
         return done
+
+    def _description(self, cap: Capture, *, complete: bool) -> CaptureDescription:
+        with cap.lock:
+            pods = [DescribedPod(pod_key(cap, ps), ps.fmt, ps.retired_through, self.index.archived_index(cap, ps))
+                    for ps in cap.pods.values()]
+        return CaptureDescription(cap.id, cap.status, pods, complete)
 
     def note_stored(self, nbytes: int) -> None:
         """Bytes just appended locally: they wait for the bucket too, until the next round counts them."""

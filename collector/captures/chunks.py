@@ -27,6 +27,7 @@ found too large travels as a gap counting ``rejected`` and is counted like any g
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import threading
@@ -44,7 +45,7 @@ from podcap.collector.captures.table import CaptureTable, StorageHealth, heard_f
 from podcap.collector.storage.base import CaptureStorage, StorageError
 from podcap.drops import Drops
 from podcap.errors import PodcapError
-from podcap.formats.pcap import FileFormat, PcapFormatError, scan_records
+from podcap.formats.pcap import FileFormat, PcapFormatError, first_timestamp_ns, scan_records
 from podcap.names import PodUid
 from podcap.v1 import ingest_pb2
 
@@ -75,6 +76,38 @@ class _Outcome:
     limit_hit: str = ""
 
 
+class _LimitStops:
+    """Stops of captures whose limit a chunk reached, begun off the agent's stream (stopping talks to the agents,
+    whose chunks this thread may be storing): one thread at a time drains them, started when the first waits and
+    ending when none does."""
+
+    def __init__(self, begin_stop: Callable[[Capture, str], None]) -> None:
+        self.begin_stop = begin_stop
+        self._lock = threading.Lock()
+        self._waiting: collections.deque[tuple[Capture, str]] = collections.deque()
+        self._running = False
+
+    def request(self, cap: Capture, reason: str) -> None:
+        with self._lock:
+            self._waiting.append((cap, reason))
+            if self._running:
+                return
+            self._running = True
+        threading.Thread(target=self._drain, name="limit-stops", daemon=True).start()
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    self._running = False
+                    return
+                cap, reason = self._waiting.popleft()
+            try:
+                self.begin_stop(cap, reason)
+            except Exception:
+                log.exception("capture %s: stopping (%s) failed", cap.id, reason)
+
+
 class ChunkIngest:
     def __init__(self, table: CaptureTable, storage: CaptureStorage, index: SegmentIndex, health: StorageHealth, *,
                  wake_committer: Callable[[], None], begin_stop: Callable[[Capture, str], None],
@@ -86,6 +119,7 @@ class ChunkIngest:
         self.health = health
         self.wake_committer = wake_committer
         self.begin_stop = begin_stop
+        self._limit_stops = _LimitStops(begin_stop)
         self.closing = closing
         # "" while the local tier may take more; else why not (tiered storage whose bucket is behind)
         self.local_room = local_room
@@ -169,7 +203,7 @@ class ChunkIngest:
             note_gaps(self.storage, cap, gaps)
         retention.delete(retired)
         if out.limit_hit and out.limit_hit != "duration reached":
-            threading.Thread(target=self.begin_stop, args=(cap, out.limit_hit), daemon=True).start()
+            self._limit_stops.request(cap, out.limit_hit)
         return None
 
     @staticmethod
@@ -210,8 +244,7 @@ class ChunkIngest:
             data, packets, last_ts_ns = cut
             cap.packets_total += packets
             cap.bytes_total += len(data) + cost
-        first = int.from_bytes(bytes(data[0:4]), "little") * 1_000_000_000 + \
-            int.from_bytes(bytes(data[4:8]), "little") * fmt.ts_scale
+        first = first_timestamp_ns(data, fmt)
         added, appended = 0, False
         try:
             added, _started = writer.append(data, packets=packets, first_ts_ns=first, last_ts_ns=last_ts_ns, now=now)
@@ -332,9 +365,6 @@ def _cut_reason(data: bytes | memoryview, cut: int, fmt: FileFormat, packets: in
     """Which limit stopped ``scan_records`` before the record at ``cut``."""
     if max_packets is not None and packets >= max_packets:
         return "max-packets reached"
-    if until is not None:
-        sec = int.from_bytes(bytes(data[cut:cut + 4]), "little")
-        frac = int.from_bytes(bytes(data[cut + 4:cut + 8]), "little")
-        if sec * 1_000_000_000 + frac * fmt.ts_scale > until:
-            return "duration reached"
+    if until is not None and first_timestamp_ns(memoryview(data)[cut:], fmt) > until:
+        return "duration reached"
     return "max-bytes reached"

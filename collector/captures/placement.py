@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from functools import lru_cache
 
@@ -24,6 +23,7 @@ from podcap.collector.captures.model import ACTIVE, MIN_SEGMENT_BYTES, TERMINAL,
 from podcap.collector.captures.table import CaptureTable
 from podcap.collector.kube.inventory import ClusterInventory, ClusterListener
 from podcap.collector.kube.selectors import Selector, parse_field_selector, pod_fields
+from podcap.collector.storage.base import pod_path
 from podcap.collector.targets import NoMatchError, TargetSpec, resolve
 from podcap.errors import InvalidInputError, PreconditionError
 from podcap.names import NodeName
@@ -64,7 +64,7 @@ def new_pod_state(cap: Capture, pod: PodRef) -> PodState:
     name = pod.name
     if any(p.pod.namespace == pod.namespace and p.pod.name == pod.name for p in cap.pods.values()):
         name = f"{pod.name}.{pod.uid[:8].lower()}"
-    return PodState(pod, os.path.join("captures", cap.id, pod.namespace, name))
+    return PodState(pod, pod_path(cap.id, pod.namespace, name))
 
 
 class Placement(AgentListener, ClusterListener):

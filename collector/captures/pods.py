@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 
 from podcap.collector.captures.model import Capture, PodState
-from podcap.collector.storage.base import CaptureStorage, PodLocation, SegmentWriter, StorageError
+from podcap.collector.storage.base import CaptureStorage, PodKey, PodLocation, SegmentWriter, StorageError
 from podcap.drops import LABELS
 from podcap.formats.pcap import FileFormat
 from podcap.v1 import common_pb2
@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 
 def file_format(pf: common_pb2.PcapFormat) -> FileFormat:
     return FileFormat(pf.linktype, pf.snaplen, pf.nanosecond)
+
+
+def pod_key(cap: Capture, ps: PodState) -> PodKey:
+    """The pod as the storage names it."""
+    return PodKey(cap.id, ps.pod.namespace, ps.dir_name, str(ps.pod.uid))
 
 
 def location(storage: CaptureStorage, cap: Capture, ps: PodState) -> PodLocation:

@@ -3,7 +3,9 @@
 The database never claims more than storage holds (a commit syncs before it records), so after a crash storage
 may hold more: segments or bytes written after the last commit. Those were never acknowledged and the agents send
 them again, so recovery deletes unknown segments and cuts the last one back to its recorded size (and to whole
-records). A segment retention deleted after the last commit is counted as retired. Live pods wait for their agent.
+records). A segment retention deleted after the last commit is counted as retired. A segment file gone from the
+middle of a pod's series (deleted by hand, a disk error) is said as an error (``_check_missing``). Live pods wait
+for their agent.
 
 Only each pod's row and its newest segment are loaded, and with tiered storage ``adopt`` (the archiver's) takes the
 segments not yet archived, before anything else reads segments: the rest stays in the catalog
@@ -16,16 +18,22 @@ what the pods hold on local disk, not what their captures have accumulated.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 
 from podcap.collector.captures.model import ACTIVE, TERMINAL, Capture, PodState
-from podcap.collector.captures.pods import file_format, location
+from podcap.collector.captures.pods import file_format, location, pod_key
 from podcap.collector.captures.segments import SegmentIndex
 from podcap.collector.captures.streams import StreamState
 from podcap.collector.captures.table import grace_starts
-from podcap.collector.storage.base import CaptureStorage, SegmentInfo, StorageError
+from podcap.collector.storage.base import (
+    CaptureStorage,
+    PodLocation,
+    SecondTier,
+    SegmentInfo,
+    StorageError,
+    pod_path,
+)
 from podcap.collector.storage.catalog import PodRow, SegmentRow
 from podcap.collector.targets import parse_target
 from podcap.errors import InvalidInputError
@@ -57,9 +65,9 @@ def load(index: SegmentIndex, adopt: Callable[[Capture], None] = lambda _cap: No
             cap.bytes_total += ps.bytes_total
         adopt(cap)
         for ps in cap.pods.values():
-            if storage.tiered:
+            if storage.second_tier is not None:
                 try:
-                    _release_archived(index, cap, ps)
+                    _release_archived(index, storage.second_tier, cap, ps)
                 except (StorageError, OSError) as e:
                     log.error("capture %s: pod %s: %s", cap.id, ps.pod.display, e)
             if cap.live:
@@ -81,7 +89,7 @@ def _pod(index: SegmentIndex, cap: Capture, pr: PodRow) -> PodState:
     st = pr.status
     ps = PodState(
         PodRef.from_proto(st.pod),
-        st.path or os.path.join("captures", cap.id, st.pod.namespace, st.pod.name),
+        st.path or pod_path(cap.id, st.pod.namespace, st.pod.name),
         state=st.state, interface=st.interface, message=st.message, current=pr.stream_id,
         fmt=pr.format, orphan=pr.orphan, packets_total=pr.packets_total, bytes_total=pr.bytes_total,
         retired_packets=st.retired_packets, retired_bytes=st.retired_bytes,
@@ -107,14 +115,14 @@ def _segment(storage: CaptureStorage, cap: Capture, ps: PodState, row: SegmentRo
     return seg
 
 
-def _release_archived(index: SegmentIndex, cap: Capture, ps: PodState) -> None:
+def _release_archived(index: SegmentIndex, tier: SecondTier, cap: Capture, ps: PodState) -> None:
     """Segments archived and recorded whose local copy a crash left behind (the archiver releases a copy right
     after recording where it went): found among the pod's local files, released."""
     loc = location(index.storage, cap, ps)
     waiting = {seg.index for seg in cap.backlog.segments_of(ps.pod.uid)} if cap.backlog is not None else set()
     local = [i for i in loc.local_segments() if i not in waiting]
     for row in index.store.archived_among(cap.id, str(ps.pod.uid), local):
-        loc.release(_segment(index.storage, cap, ps, row))
+        tier.release(pod_key(cap, ps), _segment(index.storage, cap, ps, row))
 
 
 def _load_streams(ps: PodState, pr: PodRow) -> None:
@@ -168,10 +176,43 @@ def _recover_pod(index: SegmentIndex, cap: Capture, ps: PodState) -> None:
                 last.bytes = size
                 ps.unrecorded[last.index] = last
                 ps.dirty = True
+    _check_missing(cap, ps, loc)
     if ps.state in ACTIVE or ps.state == common_pb2.POD_CAPTURE_STATE_NO_AGENT:
         ps.state = common_pb2.POD_CAPTURE_STATE_NO_AGENT
         ps.message = "waiting for the node's agent after a collector restart"
         ps.gap_since_ns = time.time_ns()
+
+
+def _check_missing(cap: Capture, ps: PodState, loc: PodLocation) -> None:
+    """Segment files gone from the middle of the pod's series (deleted by hand, a disk error; retention deletes the
+    oldest first and was handled before), said as an error. With a second tier the segments waiting for it are
+    exactly those the local tier must hold (``adopt`` loaded them): a missing one is named, leaves the archive
+    backlog (else archiving would stop at it for good) and is counted as retired, its row deleted with the next
+    commit. Without one, what the pod's files number is compared with what its row counts (naming them would cost a
+    scan of the catalog): the error says how many are missing, and reads skip them."""
+    on_disk = set(loc.local_segments())
+    if cap.backlog is None:
+        if len(on_disk) < ps.segment_count:
+            log.error("capture %s: pod %s: %d of its %d segment files are missing (deleted by hand, a disk error?); "
+                      "reads skip them", cap.id, ps.pod.display, ps.segment_count - len(on_disk), ps.segment_count)
+        return
+    for seg in cap.backlog.segments_of(ps.pod.uid):
+        if seg.index in on_disk:
+            continue
+        log.error("capture %s: pod %s: segment %s is missing (%d packets, %d bytes): counted as deleted", cap.id,
+                  ps.pod.display, seg.locator, seg.packets, seg.bytes)
+        cap.backlog.gone(ps.pod.uid, seg)
+        for held in [s for s in ps.head if s.index == seg.index]:
+            ps.head.remove(held)
+        # As ``PodState.retire`` counts it, but not as the pod's oldest: ``retired_through`` stays where retention is.
+        ps.retired_bytes += seg.bytes
+        ps.retired_packets += seg.packets
+        ps.segment_count -= 1
+        ps.unrecorded.pop(seg.index, None)
+        ps.unrecorded_deletes.add(seg.index)
+        if seg is ps.last_segment or (ps.last_segment is not None and ps.last_segment.index == seg.index):
+            ps.last_segment = None
+        ps.dirty = True
 
 
 def _forget_last(index: SegmentIndex, cap: Capture, ps: PodState) -> None:

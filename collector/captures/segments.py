@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from podcap.collector.captures.model import Capture, PodState
 from podcap.collector.captures.pods import location
-from podcap.collector.storage.base import CaptureStorage, SegmentInfo
+from podcap.collector.storage.base import ArchivedIndex, CaptureStorage, SegmentInfo
 from podcap.collector.storage.catalog import CaptureStore, SegmentRow
 from podcap.formats.selection import overlaps
 
@@ -96,11 +96,15 @@ class SegmentIndex:
         rows = self.store.archived_segments(cap.id, str(ps.pod.uid), first, end)
         return [s for s, _n in self._merge(cap, ps, mem, rows, lambda s: bool(s.archived) and first <= s.index < end)]
 
-    def archived_pages(self, cap: Capture, ps: PodState, page_segments: int) -> set[int]:
-        """Pages (``page_segments`` consecutive indices) holding archived segments of the pod: catalog and memory."""
+    def archived_groups(self, cap: Capture, ps: PodState, width: int) -> set[int]:
+        """``index // width`` of the pod's archived segments: catalog and memory."""
         mem = self.in_memory(cap, ps)
-        pages = self.store.archived_pages(cap.id, str(ps.pod.uid), page_segments)
-        return pages | {i // page_segments for i, (s, _n) in mem.segments.items() if s.archived}
+        groups = self.store.archived_groups(cap.id, str(ps.pod.uid), width)
+        return groups | {i // width for i, (s, _n) in mem.segments.items() if s.archived}
+
+    def archived_index(self, cap: Capture, ps: PodState) -> ArchivedIndex:
+        """The pod's archived segments as the storage's second tier reads them to describe the pod."""
+        return _PodArchived(self, cap, ps)
 
     def _merge(self, cap: Capture, ps: PodState, mem: InMemory, rows: list[SegmentRow],
                wanted: Callable[[SegmentInfo], bool]) -> list[tuple[SegmentInfo, int]]:
@@ -117,3 +121,16 @@ class SegmentIndex:
             if wanted(seg):
                 out[i] = (seg, size)
         return [out[i] for i in sorted(out)]
+
+
+class _PodArchived:
+    """``SegmentIndex.archived*`` of one pod (an ``ArchivedIndex``)."""
+
+    def __init__(self, index: SegmentIndex, cap: Capture, ps: PodState) -> None:
+        self.index, self.cap, self.ps = index, cap, ps
+
+    def archived(self, first: int, end: int) -> list[SegmentInfo]:
+        return self.index.archived(self.cap, self.ps, first, end)
+
+    def archived_groups(self, width: int) -> set[int]:
+        return self.index.archived_groups(self.cap, self.ps, width)

@@ -33,8 +33,6 @@ from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 
 from podcap.collector.kube.errors import KubeConfigError, KubeError, KubeNotFoundError, status_error, translate
-from podcap.collector.kube.pods import KubePod, pod_from_object
-from podcap.pods import PodRef
 
 LIST_PAGE = 500
 CONNECT_TIMEOUT_S = 5.0
@@ -202,22 +200,6 @@ class KubeApi:
             cont = str(meta.get("continue") or "")
             if not cont:
                 return items, rv
-
-    def list_pods(self, namespace: str | None, label_selector: str = "",
-                  field_selector: str = "") -> tuple[list[PodRef], str]:
-        """Scheduled, not finished pods matching the selectors (evaluated by the API server), and the list's
-        resourceVersion."""
-        objs, rv = self.list_pod_objects(namespace, label_selector, field_selector)
-        pods = [p.ref for p in map(pod_from_object, objs) if p is not None]
-        return pods, rv
-
-    def read_pod(self, namespace: str, name: str) -> KubePod | None:
-        """One pod (None when it is unscheduled or finished). Raises KubeNotFoundError when it does not exist."""
-        obj = self._request(self._describe("get", "pods", namespace), "a pod",
-                            lambda: self._core.read_namespaced_pod(
-                                name, namespace, _preload_content=False,
-                                _request_timeout=(CONNECT_TIMEOUT_S, LIST_READ_TIMEOUT_S)))
-        return pod_from_object(obj)
 
     def watch_pods(self, namespace: str | None, *, resource_version: str, label_selector: str = "",
                    field_selector: str = "", timeout_seconds: int = DEFAULT_WATCH_TIMEOUT_S,

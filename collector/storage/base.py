@@ -9,20 +9,29 @@ capture has holes, and the ``recover_*`` calls bring a pod's segments back to wh
 indexes them, and a ``PodLocation`` makes a ``SegmentInfo`` of any index (``segment``).
 ``SegmentInfo`` describes one segment in the implementation's own terms (``locator``: a path, an object key).
 
+A storage with a second tier (``CaptureStorage.second_tier``) moves closed segments there: the capture logic asks it
+to ``archive`` one (the copy's locator comes back, and the catalog records it), then to ``release`` the first tier's
+copy, and after each round to ``describe`` the capture (``CaptureDescription``: its status and each pod's archived
+segments, read from the catalog through ``ArchivedIndex``). How the second tier describes a capture (a bucket's
+manifest and pages) is its own business: the capture logic never sees that format.
+
 One implementation per module, in the spirit of Retina's output locations: ``podcap.collector.storage.local``
 (rotating pcap files under the data dir, the embedded default) and ``podcap.collector.storage.tiered`` (the same
-files as a write-ahead tier, closed segments archived to an S3-compatible bucket).
+files as a write-ahead tier, closed segments archived to an S3-compatible bucket). ``pod_path`` is the one place
+that lays out a pod's segments under the data dir.
 """
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Container
+import os
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from podcap.errors import ResourceError
 from podcap.formats.pcap import FILE_HEADER_LEN, FileFormat
+from podcap.v1 import common_pb2, control_pb2
 
 
 class StorageError(ResourceError, OSError):
@@ -47,16 +56,6 @@ class SegmentInfo:
     opened_at: float = 0.0
     # Where the second tier holds it once archived (an object key), "" while only the first tier has it.
     archived: str = ""
-
-
-@dataclass(frozen=True)
-class ArchivedCopy:
-    """A segment's copy in the second tier: where it is (what ``SegmentInfo.archived`` records), and the copy's own
-    file header and seek index (opaque to the capture logic; the storage describes the copy with them)."""
-
-    locator: str
-    header: bytes = b""
-    index: bytes = b""
 
 
 class PendingSync(Protocol):
@@ -140,37 +139,84 @@ class PodLocation(Protocol):
         """Note that packets are missing (see ``podcap.collector.storage.gaps``)."""
         ...
 
-    def archive(self, seg: SegmentInfo) -> ArchivedCopy:
+
+class ArchivedIndex(Protocol):
+    """What the catalog knows of one pod's archived segments (the second tier describes the pod from it)."""
+
+    def archived(self, first: int, end: int) -> list[SegmentInfo]:
+        """The pod's archived segments with ``first <= index < end``, in order."""
+        ...
+
+    def archived_groups(self, width: int) -> set[int]:
+        """``index // width`` of every archived segment of the pod (which groups of ``width`` consecutive indices
+        hold any)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PodKey:
+    """Which pod of which capture: what names its place in either tier."""
+
+    capture_id: str
+    namespace: str
+    dir_name: str  # the pod's name, or name.uid-prefix for a pod re-created under the same name
+    uid: str
+
+
+@dataclass(frozen=True)
+class DescribedPod:
+    """One pod of a ``CaptureDescription``: what the second tier needs to describe its archived segments."""
+
+    key: PodKey
+    fmt: common_pb2.PcapFormat | None  # what the pod's segments hold (None: nothing yet)
+    retired_through: int  # retention deleted every segment up to this index
+    index: ArchivedIndex
+
+
+@dataclass(frozen=True)
+class CaptureDescription:
+    """A capture as the second tier describes it next to its segments. ``complete``: over, and every segment of it
+    in the second tier."""
+
+    capture_id: str
+    status: Callable[[], control_pb2.CaptureStatus]  # called only when the description is written
+    pods: list[DescribedPod]
+    complete: bool
+
+
+class SecondTier(Protocol):
+    """Where closed segments go from the first tier (the local files), and the capture's description there."""
+
+    def archive(self, pod: PodKey, seg: SegmentInfo) -> str:
         """Copy a closed segment to the second tier, verified; return where it is there (its ``archived``)."""
         ...
 
-    def put_page(self, number: int, body: bytes | None) -> None:
-        """Keep (None: delete) page ``number`` of the pod's description in the second tier."""
-        ...
-
-    def page_locator(self, number: int) -> str:
-        """Where page ``number`` is kept (an object key)."""
-        ...
-
-    def get_page(self, number: int) -> bytes | None:
-        """Page ``number`` of the pod's description as last kept, None if there is none."""
-        ...
-
-    def release(self, seg: SegmentInfo) -> None:
+    def release(self, pod: PodKey, seg: SegmentInfo) -> None:
         """Drop the first tier's copy of an archived segment (once its ``archived`` is recorded)."""
         ...
 
+    def describe(self, capture: CaptureDescription) -> bool:
+        """Bring the capture's description in the second tier up to date with what is archived (only what changed
+        is written); returns whether anything was written. Raises ``PodcapError`` (the next round tries again)."""
+        ...
+
+    def forget(self, keep: set[str]) -> None:
+        """Drop what is remembered of captures not in ``keep`` (deleted)."""
+        ...
+
+
+def pod_path(capture_id: str, namespace: str, dir_name: str) -> str:
+    """Where a pod's segments are under the data dir, relative to it (what ``podcap status`` shows as its path)."""
+    return os.path.join("captures", capture_id, namespace, dir_name)
+
 
 class CaptureStorage(Protocol):
-    """A storage backend: names each pod's location. ``tiered``: closed segments move to a second tier
-    (``PodLocation.archive``), which the capture logic then records and releases locally."""
+    """A storage backend: names each pod's location. ``second_tier``: where closed segments move (None: they stay
+    in the first tier); ``tiered`` says whether there is one."""
 
     name: str
     tiered: bool
-
-    def describe(self, capture_id: str, manifest: bytes) -> None:
-        """Keep the capture's manifest with it (tiered storage: next to its objects; local storage: nothing)."""
-        ...
+    second_tier: SecondTier | None
 
     def pod(self, capture_id: str, namespace: str, pod_dir_name: str) -> PodLocation:
         """The pod's location; the parts are validated names. Raises StorageError for an unusable location."""

@@ -427,12 +427,13 @@ class CaptureStore:
             out += self._segments("AND idx = ? AND archived != ''", (capture_id, uid, index))
         return out
 
-    def archived_pages(self, capture_id: str, uid: str, page_segments: int) -> set[int]:
-        """Numbers of the pages (``page_segments`` consecutive indices each) holding archived segments of the pod. A
-        scan of the pod's rows: for the bucket's description once after a start, not per round."""
+    def archived_groups(self, capture_id: str, uid: str, width: int) -> set[int]:
+        """``index // width`` of the pod's archived segments (which groups of ``width`` consecutive indices hold any:
+        the bucket's pages). A scan of the pod's rows: for the second tier's description once after a start, not per
+        round."""
         with self._lock:
             rows = self._db.execute("SELECT DISTINCT idx / ? FROM segments WHERE capture_id=? AND uid=? AND"
-                                    " archived != ''", (page_segments, capture_id, uid)).fetchall()
+                                    " archived != ''", (width, capture_id, uid)).fetchall()
         return {int(r[0]) for r in rows}
 
 

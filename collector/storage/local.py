@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from podcap.collector.storage.appender import Appender
-from podcap.collector.storage.base import ArchivedCopy, SegmentInfo, StorageError
+from podcap.collector.storage.base import SecondTier, SegmentInfo, StorageError, pod_path
 from podcap.collector.storage.gaps import record_gap
 from podcap.formats.pcap import FILE_HEADER_LEN, FileFormat, valid_prefix_length
 
@@ -51,10 +51,18 @@ def remove_capture_dir(data_dir: str, capture_id: str) -> None:
 def pod_dir(data_dir: str, capture_id: str, namespace: str, pod: str) -> str:
     """Directory of one pod's segments. The parts must already be validated names; this re-checks containment."""
     base = os.path.realpath(os.path.join(data_dir, "captures"))
-    path = os.path.realpath(os.path.join(base, capture_id, namespace, pod))
+    path = os.path.realpath(os.path.join(data_dir, pod_path(capture_id, namespace, pod)))
     if os.path.commonpath([base, path]) != base or path == base:
         raise StorageError(errno.EINVAL, f"refusing path outside the data dir: {path}")
     return path
+
+
+def delete_segment_file(seg: SegmentInfo) -> None:
+    """Delete a segment's file (gone already is fine)."""
+    try:
+        os.unlink(seg.locator)
+    except FileNotFoundError:
+        pass
 
 
 def segment_path(directory: str, index: int) -> str:
@@ -256,10 +264,7 @@ class LocalPodLocation:
             return None
 
     def delete(self, seg: SegmentInfo) -> None:
-        try:
-            os.unlink(seg.locator)
-        except FileNotFoundError:
-            pass
+        delete_segment_file(seg)
 
     def exists(self, seg: SegmentInfo) -> bool:
         return os.path.exists(seg.locator)
@@ -276,34 +281,17 @@ class LocalPodLocation:
     def record_gap(self, *, first_ns: int, last_ns: int, packets: int, cause: str, stream: str) -> None:
         record_gap(self.directory, first_ns=first_ns, last_ns=last_ns, packets=packets, cause=cause, stream=stream)
 
-    def archive(self, seg: SegmentInfo) -> ArchivedCopy:
-        raise StorageError(errno.ENOTSUP, "local storage has no second tier")
-
-    def put_page(self, number: int, body: bytes | None) -> None:
-        raise StorageError(errno.ENOTSUP, "local storage has no second tier")
-
-    def page_locator(self, number: int) -> str:
-        return ""
-
-    def get_page(self, number: int) -> bytes | None:
-        return None
-
-    def release(self, seg: SegmentInfo) -> None:
-        self.delete(seg)
-
 
 class LocalStorage:
     """The data dir: ``<data>/captures/<capture>/<namespace>/<pod>/`` per pod (a ``CaptureStorage``)."""
 
     name = "local"
     tiered = False
+    second_tier: SecondTier | None = None
 
     def __init__(self, data_dir: str, *, direct: bool = True) -> None:
         self.data_dir = data_dir
         self.direct = direct
-
-    def describe(self, capture_id: str, manifest: bytes) -> None:
-        """The database describes a local capture."""
 
     def pod(self, capture_id: str, namespace: str, pod_dir_name: str) -> LocalPodLocation:
         return LocalPodLocation(pod_dir(self.data_dir, capture_id, namespace, pod_dir_name), direct=self.direct)

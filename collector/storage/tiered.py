@@ -9,10 +9,11 @@ local copy of a recorded segment and releases it: nothing acknowledged is lost, 
 
 The bucket is laid out like the data dir: ``PREFIX/<capture>/<namespace>/<pod>/NNNNNN.pcap.zst``, with
 ``PREFIX/<capture>/manifest.json`` and each pod's ``segments-NNNNNN.json`` pages
-(``podcap.formats.bucket.manifest``) saying what the capture holds. A segment
-is read from the local tier while it is there and from the bucket afterwards, by ranged GETs of the blocks it needs
-(``podcap.formats.bucket.blocks.BlockReader``); retention deletes both copies; deleting a capture deletes its
-directory and everything under its key prefix.
+(``podcap.formats.bucket.manifest``, kept up to date by ``podcap.collector.storage.description``) saying what
+the capture holds. A segment is read from the local tier while it is there and from the bucket afterwards, by
+ranged GETs of the blocks it needs (``podcap.formats.bucket.blocks``); retention deletes both copies; deleting
+a capture deletes its directory and everything under its key prefix. The capture logic sees none of this: it asks
+the storage's ``SecondTier`` to archive, release and describe.
 """
 
 from __future__ import annotations
@@ -21,55 +22,21 @@ import errno
 import os
 from typing import BinaryIO
 
-from podcap.collector.bucket.objects import ObjectNotFoundError, ObjectStore
-from podcap.collector.storage.base import ArchivedCopy, SegmentInfo, StorageError
-from podcap.collector.storage.local import LocalPodLocation, pod_dir, remove_capture_dir
+from podcap.collector.bucket.objects import ObjectStore
+from podcap.collector.storage.base import CaptureDescription, PodKey, SecondTier, SegmentInfo, StorageError
+from podcap.collector.storage.description import ArchivedCopy, Describer
+from podcap.collector.storage.local import LocalPodLocation, delete_segment_file, pod_dir, remove_capture_dir
 from podcap.formats.bucket.blocks import Block, encode_stream, open_segment, pack_index
-from podcap.formats.bucket.manifest import NAME
 from podcap.formats.pcap import FILE_HEADER_LEN, PcapFormatError
 
 
 class TieredPodLocation(LocalPodLocation):
-    def __init__(self, directory: str, objects: ObjectStore, key_prefix: str) -> None:
+    """A pod's segments in either tier: read from the local file while it is there, else from the bucket; retention
+    deletes both copies."""
+
+    def __init__(self, directory: str, objects: ObjectStore) -> None:
         super().__init__(directory)
         self.objects = objects
-        self.key_prefix = key_prefix
-
-    def archive(self, seg: SegmentInfo) -> ArchivedCopy:
-        key = f"{self.key_prefix}/{os.path.basename(seg.locator)}.zst"
-        blocks: list[Block] = []
-        try:
-            with open(seg.locator, "rb") as f:
-                header = f.read(FILE_HEADER_LEN)
-                f.seek(0)
-                # Read, compressed and uploaded a part at a time: memory stays bounded for a segment of any size.
-                self.objects.upload_stream(encode_stream(f, seg.bytes, blocks), key)
-        except OSError as e:
-            raise StorageError(e.errno or errno.EIO, f"cannot archive {seg.locator}: {e.strerror or e}") from e
-        except PcapFormatError as e:
-            raise StorageError(errno.EIO, f"cannot archive {seg.locator}: {e}") from e
-        return ArchivedCopy(key, header, pack_index(blocks))
-
-    def page_locator(self, number: int) -> str:
-        return f"{self.key_prefix}/segments-{number:06d}.json"
-
-    def put_page(self, number: int, body: bytes | None) -> None:
-        key = self.page_locator(number)
-        if body is None:
-            self.objects.delete([key])
-        else:
-            self.objects.put_bytes(key, body, "application/json")
-
-    def get_page(self, number: int) -> bytes | None:
-        key = self.page_locator(number)
-        try:
-            return self.objects.get(key)
-        except ObjectNotFoundError:
-            return None
-
-    def release(self, seg: SegmentInfo) -> None:
-        if seg.archived:
-            super().delete(seg)
 
     def open(self, seg: SegmentInfo, since_ns: int = 0, until_ns: int = 0) -> tuple[BinaryIO, int] | None:
         local = super().open(seg, since_ns, until_ns)
@@ -88,22 +55,52 @@ class TieredPodLocation(LocalPodLocation):
 
 
 class TieredStorage:
+    """The data dir as the first tier, a bucket as the second (a ``CaptureStorage`` and its ``SecondTier``)."""
+
     name = "s3"
     tiered = True
 
     def __init__(self, data_dir: str, objects: ObjectStore) -> None:
         self.data_dir = data_dir
         self.objects = objects
-
-    def describe(self, capture_id: str, manifest: bytes) -> None:
-        self.objects.put_bytes(self.objects.url.key(capture_id, NAME), manifest, "application/json")
+        self.describer = Describer(objects)
+        self.second_tier: SecondTier | None = self
 
     def pod(self, capture_id: str, namespace: str, pod_dir_name: str) -> TieredPodLocation:
-        directory = pod_dir(self.data_dir, capture_id, namespace, pod_dir_name)
-        return TieredPodLocation(directory, self.objects, self.objects.url.key(capture_id, namespace, pod_dir_name))
+        return TieredPodLocation(pod_dir(self.data_dir, capture_id, namespace, pod_dir_name), self.objects)
 
     def remove(self, capture_id: str) -> None:
         """The local tier's files, then every object under ``PREFIX/<capture>/`` (segments, pages, the manifest,
         listed: so objects of a collector that died before recording them go too)."""
         remove_capture_dir(self.data_dir, capture_id)
         self.objects.delete(self.objects.list_keys(self.objects.url.key(capture_id) + "/"))
+
+    # ---- the second tier ----
+
+    def archive(self, pod: PodKey, seg: SegmentInfo) -> str:
+        """Upload the segment compressed in blocks (``PREFIX/<capture>/<namespace>/<pod>/NNNNNN.pcap.zst``); its
+        header and block index go into its page at the next ``describe``."""
+        key = self.objects.url.key(pod.capture_id, pod.namespace, pod.dir_name, os.path.basename(seg.locator) + ".zst")
+        blocks: list[Block] = []
+        try:
+            with open(seg.locator, "rb") as f:
+                header = f.read(FILE_HEADER_LEN)
+                f.seek(0)
+                # Read, compressed and uploaded a part at a time: memory stays bounded for a segment of any size.
+                self.objects.upload_stream(encode_stream(f, seg.bytes, blocks), key)
+        except OSError as e:
+            raise StorageError(e.errno or errno.EIO, f"cannot archive {seg.locator}: {e.strerror or e}") from e
+        except PcapFormatError as e:
+            raise StorageError(errno.EIO, f"cannot archive {seg.locator}: {e}") from e
+        self.describer.add(pod, seg.index, ArchivedCopy(key, header, pack_index(blocks)))
+        return key
+
+    def release(self, pod: PodKey, seg: SegmentInfo) -> None:
+        if seg.archived:
+            delete_segment_file(seg)
+
+    def describe(self, capture: CaptureDescription) -> bool:
+        return self.describer.sync(capture)
+
+    def forget(self, keep: set[str]) -> None:
+        self.describer.forget(keep)

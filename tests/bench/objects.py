@@ -10,15 +10,14 @@ so the figure is the upload's own cost. ``p7_compression_{udp,http}``: what the 
 of the benchmark's UDP frames (random payload: the worst case) and of HTTP like the demo's, with the compressing
 CPU's throughput (``p7_compress_mb_s_*``).
 
-``p7_window_s``: a 60 s window of one pod out of >= 2 GB (``--p7-window-gb``) in the bucket, read by ``podcap get
---from s3://...`` (the CLI, end to end, process start included; median of 3). The pod's segments are made here —
-64 MiB each of the benchmark's 128-byte UDP frames with random payloads (the compression's worst case), timestamps
-evenly spread over two hours — and go to the bucket through the archiver's own path (``TieredPodLocation.archive``:
-read, compressed in blocks and uploaded a part at a time; ``p7_archive_mb_s`` is its raw throughput), described by
-pages and a manifest as the collector writes them. The window's result is parsed and must be exactly the records
+``p7_window_s``: a 60 s window of one pod out of >= 2 GB (``--p7-window-gb``) in the bucket, read by ``podcap get --from
+s3://...`` (the CLI, end to end, process start included; median of 3). The pod's segments are made here — 64 MiB each of
+the benchmark's 128-byte UDP frames with random payloads (the compression's worst case), timestamps evenly spread over
+two hours — and go to the bucket through the archiver's own path (``TieredStorage.archive``: read, compressed in blocks
+and uploaded a part at a time; ``p7_archive_mb_s`` is its raw throughput), described by pages and a manifest as the
+collector writes them (``TieredStorage.describe``). The window's result is parsed and must be exactly the records
 generated in it; ``p7_window_fetched_mb`` (blocks fetched) is reported against ``p7_window_raw_mb`` (the window's
-records, uncompressed).
-"""
+records, uncompressed). """
 
 from __future__ import annotations
 
@@ -31,14 +30,26 @@ import uuid
 from typing import Any
 
 from podcap.collector.bucket.objects import BucketUrl, ObjectStore
-from podcap.collector.storage.base import SegmentInfo
-from podcap.collector.storage.tiered import TieredPodLocation
+from podcap.collector.storage.base import CaptureDescription, DescribedPod, PodKey, SegmentInfo
+from podcap.collector.storage.tiered import TieredStorage
 from podcap.formats.bucket.blocks import encode
-from podcap.formats.bucket.manifest import ArchivedSegment, Manifest, PageRef, page_number, page_to_json
 from podcap.formats.pcap import FileFormat, read_file
 from podcap.v1 import common_pb2, control_pb2
 from tests.bench.lab import log
 from tests.s3.testbed import Testbed, missing_packages
+
+
+class _Listed:
+    """Archived segments as the catalog would list them (``storage.base.ArchivedIndex``)."""
+
+    def __init__(self, segments: list[SegmentInfo]) -> None:
+        self.segments = segments
+
+    def archived(self, first: int, end: int) -> list[SegmentInfo]:
+        return [s for s in self.segments if first <= s.index < end]
+
+    def archived_groups(self, width: int) -> set[int]:
+        return {s.index // width for s in self.segments}
 
 
 def _segment(path: str, nbytes: int) -> int:
@@ -145,31 +156,28 @@ def window_read(testbed: Testbed, tmp: str, *, gigabytes: float) -> dict[str, fl
     step_ns = WINDOW_SPAN_S * 10**9 // total
     store = ObjectStore(BucketUrl(testbed.bucket, "p7w"), endpoint=testbed.endpoint)
     capture = f"c{uuid.uuid4().hex[:8]}"
-    loc = TieredPodLocation(tmp, store, store.url.key(capture, "shop", "web-0"))
-    segments: list[ArchivedSegment] = []
+    tiered = TieredStorage(tmp, store)
+    key = PodKey(capture, "shop", "web-0", "u-web-0")
+    segments: list[SegmentInfo] = []
     stored, t_archive = 0, 0.0
     for k, first in enumerate(range(0, total, per_segment)):
         path = os.path.join(tmp, f"{k + 1:06d}.pcap")  # the object's key is named after it
         _timed_segment(path, first, per_segment, step_ns)
         size = os.path.getsize(path)
         t0 = time.perf_counter()
-        copy = loc.archive(SegmentInfo(k + 1, path, size))
+        seg = SegmentInfo(k + 1, path, size, per_segment, T0_NS + first * step_ns,
+                          T0_NS + (first + per_segment - 1) * step_ns)
+        seg.archived = tiered.archive(key, seg)
         t_archive += time.perf_counter() - t0
-        stored += store.size(copy.locator)
-        segments.append(ArchivedSegment(copy.locator, k + 1, size, per_segment, T0_NS + first * step_ns,
-                                        T0_NS + (first + per_segment - 1) * step_ns, copy.header, copy.index))
+        stored += store.size(seg.archived)
+        segments.append(seg)
         os.unlink(path)
-    refs = []
-    for number in sorted({page_number(s.index) for s in segments}):
-        page = [s for s in segments if page_number(s.index) == number]
-        loc.put_page(number, page_to_json(page))
-        refs.append(PageRef.of(loc.page_locator(number), number, page))
     pod = common_pb2.Pod(namespace="shop", name="web-0", uid="u-web-0")
     status = control_pb2.CaptureStatus(id=capture, state=control_pb2.CAPTURE_STATE_DONE, packets=total,
                                        pods=[control_pb2.PodStatus(pod=pod, packets=total)])
     fmt = common_pb2.PcapFormat(linktype=1, snaplen=262144, nanosecond=True)
-    store.put_bytes(store.url.key(capture, "manifest.json"), Manifest(status, {pod.uid: fmt}, {pod.uid: refs},
-                                                                      True).to_json())
+    tiered.describe(CaptureDescription(capture, lambda: status, [DescribedPod(key, fmt, 0, _Listed(segments))],
+                                       complete=True))
     raw_bytes = total * RECORD
     log(f"p7 window: {stored / 1e9:.2f} GB in the bucket ({raw_bytes / 1e9:.2f} GB raw, {len(segments)} segments), "
         f"archived at {raw_bytes / 1e6 / t_archive:.0f} MB/s")

@@ -4,9 +4,11 @@ started against the ``collector`` fixture of tests/conftest.py, and reading a ca
 ``node`` is a node of four pods (``sender``, ``rx-0``..``rx-2``) unless a module provides its own; ``agent`` runs
 ``podcap-agent --pod-source netns`` for it (indirect parametrization: extra environment variables), as does
 ``netns_agent`` (a module may override ``agent_args``); both return once the collector knows the node's pods (a
-capture of them can start), so a test never races the agent's registration. Helpers that are not fixtures (the
-UDP sender, reading stored datagrams) are in tests/integration/helpers.py: test modules import those, never each
-other.
+capture of them can start), so a test never races the agent's registration. ``cluster`` is a restartable
+collector and agent over such a node (tests/integration/cluster.py); ``env`` an in-process capture manager over the
+S3 testbed (tests/integration/tiered_env.py). Helpers that are not fixtures are in helpers.py (the UDP sender,
+reading stored datagrams), cluster.py, tiered_env.py and http_pods.py (HTTP between containerd pods): test modules
+import those, never each other.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import pytest
 
 from podcap.collector.demo.node import DemoNode
 from tests.conftest import Proc, podcap, start_proc, tool
+from tests.integration.cluster import Cluster
 from tests.integration.helpers import capture_id
+from tests.integration.tiered_env import Env
+from tests.s3.testbed import Testbed
 
 Status = dict[str, Any]
 
@@ -111,3 +116,26 @@ def agent(collector: tuple[str, str, Proc], node: DemoNode, tmp_path: str,
         yield p
     finally:
         assert p.stop() == 0, "agent did not stop cleanly on SIGTERM:\n" + p.log()
+
+
+@pytest.fixture
+def cluster(tmp_path: str) -> Iterator[Cluster]:
+    """A ``Cluster`` (collector and agent processes, started by the test) over a node of four pods."""
+    node = DemoNode()
+    node.create(["sender", "rx-0", "rx-1", "rx-2"])
+    c = Cluster(str(tmp_path), node)
+    try:
+        yield c
+    finally:
+        c.close()
+        node.destroy()
+
+
+@pytest.fixture
+def env(s3: Testbed, s3_prefix: str, tmp_path: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    """An in-process capture manager over local disk and the S3 testbed's bucket (tests/integration/tiered_env.py)."""
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    e = Env(s3, s3_prefix, str(tmp_path))
+    yield e
+    e.close()

@@ -22,8 +22,8 @@ from podcap.drops import CAUSES
 from podcap.formats.pcap import read_file
 from podcap.formats.pcapng import ISB_IFDROP, ISB_USRDELIV
 from tests.conftest import podcap
+from tests.integration.cluster import Cluster, all_capturing
 from tests.integration.helpers import capture_id, udp_payloads
-from tests.integration.test_durability import Cluster, all_capturing
 from tests.pcapng_reader import read_pcapng
 from tests.s3.testbed import Testbed
 

@@ -15,38 +15,25 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import struct
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from podcap.agent.pods.proc_source import PROC_NAMESPACE
-from podcap.formats.pcap import LINKTYPE_ETHERNET, read_file
 from tests.conftest import Proc, podcap, start_proc, tool
+from tests.integration.http_pods import WEB, assert_http_exchange, ip_text, ipv4_frames, wget_loop
 from tests.node.harness import ContainerSpec, Pod, TestNode
 
 pytestmark = [pytest.mark.root, pytest.mark.containerd, pytest.mark.timeout(120)]
 
-HTTP_PORT = 8080
-# A web server any uid can run: busybox httpd on an unprivileged port, serving a file under the world-writable /tmp.
-WEB = ("/bin/sh", "-c", f"mkdir -p /tmp/www && echo podcap-e2e > /tmp/www/index.html && "
-       f"exec httpd -f -p {HTTP_PORT} -h /tmp/www")
 # What the issue promises: a restarted or newly created pod is capturing again within this many seconds.
 ATTACH_WITHIN_S = 5.0
 # Packets a pod's capture must have stored before a test looks at it (a few HTTP exchanges).
 MIN_PACKETS = 20
-
-
-def wget_loop(ip: str, times: int = 600, pause: str = "0.1") -> tuple[str, ...]:
-    """A client container's command: a bounded loop of HTTP GETs against ``ip`` (a minute or so; every test removes
-    its pods long before). No ``-T``: Debian's static busybox 1.35 wget crashes (SIGSEGV) when given a timeout."""
-    return ("/bin/sh", "-c", f"i=0; while [ $i -lt {times} ]; do wget -q -O /dev/null "
-            f"http://{ip}:{HTTP_PORT}/; i=$((i+1)); sleep {pause}; done")
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------------
@@ -165,71 +152,6 @@ def downloaded(out: str) -> set[str]:
     return {os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs}
 
 
-# -- reading the stored packets -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One IPv4 TCP segment of a stored frame."""
-
-    ts_ns: int
-    src: str
-    dst: str
-    sport: int
-    dport: int
-    payload: bytes
-
-
-def _ip(b: bytes) -> str:
-    return ".".join(map(str, b))
-
-
-def ipv4_frames(path: str, *, unicast_only: bool = False) -> list[tuple[int, bytes]]:
-    """(timestamp, IPv4 packet) of every IPv4 frame in an Ethernet pcap file."""
-    fmt, recs = read_file(path)
-    assert fmt.linktype == LINKTYPE_ETHERNET
-    out = []
-    for r in recs:
-        assert r.caplen == len(r.data) <= r.wirelen
-        if unicast_only and r.data[0] & 1:
-            continue  # broadcast or multicast: every port of the bridge sees those
-        if r.data[12:14] == b"\x08\x00":
-            total = int.from_bytes(r.data[16:18], "big")
-            out.append((r.ts_ns, r.data[14 : 14 + total]))  # without Ethernet padding
-    return out
-
-
-def tcp_segments(path: str) -> list[Segment]:
-    out = []
-    for ts, ip in ipv4_frames(path):
-        if ip[9] != 6:
-            continue
-        t = (ip[0] & 0x0F) * 4
-        sport, dport = struct.unpack_from("!HH", ip, t)
-        offset = (ip[t + 12] >> 4) * 4
-        out.append(Segment(ts, _ip(ip[12:16]), _ip(ip[16:20]), sport, dport, ip[t + offset :]))
-    return out
-
-
-def http_gets(segments: Sequence[Segment], client: str, web: str) -> list[Segment]:
-    return [s for s in segments
-            if (s.src, s.dst, s.dport) == (client, web, HTTP_PORT) and s.payload.startswith(b"GET / HTTP/1.")]
-
-
-def http_answers(segments: Sequence[Segment], web: str, client: str) -> list[Segment]:
-    return [s for s in segments
-            if (s.src, s.dst, s.sport) == (web, client, HTTP_PORT) and s.payload.startswith(b"HTTP/1.")]
-
-
-def assert_http_exchange(path: str, client: str, web: str) -> list[Segment]:
-    """The file holds GETs from ``client`` to ``web``:8080 and their answers; returns the GETs."""
-    segments = tcp_segments(path)
-    gets = http_gets(segments, client, web)
-    assert gets, f"{path}: no HTTP GET {client} -> {web}:{HTTP_PORT} among {len(segments)} TCP segments"
-    assert http_answers(segments, web, client), f"{path}: no HTTP answer {web}:{HTTP_PORT} -> {client}"
-    return gets
-
-
 # -- the tests ------------------------------------------------------------------------------------------------------
 
 
@@ -255,7 +177,7 @@ def test_pod_by_name_and_by_label_selector(collector: tuple[str, str, Proc], age
         path = os.path.join(out, namespace, "web-0.pcap")
         assert_http_exchange(path, client.ip, web.ip)
         # The web pod's host veth carries the web pod's unicast traffic only.
-        assert all(web.ip in (_ip(ip[12:16]), _ip(ip[16:20])) for _, ip in ipv4_frames(path, unicast_only=True))
+        assert all(web.ip in (ip_text(ip[12:16]), ip_text(ip[16:20])) for _, ip in ipv4_frames(path, unicast_only=True))
 
 
 def test_multi_container_and_non_root_pods_captured_unchanged(

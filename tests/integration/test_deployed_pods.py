@@ -32,7 +32,7 @@ import pytest
 
 from podcap.formats.pcap import read_file
 from tests.conftest import podcap, tool
-from tests.integration.test_containerd_e2e import WEB, assert_http_exchange, wget_loop
+from tests.integration.http_pods import WEB, assert_http_exchange, wget_loop
 from tests.kubeapi.standin import KubeApiStandin
 from tests.node import manifests
 from tests.node.cluster_dns import ClusterDns

@@ -42,16 +42,6 @@ TSHARK_TIMEOUT = 90
 
 
 @pytest.fixture
-def node() -> Iterator[DemoNode]:
-    n = DemoNode()
-    n.create(["sender", "rx-0", "rx-1", "rx-2"])
-    try:
-        yield n
-    finally:
-        n.destroy()
-
-
-@pytest.fixture
 def collector(tmp_path: str) -> Iterator[tuple[str, str, Proc]]:
     tokens = os.path.join(tmp_path, "tokens.csv")
     with open(tokens, "w") as f:

@@ -37,7 +37,7 @@ def _seqs_in(path: str) -> list[int]:
 
 
 def test_follow_streams_a_valid_pcapng_while_the_capture_is_stored(
-    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str  # noqa: F811
+    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str
 ) -> None:
     address = collector[0]
     warm_up(node)
@@ -72,7 +72,7 @@ def test_follow_streams_a_valid_pcapng_while_the_capture_is_stored(
 
 
 def test_time_window_and_filter_return_exactly_the_matching_packets(
-    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str  # noqa: F811
+    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str
 ) -> None:
     address = collector[0]
     warm_up(node)
@@ -106,7 +106,7 @@ def test_time_window_and_filter_return_exactly_the_matching_packets(
 
 
 def test_a_follower_that_does_not_read_never_slows_the_capture(
-    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str  # noqa: F811
+    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str
 ) -> None:
     address = collector[0]
     warm_up(node)

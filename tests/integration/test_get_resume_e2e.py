@@ -66,7 +66,7 @@ def get(address: str, *args: str) -> Any:
 
 
 def test_interrupted_get_resumes_and_progress_shows_on_a_terminal(
-    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str,  # noqa: F811
+    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     address = collector[0]

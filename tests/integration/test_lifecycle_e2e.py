@@ -32,6 +32,7 @@ from podcap.collector.cli.get.resume import JOURNAL
 from podcap.collector.demo.node import DemoNode
 from podcap.v1 import control_pb2
 from tests.conftest import Proc, collector_process, free_port, podcap, tool
+from tests.integration.cluster import Cluster, all_capturing, check_exactly_once, send
 from tests.integration.helpers import PORT, capture_id, wait_capturing, warm_up
 
 pytestmark = pytest.mark.root
@@ -148,7 +149,7 @@ def same_bytes(a: str, b: str) -> bool:
 
 
 def test_get_resumes_inside_a_pod_after_sigint_and_sigkill_and_a_deleted_capture_ends_a_download(
-        collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str,  # noqa: F811
+        collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str,
         metrics_port: int) -> None:
     address, data, _ = collector
     st = big_capture(address, node)
@@ -225,7 +226,7 @@ def small_capture(address: str, demo: DemoNode, *, stop: bool = True) -> str:
 
 
 def test_delete_takes_files_and_rows_and_refuses_bad_input_in_one_line(
-        collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str) -> None:  # noqa: F811
+        collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str) -> None:
     address, data, _ = collector
     ended = small_capture(address, node)
     assert os.path.isdir(os.path.join(data, "captures", ended))
@@ -287,7 +288,7 @@ def test_delete_takes_files_and_rows_and_refuses_bad_input_in_one_line(
 
 @pytest.mark.parametrize("collector", [("--keep-ended", "2s")], indirect=True)
 def test_keep_ended_deletes_an_ended_capture_by_itself_and_never_a_running_one(
-        collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, metrics_port: int) -> None:  # noqa: F811
+        collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, metrics_port: int) -> None:
     address, data, proc = collector
     ended = small_capture(address, node)
     running = small_capture(address, node, stop=False)
@@ -323,8 +324,6 @@ def test_a_full_data_dir_deletes_ended_captures_to_make_room_then_says_nothing_i
     """A data dir on an 8 MiB filesystem with a budget set: when it fills, the ended capture goes (the one that
     ended first first) and storing resumes; when it fills again with only the running capture's data, storing
     pauses and says nothing is left to delete; once space returns everything sent is stored, exactly once."""
-    from tests.integration.test_durability import Cluster, all_capturing, check_exactly_once, send
-
     demo = DemoNode()
     demo.create(["sender", "rx-0"])
     c = Cluster(str(tmp_path), demo, data_dir=os.path.join(small_disk, "data"))

@@ -32,12 +32,12 @@ from podcap.formats.pcap import FILE_HEADER_LEN, iter_records, parse_file_header
 from podcap.formats.selection import Window
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 from tests.conftest import tool
-from tests.integration.test_object_storage import POD, Env, env  # noqa: F401 (the env fixture)
+from tests.integration.tiered_env import POD, Env
 
 pytestmark = pytest.mark.root
 
 
-def ended(env: Env, chunks: int, **kw: Any) -> str:  # noqa: F811
+def ended(env: Env, chunks: int, **kw: Any) -> str:
     """A capture of one pod, ended, every segment of it archived and its final manifest written."""
     cid = env.start(**kw)
     env.send(cid, 1, chunks, per_chunk=1000, size=1000)
@@ -50,11 +50,11 @@ def ended(env: Env, chunks: int, **kw: Any) -> str:  # noqa: F811
     return cid
 
 
-def under(env: Env, cid: str) -> list[str]:  # noqa: F811
+def under(env: Env, cid: str) -> list[str]:
     return env.objects.list_keys(env.objects.url.key(cid) + "/")
 
 
-def rows(env: Env, cid: str) -> list[int]:  # noqa: F811
+def rows(env: Env, cid: str) -> list[int]:
     db = sqlite3.connect(os.path.join(env.data, "podcap.db"))
     try:
         return [db.execute(f"SELECT COUNT(*) FROM {t} WHERE capture_id=?", (cid,)).fetchone()[0]
@@ -63,7 +63,7 @@ def rows(env: Env, cid: str) -> list[int]:  # noqa: F811
         db.close()
 
 
-def test_delete_takes_objects_pages_and_manifest_with_the_files_and_rows(env: Env) -> None:  # noqa: F811
+def test_delete_takes_objects_pages_and_manifest_with_the_files_and_rows(env: Env) -> None:
     cid = ended(env, 4, segment=1 << 20)
     keep = ended(env, 1)
     keys = under(env, cid)
@@ -78,7 +78,7 @@ def test_delete_takes_objects_pages_and_manifest_with_the_files_and_rows(env: En
     assert under(env, keep) and env.read_back(keep) == list(range(1000))  # the other capture is untouched
 
 
-def test_with_the_gateway_down_the_objects_are_deleted_once_it_is_back(env: Env) -> None:  # noqa: F811
+def test_with_the_gateway_down_the_objects_are_deleted_once_it_is_back(env: Env) -> None:
     cid = ended(env, 2)
     env.s3.kill_gateway()
     try:
@@ -99,7 +99,7 @@ def test_with_the_gateway_down_the_objects_are_deleted_once_it_is_back(env: Env)
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
 def test_get_from_the_bucket_resumes_inside_a_pod_fetching_only_what_follows(
-        env: Env, tmp_path: str, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals) -> None:  # noqa: F811
+        env: Env, tmp_path: str, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals) -> None:
     cid = ended(env, 40, segment=4 << 20)  # 40 MB of records in ~10 segments
     url = f"s3://{env.s3.bucket}/{env.prefix}/{cid}"
     whole = os.path.join(str(tmp_path), "whole")
@@ -179,7 +179,7 @@ def _served(messages: Iterable[control_pb2.DownloadChunk]) -> list[tuple[str, in
 
 
 def test_get_from_the_bucket_reads_what_the_collector_serves_and_takes_the_id_given_again(
-        env: Env, tmp_path: str) -> None:  # noqa: F811
+        env: Env, tmp_path: str) -> None:
     cid = ended(env, 6, segment=1 << 20)  # 6000 records of 1000 bytes, ~6 segments; second 10 + k holds chunk k
     url = f"s3://{env.s3.bucket}/{env.prefix}/{cid}"
     control = ControlServicer(env.mgr, OpenAuthorizer())
@@ -225,12 +225,12 @@ def served_whole(control: ControlServicer, cid: str) -> bytes:
     return data
 
 
-def get(url: str, env: Env, out: str) -> Any:  # noqa: F811
+def get(url: str, env: Env, out: str) -> Any:
     return CliRunner().invoke(main.cli, ["get", "--from", url, "--s3-endpoint", env.s3.endpoint, "-o", out],
                               prog_name="podcap")
 
 
-def archived(env: Env, cid: str) -> list[Any]:  # noqa: F811
+def archived(env: Env, cid: str) -> list[Any]:
     """The pod's archived segments in order, from its pages."""
     out = []
     for key in sorted(k for k in under(env, cid) if "/segments-" in k):

@@ -43,7 +43,7 @@ def seq_numbers(data: bytes) -> tuple[int, int] | None:
 
 
 def test_merged_pcapng_has_every_pod_as_an_interface_with_every_packet(
-    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str  # noqa: F811
+    collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str
 ) -> None:
     tshark = shutil.which("tshark")
     assert tshark, "tshark is needed to check the merged file (apt-get install tshark)"

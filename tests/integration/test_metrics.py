@@ -32,7 +32,7 @@ def scrape(port: int) -> dict[str, float]:
 
 
 @pytest.fixture
-def stack(node: DemoNode, tmp_path: str) -> Iterator[tuple[str, int, int, int, Proc, Proc]]:  # noqa: F811
+def stack(node: DemoNode, tmp_path: str) -> Iterator[tuple[str, int, int, int, Proc, Proc]]:
     port, cm, am, ah = free_port(), free_port(), free_port(), free_port()
     address = f"127.0.0.1:{port}"
     collector = start_proc([tool("podcap-collector"), "--insecure", "--listen", address, "--data-dir",
@@ -49,7 +49,7 @@ def stack(node: DemoNode, tmp_path: str) -> Iterator[tuple[str, int, int, int, P
 
 
 def test_metrics_match_status_and_health_follows_the_session(stack: tuple[str, int, int, int, Proc, Proc],
-                                                             node: DemoNode) -> None:  # noqa: F811
+                                                             node: DemoNode) -> None:
     address, cm, am, ah, _collector, agent = stack
     channel = grpc.insecure_channel(f"127.0.0.1:{ah}")
     health = health_pb2_grpc.HealthStub(channel)

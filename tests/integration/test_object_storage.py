@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -19,110 +18,22 @@ from collections.abc import Iterator
 
 import pytest
 
-from podcap.collector.agents import AgentConnection, AgentRegistry
-from podcap.collector.bucket.objects import BucketUrl, ObjectStore
+from podcap.collector.bucket.objects import ObjectStore
 from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.demo.node import DemoNode
 from podcap.collector.storage.base import SegmentInfo
-from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.local import list_segments
-from podcap.collector.storage.tiered import TieredStorage
 from podcap.formats.bucket.blocks import open_segment
 from podcap.formats.pcap import FILE_HEADER_LEN, FileFormat, iter_records, read_file
-from podcap.names import NodeName, PodUid
-from podcap.pods import PodRef
-from podcap.v1 import common_pb2, control_pb2, ingest_pb2
+from podcap.v1 import common_pb2, ingest_pb2
 from tests.conftest import Proc, collector_process, podcap, tool
+from tests.integration.cluster import Cluster, all_capturing, check_exactly_once, send
 from tests.integration.helpers import PORT, SENDER, capture_id, udp_payloads, wait_state
+from tests.integration.tiered_env import POD, SEGMENT, Env, records
 from tests.pcapng_reader import read_pcapng
 from tests.s3.testbed import Testbed
 
 pytestmark = pytest.mark.root
-
-NODE = NodeName("node-a")
-POD = PodRef("shop", "web-0", PodUid("uid-0"), NODE, {"app": "web"})
-FMT = common_pb2.PcapFormat(linktype=1, snaplen=262144, nanosecond=True)
-SEGMENT = 64 << 10
-
-
-def records(start: int, n: int, size: int = 200, *, noise: bool = False) -> bytes:
-    """Sequence-numbered records (the number in the first 4 bytes); ``noise``: the rest random (incompressible)."""
-    def body(i: int) -> bytes:
-        return i.to_bytes(4, "big") + (os.urandom(size - 4) if noise else i.to_bytes(4, "big") * (size // 4 - 1))
-    return b"".join(struct.pack("<IIII", 10 + i // 1000, i % 1000, size, size) + body(i)
-                    for i in range(start, start + n))
-
-
-class Env:
-    def __init__(self, s3: Testbed, prefix: str, data: str, local_cap_bytes: int = 0) -> None:
-        self.s3, self.prefix, self.data = s3, prefix, data
-        self.local_cap_bytes = local_cap_bytes
-        # Rounds only when a test calls run_once (deterministic counts), unless the test needs the thread.
-        self.archive_interval_s = 0.2 if local_cap_bytes else 0.0
-        self.store = CaptureStore(os.path.join(data, "podcap.db"))
-        self.objects = ObjectStore(BucketUrl(s3.bucket, prefix), endpoint=s3.endpoint, max_attempts=2)
-        self.registry = AgentRegistry()
-        self.conn = AgentConnection(node=NODE, instance_id="i", version="t", pod_source="netns", pods=[POD])
-        self.registry.register(self.conn)
-        self.mgr = self.open()
-
-    def open(self) -> CaptureManager:
-        return CaptureManager(TieredStorage(self.data, self.objects), self.registry, self.store,
-                              local_cap_bytes=self.local_cap_bytes, archive_interval_s=self.archive_interval_s)
-
-    def start(self, segment: int = SEGMENT, **retention: int) -> str:
-        cap = self.mgr.start(control_pb2.StartCaptureRequest(
-            target=control_pb2.Target(namespace="shop", pod_names=["web-0"]),
-            rotation=control_pb2.Rotation(segment_bytes=segment), retention=control_pb2.Retention(**retention)))
-        self.mgr.on_pod_event(self.conn, ingest_pb2.PodCaptureEvent(
-            capture_id=cap.id, pod_uid=POD.uid, stream_id="s1", state=common_pb2.POD_CAPTURE_STATE_CAPTURING,
-            format=FMT, started=True))
-        return cap.id
-
-    def send(self, cid: str, first_seq: int, chunks: int, per_chunk: int = 100, size: int = 200,
-             noise: bool = False) -> None:
-        for k in range(chunks):
-            seq = first_seq + k
-            self.mgr.on_chunk(self.conn, ingest_pb2.PcapChunk(
-                capture_id=cid, pod_uid=POD.uid, stream_id="s1", seq=seq,
-                records=records((seq - 1) * per_chunk, per_chunk, size, noise=noise), packets=per_chunk))
-        self.mgr.committer.commit(self.mgr.get(cid))
-
-    def read_back(self, cid: str) -> list[int]:
-        out: list[int] = []
-        for _ps, fmt, files in self.mgr.pod_files(self.mgr.get(cid), []):
-            for f, length in files:
-                with f:
-                    f.seek(FILE_HEADER_LEN)
-                    data = f.read(length - FILE_HEADER_LEN)
-                out += [int.from_bytes(r.data[:4], "big") for r in iter_records(data, fmt)]
-        return out
-
-    def segments(self, cid: str) -> list[SegmentInfo]:
-        """Every segment of the capture's pods, from memory and the catalog (as downloads list them)."""
-        cap = self.mgr.get(cid)
-        index = self.mgr.index
-        return [seg for ps in cap.pods.values() for seg, _n in index.listing(cap, ps, index.in_memory(cap, ps))]
-
-    def keys(self, cid: str) -> list[str]:
-        return sorted(k for k in self.objects.list_keys(self.objects.url.key(cid) + "/") if ".pcap" in k)
-
-    def local(self, cid: str) -> list[str]:
-        return list_segments(os.path.join(self.data, "captures", cid, "shop", "web-0"))
-
-    def close(self) -> None:
-        self.mgr.close()
-        self.store.close()
-
-
-@pytest.fixture
-def env(s3: Testbed, s3_prefix: str, tmp_path: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
-    for k, v in s3.env().items():
-        monkeypatch.setenv(k, v)
-    e = Env(s3, s3_prefix, str(tmp_path))
-    yield e
-    e.close()
-
 
 def test_closed_segments_move_to_the_bucket_and_read_back_complete(env: Env) -> None:
     cid = env.start()
@@ -171,7 +82,8 @@ def test_archiving_a_large_segment_holds_a_few_parts_not_the_segment(
     import tracemalloc
 
     from podcap.collector.bucket import objects
-    from podcap.collector.storage.tiered import TieredPodLocation
+    from podcap.collector.storage.base import PodKey
+    from podcap.collector.storage.tiered import TieredStorage
 
     monkeypatch.setattr(objects, "PART_BYTES", 5 << 20)
     monkeypatch.setattr(objects, "PARALLEL_PARTS", 2)
@@ -181,15 +93,15 @@ def test_archiving_a_large_segment_holds_a_few_parts_not_the_segment(
         for k in range(64):
             f.write(records(k * 1000, 1000, 1048, noise=True))  # 1 MiB of records that do not compress
     size = os.path.getsize(path)
-    loc = TieredPodLocation(str(tmp_path), env.objects, f"{env.prefix}/big")
+    tiered = TieredStorage(str(tmp_path), env.objects)
     tracemalloc.start()
     try:
-        copy = loc.archive(SegmentInfo(1, path, size))
+        key = tiered.archive(PodKey("big", "shop", "web-0", "uid-0"), SegmentInfo(1, path, size))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 8 * objects.PART_BYTES < size / 1.5, f"archiving peaked at {peak / 2**20:.0f} MiB"
-    reader, length = open_segment(env.objects, copy.locator, size)
+    reader, length = open_segment(env.objects, key, size)
     with open(path, "rb") as f:
         assert length == size and all(reader.read(1 << 20) == f.read(1 << 20) for _ in range(size // (1 << 20) + 1))
 
@@ -198,7 +110,7 @@ def test_a_collector_that_died_mid_upload_neither_loses_nor_duplicates(env: Env)
     """The crash windows of an upload: a segment uploaded but never recorded (the collector died before its commit)
     is uploaded again to the same key, not as a second object; a multipart upload the dead collector left open is
     aborted when the next one starts."""
-    from podcap.collector.captures.pods import location
+    from podcap.collector.captures.pods import pod_key
     from podcap.collector.server import open_storage
 
     cid = env.start()
@@ -206,7 +118,9 @@ def test_a_collector_that_died_mid_upload_neither_loses_nor_duplicates(env: Env)
     cap = env.mgr.get(cid)
     (ps,) = cap.pods.values()
     first = env.segments(cid)[0]
-    key = location(env.mgr.storage, cap, ps).archive(first).locator  # uploaded; the record never happens
+    tier = env.mgr.storage.second_tier
+    assert tier is not None
+    key = tier.archive(pod_key(cap, ps), first)  # uploaded; the record never happens
     client = env.s3.client()
     stale = client.create_multipart_upload(Bucket=env.s3.bucket, Key=f"{env.prefix}/{cid}/shop/web-0/000002.pcap")
     client.upload_part(Bucket=env.s3.bucket, Key=f"{env.prefix}/{cid}/shop/web-0/000002.pcap", PartNumber=1,
@@ -332,7 +246,6 @@ def test_the_manifest_pages_follow_what_the_bucket_holds(env: Env, monkeypatch: 
     the manifest, the one page it overlaps and the window's blocks — no object's tail; retention's deletions are
     followed (a page rewritten, an emptied page deleted); a restarted collector leaves right pages alone."""
     from podcap.collector.cli.get.bucket import BucketClient
-    from podcap.collector.storage.tiered import TieredPodLocation
     from podcap.formats.bucket import manifest as manifest_module
 
     monkeypatch.setattr(manifest_module, "PAGE_SEGMENTS", 4)
@@ -374,15 +287,16 @@ def test_the_manifest_pages_follow_what_the_bucket_holds(env: Env, monkeypatch: 
     assert [r.key for r in m.pages[str(POD.uid)]] == later
     # A restart finds the pages right and writes none of them again, but the one the last segment (closed by the
     # shutdown, archived after the restart) joins.
-    puts: list[int] = []
-    orig_put = TieredPodLocation.put_page
-    monkeypatch.setattr(TieredPodLocation, "put_page", lambda self, n, body: puts.append(n) or orig_put(self, n, body))
+    puts: list[str] = []
+    orig_put = ObjectStore.put_bytes
+    monkeypatch.setattr(ObjectStore, "put_bytes", lambda self, key, *a: puts.append(key) or orig_put(self, key, *a))
     env.mgr.close()
     env.mgr = env.open()
     env.mgr.archiver.run_once()
     after = described()[1]
     assert after[:len(segs)] == segs and len(after) == len(segs) + 1
-    assert puts == [manifest_module.page_number(after[-1].index)]
+    page_puts = [int(k.rsplit("segments-", 1)[1][:6]) for k in puts if "/segments-" in k]
+    assert page_puts == [manifest_module.page_number(after[-1].index)]
 
 
 @pytest.fixture
@@ -413,7 +327,7 @@ def archive_metrics(port: int, cid: str) -> dict[str, float]:
 
 
 def test_a_capture_through_rotation_into_the_bucket_reads_back_complete(
-        collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, s3: Testbed, s3_prefix: str,  # noqa: F811
+        collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, s3: Testbed, s3_prefix: str,
         tmp_path: str) -> None:
     """Real collector and agent, pods of network namespaces, sequence-numbered UDP: the closed segments go to the
     bucket while the capture runs, the rest once it ends; ``podcap get`` returns every datagram once, in order,
@@ -527,7 +441,7 @@ def _rfc3339(ns: int) -> str:
 
 
 def test_status_shows_the_real_backlog_its_age_and_why_while_the_gateway_is_frozen(
-        collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, s3: Testbed) -> None:  # noqa: F811
+        collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, s3: Testbed) -> None:
     """Issue 21. Real collector and agent, the gateway frozen (SIGSTOP) before segments close: ``status -o json``
     twice, seconds apart, shows the bytes of every closed segment in the data dir (nothing is archived), an age
     that grows with the clock and counts from when the oldest closed, and the hung upload as the reason; the
@@ -604,8 +518,6 @@ def test_a_collector_killed_while_an_upload_hangs_loses_and_duplicates_nothing(
     """Real collector and agent: the gateway frozen mid-capture so an upload hangs in flight, the collector
     SIGKILLed, the gateway thawed, the collector restarted on the same data dir: every datagram comes back once, in
     order (parsed from what ``podcap get`` returns), each segment is one object, and no upload is left open."""
-    from tests.integration.test_durability import Cluster, all_capturing, check_exactly_once, send
-
     demo = DemoNode()
     demo.create(["sender", "rx-0"])
     c = Cluster(str(tmp_path), demo)

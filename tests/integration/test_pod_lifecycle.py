@@ -20,8 +20,8 @@ def _status(address: str, cid: str) -> dict[str, object]:
     return json.loads(podcap(address, "status", cid, "-o", "json").stdout)
 
 
-def test_new_pod_attached_and_deleted_pod_ends(collector: tuple[str, str, Proc], node: DemoNode,  # noqa: F811
-                                               agent: Proc, tmp_path: str) -> None:  # noqa: F811
+def test_new_pod_attached_and_deleted_pod_ends(collector: tuple[str, str, Proc], node: DemoNode,
+                                               agent: Proc, tmp_path: str) -> None:
     address = collector[0]
     cid = capture_id(podcap(address, "start", "-n", node.namespace, "--filter", f"udp port {PORT}"))
     late = node.add_pod("late-0")
@@ -52,8 +52,8 @@ def test_new_pod_attached_and_deleted_pod_ends(collector: tuple[str, str, Proc],
     assert [g[1] for g in udp_payloads(os.path.join(out, node.namespace, "late-0.pcap"))] == list(range(100))
 
 
-def test_sandbox_restart_is_reattached_and_the_gap_reported(collector: tuple[str, str, Proc], node: DemoNode,  # noqa: F811
-                                                             agent: Proc, tmp_path: str) -> None:  # noqa: F811
+def test_sandbox_restart_is_reattached_and_the_gap_reported(collector: tuple[str, str, Proc], node: DemoNode,
+                                                             agent: Proc, tmp_path: str) -> None:
     """The pod's network namespace is recreated (a sandbox restart): same pod, new netns and veth."""
     address = collector[0]
     cid = capture_id(podcap(address, "start", "-n", node.namespace, "rx-1", "--filter", f"udp port {PORT}"))

@@ -173,8 +173,10 @@ def start_request(opts: CaptureOptions, capture_filter: str) -> control_pb2.Star
             target.namespace = opts.namespace or "default"
     elif opts.pods:
         split = [p.split("/", 1) for p in opts.pods]
-        if any(len(s) != 2 for s in split):
-            raise ExtcapOptionError(f"pods are chosen as namespace/name, not {', '.join(opts.pods)}")
+        bare = [p for p, s in zip(opts.pods, split, strict=True) if len(s) != 2 or not all(s)]
+        if bare:
+            raise ExtcapOptionError(f"pods are chosen as namespace/name, not {', '.join(bare)}: choose them in the "
+                                    "dialog's list of pods")
         namespaces = sorted({s[0] for s in split})
         if len(namespaces) > 1:
             raise ExtcapOptionError(f"the chosen pods are in several namespaces ({', '.join(namespaces)}); "

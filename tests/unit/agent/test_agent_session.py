@@ -9,134 +9,14 @@ are unacknowledged when a session breaks. The second runs the session against th
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent import futures
-from dataclasses import dataclass, field
 
-import grpc
-import pytest
-
-from podcap.agent.capture.settings import EngineSettings
-from podcap.agent.pods.source import PodNetwork, PodNotFoundError
-from podcap.agent.session import AgentConfig, AgentSession
-from podcap.names import CaptureId, NodeName, PodUid
-from podcap.pods import PodRef
-from podcap.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
+from podcap.agent.session import AgentSession
+from podcap.v1 import common_pb2, ingest_pb2
 from tests.unit.agent.fake_handles import FakeHandles, packet_numbers
+from tests.unit.agent.scripted_ingest import CID, NODE, POD, ScriptedIngest, agent_session, registered
 
-NODE = NodeName("node-a")
-POD = PodRef("shop", "web-0", PodUid("uid-0"), NODE, {"app": "web"}, ip="10.0.0.5", sandbox_key="k1")
-CID = CaptureId("cap-1")
 CAPTURING = common_pb2.POD_CAPTURE_STATE_CAPTURING
-
-
-class FakePodSource:
-    name = "fake"
-
-    def list_pods(self) -> list[PodRef]:
-        return [POD]
-
-    def locate(self, uid: PodUid) -> PodNetwork:
-        if uid != POD.uid:
-            raise PodNotFoundError(f"no pod {uid}")
-        return PodNetwork(netns_path="/nonexistent", host_veth="veth-web0", sandbox_key="k1")
-
-
-@dataclass
-class Session:
-    """One Attach call as the servicer saw it."""
-
-    received: list[ingest_pb2.AgentMessage] = field(default_factory=list)
-    out: queue.Queue[ingest_pb2.CollectorMessage | None] = field(default_factory=queue.Queue)
-    auto_ack: bool = False
-    cond: threading.Condition = field(default_factory=threading.Condition)
-
-    def send(self, **kind: object) -> None:
-        self.out.put(ingest_pb2.CollectorMessage(**kind))  # type: ignore[arg-type]
-
-    def wait(self, what: Callable[[list[ingest_pb2.AgentMessage]], bool], timeout: float = 10.0) -> None:
-        with self.cond:
-            assert self.cond.wait_for(lambda: what(self.received), timeout), f"not received; got {self.received}"
-
-    def chunks(self) -> list[ingest_pb2.PcapChunk]:
-        out = []
-        for m in self.received:
-            if m.WhichOneof("kind") == "chunk":
-                out.append(m.chunk)
-            elif m.WhichOneof("kind") == "chunks":
-                out.extend(m.chunks.chunks)
-        return out
-
-    def events(self) -> list[ingest_pb2.PodCaptureEvent]:
-        return [m.pod_event for m in self.received if m.WhichOneof("kind") == "pod_event"]
-
-
-class ScriptedIngest(ingest_pb2_grpc.IngestServicer):
-    def __init__(self) -> None:
-        self.sessions: queue.Queue[Session] = queue.Queue()
-        self.auto_ack = False
-
-    def Attach(  # noqa: N802 (gRPC method name)
-        self, request_iterator: Iterator[ingest_pb2.AgentMessage], context: grpc.ServicerContext
-    ) -> Iterator[ingest_pb2.CollectorMessage]:
-        session = Session(auto_ack=self.auto_ack)
-
-        def read() -> None:
-            try:
-                for msg in request_iterator:
-                    with session.cond:
-                        session.received.append(msg)
-                        session.cond.notify_all()
-                    if session.auto_ack and msg.WhichOneof("kind") == "chunk":
-                        c = msg.chunk
-                        session.send(ack=ingest_pb2.ChunkAck(capture_id=c.capture_id, pod_uid=c.pod_uid,
-                                                             stream_id=c.stream_id, seq=c.seq))
-            except grpc.RpcError:
-                pass
-            session.out.put(None)
-
-        threading.Thread(target=read, daemon=True).start()
-        self.sessions.put(session)
-        while (reply := session.out.get()) is not None:
-            yield reply
-
-    def next_session(self, timeout: float = 10.0) -> Session:
-        return self.sessions.get(timeout=timeout)
-
-
-@pytest.fixture
-def collector() -> Iterator[tuple[ScriptedIngest, int]]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    servicer = ScriptedIngest()
-    ingest_pb2_grpc.add_IngestServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield servicer, port
-    server.stop(grace=None)
-
-
-@pytest.fixture
-def agent(collector: tuple[ScriptedIngest, int]) -> Iterator[tuple[AgentSession, FakeHandles]]:
-    handles = FakeHandles()
-    cfg = AgentConfig(collector=f"127.0.0.1:{collector[1]}", node=NODE, reconnect_min=0.05, reconnect_max=0.1,
-                      inventory_interval=0.1, engine=EngineSettings(flush_interval=0.2, min_loop_period=0.0))
-    session = AgentSession(cfg, FakePodSource(), handles=handles)
-    runner = threading.Thread(target=session.run, daemon=True)
-    runner.start()
-    yield session, handles
-    if runner.is_alive():
-        session.shutdown()
-        runner.join(timeout=20)
-
-
-def registered(s: Session) -> ingest_pb2.Register:
-    s.wait(lambda r: len(r) >= 1)
-    first = s.received[0]
-    assert first.WhichOneof("kind") == "register"
-    return first.register
 
 
 def test_register_upload_ack_reconnect_and_shutdown(
@@ -214,37 +94,30 @@ def test_a_session_against_the_real_collector_in_process_stores_every_packet(tmp
     umask = os.umask(0o022)
     os.umask(umask)
     collector = start_collector("127.0.0.1:0", str(tmp_path), max_workers=8)
-    handles = FakeHandles()
-    cfg = AgentConfig(collector=f"127.0.0.1:{collector.port}", node=NODE, reconnect_min=0.05, reconnect_max=0.1,
-                      inventory_interval=0.1, engine=EngineSettings(flush_interval=0.2, min_loop_period=0.0))
-    session = AgentSession(cfg, FakePodSource(), handles=handles)
-    runner = threading.Thread(target=session.run, daemon=True)
-    runner.start()
     try:
-        deadline = time.monotonic() + 10
-        while collector.registry.get(NODE) is None:
-            assert time.monotonic() < deadline, "the agent never registered"
-            time.sleep(0.02)
-        cap = collector.captures.start(control_pb2.StartCaptureRequest(
-            target=control_pb2.Target(namespace="shop", pod_names=["web-0"])))
-        handle = handles.wait("veth-web0")
-        for n in (40, 25, 35):
-            handle.arrive(n)
-            time.sleep(0.05)
-        while session.out.pending() != (0, 0) or collector.captures.status(cap).pods[0].packets < 100:
-            assert time.monotonic() < deadline + 20, (session.out.pending(), collector.captures.status(cap))
-            time.sleep(0.05)
-        ended = collector.captures.stop(cap.id)
-        status = collector.captures.status(ended)
-        assert status.state == control_pb2.CAPTURE_STATE_DONE
-        (pod,) = status.pods
-        assert (pod.packets, pod.kernel.received, pod.unaccounted) == (100, 100, 0)
-        stored = [int.from_bytes(r.data[:4], "big")
-                  for seg in list_segments(os.path.join(str(tmp_path), "captures", cap.id, "shop", "web-0"))
-                  for r in read_file(seg)[1]]
-        assert stored == list(range(1, 101))
+        with agent_session(collector.port) as (session, handles):
+            deadline = time.monotonic() + 10
+            while collector.registry.get(NODE) is None:
+                assert time.monotonic() < deadline, "the agent never registered"
+                time.sleep(0.02)
+            cap = collector.captures.start(control_pb2.StartCaptureRequest(
+                target=control_pb2.Target(namespace="shop", pod_names=["web-0"])))
+            handle = handles.wait("veth-web0")
+            for n in (40, 25, 35):
+                handle.arrive(n)
+                time.sleep(0.05)
+            while session.out.pending() != (0, 0) or collector.captures.status(cap).pods[0].packets < 100:
+                assert time.monotonic() < deadline + 20, (session.out.pending(), collector.captures.status(cap))
+                time.sleep(0.05)
+            ended = collector.captures.stop(cap.id)
+            status = collector.captures.status(ended)
+            assert status.state == control_pb2.CAPTURE_STATE_DONE
+            (pod,) = status.pods
+            assert (pod.packets, pod.kernel.received, pod.unaccounted) == (100, 100, 0)
+            stored = [int.from_bytes(r.data[:4], "big")
+                      for seg in list_segments(os.path.join(str(tmp_path), "captures", cap.id, "shop", "web-0"))
+                      for r in read_file(seg)[1]]
+            assert stored == list(range(1, 101))
     finally:
-        session.shutdown()
-        runner.join(timeout=20)
         collector.stop()
         os.umask(umask)

@@ -8,49 +8,26 @@ packet is stored or counted."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
-from concurrent import futures
 
-import grpc
 import pytest
 
-from podcap.agent.capture.settings import EngineSettings
-from podcap.agent.session import AgentConfig, AgentSession
-from podcap.v1 import ingest_pb2, ingest_pb2_grpc
+from podcap.agent.session import AgentSession
+from podcap.v1 import ingest_pb2
 from tests.unit.agent.fake_handles import FakeHandles, packet_numbers
-from tests.unit.agent.test_agent_session import CID, NODE, POD, FakePodSource, ScriptedIngest, Session, registered
+from tests.unit.agent.scripted_ingest import CID, POD, ScriptedIngest, Session, registered
 
 LIMIT = 256 << 10
 
 
 @pytest.fixture
-def small_collector() -> Iterator[tuple[ScriptedIngest, int]]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
-                         options=[("grpc.max_receive_message_length", LIMIT)])
-    servicer = ScriptedIngest()
-    servicer.auto_ack = True
-    ingest_pb2_grpc.add_IngestServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield servicer, port
-    server.stop(grace=None)
+def ingest_options() -> list[tuple[str, int]]:
+    return [("grpc.max_receive_message_length", LIMIT)]
 
 
 @pytest.fixture
-def agent(small_collector: tuple[ScriptedIngest, int]) -> Iterator[tuple[AgentSession, FakeHandles]]:
-    handles = FakeHandles()
-    cfg = AgentConfig(collector=f"127.0.0.1:{small_collector[1]}", node=NODE, reconnect_min=0.05,
-                      reconnect_max=0.1, inventory_interval=0.1,
-                      engine=EngineSettings(flush_interval=0.2, min_loop_period=0.0))
-    session = AgentSession(cfg, FakePodSource(), handles=handles)
-    runner = threading.Thread(target=session.run, daemon=True)
-    runner.start()
-    yield session, handles
-    if runner.is_alive():
-        session.shutdown()
-        runner.join(timeout=20)
+def ingest_auto_ack() -> bool:
+    return True
 
 
 def stored_and_rejected(sessions: list[Session]) -> tuple[list[int], int, int]:
@@ -68,9 +45,9 @@ def stored_and_rejected(sessions: list[Session]) -> tuple[list[int], int, int]:
 
 
 def test_chunks_are_cut_below_the_limit_the_collector_declares(
-    small_collector: tuple[ScriptedIngest, int], agent: tuple[AgentSession, FakeHandles]
+    collector: tuple[ScriptedIngest, int], agent: tuple[AgentSession, FakeHandles]
 ) -> None:
-    servicer, _ = small_collector
+    servicer, _ = collector
     session, handles = agent
     first = servicer.next_session()
     registered(first)
@@ -87,9 +64,9 @@ def test_chunks_are_cut_below_the_limit_the_collector_declares(
 
 
 def test_a_chunk_refused_by_the_transport_becomes_a_counted_gap_and_the_stream_goes_on(
-    small_collector: tuple[ScriptedIngest, int], agent: tuple[AgentSession, FakeHandles]
+    collector: tuple[ScriptedIngest, int], agent: tuple[AgentSession, FakeHandles]
 ) -> None:
-    servicer, _ = small_collector
+    servicer, _ = collector
     session, handles = agent
     first = servicer.next_session()
     registered(first)

@@ -22,6 +22,7 @@ from podcap.collector.storage.base import SegmentInfo
 from podcap.collector.storage.catalog import CaptureStore, SegmentRow
 from podcap.collector.storage.local import list_segments
 from podcap.collector.storage.tiered import TieredStorage
+from podcap.formats.pcap import read_file
 from podcap.names import NodeName, PodUid
 from podcap.pods import PodRef
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
@@ -262,6 +263,32 @@ def test_a_restarted_collector_finds_what_still_waits(env: Env) -> None:
     assert nbytes == closed_on_disk(env.data, cap) and age == pytest.approx(T0 - 10, abs=1) and error == ""
     env.bucket.fail = None
     assert env.mgr.archiver.run_once() == 3 and env.status(cap) == (0, 0.0, "")
+
+
+def test_a_waiting_segment_missing_at_a_restart_is_said_and_does_not_stop_archiving(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """A segment waiting for the bucket whose file is gone from the middle of the pod's series (deleted by hand, a
+    disk error) is named at the next start, leaves the backlog and is counted as retired: the archiver moves the
+    others instead of failing on it for good."""
+    cap = env.start()
+    env.send(cap, "uid-0", 7)
+    env.bucket.fail = ObjectStoreError("PUT k: EndpointConnectionError")
+    env.mgr.archiver.run_once()
+    files = list_segments(os.path.join(env.data, "captures", cap.id, "shop", "web-0"))
+    assert len(files) >= 3
+    lost, size = len(read_file(files[1])[1]), os.path.getsize(files[1])
+    os.unlink(files[1])
+    env.reopen()
+    cap = env.mgr.get(cap.id)
+    waiting = closed_waiting(env.mgr, cap)
+    assert files[1] not in [s.locator for s in waiting] and len(waiting) >= len(files) - 1
+    assert [r.getMessage() for r in caplog.records if "is missing" in r.getMessage()] == [
+        f"capture {cap.id}: pod shop/web-0: segment {files[1]} is missing ({lost} packets, "
+        f"{size} bytes): counted as deleted"]
+    env.bucket.fail = None
+    assert env.mgr.archiver.run_once() == len(waiting) and env.status(cap) == (0, 0.0, "")
+    (web0,) = [p for p in env.mgr.status(cap).pods if p.pod.name == "web-0"]
+    assert web0.retired_packets == lost and web0.packets == 700 - lost
 
 
 def test_status_does_not_walk_the_segments(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -119,7 +119,8 @@ def test_the_options_make_the_same_request_as_podcap_start() -> None:
 @pytest.mark.parametrize(("kw", "needle"), [
     (dict(pods=("shop/web-0", "bank/ledger-0")), "several namespaces"),
     (dict(namespace="bank", pods=("shop/web-0",)), "not in the chosen namespace"),
-    (dict(pods=("web-0",)), "namespace/name"),
+    (dict(pods=("web-0",)), r"^pods are chosen as namespace/name, not web-0: choose them in the dialog's list"),
+    (dict(pods=("shop/web-0", "web-1", "/web-2")), r"namespace/name, not web-1, /web-2: "),
 ])
 def test_options_that_are_not_one_capture_are_refused(kw: dict[str, object], needle: str) -> None:
     with pytest.raises(ExtcapOptionError, match=needle):

@@ -18,6 +18,7 @@ from podcap.collector.kube.errors import (
     KubeNotFoundError,
     KubeUnavailableError,
 )
+from tests.kubeapi.helpers import list_pods, read_pod
 from tests.kubeapi.standin import KubeApiStandin, write_kubeconfig
 
 
@@ -39,7 +40,7 @@ def names(pods: list[Any]) -> list[str]:
 
 
 def test_list_pods_as_podrefs_skipping_unscheduled_and_finished(api: KubeApi, standin: KubeApiStandin) -> None:
-    pods, rv = api.list_pods(None)
+    pods, rv = list_pods(api, None)
     assert rv == str(standin.resource_version)
     assert names(pods) == ["default/web-1", "prod/db-1", "prod/host-1", "prod/web-2"]
     web1 = next(p for p in pods if p.name == "web-1")
@@ -59,7 +60,7 @@ def test_list_pods_as_podrefs_skipping_unscheduled_and_finished(api: KubeApi, st
 ])
 def test_list_pods_with_selectors(api: KubeApi, namespace: str | None, labels: str, fields: str,
                                   expected: list[str]) -> None:
-    pods, _ = api.list_pods(namespace, labels, fields)
+    pods, _ = list_pods(api, namespace, labels, fields)
     assert names(pods) == expected
 
 
@@ -68,49 +69,49 @@ def test_list_pages_through_continue_tokens(api: KubeApi, standin: KubeApiStandi
     monkeypatch.setattr(client, "LIST_PAGE", 2)
     for i in range(5):
         standin.add_pod("bulk", f"p-{i}", node="node-3")
-    pods, rv = api.list_pods("bulk")
+    pods, rv = list_pods(api, "bulk")
     assert names(pods) == [f"bulk/p-{i}" for i in range(5)]
     assert rv == str(standin.resource_version)
     assert standin.count("list") == 3
 
 
 def test_read_pod_and_not_found(api: KubeApi) -> None:
-    pod = api.read_pod("prod", "web-2")
+    pod = read_pod(api, "prod", "web-2")
     assert pod is not None and pod.ref.ip == "10.1.0.6" and pod.phase == "Running"
-    assert api.read_pod("prod", "done") is None
+    assert read_pod(api, "prod", "done") is None
     with pytest.raises(KubeNotFoundError, match=r'get pods in namespace "prod": not found: pods "nope" not found'):
-        api.read_pod("prod", "nope")
+        read_pod(api, "prod", "nope")
 
 
 def test_forbidden_names_verb_resource_namespace_and_fix(api: KubeApi, standin: KubeApiStandin) -> None:
     standin.deny("list", None)
     with pytest.raises(KubeForbiddenError) as e:
-        api.list_pods(None)
+        list_pods(api, None)
     msg = str(e.value)
     assert "not allowed to list pods in all namespaces (cluster scope) (403 Forbidden)" in msg
     assert 'cannot list resource "pods"' in msg and "ClusterRole" in msg
     assert e.value.code == 403
     standin.deny("list", "prod")
     with pytest.raises(KubeForbiddenError, match='list pods in namespace "prod"'):
-        api.list_pods("prod")
-    assert api.list_pods("default")[0]  # other namespaces still work
+        list_pods(api, "prod")
+    assert list_pods(api, "default")[0]  # other namespaces still work
 
 
 def test_unauthorized_is_forbidden_with_credentials_hint(tmp_path: Any) -> None:
     with KubeApiStandin(tokens={"right": "collector"}) as s:
         api = load_api(write_kubeconfig(str(tmp_path / "kc"), s.url, token="wrong"))
         with pytest.raises(KubeForbiddenError, match=r"rejected podcap's credentials \(401 Unauthorized\)") as e:
-            api.list_pods(None)
+            list_pods(api, None)
         assert e.value.code == 401
         api.close()
         api = load_api(write_kubeconfig(str(tmp_path / "kc"), s.url, token="right"))
-        assert api.list_pods(None) == ([], str(s.resource_version))
+        assert list_pods(api, None) == ([], str(s.resource_version))
         api.close()
 
 
 def test_bad_field_selector_is_an_api_error_with_the_servers_message(api: KubeApi) -> None:
     with pytest.raises(KubeApiError, match="field label not supported: spec.bogus") as e:
-        api.list_pods(None, field_selector="spec.bogus=1")
+        list_pods(api, None, field_selector="spec.bogus=1")
     assert e.value.code == 400 and not isinstance(e.value, KubeForbiddenError)
 
 
@@ -118,9 +119,9 @@ def test_api_down_is_unavailable(api: KubeApi, standin: KubeApiStandin) -> None:
     standin.stop_serving()
     with pytest.raises(KubeUnavailableError, match=f"cannot reach the Kubernetes API server at {standin.url} to "
                                                    "list pods in all namespaces"):
-        api.list_pods(None)
+        list_pods(api, None)
     standin.start_serving()
-    assert len(api.list_pods(None)[0]) == 4
+    assert len(list_pods(api, None)[0]) == 4
 
 
 def test_missing_kubeconfig_and_no_cluster(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

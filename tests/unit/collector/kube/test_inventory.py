@@ -15,7 +15,7 @@ from podcap.collector.kube.selectors import parse_field_selector
 from podcap.collector.targets import NoMatchError, parse_target, resolve
 from podcap.pods import PodRef
 from podcap.v1 import control_pb2
-from tests.kubeapi.helpers import Recorder, wait_for
+from tests.kubeapi.helpers import Recorder, list_pods, wait_for
 from tests.kubeapi.standin import KubeApiStandin
 
 
@@ -63,7 +63,7 @@ def test_field_selectors_applied_to_the_cache(inventory: ClusterInventory, stand
                                               selector: str, expected: list[str]) -> None:
     assert displays(inventory.select(parse_field_selector(selector))) == expected
     # The same answer as the API server gives for the same selector (over the pods the cache holds).
-    on_server = {p.display for p in inventory.api.list_pods(None, field_selector=selector)[0]}
+    on_server = {p.display for p in list_pods(inventory.api, None, field_selector=selector)[0]}
     assert on_server == set(expected)
 
 
