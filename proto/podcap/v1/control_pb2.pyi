@@ -25,6 +25,85 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _RecorderTrigger:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RecorderTriggerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RecorderTrigger.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECORDER_TRIGGER_UNSPECIFIED: _RecorderTrigger.ValueType  # 0
+    RECORDER_TRIGGER_RESTART: _RecorderTrigger.ValueType  # 1
+    """A container of the pod restarted (its restartCount went up)."""
+    RECORDER_TRIGGER_OOMKILLED: _RecorderTrigger.ValueType  # 2
+    """A container of the pod was OOM-killed (its last termination's reason is OOMKilled)."""
+    RECORDER_TRIGGER_UNHEALTHY: _RecorderTrigger.ValueType  # 3
+    """A probe of the pod failed (the kubelet's `Unhealthy` Event)."""
+    RECORDER_TRIGGER_NOTREADY: _RecorderTrigger.ValueType  # 4
+    """The pod's Ready condition went false."""
+    RECORDER_TRIGGER_DELETED: _RecorderTrigger.ValueType  # 5
+    """The pod is being deleted or was evicted (deletionTimestamp set, deleted, or phase Failed)."""
+    RECORDER_TRIGGER_PACKETS: _RecorderTrigger.ValueType  # 6
+    """The recorder's packet trigger matched `count` times within its window on the pod's node."""
+    RECORDER_TRIGGER_MANUAL: _RecorderTrigger.ValueType  # 7
+    """`podcap trigger` (TriggerRecorder). Not chosen with `on`: always possible."""
+
+class RecorderTrigger(_RecorderTrigger, metaclass=_RecorderTriggerEnumTypeWrapper):
+    """What can make a recorder save."""
+
+RECORDER_TRIGGER_UNSPECIFIED: RecorderTrigger.ValueType  # 0
+RECORDER_TRIGGER_RESTART: RecorderTrigger.ValueType  # 1
+"""A container of the pod restarted (its restartCount went up)."""
+RECORDER_TRIGGER_OOMKILLED: RecorderTrigger.ValueType  # 2
+"""A container of the pod was OOM-killed (its last termination's reason is OOMKilled)."""
+RECORDER_TRIGGER_UNHEALTHY: RecorderTrigger.ValueType  # 3
+"""A probe of the pod failed (the kubelet's `Unhealthy` Event)."""
+RECORDER_TRIGGER_NOTREADY: RecorderTrigger.ValueType  # 4
+"""The pod's Ready condition went false."""
+RECORDER_TRIGGER_DELETED: RecorderTrigger.ValueType  # 5
+"""The pod is being deleted or was evicted (deletionTimestamp set, deleted, or phase Failed)."""
+RECORDER_TRIGGER_PACKETS: RecorderTrigger.ValueType  # 6
+"""The recorder's packet trigger matched `count` times within its window on the pod's node."""
+RECORDER_TRIGGER_MANUAL: RecorderTrigger.ValueType  # 7
+"""`podcap trigger` (TriggerRecorder). Not chosen with `on`: always possible."""
+Global___RecorderTrigger: _TypeAlias = RecorderTrigger  # noqa: Y015
+
+class _RecorderSaveScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RecorderSaveScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RecorderSaveScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECORDER_SAVE_SCOPE_POD: _RecorderSaveScope.ValueType  # 0
+    """The pod the trigger is about (a manual trigger: the pods it names, else every pod)."""
+    RECORDER_SAVE_SCOPE_ALL: _RecorderSaveScope.ValueType  # 1
+    """Every pod of the recorder (peers often explain a crash)."""
+
+class RecorderSaveScope(_RecorderSaveScope, metaclass=_RecorderSaveScopeEnumTypeWrapper):
+    """Which pods a save covers."""
+
+RECORDER_SAVE_SCOPE_POD: RecorderSaveScope.ValueType  # 0
+"""The pod the trigger is about (a manual trigger: the pods it names, else every pod)."""
+RECORDER_SAVE_SCOPE_ALL: RecorderSaveScope.ValueType  # 1
+"""Every pod of the recorder (peers often explain a crash)."""
+Global___RecorderSaveScope: _TypeAlias = RecorderSaveScope  # noqa: Y015
+
+class _RecorderState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RecorderStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RecorderState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECORDER_STATE_UNSPECIFIED: _RecorderState.ValueType  # 0
+    RECORDER_STATE_RECORDING: _RecorderState.ValueType  # 1
+    RECORDER_STATE_STOPPED: _RecorderState.ValueType  # 2
+
+class RecorderState(_RecorderState, metaclass=_RecorderStateEnumTypeWrapper): ...
+
+RECORDER_STATE_UNSPECIFIED: RecorderState.ValueType  # 0
+RECORDER_STATE_RECORDING: RecorderState.ValueType  # 1
+RECORDER_STATE_STOPPED: RecorderState.ValueType  # 2
+Global___RecorderState: _TypeAlias = RecorderState  # noqa: Y015
+
 class _CaptureState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -47,6 +126,496 @@ CAPTURE_STATE_STOPPING: CaptureState.ValueType  # 2
 CAPTURE_STATE_DONE: CaptureState.ValueType  # 3
 CAPTURE_STATE_FAILED: CaptureState.ValueType  # 4
 Global___CaptureState: _TypeAlias = CaptureState  # noqa: Y015
+
+@_typing.final
+class RecorderPacketTrigger(_message.Message):
+    """A packet trigger (`--trigger-filter`, `--trigger-count`, `--trigger-window`), evaluated by the agents in C."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    WINDOW_MS_FIELD_NUMBER: _builtins.int
+    filter: _builtins.str
+    """BPF expression (tcpdump syntax), at most 4096 bytes; compiled by the collector before anything starts."""
+    count: _builtins.int
+    """Matches needed within `window_ms`, 1..65536 (0 = 1)."""
+    window_ms: _builtins.int
+    """Window of the matches in milliseconds, 1..3600000 (0 = 1000)."""
+    def __init__(
+        self,
+        *,
+        filter: _builtins.str = ...,
+        count: _builtins.int = ...,
+        window_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "filter", b"filter", "window_ms", b"window_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecorderPacketTrigger: _TypeAlias = RecorderPacketTrigger  # noqa: Y015
+
+@_typing.final
+class StartRecorderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    KEEP_BYTES_FIELD_NUMBER: _builtins.int
+    KEEP_SECONDS_FIELD_NUMBER: _builtins.int
+    BEFORE_MS_FIELD_NUMBER: _builtins.int
+    AFTER_MS_FIELD_NUMBER: _builtins.int
+    ON_FIELD_NUMBER: _builtins.int
+    PACKET_TRIGGER_FIELD_NUMBER: _builtins.int
+    SAVE_FIELD_NUMBER: _builtins.int
+    COOLDOWN_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_SAVES_PER_HOUR_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    keep_bytes: _builtins.int
+    """Per pod, keep at most this many bytes in the node's ring (`--keep SIZE`); 0 = no byte limit of its own."""
+    keep_seconds: _builtins.int
+    """Per pod, keep this many seconds of traffic (`--keep DURATION`); 0 = no time limit. At least one of
+    keep_bytes and keep_seconds must be set. At most 7 days.
+    """
+    before_ms: _builtins.int
+    """A save takes this many milliseconds before the trigger (`--before`, default 60000); at most keep_seconds
+    when that is set.
+    """
+    after_ms: _builtins.int
+    """... and this many after it (`--after`, default 10000), at most 1 hour."""
+    save: Global___RecorderSaveScope.ValueType
+    cooldown_seconds: _builtins.int
+    """After a save, automatic triggers of this recorder start no new save for this many seconds (`--cooldown`,
+    default 60); those that fall into a save's window still join it. Manual triggers are never held back.
+    """
+    max_saves_per_hour: _builtins.int
+    """At most this many saves started by automatic triggers in any hour (`--max-saves-per-hour`, default 12;
+    0 = the default).
+    """
+    note: _builtins.str
+    """Free text recorded with the recorder, at most 1024 bytes."""
+    @_builtins.property
+    def target(self) -> Global___Target:
+        """Which pods, as for a capture (pods that appear later and match are recorded too, unless pods are named)."""
+
+    @_builtins.property
+    def settings(self) -> _common_pb2.CaptureSettings:
+        """What to record of each pod (filter, snaplen, buffer, interface), as for a capture."""
+
+    @_builtins.property
+    def on(self) -> _containers.RepeatedScalarFieldContainer[Global___RecorderTrigger.ValueType]:
+        """Triggers that save (`--on`); empty: none but manual ones. RECORDER_TRIGGER_PACKETS needs `packet_trigger`."""
+
+    @_builtins.property
+    def packet_trigger(self) -> Global___RecorderPacketTrigger: ...
+    def __init__(
+        self,
+        *,
+        target: Global___Target | None = ...,
+        settings: _common_pb2.CaptureSettings | None = ...,
+        keep_bytes: _builtins.int = ...,
+        keep_seconds: _builtins.int = ...,
+        before_ms: _builtins.int = ...,
+        after_ms: _builtins.int = ...,
+        on: _abc.Iterable[Global___RecorderTrigger.ValueType] | None = ...,
+        packet_trigger: Global___RecorderPacketTrigger | None = ...,
+        save: Global___RecorderSaveScope.ValueType = ...,
+        cooldown_seconds: _builtins.int = ...,
+        max_saves_per_hour: _builtins.int = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["packet_trigger", b"packet_trigger", "settings", b"settings", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_ms", b"after_ms", "before_ms", b"before_ms", "cooldown_seconds", b"cooldown_seconds", "keep_bytes", b"keep_bytes", "keep_seconds", b"keep_seconds", "max_saves_per_hour", b"max_saves_per_hour", "note", b"note", "on", b"on", "packet_trigger", b"packet_trigger", "save", b"save", "settings", b"settings", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartRecorderRequest: _TypeAlias = StartRecorderRequest  # noqa: Y015
+
+@_typing.final
+class StopRecorderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDER_ID_FIELD_NUMBER: _builtins.int
+    recorder_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        recorder_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recorder_id", b"recorder_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopRecorderRequest: _TypeAlias = StopRecorderRequest  # noqa: Y015
+
+@_typing.final
+class GetRecorderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDER_ID_FIELD_NUMBER: _builtins.int
+    recorder_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        recorder_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recorder_id", b"recorder_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRecorderRequest: _TypeAlias = GetRecorderRequest  # noqa: Y015
+
+@_typing.final
+class TriggerRecorderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDER_ID_FIELD_NUMBER: _builtins.int
+    PODS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    NO_WAIT_FIELD_NUMBER: _builtins.int
+    recorder_id: _builtins.str
+    reason: _builtins.str
+    """Why, in the user's words (`--reason`), at most 1024 bytes; in the save's status, Event and pcapng comment."""
+    no_wait: _builtins.bool
+    """Return at once with the save's capture id instead of waiting for it to end."""
+    @_builtins.property
+    def pods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Pods to save ("namespace/name", name or uid); empty: every pod of the recorder."""
+
+    def __init__(
+        self,
+        *,
+        recorder_id: _builtins.str = ...,
+        pods: _abc.Iterable[_builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+        no_wait: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["no_wait", b"no_wait", "pods", b"pods", "reason", b"reason", "recorder_id", b"recorder_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriggerRecorderRequest: _TypeAlias = TriggerRecorderRequest  # noqa: Y015
+
+@_typing.final
+class TriggerRecorderResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAPTURE_ID_FIELD_NUMBER: _builtins.int
+    CAPTURE_FIELD_NUMBER: _builtins.int
+    JOINED_FIELD_NUMBER: _builtins.int
+    capture_id: _builtins.str
+    """The capture that holds the window: a new save, or the save this trigger joined (its window not yet past)."""
+    joined: _builtins.bool
+    """The trigger joined a save that was already waiting for its window to pass (no new capture)."""
+    @_builtins.property
+    def capture(self) -> Global___CaptureStatus:
+        """The save's capture as of the answer (ended, unless no_wait or the wait's deadline came first)."""
+
+    def __init__(
+        self,
+        *,
+        capture_id: _builtins.str = ...,
+        capture: Global___CaptureStatus | None = ...,
+        joined: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capture", b"capture"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture", b"capture", "capture_id", b"capture_id", "joined", b"joined"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriggerRecorderResponse: _TypeAlias = TriggerRecorderResponse  # noqa: Y015
+
+@_typing.final
+class SaveTrigger(_message.Message):
+    """One trigger of a save: what happened, when, to which pod."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    UNIX_NS_FIELD_NUMBER: _builtins.int
+    POD_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    recorder_id: _builtins.str
+    """The recorder whose ring was saved."""
+    reason: Global___RecorderTrigger.ValueType
+    unix_ns: _builtins.int
+    """When it happened, nanoseconds since the Unix epoch (a packet trigger: the timestamp of the match that fired;
+    a Kubernetes trigger: when the collector saw it; manual: when it was asked for).
+    """
+    detail: _builtins.str
+    """In words: "container app restarted (restart 3)", "Readiness probe failed: ...", the user's --reason."""
+    by: _builtins.str
+    """Who triggered: the user for a manual trigger, else "podcap-collector"."""
+    @_builtins.property
+    def pod(self) -> _common_pb2.Pod:
+        """The pod it is about (empty for a manual trigger of several pods)."""
+
+    def __init__(
+        self,
+        *,
+        recorder_id: _builtins.str = ...,
+        reason: Global___RecorderTrigger.ValueType = ...,
+        unix_ns: _builtins.int = ...,
+        pod: _common_pb2.Pod | None = ...,
+        detail: _builtins.str = ...,
+        by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pod", b"pod"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "detail", b"detail", "pod", b"pod", "reason", b"reason", "recorder_id", b"recorder_id", "unix_ns", b"unix_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SaveTrigger: _TypeAlias = SaveTrigger  # noqa: Y015
+
+@_typing.final
+class RecorderSaveInfo(_message.Message):
+    """What makes a capture a recorder's save (CaptureStatus.save; set by the collector only)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PodFromUnixNsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RECORDER_ID_FIELD_NUMBER: _builtins.int
+    FROM_UNIX_NS_FIELD_NUMBER: _builtins.int
+    TO_UNIX_NS_FIELD_NUMBER: _builtins.int
+    TRIGGERS_FIELD_NUMBER: _builtins.int
+    DISPATCHED_FIELD_NUMBER: _builtins.int
+    POD_FROM_UNIX_NS_FIELD_NUMBER: _builtins.int
+    recorder_id: _builtins.str
+    from_unix_ns: _builtins.int
+    """The window saved, nanoseconds since the Unix epoch: from <= packet time < to. A pod's window may start later
+    than `from` where an earlier save of the same recorder already holds that pod's bytes (never saved twice).
+    """
+    to_unix_ns: _builtins.int
+    dispatched: _builtins.bool
+    """The agents were asked to upload (the window has passed); before that the save waits."""
+    @_builtins.property
+    def triggers(self) -> _containers.RepeatedCompositeFieldContainer[Global___SaveTrigger]:
+        """The triggers it holds, oldest first: the one that started it and those that joined it (a trigger whose window
+        overlaps a save still waiting for its window to pass extends that save instead of starting another).
+        """
+
+    @_builtins.property
+    def pod_from_unix_ns(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Per pod uid, where its window starts when later than `from_unix_ns` (see above)."""
+
+    def __init__(
+        self,
+        *,
+        recorder_id: _builtins.str = ...,
+        from_unix_ns: _builtins.int = ...,
+        to_unix_ns: _builtins.int = ...,
+        triggers: _abc.Iterable[Global___SaveTrigger] | None = ...,
+        dispatched: _builtins.bool = ...,
+        pod_from_unix_ns: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatched", b"dispatched", "from_unix_ns", b"from_unix_ns", "pod_from_unix_ns", b"pod_from_unix_ns", "recorder_id", b"recorder_id", "to_unix_ns", b"to_unix_ns", "triggers", b"triggers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecorderSaveInfo: _TypeAlias = RecorderSaveInfo  # noqa: Y015
+
+@_typing.final
+class RecorderPodStatus(_message.Message):
+    """One pod's ring, as its agent last reported it (every heartbeat)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POD_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    PACKETS_FIELD_NUMBER: _builtins.int
+    OLDEST_UNIX_NS_FIELD_NUMBER: _builtins.int
+    NEWEST_UNIX_NS_FIELD_NUMBER: _builtins.int
+    KERNEL_FIELD_NUMBER: _builtins.int
+    WRITTEN_FIELD_NUMBER: _builtins.int
+    DROPS_FIELD_NUMBER: _builtins.int
+    TRIGGER_MATCHES_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIRED_FIELD_NUMBER: _builtins.int
+    LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    REPORTED_UNIX_NS_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    """recording, pending, kept (not recording; the ring can still be saved: the pod is gone, or its agent has not
+    been asked since it restarted), failed, no agent (the node's agent is not connected: the last report is kept).
+    """
+    message: _builtins.str
+    """Why (pending, kept, failed), or the agent's state ("disconnected 42s ago: …")."""
+    bytes: _builtins.int
+    """Bytes and packets in the ring now; the time span they cover (ns since the epoch, 0 when empty)."""
+    packets: _builtins.int
+    oldest_unix_ns: _builtins.int
+    newest_unix_ns: _builtins.int
+    written: _builtins.int
+    trigger_matches: _builtins.int
+    trigger_fired: _builtins.int
+    limit_bytes: _builtins.int
+    """The ring's byte limit on its node now (the recorder's keep_bytes, or less: the node's budget)."""
+    reported_unix_ns: _builtins.int
+    """When the last report came, ns since the epoch (0: none yet)."""
+    @_builtins.property
+    def pod(self) -> _common_pb2.Pod: ...
+    @_builtins.property
+    def kernel(self) -> _common_pb2.KernelStats:
+        """Cumulative since the ring was created: what the kernel delivered, what was written, what was lost by cause
+        (ring_evicted: removed oldest first for the ring's limits or the node's budget and disk).
+        """
+
+    @_builtins.property
+    def drops(self) -> _common_pb2.PodcapDrops: ...
+    def __init__(
+        self,
+        *,
+        pod: _common_pb2.Pod | None = ...,
+        state: _builtins.str = ...,
+        message: _builtins.str = ...,
+        bytes: _builtins.int = ...,
+        packets: _builtins.int = ...,
+        oldest_unix_ns: _builtins.int = ...,
+        newest_unix_ns: _builtins.int = ...,
+        kernel: _common_pb2.KernelStats | None = ...,
+        written: _builtins.int = ...,
+        drops: _common_pb2.PodcapDrops | None = ...,
+        trigger_matches: _builtins.int = ...,
+        trigger_fired: _builtins.int = ...,
+        limit_bytes: _builtins.int = ...,
+        reported_unix_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drops", b"drops", "kernel", b"kernel", "pod", b"pod"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "drops", b"drops", "kernel", b"kernel", "limit_bytes", b"limit_bytes", "message", b"message", "newest_unix_ns", b"newest_unix_ns", "oldest_unix_ns", b"oldest_unix_ns", "packets", b"packets", "pod", b"pod", "reported_unix_ns", b"reported_unix_ns", "state", b"state", "trigger_fired", b"trigger_fired", "trigger_matches", b"trigger_matches", "written", b"written"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecorderPodStatus: _TypeAlias = RecorderPodStatus  # noqa: Y015
+
+@_typing.final
+class RecorderSave(_message.Message):
+    """A save as its recorder lists it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAPTURE_ID_FIELD_NUMBER: _builtins.int
+    INFO_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PACKETS_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    capture_id: _builtins.str
+    state: Global___CaptureState.ValueType
+    """The capture's state and totals as of this status (a deleted save: state unspecified, `deleted` says so)."""
+    packets: _builtins.int
+    bytes: _builtins.int
+    deleted: _builtins.str
+    @_builtins.property
+    def info(self) -> Global___RecorderSaveInfo: ...
+    def __init__(
+        self,
+        *,
+        capture_id: _builtins.str = ...,
+        info: Global___RecorderSaveInfo | None = ...,
+        state: Global___CaptureState.ValueType = ...,
+        packets: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        deleted: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "capture_id", b"capture_id", "deleted", b"deleted", "info", b"info", "packets", b"packets", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecorderSave: _TypeAlias = RecorderSave  # noqa: Y015
+
+@_typing.final
+class RecorderStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_NS_FIELD_NUMBER: _builtins.int
+    ENDED_UNIX_NS_FIELD_NUMBER: _builtins.int
+    END_REASON_FIELD_NUMBER: _builtins.int
+    PODS_FIELD_NUMBER: _builtins.int
+    SAVES_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_FIELD_NUMBER: _builtins.int
+    LAST_SUPPRESSED_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Collector-assigned: "rec-" and 12 characters of [a-z0-9] (never a capture id)."""
+    state: Global___RecorderState.ValueType
+    created_unix_ns: _builtins.int
+    ended_unix_ns: _builtins.int
+    end_reason: _builtins.str
+    suppressed: _builtins.int
+    """Triggers that started no save and joined none (cooldown, saves per hour), and the last one's reason."""
+    last_suppressed: _builtins.str
+    by: _builtins.str
+    """Who started it."""
+    @_builtins.property
+    def request(self) -> Global___StartRecorderRequest: ...
+    @_builtins.property
+    def pods(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecorderPodStatus]: ...
+    @_builtins.property
+    def saves(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecorderSave]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        state: Global___RecorderState.ValueType = ...,
+        request: Global___StartRecorderRequest | None = ...,
+        created_unix_ns: _builtins.int = ...,
+        ended_unix_ns: _builtins.int = ...,
+        end_reason: _builtins.str = ...,
+        pods: _abc.Iterable[Global___RecorderPodStatus] | None = ...,
+        saves: _abc.Iterable[Global___RecorderSave] | None = ...,
+        suppressed: _builtins.int = ...,
+        last_suppressed: _builtins.str = ...,
+        by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "created_unix_ns", b"created_unix_ns", "end_reason", b"end_reason", "ended_unix_ns", b"ended_unix_ns", "id", b"id", "last_suppressed", b"last_suppressed", "pods", b"pods", "request", b"request", "saves", b"saves", "state", b"state", "suppressed", b"suppressed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecorderStatus: _TypeAlias = RecorderStatus  # noqa: Y015
 
 @_typing.final
 class DeleteCaptureRequest(_message.Message):
@@ -252,7 +821,7 @@ class AuditRecord(_message.Message):
     user: _builtins.str
     """The authenticated user ("anonymous" without authentication)."""
     action: _builtins.str
-    """start, stop, status, list, download, follow, audit, delete."""
+    """start, stop, status, list, download, follow, audit, delete; for recorders record, trigger (and stop, status)."""
     capture_id: _builtins.str
     target: _builtins.str
     """The target as the user gave it ("ns=shop selector=app=web pods=a,b")."""
@@ -668,6 +1237,7 @@ class StartCaptureRequest(_message.Message):
     ROTATION_FIELD_NUMBER: _builtins.int
     RETENTION_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    SAVE_FIELD_NUMBER: _builtins.int
     note: _builtins.str
     """Free text recorded with the capture (why it was taken). At most 1024 bytes."""
     @_builtins.property
@@ -680,6 +1250,10 @@ class StartCaptureRequest(_message.Message):
     def rotation(self) -> Global___Rotation: ...
     @_builtins.property
     def retention(self) -> Global___Retention: ...
+    @_builtins.property
+    def save(self) -> Global___RecorderSaveInfo:
+        """Set by the collector on a recorder's save; StartCapture refuses a request that has it."""
+
     def __init__(
         self,
         *,
@@ -689,10 +1263,11 @@ class StartCaptureRequest(_message.Message):
         rotation: Global___Rotation | None = ...,
         retention: Global___Retention | None = ...,
         note: _builtins.str = ...,
+        save: Global___RecorderSaveInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "retention", b"retention", "rotation", b"rotation", "settings", b"settings", "target", b"target"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "retention", b"retention", "rotation", b"rotation", "save", b"save", "settings", b"settings", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "note", b"note", "retention", b"retention", "rotation", b"rotation", "settings", b"settings", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "note", b"note", "retention", b"retention", "rotation", b"rotation", "save", b"save", "settings", b"settings", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -758,6 +1333,7 @@ class ListCapturesResponse(_message.Message):
 
     CAPTURES_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
+    RECORDERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def captures(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaptureStatus]:
         """Newest first."""
@@ -768,15 +1344,20 @@ class ListCapturesResponse(_message.Message):
         first, at most 100.
         """
 
+    @_builtins.property
+    def recorders(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecorderStatus]:
+        """Recorders the caller may see (`get pods/capture` in their namespaces), newest first."""
+
     def __init__(
         self,
         *,
         captures: _abc.Iterable[Global___CaptureStatus] | None = ...,
         deleted: _abc.Iterable[Global___CaptureDeletion] | None = ...,
+        recorders: _abc.Iterable[Global___RecorderStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["captures", b"captures", "deleted", b"deleted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["captures", b"captures", "deleted", b"deleted", "recorders", b"recorders"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -927,6 +1508,7 @@ class CaptureStatus(_message.Message):
     ARCHIVE_BACKLOG_BYTES_FIELD_NUMBER: _builtins.int
     ARCHIVE_OLDEST_SECONDS_FIELD_NUMBER: _builtins.int
     ARCHIVE_ERROR_FIELD_NUMBER: _builtins.int
+    SAVE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Collector-assigned id: 12 characters of [a-z0-9]."""
     state: Global___CaptureState.ValueType
@@ -963,6 +1545,12 @@ class CaptureStatus(_message.Message):
     def pods(self) -> _containers.RepeatedCompositeFieldContainer[Global___PodStatus]: ...
     @_builtins.property
     def retention(self) -> Global___Retention: ...
+    @_builtins.property
+    def save(self) -> Global___RecorderSaveInfo:
+        """A recorder's save: which recorder, the window and the triggers (absent for an ordinary capture). A save is
+        kept out of every retention policy (--keep-ended, the data dir's budget) until it is deleted.
+        """
+
     def __init__(
         self,
         *,
@@ -984,10 +1572,11 @@ class CaptureStatus(_message.Message):
         archive_backlog_bytes: _builtins.int = ...,
         archive_oldest_seconds: _builtins.float = ...,
         archive_error: _builtins.str = ...,
+        save: Global___RecorderSaveInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "retention", b"retention", "rotation", b"rotation", "settings", b"settings", "target", b"target"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "retention", b"retention", "rotation", b"rotation", "save", b"save", "settings", b"settings", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive_backlog_bytes", b"archive_backlog_bytes", "archive_error", b"archive_error", "archive_oldest_seconds", b"archive_oldest_seconds", "bytes", b"bytes", "created_unix_ns", b"created_unix_ns", "end_reason", b"end_reason", "ended_unix_ns", b"ended_unix_ns", "id", b"id", "limits", b"limits", "note", b"note", "packets", b"packets", "paused", b"paused", "pods", b"pods", "retention", b"retention", "rotation", b"rotation", "settings", b"settings", "state", b"state", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive_backlog_bytes", b"archive_backlog_bytes", "archive_error", b"archive_error", "archive_oldest_seconds", b"archive_oldest_seconds", "bytes", b"bytes", "created_unix_ns", b"created_unix_ns", "end_reason", b"end_reason", "ended_unix_ns", b"ended_unix_ns", "id", b"id", "limits", b"limits", "note", b"note", "packets", b"packets", "paused", b"paused", "pods", b"pods", "retention", b"retention", "rotation", b"rotation", "save", b"save", "settings", b"settings", "state", b"state", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

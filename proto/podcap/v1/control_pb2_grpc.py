@@ -79,6 +79,26 @@ class ControlStub:
                 request_serializer=podcap_dot_v1_dot_control__pb2.DeleteCaptureRequest.SerializeToString,
                 response_deserializer=podcap_dot_v1_dot_control__pb2.DeleteCaptureResponse.FromString,
                 _registered_method=True)
+        self.StartRecorder = channel.unary_unary(
+                '/podcap.v1.Control/StartRecorder',
+                request_serializer=podcap_dot_v1_dot_control__pb2.StartRecorderRequest.SerializeToString,
+                response_deserializer=podcap_dot_v1_dot_control__pb2.RecorderStatus.FromString,
+                _registered_method=True)
+        self.StopRecorder = channel.unary_unary(
+                '/podcap.v1.Control/StopRecorder',
+                request_serializer=podcap_dot_v1_dot_control__pb2.StopRecorderRequest.SerializeToString,
+                response_deserializer=podcap_dot_v1_dot_control__pb2.RecorderStatus.FromString,
+                _registered_method=True)
+        self.GetRecorder = channel.unary_unary(
+                '/podcap.v1.Control/GetRecorder',
+                request_serializer=podcap_dot_v1_dot_control__pb2.GetRecorderRequest.SerializeToString,
+                response_deserializer=podcap_dot_v1_dot_control__pb2.RecorderStatus.FromString,
+                _registered_method=True)
+        self.TriggerRecorder = channel.unary_unary(
+                '/podcap.v1.Control/TriggerRecorder',
+                request_serializer=podcap_dot_v1_dot_control__pb2.TriggerRecorderRequest.SerializeToString,
+                response_deserializer=podcap_dot_v1_dot_control__pb2.TriggerRecorderResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -155,6 +175,41 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRecorder(self, request, context):
+        """---- Flight recorders (recorders) ----
+        A recorder keeps a ring of every pod of its target on the pod's node (the agents' disks) and saves a window
+        of it as an ordinary capture when a trigger fires. Starts a recorder: validates the request (INVALID_ARGUMENT:
+        --before longer than --keep, an unknown trigger, a trigger filter that does not compile), resolves the target
+        like StartCapture (pods that appear later and match are added), persists it and asks the pods' agents to
+        record. Needs `create pods/capture` in every namespace of the target, as StartCapture; audited as `record`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopRecorder(self, request, context):
+        """Ends a recorder: its rings are deleted on the nodes once the saves already asked for are done; its saves stay
+        (they are captures). Needs `delete pods/capture`, as StopCapture; audited as `stop`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRecorder(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TriggerRecorder(self, request, context):
+        """Saves a window now (a manual trigger). Returns once the save's capture has ended (every pod's window stored,
+        or failed), or at the request's deadline with the save still running. FAILED_PRECONDITION for a stopped
+        recorder; NOT_FOUND for an unknown recorder or pod. Needs `create pods/capture`; audited as `trigger`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +257,26 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.DeleteCapture,
                     request_deserializer=podcap_dot_v1_dot_control__pb2.DeleteCaptureRequest.FromString,
                     response_serializer=podcap_dot_v1_dot_control__pb2.DeleteCaptureResponse.SerializeToString,
+            ),
+            'StartRecorder': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRecorder,
+                    request_deserializer=podcap_dot_v1_dot_control__pb2.StartRecorderRequest.FromString,
+                    response_serializer=podcap_dot_v1_dot_control__pb2.RecorderStatus.SerializeToString,
+            ),
+            'StopRecorder': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopRecorder,
+                    request_deserializer=podcap_dot_v1_dot_control__pb2.StopRecorderRequest.FromString,
+                    response_serializer=podcap_dot_v1_dot_control__pb2.RecorderStatus.SerializeToString,
+            ),
+            'GetRecorder': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecorder,
+                    request_deserializer=podcap_dot_v1_dot_control__pb2.GetRecorderRequest.FromString,
+                    response_serializer=podcap_dot_v1_dot_control__pb2.RecorderStatus.SerializeToString,
+            ),
+            'TriggerRecorder': grpc.unary_unary_rpc_method_handler(
+                    servicer.TriggerRecorder,
+                    request_deserializer=podcap_dot_v1_dot_control__pb2.TriggerRecorderRequest.FromString,
+                    response_serializer=podcap_dot_v1_dot_control__pb2.TriggerRecorderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -447,6 +522,114 @@ class Control:
             '/podcap.v1.Control/DeleteCapture',
             podcap_dot_v1_dot_control__pb2.DeleteCaptureRequest.SerializeToString,
             podcap_dot_v1_dot_control__pb2.DeleteCaptureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRecorder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/podcap.v1.Control/StartRecorder',
+            podcap_dot_v1_dot_control__pb2.StartRecorderRequest.SerializeToString,
+            podcap_dot_v1_dot_control__pb2.RecorderStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopRecorder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/podcap.v1.Control/StopRecorder',
+            podcap_dot_v1_dot_control__pb2.StopRecorderRequest.SerializeToString,
+            podcap_dot_v1_dot_control__pb2.RecorderStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecorder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/podcap.v1.Control/GetRecorder',
+            podcap_dot_v1_dot_control__pb2.GetRecorderRequest.SerializeToString,
+            podcap_dot_v1_dot_control__pb2.RecorderStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TriggerRecorder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/podcap.v1.Control/TriggerRecorder',
+            podcap_dot_v1_dot_control__pb2.TriggerRecorderRequest.SerializeToString,
+            podcap_dot_v1_dot_control__pb2.TriggerRecorderResponse.FromString,
             options,
             channel_credentials,
             insecure,

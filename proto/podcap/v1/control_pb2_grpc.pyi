@@ -67,6 +67,24 @@ class ControlStub:
     StopCapture); audited as `delete`. Downloads of the capture in progress end with NOT_FOUND. The collector
     remembers the deletion for 7 days (ListCapturesResponse.deleted; GetCapture's NOT_FOUND message says it).
     """
+    StartRecorder: _grpc.UnaryUnaryMultiCallable[_control_pb2.StartRecorderRequest, _control_pb2.RecorderStatus]
+    """---- Flight recorders (recorders) ----
+    A recorder keeps a ring of every pod of its target on the pod's node (the agents' disks) and saves a window
+    of it as an ordinary capture when a trigger fires. Starts a recorder: validates the request (INVALID_ARGUMENT:
+    --before longer than --keep, an unknown trigger, a trigger filter that does not compile), resolves the target
+    like StartCapture (pods that appear later and match are added), persists it and asks the pods' agents to
+    record. Needs `create pods/capture` in every namespace of the target, as StartCapture; audited as `record`.
+    """
+    StopRecorder: _grpc.UnaryUnaryMultiCallable[_control_pb2.StopRecorderRequest, _control_pb2.RecorderStatus]
+    """Ends a recorder: its rings are deleted on the nodes once the saves already asked for are done; its saves stay
+    (they are captures). Needs `delete pods/capture`, as StopCapture; audited as `stop`.
+    """
+    GetRecorder: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRecorderRequest, _control_pb2.RecorderStatus]
+    TriggerRecorder: _grpc.UnaryUnaryMultiCallable[_control_pb2.TriggerRecorderRequest, _control_pb2.TriggerRecorderResponse]
+    """Saves a window now (a manual trigger). Returns once the save's capture has ended (every pod's window stored,
+    or failed), or at the request's deadline with the save still running. FAILED_PRECONDITION for a stopped
+    recorder; NOT_FOUND for an unknown recorder or pod. Needs `create pods/capture`; audited as `trigger`.
+    """
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -101,6 +119,24 @@ class ControlAsyncStub(ControlStub):
     `force`, which stops it first. Needs `delete pods/capture` in every namespace of the capture (as
     StopCapture); audited as `delete`. Downloads of the capture in progress end with NOT_FOUND. The collector
     remembers the deletion for 7 days (ListCapturesResponse.deleted; GetCapture's NOT_FOUND message says it).
+    """
+    StartRecorder: _aio.UnaryUnaryMultiCallable[_control_pb2.StartRecorderRequest, _control_pb2.RecorderStatus]  # type: ignore[assignment]
+    """---- Flight recorders (recorders) ----
+    A recorder keeps a ring of every pod of its target on the pod's node (the agents' disks) and saves a window
+    of it as an ordinary capture when a trigger fires. Starts a recorder: validates the request (INVALID_ARGUMENT:
+    --before longer than --keep, an unknown trigger, a trigger filter that does not compile), resolves the target
+    like StartCapture (pods that appear later and match are added), persists it and asks the pods' agents to
+    record. Needs `create pods/capture` in every namespace of the target, as StartCapture; audited as `record`.
+    """
+    StopRecorder: _aio.UnaryUnaryMultiCallable[_control_pb2.StopRecorderRequest, _control_pb2.RecorderStatus]  # type: ignore[assignment]
+    """Ends a recorder: its rings are deleted on the nodes once the saves already asked for are done; its saves stay
+    (they are captures). Needs `delete pods/capture`, as StopCapture; audited as `stop`.
+    """
+    GetRecorder: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRecorderRequest, _control_pb2.RecorderStatus]  # type: ignore[assignment]
+    TriggerRecorder: _aio.UnaryUnaryMultiCallable[_control_pb2.TriggerRecorderRequest, _control_pb2.TriggerRecorderResponse]  # type: ignore[assignment]
+    """Saves a window now (a manual trigger). Returns once the save's capture has ended (every pod's window stored,
+    or failed), or at the request's deadline with the save still running. FAILED_PRECONDITION for a stopped
+    recorder; NOT_FOUND for an unknown recorder or pod. Needs `create pods/capture`; audited as `trigger`.
     """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
@@ -187,6 +223,48 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         `force`, which stops it first. Needs `delete pods/capture` in every namespace of the capture (as
         StopCapture); audited as `delete`. Downloads of the capture in progress end with NOT_FOUND. The collector
         remembers the deletion for 7 days (ListCapturesResponse.deleted; GetCapture's NOT_FOUND message says it).
+        """
+
+    @_abc_1.abstractmethod
+    def StartRecorder(
+        self,
+        request: _control_pb2.StartRecorderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RecorderStatus, _abc.Awaitable[_control_pb2.RecorderStatus]]:
+        """---- Flight recorders (recorders) ----
+        A recorder keeps a ring of every pod of its target on the pod's node (the agents' disks) and saves a window
+        of it as an ordinary capture when a trigger fires. Starts a recorder: validates the request (INVALID_ARGUMENT:
+        --before longer than --keep, an unknown trigger, a trigger filter that does not compile), resolves the target
+        like StartCapture (pods that appear later and match are added), persists it and asks the pods' agents to
+        record. Needs `create pods/capture` in every namespace of the target, as StartCapture; audited as `record`.
+        """
+
+    @_abc_1.abstractmethod
+    def StopRecorder(
+        self,
+        request: _control_pb2.StopRecorderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RecorderStatus, _abc.Awaitable[_control_pb2.RecorderStatus]]:
+        """Ends a recorder: its rings are deleted on the nodes once the saves already asked for are done; its saves stay
+        (they are captures). Needs `delete pods/capture`, as StopCapture; audited as `stop`.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRecorder(
+        self,
+        request: _control_pb2.GetRecorderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RecorderStatus, _abc.Awaitable[_control_pb2.RecorderStatus]]: ...
+
+    @_abc_1.abstractmethod
+    def TriggerRecorder(
+        self,
+        request: _control_pb2.TriggerRecorderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.TriggerRecorderResponse, _abc.Awaitable[_control_pb2.TriggerRecorderResponse]]:
+        """Saves a window now (a manual trigger). Returns once the save's capture has ended (every pod's window stored,
+        or failed), or at the request's deadline with the save still running. FAILED_PRECONDITION for a stopped
+        recorder; NOT_FOUND for an unknown recorder or pod. Needs `create pods/capture`; audited as `trigger`.
         """
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
