@@ -17,6 +17,8 @@ from prometheus_client.registry import Collector as PromCollector
 
 from podcap.collector.agents import AgentRegistry
 from podcap.collector.captures.manager import CaptureManager
+from podcap.collector.recorders.manager import RecorderManager
+from podcap.collector.recorders.metrics import RecorderMetrics
 from podcap.drops import CAUSES
 
 COMMIT_SECONDS = Histogram("podcap_commit_seconds", "Time to make a batch of chunks durable and acknowledge it",
@@ -87,9 +89,12 @@ class CaptureMetrics(PromCollector):
         yield from (active, agents, paused, packets, nbytes, drops, unaccounted, backlog, oldest)
 
 
-def serve_metrics(address: str, captures: CaptureManager, registry: AgentRegistry) -> int:
+def serve_metrics(address: str, captures: CaptureManager, registry: AgentRegistry,
+                  recorders: RecorderManager | None = None) -> int:
     """Serve /metrics on ``address`` (HOST:PORT); return the port."""
     REGISTRY.register(CaptureMetrics(captures, registry))
+    if recorders is not None:
+        REGISTRY.register(RecorderMetrics(recorders))
     captures.commit_seconds = COMMIT_SECONDS.observe
     host, _, port = address.rpartition(":")
     server, _thread = start_http_server(int(port), addr=host or "0.0.0.0")

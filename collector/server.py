@@ -41,6 +41,8 @@ from podcap.collector.cli.units import duration_param, size_param
 from podcap.collector.kube.client import in_cluster, load_api
 from podcap.collector.kube.errors import KubeError
 from podcap.collector.kube.inventory import ClusterInventory
+from podcap.collector.recorders.manager import RecorderManager
+from podcap.collector.recorders.notify import KubeEvents
 from podcap.collector.storage.base import CaptureStorage
 from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.local import LocalStorage
@@ -69,12 +71,15 @@ class Collector:
     # With TLS, agents connect to a second, mutual-TLS port; without, they use ``port``.
     agent_server: grpc.Server | None = None
     agent_port: int = 0
+    recorders: RecorderManager | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         self.registry.close_all()
         if self.agent_server is not None:
             self.agent_server.stop(grace).wait()
         self.server.stop(grace).wait()
+        if self.recorders is not None:
+            self.recorders.close()
         self.captures.close()
         self.store.close()
         if self.cluster is not None:
@@ -184,10 +189,14 @@ def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
     registry = AgentRegistry()
     captures = CaptureManager(storage or LocalStorage(data_dir), registry, store, cluster=cluster,
                               local_cap_bytes=local_cap_bytes, policy=policy, data_dir=data_dir)
+    recorders = RecorderManager(captures, registry, store, cluster=cluster,
+                                events=KubeEvents(cluster.api) if cluster is not None else None,
+                                watch_unhealthy=cluster is not None)
     server = _grpc_server(max_workers)
     ingest = IngestServicer(registry, captures, require_agent_cert=tls is not None,
-                            max_message_bytes=MAX_MESSAGE_BYTES)
-    control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(captures, authorizer or OpenAuthorizer()), server)
+                            max_message_bytes=MAX_MESSAGE_BYTES, recorders=recorders)
+    control_pb2_grpc.add_ControlServicer_to_server(
+        ControlServicer(captures, authorizer or OpenAuthorizer(), recorders), server)
     agent_server = None
     try:
         if tls is None:
@@ -203,13 +212,14 @@ def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
             agent_port = _bind(agent_server, agent_listen or f"{host}:{port + 1}",
                                tls.server_credentials(require_client_cert=True))
     except ListenError:
+        recorders.close()
         captures.close()
         store.close()
         raise
     server.start()
     if agent_server is not None:
         agent_server.start()
-    return Collector(server, port, registry, captures, store, cluster, agent_server, agent_port)
+    return Collector(server, port, registry, captures, store, cluster, agent_server, agent_port, recorders)
 
 
 def _fail(message: str, cluster: ClusterInventory | None) -> NoReturn:
@@ -324,7 +334,8 @@ def main(listen: str, data_dir: str, storage: str, s3_endpoint: str, s3_region: 
         from podcap.collector.metrics import serve_metrics
 
         try:
-            log.info("metrics on port %d", serve_metrics(metrics_listen, collector.captures, collector.registry))
+            log.info("metrics on port %d", serve_metrics(metrics_listen, collector.captures, collector.registry,
+                                                         collector.recorders))
         except OSError as e:  # taken since the check
             collector.stop(0)
             reason = os.strerror(e.errno) if e.errno else str(e)

@@ -25,6 +25,7 @@ import grpc
 from podcap.collector.api.auth import PODS_CAPTURE, AuthError, Authorizer, DeniedError, Principal, target_scopes
 from podcap.collector.api.errors import abort_for
 from podcap.collector.api.payload import KubeNamespacePolicies, NamespacePolicies, NoPolicies, effective_snaplen
+from podcap.collector.api.recorders import RecorderCalls
 from podcap.collector.captures.lifecycle import CaptureDeletedError
 from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.captures.model import Capture
@@ -32,6 +33,7 @@ from podcap.collector.captures.pods import file_format
 from podcap.collector.captures.table import CaptureNotFoundError
 from podcap.collector.downloads import Piece, PodFile, ShortPieceError, check_resume_points, file_messages, given
 from podcap.collector.filters import compile_filter, linktype_for
+from podcap.collector.recorders.manager import RecorderManager
 from podcap.collector.targets import target_text
 from podcap.errors import InvalidInputError, NotFoundError, PodcapError, PreconditionError
 from podcap.formats.pcap import FILE_HEADER_LEN, MAX_SNAPLEN, FileFormat
@@ -69,14 +71,17 @@ def target_namespaces(t: control_pb2.Target) -> list[str | None]:
     return target_scopes(t)[1]
 
 
-class ControlServicer(control_pb2_grpc.ControlServicer):
+class ControlServicer(RecorderCalls, control_pb2_grpc.ControlServicer):
     def __init__(self, captures: CaptureManager, authorizer: Authorizer,
-                 policies: NamespacePolicies | None = None) -> None:
+                 policies: NamespacePolicies | None = None, recorders: RecorderManager | None = None) -> None:
         self.captures = captures
         self.auth = authorizer
         cluster = captures.placement.cluster
         # The namespaces' payload policy (``podcap.collector.api.payload``): from the API server when there is one.
         self.policies = policies or (KubeNamespacePolicies(cluster.api) if cluster is not None else NoPolicies())
+        self.recorders = recorders  # flight recorders' calls: ``podcap.collector.api.recorders``
+        if recorders is not None:
+            recorders.on_save.append(self._audit_save)
 
     # ---- authentication, authorization, audit ----
 
@@ -202,7 +207,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
 
         visible = [self.captures.status(cap) for cap in self.captures.all() if may_see(cap.request.target)]
         deleted = [d for d in self.captures.deleted() if may_see(d.target)]
-        return control_pb2.ListCapturesResponse(captures=visible, deleted=deleted)
+        return control_pb2.ListCapturesResponse(captures=visible, deleted=deleted,
+                                                recorders=self._visible_recorders(may_see))
 
     def GetCapture(  # noqa: N802
         self, request: control_pb2.GetCaptureRequest, context: grpc.ServicerContext

@@ -32,6 +32,7 @@ from podcap.collector.api.errors import abort_for
 from podcap.collector.api.wire import IncomingChunk
 from podcap.collector.captures.chunks import ChunkRejectedError, oversized_reason
 from podcap.collector.captures.manager import CaptureManager
+from podcap.collector.recorders.manager import RecorderManager
 from podcap.names import InvalidNameError, check_namespace, check_node_name, check_pod_name, check_pod_uid
 from podcap.pods import PodRef
 from podcap.tls import AGENT_IDENTITY, peer_identity
@@ -80,9 +81,10 @@ def _valid_pods(node: str, pods: list[common_pb2.Pod]) -> list[PodRef]:
 
 class IngestServicer(ingest_pb2_grpc.IngestServicer):
     def __init__(self, registry: AgentRegistry, captures: CaptureManager, *, require_agent_cert: bool,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, recorders: RecorderManager | None = None) -> None:
         self.registry = registry
         self.captures = captures
+        self.recorders = recorders  # flight recorders: the agents' rings and packet triggers
         self.require_agent_cert = require_agent_cert
         self.max_message_bytes = max_message_bytes
 
@@ -116,6 +118,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             log.warning("refused an agent session from %s: %s", context.peer(), e)
             abort_for(context, e)
         self.captures.on_held(conn, reg.held)
+        if self.recorders is not None:
+            self.recorders.on_rings(conn, reg.rings)
         context.add_callback(lambda: conn.close(call_ended()))
         reader = threading.Thread(target=self._read, args=(conn, request_iterator), daemon=True,
                                   name=f"ingest-{node}")
@@ -171,6 +175,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                     self.registry.update_inventory(conn, _valid_pods(conn.node, list(msg.inventory.pods)))
                 elif kind == "heartbeat":
                     self.captures.on_held(conn, msg.heartbeat.held)
+                    if self.recorders is not None:
+                        self.recorders.on_rings(conn, msg.heartbeat.rings)
+                elif kind == "packet_trigger" and self.recorders is not None:
+                    self.recorders.on_packet_trigger(conn, msg.packet_trigger)
                 else:
                     log.warning("agent %s: unexpected message %r ignored", conn.node, kind)
         except grpc.RpcError as e:

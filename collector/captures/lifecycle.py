@@ -307,7 +307,9 @@ class Lifecycle:
 
     def _ended(self) -> list[Capture]:
         """Ended captures, the one that ended first first."""
-        return sorted((c for c in self.table.all() if not c.live), key=lambda c: (_ended_ns(c), c.created_ns))
+        # A recorder's save is kept until it is deleted (issue 24): it is out of every policy.
+        return sorted((c for c in self.table.all() if not c.live and not c.request.HasField("save")),
+                      key=lambda c: (_ended_ns(c), c.created_ns))
 
     def _holding_data(self) -> list[Capture]:
         return [c for c in self._ended() if local_bytes(c, tiered=self.storage.tiered) > 0]

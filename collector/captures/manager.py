@@ -42,7 +42,7 @@ from podcap.collector.captures.lifecycle import POLICY_INTERVAL_S, DiskUsage, Li
 from podcap.collector.captures.model import ACTIVE, TERMINAL, Capture, PodState
 from podcap.collector.captures.placement import Placement, new_pod_state
 from podcap.collector.captures.pods import request_close, settle_closes
-from podcap.collector.captures.requests import validate_request
+from podcap.collector.captures.requests import save_target, validate_request
 from podcap.collector.captures.segments import SegmentIndex
 from podcap.collector.captures.table import STOP_GRACE_S, CaptureTable, StorageHealth, grace_starts
 from podcap.collector.captures.target_objects import ObjectTargets
@@ -143,6 +143,31 @@ class CaptureManager:
             self.placement.reconsider(cap)
         return cap
 
+    def start_save(self, req: control_pb2.StartCaptureRequest, pods: list[PodRef]) -> Capture:
+        """Create (and persist) a recorder's save: a capture of ``pods`` whose streams the recorder manager asks the
+        agents for (``SavePodWindow``), so nothing is dispatched here; its pods wait as PENDING."""
+        cap = Capture(new_capture_id(), req, save_target(req), time.time_ns())
+        for pod in pods:
+            cap.pods[pod.uid] = new_pod_state(cap, pod)
+        self.archiver.adopt(cap)
+        self.store.add_capture(CaptureRow(cap.id, req, cap.state, cap.created_ns, 0, ""))
+        cap.recorded_state = (cap.state, 0, "")
+        self.committer.commit(cap)
+        self.table.add(cap)
+        log.info("save %s of recorder %s created: %d pods", cap.id, req.save.recorder_id, len(pods))
+        return cap
+
+    def add_save_pods(self, cap: Capture, pods: list[PodRef]) -> None:
+        """Pods that join a save still waiting for its window (they are committed with the capture)."""
+        with cap.lock:
+            for pod in pods:
+                if pod.uid not in cap.pods:
+                    cap.pods[pod.uid] = new_pod_state(cap, pod)
+                    cap.request.target.pod_names.append(pod.name)
+            cap.target = save_target(cap.request)
+            cap.dirty = True
+        self.committer.commit(cap)
+
     def capturable_pods(self) -> list[PodRef]:
         """Pods a capture started now could cover (every namespace; the servicer filters by permission)."""
         return self.placement.capturable()
@@ -177,6 +202,9 @@ class CaptureManager:
 
     def status(self, cap: Capture) -> control_pb2.CaptureStatus:
         st = cap.status(self.health.paused)
+        if cap.request.HasField("save"):
+            with cap.lock:
+                st.save.CopyFrom(cap.request.save)
         st.archive_backlog_bytes, st.archive_oldest_seconds, st.archive_error = self.archiver.status(cap)
         agents: dict[str, str] = {}
         for p in st.pods:

@@ -163,6 +163,8 @@ class Placement(AgentListener, ClusterListener):
 
     def agent_registered(self, conn: AgentConnection) -> None:
         for cap in self.table.live():
+            if cap.request.HasField("save"):
+                continue  # a recorder's save: its agents get SavePodWindow again from the recorder manager
             with cap.lock:
                 want = [ps for ps in cap.pods.values() if ps.pod.node == conn.node and ps.state not in TERMINAL]
             if cap.state == control_pb2.CAPTURE_STATE_RUNNING:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from podcap.collector.captures.model import ACTIVE, TERMINAL, Capture, PodState
 from podcap.collector.captures.pods import file_format, location, pod_key
+from podcap.collector.captures.requests import save_target
 from podcap.collector.captures.segments import SegmentIndex
 from podcap.collector.captures.streams import StreamState
 from podcap.collector.captures.table import grace_starts
@@ -51,7 +52,7 @@ def load(index: SegmentIndex, adopt: Callable[[Capture], None] = lambda _cap: No
     captures = []
     for row in store.captures():
         try:
-            spec = parse_target(row.request.target)
+            spec = save_target(row.request) if row.request.HasField("save") else parse_target(row.request.target)
         except InvalidInputError:
             log.error("stored capture %s has an invalid target; skipped", row.id)
             continue

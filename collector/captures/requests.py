@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from podcap.collector.captures.model import MIN_SEGMENT_BYTES
 from podcap.collector.filters import check_filter
+from podcap.collector.kube.selectors import parse_selector
 from podcap.collector.targets import TargetSpec, parse_target
 from podcap.errors import InvalidInputError
 from podcap.formats.pcap import FILE_HEADER_LEN, MAX_SNAPLEN
@@ -31,8 +32,17 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def save_target(req: control_pb2.StartCaptureRequest) -> TargetSpec:
+    """The target of a recorder's save (``req.save`` set by the collector): exactly the pods it names, in whatever
+    namespaces they are (a recorder may span namespaces), never attaching others."""
+    return TargetSpec(None, parse_selector(""), tuple(req.target.pod_names) or ("-",))
+
+
 def validate_request(req: control_pb2.StartCaptureRequest) -> TargetSpec:
     """The request's parsed target, once everything else about the request checked out."""
+    if req.HasField("save"):
+        raise InvalidRequestError("a capture request may not carry `save`: saves are made by recorders (podcap "
+                                  "record, podcap trigger)")
     spec = parse_target(req.target)
     s = req.settings
     if spec.object is not None and spec.object.is_node and s.interface in (

@@ -403,6 +403,45 @@ class KubeApi:
         return self._request(self._describe("create", "events", namespace), "an event",
                              lambda: core.create_namespaced_event(namespace, body, _preload_content=False))
 
+    # ---- core/v1 Events (flight recorder triggers and saves, issue 24) ----
+
+    def list_event_objects(self, *, field_selector: str) -> tuple[list[dict[str, Any]], str]:
+        """Every Event (all namespaces) matching ``field_selector``, and the list's resourceVersion."""
+        describe = self._describe("list", "events", None)
+        items: list[dict[str, Any]] = []
+        cont = ""
+        rv = ""
+        while True:
+            kw: dict[str, Any] = {"limit": LIST_PAGE, "field_selector": field_selector,
+                                  "_request_timeout": (CONNECT_TIMEOUT_S, LIST_READ_TIMEOUT_S)}
+            if cont:
+                kw["_continue"] = cont
+            page = self._request(describe, "a list", partial(self._core.list_event_for_all_namespaces,
+                                                             _preload_content=False, **kw))
+            meta = page.get("metadata") or {}
+            rv = rv or str(meta.get("resourceVersion", ""))
+            items.extend(page.get("items") or [])
+            cont = str(meta.get("continue") or "")
+            if not cont:
+                return items, rv
+
+    def watch_events(self, *, resource_version: str, field_selector: str,
+                     timeout_seconds: int = DEFAULT_WATCH_TIMEOUT_S) -> WatchStream:
+        """Open a watch of Events (all namespaces) from ``resource_version``."""
+        describe = self._describe("watch", "events", None)
+        try:
+            resp = self._core.list_event_for_all_namespaces(
+                _preload_content=False, watch=True, resource_version=resource_version, field_selector=field_selector,
+                allow_watch_bookmarks=True, timeout_seconds=timeout_seconds,
+                _request_timeout=(CONNECT_TIMEOUT_S, timeout_seconds + 60))
+        except Exception as e:
+            raise describe(e) from e
+        return WatchStream(resp, describe)
+
+    def event_status_error(self, status: dict[str, Any]) -> KubeError:
+        """The error an in-band ERROR event of an Event watch stands for."""
+        return status_error(status, verb="watch", resource="events", namespace=None, server=self.server)
+
     # ---- one request ----
 
     def _describe(self, verb: str, resource: str, namespace: str | None) -> Describe:

@@ -24,18 +24,60 @@ TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 
 @dataclass(frozen=True)
+class PodHealth:
+    """What a flight recorder's Kubernetes triggers compare between two versions of a pod (issue 24): per container
+    its restart count and the OOM kills it is known for, the Ready condition, and whether the pod is being deleted.
+    A change here is rare (a restart, a probe turning), so it is part of ``KubePod.view``."""
+
+    # (container, restartCount), sorted by container.
+    restarts: tuple[tuple[str, int], ...] = ()
+    # (container, what identifies the termination: its containerID and finishedAt) of every container whose
+    # current or last termination has the reason OOMKilled.
+    oom_kills: tuple[tuple[str, str], ...] = ()
+    # The Ready condition: True, False, or None when the pod has none yet.
+    ready: bool | None = None
+    # metadata.deletionTimestamp is set.
+    deleting: bool = False
+
+
+def pod_health(obj: dict[str, Any]) -> PodHealth:
+    """The ``PodHealth`` of a pod object (API JSON); missing fields read as their zero values."""
+    md = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    restarts: list[tuple[str, int]] = []
+    ooms: list[tuple[str, str]] = []
+    for cs in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or []):
+        if not isinstance(cs, dict):
+            continue
+        name = str(cs.get("name", ""))
+        restarts.append((name, int(cs.get("restartCount") or 0)))
+        for which in ("state", "lastState"):
+            term = ((cs.get(which) or {}).get("terminated") or {})
+            if term.get("reason") == "OOMKilled":
+                key = f"{term.get('containerID') or cs.get('containerID') or ''}@{term.get('finishedAt') or ''}"
+                ooms.append((name, key))
+    ready: bool | None = None
+    for cond in status.get("conditions") or []:
+        if isinstance(cond, dict) and cond.get("type") == "Ready":
+            ready = cond.get("status") == "True"
+    return PodHealth(tuple(sorted(restarts)), tuple(sorted(set(ooms))), ready,
+                     bool(md.get("deletionTimestamp")))
+
+
+@dataclass(frozen=True)
 class KubePod:
     """What the cache keeps of a pod: the ``PodRef`` plus the fields it does not carry."""
 
     ref: PodRef
     phase: str
     resource_version: str
+    health: PodHealth = PodHealth()
 
     def view(self) -> tuple[object, ...]:
         """Everything listeners see; a change here is a MODIFIED worth reporting (kubelet status churn is not)."""
         r = self.ref
         return (r.namespace, r.name, r.uid, r.node, tuple(sorted(r.labels.items())), r.ip, r.host_network,
-                self.phase)
+                self.phase, self.health)
 
 
 def pod_from_object(obj: dict[str, Any]) -> KubePod | None:
@@ -61,4 +103,4 @@ def pod_from_object(obj: dict[str, Any]) -> KubePod | None:
     except InvalidNameError as e:
         log.warning("pod from the API server skipped: %s", e)
         return None
-    return KubePod(ref, phase, str(md.get("resourceVersion", "")))
+    return KubePod(ref, phase, str(md.get("resourceVersion", "")), pod_health(obj))

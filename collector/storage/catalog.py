@@ -123,7 +123,12 @@ def _v2(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX segments_unarchived ON segments (capture_id, uid, idx) WHERE archived = ''")
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
+def _v3(db: sqlite3.Connection) -> None:
+    """Flight recorders (issue 24): one row per recorder, its ``RecorderStatus`` as the manager persists it."""
+    db.execute("CREATE TABLE recorders (id TEXT PRIMARY KEY, status BLOB NOT NULL)")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
 
 
 @dataclass(frozen=True)
@@ -321,6 +326,24 @@ class CaptureStore:
                                     (before_ns,)).fetchall()
             done = [(cid,) for cid, blob in rows if not _deletion(blob).pending]
             self._db.executemany("DELETE FROM deletions WHERE capture_id=?", done)
+
+    # ---- flight recorders (issue 24; podcap.collector.recorders) ----
+
+    def put_recorder(self, status: control_pb2.RecorderStatus) -> None:
+        """Insert or replace a recorder's row (its whole status: request, state, pods, saves)."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO recorders (id, status) VALUES (?,?)",
+                             (status.id, status.SerializeToString()))
+
+    def recorders(self) -> list[control_pb2.RecorderStatus]:
+        with self._lock:
+            rows = self._db.execute("SELECT status FROM recorders ORDER BY rowid").fetchall()
+        out = []
+        for (blob,) in rows:
+            st = control_pb2.RecorderStatus()
+            st.ParseFromString(blob)
+            out.append(st)
+        return out
 
     def add_audit(self, rec: control_pb2.AuditRecord) -> None:
         with self._lock:

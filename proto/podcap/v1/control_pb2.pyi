@@ -188,7 +188,8 @@ class StartRecorderRequest(_message.Message):
     save: Global___RecorderSaveScope.ValueType
     cooldown_seconds: _builtins.int
     """After a save, automatic triggers of this recorder start no new save for this many seconds (`--cooldown`,
-    default 60); those that fall into a save's window still join it. Manual triggers are never held back.
+    0 = the default, 60); those that fall into a waiting save's window still join it. Manual triggers are never held
+    back.
     """
     max_saves_per_hour: _builtins.int
     """At most this many saves started by automatic triggers in any hour (`--max-saves-per-hour`, default 12;
