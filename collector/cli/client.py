@@ -286,3 +286,35 @@ class CollectorClient:
                                                  timeout=timeout or self.timeout)
         except grpc.RpcError as e:
             raise _translate(e, self.address, self.tls) from e
+
+    # ---- flight recorders (issue 24) ----
+
+    def record(self, req: control_pb2.StartRecorderRequest) -> control_pb2.RecorderStatus:
+        try:
+            return self._stub.StartRecorder(req, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _translate(e, self.address, self.tls) from e
+
+    def get_recorder(self, recorder_id: str) -> control_pb2.RecorderStatus:
+        try:
+            return self._stub.GetRecorder(control_pb2.GetRecorderRequest(recorder_id=recorder_id),
+                                          timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _translate(e, self.address, self.tls) from e
+
+    def stop_recorder(self, recorder_id: str) -> control_pb2.RecorderStatus:
+        try:
+            return self._stub.StopRecorder(control_pb2.StopRecorderRequest(recorder_id=recorder_id),
+                                           timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _translate(e, self.address, self.tls) from e
+
+    def trigger(self, recorder_id: str, pods: Sequence[str] = (), *, reason: str = "", no_wait: bool = False,
+                timeout: float | None = None) -> control_pb2.TriggerRecorderResponse:
+        """A manual trigger; waits (up to ``timeout``) for the save to end unless ``no_wait``."""
+        req = control_pb2.TriggerRecorderRequest(recorder_id=recorder_id, pods=list(pods), reason=reason,
+                                                 no_wait=no_wait)
+        try:
+            return self._stub.TriggerRecorder(req, timeout=timeout or self.timeout)
+        except grpc.RpcError as e:
+            raise _translate(e, self.address, self.tls) from e

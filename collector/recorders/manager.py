@@ -509,9 +509,10 @@ class RecorderManager(AgentListener, ClusterListener):
                 self._persist(rec)
         for save in due:
             log.info("recorder %s: save %s: window passed, asking the agents", rec.id, save.capture_id)
-            for conn in {self.registry.get(rp.pod.node) for rp in self._pods_of(rec, save)} - {None}:
-                assert conn is not None
-                self._send_saves(rec, conn, only=save)
+            for node in sorted({rp.pod.node for rp in self._pods_of(rec, save)}):
+                conn = self.registry.get(node)
+                if conn is not None:  # else sent when its agent registers again
+                    self._send_saves(rec, conn, only=save)
 
     def _pods_of(self, rec: Recorder, save: Save) -> list[RingPod]:
         with rec.lock:

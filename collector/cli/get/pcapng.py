@@ -4,9 +4,9 @@ capture's status.
 The blocks themselves are encoded by ``podcap.formats.pcapng`` (the one encoder); this module decides their content
 for a podcap capture: the section's comments (which capture, of what, how it ended), each pod's interface (named
 ``<namespace>/<pod>``, described by node, uid, ip, capture interface and filter) and its final counters (received,
-kernel and podcap drops by cause, stored, deleted by retention). ``get --merge``, ``get --format pcapng`` and the
-live stream (``podcap.collector.cli.live.stream``) all take them from here, so a merged file and a live view say
-the same of a pod.
+kernel and podcap drops by cause, stored, deleted by retention); a recorder's save adds one section comment per
+trigger. ``get --merge``, ``get --format pcapng`` and the live stream (``podcap.collector.cli.live.stream``) all
+take them from here, so a merged file and a live view say the same of a pod.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 
 from podcap.collector.cli.render import capture_state
+from podcap.collector.cli.words import enum_word
 from podcap.collector.targets import target_text
 from podcap.drops import Drops
 from podcap.formats.pcapng import InterfaceInfo, InterfaceStats, SectionInfo
@@ -70,4 +71,20 @@ def capture_section(status: control_pb2.CaptureStatus) -> SectionInfo:
     comments = [f"podcap capture {status.id}", "; ".join(detail)]
     if status.note:
         comments.append(f"note: {status.note}")
+    if status.HasField("save"):  # a recorder's save: what made it, when, on which pod (issue 24)
+        comments += [trigger_comment(status.save, t) for t in status.save.triggers]
     return SectionInfo(comments=tuple(comments))
+
+
+def _rfc3339_ns(ns: int) -> str:
+    sec, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
+
+
+def trigger_comment(save: control_pb2.RecorderSaveInfo, t: control_pb2.SaveTrigger) -> str:
+    """One trigger of a save as a pcapng comment: ``podcap recorder R: trigger restart at <RFC 3339 ns> on pod
+    ns/name: <detail> (by <who>); window <from> to <to>``."""
+    pod = f" on pod {t.pod.namespace}/{t.pod.name}" if t.pod.name else ""
+    return (f"podcap recorder {save.recorder_id}: trigger {enum_word(control_pb2.RecorderTrigger.DESCRIPTOR, t.reason)}"
+            f" at {_rfc3339_ns(t.unix_ns)}{pod}: {t.detail}" + (f" (by {t.by})" if t.by else "")
+            + f"; window {_rfc3339_ns(save.from_unix_ns)} to {_rfc3339_ns(save.to_unix_ns)}")
