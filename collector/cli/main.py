@@ -28,6 +28,7 @@ from podcap.collector.cli.errors import CommandError, collector_hint, error_hint
 from podcap.collector.cli.extcap import install as extcap_cmd
 from podcap.collector.cli.get import command as get_cmd
 from podcap.collector.cli.live import follow as follow_cmd
+from podcap.collector.cli.record import commands as record_cmds
 from podcap.errors import PodcapError
 
 PROG = "podcap"
@@ -87,7 +88,7 @@ def cli(ctx: click.Context, collector: str, tls_ca: str, token: str) -> None:
 for command in (capture_cmds.start, capture_cmds.stop, capture_cmds.delete, read_cmds.status,
                 read_cmds.list_captures, get_cmd.get, follow_cmd.follow, admin_cmds.audit, admin_cmds.certs,
                 complete.completion, demo_cmd.demo,
-                extcap_cmd.extcap):
+                extcap_cmd.extcap, record_cmds.record, record_cmds.trigger):
     cli.add_command(command)
 
 

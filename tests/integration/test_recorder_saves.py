@@ -8,6 +8,7 @@ error with the right status code. No root needed."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from podcap.collector.cli.get.pcapng import capture_section
 from podcap.collector.server import Collector, start_collector
 from podcap.formats.pcap import iter_records, parse_file_header
 from podcap.v1 import common_pb2, control_pb2
+from tests.conftest import podcap
 from tests.integration.recorder_agent import RingAgent
 
 NODE = "node-r"
@@ -234,3 +236,42 @@ def test_saves_escape_keep_ended_and_recorders_outlive_a_restart(tmp_path: str) 
     finally:
         agent.close()
         c.stop(0)
+
+
+def test_the_cli_records_triggers_shows_and_refuses_bad_input_in_one_line(
+        served: tuple[Collector, str, RingAgent]) -> None:
+    """`podcap record` prints the recorder id last, `podcap trigger` waits and prints the save's capture id last,
+    `status`/`list`/`stop` take recorders, and each bad input is one line on stderr, exit status 1 or 2."""
+    _, address, agent = served
+    r = podcap(address, "record", "-n", "shop", "-l", "app=web", "--keep", "1m", "--before", "2s", "--after",
+               "500ms", "--on", "restart,oomkilled")
+    rid = r.stdout.strip().splitlines()[-1]
+    assert rid.startswith("rec-"), r.stdout
+    wait_for(lambda: len(agent.starts) == 2, what="starts")
+    time.sleep(0.5)
+    t = podcap(address, "trigger", rid, "shop/web-1", "--reason", "user report 4711")
+    cid = t.stdout.strip().splitlines()[-1]
+    with CollectorClient(address) as cli:
+        st = cli.get(cid)
+        assert st.state == control_pb2.CAPTURE_STATE_DONE and [p.pod.name for p in st.pods] == ["web-1"]
+        assert st.save.triggers[0].detail == "user report 4711"
+    status = podcap(address, "status", rid).stdout
+    assert rid in status and cid in status and "manual" in status and "recording" in status
+    assert rid in podcap(address, "list").stdout
+    data = json.loads(podcap(address, "status", rid, "-o", "json").stdout)
+    assert data["state"] == "recording" and data["saves"][0]["capture_id"] == cid
+    assert data["request"]["on"] == ["restart", "oomkilled"]
+    for args, text in [
+        (["record", "-n", "shop", "--keep", "30s", "--before", "1m"], "--before 60s is longer than --keep 30s"),
+        (["record", "-n", "shop", "--keep", "30s", "--on", "crash"], "unknown trigger 'crash'"),
+        (["record", "-n", "shop", "--keep", "1m", "--before", "5s", "--trigger-filter", "tcp &&& rst"],
+         "--trigger-filter"),
+        (["trigger", "rec-nosuchthing"], "no recorder 'rec-nosuchthing'"),
+    ]:
+        bad = podcap(address, *args, check=False)
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode in (1, 2) and len(lines) == 1 and text in lines[0], (args, bad.stderr)
+    podcap(address, "stop", rid)
+    bad = podcap(address, "trigger", rid, check=False)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "was stopped" in bad.stderr
+    wait_for(lambda: any(s.recorder_id == rid and s.delete_ring for s in agent.stops), what="the rings' deletion")

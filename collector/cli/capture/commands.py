@@ -16,6 +16,7 @@ from podcap.collector.cli.complete import (
     complete_running_capture_id,
 )
 from podcap.collector.cli.errors import collector_hint, one_line
+from podcap.collector.cli.record.render import is_recorder_id, recorder_dict, recorder_tables
 from podcap.collector.cli.render import capture_table, dump, output_option, print_table, to_dict
 from podcap.collector.cli.units import count_param, duration_param, human_bytes, size_param
 from podcap.collector.cli.words import INTERFACES
@@ -163,6 +164,14 @@ def start(ctx: click.Context, pods: tuple[str, ...], namespace: str, all_namespa
 def stop(obj: dict[str, str], capture_id: str, output: str) -> None:
     """Stop a capture; returns when every pod's last packets are stored."""
     with CollectorClient(obj["collector"]) as client:
+        if is_recorder_id(capture_id):  # a flight recorder (issue 24): its saves stay
+            rec = client.stop_recorder(capture_id)
+            if output == "table":
+                for t in recorder_tables(rec):
+                    print_table(t)
+            else:
+                click.echo(dump(recorder_dict(rec), output))
+            return
         before = client.get(capture_id)
         if before.state in (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING):
             status = client.stop(capture_id)

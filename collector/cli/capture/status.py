@@ -16,6 +16,7 @@ from rich.live import Live
 
 from podcap.collector.cli.client import CollectorClient
 from podcap.collector.cli.complete import complete_capture_id
+from podcap.collector.cli.record.render import is_recorder_id, recorder_dict, recorder_tables, recorders_list_table
 from podcap.collector.cli.render import (
     capture_table,
     deleted_table,
@@ -79,6 +80,14 @@ def status(obj: dict[str, str], capture_id: str, output: str, watch: bool, inter
                 click.echo(f"stopped watching; capture {capture_id} goes on (podcap stop {capture_id} ends it)",
                            err=True)
             return
+        if is_recorder_id(capture_id):  # a flight recorder (issue 24): its rings and saves
+            rec = client.get_recorder(capture_id)
+            if output == "table":
+                for t in recorder_tables(rec):
+                    print_table(t)
+            else:
+                click.echo(dump(recorder_dict(rec), output))
+            return
         st = client.get(capture_id)
     if output == "table":
         print_table(capture_table(st))
@@ -99,6 +108,8 @@ def list_captures(obj: dict[str, str], output: str) -> None:
             print_table(list_table(captures))
         else:  # an empty table says nothing; the collector may just have none that this user may read
             click.echo("no captures (that you may read); 'podcap start' makes one", err=True)
+        if answer.recorders:
+            print_table(recorders_list_table(list(answer.recorders)))
         if answer.deleted:
             print_table(deleted_table(list(answer.deleted)))
     else:
