@@ -58,6 +58,8 @@ RECORDER_PREFIX = "rec-"
 # How long an agent keeps a ring after its pod left the node: a pod that is gone can still be saved meanwhile.
 KEEP_GONE_MS = 3600_000
 TICK_S = 0.2
+# Packet triggers are remembered this long (the agent re-sends one for 10 minutes after it fired).
+FIRED_MEMORY_S = 15 * 60.0
 MS = 1_000_000
 
 
@@ -114,6 +116,7 @@ class RecorderManager(AgentListener, ClusterListener):
         self._health: dict[PodUid, PodHealth] = {}
         self._health_lock = threading.Lock()
         self._stops_sent: set[tuple[str, str, str, str]] = set()  # (session, recorder, pod) told to go
+        self._fired_seen: dict[tuple[str, str, int], float] = {}  # packet triggers had, for FIRED_MEMORY_S
         self.saves_total: dict[str, int] = {}  # trigger word -> saves started (a metric)
         self.on_save: list[SaveListener] = []  # audit, tests
         self._closing = threading.Event()
@@ -290,7 +293,16 @@ class RecorderManager(AgentListener, ClusterListener):
                 recorder_id=ring.recorder_id[:64], pod_uid=ring.pod_uid[:64], delete_ring=True, reason=why)))
 
     def on_packet_trigger(self, conn: AgentConnection, msg: ingest_pb2.PacketTriggerFired) -> None:
+        """An agent's packet trigger fired. The agent sends each firing again in new sessions for 10 minutes (it
+        may have died with the session): the first of each (recorder, pod, fired_unix_ns) counts."""
+        key = (msg.recorder_id, msg.pod_uid, msg.fired_unix_ns)
+        now = time.monotonic()
         with self._lock:
+            if key in self._fired_seen:
+                return
+            self._fired_seen[key] = now
+            if len(self._fired_seen) > 1000 or next(iter(self._fired_seen.values())) < now - FIRED_MEMORY_S:
+                self._fired_seen = {k: t for k, t in self._fired_seen.items() if t >= now - FIRED_MEMORY_S}
             rec = self._recorders.get(msg.recorder_id)
         if rec is None:
             log.warning("agent %s: packet trigger of unknown recorder %r ignored", conn.node, msg.recorder_id[:64])

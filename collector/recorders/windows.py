@@ -75,13 +75,13 @@ class Debounce:
         self.cooldown_ns = cooldown_ns
         self.per_hour = per_hour
         self._saves: collections.deque[int] = collections.deque()  # start times of automatic saves, last hour
-        self.last_ns = 0  # the last save of any kind
+        self.last_ns: int | None = None  # the last save of any kind
 
     def held_back(self, now_ns: int) -> str:
         """Why an automatic trigger at ``now_ns`` may not start a new save ("" when it may)."""
         while self._saves and self._saves[0] <= now_ns - HOUR_NS:
             self._saves.popleft()
-        if self.last_ns and now_ns - self.last_ns < self.cooldown_ns:
+        if self.last_ns is not None and now_ns - self.last_ns < self.cooldown_ns:
             left = (self.cooldown_ns - (now_ns - self.last_ns)) / 1e9
             return f"cooldown: the last save started {(now_ns - self.last_ns) / 1e9:.0f}s ago ({left:.0f}s left)"
         if self.per_hour and len(self._saves) >= self.per_hour:
@@ -90,6 +90,6 @@ class Debounce:
 
     def note(self, now_ns: int, *, automatic: bool) -> None:
         """A save started at ``now_ns``."""
-        self.last_ns = max(self.last_ns, now_ns)
+        self.last_ns = now_ns if self.last_ns is None else max(self.last_ns, now_ns)
         if automatic:
             self._saves.append(now_ns)

@@ -4,7 +4,7 @@ collector's half of the flight recorder (issue 24) while the agent's half is bui
 Each pod "captures" sequence-numbered UDP-like records at a steady rate into an in-memory ring (timestamps are the
 wall clock in nanoseconds); the agent answers ``StartPodRecording`` by recording, reports every ring with each
 heartbeat, and answers ``SavePodWindow`` as the contract says: once the window has passed it sends
-``PodCaptureEvent(started)`` for (save capture, pod) with stream id ``save-<capture>``, the window's records as
+``PodCaptureEvent(started)`` for (save capture, pod) with stream id ``save-<capture>-<pod uid>``, the window's records as
 chunks, and a terminal ``DONE`` whose accounting covers the window (received == stored). ``fire_packets`` sends a
 ``PacketTriggerFired``. Everything it was asked is kept in ``starts``, ``saves`` and ``stops`` for assertions.
 """
@@ -131,7 +131,7 @@ class RingAgent:
 
     def _save(self, s: ingest_pb2.SavePodWindow) -> None:
         ring = self.rings.get((s.recorder_id, s.pod_uid))
-        stream = f"save-{s.capture_id}"
+        stream = f"save-{s.capture_id}-{s.pod_uid}"
         if ring is None:
             self.send(ingest_pb2.AgentMessage(pod_event=ingest_pb2.PodCaptureEvent(
                 capture_id=s.capture_id, pod_uid=s.pod_uid, stream_id=stream,

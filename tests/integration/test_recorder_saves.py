@@ -155,7 +155,9 @@ def test_a_packet_trigger_saves_and_the_next_within_the_cooldown_is_held_back(
         wait_for(lambda: len(agent.starts) == 2, what="starts")
         assert agent.starts[0].trigger.filter == "tcp[tcpflags] & tcp-rst != 0"
         assert (agent.starts[0].trigger.count, agent.starts[0].trigger.window_ns) == (20, 10 * 10**9)
-        agent.fire_packets(rec.id, "uid-web-1", time.time_ns(), 20)
+        fired = time.time_ns()
+        agent.fire_packets(rec.id, "uid-web-1", fired, 20)
+        agent.fire_packets(rec.id, "uid-web-1", fired, 20)  # re-sent (a new session): the same firing, once
         wait_for(lambda: cli.get_recorder(rec.id).saves, what="a save")
         cid = cli.get_recorder(rec.id).saves[0].capture_id
         wait_for(lambda: cli.get(cid).state == control_pb2.CAPTURE_STATE_DONE, what="the save's end")
@@ -165,7 +167,7 @@ def test_a_packet_trigger_saves_and_the_next_within_the_cooldown_is_held_back(
         agent.fire_packets(rec.id, "uid-web-1", time.time_ns(), 20)  # after the window: a new save, unless debounced
         wait_for(lambda: cli.get_recorder(rec.id).suppressed == 1, what="the held-back trigger")
         rs = cli.get_recorder(rec.id)
-        assert len(rs.saves) == 1 and "cooldown" in rs.last_suppressed
+        assert len(rs.saves) == 1 and "cooldown" in rs.last_suppressed and len(st.save.triggers) == 1
 
 
 def test_bad_input_is_a_one_line_error(served: tuple[Collector, str, RingAgent]) -> None:
