@@ -71,16 +71,17 @@ def transitions(prev: PodHealth | None, new: PodHealth) -> list[Fired]:
     if prev is None:
         return []
     fired: list[Fired] = []
+    # The OOM kill first: it is the cause of the restart it comes with (a save started by both is named by it).
+    known = set(prev.oom_kills)
+    for name, key in new.oom_kills:
+        if (name, key) not in known:
+            fired.append(Fired(control_pb2.RECORDER_TRIGGER_OOMKILLED, f"container {name} was OOM-killed"))
     before = dict(prev.restarts)
     for name, count in new.restarts:
         was = before.get(name)
         if was is not None and count > was:
             fired.append(Fired(control_pb2.RECORDER_TRIGGER_RESTART,
                                f"container {name} restarted (restart count {was} -> {count})"))
-    known = set(prev.oom_kills)
-    for name, key in new.oom_kills:
-        if (name, key) not in known:
-            fired.append(Fired(control_pb2.RECORDER_TRIGGER_OOMKILLED, f"container {name} was OOM-killed"))
     if prev.ready is True and new.ready is False:
         fired.append(Fired(control_pb2.RECORDER_TRIGGER_NOTREADY, "the pod's Ready condition went false"))
     if new.deleting and not prev.deleting:

@@ -38,14 +38,14 @@ ERR = {"reason": "Error", "exitCode": 1, "containerID": "containerd://c0", "fini
     (pod(), pod(), []),
     (pod(), pod(restarts=1, last=ERR), [R.RECORDER_TRIGGER_RESTART]),
     (pod(restarts=1, last=ERR), pod(restarts=1, last=ERR), []),  # status churn, nothing new
-    (pod(), pod(restarts=1, last=OOM), [R.RECORDER_TRIGGER_RESTART, R.RECORDER_TRIGGER_OOMKILLED]),
+    (pod(), pod(restarts=1, last=OOM), [R.RECORDER_TRIGGER_OOMKILLED, R.RECORDER_TRIGGER_RESTART]),
     # Killed, not restarted yet (the container's current state says so).
     (pod(), pod(state={"terminated": OOM}), [R.RECORDER_TRIGGER_OOMKILLED]),
     # ... then restarted: the same termination moves to lastState, it is not a second OOM kill.
     (pod(state={"terminated": OOM}), pod(restarts=1, last=OOM), [R.RECORDER_TRIGGER_RESTART]),
     # A second OOM kill: another finishedAt.
     (pod(restarts=1, last=OOM), pod(restarts=2, last={**OOM, "finishedAt": "2026-12-07T23:09:00Z"}),
-     [R.RECORDER_TRIGGER_RESTART, R.RECORDER_TRIGGER_OOMKILLED]),
+     [R.RECORDER_TRIGGER_OOMKILLED, R.RECORDER_TRIGGER_RESTART]),
     (pod(), pod(ready=False), [R.RECORDER_TRIGGER_NOTREADY]),
     (pod(ready=False), pod(ready=False), []),
     (pod(ready=False), pod(), []),  # becoming ready is not a trigger
