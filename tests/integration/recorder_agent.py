@@ -4,9 +4,10 @@ collector's half of the flight recorder (issue 24) while the agent's half is bui
 Each pod "captures" sequence-numbered UDP-like records at a steady rate into an in-memory ring (timestamps are the
 wall clock in nanoseconds); the agent answers ``StartPodRecording`` by recording, reports every ring with each
 heartbeat, and answers ``SavePodWindow`` as the contract says: once the window has passed it sends
-``PodCaptureEvent(started)`` for (save capture, pod) with stream id ``save-<capture>-<pod uid>``, the window's records as
-chunks, and a terminal ``DONE`` whose accounting covers the window (received == stored). ``fire_packets`` sends a
-``PacketTriggerFired``. Everything it was asked is kept in ``starts``, ``saves`` and ``stops`` for assertions.
+``PodCaptureEvent(started)`` for (save capture, pod) with stream id ``save-<capture>-<pod uid>``, the window's
+records as chunks, and a terminal ``DONE`` whose accounting covers the window (received == stored).
+``fire_packets`` sends a ``PacketTriggerFired``. Everything it was asked is kept in ``starts``, ``saves`` and
+``stops`` for assertions.
 """
 
 from __future__ import annotations
