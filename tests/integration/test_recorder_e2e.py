@@ -1,0 +1,114 @@
+"""Issue 24 end to end with real processes: a podcap-collector, a podcap-agent keeping rings on its disk, DemoNode
+netns pods and the podcap CLI. `podcap record` starts a recorder on a pod; numbered datagrams go to it while
+nothing travels to the collector but counters (status shows the ring growing); `podcap trigger` waits for the save
+and prints its capture id; the save's stored file holds every datagram sent before the trigger within --before
+(parsed), its pod's accounting balances (nothing unaccounted, final), and `podcap status REC` names the save."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from podcap.collector.cli.client import CollectorClient
+from podcap.collector.demo.node import DemoNode
+from podcap.pcapfile import iter_records, parse_file_header
+from podcap.v1 import control_pb2
+from tests.conftest import Proc, podcap, start_proc, tool
+from tests.integration.helpers import PORT, warm_up
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
+
+
+@pytest.fixture
+def node() -> Iterator[DemoNode]:
+    n = DemoNode()
+    n.create(["sender", "rx-0"])
+    try:
+        yield n
+    finally:
+        n.destroy()
+
+
+@pytest.fixture
+def agent(node: DemoNode, collector: tuple[str, str, Proc], tmp_path: str) -> Iterator[Proc]:
+    address, _, _ = collector
+    p = start_proc([tool("podcap-agent"), "--insecure", "--collector", address, "--node", "node-" + node.tag,
+                    "--pod-source", "netns", "--ring-dir", os.path.join(tmp_path, "rings"), "--ring-min-free", "0"],
+                   os.path.join(tmp_path, "agent.log"))
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def send_udp(node: DemoNode, first: int, count: int) -> None:
+    """Datagrams numbered first..first+count-1 from ``sender`` to ``rx-0`` (tests/integration/udp_send.py's
+    payload: ``PODCAPSEQ``, 4 bytes, the number)."""
+    code = ("import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"for seq in range({first}, {first + count}):\n"
+            "    s.sendto(b'PODCAPSEQ' + bytes(4) + seq.to_bytes(4, 'big') + b'x' * (seq % 200), "
+            f"('{node.pod('rx-0').ip}', {PORT}))\n"
+            "    if seq % 100 == 99:\n        time.sleep(0.002)\n")
+    r = node.exec(node.pod("sender"), [sys.executable, "-c", code])
+    assert r.returncode == 0, r.stderr
+
+
+def stored_seqs(cli: CollectorClient, capture_id: str) -> list[int]:
+    data = bytearray()
+    for msg in cli.download(capture_id):
+        if msg.WhichOneof("kind") == "data":
+            data += msg.data
+    fmt = parse_file_header(bytes(data[:24]))
+    out = []
+    for rec in iter_records(memoryview(data)[24:], fmt):
+        frame = bytes(rec.data)
+        if frame[12:14] != b"\x08\x00" or frame[23] != 17:
+            continue
+        body = frame[14 + (frame[14] & 0x0F) * 4 + 8:]
+        if body.startswith(b"PODCAPSEQ"):
+            out.append(int.from_bytes(body[13:17], "big"))
+    return out
+
+
+def wait_for(ok: object, timeout: float = 30, what: str = "") -> None:
+    assert callable(ok)
+    deadline = time.monotonic() + timeout
+    while not ok():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_a_manual_trigger_saves_the_pods_packets_from_before_it(
+        node: DemoNode, collector: tuple[str, str, Proc], agent: Proc) -> None:
+    address, _, _ = collector
+    with CollectorClient(address) as cli:
+        wait_for(lambda: any(p.name == "rx-0" and p.namespace == node.namespace
+                             for p in cli.capturable_pods(node.namespace).pods), what="the agent's pods")
+        warm_up(node)
+        r = podcap(address, "record", "-n", node.namespace, "rx-0", "--filter", f"udp port {PORT}", "--keep", "2m",
+                   "--before", "20s", "--after", "1s")
+        rid = r.stdout.strip().splitlines()[-1]
+        wait_for(lambda: [p.state for p in cli.get_recorder(rid).pods] == ["recording"],
+                 what="the ring recording (agent log:\n" + agent.log()[-2000:] + ")")
+        send_udp(node, 0, 500)
+        time.sleep(0.5)
+        send_udp(node, 1000, 500)
+        time.sleep(2.5)  # the agent's last chunks reach the ring
+        wait_for(lambda: cli.get_recorder(rid).pods[0].packets >= 1000, what="ring counters in status")
+        assert not cli.list_all().captures  # while idle, nothing but counters reached the collector
+        t = podcap(address, "trigger", rid, "--reason", "e2e", timeout=120)
+        cid = t.stdout.strip().splitlines()[-1]
+        st = cli.get(cid)
+        assert st.state == control_pb2.CAPTURE_STATE_DONE, st
+        (p,) = st.pods
+        assert p.final and p.unaccounted == 0, p
+        seqs = stored_seqs(cli, cid)
+        assert seqs == list(range(0, 500)) + list(range(1000, 1500)), (len(seqs), seqs[:5], seqs[-5:])
+        assert p.packets >= len(seqs)
+        status = podcap(address, "status", rid).stdout
+        assert cid in status and "e2e" in status
+        podcap(address, "stop", rid)
