@@ -52,6 +52,7 @@ class RingAgent:
         self._seq = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self.address = address
         self.channel = grpc.insecure_channel(address)
         self._out: queue.Queue[ingest_pb2.AgentMessage | None] = queue.Queue()
         self.registered = threading.Event()
@@ -158,6 +159,27 @@ class RingAgent:
         self.send(ingest_pb2.AgentMessage(pod_event=ingest_pb2.PodCaptureEvent(
             capture_id=s.capture_id, pod_uid=s.pod_uid, stream_id=stream, state=common_pb2.POD_CAPTURE_STATE_DONE,
             last_seq=seq, kernel=common_pb2.KernelStats(received=n), delivered=n, drops=common_pb2.PodcapDrops())))
+
+    def reconnect(self) -> None:
+        """The session dies (as on a network blip or an agent restart) and a new one registers, the rings kept."""
+        self.call.cancel()
+        self._out.put(None)
+        self._threads[0].join(5)
+        self.channel.close()
+        self.registered.clear()
+        self.channel = grpc.insecure_channel(self.address)
+        self._out = queue.Queue()
+        self.send(ingest_pb2.AgentMessage(register=ingest_pb2.Register(
+            node=self.node, instance_id="ring-fake-2", version="t", pods=list(self.pods.values()),
+            pod_source="netns", rings=self.ring_status())))
+        self.call = ingest_pb2_grpc.IngestStub(self.channel).Attach(self._requests(), timeout=300)
+        self._threads[0] = threading.Thread(target=self._read, daemon=True)
+        self._threads[0].start()
+        assert self.registered.wait(15), "no Registered from the collector"
+
+    def disconnect(self) -> None:
+        """The session ends and stays away until ``reconnect``."""
+        self.call.cancel()
 
     def fire_packets(self, recorder_id: str, pod_uid: str, ts_ns: int, matches: int) -> None:
         self.send(ingest_pb2.AgentMessage(packet_trigger=ingest_pb2.PacketTriggerFired(

@@ -277,3 +277,63 @@ def test_the_cli_records_triggers_shows_and_refuses_bad_input_in_one_line(
     bad = podcap(address, "trigger", rid, check=False)
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "was stopped" in bad.stderr
     wait_for(lambda: any(s.recorder_id == rid and s.delete_ring for s in agent.stops), what="the rings' deletion")
+
+
+def test_a_save_while_the_agent_is_away_completes_when_it_returns(
+        served: tuple[Collector, str, RingAgent]) -> None:
+    _, address, agent = served
+    with CollectorClient(address) as cli:
+        rec = start(cli)
+        wait_for(lambda: len(agent.starts) == 2, what="starts")
+        time.sleep(0.5)
+        answer = cli.trigger(rec.id, ["web-0"], no_wait=True)
+        agent.disconnect()
+        time.sleep(2.0)  # the window passes while the agent is away: the save is due, and waits
+        st = cli.get(answer.capture_id)
+        assert st.state == control_pb2.CAPTURE_STATE_RUNNING and st.save.dispatched
+        assert st.pods[0].state != common_pb2.POD_CAPTURE_STATE_DONE
+        assert not [s for s in agent.saves if s.capture_id == answer.capture_id]
+        agent.reconnect()
+        wait_for(lambda: cli.get(answer.capture_id).state == control_pb2.CAPTURE_STATE_DONE, what="the save")
+        st = cli.get(answer.capture_id)
+        save = next(s for s in agent.saves if s.capture_id == answer.capture_id)
+        ring = agent.rings[(rec.id, "uid-web-0")]
+        with ring.lock:
+            expected = [(ts, q) for ts, q in ring.records if save.from_unix_ns <= ts < save.to_unix_ns]
+        assert seqs_of(cli, answer.capture_id)["uid-web-0"] == expected and st.pods[0].final
+
+
+def test_recorders_need_a_captures_rights(tmp_path: str) -> None:
+    """Starting needs `create` in the target's namespace, a manual trigger too, reading `get`; list shows a
+    recorder only to who may read it."""
+    tokens = os.path.join(tmp_path, "tokens.csv")
+    with open(tokens, "w") as f:
+        f.write("t-admin,admin,*,*\nt-viewer,viewer,get;list,shop\nt-other,other,*,other\n")
+    from podcap.collector.api.auth import StaticTokenAuthorizer
+    c = collector(os.path.join(tmp_path, "data"), authorizer=StaticTokenAuthorizer(tokens))
+    agent = RingAgent(f"127.0.0.1:{c.port}", NODE, PODS)
+    address = f"127.0.0.1:{c.port}"
+    try:
+        with CollectorClient(address, token="t-other") as other, CollectorClient(address, token="t-viewer") as viewer, \
+                CollectorClient(address, token="t-admin") as admin:
+            with pytest.raises(CollectorError) as err:
+                start(other)
+            assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
+            rec = start(admin)
+            assert viewer.get_recorder(rec.id).id == rec.id
+            assert [r.id for r in viewer.list_all().recorders] == [rec.id]
+            assert not other.list_all().recorders
+            with pytest.raises(CollectorError) as err:
+                viewer.trigger(rec.id, no_wait=True)
+            assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
+            with pytest.raises(CollectorError) as err:
+                other.get_recorder(rec.id)
+            assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
+            with pytest.raises(CollectorError) as err:
+                viewer.stop_recorder(rec.id)
+            assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
+            denied = [a for a in admin.audit(limit=50) if a.result == "denied"]
+            assert {a.action for a in denied} == {"record", "trigger", "status", "stop"}
+    finally:
+        agent.close()
+        c.stop(0)
