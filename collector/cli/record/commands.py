@@ -18,7 +18,7 @@ from podcap.collector.cli.client import CollectorClient
 from podcap.collector.cli.complete import complete_namespace, complete_pod
 from podcap.collector.cli.record.render import recorder_dict, recorder_tables
 from podcap.collector.cli.render import capture_table, dump, output_option, print_table, to_dict
-from podcap.collector.cli.units import any_duration_param, parse_duration, parse_size
+from podcap.collector.cli.units import MAX_BYTES, any_duration_param, human_bytes, parse_duration, parse_size
 from podcap.collector.cli.words import INTERFACES
 from podcap.v1 import common_pb2, control_pb2
 
@@ -30,6 +30,7 @@ TRIGGERS = {
     "deleted": control_pb2.RECORDER_TRIGGER_DELETED,
     "packets": control_pb2.RECORDER_TRIGGER_PACKETS,
 }
+MAX_SECONDS = 7 * 86400  # the longest --keep, --before, --after the collector takes (it checks tighter bounds)
 # A duration is digits and the lower-case units s, m, h, d ("5m", "1h30m", "90"); anything else is a size.
 _DURATION = re.compile(r"^\d+(\.\d+)?([smhd](\d+(\.\d+)?[smhd])*)?$")
 
@@ -42,12 +43,12 @@ def keep_param(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
         try:
             if _DURATION.match(t):
                 seconds = math.ceil(parse_duration(t))
-                if not seconds:
-                    raise ValueError("must be more than 0")
+                if not 0 < seconds <= MAX_SECONDS:
+                    raise ValueError("must be more than 0 and at most 7d")
             else:
                 nbytes = parse_size(t)
-                if not nbytes:
-                    raise ValueError("must be more than 0")
+                if not 0 < nbytes <= MAX_BYTES:
+                    raise ValueError(f"must be more than 0 and at most {human_bytes(MAX_BYTES)}")
         except ValueError as e:
             raise click.BadParameter(f"{v!r}: {e} (a duration such as 5m or 1h, or a size such as 500MiB)") from e
     if not values:
@@ -89,6 +90,14 @@ def _ms(seconds: float) -> int:
     return math.ceil(seconds * 1000)
 
 
+def window_param(ctx: click.Context, param: click.Parameter, value: str | None) -> int:
+    """click callback: a duration in milliseconds (``--before``, ``--after``, ``--trigger-window``), at most 7d."""
+    seconds = any_duration_param(ctx, param, value)
+    if seconds > MAX_SECONDS:
+        raise click.BadParameter(f"{value!r} is more than 7d")
+    return _ms(seconds)
+
+
 @click.command()
 @click.argument("pods", nargs=-1, shell_complete=complete_pod)
 @click.option("-n", "--namespace", default="default", show_default=True, shell_complete=complete_namespace,
@@ -102,9 +111,9 @@ def _ms(seconds: float) -> int:
               help="Which interface of each pod to record (as for podcap start).")
 @click.option("--keep", "keep", multiple=True, callback=keep_param, metavar="DURATION|SIZE",
               help="How much of each pod's past its node keeps: 5m, 1h, 500MiB (give both to bound both).")
-@click.option("--before", default="60s", show_default=True, callback=any_duration_param,
+@click.option("--before", default="60s", show_default=True, callback=window_param,
               help="A save starts this long before the trigger (at most --keep).")
-@click.option("--after", default="10s", show_default=True, callback=any_duration_param,
+@click.option("--after", default="10s", show_default=True, callback=window_param,
               help="... and ends this long after it.")
 @click.option("--on", "on", default="", callback=triggers_param, metavar="TRIGGERS",
               help="What saves, comma-separated: restart, oomkilled, unhealthy, notready, deleted, packets.")
@@ -112,7 +121,7 @@ def _ms(seconds: float) -> int:
               "'tcp[tcpflags] & tcp-rst != 0' (implies --on packets).")
 @click.option("--trigger-count", type=click.IntRange(1, 65536), default=1, show_default=True,
               help="Packet trigger: matches needed within --trigger-window.")
-@click.option("--trigger-window", default="1s", show_default=True, callback=any_duration_param,
+@click.option("--trigger-window", default="1s", show_default=True, callback=window_param,
               help="Packet trigger: the window of those matches.")
 @click.option("--save", "scope", type=click.Choice(["pod", "all"]), default="pod", show_default=True,
               help="Save the triggering pod, or every pod of the recorder.")
@@ -124,9 +133,9 @@ def _ms(seconds: float) -> int:
 @output_option()
 @click.pass_context
 def record(ctx: click.Context, pods: tuple[str, ...], namespace: str, all_namespaces: bool, selector: str,
-           field_selector: str, bpf: str, snaplen: int, interface: str, keep: tuple[int, int], before: float,
-           after: float, on: list[control_pb2.RecorderTrigger.ValueType], trigger_filter: str, trigger_count: int,
-           trigger_window: float, scope: str,
+           field_selector: str, bpf: str, snaplen: int, interface: str, keep: tuple[int, int], before: int,
+           after: int, on: list[control_pb2.RecorderTrigger.ValueType], trigger_filter: str, trigger_count: int,
+           trigger_window: int, scope: str,
            cooldown: float, max_saves_per_hour: int, note: str, output: str) -> None:
     """Keep the last minutes of PODS (or every pod matching -n/-l) on their nodes, and save them when something
     happens (--on) or on `podcap trigger`. Prints the recorder id on the last line."""
@@ -136,12 +145,12 @@ def record(ctx: click.Context, pods: tuple[str, ...], namespace: str, all_namesp
         target=control_pb2.Target(namespace=namespace, all_namespaces=all_namespaces, selector=selector,
                                   field_selector=field_selector, pod_names=names),
         settings=common_pb2.CaptureSettings(filter=bpf, snaplen=snaplen, interface=INTERFACES[interface]),
-        keep_bytes=keep_bytes, keep_seconds=keep_seconds, before_ms=_ms(before), after_ms=_ms(after), on=on,
+        keep_bytes=keep_bytes, keep_seconds=keep_seconds, before_ms=before, after_ms=after, on=on,
         save=control_pb2.RECORDER_SAVE_SCOPE_ALL if scope == "all" else control_pb2.RECORDER_SAVE_SCOPE_POD,
         cooldown_seconds=math.ceil(cooldown) or 1, max_saves_per_hour=max_saves_per_hour, note=note)
     if trigger_filter:
         req.packet_trigger.CopyFrom(control_pb2.RecorderPacketTrigger(
-            filter=trigger_filter, count=trigger_count, window_ms=max(1, _ms(trigger_window))))
+            filter=trigger_filter, count=trigger_count, window_ms=max(1, trigger_window)))
     with CollectorClient(ctx.obj["collector"]) as client:
         st = client.record(req)
     if output == "table":
