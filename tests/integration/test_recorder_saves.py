@@ -23,6 +23,7 @@ from podcap.collector.server import Collector, start_collector
 from podcap.formats.pcap import iter_records, parse_file_header
 from podcap.v1 import common_pb2, control_pb2
 from tests.conftest import podcap
+from tests.pcapng_reader import read_pcapng
 from tests.integration.recorder_agent import RingAgent
 
 NODE = "node-r"
@@ -241,7 +242,7 @@ def test_saves_escape_keep_ended_and_recorders_outlive_a_restart(tmp_path: str) 
 
 
 def test_the_cli_records_triggers_shows_and_refuses_bad_input_in_one_line(
-        served: tuple[Collector, str, RingAgent]) -> None:
+        served: tuple[Collector, str, RingAgent], tmp_path: str) -> None:
     """`podcap record` prints the recorder id last, `podcap trigger` waits and prints the save's capture id last,
     `status`/`list`/`stop` take recorders, and each bad input is one line on stderr, exit status 1 or 2."""
     _, address, agent = served
@@ -259,6 +260,13 @@ def test_the_cli_records_triggers_shows_and_refuses_bad_input_in_one_line(
         assert st.save.triggers[0].detail == "user report 4711"
     status = podcap(address, "status", rid).stdout
     assert rid in status and cid in status and "manual" in status and "recording" in status
+    # The merged pcapng says why the save was taken, when, on which pod.
+    merged = os.path.join(str(tmp_path), "save.pcapng")
+    podcap(address, "get", cid, "--merge", merged)
+    f = read_pcapng(merged)
+    (trig,) = [c for c in f.comments if c.startswith(f"podcap recorder {rid}: trigger manual at ")]
+    assert " on pod shop/web-1: user report 4711 (by anonymous); window " in trig
+    assert len(f.packets) == st.packets
     assert rid in podcap(address, "list").stdout
     data = json.loads(podcap(address, "status", rid, "-o", "json").stdout)
     assert data["state"] == "recording" and data["saves"][0]["capture_id"] == cid
