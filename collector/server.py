@@ -196,7 +196,7 @@ def start_collector(listen: str, data_dir: str, *, max_workers: int = 64,
     ingest = IngestServicer(registry, captures, require_agent_cert=tls is not None,
                             max_message_bytes=MAX_MESSAGE_BYTES, recorders=recorders)
     control_pb2_grpc.add_ControlServicer_to_server(
-        ControlServicer(captures, authorizer or OpenAuthorizer(), recorders), server)
+        ControlServicer(captures, authorizer or OpenAuthorizer(), recorders=recorders), server)
     agent_server = None
     try:
         if tls is None:

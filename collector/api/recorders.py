@@ -15,8 +15,9 @@ from collections.abc import Callable
 
 import grpc
 
-from podcap.collector.api.auth import Principal
+from podcap.collector.api.auth import Authorizer, Principal, target_scopes
 from podcap.collector.api.errors import abort_for
+from podcap.collector.api.payload import NamespacePolicies, effective_snaplen
 from podcap.collector.captures.model import Capture
 from podcap.collector.recorders.manager import RecorderManager
 from podcap.collector.recorders.model import Recorder, Save
@@ -36,14 +37,15 @@ class NoRecordersError(PreconditionError):
 
 
 def recorder_namespaces(rec: Recorder) -> list[str | None]:
-    t = rec.request.target
-    return [None] if t.all_namespaces else [t.namespace or "default"]
+    return target_scopes(rec.request.target)[1]
 
 
 class RecorderCalls:
     """Mixed into ``ControlServicer``, which implements the three methods below (declared here for the types)."""
 
     recorders: RecorderManager | None
+    policies: NamespacePolicies
+    auth: Authorizer
 
     def _audit(self, who: str, action: str, *, capture: Capture | None = None,
                target: control_pb2.Target | None = None, bpf: str = "", read: bool = False, result: str,
@@ -87,9 +89,15 @@ class RecorderCalls:
         who = self._principal(context, "record")
         manager = self._recorders(context)
         t = request.target
-        self._authorize(context, who, "record", "create", [None] if t.all_namespaces else [t.namespace or "default"],
-                        target=t)
+        t.ClearField("object_selector")  # set by the collector only
+        t.ClearField("payload_cap")
+        self._authorize(context, who, "record", "create", target_scopes(t)[1], target=t)
         try:
+            # The namespaces' payload policy decides the rings' snaplen, as a capture's.
+            as_capture = control_pb2.StartCaptureRequest(target=t, settings=request.settings)
+            effective_snaplen(self.policies, self.auth, who, t, request.settings.snaplen).apply(as_capture)
+            request.target.CopyFrom(as_capture.target)
+            request.settings.CopyFrom(as_capture.settings)
             rec = manager.start(request, by=who.user)
         except PodcapError as e:
             log.info("recorder refused: %s", e)

@@ -37,6 +37,9 @@ def _seconds(ms: int) -> str:
 
 def validate_recorder(req: control_pb2.StartRecorderRequest) -> tuple[control_pb2.StartRecorderRequest, TargetSpec]:
     """The request with its defaults filled in, and its parsed target."""
+    if req.target.HasField("object"):
+        raise InvalidRecorderError("a recorder takes pods by namespace, label or field selector, or name; a "
+                                   f"{req.target.object.kind or 'workload'} target is not supported for recorders yet")
     spec = validate_request(control_pb2.StartCaptureRequest(target=req.target, settings=req.settings, note=req.note))
     out = control_pb2.StartRecorderRequest()
     out.CopyFrom(req)

@@ -7,6 +7,7 @@ and prints its capture id; the save's stored file holds every datagram sent befo
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -15,12 +16,21 @@ import pytest
 
 from podcap.collector.cli.client import CollectorClient
 from podcap.collector.demo.node import DemoNode
-from podcap.pcapfile import iter_records, parse_file_header
+from podcap.formats.pcap import iter_records, parse_file_header
 from podcap.v1 import control_pb2
 from tests.conftest import Proc, podcap, start_proc, tool
 from tests.integration.helpers import PORT, warm_up
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
+
+def _agent_has_rings() -> bool:
+    r = subprocess.run([tool("podcap-agent"), "--help"], capture_output=True, text=True, timeout=60)
+    return "--ring-dir" in r.stdout
+
+
+# The agent's half of issue 24 is its own branch (h4ring): until it is merged this test cannot run.
+pytestmark = [pytest.mark.root, pytest.mark.timeout(240),
+              pytest.mark.skipif(not _agent_has_rings(), reason="this podcap-agent keeps no rings (--ring-dir): the "
+                                 "agent half of issue 24 (branch h4ring) is not merged")]
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ from podcap.collector.server import Collector, start_collector
 from podcap.formats.pcap import iter_records, parse_file_header
 from podcap.v1 import common_pb2, control_pb2
 from tests.conftest import podcap
-from tests.pcapng_reader import read_pcapng
 from tests.integration.recorder_agent import RingAgent
+from tests.pcapng_reader import read_pcapng
 
 NODE = "node-r"
 PODS = [common_pb2.Pod(namespace="shop", name=f"web-{i}", uid=f"uid-web-{i}", node=NODE,
