@@ -5,6 +5,6 @@ The agents keep the rings (``StartPodRecording``) and report them with every hea
 collector's side: which recorders exist and which pods they cover (``manager``), what makes them save — the pod's
 status in the API server (``triggers``), the kubelet's ``Unhealthy`` Events (``unhealthy``), the agents' packet
 triggers, ``podcap trigger`` — how triggers are debounced and their windows merged (``windows``), the saves
-themselves (captures created by the collector, ``SavePodWindow`` to the agents) and where users see them
+themselves (``saves``: captures created by the collector, ``SavePodWindow`` to the agents) and where users see them
 (``notify``: a Kubernetes Event on the pod, the audit trail; ``metrics``).
 """

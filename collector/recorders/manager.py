@@ -9,7 +9,7 @@
   deleted), the pod leaving the cache (deleted, evicted), the kubelet's ``Unhealthy`` Events (``unhealthy``), the
   agents' ``PacketTriggerFired``, and ``podcap trigger``. Each fired trigger joins a save still waiting for its
   window or, unless debounced, starts a new one (``windows``).
-- **Saves**: a save is a capture created here (``CaptureManager.start_save``: per-pod files, the same reads and
+- **Saves** (``saves``): a save is a capture (``CaptureManager.start_save``: per-pod files, the same reads and
   accounting, out of retention since its request carries ``save``); it waits until its window has passed (so that
   later triggers can join it), then each pod's agent gets a ``SavePodWindow`` and uploads the window as the
   capture's ordinary stream. When the capture ends, each saved pod gets a ``PacketsSaved`` Event (``notify``).
@@ -28,28 +28,27 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 from podcap.collector.agents import AgentAbsence, AgentConnection, AgentListener, AgentRegistry
 from podcap.collector.captures.manager import CaptureManager
-from podcap.collector.captures.model import TERMINAL, Capture
 from podcap.collector.captures.placement import field_selector
 from podcap.collector.kube.inventory import ClusterInventory, ClusterListener
 from podcap.collector.kube.pods import PodHealth
 from podcap.collector.kube.selectors import pod_fields
 from podcap.collector.recorders import windows
-from podcap.collector.recorders.model import Recorder, RingPod, Save, from_status
+from podcap.collector.recorders.model import Recorder, RingPod, from_status
 from podcap.collector.recorders.notify import EventPoster, NoEvents
 from podcap.collector.recorders.requests import validate_recorder
+from podcap.collector.recorders.saves import Fire, SaveListener, Saves
 from podcap.collector.recorders.triggers import Fired, transitions, trigger_word
 from podcap.collector.recorders.unhealthy import UnhealthyWatch
 from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.targets import parse_target
 from podcap.errors import InvalidInputError, NotFoundError, PreconditionError
-from podcap.names import CaptureId, NodeName, PodUid
+from podcap.names import NodeName, PodUid
 from podcap.pods import PodRef
-from podcap.v1 import common_pb2, control_pb2, ingest_pb2
+from podcap.v1 import control_pb2, ingest_pb2
 
 log = logging.getLogger(__name__)
 
@@ -89,19 +88,6 @@ def _clock(ns: int) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ns / 1e9))
 
 
-@dataclass
-class Fire:
-    """The outcome of a trigger: the save that holds it (None: held back, or nothing left to save), whether it
-    joined one that existed, and why it was held back."""
-
-    save: Save | None
-    joined: bool = False
-    held_back: str = ""
-
-
-SaveListener = Callable[[Recorder, Save, control_pb2.SaveTrigger], None]
-
-
 class RecorderManager(AgentListener, ClusterListener):
     def __init__(self, captures: CaptureManager, registry: AgentRegistry, store: CaptureStore, *,
                  cluster: ClusterInventory | None = None, events: EventPoster | None = None,
@@ -117,8 +103,7 @@ class RecorderManager(AgentListener, ClusterListener):
         self._health_lock = threading.Lock()
         self._stops_sent: set[tuple[str, str, str, str]] = set()  # (session, recorder, pod) told to go
         self._fired_seen: dict[tuple[str, str, int], float] = {}  # packet triggers had, for FIRED_MEMORY_S
-        self.saves_total: dict[str, int] = {}  # trigger word -> saves started (a metric)
-        self.on_save: list[SaveListener] = []  # audit, tests
+        self.saves = Saves(captures, registry, self.events, self._persist)
         self._closing = threading.Event()
         self._load()
         if cluster is not None:
@@ -207,7 +192,7 @@ class RecorderManager(AgentListener, ClusterListener):
             rec.end_reason = reason
             self._persist(rec)
             nodes = {rp.pod.node for rp in rec.pods.values()}
-        self._dispatch_due(rec, force=True)
+        self.saves.dispatch_due(rec, force=True)
         for node in nodes:
             conn = self.registry.get(node)
             if conn is not None:
@@ -240,7 +225,7 @@ class RecorderManager(AgentListener, ClusterListener):
                                      unix_ns=time.time_ns(), detail=reason or "podcap trigger", by=by)
         if len(chosen) == 1:
             st.pod.CopyFrom(chosen[0].to_proto())
-        return self._fire(rec, st, [p.uid for p in chosen], manual=True)
+        return self.saves.fire(rec, st, [p.uid for p in chosen], manual=True)
 
     def status(self, rec: Recorder) -> control_pb2.RecorderStatus:
         with rec.lock:
@@ -318,7 +303,7 @@ class RecorderManager(AgentListener, ClusterListener):
         st = control_pb2.SaveTrigger(recorder_id=rec.id, reason=control_pb2.RECORDER_TRIGGER_PACKETS,
                                      unix_ns=msg.fired_unix_ns or time.time_ns(), pod=pod.to_proto(),
                                      detail=detail, by=COLLECTOR)
-        self._fire(rec, st, [pod.uid], manual=False)
+        self.saves.fire(rec, st, [pod.uid], manual=False)
 
     def agent_registered(self, conn: AgentConnection) -> None:
         for rec in self.all():
@@ -327,7 +312,7 @@ class RecorderManager(AgentListener, ClusterListener):
                 mine = [rp for rp in rec.pods.values() if rp.pod.node == conn.node and not rp.gone]
             if recording and mine:
                 self._start_on(rec, mine)
-            self._send_saves(rec, conn)
+            self.saves.send(rec, conn)
         self.agent_inventory(conn)
 
     def agent_inventory(self, conn: AgentConnection) -> None:
@@ -389,7 +374,7 @@ class RecorderManager(AgentListener, ClusterListener):
                      fired.detail)
             st = control_pb2.SaveTrigger(recorder_id=rec.id, reason=fired.trigger, unix_ns=time.time_ns(),
                                          pod=pod.to_proto(), detail=fired.detail, by=COLLECTOR)
-            self._fire(rec, st, [pod.uid], manual=False)
+            self.saves.fire(rec, st, [pod.uid], manual=False)
 
     def _attach(self, pods: list[PodRef]) -> None:
         for rec in self.all():
@@ -412,145 +397,6 @@ class RecorderManager(AgentListener, ClusterListener):
                     self._persist(rec)
             if new:
                 self._start_on(rec, new)
-
-    # ---- saves ----
-
-    def _fire(self, rec: Recorder, st: control_pb2.SaveTrigger, pods: list[PodUid], *, manual: bool) -> Fire:
-        """Join a waiting save, or start one (unless debounced); never save a pod's bytes twice."""
-        before, after = rec.request.before_ms * MS, rec.request.after_ms * MS
-        from_ns, to_ns = st.unix_ns - before, st.unix_ns + after
-        with rec.lock:
-            if rec.request.save == control_pb2.RECORDER_SAVE_SCOPE_ALL and not manual:
-                pods = list(rec.pods)
-            for save in reversed(rec.saves):
-                if not save.info.dispatched and save.window.overlaps(from_ns, to_ns):
-                    return self._join(rec, save, st, pods, from_ns, to_ns)
-            now = time.time_ns()
-            if not manual:
-                why = rec.debounce.held_back(now)
-                if why:
-                    rec.suppressed += 1
-                    rec.last_suppressed = (f"{trigger_word(st.reason)} at {_clock(st.unix_ns)}"
-                                           f"{' on ' + st.pod.namespace + '/' + st.pod.name if st.pod.name else ''}"
-                                           f": {why}")
-                    self._persist(rec)
-                    log.info("recorder %s: trigger held back: %s", rec.id, rec.last_suppressed)
-                    return Fire(None, held_back=why)
-            window = windows.Window(from_ns, to_ns)
-            kept = windows.clip(window, pods, rec.saved_to)
-            if not kept:
-                # Every byte of that window is in saves already: the trigger is noted on the newest of them.
-                holder = next((s for s in reversed(rec.saves) if set(pods) & set(s.pods)), None)
-                if holder is not None:
-                    holder.info.triggers.append(st)
-                    self._sync_capture(holder)
-                    self._persist(rec)
-                return Fire(holder, joined=holder is not None)
-            info = control_pb2.RecorderSaveInfo(recorder_id=rec.id, from_unix_ns=from_ns, to_unix_ns=to_ns,
-                                                triggers=[st])
-            save = Save(CaptureId(""), info, kept, automatic=not manual)
-            save.set_window(window)
-            refs = [rec.pods[u].pod for u in kept]
-            t = rec.request.target
-            req = control_pb2.StartCaptureRequest(
-                target=control_pb2.Target(namespace=t.namespace, all_namespaces=t.all_namespaces,
-                                          pod_names=[p.name for p in refs]),
-                settings=rec.request.settings, save=info,
-                note=f"recorder {rec.id}: {trigger_word(st.reason)}: {st.detail}"[:1024])
-            cap = self.captures.start_save(req, refs)
-            save.capture_id = cap.id
-            self._waiting(cap, save)
-            rec.saves.append(save)
-            for uid in kept:
-                rec.saved_to[uid] = max(rec.saved_to.get(uid, 0), to_ns)
-            rec.debounce.note(now, automatic=not manual)
-            word = trigger_word(st.reason)
-            self.saves_total[word] = self.saves_total.get(word, 0) + 1
-            self._persist(rec)
-        log.info("recorder %s: save %s of %d pods, %s to %s (%s)", rec.id, cap.id, len(kept), _clock(from_ns),
-                 _clock(to_ns), st.detail)
-        for listener in self.on_save:
-            listener(rec, save, st)
-        return Fire(save)
-
-    def _join(self, rec: Recorder, save: Save, st: control_pb2.SaveTrigger, pods: list[PodUid], from_ns: int,
-              to_ns: int) -> Fire:
-        """Caller holds the recorder's lock."""
-        w = save.window
-        added = windows.join(w, from_ns, to_ns, pods, save.pods, rec.saved_to)
-        save.set_window(w)
-        save.info.triggers.append(st)
-        save.pods += added
-        for uid in save.pods:
-            rec.saved_to[uid] = max(rec.saved_to.get(uid, 0), w.to_ns)
-        cap = self.captures.table.find(save.capture_id)
-        if cap is not None and added:
-            self.captures.add_save_pods(cap, [rec.pods[u].pod for u in added])
-        self._sync_capture(save)
-        if cap is not None:
-            self._waiting(cap, save)
-        self._persist(rec)
-        log.info("recorder %s: %s joins save %s (now %s to %s)", rec.id, trigger_word(st.reason), save.capture_id,
-                 _clock(w.from_ns), _clock(w.to_ns))
-        return Fire(save, joined=True)
-
-    def _sync_capture(self, save: Save) -> None:
-        cap = self.captures.table.find(save.capture_id)
-        if cap is not None:
-            with cap.lock:
-                cap.request.save.CopyFrom(save.info)
-
-    @staticmethod
-    def _waiting(cap: Capture, save: Save) -> None:
-        with cap.lock:
-            for ps in cap.pods.values():
-                if ps.state == common_pb2.POD_CAPTURE_STATE_PENDING and not ps.streams:
-                    ps.message = f"waiting for the window to pass (until {_clock(save.info.to_unix_ns)})"
-                    ps.dirty = True
-
-    def _dispatch_due(self, rec: Recorder, *, force: bool = False) -> None:
-        now = time.time_ns()
-        due: list[Save] = []
-        with rec.lock:
-            for save in rec.saves:
-                if not save.info.dispatched and (force or now >= save.info.to_unix_ns):
-                    save.info.dispatched = True
-                    self._sync_capture(save)
-                    due.append(save)
-            if due:
-                self._persist(rec)
-        for save in due:
-            log.info("recorder %s: save %s: window passed, asking the agents", rec.id, save.capture_id)
-            for node in sorted({rp.pod.node for rp in self._pods_of(rec, save)}):
-                conn = self.registry.get(node)
-                if conn is not None:  # else sent when its agent registers again
-                    self._send_saves(rec, conn, only=save)
-
-    def _pods_of(self, rec: Recorder, save: Save) -> list[RingPod]:
-        with rec.lock:
-            return [rec.pods[u] for u in save.pods if u in rec.pods]
-
-    def _send_saves(self, rec: Recorder, conn: AgentConnection, *, only: Save | None = None) -> None:
-        """SavePodWindow for every pod on ``conn``'s node of every dispatched save of ``rec`` not finished yet."""
-        with rec.lock:
-            saves = [only] if only is not None else [s for s in rec.saves if s.info.dispatched]
-            work = [(s, s.window, [rec.pods[u].pod for u in s.pods if u in rec.pods]) for s in saves]
-        for save, window, pods in work:
-            cap = self.captures.table.find(save.capture_id)
-            if cap is None or not cap.live:
-                continue
-            with cap.lock:
-                todo = [p for p in pods if p.node == conn.node and p.uid in cap.pods
-                        and cap.pods[p.uid].state not in TERMINAL]
-                for p in todo:
-                    ps = cap.pods[p.uid]
-                    if not ps.streams:
-                        ps.message = f"asked the agent of node {conn.node} to upload the window"
-                        ps.dirty = True
-            for p in todo:
-                conn.send(ingest_pb2.CollectorMessage(save=ingest_pb2.SavePodWindow(
-                    recorder_id=rec.id, pod_uid=p.uid, capture_id=save.capture_id,
-                    from_unix_ns=window.start_of(p.uid), to_unix_ns=window.to_ns)))
 
     def _start_on(self, rec: Recorder, pods: list[RingPod]) -> None:
         req = rec.request
@@ -583,52 +429,24 @@ class RecorderManager(AgentListener, ClusterListener):
         while not self._closing.wait(tick_s):
             for rec in self.all():
                 try:
-                    self._dispatch_due(rec)
-                    self._announce_ended(rec)
+                    self.saves.dispatch_due(rec)
+                    self.saves.announce_ended(rec)
                 except Exception:
                     log.exception("recorder %s: tick failed", rec.id)
-
-    def _announce_ended(self, rec: Recorder) -> None:
-        """Saves whose capture ended: a PacketsSaved Event on each saved pod, once."""
-        ended: list[tuple[Save, Capture | None]] = []
-        with rec.lock:
-            for save in rec.saves:
-                if save.ended_state or not save.info.dispatched:
-                    continue
-                cap = self.captures.table.find(save.capture_id)
-                if cap is None:
-                    save.ended_state = control_pb2.CAPTURE_STATE_FAILED  # deleted before it ended
-                    ended.append((save, None))
-                elif not cap.live:
-                    save.ended_state = cap.state
-                    ended.append((save, cap))
-            if ended:
-                self._persist(rec)
-        for save, cap in ended:
-            if cap is None:
-                continue
-            self._post_events(rec, save, self.captures.status(cap))
-
-    def _post_events(self, rec: Recorder, save: Save, st: control_pb2.CaptureStatus) -> None:
-        first = save.info.triggers[0] if save.info.triggers else None
-        what = (f"{trigger_word(first.reason)} of {first.pod.namespace}/{first.pod.name}" if first and first.pod.name
-                else trigger_word(first.reason) if first else "a trigger")
-        more = len(save.info.triggers) - 1
-        for p in st.pods:
-            pod = PodRef.from_proto(p.pod)
-            ok = p.state == common_pb2.POD_CAPTURE_STATE_DONE
-            start = _clock(save.window.start_of(pod.uid))
-            msg = (f"podcap recorder {rec.id} saved {p.packets} packets of this pod from {start} "
-                   f"to {_clock(save.info.to_unix_ns)} around {what}"
-                   f"{f' (and {more} more trigger(s))' if more > 0 else ''}: capture {save.capture_id} "
-                   f"(podcap get {save.capture_id})" if ok else
-                   f"podcap recorder {rec.id} could not save this pod's packets around {what}: {p.message}; "
-                   f"capture {save.capture_id}")
-            self.events.post(pod, msg, warning=not ok)
 
     def _persist(self, rec: Recorder) -> None:
         """Caller holds the recorder's lock."""
         self.store.put_recorder(rec.to_status())
+
+    @property
+    def saves_total(self) -> dict[str, int]:
+        """Saves started since the collector started, by the trigger that started them (a metric)."""
+        return self.saves.saves_total
+
+    @property
+    def on_save(self) -> list[SaveListener]:
+        """Called with each new save (the audit trail)."""
+        return self.saves.on_save
 
     def close(self) -> None:
         self._closing.set()
