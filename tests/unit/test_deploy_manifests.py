@@ -80,7 +80,8 @@ COLLECTOR_RULES = {
     ("discovery.k8s.io", "endpointslices"): {"list", "watch"},
     ("podcap.io", "podcaptures"): {"get", "list", "watch", "patch", "update"},
     ("podcap.io", "podcaptures/status"): {"get", "update", "patch"},
-    ("", "events"): {"create", "patch"},
+    # PodCapture Events; flight recorders: the Unhealthy Events trigger and PacketsSaved Events.
+    ("", "events"): {"create", "patch", "list", "watch"},
 }
 
 Obj = dict[str, Any]
