@@ -162,7 +162,8 @@ def start(ctx: click.Context, pods: tuple[str, ...], namespace: str, all_namespa
 @output_option()
 @click.pass_obj
 def stop(obj: dict[str, str], capture_id: str, output: str) -> None:
-    """Stop a capture; returns when every pod's last packets are stored."""
+    """Stop a capture; returns when every pod's last packets are stored. A recorder (rec-…): its rings are deleted on
+    the nodes once the saves asked for are done; its saves stay."""
     with CollectorClient(obj["collector"]) as client:
         if is_recorder_id(capture_id):  # a flight recorder (issue 24): its saves stay
             rec = client.stop_recorder(capture_id)

@@ -71,7 +71,10 @@ def _watch(client: CollectorClient, capture_id: str, output: str, interval: floa
               help="Refresh interval for --watch.")
 @click.pass_obj
 def status(obj: dict[str, str], capture_id: str, output: str, watch: bool, interval: float) -> None:
-    """Per-pod state and counters of a capture."""
+    """Per-pod state and counters of a capture; of a recorder (rec-…), its pods' rings and its saves."""
+    if watch and is_recorder_id(capture_id):
+        raise click.UsageError("--watch follows a capture until it ends; a recorder runs until stopped: run "
+                               f"`podcap status {capture_id}` without -w")
     with CollectorClient(obj["collector"]) as client:
         if watch:
             try:
