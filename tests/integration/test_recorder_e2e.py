@@ -21,9 +21,13 @@ from podcap.v1 import control_pb2
 from tests.conftest import Proc, podcap, start_proc, tool
 from tests.integration.helpers import PORT, warm_up
 
+# The agent to run: this installation's, or another's (PODCAP_RECORDER_AGENT=/path/to/podcap-agent), e.g. the agent
+# half's own build while the two halves of issue 24 live on separate branches.
+AGENT = os.environ.get("PODCAP_RECORDER_AGENT") or tool("podcap-agent")
+
 
 def _agent_has_rings() -> bool:
-    r = subprocess.run([tool("podcap-agent"), "--help"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([AGENT, "--help"], capture_output=True, text=True, timeout=60)
     return "--ring-dir" in r.stdout
 
 
@@ -46,7 +50,7 @@ def node() -> Iterator[DemoNode]:
 @pytest.fixture
 def agent(node: DemoNode, collector: tuple[str, str, Proc], tmp_path: str) -> Iterator[Proc]:
     address, _, _ = collector
-    p = start_proc([tool("podcap-agent"), "--insecure", "--collector", address, "--node", "node-" + node.tag,
+    p = start_proc([AGENT, "--insecure", "--collector", address, "--node", "node-" + node.tag,
                     "--pod-source", "netns", "--ring-dir", os.path.join(tmp_path, "rings"), "--ring-min-free", "0"],
                    os.path.join(tmp_path, "agent.log"))
     try:
