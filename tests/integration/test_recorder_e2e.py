@@ -2,7 +2,8 @@
 netns pods and the podcap CLI. `podcap record` starts a recorder on a pod; numbered datagrams go to it while
 nothing travels to the collector but counters (status shows the ring growing); `podcap trigger` waits for the save
 and prints its capture id; the save's stored file holds every datagram sent before the trigger within --before
-(parsed), its pod's accounting balances (nothing unaccounted, final), and `podcap status REC` names the save."""
+(parsed), its pod's accounting balances (nothing unaccounted, final), and `podcap status REC` names the save; an
+agent restart between the traffic and the trigger loses nothing (the ring is on the node's disk)."""
 
 from __future__ import annotations
 
@@ -47,12 +48,15 @@ def node() -> Iterator[DemoNode]:
         n.destroy()
 
 
+def start_agent(node: DemoNode, address: str, tmp_path: str, n: int = 0) -> Proc:
+    return start_proc([AGENT, "--insecure", "--collector", address, "--node", "node-" + node.tag, "--pod-source",
+                       "netns", "--ring-dir", os.path.join(tmp_path, "rings"), "--ring-min-free", "0"],
+                      os.path.join(tmp_path, f"agent-{n}.log"))
+
+
 @pytest.fixture
 def agent(node: DemoNode, collector: tuple[str, str, Proc], tmp_path: str) -> Iterator[Proc]:
-    address, _, _ = collector
-    p = start_proc([AGENT, "--insecure", "--collector", address, "--node", "node-" + node.tag,
-                    "--pod-source", "netns", "--ring-dir", os.path.join(tmp_path, "rings"), "--ring-min-free", "0"],
-                   os.path.join(tmp_path, "agent.log"))
+    p = start_agent(node, collector[0], tmp_path)
     try:
         yield p
     finally:
@@ -126,3 +130,37 @@ def test_a_manual_trigger_saves_the_pods_packets_from_before_it(
         status = podcap(address, "status", rid).stdout
         assert cid in status and "e2e" in status
         podcap(address, "stop", rid)
+
+
+def test_an_agent_restart_between_the_traffic_and_the_trigger_loses_nothing(
+        node: DemoNode, collector: tuple[str, str, Proc], tmp_path: str) -> None:
+    """The ring is on the node's disk: a new agent process finds it, the collector asks it to record again, and a
+    trigger after the restart saves the traffic from before it."""
+    address, _, _ = collector
+    first = start_agent(node, address, tmp_path)
+    try:
+        with CollectorClient(address) as cli:
+            wait_for(lambda: any(p.name == "rx-0" for p in cli.capturable_pods(node.namespace).pods),
+                     what="the agent's pods")
+            warm_up(node)
+            rid = podcap(address, "record", "-n", node.namespace, "rx-0", "--filter", f"udp port {PORT}", "--keep",
+                         "2m", "--before", "30s", "--after", "1s").stdout.strip().splitlines()[-1]
+            wait_for(lambda: [p.state for p in cli.get_recorder(rid).pods] == ["recording"], what="recording")
+            send_udp(node, 0, 500)
+            time.sleep(2.5)
+            assert first.stop() == 0, first.log()
+            second = start_agent(node, address, tmp_path, 1)
+            try:
+                wait_for(lambda: [p.state for p in cli.get_recorder(rid).pods] == ["recording"]
+                         and cli.get_recorder(rid).pods[0].packets >= 500, what="recording again")
+                send_udp(node, 1000, 500)
+                time.sleep(2.5)
+                cid = podcap(address, "trigger", rid, timeout=120).stdout.strip().splitlines()[-1]
+                st = cli.get(cid)
+                assert st.state == control_pb2.CAPTURE_STATE_DONE and st.pods[0].final, st
+                assert st.pods[0].unaccounted == 0
+                assert stored_seqs(cli, cid) == list(range(0, 500)) + list(range(1000, 1500))
+            finally:
+                second.stop()
+    finally:
+        first.stop()
