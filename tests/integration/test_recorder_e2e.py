@@ -164,3 +164,36 @@ def test_an_agent_restart_between_the_traffic_and_the_trigger_loses_nothing(
                 second.stop()
     finally:
         first.stop()
+
+
+def test_a_packet_trigger_on_rsts_saves_by_itself(node: DemoNode, collector: tuple[str, str, Proc],
+                                                  agent: Proc) -> None:
+    """`--trigger-filter` on TCP RSTs, evaluated by the agent: the 5th RST within the window makes a save with no
+    one asking, and the save holds those RSTs."""
+    address, _, _ = collector
+    with CollectorClient(address) as cli:
+        wait_for(lambda: any(p.name == "rx-0" for p in cli.capturable_pods(node.namespace).pods),
+                 what="the agent's pods")
+        warm_up(node)
+        rid = podcap(address, "record", "-n", node.namespace, "rx-0", "--filter", "tcp port 9", "--keep", "2m",
+                     "--before", "10s", "--after", "1s", "--trigger-filter", "tcp[tcpflags] & tcp-rst != 0",
+                     "--trigger-count", "5", "--trigger-window", "10s").stdout.strip().splitlines()[-1]
+        wait_for(lambda: [p.state for p in cli.get_recorder(rid).pods] == ["recording"], what="recording")
+        assert not cli.get_recorder(rid).saves
+        code = ("import socket\nfor i in range(6):\n    s = socket.socket()\n    try:\n"
+                f"        s.connect(('{node.pod('rx-0').ip}', 9))\n    except OSError:\n        pass\n"
+                "    s.close()\n")
+        r = node.exec(node.pod("sender"), [sys.executable, "-c", code])
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: cli.get_recorder(rid).saves, what="a save by the packet trigger")
+        save = cli.get_recorder(rid).saves[0]
+        assert save.info.triggers[0].reason == control_pb2.RECORDER_TRIGGER_PACKETS
+        wait_for(lambda: cli.get(save.capture_id).state == control_pb2.CAPTURE_STATE_DONE, what="the save's end")
+        data = bytearray()
+        for msg in cli.download(save.capture_id):
+            if msg.WhichOneof("kind") == "data":
+                data += msg.data
+        fmt = parse_file_header(bytes(data[:24]))
+        rsts = [r for r in iter_records(memoryview(data)[24:], fmt)
+                if bytes(r.data)[23] == 6 and bytes(r.data)[14 + (bytes(r.data)[14] & 0x0F) * 4 + 13] & 0x04]
+        assert len(rsts) >= 5
