@@ -42,12 +42,22 @@ def _captures(ctx: click.Context, incomplete: str, *, running: bool | None) -> l
     """Captures whose id starts with ``incomplete``: running ones (True), ended ones (False) or all (None)."""
     try:
         with _client(ctx) as client:
-            captures = client.list_captures()
+            answer = client.list_all()
     except PodcapError:  # no collector, no rights, a bad --tls-ca: nothing to offer
         return []
     live = (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING)
-    return [CompletionItem(c.id, help=f"{capture_state(c.state)}, {target_text(c.target)}")
-            for c in captures if c.id.startswith(incomplete) and running in (None, c.state in live)]
+    items = [CompletionItem(c.id, help=f"{capture_state(c.state)}, {target_text(c.target)}")
+             for c in answer.captures if c.id.startswith(incomplete) and running in (None, c.state in live)]
+    # Recorders (rec-…) go where captures go: status takes any, stop a recording one (never delete: ended only).
+    return items + [CompletionItem(r.id, help=f"recorder, {target_text(r.request.target)}")
+                    for r in answer.recorders if r.id.startswith(incomplete)
+                    and running in (None, r.state == control_pb2.RECORDER_STATE_RECORDING)
+                    and running is not False]
+
+
+def complete_recorder_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Recorders still recording (what ``trigger`` takes)."""
+    return [i for i in _captures(ctx, incomplete, running=True) if str(i.value).startswith("rec-")]
 
 
 def complete_capture_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 
@@ -22,7 +23,7 @@ from podcap.collector.cli.get.pcapng import capture_section
 from podcap.collector.server import Collector, start_collector
 from podcap.formats.pcap import iter_records, parse_file_header
 from podcap.v1 import common_pb2, control_pb2
-from tests.conftest import podcap
+from tests.conftest import podcap, tool
 from tests.integration.recorder_agent import RingAgent
 from tests.pcapng_reader import read_pcapng
 
@@ -281,6 +282,10 @@ def test_the_cli_records_triggers_shows_and_refuses_bad_input_in_one_line(
         bad = podcap(address, *args, check=False)
         lines = bad.stderr.strip().splitlines()
         assert bad.returncode in (1, 2) and len(lines) == 1 and text in lines[0], (args, bad.stderr)
+    words = f"podcap --collector {address} trigger rec-"  # shell completion offers the recording recorder
+    done = subprocess.run([tool("podcap")], capture_output=True, text=True, timeout=60, env={
+        **os.environ, "_PODCAP_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": "4"})
+    assert [line.split(",", 1)[1] for line in done.stdout.splitlines()] == [rid], done
     podcap(address, "stop", rid)
     bad = podcap(address, "trigger", rid, check=False)
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "was stopped" in bad.stderr

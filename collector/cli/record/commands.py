@@ -15,7 +15,7 @@ import re
 import click
 
 from podcap.collector.cli.client import CollectorClient
-from podcap.collector.cli.complete import complete_namespace, complete_pod
+from podcap.collector.cli.complete import complete_namespace, complete_pod, complete_recorder_id
 from podcap.collector.cli.record.render import recorder_dict, recorder_tables
 from podcap.collector.cli.render import capture_table, dump, output_option, print_table, to_dict
 from podcap.collector.cli.units import MAX_BYTES, any_duration_param, human_bytes, parse_duration, parse_size
@@ -162,7 +162,7 @@ def record(ctx: click.Context, pods: tuple[str, ...], namespace: str, all_namesp
 
 
 @click.command()
-@click.argument("recorder_id")
+@click.argument("recorder_id", shell_complete=complete_recorder_id)
 @click.argument("pods", nargs=-1)
 @click.option("--reason", default="", help="Why (kept with the save, its Event and its pcapng comment).")
 @click.option("--no-wait", is_flag=True, help="Print the save's capture id at once instead of waiting for it.")
