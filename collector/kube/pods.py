@@ -11,6 +11,7 @@ read here.
 
 from __future__ import annotations
 
+import datetime
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,16 @@ class PodHealth:
     ready: bool | None = None
     # metadata.deletionTimestamp is set.
     deleting: bool = False
+    # (container, when its last termination finished, ns since the epoch by the node's clock; 0 unknown): the
+    # moment a restart or an OOM kill is saved around (the ring's packets carry the same node's timestamps).
+    ended_ns: tuple[tuple[str, int], ...] = ()
+
+
+def _rfc3339_ns(text: object) -> int:
+    try:
+        return int(datetime.datetime.fromisoformat(str(text)).timestamp() * 1e9)
+    except (TypeError, ValueError):
+        return 0
 
 
 def pod_health(obj: dict[str, Any]) -> PodHealth:
@@ -46,11 +57,15 @@ def pod_health(obj: dict[str, Any]) -> PodHealth:
     status = obj.get("status") or {}
     restarts: list[tuple[str, int]] = []
     ooms: list[tuple[str, str]] = []
+    ended: list[tuple[str, int]] = []
     for cs in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or []):
         if not isinstance(cs, dict):
             continue
         name = str(cs.get("name", ""))
         restarts.append((name, int(cs.get("restartCount") or 0)))
+        last = ((cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {})
+        if last.get("finishedAt"):
+            ended.append((name, _rfc3339_ns(last["finishedAt"])))
         for which in ("state", "lastState"):
             term = ((cs.get(which) or {}).get("terminated") or {})
             if term.get("reason") == "OOMKilled":
@@ -61,7 +76,7 @@ def pod_health(obj: dict[str, Any]) -> PodHealth:
         if isinstance(cond, dict) and cond.get("type") == "Ready":
             ready = cond.get("status") == "True"
     return PodHealth(tuple(sorted(restarts)), tuple(sorted(set(ooms))), ready,
-                     bool(md.get("deletionTimestamp")))
+                     bool(md.get("deletionTimestamp")), tuple(sorted(ended)))
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ RECORDER_PREFIX = "rec-"
 # How long an agent keeps a ring after its pod left the node: a pod that is gone can still be saved meanwhile.
 KEEP_GONE_MS = 3600_000
 TICK_S = 0.2
+# A trigger dated by the pod's status (a termination's finishedAt) is believed when at most this old.
+EVENT_AGE_MAX_NS = 600 * 1_000_000_000
 # Packet triggers are remembered this long (the agent re-sends one for 10 minutes after it fired).
 FIRED_MEMORY_S = 15 * 60.0
 MS = 1_000_000
@@ -372,7 +374,10 @@ class RecorderManager(AgentListener, ClusterListener):
                     continue
             log.info("recorder %s: %s on pod %s: %s", rec.id, trigger_word(fired.trigger), pod.display,
                      fired.detail)
-            st = control_pb2.SaveTrigger(recorder_id=rec.id, reason=fired.trigger, unix_ns=time.time_ns(),
+            now = time.time_ns()
+            # A termination's own time when it is plausible (the kubelet reports within seconds), else now.
+            at = fired.at_ns if now - EVENT_AGE_MAX_NS <= fired.at_ns <= now + EVENT_AGE_MAX_NS // 10 else now
+            st = control_pb2.SaveTrigger(recorder_id=rec.id, reason=fired.trigger, unix_ns=at,
                                          pod=pod.to_proto(), detail=fired.detail, by=COLLECTOR)
             self.saves.fire(rec, st, [pod.uid], manual=False)
 

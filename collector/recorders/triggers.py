@@ -11,7 +11,9 @@ which triggers the change fires. Pure functions, so every transition is a table 
 - ``deleted``: ``deletionTimestamp`` appeared (the pod leaving the watched cache — deleted, evicted, finished — is
   the manager's, from the watch's DELETED).
 
-A pod seen for the first time (``prev`` None) fires nothing: its past is not news.
+A pod seen for the first time (``prev`` None) fires nothing: its past is not news. A restart or an OOM kill is
+dated by the termination's ``finishedAt`` (the node's clock, as the ring's packets), not by when the collector
+heard of it (the kubelet reports a few seconds later).
 """
 
 from __future__ import annotations
@@ -60,10 +62,11 @@ def check_triggers(values: list[int]) -> list[Trigger]:
 
 @dataclass(frozen=True)
 class Fired:
-    """A trigger a pod's change fired, with what happened in words."""
+    """A trigger a pod's change fired, with what happened in words, and when (ns since the epoch; 0: now)."""
 
     trigger: Trigger
     detail: str
+    at_ns: int = 0
 
 
 def transitions(prev: PodHealth | None, new: PodHealth) -> list[Fired]:
@@ -72,16 +75,18 @@ def transitions(prev: PodHealth | None, new: PodHealth) -> list[Fired]:
         return []
     fired: list[Fired] = []
     # The OOM kill first: it is the cause of the restart it comes with (a save started by both is named by it).
+    ended = dict(new.ended_ns)  # a termination's own time: what the save is centred on
     known = set(prev.oom_kills)
     for name, key in new.oom_kills:
         if (name, key) not in known:
-            fired.append(Fired(control_pb2.RECORDER_TRIGGER_OOMKILLED, f"container {name} was OOM-killed"))
+            fired.append(Fired(control_pb2.RECORDER_TRIGGER_OOMKILLED, f"container {name} was OOM-killed",
+                               ended.get(name, 0)))
     before = dict(prev.restarts)
     for name, count in new.restarts:
         was = before.get(name)
         if was is not None and count > was:
             fired.append(Fired(control_pb2.RECORDER_TRIGGER_RESTART,
-                               f"container {name} restarted (restart count {was} -> {count})"))
+                               f"container {name} restarted (restart count {was} -> {count})", ended.get(name, 0)))
     if prev.ready is True and new.ready is False:
         fired.append(Fired(control_pb2.RECORDER_TRIGGER_NOTREADY, "the pod's Ready condition went false"))
     if new.deleting and not prev.deleting:

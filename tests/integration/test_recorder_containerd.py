@@ -10,6 +10,7 @@ real; the agent is this installation's or the one PODCAP_RECORDER_AGENT names (s
 
 from __future__ import annotations
 
+import datetime
 import os
 import secrets
 import signal
@@ -125,15 +126,18 @@ def container_pid(node: TestNode, cid: str) -> int:
 
 
 def report_restart(w: World, pod: Pod, container: str, old: str, new: str, reason: str, code: int,
-                   restarts: int) -> None:
-    """What the kubelet writes to the API after a container ended and its next attempt started."""
+                   restarts: int, finished_ns: int) -> None:
+    """What the kubelet writes to the API after a container ended and its next attempt started (a few seconds
+    later in a real cluster: the recorder dates the trigger by finishedAt)."""
+    finished = datetime.datetime.fromtimestamp(finished_ns / 1e9, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
     def change(obj: dict[str, Any]) -> None:
         obj["status"]["containerStatuses"] = [{
             "name": container, "image": BUSYBOX_IMAGE, "imageID": "", "ready": True, "started": True,
             "restartCount": restarts, "containerID": "containerd://" + new,
             "state": {"running": {"startedAt": "2026-12-08T00:00:10Z"}},
             "lastState": {"terminated": {"reason": reason, "exitCode": code, "containerID": "containerd://" + old,
-                                         "finishedAt": f"2026-12-08T00:00:0{restarts}Z"}}}]
+                                         "finishedAt": finished}}}]
     w.standin.modify("pods", pod.namespace, pod.name, change)
 
 
@@ -209,9 +213,12 @@ def recorded(w: World, name: str, *, on: list[int]) -> tuple[Pod, Pod, Collector
     return app, client, cli, rec.id
 
 
-def check_save(w: World, cli: CollectorClient, rid: str, app: Pod, reason: int, last_before: int) -> None:
+def check_save(w: World, cli: CollectorClient, rid: str, app: Pod, reason: int, last_before: int,
+               finished_ns: int) -> None:
     save = wait_for(lambda: [s for s in cli.get_recorder(rid).saves
                              if reason in [t.reason for t in s.info.triggers]], what="the save")[0]
+    # Dated by the termination's finishedAt, not by when the (late) status report came.
+    assert abs(save.info.triggers[0].unix_ns - finished_ns) < 500_000_000
     wait_for(lambda: cli.get(save.capture_id).state == R.CAPTURE_STATE_DONE, what="the save's end")
     st = cli.get(save.capture_id)
     assert st.pods[0].final and st.pods[0].unaccounted == 0, st.pods[0]
@@ -240,14 +247,15 @@ def test_an_oom_killed_container_saves_the_pods_packets_from_before_the_kill(wor
         time.sleep(4)
         open(os.path.join(go, "now"), "w").close()
         reason, code = container_end(w.node, cid)
-        last_before = sender.sent()
+        finished, last_before = time.time_ns(), sender.sent()
         assert reason == "OOMKilled", (reason, code)
         new = start_container(w.node, app, "hog", ["/bin/sleep", "3600"], attempt=1)
-        report_restart(w, app, "hog", cid, new, reason, code, 1)
+        time.sleep(2)  # the kubelet's status report comes later than the kill
+        report_restart(w, app, "hog", cid, new, reason, code, 1, finished)
         time.sleep(1.5)
     finally:
         sender.stop()
-    check_save(w, cli, rid, app, R.RECORDER_TRIGGER_OOMKILLED, last_before)
+    check_save(w, cli, rid, app, R.RECORDER_TRIGGER_OOMKILLED, last_before, finished)
     cli.close()
 
 
@@ -260,11 +268,12 @@ def test_a_killed_and_restarted_container_saves_the_pods_packets_from_before_the
         time.sleep(4)
         os.kill(container_pid(w.node, cid), signal.SIGKILL)
         reason, code = container_end(w.node, cid)
-        last_before = sender.sent()
+        finished, last_before = time.time_ns(), sender.sent()
         new = start_container(w.node, app, "main", ["/bin/sleep", "3600"], attempt=1)
-        report_restart(w, app, "main", cid, new, reason or "Error", code, 1)
+        time.sleep(2)  # the kubelet's status report comes later than the kill
+        report_restart(w, app, "main", cid, new, reason or "Error", code, 1, finished)
         time.sleep(1.5)
     finally:
         sender.stop()
-    check_save(w, cli, rid, app, R.RECORDER_TRIGGER_RESTART, last_before)
+    check_save(w, cli, rid, app, R.RECORDER_TRIGGER_RESTART, last_before, finished)
     cli.close()

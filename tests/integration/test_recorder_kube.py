@@ -6,6 +6,7 @@ recorded too; the save is in the audit trail and counted by reason. No root need
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -52,6 +53,10 @@ def wait_for(ok: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:
     return v
 
 
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def container(obj: dict[str, Any]) -> dict[str, Any]:
     return obj["status"]["containerStatuses"][0]  # type: ignore[no-any-return]
 
@@ -85,7 +90,7 @@ def test_kubernetes_triggers_save_the_pods_ring_and_post_an_event(
         def restarted(o: dict[str, Any]) -> None:
             container(o)["restartCount"] = 1
             container(o)["lastState"] = {"terminated": {"reason": "Error", "exitCode": 1,
-                                                        "finishedAt": "2026-12-07T23:50:00Z"}}
+                                                        "finishedAt": now_rfc3339()}}
         standin.modify("pods", "shop", "web-0", restarted)
         (save,) = wait_for(lambda: saves_by(cli, rec.id, R.RECORDER_TRIGGER_RESTART), what="a restart save")
         wait_for(lambda: ended(cli, save.capture_id), what="the restart save's end")
@@ -112,7 +117,7 @@ def test_kubernetes_triggers_save_the_pods_ring_and_post_an_event(
         def oom(o: dict[str, Any]) -> None:
             container(o)["restartCount"] = 2
             container(o)["lastState"] = {"terminated": {"reason": "OOMKilled", "exitCode": 137,
-                                                        "finishedAt": "2026-12-07T23:51:00Z"}}
+                                                        "finishedAt": now_rfc3339()}}
         standin.modify("pods", "shop", "web-0", oom)
         (save,) = wait_for(lambda: [s for s in cli.get_recorder(rec.id).saves
                                     if R.RECORDER_TRIGGER_OOMKILLED in [t.reason for t in s.info.triggers]

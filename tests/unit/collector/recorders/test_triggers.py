@@ -83,3 +83,10 @@ def test_trigger_names_are_checked() -> None:
         check_triggers([R.RECORDER_TRIGGER_MANUAL])
     with pytest.raises(UnknownTriggerError, match="choose from restart, oomkilled"):
         check_triggers([42])
+
+
+def test_a_termination_is_dated_by_its_finished_at() -> None:
+    (oom, restart) = transitions(pod_health(pod()), pod_health(pod(restarts=1, last=OOM)))
+    assert oom.at_ns == restart.at_ns == 1_796_684_460 * 10**9  # 2026-12-07T23:01:00Z
+    (ready,) = transitions(pod_health(pod()), pod_health(pod(ready=False)))
+    assert ready.at_ns == 0  # now
