@@ -121,7 +121,13 @@ class Saves:
               to_ns: int) -> Fire:
         """Caller holds the recorder's lock."""
         w = save.window
-        added = windows.join(w, from_ns, to_ns, pods, save.pods, rec.saved_to)
+        # Up to where each pod is saved by the *other* saves: this one's own window must not clip itself.
+        others: dict[PodUid, int] = {}
+        for s in rec.saves:
+            if s is not save:
+                for uid in s.pods:
+                    others[uid] = max(others.get(uid, 0), s.info.to_unix_ns)
+        added = windows.join(w, from_ns, to_ns, pods, save.pods, others)
         save.set_window(w)
         save.info.triggers.append(st)
         save.pods += added

@@ -125,6 +125,9 @@ def test_kubernetes_triggers_save_the_pods_ring_and_post_an_event(
                            what="an OOM save")
         assert sorted(t.reason for t in save.info.triggers) == [R.RECORDER_TRIGGER_RESTART,
                                                                  R.RECORDER_TRIGGER_OOMKILLED]
+        wait_for(lambda: ended(cli, save.capture_id), what="the OOM save's end")
+        assert not cli.get(save.capture_id).save.pod_from_unix_ns  # its pod's whole window
+        assert cli.get(save.capture_id).pods[0].packets > 0
 
         # notready, then deleted: the ring of a pod that is gone is still saved.
         time.sleep(1.1)

@@ -138,6 +138,15 @@ def test_triggers_inside_a_waiting_save_join_it_and_no_bytes_are_saved_twice(
         st = cli.get(first.capture_id)
         assert sorted(p.pod.name for p in st.pods) == ["web-0", "web-1"]
         assert len(st.save.triggers) == 2 and st.save.to_unix_ns == st.save.triggers[1].unix_ns + 10**9
+        # Both pods' whole window, the first pod's too (a join never clips the save's own pods).
+        assert not st.save.pod_from_unix_ns
+        for uid in ("uid-web-0", "uid-web-1"):
+            sent = next(s for s in agent.saves if s.capture_id == first.capture_id and s.pod_uid == uid)
+            assert (sent.from_unix_ns, sent.to_unix_ns) == (st.save.from_unix_ns, st.save.to_unix_ns)
+            ring = agent.rings[(rec.id, uid)]
+            with ring.lock:
+                expected = [(ts, q) for ts, q in ring.records if sent.from_unix_ns <= ts < sent.to_unix_ns]
+            assert seqs_of(cli, first.capture_id)[uid] == expected and expected
         # A trigger right after: its window overlaps the saved one, so it saves only what follows it.
         third = cli.trigger(rec.id, ["web-0"], timeout=30)
         assert not third.joined and third.capture_id != first.capture_id
