@@ -81,7 +81,8 @@ class Saves:
                     log.info("recorder %s: trigger held back: %s", rec.id, rec.last_suppressed)
                     return Fire(None, held_back=why)
             window = windows.Window(from_ns, to_ns)
-            kept = windows.clip(window, pods, rec.saved_to)
+            kept = windows.clip(window, pods, windows.saved_until(
+                [(s.info.from_unix_ns, s.info.to_unix_ns, s.pods) for s in rec.saves], to_ns))
             if not kept:
                 # Every byte of that window is in saves already: the trigger is noted on the newest of them.
                 holder = next((s for s in reversed(rec.saves) if set(pods) & set(s.pods)), None)
@@ -122,11 +123,8 @@ class Saves:
         """Caller holds the recorder's lock."""
         w = save.window
         # Up to where each pod is saved by the *other* saves: this one's own window must not clip itself.
-        others: dict[PodUid, int] = {}
-        for s in rec.saves:
-            if s is not save:
-                for uid in s.pods:
-                    others[uid] = max(others.get(uid, 0), s.info.to_unix_ns)
+        others = windows.saved_until([(s.info.from_unix_ns, s.info.to_unix_ns, s.pods) for s in rec.saves
+                                      if s is not save], max(w.to_ns, to_ns))
         added = windows.join(w, from_ns, to_ns, pods, save.pods, others)
         save.set_window(w)
         save.info.triggers.append(st)

@@ -40,6 +40,18 @@ class Window:
         return from_ns < self.to_ns and to_ns > self.from_ns
 
 
+def saved_until(saves: list[tuple[int, int, list[PodUid]]], before_ns: int) -> dict[PodUid, int]:
+    """Per pod, up to where the saves ``(from_ns, to_ns, pods)`` that start before ``before_ns`` hold it: what a
+    window ending at ``before_ns`` must not save again. A save that starts later does not hold any of that window
+    (a trigger dated earlier than a save, say an OOM kill reported late, still gets its own)."""
+    out: dict[PodUid, int] = {}
+    for from_ns, to_ns, pods in saves:
+        if from_ns < before_ns:
+            for uid in pods:
+                out[uid] = max(out.get(uid, 0), to_ns)
+    return out
+
+
 def clip(window: Window, pods: list[PodUid], saved_to: dict[PodUid, int]) -> list[PodUid]:
     """Start each pod's window where its earlier saves end (``window.pod_from``); the pods left with something to
     save, in order."""

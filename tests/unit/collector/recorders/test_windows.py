@@ -3,7 +3,7 @@ never in two saves, cooldown and the saves-per-hour cap hold back automatic trig
 
 from __future__ import annotations
 
-from podcap.collector.recorders.windows import HOUR_NS, Debounce, Window, clip, join
+from podcap.collector.recorders.windows import HOUR_NS, Debounce, Window, clip, join, saved_until
 from podcap.names import PodUid
 
 S = 1_000_000_000
@@ -63,3 +63,12 @@ def test_manual_saves_start_the_cooldown_but_do_not_count_per_hour() -> None:
     d.note(0, automatic=False)
     assert "cooldown" in d.held_back(10 * S)
     assert d.held_back(70 * S) == ""
+
+
+def test_a_window_is_clipped_only_by_saves_that_start_before_it_ends() -> None:
+    saves = [(100 * S, 110 * S, [A]), (200 * S, 210 * S, [A, B])]
+    assert saved_until(saves, 150 * S) == {A: 110 * S}
+    assert saved_until(saves, 205 * S) == {A: 210 * S, B: 210 * S}
+    # A trigger dated before a later save (an OOM kill reported late) still saves its own window.
+    w = Window(150 * S, 160 * S)
+    assert clip(w, [A, B], saved_until(saves, w.to_ns)) == [A, B] and w.pod_from == {}
