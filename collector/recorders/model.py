@@ -2,8 +2,8 @@
 
 A ``Recorder`` is its validated request, the pods it records (``RingPod``: the pod and what its agent last
 reported of its ring), its saves (``Save``: the capture that holds the window, the window, whether the agents were
-asked yet and whether its end was announced), and the bookkeeping of ``windows``: up to where each pod is saved
-(``saved_to``) and the debounce of automatic triggers. ``to_status`` is what the catalog keeps and what ``status``
+asked yet and whether its end was announced; what each pod's saves hold follows from their windows), and the
+debounce of automatic triggers. ``to_status`` is what the catalog keeps and what ``status``
 builds on; ``from_status`` rebuilds a recorder from it at start-up.
 """
 
@@ -93,7 +93,6 @@ class Recorder:
     end_reason: str = ""
     pods: dict[PodUid, RingPod] = field(default_factory=dict)
     saves: list[Save] = field(default_factory=list)  # oldest first
-    saved_to: dict[PodUid, int] = field(default_factory=dict)
     debounce: Debounce = field(default_factory=lambda: Debounce(cooldown_ns=0, per_hour=0))
     suppressed: int = 0
     last_suppressed: str = ""
@@ -136,8 +135,6 @@ def from_status(st: control_pb2.RecorderStatus, target: TargetSpec,
         automatic = bool(rs.info.triggers) and rs.info.triggers[0].reason != control_pb2.RECORDER_TRIGGER_MANUAL
         save = Save(CaptureId(rs.capture_id), rs.info, save_pods.get(rs.capture_id, []), automatic, rs.state)
         rec.saves.append(save)
-        for uid in save.pods:
-            rec.saved_to[uid] = max(rec.saved_to.get(uid, 0), rs.info.to_unix_ns)
         if rs.info.triggers:
             rec.debounce.note(rs.info.triggers[0].unix_ns, automatic=automatic)
     return rec

@@ -106,8 +106,6 @@ class Saves:
             save.capture_id = cap.id
             self._waiting(cap, save)
             rec.saves.append(save)
-            for uid in kept:
-                rec.saved_to[uid] = max(rec.saved_to.get(uid, 0), to_ns)
             rec.debounce.note(now, automatic=not manual)
             word = trigger_word(st.reason)
             self.saves_total[word] = self.saves_total.get(word, 0) + 1
@@ -129,8 +127,6 @@ class Saves:
         save.set_window(w)
         save.info.triggers.append(st)
         save.pods += added
-        for uid in save.pods:
-            rec.saved_to[uid] = max(rec.saved_to.get(uid, 0), w.to_ns)
         cap = self.captures.table.find(save.capture_id)
         if cap is not None and added:
             self.captures.add_save_pods(cap, [rec.pods[u].pod for u in added])

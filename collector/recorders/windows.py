@@ -4,8 +4,8 @@ A trigger at ``t`` asks for ``[t - before, t + after)`` of some pods. The collec
 agents at once: a save *waits* until its window has passed (the agents could not upload ``after`` sooner anyway),
 and meanwhile every trigger whose window overlaps it **joins** it — the window grows to cover both, the pods of
 both are saved, the save lists both triggers — so a crash loop or a burst of RSTs becomes one save, not dozens.
-Once a save is sent its bytes are taken: per pod the recorder remembers up to where it has saved (``saved_to``),
-and a later save of that pod starts there (``pod_from``), so no two saves ever hold the same packet.
+Once a save is sent its bytes are taken: a later save of a pod starts where the pod's earlier saves end
+(``saved_until``, ``pod_from``), so no two saves ever hold the same packet.
 
 Automatic triggers that would start a *new* save are held back by ``Debounce``: none within ``cooldown`` of the
 last save, at most ``per_hour`` in any hour. Joining a waiting save is always allowed (it costs nothing), and a

@@ -10,7 +10,7 @@ from podcap.collector.kube.selectors import parse_selector
 from podcap.collector.recorders.manager import RecorderManager
 from podcap.collector.recorders.metrics import RecorderMetrics
 from podcap.collector.recorders.model import Recorder, RingPod, Save, from_status
-from podcap.collector.recorders.windows import Debounce
+from podcap.collector.recorders.windows import Debounce, saved_until
 from podcap.collector.targets import TargetSpec
 from podcap.names import CaptureId, NodeName, PodUid
 from podcap.pods import PodRef
@@ -49,7 +49,8 @@ def test_a_recorder_survives_the_catalog() -> None:
     assert back.pods[PodUid("u1")].gone == "pod gone since 12:00:00" and not back.pods[PodUid("u0")].gone
     assert [(s.capture_id, s.automatic, s.ended_state) for s in back.saves] == [
         ("cap1", True, control_pb2.CAPTURE_STATE_DONE), ("cap2", False, control_pb2.CAPTURE_STATE_UNSPECIFIED)]
-    assert back.saved_to == {PodUid("u0"): 1200 * S, PodUid("u1"): 1200 * S}  # never saved again
+    held = saved_until([(s.info.from_unix_ns, s.info.to_unix_ns, s.pods) for s in back.saves], 2000 * S)
+    assert held == {PodUid("u0"): 1200 * S, PodUid("u1"): 1200 * S}  # never saved again
     assert back.saves[1].window.start_of(PodUid("u0")) == 1070 * S
     assert "cooldown" in back.debounce.held_back(1150 * S)  # the manual save's cooldown holds
     assert back.debounce.held_back(1300 * S) == ""
@@ -57,7 +58,7 @@ def test_a_recorder_survives_the_catalog() -> None:
 
 def test_a_saves_capture_that_is_gone_has_no_pods_and_saves_nothing_twice() -> None:
     back = from_status(recorder().to_status(), SPEC, {})
-    assert [s.pods for s in back.saves] == [[], []] and back.saved_to == {}
+    assert [s.pods for s in back.saves] == [[], []]
 
 
 def ring(bytes_: int, oldest: int, newest: int, state: int = ingest_pb2.RING_STATE_RECORDING
