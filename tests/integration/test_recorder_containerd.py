@@ -6,7 +6,7 @@ There is no kubelet here, so the test plays its status part: it reads the contai
 (``ContainerStatus``: reason ``OOMKilled`` from containerd's OOM event, or ``Error``), starts the next attempt of the
 container in the same sandbox as the kubelet does, and writes the pod's status (restartCount, lastState) to the API
 stand-in, which the collector watches. The agent (``--pod-source cri``, rings on its disk) and the collector are
-real; the agent is this installation's or the one PODCAP_RECORDER_AGENT names (see test_recorder_e2e)."""
+real."""
 
 from __future__ import annotations
 
@@ -29,15 +29,12 @@ from podcap.collector.kube.inventory import ClusterInventory
 from podcap.collector.server import Collector, start_collector
 from podcap.formats.pcap import iter_records, parse_file_header
 from podcap.v1 import common_pb2, control_pb2
-from tests.conftest import Proc, start_proc
-from tests.integration.test_recorder_e2e import AGENT, _agent_has_rings
+from tests.conftest import Proc, start_proc, tool
 from tests.kubeapi.helpers import api_for
 from tests.kubeapi.standin import KubeApiStandin
 from tests.node.harness import BUSYBOX_IMAGE, Pod, TestNode
 
-pytestmark = [pytest.mark.root, pytest.mark.containerd, pytest.mark.timeout(240),
-              pytest.mark.skipif(not _agent_has_rings(), reason="this podcap-agent keeps no rings (--ring-dir): the "
-                                 "agent half of issue 24 (branch h4ring) is not merged")]
+pytestmark = [pytest.mark.root, pytest.mark.containerd, pytest.mark.timeout(240)]
 PORT = 9999
 R = control_pb2
 
@@ -66,9 +63,9 @@ def world(node: TestNode, tmp_path: str) -> Iterator[World]:
     assert cluster.wait_synced(10)
     c = start_collector("127.0.0.1:0", os.path.join(tmp_path, "data"), cluster=cluster)
     address = f"127.0.0.1:{c.port}"
-    agent = start_proc([AGENT, "--insecure", "--collector", address, "--node", node.node_name, "--pod-source", "cri",
-                        "--cri-endpoint", "unix://" + node.socket, "--ring-dir", os.path.join(tmp_path, "rings"),
-                        "--ring-min-free", "0"], os.path.join(tmp_path, "agent.log"))
+    agent = start_proc([tool("podcap-agent"), "--insecure", "--collector", address, "--node", node.node_name,
+                        "--pod-source", "cri", "--cri-endpoint", "unix://" + node.socket, "--ring-dir",
+                        os.path.join(tmp_path, "rings"), "--ring-min-free", "0"], os.path.join(tmp_path, "agent.log"))
     w = World(node, f"rec-{secrets.token_hex(3)}", standin, c, address, agent, str(tmp_path), [])
     try:
         yield w

@@ -8,7 +8,6 @@ agent restart between the traffic and the trigger loses nothing (the ring is on 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -22,20 +21,7 @@ from podcap.v1 import control_pb2
 from tests.conftest import Proc, podcap, start_proc, tool
 from tests.integration.helpers import PORT, warm_up
 
-# The agent to run: this installation's, or another's (PODCAP_RECORDER_AGENT=/path/to/podcap-agent), e.g. the agent
-# half's own build while the two halves of issue 24 live on separate branches.
-AGENT = os.environ.get("PODCAP_RECORDER_AGENT") or tool("podcap-agent")
-
-
-def _agent_has_rings() -> bool:
-    r = subprocess.run([AGENT, "--help"], capture_output=True, text=True, timeout=60)
-    return "--ring-dir" in r.stdout
-
-
-# The agent's half of issue 24 is its own branch (h4ring): until it is merged this test cannot run.
-pytestmark = [pytest.mark.root, pytest.mark.timeout(240),
-              pytest.mark.skipif(not _agent_has_rings(), reason="this podcap-agent keeps no rings (--ring-dir): the "
-                                 "agent half of issue 24 (branch h4ring) is not merged")]
+pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
 
 @pytest.fixture
@@ -49,9 +35,9 @@ def node() -> Iterator[DemoNode]:
 
 
 def start_agent(node: DemoNode, address: str, tmp_path: str, n: int = 0) -> Proc:
-    return start_proc([AGENT, "--insecure", "--collector", address, "--node", "node-" + node.tag, "--pod-source",
-                       "netns", "--ring-dir", os.path.join(tmp_path, "rings"), "--ring-min-free", "0"],
-                      os.path.join(tmp_path, f"agent-{n}.log"))
+    return start_proc([tool("podcap-agent"), "--insecure", "--collector", address, "--node", "node-" + node.tag,
+                       "--pod-source", "netns", "--ring-dir", os.path.join(tmp_path, "rings"), "--ring-min-free",
+                       "0"], os.path.join(tmp_path, f"agent-{n}.log"))
 
 
 @pytest.fixture
