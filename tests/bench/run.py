@@ -41,6 +41,9 @@ Phases
   p8     a capture's age must not make it slower (tests/bench/cost.py): collector CPU per GB in the last 30 s
          of 7 minutes at ~40 MB/s with 1 MiB segments ÷ the first 30 s, commit p99 and RSS growth; ``podcap
          status`` and a 60 s window ``get`` of a capture of 1,000,000 segments ÷ the same on one of 100 segments.
+  p9     a flight recorder on 200 pods at ~100 kB/s each (tests/bench/recorder.py): the agent's CPU ÷ a
+         ``tcpdump -w`` per pod, bytes sent to the collector while idle ÷ the traffic, ``podcap trigger`` until the
+         save is stored minus ``--after``, and the saved window's packets ÷ tcpdump's in that window.
   p10    bulk TCP between two pods (HTTP downloads with curl, GSO/GRO frames up to 64 KiB; issue 21's traffic):
          payload bytes podcap stored ÷ tcpdump's on the same veth in the same run, at MTU 1500 and 9000, the
          pods' ``unaccounted`` after the stop, agent CPU ÷ tcpdump's (tests/bench/bulk.py).
@@ -102,6 +105,7 @@ from tests.bench.lab import (
 )
 from tests.bench.merge_export import phase_p6
 from tests.bench.objects import phase_p7
+from tests.bench.recorder import phase_p9
 from tests.bench.soak import phase_soak
 from tests.bench.windowgen import CHUNK_BYTES, RECORDS_PER_CHUNK, Schedule, pod_name, verify_pcap
 
@@ -118,6 +122,7 @@ KEYS = (
     "p8_cost_growth", "p8_segments", "p8_cpu_s_per_gb_first", "p8_cpu_s_per_gb_last", "p8_commit_p99_first_s",
     "p8_commit_p99_last_s", "p8_rss_growth_mib", "p8_status_s", "p8_window_s", "p8_status_big_s", "p8_window_big_s",
     "p8_startup_s",
+    "p9_pods", "p9_cpu_ratio", "p9_idle_fraction", "p9_trigger_margin_s", "p9_window_ratio", "p9_unaccounted",
     "p10_payload_ratio", "p10_payload_ratio_mtu9000", "p10_unaccounted", "p10_cpu_ratio",
 )
 SOAK_KEYS = (
@@ -134,6 +139,8 @@ TARGETS = {  # key: (comparison, bound)
     "p6_merge_ratio": ("<=", 1.0), "p6_identical": ("==", 1.0),
     "p7_upload_ratio": (">=", 0.8), "p7_window_s": ("<=", 1.0),
     "p8_cost_growth": ("<=", 1.15), "p8_status_s": ("<=", 1.5), "p8_window_s": ("<=", 1.5),
+    "p9_idle_fraction": ("<", 0.001), "p9_trigger_margin_s": ("<=", 3.0), "p9_window_ratio": (">=", 0.99),
+    "p9_unaccounted": ("==", 0.0),
     "p10_payload_ratio": (">=", 0.99), "p10_payload_ratio_mtu9000": (">=", 0.99), "p10_unaccounted": ("==", 0.0),
     "soak_unaccounted": ("==", 0.0), "soak_rss_drift_agent": ("<=", 0.05), "soak_rss_drift_collector": ("<=", 0.05),
 }
@@ -565,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--p6-frames", type=int, help="p6: frames each of the 4 pods sends, each seen on 4 veths "
                     "(default 150000: 1.1 GB stored; smoke 5000)")
     ap.add_argument("--p6-rounds", type=int, help="p6: timed rounds (default 5; smoke 1)")
-    ap.add_argument("--only", choices=["p1", "p3", "p4", "p5", "p6", "p7", "p8", "p10"], help="run one phase only")
+    ap.add_argument("--only", choices=["p1", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10"],
+                    help="run one phase only")
     ap.add_argument("--p7-mib", type=int, help="p7: MiB of the uploaded segment (default 256; smoke 24)")
     ap.add_argument("--p7-window-gb", type=float, help="p7: GB in the bucket for the window read "
                     "(default 2; smoke 0.2)")
@@ -573,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
                     "segments at 40 MB/s; p8 is not part of --smoke)")
     ap.add_argument("--p8-parts", choices=["all", "growth", "scale"], default="all",
                     help="p8: the cost growth under traffic, the 1M-segment reads, or both")
+    ap.add_argument("--p9-pods", type=int, help="p9: pods of the recorder (default 200; smoke 10)")
+    ap.add_argument("--p9-triggers", type=int, help="p9: manual saves (default 3; smoke 1)")
     ap.add_argument("--p10-mib", type=int, help="p10: MiB of the downloaded file (default 64; smoke 30)")
     ap.add_argument("--p10-downloads", type=int, help="p10: downloads per round (default 8; smoke 1)")
     ap.add_argument("--soak", type=float, metavar="MINUTES", help="run only the soak (see tests/bench/soak.py): "
@@ -642,6 +652,12 @@ def main(argv: list[str] | None = None) -> int:
                 result.update(out)
             if a.only in (None, "p8") and not a.soak and not a.smoke:
                 out, _p8 = phase_p8(lab, minutes=a.p8_minutes or 7.0, parts=a.p8_parts)
+                result.update(out)
+            if a.only in (None, "p9") and not a.soak:
+                out, p9 = phase_p9(lab, n_pods=a.p9_pods or (10 if a.smoke else 200), pps=100.0, size=1000,
+                                   idle_s=3.0 if a.smoke else 20.0, before_s=5 if a.smoke else 20,
+                                   after_s=2 if a.smoke else 5, triggers=a.p9_triggers or (1 if a.smoke else 3))
+                log(f"p9 detail: {p9}")
                 result.update(out)
             if a.only in (None, "p10") and not a.soak:
                 out, _p10 = phase_p10(lab, file_mib=a.p10_mib or (30 if a.smoke else 64),

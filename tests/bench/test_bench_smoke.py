@@ -32,13 +32,13 @@ def _missing() -> str | None:
 
 
 @pytest.mark.root
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(360)
 def test_bench_smoke() -> None:
     reason = _missing()
     if reason:
         pytest.skip(reason)
     proc = subprocess.run([sys.executable, "-m", "tests.bench.run", "--smoke"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=220)
+                          text=True, timeout=340)
     lines = proc.stdout.strip().splitlines()
     assert proc.returncode == 0, (
         f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
