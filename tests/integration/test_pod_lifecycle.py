@@ -73,12 +73,12 @@ def test_sandbox_restart_is_reattached_and_the_gap_reported(collector: tuple[str
     node.remove_pod(node.pod("rx-1"))
     time.sleep(0.5)
     node.add_pod("rx-1")
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15  # ~1 s here when quiet; CI machines run other sessions' tests beside it
     while True:
         pod = _status(address, cid)["pods"][0]  # type: ignore[index]
         if pod["state"] == "capturing" and pod.get("reattachments") == 1:
             break
-        assert time.monotonic() < deadline, f"not re-attached within 5 s: {pod}"
+        assert time.monotonic() < deadline, f"not re-attached within 15 s: {pod}"
         time.sleep(0.1)
     assert "re-attached" in pod["message"] and "no capture for" in pod["message"]
     send(0)
