@@ -116,3 +116,27 @@ def test_targets_a_recorder_cannot_take_are_one_line(world: tuple[KubeApiStandin
     assert r.returncode != 0 and len(lines) == 1 and needle in lines[0], r.stderr
     assert c.recorders is not None and not c.recorders.all() and not agent.starts
     assert not c.captures.objects._watches
+
+
+def test_a_service_recorder_follows_its_endpoints_again_after_a_collector_restart(
+        world: tuple[KubeApiStandin, Collector, str, RingAgent], tmp_path: str) -> None:
+    standin, c, address, agent = world
+    rid = podcap(address, "record", "-n", NS, "svc/api", "--keep", "1m").stdout.strip().splitlines()[-1]
+    wait_for(lambda: _started(agent, rid) == {"api-0"}, what="the Service's endpoint's ring")
+    agent.close()
+    c.stop(0)  # and its pod cache
+    cluster = ClusterInventory(api_for(standin, str(tmp_path))).start()
+    assert cluster.wait_synced(10)
+    c2 = start_collector("127.0.0.1:0", os.path.join(tmp_path, "data"), cluster=cluster)
+    agent2 = RingAgent(f"127.0.0.1:{c2.port}", NODE, [])
+    try:
+        assert rid in c2.captures.objects._watches  # the recorder's Service is watched again
+        wait_for(lambda: "api-0" in _started(agent2, rid), what="the ring's start sent again")
+        api0, api1 = standin.get("pods", NS, "api-0"), standin.get("pods", NS, "api-1")
+        assert api0 is not None and api1 is not None
+        standin.modify("endpointslices", NS, "api-x1", _slice([api0, api1]))
+        wait_for(lambda: _started(agent2, rid) == {"api-0", "api-1"}, what="the new endpoint's ring")
+        assert c2.recorders is not None and [r.id for r in c2.recorders.all()] == [rid]
+    finally:
+        agent2.close()
+        c2.stop(0)
