@@ -101,9 +101,14 @@ def _ring(p: control_pb2.RecorderPodStatus) -> Obj:
 
 
 def _save(s: control_pb2.RecorderSave, bucket_url: str) -> Obj:
-    state = "deleted" if s.deleted else \
-        control_pb2.CaptureState.Name(s.state).removeprefix("CAPTURE_STATE_").lower().replace("unspecified", "")
-    out: Obj = {"captureId": s.capture_id, "state": state or "waiting",
+    if s.deleted:
+        state = "deleted"
+    elif not s.info.dispatched and s.state in (control_pb2.CAPTURE_STATE_UNSPECIFIED,
+                                                control_pb2.CAPTURE_STATE_RUNNING):
+        state = "waiting"  # for its window to pass: later triggers may still join it
+    else:
+        state = control_pb2.CaptureState.Name(s.state).removeprefix("CAPTURE_STATE_").lower()
+    out: Obj = {"captureId": s.capture_id, "state": state,
                 "triggers": [trigger_word(t.reason) for t in s.info.triggers],
                 "packets": int(s.packets), "bytes": int(s.bytes), "get": {"command": f"podcap get {s.capture_id}"}}
     if s.info.from_unix_ns and s.info.to_unix_ns:
