@@ -348,7 +348,7 @@ def main(listen: str, data_dir: str, storage: str, s3_endpoint: str, s3_region: 
     if reconcile_podcaptures and cluster is not None:
         from podcap.collector.podcaptures.controller import start_controller
 
-        podcaptures = start_controller(cluster.api, collector.captures, authorizer,
+        podcaptures = start_controller(cluster.api, collector.captures, authorizer, recorders=collector.recorders,
                                        lease_namespace=lease_namespace or "podcap",
                                        identity=f"{socket.gethostname()}-{os.getpid()}",
                                        bucket_url=storage if storage.startswith("s3://") else "")

@@ -36,6 +36,18 @@ class NoRecordersError(PreconditionError):
     """The collector was started without recorders."""
 
 
+def start_recorder(manager: RecorderManager, policies: NamespacePolicies, auth: Authorizer, who: Principal,
+                   request: control_pb2.StartRecorderRequest) -> Recorder:
+    """Start ``request`` for ``who`` (allowed to create it): the namespaces' payload policy decides the rings'
+    snaplen, as a capture's (``request`` says what applied: ``target.payload_cap``). ``StartRecorder`` and the
+    PodCapture controller both start recorders here. Raises the manager's errors."""
+    as_capture = control_pb2.StartCaptureRequest(target=request.target, settings=request.settings)
+    effective_snaplen(policies, auth, who, request.target, request.settings.snaplen).apply(as_capture)
+    request.target.CopyFrom(as_capture.target)
+    request.settings.CopyFrom(as_capture.settings)
+    return manager.start(request, by=who.user)
+
+
 def recorder_namespaces(rec: Recorder) -> list[str | None]:
     return target_scopes(rec.request.target)[1]
 
@@ -93,12 +105,7 @@ class RecorderCalls:
         t.ClearField("payload_cap")
         self._authorize(context, who, "record", "create", target_scopes(t)[1], target=t)
         try:
-            # The namespaces' payload policy decides the rings' snaplen, as a capture's.
-            as_capture = control_pb2.StartCaptureRequest(target=t, settings=request.settings)
-            effective_snaplen(self.policies, self.auth, who, t, request.settings.snaplen).apply(as_capture)
-            request.target.CopyFrom(as_capture.target)
-            request.settings.CopyFrom(as_capture.settings)
-            rec = manager.start(request, by=who.user)
+            rec = start_recorder(manager, self.policies, self.auth, who, request)
         except PodcapError as e:
             log.info("recorder refused: %s", e)
             self._audit(who.user, "record", target=t, bpf=request.settings.filter, result="failed", detail=str(e))

@@ -7,7 +7,9 @@
   after a collector restart follows the same pods without asking again;
 - ``svc/NAME``: the Service must have a selector (else a one-line error); its pods are its EndpointSlices'
   endpoints, kept current by a ``ServiceEndpoints`` watch for as long as the capture runs (``follow``,
-  ``release``); a change calls back the placement, which attaches pods that became endpoints;
+  ``release``); a change calls back the placement, which attaches pods that became endpoints. Recorders resolve
+  their targets here too and follow a Service under their own id (``follow_key``, ``recover_key``,
+  ``release_key``);
 - ``node/NAME``: the node's stand-in pod (``podcap.nodes``); it must have an agent.
 
 Workloads and Services need the Kubernetes API; without it they are refused with what to do instead. A missing
@@ -107,20 +109,34 @@ class ObjectTargets:
 
     def follow(self, cap: Capture, changed: Callable[[Capture], None]) -> None:
         """Call ``changed(cap)`` whenever the capture's Service endpoints change, until ``release``."""
-        members = cap.target.members
+        self.follow_key(cap.id, cap.target, lambda: changed(cap))
+
+    def follow_key(self, key: str, spec: TargetSpec, changed: Callable[[], None]) -> None:
+        """Call ``changed()`` whenever ``spec``'s Service endpoints change, until ``release_key(key)``; ``key`` is
+        what follows them: a capture's id, or a recorder's (``rec-…``, never a capture id)."""
+        members = spec.members
         if isinstance(members, ServiceEndpoints):
             with self._lock:
-                self._watches[cap.id] = members
-            members.on_change = lambda: changed(cap)
+                self._watches[key] = members
+            members.on_change = changed
 
     def recover(self, cap: Capture, changed: Callable[[Capture], None]) -> None:
         """A running Service capture found at start-up: watch its endpoints again (its pods so far are kept)."""
-        obj: ObjectRef | None = cap.target.object
-        if obj is None or obj.kind != SERVICE or self.api is None or cap.target.namespace is None:
+        def adopt(spec: TargetSpec) -> None:
+            cap.target = spec
+        self.recover_key(cap.id, cap.target, lambda: changed(cap), adopt)
+
+    def recover_key(self, key: str, spec: TargetSpec, changed: Callable[[], None],
+                    adopt: Callable[[TargetSpec], None]) -> None:
+        """A Service target found at start-up (of a capture or a recorder): ``adopt`` the spec with a new watch of
+        its endpoints, followed as ``follow_key`` does, before the watch starts (so no change is missed)."""
+        obj: ObjectRef | None = spec.object
+        if obj is None or obj.kind != SERVICE or self.api is None or spec.namespace is None:
             return
-        endpoints = ServiceEndpoints(self.api, cap.target.namespace, obj.name)
-        cap.target = dataclasses.replace(cap.target, members=endpoints)
-        self.follow(cap, changed)
+        endpoints = ServiceEndpoints(self.api, spec.namespace, obj.name)
+        spec = dataclasses.replace(spec, members=endpoints)
+        adopt(spec)
+        self.follow_key(key, spec, changed)
         endpoints.start()
 
     def discard(self, spec: TargetSpec) -> None:
@@ -130,8 +146,12 @@ class ObjectTargets:
 
     def release(self, cap: Capture) -> None:
         """Stop following the capture's object (it ended)."""
+        self.release_key(cap.id)
+
+    def release_key(self, key: str) -> None:
+        """Stop following what ``follow_key(key, ...)`` follows (a recorder stopped)."""
         with self._lock:
-            watch = self._watches.pop(cap.id, None)
+            watch = self._watches.pop(key, None)
         if watch is not None:
             watch.stop(timeout=0)
 

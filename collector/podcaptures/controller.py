@@ -26,6 +26,12 @@ How it works (the shape of kopf's and controller-runtime's controllers, on ``Kub
      (``resource.to_request``); record its id in the annotation, audit it (with the payload cap, if any). No pod
      matching yet, no agent, the API not synced -> ``Pending``, retried; any other refusal (a filter that does not
      compile, an unknown workload kind) -> ``Failed`` until the spec changes (``generation``).
+- **A flight recorder** (``spec.recorder``, ``recording``): steps 3 to 5 with a recorder instead of a capture: the
+  id in the annotation ``podcap.io/recorder-id`` and ``status.recorderId`` (or the uid in the recorder's note), else
+  started as the StartRecorder RPC starts one (``api.recorders.start_recorder``: the payload policy, then
+  ``RecorderManager.start``), audited as ``record``. Status: its rings and its saves (``recorder_status_of``).
+  Deleting the resource stops the recorder (its rings are deleted on the nodes) and deletes its saves unless
+  ``spec.retainOnDelete``.
 - **Status** (``/status``, with the resourceVersion read: a 409 Conflict re-reads and retries) is written only when
   it changed and at most once per ``min_status_interval_s`` per resource.
 - Writes to metadata (finalizer, annotation) are merge patches carrying the resourceVersion read, so they are
@@ -46,12 +52,14 @@ from typing import Any
 
 from podcap.collector.api.auth import Authorizer, DeniedError, OpenAuthorizer, Principal
 from podcap.collector.api.payload import KubeNamespacePolicies, NamespacePolicies, NoPolicies, effective_snaplen
+from podcap.collector.api.recorders import start_recorder
 from podcap.collector.captures.manager import CaptureManager
 from podcap.collector.captures.model import Capture
 from podcap.collector.captures.table import CaptureNotFoundError
 from podcap.collector.kube.client import KubeApi, WatchStream
 from podcap.collector.kube.errors import KubeApiError, KubeError, KubeForbiddenError, KubeGoneError, KubeNotFoundError
 from podcap.collector.podcaptures.lease import LeaseElector
+from podcap.collector.podcaptures.recording import is_recorder, recorder_status_of, to_recorder_request
 from podcap.collector.podcaptures.resource import (
     API_VERSION,
     CAPTURE_ANNOTATION,
@@ -60,11 +68,14 @@ from podcap.collector.podcaptures.resource import (
     FINALIZER,
     KIND,
     PODCAPTURES,
+    RECORDER_ANNOTATION,
     capture_marker,
     ref,
     status_of,
     to_request,
 )
+from podcap.collector.recorders.manager import RecorderManager, RecorderNotFoundError
+from podcap.collector.recorders.model import Recorder
 from podcap.collector.targets import target_text
 from podcap.errors import NotFoundError, PodcapError, PreconditionError, UnavailableError
 from podcap.v1 import control_pb2
@@ -95,12 +106,14 @@ class _State:
 
 class PodCaptureController:
     def __init__(self, api: KubeApi, captures: CaptureManager, authorizer: Authorizer, audit: Audit, *,
+                 recorders: RecorderManager | None = None,
                  lease: LeaseElector | None = None, policies: NamespacePolicies | None = None,
                  bucket_url: str = "", status_interval_s: float = 2.0,
                  min_status_interval_s: float = 2.0, stop_wait_s: float = 5.0, watch_timeout_s: int = 300,
                  backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0) -> None:
         self.api = api
         self.captures = captures
+        self.recorders = recorders
         self.authorizer = authorizer
         self.audit = audit
         self.lease = lease
@@ -286,6 +299,9 @@ class PodCaptureController:
             return
         if FINALIZER not in (md.get("finalizers") or []):
             obj = self._patch(obj, {"finalizers": [*(md.get("finalizers") or []), FINALIZER]})
+        if is_recorder(obj):
+            self._reconcile_recorder(obj, state)
+            return
         cap = self._recorded_capture(obj)
         if cap is None and self._capture_id(obj):
             self._write_status(obj, state, {"phase": "Failed", "captureId": self._capture_id(obj),
@@ -331,10 +347,10 @@ class PodCaptureController:
         groups = tuple(g for g in str(ann.get(CREATOR_GROUPS_ANNOTATION) or "").split(",") if g)
         return Principal(user, groups)
 
-    def _start(self, obj: Obj, state: _State) -> Capture | None:
+    def _may_start(self, obj: Obj, state: _State) -> Principal | None:
+        """The creator, when it may start what the resource asks for (else the resource is Refused: None)."""
         namespace = obj["metadata"]["namespace"]
-        generation = int(obj["metadata"].get("generation") or 0)
-        if state.failed_generation == generation:
+        if state.failed_generation == int(obj["metadata"].get("generation") or 0):
             return None
         who = self._creator(obj)
         target = control_pb2.Target(namespace=namespace)
@@ -349,23 +365,35 @@ class PodCaptureController:
         except DeniedError as e:
             self._refuse(obj, state, who.user, target, "CreatorDenied", str(e))
             return None
+        return who
+
+    def _not_started(self, obj: Obj, state: _State, who: Principal, action: str, e: PodcapError) -> None:
+        """Starting failed: Pending (retried: no pod, no agent yet) or Failed until the spec changes."""
+        namespace = obj["metadata"]["namespace"]
+        retry = isinstance(e, RETRYABLE)
+        detail = f"PodCapture {ref(obj)}: {e}"
+        if state.pending_message != str(e):
+            state.pending_message = str(e)
+            self._record(who.user, action, target=control_pb2.Target(namespace=namespace), result="failed",
+                         detail=detail)
+            self._event(obj, "Warning", "Pending" if retry else "Failed", str(e))
+        if not retry:
+            state.failed_generation = int(obj["metadata"].get("generation") or 0)
+        self._write_status(obj, state, {"phase": "Pending" if retry else "Failed", "message": str(e),
+                                        "podCount": 0, "packets": 0, "drops": 0},
+                           authorized=("CreatorAllowed", f"{who.user} may create pods/capture in {namespace}"))
+
+    def _start(self, obj: Obj, state: _State) -> Capture | None:
+        who = self._may_start(obj, state)
+        if who is None:
+            return None
         try:
             req = to_request(obj)
             # The namespace's payload policy, decided for the creator as for a user's StartCapture.
             effective_snaplen(self.policies, self.authorizer, who, req.target, req.settings.snaplen).apply(req)
             cap = self.captures.start(req)
         except PodcapError as e:
-            retry = isinstance(e, RETRYABLE)
-            detail = f"PodCapture {ref(obj)}: {e}"
-            if state.pending_message != str(e):
-                state.pending_message = str(e)
-                self._record(who.user, "start", target=target, result="failed", detail=detail)
-                self._event(obj, "Warning", "Pending" if retry else "Failed", str(e))
-            if not retry:
-                state.failed_generation = generation
-            self._write_status(obj, state, {"phase": "Pending" if retry else "Failed", "message": str(e),
-                                            "podCount": 0, "packets": 0, "drops": 0},
-                               authorized=("CreatorAllowed", f"{who.user} may create pods/capture in {namespace}"))
+            self._not_started(obj, state, who, "start", e)
             return None
         n = len(cap.pods)
         detail = f"PodCapture {ref(obj)}: {n} pod{'' if n == 1 else 's'}"
@@ -375,6 +403,86 @@ class PodCaptureController:
         self._event(obj, "Normal", "Started", f"capture {cap.id} started: {n} pod{'' if n == 1 else 's'}")
         state.pending_message = ""
         return cap
+
+    # ---- a flight recorder (spec.recorder) ----
+
+    def _reconcile_recorder(self, obj: Obj, state: _State) -> None:
+        """Steps 3 to 5 for a recorder: the one recorded (annotation ``podcap.io/recorder-id``, status.recorderId,
+        or the resource's uid in its note), else one started as the StartRecorder RPC starts it."""
+        if self.recorders is None:
+            self._write_status(obj, state, {"phase": "Failed", "message": "spec.recorder: this collector runs "
+                                            "without flight recorders", "podCount": 0, "packets": 0, "drops": 0})
+            return
+        rec = self._recorded_recorder(obj)
+        rid = self._recorder_id(obj)
+        if rec is None and rid:
+            self._write_status(obj, state, {"phase": "Failed", "recorderId": rid,
+                                            "message": f"recorder {rid} no longer exists"})
+            return
+        if rec is None:
+            rec = self._start_recorder(obj, state)
+            if rec is None:
+                return
+        if (obj["metadata"].get("annotations") or {}).get(RECORDER_ANNOTATION) != rec.id:
+            obj = self._patch(obj, {"annotations": {RECORDER_ANNOTATION: rec.id}})
+        st = recorder_status_of(self.recorders.status(rec), bucket_url=self.bucket_url)
+        st["message"] = ""
+        self._write_status(obj, state, st, capturing=True)
+
+    @staticmethod
+    def _recorder_id(obj: Obj) -> str:
+        return str((obj["metadata"].get("annotations") or {}).get(RECORDER_ANNOTATION)
+                   or (obj.get("status") or {}).get("recorderId") or "")
+
+    def _recorded_recorder(self, obj: Obj) -> Recorder | None:
+        if self.recorders is None:
+            return None
+        rid = self._recorder_id(obj)
+        if rid:
+            try:
+                return self.recorders.get(rid)
+            except RecorderNotFoundError:
+                return None
+        marker = capture_marker(obj)
+        return next((r for r in self.recorders.all() if marker in r.request.note.split("\n")), None)
+
+    def _start_recorder(self, obj: Obj, state: _State) -> Recorder | None:
+        assert self.recorders is not None
+        who = self._may_start(obj, state)
+        if who is None:
+            return None
+        try:
+            rec = start_recorder(self.recorders, self.policies, self.authorizer, who, to_recorder_request(obj))
+        except PodcapError as e:
+            self._not_started(obj, state, who, "record", e)
+            return None
+        n = len(rec.pods)
+        detail = f"PodCapture {ref(obj)}: {n} pod{'' if n == 1 else 's'}"
+        if rec.request.target.HasField("payload_cap"):
+            detail += (f"; snaplen capped at {rec.request.target.payload_cap.snaplen}: "
+                       f"{rec.request.target.payload_cap.reason}")
+        self._record(who.user, "record", capture=rec, result="allowed", detail=detail)
+        self._event(obj, "Normal", "Started", f"recorder {rec.id} started: {n} pod{'' if n == 1 else 's'}")
+        state.pending_message = ""
+        return rec
+
+    def _finalize_recorder(self, obj: Obj, user: str, retain: bool) -> None:
+        """Stop the resource's recorder (the agents delete its rings) and delete its saves unless retainOnDelete."""
+        rec = self._recorded_recorder(obj)
+        if rec is None or self.recorders is None:
+            return
+        if rec.recording:
+            self.recorders.stop(rec.id, reason=f"PodCapture {ref(obj)} deleted")
+            self._record(user, "stop", capture=rec, result="allowed", detail=f"PodCapture {ref(obj)} deleted")
+        if retain:
+            return
+        for save in self.recorders.status(rec).saves:
+            try:
+                deletion = self.captures.delete(save.capture_id, by=f"PodCapture {ref(obj)}", force=True)
+            except CaptureNotFoundError:
+                continue
+            self._record(user, "delete", capture=rec, result="allowed",
+                         detail=f"PodCapture {ref(obj)} deleted: save {save.capture_id}; {deletion.bytes} bytes")
 
     def _refuse(self, obj: Obj, state: _State, user: str, target: control_pb2.Target, reason: str,
                 message: str) -> None:
@@ -402,6 +510,7 @@ class PodCaptureController:
                                  detail=f"PodCapture {ref(obj)} deleted; {deletion.bytes} bytes")
                 except CaptureNotFoundError:
                     pass
+        self._finalize_recorder(obj, user, retain)
         finalizers = [f for f in obj["metadata"].get("finalizers") or [] if f != FINALIZER]
         self._patch(obj, {"finalizers": finalizers})
 
@@ -422,7 +531,7 @@ class PodCaptureController:
     def _write_status(self, obj: Obj, state: _State, fields: Obj, *, capturing: bool = False,
                       authorized: tuple[str, str] = ("CreatorAllowed", ""), allowed: bool = True) -> None:
         old: Obj = obj.get("status") or {}
-        new: Obj = {k: v for k, v in old.items() if k in ("captureId", "get", "startTime")}
+        new: Obj = {k: v for k, v in old.items() if k in ("captureId", "recorderId", "get", "startTime")}
         new.update({k: v for k, v in fields.items() if v != "" or k == "message"})
         if not new.get("message"):
             new.pop("message", None)
@@ -431,7 +540,8 @@ class PodCaptureController:
         new["conditions"] = [
             _condition(old, "Authorized", allowed, authorized[0], authorized[1]),
             _condition(old, "Capturing", phase == "Running", phase, new.get("message", "")
-                       or (f"capture {new.get('captureId')}" if capturing else "")),
+                       or ((f"recorder {new['recorderId']}" if new.get("recorderId")
+                            else f"capture {new.get('captureId')}") if capturing else "")),
         ]
         if new == old:
             state.status_dirty = False
@@ -452,8 +562,9 @@ class PodCaptureController:
         with self._cond:
             self._remember_locked(out)
 
-    def _record(self, user: str, action: str, *, capture: Capture | None = None,
+    def _record(self, user: str, action: str, *, capture: Capture | Recorder | None = None,
                 target: control_pb2.Target | None = None, result: str, detail: str) -> None:
+        """An audit record; a recorder's id is in the capture column, as the recorder calls of the API write it."""
         t = capture.request.target if capture is not None else target
         rec = control_pb2.AuditRecord(unix_ns=time.time_ns(), user=user, action=action,
                                       capture_id=capture.id if capture else "",

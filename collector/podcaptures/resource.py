@@ -7,9 +7,8 @@ Pure functions, no I/O, so that each rule is unit-tested on its own:
   names and selectors are evaluated in the target's namespace; ``all_namespaces`` is never set). Sizes and
   durations take the CLI's units (``100MiB``, ``1h30m``). ``targets`` (``deploy/NAME``, ``svc/NAME`` ...: one, as
   ``podcap start`` takes one) becomes ``Target.object``, resolved by the collector as for the CLI; ``node/NAME`` is
-  refused (a node's network is no namespace's). ``recorder`` is passed on when the request has a place for it
-  (``StartCaptureRequest.recorder``, the flight-recorder work); until then a spec that uses it is refused with a
-  message saying so, rather than silently capturing something else.
+  refused (a node's network is no namespace's). ``target_of`` and ``settings_of`` are shared with a resource that
+  asks for a flight recorder (``spec.recorder``: ``recording``), which is no capture request.
 - ``capture_marker``: the line put in the capture's note that ties it to the resource (its uid), so a collector
   that restarts between starting a capture and recording its id in the resource finds it again.
 - ``status_of``: the resource's status from a ``CaptureStatus``: phase, counters per pod and in total (drops =
@@ -36,6 +35,8 @@ API_VERSION = "podcap.io/v1alpha1"
 FINALIZER = "podcap.io/capture"
 # The capture this resource started (also in status.captureId; the annotation is written first).
 CAPTURE_ANNOTATION = "podcap.io/capture-id"
+# The flight recorder this resource started (spec.recorder; also in status.recorderId), as the capture's.
+RECORDER_ANNOTATION = "podcap.io/recorder-id"
 # Who created the resource: checked by the ValidatingAdmissionPolicy in deploy/base/podcapture-admission.yaml to be
 # the requesting user, so the collector may trust it.
 CREATOR_ANNOTATION = "podcap.io/created-by"
@@ -60,13 +61,13 @@ class PodCaptureSpecError(InvalidInputError):
     """A spec the collector cannot turn into a capture (the schema lets through what only the collector knows)."""
 
 
-def seconds(value: Any, field: str) -> int:
-    """Whole seconds (rounded up) of ``90``, ``15m``, ``1h30m``; 0 when unset."""
+def _duration(value: Any, field: str) -> float:
+    """Seconds of ``90``, ``15m``, ``1h30m``, ``500ms``; 0 when unset."""
     if value in (None, ""):
-        return 0
+        return 0.0
     text = str(value).strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", text):
-        return math.ceil(float(text))
+        return float(text)
     pos, total = 0, 0.0
     for m in _DURATION.finditer(text):
         if m.start() != pos:
@@ -75,7 +76,17 @@ def seconds(value: Any, field: str) -> int:
         pos = m.end()
     if pos != len(text) or not text:
         raise PodCaptureSpecError(f"spec.{field}: {value!r} is not a duration (90, 15m, 1h30m)")
-    return math.ceil(total)
+    return total
+
+
+def seconds(value: Any, field: str) -> int:
+    """Whole seconds (rounded up) of ``90``, ``15m``, ``1h30m``; 0 when unset."""
+    return math.ceil(_duration(value, field))
+
+
+def millis(value: Any, field: str) -> int:
+    """Whole milliseconds (rounded up) of ``90``, ``1.5s``, ``500ms``; 0 when unset."""
+    return math.ceil(round(_duration(value, field) * 1000, 6))
 
 
 def size(value: Any, field: str) -> int:
@@ -100,8 +111,8 @@ def capture_marker(obj: Obj) -> str:
     return f"PodCapture {ref(obj)} uid={obj['metadata']['uid']}"
 
 
-def to_request(obj: Obj) -> control_pb2.StartCaptureRequest:
-    """The capture ``obj`` (a PodCapture) asks for, in the resource's own namespace. Raises PodCaptureSpecError."""
+def target_of(obj: Obj) -> control_pb2.Target:
+    """The pods ``obj`` (a PodCapture) names, in the resource's own namespace. Raises PodCaptureSpecError."""
     spec: Obj = obj.get("spec") or {}
     namespace = obj["metadata"]["namespace"]
     names = [str(p) for p in spec.get("pods") or []]
@@ -116,15 +127,29 @@ def to_request(obj: Obj) -> control_pb2.StartCaptureRequest:
     if not (target.selector or target.pod_names or targets):
         raise PodCaptureSpecError("spec names no pods: give spec.pods, spec.selector or spec.targets (a PodCapture "
                                   "never captures a whole namespace by accident)")
-    limits, rotation, retention = spec.get("limits") or {}, spec.get("rotation") or {}, spec.get("retention") or {}
+    return target
+
+
+def settings_of(spec: Obj) -> common_pb2.CaptureSettings:
+    """What is captured of each pod (filter, snaplen, buffer, interface). Raises PodCaptureSpecError."""
     interface = str(spec.get("interface") or "veth")
     if interface not in INTERFACES:
         raise PodCaptureSpecError(f"spec.interface: {interface!r} is not one of {', '.join(INTERFACES)}")
-    req = control_pb2.StartCaptureRequest(
-        target=target,
-        settings=common_pb2.CaptureSettings(filter=str(spec.get("filter") or ""), snaplen=int(spec.get("snaplen") or 0),
-                                            buffer_bytes=size(spec.get("bufferSize"), "bufferSize"),
-                                            interface=INTERFACES[interface]),
+    return common_pb2.CaptureSettings(filter=str(spec.get("filter") or ""), snaplen=int(spec.get("snaplen") or 0),
+                                      buffer_bytes=size(spec.get("bufferSize"), "bufferSize"),
+                                      interface=INTERFACES[interface])
+
+
+def to_request(obj: Obj) -> control_pb2.StartCaptureRequest:
+    """The capture ``obj`` (a PodCapture without ``spec.recorder``: see ``recording``) asks for, in the resource's
+    own namespace. Raises PodCaptureSpecError."""
+    spec: Obj = obj.get("spec") or {}
+    if spec.get("recorder"):
+        raise PodCaptureSpecError("spec.recorder: a recorder, not a capture (podcaptures.recording)")
+    limits, rotation, retention = spec.get("limits") or {}, spec.get("rotation") or {}, spec.get("retention") or {}
+    return control_pb2.StartCaptureRequest(
+        target=target_of(obj),
+        settings=settings_of(spec),
         limits=control_pb2.Limits(duration_seconds=seconds(limits.get("duration"), "limits.duration"),
                                   max_bytes=size(limits.get("maxBytes"), "limits.maxBytes"),
                                   max_packets=int(limits.get("maxPackets") or 0)),
@@ -136,12 +161,6 @@ def to_request(obj: Obj) -> control_pb2.StartCaptureRequest:
                                                               "retention.keepTotalBytes")),
         note="\n".join(x for x in (str(spec.get("note") or ""), capture_marker(obj)) if x),
     )
-    recorder = spec.get("recorder")
-    if recorder:
-        if "recorder" not in control_pb2.StartCaptureRequest.DESCRIPTOR.fields_by_name:
-            raise PodCaptureSpecError("spec.recorder is not supported by this collector version")
-        _set_recorder(req, recorder)
-    return req
 
 
 def _target_object(targets: list[str], names: list[str]) -> control_pb2.TargetObject:
@@ -162,22 +181,6 @@ def _target_object(targets: list[str], names: list[str]) -> control_pb2.TargetOb
         raise PodCaptureSpecError(f"spec.targets: {ref.text}: a PodCapture captures pods of its own namespace; a "
                                   "node's own network needs `podcap start node/NAME` and the nodes/capture right")
     return control_pb2.TargetObject(kind=ref.kind, name=ref.name)
-
-
-def _set_recorder(req: control_pb2.StartCaptureRequest, recorder: Obj) -> None:
-    """Fill ``req.recorder`` from the spec's section, field by field where the message has the field."""
-    msg = getattr(req, "recorder")  # noqa: B009 - a field newer than this proto may add
-    fields = msg.DESCRIPTOR.fields_by_name
-    for key, value in recorder.items():
-        name = re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
-        if name + "_seconds" in fields:
-            setattr(msg, name + "_seconds", seconds(value, f"recorder.{key}"))
-        elif name in fields and isinstance(value, list):
-            getattr(msg, name).extend(str(v) for v in value)
-        elif name in fields:
-            setattr(msg, name, value)
-        else:
-            raise PodCaptureSpecError(f"spec.recorder.{key} is not supported by this collector version")
 
 
 def pod_drops(p: control_pb2.PodStatus) -> int:

@@ -1,8 +1,9 @@
 """``RecorderManager``: recorders' lifecycle, their triggers and their saves; the one object the servicers use.
 
-- **Start**: validate (``requests``), resolve the target exactly as a capture's (``Placement.choose``: the API's
-  watched cache or the agents' inventories, pods on nodes with an agent), persist, and send each pod's agent a
-  ``StartPodRecording``. Pods that appear later and match a dynamic target join (the same pod events the capture
+- **Start**: validate (``requests``), resolve the target exactly as a capture's (a workload's or Service's pods by
+  ``ObjectTargets``, a Service's endpoints followed under the recorder's id until it stops; ``Placement.choose``:
+  the API's watched cache or the agents' inventories, pods on nodes with an agent), persist, and send each pod's
+  agent a ``StartPodRecording``. Pods that appear later and match a dynamic target join (the same pod events the capture
   manager attaches pods on). An agent that (re)registers is sent every wish again (it keeps its rings on disk, not
   our wishes), and every save of its pods not finished yet.
 - **Triggers**: the pod watch's versions of a pod (``triggers.transitions``: restart, oomkilled, notready,
@@ -44,7 +45,7 @@ from podcap.collector.recorders.saves import Fire, SaveListener, Saves
 from podcap.collector.recorders.triggers import Fired, transitions, trigger_word
 from podcap.collector.recorders.unhealthy import UnhealthyWatch
 from podcap.collector.storage.catalog import CaptureStore
-from podcap.collector.targets import parse_target
+from podcap.collector.targets import TargetSpec, parse_target
 from podcap.errors import InvalidInputError, NotFoundError, PreconditionError
 from podcap.names import NodeName, PodUid
 from podcap.pods import PodRef
@@ -142,6 +143,7 @@ class RecorderManager(AgentListener, ClusterListener):
             self._recorders[rec.id] = rec
             if rec.recording:
                 log.info("resuming recorder %s after a restart (%d pods)", rec.id, len(rec.pods))
+                self._recover_target(rec)
 
     # ---- the control API ----
 
@@ -149,8 +151,16 @@ class RecorderManager(AgentListener, ClusterListener):
         """Validate, resolve, persist and dispatch a recorder. Raises the errors of ``validate_recorder`` and
         ``Placement.choose``."""
         full, spec = validate_recorder(req)
-        pods = self.captures.placement.choose(
-            control_pb2.StartCaptureRequest(target=full.target, settings=full.settings), spec)
+        # A workload or Service: resolved as a capture's (its selector stored in the request, a Service's endpoints
+        # watched while the recorder records).
+        as_capture = control_pb2.StartCaptureRequest(target=full.target, settings=full.settings)
+        spec = self.captures.objects.resolve(as_capture, spec)
+        try:
+            pods = self.captures.placement.choose(as_capture, spec)
+        except BaseException:
+            self.captures.objects.discard(spec)
+            raise
+        full.target.CopyFrom(as_capture.target)
         rec = Recorder(new_recorder_id(), full, spec, time.time_ns(), by,
                        debounce=windows.Debounce(cooldown_ns=full.cooldown_seconds * 1_000_000_000,
                                                  per_hour=full.max_saves_per_hour))
@@ -163,6 +173,9 @@ class RecorderManager(AgentListener, ClusterListener):
         log.info("recorder %s started: %d pods, keep %d bytes / %d s", rec.id, len(pods), full.keep_bytes,
                  full.keep_seconds)
         self._start_on(rec, list(rec.pods.values()))
+        if spec.members is not None:  # a Service's endpoints: follow them (and catch a change since they were read)
+            self.captures.objects.follow_key(rec.id, spec, lambda: self._reconsider(rec))
+            self._reconsider(rec)
         return rec
 
     def get(self, recorder_id: str) -> Recorder:
@@ -194,6 +207,7 @@ class RecorderManager(AgentListener, ClusterListener):
             rec.end_reason = reason
             self._persist(rec)
             nodes = {rp.pod.node for rp in rec.pods.values()}
+        self.captures.objects.release_key(rec.id)
         self.saves.dispatch_due(rec, force=True)
         for node in nodes:
             conn = self.registry.get(node)
@@ -380,6 +394,22 @@ class RecorderManager(AgentListener, ClusterListener):
             st = control_pb2.SaveTrigger(recorder_id=rec.id, reason=fired.trigger, unix_ns=at,
                                          pod=pod.to_proto(), detail=fired.detail, by=COLLECTOR)
             self.saves.fire(rec, st, [pod.uid], manual=False)
+
+    def _recover_target(self, rec: Recorder) -> None:
+        """A Service's endpoints are watched again after a restart (a workload's selector is in the request)."""
+        def adopt(spec: TargetSpec) -> None:
+            with rec.lock:
+                rec.target = spec
+        self.captures.objects.recover_key(rec.id, rec.target, lambda: self._reconsider(rec), adopt)
+
+    def _reconsider(self, rec: Recorder) -> None:
+        """Record the running pods that match the recorder now (its Service's endpoints changed)."""
+        if self.cluster is None or not rec.recording:
+            return
+        with rec.lock:
+            target, have = rec.target, set(rec.pods)
+        self._attach([p for p in self.cluster.select(field_selector(""), running_only=True)
+                      if p.uid not in have and target.matches(p)])
 
     def _attach(self, pods: list[PodRef]) -> None:
         for rec in self.all():

@@ -1,7 +1,8 @@
 """Validation of a StartRecorderRequest: everything about it that does not depend on the cluster.
 
-The target and capture settings are checked as a capture's (``podcap.collector.captures.requests``); then what is
-the recorder's own: how much of the past each ring keeps (``--keep``), the save window (``--before`` at most
+The target and capture settings are checked as a capture's (``podcap.collector.captures.requests``; a workload or
+Service is resolved later, by the manager, as a capture's; a node is refused: its stand-in pod has no ring); then
+what is the recorder's own: how much of the past each ring keeps (``--keep``), the save window (``--before`` at most
 ``--keep``), the triggers, and the packet trigger's filter, compiled here so that a filter that does not compile is
 the user's one-line error before any agent hears of the recorder. Defaults are filled in on a copy, so the stored
 request (and ``status``) says what applies. Raises ``InvalidInputError`` subclasses only, naming the option a user
@@ -37,10 +38,10 @@ def _seconds(ms: int) -> str:
 
 def validate_recorder(req: control_pb2.StartRecorderRequest) -> tuple[control_pb2.StartRecorderRequest, TargetSpec]:
     """The request with its defaults filled in, and its parsed target."""
-    if req.target.HasField("object"):
-        raise InvalidRecorderError("a recorder takes pods by namespace, label or field selector, or name; a "
-                                   f"{req.target.object.kind or 'workload'} target is not supported for recorders yet")
     spec = validate_request(control_pb2.StartCaptureRequest(target=req.target, settings=req.settings, note=req.note))
+    if spec.object is not None and spec.object.is_node:
+        raise InvalidRecorderError(f"{spec.object.text}: a recorder keeps rings of pods, not of a node's own "
+                                   "network (capture the node with `podcap start node/NAME`)")
     out = control_pb2.StartRecorderRequest()
     out.CopyFrom(req)
     if not (req.keep_bytes or req.keep_seconds):

@@ -16,45 +16,12 @@ from podcap.collector.cli.complete import (
     complete_running_capture_id,
 )
 from podcap.collector.cli.errors import collector_hint, one_line
+from podcap.collector.cli.objects import target_object
 from podcap.collector.cli.record.render import is_recorder_id, recorder_dict, recorder_tables
 from podcap.collector.cli.render import capture_table, dump, output_option, print_table, to_dict
 from podcap.collector.cli.units import count_param, duration_param, human_bytes, size_param
 from podcap.collector.cli.words import INTERFACES
-from podcap.collector.kube.kinds import ALIASES, POD, ObjectRef, split_object
-from podcap.errors import PodcapError
 from podcap.v1 import common_pb2, control_pb2
-
-
-def _target_object(ctx: click.Context, args: tuple[str, ...],
-                   all_namespaces: bool) -> tuple[control_pb2.TargetObject | None, tuple[str, ...]]:
-    """The ``KIND/NAME`` argument among ``args`` (``deploy/web``, ``svc/api``, ``node/n1``; kinds in
-    ``podcap.collector.kube.kinds``) and the rest (pods; ``pod/NAME`` is a pod). One object per capture, not mixed
-    with pod names."""
-    objects: list[ObjectRef] = []
-    rest: list[str] = []
-    for a in args:
-        prefix, sep, name = a.partition("/")
-        if sep and ALIASES.get(prefix.lower()) == POD:
-            rest.append(name)
-            continue
-        try:
-            ref = split_object(a)
-        except PodcapError as e:
-            raise click.UsageError(str(e), ctx) from e
-        if ref is None:
-            rest.append(a)
-        else:
-            objects.append(ref)
-    if not objects:
-        return None, tuple(rest)
-    if len(objects) > 1 or rest:
-        given = ", ".join([o.text for o in objects] + rest)
-        raise click.UsageError(f"one capture covers one workload, Service or node, or pods by name, not {given}: "
-                               "start one capture for each", ctx)
-    obj = objects[0]
-    if all_namespaces and not obj.is_node:
-        raise click.UsageError(f"{obj.text} is in one namespace: give it with -n NAMESPACE, not -A", ctx)
-    return control_pb2.TargetObject(kind=obj.kind, name=obj.name), ()
 
 
 def _target_pods(ctx: click.Context, pods: tuple[str, ...], namespace: str,
@@ -122,7 +89,7 @@ def start(ctx: click.Context, pods: tuple[str, ...], namespace: str, all_namespa
     """Start capturing PODS (NAME or NAMESPACE/NAME), or every pod matching -n/-l, or the pods of a workload
     (deploy/NAME, statefulset/NAME, daemonset/NAME, job/NAME) or Service (svc/NAME) as they come and go, or a
     node's own network (node/NAME: needs create nodes/capture). Prints the capture id on the last line."""
-    obj, pods = _target_object(ctx, pods, all_namespaces)
+    obj, pods = target_object(ctx, pods, all_namespaces)
     namespace, names = _target_pods(ctx, pods, namespace, all_namespaces)
     target = control_pb2.Target(namespace=namespace, all_namespaces=all_namespaces and obj is None,
                                 selector=selector, field_selector=field_selector, pod_names=names)

@@ -102,7 +102,8 @@ def status(obj: dict[str, str], capture_id: str, output: str, watch: bool, inter
 @output_option()
 @click.pass_obj
 def list_captures(obj: dict[str, str], output: str) -> None:
-    """Every capture the collector knows, newest first; then, in a table, those deleted in the last 7 days."""
+    """Every capture the collector knows, newest first, then its recorders; then, in a table, the captures deleted
+    in the last 7 days."""
     with CollectorClient(obj["collector"]) as client:
         answer = client.list_all()
     captures = list(answer.captures)
@@ -115,5 +116,6 @@ def list_captures(obj: dict[str, str], output: str) -> None:
             print_table(recorders_list_table(list(answer.recorders)))
         if answer.deleted:
             print_table(deleted_table(list(answer.deleted)))
-    else:
-        click.echo(dump([to_dict(c) for c in captures], output))
+    else:  # one list, recorders after the captures as in the table; "kind" says which an entry is
+        click.echo(dump([*({"kind": "capture", **to_dict(c)} for c in captures),
+                         *({"kind": "recorder", **recorder_dict(r)} for r in answer.recorders)], output))

@@ -16,6 +16,7 @@ import click
 
 from podcap.collector.cli.client import CollectorClient
 from podcap.collector.cli.complete import complete_namespace, complete_pod, complete_recorder_id
+from podcap.collector.cli.objects import target_object
 from podcap.collector.cli.record.render import recorder_dict, recorder_tables
 from podcap.collector.cli.render import capture_table, dump, output_option, print_table, to_dict
 from podcap.collector.cli.units import MAX_BYTES, any_duration_param, human_bytes, parse_duration, parse_size
@@ -99,7 +100,7 @@ def window_param(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 @click.command()
-@click.argument("pods", nargs=-1, shell_complete=complete_pod)
+@click.argument("pods", nargs=-1, shell_complete=complete_pod, metavar="[PODS | KIND/NAME]...")
 @click.option("-n", "--namespace", default="default", show_default=True, shell_complete=complete_namespace,
               help="Namespace of the pods.")
 @click.option("-A", "--all-namespaces", is_flag=True, help="Pods in every namespace.")
@@ -137,17 +138,21 @@ def record(ctx: click.Context, pods: tuple[str, ...], namespace: str, all_namesp
            after: int, on: list[control_pb2.RecorderTrigger.ValueType], trigger_filter: str, trigger_count: int,
            trigger_window: int, scope: str,
            cooldown: float, max_saves_per_hour: int, note: str, output: str) -> None:
-    """Keep the last minutes of PODS (or every pod matching -n/-l) on their nodes, and save them when something
-    happens (--on) or on `podcap trigger`. Prints the recorder id on the last line."""
+    """Keep the last minutes of PODS (or every pod matching -n/-l, or the pods of a workload or Service:
+    deploy/NAME, statefulset/NAME, daemonset/NAME, job/NAME, svc/NAME, as they come and go) on their nodes, and save
+    them when something happens (--on) or on `podcap trigger`. Prints the recorder id on the last line."""
+    obj, pods = target_object(ctx, pods, all_namespaces, what="recorder")
     namespace, names = _target(ctx, pods, namespace, all_namespaces)
     keep_bytes, keep_seconds = keep
     req = control_pb2.StartRecorderRequest(
-        target=control_pb2.Target(namespace=namespace, all_namespaces=all_namespaces, selector=selector,
-                                  field_selector=field_selector, pod_names=names),
+        target=control_pb2.Target(namespace=namespace, all_namespaces=all_namespaces and obj is None,
+                                  selector=selector, field_selector=field_selector, pod_names=names),
         settings=common_pb2.CaptureSettings(filter=bpf, snaplen=snaplen, interface=INTERFACES[interface]),
         keep_bytes=keep_bytes, keep_seconds=keep_seconds, before_ms=before, after_ms=after, on=on,
         save=control_pb2.RECORDER_SAVE_SCOPE_ALL if scope == "all" else control_pb2.RECORDER_SAVE_SCOPE_POD,
         cooldown_seconds=math.ceil(cooldown) or 1, max_saves_per_hour=max_saves_per_hour, note=note)
+    if obj is not None:
+        req.target.object.CopyFrom(obj)
     if trigger_filter:
         req.packet_trigger.CopyFrom(control_pb2.RecorderPacketTrigger(
             filter=trigger_filter, count=trigger_count, window_ms=max(1, trigger_window)))

@@ -44,6 +44,25 @@ def test_list_formats(fake: FakeClient) -> None:
     assert CID in table and "ns=shop selector=app=web" in table and "udp port 9999" in table
 
 
+def test_list_json_and_yaml_have_the_recorders_after_the_captures(fake: FakeClient,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = control_pb2.RecorderStatus(
+        id="rec-0a1b2c3d4e5f", state=control_pb2.RECORDER_STATE_RECORDING, created_unix_ns=2 * 10**18,
+        request=control_pb2.StartRecorderRequest(target=control_pb2.Target(namespace="shop", selector="app=web"),
+                                                 keep_seconds=600, on=[control_pb2.RECORDER_TRIGGER_RESTART]),
+        saves=[control_pb2.RecorderSave(capture_id="c0ffee", state=control_pb2.CAPTURE_STATE_DONE, packets=7)])
+    monkeypatch.setattr(fake, "list_all", lambda: control_pb2.ListCapturesResponse(
+        captures=fake.list_captures(), recorders=[rec]))
+    as_json = json.loads(invoke("list", "-o", "json").output)
+    assert as_json == yaml.safe_load(invoke("list", "-o", "yaml").output)
+    assert [(d["kind"], d["id"]) for d in as_json] == [("capture", CID), ("recorder", rec.id)]
+    r = as_json[1]
+    assert r["state"] == "recording" and r["request"]["on"] == ["restart"] and r["request"]["keep_seconds"] == 600
+    assert r["saves"][0] == {**r["saves"][0], "capture_id": "c0ffee", "state": "done", "packets": 7}
+    assert r["created_unix_ns"] == 2 * 10**18
+    assert rec.id in invoke("list").output  # and the table, as before
+
+
 @pytest.mark.parametrize("target,text", [
     (control_pb2.Target(namespace="shop", selector="app=web", field_selector="spec.nodeName=n1", pod_names=["a", "b"]),
      "ns=shop selector=app=web fields=spec.nodeName=n1 pods=a,b"),

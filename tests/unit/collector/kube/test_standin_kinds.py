@@ -160,7 +160,7 @@ def test_tables_have_the_crds_printer_columns(s: KubeApiStandin) -> None:
     code, t = call(s, "GET", PC, accept="application/json;as=Table;v=v1;g=meta.k8s.io")
     assert code == 200 and t["kind"] == "Table"
     assert [c["name"] for c in t["columnDefinitions"]] == ["Name", "Phase", "Pods", "Packets", "Drops", "Capture",
-                                                           "Age"]
+                                                           "Recorder", "Age"]
     assert t["rows"][0]["cells"][:6] == ["web", "Running", 3, 10, 0, "abc"]
 
 

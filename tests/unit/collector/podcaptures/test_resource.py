@@ -76,11 +76,10 @@ def test_targets_podcap_start_would_refuse_are_refused(spec: dict[str, Any], mes
         to_request(pc(spec))
 
 
-def test_a_recorder_needs_a_collector_that_has_one() -> None:
-    """Until the request carries a recorder, a spec using one is refused, never narrowed to a plain capture."""
-    if "recorder" not in control_pb2.StartCaptureRequest.DESCRIPTOR.fields_by_name:
-        with pytest.raises(PodCaptureSpecError, match="spec.recorder"):
-            to_request(pc({"selector": "a=b", "recorder": {"keep": "10m"}}))
+def test_a_recorder_spec_is_never_narrowed_to_a_plain_capture() -> None:
+    """A spec with a recorder is a recorder (``recording``), never a capture of the same pods."""
+    with pytest.raises(PodCaptureSpecError, match="spec.recorder"):
+        to_request(pc({"selector": "a=b", "recorder": {"keep": "10m"}}))
 
 
 def test_units() -> None:
