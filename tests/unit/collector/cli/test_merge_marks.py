@@ -10,15 +10,13 @@ import os
 import pytest
 
 from podcap.collector.cli.get import pcapmerge
-from podcap.collector.cli.get.merge import Mark, MergeInput, merge_pcaps
-from podcap.formats.pcapng import InterfaceInfo, SectionInfo
+from podcap.collector.cli.get.merge import Mark, MergeInput
+from podcap.formats.pcapng import InterfaceInfo
 from tests.pcapng_reader import PcapngFile, read_pcapng
+from tests.unit.collector.cli.test_merge_native import merge_both
 from tests.unit.collector.cli.test_pcapng import BASE_NS, stats, tshark, write_pcap
 
 pytestmark = pytest.mark.skipif(not pcapmerge.available(), reason="podcap's C library is not built (no C compiler)")
-
-SECTION = SectionInfo(comments=("podcap capture abc123def456",), hardware="x", os="y")
-
 
 @pytest.fixture
 def two_pods(tmp_path: str) -> list[MergeInput]:
@@ -31,19 +29,12 @@ def two_pods(tmp_path: str) -> list[MergeInput]:
 
 def _merge(tmp_path: str, inputs: list[MergeInput], marks: list[Mark], monkeypatch: pytest.MonkeyPatch, *,
            one_copy_ns: int = 0) -> tuple[str, PcapngFile]:
-    """The merged file by the C core and by the Python path: the same bytes; the C one's path, parsed."""
-    blobs = []
-    for native in (True, False):
-        path = os.path.join(tmp_path, f"marked-{native}.pcapng")
-        with monkeypatch.context() as m:
-            if not native:
-                m.setattr(pcapmerge, "_LIB", None)
-            with open(path, "wb") as f:
-                merge_pcaps(inputs, f, section=SECTION, marks=marks, one_copy_ns=one_copy_ns)
-        with open(path, "rb") as f:
-            blobs.append(f.read())
-    assert blobs[0] == blobs[1], "the C merge and the Python path differ"
-    path = os.path.join(tmp_path, "marked-True.pcapng")
+    """The merged file by the C core and by the Python path: the same bytes; written out, parsed."""
+    native, python = merge_both(tmp_path, inputs, monkeypatch, marks=marks, one_copy_ns=one_copy_ns)
+    assert native == python, "the C merge and the Python path differ"
+    path = os.path.join(tmp_path, "marked.pcapng")
+    with open(path, "wb") as f:
+        f.write(native)
     return path, read_pcapng(path)
 
 
