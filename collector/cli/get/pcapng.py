@@ -93,10 +93,11 @@ def merge_section(status: control_pb2.CaptureStatus, pods: Sequence[common_pb2.P
     marks: list[Mark] = []
     for t in status.save.triggers:
         text = trigger_comment(status.save, t)
+        at = max(0, t.unix_ns)  # packet times are unsigned
         if not t.pod.name:
-            marks.append(Mark(t.unix_ns, None, text))
+            marks.append(Mark(at, None, text))
         elif (i := _pod_index(pods, t.pod)) is not None:
-            marks.append(Mark(t.unix_ns, i, text))
+            marks.append(Mark(at, i, text))
         else:
             others.append(text)
     return replace(section, comments=(*section.comments, *others)), marks

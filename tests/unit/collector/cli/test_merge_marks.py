@@ -11,7 +11,9 @@ import pytest
 
 from podcap.collector.cli.get import pcapmerge
 from podcap.collector.cli.get.merge import Mark, MergeInput
+from podcap.collector.cli.get.pcapng import merge_section, trigger_comment
 from podcap.formats.pcapng import InterfaceInfo
+from podcap.v1 import common_pb2, control_pb2
 from tests.pcapng_reader import PcapngFile, read_pcapng
 from tests.unit.collector.cli.test_merge_native import merge_both
 from tests.unit.collector.cli.test_pcapng import BASE_NS, stats, tshark, write_pcap
@@ -119,3 +121,22 @@ def test_a_marked_second_sighting_is_kept(tmp_path: str, monkeypatch: pytest.Mon
     assert [(p.interface_id, p.ts_ns - BASE_NS, p.comments) for p in f.packets if p.interface_id == 1] == [
         (1, 21_000, ("on b",))]
     assert len(f.packets) == 6
+
+
+def test_a_saves_triggers_become_marks_of_the_files_pods_and_the_others_stay_section_comments() -> None:
+    """``merge_section``: a trigger about a pod of the file marks that pod's interface (found by uid, else by name),
+    one about no pod marks any packet, one about a pod not in the file stays a plain section comment."""
+    pods = [common_pb2.Pod(namespace="shop", name=f"web-{i}", uid=f"u{i}") for i in range(2)]
+    save = control_pb2.RecorderSaveInfo(recorder_id="rec-1", from_unix_ns=BASE_NS - 10**9, to_unix_ns=BASE_NS + 10**9)
+    for ts, pod, detail in [(BASE_NS, common_pb2.Pod(namespace="shop", name="web-1", uid="u1"), "by uid"),
+                            (BASE_NS + 1, common_pb2.Pod(namespace="shop", name="web-0"), "by name"),
+                            (BASE_NS + 2, common_pb2.Pod(), "no pod"),
+                            (BASE_NS + 3, common_pb2.Pod(namespace="shop", name="db-0", uid="u9"), "elsewhere")]:
+        save.triggers.add(recorder_id="rec-1", reason=control_pb2.RECORDER_TRIGGER_MANUAL, unix_ns=ts, pod=pod,
+                          detail=detail)
+    status = control_pb2.CaptureStatus(id="abc123def456", save=save)
+    section, marks = merge_section(status, pods)
+    texts = [trigger_comment(save, t) for t in save.triggers]
+    assert marks == [Mark(BASE_NS, 1, texts[0]), Mark(BASE_NS + 1, 0, texts[1]), Mark(BASE_NS + 2, None, texts[2])]
+    assert section.comments[-1] == texts[3] and not any(t in section.comments for t in texts[:3])
+    assert merge_section(control_pb2.CaptureStatus(id="abc123def456"), pods)[1] == []
