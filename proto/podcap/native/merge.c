@@ -418,40 +418,69 @@ static void annotation_write(struct podcap_merge *m, const struct input *in, uin
     m->next_ann_ts = m->ann_first < m->ann_n ? m->ann[m->ann_first].ts : UINT64_MAX;
 }
 
-static int emit(struct podcap_merge *m, struct input *in) {
+/* Room for `total` more bytes in an output buffer that has less: flushed, and grown for a record larger than it. */
+static int out_room(struct podcap_merge *m, size_t total, const struct input *in) {
+    int rc = flush_out(m);
+    if (rc < 0) return rc;
+    if (total > m->out_cap) {
+        uint8_t *grown = realloc(m->out, total);
+        if (!grown) return fail(m, PODCAP_NO_MEMORY, (size_t)in->iface, in->buf_off + in->pos);
+        m->out = grown;
+        m->out_cap = total;
+    }
+    return 0;
+}
+
+/* The record at the input's head as an EPB without options, or left out (a second sighting). */
+static inline __attribute__((always_inline)) int emit_plain(struct podcap_merge *m, struct input *in) {
     const uint8_t *rec = in->buf + in->pos;
     uint32_t incl = podcap_record_caplen(rec), orig = podcap_record_wirelen(rec);
     const uint8_t *data = rec + PODCAP_RECORD_HEADER;
-    /* The one compare a packet pays for annotations; a packet that carries one is written even when it is a
-     * second sighting (so that the comment is where its time says). */
-    uint32_t opts = in->head_ts >= m->next_ann_ts ? annotation_opts(m, in) : 0;
-    if (m->dedup && dedup_drop(m->dedup, in->linktype, data, incl, orig, in->head_ts, in->iface) && !opts) {
+    if (m->dedup && dedup_drop(m->dedup, in->linktype, data, incl, orig, in->head_ts, in->iface)) {
         in->pos += PODCAP_RECORD_HEADER + (size_t)incl;
         in->dropped++;
         return 0;
     }
-    size_t total = podcap_epb_size(incl) + opts;
+    size_t total = podcap_epb_size(incl);
     if (m->out_cap - m->out_len < total) {
-        int rc = flush_out(m);
+        int rc = out_room(m, total, in);
         if (rc < 0) return rc;
-        if (total > m->out_cap) {
-            uint8_t *grown = realloc(m->out, total);
-            if (!grown) return fail(m, PODCAP_NO_MEMORY, (size_t)in->iface, in->buf_off + in->pos);
-            m->out = grown;
-            m->out_cap = total;
-        }
     }
-    uint8_t *o = m->out + m->out_len;
-    if (!opts) {
-        podcap_epb_write(o, data, incl, orig, in->iface, in->head_ts / in->divisor);
-    } else {
-        podcap_epb_write_opts(o, data, incl, orig, in->iface, in->head_ts / in->divisor, opts);
-        annotation_write(m, in, o + podcap_epb_size(incl) - 4);
-    }
+    podcap_epb_write(m->out + m->out_len, data, incl, orig, in->iface, in->head_ts / in->divisor);
     m->out_len += total;
     in->pos += PODCAP_RECORD_HEADER + (size_t)incl;
     in->packets++;
     return 0;
+}
+
+/* A record at or after the next annotation's time: an EPB with the annotations due on it, as options; when none is
+ * (one for another input may be waiting), the plain EPB. Such a record is written even when it is a second sighting
+ * (the comment stays at its time); it is still seen by the one-copy table, as any written packet. Out of line, so
+ * that the per-packet path stays what it was without annotations. */
+static __attribute__((noinline, cold)) int emit_annotated(struct podcap_merge *m, struct input *in) {
+    uint32_t opts = annotation_opts(m, in);
+    if (!opts) return emit_plain(m, in);
+    const uint8_t *rec = in->buf + in->pos;
+    uint32_t incl = podcap_record_caplen(rec), orig = podcap_record_wirelen(rec);
+    const uint8_t *data = rec + PODCAP_RECORD_HEADER;
+    if (m->dedup) (void)dedup_drop(m->dedup, in->linktype, data, incl, orig, in->head_ts, in->iface);
+    size_t total = podcap_epb_size(incl) + opts;
+    if (m->out_cap - m->out_len < total) {
+        int rc = out_room(m, total, in);
+        if (rc < 0) return rc;
+    }
+    uint8_t *o = m->out + m->out_len;
+    podcap_epb_write_opts(o, data, incl, orig, in->iface, in->head_ts / in->divisor, opts);
+    annotation_write(m, in, o + podcap_epb_size(incl) - 4);
+    m->out_len += total;
+    in->pos += PODCAP_RECORD_HEADER + (size_t)incl;
+    in->packets++;
+    return 0;
+}
+
+static int emit(struct podcap_merge *m, struct input *in) {
+    if (__builtin_expect(in->head_ts >= m->next_ann_ts, 0)) return emit_annotated(m, in); /* the one compare */
+    return emit_plain(m, in);
 }
 
 /* The latest record timestamp (ns) of a pcap file from offset start on, into *max_ts (0: no record): whether a
