@@ -180,8 +180,12 @@ def _placed(marks: Sequence[Mark], files: Sequence[IO[bytes]], inputs: Sequence[
             latest[i] = max((ts for ts, _wirelen, _data in _pcap_records(f, inp.path, fmt)), default=0)
             f.seek(FILE_HEADER_LEN)
     last_any = max(latest.values(), default=0)
-    return sorted((m for m in marks if (last_any if m.input is None else latest.get(m.input, 0)) >= m.ts_ns),
-                  key=lambda m: m.ts_ns)
+
+    def followed(m: Mark) -> bool:
+        last = last_any if m.input is None else latest.get(m.input, 0)
+        return last > 0 and last >= m.ts_ns  # 0: no packet at all
+
+    return sorted(filter(followed, marks), key=lambda m: m.ts_ns)
 
 
 def _mark_section_comment(mark: Mark, placed: bool, inputs: Sequence[MergeInput]) -> str:

@@ -140,3 +140,13 @@ def test_a_saves_triggers_become_marks_of_the_files_pods_and_the_others_stay_sec
     assert marks == [Mark(BASE_NS, 1, texts[0]), Mark(BASE_NS + 1, 0, texts[1]), Mark(BASE_NS + 2, None, texts[2])]
     assert section.comments[-1] == texts[3] and not any(t in section.comments for t in texts[:3])
     assert merge_section(control_pb2.CaptureStatus(id="abc123def456"), pods)[1] == []
+
+
+def test_a_pod_without_packets_carries_no_mark_even_one_at_time_zero(tmp_path: str, two_pods: list[MergeInput],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = os.path.join(tmp_path, "empty.pcap")
+    write_pcap(empty, [], pod=2)
+    inputs = [*two_pods, MergeInput(empty, InterfaceInfo("shop/idle"))]
+    _, f = _merge(str(tmp_path), inputs, [Mark(0, 2, "idle pod")], monkeypatch)
+    assert _commented(f) == []
+    assert f.comments[1:] == ["idle pod; no packet of shop/idle at or after it in this file: a section comment only"]
