@@ -400,7 +400,8 @@ static inline int annotation_due(const struct annotation *a, uint64_t ts, uint32
 static uint32_t annotation_opts(const struct podcap_merge *m, const struct input *in) {
     uint32_t opts = 0;
     for (size_t k = m->ann_first; k < m->ann_n && m->ann[k].ts <= in->head_ts; k++)
-        if (annotation_due(&m->ann[k], in->head_ts, in->iface)) opts += (uint32_t)podcap_opt_comment_size(m->ann[k].len);
+        if (annotation_due(&m->ann[k], in->head_ts, in->iface))
+            opts += (uint32_t)podcap_opt_comment_size(m->ann[k].len);
     return opts ? opts + 4 : 0;
 }
 
