@@ -69,6 +69,7 @@ class Packet:
     ts_ns: int
     wirelen: int
     data: bytes
+    comments: tuple[str, ...] = ()  # its opt_comment options, in order
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,9 @@ def read_pcapng(path: str) -> PcapngFile:
             elif block_type == BLOCK_EPB:
                 iface, high, low, caplen, wirelen = struct.unpack_from("<IIIII", body, 0)
                 scale = 10 ** (9 - result.interfaces[iface].tsresol)
-                result.packets.append(Packet(iface, ((high << 32) | low) * scale, wirelen, body[20 : 20 + caplen]))
+                opts = parse_options(body, 20 + caplen + (-caplen % 4))
+                result.packets.append(Packet(iface, ((high << 32) | low) * scale, wirelen, body[20 : 20 + caplen],
+                                             tuple(c.decode() for c in opts.get(OPT_COMMENT, []))))
             elif block_type == BLOCK_ISB:
                 iface, high, low = _ISB_BODY.unpack_from(body, 0)
                 scale = 10 ** (9 - result.interfaces[iface].tsresol)

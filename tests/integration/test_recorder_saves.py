@@ -26,6 +26,7 @@ from podcap.v1 import common_pb2, control_pb2
 from tests.conftest import podcap, tool
 from tests.integration.recorder_agent import RingAgent
 from tests.pcapng_reader import read_pcapng
+from tests.unit.collector.cli.test_pcapng import tshark
 
 NODE = "node-r"
 PODS = [common_pb2.Pod(namespace="shop", name=f"web-{i}", uid=f"uid-web-{i}", node=NODE,
@@ -359,3 +360,49 @@ def test_recorders_need_a_captures_rights(tmp_path: str) -> None:
     finally:
         agent.close()
         c.stop(0)
+
+
+def test_a_saves_triggers_are_packet_comments_where_they_happened(
+        served: tuple[Collector, str, RingAgent], tmp_path: str) -> None:
+    """Two triggers in one save (web-0's, then web-1's joining it): `get --merge` and `get --format pcapng` carry each
+    as a comment on the first packet of its pod at or after its time, and Wireshark shows them there (tshark's
+    frame.comment); the section still says them all (issue 24)."""
+    _, address, agent = served
+    with CollectorClient(address) as cli:
+        rec = start(cli)
+        wait_for(lambda: len(agent.starts) == 2, what="starts")
+        time.sleep(0.5)
+        first = cli.trigger(rec.id, ["web-0"], reason="checkout failed", no_wait=True)
+        time.sleep(0.3)
+        assert cli.trigger(rec.id, ["web-1"], reason="peer", no_wait=True).capture_id == first.capture_id
+        wait_for(lambda: cli.get(first.capture_id).state == control_pb2.CAPTURE_STATE_DONE, what="the save")
+        triggers = {t.pod.name: t.unix_ns for t in cli.get(first.capture_id).save.triggers}
+    merged = os.path.join(str(tmp_path), "save.pcapng")
+    podcap(address, "get", first.capture_id, "--merge", merged)
+    f = read_pcapng(merged)
+    names = [i.name for i in f.interfaces]
+    commented = [(k, p) for k, p in enumerate(f.packets) if p.comments]
+    assert len(commented) == 2 and len(f.packets) > 300
+    for k, p in commented:
+        pod = names[p.interface_id].split("/")[1]
+        (text,) = p.comments
+        assert text.startswith(f"podcap recorder {rec.id}: trigger manual at ") and f" on pod shop/{pod}: " in text
+        # The first packet of that pod at or after the trigger: its packets before it are all earlier.
+        assert p.ts_ns >= triggers[pod] > max(q.ts_ns for q in f.packets[:k] if q.interface_id == p.interface_id)
+        assert f"{text}; also the comment of the first packet of shop/{pod} at or after it" in f.comments
+    rows = tshark(merged, "frame.number", "frame.interface_name", "frame.comment", extra=("-Y", "frame.comment"))
+    assert [(int(n), name, c) for n, name, c in rows] == [
+        (k + 1, names[p.interface_id], p.comments[0]) for k, p in commented]
+    # Per pod (--format pcapng): each pod's file carries its own trigger on its packet, the other's in the section.
+    out_dir = os.path.join(str(tmp_path), "pods")
+    podcap(address, "get", first.capture_id, "-o", out_dir, "--format", "pcapng")
+    files = sorted(os.path.join(d, n) for d, _, names in os.walk(out_dir) for n in names if n.endswith(".pcapng"))
+    assert len(files) == 2, files
+    for path in files:
+        per_pod = read_pcapng(path)
+        pod = per_pod.interfaces[0].name.split("/")[1]
+        [(p, text)] = [(p, c) for p in per_pod.packets for c in p.comments]
+        assert f" on pod shop/{pod}: " in text and p.ts_ns >= triggers[pod]
+        assert len([c for c in per_pod.comments if "trigger manual" in c]) == 2
+        rows = tshark(path, "frame.comment", extra=("-Y", "frame.comment"))
+        assert rows == [[text]]

@@ -49,7 +49,7 @@ from podcap.collector.cli.get.merge import (
     merge_streams,
     pcap_to_pcapng,
 )
-from podcap.collector.cli.get.pcapng import capture_section, pod_interface, pod_stats
+from podcap.collector.cli.get.pcapng import capture_section, merge_section, pod_interface, pod_stats
 from podcap.collector.cli.get.pod_streams import MAX_STREAMS, PodStreams
 from podcap.collector.cli.get.progress import DownloadProgress
 from podcap.collector.cli.get.resume import Journal
@@ -109,10 +109,10 @@ class Merged(NamedTuple):
 
 def _merge(status: control_pb2.CaptureStatus, files: list[DownloadedFile], path: str, one_copy_ns: int) -> Merged:
     inputs = [MergeInput(f.path, pod_interface(status, f.pod), pod_stats(status, f.pod)) for f in files]
+    section, marks = merge_section(status, [f.pod for f in files])
     left_out: list[int] = []
     with _merge_output(path) as out:
-        counts = merge_pcaps(inputs, out, section=capture_section(status), one_copy_ns=one_copy_ns,
-                             dropped=left_out)
+        counts = merge_pcaps(inputs, out, section=section, one_copy_ns=one_copy_ns, dropped=left_out, marks=marks)
     return Merged(counts, left_out)
 
 
@@ -157,10 +157,11 @@ def _download_then_merge(client: CaptureSource, capture_id: str, pods: list[str]
 def _to_pcapng(status: control_pb2.CaptureStatus, files: list[DownloadedFile]) -> list[tuple[str, int]]:
     """Replace each downloaded ``.pcap`` by a one-interface ``.pcapng`` beside it."""
     out: list[tuple[str, int]] = []
-    section = capture_section(status)
     for f in files:
         dst = f.path.removesuffix(".pcap") + ".pcapng"
-        pcap_to_pcapng(f.path, dst, pod_interface(status, f.pod), stats=pod_stats(status, f.pod), section=section)
+        section, marks = merge_section(status, [f.pod])
+        pcap_to_pcapng(f.path, dst, pod_interface(status, f.pod), stats=pod_stats(status, f.pod), section=section,
+                       marks=marks)
         os.unlink(f.path)
         out.append((dst, os.path.getsize(dst)))
     return out
@@ -251,7 +252,9 @@ def get(ctx: click.Context, capture_id: str | None, pods: tuple[str, ...], out_d
             else:
                 assert merge_path is not None
                 wanted = [ps for ps in status.pods if pod_selected(ps.pod, pods)]
-                if 0 < len(wanted) <= MAX_STREAMS and _streamable(merge_path, one_copy_ns):
+                # A save's triggers are marked on packets: that needs the files before the section header (merge).
+                if 0 < len(wanted) <= MAX_STREAMS and not status.save.triggers and _streamable(merge_path,
+                                                                                                 one_copy_ns):
                     merged = _merge_while_downloading(client, status, capture_id, wanted, window, merge_path,
                                                       one_copy_ns)
                 else:

@@ -15,6 +15,7 @@ no file is written but the merged one).
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from podcap import native
 from podcap.formats.pcap import FILE_HEADER_LEN, RECORD_HEADER_LEN, FileFormat, PcapFormatError
 from podcap.native import Error
 
+ANY_INPUT = 0xFFFFFFFF  # PODCAP_MERGE_ANY_INPUT: an annotation for the first packet of any input
 DONE, MORE, NEED = 0, 1, 2  # podcap_merge_run: finished; call again; feed podcap_merge_needed's input
 # Per input: the read block (one pread fills it). Memory of a merge: inputs x BLOCK + OUT_BLOCK.
 BLOCK = 256 << 10
@@ -87,8 +89,17 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
                                        ctypes.POINTER(ctypes.c_uint64)]
     lib.podcap_live_counts.restype = None
     lib.podcap_pcapng_epb.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32,
-                                      ctypes.c_uint32, ctypes.c_uint64]
+                                      ctypes.c_uint32, ctypes.c_uint64, ctypes.c_char_p,
+                                      ctypes.POINTER(ctypes.c_uint32), ctypes.c_uint32]
     lib.podcap_pcapng_epb.restype = ctypes.c_uint64
+    lib.podcap_merge_annotate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_char_p,
+                                          ctypes.c_uint32]
+    lib.podcap_merge_annotate.restype = ctypes.c_int
+    lib.podcap_merge_annotated.argtypes = [ctypes.c_void_p]
+    lib.podcap_merge_annotated.restype = ctypes.c_uint64
+    lib.podcap_records_max_ts.argtypes = [ctypes.c_int, ctypes.c_uint32, ctypes.c_uint64,
+                                          ctypes.POINTER(ctypes.c_uint64)]
+    lib.podcap_records_max_ts.restype = ctypes.c_int
     return lib
 
 
@@ -107,13 +118,38 @@ def one_copy_available() -> bool:
     return _LIB is not None
 
 
-def epb(interface_id: int, ts: int, data: bytes, wirelen: int) -> bytes:
-    """One Enhanced Packet Block as the C merge writes it (``podcap_epb_write`` in ``podcap_native.h``), for the test
-    that holds it to the Python encoder byte for byte."""
+def epb(interface_id: int, ts: int, data: bytes, wirelen: int, *, comments: Sequence[bytes] = ()) -> bytes:
+    """One Enhanced Packet Block as the C merge writes it (``podcap_epb_write_opts`` in ``podcap_native.h``, with an
+    ``opt_comment`` per comment), for the test that holds it to the Python encoder byte for byte."""
     assert _LIB is not None, "podcap's C merge core is not built"
-    out = ctypes.create_string_buffer(32 + len(data) + 3)
-    n = _LIB.podcap_pcapng_epb(out, data, len(data), wirelen, interface_id, ts)
+    out = ctypes.create_string_buffer(32 + len(data) + 3 + sum(8 + len(c) for c in comments) + 4)
+    lens = (ctypes.c_uint32 * max(1, len(comments)))(*[len(c) for c in comments])
+    n = _LIB.podcap_pcapng_epb(out, data, len(data), wirelen, interface_id, ts, b"".join(comments), lens,
+                               len(comments))
     return out.raw[:n]
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """A packet comment for the C merge: on the first packet written at or after ``ts_ns``, of input ``input``
+    (None: of any input); ``comment`` as the option holds it (``podcap.formats.pcapng.comment_bytes``)."""
+
+    ts_ns: int
+    input: int | None
+    comment: bytes
+
+
+def max_ts(fd: int, path: str, fmt: FileFormat, start: int = FILE_HEADER_LEN) -> int:
+    """The latest record timestamp (ns) of an open pcap file from ``start`` on, 0 if it has none (read with pread:
+    the descriptor's position does not move)."""
+    assert _LIB is not None, "podcap's C merge core is not built"
+    out = ctypes.c_uint64()
+    rc = _LIB.podcap_records_max_ts(fd, fmt.ts_scale, start, ctypes.byref(out))
+    if rc == -Error.NO_MEMORY:
+        raise MemoryError("cannot allocate the scan buffer")
+    if rc < 0:
+        raise OSError(errno.EIO, "cannot read the records to find the last packet", path)
+    return int(out.value)
 
 
 @dataclass(frozen=True)
@@ -139,11 +175,13 @@ class FedInput:
 
 def merge_records(inputs: Sequence[NativeInput | FedInput], out_fd: int, *, block: int = BLOCK,
                   out_block: int = OUT_BLOCK, step: int = STEP, one_copy_ns: int = 0,
-                  dropped: list[int] | None = None) -> list[int]:
+                  dropped: list[int] | None = None, annotations: Sequence[Annotation] = (),
+                  annotated: list[int] | None = None) -> list[int]:
     """Write every record of ``inputs`` to ``out_fd`` as pcapng EPBs (interface = input index), merged by time;
     return the packets written per input. The IDBs must already be in the output, in input order. With
     ``one_copy_ns`` a packet already written from another input within that many nanoseconds is left out
-    (``podcap.collector.cli.dedup``); ``dropped`` then gets how many per input."""
+    (``podcap.collector.cli.dedup``); ``dropped`` then gets how many per input. ``annotations`` (in time order)
+    become packet comments; ``annotated`` then gets how many were placed."""
     assert _LIB is not None, "podcap's C merge core is not built"
     assert not one_copy_ns or one_copy_available(), "this C library cannot leave out second sightings"
     lib = _LIB
@@ -164,6 +202,13 @@ def merge_records(inputs: Sequence[NativeInput | FedInput], out_fd: int, *, bloc
                 _raise(lib, m, inputs)
             if one_copy_ns:
                 lib.podcap_merge_linktype(m, i, inp.fmt.linktype)
+        for a in annotations:
+            where = ANY_INPUT if a.input is None else a.input
+            rc = lib.podcap_merge_annotate(m, a.ts_ns, where, a.comment, len(a.comment))
+            if rc == -1:
+                raise ValueError("annotations must come in time order, each at most 65535 bytes")
+            if rc != 0:
+                _raise(lib, m, inputs)
         while True:
             rc = lib.podcap_merge_run(m, step)
             if rc == DONE:
@@ -185,6 +230,8 @@ def merge_records(inputs: Sequence[NativeInput | FedInput], out_fd: int, *, bloc
             left_out = (ctypes.c_uint64 * max(1, len(inputs)))()
             lib.podcap_merge_dropped(m, left_out)
             dropped[:] = [int(left_out[i]) for i in range(len(inputs))]
+        if annotated is not None:
+            annotated[:] = [int(lib.podcap_merge_annotated(m))]
         return [int(counts[i]) for i in range(len(inputs))]
     finally:
         lib.podcap_merge_free(m)

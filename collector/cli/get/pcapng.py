@@ -5,14 +5,19 @@ The blocks themselves are encoded by ``podcap.formats.pcapng`` (the one encoder)
 for a podcap capture: the section's comments (which capture, of what, how it ended), each pod's interface (named
 ``<namespace>/<pod>``, described by node, uid, ip, capture interface and filter) and its final counters (received,
 kernel and podcap drops by cause, stored, deleted by retention); a recorder's save adds one section comment per
-trigger. ``get --merge``, ``get --format pcapng`` and the live stream (``podcap.collector.cli.live.stream``) all
-take them from here, so a merged file and a live view say the same of a pod.
+trigger, and in a file of the trigger's pod (or of a trigger about no pod) a comment on the first packet at or
+after it (``merge_section``'s marks, placed by ``podcap.collector.cli.get.merge``). ``get --merge``, ``get --format
+pcapng`` and the live stream (``podcap.collector.cli.live.stream``) all take them from here, so a merged file and a
+live view say the same of a pod.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 
+from podcap.collector.cli.get.merge import Mark
 from podcap.collector.cli.render import capture_state
 from podcap.collector.cli.words import enum_word
 from podcap.collector.targets import target_text
@@ -62,8 +67,9 @@ def pod_stats(status: control_pb2.CaptureStatus, pod: common_pb2.Pod) -> Interfa
     )
 
 
-def capture_section(status: control_pb2.CaptureStatus) -> SectionInfo:
-    """Section header comments: which capture, of what, and how it ended."""
+def capture_section(status: control_pb2.CaptureStatus, *, triggers: bool = True) -> SectionInfo:
+    """Section header comments: which capture, of what, and how it ended (and a save's triggers, unless
+    ``triggers`` is off: ``merge_section`` makes them marks)."""
     detail = [f"target {target_text(status.target)}",
               f"filter {status.settings.filter!r}" if status.settings.filter else "no filter",
               f"state {capture_state(status.state)}" + (f" ({status.end_reason})" if status.end_reason else ""),
@@ -71,9 +77,41 @@ def capture_section(status: control_pb2.CaptureStatus) -> SectionInfo:
     comments = [f"podcap capture {status.id}", "; ".join(detail)]
     if status.note:
         comments.append(f"note: {status.note}")
-    if status.HasField("save"):  # a recorder's save: what made it, when, on which pod (issue 24)
+    if triggers and status.HasField("save"):  # a recorder's save: what made it, when, on which pod (issue 24)
         comments += [trigger_comment(status.save, t) for t in status.save.triggers]
     return SectionInfo(comments=tuple(comments))
+
+
+def merge_section(status: control_pb2.CaptureStatus, pods: Sequence[common_pb2.Pod]) -> tuple[SectionInfo, list[Mark]]:
+    """The section header and the marks of a file of ``pods`` (interface i = pods[i]): a save's trigger about one of
+    them, or about no pod, becomes a mark (a comment on the first packet at or after it, of that pod or of any: issue
+    24); a trigger about another pod stays a section comment."""
+    section = capture_section(status, triggers=False)
+    if not status.HasField("save"):
+        return section, []
+    others: list[str] = []
+    marks: list[Mark] = []
+    for t in status.save.triggers:
+        text = trigger_comment(status.save, t)
+        at = max(0, t.unix_ns)  # packet times are unsigned
+        if not t.pod.name:
+            marks.append(Mark(at, None, text))
+        elif (i := _pod_index(pods, t.pod)) is not None:
+            marks.append(Mark(at, i, text))
+        else:
+            others.append(text)
+    return replace(section, comments=(*section.comments, *others)), marks
+
+
+def _pod_index(pods: Sequence[common_pb2.Pod], pod: common_pb2.Pod) -> int | None:
+    """Which of ``pods`` is ``pod``: by uid, else by namespace and name."""
+    for i, p in enumerate(pods):
+        if pod.uid and p.uid == pod.uid:
+            return i
+    for i, p in enumerate(pods):
+        if (p.namespace, p.name) == (pod.namespace, pod.name):
+            return i
+    return None
 
 
 def _rfc3339_ns(ns: int) -> str:

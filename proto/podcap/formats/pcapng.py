@@ -11,7 +11,7 @@ Shape of a file written with ``PcapngWriter`` (little-endian, one section)::
 
     SHB  shb_hardware, shb_os, shb_userappl "podcap <version>", opt_comment "podcap capture <id>", ...
     IDB  one per input, in input order (interface id = input index)
-    EPB  every record of every input, merged by timestamp
+    EPB  every record of every input, merged by timestamp; a packet may carry opt_comment (a recorder's trigger)
     ISB  one per input that has statistics, at the end
 
 Drop counters in the ISB: ``isb_ifdrop`` carries *every* packet lost on the way (kernel ring full, interface,
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import platform
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -185,14 +185,22 @@ def idb(info: InterfaceInfo, *, linktype: int, snaplen: int, nanosecond: bool) -
     return _block(BLOCK_IDB, _IDB_BODY.pack(linktype & 0xFFFF, 0, snaplen) + _options(opts))
 
 
-def epb(interface_id: int, ts: int, data: bytes, wirelen: int) -> bytes:
-    """One Enhanced Packet Block, without options; ``ts`` in the interface's resolution. The C writes this layout too
-    (``podcap_epb_write`` in ``proto/podcap/native/podcap_native.h``: 28-byte head, data padded to 32 bits, total length
-    again); tests/unit/collector/cli/test_native_epb.py compares the two byte for byte."""
+def comment_bytes(text: str) -> bytes:
+    """A comment as an option holds it: UTF-8, cut to 65535 bytes at a character boundary (what ``epb`` writes, and
+    what the C merge is given for its packet comments)."""
+    return _utf8(text)
+
+
+def epb(interface_id: int, ts: int, data: bytes, wirelen: int, *, comments: Sequence[str] = ()) -> bytes:
+    """One Enhanced Packet Block; ``ts`` in the interface's resolution; ``comments`` become its ``opt_comment``
+    options, in order (Wireshark's ``frame.comment``). The C writes this layout too (``podcap_epb_write_opts`` in
+    ``proto/podcap/native/podcap_native.h``: 28-byte head, data padded to 32 bits, the options, total length again);
+    tests/unit/collector/cli/test_native_epb.py compares the two byte for byte."""
     pad = -len(data) % 4
-    total = 32 + len(data) + pad
+    opts = _options((OPT_COMMENT, _utf8(c)) for c in comments)
+    total = 32 + len(data) + pad + len(opts)
     return b"".join((_EPB_HEAD.pack(BLOCK_EPB, total, interface_id, (ts >> 32) & 0xFFFFFFFF, ts & 0xFFFFFFFF,
-                                    len(data), wirelen), data, b"\0" * pad, _U32.pack(total)))
+                                    len(data), wirelen), data, b"\0" * pad, opts, _U32.pack(total)))
 
 
 def isb(interface_id: int, stats: InterfaceStats, *, divisor: int) -> bytes:
@@ -237,9 +245,10 @@ class PcapngWriter:
         self._divisors.append(_ts_divisor(nanosecond))
         return len(self._divisors) - 1
 
-    def write_packet(self, interface_id: int, ts_ns: int, data: bytes, wirelen: int) -> None:
+    def write_packet(self, interface_id: int, ts_ns: int, data: bytes, wirelen: int, *,
+                     comments: Sequence[str] = ()) -> None:
         self._packets_started = True
-        self._out.write(epb(interface_id, ts_ns // self._divisors[interface_id], data, wirelen))
+        self._out.write(epb(interface_id, ts_ns // self._divisors[interface_id], data, wirelen, comments=comments))
 
     def write_stats(self, interface_id: int, stats: InterfaceStats) -> None:
         self._packets_started = True

@@ -42,6 +42,14 @@
  * order), or, for a pod that went quiet, up to what arrived `hold` ago (an agent sends a pod's chunk at the latest
  * 2 s after its first packet). See podcap.collector.cli.live.order.
  *
+ * Packet comments (podcap_merge_annotate: a recorder's triggers, issue 24): annotations in time order, each an
+ * opt_comment on the first packet written at or after its time, of its input or of any. A packet pays one compare
+ * against the next annotation's time (UINT64_MAX when there is none); only a packet at or after it looks further.
+ * Annotations of one packet are its options in the order they were added. Such a packet is written even when it is a
+ * second sighting (one copy per packet), so that the comment stays at its time. Whether a packet follows an
+ * annotation at all is known before the merge (podcap_records_max_ts), so that the section header can say which
+ * triggers are only section comments.
+ *
  * The records are checked and the EPBs written by the definitions in podcap_native.h; the error codes are its
  * enum podcap_error.
  */
@@ -93,6 +101,21 @@ struct podcap_merge {
     size_t block_size;
     struct podcap_dedup *dedup; /* NULL: every record is written */
     struct podcap_merge_error err;
+    /* Packet comments (podcap_merge_annotate), in time order; a written one is placed. */
+    struct annotation *ann;
+    size_t ann_n, ann_cap, ann_first; /* ann[0:ann_first) are all placed */
+    uint8_t *ann_text;                /* their texts, one after another */
+    size_t text_len, text_cap;
+    uint64_t next_ann_ts; /* time of ann[ann_first]; UINT64_MAX when none is left: one compare per packet */
+    uint64_t annotated;   /* annotations placed */
+};
+
+struct annotation {
+    uint64_t ts;
+    uint32_t input; /* PODCAP_MERGE_ANY_INPUT: the first packet of any input */
+    uint32_t len;
+    size_t off; /* in ann_text */
+    int placed;
 };
 
 static void dedup_free(struct podcap_dedup *d);
@@ -111,6 +134,7 @@ struct podcap_merge *podcap_merge_new(uint32_t n_inputs, int out_fd, uint64_t bl
     if (!m) return NULL;
     m->n = n_inputs;
     m->need = -1;
+    m->next_ann_ts = UINT64_MAX;
     m->out_fd = out_fd;
     m->block_size = block_size < 4096 ? 4096 : (size_t)block_size;
     m->out_cap = out_size < 4096 ? 4096 : (size_t)out_size;
@@ -130,6 +154,8 @@ struct podcap_merge *podcap_merge_new(uint32_t n_inputs, int out_fd, uint64_t bl
 void podcap_merge_free(struct podcap_merge *m) {
     if (!m) return;
     dedup_free(m->dedup);
+    free(m->ann);
+    free(m->ann_text);
     for (size_t i = 0; i < m->added; i++) free(m->in[i].buf);
     free(m->in);
     free(m->heap);
@@ -321,12 +347,93 @@ static int flush_out(struct podcap_merge *m) {
 }
 
 uint64_t podcap_pcapng_epb(uint8_t *out, const uint8_t *data, uint32_t caplen, uint32_t wirelen, uint32_t iface,
-                           uint64_t ts) {
-    podcap_epb_write(out, data, caplen, wirelen, iface, ts);
-    return podcap_epb_size(caplen);
+                           uint64_t ts, const uint8_t *texts, const uint32_t *lens, uint32_t n) {
+    uint32_t opts = 0;
+    for (uint32_t i = 0; i < n; i++) opts += (uint32_t)podcap_opt_comment_size(lens[i]);
+    if (n) opts += 4;
+    podcap_epb_write_opts(out, data, caplen, wirelen, iface, ts, opts);
+    uint8_t *p = out + podcap_epb_size(caplen) - 4;
+    for (uint32_t i = 0; i < n; i++) {
+        p += podcap_opt_comment_write(p, texts, lens[i]);
+        texts += lens[i];
+    }
+    if (n) podcap_opt_end_write(p);
+    return podcap_epb_size(caplen) + opts;
 }
 
-static int emit(struct podcap_merge *m, struct input *in) {
+/* The next annotation: on the first packet written at or after ts_ns, of input `input` or of any. In time order
+ * (an earlier time than the last one added: -1). */
+int podcap_merge_annotate(struct podcap_merge *m, uint64_t ts_ns, uint32_t input, const uint8_t *comment,
+                          uint32_t len) {
+    if (len > 0xFFFFu || (m->ann_n && ts_ns < m->ann[m->ann_n - 1].ts)) return -1;
+    if (m->ann_n == m->ann_cap) {
+        size_t cap = m->ann_cap ? 2 * m->ann_cap : 8;
+        struct annotation *a = realloc(m->ann, cap * sizeof(*a));
+        if (!a) return fail(m, PODCAP_NO_MEMORY, 0, 0);
+        m->ann = a;
+        m->ann_cap = cap;
+    }
+    if (m->text_cap - m->text_len < len) {
+        size_t cap = m->text_cap ? m->text_cap : 256;
+        while (cap - m->text_len < len) cap *= 2;
+        uint8_t *t = realloc(m->ann_text, cap);
+        if (!t) return fail(m, PODCAP_NO_MEMORY, 0, 0);
+        m->ann_text = t;
+        m->text_cap = cap;
+    }
+    if (len) memcpy(m->ann_text + m->text_len, comment, len);
+    m->ann[m->ann_n++] = (struct annotation){ts_ns, input, len, m->text_len, 0};
+    m->text_len += len;
+    m->next_ann_ts = m->ann[m->ann_first].ts;
+    return 0;
+}
+
+/* Annotations placed so far. */
+uint64_t podcap_merge_annotated(const struct podcap_merge *m) { return m->annotated; }
+
+static inline int annotation_due(const struct annotation *a, uint64_t ts, uint32_t iface) {
+    return !a->placed && a->ts <= ts && (a->input == PODCAP_MERGE_ANY_INPUT || a->input == iface);
+}
+
+/* The bytes of the options the next record of `in` carries: its annotations that are due, then opt_endofopt; 0 when
+ * none is (an earlier annotation for another input may still wait for that input's next packet). */
+static uint32_t annotation_opts(const struct podcap_merge *m, const struct input *in) {
+    uint32_t opts = 0;
+    for (size_t k = m->ann_first; k < m->ann_n && m->ann[k].ts <= in->head_ts; k++)
+        if (annotation_due(&m->ann[k], in->head_ts, in->iface))
+            opts += (uint32_t)podcap_opt_comment_size(m->ann[k].len);
+    return opts ? opts + 4 : 0;
+}
+
+/* Write the due annotations at o (annotation_opts' bytes) and mark them placed. */
+static void annotation_write(struct podcap_merge *m, const struct input *in, uint8_t *o) {
+    for (size_t k = m->ann_first; k < m->ann_n && m->ann[k].ts <= in->head_ts; k++) {
+        struct annotation *a = &m->ann[k];
+        if (!annotation_due(a, in->head_ts, in->iface)) continue;
+        o += podcap_opt_comment_write(o, m->ann_text + a->off, a->len);
+        a->placed = 1;
+        m->annotated++;
+    }
+    podcap_opt_end_write(o);
+    while (m->ann_first < m->ann_n && m->ann[m->ann_first].placed) m->ann_first++;
+    m->next_ann_ts = m->ann_first < m->ann_n ? m->ann[m->ann_first].ts : UINT64_MAX;
+}
+
+/* Room for `total` more bytes in an output buffer that has less: flushed, and grown for a record larger than it. */
+static int out_room(struct podcap_merge *m, size_t total, const struct input *in) {
+    int rc = flush_out(m);
+    if (rc < 0) return rc;
+    if (total > m->out_cap) {
+        uint8_t *grown = realloc(m->out, total);
+        if (!grown) return fail(m, PODCAP_NO_MEMORY, (size_t)in->iface, in->buf_off + in->pos);
+        m->out = grown;
+        m->out_cap = total;
+    }
+    return 0;
+}
+
+/* The record at the input's head as an EPB without options, or left out (a second sighting). */
+static inline __attribute__((always_inline)) int emit_plain(struct podcap_merge *m, struct input *in) {
     const uint8_t *rec = in->buf + in->pos;
     uint32_t incl = podcap_record_caplen(rec), orig = podcap_record_wirelen(rec);
     const uint8_t *data = rec + PODCAP_RECORD_HEADER;
@@ -337,19 +444,73 @@ static int emit(struct podcap_merge *m, struct input *in) {
     }
     size_t total = podcap_epb_size(incl);
     if (m->out_cap - m->out_len < total) {
-        int rc = flush_out(m);
+        int rc = out_room(m, total, in);
         if (rc < 0) return rc;
-        if (total > m->out_cap) {
-            uint8_t *grown = realloc(m->out, total);
-            if (!grown) return fail(m, PODCAP_NO_MEMORY, (size_t)in->iface, in->buf_off + in->pos);
-            m->out = grown;
-            m->out_cap = total;
-        }
     }
     podcap_epb_write(m->out + m->out_len, data, incl, orig, in->iface, in->head_ts / in->divisor);
     m->out_len += total;
     in->pos += PODCAP_RECORD_HEADER + (size_t)incl;
     in->packets++;
+    return 0;
+}
+
+/* A record at or after the next annotation's time: an EPB with the annotations due on it, as options; when none is
+ * (one for another input may be waiting), the plain EPB. Such a record is written even when it is a second sighting
+ * (the comment stays at its time); it is still seen by the one-copy table, as any written packet. Out of line, so
+ * that the per-packet path stays what it was without annotations. */
+static __attribute__((noinline, cold)) int emit_annotated(struct podcap_merge *m, struct input *in) {
+    uint32_t opts = annotation_opts(m, in);
+    if (!opts) return emit_plain(m, in);
+    const uint8_t *rec = in->buf + in->pos;
+    uint32_t incl = podcap_record_caplen(rec), orig = podcap_record_wirelen(rec);
+    const uint8_t *data = rec + PODCAP_RECORD_HEADER;
+    if (m->dedup) (void)dedup_drop(m->dedup, in->linktype, data, incl, orig, in->head_ts, in->iface);
+    size_t total = podcap_epb_size(incl) + opts;
+    if (m->out_cap - m->out_len < total) {
+        int rc = out_room(m, total, in);
+        if (rc < 0) return rc;
+    }
+    uint8_t *o = m->out + m->out_len;
+    podcap_epb_write_opts(o, data, incl, orig, in->iface, in->head_ts / in->divisor, opts);
+    annotation_write(m, in, o + podcap_epb_size(incl) - 4);
+    m->out_len += total;
+    in->pos += PODCAP_RECORD_HEADER + (size_t)incl;
+    in->packets++;
+    return 0;
+}
+
+static int emit(struct podcap_merge *m, struct input *in) {
+    if (__builtin_expect(in->head_ts >= m->next_ann_ts, 0)) return emit_annotated(m, in); /* the one compare */
+    return emit_plain(m, in);
+}
+
+/* The latest record timestamp (ns) of a pcap file from offset start on, into *max_ts (0: no record): whether a
+ * packet follows a time, known before the merge writes the section header that says so. Stops quietly at a
+ * malformed end (the merge reports it). 0, or -PODCAP_READ_ERROR / -PODCAP_NO_MEMORY. */
+int podcap_records_max_ts(int fd, uint32_t ts_scale, uint64_t start, uint64_t *max_ts) {
+    enum { SCAN_BLOCK = 1 << 20 };
+    uint8_t *buf = malloc(SCAN_BLOCK);
+    if (!buf) return -PODCAP_NO_MEMORY;
+    uint64_t off = start, buf_off = 0, buf_len = 0, latest = 0;
+    for (;;) {
+        if (off < buf_off || off + PODCAP_RECORD_HEADER > buf_off + buf_len) {
+            ssize_t r = pread(fd, buf, SCAN_BLOCK, (off_t)off);
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0) {
+                free(buf);
+                return -PODCAP_READ_ERROR;
+            }
+            buf_off = off;
+            buf_len = (uint64_t)r;
+            if (buf_len < PODCAP_RECORD_HEADER) break;
+        }
+        const uint8_t *h = buf + (off - buf_off);
+        uint64_t ts = podcap_record_ts_ns(h, ts_scale);
+        if (ts > latest) latest = ts;
+        off += PODCAP_RECORD_HEADER + (uint64_t)podcap_record_caplen(h);
+    }
+    free(buf);
+    *max_ts = latest;
     return 0;
 }
 

@@ -87,17 +87,46 @@ static inline size_t podcap_epb_size(uint32_t caplen) {
     return PODCAP_PCAPNG_EPB_FIXED + (size_t)caplen + (size_t)(-caplen & 3u);
 }
 
-/* The EPB of one packet (data, caplen, wire length) at o: exactly podcap_epb_size(caplen) bytes. ts is in the
- * interface's resolution (if_tsresol). */
-static inline void podcap_epb_write(uint8_t *o, const uint8_t *data, uint32_t caplen, uint32_t wirelen, uint32_t iface,
-                                    uint64_t ts) {
+/* The EPB of one packet (data, caplen, wire length) at o, with opts_len bytes of options (0: none; else a multiple
+ * of 4, ending in opt_endofopt) that the caller writes at o + 28 + caplen + padding (podcap_opt_comment_write,
+ * podcap_opt_end_write): exactly podcap_epb_size(caplen) + opts_len bytes. ts is in the interface's resolution
+ * (if_tsresol). */
+static inline void podcap_epb_write_opts(uint8_t *o, const uint8_t *data, uint32_t caplen, uint32_t wirelen,
+                                         uint32_t iface, uint64_t ts, uint32_t opts_len) {
     uint32_t pad = (uint32_t)(-caplen & 3u);
-    uint32_t total = (uint32_t)podcap_epb_size(caplen);
+    uint32_t total = (uint32_t)podcap_epb_size(caplen) + opts_len;
     uint32_t head[7] = {PODCAP_PCAPNG_EPB, total, iface, (uint32_t)(ts >> 32), (uint32_t)ts, caplen, wirelen};
     memcpy(o, head, sizeof(head));
     memcpy(o + 28, data, caplen);
     memset(o + 28 + caplen, 0, pad);
-    memcpy(o + 28 + caplen + pad, &total, 4);
+    memcpy(o + 28 + caplen + pad + opts_len, &total, 4);
+}
+
+/* The EPB of one packet without options (the merge's path for every packet that carries no comment). */
+static inline void podcap_epb_write(uint8_t *o, const uint8_t *data, uint32_t caplen, uint32_t wirelen, uint32_t iface,
+                                    uint64_t ts) {
+    podcap_epb_write_opts(o, data, caplen, wirelen, iface, ts, 0);
+}
+
+#define PODCAP_PCAPNG_OPT_ENDOFOPT 0u
+#define PODCAP_PCAPNG_OPT_COMMENT 1u
+
+/* An opt_comment of len bytes (at most 65535): code, length, the text padded to 32 bits. */
+static inline size_t podcap_opt_comment_size(uint32_t len) { return 4u + (size_t)len + (size_t)(-len & 3u); }
+
+/* The opt_comment at o: podcap_opt_comment_size(len) bytes. */
+static inline size_t podcap_opt_comment_write(uint8_t *o, const uint8_t *text, uint32_t len) {
+    uint16_t head[2] = {PODCAP_PCAPNG_OPT_COMMENT, (uint16_t)len};
+    memcpy(o, head, 4);
+    memcpy(o + 4, text, len);
+    memset(o + 4 + len, 0, -len & 3u);
+    return podcap_opt_comment_size(len);
+}
+
+/* opt_endofopt at o: 4 bytes (after the last option). */
+static inline size_t podcap_opt_end_write(uint8_t *o) {
+    memset(o, 0, 4);
+    return 4;
 }
 
 /* ---- walk.c: the record walker ---- */
@@ -176,8 +205,17 @@ uint64_t podcap_live_buffered(const struct podcap_live *l);
 void podcap_live_retire(struct podcap_live *l, uint32_t i);
 void podcap_live_counts(const struct podcap_live *l, uint64_t *written, uint64_t *dropped);
 
-/* One EPB through the inline writer above, for the test that holds it to the Python encoder: its size. */
+/* Packet comments (a recorder's triggers): an annotation is written as an opt_comment on the first packet written at
+ * or after its time (of input `input`, or of any input: PODCAP_MERGE_ANY_INPUT), added in time order. */
+#define PODCAP_MERGE_ANY_INPUT UINT32_MAX
+int podcap_merge_annotate(struct podcap_merge *m, uint64_t ts_ns, uint32_t input, const uint8_t *comment,
+                          uint32_t len);
+uint64_t podcap_merge_annotated(const struct podcap_merge *m);
+int podcap_records_max_ts(int fd, uint32_t ts_scale, uint64_t start, uint64_t *max_ts);
+
+/* One EPB through the inline writers above, for the test that holds it to the Python encoder: its size. The n
+ * comments are concatenated in texts, lens[i] bytes each (opt_comment options in that order). */
 uint64_t podcap_pcapng_epb(uint8_t *out, const uint8_t *data, uint32_t caplen, uint32_t wirelen, uint32_t iface,
-                           uint64_t ts);
+                           uint64_t ts, const uint8_t *texts, const uint32_t *lens, uint32_t n);
 
 #endif

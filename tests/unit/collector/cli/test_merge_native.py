@@ -10,11 +10,12 @@ import random
 import shutil
 import struct
 import subprocess
+from collections.abc import Sequence
 
 import pytest
 
 from podcap.collector.cli.get import merge, pcapmerge
-from podcap.collector.cli.get.merge import MergeInput, merge_pcaps
+from podcap.collector.cli.get.merge import Mark, MergeInput, merge_pcaps
 from podcap.formats.pcap import FILE_HEADER_LEN, FileFormat, PcapFormatError
 from podcap.formats.pcapng import InterfaceInfo, SectionInfo
 from tests.pcapng_reader import read_pcapng
@@ -23,7 +24,8 @@ from tests.unit.collector.cli.test_pcapng import BASE_NS, stats, write_pcap
 pytestmark = pytest.mark.skipif(not pcapmerge.available(), reason="podcap's C library is not built (no C compiler)")
 
 
-def _merge_both(tmp_path: str, inputs: list[MergeInput], monkeypatch: pytest.MonkeyPatch) -> tuple[bytes, bytes]:
+def merge_both(tmp_path: str, inputs: list[MergeInput], monkeypatch: pytest.MonkeyPatch, *,
+               marks: Sequence[Mark] = (), one_copy_ns: int = 0) -> tuple[bytes, bytes]:
     """The merged file as the C core writes it, and as the Python path writes it."""
     section = SectionInfo(comments=("podcap capture abc123def456",), hardware="x", os="y")
     out = []
@@ -33,7 +35,7 @@ def _merge_both(tmp_path: str, inputs: list[MergeInput], monkeypatch: pytest.Mon
             if not native:
                 m.setattr(pcapmerge, "_LIB", None)
             with open(path, "wb") as f:
-                merge_pcaps(inputs, f, section=section)
+                merge_pcaps(inputs, f, section=section, marks=marks, one_copy_ns=one_copy_ns)
         with open(path, "rb") as f:
             out.append(f.read())
         os.unlink(path)
@@ -59,7 +61,7 @@ def _random_pods(tmp_path: str, seed: int, n_pods: int, *, unordered: bool = Fal
 def test_the_c_merge_writes_the_same_bytes_as_the_python_merge(tmp_path: str, monkeypatch: pytest.MonkeyPatch,
                                                                 seed: int, unordered: bool) -> None:
     inputs = _random_pods(str(tmp_path), seed, 1 + seed % 5, unordered=unordered)
-    native, python = _merge_both(str(tmp_path), inputs, monkeypatch)
+    native, python = merge_both(str(tmp_path), inputs, monkeypatch)
     assert native == python
     assert len(read_pcapng_bytes(str(tmp_path), native).packets) == sum(
         sum(1 for _ in _records(i.path)) for i in inputs)
