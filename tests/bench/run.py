@@ -524,7 +524,8 @@ def verdict(key: str, v: Any) -> str:
     if key not in TARGETS or not isinstance(v, (int, float)):
         return ""
     op, bound = TARGETS[key]
-    ok = v <= bound if op == "<=" else v >= bound if op == ">=" else abs(v - bound) < 1e-12
+    ok = (v <= bound if op == "<=" else v >= bound if op == ">=" else v < bound if op == "<"
+          else abs(v - bound) < 1e-12)
     return f"{op} {bound:g}  {'ok' if ok else 'MISS'}"
 
 
