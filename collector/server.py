@@ -316,6 +316,11 @@ def main(listen: str, data_dir: str, storage: str, s3_endpoint: str, s3_region: 
         else:
             _fail("no way to authenticate users: pass --token-file, or run with the Kubernetes API (--kubeconfig "
                   "or in-cluster) for TokenReview/SubjectAccessReview", cluster)
+        if agent_listen and tls is None:
+            # Without TLS there is one port for agents and the CLI; a silently ignored --agent-listen left agents
+            # dialing a port nobody listens on (found trying the README's two commands with --insecure).
+            _fail(f"--agent-listen {agent_listen} needs TLS: with --insecure agents connect to --listen {listen}",
+                  cluster)
         if reconcile_podcaptures and cluster is None:
             _fail("--reconcile-podcaptures needs the Kubernetes API (--kubeconfig or in-cluster)", cluster)
         if metrics_listen:

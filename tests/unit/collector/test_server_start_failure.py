@@ -48,3 +48,18 @@ def test_reconciling_podcaptures_without_the_kubernetes_api_is_one_line(tmp_path
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1] == (
         "podcap-collector: --reconcile-podcaptures needs the Kubernetes API (--kubeconfig or in-cluster)")
+
+
+def test_an_agent_port_without_tls_is_one_line(tmp_path: str) -> None:
+    """``--insecure --agent-listen`` was ignored: the collector served agents on --listen only, and an agent given
+    the --agent-listen port retried a refused connection for ever."""
+    import os
+
+    exe = os.path.join(os.path.dirname(sys.executable), "podcap-collector")
+    r = subprocess.run([exe, "--insecure", "--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0",
+                        "--data-dir", os.path.join(tmp_path, "d"), "--no-kubernetes"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        "podcap-collector: --agent-listen 127.0.0.1:0 needs TLS: with --insecure agents connect to --listen "
+        "127.0.0.1:0")
