@@ -17,7 +17,7 @@ from podcap.collector.cli.client import CollectorError
 from podcap.errors import PodcapError
 from podcap.tls import TlsConfigError
 
-_CAPTURE_ID_COMMANDS = {"status", "stop", "get", "delete", "follow"}
+_CAPTURE_ID_COMMANDS = {"status", "stop", "get", "delete", "follow", "trigger"}
 
 
 class CommandError(click.ClickException):
@@ -61,8 +61,8 @@ def collector_hint(e: CollectorError, *, prog: str, command: str | None) -> str:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return f"fix that argument and retry ('{prog} {command or ''} -h' lists the options)".replace("  ", " ")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
-        if command == "delete":
-            return ""  # (the message says what to do: stop it first, or --force)
+        if command in ("delete", "trigger"):
+            return ""  # (the message says what to do: stop it first, or --force; a stopped recorder's saves)
         if "has ended" in msg:  # a follow of a capture that is over: the message says what reads it
             return ""
         return "start podcap-agent on that node (the agent DaemonSet), or leave its pods out"

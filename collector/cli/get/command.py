@@ -167,6 +167,15 @@ def _to_pcapng(status: control_pb2.CaptureStatus, files: list[DownloadedFile]) -
     return out
 
 
+def _merge_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--merge -o x.pcapng`` took ``-o`` as the file's name (and ``x.pcapng`` as a pod): an option's name is
+    never a file name here; ``-`` alone is stdout."""
+    if value and value.startswith("-") and value != "-":
+        raise click.BadParameter(f"takes a FILE to write ('-' for stdout), not {value!r}: podcap get ID --merge "
+                                 "FILE")
+    return value
+
+
 @click.command()
 @click.argument("capture_id", required=False, shell_complete=complete_capture_id)
 @click.argument("pods", nargs=-1, shell_complete=complete_capture_pod)
@@ -174,7 +183,7 @@ def _to_pcapng(status: control_pb2.CaptureStatus, files: list[DownloadedFile]) -
               help="Directory to write one file per pod into: <namespace>/<pod>.pcap (or .pcapng).")
 @click.option("--format", "file_format", type=click.Choice(["pcap", "pcapng"]), default="pcap", show_default=True,
               help="Per-pod file format for -o; pcapng adds the pod's name, node, uid, filter and drop counters.")
-@click.option("--merge", "merge_path", type=click.Path(dir_okay=False, allow_dash=True),
+@click.option("--merge", "merge_path", type=click.Path(dir_okay=False, allow_dash=True), callback=_merge_path,
               help="Write ONE pcapng file, each pod its own interface, packets in time order, each packet once "
               "('-' = stdout).")
 @click.option("--all-copies", is_flag=True,

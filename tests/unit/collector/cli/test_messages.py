@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from podcap.collector.bucket import objects
 from podcap.collector.cli import main
 from podcap.collector.cli.client import CollectorError
+from podcap.collector.cli.errors import collector_hint
 from podcap.collector.cli.extcap.capture import failure_line
 from podcap.collector.cli.extcap.options import CaptureOptions, CollectorSettings, ExtcapOptionError, start_request
 from podcap.collector.cli.get import command as get_cmd
@@ -202,3 +203,20 @@ def test_an_empty_list_says_so(fake: FakeClient) -> None:
     fake.list_captures = lambda: []
     r = invoke("list")
     assert r.exit_code == 0 and r.stdout == "" and "no captures" in r.stderr
+
+
+def test_merge_never_takes_an_option_for_its_file(fake: FakeClient, tmp_path: str) -> None:
+    """``get ID --merge -o x.pcapng`` took ``-o`` as the merged file's name and ``x.pcapng`` as a pod."""
+    r = invoke("get", CID, "--merge", "-o", str(tmp_path))
+    assert r.exit_code == 2 and "--merge" in r.stderr and "not '-o'" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(("code", "message"), [
+    (grpc.StatusCode.NOT_FOUND, "no recorder 'nope' (see `podcap list`)"),
+    (grpc.StatusCode.FAILED_PRECONDITION, "recorder rec-x was stopped at 00:42:34 (stopped by user): nothing to "
+                                          "trigger; its saves: abc"),
+])
+def test_a_refused_trigger_gets_no_hint_about_pods_or_agents(code: grpc.StatusCode, message: str) -> None:
+    """The hints for a refused start (selectors, a node without an agent) misled after ``podcap trigger``."""
+    hint = collector_hint(CollectorError(message, code=code), prog="podcap", command="trigger")
+    assert "selector" not in hint and "podcap-agent" not in hint, hint
