@@ -184,39 +184,18 @@ class KubeApi:
     def list_pod_objects(self, namespace: str | None, label_selector: str = "",
                          field_selector: str = "") -> tuple[list[dict[str, Any]], str]:
         """Every matching pod object (pages of ``LIST_PAGE``) and the list's resourceVersion."""
-        describe = self._describe("list", "pods", namespace)
-        items: list[dict[str, Any]] = []
-        cont = ""
-        rv = ""
-        while True:
-            kw: dict[str, Any] = {"limit": LIST_PAGE, "_request_timeout": (CONNECT_TIMEOUT_S, LIST_READ_TIMEOUT_S)}
-            if cont:
-                kw["_continue"] = cont
-            page = self._request(describe, "a list", partial(self._pods, namespace, label_selector, field_selector,
-                                                             **kw))
-            meta = page.get("metadata") or {}
-            rv = rv or str(meta.get("resourceVersion", ""))
-            items.extend(page.get("items") or [])
-            cont = str(meta.get("continue") or "")
-            if not cont:
-                return items, rv
+        return self._paged_list(self._describe("list", "pods", namespace),
+                                partial(self._pods, namespace, label_selector, field_selector))
 
     def watch_pods(self, namespace: str | None, *, resource_version: str, label_selector: str = "",
                    field_selector: str = "", timeout_seconds: int = DEFAULT_WATCH_TIMEOUT_S,
                    bookmarks: bool = True) -> WatchStream:
         """Open a watch from ``resource_version``. Events arrive as ``(type, object)``; an ERROR event is left to
         the caller (``status_error``)."""
-        describe = self._describe("watch", "pods", namespace)
-        try:
-            resp = self._pods(
-                namespace, label_selector, field_selector, watch=True, resource_version=resource_version,
-                allow_watch_bookmarks=bookmarks, timeout_seconds=timeout_seconds,
-                # The read timeout only catches a dead connection: the server ends the watch after timeout_seconds
-                # and sends bookmarks while it is quiet.
-                _request_timeout=(CONNECT_TIMEOUT_S, timeout_seconds + 60))
-        except Exception as e:
-            raise describe(e) from e
-        return WatchStream(resp, describe)
+        return self._open_watch(self._describe("watch", "pods", namespace),
+                                partial(self._pods, namespace, label_selector, field_selector),
+                                resource_version=resource_version, timeout_seconds=timeout_seconds,
+                                bookmarks=bookmarks)
 
     def status_error(self, status: dict[str, Any], *, verb: str, namespace: str | None) -> KubeError:
         """The error an in-band ERROR event (a Status object) of a pod watch stands for."""
@@ -227,36 +206,31 @@ class KubeApi:
     def read_object(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
         """A workload (``deployment``, ``statefulset``, ``daemonset``, ``job``) or ``service`` as raw JSON. Raises
         KubeNotFoundError when it does not exist."""
-        apps: Any = k8s_client.AppsV1Api(self._client)
-        batch: Any = k8s_client.BatchV1Api(self._client)
-        calls: dict[str, tuple[str, Callable[..., Any]]] = {
-            "deployment": ("deployments", apps.read_namespaced_deployment),
-            "statefulset": ("statefulsets", apps.read_namespaced_stateful_set),
-            "daemonset": ("daemonsets", apps.read_namespaced_daemon_set),
-            "job": ("jobs", batch.read_namespaced_job),
-            "service": ("services", self._core.read_namespaced_service),
-        }
-        resource, call = calls[kind]
+        resource, call = self._kind_call(kind, "read")
         return self._request(self._describe("get", resource, namespace), f"a {kind}",
                              lambda: call(name, namespace, _preload_content=False,
                                           _request_timeout=(CONNECT_TIMEOUT_S, LIST_READ_TIMEOUT_S)))
 
     def list_object_names(self, kind: str, namespace: str) -> list[str]:
         """The names of the objects of ``kind`` (as ``read_object``) in ``namespace``, for error messages."""
-        apps: Any = k8s_client.AppsV1Api(self._client)
-        batch: Any = k8s_client.BatchV1Api(self._client)
-        calls: dict[str, tuple[str, Callable[..., Any]]] = {
-            "deployment": ("deployments", apps.list_namespaced_deployment),
-            "statefulset": ("statefulsets", apps.list_namespaced_stateful_set),
-            "daemonset": ("daemonsets", apps.list_namespaced_daemon_set),
-            "job": ("jobs", batch.list_namespaced_job),
-            "service": ("services", self._core.list_namespaced_service),
-        }
-        resource, call = calls[kind]
+        resource, call = self._kind_call(kind, "list")
         body = self._request(self._describe("list", resource, namespace), f"a {kind} list",
                              lambda: call(namespace, _preload_content=False, limit=LIST_PAGE,
                                           _request_timeout=(CONNECT_TIMEOUT_S, LIST_READ_TIMEOUT_S)))
         return sorted(str((o.get("metadata") or {}).get("name", "")) for o in body.get("items") or [])
+
+    def _kind_call(self, kind: str, verb: str) -> tuple[str, Callable[..., Any]]:
+        """The resource name of ``kind`` (as ``read_object``) and its client's ``{verb}_namespaced_...`` call."""
+        apps: Any = k8s_client.AppsV1Api(self._client)
+        batch: Any = k8s_client.BatchV1Api(self._client)
+        api, resource, suffix = {
+            "deployment": (apps, "deployments", "deployment"),
+            "statefulset": (apps, "statefulsets", "stateful_set"),
+            "daemonset": (apps, "daemonsets", "daemon_set"),
+            "job": (batch, "jobs", "job"),
+            "service": (self._core, "services", "service"),
+        }[kind]
+        return resource, getattr(api, f"{verb}_namespaced_{suffix}")
 
     def list_endpoint_slices(self, namespace: str, label_selector: str) -> tuple[list[dict[str, Any]], str]:
         """The EndpointSlices (discovery.k8s.io/v1) matching ``label_selector`` and the list's resourceVersion."""
@@ -271,15 +245,10 @@ class KubeApi:
                               timeout_seconds: int = DEFAULT_WATCH_TIMEOUT_S) -> WatchStream:
         """A watch of EndpointSlices from ``resource_version`` (events as ``watch_pods``'s)."""
         disc: Any = k8s_client.DiscoveryV1Api(self._client)
-        describe = self._describe("watch", "endpointslices", namespace)
-        try:
-            resp = disc.list_namespaced_endpoint_slice(
-                namespace, label_selector=label_selector, watch=True, resource_version=resource_version,
-                allow_watch_bookmarks=True, timeout_seconds=timeout_seconds, _preload_content=False,
-                _request_timeout=(CONNECT_TIMEOUT_S, timeout_seconds + 60))
-        except Exception as e:
-            raise describe(e) from e
-        return WatchStream(resp, describe)
+        return self._open_watch(self._describe("watch", "endpointslices", namespace),
+                                partial(disc.list_namespaced_endpoint_slice, namespace, label_selector=label_selector,
+                                        _preload_content=False),
+                                resource_version=resource_version, timeout_seconds=timeout_seconds)
 
     def read_namespace(self, name: str) -> dict[str, Any] | None:
         """A namespace as raw JSON; None when it does not exist."""
@@ -310,21 +279,8 @@ class KubeApi:
 
     def list_objects(self, res: Resource, namespace: str | None = None) -> tuple[list[dict[str, Any]], str]:
         """Every object of ``res`` (pages of ``LIST_PAGE``) and the list's resourceVersion."""
-        describe = self._describe("list", res.text, namespace)
-        items: list[dict[str, Any]] = []
-        cont, rv = "", ""
-        while True:
-            kw: dict[str, Any] = {"limit": LIST_PAGE, "_request_timeout": (CONNECT_TIMEOUT_S, LIST_READ_TIMEOUT_S),
-                                  "_preload_content": False}
-            if cont:
-                kw["_continue"] = cont
-            page = self._request(describe, "a list", partial(self._list_call, res, namespace, **kw))
-            meta = page.get("metadata") or {}
-            rv = rv or str(meta.get("resourceVersion", ""))
-            items.extend(page.get("items") or [])
-            cont = str(meta.get("continue") or "")
-            if not cont:
-                return items, rv
+        return self._paged_list(self._describe("list", res.text, namespace),
+                                partial(self._list_call, res, namespace, _preload_content=False))
 
     def _list_call(self, res: Resource, namespace: str | None, **kw: Any) -> Any:
         if namespace:
@@ -334,14 +290,9 @@ class KubeApi:
     def watch_objects(self, res: Resource, *, resource_version: str, namespace: str | None = None,
                       timeout_seconds: int = DEFAULT_WATCH_TIMEOUT_S) -> WatchStream:
         """Watch ``res`` from ``resource_version`` (with bookmarks); an ERROR event is left to the caller."""
-        describe = self._describe("watch", res.text, namespace)
-        try:
-            resp = self._list_call(res, namespace, watch=True, resource_version=resource_version,
-                                   allow_watch_bookmarks=True, timeout_seconds=timeout_seconds,
-                                   _preload_content=False, _request_timeout=(CONNECT_TIMEOUT_S, timeout_seconds + 60))
-        except Exception as e:
-            raise describe(e) from e
-        return WatchStream(resp, describe)
+        return self._open_watch(self._describe("watch", res.text, namespace),
+                                partial(self._list_call, res, namespace, _preload_content=False),
+                                resource_version=resource_version, timeout_seconds=timeout_seconds)
 
     def object_status_error(self, status: dict[str, Any], res: Resource, namespace: str | None) -> KubeError:
         """The error an in-band ERROR event of a watch of ``res`` stands for."""
@@ -407,36 +358,17 @@ class KubeApi:
 
     def list_event_objects(self, *, field_selector: str) -> tuple[list[dict[str, Any]], str]:
         """Every Event (all namespaces) matching ``field_selector``, and the list's resourceVersion."""
-        describe = self._describe("list", "events", None)
-        items: list[dict[str, Any]] = []
-        cont = ""
-        rv = ""
-        while True:
-            kw: dict[str, Any] = {"limit": LIST_PAGE, "field_selector": field_selector,
-                                  "_request_timeout": (CONNECT_TIMEOUT_S, LIST_READ_TIMEOUT_S)}
-            if cont:
-                kw["_continue"] = cont
-            page = self._request(describe, "a list", partial(self._core.list_event_for_all_namespaces,
-                                                             _preload_content=False, **kw))
-            meta = page.get("metadata") or {}
-            rv = rv or str(meta.get("resourceVersion", ""))
-            items.extend(page.get("items") or [])
-            cont = str(meta.get("continue") or "")
-            if not cont:
-                return items, rv
+        return self._paged_list(self._describe("list", "events", None),
+                                partial(self._core.list_event_for_all_namespaces, _preload_content=False,
+                                        field_selector=field_selector))
 
     def watch_events(self, *, resource_version: str, field_selector: str,
                      timeout_seconds: int = DEFAULT_WATCH_TIMEOUT_S) -> WatchStream:
         """Open a watch of Events (all namespaces) from ``resource_version``."""
-        describe = self._describe("watch", "events", None)
-        try:
-            resp = self._core.list_event_for_all_namespaces(
-                _preload_content=False, watch=True, resource_version=resource_version, field_selector=field_selector,
-                allow_watch_bookmarks=True, timeout_seconds=timeout_seconds,
-                _request_timeout=(CONNECT_TIMEOUT_S, timeout_seconds + 60))
-        except Exception as e:
-            raise describe(e) from e
-        return WatchStream(resp, describe)
+        return self._open_watch(self._describe("watch", "events", None),
+                                partial(self._core.list_event_for_all_namespaces, _preload_content=False,
+                                        field_selector=field_selector),
+                                resource_version=resource_version, timeout_seconds=timeout_seconds)
 
     def event_status_error(self, status: dict[str, Any]) -> KubeError:
         """The error an in-band ERROR event of an Event watch stands for."""
@@ -456,6 +388,38 @@ class KubeApi:
         if namespace:
             return self._core.list_namespaced_pod(namespace, _preload_content=False, **kw)
         return self._core.list_pod_for_all_namespaces(_preload_content=False, **kw)
+
+    def _paged_list(self, describe: Describe, call: Callable[..., Any]) -> tuple[list[dict[str, Any]], str]:
+        """Every item ``call`` (a list call, unevaluated) returns, in pages of ``LIST_PAGE``, and the first page's
+        resourceVersion (the list's)."""
+        items: list[dict[str, Any]] = []
+        cont, rv = "", ""
+        while True:
+            kw: dict[str, Any] = {"limit": LIST_PAGE, "_request_timeout": (CONNECT_TIMEOUT_S, LIST_READ_TIMEOUT_S)}
+            if cont:
+                kw["_continue"] = cont
+            page = self._request(describe, "a list", partial(call, **kw))
+            meta = page.get("metadata") or {}
+            rv = rv or str(meta.get("resourceVersion", ""))
+            items.extend(page.get("items") or [])
+            cont = str(meta.get("continue") or "")
+            if not cont:
+                return items, rv
+
+    @staticmethod
+    def _open_watch(describe: Describe, call: Callable[..., Any], *, resource_version: str, timeout_seconds: int,
+                    bookmarks: bool = True) -> WatchStream:
+        """Open a watch with ``call`` (the kind's list call) from ``resource_version``; an ERROR event is left to
+        the caller."""
+        try:
+            resp = call(watch=True, resource_version=resource_version, allow_watch_bookmarks=bookmarks,
+                        timeout_seconds=timeout_seconds,
+                        # The read timeout only catches a dead connection: the server ends the watch after
+                        # timeout_seconds and sends bookmarks while it is quiet.
+                        _request_timeout=(CONNECT_TIMEOUT_S, timeout_seconds + 60))
+        except Exception as e:
+            raise describe(e) from e
+        return WatchStream(resp, describe)
 
     @staticmethod
     def _request(describe: Describe, what: str, call: Callable[[], Any]) -> dict[str, Any]:

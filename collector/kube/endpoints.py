@@ -6,27 +6,24 @@ is a Pod, ready or not (a pod that is not ready yet is often the one whose traff
 are what kube-proxy and every mesh route by, so the capture follows the same pods the Service's traffic reaches,
 also when a controller other than the selector's publishes them.
 
-One watch per running ``svc/`` capture (a list, then a watch from its resourceVersion, bookmarks, re-list on
-``410 Gone``, backoff on errors), not a cluster-wide cache as for pods: Service captures are few, and a
-selector-scoped watch costs the API server one small stream each. ``on_change`` runs on the watch thread after
-every change (and after every re-list), without locks held: the capture manager attaches pods that became
-endpoints. Pods that stop being endpoints stay captured until they end (their traffic up to then is often the
-point); membership answers for the pods attached from now on.
+One watch per running ``svc/`` capture (``listwatch.ListWatch``: a list, then a watch from its resourceVersion,
+bookmarks, re-list on ``410 Gone``, backoff on errors), not a cluster-wide cache as for pods: Service captures are few,
+and a selector-scoped watch costs the API server one small stream each. ``on_change`` runs on the watch thread after
+every change (and after every re-list), without locks held: the capture manager attaches pods that became endpoints.
+Pods that stop being endpoints stay captured until they end (their traffic up to then is often the point); membership
+answers for the pods attached from now on.
 
 The calls are ``client.KubeApi``'s; this module does not import ``kubernetes``.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from podcap.collector.kube.client import DEFAULT_WATCH_TIMEOUT_S, KubeApi, WatchStream
-from podcap.collector.kube.errors import KubeError, KubeGoneError
-
-log = logging.getLogger(__name__)
+from podcap.collector.kube.errors import KubeError
+from podcap.collector.kube.listwatch import ListWatch
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
@@ -41,45 +38,29 @@ def slice_pods(obj: dict[str, Any], namespace: str) -> frozenset[tuple[str, str]
     return frozenset(out)
 
 
-class ServiceEndpoints:
+class ServiceEndpoints(ListWatch):
     """The Service's endpoint pods (``pod in endpoints``), current as of the watch."""
 
     def __init__(self, api: KubeApi, namespace: str, service: str, *, on_change: Callable[[], None] = lambda: None,
                  watch_timeout_s: int = DEFAULT_WATCH_TIMEOUT_S, backoff_initial_s: float = 0.5,
                  backoff_max_s: float = 30.0) -> None:
+        super().__init__(what=f"EndpointSlices of service {namespace}/{service}",
+                         thread_name=f"endpoints-{namespace}-{service}", watch_timeout_s=watch_timeout_s,
+                         backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s)
         self.api = api
         self.namespace = namespace
         self.service = service
         self.on_change = on_change
         self.selector = f"{SERVICE_NAME_LABEL}={service}"
-        self.watch_timeout_s = watch_timeout_s
-        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
-        self._lock = threading.Lock()
         self._slices: dict[str, frozenset[tuple[str, str]]] = {}
         self._uids: frozenset[str] = frozenset()
         self._names: frozenset[str] = frozenset()
-        self._stopping = threading.Event()
-        self._synced = threading.Event()
-        self._stream: WatchStream | None = None
-        self._thread = threading.Thread(target=self._run, name=f"endpoints-{namespace}-{service}"[:60], daemon=True)
-        self.resource_version = ""
-        self.last_error: KubeError | None = None
-        self.lists = 0
 
     # ---- public ----
 
     def start(self) -> ServiceEndpoints:
-        self._thread.start()
+        super().start()
         return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
-        with self._lock:
-            stream = self._stream
-        if stream is not None:
-            stream.abort()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
 
     def wait_synced(self, timeout: float) -> bool:
         """True once the first list is in; on timeout, raise the last error if there was one."""
@@ -101,7 +82,7 @@ class ServiceEndpoints:
         with self._lock:
             return sorted({n for pods in self._slices.values() for _, n in pods})
 
-    # ---- the watch thread ----
+    # ---- what ListWatch asks of a kind ----
 
     def _set(self, slices: dict[str, frozenset[tuple[str, str]]]) -> None:
         with self._lock:
@@ -110,62 +91,25 @@ class ServiceEndpoints:
             # A targetRef without a uid is matched by name (the pod's namespace is the Service's).
             self._names = frozenset(n for pods in slices.values() for u, n in pods if not u)
 
-    def _run(self) -> None:
-        delay = self.backoff_initial_s
-        while not self._stopping.is_set():
-            try:
-                if not self.resource_version:
-                    self._relist()
-                self._watch_once()
-                delay = self.backoff_initial_s
-                self.last_error = None
-            except KubeGoneError:
-                self.resource_version = ""
-            except KubeError as e:
-                if self._stopping.is_set():
-                    return
-                self.last_error = e
-                log.warning("EndpointSlices of service %s/%s: %s (retrying in %.1f s)", self.namespace,
-                            self.service, e, delay)
-                self._stopping.wait(delay)
-                delay = min(delay * 2, self.backoff_max_s)
-            except Exception:  # a bug must not end the watch for good
-                log.exception("EndpointSlice watch of %s/%s failed", self.namespace, self.service)
-                self._stopping.wait(delay)
-                delay = min(delay * 2, self.backoff_max_s)
-
-    def _relist(self) -> None:
+    def _list(self) -> tuple[str, Callable[[], None]]:
         items, rv = self.api.list_endpoint_slices(self.namespace, self.selector)
-        self.lists += 1
         self._set({str(o["metadata"]["name"]): slice_pods(o, self.namespace) for o in items})
-        self.resource_version = rv
-        self._synced.set()
-        self.on_change()
+        return rv, self.on_change
 
-    def _watch_once(self) -> None:
-        stream = self.api.watch_endpoint_slices(self.namespace, resource_version=self.resource_version,
-                                                label_selector=self.selector, timeout_seconds=self.watch_timeout_s)
+    def _open(self, resource_version: str, timeout_seconds: int) -> WatchStream:
+        return self.api.watch_endpoint_slices(self.namespace, resource_version=resource_version,
+                                              label_selector=self.selector, timeout_seconds=timeout_seconds)
+
+    def _error(self, obj: dict[str, Any]) -> KubeError:
+        return self.api.endpoint_slice_error(obj, namespace=self.namespace)
+
+    def _apply(self, type_: str, obj: dict[str, Any]) -> None:
         with self._lock:
-            self._stream = stream
-        if self._stopping.is_set():
-            stream.abort()
-        try:
-            for type_, obj in stream:
-                if type_ == "ERROR":
-                    raise self.api.endpoint_slice_error(obj, namespace=self.namespace)
-                md = obj.get("metadata") or {}
-                self.resource_version = str(md.get("resourceVersion") or self.resource_version)
-                if type_ == "BOOKMARK":
-                    continue
-                with self._lock:
-                    slices = dict(self._slices)
-                name = str(md.get("name", ""))
-                if type_ == "DELETED":
-                    slices.pop(name, None)
-                else:
-                    slices[name] = slice_pods(obj, self.namespace)
-                self._set(slices)
-                self.on_change()
-        finally:
-            with self._lock:
-                self._stream = None
+            slices = dict(self._slices)
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        if type_ == "DELETED":
+            slices.pop(name, None)
+        else:
+            slices[name] = slice_pods(obj, self.namespace)
+        self._set(slices)
+        self.on_change()
