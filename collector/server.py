@@ -37,7 +37,6 @@ from podcap.collector.api.ingest import MAX_MESSAGE_BYTES, RECEIVE_LIMIT_BYTES, 
 from podcap.collector.api.wire import add_ingest_servicer
 from podcap.collector.captures.lifecycle import LifecyclePolicy
 from podcap.collector.captures.manager import CaptureManager
-from podcap.collector.cli.units import duration_param, size_param
 from podcap.collector.kube.client import in_cluster, load_api
 from podcap.collector.kube.errors import KubeError
 from podcap.collector.kube.inventory import ClusterInventory
@@ -48,6 +47,7 @@ from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.local import LocalStorage
 from podcap.errors import PodcapError, PreconditionError
 from podcap.tls import TlsFiles
+from podcap.unit_options import duration_param, size_param
 from podcap.v1 import control_pb2_grpc
 
 log = logging.getLogger("podcap.collector")

@@ -48,6 +48,7 @@ from podcap.collector.storage.base import CaptureStorage
 from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.targets import target_text
 from podcap.errors import PodcapError, PreconditionError
+from podcap.units import format_duration, human_bytes
 from podcap.v1 import control_pb2
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,9 @@ class LifecyclePolicy:
     def text(self) -> str:
         parts = []
         if self.keep_ended_s:
-            parts.append(f"ended captures kept {_duration(self.keep_ended_s)}")
+            parts.append(f"ended captures kept {format_duration(self.keep_ended_s)}")
         if self.max_data_bytes:
-            parts.append(f"data dir budget {_bytes(self.max_data_bytes)}")
+            parts.append(f"data dir budget {human_bytes(self.max_data_bytes, si=True)}")
         if self.max_data_percent:
             parts.append(f"data dir filesystem at most {self.max_data_percent:g}% used")
         return ", ".join(parts) or "ended captures kept until deleted"
@@ -209,7 +210,7 @@ class Lifecycle:
         self.deleted_count[cause] = self.deleted_count.get(cause, 0) + 1
         self.deleted_bytes[cause] = self.deleted_bytes.get(cause, 0) + record.bytes
         log.info("capture %s deleted by %s: %s (%s, of which %s in the data dir)%s", cap.id, by, reason,
-                 _bytes(record.bytes), _bytes(record.local_bytes),
+                 human_bytes(record.bytes, si=True), human_bytes(record.local_bytes, si=True),
                  f"; still to delete: {record.pending} (retried)" if record.pending else "")
         return record
 
@@ -259,8 +260,8 @@ class Lifecycle:
             for cap in self._ended():
                 age_s = (now_ns - _ended_ns(cap)) / 1e9
                 if age_s >= self.policy.keep_ended_s:
-                    done += self._by_policy(cap, "keep_ended", f"ended {_duration(age_s)} ago (--keep-ended "
-                                            f"{_duration(self.policy.keep_ended_s)})")
+                    done += self._by_policy(cap, "keep_ended", f"ended {format_duration(age_s)} ago (--keep-ended "
+                                            f"{format_duration(self.policy.keep_ended_s)})")
         if self.policy.budget:
             done += self._enforce_budget()
         return done
@@ -292,8 +293,8 @@ class Lifecycle:
         if p.max_data_bytes:
             held = self.data_bytes()
             if held > p.max_data_bytes:
-                return (f"the data dir is over its budget: {_bytes(held)} of {_bytes(p.max_data_bytes)} "
-                        "(--max-data-bytes)"), False
+                return (f"the data dir is over its budget: {human_bytes(held, si=True)} of "
+                        f"{human_bytes(p.max_data_bytes, si=True)} (--max-data-bytes)"), False
         if p.max_data_percent:
             usage = self.disk_usage()
             if usage.percent > p.max_data_percent:
@@ -327,7 +328,7 @@ class Lifecycle:
             self.store.add_audit(control_pb2.AuditRecord(
                 unix_ns=record.deleted_unix_ns, user=COLLECTOR, action="delete", capture_id=cap.id,
                 target=target_text(cap.request.target), filter=cap.request.settings.filter, result="allowed",
-                detail=f"{reason}; {_bytes(record.bytes)}"))
+                detail=f"{reason}; {human_bytes(record.bytes, si=True)}"))
         except Exception:
             log.exception("cannot write the audit record")
         return [record]
@@ -354,23 +355,3 @@ class Lifecycle:
 
 def _ended_ns(cap: Capture) -> int:
     return cap.ended_ns or cap.created_ns
-
-
-def _bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    if s < 60:
-        return f"{seconds:.0f}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s" if s % 60 else f"{s // 60}m"
-    if s < 86400:
-        return f"{s // 3600}h{(s % 3600) // 60}m" if s % 3600 >= 60 else f"{s // 3600}h"
-    return f"{s // 86400}d{(s % 86400) // 3600}h" if s % 86400 >= 3600 else f"{s // 86400}d"

@@ -20,8 +20,8 @@ from rich.text import Text
 
 from podcap.collector.cli.terminal import console as make_console
 from podcap.collector.cli.terminal import print_table, styled
-from podcap.collector.cli.units import human_bytes
 from podcap.errors import PodcapError
+from podcap.units import human_bytes
 
 DEFAULT_OUT = "podcap-demo-out"
 

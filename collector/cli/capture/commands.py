@@ -19,8 +19,9 @@ from podcap.collector.cli.errors import collector_hint, one_line
 from podcap.collector.cli.objects import target_object
 from podcap.collector.cli.record.render import is_recorder_id, recorder_dict, recorder_tables
 from podcap.collector.cli.render import capture_table, dump, output_option, print_table, to_dict
-from podcap.collector.cli.units import count_param, duration_param, human_bytes, size_param
 from podcap.collector.cli.words import INTERFACES
+from podcap.unit_options import count_param, duration_param, size_param
+from podcap.units import human_bytes
 from podcap.v1 import common_pb2, control_pb2
 
 

@@ -53,12 +53,12 @@ from podcap.collector.cli.get.pcapng import capture_section, merge_section, pod_
 from podcap.collector.cli.get.pod_streams import MAX_STREAMS, PodStreams
 from podcap.collector.cli.get.progress import DownloadProgress
 from podcap.collector.cli.get.resume import Journal
-from podcap.collector.cli.units import human_bytes, parse_duration
 from podcap.collector.downloads import ResumeOffsetError
 from podcap.errors import PodcapError
 from podcap.formats.pcap import PcapFormatError
 from podcap.formats.pcapng import InterfaceStats, PcapngError
 from podcap.formats.selection import Window, names_pod, pod_selected
+from podcap.units import human_bytes, parse_duration
 from podcap.v1 import control_pb2
 
 

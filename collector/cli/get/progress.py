@@ -29,7 +29,7 @@ from rich.text import Text
 
 from podcap.collector.cli.get.download import DownloadedFile
 from podcap.collector.cli.terminal import console as make_console
-from podcap.collector.cli.units import human_bytes
+from podcap.units import human_bytes
 from podcap.v1 import common_pb2
 
 

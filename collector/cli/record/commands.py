@@ -19,8 +19,9 @@ from podcap.collector.cli.complete import complete_namespace, complete_pod, comp
 from podcap.collector.cli.objects import target_object
 from podcap.collector.cli.record.render import recorder_dict, recorder_tables
 from podcap.collector.cli.render import capture_table, dump, output_option, print_table, to_dict
-from podcap.collector.cli.units import MAX_BYTES, any_duration_param, human_bytes, parse_duration, parse_size
 from podcap.collector.cli.words import INTERFACES
+from podcap.unit_options import any_duration_param
+from podcap.units import MAX_BYTES, human_bytes, parse_duration, parse_size
 from podcap.v1 import common_pb2, control_pb2
 
 TRIGGERS = {
