@@ -151,20 +151,16 @@ class ChunkIngest:
         cap = self.table.find(chunk.capture_id)
         if cap is None:
             raise ChunkRejectedError(f"{reason} (and capture {chunk.capture_id!r} is unknown)")
-        gaps: list[Gap] = []
         try:
-            with cap.lock:
-                ps, st = self._route(cap, conn, chunk, gaps)
+            ps, st = self._route(cap, conn, chunk)
         except ChunkRejectedError as e:
             raise ChunkRejectedError(f"{reason} (and {e})") from e
-        finally:
-            note_gaps(self.storage, cap, gaps)
+        gaps: list[Gap] = []
         with ps.io_lock:
             with cap.lock:
                 seen, ack = _dedupe(cap, ps, st, conn, chunk)
                 if seen:
                     return ack
-                heard_from(cap)
                 out = _Outcome(lost=Drops.from_proto(chunk.lost), extra=Drops(rejected=chunk.packets))
                 self._account(cap, ps, st, conn, chunk, out, gaps)
             note_gaps(self.storage, cap, gaps)
@@ -175,12 +171,8 @@ class ChunkIngest:
         cap = self.table.find(chunk.capture_id)
         if cap is None:
             raise ChunkRejectedError(f"chunk for unknown capture {chunk.capture_id!r}")
+        ps, st = self._route(cap, conn, chunk)
         gaps: list[Gap] = []
-        try:
-            with cap.lock:
-                ps, st = self._route(cap, conn, chunk, gaps)
-        finally:
-            note_gaps(self.storage, cap, gaps)
         retired: retention.Retired = []
         # One chunk of a pod at a time (de-duplication and order hold across the agent's sessions); other pods of
         # the capture go on meanwhile: the capture's lock is taken only between this chunk's I/O.
@@ -189,7 +181,6 @@ class ChunkIngest:
                 seen, ack = _dedupe(cap, ps, st, conn, chunk)
                 if seen:
                     return ack
-                heard_from(cap)
                 if chunk.seq != st.last_seq + 1:
                     log.error("capture %s: pod %s: chunks %d..%d of stream %s never came; storing on", cap.id,
                               ps.pod.display, st.last_seq + 1, chunk.seq - 1, st.id)
@@ -206,19 +197,25 @@ class ChunkIngest:
             self._limit_stops.request(cap, out.limit_hit)
         return None
 
-    @staticmethod
-    def _route(cap: Capture, conn: AgentConnection, chunk: ingest_pb2.PcapChunk,
-               gaps: list[Gap]) -> tuple[PodState, StreamState]:
-        ps = cap.pods.get(PodUid(chunk.pod_uid))
-        if ps is None or ps.pod.node != conn.node:
-            raise ChunkRejectedError(f"chunk for pod {chunk.pod_uid!r}, which capture {cap.id} does not have "
-                                     f"on node {conn.node}")
-        st = ps.streams.get(chunk.stream_id)
-        if st is None:
-            _orphan(cap, ps, chunk, gaps)
-            raise ChunkRejectedError(f"chunk of stream {chunk.stream_id!r}, which pod {ps.pod.display} never "
-                                     f"started in capture {cap.id}")
-        return ps, st
+    def _route(self, cap: Capture, conn: AgentConnection,
+               chunk: ingest_pb2.PcapChunk) -> tuple[PodState, StreamState]:
+        """The chunk's pod and stream; a chunk of neither is refused (ChunkRejectedError), an unknown stream's
+        packets noted as a gap first."""
+        gaps: list[Gap] = []
+        try:
+            with cap.lock:
+                ps = cap.pods.get(PodUid(chunk.pod_uid))
+                if ps is None or ps.pod.node != conn.node:
+                    raise ChunkRejectedError(f"chunk for pod {chunk.pod_uid!r}, which capture {cap.id} does not "
+                                             f"have on node {conn.node}")
+                st = ps.streams.get(chunk.stream_id)
+                if st is None:
+                    _orphan(cap, ps, chunk, gaps)
+                    raise ChunkRejectedError(f"chunk of stream {chunk.stream_id!r}, which pod {ps.pod.display} "
+                                             f"never started in capture {cap.id}")
+                return ps, st
+        finally:
+            note_gaps(self.storage, cap, gaps)
 
     def _write(self, cap: Capture, ps: PodState, st: StreamState, chunk: ingest_pb2.PcapChunk,
                data: bytes | memoryview, out: _Outcome) -> None:
@@ -309,13 +306,14 @@ def _orphan(cap: Capture, ps: PodState, chunk: ingest_pb2.PcapChunk, gaps: list[
 def _dedupe(cap: Capture, ps: PodState, st: StreamState, conn: AgentConnection,
             chunk: ingest_pb2.PcapChunk) -> tuple[bool, ingest_pb2.ChunkAck | None]:
     """Whether the chunk was seen before, and then its acknowledgement to send now (durable) or None (written:
-    acknowledged with the next commit)."""
+    acknowledged with the next commit). A chunk not seen before is word from its agent (``heard_from``)."""
     if chunk.seq <= st.committed_seq:
         return True, ingest_pb2.ChunkAck(capture_id=cap.id, pod_uid=ps.pod.uid, stream_id=st.id,
                                          seq=st.committed_seq)
     if chunk.seq <= st.last_seq:
         st.ack_conn = conn
         return True, None
+    heard_from(cap)
     return False, None
 
 
