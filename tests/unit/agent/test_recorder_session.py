@@ -14,30 +14,14 @@ from pathlib import Path
 import pytest
 
 from podcap.agent.capture.settings import EngineSettings
-from podcap.agent.pods.source import PodNetwork, PodNotFoundError
 from podcap.agent.session import AgentConfig, AgentSession
-from podcap.names import NodeName, PodUid
-from podcap.pods import PodRef
 from podcap.v1 import common_pb2, ingest_pb2
 from tests.ingest_standin import IngestStandIn
 from tests.unit.agent.fake_handles import FakeHandles, packet_numbers
+from tests.unit.agent.scripted_ingest import NODE, POD, FakePodSource
 
-NODE = NodeName("node-a")
-POD = PodRef("shop", "web-0", PodUid("uid-0"), NODE, {"app": "web"}, ip="10.0.0.5", sandbox_key="k1")
 REC = "rec-1"
 T0 = 1_700_000_000 * 1_000_000_000  # the fake handle's packets: this second, nanosecond = packet number
-
-
-class FakePodSource:
-    name = "fake"
-
-    def list_pods(self) -> list[PodRef]:
-        return [POD]
-
-    def locate(self, uid: PodUid) -> PodNetwork:
-        if uid != POD.uid:
-            raise PodNotFoundError(f"no pod {uid}")
-        return PodNetwork(netns_path="/nonexistent", host_veth="veth-web0", sandbox_key="k1")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from podcap.agent.session import AgentSession
 from podcap.v1 import ingest_pb2
-from tests.unit.agent.fake_handles import FakeHandles, packet_numbers
+from tests.unit.agent.fake_handles import FakeHandle, FakeHandles, packet_numbers
 from tests.unit.agent.scripted_ingest import CID, POD, ScriptedIngest, Session, registered
 
 LIMIT = 256 << 10
@@ -28,6 +28,20 @@ def ingest_options() -> list[tuple[str, int]]:
 @pytest.fixture
 def ingest_auto_ack() -> bool:
     return True
+
+
+def burst(servicer: ScriptedIngest, handles: FakeHandles,
+          reply: ingest_pb2.Registered) -> tuple[Session, FakeHandle]:
+    """The agent's first session answered with ``reply`` and given a capture of ``POD``, then 20000 packets
+    (~1.5 MB) in one go, once the limit (declared or not) is in force."""
+    first = servicer.next_session()
+    registered(first)
+    first.send(registered=reply)
+    first.send(start=ingest_pb2.StartPodCapture(capture_id=CID, pod=POD.to_proto(), pods_on_node=1))
+    handle = handles.wait("veth-web0")
+    time.sleep(0.3)
+    handle.arrive(20000)
+    return first, handle
 
 
 def stored_and_rejected(sessions: list[Session]) -> tuple[list[int], int, int]:
@@ -48,14 +62,8 @@ def test_chunks_are_cut_below_the_limit_the_collector_declares(
     collector: tuple[ScriptedIngest, int], agent: tuple[AgentSession, FakeHandles]
 ) -> None:
     servicer, _ = collector
-    session, handles = agent
-    first = servicer.next_session()
-    registered(first)
-    first.send(registered=ingest_pb2.Registered(session_id="s1", max_message_bytes=LIMIT))
-    first.send(start=ingest_pb2.StartPodCapture(capture_id=CID, pod=POD.to_proto(), pods_on_node=1))
-    handle = handles.wait("veth-web0")
-    time.sleep(0.3)  # the limit is in force before the burst
-    handle.arrive(20000)  # ~1.5 MB in one go: several chunks, each under the limit
+    _session, handles = agent
+    first, _handle = burst(servicer, handles, ingest_pb2.Registered(session_id="s1", max_message_bytes=LIMIT))
     first.wait(lambda _r: sum(c.packets for c in first.chunks()) == 20000, timeout=20)
     numbers, rejected, largest = stored_and_rejected([first])
     assert numbers == list(range(1, 20001)) and rejected == 0
@@ -68,13 +76,8 @@ def test_a_chunk_refused_by_the_transport_becomes_a_counted_gap_and_the_stream_g
 ) -> None:
     servicer, _ = collector
     session, handles = agent
-    first = servicer.next_session()
-    registered(first)
-    first.send(registered=ingest_pb2.Registered(session_id="s1"))  # an older collector: no declared limit
-    first.send(start=ingest_pb2.StartPodCapture(capture_id=CID, pod=POD.to_proto(), pods_on_node=1))
-    handle = handles.wait("veth-web0")
-    time.sleep(0.3)
-    handle.arrive(20000)  # a 1.5 MB chunk: the collector's transport ends the session over it
+    # An older collector (no declared limit): the 1.5 MB chunk ends the session at the collector's transport.
+    first, handle = burst(servicer, handles, ingest_pb2.Registered(session_id="s1"))
     sessions = [first]
     deadline = time.monotonic() + 30
     while True:
