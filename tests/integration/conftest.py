@@ -1,7 +1,7 @@
 """Fixtures and helpers shared by integration test modules: an agent process for a module's ``node`` (a DemoNode),
 started against the ``collector`` fixture of tests/conftest.py, and reading a capture's status through the CLI.
 
-``node`` is a node of four pods (``sender``, ``rx-0``..``rx-2``) unless a module provides its own; ``agent`` runs
+``node`` is a node of four pods (``sender``, ``rx-0``..``rx-2``) unless a module overrides ``node_pods``; ``agent`` runs
 ``podcap-agent --pod-source netns`` for it (indirect parametrization: extra environment variables), as does
 ``netns_agent`` (a module may override ``agent_args``); both return once the collector knows the node's pods (a
 capture of them can start), so a test never races the agent's registration. ``cluster`` is a restartable
@@ -24,7 +24,7 @@ import pytest
 from podcap.collector.demo.node import DemoNode
 from tests.conftest import Proc, podcap, start_proc, tool
 from tests.integration.cluster import Cluster
-from tests.integration.helpers import capture_id
+from tests.integration.helpers import capture_id, poll
 from tests.integration.tiered_env import Env
 from tests.s3.testbed import Testbed
 
@@ -37,14 +37,7 @@ def status(address: str, cid: str) -> Status:
 
 def wait_status(address: str, cid: str, ok: Callable[[Status], bool], *, timeout: float, what: str) -> Status:
     """Poll ``podcap status`` until ``ok``; fails with the last status after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        st = status(address, cid)
-        if ok(st):
-            return st
-        if time.monotonic() > deadline:
-            raise AssertionError(f"capture {cid}: not {what} after {timeout} s: {json.dumps(st)[:3000]}")
-        time.sleep(0.2)
+    return poll(lambda: status(address, cid), ok, timeout=timeout, what=f"capture {cid}: {what}")
 
 
 def capturing(n: int) -> Callable[[Status], bool]:
@@ -53,6 +46,20 @@ def capturing(n: int) -> Callable[[Status], bool]:
 
 def done(st: Status) -> bool:
     return bool(st["state"] == "done")
+
+
+def wait_registered(address: str, node: DemoNode, agent: Proc, *, timeout: float) -> None:
+    """Wait until the collector knows ``node``'s pods (a capture of them starts), so a test never races the agent's
+    registration."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = podcap(address, "start", "-n", node.namespace, "--duration", "1", "--max-packets", "1", check=False)
+        if r.returncode == 0:
+            podcap(address, "stop", capture_id(r))
+            return
+        if time.monotonic() > deadline or agent.proc.poll() is not None:
+            raise AssertionError("agent never registered its pods:\n" + agent.log())
+        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -70,15 +77,7 @@ def netns_agent(collector: tuple[str, str, Proc], node: DemoNode, agent_args: tu
     p = start_proc([tool("podcap-agent"), "--insecure", "--collector", address, "--node", "node-" + node.tag,
                     "--pod-source", "netns", *agent_args], os.path.join(tmp_path, "agent.log"))
     try:
-        deadline = time.monotonic() + 20
-        while True:  # wait until the collector knows the node's pods
-            r = podcap(address, "start", "-n", node.namespace, "--duration", "1", "--max-packets", "1", check=False)
-            if r.returncode == 0:
-                podcap(address, "stop", capture_id(r))
-                break
-            if time.monotonic() > deadline or p.proc.poll() is not None:
-                raise AssertionError("agent never registered its pods:\n" + p.log())
-            time.sleep(0.2)
+        wait_registered(address, node, p, timeout=20)
     except BaseException:
         p.stop()
         raise
@@ -87,9 +86,15 @@ def netns_agent(collector: tuple[str, str, Proc], node: DemoNode, agent_args: tu
 
 
 @pytest.fixture
-def node() -> Iterator[DemoNode]:
+def node_pods() -> list[str]:
+    """The pods of ``node`` (a module overrides this fixture for other pods)."""
+    return ["sender", "rx-0", "rx-1", "rx-2"]
+
+
+@pytest.fixture
+def node(node_pods: list[str]) -> Iterator[DemoNode]:
     n = DemoNode()
-    n.create(["sender", "rx-0", "rx-1", "rx-2"])
+    n.create(node_pods)
     try:
         yield n
     finally:
@@ -103,15 +108,7 @@ def agent(collector: tuple[str, str, Proc], node: DemoNode, tmp_path: str,
     address = collector[0]
     p = start_proc([tool("podcap-agent"), "--insecure", "--collector", address, "--node", "node-" + node.tag,
                     "--pod-source", "netns"], os.path.join(tmp_path, "agent.log"), env=getattr(request, "param", None))
-    deadline = time.monotonic() + 15
-    while True:  # wait until the collector knows the node's pods
-        r = podcap(address, "start", "-n", node.namespace, "--duration", "1", "--max-packets", "1", check=False)
-        if r.returncode == 0:
-            podcap(address, "stop", r.stdout.strip().splitlines()[-1])
-            break
-        if time.monotonic() > deadline:
-            raise AssertionError("agent never registered its pods:\n" + p.log())
-        time.sleep(0.2)
+    wait_registered(address, node, p, timeout=15)
     try:
         yield p
     finally:

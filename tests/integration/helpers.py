@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from podcap.collector.demo.node import DemoNode
 from podcap.formats.pcap import LINKTYPE_ETHERNET, read_file
@@ -25,6 +29,54 @@ def warm_up(node: DemoNode) -> None:
 
 def capture_id(r: subprocess.CompletedProcess[str]) -> str:
     return r.stdout.strip().splitlines()[-1]
+
+
+T = TypeVar("T")
+
+
+def poll(read: Callable[[], T], ok: Callable[[T], bool], *, timeout: float, what: str, interval: float = 0.2) -> T:
+    """``read()`` every ``interval`` seconds until ``ok`` of it; fails with the last reading (as JSON) after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if ok(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not so after {timeout} s: {json.dumps(value, indent=1)[:3000]}")
+        time.sleep(interval)
+
+
+def send_udp(node: DemoNode, receivers: list[str], count: int) -> None:
+    """``count`` numbered datagrams (udp_send.py) from the ``sender`` pod to each of ``receivers``."""
+    ips = [node.pod(name).ip for name in receivers]
+    sent = node.exec(node.pod("sender"), [sys.executable, SENDER, str(PORT), str(count), *ips])
+    assert sent.returncode == 0, sent.stderr
+
+
+def capture_udp(address: str, node: DemoNode, receivers: list[str], count: int,
+                *start_args: str) -> tuple[str, dict[str, Any]]:
+    """A capture of ``receivers`` (``udp port PORT``, ``start_args``) that saw ``count`` datagrams to each: started,
+    sent to once every pod is capturing, stopped; its id and final status."""
+    warm_up(node)
+    cid = capture_id(podcap(address, "start", "-n", node.namespace, *receivers, "--filter", f"udp port {PORT}",
+                            *start_args))
+    wait_capturing(address, cid, len(receivers))
+    send_udp(node, receivers, count)
+    time.sleep(0.5)
+    return cid, dict(json.loads(podcap(address, "stop", cid, "-o", "json").stdout))
+
+
+@contextmanager
+def small_tmpfs(tmp_path: str, size: str) -> Iterator[str]:
+    """A tmpfs of ``size`` (``3m``) mounted under ``tmp_path``, for a data dir that fills; unmounted at the end."""
+    mnt = os.path.join(tmp_path, "tmpfs")
+    os.makedirs(mnt)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", mnt], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", mnt], check=False)
 
 
 def wait_state(address: str, cid: str, states: set[str], timeout: float = 20) -> dict[str, object]:

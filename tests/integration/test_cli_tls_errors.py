@@ -11,20 +11,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from podcap.collector.cli.admin.certs import issue, make_ca, write_pair
 from podcap.collector.server import Collector, start_collector
 from podcap.tls import TlsFiles
 from tests.conftest import tool
+from tests.integration.pki import write_pki
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    d = str(tmp_path_factory.mktemp("pki"))
-    ca = make_ca()
-    files: dict[str, str] = {}
-    files["ca"], _ = write_pair(d, "ca", ca)
-    files["server"], files["server-key"] = write_pair(d, "server", issue(ca, "localhost", server_hosts=["localhost"]))
-    files["other-ca"], _ = write_pair(d, "other-ca", make_ca())
+    files, _, _ = write_pki(str(tmp_path_factory.mktemp("pki")), server_hosts=["localhost"])
     return files
 
 

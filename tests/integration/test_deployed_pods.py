@@ -32,6 +32,7 @@ import pytest
 
 from podcap.formats.pcap import read_file
 from tests.conftest import podcap, tool
+from tests.integration.helpers import poll
 from tests.integration.http_pods import WEB, assert_http_exchange, wget_loop
 from tests.kubeapi.standin import KubeApiStandin
 from tests.node import manifests
@@ -179,14 +180,7 @@ def _pods(status: Status) -> dict[str, Status]:
 
 
 def _wait(d: Deployment, cid: str, what: str, ok: Callable[[Status], bool], timeout: float = 60) -> Status:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = _status(d, cid)
-        if ok(status):
-            return status
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: {json.dumps(status, indent=1)[:3000]}")
-        time.sleep(0.5)
+    return poll(lambda: _status(d, cid), ok, timeout=timeout, what=what, interval=0.5)
 
 
 def test_daemonset_and_statefulset_pods_capture_by_selector_across_an_agent_restart(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 
@@ -16,7 +15,7 @@ from podcap.collector.demo.node import DemoNode
 from podcap.formats.pcap import read_file
 from tests.conftest import podcap
 from tests.integration.cluster import Cluster, all_capturing, check_exactly_once, send
-from tests.integration.helpers import PORT, capture_id, udp_payloads
+from tests.integration.helpers import PORT, capture_id, small_tmpfs, udp_payloads
 
 pytestmark = pytest.mark.root
 
@@ -81,13 +80,8 @@ def test_agent_restart_resumes_and_reports_the_gap(cluster: Cluster) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: str) -> Iterator[str]:
-    mnt = os.path.join(tmp_path, "tmpfs")
-    os.makedirs(mnt)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", mnt], check=True)
-    try:
+    with small_tmpfs(tmp_path, "3m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", mnt], check=False)
 
 
 def test_full_disk_pauses_and_resumes_without_corrupt_files(tmp_path: str, small_disk: str) -> None:

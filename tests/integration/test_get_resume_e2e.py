@@ -5,12 +5,9 @@ download's progress shows on a terminal (a pty) and nothing shows when stderr is
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,13 +22,7 @@ from podcap.collector.demo.node import DemoNode
 from podcap.formats.pcap import read_file
 from podcap.v1 import control_pb2
 from tests.conftest import Proc, podcap, tool
-from tests.integration.helpers import (
-    PORT,
-    SENDER,
-    capture_id,
-    wait_capturing,
-    warm_up,
-)
+from tests.integration.helpers import capture_udp
 
 pytestmark = pytest.mark.root
 
@@ -70,15 +61,7 @@ def test_interrupted_get_resumes_and_progress_shows_on_a_terminal(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     address = collector[0]
-    warm_up(node)
-    cid = capture_id(podcap(address, "start", "-n", node.namespace, *RECEIVERS, "--filter", f"udp port {PORT}",
-                            "--segment-size", "64KiB"))
-    wait_capturing(address, cid, len(RECEIVERS))
-    receivers = [node.pod(name) for name in RECEIVERS]
-    sent = node.exec(node.pod("sender"), [sys.executable, SENDER, str(PORT), str(COUNT), *[p.ip for p in receivers]])
-    assert sent.returncode == 0, sent.stderr
-    time.sleep(0.5)
-    st = json.loads(podcap(address, "stop", cid, "-o", "json").stdout)
+    cid, st = capture_udp(address, node, RECEIVERS, COUNT, "--segment-size", "64KiB")
     assert st["state"] == "done" and all(int(p["segments"]) > 1 for p in st["pods"]), st["pods"]
 
     whole = os.path.join(tmp_path, "whole")

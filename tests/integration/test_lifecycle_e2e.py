@@ -33,7 +33,7 @@ from podcap.collector.demo.node import DemoNode
 from podcap.v1 import control_pb2
 from tests.conftest import Proc, collector_process, free_port, podcap, tool
 from tests.integration.cluster import Cluster, all_capturing, check_exactly_once, send
-from tests.integration.helpers import PORT, capture_id, wait_capturing, warm_up
+from tests.integration.helpers import PORT, capture_id, small_tmpfs, wait_capturing, warm_up
 
 pytestmark = pytest.mark.root
 
@@ -310,13 +310,8 @@ def test_keep_ended_deletes_an_ended_capture_by_itself_and_never_a_running_one(
 
 @pytest.fixture
 def small_disk(tmp_path: str) -> Iterator[str]:
-    mnt = os.path.join(tmp_path, "tmpfs")
-    os.makedirs(mnt)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt], check=True)
-    try:
+    with small_tmpfs(tmp_path, "8m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", mnt], check=False)
 
 
 def test_a_full_data_dir_deletes_ended_captures_to_make_room_then_says_nothing_is_left(

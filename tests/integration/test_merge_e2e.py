@@ -4,12 +4,9 @@ the interfaces of one file with every packet, and the blocks must carry the pods
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import sys
-import time
 from collections import Counter
 
 import pytest
@@ -17,13 +14,7 @@ import pytest
 from podcap.collector.demo.node import DemoNode
 from podcap.formats.pcapng import ISB_IFDROP, ISB_USRDELIV
 from tests.conftest import Proc, podcap
-from tests.integration.helpers import (
-    PORT,
-    SENDER,
-    capture_id,
-    wait_capturing,
-    warm_up,
-)
+from tests.integration.helpers import PORT, capture_udp
 from tests.pcapng_reader import read_pcapng
 
 pytestmark = pytest.mark.root
@@ -48,14 +39,8 @@ def test_merged_pcapng_has_every_pod_as_an_interface_with_every_packet(
     tshark = shutil.which("tshark")
     assert tshark, "tshark is needed to check the merged file (apt-get install tshark)"
     address = collector[0]
-    warm_up(node)
-    cid = capture_id(podcap(address, "start", "-n", node.namespace, *RECEIVERS, "--filter", f"udp port {PORT}"))
-    wait_capturing(address, cid, len(RECEIVERS))
+    cid, st = capture_udp(address, node, RECEIVERS, COUNT)
     receivers = [node.pod(name) for name in RECEIVERS]
-    sent = node.exec(node.pod("sender"), [sys.executable, SENDER, str(PORT), str(COUNT), *[p.ip for p in receivers]])
-    assert sent.returncode == 0, sent.stderr
-    time.sleep(0.5)
-    st = json.loads(podcap(address, "stop", cid, "-o", "json").stdout)
     assert st["state"] == "done"
 
     merged = os.path.join(tmp_path, "out.pcapng")

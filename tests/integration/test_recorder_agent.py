@@ -30,13 +30,8 @@ RST = "tcp[tcpflags] & tcp-rst != 0"
 
 
 @pytest.fixture
-def node() -> Iterator[DemoNode]:
-    n = DemoNode()
-    n.create(["sender", "rx-0"])
-    try:
-        yield n
-    finally:
-        n.destroy()
+def node_pods() -> list[str]:
+    return ["sender", "rx-0"]
 
 
 @pytest.fixture

@@ -25,13 +25,8 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
 
 @pytest.fixture
-def node() -> Iterator[DemoNode]:
-    n = DemoNode()
-    n.create(["sender", "rx-0"])
-    try:
-        yield n
-    finally:
-        n.destroy()
+def node_pods() -> list[str]:
+    return ["sender", "rx-0"]
 
 
 def start_agent(node: DemoNode, address: str, tmp_path: str, n: int = 0) -> Proc:

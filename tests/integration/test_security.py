@@ -13,29 +13,25 @@ import pytest
 
 from podcap.collector.api.auth import KubeAuthorizer, StaticTokenAuthorizer
 from podcap.collector.api.ingest import RECEIVE_LIMIT_BYTES
-from podcap.collector.cli.admin.certs import issue, make_ca, write_pair
+from podcap.collector.cli.admin.certs import issue, write_pair
 from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.kube.client import load_api
 from podcap.collector.server import Collector, start_collector
 from podcap.tls import AGENT_IDENTITY, TlsFiles, open_channel
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2, ingest_pb2_grpc
+from tests.integration.pki import write_pki
 from tests.kubeapi.standin import KubeApiStandin, write_kubeconfig
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     d = str(tmp_path_factory.mktemp("pki"))
-    ca = make_ca()
-    files: dict[str, str] = {}
-    files["ca"], _ = write_pair(d, "ca", ca)
-    files["server"], files["server-key"] = write_pair(d, "server", issue(ca, "localhost", server_hosts=["127.0.0.1"]))
+    files, ca, other = write_pki(d, server_hosts=["127.0.0.1"])
     files["agent"], files["agent-key"] = write_pair(d, "agent", issue(ca, AGENT_IDENTITY, client=True))
     files["user"], files["user-key"] = write_pair(d, "user", issue(ca, "alice", client=True))
     old = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=30)
     files["expired"], files["expired-key"] = write_pair(d, "expired", issue(ca, AGENT_IDENTITY, client=True,
                                                                            not_before=old, days=1))
-    other = make_ca()
-    files["other-ca"], _ = write_pair(d, "other-ca", other)
     files["rogue"], files["rogue-key"] = write_pair(d, "rogue", issue(other, AGENT_IDENTITY, client=True))
     return files
 

@@ -28,7 +28,6 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -95,13 +94,8 @@ def agent_args(tmp_path: str) -> tuple[str, ...]:
 
 
 @pytest.fixture
-def node() -> Iterator[DemoNode]:
-    n = DemoNode()
-    n.create(["web", "client"])
-    try:
-        yield n
-    finally:
-        n.destroy()
+def node_pods() -> list[str]:
+    return ["web", "client"]
 
 
 def timed(timings: dict[str, float], what: str, t0: float) -> float:
