@@ -49,6 +49,7 @@ from podcap.collector.captures.target_objects import ObjectTargets
 from podcap.collector.kube.inventory import ClusterInventory
 from podcap.collector.storage.base import CaptureStorage
 from podcap.collector.storage.catalog import CaptureRow, CaptureStore
+from podcap.collector.targets import TargetSpec
 from podcap.formats.pcap import FileFormat
 from podcap.names import NodeName, new_capture_id
 from podcap.pods import PodRef
@@ -128,14 +129,7 @@ class CaptureManager:
         except BaseException:
             self.objects.discard(spec)
             raise
-        cap = Capture(new_capture_id(), req, spec, time.time_ns())
-        for pod in pods:
-            cap.pods[pod.uid] = new_pod_state(cap, pod)
-        self.archiver.adopt(cap)
-        self.store.add_capture(CaptureRow(cap.id, req, cap.state, cap.created_ns, 0, ""))
-        cap.recorded_state = (cap.state, 0, "")
-        self.committer.commit(cap)
-        self.table.add(cap)
+        cap = self._create(req, spec, pods)
         log.info("capture %s started: %d pods, filter %r", cap.id, len(pods), req.settings.filter)
         self.placement.dispatch_starts(cap, list(cap.pods.values()))
         if spec.members is not None:  # a Service's endpoints: follow them (and catch a change since they were read)
@@ -146,7 +140,13 @@ class CaptureManager:
     def start_save(self, req: control_pb2.StartCaptureRequest, pods: list[PodRef]) -> Capture:
         """Create (and persist) a recorder's save: a capture of ``pods`` whose streams the recorder manager asks the
         agents for (``SavePodWindow``), so nothing is dispatched here; its pods wait as PENDING."""
-        cap = Capture(new_capture_id(), req, save_target(req), time.time_ns())
+        cap = self._create(req, save_target(req), pods)
+        log.info("save %s of recorder %s created: %d pods", cap.id, req.save.recorder_id, len(pods))
+        return cap
+
+    def _create(self, req: control_pb2.StartCaptureRequest, spec: TargetSpec, pods: list[PodRef]) -> Capture:
+        """A new capture of ``pods``, persisted (catalog row, first commit) and in the table: nothing dispatched."""
+        cap = Capture(new_capture_id(), req, spec, time.time_ns())
         for pod in pods:
             cap.pods[pod.uid] = new_pod_state(cap, pod)
         self.archiver.adopt(cap)
@@ -154,7 +154,6 @@ class CaptureManager:
         cap.recorded_state = (cap.state, 0, "")
         self.committer.commit(cap)
         self.table.add(cap)
-        log.info("save %s of recorder %s created: %d pods", cap.id, req.save.recorder_id, len(pods))
         return cap
 
     def add_save_pods(self, cap: Capture, pods: list[PodRef]) -> None:

@@ -8,12 +8,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from podcap.collector.cli.client import CollectorClient
 from podcap.collector.demo.node import DemoNode
-from podcap.formats.pcap import LINKTYPE_ETHERNET, read_file
+from podcap.formats.pcap import LINKTYPE_ETHERNET, iter_records, parse_file_header, read_file
 from tests.conftest import podcap
 
 SENDER = os.path.join(os.path.dirname(__file__), "udp_send.py")
@@ -98,6 +99,44 @@ def wait_capturing(address: str, cid: str, n: int) -> None:
     raise AssertionError(f"pods not capturing: {st}")
 
 
+def seq_datagram(frame: bytes | memoryview) -> tuple[int, int] | None:
+    """(destination index, sequence number) of a PODCAPSEQ datagram (udp_send.py's payload) in an Ethernet frame;
+    None for any other frame."""
+    if frame[12:14] != b"\x08\x00" or frame[23] != 17:
+        return None
+    body = bytes(frame[14 + (frame[14] & 0x0F) * 4 + 8:])
+    if not body.startswith(b"PODCAPSEQ"):
+        return None
+    return int.from_bytes(body[9:13], "big"), int.from_bytes(body[13:17], "big")
+
+
+def frame_seqs(frames: Iterable[bytes | memoryview]) -> list[int]:
+    """The sequence numbers of the PODCAPSEQ datagrams among ``frames``, in order."""
+    return [d[1] for f in frames if (d := seq_datagram(f)) is not None]
+
+
+def send_numbered(node: DemoNode, first: int, count: int) -> None:
+    """Datagrams numbered first..first+count-1 from ``sender`` to ``rx-0`` (udp_send.py's payload, destination 0,
+    numbered from ``first``)."""
+    code = ("import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"for seq in range({first}, {first + count}):\n"
+            "    s.sendto(b'PODCAPSEQ' + bytes(4) + seq.to_bytes(4, 'big') + b'x' * (seq % 200), "
+            f"('{node.pod('rx-0').ip}', {PORT}))\n"
+            "    if seq % 100 == 99:\n        time.sleep(0.002)\n")
+    r = node.exec(node.pod("sender"), [sys.executable, "-c", code])
+    assert r.returncode == 0, r.stderr
+
+
+def stored_seqs(cli: CollectorClient, capture_id: str) -> list[int]:
+    """The sequence numbers of the PODCAPSEQ datagrams a (one-pod) capture stored, downloaded as a pcap."""
+    data = bytearray()
+    for msg in cli.download(capture_id):
+        if msg.WhichOneof("kind") == "data":
+            data += msg.data
+    fmt = parse_file_header(bytes(data[:24]))
+    return frame_seqs(bytes(rec.data) for rec in iter_records(memoryview(data)[24:], fmt))
+
+
 def udp_payloads(path: str) -> list[tuple[int, int, int, bytes, bytes]]:
     """(dst index, seq, wire length, src ip, dst ip) of every PODCAPSEQ datagram in a pcap file."""
     fmt, recs = read_file(path)
@@ -105,14 +144,7 @@ def udp_payloads(path: str) -> list[tuple[int, int, int, bytes, bytes]]:
     out = []
     for r in recs:
         assert r.caplen == len(r.data) <= r.wirelen
-        frame = r.data
-        if frame[12:14] != b"\x08\x00" or frame[23] != 17:
-            continue
-        ihl = (frame[14] & 0x0F) * 4
-        udp = 14 + ihl
-        body = frame[udp + 8:]
-        if not body.startswith(b"PODCAPSEQ"):
-            continue
-        out.append((int.from_bytes(body[9:13], "big"), int.from_bytes(body[13:17], "big"), r.wirelen,
-                    frame[26:30], frame[30:34]))
+        d = seq_datagram(r.data)
+        if d is not None:
+            out.append((d[0], d[1], r.wirelen, r.data[26:30], r.data[30:34]))
     return out

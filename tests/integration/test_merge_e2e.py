@@ -14,23 +14,13 @@ import pytest
 from podcap.collector.demo.node import DemoNode
 from podcap.formats.pcapng import ISB_IFDROP, ISB_USRDELIV
 from tests.conftest import Proc, podcap
-from tests.integration.helpers import PORT, capture_udp
+from tests.integration.helpers import PORT, capture_udp, seq_datagram
 from tests.pcapng_reader import read_pcapng
 
 pytestmark = pytest.mark.root
 
 RECEIVERS = ["rx-0", "rx-1", "rx-2"]  # the pods of the shared `node` fixture, besides "sender"
 COUNT = 1500
-
-
-def seq_numbers(data: bytes) -> tuple[int, int] | None:
-    """(destination index, sequence number) of a PODCAPSEQ datagram in an Ethernet frame."""
-    if data[12:14] != b"\x08\x00" or data[23] != 17:
-        return None
-    body = data[14 + (data[14] & 0x0F) * 4 + 8 :]
-    if not body.startswith(b"PODCAPSEQ"):
-        return None
-    return int.from_bytes(body[9:13], "big"), int.from_bytes(body[13:17], "big")
 
 
 def test_merged_pcapng_has_every_pod_as_an_interface_with_every_packet(
@@ -65,7 +55,7 @@ def test_merged_pcapng_has_every_pod_as_an_interface_with_every_packet(
         d = RECEIVERS.index(iface.name.split("/")[1])
         assert iface.filter == f"udp port {PORT}" and iface.tsresol in (6, 9)
         assert f"node node-{node.tag}" in iface.description and "uid " in iface.description
-        seqs = [seq_numbers(p.data) for p in f.packets if p.interface_id == iface_id]
+        seqs = [seq_datagram(p.data) for p in f.packets if p.interface_id == iface_id]
         assert seqs == [(d, s) for s in range(COUNT)], f"{iface.name}: missing, duplicated or reordered packets"
     assert sorted(s.interface_id for s in f.stats) == list(range(len(RECEIVERS)))
     for s in f.stats:

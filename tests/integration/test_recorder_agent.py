@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -21,7 +22,7 @@ from podcap.formats.pcap import FileFormat, iter_records
 from podcap.v1 import common_pb2, ingest_pb2
 from tests.conftest import Proc, free_port, start_proc, tool
 from tests.ingest_standin import IngestStandIn
-from tests.integration.helpers import PORT, warm_up
+from tests.integration.helpers import frame_seqs, send_numbered, warm_up
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 RECORDER = "rec-h4"
@@ -40,10 +41,16 @@ def standin() -> Iterator[IngestStandIn]:
         yield s
 
 
-def start_agent(standin: IngestStandIn, node: DemoNode, ring_dir: str, log: str, *extra: str) -> Proc:
-    return start_proc([tool("podcap-agent"), "--insecure", "--collector", standin.address, "--node",
-                       "node-" + node.tag, "--pod-source", "netns", "--ring-dir", ring_dir,
-                       "--ring-min-free", "0", *extra], log)
+@contextmanager
+def running_agent(standin: IngestStandIn, node: DemoNode, ring_dir: str, log: str, *extra: str) -> Iterator[Proc]:
+    """A podcap-agent recording into ``ring_dir`` for ``node``, attached to ``standin``; it must stop cleanly."""
+    agent = start_proc([tool("podcap-agent"), "--insecure", "--collector", standin.address, "--node",
+                        "node-" + node.tag, "--pod-source", "netns", "--ring-dir", ring_dir,
+                        "--ring-min-free", "0", *extra], log)
+    try:
+        yield agent
+    finally:
+        assert agent.stop() == 0, agent.log()[-3000:]
 
 
 @pytest.fixture
@@ -59,39 +66,23 @@ def pod_of(reg: ingest_pb2.Register, node: DemoNode, name: str) -> common_pb2.Po
     raise AssertionError(f"pod {node.namespace}/{name} not in the agent's registration")
 
 
-def start_recording(standin: IngestStandIn, pod: common_pb2.Pod, *, filter: str = UDP, max_bytes: int = 64 << 20,
-                    trigger: ingest_pb2.PacketTrigger | None = None) -> None:
+def start_recording(standin: IngestStandIn, node: DemoNode, *, filter: str = UDP, max_bytes: int = 64 << 20,
+                    trigger: ingest_pb2.PacketTrigger | None = None) -> common_pb2.Pod:
+    """Once the agent has registered, record ``rx-0`` (ARP resolved first); returns once a heartbeat shows its ring
+    RECORDING. The pod, as the agent registered it."""
+    pod = pod_of(standin.wait_registered(), node, "rx-0")
+    warm_up(node)
     standin.send(ingest_pb2.CollectorMessage(start_recording=ingest_pb2.StartPodRecording(
         recorder_id=RECORDER, pod=pod, settings=common_pb2.CaptureSettings(filter=filter),
         keep=ingest_pb2.RingLimits(max_bytes=max_bytes), trigger=trigger, pods_on_node=1)))
     standin.wait_for(lambda m: m.WhichOneof("kind") == "heartbeat" and any(
         r.pod_uid == pod.uid and r.state == ingest_pb2.RING_STATE_RECORDING for r in m.heartbeat.rings),
         what="ring RECORDING in a heartbeat")
-
-
-def send_udp(node: DemoNode, first: int, count: int) -> None:
-    """Datagrams numbered first..first+count-1 from ``sender`` to ``rx-0`` (the number is the payload's seq)."""
-    # The payload of tests/integration/udp_send.py (destination 0), numbered from ``first``.
-    code = ("import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            f"for seq in range({first}, {first + count}):\n"
-            "    s.sendto(b'PODCAPSEQ' + bytes(4) + seq.to_bytes(4, 'big') + b'x' * (seq % 200), "
-            f"('{node.pod('rx-0').ip}', {PORT}))\n"
-            "    if seq % 100 == 99:\n        time.sleep(0.002)\n")
-    r = node.exec(node.pod("sender"), [sys.executable, "-c", code])
-    assert r.returncode == 0, r.stderr
+    return pod
 
 
 def seqs(chunks: list[ingest_pb2.PcapChunk], fmt: FileFormat) -> list[int]:
-    out = []
-    for c in chunks:
-        for rec in iter_records(c.records, fmt):
-            frame = rec.data
-            if frame[12:14] != b"\x08\x00" or frame[23] != 17:
-                continue
-            body = frame[14 + (frame[14] & 0x0F) * 4 + 8:]
-            if body.startswith(b"PODCAPSEQ"):
-                out.append(int.from_bytes(body[13:17], "big"))
-    return out
+    return frame_seqs(rec.data for c in chunks for rec in iter_records(c.records, fmt))
 
 
 def save(standin: IngestStandIn, uid: str, cid: str, lo: int, hi: int) -> tuple[ingest_pb2.PodCaptureEvent, list[int]]:
@@ -110,23 +101,20 @@ def save(standin: IngestStandIn, uid: str, cid: str, lo: int, hi: int) -> tuple[
 
 def phases(node: DemoNode) -> tuple[int, int]:
     """Three bursts of 500 datagrams a second apart (0-499, 1000-1499, 2000-2499); the middle one's time range."""
-    send_udp(node, 0, 500)
+    send_numbered(node, 0, 500)
     time.sleep(1.0)
     lo = time.time_ns()
-    send_udp(node, 1000, 500)
+    send_numbered(node, 1000, 500)
     hi = time.time_ns() + 300_000_000
     time.sleep(1.0)
-    send_udp(node, 2000, 500)
+    send_numbered(node, 2000, 500)
     return lo, hi
 
 
 def test_save_window_exact_and_accounted_across_agent_restart(node: DemoNode, standin: IngestStandIn,
                                                                ring_dir: str, tmp_path: str) -> None:
-    agent = start_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent1.log"))
-    try:
-        pod = pod_of(standin.wait_registered(), node, "rx-0")
-        warm_up(node)
-        start_recording(standin, pod)
+    with running_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent1.log")):
+        pod = start_recording(standin, node)
         lo, hi = phases(node)
         time.sleep(2.5)  # the last chunks reach the ring
         # While idle nothing but counters travel: no chunk of the recording reached the collector.
@@ -134,12 +122,9 @@ def test_save_window_exact_and_accounted_across_agent_restart(node: DemoNode, st
         final, got = save(standin, pod.uid, "save-live", lo, hi)
         assert got == list(range(1000, 1500)), got[:5]
         assert final.kernel.received == 500 and final.kernel.dropped == 0
-    finally:
-        assert agent.stop() == 0, agent.log()[-3000:]
     # The agent restarts: the ring (and its index) are found on disk and reported at registration; a save of the
     # first burst, asked for only now, still works.
-    agent = start_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent2.log"))
-    try:
+    with running_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent2.log")):
         reg = standin.wait_registered(2)
         rings = [r for r in reg.rings if r.pod_uid == pod.uid]
         assert rings and rings[0].packets == 1500 and rings[0].recorder_id == RECORDER, reg.rings
@@ -151,54 +136,46 @@ def test_save_window_exact_and_accounted_across_agent_restart(node: DemoNode, st
             recorder_id=RECORDER, pod_uid=pod.uid, capture_id="save-after-restart", from_unix_ns=0, to_unix_ns=1)))
         time.sleep(1.0)
         assert len(standin.all("chunk")) + len(standin.all("chunks")) == before
-    finally:
-        assert agent.stop() == 0, agent.log()[-3000:]
 
 
 def test_save_completes_when_the_collector_returns(node: DemoNode, ring_dir: str, tmp_path: str) -> None:
     first = IngestStandIn().__enter__()
-    agent = start_agent(first, node, ring_dir, os.path.join(tmp_path, "agent.log"))
     second: IngestStandIn | None = None
     try:
-        pod = pod_of(first.wait_registered(), node, "rx-0")
-        warm_up(node)
-        start_recording(first, pod)
-        lo = time.time_ns()
-        send_udp(node, 0, 500)
-        # A save whose window reaches 3 s into the future; the collector dies right after asking for it.
-        first.send(ingest_pb2.CollectorMessage(save=ingest_pb2.SavePodWindow(
-            recorder_id=RECORDER, pod_uid=pod.uid, capture_id="save-outage", from_unix_ns=lo,
-            to_unix_ns=time.time_ns() + 3_000_000_000)))
-        time.sleep(0.3)
-        first.kill()
-        send_udp(node, 1000, 500)  # still in the window, while the collector is away
-        time.sleep(5)
-        assert not any(m.WhichOneof("kind") == "pod_event" and m.pod_event.capture_id == "save-outage"
-                       and m.pod_event.state == common_pb2.POD_CAPTURE_STATE_DONE for m in first.messages)
-        second = IngestStandIn(first.port).__enter__()  # the collector is back, same address
-        second.wait_registered(timeout=30)
-        final = second.final_event("save-outage", pod.uid, timeout=30)
-        assert final.state == common_pb2.POD_CAPTURE_STATE_DONE, final.message
-        fmt = second.started_format("save-outage", pod.uid)
-        chunks = second.chunks(final.stream_id)
-        assert [c.seq for c in chunks] == list(range(1, final.last_seq + 1))
-        assert seqs(chunks, fmt) == [*range(0, 500), *range(1000, 1500)]
-        assert final.kernel.received == 1000 and sum(c.packets for c in chunks) == 1000
+        with running_agent(first, node, ring_dir, os.path.join(tmp_path, "agent.log")):
+            pod = start_recording(first, node)
+            lo = time.time_ns()
+            send_numbered(node, 0, 500)
+            # A save whose window reaches 3 s into the future; the collector dies right after asking for it.
+            first.send(ingest_pb2.CollectorMessage(save=ingest_pb2.SavePodWindow(
+                recorder_id=RECORDER, pod_uid=pod.uid, capture_id="save-outage", from_unix_ns=lo,
+                to_unix_ns=time.time_ns() + 3_000_000_000)))
+            time.sleep(0.3)
+            first.kill()
+            send_numbered(node, 1000, 500)  # still in the window, while the collector is away
+            time.sleep(5)
+            assert not any(m.WhichOneof("kind") == "pod_event" and m.pod_event.capture_id == "save-outage"
+                           and m.pod_event.state == common_pb2.POD_CAPTURE_STATE_DONE for m in first.messages)
+            second = IngestStandIn(first.port).__enter__()  # the collector is back, same address
+            second.wait_registered(timeout=30)
+            final = second.final_event("save-outage", pod.uid, timeout=30)
+            assert final.state == common_pb2.POD_CAPTURE_STATE_DONE, final.message
+            fmt = second.started_format("save-outage", pod.uid)
+            chunks = second.chunks(final.stream_id)
+            assert [c.seq for c in chunks] == list(range(1, final.last_seq + 1))
+            assert seqs(chunks, fmt) == [*range(0, 500), *range(1000, 1500)]
+            assert final.kernel.received == 1000 and sum(c.packets for c in chunks) == 1000
     finally:
-        assert agent.stop() == 0, agent.log()[-3000:]
         if second is not None:
             second.__exit__()
 
 
 def test_deleted_pod_ring_is_kept_and_saved(node: DemoNode, standin: IngestStandIn, ring_dir: str,
                                             tmp_path: str) -> None:
-    agent = start_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent.log"))
-    try:
-        pod = pod_of(standin.wait_registered(), node, "rx-0")
-        warm_up(node)
-        start_recording(standin, pod)
+    with running_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent.log")):
+        pod = start_recording(standin, node)
         lo = time.time_ns()
-        send_udp(node, 0, 500)
+        send_numbered(node, 0, 500)
         time.sleep(0.5)
         node.remove_pod(node.pod("rx-0"))  # deleted mid-recording: its veth and namespace are gone
         standin.wait_for(lambda m: m.WhichOneof("kind") == "heartbeat" and any(
@@ -208,21 +185,16 @@ def test_deleted_pod_ring_is_kept_and_saved(node: DemoNode, standin: IngestStand
         # Packets in the kernel's last block when the interface vanished cannot be read: they are counted (unread),
         # never silently missing.
         assert got == list(range(len(got))) and len(got) + final.drops.unread + final.kernel.dropped == 500, final
-    finally:
-        assert agent.stop() == 0, agent.log()[-3000:]
 
 
 def test_recording_follows_a_sandbox_restart(node: DemoNode, standin: IngestStandIn, ring_dir: str,
                                              tmp_path: str) -> None:
     """The pod's sandbox is recreated (new namespace and veth, same uid): the recording re-attaches and the same
     ring holds both incarnations' packets."""
-    agent = start_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent.log"))
-    try:
-        pod = pod_of(standin.wait_registered(), node, "rx-0")
-        warm_up(node)
-        start_recording(standin, pod)
+    with running_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent.log")):
+        pod = start_recording(standin, node)
         lo = time.time_ns()
-        send_udp(node, 0, 300)
+        send_numbered(node, 0, 300)
         time.sleep(0.5)
         node.remove_pod(node.pod("rx-0"))
         time.sleep(1.0)
@@ -232,13 +204,11 @@ def test_recording_follows_a_sandbox_restart(node: DemoNode, standin: IngestStan
             r.pod_uid == pod.uid and r.state == ingest_pb2.RING_STATE_RECORDING for r in m.heartbeat.rings), 20,
             "ring RECORDING again after the sandbox restart")
         warm_up(node)
-        send_udp(node, 1000, 300)
+        send_numbered(node, 1000, 300)
         final, got = save(standin, pod.uid, "save-restarted", lo, time.time_ns())
         first, second = [n for n in got if n < 1000], [n for n in got if n >= 1000]
         assert second == list(range(1000, 1300))
         assert first == list(range(len(first))) and len(first) + final.drops.unread + final.kernel.dropped == 300
-    finally:
-        assert agent.stop() == 0, agent.log()[-3000:]
 
 
 def test_small_tmpfs_shrinks_rings_never_fills(tmp_path: str) -> None:
@@ -277,15 +247,12 @@ def test_small_tmpfs_shrinks_rings_never_fills(tmp_path: str) -> None:
 def test_small_ring_keeps_the_newest_and_counts_evicted(node: DemoNode, standin: IngestStandIn, ring_dir: str,
                                                        tmp_path: str) -> None:
     metrics = free_port()
-    agent = start_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent.log"), "--metrics-listen",
-                        f"127.0.0.1:{metrics}")
-    try:
-        pod = pod_of(standin.wait_registered(), node, "rx-0")
-        warm_up(node)
-        start_recording(standin, pod, max_bytes=512 << 10)
+    with running_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent.log"), "--metrics-listen",
+                        f"127.0.0.1:{metrics}"):
+        pod = start_recording(standin, node, max_bytes=512 << 10)
         lo = time.time_ns()
         for i in range(6):  # ~6 x 500 x 150 B = 0.5 MB per burst... ~1.3 MB in all into a 512 KiB ring
-            send_udp(node, i * 1000, 1000)
+            send_numbered(node, i * 1000, 1000)
             time.sleep(0.6)
         time.sleep(2.5)
         final, got = save(standin, pod.uid, "save-small", lo, time.time_ns())
@@ -299,17 +266,12 @@ def test_small_ring_keeps_the_newest_and_counts_evicted(node: DemoNode, standin:
                   if line.startswith("podcap_agent_ring_")}
         assert values[f'podcap_agent_ring_evicted_packets_total{{recorder="{RECORDER}"}}'] > 0
         assert 0 < values[f'podcap_agent_ring_bytes{{recorder="{RECORDER}"}}'] <= 512 << 10
-    finally:
-        assert agent.stop() == 0, agent.log()[-3000:]
 
 
 def test_packet_trigger_fires_once_count_reached(node: DemoNode, standin: IngestStandIn, ring_dir: str,
                                                  tmp_path: str) -> None:
-    agent = start_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent.log"))
-    try:
-        pod = pod_of(standin.wait_registered(), node, "rx-0")
-        warm_up(node)
-        start_recording(standin, pod, filter="tcp", trigger=ingest_pb2.PacketTrigger(
+    with running_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent.log")):
+        pod = start_recording(standin, node, filter="tcp", trigger=ingest_pb2.PacketTrigger(
             filter=RST, count=5, window_ns=10_000_000_000))
         connect = ("import socket\nfor _ in range({n}):\n    s = socket.socket()\n    s.settimeout(2)\n"
                    "    try: s.connect(('" + node.pod("rx-0").ip + "', 81))\n    except OSError: pass\n"
@@ -332,25 +294,18 @@ def test_packet_trigger_fires_once_count_reached(node: DemoNode, standin: Ingest
         standin.wait_for(lambda m: m.WhichOneof("kind") == "heartbeat" and any(
             (r.trigger_fired, r.trigger_matches) == (1, 6) for r in m.heartbeat.rings), 10,
             "heartbeat with 6 matches and 1 firing")
-    finally:
-        assert agent.stop() == 0, agent.log()[-3000:]
 
 
 def test_trigger_that_does_not_compile_records_without_it(node: DemoNode, standin: IngestStandIn, ring_dir: str,
                                                          tmp_path: str) -> None:
-    agent = start_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent.log"))
-    try:
-        pod = pod_of(standin.wait_registered(), node, "rx-0")
-        warm_up(node)
-        start_recording(standin, pod, trigger=ingest_pb2.PacketTrigger(filter="tcp[tcpflags] & nonsense", count=1,
-                                                                       window_ns=1_000_000_000))
+    with running_agent(standin, node, ring_dir, os.path.join(tmp_path, "agent.log")):
+        pod = start_recording(standin, node, trigger=ingest_pb2.PacketTrigger(
+            filter="tcp[tcpflags] & nonsense", count=1, window_ns=1_000_000_000))
         hb = standin.wait_for(lambda m: m.WhichOneof("kind") == "heartbeat" and any(
             r.pod_uid == pod.uid and "bad filter" in r.message for r in m.heartbeat.rings), 10,
             "the trigger's error in the ring's status")
         assert [r for r in hb.heartbeat.rings if r.pod_uid == pod.uid][0].state == ingest_pb2.RING_STATE_RECORDING
         lo = time.time_ns()
-        send_udp(node, 0, 100)
+        send_numbered(node, 0, 100)
         _final, got = save(standin, pod.uid, "save-badtrigger", lo, time.time_ns())
         assert got == list(range(100))
-    finally:
-        assert agent.stop() == 0, agent.log()[-3000:]

@@ -27,9 +27,9 @@ from podcap.agent.pods import cri
 from podcap.collector.cli.client import CollectorClient
 from podcap.collector.kube.inventory import ClusterInventory
 from podcap.collector.server import Collector, start_collector
-from podcap.formats.pcap import iter_records, parse_file_header
 from podcap.v1 import common_pb2, control_pb2
 from tests.conftest import Proc, start_proc, tool
+from tests.integration.helpers import stored_seqs
 from tests.kubeapi.helpers import api_for
 from tests.kubeapi.standin import KubeApiStandin
 from tests.node.harness import BUSYBOX_IMAGE, Pod, TestNode
@@ -158,23 +158,6 @@ class Sender:
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(10)
-
-
-def stored_seqs(cli: CollectorClient, capture_id: str) -> list[int]:
-    data = bytearray()
-    for msg in cli.download(capture_id):
-        if msg.WhichOneof("kind") == "data":
-            data += msg.data
-    fmt = parse_file_header(bytes(data[:24]))
-    out = []
-    for rec in iter_records(memoryview(data)[24:], fmt):
-        frame = bytes(rec.data)
-        if frame[12:14] != b"\x08\x00" or frame[23] != 17:
-            continue
-        body = frame[14 + (frame[14] & 0x0F) * 4 + 8:]
-        if body.startswith(b"PODCAPSEQ"):
-            out.append(int.from_bytes(body[13:17], "big"))
-    return out
 
 
 def wait_for(ok: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:

@@ -19,7 +19,7 @@ from podcap.collector.demo.node import DemoNode
 from podcap.formats.pcap import iter_records, parse_file_header
 from podcap.v1 import control_pb2
 from tests.conftest import Proc, podcap, start_proc, tool
-from tests.integration.helpers import PORT, warm_up
+from tests.integration.helpers import PORT, send_numbered, stored_seqs, warm_up
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
@@ -44,35 +44,6 @@ def agent(node: DemoNode, collector: tuple[str, str, Proc], tmp_path: str) -> It
         p.stop()
 
 
-def send_udp(node: DemoNode, first: int, count: int) -> None:
-    """Datagrams numbered first..first+count-1 from ``sender`` to ``rx-0`` (tests/integration/udp_send.py's
-    payload: ``PODCAPSEQ``, 4 bytes, the number)."""
-    code = ("import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            f"for seq in range({first}, {first + count}):\n"
-            "    s.sendto(b'PODCAPSEQ' + bytes(4) + seq.to_bytes(4, 'big') + b'x' * (seq % 200), "
-            f"('{node.pod('rx-0').ip}', {PORT}))\n"
-            "    if seq % 100 == 99:\n        time.sleep(0.002)\n")
-    r = node.exec(node.pod("sender"), [sys.executable, "-c", code])
-    assert r.returncode == 0, r.stderr
-
-
-def stored_seqs(cli: CollectorClient, capture_id: str) -> list[int]:
-    data = bytearray()
-    for msg in cli.download(capture_id):
-        if msg.WhichOneof("kind") == "data":
-            data += msg.data
-    fmt = parse_file_header(bytes(data[:24]))
-    out = []
-    for rec in iter_records(memoryview(data)[24:], fmt):
-        frame = bytes(rec.data)
-        if frame[12:14] != b"\x08\x00" or frame[23] != 17:
-            continue
-        body = frame[14 + (frame[14] & 0x0F) * 4 + 8:]
-        if body.startswith(b"PODCAPSEQ"):
-            out.append(int.from_bytes(body[13:17], "big"))
-    return out
-
-
 def wait_for(ok: object, timeout: float = 30, what: str = "") -> None:
     assert callable(ok)
     deadline = time.monotonic() + timeout
@@ -93,9 +64,9 @@ def test_a_manual_trigger_saves_the_pods_packets_from_before_it(
         rid = r.stdout.strip().splitlines()[-1]
         wait_for(lambda: [p.state for p in cli.get_recorder(rid).pods] == ["recording"],
                  what="the ring recording (agent log:\n" + agent.log()[-2000:] + ")")
-        send_udp(node, 0, 500)
+        send_numbered(node, 0, 500)
         time.sleep(0.5)
-        send_udp(node, 1000, 500)
+        send_numbered(node, 1000, 500)
         time.sleep(2.5)  # the agent's last chunks reach the ring
         wait_for(lambda: cli.get_recorder(rid).pods[0].packets >= 1000, what="ring counters in status")
         assert not cli.list_all().captures  # while idle, nothing but counters reached the collector
@@ -127,14 +98,14 @@ def test_an_agent_restart_between_the_traffic_and_the_trigger_loses_nothing(
             rid = podcap(address, "record", "-n", node.namespace, "rx-0", "--filter", f"udp port {PORT}", "--keep",
                          "2m", "--before", "30s", "--after", "1s").stdout.strip().splitlines()[-1]
             wait_for(lambda: [p.state for p in cli.get_recorder(rid).pods] == ["recording"], what="recording")
-            send_udp(node, 0, 500)
+            send_numbered(node, 0, 500)
             time.sleep(2.5)
             assert first.stop() == 0, first.log()
             second = start_agent(node, address, tmp_path, 1)
             try:
                 wait_for(lambda: [p.state for p in cli.get_recorder(rid).pods] == ["recording"]
                          and cli.get_recorder(rid).pods[0].packets >= 500, what="recording again")
-                send_udp(node, 1000, 500)
+                send_numbered(node, 1000, 500)
                 time.sleep(2.5)
                 cid = podcap(address, "trigger", rid, timeout=120).stdout.strip().splitlines()[-1]
                 st = cli.get(cid)

@@ -66,21 +66,15 @@ def _pointer(path: str) -> list[str]:
 
 
 def _parent(doc: Any, parts: list[str]) -> tuple[Any, str]:
-    cur = doc
-    for p in parts[:-1]:
-        if isinstance(cur, list):
-            try:
-                cur = cur[int(p)]
-            except (ValueError, IndexError) as e:
-                raise PatchError(f"path element {p!r} not found") from e
-        elif isinstance(cur, dict) and p in cur:
-            cur = cur[p]
-        else:
-            raise PatchError(f"doc is missing path: {'/'.join(parts)}")
-    return cur, parts[-1]
+    return _walk(doc, parts[:-1], "/".join(parts)), parts[-1]
 
 
 def _get(doc: Any, parts: list[str]) -> Any:
+    return _walk(doc, parts, "/" + "/".join(parts))
+
+
+def _walk(doc: Any, parts: list[str], path: str) -> Any:
+    """What ``parts`` point at in ``doc``; ``path`` is the one the error names, as the API server does."""
     cur = doc
     for p in parts:
         if isinstance(cur, list):
@@ -91,7 +85,7 @@ def _get(doc: Any, parts: list[str]) -> Any:
         elif isinstance(cur, dict) and p in cur:
             cur = cur[p]
         else:
-            raise PatchError(f"doc is missing path: /{'/'.join(parts)}")
+            raise PatchError(f"doc is missing path: {path}")
     return cur
 
 

@@ -17,6 +17,7 @@ from podcap.collector.cli.complete import (
 )
 from podcap.collector.cli.errors import collector_hint, one_line
 from podcap.collector.cli.objects import target_object
+from podcap.collector.cli.pod_names import split_pod_names
 from podcap.collector.cli.record.render import is_recorder_id, recorder_dict, recorder_tables
 from podcap.collector.cli.render import capture_table, dump, output_option, print_table, to_dict
 from podcap.collector.cli.words import INTERFACES
@@ -32,15 +33,7 @@ def _target_pods(ctx: click.Context, pods: tuple[str, ...], namespace: str,
     namespace_given = ctx.get_parameter_source("namespace") == click.core.ParameterSource.COMMANDLINE
     if all_namespaces and namespace_given:
         raise click.UsageError("-n/--namespace and -A/--all-namespaces exclude each other: give one", ctx)
-    names: list[str] = []
-    spaces: set[str] = set()
-    for p in pods:
-        ns, sep, name = p.rpartition("/")
-        if sep and (not ns or not name or "/" in ns):
-            raise click.UsageError(f"pod {p!r} is not NAME or NAMESPACE/NAME", ctx)
-        if sep:
-            spaces.add(ns)
-        names.append(name)
+    spaces, names = split_pod_names(ctx, pods)
     if spaces:
         if all_namespaces or len(spaces) > 1 or (namespace_given and spaces != {namespace}):
             chosen = sorted(spaces | ({namespace} if namespace_given else set()))

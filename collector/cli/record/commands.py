@@ -17,6 +17,7 @@ import click
 from podcap.collector.cli.client import CollectorClient
 from podcap.collector.cli.complete import complete_namespace, complete_pod, complete_recorder_id
 from podcap.collector.cli.objects import target_object
+from podcap.collector.cli.pod_names import split_pod_names
 from podcap.collector.cli.record.render import recorder_dict, recorder_tables
 from podcap.collector.cli.render import capture_table, dump, output_option, print_table, to_dict
 from podcap.collector.cli.words import INTERFACES
@@ -70,19 +71,10 @@ def triggers_param(ctx: click.Context, param: click.Parameter,
 
 
 def _target(ctx: click.Context, pods: tuple[str, ...], namespace: str, all_namespaces: bool) -> tuple[str, list[str]]:
-    """The namespace and pod names of the target, pods given as NAME or NAMESPACE/NAME of one namespace (as
-    ``podcap start`` takes them; not shared with it: ``capture`` shows recorders, so it imports this package)."""
+    """The namespace and pod names of the target, pods given as NAME or NAMESPACE/NAME of one namespace."""
     if all_namespaces and pods:
         raise click.UsageError("-A/--all-namespaces takes no pod names: name pods with -n NAMESPACE", ctx)
-    names: list[str] = []
-    spaces = set()
-    for p in pods:
-        ns, sep, name = p.rpartition("/")
-        if sep and (not ns or not name or "/" in ns):
-            raise click.UsageError(f"pod {p!r} is not NAME or NAMESPACE/NAME", ctx)
-        if sep:
-            spaces.add(ns)
-        names.append(name)
+    spaces, names = split_pod_names(ctx, pods)
     if len(spaces) > 1:
         raise click.UsageError(f"one recorder covers pods of one namespace, not {', '.join(sorted(spaces))}", ctx)
     return (spaces.pop() if spaces else namespace), names
