@@ -39,9 +39,13 @@ def check_namespace(value: str) -> str:
     return value
 
 
+def _is_subdomain(value: str) -> bool:
+    return len(value) <= 253 and bool(_DNS1123_SUBDOMAIN.match(value))
+
+
 def check_pod_name(value: str) -> str:
     """Return ``value`` if it is a valid pod name (DNS-1123 subdomain), else raise InvalidNameError."""
-    if len(value) > 253 or not _DNS1123_SUBDOMAIN.match(value):
+    if not _is_subdomain(value):
         raise InvalidNameError(
             f"invalid pod name {value!r}: must be a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', "
             "at most 253 characters)"
@@ -51,7 +55,7 @@ def check_pod_name(value: str) -> str:
 
 def check_node_name(value: str) -> NodeName:
     """Node names follow the same DNS-1123 subdomain rule as pod names."""
-    if len(value) > 253 or not _DNS1123_SUBDOMAIN.match(value):
+    if not _is_subdomain(value):
         raise InvalidNameError(f"invalid node name {value!r}: must be a DNS-1123 subdomain")
     return NodeName(value)
 

@@ -31,11 +31,7 @@ def size_param(ctx: click.Context, param: click.Parameter, value: str | None) ->
         n = parse_size(value)
     except ValueError as e:
         raise click.BadParameter(str(e)) from e
-    if n == 0:
-        raise _zero(param)
-    if n > MAX_BYTES:
-        raise click.BadParameter(f"{value!r} is more than {human_bytes(MAX_BYTES)}")
-    return n
+    return _positive(param, value, n, human_bytes(MAX_BYTES))
 
 
 def count_param(ctx: click.Context, param: click.Parameter, value: str | None) -> int:
@@ -44,11 +40,15 @@ def count_param(ctx: click.Context, param: click.Parameter, value: str | None) -
         return 0
     if not value.strip().isdigit():
         raise click.BadParameter(f"{value!r} is not a whole number of packets")
-    n = int(value)
+    return _positive(param, value, int(value), str(MAX_BYTES))
+
+
+def _positive(param: click.Parameter, value: str, n: int, most: str) -> int:
+    """``n`` (read from ``value``) unless it is 0 or past 2^64 - 1 (``most``, as the message says it)."""
     if n == 0:
         raise _zero(param)
     if n > MAX_BYTES:
-        raise click.BadParameter(f"{value!r} is more than {MAX_BYTES}")
+        raise click.BadParameter(f"{value!r} is more than {most}")
     return n
 
 

@@ -55,14 +55,21 @@ def send_udp(node: DemoNode, receivers: list[str], count: int) -> None:
     assert sent.returncode == 0, sent.stderr
 
 
-def capture_udp(address: str, node: DemoNode, receivers: list[str], count: int,
-                *start_args: str) -> tuple[str, dict[str, Any]]:
-    """A capture of ``receivers`` (``udp port PORT``, ``start_args``) that saw ``count`` datagrams to each: started,
-    sent to once every pod is capturing, stopped; its id and final status."""
+def start_udp(address: str, node: DemoNode, receivers: list[str], *start_args: str) -> str:
+    """A capture of ``receivers`` (``udp port PORT``, ``start_args``) started once ARP is resolved; its id, once
+    every pod is capturing."""
     warm_up(node)
     cid = capture_id(podcap(address, "start", "-n", node.namespace, *receivers, "--filter", f"udp port {PORT}",
                             *start_args))
     wait_capturing(address, cid, len(receivers))
+    return cid
+
+
+def capture_udp(address: str, node: DemoNode, receivers: list[str], count: int,
+                *start_args: str) -> tuple[str, dict[str, Any]]:
+    """A capture of ``receivers`` (``udp port PORT``, ``start_args``) that saw ``count`` datagrams to each: started,
+    sent to once every pod is capturing, stopped; its id and final status."""
+    cid = start_udp(address, node, receivers, *start_args)
     send_udp(node, receivers, count)
     time.sleep(0.5)
     return cid, dict(json.loads(podcap(address, "stop", cid, "-o", "json").stdout))

@@ -18,6 +18,7 @@ from tests.integration.helpers import (
     PORT,
     SENDER,
     capture_id,
+    start_udp,
     udp_payloads,
     wait_capturing,
     warm_up,
@@ -40,9 +41,7 @@ def test_follow_streams_a_valid_pcapng_while_the_capture_is_stored(
     collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str
 ) -> None:
     address = collector[0]
-    warm_up(node)
-    cid = capture_id(podcap(address, "start", "-n", node.namespace, "rx-0", "--filter", f"udp port {PORT}"))
-    wait_capturing(address, cid, 1)
+    cid = start_udp(address, node, ["rx-0"])
     live = os.path.join(tmp_path, "live.pcapng")
     with open(live, "wb") as out:
         follower = subprocess.Popen([tool("podcap"), "--collector", address, "follow", cid], stdout=out,
@@ -109,9 +108,7 @@ def test_a_follower_that_does_not_read_never_slows_the_capture(
     collector: tuple[str, str, Proc], node: DemoNode, agent: Proc, tmp_path: str
 ) -> None:
     address = collector[0]
-    warm_up(node)
-    cid = capture_id(podcap(address, "start", "-n", node.namespace, "rx-2", "--filter", f"udp port {PORT}"))
-    wait_capturing(address, cid, 1)
+    cid = start_udp(address, node, ["rx-2"])
     # stdout is a pipe nobody reads: after 64 KiB the follower blocks, then the collector's buffer for it fills.
     stalled = subprocess.Popen([tool("podcap"), "--collector", address, "follow", cid], stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL)

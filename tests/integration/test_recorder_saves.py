@@ -61,6 +61,14 @@ def start(cli: CollectorClient, **kw: object) -> control_pb2.RecorderStatus:
     return cli.record(req)
 
 
+def recording(cli: CollectorClient, agent: RingAgent) -> control_pb2.RecorderStatus:
+    """A recorder started (``start``) whose rings the agent has been recording for half a second."""
+    rec = start(cli)
+    wait_for(lambda: len(agent.starts) == 2, what="starts")
+    time.sleep(0.5)
+    return rec
+
+
 def seqs_of(cli: CollectorClient, capture_id: str) -> dict[str, list[tuple[int, int]]]:
     """Per pod uid, the (timestamp ns, sequence number) of every stored packet, parsed from the downloaded file."""
     files: dict[str, bytearray] = {}
@@ -128,9 +136,7 @@ def test_triggers_inside_a_waiting_save_join_it_and_no_bytes_are_saved_twice(
         served: tuple[Collector, str, RingAgent]) -> None:
     _, address, agent = served
     with CollectorClient(address) as cli:
-        rec = start(cli)
-        wait_for(lambda: len(agent.starts) == 2, what="starts")
-        time.sleep(0.5)
+        rec = recording(cli, agent)
         first = cli.trigger(rec.id, ["web-0"], no_wait=True)
         time.sleep(0.3)
         second = cli.trigger(rec.id, ["web-1"], reason="peer", no_wait=True)
@@ -222,9 +228,7 @@ def test_saves_escape_keep_ended_and_recorders_outlive_a_restart(tmp_path: str) 
     agent = RingAgent(f"127.0.0.1:{c.port}", NODE, PODS)
     try:
         with CollectorClient(f"127.0.0.1:{c.port}") as cli:
-            rec = start(cli)
-            wait_for(lambda: len(agent.starts) == 2, what="starts")
-            time.sleep(0.5)
+            rec = recording(cli, agent)
             save = cli.trigger(rec.id, ["web-0"], timeout=30)
             plain = cli.start(control_pb2.StartCaptureRequest(target=control_pb2.Target(namespace="shop",
                                                                                         pod_names=["web-1"])))
@@ -306,9 +310,7 @@ def test_a_save_while_the_agent_is_away_completes_when_it_returns(
         served: tuple[Collector, str, RingAgent]) -> None:
     _, address, agent = served
     with CollectorClient(address) as cli:
-        rec = start(cli)
-        wait_for(lambda: len(agent.starts) == 2, what="starts")
-        time.sleep(0.5)
+        rec = recording(cli, agent)
         answer = cli.trigger(rec.id, ["web-0"], no_wait=True)
         agent.disconnect()
         time.sleep(2.0)  # the window passes while the agent is away: the save is due, and waits
