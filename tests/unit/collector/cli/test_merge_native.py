@@ -19,7 +19,7 @@ from podcap.collector.cli.get.merge import Mark, MergeInput, merge_pcaps
 from podcap.formats.pcap import FILE_HEADER_LEN, FileFormat, PcapFormatError
 from podcap.formats.pcapng import InterfaceInfo, SectionInfo
 from tests.pcapng_reader import read_pcapng
-from tests.unit.collector.cli.test_pcapng import BASE_NS, stats, write_pcap
+from tests.unit.collector.cli.test_pcapng import BASE_NS, stats, write_damaged_pcap, write_pcap
 
 pytestmark = pytest.mark.skipif(not pcapmerge.available(), reason="podcap's C library is not built (no C compiler)")
 
@@ -118,19 +118,7 @@ def test_damaged_inputs_fail_as_in_python(tmp_path: str, monkeypatch: pytest.Mon
     good = os.path.join(tmp_path, "good.pcap")
     src = os.path.join(tmp_path, "bad.pcap")
     write_pcap(good, [BASE_NS + i for i in range(50)], pod=1)
-    write_pcap(src, [BASE_NS + i for i in range(5)], pod=0, snaplen=200)
-    blob = bytearray(open(src, "rb").read())
-    if damage == "magic":
-        blob[0:4] = b"\0\0\0\0"
-    elif damage == "truncated":
-        del blob[-7:]
-    elif damage == "truncated-header":
-        blob += b"\1\2\3"
-    elif damage == "caplen":
-        struct.pack_into("<I", blob, 24 + 8, 5000)  # caplen of the first record > snaplen
-    else:
-        struct.pack_into("<I", blob, 24 + 12, 3)  # wire length of the first record < caplen
-    open(src, "wb").write(bytes(blob))
+    write_damaged_pcap(src, damage)
     inputs = [MergeInput(good, InterfaceInfo("ns/good")), MergeInput(src, InterfaceInfo("ns/bad"))]
     errors = []
     for native in (True, False):

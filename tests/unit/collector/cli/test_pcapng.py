@@ -85,6 +85,25 @@ def write_pcap(path: str, timestamps: list[int], *, pod: int, nanosecond: bool =
             f.write(struct.pack("<IIII", ts // 1_000_000_000, frac, len(kept), len(data)) + kept)
 
 
+def write_damaged_pcap(path: str, damage: str) -> None:
+    """Five records (snaplen 200) with one ``damage``: a bad ``magic``, ``truncated`` in the last record,
+    ``truncated-header`` (a partial record header at the end), a ``caplen`` over the snaplen, else a wire length
+    under the caplen (in the first record)."""
+    write_pcap(path, [BASE_NS + i for i in range(5)], pod=0, snaplen=200)
+    blob = bytearray(open(path, "rb").read())
+    if damage == "magic":
+        blob[0:4] = b"\0\0\0\0"
+    elif damage == "truncated":
+        del blob[-7:]
+    elif damage == "truncated-header":
+        blob += b"\1\2\3"
+    elif damage == "caplen":
+        struct.pack_into("<I", blob, 24 + 8, 5000)
+    else:
+        struct.pack_into("<I", blob, 24 + 12, 3)
+    open(path, "wb").write(bytes(blob))
+
+
 def stats(n: int, kernel: int = 0, ifd: int = 0, agent: int = 0, late: int = 0, retired: int = 0) -> InterfaceStats:
     return InterfaceStats(start_ns=BASE_NS - 10**9, end_ns=BASE_NS + 10**9, received=n + kernel, kernel_dropped=kernel,
                           if_dropped=ifd, drops=Drops(buffer_full=agent, late=late), delivered=n, retired=retired)
@@ -229,15 +248,7 @@ def test_single_pod_conversion(tmp_path: str, three_pods: list[MergeInput]) -> N
 @pytest.mark.parametrize("damage", ["magic", "truncated", "caplen"])
 def test_damaged_input_names_the_file_and_leaves_no_output(tmp_path: str, damage: str) -> None:
     src = os.path.join(tmp_path, "bad.pcap")
-    write_pcap(src, [BASE_NS + i for i in range(5)], pod=0, snaplen=200)
-    blob = bytearray(open(src, "rb").read())
-    if damage == "magic":
-        blob[0:4] = b"\0\0\0\0"
-    elif damage == "truncated":
-        del blob[-7:]
-    else:
-        struct.pack_into("<I", blob, 24 + 8, 5000)  # caplen of the first record > snaplen
-    open(src, "wb").write(bytes(blob))
+    write_damaged_pcap(src, damage)
     dst = os.path.join(tmp_path, "bad.pcapng")
     with pytest.raises(PcapFormatError, match="bad.pcap"):
         pcap_to_pcapng(src, dst, InterfaceInfo("ns/bad"))

@@ -16,10 +16,10 @@ from podcap.collector.kube.selectors import SelectorError
 from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.local import LocalStorage
 from podcap.collector.targets import NoMatchError
-from podcap.names import NodeName
 from podcap.v1 import control_pb2
 from tests.kubeapi.helpers import api_for, wait_for
 from tests.kubeapi.standin import KubeApiStandin
+from tests.unit.collector.kube.capture_env import capture_env, starts
 
 
 @pytest.fixture
@@ -27,23 +27,8 @@ def env(tmp_path: Any) -> Iterator[tuple[CaptureManager, AgentConnection, KubeAp
     with KubeApiStandin(bookmark_interval=0.2) as s:
         s.add_pod("shop", "web-0", labels={"app": "web"}, node="node-a", ip="10.0.0.1")
         s.add_pod("shop", "web-1", labels={"app": "web"}, node="node-b", ip="10.0.0.2")
-        api = api_for(s, str(tmp_path))
-        inv = ClusterInventory(api, backoff_initial_s=0.05, backoff_max_s=0.2).start()
-        assert inv.wait_synced(5)
-        registry = AgentRegistry()
-        conn = AgentConnection(node=NodeName("node-a"), instance_id="i", version="t", pod_source="cri", pods=[])
-        registry.register(conn)
-        store = CaptureStore(os.path.join(str(tmp_path), "db"))
-        mgr = CaptureManager(LocalStorage(str(tmp_path)), registry, store, cluster=inv)
-        yield mgr, conn, s
-        mgr.close()
-        store.close()
-        inv.stop()
-        api.close()
-
-
-def starts(conn: AgentConnection) -> list[str]:
-    return sorted(m.start.pod.name for m in conn.queued() if m.WhichOneof("kind") == "start")
+        with capture_env(s, str(tmp_path)) as (mgr, conn):
+            yield mgr, conn, s
 
 
 def test_field_selector_and_dynamic_attach(env: tuple[CaptureManager, AgentConnection, KubeApiStandin]) -> None:

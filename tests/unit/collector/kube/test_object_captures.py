@@ -18,11 +18,11 @@ from podcap.collector.kube.inventory import ClusterInventory
 from podcap.collector.kube.workloads import ServiceWithoutSelectorError
 from podcap.collector.storage.catalog import CaptureStore
 from podcap.collector.storage.local import LocalStorage
-from podcap.names import NodeName
 from podcap.nodes import node_uid
 from podcap.v1 import control_pb2
-from tests.kubeapi.helpers import api_for, wait_for
+from tests.kubeapi.helpers import wait_for
 from tests.kubeapi.standin import KubeApiStandin
+from tests.unit.collector.kube.capture_env import capture_env, starts
 
 Env = tuple[CaptureManager, AgentConnection, KubeApiStandin]
 
@@ -56,22 +56,8 @@ def env(tmp_path: Any) -> Iterator[Env]:
         s.add_pod("shop", "db-0", labels={"app": "db"}, node="node-a", ip="10.0.0.3")
         s.create("deployments", deployment("web", {"app": "web"}))
         s.create("deployments", deployment("db", {"app": "db"}))
-        api = api_for(s, str(tmp_path))
-        inv = ClusterInventory(api, backoff_initial_s=0.05, backoff_max_s=0.2).start()
-        assert inv.wait_synced(5)
-        registry = AgentRegistry()
-        conn = AgentConnection(node=NodeName("node-a"), instance_id="i", version="t", pod_source="cri", pods=[])
-        registry.register(conn)
-        mgr = manager(str(tmp_path), registry, inv)
-        yield mgr, conn, s
-        mgr.close()
-        mgr.store.close()
-        inv.stop()
-        api.close()
-
-
-def starts(conn: AgentConnection) -> list[str]:
-    return sorted(m.start.pod.name for m in conn.queued() if m.WhichOneof("kind") == "start")
+        with capture_env(s, str(tmp_path)) as (mgr, conn):
+            yield mgr, conn, s
 
 
 def request(kind: str, name: str, namespace: str = "shop", **kw: Any) -> control_pb2.StartCaptureRequest:
