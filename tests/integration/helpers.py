@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -85,6 +86,29 @@ def small_tmpfs(tmp_path: str, size: str) -> Iterator[str]:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", mnt], check=False)
+
+
+def interrupted(argv: list[str], ready: Callable[[], bool], act: Callable[[subprocess.Popen[str]], object], *,
+                env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (a download); once ``ready()`` (within 60 s, while it still runs) freeze it (SIGSTOP), ``act``
+    on it (deliver a signal, delete its capture...), thaw it, and return how it ended. Frozen first, so that what
+    ``act`` does lands while it is part-way."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready():
+            assert proc.poll() is None, "the download ended before it could be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGSTOP)
+        act(proc)
+        proc.send_signal(signal.SIGCONT)
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def wait_state(address: str, cid: str, states: set[str], timeout: float = 20) -> dict[str, object]:

@@ -33,7 +33,7 @@ from podcap.collector.demo.node import DemoNode
 from podcap.v1 import control_pb2
 from tests.conftest import Proc, collector_process, free_port, podcap, tool
 from tests.integration.cluster import Cluster, all_capturing, check_exactly_once, send
-from tests.integration.helpers import PORT, capture_id, small_tmpfs, wait_capturing, warm_up
+from tests.integration.helpers import PORT, capture_id, interrupted, small_tmpfs, wait_capturing, warm_up
 
 pytestmark = pytest.mark.root
 
@@ -113,23 +113,13 @@ def big_capture(address: str, demo: DemoNode, count: int = 14000) -> control_pb2
 def interrupt_mid_file(address: str, cid: str, out: str, sig: int) -> subprocess.CompletedProcess[str]:
     """Run ``podcap get CID -o OUT`` and deliver ``sig`` once a pod file is part-way (the process is frozen
     first, so that it is still part-way when the signal lands)."""
-    proc = subprocess.Popen([tool("podcap"), "--collector", address, "get", cid, "-o", out],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not any(os.path.getsize(p) > (1 << 20) for p in glob.glob(os.path.join(out, "*", "*.part"))):
-            assert proc.poll() is None, "the download ended before it could be interrupted"
-            assert time.monotonic() < deadline
-            time.sleep(0.001)
-        proc.send_signal(signal.SIGSTOP)
-        proc.send_signal(sig)
-        proc.send_signal(signal.SIGCONT)
-        stdout, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    return interrupted([tool("podcap"), "--collector", address, "get", cid, "-o", out], lambda: part_way(out),
+                       lambda proc: proc.send_signal(sig))
+
+
+def part_way(out: str) -> bool:
+    """A pod file of the download into OUT is more than 1 MiB along."""
+    return any(os.path.getsize(p) > (1 << 20) for p in glob.glob(os.path.join(out, "*", "*.part")))
 
 
 def held(out: str) -> dict[str, int]:
@@ -183,24 +173,16 @@ def test_get_resumes_inside_a_pod_after_sigint_and_sigkill_and_a_deleted_capture
 
     # A download in progress when its capture is deleted ends with one clear line.
     out = os.path.join(tmp_path, "deleted-meanwhile")
-    proc = subprocess.Popen([tool("podcap"), "--collector", address, "get", cid, "-o", out],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not any(os.path.getsize(p) > (1 << 20) for p in glob.glob(os.path.join(out, "*", "*.part"))):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.001)
-        proc.send_signal(signal.SIGSTOP)  # holding its stream open, half read
+
+    def delete(_proc: object) -> None:  # while the download holds its stream open, half read
         deleted = podcap(address, "delete", cid)
         assert deleted.stdout.startswith(f"deleted {cid}\t"), deleted.stdout
-        proc.send_signal(signal.SIGCONT)
-        _stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+    r = interrupted([tool("podcap"), "--collector", address, "get", cid, "-o", out], lambda: part_way(out), delete,
+                    timeout=60)
+    stderr = r.stderr
     lines = stderr.strip().splitlines()
-    assert proc.returncode == 1 and len(lines) == 1, stderr
+    assert r.returncode == 1 and len(lines) == 1, stderr
     assert lines[0].startswith(f"podcap: capture {cid} was deleted ") and \
         "by admin: podcap delete, while it was being downloaded" in lines[0], lines[0]
     assert not os.path.exists(os.path.join(data, "captures", cid))

@@ -11,8 +11,6 @@ import glob
 import os
 import signal
 import sqlite3
-import subprocess
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,6 +30,7 @@ from podcap.formats.pcap import FILE_HEADER_LEN, iter_records, parse_file_header
 from podcap.formats.selection import Window
 from podcap.v1 import common_pb2, control_pb2, ingest_pb2
 from tests.conftest import tool
+from tests.integration.helpers import interrupted
 from tests.integration.tiered_env import POD, Env
 
 pytestmark = pytest.mark.root
@@ -108,25 +107,11 @@ def test_get_from_the_bucket_resumes_inside_a_pod_fetching_only_what_follows(
     size = os.path.getsize(os.path.join(whole, name))
 
     out = os.path.join(str(tmp_path), "out")
-    proc = subprocess.Popen([tool("podcap"), "get", "--from", url, "--s3-endpoint", env.s3.endpoint, "-o", out],
-                            env={**os.environ, **env.s3.env()}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
     part = os.path.join(out, name + ".part")
-    try:
-        deadline = time.monotonic() + 60
-        while not (os.path.exists(part) and os.path.getsize(part) > size // 3):
-            assert proc.poll() is None, "the download ended before it could be interrupted"
-            assert time.monotonic() < deadline
-            time.sleep(0.001)
-        proc.send_signal(signal.SIGSTOP)
-        proc.send_signal(sig)
-        proc.send_signal(signal.SIGCONT)
-        proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+    r = interrupted([tool("podcap"), "get", "--from", url, "--s3-endpoint", env.s3.endpoint, "-o", out],
+                    lambda: os.path.exists(part) and os.path.getsize(part) > size // 3,
+                    lambda proc: proc.send_signal(sig), env={**os.environ, **env.s3.env()})
+    assert r.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
     kept = os.path.getsize(part)
     assert size // 3 < kept < size
 

@@ -203,6 +203,16 @@ int podcap_merge_add_fed(struct podcap_merge *m, uint32_t ts_scale, uint32_t div
 }
 
 /* The next block of fed input i (len 0: the input ended). */
+/* Move what is left unread to the front of the input's buffer (its file offset follows). */
+static void compact(struct input *in) {
+    if (!in->pos) return;
+    size_t rest = in->len - in->pos;
+    memmove(in->buf, in->buf + in->pos, rest);
+    in->buf_off += in->pos;
+    in->pos = 0;
+    in->len = rest;
+}
+
 int podcap_merge_feed(struct podcap_merge *m, uint32_t i, const uint8_t *data, uint64_t len) {
     if (i >= m->added || m->in[i].fd >= 0) return -1;
     struct input *in = &m->in[i];
@@ -210,13 +220,7 @@ int podcap_merge_feed(struct podcap_merge *m, uint32_t i, const uint8_t *data, u
         in->eof = 1;
         return 0;
     }
-    size_t rest = in->len - in->pos;
-    if (in->pos) {
-        memmove(in->buf, in->buf + in->pos, rest);
-        in->buf_off += in->pos;
-        in->pos = 0;
-        in->len = rest;
-    }
+    compact(in);
     if (in->cap - in->len < len) {
         uint8_t *grown = realloc(in->buf, in->len + (size_t)len);
         if (!grown) return fail(m, PODCAP_NO_MEMORY, i, in->buf_off);
@@ -234,13 +238,7 @@ int64_t podcap_merge_needed(const struct podcap_merge *m) { return m->need; }
 /* Move what is left to the front and read more (one pread). */
 static int refill(struct podcap_merge *m, size_t i) {
     struct input *in = &m->in[i];
-    size_t rest = in->len - in->pos;
-    if (in->pos) {
-        memmove(in->buf, in->buf + in->pos, rest);
-        in->buf_off += in->pos;
-        in->pos = 0;
-        in->len = rest;
-    }
+    compact(in);
     for (;;) {
         ssize_t r = pread(in->fd, in->buf + in->len, in->cap - in->len, (off_t)in->next_read);
         if (r < 0 && errno == EINTR) continue;
