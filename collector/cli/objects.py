@@ -1,15 +1,51 @@
-"""The ``KIND/NAME`` argument of ``podcap start`` and ``podcap record`` (``deploy/web``, ``svc/api``, ``node/n1``):
-told apart from pods named ``NAMESPACE/NAME`` with the kinds' one table (``podcap.collector.kube.kinds``), so both
-verbs read their arguments the same way; the collector validates the result again for every client.
+"""What ``podcap start`` and ``podcap record`` target, read the same way by both verbs: their target arguments and
+options (``target_arguments``), the ``KIND/NAME`` argument (``deploy/web``, ``svc/api``, ``node/n1``) told apart
+from pods named ``NAMESPACE/NAME`` with the kinds' one table (``podcap.collector.kube.kinds``), and pods named
+``NAME`` or ``NAMESPACE/NAME`` (``split_pod_names``). How the namespaces named combine with ``-n``/``-A`` is each
+verb's rule (one capture, or one recorder, covers one namespace); the collector validates the result again for
+every client.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
+from podcap.collector.cli.complete import complete_namespace, complete_pod
 from podcap.collector.kube.kinds import ALIASES, POD, ObjectRef, split_object
 from podcap.errors import PodcapError
 from podcap.v1 import control_pb2
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def target_arguments(f: F) -> F:
+    """``[PODS | KIND/NAME]...``, ``-n/--namespace``, ``-A/--all-namespaces`` and ``-l/--selector``."""
+    for option in reversed((
+            click.argument("pods", nargs=-1, shell_complete=complete_pod, metavar="[PODS | KIND/NAME]..."),
+            click.option("-n", "--namespace", default="default", show_default=True,
+                         shell_complete=complete_namespace, help="Namespace of the pods."),
+            click.option("-A", "--all-namespaces", is_flag=True, help="Pods in every namespace."),
+            click.option("-l", "--selector", default="", help="Label selector, e.g. 'app=web,tier in (a,b)'."))):
+        f = option(f)
+    return f
+
+
+def split_pod_names(ctx: click.Context, pods: tuple[str, ...]) -> tuple[set[str], list[str]]:
+    """The namespaces the pods name (from ``NAMESPACE/NAME``) and the pods' names; a malformed one is a usage
+    error."""
+    names: list[str] = []
+    spaces: set[str] = set()
+    for p in pods:
+        ns, sep, name = p.rpartition("/")
+        if sep and (not ns or not name or "/" in ns):
+            raise click.UsageError(f"pod {p!r} is not NAME or NAMESPACE/NAME", ctx)
+        if sep:
+            spaces.add(ns)
+        names.append(name)
+    return spaces, names
 
 
 def target_object(ctx: click.Context, args: tuple[str, ...], all_namespaces: bool, *,

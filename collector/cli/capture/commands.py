@@ -11,13 +11,10 @@ from podcap.collector.cli.capture.progress import wait_for_end
 from podcap.collector.cli.client import CollectorClient, CollectorError
 from podcap.collector.cli.complete import (
     complete_ended_capture_id,
-    complete_namespace,
-    complete_pod,
     complete_running_capture_id,
 )
 from podcap.collector.cli.errors import collector_hint, one_line
-from podcap.collector.cli.objects import target_object
-from podcap.collector.cli.pod_names import split_pod_names
+from podcap.collector.cli.objects import split_pod_names, target_arguments, target_object
 from podcap.collector.cli.record.render import is_recorder_id, recorder_dict, recorder_tables
 from podcap.collector.cli.render import capture_table, dump, output_option, print_table, to_dict
 from podcap.collector.cli.words import INTERFACES
@@ -46,11 +43,7 @@ def _target_pods(ctx: click.Context, pods: tuple[str, ...], namespace: str,
 
 
 @click.command()
-@click.argument("pods", nargs=-1, shell_complete=complete_pod, metavar="[PODS | KIND/NAME]...")
-@click.option("-n", "--namespace", default="default", show_default=True, shell_complete=complete_namespace,
-              help="Namespace of the pods.")
-@click.option("-A", "--all-namespaces", is_flag=True, help="Pods in every namespace.")
-@click.option("-l", "--selector", default="", help="Label selector, e.g. 'app=web,tier in (a,b)'.")
+@target_arguments
 @click.option("--field-selector", default="",
               help="Field selector, e.g. 'spec.nodeName=node-1' (metadata.name, metadata.namespace, spec.nodeName, "
               "status.phase; =, ==, !=).")

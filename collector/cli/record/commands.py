@@ -15,9 +15,8 @@ import re
 import click
 
 from podcap.collector.cli.client import CollectorClient
-from podcap.collector.cli.complete import complete_namespace, complete_pod, complete_recorder_id
-from podcap.collector.cli.objects import target_object
-from podcap.collector.cli.pod_names import split_pod_names
+from podcap.collector.cli.complete import complete_recorder_id
+from podcap.collector.cli.objects import split_pod_names, target_arguments, target_object
 from podcap.collector.cli.record.render import recorder_dict, recorder_tables
 from podcap.collector.cli.render import capture_table, dump, output_option, print_table, to_dict
 from podcap.collector.cli.words import INTERFACES
@@ -93,11 +92,7 @@ def window_param(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 @click.command()
-@click.argument("pods", nargs=-1, shell_complete=complete_pod, metavar="[PODS | KIND/NAME]...")
-@click.option("-n", "--namespace", default="default", show_default=True, shell_complete=complete_namespace,
-              help="Namespace of the pods.")
-@click.option("-A", "--all-namespaces", is_flag=True, help="Pods in every namespace.")
-@click.option("-l", "--selector", default="", help="Label selector, e.g. 'app=web,tier in (a,b)'.")
+@target_arguments
 @click.option("--field-selector", default="", help="Field selector, e.g. 'spec.nodeName=node-1'.")
 @click.option("--filter", "bpf", default="", help="BPF filter of what the rings keep (tcpdump syntax).")
 @click.option("--snaplen", type=click.IntRange(0, 262144), default=0, help="Bytes kept per packet (0 = all).")
