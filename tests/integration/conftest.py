@@ -9,7 +9,8 @@ test. ``node`` is a node of four pods (``sender``, ``rx-0``..``rx-2``) unless a 
 capture of them can start), so a test never races the agent's registration. ``cluster`` is a restartable
 collector and agent over such a node (tests/integration/cluster.py); ``env`` an in-process capture manager over the
 S3 testbed (tests/integration/tiered_env.py). Helpers that are not fixtures are in helpers.py (the UDP sender,
-reading stored datagrams), cluster.py, tiered_env.py and http_pods.py (HTTP between containerd pods): test modules
+reading stored datagrams), cluster.py, tiered_env.py, http_pods.py (HTTP between containerd pods) and
+podcapture_env.py (the API stand-in, kubectl and the PodCapture controller): test modules
 import those, never each other.
 """
 

@@ -63,8 +63,11 @@ class KubeEnv:
 
     def wait_pc(self, name: str, ok: Callable[[Obj], bool], what: str, namespace: str | None = None,
                 timeout: float = 20) -> Obj:
-        wait_for(lambda: (o := self.podcapture(name, namespace)) is not None and ok(o), timeout,
-                 f"PodCapture {name} {what} (now: {json.dumps(self.podcapture(name, namespace))[:2000]})")
+        try:
+            wait_for(lambda: (o := self.podcapture(name, namespace)) is not None and ok(o), timeout,
+                     f"PodCapture {name} {what}")
+        except AssertionError as e:  # with the resource as it is at the end, not as it was at the start
+            raise AssertionError(f"{e} (now: {json.dumps(self.podcapture(name, namespace))[:2000]})") from None
         obj = self.podcapture(name, namespace)
         assert obj is not None
         return obj
