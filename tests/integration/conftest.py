@@ -3,15 +3,14 @@ started against the ``collector`` fixture of tests/conftest.py, and reading a ca
 
 ``containerd_pods`` runs pods on the real containerd node of tests/node/fixtures.py and removes them after the
 test. ``node`` is a node of four pods (``sender``, ``rx-0``..``rx-2``) unless a module overrides ``node_pods``;
-``agent`` runs
-``podcap-agent --pod-source netns`` for it (indirect parametrization: extra environment variables), as does
-``netns_agent`` (a module may override ``agent_args``); both return once the collector knows the node's pods (a
+``agent`` runs ``podcap-agent --pod-source netns`` for it (indirect parametrization: extra environment variables), as
+does ``netns_agent`` (a module may override ``agent_args``); both return once the collector knows the node's pods (a
 capture of them can start), so a test never races the agent's registration. ``cluster`` is a restartable
 collector and agent over such a node (tests/integration/cluster.py); ``env`` an in-process capture manager over the
 S3 testbed (tests/integration/tiered_env.py). Helpers that are not fixtures are in helpers.py (the UDP sender,
 reading stored datagrams), cluster.py, tiered_env.py, http_pods.py (HTTP between containerd pods) and
-podcapture_env.py (the API stand-in, kubectl and the PodCapture controller): test modules
-import those, never each other.
+podcapture_env.py (the API stand-in, kubectl and the PodCapture controller): test modules import those, never each
+other.
 """
 
 from __future__ import annotations
