@@ -1,14 +1,16 @@
 """Fixtures and helpers shared by integration test modules: an agent process for a module's ``node`` (a DemoNode),
 started against the ``collector`` fixture of tests/conftest.py, and reading a capture's status through the CLI.
 
-``node`` is a node of four pods (``sender``, ``rx-0``..``rx-2``) unless a module overrides ``node_pods``; ``agent`` runs
-``podcap-agent --pod-source netns`` for it (indirect parametrization: extra environment variables), as does
-``netns_agent`` (a module may override ``agent_args``); both return once the collector knows the node's pods (a
+``containerd_pods`` runs pods on the real containerd node of tests/node/fixtures.py and removes them after the
+test. ``node`` is a node of four pods (``sender``, ``rx-0``..``rx-2``) unless a module overrides ``node_pods``;
+``agent`` runs ``podcap-agent --pod-source netns`` for it (indirect parametrization: extra environment variables), as
+does ``netns_agent`` (a module may override ``agent_args``); both return once the collector knows the node's pods (a
 capture of them can start), so a test never races the agent's registration. ``cluster`` is a restartable
 collector and agent over such a node (tests/integration/cluster.py); ``env`` an in-process capture manager over the
 S3 testbed (tests/integration/tiered_env.py). Helpers that are not fixtures are in helpers.py (the UDP sender,
-reading stored datagrams), cluster.py, tiered_env.py and http_pods.py (HTTP between containerd pods): test modules
-import those, never each other.
+reading stored datagrams), cluster.py, tiered_env.py, http_pods.py (HTTP between containerd pods) and
+podcapture_env.py (the API stand-in, kubectl and the PodCapture controller): test modules import those, never each
+other.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tests.conftest import Proc, podcap, start_proc, tool
 from tests.integration.cluster import Cluster
 from tests.integration.helpers import capture_id, poll
 from tests.integration.tiered_env import Env
+from tests.node.harness import Pod, TestNode
 from tests.s3.testbed import Testbed
 
 Status = dict[str, Any]
@@ -113,6 +116,23 @@ def agent(collector: tuple[str, str, Proc], node: DemoNode, tmp_path: str,
         yield p
     finally:
         assert p.stop() == 0, "agent did not stop cleanly on SIGTERM:\n" + p.log()
+
+
+@pytest.fixture
+def containerd_pods(containerd_node: TestNode) -> Iterator[Callable[..., Pod]]:
+    """``run_pod`` on the real containerd node (tests/node) that removes every pod it made after the test, whatever
+    its outcome."""
+    made: list[Pod] = []
+
+    def run(*args: Any, **kwargs: Any) -> Pod:
+        pod = containerd_node.run_pod(*args, **kwargs)
+        made.append(pod)
+        return pod
+
+    yield run
+    for pod in made:
+        if pod.sandbox_id in containerd_node.pods:
+            containerd_node.remove_pod(pod)
 
 
 @pytest.fixture

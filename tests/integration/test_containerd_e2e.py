@@ -52,19 +52,9 @@ def namespace() -> str:
 
 
 @pytest.fixture
-def pods(node: TestNode) -> Iterator[Callable[..., Pod]]:
-    """``run_pod`` that removes every pod it made after the test, whatever its outcome."""
-    made: list[Pod] = []
-
-    def run(*args: Any, **kwargs: Any) -> Pod:
-        pod = node.run_pod(*args, **kwargs)
-        made.append(pod)
-        return pod
-
-    yield run
-    for pod in made:
-        if pod.sandbox_id in node.pods:
-            node.remove_pod(pod)
+def pods(containerd_pods: Callable[..., Pod]) -> Callable[..., Pod]:
+    """tests/integration/conftest.py's ``containerd_pods``."""
+    return containerd_pods
 
 
 @pytest.fixture

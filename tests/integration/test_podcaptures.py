@@ -13,142 +13,70 @@ Lease holder reconciles, and the other takes over when it leaves.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import yaml  # type: ignore[import-untyped]
 
-from podcap.collector.api.auth import KubeAuthorizer
 from podcap.collector.captures.table import CaptureNotFoundError
 from podcap.collector.demo.node import DemoNode
-from podcap.collector.kube.client import KubeApi, load_api
 from podcap.collector.kube.inventory import ClusterInventory
-from podcap.collector.podcaptures.controller import PodCaptureController, start_controller
-from podcap.collector.podcaptures.resource import CAPTURE_ANNOTATION, capture_marker
-from podcap.collector.server import Collector, start_collector
+from podcap.collector.podcaptures.resource import CAPTURE_ANNOTATION
+from podcap.collector.server import start_collector
 from podcap.formats.pcap import read_file
 from podcap.v1 import common_pb2, control_pb2
-from tests.conftest import Proc, podcap, start_proc, tool
+from tests.conftest import podcap, start_proc, tool
+from tests.integration.podcapture_env import KubeEnv, Obj, kube_env, phase
 from tests.kubeapi.helpers import wait_for
-from tests.kubeapi.standin import KubeApiStandin, write_kubeconfig
+from tests.kubeapi.standin import KubeApiStandin
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CRD = os.path.join(REPO, "deploy", "base", "crd-podcapture.yaml")
-KUBECTL = tool("kubectl")
 NETNS_UID = uuid.UUID("6f1c1f4e-8a3e-4c55-9b8e-6f2d2b1c0a11")  # agent/pods/netns_source.py derives uids so
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="DemoNode pods need root (network namespaces)")
 
-Obj = dict[str, Any]
-
-
 @dataclass
-class Env:
-    kube: KubeApiStandin
-    api: KubeApi
-    collector: Collector
+class Env(KubeEnv):
     node: DemoNode
-    kubeconfig: str
-    home: str
-    tmp: str
-
-    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run([KUBECTL, "--kubeconfig", self.kubeconfig, "--cache-dir", os.path.join(self.home, "c"),
-                            *args], input=stdin, capture_output=True, text=True, timeout=60,
-                           env=dict(os.environ, HOME=self.home))
-        if check:
-            assert r.returncode == 0, f"kubectl {' '.join(args)}: {r.stderr}"
-        return r
-
-    def controller(self, identity: str = "c1", **kw: Any) -> PodCaptureController:
-        kw.setdefault("status_interval_s", 0.3)
-        kw.setdefault("min_status_interval_s", 0.5)
-        return start_controller(self.api, self.collector.captures, KubeAuthorizer(self.api), lease_namespace="podcap",
-                                identity=identity, lease_duration_s=2, lease_renew_s=0.3, stop_wait_s=3.0, **kw)
-
-    def podcapture(self, name: str, namespace: str | None = None) -> Obj | None:
-        return self.kube.get("podcaptures.podcap.io", namespace or self.node.namespace, name)
-
-    def wait_pc(self, name: str, ok: Callable[[Obj], bool], what: str, namespace: str | None = None,
-                timeout: float = 20) -> Obj:
-        wait_for(lambda: (o := self.podcapture(name, namespace)) is not None and ok(o), timeout,
-                 f"PodCapture {name} {what} (now: {json.dumps(self.podcapture(name, namespace))[:2000]})")
-        obj = self.podcapture(name, namespace)
-        assert obj is not None
-        return obj
-
-    def apply(self, name: str, spec: Obj, *, namespace: str | None = None, creator: str = "alice") -> None:
-        doc = {"apiVersion": "podcap.io/v1alpha1", "kind": "PodCapture",
-               "metadata": {"name": name, "namespace": namespace or self.node.namespace,
-                            "annotations": {"podcap.io/created-by": creator}},
-               "spec": spec}
-        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(doc))
 
     def traffic(self) -> None:
         sender = self.node.pod("sender")
         for rx in self.node.pods[1:]:
             self.node.exec(sender, ["ping", "-c", "3", "-i", "0.2", "-W", "1", rx.ip])
 
-    def captures_of(self, obj: Obj) -> list[str]:
-        marker = capture_marker(obj)
-        return [c.id for c in self.collector.captures.all() if marker in c.request.note.split("\n")]
-
-
-def _phase(p: str) -> Callable[[Obj], bool]:
-    return lambda o: (o.get("status") or {}).get("phase") == p
-
 
 @pytest.fixture
 def env(tmp_path: Any) -> Iterator[Env]:
-    tmp = str(tmp_path)
-    home = os.path.join(tmp, "home")
-    os.makedirs(home)
     old_umask = os.umask(0o077)
     os.umask(old_umask)
     node = DemoNode()
     node.create(["sender", "rx-0", "rx-1", "rx-2"])
-    agent: Proc | None = None
-    collector: Collector | None = None
-    cluster: ClusterInventory | None = None
-    with KubeApiStandin(bookmark_interval=0.5) as kube:
-        try:
-            node_name = "node-" + node.tag
-            for pod in node.pods:
-                kube.add_pod(node.namespace, pod.name, node=node_name, ip=pod.ip,
-                             labels={"app": "rx" if pod.name.startswith("rx") else "sender"},
-                             uid=str(uuid.uuid5(NETNS_UID, f"{node_name}/{node.namespace}/{pod.name}")))
-            kube.add_pod("elsewhere", "rx-9", node=node_name, ip="10.99.0.9", labels={"app": "rx"})
-            kube.ensure_namespace("podcap")
-            kubeconfig = write_kubeconfig(os.path.join(tmp, "kubeconfig"), kube.url, namespace=node.namespace)
-            api = load_api(kubeconfig)
-            cluster = ClusterInventory(api).start()
-            assert cluster.wait_synced(10)
-            collector = start_collector("127.0.0.1:0", os.path.join(tmp, "data"), cluster=cluster)
-            agent = start_proc([tool("podcap-agent"), "--insecure", "--collector", f"127.0.0.1:{collector.port}",
-                                "--node", node_name, "--pod-source", "netns"], os.path.join(tmp, "agent.log"))
-            c = collector
-            wait_for(lambda: len([p for p in c.captures.capturable_pods() if p.namespace == node.namespace]) == 4,
-                     20, "the agent's pods")
-            e = Env(kube, api, collector, node, kubeconfig, home, tmp)
-            e.kubectl("apply", "-f", CRD)
-            e.kubectl("wait", "--for=condition=established", "crd/podcaptures.podcap.io", "--timeout=10s")
-            yield e
-        finally:
-            if agent is not None:
+    node_name = "node-" + node.tag
+
+    def setup(kube: KubeApiStandin) -> None:
+        for pod in node.pods:
+            kube.add_pod(node.namespace, pod.name, node=node_name, ip=pod.ip,
+                         labels={"app": "rx" if pod.name.startswith("rx") else "sender"},
+                         uid=str(uuid.uuid5(NETNS_UID, f"{node_name}/{node.namespace}/{pod.name}")))
+        kube.add_pod("elsewhere", "rx-9", node=node_name, ip="10.99.0.9", labels={"app": "rx"})
+
+    try:
+        with kube_env(Env, str(tmp_path), node.namespace, setup, node=node) as e:
+            agent = start_proc([tool("podcap-agent"), "--insecure", "--collector", f"127.0.0.1:{e.collector.port}",
+                                "--node", node_name, "--pod-source", "netns"], os.path.join(e.tmp, "agent.log"))
+            try:
+                c = e.collector
+                wait_for(lambda: len([p for p in c.captures.capturable_pods() if p.namespace == node.namespace])
+                         == 4, 20, "the agent's pods")
+                yield e
+            finally:
                 agent.stop()
-            if collector is not None:
-                collector.stop(0)
-            elif cluster is not None:
-                cluster.stop()
-            node.destroy()
-            os.umask(old_umask)
+    finally:
+        node.destroy()
+        os.umask(old_umask)
 
 
 def test_apply_capture_status_describe_and_delete_with_its_data(env: Env) -> None:
@@ -157,7 +85,7 @@ def test_apply_capture_status_describe_and_delete_with_its_data(env: Env) -> Non
         env.apply("web", {"selector": "app=rx", "filter": "icmp"})
         env.kubectl("wait", "--for=jsonpath={.status.phase}=Running", "podcapture/web", "--timeout=20s")
         obj = env.wait_pc("web", lambda o: (o.get("status") or {}).get("podCount") == 3
-                          and _phase("Running")(o), "running with 3 pods")
+                          and phase("Running")(o), "running with 3 pods")
         cid = obj["status"]["captureId"]
         assert obj["metadata"]["annotations"][CAPTURE_ANNOTATION] == cid
         assert "podcap.io/capture" in obj["metadata"]["finalizers"]
@@ -205,7 +133,7 @@ def test_retain_on_delete_keeps_the_data_of_the_stopped_capture(env: Env) -> Non
     ctl = env.controller()
     try:
         env.apply("keep", {"pods": ["rx-0"], "retainOnDelete": True, "filter": "icmp"})
-        cid = env.wait_pc("keep", _phase("Running"), "running")["status"]["captureId"]
+        cid = env.wait_pc("keep", phase("Running"), "running")["status"]["captureId"]
         env.node.exec(env.node.pod("sender"), ["ping", "-c", "3", "-i", "0.2", env.node.pod("rx-0").ip])
         env.wait_pc("keep", lambda o: o["status"].get("packets", 0) >= 6, "counting")
         env.kubectl("delete", "podcapture", "keep", "--timeout=30s")
@@ -224,7 +152,7 @@ def test_a_selector_never_reaches_another_namespace(env: Env) -> None:
     try:
         env.kube.ensure_namespace("tenant")
         env.apply("sneaky", {"selector": "app=rx"}, namespace="tenant")
-        obj = env.wait_pc("sneaky", _phase("Pending"), "pending", namespace="tenant")
+        obj = env.wait_pc("sneaky", phase("Pending"), "pending", namespace="tenant")
         assert obj["status"]["podCount"] == 0 and "captureId" not in obj["status"]
         assert "no pod" in obj["status"]["message"].lower(), obj["status"]
         assert env.captures_of(obj) == []
@@ -248,7 +176,7 @@ def test_a_creator_without_the_right_is_refused_and_audited(env: Env) -> None:
     ctl = env.controller()
     try:
         env.apply("nope", {"selector": "app=rx"}, creator="mallory")
-        obj = env.wait_pc("nope", _phase("Refused"), "refused")
+        obj = env.wait_pc("nope", phase("Refused"), "refused")
         assert "mallory" in obj["status"]["message"] and env.captures_of(obj) == []
         cond = {c["type"]: c for c in obj["status"]["conditions"]}
         assert cond["Authorized"]["status"] == "False" and cond["Authorized"]["reason"] == "CreatorDenied"
@@ -262,7 +190,7 @@ def test_a_creator_without_the_right_is_refused_and_audited(env: Env) -> None:
 def test_a_restarted_controller_resumes_without_a_second_capture(env: Env) -> None:
     ctl = env.controller()
     env.apply("web", {"selector": "app=rx"})
-    obj = env.wait_pc("web", _phase("Running"), "running")
+    obj = env.wait_pc("web", phase("Running"), "running")
     cid = obj["status"]["captureId"]
     ctl.stop()
     env.traffic()
@@ -296,7 +224,7 @@ def test_only_the_lease_holder_reconciles_and_the_other_takes_over(env: Env) -> 
     second = env.controller("c2")
     try:
         env.apply("one", {"pods": ["rx-1"]})
-        env.wait_pc("one", _phase("Running"), "running")
+        env.wait_pc("one", phase("Running"), "running")
         time.sleep(1.0)
         assert second.lease is not None and not second.lease.is_leader and second.reconciles == 0
         assert first.reconciles > 0
@@ -305,7 +233,7 @@ def test_only_the_lease_holder_reconciles_and_the_other_takes_over(env: Env) -> 
         first.stop()  # releases the Lease
         wait_for(lambda: second.lease is not None and second.lease.is_leader, 10, "c2 taking over")
         env.apply("two", {"pods": ["rx-2"]})
-        env.wait_pc("two", _phase("Running"), "running under c2")
+        env.wait_pc("two", phase("Running"), "running under c2")
         assert second.reconciles > 0
     finally:
         first.stop()
@@ -325,7 +253,7 @@ def test_the_watch_relists_after_410_gone(env: Env) -> None:
                          "annotations": {"podcap.io/created-by": "alice"}}, "spec": {"pods": ["rx-0"]}})
         env.kube.compact()
         env.kube.start_serving()
-        env.wait_pc("after", _phase("Running"), "running after the re-list")
+        env.wait_pc("after", phase("Running"), "running after the re-list")
         assert env.kube.count("list", "podcaptures") > lists
     finally:
         ctl.stop()
@@ -359,7 +287,7 @@ def test_a_restarted_collector_resumes_the_capture_and_its_status(env: Env) -> N
     ctl = env.controller()
     env.apply("web", {"selector": "app=rx"})
     obj = env.wait_pc("web", lambda o: (o.get("status") or {}).get("podCount") == 3
-                      and _phase("Running")(o), "running")
+                      and phase("Running")(o), "running")
     cid = obj["status"]["captureId"]
     env.traffic()
     before = env.wait_pc("web", lambda o: o["status"].get("packets", 0) >= 18, "counting")["status"]["packets"]
@@ -416,7 +344,7 @@ def test_status_writes_that_conflict_are_retried_on_the_fresh_object(env: Env,
     try:
         env.apply("web", {"selector": "app=rx"})
         t.start()
-        env.wait_pc("web", _phase("Running"), "running")
+        env.wait_pc("web", phase("Running"), "running")
         for _ in range(3):
             env.traffic()
         done.set()
@@ -457,7 +385,7 @@ def test_a_deployment_target_captures_its_pods_and_one_added_by_a_scale_up(env: 
                          uid=str(uuid.uuid5(NETNS_UID, f"{node_name}/{ns}/rx-3")))
         env.wait_pc("deploy", lambda o: o["status"]["podCount"] == 4, "the scaled-up pod")
         env.apply("badkind", {"targets": ["cronjob/nightly"]})
-        bad = env.wait_pc("badkind", _phase("Failed"), "refused")
+        bad = env.wait_pc("badkind", phase("Failed"), "refused")
         assert "cronjob" in bad["status"]["message"] and "deploy/NAME" in bad["status"]["message"]
     finally:
         ctl.stop()
@@ -471,8 +399,8 @@ def test_the_namespaces_payload_cap_holds_for_a_podcapture_unless_the_creator_ha
     try:
         env.apply("capped", {"pods": ["rx-0"]}, creator="alice")
         env.apply("whole", {"pods": ["rx-1"]}, creator="bob")
-        capped = env.wait_pc("capped", _phase("Running"), "running")
-        whole = env.wait_pc("whole", _phase("Running"), "running")
+        capped = env.wait_pc("capped", phase("Running"), "running")
+        whole = env.wait_pc("whole", phase("Running"), "running")
         assert capped["status"]["payloadCap"]["snaplen"] == 128 and "alice" in capped["status"]["payloadCap"]["reason"]
         assert "payloadCap" not in whole["status"]
         sender = env.node.pod("sender")
