@@ -193,14 +193,22 @@ def status_of(st: control_pb2.CaptureStatus, *, bucket_url: str = "") -> Obj:
     }
     if bucket_url:
         out["get"]["url"] = f"{bucket_url.rstrip('/')}/{st.id}"
-    if st.created_unix_ns:
-        out["startTime"] = rfc3339(st.created_unix_ns)
-    if st.ended_unix_ns:
-        out["endTime"] = rfc3339(st.ended_unix_ns)
-    if st.end_reason:
-        out["endReason"] = st.end_reason
-    if st.target.HasField("payload_cap"):
-        cap = st.target.payload_cap
+    out.update(lifetime_status(st.created_unix_ns, st.ended_unix_ns, st.end_reason, st.target))
+    return out
+
+
+def lifetime_status(created_unix_ns: int, ended_unix_ns: int, end_reason: str, target: control_pb2.Target) -> Obj:
+    """The status fields a capture and a recorder share: when it started and ended, why it ended, and the payload
+    cap its target got (each only when there is one)."""
+    out: Obj = {}
+    if created_unix_ns:
+        out["startTime"] = rfc3339(created_unix_ns)
+    if ended_unix_ns:
+        out["endTime"] = rfc3339(ended_unix_ns)
+    if end_reason:
+        out["endReason"] = end_reason
+    if target.HasField("payload_cap"):
+        cap = target.payload_cap
         out["payloadCap"] = {"snaplen": cap.snaplen, "requested": cap.requested, "reason": cap.reason}
     return out
 
