@@ -28,10 +28,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from podcap.collector.cli import terminal
-from podcap.collector.cli.units import human_bytes, human_count, human_duration
 from podcap.collector.cli.words import enum_word
 from podcap.collector.targets import target_text
 from podcap.drops import Drops
+from podcap.units import human_bytes, human_count, human_duration
 from podcap.v1 import common_pb2, control_pb2
 
 

@@ -1,6 +1,7 @@
 """``ListWatch``: the one list-then-watch loop (the informer pattern) that every watched kind runs.
 
-A kind's watch (pods: ``watch.PodWatch``; a Service's EndpointSlices: ``endpoints.ServiceEndpoints``) says only how
+A kind's watch (pods: ``watch.PodWatch``; a Service's EndpointSlices: ``endpoints.ServiceEndpoints``; the kubelet's
+Unhealthy Events: ``recorders.unhealthy.UnhealthyWatch``) says only how
 to list, how to open a watch, what an in-band ERROR means and what an event changes; the loop is here, once:
 
 - ``resourceVersion`` continuity: the watch starts from the list's resourceVersion and every event (including

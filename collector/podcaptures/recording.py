@@ -23,6 +23,7 @@ from podcap.collector.podcaptures.resource import (
     MAX_STATUS_PODS,
     PodCaptureSpecError,
     capture_marker,
+    lifetime_status,
     millis,
     rfc3339,
     seconds,
@@ -138,14 +139,6 @@ def recorder_status_of(st: control_pb2.RecorderStatus, *, bucket_url: str = "") 
     }
     if st.suppressed:
         out["suppressed"] = int(st.suppressed)
-    if st.created_unix_ns:
-        out["startTime"] = rfc3339(st.created_unix_ns)
-    if st.ended_unix_ns:
-        out["endTime"] = rfc3339(st.ended_unix_ns)
-    if st.end_reason:
-        out["endReason"] = st.end_reason
-    if st.request.target.HasField("payload_cap"):
-        cap = st.request.target.payload_cap
-        out["payloadCap"] = {"snaplen": cap.snaplen, "requested": cap.requested, "reason": cap.reason}
+    out.update(lifetime_status(st.created_unix_ns, st.ended_unix_ns, st.end_reason, st.request.target))
     return out
 

@@ -18,7 +18,6 @@ Pure functions, no I/O, so that each rule is unit-tested on its own:
 from __future__ import annotations
 
 import math
-import re
 import time
 from typing import Any
 
@@ -26,6 +25,7 @@ from podcap.collector.kube.client import Resource
 from podcap.collector.kube.kinds import split_object
 from podcap.drops import total_of
 from podcap.errors import InvalidInputError, PodcapError
+from podcap.units import parse_duration, parse_size
 from podcap.v1 import common_pb2, control_pb2
 
 PODCAPTURES = Resource("podcap.io", "v1alpha1", "podcaptures")
@@ -48,12 +48,6 @@ INTERFACES = {"veth": common_pb2.CAPTURE_INTERFACE_HOST_VETH, "eth0": common_pb2
 PHASES = {control_pb2.CAPTURE_STATE_RUNNING: "Running", control_pb2.CAPTURE_STATE_STOPPING: "Stopping",
           control_pb2.CAPTURE_STATE_DONE: "Done", control_pb2.CAPTURE_STATE_FAILED: "Failed"}
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?)b?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-               "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}
-
 Obj = dict[str, Any]
 
 
@@ -62,21 +56,13 @@ class PodCaptureSpecError(InvalidInputError):
 
 
 def _duration(value: Any, field: str) -> float:
-    """Seconds of ``90``, ``15m``, ``1h30m``, ``500ms``; 0 when unset."""
+    """Seconds of ``90``, ``15m``, ``1h30m``, ``500ms`` (``podcap.units``' grammar); 0 when unset."""
     if value in (None, ""):
         return 0.0
-    text = str(value).strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or not text:
-        raise PodCaptureSpecError(f"spec.{field}: {value!r} is not a duration (90, 15m, 1h30m)")
-    return total
+    try:
+        return parse_duration(str(value))
+    except ValueError:
+        raise PodCaptureSpecError(f"spec.{field}: {value!r} is not a duration (90, 15m, 1h30m)") from None
 
 
 def seconds(value: Any, field: str) -> int:
@@ -95,10 +81,10 @@ def size(value: Any, field: str) -> int:
         return 0
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    m = _SIZE.match(str(value))
-    if not m:
-        raise PodCaptureSpecError(f"spec.{field}: {value!r} is not a size (1000, 64KiB, 100MiB, 2G)")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    try:
+        return parse_size(str(value))
+    except ValueError:
+        raise PodCaptureSpecError(f"spec.{field}: {value!r} is not a size (1000, 64KiB, 100MiB, 2G)") from None
 
 
 def ref(obj: Obj) -> str:
@@ -207,14 +193,22 @@ def status_of(st: control_pb2.CaptureStatus, *, bucket_url: str = "") -> Obj:
     }
     if bucket_url:
         out["get"]["url"] = f"{bucket_url.rstrip('/')}/{st.id}"
-    if st.created_unix_ns:
-        out["startTime"] = rfc3339(st.created_unix_ns)
-    if st.ended_unix_ns:
-        out["endTime"] = rfc3339(st.ended_unix_ns)
-    if st.end_reason:
-        out["endReason"] = st.end_reason
-    if st.target.HasField("payload_cap"):
-        cap = st.target.payload_cap
+    out.update(lifetime_status(st.created_unix_ns, st.ended_unix_ns, st.end_reason, st.target))
+    return out
+
+
+def lifetime_status(created_unix_ns: int, ended_unix_ns: int, end_reason: str, target: control_pb2.Target) -> Obj:
+    """The status fields a capture and a recorder share: when it started and ended, why it ended, and the payload
+    cap its target got (each only when there is one)."""
+    out: Obj = {}
+    if created_unix_ns:
+        out["startTime"] = rfc3339(created_unix_ns)
+    if ended_unix_ns:
+        out["endTime"] = rfc3339(ended_unix_ns)
+    if end_reason:
+        out["endReason"] = end_reason
+    if target.HasField("payload_cap"):
+        cap = target.payload_cap
         out["payloadCap"] = {"snaplen": cap.snaplen, "requested": cap.requested, "reason": cap.reason}
     return out
 

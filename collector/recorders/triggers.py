@@ -19,23 +19,15 @@ heard of it (the kubelet reports a few seconds later).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeAlias
 
 from podcap.collector.kube.pods import PodHealth
 from podcap.errors import InvalidInputError
+from podcap.trigger_words import TRIGGER_NAMES, Trigger
 from podcap.v1 import control_pb2
 
-Trigger: TypeAlias = control_pb2.RecorderTrigger.ValueType
-
-# The names users type (`--on restart,oomkilled`) and see; manual is `podcap trigger`, never an --on choice.
-NAMES: dict[str, Trigger] = {
-    "restart": control_pb2.RECORDER_TRIGGER_RESTART,
-    "oomkilled": control_pb2.RECORDER_TRIGGER_OOMKILLED,
-    "unhealthy": control_pb2.RECORDER_TRIGGER_UNHEALTHY,
-    "notready": control_pb2.RECORDER_TRIGGER_NOTREADY,
-    "deleted": control_pb2.RECORDER_TRIGGER_DELETED,
-    "packets": control_pb2.RECORDER_TRIGGER_PACKETS,
-}
+# The names users type (`--on restart,oomkilled`) and see: the shared table; manual is `podcap trigger`, never an
+# --on choice.
+NAMES = TRIGGER_NAMES
 WORDS: dict[int, str] = {int(v): k for k, v in NAMES.items()} | {int(control_pb2.RECORDER_TRIGGER_MANUAL): "manual"}
 
 

@@ -15,7 +15,7 @@ from podcap.collector.cli.complete import (
 )
 from podcap.collector.cli.errors import collector_hint, one_line
 from podcap.collector.cli.objects import split_pod_names, target_arguments, target_object
-from podcap.collector.cli.record.render import is_recorder_id, recorder_dict, recorder_tables
+from podcap.collector.cli.record.render import echo_recorder, is_recorder_id
 from podcap.collector.cli.render import capture_table, dump, output_option, print_table, to_dict
 from podcap.collector.cli.words import INTERFACES
 from podcap.unit_options import count_param, duration_param, size_param
@@ -121,11 +121,7 @@ def stop(obj: dict[str, str], capture_id: str, output: str) -> None:
     with CollectorClient(obj["collector"]) as client:
         if is_recorder_id(capture_id):  # a flight recorder (issue 24): its saves stay
             rec = client.stop_recorder(capture_id)
-            if output == "table":
-                for t in recorder_tables(rec):
-                    print_table(t)
-            else:
-                click.echo(dump(recorder_dict(rec), output))
+            echo_recorder(rec, output)
             return
         before = client.get(capture_id)
         if before.state in (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING):

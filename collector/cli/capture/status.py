@@ -16,7 +16,7 @@ from rich.live import Live
 
 from podcap.collector.cli.client import CollectorClient
 from podcap.collector.cli.complete import complete_capture_id
-from podcap.collector.cli.record.render import is_recorder_id, recorder_dict, recorder_tables, recorders_list_table
+from podcap.collector.cli.record.render import echo_recorder, is_recorder_id, recorder_dict, recorders_list_table
 from podcap.collector.cli.render import (
     capture_table,
     deleted_table,
@@ -29,7 +29,7 @@ from podcap.collector.cli.render import (
 )
 from podcap.collector.cli.terminal import console as make_console
 from podcap.collector.cli.terminal import framed
-from podcap.collector.cli.units import any_duration_param
+from podcap.unit_options import any_duration_param
 from podcap.v1 import control_pb2
 
 _RUNNING = (control_pb2.CAPTURE_STATE_RUNNING, control_pb2.CAPTURE_STATE_STOPPING)
@@ -85,11 +85,7 @@ def status(obj: dict[str, str], capture_id: str, output: str, watch: bool, inter
             return
         if is_recorder_id(capture_id):  # a flight recorder (issue 24): its rings and saves
             rec = client.get_recorder(capture_id)
-            if output == "table":
-                for t in recorder_tables(rec):
-                    print_table(t)
-            else:
-                click.echo(dump(recorder_dict(rec), output))
+            echo_recorder(rec, output)
             return
         st = client.get(capture_id)
     if output == "table":

@@ -17,21 +17,14 @@ import click
 from podcap.collector.cli.client import CollectorClient
 from podcap.collector.cli.complete import complete_recorder_id
 from podcap.collector.cli.objects import split_pod_names, target_arguments, target_object
-from podcap.collector.cli.record.render import recorder_dict, recorder_tables
+from podcap.collector.cli.record.render import echo_recorder
 from podcap.collector.cli.render import capture_table, dump, output_option, print_table, to_dict
 from podcap.collector.cli.words import INTERFACES
+from podcap.trigger_words import TRIGGER_NAMES
 from podcap.unit_options import any_duration_param
 from podcap.units import MAX_BYTES, human_bytes, parse_duration, parse_size
 from podcap.v1 import common_pb2, control_pb2
 
-TRIGGERS = {
-    "restart": control_pb2.RECORDER_TRIGGER_RESTART,
-    "oomkilled": control_pb2.RECORDER_TRIGGER_OOMKILLED,
-    "unhealthy": control_pb2.RECORDER_TRIGGER_UNHEALTHY,
-    "notready": control_pb2.RECORDER_TRIGGER_NOTREADY,
-    "deleted": control_pb2.RECORDER_TRIGGER_DELETED,
-    "packets": control_pb2.RECORDER_TRIGGER_PACKETS,
-}
 MAX_SECONDS = 7 * 86400  # the longest --keep, --before, --after the collector takes (it checks tighter bounds)
 # A duration is digits and the lower-case units s, m, h, d ("5m", "1h30m", "90"); anything else is a size.
 _DURATION = re.compile(r"^\d+(\.\d+)?([smhd](\d+(\.\d+)?[smhd])*)?$")
@@ -62,10 +55,10 @@ def triggers_param(ctx: click.Context, param: click.Parameter,
                    value: str) -> list[control_pb2.RecorderTrigger.ValueType]:
     out: list[control_pb2.RecorderTrigger.ValueType] = []
     for name in filter(None, (n.strip().lower() for n in value.split(","))):
-        if name not in TRIGGERS:
-            raise click.BadParameter(f"unknown trigger {name!r}: choose from {', '.join(TRIGGERS)} (manual triggers "
-                                     "are `podcap trigger`)")
-        out.append(TRIGGERS[name])
+        if name not in TRIGGER_NAMES:
+            raise click.BadParameter(f"unknown trigger {name!r}: choose from {', '.join(TRIGGER_NAMES)} "
+                                     "(manual triggers are `podcap trigger`)")
+        out.append(TRIGGER_NAMES[name])
     return out
 
 
@@ -146,11 +139,7 @@ def record(ctx: click.Context, pods: tuple[str, ...], namespace: str, all_namesp
             filter=trigger_filter, count=trigger_count, window_ms=max(1, trigger_window)))
     with CollectorClient(ctx.obj["collector"]) as client:
         st = client.record(req)
-    if output == "table":
-        for t in recorder_tables(st):
-            print_table(t, stderr=True)
-    else:
-        click.echo(dump(recorder_dict(st), output))
+    echo_recorder(st, output, stderr=True)
     click.echo(st.id)
 
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import click
 from google.protobuf.json_format import MessageToDict
 from rich.markup import escape
 from rich.table import Table
 
-from podcap.collector.cli.render import _as_cli_values, capture_state
-from podcap.collector.cli.units import human_bytes, human_duration
+from podcap.collector.cli.render import _as_cli_values, capture_state, dump, print_table
 from podcap.collector.cli.words import enum_word
 from podcap.collector.targets import target_text
+from podcap.units import human_bytes, human_duration
 from podcap.v1 import control_pb2
 
 
@@ -39,6 +40,16 @@ def recorder_dict(st: control_pb2.RecorderStatus) -> dict[str, Any]:
     d = MessageToDict(st, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     _as_cli_values(st, d)
     return d
+
+
+def echo_recorder(st: control_pb2.RecorderStatus, output: str, *, stderr: bool = False) -> None:
+    """A recorder as ``-o`` asks: its tables (on stderr with ``stderr``, where a command's last line is an id), or
+    JSON/YAML on stdout."""
+    if output == "table":
+        for t in recorder_tables(st):
+            print_table(t, stderr=stderr)
+    else:
+        click.echo(dump(recorder_dict(st), output))
 
 
 def _clock(ns: int) -> str:

@@ -39,7 +39,7 @@ def test_probe_failures_fire_once_each_and_history_does_not(standin: KubeApiStan
                            backoff_initial_s=0.05)
     watch.start()
     try:
-        assert watch.synced.wait(10)
+        wait(lambda: watch.synced)
         ev = standin.add_event("shop", web, reason="Unhealthy", message="Liveness probe failed: timeout",
                                type_="Warning")
         standin.add_event("shop", web, reason="Killing", message="not a probe")  # another reason
