@@ -1,16 +1,16 @@
 """Durability: the group commit that makes stored chunks acknowledged.
 
-A chunk is written to its segment at once but acknowledged only here: ~50 ms after ingest asks, at most once per
-``COMMIT_SPACING_S`` while it keeps asking (else every second), the committer takes a snapshot (the capture's state if
-it changed, then per dirty pod under its ``io_lock``: its row, its streams and segments that changed and the segments
-retired since the last commit, each stream's last written chunk, the writer's pending flush), then without any lock runs
-the device flushes and records the snapshot in SQLite in one transaction, and only then sends the acknowledgements that
-snapshot made true — one message per agent. A commit writes what changed, never a pod's whole segment index: its cost
-does not grow with the capture's age. Commits of one capture run one at a time (``Capture.commit_lock``), so the
-database never goes back to an older snapshot. A failed commit records and acknowledges nothing, and every dirty pod
-stays dirty (and everything it had to write stays to be written); storing pauses. Ended captures change rarely (a late
-report, a chunk refused after the end) and their ending was committed by whoever ended them: the loop looks at them once
-a second (``ENDED_INTERVAL_S``), not at every interval, so many ended captures cost the commit loop nothing in between.
+A chunk is written to its segment at once but acknowledged only here: every ~50 ms while ingest asks (else every second)
+the committer takes a snapshot (the capture's state if it changed, then per dirty pod under its ``io_lock``: its row,
+its streams and segments that changed and the segments retired since the last commit, each stream's last written chunk,
+the writer's pending flush), then without any lock runs the device flushes and records the snapshot in SQLite in one
+transaction, and only then sends the acknowledgements that snapshot made true — one message per agent. A commit writes
+what changed, never a pod's whole segment index: its cost does not grow with the capture's age. Commits of one capture
+run one at a time (``Capture.commit_lock``), so the database never goes back to an older snapshot. A failed commit
+records and acknowledges nothing, and every dirty pod stays dirty (and everything it had to write stays to be written);
+storing pauses. Ended captures change rarely (a late report, a chunk refused after the end) and their ending was
+committed by whoever ended them: the loop looks at them once a second (``ENDED_INTERVAL_S``), not at every interval, so
+many ended captures cost the commit loop nothing in between.
 """
 
 from __future__ import annotations
@@ -32,12 +32,6 @@ from podcap.v1 import ingest_pb2
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_S = 0.05
-# Rounds asked for by ingest start at most this often. A commit's cost is fixed (two device flushes and a SQLite
-# transaction, ~1.2 ms of CPU measured in tests/bench p1), so a pod streaming 4 MiB chunks at 80 MB/s paid it 20
-# times a second at one chunk per commit: spacing the rounds cut the collector's CPU there (tests/bench/NOTES.md,
-# p2) while a lone chunk is still acknowledged COMMIT_INTERVAL_S after it arrives, and a busy agent holds at most
-# ~0.2 s of its stream unacknowledged (16 MB at 80 MB/s, well inside its 64 MiB upload buffer).
-COMMIT_SPACING_S = 0.2
 ENDED_INTERVAL_S = 1.0
 BUSY_POD_WAIT_S = 0.25
 
@@ -173,18 +167,13 @@ class Committer:
                 conn.send(ingest_pb2.CollectorMessage(acks=ingest_pb2.AckBatch(acks=acks)))
 
     def _loop(self) -> None:
-        ended_visited = last_asked = 0.0
+        ended_visited = 0.0
         while not self._closing.is_set():
-            asked = self._wanted.wait(1.0)
-            delay = COMMIT_INTERVAL_S
-            if asked:
-                delay = max(delay, last_asked + COMMIT_SPACING_S - time.monotonic())
-            if self._closing.wait(delay):
+            self._wanted.wait(1.0)
+            if self._closing.wait(COMMIT_INTERVAL_S):
                 break
             self._wanted.clear()
             now = time.monotonic()
-            if asked:
-                last_asked = now
             visit_ended = now - ended_visited >= ENDED_INTERVAL_S
             if visit_ended:
                 ended_visited = now
